@@ -1,0 +1,29 @@
+//! Loading a service's configuration: defaults, then an optional TOML file, then environment
+//! variables (`<PREFIX>_<KEY>`, nested keys joined with `__`).
+use std::path::Path;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+/// Loads `T` from its defaults, `file` (if given; it must exist) and the environment.
+///
+/// Example: with prefix `NIGHTSHIFT_MANAGER`, `NIGHTSHIFT_MANAGER_DATABASE_URL` sets
+/// `database_url`.
+pub fn load<T>(file: Option<&Path>, env_prefix: &str) -> Result<T, ConfigError>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + Default,
+{
+    use figment::Figment;
+    use figment::providers::{Env, Format, Serialized, Toml};
+    let mut fig = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError(format!("config file {} does not exist", path.display())));
+        }
+        fig = fig.merge(Toml::file(path));
+    }
+    fig = fig.merge(Env::prefixed(&format!("{env_prefix}_")).split("__"));
+    fig.extract().map_err(|e| ConfigError(e.to_string()))
+}

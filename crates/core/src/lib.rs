@@ -1,0 +1,35 @@
+//! Nightshift domain model.
+//!
+//! Everything the services agree on lives here: newtype ids, the validated [`AgentSpec`] with its
+//! [`Schedule`] and [`RunPolicy`], run states, event types, the [`Clock`] and the YAML manifest
+//! form users write. Proto messages are converted *into* these types through one validation
+//! function per message ([`AgentSpec::from_proto`]), which names the offending field on error.
+
+pub mod clock;
+pub mod config;
+pub mod duration;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod manifest;
+pub mod policy;
+pub mod run;
+pub mod schedule;
+pub mod spec;
+pub mod time;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{ValidationError, ValidationErrors};
+pub use event::EventType;
+pub use ids::{AgentId, AgentName, RunId, WorkerId};
+pub use manifest::AgentManifest;
+pub use policy::{Backoff, OverlapPolicy, RunPolicy};
+pub use run::{AgentState, RunOutcome, RunStatus, TriggerKind};
+pub use schedule::{CronSpec, MisfirePolicy, Schedule, Trigger};
+pub use spec::{
+    AgentSpec, BUILTIN_LOCAL_TOOLS, ConfigValue, McpServer, McpTransport, MemoryConfig,
+    ModelConfig, ModelProvider, SecretRef, SessionScope, ToolCallMode, ToolsSpec,
+};
+
+/// The generated `nightshift.v1` proto types, re-exported for convenience.
+pub use nightshift_proto::v1 as pb;
