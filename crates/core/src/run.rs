@@ -11,7 +11,7 @@ use crate::pb;
 /// `queued → running → succeeded | failed | timed_out | cancelled`, `queued → skipped |
 /// cancelled`, and `running → queued` when a failed attempt is retried or a worker hands the run
 /// back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Waiting for a worker (or for its retry backoff).

@@ -1,0 +1,25 @@
+//! SQL persistence of agents (versioned), runs and run steps (checkpoints).
+//!
+//! One code path serves SQLite (the embedded default) and Postgres: queries go through sqlx's
+//! `Any` driver with `$N` placeholders and portable SQL; only the migrations differ per backend
+//! (`migrations/sqlite`, `migrations/postgres`). Instants are stored as unix milliseconds.
+//!
+//! Concurrency: every transaction that decides something about an agent's runs starts by
+//! bumping `agents.lock_seq`. On Postgres that takes the agent's row lock; on SQLite it takes the
+//! database write lock. Either way, decisions about one agent (overlap policy, version checks)
+//! are serialized without `SELECT ... FOR UPDATE`, which SQLite lacks.
+
+mod agents;
+mod db;
+mod error;
+mod lease;
+mod model;
+mod runs;
+
+pub use db::{Backend, Store};
+pub use error::StoreError;
+pub use lease::{FinishInput, StartInput, StartOutcome, StepInput};
+pub use model::{
+    AgentFilter, AgentRecord, AgentStats, ApplyOutcome, NewRun, Page, RunFilter, RunRecord,
+    StepRecord,
+};

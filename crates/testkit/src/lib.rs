@@ -1,0 +1,61 @@
+//! Test-only helpers shared by the crates' integration tests.
+//!
+//! Tests talk to real servers. Postgres is expected on `NIGHTSHIFT_TEST_POSTGRES`
+//! (default `postgres://postgres@127.0.0.1:5432/postgres`); each call to [`postgres_url`]
+//! creates a fresh database named `ns_test_*`, so tests never depend on a clean server and may
+//! run in parallel. `.ci/run` drops leftover `ns_test_*` databases before a run.
+
+use sqlx::{Connection, Executor, PgConnection};
+
+/// Admin URL of the test Postgres server.
+pub fn postgres_admin_url() -> String {
+    std::env::var("NIGHTSHIFT_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Creates a fresh, uniquely named database and returns its URL.
+///
+/// Panics with a clear message if Postgres is unreachable: these tests need the real server.
+pub async fn postgres_url() -> String {
+    let admin = postgres_admin_url();
+    let mut conn = PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("Postgres at {admin} is required for this test (start it as in README.md): {e}"));
+    let name = format!("ns_test_{}", uuid::Uuid::new_v4().simple());
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create test database");
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
+    format!("{base}/{name}")
+}
+
+/// A SQLite database file in a temporary directory (deleted when the guard drops).
+pub struct SqliteDb {
+    /// `sqlite://...` URL.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+/// Creates a SQLite database URL in a fresh temporary directory.
+pub fn sqlite_db() -> SqliteDb {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("nightshift.db").display());
+    SqliteDb { url, _dir: dir }
+}
+
+/// Both backends a store test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// The Postgres test server.
+    Postgres,
+}
+
+/// A database of the given kind; keep the returned guard alive for the test's duration.
+pub async fn database(kind: Db) -> (String, Option<SqliteDb>) {
+    match kind {
+        Db::Sqlite => {
+            let db = sqlite_db();
+            (db.url.clone(), Some(db))
+        }
+        Db::Postgres => (postgres_url().await, None),
+    }
+}

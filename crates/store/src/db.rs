@@ -1,0 +1,176 @@
+//! Connecting, migrating, and the row decoding shared by the repositories.
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nightshift_core::{AgentId, Clock, RunId, RunStatus, SystemClock, TriggerKind, WorkerId, time};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::error::StoreError;
+use crate::model::RunRecord;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The SQL backend behind a [`Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded file database.
+    Sqlite,
+    /// Production database.
+    Postgres,
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://...`), creating a SQLite file if
+    /// needed, and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_clock(url, Arc::new(SystemClock)).await
+    }
+
+    /// Like [`Store::connect`] with an injected clock (tests).
+    pub async fn connect_with_clock(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("sqlite:") {
+            let url = if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
+            (Backend::Sqlite, url)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else {
+            return Err(StoreError::Invalid(format!(
+                "unsupported database URL '{}': use sqlite://PATH or postgres://...",
+                redact(url)
+            )));
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(30));
+        let options = if backend == Backend::Sqlite {
+            options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets readers proceed during a write; the busy timeout makes writers
+                    // queue for the lock instead of failing with SQLITE_BUSY.
+                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA busy_timeout = 30000").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                    Ok(())
+                })
+            })
+        } else {
+            options
+        };
+        let pool = options.connect(&url).await?;
+        match backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        }
+        tracing::info!(backend = ?backend, "store ready");
+        Ok(Self { pool, backend, clock })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Checks that the database answers (readiness probes).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        time::to_millis(self.clock.now())
+    }
+}
+
+/// Hides the password of a database URL in messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}://{user}:***@{}", &url[..s], &url[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+pub(crate) const RUN_COLUMNS: &str = "r.id, r.agent_id, a.name AS agent_name, r.agent_version, r.status, \
+    r.trigger_kind, r.scheduled_for, r.query_override, r.attempt, r.retries, r.worker_id, \
+    r.lease_expires_at, r.not_before, r.created_at, r.started_at, r.finished_at, r.result, \
+    r.error, r.reason, r.input_tokens, r.output_tokens";
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+pub(crate) fn u32_col(row: &AnyRow, col: &str) -> Result<u32, StoreError> {
+    let v: i64 = row.try_get(col)?;
+    u32::try_from(v).map_err(|e| corrupt(col, e))
+}
+
+pub(crate) fn u64_col(row: &AnyRow, col: &str) -> Result<u64, StoreError> {
+    let v: i64 = row.try_get(col)?;
+    u64::try_from(v).map_err(|e| corrupt(col, e))
+}
+
+pub(crate) fn time_col(row: &AnyRow, col: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+    let v: Option<i64> = row.try_get(col)?;
+    Ok(v.map(time::from_millis))
+}
+
+pub(crate) fn run_from_row(row: &AnyRow) -> Result<RunRecord, StoreError> {
+    let status: String = row.try_get("status")?;
+    let trigger: String = row.try_get("trigger_kind")?;
+    let worker: Option<String> = row.try_get("worker_id")?;
+    Ok(RunRecord {
+        id: RunId::from_string(row.try_get::<String, _>("id")?),
+        agent_id: AgentId::from_string(row.try_get::<String, _>("agent_id")?),
+        agent_name: row.try_get("agent_name")?,
+        agent_version: u64_col(row, "agent_version")?,
+        status: RunStatus::from_str(&status).map_err(|e| corrupt("runs.status", e))?,
+        trigger: TriggerKind::from_str(&trigger).map_err(|e| corrupt("runs.trigger_kind", e))?,
+        scheduled_for: time_col(row, "scheduled_for")?,
+        query_override: row.try_get("query_override")?,
+        attempt: u32_col(row, "attempt")?,
+        retries: u32_col(row, "retries")?,
+        worker_id: worker.map(WorkerId::from_string),
+        lease_expires_at: time_col(row, "lease_expires_at")?,
+        not_before: time_col(row, "not_before")?,
+        created_at: time_col(row, "created_at")?.unwrap_or_default(),
+        started_at: time_col(row, "started_at")?,
+        finished_at: time_col(row, "finished_at")?,
+        result: row.try_get("result")?,
+        error: row.try_get("error")?,
+        reason: row.try_get("reason")?,
+        input_tokens: u64_col(row, "input_tokens")?,
+        output_tokens: u64_col(row, "output_tokens")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,459 @@
+//! The run lease: StartRun (overlap policy, atomically), Heartbeat, Checkpoint and FinishRun,
+//! all fenced by the attempt number.
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use nightshift_core::{AgentId, AgentSpec, AgentState, OverlapPolicy, RunId, RunOutcome, RunStatus, TriggerKind, WorkerId, time};
+use sqlx::{Any, Row, Transaction};
+
+use crate::agents::{decode_spec, lock_agent};
+use crate::db::{RUN_COLUMNS, Store, run_from_row, u32_col};
+use crate::error::StoreError;
+use crate::model::{RunRecord, StepRecord};
+
+/// How long a deferred run waits before asking again.
+const DEFER_POLL: Duration = Duration::from_secs(1);
+
+/// A worker's request to start (or take over) a run.
+#[derive(Debug, Clone)]
+pub struct StartInput {
+    /// The run.
+    pub run_id: RunId,
+    /// Its agent.
+    pub agent_id: AgentId,
+    /// The asking worker.
+    pub worker_id: WorkerId,
+    /// Lease length.
+    pub lease_ttl: Duration,
+    /// Used if the run record does not exist yet.
+    pub trigger: TriggerKind,
+    /// Used if the run record does not exist yet.
+    pub scheduled_for: Option<DateTime<Utc>>,
+}
+
+/// The manager's answer to StartRun.
+#[derive(Debug, Clone)]
+pub enum StartOutcome {
+    /// Run it; `run.attempt` is the fencing token. `steps` are earlier checkpoints to resume after.
+    Started {
+        /// The run, now running.
+        run: RunRecord,
+        /// The spec at the run's version.
+        spec: Box<AgentSpec>,
+        /// Earlier checkpoints.
+        steps: Vec<StepRecord>,
+    },
+    /// Recorded as skipped.
+    Skipped {
+        /// The run.
+        run: RunRecord,
+        /// Why.
+        reason: String,
+    },
+    /// Buffered by the overlap policy: ask again later.
+    Deferred {
+        /// The run.
+        run: RunRecord,
+        /// When to ask again.
+        retry_after: Duration,
+        /// Why.
+        reason: String,
+    },
+    /// Already ended: drop the delivery.
+    AlreadyFinished {
+        /// The run.
+        run: RunRecord,
+    },
+    /// Another worker holds a live lease.
+    LeasedElsewhere {
+        /// The run.
+        run: RunRecord,
+        /// Remaining lease.
+        retry_after: Duration,
+    },
+    /// Waiting for the retry backoff.
+    NotYet {
+        /// The run.
+        run: RunRecord,
+        /// Remaining backoff.
+        retry_after: Duration,
+    },
+}
+
+/// One checkpoint to append.
+#[derive(Debug, Clone)]
+pub struct StepInput {
+    /// Position; must be the next one (or an already written one, which is a no-op).
+    pub seq: u32,
+    /// `llm_response` or `tool_result`.
+    pub kind: String,
+    /// Encoded step.
+    pub payload: Vec<u8>,
+}
+
+/// The end of an attempt.
+#[derive(Debug, Clone)]
+pub struct FinishInput {
+    /// How it ended.
+    pub outcome: RunOutcome,
+    /// Final answer (succeeded).
+    pub result: Option<String>,
+    /// Error (failed / timed out) or reason (cancelled / released).
+    pub error: Option<String>,
+    /// Prompt tokens of this attempt.
+    pub input_tokens: u64,
+    /// Completion tokens of this attempt.
+    pub output_tokens: u64,
+}
+
+fn remaining(until_ms: i64, now_ms: i64) -> Duration {
+    Duration::from_millis(until_ms.saturating_sub(now_ms).max(0) as u64)
+}
+
+async fn run_in_tx(tx: &mut Transaction<'_, Any>, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.id = $1")))
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.as_ref().map(run_from_row).transpose()
+}
+
+async fn set_terminal(
+    tx: &mut Transaction<'_, Any>,
+    id: &RunId,
+    status: RunStatus,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE runs SET status = $1, reason = $2, finished_at = $3, lease_expires_at = NULL, deferred = 0 WHERE id = $4")
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(now)
+        .bind(id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Explains why a fenced call was refused.
+fn fenced(run: Option<RunRecord>, id: &RunId, attempt: u32) -> StoreError {
+    match run {
+        None => StoreError::NotFound(format!("run {id}")),
+        Some(r) if r.status != RunStatus::Running => {
+            StoreError::Fenced(format!("run {id} is {} (no longer running); stop working on it", r.status))
+        }
+        Some(r) => StoreError::Fenced(format!(
+            "stale fencing token for run {id}: attempt {attempt} was superseded by attempt {}",
+            r.attempt
+        )),
+    }
+}
+
+impl Store {
+    /// Applies the agent's overlap policy and, if the run may start, grants a lease. The whole
+    /// decision runs under the agent's lock, so concurrent callers for one agent are serialized.
+    pub async fn start_run(&self, input: &StartInput) -> Result<StartOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lock_agent(&mut tx, &input.agent_id).await?;
+        let now = self.now_ms();
+        let agent = sqlx::query("SELECT state, spec FROM agents WHERE id = $1")
+            .bind(input.agent_id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        let state: String = agent.try_get("state")?;
+        let current_spec = decode_spec(&agent.try_get::<Vec<u8>, _>("spec")?)?;
+
+        let run = match run_in_tx(&mut tx, &input.run_id).await? {
+            Some(run) => run,
+            None => {
+                sqlx::query(
+                    "INSERT INTO runs (id, agent_id, agent_version, status, trigger_kind, scheduled_for, created_at) \
+                     SELECT $1, id, version, 'queued', $2, $3, $4 FROM agents WHERE id = $5",
+                )
+                .bind(input.run_id.as_str())
+                .bind(input.trigger.as_str())
+                .bind(input.scheduled_for.map(time::to_millis))
+                .bind(now)
+                .bind(input.agent_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+                run_in_tx(&mut tx, &input.run_id).await?.ok_or_else(|| StoreError::NotFound(format!("run {}", input.run_id)))?
+            }
+        };
+        if run.agent_id != input.agent_id {
+            return Err(StoreError::Invalid(format!("run {} belongs to agent {}, not {}", run.id, run.agent_id, input.agent_id)));
+        }
+
+        let outcome = match run.status {
+            s if s.is_terminal() => StartOutcome::AlreadyFinished { run },
+            RunStatus::Running => match run.lease_expires_at.map(time::to_millis) {
+                Some(until) if until > now => StartOutcome::LeasedElsewhere { retry_after: remaining(until, now), run },
+                // The lease ran out: its worker is presumed dead. Take over with a new attempt;
+                // the overlap policy was applied when the run first started.
+                _ => self.grant(&mut tx, run, input, now).await?,
+            },
+            _ => {
+                if let Some(nb) = run.not_before.map(time::to_millis).filter(|nb| *nb > now) {
+                    StartOutcome::NotYet { retry_after: remaining(nb, now), run }
+                } else if state == AgentState::Paused.as_str() {
+                    let reason = "agent is paused".to_owned();
+                    set_terminal(&mut tx, &run.id, RunStatus::Skipped, &reason, now).await?;
+                    let run = RunRecord { status: RunStatus::Skipped, reason: Some(reason.clone()), ..run };
+                    StartOutcome::Skipped { run, reason }
+                } else {
+                    self.apply_overlap(&mut tx, run, input, current_spec.policy.overlap, now).await?
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn apply_overlap(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        run: RunRecord,
+        input: &StartInput,
+        policy: OverlapPolicy,
+        now: i64,
+    ) -> Result<StartOutcome, StoreError> {
+        // Runs whose lease ran out belong to dead workers; they do not block new runs.
+        let others: Vec<String> = sqlx::query(
+            "SELECT id FROM runs WHERE agent_id = $1 AND status = 'running' AND id <> $2 AND lease_expires_at > $3",
+        )
+        .bind(input.agent_id.as_str())
+        .bind(run.id.as_str())
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String, _>("id"))
+        .collect::<Result<_, _>>()?;
+        if others.is_empty() || policy == OverlapPolicy::AllowAll {
+            return self.grant(tx, run, input, now).await;
+        }
+        let running = others.join(", ");
+        match policy {
+            OverlapPolicy::Skip => {
+                let reason = format!("overlap policy skip: run {running} is still running");
+                set_terminal(tx, &run.id, RunStatus::Skipped, &reason, now).await?;
+                let run = RunRecord { status: RunStatus::Skipped, reason: Some(reason.clone()), finished_at: Some(time::from_millis(now)), ..run };
+                Ok(StartOutcome::Skipped { run, reason })
+            }
+            OverlapPolicy::CancelOther => {
+                let reason = format!("cancelled by overlap policy cancel_other in favour of run {}", run.id);
+                for other in &others {
+                    set_terminal(tx, &RunId::from_string(other.clone()), RunStatus::Cancelled, &reason, now).await?;
+                }
+                self.grant(tx, run, input, now).await
+            }
+            OverlapPolicy::BufferOne | OverlapPolicy::BufferAll => {
+                if policy == OverlapPolicy::BufferOne {
+                    let buffered = sqlx::query(
+                        "SELECT id FROM runs WHERE agent_id = $1 AND status = 'queued' AND deferred = 1 AND id <> $2 LIMIT 1",
+                    )
+                    .bind(input.agent_id.as_str())
+                    .bind(run.id.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                    if let Some(b) = buffered {
+                        let b: String = b.try_get("id")?;
+                        let reason = format!("overlap policy buffer_one: run {b} is already waiting behind run {running}");
+                        set_terminal(tx, &run.id, RunStatus::Skipped, &reason, now).await?;
+                        let run = RunRecord { status: RunStatus::Skipped, reason: Some(reason.clone()), finished_at: Some(time::from_millis(now)), ..run };
+                        return Ok(StartOutcome::Skipped { run, reason });
+                    }
+                }
+                sqlx::query("UPDATE runs SET deferred = 1 WHERE id = $1").bind(run.id.as_str()).execute(&mut **tx).await?;
+                let reason = format!("waiting for run {running} (overlap policy {policy:?})");
+                Ok(StartOutcome::Deferred { run, retry_after: DEFER_POLL, reason })
+            }
+            OverlapPolicy::AllowAll => unreachable!("handled above"),
+        }
+    }
+
+    async fn grant(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        run: RunRecord,
+        input: &StartInput,
+        now: i64,
+    ) -> Result<StartOutcome, StoreError> {
+        let until = now + i64::try_from(input.lease_ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        sqlx::query(
+            "UPDATE runs SET status = 'running', attempt = attempt + 1, worker_id = $1, lease_expires_at = $2, \
+             started_at = COALESCE(started_at, $3), deferred = 0, not_before = NULL WHERE id = $4",
+        )
+        .bind(input.worker_id.as_str())
+        .bind(until)
+        .bind(now)
+        .bind(run.id.as_str())
+        .execute(&mut **tx)
+        .await?;
+        let run = run_in_tx(tx, &run.id).await?.ok_or_else(|| StoreError::NotFound(format!("run {}", run.id)))?;
+        let spec_row = sqlx::query("SELECT spec FROM agent_versions WHERE agent_id = $1 AND version = $2")
+            .bind(run.agent_id.as_str())
+            .bind(run.agent_version as i64)
+            .fetch_one(&mut **tx)
+            .await?;
+        let spec = decode_spec(&spec_row.try_get::<Vec<u8>, _>("spec")?)?;
+        let steps = sqlx::query("SELECT seq, attempt, kind, payload, created_at FROM run_steps WHERE run_id = $1 ORDER BY seq")
+            .bind(run.id.as_str())
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(StepRecord {
+                    seq: u32_col(r, "seq")?,
+                    attempt: u32_col(r, "attempt")?,
+                    kind: r.try_get("kind")?,
+                    payload: r.try_get("payload")?,
+                    created_at: time::from_millis(r.try_get("created_at")?),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(StartOutcome::Started { run, spec: Box::new(spec), steps })
+    }
+
+    /// Extends the lease of a running run held with `attempt`.
+    pub async fn heartbeat(&self, id: &RunId, attempt: u32, ttl: Duration) -> Result<DateTime<Utc>, StoreError> {
+        let now = self.now_ms();
+        let until = now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let done = sqlx::query("UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND attempt = $3 AND status = 'running'")
+            .bind(until)
+            .bind(id.as_str())
+            .bind(i64::from(attempt))
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(fenced(self.get_run(id).await?, id, attempt));
+        }
+        Ok(time::from_millis(until))
+    }
+
+    /// Appends a checkpoint (fenced) and optionally extends the lease. Writing a `seq` that
+    /// exists already from the same attempt is a no-op, so a retried call is harmless.
+    pub async fn checkpoint(
+        &self,
+        id: &RunId,
+        attempt: u32,
+        step: &StepInput,
+        ttl: Option<Duration>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let now = self.now_ms();
+        let until = ttl.map(|t| now + i64::try_from(t.as_millis()).unwrap_or(i64::MAX / 2));
+        let mut tx = self.pool.begin().await?;
+        // The fenced write comes first: it both checks the token and takes the row lock, so a
+        // concurrent takeover cannot slip in between the check and the insert.
+        let done = sqlx::query(
+            "UPDATE runs SET lease_expires_at = COALESCE($1, lease_expires_at) WHERE id = $2 AND attempt = $3 AND status = 'running'",
+        )
+        .bind(until)
+        .bind(id.as_str())
+        .bind(i64::from(attempt))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            drop(tx);
+            return Err(fenced(self.get_run(id).await?, id, attempt));
+        }
+        let next: i64 = sqlx::query("SELECT CAST(COALESCE(MAX(seq) + 1, 0) AS BIGINT) AS next FROM run_steps WHERE run_id = $1")
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("next")?;
+        let seq = i64::from(step.seq);
+        if seq < next {
+            let existing = sqlx::query("SELECT attempt FROM run_steps WHERE run_id = $1 AND seq = $2")
+                .bind(id.as_str())
+                .bind(seq)
+                .fetch_one(&mut *tx)
+                .await?;
+            let by = u32_col(&existing, "attempt")?;
+            if by != attempt {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "step {seq} of run {id} was already recorded by attempt {by}; continue at step {next}"
+                )));
+            }
+        } else if seq > next {
+            return Err(StoreError::FailedPrecondition(format!("step {seq} of run {id} would leave a gap; the next step is {next}")));
+        } else {
+            sqlx::query("INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(id.as_str())
+                .bind(seq)
+                .bind(i64::from(attempt))
+                .bind(step.kind.as_str())
+                .bind(step.payload.clone())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(until.map(time::from_millis))
+    }
+
+    /// Ends an attempt (fenced). A failure or timeout with retries left puts the run back in the
+    /// queue with `not_before` set by the policy's backoff; the returned delay says when to
+    /// deliver it again.
+    pub async fn finish_run(
+        &self,
+        id: &RunId,
+        attempt: u32,
+        input: &FinishInput,
+    ) -> Result<(RunRecord, Option<Duration>), StoreError> {
+        let now = self.now_ms();
+        let run = self.get_run(id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
+        if run.status != RunStatus::Running || run.attempt != attempt {
+            return Err(fenced(Some(run), id, attempt));
+        }
+        let mut retry_after = None;
+        let (status, not_before, retries) = match input.outcome {
+            RunOutcome::Succeeded => (RunStatus::Succeeded, None, run.retries),
+            RunOutcome::Cancelled => (RunStatus::Cancelled, None, run.retries),
+            RunOutcome::Released => (RunStatus::Queued, None, run.retries),
+            RunOutcome::Failed | RunOutcome::TimedOut => {
+                let policy = self.get_agent_version(&run.agent_id, run.agent_version).await?.policy;
+                if run.retries < policy.max_retries {
+                    let delay = policy.retry_delay_for(run.retries);
+                    retry_after = Some(delay);
+                    let at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+                    (RunStatus::Queued, Some(at), run.retries + 1)
+                } else if input.outcome == RunOutcome::TimedOut {
+                    (RunStatus::TimedOut, None, run.retries)
+                } else {
+                    (RunStatus::Failed, None, run.retries)
+                }
+            }
+        };
+        let finished_at = status.is_terminal().then_some(now);
+        let (result, error, reason) = match input.outcome {
+            RunOutcome::Succeeded => (input.result.clone(), None, None),
+            RunOutcome::Failed | RunOutcome::TimedOut => (None, input.error.clone(), None),
+            RunOutcome::Cancelled | RunOutcome::Released => (None, None, input.error.clone()),
+        };
+        let done = sqlx::query(
+            "UPDATE runs SET status = $1, finished_at = $2, not_before = $3, retries = $4, \
+             result = COALESCE($5, result), error = COALESCE($6, error), reason = COALESCE($7, reason), \
+             input_tokens = input_tokens + $8, output_tokens = output_tokens + $9, lease_expires_at = NULL \
+             WHERE id = $10 AND attempt = $11 AND status = 'running'",
+        )
+        .bind(status.as_str())
+        .bind(finished_at)
+        .bind(not_before)
+        .bind(i64::from(retries))
+        .bind(result)
+        .bind(error)
+        .bind(reason)
+        .bind(i64::try_from(input.input_tokens).unwrap_or(i64::MAX))
+        .bind(i64::try_from(input.output_tokens).unwrap_or(i64::MAX))
+        .bind(id.as_str())
+        .bind(i64::from(attempt))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(fenced(self.get_run(id).await?, id, attempt));
+        }
+        let run = self.get_run(id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
+        Ok((run, retry_after))
+    }
+}

@@ -1,0 +1,181 @@
+//! Run repository: creating, reading, listing, cancelling runs and aggregating them per agent.
+use std::str::FromStr;
+use std::time::Duration;
+
+use nightshift_core::{AgentId, RunId, RunStatus, time};
+use sqlx::Row;
+
+use crate::db::{RUN_COLUMNS, Store, run_from_row, u32_col, u64_col};
+use crate::error::StoreError;
+use crate::model::{AgentStats, NewRun, Page, RunFilter, RunRecord, StepRecord};
+
+impl Store {
+    /// Records a queued run at the agent's current version. Idempotent on the run id: returns
+    /// the existing run and `false` if it was already recorded (a tick fired twice).
+    pub async fn insert_run(&self, run: &NewRun) -> Result<(RunRecord, bool), StoreError> {
+        let now = self.now_ms();
+        let done = sqlx::query(
+            "INSERT INTO runs (id, agent_id, agent_version, status, trigger_kind, scheduled_for, query_override, created_at) \
+             SELECT $1, id, version, 'queued', $2, $3, $4, $5 FROM agents WHERE id = $6 \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(run.id.as_str())
+        .bind(run.trigger.as_str())
+        .bind(run.scheduled_for.map(time::to_millis))
+        .bind(run.query_override.clone())
+        .bind(now)
+        .bind(run.agent_id.as_str())
+        .execute(&self.pool)
+        .await?;
+        let rec = self.get_run(&run.id).await?.ok_or_else(|| StoreError::NotFound(format!("agent {}", run.agent_id)))?;
+        if rec.agent_id != run.agent_id {
+            return Err(StoreError::AlreadyExists(format!("run {} (of another agent)", run.id)));
+        }
+        Ok((rec, done.rows_affected() > 0))
+    }
+
+    /// The run with this id.
+    pub async fn get_run(&self, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.id = $1")))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    /// The checkpointed steps of a run, in order.
+    pub async fn run_steps(&self, id: &RunId) -> Result<Vec<StepRecord>, StoreError> {
+        let rows = sqlx::query("SELECT seq, attempt, kind, payload, created_at FROM run_steps WHERE run_id = $1 ORDER BY seq")
+            .bind(id.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StepRecord {
+                    seq: u32_col(r, "seq")?,
+                    attempt: u32_col(r, "attempt")?,
+                    kind: r.try_get("kind")?,
+                    payload: r.try_get("payload")?,
+                    created_at: time::from_millis(r.try_get("created_at")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Runs, newest first.
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Page<RunRecord>, StoreError> {
+        let limit = filter.limit.clamp(1, 1000);
+        let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs r JOIN agents a ON a.id = r.agent_id WHERE 1 = 1");
+        enum B {
+            S(String),
+            I(i64),
+        }
+        let mut binds: Vec<B> = Vec::new();
+        if let Some(agent) = &filter.agent_id {
+            binds.push(B::S(agent.to_string()));
+            sql.push_str(&format!(" AND r.agent_id = ${}", binds.len()));
+        }
+        if !filter.statuses.is_empty() {
+            let mut marks = Vec::new();
+            for s in &filter.statuses {
+                binds.push(B::S(s.as_str().to_owned()));
+                marks.push(format!("${}", binds.len()));
+            }
+            sql.push_str(&format!(" AND r.status IN ({})", marks.join(", ")));
+        }
+        if let Some(token) = &filter.page_token {
+            let (ms, id) = token
+                .split_once('/')
+                .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id.to_owned())))
+                .ok_or_else(|| StoreError::Invalid("page_token: not a token from a previous page".into()))?;
+            binds.push(B::I(ms));
+            binds.push(B::S(id));
+            let (m, i) = (binds.len() - 1, binds.len());
+            sql.push_str(&format!(" AND (r.created_at < ${m} OR (r.created_at = ${m} AND r.id < ${i}))"));
+        }
+        sql.push_str(&format!(" ORDER BY r.created_at DESC, r.id DESC LIMIT {}", limit + 1));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for b in binds {
+            q = match b {
+                B::S(s) => q.bind(s),
+                B::I(i) => q.bind(i),
+            };
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let mut items = rows.iter().map(run_from_row).collect::<Result<Vec<_>, _>>()?;
+        let next_page_token = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|r| format!("{}/{}", time::to_millis(r.created_at), r.id))
+        } else {
+            None
+        };
+        Ok(Page { items, next_page_token })
+    }
+
+    /// Cancels a queued or running run. A running run's worker finds out at its next fenced
+    /// call (FAILED_PRECONDITION). `FailedPrecondition` if the run already ended.
+    pub async fn cancel_run(&self, id: &RunId, reason: &str) -> Result<RunRecord, StoreError> {
+        let now = self.now_ms();
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'cancelled', reason = $1, finished_at = $2, lease_expires_at = NULL \
+             WHERE id = $3 AND status IN ('queued', 'running')",
+        )
+        .bind(reason)
+        .bind(now)
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        let run = self.get_run(id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::FailedPrecondition(format!("run {id} already ended ({})", run.status)));
+        }
+        Ok(run)
+    }
+
+    /// Counts, tokens, mean duration, last run and last error of an agent.
+    pub async fn agent_stats(&self, agent: &AgentId) -> Result<AgentStats, StoreError> {
+        let mut stats = AgentStats::default();
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n, CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS tin, \
+             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS tout FROM runs WHERE agent_id = $1 GROUP BY status",
+        )
+        .bind(agent.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &rows {
+            let status: String = r.try_get("status")?;
+            let status = RunStatus::from_str(&status).map_err(StoreError::Corrupt)?;
+            stats.by_status.insert(status, u64_col(r, "n")?);
+            stats.input_tokens += u64_col(r, "tin")?;
+            stats.output_tokens += u64_col(r, "tout")?;
+        }
+        let mean: Option<f64> = sqlx::query(
+            "SELECT CAST(AVG(finished_at - started_at) AS DOUBLE PRECISION) AS mean_ms FROM runs \
+             WHERE agent_id = $1 AND status = 'succeeded' AND started_at IS NOT NULL AND finished_at IS NOT NULL",
+        )
+        .bind(agent.as_str())
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("mean_ms")?;
+        stats.mean_duration = mean.filter(|m| m.is_finite() && *m >= 0.0).map(|m| Duration::from_secs_f64(m / 1000.0));
+        let last = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.agent_id = $1 \
+             ORDER BY r.created_at DESC, r.id DESC LIMIT 1"
+        )))
+        .bind(agent.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        stats.last_run = last.as_ref().map(run_from_row).transpose()?;
+        let err = sqlx::query(
+            "SELECT error, COALESCE(finished_at, started_at, created_at) AS at FROM runs \
+             WHERE agent_id = $1 AND error IS NOT NULL ORDER BY COALESCE(finished_at, started_at, created_at) DESC LIMIT 1",
+        )
+        .bind(agent.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(r) = err {
+            stats.last_error = Some((r.try_get("error")?, time::from_millis(r.try_get("at")?)));
+        }
+        Ok(stats)
+    }
+}

@@ -1,0 +1,335 @@
+//! Store contract tests, run against both backends: an embedded SQLite file and the real
+//! Postgres server (a fresh database per test).
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use nightshift_core::{AgentSpec, AgentState, ManualClock, RunId, RunOutcome, RunStatus, TriggerKind, WorkerId};
+use nightshift_store::{
+    AgentFilter, ApplyOutcome, FinishInput, NewRun, RunFilter, StartInput, StartOutcome, StepInput, Store, StoreError,
+};
+use nightshift_testkit::{Db, database};
+
+fn spec(name: &str, extra: &str) -> AgentSpec {
+    AgentSpec::from_yaml(&format!(
+        "name: {name}\nmodel: {{provider: openai, model: m}}\ntask: {{query: q}}\nschedule: {{interval: 60s}}\n{extra}"
+    ))
+    .unwrap()
+}
+
+struct Env {
+    store: Store,
+    clock: ManualClock,
+    _guard: Option<nightshift_testkit::SqliteDb>,
+}
+
+async fn env(kind: Db) -> Env {
+    let (url, guard) = database(kind).await;
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap());
+    let store = Store::connect_with_clock(&url, Arc::new(clock.clone())).await.unwrap();
+    Env { store, clock, _guard: guard }
+}
+
+fn start_input(run: &RunId, agent: &nightshift_core::AgentId, worker: &str) -> StartInput {
+    StartInput {
+        run_id: run.clone(),
+        agent_id: agent.clone(),
+        worker_id: WorkerId::from_string(worker),
+        lease_ttl: Duration::from_secs(30),
+        trigger: TriggerKind::Schedule,
+        scheduled_for: None,
+    }
+}
+
+fn finish(outcome: RunOutcome) -> FinishInput {
+    FinishInput { outcome, result: Some("done".into()), error: Some("boom".into()), input_tokens: 10, output_tokens: 5 }
+}
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(nightshift_testkit::Db::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(nightshift_testkit::Db::Postgres).await })*
+        }
+    };
+}
+
+both_backends!(
+    agent_lifecycle,
+    apply_is_idempotent,
+    list_pages_and_filters_by_label,
+    concurrent_start_with_skip_policy_starts_exactly_one,
+    concurrent_start_of_one_run_grants_one_lease,
+    stale_fencing_token_is_refused_after_takeover,
+    checkpoints_are_idempotent_and_gapless,
+    failures_retry_with_backoff_then_fail,
+    buffer_one_and_cancel_other_and_allow_all,
+    paused_agent_runs_are_skipped,
+    stats_aggregate_runs,
+    enqueue_is_idempotent_per_tick,
+);
+
+async fn agent_lifecycle(kind: Db) {
+    let e = env(kind).await;
+    let a = e.store.create_agent(&spec("alpha", ""), AgentState::Active).await.unwrap();
+    assert_eq!(a.version, 1);
+    assert!(matches!(e.store.create_agent(&spec("alpha", ""), AgentState::Active).await, Err(StoreError::AlreadyExists(_))));
+    assert_eq!(e.store.get_agent_by_name("alpha").await.unwrap().unwrap().id, a.id);
+
+    let changed = spec("alpha", "description: changed");
+    assert!(matches!(e.store.update_agent(&a.id, &changed, Some(7)).await, Err(StoreError::VersionConflict(_))));
+    let (b, did) = e.store.update_agent(&a.id, &changed, Some(1)).await.unwrap();
+    assert!(did);
+    assert_eq!(b.version, 2);
+    let (c, did) = e.store.update_agent(&a.id, &changed, None).await.unwrap();
+    assert!(!did, "identical spec must not bump the version");
+    assert_eq!(c.version, 2);
+    assert_eq!(e.store.get_agent_version(&a.id, 1).await.unwrap().description, "");
+    assert_eq!(e.store.get_agent_version(&a.id, 2).await.unwrap().description, "changed");
+
+    let (p, did) = e.store.set_agent_state(&a.id, AgentState::Paused).await.unwrap();
+    assert!(did);
+    assert_eq!(p.state, AgentState::Paused);
+    assert!(!e.store.set_agent_state(&a.id, AgentState::Paused).await.unwrap().1);
+
+    let run = RunId::generate();
+    e.store
+        .insert_run(&NewRun { id: run.clone(), agent_id: a.id.clone(), trigger: TriggerKind::Manual, scheduled_for: None, query_override: None })
+        .await
+        .unwrap();
+    e.store.delete_agent(&a.id).await.unwrap();
+    assert!(e.store.get_agent(&a.id).await.unwrap().is_none());
+    assert!(e.store.get_run(&run).await.unwrap().is_none(), "runs go with their agent");
+    assert!(matches!(e.store.delete_agent(&a.id).await, Err(StoreError::NotFound(_))));
+}
+
+async fn apply_is_idempotent(kind: Db) {
+    let e = env(kind).await;
+    let (a, o) = e.store.apply_agent(&spec("beta", "")).await.unwrap();
+    assert_eq!(o, ApplyOutcome::Created);
+    let (b, o) = e.store.apply_agent(&spec("beta", "")).await.unwrap();
+    assert_eq!((o, b.version, &b.id), (ApplyOutcome::Unchanged, 1, &a.id));
+    let (c, o) = e.store.apply_agent(&spec("beta", "labels: {team: x}")).await.unwrap();
+    assert_eq!((o, c.version), (ApplyOutcome::Updated, 2));
+}
+
+async fn list_pages_and_filters_by_label(kind: Db) {
+    let e = env(kind).await;
+    for i in 0..7 {
+        let team = if i % 2 == 0 { "ops" } else { "data" };
+        e.store.create_agent(&spec(&format!("agent-{i}"), &format!("labels: {{team: {team}, tier: gold}}")), AgentState::Active).await.unwrap();
+    }
+    let mut names = Vec::new();
+    let mut token = None;
+    loop {
+        let page = e.store.list_agents(&AgentFilter { limit: 3, page_token: token, ..Default::default() }).await.unwrap();
+        assert!(page.items.len() <= 3);
+        names.extend(page.items.iter().map(|a| a.spec.name.to_string()));
+        token = page.next_page_token;
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(names, (0..7).map(|i| format!("agent-{i}")).collect::<Vec<_>>());
+    let labels = BTreeMap::from([("team".to_owned(), "ops".to_owned()), ("tier".to_owned(), "gold".to_owned())]);
+    let ops = e.store.list_agents(&AgentFilter { limit: 100, labels, ..Default::default() }).await.unwrap();
+    assert_eq!(ops.items.len(), 4);
+    assert!(ops.items.iter().all(|a| a.spec.labels["team"] == "ops"));
+}
+
+async fn concurrent_start_with_skip_policy_starts_exactly_one(kind: Db) {
+    let e = env(kind).await;
+    let a = e.store.create_agent(&spec("gamma", "policy: {overlap: skip}"), AgentState::Active).await.unwrap();
+    const N: usize = 12;
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let store = e.store.clone();
+        let input = start_input(&RunId::for_tick(&a.id, i as i64), &a.id, &format!("w{i}"));
+        tasks.push(tokio::spawn(async move { store.start_run(&input).await.unwrap() }));
+    }
+    let mut started = 0;
+    let mut skipped = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            StartOutcome::Started { .. } => started += 1,
+            StartOutcome::Skipped { run, .. } => {
+                assert_eq!(run.status, RunStatus::Skipped);
+                skipped += 1
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((started, skipped), (1, N - 1));
+    let runs = e.store.list_runs(&RunFilter { agent_id: Some(a.id.clone()), limit: 100, ..Default::default() }).await.unwrap();
+    let running = runs.items.iter().filter(|r| r.status == RunStatus::Running).count();
+    let skipped_rows = runs.items.iter().filter(|r| r.status == RunStatus::Skipped).count();
+    assert_eq!((running, skipped_rows), (1, N - 1), "the store agrees with the answers");
+}
+
+async fn concurrent_start_of_one_run_grants_one_lease(kind: Db) {
+    let e = env(kind).await;
+    let a = e.store.create_agent(&spec("delta", "policy: {overlap: allow_all}"), AgentState::Active).await.unwrap();
+    let run = RunId::generate();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = e.store.clone();
+        let input = start_input(&run, &a.id, &format!("w{i}"));
+        tasks.push(tokio::spawn(async move { store.start_run(&input).await.unwrap() }));
+    }
+    let mut started = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            StartOutcome::Started { run, .. } => {
+                assert_eq!(run.attempt, 1);
+                started += 1
+            }
+            StartOutcome::LeasedElsewhere { retry_after, .. } => assert!(retry_after <= Duration::from_secs(30)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(started, 1);
+}
+
+async fn stale_fencing_token_is_refused_after_takeover(kind: Db) {
+    let e = env(kind).await;
+    let a = e.store.create_agent(&spec("eps", ""), AgentState::Active).await.unwrap();
+    let run = RunId::generate();
+    let StartOutcome::Started { run: r1, .. } = e.store.start_run(&start_input(&run, &a.id, "w1")).await.unwrap() else {
+        panic!("first start")
+    };
+    assert_eq!(r1.attempt, 1);
+    let step = StepInput { seq: 0, kind: "llm_response".into(), payload: vec![1, 2, 3] };
+    e.store.checkpoint(&run, 1, &step, Some(Duration::from_secs(30))).await.unwrap();
+    // w1 goes silent; its lease runs out and w2 takes over with attempt 2 and w1's step.
+    e.clock.advance(chrono::Duration::seconds(31));
+    let StartOutcome::Started { run: r2, steps, .. } = e.store.start_run(&start_input(&run, &a.id, "w2")).await.unwrap() else {
+        panic!("takeover")
+    };
+    assert_eq!(r2.attempt, 2);
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0].payload, vec![1, 2, 3]);
+    // Every fenced call of the old attempt is refused.
+    assert!(matches!(e.store.heartbeat(&run, 1, Duration::from_secs(30)).await, Err(StoreError::Fenced(_))));
+    let step1 = StepInput { seq: 1, kind: "tool_result".into(), payload: vec![9] };
+    assert!(matches!(e.store.checkpoint(&run, 1, &step1, None).await, Err(StoreError::Fenced(_))));
+    assert!(matches!(e.store.finish_run(&run, 1, &finish(RunOutcome::Succeeded)).await, Err(StoreError::Fenced(_))));
+    // The new holder proceeds.
+    e.store.heartbeat(&run, 2, Duration::from_secs(30)).await.unwrap();
+    e.store.checkpoint(&run, 2, &step1, None).await.unwrap();
+    let (done, retry) = e.store.finish_run(&run, 2, &finish(RunOutcome::Succeeded)).await.unwrap();
+    assert_eq!((done.status, retry), (RunStatus::Succeeded, None));
+    assert!(matches!(e.store.heartbeat(&run, 2, Duration::from_secs(30)).await, Err(StoreError::Fenced(_))));
+    assert!(matches!(e.store.start_run(&start_input(&run, &a.id, "w3")).await.unwrap(), StartOutcome::AlreadyFinished { .. }));
+}
+
+async fn checkpoints_are_idempotent_and_gapless(kind: Db) {
+    let e = env(kind).await;
+    let a = e.store.create_agent(&spec("zeta", ""), AgentState::Active).await.unwrap();
+    let run = RunId::generate();
+    e.store.start_run(&start_input(&run, &a.id, "w1")).await.unwrap();
+    let s0 = StepInput { seq: 0, kind: "llm_response".into(), payload: vec![0] };
+    e.store.checkpoint(&run, 1, &s0, None).await.unwrap();
+    e.store.checkpoint(&run, 1, &s0, None).await.unwrap();
+    let gap = StepInput { seq: 5, kind: "llm_response".into(), payload: vec![5] };
+    assert!(matches!(e.store.checkpoint(&run, 1, &gap, None).await, Err(StoreError::FailedPrecondition(_))));
+    assert_eq!(e.store.run_steps(&run).await.unwrap().len(), 1);
+}
+
+async fn failures_retry_with_backoff_then_fail(kind: Db) {
+    let e = env(kind).await;
+    let a = e.store
+        .create_agent(&spec("eta", "policy: {max_retries: 2, retry_delay: 10s, backoff: exponential, max_delay: 1m}"), AgentState::Active)
+        .await
+        .unwrap();
+    let run = RunId::generate();
+    let mut delays = Vec::new();
+    for attempt in 1..=3u32 {
+        let out = e.store.start_run(&start_input(&run, &a.id, "w")).await.unwrap();
+        let StartOutcome::Started { run: r, .. } = out else { panic!("attempt {attempt}: {out:?}") };
+        assert_eq!(r.attempt, attempt);
+        let (r, retry) = e.store.finish_run(&run, attempt, &finish(RunOutcome::Failed)).await.unwrap();
+        match retry {
+            Some(d) => {
+                assert_eq!(r.status, RunStatus::Queued);
+                delays.push(d.as_secs());
+                let early = e.store.start_run(&start_input(&run, &a.id, "w")).await.unwrap();
+                assert!(matches!(early, StartOutcome::NotYet { .. }), "backoff must hold: {early:?}");
+                e.clock.advance(chrono::Duration::from_std(d).unwrap());
+            }
+            None => {
+                assert_eq!(r.status, RunStatus::Failed);
+                assert_eq!(r.error.as_deref(), Some("boom"));
+            }
+        }
+    }
+    assert_eq!(delays, [10, 20]);
+}
+
+async fn buffer_one_and_cancel_other_and_allow_all(kind: Db) {
+    let e = env(kind).await;
+    // buffer_one: one waits, the next is skipped, and the waiting one starts once the first ends.
+    let a = e.store.create_agent(&spec("buf", "policy: {overlap: buffer_one}"), AgentState::Active).await.unwrap();
+    let (r1, r2, r3) = (RunId::generate(), RunId::generate(), RunId::generate());
+    assert!(matches!(e.store.start_run(&start_input(&r1, &a.id, "w")).await.unwrap(), StartOutcome::Started { .. }));
+    assert!(matches!(e.store.start_run(&start_input(&r2, &a.id, "w")).await.unwrap(), StartOutcome::Deferred { .. }));
+    assert!(matches!(e.store.start_run(&start_input(&r3, &a.id, "w")).await.unwrap(), StartOutcome::Skipped { .. }));
+    assert!(matches!(e.store.start_run(&start_input(&r2, &a.id, "w")).await.unwrap(), StartOutcome::Deferred { .. }));
+    e.store.finish_run(&r1, 1, &finish(RunOutcome::Succeeded)).await.unwrap();
+    assert!(matches!(e.store.start_run(&start_input(&r2, &a.id, "w")).await.unwrap(), StartOutcome::Started { .. }));
+
+    // cancel_other: the newcomer wins and the old run is fenced out.
+    let b = e.store.create_agent(&spec("canc", "policy: {overlap: cancel_other}"), AgentState::Active).await.unwrap();
+    let (c1, c2) = (RunId::generate(), RunId::generate());
+    e.store.start_run(&start_input(&c1, &b.id, "w")).await.unwrap();
+    assert!(matches!(e.store.start_run(&start_input(&c2, &b.id, "w")).await.unwrap(), StartOutcome::Started { .. }));
+    assert_eq!(e.store.get_run(&c1).await.unwrap().unwrap().status, RunStatus::Cancelled);
+    assert!(matches!(e.store.heartbeat(&c1, 1, Duration::from_secs(5)).await, Err(StoreError::Fenced(_))));
+
+    // allow_all: both run.
+    let c = e.store.create_agent(&spec("all", "policy: {overlap: allow_all}"), AgentState::Active).await.unwrap();
+    for _ in 0..2 {
+        assert!(matches!(e.store.start_run(&start_input(&RunId::generate(), &c.id, "w")).await.unwrap(), StartOutcome::Started { .. }));
+    }
+}
+
+async fn paused_agent_runs_are_skipped(kind: Db) {
+    let e = env(kind).await;
+    let a = e.store.create_agent(&spec("paused", ""), AgentState::Paused).await.unwrap();
+    let out = e.store.start_run(&start_input(&RunId::generate(), &a.id, "w")).await.unwrap();
+    let StartOutcome::Skipped { reason, run } = out else { panic!("{out:?}") };
+    assert!(reason.contains("paused"));
+    assert_eq!(run.status, RunStatus::Skipped);
+}
+
+async fn stats_aggregate_runs(kind: Db) {
+    let e = env(kind).await;
+    let a = e.store.create_agent(&spec("stats", "policy: {max_retries: 0, overlap: allow_all}"), AgentState::Active).await.unwrap();
+    for outcome in [RunOutcome::Succeeded, RunOutcome::Succeeded, RunOutcome::Failed] {
+        let run = RunId::generate();
+        e.store.start_run(&start_input(&run, &a.id, "w")).await.unwrap();
+        e.clock.advance(chrono::Duration::seconds(2));
+        e.store.finish_run(&run, 1, &finish(outcome)).await.unwrap();
+    }
+    let s = e.store.agent_stats(&a.id).await.unwrap();
+    assert_eq!((s.total(), s.count(RunStatus::Succeeded), s.count(RunStatus::Failed)), (3, 2, 1));
+    assert_eq!((s.input_tokens, s.output_tokens), (30, 15));
+    assert_eq!(s.mean_duration, Some(Duration::from_secs(2)));
+    assert_eq!(s.last_error.as_ref().map(|(e, _)| e.as_str()), Some("boom"));
+    assert_eq!(s.last_run.unwrap().status, RunStatus::Failed);
+}
+
+async fn enqueue_is_idempotent_per_tick(kind: Db) {
+    let e = env(kind).await;
+    let a = e.store.create_agent(&spec("tick", ""), AgentState::Active).await.unwrap();
+    let id = RunId::for_tick(&a.id, 1_000);
+    let new = NewRun { id, agent_id: a.id.clone(), trigger: TriggerKind::Schedule, scheduled_for: Some(Utc::now()), query_override: None };
+    assert!(e.store.insert_run(&new).await.unwrap().1);
+    assert!(!e.store.insert_run(&new).await.unwrap().1);
+    let page = e.store.list_runs(&RunFilter { agent_id: Some(a.id.clone()), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+}
