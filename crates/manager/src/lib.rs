@@ -1,0 +1,15 @@
+//! The manager service: the agent registry (TaskRegistry) and the single authority that starts
+//! runs (BackgroundAgentManager). It owns agent specs, run records and checkpoints in the SQL
+//! store and hands out run leases fenced by the attempt number.
+
+mod config;
+mod convert;
+mod error;
+mod service;
+
+pub use config::ManagerConfig;
+pub use error::{status_from_store, status_from_validation};
+pub use service::ManagerService;
+
+/// The full gRPC name of the service (for health checks).
+pub const SERVICE_NAME: &str = nightshift_proto::v1::manager_service_server::SERVICE_NAME;

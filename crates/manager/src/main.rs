@@ -1,1 +1,32 @@
-fn main(){}
+//! `nightshift-manager`: the manager service as its own process.
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use nightshift_manager::{ManagerConfig, ManagerService, SERVICE_NAME};
+use nightshift_rpc::{GrpcServer, shutdown_signal};
+use nightshift_store::Store;
+
+/// Runs the Nightshift manager (agent registry and run authority).
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file (see config/manager.toml). Env: NIGHTSHIFT_MANAGER_<KEY>.
+    #[arg(long, env = "NIGHTSHIFT_MANAGER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg: ManagerConfig = nightshift_core::config::load(args.config.as_deref(), "NIGHTSHIFT_MANAGER")?;
+    nightshift_telemetry::init(cfg.log_format.parse().map_err(anyhow::Error::msg)?);
+    let store = Store::connect(&cfg.database_url).await.context("connecting to the database")?;
+    let mut server = GrpcServer::new()?;
+    server.routes().add_service(ManagerService::new(store.clone(), cfg.default_lease_ttl).into_server());
+    server.serving(SERVICE_NAME);
+    let listener = GrpcServer::bind(&cfg.listen).await?;
+    server.serve(listener, shutdown_signal()).await?;
+    store.close().await;
+    Ok(())
+}

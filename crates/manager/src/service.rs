@@ -1,0 +1,384 @@
+//! `nightshift.v1.ManagerService` on the SQL store.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nightshift_core::{
+    AgentId, AgentManifest, AgentSpec, AgentState, Clock, RunId, RunOutcome, RunStatus, SystemClock, TriggerKind,
+    ValidationError, WorkerId, duration, pb, time,
+};
+use nightshift_store::{
+    AgentFilter, AgentRecord, ApplyOutcome, FinishInput, NewRun, RunFilter, StartInput, StartOutcome, StepInput, Store,
+};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::error::{invalid, status_from_store, status_from_validation};
+
+const MIN_LEASE: Duration = Duration::from_secs(1);
+const MAX_LEASE: Duration = Duration::from_secs(600);
+const MAX_QUERY_OVERRIDE: usize = 64 * 1024;
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+/// The manager's gRPC service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ManagerService {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    default_lease_ttl: Duration,
+}
+
+impl ManagerService {
+    /// A service on `store` granting `default_lease_ttl` leases when a worker asks for none.
+    pub fn new(store: Store, default_lease_ttl: Duration) -> Self {
+        Self { store, clock: Arc::new(SystemClock), default_lease_ttl }
+    }
+
+    /// Uses `clock` for "now" (next fire times in status).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The tonic server wrapping this service.
+    pub fn into_server(self) -> pb::manager_service_server::ManagerServiceServer<Self> {
+        pb::manager_service_server::ManagerServiceServer::new(self)
+    }
+
+    async fn resolve(&self, r: Option<&pb::AgentRef>) -> Result<AgentRecord, Status> {
+        use pb::agent_ref::Ref;
+        let found = match r.and_then(|r| r.r#ref.as_ref()) {
+            Some(Ref::Id(id)) => {
+                let id = AgentId::parse("agent.id", id).map_err(invalid)?;
+                self.store.get_agent(&id).await
+            }
+            Some(Ref::Name(name)) => {
+                if name.is_empty() {
+                    return Err(Status::invalid_argument("agent.name: is required"));
+                }
+                self.store.get_agent_by_name(name).await
+            }
+            None => return Err(Status::invalid_argument("agent: set id or name")),
+        };
+        let label = match r.and_then(|r| r.r#ref.as_ref()) {
+            Some(Ref::Id(id)) => format!("agent with id {id}"),
+            Some(Ref::Name(n)) => format!("agent '{n}'"),
+            None => String::new(),
+        };
+        found.map_err(status_from_store)?.ok_or_else(|| Status::not_found(format!("{label} not found")))
+    }
+
+    fn lease_ttl(&self, field: &str, d: Option<&prost_types::Duration>) -> Result<Duration, Status> {
+        let Some(d) = d else { return Ok(self.default_lease_ttl) };
+        let ttl = duration::from_pb(d).map_err(|e| invalid(ValidationError::new(field, e)))?;
+        if !(MIN_LEASE..=MAX_LEASE).contains(&ttl) {
+            return Err(Status::invalid_argument(format!("{field}: must be between 1s and 10m (got {})", duration::format(ttl))));
+        }
+        Ok(ttl)
+    }
+
+    async fn status_of(&self, a: &AgentRecord) -> Result<pb::GetAgentStatusResponse, Status> {
+        let s = self.store.agent_stats(&a.id).await.map_err(status_from_store)?;
+        let next_run_at = match a.state {
+            AgentState::Active => a.spec.schedule.next_after(self.clock.now()).map(time::to_pb),
+            AgentState::Paused => None,
+        };
+        Ok(pb::GetAgentStatusResponse {
+            agent_id: a.id.to_string(),
+            name: a.spec.name.to_string(),
+            state: a.state.to_pb() as i32,
+            running: u32::try_from(s.count(RunStatus::Running)).unwrap_or(u32::MAX),
+            total_runs: s.total(),
+            succeeded: s.count(RunStatus::Succeeded),
+            failed: s.count(RunStatus::Failed),
+            skipped: s.count(RunStatus::Skipped),
+            cancelled: s.count(RunStatus::Cancelled),
+            timed_out: s.count(RunStatus::TimedOut),
+            queued: s.count(RunStatus::Queued),
+            last_run: s.last_run.as_ref().map(convert::run),
+            last_error: s.last_error.as_ref().map(|(e, _)| e.clone()).unwrap_or_default(),
+            last_error_at: s.last_error.as_ref().map(|(_, t)| time::to_pb(*t)),
+            next_run_at,
+            tools: a.spec.tools.names(),
+            mean_duration: convert::opt_duration(s.mean_duration),
+            total_usage: Some(pb::TokenUsage { input_tokens: s.input_tokens, output_tokens: s.output_tokens }),
+            version: a.version,
+        })
+    }
+}
+
+/// The spec of a request: exactly one of the message or the YAML manifest.
+fn spec_of(spec: Option<&pb::AgentSpec>, manifest_yaml: &str) -> Result<AgentSpec, Status> {
+    match (spec, manifest_yaml.trim().is_empty()) {
+        (Some(_), false) => Err(Status::invalid_argument("spec: set either spec or manifest_yaml, not both")),
+        (None, true) => Err(Status::invalid_argument("spec: is required (or manifest_yaml)")),
+        (Some(p), true) => AgentSpec::from_proto(p).map_err(|e| status_from_validation("agent spec", e)),
+        (None, false) => AgentManifest::from_yaml(manifest_yaml)
+            .and_then(|m| m.validate())
+            .map_err(|e| status_from_validation("agent manifest", e)),
+    }
+}
+
+fn page_size(n: u32) -> Result<u32, Status> {
+    match n {
+        0 => Ok(DEFAULT_PAGE),
+        n if n <= MAX_PAGE => Ok(n),
+        n => Err(Status::invalid_argument(format!("page_size: must be at most {MAX_PAGE} (got {n})"))),
+    }
+}
+
+fn token(t: &str) -> Option<String> {
+    (!t.is_empty()).then(|| t.to_owned())
+}
+
+#[tonic::async_trait]
+impl pb::manager_service_server::ManagerService for ManagerService {
+    async fn create_agent(&self, req: Request<pb::CreateAgentRequest>) -> Result<Response<pb::CreateAgentResponse>, Status> {
+        let req = req.into_inner();
+        let spec = spec_of(req.spec.as_ref(), &req.manifest_yaml)?;
+        let state = if req.paused { AgentState::Paused } else { AgentState::Active };
+        let rec = self.store.create_agent(&spec, state).await.map_err(status_from_store)?;
+        tracing::info!(agent = %rec.spec.name, id = %rec.id, "agent created");
+        Ok(Response::new(pb::CreateAgentResponse { agent: Some(convert::agent(&rec)) }))
+    }
+
+    async fn apply_agent(&self, req: Request<pb::ApplyAgentRequest>) -> Result<Response<pb::ApplyAgentResponse>, Status> {
+        let req = req.into_inner();
+        let spec = spec_of(req.spec.as_ref(), &req.manifest_yaml)?;
+        let (rec, outcome) = self.store.apply_agent(&spec).await.map_err(status_from_store)?;
+        use pb::apply_agent_response::Outcome;
+        let outcome = match outcome {
+            ApplyOutcome::Created => Outcome::Created,
+            ApplyOutcome::Updated => Outcome::Updated,
+            ApplyOutcome::Unchanged => Outcome::Unchanged,
+        };
+        tracing::info!(agent = %rec.spec.name, version = rec.version, outcome = ?outcome, "agent applied");
+        Ok(Response::new(pb::ApplyAgentResponse { agent: Some(convert::agent(&rec)), outcome: outcome as i32 }))
+    }
+
+    async fn get_agent(&self, req: Request<pb::GetAgentRequest>) -> Result<Response<pb::GetAgentResponse>, Status> {
+        let rec = self.resolve(req.get_ref().agent.as_ref()).await?;
+        Ok(Response::new(pb::GetAgentResponse { agent: Some(convert::agent(&rec)) }))
+    }
+
+    async fn list_agents(&self, req: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let req = req.into_inner();
+        let state = match req.state() {
+            pb::AgentState::Unspecified => None,
+            pb::AgentState::Active => Some(AgentState::Active),
+            pb::AgentState::Paused => Some(AgentState::Paused),
+        };
+        let filter = AgentFilter {
+            labels: req.label_selector.into_iter().collect::<BTreeMap<_, _>>(),
+            state,
+            limit: page_size(req.page_size)?,
+            page_token: token(&req.page_token),
+        };
+        let page = self.store.list_agents(&filter).await.map_err(status_from_store)?;
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: page.items.iter().map(convert::agent).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn update_agent(&self, req: Request<pb::UpdateAgentRequest>) -> Result<Response<pb::UpdateAgentResponse>, Status> {
+        let req = req.into_inner();
+        let spec = spec_of(req.spec.as_ref(), &req.manifest_yaml)?;
+        let current = self.resolve(req.agent.as_ref()).await?;
+        let (rec, changed) =
+            self.store.update_agent(&current.id, &spec, req.expected_version).await.map_err(status_from_store)?;
+        if changed {
+            tracing::info!(agent = %rec.spec.name, version = rec.version, "agent updated");
+        }
+        Ok(Response::new(pb::UpdateAgentResponse { agent: Some(convert::agent(&rec)) }))
+    }
+
+    async fn delete_agent(&self, req: Request<pb::DeleteAgentRequest>) -> Result<Response<pb::DeleteAgentResponse>, Status> {
+        let rec = self.resolve(req.get_ref().agent.as_ref()).await?;
+        self.store.delete_agent(&rec.id).await.map_err(status_from_store)?;
+        tracing::info!(agent = %rec.spec.name, id = %rec.id, "agent deleted");
+        Ok(Response::new(pb::DeleteAgentResponse {}))
+    }
+
+    async fn pause_agent(&self, req: Request<pb::PauseAgentRequest>) -> Result<Response<pb::PauseAgentResponse>, Status> {
+        let rec = self.resolve(req.get_ref().agent.as_ref()).await?;
+        let (rec, _) = self.store.set_agent_state(&rec.id, AgentState::Paused).await.map_err(status_from_store)?;
+        tracing::info!(agent = %rec.spec.name, "agent paused");
+        Ok(Response::new(pb::PauseAgentResponse { agent: Some(convert::agent(&rec)) }))
+    }
+
+    async fn resume_agent(&self, req: Request<pb::ResumeAgentRequest>) -> Result<Response<pb::ResumeAgentResponse>, Status> {
+        let rec = self.resolve(req.get_ref().agent.as_ref()).await?;
+        let (rec, _) = self.store.set_agent_state(&rec.id, AgentState::Active).await.map_err(status_from_store)?;
+        tracing::info!(agent = %rec.spec.name, "agent resumed");
+        Ok(Response::new(pb::ResumeAgentResponse { agent: Some(convert::agent(&rec)) }))
+    }
+
+    async fn trigger_agent(&self, req: Request<pb::TriggerAgentRequest>) -> Result<Response<pb::TriggerAgentResponse>, Status> {
+        let req = req.into_inner();
+        if let Some(q) = &req.query_override {
+            if q.trim().is_empty() || q.len() > MAX_QUERY_OVERRIDE {
+                return Err(Status::invalid_argument("query_override: must be non-empty and at most 64 KiB"));
+            }
+        }
+        let rec = self.resolve(req.agent.as_ref()).await?;
+        if rec.state == AgentState::Paused {
+            return Err(Status::failed_precondition(format!("agent '{}' is paused; resume it first", rec.spec.name)));
+        }
+        let new = NewRun {
+            id: RunId::generate(),
+            agent_id: rec.id.clone(),
+            trigger: TriggerKind::Manual,
+            scheduled_for: None,
+            query_override: req.query_override,
+        };
+        let (run, _) = self.store.insert_run(&new).await.map_err(status_from_store)?;
+        tracing::info!(agent = %rec.spec.name, run = %run.id, "run triggered");
+        Ok(Response::new(pb::TriggerAgentResponse { run: Some(convert::run(&run)) }))
+    }
+
+    async fn get_agent_status(
+        &self,
+        req: Request<pb::GetAgentStatusRequest>,
+    ) -> Result<Response<pb::GetAgentStatusResponse>, Status> {
+        let rec = self.resolve(req.get_ref().agent.as_ref()).await?;
+        Ok(Response::new(self.status_of(&rec).await?))
+    }
+
+    async fn list_runs(&self, req: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let req = req.into_inner();
+        let agent_id = match &req.agent {
+            Some(r) if r.r#ref.is_some() => Some(self.resolve(Some(r)).await?.id),
+            _ => None,
+        };
+        let statuses = req
+            .statuses()
+            .map(|s| RunStatus::from_pb(s).ok_or_else(|| Status::invalid_argument("statuses: UNSPECIFIED is not a status")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let filter = RunFilter { agent_id, statuses, limit: page_size(req.page_size)?, page_token: token(&req.page_token) };
+        let page = self.store.list_runs(&filter).await.map_err(status_from_store)?;
+        Ok(Response::new(pb::ListRunsResponse {
+            runs: page.items.iter().map(convert::run).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::GetRunResponse>, Status> {
+        let id = RunId::parse("run_id", &req.get_ref().run_id).map_err(invalid)?;
+        let run = self.store.get_run(&id).await.map_err(status_from_store)?;
+        let run = run.ok_or_else(|| Status::not_found(format!("run {id} not found")))?;
+        let steps = self.store.run_steps(&id).await.map_err(status_from_store)?;
+        let mut out = convert::run(&run);
+        out.steps = steps.iter().map(convert::step).collect();
+        Ok(Response::new(pb::GetRunResponse { run: Some(out) }))
+    }
+
+    async fn cancel_run(&self, req: Request<pb::CancelRunRequest>) -> Result<Response<pb::CancelRunResponse>, Status> {
+        let req = req.into_inner();
+        let id = RunId::parse("run_id", &req.run_id).map_err(invalid)?;
+        let reason = if req.reason.trim().is_empty() { "cancelled by request".to_owned() } else { req.reason };
+        let run = self.store.cancel_run(&id, &reason).await.map_err(status_from_store)?;
+        tracing::info!(run = %id, "run cancelled");
+        Ok(Response::new(pb::CancelRunResponse { run: Some(convert::run(&run)) }))
+    }
+
+    async fn enqueue_run(&self, req: Request<pb::EnqueueRunRequest>) -> Result<Response<pb::EnqueueRunResponse>, Status> {
+        let req = req.into_inner();
+        let new = NewRun {
+            id: RunId::parse("run_id", &req.run_id).map_err(invalid)?,
+            agent_id: AgentId::parse("agent_id", &req.agent_id).map_err(invalid)?,
+            trigger: TriggerKind::Schedule,
+            scheduled_for: req.scheduled_for.as_ref().and_then(time::from_pb),
+            query_override: None,
+        };
+        let (run, created) = self.store.insert_run(&new).await.map_err(status_from_store)?;
+        Ok(Response::new(pb::EnqueueRunResponse { run: Some(convert::run(&run)), created }))
+    }
+
+    async fn start_run(&self, req: Request<pb::StartRunRequest>) -> Result<Response<pb::StartRunResponse>, Status> {
+        let req = req.into_inner();
+        let input = StartInput {
+            run_id: RunId::parse("run_id", &req.run_id).map_err(invalid)?,
+            agent_id: AgentId::parse("agent_id", &req.agent_id).map_err(invalid)?,
+            worker_id: WorkerId::parse("worker_id", &req.worker_id).map_err(invalid)?,
+            lease_ttl: self.lease_ttl("lease_ttl", req.lease_ttl.as_ref())?,
+            trigger: match req.trigger() {
+                pb::TriggerKind::Manual => TriggerKind::Manual,
+                pb::TriggerKind::Schedule | pb::TriggerKind::Unspecified => TriggerKind::Schedule,
+            },
+            scheduled_for: req.scheduled_for.as_ref().and_then(time::from_pb),
+        };
+        let outcome = self.store.start_run(&input).await.map_err(status_from_store)?;
+        let mut resp = pb::StartRunResponse::default();
+        let (decision, run) = match outcome {
+            StartOutcome::Started { run, spec, steps } => {
+                resp.spec = Some(spec.to_proto());
+                resp.steps = steps.iter().map(convert::step).collect();
+                tracing::debug!(run = %run.id, attempt = run.attempt, worker = %input.worker_id, "run started");
+                (pb::StartDecision::Started, run)
+            }
+            StartOutcome::Skipped { run, reason } => {
+                tracing::info!(run = %run.id, %reason, "run skipped");
+                resp.reason = reason;
+                (pb::StartDecision::Skipped, run)
+            }
+            StartOutcome::Deferred { run, retry_after, reason } => {
+                resp.retry_after = Some(duration::to_pb(retry_after));
+                resp.reason = reason;
+                (pb::StartDecision::Deferred, run)
+            }
+            StartOutcome::AlreadyFinished { run } => (pb::StartDecision::AlreadyFinished, run),
+            StartOutcome::LeasedElsewhere { run, retry_after } => {
+                resp.retry_after = Some(duration::to_pb(retry_after));
+                (pb::StartDecision::LeasedElsewhere, run)
+            }
+            StartOutcome::NotYet { run, retry_after } => {
+                resp.retry_after = Some(duration::to_pb(retry_after));
+                (pb::StartDecision::NotYet, run)
+            }
+        };
+        resp.decision = decision as i32;
+        resp.run = Some(convert::run(&run));
+        Ok(Response::new(resp))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = req.into_inner();
+        let id = RunId::parse("run_id", &req.run_id).map_err(invalid)?;
+        let ttl = self.lease_ttl("lease_ttl", req.lease_ttl.as_ref())?;
+        let until = self.store.heartbeat(&id, req.attempt, ttl).await.map_err(status_from_store)?;
+        Ok(Response::new(pb::HeartbeatResponse { lease_expires_at: Some(time::to_pb(until)) }))
+    }
+
+    async fn checkpoint(&self, req: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointResponse>, Status> {
+        let req = req.into_inner();
+        let id = RunId::parse("run_id", &req.run_id).map_err(invalid)?;
+        let step = req.step.ok_or_else(|| Status::invalid_argument("step: is required"))?;
+        let kind = convert::step_kind(&step)
+            .ok_or_else(|| Status::invalid_argument("step.payload: set llm_response or tool_result"))?;
+        let ttl = req.lease_ttl.as_ref().map(|d| self.lease_ttl("lease_ttl", Some(d))).transpose()?;
+        let input = StepInput { seq: step.seq, kind: kind.to_owned(), payload: step.encode_to_vec() };
+        let until = self.store.checkpoint(&id, req.attempt, &input, ttl).await.map_err(status_from_store)?;
+        Ok(Response::new(pb::CheckpointResponse { lease_expires_at: until.map(time::to_pb) }))
+    }
+
+    async fn finish_run(&self, req: Request<pb::FinishRunRequest>) -> Result<Response<pb::FinishRunResponse>, Status> {
+        let req = req.into_inner();
+        let id = RunId::parse("run_id", &req.run_id).map_err(invalid)?;
+        let outcome = RunOutcome::from_pb(req.outcome())
+            .ok_or_else(|| Status::invalid_argument("outcome: is required (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED or RELEASED)"))?;
+        let usage = req.usage.unwrap_or_default();
+        let input = FinishInput {
+            outcome,
+            result: Some(req.result).filter(|s| !s.is_empty()),
+            error: Some(req.error).filter(|s| !s.is_empty()),
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+        };
+        let (run, retry_after) = self.store.finish_run(&id, req.attempt, &input).await.map_err(status_from_store)?;
+        tracing::info!(run = %id, status = %run.status, retry_in = ?retry_after, "attempt finished");
+        Ok(Response::new(pb::FinishRunResponse { run: Some(convert::run(&run)), retry_after: convert::opt_duration(retry_after) }))
+    }
+}

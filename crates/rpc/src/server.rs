@@ -1,0 +1,93 @@
+//! A gRPC server with health and reflection built in.
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not be built from the descriptor set.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// Binding the address failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Requested address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Routes of one server process plus its health reporter.
+///
+/// Add application services with [`GrpcServer::routes`] (`add_service`), declare them with
+/// [`GrpcServer::serving`], then [`GrpcServer::serve`].
+pub struct GrpcServer {
+    routes: RoutesBuilder,
+    health: HealthReporter,
+    names: Vec<&'static str>,
+}
+
+impl GrpcServer {
+    /// A server that already carries health and reflection (v1 and v1alpha).
+    pub fn new() -> Result<Self, ServeError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(nightshift_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(nightshift_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(health_service).add_service(v1).add_service(v1alpha);
+        Ok(Self { routes, health, names: Vec::new() })
+    }
+
+    /// The routes, to add application services to.
+    pub fn routes(&mut self) -> &mut RoutesBuilder {
+        &mut self.routes
+    }
+
+    /// Declares a mounted service (by its full gRPC name) for health checks.
+    pub fn serving(&mut self, service_name: &'static str) -> &mut Self {
+        self.names.push(service_name);
+        self
+    }
+
+    /// The health reporter, to flip services to NOT_SERVING (e.g. while draining).
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Binds `addr` (use port 0 for an ephemeral port).
+    pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
+        TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr: addr.to_owned(), source })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then finishes in-flight calls.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let local: Option<SocketAddr> = listener.local_addr().ok();
+        self.health.set_service_status("", ServingStatus::Serving).await;
+        for name in &self.names {
+            self.health.set_service_status(*name, ServingStatus::Serving).await;
+        }
+        tracing::info!(addr = ?local, services = ?self.names, "gRPC server listening");
+        tonic::transport::Server::builder()
+            .add_routes(self.routes.routes())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await?;
+        tracing::info!(addr = ?local, "gRPC server stopped");
+        Ok(())
+    }
+}
