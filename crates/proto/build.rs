@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Ordered maps make encodings deterministic (specs are compared and stored as bytes).
+        .btree_map(".")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -1,0 +1,77 @@
+//! The `nightshift` command line.
+//!
+//! Exit codes: 0 success, 1 other failure, 2 usage error, 3 not found, 4 invalid input,
+//! 5 conflict or wrong state (already exists, version conflict, paused...), 6 server unreachable.
+
+mod agent;
+mod args;
+mod dev;
+mod output;
+mod runs;
+
+pub use args::Cli;
+
+use args::Command;
+use tonic::Code;
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(dev) => dev::run(dev, cli.log_format).await,
+        Command::Agent(cmd) => agent::run(&cli.endpoint, cli.output, cmd).await,
+        Command::Runs(cmd) => runs::run(&cli.endpoint, cli.output, cmd).await,
+    }
+}
+
+/// The gRPC status behind an error, if any.
+fn status_of(e: &anyhow::Error) -> Option<&tonic::Status> {
+    e.chain().find_map(|c| c.downcast_ref::<tonic::Status>())
+}
+
+/// A readable one-line description of an error (gRPC statuses without their internals).
+pub fn describe_error(e: &anyhow::Error) -> String {
+    match status_of(e) {
+        Some(s) => {
+            let kind = match s.code() {
+                Code::InvalidArgument => "invalid input",
+                Code::NotFound => "not found",
+                Code::AlreadyExists => "already exists",
+                Code::FailedPrecondition => "not possible now",
+                Code::Aborted => "conflict",
+                Code::Unavailable => "server unavailable",
+                Code::DeadlineExceeded => "timed out",
+                _ => "server error",
+            };
+            let context: Vec<String> = e.chain().take_while(|c| c.downcast_ref::<tonic::Status>().is_none()).map(|c| c.to_string()).collect();
+            let prefix = if context.is_empty() { String::new() } else { format!("{}: ", context.join(": ")) };
+            format!("{prefix}{kind}: {}", s.message())
+        }
+        None => format!("{e:#}"),
+    }
+}
+
+/// The process exit code for an error (see the crate docs).
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    match status_of(e).map(tonic::Status::code) {
+        Some(Code::NotFound) => 3,
+        Some(Code::InvalidArgument) => 4,
+        Some(Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted) => 5,
+        Some(Code::Unavailable) => 6,
+        _ => 1,
+    }
+}
+
+/// Connects a manager client.
+pub(crate) async fn manager_client(
+    endpoint: &str,
+) -> anyhow::Result<nightshift_proto::v1::manager_service_client::ManagerServiceClient<tonic::transport::Channel>> {
+    use anyhow::Context;
+    let ep = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .with_context(|| format!("invalid endpoint '{endpoint}'"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(30));
+    let channel = ep.connect().await.map_err(|e| {
+        anyhow::Error::new(tonic::Status::unavailable(format!("cannot reach {endpoint}: {e} (is `nightshift dev` running?)")))
+    })?;
+    Ok(nightshift_proto::v1::manager_service_client::ManagerServiceClient::new(channel))
+}

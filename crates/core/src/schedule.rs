@@ -69,20 +69,14 @@ impl CronSpec {
                 format!("'{expr}' has {fields} fields; expected 5 (min hour dom mon dow) or 6 (with leading seconds)"),
             ));
         }
+        let timezone = parse_timezone(timezone);
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
             .build()
             .parse(expr)
             .map_err(|e| ValidationError::new("schedule.cron", format!("'{expr}' is not a valid cron expression: {e}")))?;
-        let tz_name = if timezone.trim().is_empty() { "UTC" } else { timezone.trim() };
-        let timezone: Tz = tz_name.parse().map_err(|_| {
-            ValidationError::new(
-                "schedule.timezone",
-                format!("'{tz_name}' is not an IANA time zone (e.g. Europe/Berlin, America/New_York, UTC)"),
-            )
-        })?;
-        Ok(Self { expression: expr.to_owned(), timezone, cron })
+        Ok(Self { expression: expr.to_owned(), timezone: timezone?, cron })
     }
 
     /// The expression as written.
@@ -100,6 +94,17 @@ impl CronSpec {
         let local = after.with_timezone(&self.timezone);
         self.cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&Utc))
     }
+}
+
+/// Parses an IANA time zone name (empty = UTC).
+pub fn parse_timezone(name: &str) -> Result<Tz, ValidationError> {
+    let tz_name = if name.trim().is_empty() { "UTC" } else { name.trim() };
+    tz_name.parse().map_err(|_| {
+        ValidationError::new(
+            "schedule.timezone",
+            format!("'{tz_name}' is not an IANA time zone (e.g. Europe/Berlin, America/New_York, UTC)"),
+        )
+    })
 }
 
 /// What the scheduler does with ticks missed while it was down.
@@ -181,7 +186,16 @@ impl Schedule {
                 }
                 Ok(d) => Some(Trigger::Interval(d)),
             },
-            Some(T::Cron(c)) => errs.take(CronSpec::parse(&c.expression, &c.timezone)).map(Trigger::Cron),
+            Some(T::Cron(c)) => {
+                let parsed = CronSpec::parse(&c.expression, &c.timezone);
+                // Report a bad time zone even when the expression is bad too.
+                if let (Err(e), Err(tz)) = (&parsed, parse_timezone(&c.timezone)) {
+                    if e.field != tz.field {
+                        errs.push(tz.field, tz.message);
+                    }
+                }
+                errs.take(parsed).map(Trigger::Cron)
+            }
             Some(T::OnceAt(ts)) => match time::from_pb(ts) {
                 Some(t) => Some(Trigger::Once(t)),
                 None => {

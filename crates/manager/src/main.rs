@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg: ManagerConfig = nightshift_core::config::load(args.config.as_deref(), "NIGHTSHIFT_MANAGER")?;
     nightshift_telemetry::init(cfg.log_format.parse().map_err(anyhow::Error::msg)?);
     let store = Store::connect(&cfg.database_url).await.context("connecting to the database")?;
-    let mut server = GrpcServer::new()?;
+    let mut server = GrpcServer::new();
     server.routes().add_service(ManagerService::new(store.clone(), cfg.default_lease_ttl).into_server());
     server.serving(SERVICE_NAME);
     let listener = GrpcServer::bind(&cfg.listen).await?;

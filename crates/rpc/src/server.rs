@@ -38,20 +38,27 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// A server that already carries health and reflection (v1 and v1alpha).
-    pub fn new() -> Result<Self, ServeError> {
+    /// A server that carries health; reflection (v1 and v1alpha) is added by
+    /// [`GrpcServer::serve`] for exactly the services declared with [`GrpcServer::serving`], so
+    /// `grpcurl list` never shows a service this process does not serve.
+    pub fn new() -> Self {
         let (health, health_service) = tonic_health::server::health_reporter();
-        let v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(nightshift_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(nightshift_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
         let mut routes = RoutesBuilder::default();
-        routes.add_service(health_service).add_service(v1).add_service(v1alpha);
-        Ok(Self { routes, health, names: Vec::new() })
+        routes.add_service(health_service);
+        Self { routes, health, names: Vec::new() }
+    }
+
+    fn reflection(&self) -> tonic_reflection::server::Builder<'static> {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(nightshift_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for name in &self.names {
+            b = b.with_service_name(*name);
+        }
+        b
     }
 
     /// The routes, to add application services to.
@@ -76,7 +83,10 @@ impl GrpcServer {
     }
 
     /// Serves on `listener` until `shutdown` resolves, then finishes in-flight calls.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    pub async fn serve(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let v1 = self.reflection().build_v1()?;
+        let v1alpha = self.reflection().build_v1alpha()?;
+        self.routes.add_service(v1).add_service(v1alpha);
         let local: Option<SocketAddr> = listener.local_addr().ok();
         self.health.set_service_status("", ServingStatus::Serving).await;
         for name in &self.names {
@@ -89,5 +99,11 @@ impl GrpcServer {
             .await?;
         tracing::info!(addr = ?local, "gRPC server stopped");
         Ok(())
+    }
+}
+
+impl Default for GrpcServer {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -224,11 +224,11 @@ impl Store {
                 )));
             }
         }
-        let bytes = encode(spec);
-        if bytes == encode(&current.spec) {
+        if *spec == current.spec {
             tx.commit().await?;
             return Ok((current, false));
         }
+        let bytes = encode(spec);
         let now = self.now_ms();
         let version = current.version + 1;
         let updated = sqlx::query("UPDATE agents SET name = $1, version = $2, spec = $3, updated_at = $4 WHERE id = $5")

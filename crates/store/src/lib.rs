@@ -16,7 +16,7 @@ mod lease;
 mod model;
 mod runs;
 
-pub use db::{Backend, Store};
+pub use db::{Backend, Store, redact};
 pub use error::StoreError;
 pub use lease::{FinishInput, StartInput, StartOutcome, StepInput};
 pub use model::{

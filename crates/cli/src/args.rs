@@ -1,0 +1,130 @@
+//! Command-line syntax.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nightshift_telemetry::LogFormat;
+
+/// Nightshift: background LLM agents on a schedule.
+#[derive(Parser, Debug)]
+#[command(name = "nightshift", version, about)]
+pub struct Cli {
+    /// Manager endpoint.
+    #[arg(long, global = true, env = "NIGHTSHIFT_ENDPOINT", default_value = "http://127.0.0.1:50051")]
+    pub endpoint: String,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Log format of `nightshift dev`.
+    #[arg(long, global = true, default_value = "text", value_parser = parse_log_format)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    s.parse()
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable table.
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run every service in one process on embedded defaults (SQLite under --data-dir).
+    Dev(DevArgs),
+    /// Manage agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Inspect and cancel runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// gRPC listen address (port 0 picks a free port; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: String,
+    /// Directory for the embedded database.
+    #[arg(long, default_value = ".nightshift")]
+    pub data_dir: PathBuf,
+    /// Use this database instead of the SQLite file under --data-dir.
+    #[arg(long, env = "NIGHTSHIFT_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Apply agent manifests (file or directory) at start-up.
+    #[arg(long = "apply", short = 'f')]
+    pub apply: Vec<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Create or update agents from YAML manifests (files or directories).
+    Apply {
+        /// Manifest file or directory of *.yaml / *.yml (repeatable).
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List agents.
+    List {
+        /// Only agents with this label (KEY=VALUE, repeatable).
+        #[arg(long = "label", short = 'l', value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Only agents in this state.
+        #[arg(long, value_parser = ["active", "paused"])]
+        state: Option<String>,
+    },
+    /// Show an agent's spec.
+    Get { name: String },
+    /// Show an agent's run statistics.
+    Status { name: String },
+    /// Stop scheduling an agent.
+    Pause { name: String },
+    /// Resume a paused agent.
+    Resume { name: String },
+    /// Delete an agent with its runs.
+    Delete { name: String },
+    /// Start a run now.
+    Trigger {
+        name: String,
+        /// Replace the task query for this run.
+        #[arg(long)]
+        query: Option<String>,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("'{s}' is not KEY=VALUE"))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        /// Only runs of this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only runs in this status (repeatable).
+        #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "skipped", "cancelled", "timed_out"])]
+        status: Vec<String>,
+        /// Maximum runs shown.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show a run with its steps.
+    Get { id: String },
+    /// Cancel a queued or running run.
+    Cancel {
+        id: String,
+        /// Reason recorded on the run.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}

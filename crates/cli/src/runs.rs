@@ -1,0 +1,34 @@
+//! `nightshift runs ...`
+use nightshift_core::{RunStatus, pb};
+
+use crate::args::{Output, RunsCommand};
+use crate::manager_client;
+use crate::output::{self, RunView};
+
+pub(crate) async fn run(endpoint: &str, out: Output, cmd: RunsCommand) -> anyhow::Result<()> {
+    let mut client = manager_client(endpoint).await?;
+    match cmd {
+        RunsCommand::List { agent, status, limit } => {
+            let statuses = status
+                .iter()
+                .map(|s| s.parse::<RunStatus>().map(|s| s.to_pb() as i32).map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let agent = agent.map(|n| pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(n)) });
+            let resp = client
+                .list_runs(pb::ListRunsRequest { agent, statuses, page_size: limit.clamp(1, 1000), page_token: String::new() })
+                .await?
+                .into_inner();
+            let runs: Vec<RunView> = resp.runs.iter().map(RunView::from_pb).collect();
+            output::print(out, &runs, |r| output::runs_table(r))?;
+        }
+        RunsCommand::Get { id } => {
+            let r = client.get_run(pb::GetRunRequest { run_id: id }).await?.into_inner();
+            output::print(out, &RunView::from_pb(&r.run.unwrap_or_default()), output::run_table)?;
+        }
+        RunsCommand::Cancel { id, reason } => {
+            let r = client.cancel_run(pb::CancelRunRequest { run_id: id, reason: reason.unwrap_or_default() }).await?.into_inner();
+            output::print(out, &RunView::from_pb(&r.run.unwrap_or_default()), |r| output::runs_table(std::slice::from_ref(r)))?;
+        }
+    }
+    Ok(())
+}
