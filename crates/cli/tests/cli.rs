@@ -1,0 +1,131 @@
+//! The `nightshift` binary against a real `nightshift dev` process: the README's workflow, in
+//! table and JSON output, with readable errors and exit codes.
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nightshift");
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/agents")
+}
+
+struct Dev {
+    child: Child,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `nightshift dev` on a free port and reads the bound address it prints.
+fn dev() -> Dev {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.split_whitespace().nth(4).unwrap_or_else(|| panic!("unexpected banner {line:?}"));
+    Dev { child, endpoint: format!("http://{addr}"), _dir: dir }
+}
+
+fn ns(d: &Dev, args: &[&str]) -> Output {
+    Command::new(BIN).env("NIGHTSHIFT_ENDPOINT", &d.endpoint).args(args).output().unwrap()
+}
+
+fn ok(d: &Dev, args: &[&str]) -> String {
+    let out = ns(d, args);
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(d: &Dev, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&ok(d, &a)).unwrap()
+}
+
+#[test]
+fn readme_workflow_in_table_and_json() {
+    let d = dev();
+    let ex = examples();
+    let applied = ok(&d, &["agent", "apply", "-f", ex.to_str().unwrap()]);
+    assert_eq!(applied.matches(" created ").count(), 3, "{applied}");
+    let again = json(&d, &["agent", "apply", "-f", ex.to_str().unwrap()]);
+    assert!(again.as_array().unwrap().iter().all(|r| r["outcome"] == "unchanged"), "{again}");
+
+    let table = ok(&d, &["agent", "list"]);
+    for name in ["system-health", "file-monitor", "data-processor"] {
+        assert!(table.contains(name), "{table}");
+    }
+    let list = json(&d, &["agent", "list", "--label", "team=ops"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["spec"]["schedule"]["interval"], "1m");
+
+    let status = ok(&d, &["agent", "status", "system-health"]);
+    assert!(status.contains("get_system_info"), "{status}");
+    let paused = json(&d, &["agent", "pause", "system-health"]);
+    assert_eq!(paused["state"], "paused");
+    let refused = ns(&d, &["agent", "trigger", "system-health"]);
+    assert_eq!(refused.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("paused"));
+    assert_eq!(json(&d, &["agent", "resume", "system-health"])["state"], "active");
+
+    let run = json(&d, &["agent", "trigger", "system-health", "--query", "only disk"]);
+    assert_eq!(run["status"], "queued");
+    let id = run["id"].as_str().unwrap().to_owned();
+    assert_eq!(json(&d, &["runs", "get", &id])["agent"], "system-health");
+    assert!(ok(&d, &["runs", "list", "--agent", "system-health"]).contains(&id));
+    assert_eq!(json(&d, &["runs", "cancel", &id])["status"], "cancelled");
+    let st = json(&d, &["agent", "status", "system-health"]);
+    assert_eq!(st["counts"]["cancelled"], 1);
+
+    let yaml = ok(&d, &["agent", "get", "data-processor", "-o", "yaml"]);
+    assert!(yaml.contains("overlap: buffer_one"), "{yaml}");
+
+    ok(&d, &["agent", "delete", "file-monitor"]);
+    let gone = ns(&d, &["agent", "get", "file-monitor"]);
+    assert_eq!(gone.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("not found"));
+}
+
+#[test]
+fn bad_specs_are_refused_readably() {
+    let d = dev();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("cron", "schedule: {cron: '70 * * * *'}", "schedule.cron"),
+        ("tz", "schedule: {cron: '*/5 * * * *', timezone: Moon/Crater}", "schedule.timezone"),
+        ("neg", "schedule: {interval: -10s}", "schedule.interval"),
+        ("key", "schedule: {interval: 10s}\nmodel: {provider: openai, model: m, api_key: sk-abcdef}", "model.api_key"),
+        ("kind", "schedule: {interval: 10s}\ntools: {webhooks: [x]}", "tools"),
+    ];
+    for (name, extra, field) in cases {
+        let has_model = extra.contains("model:");
+        let model = if has_model { "" } else { "model: {provider: openai, model: m}\n" };
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, format!("name: {name}\n{model}task: {{query: q}}\n{extra}\n")).unwrap();
+        let out = ns(&d, &["agent", "apply", "-f", path.to_str().unwrap()]);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(4), "{name}: {text}");
+        assert!(text.contains(field), "{name}: expected {field} in {text}");
+        assert!(!text.contains("sk-abcdef"), "secret echoed: {text}");
+    }
+}
+
+#[test]
+fn unreachable_server_is_exit_code_6() {
+    let out = Command::new(BIN).args(["--endpoint", "http://127.0.0.1:1", "agent", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
