@@ -155,11 +155,15 @@ pub(crate) async fn run(endpoint: &str, out: Output, cmd: AgentCommand) -> anyho
         }
         AgentCommand::Pause { name } => {
             let a = client.pause_agent(pb::PauseAgentRequest { agent: by_name(&name) }).await?.into_inner();
-            output::print(out, &AgentView::from_pb(&a.agent.unwrap_or_default()), |a| format!("agent/{} paused\n", name_of(a)))?;
+            output::print(out, &AgentView::from_pb(&a.agent.unwrap_or_default()), |a| {
+                format!("agent/{} paused\n", name_of(a))
+            })?;
         }
         AgentCommand::Resume { name } => {
             let a = client.resume_agent(pb::ResumeAgentRequest { agent: by_name(&name) }).await?.into_inner();
-            output::print(out, &AgentView::from_pb(&a.agent.unwrap_or_default()), |a| format!("agent/{} resumed\n", name_of(a)))?;
+            output::print(out, &AgentView::from_pb(&a.agent.unwrap_or_default()), |a| {
+                format!("agent/{} resumed\n", name_of(a))
+            })?;
         }
         AgentCommand::Delete { name } => {
             client.delete_agent(pb::DeleteAgentRequest { agent: by_name(&name) }).await?;
@@ -168,7 +172,9 @@ pub(crate) async fn run(endpoint: &str, out: Output, cmd: AgentCommand) -> anyho
                 name: String,
                 deleted: bool,
             }
-            output::print(out, &Deleted { name: name.clone(), deleted: true }, |d| format!("agent/{} deleted\n", d.name))?;
+            output::print(out, &Deleted { name: name.clone(), deleted: true }, |d| {
+                format!("agent/{} deleted\n", d.name)
+            })?;
         }
         AgentCommand::Trigger { name, query } => {
             let r = client

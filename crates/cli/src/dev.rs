@@ -34,7 +34,9 @@ pub(crate) async fn run(args: DevArgs, log_format: LogFormat) -> anyhow::Result<
     }
 
     let mut server = GrpcServer::new();
-    server.routes().add_service(ManagerService::new(store.clone(), ManagerConfig::default().default_lease_ttl).into_server());
+    server
+        .routes()
+        .add_service(ManagerService::new(store.clone(), ManagerConfig::default().default_lease_ttl).into_server());
     server.serving(MANAGER);
     let listener = GrpcServer::bind(&args.listen).await?;
     let addr = listener.local_addr()?;

@@ -42,7 +42,8 @@ pub fn describe_error(e: &anyhow::Error) -> String {
                 Code::DeadlineExceeded => "timed out",
                 _ => "server error",
             };
-            let context: Vec<String> = e.chain().take_while(|c| c.downcast_ref::<tonic::Status>().is_none()).map(|c| c.to_string()).collect();
+            let context: Vec<String> =
+                e.chain().take_while(|c| c.downcast_ref::<tonic::Status>().is_none()).map(|c| c.to_string()).collect();
             let prefix = if context.is_empty() { String::new() } else { format!("{}: ", context.join(": ")) };
             format!("{prefix}{kind}: {}", s.message())
         }
@@ -71,7 +72,9 @@ pub(crate) async fn manager_client(
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(30));
     let channel = ep.connect().await.map_err(|e| {
-        anyhow::Error::new(tonic::Status::unavailable(format!("cannot reach {endpoint}: {e} (is `nightshift dev` running?)")))
+        anyhow::Error::new(tonic::Status::unavailable(format!(
+            "cannot reach {endpoint}: {e} (is `nightshift dev` running?)"
+        )))
     })?;
     Ok(nightshift_proto::v1::manager_service_client::ManagerServiceClient::new(channel))
 }

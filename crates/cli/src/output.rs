@@ -38,7 +38,11 @@ fn state_name(v: i32) -> String {
 }
 
 fn status_name(v: i32) -> String {
-    pb::RunStatus::try_from(v).ok().and_then(RunStatus::from_pb).map(|s| s.as_str().to_owned()).unwrap_or_else(|| "unknown".into())
+    pb::RunStatus::try_from(v)
+        .ok()
+        .and_then(RunStatus::from_pb)
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// A one-line summary of a schedule.
@@ -168,7 +172,13 @@ pub(crate) fn status_table(s: &StatusView) -> String {
     row("version", s.version.to_string());
     let counts: Vec<String> = s.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
     row("runs", counts.join(" "));
-    row("last run", s.last_run.as_ref().map(|r| format!("{} {} {}", r.id, r.status, r.created_at.clone().unwrap_or_default())).unwrap_or_else(|| "-".into()));
+    row(
+        "last run",
+        s.last_run
+            .as_ref()
+            .map(|r| format!("{} {} {}", r.id, r.status, r.created_at.clone().unwrap_or_default()))
+            .unwrap_or_else(|| "-".into()),
+    );
     row("last error", if s.last_error.is_empty() { "-".into() } else { s.last_error.clone() });
     row("next run", s.next_run_at.clone().unwrap_or_else(|| "-".into()));
     row("tools", if s.tools.is_empty() { "-".into() } else { s.tools.join(", ") });

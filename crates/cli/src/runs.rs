@@ -15,7 +15,12 @@ pub(crate) async fn run(endpoint: &str, out: Output, cmd: RunsCommand) -> anyhow
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let agent = agent.map(|n| pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(n)) });
             let resp = client
-                .list_runs(pb::ListRunsRequest { agent, statuses, page_size: limit.clamp(1, 1000), page_token: String::new() })
+                .list_runs(pb::ListRunsRequest {
+                    agent,
+                    statuses,
+                    page_size: limit.clamp(1, 1000),
+                    page_token: String::new(),
+                })
                 .await?
                 .into_inner();
             let runs: Vec<RunView> = resp.runs.iter().map(RunView::from_pb).collect();
@@ -26,8 +31,13 @@ pub(crate) async fn run(endpoint: &str, out: Output, cmd: RunsCommand) -> anyhow
             output::print(out, &RunView::from_pb(&r.run.unwrap_or_default()), output::run_table)?;
         }
         RunsCommand::Cancel { id, reason } => {
-            let r = client.cancel_run(pb::CancelRunRequest { run_id: id, reason: reason.unwrap_or_default() }).await?.into_inner();
-            output::print(out, &RunView::from_pb(&r.run.unwrap_or_default()), |r| output::runs_table(std::slice::from_ref(r)))?;
+            let r = client
+                .cancel_run(pb::CancelRunRequest { run_id: id, reason: reason.unwrap_or_default() })
+                .await?
+                .into_inner();
+            output::print(out, &RunView::from_pb(&r.run.unwrap_or_default()), |r| {
+                output::runs_table(std::slice::from_ref(r))
+            })?;
         }
     }
     Ok(())

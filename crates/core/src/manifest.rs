@@ -62,7 +62,9 @@ impl DurationText {
     fn to_pb(&self, field: &str) -> Result<prost_types::Duration, ValidationError> {
         match self {
             Self::Seconds(s) => Ok(prost_types::Duration { seconds: *s, nanos: 0 }),
-            Self::Text(t) => duration::parse_signed(t).map(duration::to_pb_signed).map_err(|e| ValidationError::new(field, e)),
+            Self::Text(t) => {
+                duration::parse_signed(t).map(duration::to_pb_signed).map_err(|e| ValidationError::new(field, e))
+            }
         }
     }
 
@@ -241,10 +243,7 @@ fn yaml_error(e: serde_norway::Error) -> ValidationError {
 }
 
 /// Looks an enum spelling up in `(text, value)` pairs.
-fn pick<T: Copy>(errs: &mut Errors, field: &str, v: &Option<String>, options: &[(&str, T)]) -> i32
-where
-    T: Into<i32>,
-{
+fn pick<T: Copy + Into<i32>>(errs: &mut Errors, field: &str, v: &Option<String>, options: &[(&str, T)]) -> i32 {
     let Some(v) = v else { return 0 };
     match options.iter().find(|(s, _)| s.eq_ignore_ascii_case(v.trim())) {
         Some((_, t)) => (*t).into(),
@@ -345,7 +344,10 @@ impl AgentManifest {
             }
             if triggers.len() > 1 {
                 let names: Vec<&str> = triggers.iter().map(|(n, _)| *n).collect();
-                errs.push("schedule", format!("set only one of interval, cron, once_at, manual (got {})", names.join(" and ")));
+                errs.push(
+                    "schedule",
+                    format!("set only one of interval, cron, once_at, manual (got {})", names.join(" and ")),
+                );
             }
             let instant = |errs: &mut Errors, field: &str, v: &Option<String>| {
                 v.as_ref().and_then(|v| {
@@ -489,7 +491,11 @@ impl AgentManifest {
                     .iter()
                     .map(|m| {
                         use pb::mcp_server_spec::Transport;
-                        let mut out = McpManifest { name: m.name.clone(), call_timeout: d(&m.call_timeout), ..Default::default() };
+                        let mut out = McpManifest {
+                            name: m.name.clone(),
+                            call_timeout: d(&m.call_timeout),
+                            ..Default::default()
+                        };
                         match &m.transport {
                             Some(Transport::Stdio(s)) => {
                                 out.command = Some(s.command.clone());

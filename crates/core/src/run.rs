@@ -32,15 +32,8 @@ pub enum RunStatus {
 
 impl RunStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [RunStatus; 7] = [
-        Self::Queued,
-        Self::Running,
-        Self::Succeeded,
-        Self::Failed,
-        Self::Skipped,
-        Self::Cancelled,
-        Self::TimedOut,
-    ];
+    pub const ALL: [RunStatus; 7] =
+        [Self::Queued, Self::Running, Self::Succeeded, Self::Failed, Self::Skipped, Self::Cancelled, Self::TimedOut];
 
     /// True once the run can no longer change.
     pub fn is_terminal(self) -> bool {
@@ -97,10 +90,7 @@ impl fmt::Display for RunStatus {
 impl FromStr for RunStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| format!("unknown run status '{s}'"))
+        Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| format!("unknown run status '{s}'"))
     }
 }
 

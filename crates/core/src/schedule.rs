@@ -37,7 +37,7 @@ pub enum Trigger {
     /// scheduler replica computes the same ticks.
     Interval(Duration),
     /// A cron expression in a time zone.
-    Cron(CronSpec),
+    Cron(Box<CronSpec>),
     /// Once at an instant.
     Once(DateTime<Utc>),
     /// Never on its own.
@@ -70,12 +70,10 @@ impl CronSpec {
             ));
         }
         let timezone = parse_timezone(timezone);
-        let cron = CronParser::builder()
-            .seconds(Seconds::Optional)
-            .year(Year::Disallowed)
-            .build()
-            .parse(expr)
-            .map_err(|e| ValidationError::new("schedule.cron", format!("'{expr}' is not a valid cron expression: {e}")))?;
+        let cron =
+            CronParser::builder().seconds(Seconds::Optional).year(Year::Disallowed).build().parse(expr).map_err(
+                |e| ValidationError::new("schedule.cron", format!("'{expr}' is not a valid cron expression: {e}")),
+            )?;
         Ok(Self { expression: expr.to_owned(), timezone: timezone?, cron })
     }
 
@@ -110,8 +108,10 @@ pub fn parse_timezone(name: &str) -> Result<Tz, ValidationError> {
 /// What the scheduler does with ticks missed while it was down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(Default)]
 pub enum MisfirePolicy {
     /// Fire once for all missed ticks.
+    #[default]
     RunOnce,
     /// Fire none of them.
     Skip,
@@ -122,16 +122,16 @@ pub enum MisfirePolicy {
     },
 }
 
-impl Default for MisfirePolicy {
-    fn default() -> Self {
-        Self::RunOnce
-    }
-}
-
 impl Schedule {
     /// A manual-only schedule.
     pub fn manual() -> Self {
-        Self { trigger: Trigger::Manual, jitter: Duration::ZERO, start_at: None, end_at: None, misfire: MisfirePolicy::RunOnce }
+        Self {
+            trigger: Trigger::Manual,
+            jitter: Duration::ZERO,
+            start_at: None,
+            end_at: None,
+            misfire: MisfirePolicy::RunOnce,
+        }
     }
 
     /// The first tick strictly after `after` (without jitter), honouring start/end.
@@ -189,12 +189,12 @@ impl Schedule {
             Some(T::Cron(c)) => {
                 let parsed = CronSpec::parse(&c.expression, &c.timezone);
                 // Report a bad time zone even when the expression is bad too.
-                if let (Err(e), Err(tz)) = (&parsed, parse_timezone(&c.timezone)) {
-                    if e.field != tz.field {
-                        errs.push(tz.field, tz.message);
-                    }
+                if let (Err(e), Err(tz)) = (&parsed, parse_timezone(&c.timezone))
+                    && e.field != tz.field
+                {
+                    errs.push(tz.field, tz.message);
                 }
-                errs.take(parsed).map(Trigger::Cron)
+                errs.take(parsed).map(|c| Trigger::Cron(Box::new(c)))
             }
             Some(T::OnceAt(ts)) => match time::from_pb(ts) {
                 Some(t) => Some(Trigger::Once(t)),
@@ -211,10 +211,10 @@ impl Schedule {
                 Duration::ZERO
             }
         };
-        if let (Some(Trigger::Interval(every)), true) = (&trigger, !jitter.is_zero()) {
-            if jitter >= *every {
-                errs.push("schedule.jitter", format!("must be shorter than the interval ({})", duration::format(*every)));
-            }
+        if let (Some(Trigger::Interval(every)), true) = (&trigger, !jitter.is_zero())
+            && jitter >= *every
+        {
+            errs.push("schedule.jitter", format!("must be shorter than the interval ({})", duration::format(*every)));
         }
         let mut instant = |field: &str, ts: &Option<prost_types::Timestamp>| {
             ts.as_ref().and_then(|t| {
@@ -227,10 +227,10 @@ impl Schedule {
         };
         let start_at = instant("schedule.start_at", &pb.start_at);
         let end_at = instant("schedule.end_at", &pb.end_at);
-        if let (Some(s), Some(e)) = (start_at, end_at) {
-            if e <= s {
-                errs.push("schedule.end_at", "must be after start_at");
-            }
+        if let (Some(s), Some(e)) = (start_at, end_at)
+            && e <= s
+        {
+            errs.push("schedule.end_at", "must be after start_at");
         }
         let misfire = match pb.misfire() {
             pb::MisfirePolicy::Unspecified | pb::MisfirePolicy::RunOnce => MisfirePolicy::RunOnce,
@@ -253,10 +253,9 @@ impl Schedule {
         use pb::schedule_spec::Trigger as T;
         let trigger = match &self.trigger {
             Trigger::Interval(d) => T::Interval(duration::to_pb(*d)),
-            Trigger::Cron(c) => T::Cron(pb::CronSchedule {
-                expression: c.expression.clone(),
-                timezone: c.timezone.name().to_owned(),
-            }),
+            Trigger::Cron(c) => {
+                T::Cron(pb::CronSchedule { expression: c.expression.clone(), timezone: c.timezone.name().to_owned() })
+            }
             Trigger::Once(t) => T::OnceAt(time::to_pb(*t)),
             Trigger::Manual => T::Manual(true),
         };
@@ -291,7 +290,10 @@ mod tests {
 
     fn cron(expr: &str, tz: &str) -> pb::ScheduleSpec {
         pb::ScheduleSpec {
-            trigger: Some(pb::schedule_spec::Trigger::Cron(pb::CronSchedule { expression: expr.into(), timezone: tz.into() })),
+            trigger: Some(pb::schedule_spec::Trigger::Cron(pb::CronSchedule {
+                expression: expr.into(),
+                timezone: tz.into(),
+            })),
             ..Default::default()
         }
     }

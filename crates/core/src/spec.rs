@@ -99,9 +99,7 @@ impl fmt::Display for SecretRef {
 }
 
 fn is_env_name(s: &str) -> bool {
-    !s.is_empty()
-        && !s.as_bytes()[0].is_ascii_digit()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    !s.is_empty() && !s.as_bytes()[0].is_ascii_digit() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// A configuration value that is either literal or a secret reference (`env:NAME`).
@@ -297,9 +295,8 @@ impl AgentSpec {
             errs.push("labels", "at most 64 labels");
         }
         for (k, v) in &p.labels {
-            let key_ok = !k.is_empty()
-                && k.len() <= 63
-                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+            let key_ok =
+                !k.is_empty() && k.len() <= 63 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
             if !key_ok {
                 errs.push(format!("labels.{k}"), "label keys are 1-63 characters of [A-Za-z0-9-_./]");
             }
@@ -358,11 +355,12 @@ impl AgentSpec {
             check_url(errs, "model.base_url", &m.base_url);
             m.base_url.clone()
         });
-        let api_key = (!m.api_key.is_empty()).then(|| errs.take(SecretRef::parse("model.api_key", &m.api_key))).flatten();
-        if let Some(t) = m.temperature {
-            if !(0.0..=2.0).contains(&t) {
-                errs.push("model.temperature", format!("must be between 0 and 2 (got {t})"));
-            }
+        let api_key =
+            (!m.api_key.is_empty()).then(|| errs.take(SecretRef::parse("model.api_key", &m.api_key))).flatten();
+        if let Some(t) = m.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            errs.push("model.temperature", format!("must be between 0 and 2 (got {t})"));
         }
         if m.max_tokens == Some(0) {
             errs.push("model.max_tokens", "must be positive");
@@ -439,7 +437,8 @@ impl AgentSpec {
             if t.mcp[..i].iter().any(|o| o.name == m.name) {
                 errs.push(format!("{f}.name"), format!("'{}' is used by two MCP servers", m.name));
             }
-            let call_timeout = opt_duration(errs, &format!("{f}.call_timeout"), &m.call_timeout, DEFAULT_MCP_CALL_TIMEOUT);
+            let call_timeout =
+                opt_duration(errs, &format!("{f}.call_timeout"), &m.call_timeout, DEFAULT_MCP_CALL_TIMEOUT);
             use pb::mcp_server_spec::Transport;
             let transport = match &m.transport {
                 None => {

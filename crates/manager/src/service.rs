@@ -74,7 +74,10 @@ impl ManagerService {
         let Some(d) = d else { return Ok(self.default_lease_ttl) };
         let ttl = duration::from_pb(d).map_err(|e| invalid(ValidationError::new(field, e)))?;
         if !(MIN_LEASE..=MAX_LEASE).contains(&ttl) {
-            return Err(Status::invalid_argument(format!("{field}: must be between 1s and 10m (got {})", duration::format(ttl))));
+            return Err(Status::invalid_argument(format!(
+                "{field}: must be between 1s and 10m (got {})",
+                duration::format(ttl)
+            )));
         }
         Ok(ttl)
     }
@@ -135,7 +138,10 @@ fn token(t: &str) -> Option<String> {
 
 #[tonic::async_trait]
 impl pb::manager_service_server::ManagerService for ManagerService {
-    async fn create_agent(&self, req: Request<pb::CreateAgentRequest>) -> Result<Response<pb::CreateAgentResponse>, Status> {
+    async fn create_agent(
+        &self,
+        req: Request<pb::CreateAgentRequest>,
+    ) -> Result<Response<pb::CreateAgentResponse>, Status> {
         let req = req.into_inner();
         let spec = spec_of(req.spec.as_ref(), &req.manifest_yaml)?;
         let state = if req.paused { AgentState::Paused } else { AgentState::Active };
@@ -144,7 +150,10 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         Ok(Response::new(pb::CreateAgentResponse { agent: Some(convert::agent(&rec)) }))
     }
 
-    async fn apply_agent(&self, req: Request<pb::ApplyAgentRequest>) -> Result<Response<pb::ApplyAgentResponse>, Status> {
+    async fn apply_agent(
+        &self,
+        req: Request<pb::ApplyAgentRequest>,
+    ) -> Result<Response<pb::ApplyAgentResponse>, Status> {
         let req = req.into_inner();
         let spec = spec_of(req.spec.as_ref(), &req.manifest_yaml)?;
         let (rec, outcome) = self.store.apply_agent(&spec).await.map_err(status_from_store)?;
@@ -163,7 +172,10 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         Ok(Response::new(pb::GetAgentResponse { agent: Some(convert::agent(&rec)) }))
     }
 
-    async fn list_agents(&self, req: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let req = req.into_inner();
         let state = match req.state() {
             pb::AgentState::Unspecified => None,
@@ -183,7 +195,10 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         }))
     }
 
-    async fn update_agent(&self, req: Request<pb::UpdateAgentRequest>) -> Result<Response<pb::UpdateAgentResponse>, Status> {
+    async fn update_agent(
+        &self,
+        req: Request<pb::UpdateAgentRequest>,
+    ) -> Result<Response<pb::UpdateAgentResponse>, Status> {
         let req = req.into_inner();
         let spec = spec_of(req.spec.as_ref(), &req.manifest_yaml)?;
         let current = self.resolve(req.agent.as_ref()).await?;
@@ -195,33 +210,45 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         Ok(Response::new(pb::UpdateAgentResponse { agent: Some(convert::agent(&rec)) }))
     }
 
-    async fn delete_agent(&self, req: Request<pb::DeleteAgentRequest>) -> Result<Response<pb::DeleteAgentResponse>, Status> {
+    async fn delete_agent(
+        &self,
+        req: Request<pb::DeleteAgentRequest>,
+    ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
         let rec = self.resolve(req.get_ref().agent.as_ref()).await?;
         self.store.delete_agent(&rec.id).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, id = %rec.id, "agent deleted");
         Ok(Response::new(pb::DeleteAgentResponse {}))
     }
 
-    async fn pause_agent(&self, req: Request<pb::PauseAgentRequest>) -> Result<Response<pb::PauseAgentResponse>, Status> {
+    async fn pause_agent(
+        &self,
+        req: Request<pb::PauseAgentRequest>,
+    ) -> Result<Response<pb::PauseAgentResponse>, Status> {
         let rec = self.resolve(req.get_ref().agent.as_ref()).await?;
         let (rec, _) = self.store.set_agent_state(&rec.id, AgentState::Paused).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, "agent paused");
         Ok(Response::new(pb::PauseAgentResponse { agent: Some(convert::agent(&rec)) }))
     }
 
-    async fn resume_agent(&self, req: Request<pb::ResumeAgentRequest>) -> Result<Response<pb::ResumeAgentResponse>, Status> {
+    async fn resume_agent(
+        &self,
+        req: Request<pb::ResumeAgentRequest>,
+    ) -> Result<Response<pb::ResumeAgentResponse>, Status> {
         let rec = self.resolve(req.get_ref().agent.as_ref()).await?;
         let (rec, _) = self.store.set_agent_state(&rec.id, AgentState::Active).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, "agent resumed");
         Ok(Response::new(pb::ResumeAgentResponse { agent: Some(convert::agent(&rec)) }))
     }
 
-    async fn trigger_agent(&self, req: Request<pb::TriggerAgentRequest>) -> Result<Response<pb::TriggerAgentResponse>, Status> {
+    async fn trigger_agent(
+        &self,
+        req: Request<pb::TriggerAgentRequest>,
+    ) -> Result<Response<pb::TriggerAgentResponse>, Status> {
         let req = req.into_inner();
-        if let Some(q) = &req.query_override {
-            if q.trim().is_empty() || q.len() > MAX_QUERY_OVERRIDE {
-                return Err(Status::invalid_argument("query_override: must be non-empty and at most 64 KiB"));
-            }
+        if let Some(q) = &req.query_override
+            && (q.trim().is_empty() || q.len() > MAX_QUERY_OVERRIDE)
+        {
+            return Err(Status::invalid_argument("query_override: must be non-empty and at most 64 KiB"));
         }
         let rec = self.resolve(req.agent.as_ref()).await?;
         if rec.state == AgentState::Paused {
@@ -255,9 +282,12 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         };
         let statuses = req
             .statuses()
-            .map(|s| RunStatus::from_pb(s).ok_or_else(|| Status::invalid_argument("statuses: UNSPECIFIED is not a status")))
+            .map(|s| {
+                RunStatus::from_pb(s).ok_or_else(|| Status::invalid_argument("statuses: UNSPECIFIED is not a status"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let filter = RunFilter { agent_id, statuses, limit: page_size(req.page_size)?, page_token: token(&req.page_token) };
+        let filter =
+            RunFilter { agent_id, statuses, limit: page_size(req.page_size)?, page_token: token(&req.page_token) };
         let page = self.store.list_runs(&filter).await.map_err(status_from_store)?;
         Ok(Response::new(pb::ListRunsResponse {
             runs: page.items.iter().map(convert::run).collect(),
@@ -284,7 +314,10 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         Ok(Response::new(pb::CancelRunResponse { run: Some(convert::run(&run)) }))
     }
 
-    async fn enqueue_run(&self, req: Request<pb::EnqueueRunRequest>) -> Result<Response<pb::EnqueueRunResponse>, Status> {
+    async fn enqueue_run(
+        &self,
+        req: Request<pb::EnqueueRunRequest>,
+    ) -> Result<Response<pb::EnqueueRunResponse>, Status> {
         let req = req.into_inner();
         let new = NewRun {
             id: RunId::parse("run_id", &req.run_id).map_err(invalid)?,
@@ -352,7 +385,10 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         Ok(Response::new(pb::HeartbeatResponse { lease_expires_at: Some(time::to_pb(until)) }))
     }
 
-    async fn checkpoint(&self, req: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointResponse>, Status> {
+    async fn checkpoint(
+        &self,
+        req: Request<pb::CheckpointRequest>,
+    ) -> Result<Response<pb::CheckpointResponse>, Status> {
         let req = req.into_inner();
         let id = RunId::parse("run_id", &req.run_id).map_err(invalid)?;
         let step = req.step.ok_or_else(|| Status::invalid_argument("step: is required"))?;
@@ -367,8 +403,9 @@ impl pb::manager_service_server::ManagerService for ManagerService {
     async fn finish_run(&self, req: Request<pb::FinishRunRequest>) -> Result<Response<pb::FinishRunResponse>, Status> {
         let req = req.into_inner();
         let id = RunId::parse("run_id", &req.run_id).map_err(invalid)?;
-        let outcome = RunOutcome::from_pb(req.outcome())
-            .ok_or_else(|| Status::invalid_argument("outcome: is required (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED or RELEASED)"))?;
+        let outcome = RunOutcome::from_pb(req.outcome()).ok_or_else(|| {
+            Status::invalid_argument("outcome: is required (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED or RELEASED)")
+        })?;
         let usage = req.usage.unwrap_or_default();
         let input = FinishInput {
             outcome,
@@ -379,6 +416,9 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         };
         let (run, retry_after) = self.store.finish_run(&id, req.attempt, &input).await.map_err(status_from_store)?;
         tracing::info!(run = %id, status = %run.status, retry_in = ?retry_after, "attempt finished");
-        Ok(Response::new(pb::FinishRunResponse { run: Some(convert::run(&run)), retry_after: convert::opt_duration(retry_after) }))
+        Ok(Response::new(pb::FinishRunResponse {
+            run: Some(convert::run(&run)),
+            retry_after: convert::opt_duration(retry_after),
+        }))
     }
 }

@@ -37,7 +37,9 @@ async fn client(s: &Server) -> ManagerServiceClient<Channel> {
 }
 
 fn yaml(name: &str, extra: &str) -> String {
-    format!("name: {name}\nmodel: {{provider: openai, model: m, api_key: env:K}}\ntask: {{query: q}}\nschedule: {{interval: 60s}}\n{extra}")
+    format!(
+        "name: {name}\nmodel: {{provider: openai, model: m, api_key: env:K}}\ntask: {{query: q}}\nschedule: {{interval: 60s}}\n{extra}"
+    )
 }
 
 fn by_name(n: &str) -> Option<pb::AgentRef> {
@@ -72,16 +74,30 @@ macro_rules! both_backends {
     };
 }
 
-both_backends!(malformed_requests_get_proper_codes, worker_protocol_end_to_end, concurrent_start_run_applies_skip, stale_token_is_failed_precondition);
+both_backends!(
+    malformed_requests_get_proper_codes,
+    worker_protocol_end_to_end,
+    concurrent_start_run_applies_skip,
+    stale_token_is_failed_precondition
+);
 
 async fn malformed_requests_get_proper_codes(kind: Db) {
     let s = start(kind).await;
     let mut c = client(&s).await;
     let bad = |m: &str| pb::CreateAgentRequest { spec: None, paused: false, manifest_yaml: m.to_owned() };
-    assert_code(c.create_agent(bad(&yaml("a", "").replace("60s", "-5s"))).await, Code::InvalidArgument, "schedule.interval");
-    assert_code(c.create_agent(bad(&yaml("a", "").replace("{interval: 60s}", "{cron: '* * *'}"))).await, Code::InvalidArgument, "schedule.cron");
     assert_code(
-        c.create_agent(bad(&yaml("a", "").replace("{interval: 60s}", "{cron: '* * * * *', timezone: Nowhere/Land}"))).await,
+        c.create_agent(bad(&yaml("a", "").replace("60s", "-5s"))).await,
+        Code::InvalidArgument,
+        "schedule.interval",
+    );
+    assert_code(
+        c.create_agent(bad(&yaml("a", "").replace("{interval: 60s}", "{cron: '* * *'}"))).await,
+        Code::InvalidArgument,
+        "schedule.cron",
+    );
+    assert_code(
+        c.create_agent(bad(&yaml("a", "").replace("{interval: 60s}", "{cron: '* * * * *', timezone: Nowhere/Land}")))
+            .await,
         Code::InvalidArgument,
         "schedule.timezone",
     );
@@ -91,8 +107,12 @@ async fn malformed_requests_get_proper_codes(kind: Db) {
     assert_code(c.create_agent(bad(&yaml("a", "tools: {lambda: [x]}"))).await, Code::InvalidArgument, "tools");
     assert_code(c.create_agent(pb::CreateAgentRequest::default()).await, Code::InvalidArgument, "spec");
     assert_code(
-        c.create_agent(pb::CreateAgentRequest { spec: Some(pb::AgentSpec::default()), paused: false, manifest_yaml: yaml("a", "") })
-            .await,
+        c.create_agent(pb::CreateAgentRequest {
+            spec: Some(pb::AgentSpec::default()),
+            paused: false,
+            manifest_yaml: yaml("a", ""),
+        })
+        .await,
         Code::InvalidArgument,
         "spec",
     );
@@ -100,36 +120,77 @@ async fn malformed_requests_get_proper_codes(kind: Db) {
     assert_code(c.get_agent(pb::GetAgentRequest { agent: by_name("ghost") }).await, Code::NotFound, "ghost");
     assert_code(c.get_run(pb::GetRunRequest { run_id: String::new() }).await, Code::InvalidArgument, "run_id");
     assert_code(c.get_run(pb::GetRunRequest { run_id: "nope".into() }).await, Code::NotFound, "nope");
-    assert_code(c.list_agents(pb::ListAgentsRequest { page_size: 5000, ..Default::default() }).await, Code::InvalidArgument, "page_size");
-    assert_code(c.list_runs(pb::ListRunsRequest { page_token: "garbage".into(), ..Default::default() }).await, Code::InvalidArgument, "page_token");
+    assert_code(
+        c.list_agents(pb::ListAgentsRequest { page_size: 5000, ..Default::default() }).await,
+        Code::InvalidArgument,
+        "page_size",
+    );
+    assert_code(
+        c.list_runs(pb::ListRunsRequest { page_token: "garbage".into(), ..Default::default() }).await,
+        Code::InvalidArgument,
+        "page_token",
+    );
 
     let a = create(&mut c, "alpha", "").await;
     assert_code(c.create_agent(bad(&yaml("alpha", ""))).await, Code::AlreadyExists, "alpha");
-    let upd = pb::UpdateAgentRequest { agent: by_name("alpha"), spec: None, expected_version: Some(9), manifest_yaml: yaml("alpha", "description: x") };
+    let upd = pb::UpdateAgentRequest {
+        agent: by_name("alpha"),
+        spec: None,
+        expected_version: Some(9),
+        manifest_yaml: yaml("alpha", "description: x"),
+    };
     assert_code(c.update_agent(upd).await, Code::Aborted, "version");
-    let ok = pb::UpdateAgentRequest { agent: by_name("alpha"), spec: None, expected_version: Some(1), manifest_yaml: yaml("alpha", "description: x") };
+    let ok = pb::UpdateAgentRequest {
+        agent: by_name("alpha"),
+        spec: None,
+        expected_version: Some(1),
+        manifest_yaml: yaml("alpha", "description: x"),
+    };
     assert_eq!(c.update_agent(ok).await.unwrap().into_inner().agent.unwrap().version, 2);
 
     c.pause_agent(pb::PauseAgentRequest { agent: by_name("alpha") }).await.unwrap();
-    assert_code(c.trigger_agent(pb::TriggerAgentRequest { agent: by_name("alpha"), query_override: None }).await, Code::FailedPrecondition, "paused");
+    assert_code(
+        c.trigger_agent(pb::TriggerAgentRequest { agent: by_name("alpha"), query_override: None }).await,
+        Code::FailedPrecondition,
+        "paused",
+    );
     c.resume_agent(pb::ResumeAgentRequest { agent: by_name("alpha") }).await.unwrap();
     assert_code(
         c.trigger_agent(pb::TriggerAgentRequest { agent: by_name("alpha"), query_override: Some(" ".into()) }).await,
         Code::InvalidArgument,
         "query_override",
     );
-    let start = pb::StartRunRequest { run_id: "r1".into(), agent_id: a.id.clone(), worker_id: "w".into(), lease_ttl: Some(prost_types::Duration { seconds: 3600, nanos: 0 }), ..Default::default() };
+    let start = pb::StartRunRequest {
+        run_id: "r1".into(),
+        agent_id: a.id.clone(),
+        worker_id: "w".into(),
+        lease_ttl: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
+        ..Default::default()
+    };
     assert_code(c.start_run(start).await, Code::InvalidArgument, "lease_ttl");
-    assert_code(c.start_run(pb::StartRunRequest { run_id: "r1".into(), ..Default::default() }).await, Code::InvalidArgument, "agent_id");
-    assert_code(c.checkpoint(pb::CheckpointRequest { run_id: "r1".into(), attempt: 1, step: None, lease_ttl: None }).await, Code::InvalidArgument, "step");
-    assert_code(c.finish_run(pb::FinishRunRequest { run_id: "r1".into(), ..Default::default() }).await, Code::InvalidArgument, "outcome");
+    assert_code(
+        c.start_run(pb::StartRunRequest { run_id: "r1".into(), ..Default::default() }).await,
+        Code::InvalidArgument,
+        "agent_id",
+    );
+    assert_code(
+        c.checkpoint(pb::CheckpointRequest { run_id: "r1".into(), attempt: 1, step: None, lease_ttl: None }).await,
+        Code::InvalidArgument,
+        "step",
+    );
+    assert_code(
+        c.finish_run(pb::FinishRunRequest { run_id: "r1".into(), ..Default::default() }).await,
+        Code::InvalidArgument,
+        "outcome",
+    );
 }
 
 async fn worker_protocol_end_to_end(kind: Db) {
     let s = start(kind).await;
     let mut c = client(&s).await;
     let a = create(&mut c, "health", "tools: {local: [get_system_info]}").await;
-    let run = c.trigger_agent(pb::TriggerAgentRequest { agent: by_name("health"), query_override: Some("just CPU".into()) })
+    let run = c
+        .trigger_agent(pb::TriggerAgentRequest { agent: by_name("health"), query_override: Some("just CPU".into()) })
         .await
         .unwrap()
         .into_inner()
@@ -137,7 +198,12 @@ async fn worker_protocol_end_to_end(kind: Db) {
         .unwrap();
     assert_eq!(run.status(), pb::RunStatus::Queued);
     let started = c
-        .start_run(pb::StartRunRequest { run_id: run.id.clone(), agent_id: a.id.clone(), worker_id: "w1".into(), ..Default::default() })
+        .start_run(pb::StartRunRequest {
+            run_id: run.id.clone(),
+            agent_id: a.id.clone(),
+            worker_id: "w1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -150,7 +216,11 @@ async fn worker_protocol_end_to_end(kind: Db) {
         seq: 0,
         payload: Some(pb::run_step::Payload::LlmResponse(pb::LlmResponse {
             model: "m".into(),
-            tool_calls: vec![pb::ToolCall { id: "c1".into(), name: "get_system_info".into(), arguments_json: "{}".into() }],
+            tool_calls: vec![pb::ToolCall {
+                id: "c1".into(),
+                name: "get_system_info".into(),
+                arguments_json: "{}".into(),
+            }],
             usage: Some(pb::TokenUsage { input_tokens: 12, output_tokens: 3 }),
             ..Default::default()
         })),
@@ -158,13 +228,22 @@ async fn worker_protocol_end_to_end(kind: Db) {
     };
     let tool = pb::RunStep {
         seq: 1,
-        payload: Some(pb::run_step::Payload::ToolResult(pb::ToolResult { call_id: "c1".into(), tool_name: "get_system_info".into(), output: "cpu 3%".into(), ..Default::default() })),
+        payload: Some(pb::run_step::Payload::ToolResult(pb::ToolResult {
+            call_id: "c1".into(),
+            tool_name: "get_system_info".into(),
+            output: "cpu 3%".into(),
+            ..Default::default()
+        })),
         ..Default::default()
     };
     for step in [llm, tool] {
-        c.checkpoint(pb::CheckpointRequest { run_id: run.id.clone(), attempt: 1, step: Some(step), lease_ttl: None }).await.unwrap();
+        c.checkpoint(pb::CheckpointRequest { run_id: run.id.clone(), attempt: 1, step: Some(step), lease_ttl: None })
+            .await
+            .unwrap();
     }
-    c.heartbeat(pb::HeartbeatRequest { run_id: run.id.clone(), attempt: 1, worker_id: "w1".into(), lease_ttl: None }).await.unwrap();
+    c.heartbeat(pb::HeartbeatRequest { run_id: run.id.clone(), attempt: 1, worker_id: "w1".into(), lease_ttl: None })
+        .await
+        .unwrap();
     let done = c
         .finish_run(pb::FinishRunRequest {
             run_id: run.id.clone(),
@@ -190,7 +269,8 @@ async fn worker_protocol_end_to_end(kind: Db) {
     assert_eq!(st.tools, ["get_system_info"]);
     assert!(st.next_run_at.is_some());
 
-    let runs = c.list_runs(pb::ListRunsRequest { agent: by_name("health"), ..Default::default() }).await.unwrap().into_inner();
+    let runs =
+        c.list_runs(pb::ListRunsRequest { agent: by_name("health"), ..Default::default() }).await.unwrap().into_inner();
     assert_eq!(runs.runs.len(), 1);
     c.delete_agent(pb::DeleteAgentRequest { agent: by_name("health") }).await.unwrap();
     assert_code(c.get_run(pb::GetRunRequest { run_id: run.id }).await, Code::NotFound, "run");
@@ -208,11 +288,16 @@ async fn concurrent_start_run_applies_skip(kind: Db) {
         // One connection per simulated worker.
         tasks.push(tokio::spawn(async move {
             let mut c = ManagerServiceClient::connect(endpoint).await.unwrap();
-            c.start_run(pb::StartRunRequest { run_id: format!("{agent_id}@{i}"), agent_id, worker_id: format!("w{i}"), ..Default::default() })
-                .await
-                .unwrap()
-                .into_inner()
-                .decision()
+            c.start_run(pb::StartRunRequest {
+                run_id: format!("{agent_id}@{i}"),
+                agent_id,
+                worker_id: format!("w{i}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .decision()
         }));
     }
     let mut decisions = Vec::new();
@@ -231,15 +316,35 @@ async fn stale_token_is_failed_precondition(kind: Db) {
     let mut c = client(&s).await;
     let a = create(&mut c, "fence", "").await;
     let short = Some(prost_types::Duration { seconds: 1, nanos: 0 });
-    let req = |w: &str| pb::StartRunRequest { run_id: "fence-run".into(), agent_id: a.id.clone(), worker_id: w.into(), lease_ttl: short, ..Default::default() };
+    let req = |w: &str| pb::StartRunRequest {
+        run_id: "fence-run".into(),
+        agent_id: a.id.clone(),
+        worker_id: w.into(),
+        lease_ttl: short,
+        ..Default::default()
+    };
     assert_eq!(c.start_run(req("w1")).await.unwrap().into_inner().decision(), pb::StartDecision::Started);
     assert_eq!(c.start_run(req("w2")).await.unwrap().into_inner().decision(), pb::StartDecision::LeasedElsewhere);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let second = c.start_run(req("w2")).await.unwrap().into_inner();
     assert_eq!(second.decision(), pb::StartDecision::Started);
     assert_eq!(second.run.unwrap().attempt, 2);
-    let hb = c.heartbeat(pb::HeartbeatRequest { run_id: "fence-run".into(), attempt: 1, worker_id: "w1".into(), lease_ttl: None }).await;
+    let hb = c
+        .heartbeat(pb::HeartbeatRequest {
+            run_id: "fence-run".into(),
+            attempt: 1,
+            worker_id: "w1".into(),
+            lease_ttl: None,
+        })
+        .await;
     assert_code(hb, Code::FailedPrecondition, "attempt 2");
-    let fin = c.finish_run(pb::FinishRunRequest { run_id: "fence-run".into(), attempt: 1, outcome: pb::RunOutcome::Succeeded as i32, ..Default::default() }).await;
+    let fin = c
+        .finish_run(pb::FinishRunRequest {
+            run_id: "fence-run".into(),
+            attempt: 1,
+            outcome: pb::RunOutcome::Succeeded as i32,
+            ..Default::default()
+        })
+        .await;
     assert_code(fin, Code::FailedPrecondition, "stale");
 }

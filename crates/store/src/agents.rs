@@ -216,13 +216,13 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
         let current = agent_from_row(&row)?;
-        if let Some(expected) = expected_version {
-            if expected != current.version {
-                return Err(StoreError::VersionConflict(format!(
-                    "agent '{}' is at version {}, not {expected}",
-                    current.spec.name, current.version
-                )));
-            }
+        if let Some(expected) = expected_version
+            && expected != current.version
+        {
+            return Err(StoreError::VersionConflict(format!(
+                "agent '{}' is at version {}, not {expected}",
+                current.spec.name, current.version
+            )));
         }
         if *spec == current.spec {
             tx.commit().await?;
@@ -231,14 +231,15 @@ impl Store {
         let bytes = encode(spec);
         let now = self.now_ms();
         let version = current.version + 1;
-        let updated = sqlx::query("UPDATE agents SET name = $1, version = $2, spec = $3, updated_at = $4 WHERE id = $5")
-            .bind(spec.name.as_str())
-            .bind(version as i64)
-            .bind(bytes.clone())
-            .bind(now)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await;
+        let updated =
+            sqlx::query("UPDATE agents SET name = $1, version = $2, spec = $3, updated_at = $4 WHERE id = $5")
+                .bind(spec.name.as_str())
+                .bind(version as i64)
+                .bind(bytes.clone())
+                .bind(now)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await;
         match updated {
             Err(e) if is_unique_violation(&e) => {
                 return Err(StoreError::AlreadyExists(format!("agent '{}'", spec.name)));
@@ -274,7 +275,10 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         for table in ["runs", "agent_labels", "agent_versions"] {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE agent_id = $1"))).bind(id.as_str()).execute(&mut *tx).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE agent_id = $1")))
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
         }
         sqlx::query("DELETE FROM agents WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
         tx.commit().await?;

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use nightshift_core::{AgentId, AgentSpec, AgentState, OverlapPolicy, RunId, RunOutcome, RunStatus, TriggerKind, WorkerId, time};
+use nightshift_core::{
+    AgentId, AgentSpec, AgentState, OverlapPolicy, RunId, RunOutcome, RunStatus, TriggerKind, WorkerId, time,
+};
 use sqlx::{Any, Row, Transaction};
 
 use crate::agents::{decode_spec, lock_agent};
@@ -111,10 +113,12 @@ fn remaining(until_ms: i64, now_ms: i64) -> Duration {
 }
 
 async fn run_in_tx(tx: &mut Transaction<'_, Any>, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.id = $1")))
-        .bind(id.as_str())
-        .fetch_optional(&mut **tx)
-        .await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.id = $1"
+    )))
+    .bind(id.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
     row.as_ref().map(run_from_row).transpose()
 }
 
@@ -177,11 +181,16 @@ impl Store {
                 .bind(input.agent_id.as_str())
                 .execute(&mut *tx)
                 .await?;
-                run_in_tx(&mut tx, &input.run_id).await?.ok_or_else(|| StoreError::NotFound(format!("run {}", input.run_id)))?
+                run_in_tx(&mut tx, &input.run_id)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(format!("run {}", input.run_id)))?
             }
         };
         if run.agent_id != input.agent_id {
-            return Err(StoreError::Invalid(format!("run {} belongs to agent {}, not {}", run.id, run.agent_id, input.agent_id)));
+            return Err(StoreError::Invalid(format!(
+                "run {} belongs to agent {}, not {}",
+                run.id, run.agent_id, input.agent_id
+            )));
         }
 
         let outcome = match run.status {
@@ -237,7 +246,12 @@ impl Store {
             OverlapPolicy::Skip => {
                 let reason = format!("overlap policy skip: run {running} is still running");
                 set_terminal(tx, &run.id, RunStatus::Skipped, &reason, now).await?;
-                let run = RunRecord { status: RunStatus::Skipped, reason: Some(reason.clone()), finished_at: Some(time::from_millis(now)), ..run };
+                let run = RunRecord {
+                    status: RunStatus::Skipped,
+                    reason: Some(reason.clone()),
+                    finished_at: Some(time::from_millis(now)),
+                    ..run
+                };
                 Ok(StartOutcome::Skipped { run, reason })
             }
             OverlapPolicy::CancelOther => {
@@ -258,13 +272,22 @@ impl Store {
                     .await?;
                     if let Some(b) = buffered {
                         let b: String = b.try_get("id")?;
-                        let reason = format!("overlap policy buffer_one: run {b} is already waiting behind run {running}");
+                        let reason =
+                            format!("overlap policy buffer_one: run {b} is already waiting behind run {running}");
                         set_terminal(tx, &run.id, RunStatus::Skipped, &reason, now).await?;
-                        let run = RunRecord { status: RunStatus::Skipped, reason: Some(reason.clone()), finished_at: Some(time::from_millis(now)), ..run };
+                        let run = RunRecord {
+                            status: RunStatus::Skipped,
+                            reason: Some(reason.clone()),
+                            finished_at: Some(time::from_millis(now)),
+                            ..run
+                        };
                         return Ok(StartOutcome::Skipped { run, reason });
                     }
                 }
-                sqlx::query("UPDATE runs SET deferred = 1 WHERE id = $1").bind(run.id.as_str()).execute(&mut **tx).await?;
+                sqlx::query("UPDATE runs SET deferred = 1 WHERE id = $1")
+                    .bind(run.id.as_str())
+                    .execute(&mut **tx)
+                    .await?;
                 let reason = format!("waiting for run {running} (overlap policy {policy:?})");
                 Ok(StartOutcome::Deferred { run, retry_after: DEFER_POLL, reason })
             }
@@ -297,21 +320,22 @@ impl Store {
             .fetch_one(&mut **tx)
             .await?;
         let spec = decode_spec(&spec_row.try_get::<Vec<u8>, _>("spec")?)?;
-        let steps = sqlx::query("SELECT seq, attempt, kind, payload, created_at FROM run_steps WHERE run_id = $1 ORDER BY seq")
-            .bind(run.id.as_str())
-            .fetch_all(&mut **tx)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(StepRecord {
-                    seq: u32_col(r, "seq")?,
-                    attempt: u32_col(r, "attempt")?,
-                    kind: r.try_get("kind")?,
-                    payload: r.try_get("payload")?,
-                    created_at: time::from_millis(r.try_get("created_at")?),
+        let steps =
+            sqlx::query("SELECT seq, attempt, kind, payload, created_at FROM run_steps WHERE run_id = $1 ORDER BY seq")
+                .bind(run.id.as_str())
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(StepRecord {
+                        seq: u32_col(r, "seq")?,
+                        attempt: u32_col(r, "attempt")?,
+                        kind: r.try_get("kind")?,
+                        payload: r.try_get("payload")?,
+                        created_at: time::from_millis(r.try_get("created_at")?),
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+                .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(StartOutcome::Started { run, spec: Box::new(spec), steps })
     }
 
@@ -319,12 +343,13 @@ impl Store {
     pub async fn heartbeat(&self, id: &RunId, attempt: u32, ttl: Duration) -> Result<DateTime<Utc>, StoreError> {
         let now = self.now_ms();
         let until = now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
-        let done = sqlx::query("UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND attempt = $3 AND status = 'running'")
-            .bind(until)
-            .bind(id.as_str())
-            .bind(i64::from(attempt))
-            .execute(&self.pool)
-            .await?;
+        let done =
+            sqlx::query("UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND attempt = $3 AND status = 'running'")
+                .bind(until)
+                .bind(id.as_str())
+                .bind(i64::from(attempt))
+                .execute(&self.pool)
+                .await?;
         if done.rows_affected() == 0 {
             return Err(fenced(self.get_run(id).await?, id, attempt));
         }
@@ -357,11 +382,12 @@ impl Store {
             drop(tx);
             return Err(fenced(self.get_run(id).await?, id, attempt));
         }
-        let next: i64 = sqlx::query("SELECT CAST(COALESCE(MAX(seq) + 1, 0) AS BIGINT) AS next FROM run_steps WHERE run_id = $1")
-            .bind(id.as_str())
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("next")?;
+        let next: i64 =
+            sqlx::query("SELECT CAST(COALESCE(MAX(seq) + 1, 0) AS BIGINT) AS next FROM run_steps WHERE run_id = $1")
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("next")?;
         let seq = i64::from(step.seq);
         if seq < next {
             let existing = sqlx::query("SELECT attempt FROM run_steps WHERE run_id = $1 AND seq = $2")
@@ -376,7 +402,9 @@ impl Store {
                 )));
             }
         } else if seq > next {
-            return Err(StoreError::FailedPrecondition(format!("step {seq} of run {id} would leave a gap; the next step is {next}")));
+            return Err(StoreError::FailedPrecondition(format!(
+                "step {seq} of run {id} would leave a gap; the next step is {next}"
+            )));
         } else {
             sqlx::query("INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
                 .bind(id.as_str())

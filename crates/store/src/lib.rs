@@ -19,7 +19,4 @@ mod runs;
 pub use db::{Backend, Store, redact};
 pub use error::StoreError;
 pub use lease::{FinishInput, StartInput, StartOutcome, StepInput};
-pub use model::{
-    AgentFilter, AgentRecord, AgentStats, ApplyOutcome, NewRun, Page, RunFilter, RunRecord,
-    StepRecord,
-};
+pub use model::{AgentFilter, AgentRecord, AgentStats, ApplyOutcome, NewRun, Page, RunFilter, RunRecord, StepRecord};

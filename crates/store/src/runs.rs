@@ -27,7 +27,8 @@ impl Store {
         .bind(run.agent_id.as_str())
         .execute(&self.pool)
         .await?;
-        let rec = self.get_run(&run.id).await?.ok_or_else(|| StoreError::NotFound(format!("agent {}", run.agent_id)))?;
+        let rec =
+            self.get_run(&run.id).await?.ok_or_else(|| StoreError::NotFound(format!("agent {}", run.agent_id)))?;
         if rec.agent_id != run.agent_id {
             return Err(StoreError::AlreadyExists(format!("run {} (of another agent)", run.id)));
         }
@@ -36,19 +37,22 @@ impl Store {
 
     /// The run with this id.
     pub async fn get_run(&self, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.id = $1")))
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.id = $1"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(run_from_row).transpose()
     }
 
     /// The checkpointed steps of a run, in order.
     pub async fn run_steps(&self, id: &RunId) -> Result<Vec<StepRecord>, StoreError> {
-        let rows = sqlx::query("SELECT seq, attempt, kind, payload, created_at FROM run_steps WHERE run_id = $1 ORDER BY seq")
-            .bind(id.as_str())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT seq, attempt, kind, payload, created_at FROM run_steps WHERE run_id = $1 ORDER BY seq")
+                .bind(id.as_str())
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| {
                 Ok(StepRecord {

@@ -78,7 +78,10 @@ async fn agent_lifecycle(kind: Db) {
     let e = env(kind).await;
     let a = e.store.create_agent(&spec("alpha", ""), AgentState::Active).await.unwrap();
     assert_eq!(a.version, 1);
-    assert!(matches!(e.store.create_agent(&spec("alpha", ""), AgentState::Active).await, Err(StoreError::AlreadyExists(_))));
+    assert!(matches!(
+        e.store.create_agent(&spec("alpha", ""), AgentState::Active).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
     assert_eq!(e.store.get_agent_by_name("alpha").await.unwrap().unwrap().id, a.id);
 
     let changed = spec("alpha", "description: changed");
@@ -99,7 +102,13 @@ async fn agent_lifecycle(kind: Db) {
 
     let run = RunId::generate();
     e.store
-        .insert_run(&NewRun { id: run.clone(), agent_id: a.id.clone(), trigger: TriggerKind::Manual, scheduled_for: None, query_override: None })
+        .insert_run(&NewRun {
+            id: run.clone(),
+            agent_id: a.id.clone(),
+            trigger: TriggerKind::Manual,
+            scheduled_for: None,
+            query_override: None,
+        })
         .await
         .unwrap();
     e.store.delete_agent(&a.id).await.unwrap();
@@ -122,12 +131,19 @@ async fn list_pages_and_filters_by_label(kind: Db) {
     let e = env(kind).await;
     for i in 0..7 {
         let team = if i % 2 == 0 { "ops" } else { "data" };
-        e.store.create_agent(&spec(&format!("agent-{i}"), &format!("labels: {{team: {team}, tier: gold}}")), AgentState::Active).await.unwrap();
+        e.store
+            .create_agent(
+                &spec(&format!("agent-{i}"), &format!("labels: {{team: {team}, tier: gold}}")),
+                AgentState::Active,
+            )
+            .await
+            .unwrap();
     }
     let mut names = Vec::new();
     let mut token = None;
     loop {
-        let page = e.store.list_agents(&AgentFilter { limit: 3, page_token: token, ..Default::default() }).await.unwrap();
+        let page =
+            e.store.list_agents(&AgentFilter { limit: 3, page_token: token, ..Default::default() }).await.unwrap();
         assert!(page.items.len() <= 3);
         names.extend(page.items.iter().map(|a| a.spec.name.to_string()));
         token = page.next_page_token;
@@ -165,7 +181,8 @@ async fn concurrent_start_with_skip_policy_starts_exactly_one(kind: Db) {
         }
     }
     assert_eq!((started, skipped), (1, N - 1));
-    let runs = e.store.list_runs(&RunFilter { agent_id: Some(a.id.clone()), limit: 100, ..Default::default() }).await.unwrap();
+    let runs =
+        e.store.list_runs(&RunFilter { agent_id: Some(a.id.clone()), limit: 100, ..Default::default() }).await.unwrap();
     let running = runs.items.iter().filter(|r| r.status == RunStatus::Running).count();
     let skipped_rows = runs.items.iter().filter(|r| r.status == RunStatus::Skipped).count();
     assert_eq!((running, skipped_rows), (1, N - 1), "the store agrees with the answers");
@@ -199,7 +216,8 @@ async fn stale_fencing_token_is_refused_after_takeover(kind: Db) {
     let e = env(kind).await;
     let a = e.store.create_agent(&spec("eps", ""), AgentState::Active).await.unwrap();
     let run = RunId::generate();
-    let StartOutcome::Started { run: r1, .. } = e.store.start_run(&start_input(&run, &a.id, "w1")).await.unwrap() else {
+    let StartOutcome::Started { run: r1, .. } = e.store.start_run(&start_input(&run, &a.id, "w1")).await.unwrap()
+    else {
         panic!("first start")
     };
     assert_eq!(r1.attempt, 1);
@@ -207,7 +225,9 @@ async fn stale_fencing_token_is_refused_after_takeover(kind: Db) {
     e.store.checkpoint(&run, 1, &step, Some(Duration::from_secs(30))).await.unwrap();
     // w1 goes silent; its lease runs out and w2 takes over with attempt 2 and w1's step.
     e.clock.advance(chrono::Duration::seconds(31));
-    let StartOutcome::Started { run: r2, steps, .. } = e.store.start_run(&start_input(&run, &a.id, "w2")).await.unwrap() else {
+    let StartOutcome::Started { run: r2, steps, .. } =
+        e.store.start_run(&start_input(&run, &a.id, "w2")).await.unwrap()
+    else {
         panic!("takeover")
     };
     assert_eq!(r2.attempt, 2);
@@ -224,7 +244,10 @@ async fn stale_fencing_token_is_refused_after_takeover(kind: Db) {
     let (done, retry) = e.store.finish_run(&run, 2, &finish(RunOutcome::Succeeded)).await.unwrap();
     assert_eq!((done.status, retry), (RunStatus::Succeeded, None));
     assert!(matches!(e.store.heartbeat(&run, 2, Duration::from_secs(30)).await, Err(StoreError::Fenced(_))));
-    assert!(matches!(e.store.start_run(&start_input(&run, &a.id, "w3")).await.unwrap(), StartOutcome::AlreadyFinished { .. }));
+    assert!(matches!(
+        e.store.start_run(&start_input(&run, &a.id, "w3")).await.unwrap(),
+        StartOutcome::AlreadyFinished { .. }
+    ));
 }
 
 async fn checkpoints_are_idempotent_and_gapless(kind: Db) {
@@ -242,8 +265,12 @@ async fn checkpoints_are_idempotent_and_gapless(kind: Db) {
 
 async fn failures_retry_with_backoff_then_fail(kind: Db) {
     let e = env(kind).await;
-    let a = e.store
-        .create_agent(&spec("eta", "policy: {max_retries: 2, retry_delay: 10s, backoff: exponential, max_delay: 1m}"), AgentState::Active)
+    let a = e
+        .store
+        .create_agent(
+            &spec("eta", "policy: {max_retries: 2, retry_delay: 10s, backoff: exponential, max_delay: 1m}"),
+            AgentState::Active,
+        )
         .await
         .unwrap();
     let run = RunId::generate();
@@ -293,7 +320,10 @@ async fn buffer_one_and_cancel_other_and_allow_all(kind: Db) {
     // allow_all: both run.
     let c = e.store.create_agent(&spec("all", "policy: {overlap: allow_all}"), AgentState::Active).await.unwrap();
     for _ in 0..2 {
-        assert!(matches!(e.store.start_run(&start_input(&RunId::generate(), &c.id, "w")).await.unwrap(), StartOutcome::Started { .. }));
+        assert!(matches!(
+            e.store.start_run(&start_input(&RunId::generate(), &c.id, "w")).await.unwrap(),
+            StartOutcome::Started { .. }
+        ));
     }
 }
 
@@ -308,7 +338,11 @@ async fn paused_agent_runs_are_skipped(kind: Db) {
 
 async fn stats_aggregate_runs(kind: Db) {
     let e = env(kind).await;
-    let a = e.store.create_agent(&spec("stats", "policy: {max_retries: 0, overlap: allow_all}"), AgentState::Active).await.unwrap();
+    let a = e
+        .store
+        .create_agent(&spec("stats", "policy: {max_retries: 0, overlap: allow_all}"), AgentState::Active)
+        .await
+        .unwrap();
     for outcome in [RunOutcome::Succeeded, RunOutcome::Succeeded, RunOutcome::Failed] {
         let run = RunId::generate();
         e.store.start_run(&start_input(&run, &a.id, "w")).await.unwrap();
@@ -327,9 +361,16 @@ async fn enqueue_is_idempotent_per_tick(kind: Db) {
     let e = env(kind).await;
     let a = e.store.create_agent(&spec("tick", ""), AgentState::Active).await.unwrap();
     let id = RunId::for_tick(&a.id, 1_000);
-    let new = NewRun { id, agent_id: a.id.clone(), trigger: TriggerKind::Schedule, scheduled_for: Some(Utc::now()), query_override: None };
+    let new = NewRun {
+        id,
+        agent_id: a.id.clone(),
+        trigger: TriggerKind::Schedule,
+        scheduled_for: Some(Utc::now()),
+        query_override: None,
+    };
     assert!(e.store.insert_run(&new).await.unwrap().1);
     assert!(!e.store.insert_run(&new).await.unwrap().1);
-    let page = e.store.list_runs(&RunFilter { agent_id: Some(a.id.clone()), limit: 10, ..Default::default() }).await.unwrap();
+    let page =
+        e.store.list_runs(&RunFilter { agent_id: Some(a.id.clone()), limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(page.items.len(), 1);
 }

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Smoke test of a real `nightshift dev` process with grpcurl (reflection v1alpha) and the CLI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${NIGHTSHIFT_BIN:-target/debug/nightshift}
+GRPCURL=${GRPCURL:-grpcurl}
+data=$(mktemp -d)
+out=$(mktemp)
+"$BIN" dev --listen 127.0.0.1:0 --data-dir "$data" -f examples/agents >"$out" 2>"$data/dev.log" &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; rm -rf "$data" "$out"' EXIT
+for _ in $(seq 1 50); do grep -q listening "$out" && break; sleep 0.2; done
+addr=$(awk '/listening/ {print $5}' "$out")
+[ -n "$addr" ] || { echo "smoke: dev did not start"; cat "$data/dev.log"; exit 1; }
+echo "smoke: nightshift dev on $addr"
+
+fail() { echo "smoke: FAIL: $*" >&2; exit 1; }
+list=$("$GRPCURL" -plaintext "$addr" list)
+for svc in nightshift.v1.ManagerService grpc.health.v1.Health grpc.reflection.v1alpha.ServerReflection; do
+  grep -qx "$svc" <<<"$list" || fail "grpcurl list lacks $svc: $list"
+done
+"$GRPCURL" -plaintext "$addr" describe nightshift.v1.ManagerService | grep -q "rpc StartRun" || fail "describe ManagerService"
+"$GRPCURL" -plaintext "$addr" describe nightshift.v1.AgentSpec | grep -q "system_instruction" || fail "describe AgentSpec"
+"$GRPCURL" -plaintext "$addr" grpc.health.v1.Health/Check | grep -q SERVING || fail "health"
+"$GRPCURL" -plaintext -d '{"agent":{"name":"system-health"}}' "$addr" \
+  nightshift.v1.ManagerService/GetAgentStatus | grep -q '"name": "system-health"' || fail "GetAgentStatus via grpcurl"
+err=$("$GRPCURL" -plaintext -d '{"manifest_yaml":"name: x\nmodel: {provider: openai, model: m}\ntask: {query: q}\nschedule: {interval: -5s}"}' \
+  "$addr" nightshift.v1.ManagerService/CreateAgent 2>&1 || true)
+grep -q InvalidArgument <<<"$err" && grep -q schedule.interval <<<"$err" || fail "INVALID_ARGUMENT naming the field: $err"
+
+export NIGHTSHIFT_ENDPOINT="http://$addr"
+"$BIN" agent list | grep -q system-health || fail "agent list"
+"$BIN" agent status system-health -o json | grep -q '"state": "active"' || fail "agent status json"
+echo "smoke: ok"

