@@ -1,0 +1,1 @@
+//! The event service (being built).
