@@ -27,3 +27,21 @@ where
     fig = fig.merge(Env::prefixed(&format!("{env_prefix}_")).split("__"));
     fig.extract().map_err(|e| ConfigError(e.to_string()))
 }
+
+/// Serde adapter for durations written as humantime text (`30s`, `5m`) in TOML files and
+/// environment variables: `#[serde(with = "nightshift_core::config::duration_text")]`.
+pub mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `30s`.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    /// Reads `30s`, `5m`, `1h30m`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        humantime::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}

@@ -88,9 +88,21 @@ impl CronSpec {
     }
 
     /// The first match strictly after `after`.
+    ///
+    /// DST rule: a local time that does not exist (spring forward) fires at the next valid
+    /// instant; a local time that occurs twice (fall back) fires once, at its first occurrence.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = after.with_timezone(&self.timezone);
-        self.cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&Utc))
+        use chrono::{LocalResult, TimeZone};
+        let mut from = after.with_timezone(&self.timezone);
+        // Bounded: at most one skipped duplicate per candidate in practice.
+        for _ in 0..1000 {
+            let t = self.cron.find_next_occurrence(&from, false).ok()?;
+            match self.timezone.from_local_datetime(&t.naive_local()) {
+                LocalResult::Ambiguous(first, _) if first != t => from = t,
+                _ => return Some(t.with_timezone(&Utc)),
+            }
+        }
+        None
     }
 }
 
@@ -330,6 +342,43 @@ mod tests {
         let six = Schedule::from_pb(Some(&cron("*/10 * * * * *", ""))).unwrap();
         let t = Utc.with_ymd_and_hms(2026, 1, 15, 0, 0, 1).unwrap();
         assert_eq!(six.next_after(t), Some(Utc.with_ymd_and_hms(2026, 1, 15, 0, 0, 10).unwrap()));
+    }
+
+    fn cron_ticks(expr: &str, tz: &str, from: DateTime<Utc>, n: usize) -> Vec<String> {
+        let s = CronSpec::parse(expr, tz).unwrap();
+        let mut t = from;
+        (0..n)
+            .map(|_| {
+                t = s.next_after(t).unwrap();
+                t.format("%m-%d %H:%M").to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dst_spring_forward_fires_at_next_valid_instant() {
+        // Berlin 2026-03-29: 02:00 CET jumps to 03:00 CEST; 02:30 does not exist → 03:00 CEST = 01:00 UTC.
+        let from = Utc.with_ymd_and_hms(2026, 3, 28, 0, 0, 0).unwrap();
+        assert_eq!(cron_ticks("30 2 * * *", "Europe/Berlin", from, 3), ["03-28 01:30", "03-29 01:00", "03-30 00:30"]);
+        // New York 2026-03-08: 02:30 does not exist → 03:00 EDT = 07:00 UTC.
+        let from = Utc.with_ymd_and_hms(2026, 3, 7, 0, 0, 0).unwrap();
+        assert_eq!(cron_ticks("30 2 * * *", "America/New_York", from, 3), ["03-07 07:30", "03-08 07:00", "03-09 06:30"]);
+    }
+
+    #[test]
+    fn dst_fall_back_fires_a_repeated_local_time_once() {
+        // Berlin 2026-10-25: 02:00-03:00 happens twice; 02:30 fires at its first occurrence only.
+        let from = Utc.with_ymd_and_hms(2026, 10, 24, 0, 0, 0).unwrap();
+        assert_eq!(cron_ticks("30 2 * * *", "Europe/Berlin", from, 3), ["10-24 00:30", "10-25 00:30", "10-26 01:30"]);
+        // Every 30 minutes through the repeated hour: 02:00 and 02:30 fire once each.
+        let from = Utc.with_ymd_and_hms(2026, 10, 24, 23, 50, 0).unwrap();
+        assert_eq!(
+            cron_ticks("*/30 * * * *", "Europe/Berlin", from, 4),
+            ["10-25 00:00", "10-25 00:30", "10-25 02:00", "10-25 02:30"]
+        );
+        // New York 2026-11-01: 01:30 EDT (05:30 UTC) fires, 01:30 EST (06:30 UTC) does not.
+        let from = Utc.with_ymd_and_hms(2026, 10, 31, 0, 0, 0).unwrap();
+        assert_eq!(cron_ticks("30 1 * * *", "America/New_York", from, 3), ["10-31 05:30", "11-01 05:30", "11-02 06:30"]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub struct ManagerConfig {
     /// `sqlite://PATH` or `postgres://USER@HOST/DB`.
     pub database_url: String,
     /// Lease granted when StartRun does not ask for one.
-    #[serde(with = "humantime_secs")]
+    #[serde(with = "nightshift_core::config::duration_text")]
     pub default_lease_ttl: Duration,
     /// `text` or `json`.
     pub log_format: String,
@@ -26,21 +26,5 @@ impl Default for ManagerConfig {
             default_lease_ttl: Duration::from_secs(30),
             log_format: "text".into(),
         }
-    }
-}
-
-/// Durations as humantime text (`30s`) in TOML and env.
-mod humantime_secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }

@@ -253,14 +253,29 @@ impl Store {
     }
 
     /// Pauses or resumes an agent. Returns the record and whether the state changed.
+    ///
+    /// Resuming restarts the schedule from now, in the same transaction: ticks of the paused
+    /// period are neither fired nor counted as missed, whichever scheduler sees the change.
     pub async fn set_agent_state(&self, id: &AgentId, state: AgentState) -> Result<(AgentRecord, bool), StoreError> {
         let now = self.now_ms();
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("UPDATE agents SET state = $1, updated_at = $2 WHERE id = $3 AND state <> $1")
             .bind(state.as_str())
             .bind(now)
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        if state == AgentState::Active && done.rows_affected() > 0 {
+            sqlx::query(
+                "INSERT INTO schedule_state (agent_id, last_tick, updated_at) VALUES ($1, $2, $2) \
+                 ON CONFLICT (agent_id) DO UPDATE SET last_tick = excluded.last_tick, updated_at = excluded.updated_at",
+            )
+            .bind(id.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         let rec = self.get_agent(id).await?.ok_or_else(|| StoreError::NotFound(format!("agent {id}")))?;
         Ok((rec, done.rows_affected() > 0))
     }
@@ -274,7 +289,7 @@ impl Store {
             .bind(id.as_str())
             .execute(&mut *tx)
             .await?;
-        for table in ["runs", "agent_labels", "agent_versions"] {
+        for table in ["runs", "agent_labels", "agent_versions", "schedule_state"] {
             sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE agent_id = $1")))
                 .bind(id.as_str())
                 .execute(&mut *tx)

@@ -34,3 +34,49 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// A recorder is already installed with a different handle (second init in one process).
+    #[error("metrics recorder: {0}")]
+    Recorder(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Requested address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+static PROMETHEUS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once) and returns its handle.
+pub fn metrics_handle() -> Result<metrics_exporter_prometheus::PrometheusHandle, MetricsError> {
+    if let Some(h) = PROMETHEUS.get() {
+        return Ok(h.clone());
+    }
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| MetricsError::Recorder(e.to_string()))?;
+    Ok(PROMETHEUS.get_or_init(|| handle).clone())
+}
+
+/// Serves `GET /metrics` (Prometheus text format) on `addr` in the background; returns the bound
+/// address. Every service of the process shares the one recorder.
+pub async fn serve_metrics(addr: &str) -> Result<std::net::SocketAddr, MetricsError> {
+    let handle = metrics_handle()?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr: addr.to_owned(), source })?;
+    let local = listener.local_addr().map_err(|source| MetricsError::Bind { addr: addr.to_owned(), source })?;
+    let app = axum::Router::new().route("/metrics", axum::routing::get(move || std::future::ready(handle.render())));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    tracing::info!(addr = %local, "metrics on /metrics");
+    Ok(local)
+}

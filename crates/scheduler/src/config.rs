@@ -1,0 +1,56 @@
+//! Scheduler configuration (`config/scheduler.toml`, env prefix `NIGHTSHIFT_SCHEDULER`).
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of the scheduler role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// gRPC listen address.
+    pub listen: String,
+    /// Shared with the manager: `sqlite://PATH` or `postgres://...`.
+    pub database_url: String,
+    /// Work queue: `memory://` (single process only), `nats://HOST:PORT`, `redis://HOST:PORT`.
+    pub queue_url: String,
+    /// Prometheus `/metrics` listen address (empty = off).
+    pub metrics_listen: String,
+    /// Schedules are split into this many shards between replicas. Must be equal on all
+    /// replicas; more shards than replicas balances better.
+    pub shard_count: u32,
+    /// A replica's hold on its shards; a dead replica's shards move after this long.
+    #[serde(with = "nightshift_core::config::duration_text")]
+    pub shard_lease: Duration,
+    /// How often leases are renewed and rebalanced (well under `shard_lease`).
+    #[serde(with = "nightshift_core::config::duration_text")]
+    pub coordination_interval: Duration,
+    /// How often agent changes are picked up from the store.
+    #[serde(with = "nightshift_core::config::duration_text")]
+    pub sync_interval: Duration,
+    /// A tick more than this late is a misfire (misfire policy applies); later than a failover.
+    #[serde(with = "nightshift_core::config::duration_text")]
+    pub misfire_grace: Duration,
+    /// Queued runs older than this that never started are published again (lost publishes).
+    #[serde(with = "nightshift_core::config::duration_text")]
+    pub republish_after: Duration,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50052".into(),
+            database_url: "sqlite://nightshift.db".into(),
+            queue_url: "memory://".into(),
+            metrics_listen: String::new(),
+            shard_count: 64,
+            shard_lease: Duration::from_secs(10),
+            coordination_interval: Duration::from_secs(2),
+            sync_interval: Duration::from_secs(1),
+            misfire_grace: crate::rules::DEFAULT_GRACE,
+            republish_after: Duration::from_secs(60),
+            log_format: "text".into(),
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Scheduler persistence: schedule progress (`last_tick`), firing ticks as runs, and the shard
+//! leases that split schedules between scheduler replicas.
+use chrono::{DateTime, Utc};
+use nightshift_core::{AgentId, AgentState, RunId, Schedule, time};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::agents::decode_spec;
+use crate::db::{Store, u64_col};
+use crate::error::StoreError;
+
+/// An agent as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduledAgent {
+    /// Agent.
+    pub agent_id: AgentId,
+    /// Name (for logs and ScheduleInfo).
+    pub name: String,
+    /// Spec version.
+    pub version: u64,
+    /// Paused agents never fire.
+    pub paused: bool,
+    /// The schedule.
+    pub schedule: Schedule,
+    /// The newest handled tick, or the creation time if none: planning starts after it.
+    pub anchor: DateTime<Utc>,
+    /// Ticks fired so far.
+    pub fired: u64,
+    /// Ticks missed so far (misfire policy).
+    pub missed: u64,
+    /// Last change of the agent row.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One tick to record as fired (or missed) in [`Store::fire_ticks`].
+#[derive(Debug, Clone)]
+pub struct TickFire {
+    /// Agent.
+    pub agent_id: AgentId,
+    /// Runs to create (deterministic ids), with their nominal ticks.
+    pub runs: Vec<(RunId, DateTime<Utc>)>,
+    /// The newest tick handled (fired or missed).
+    pub last_tick: DateTime<Utc>,
+    /// Ticks counted as missed.
+    pub missed: u64,
+}
+
+const SCHEDULED_SQL: &str = "SELECT a.id, a.name, a.version, a.state, a.spec, a.created_at, a.updated_at, \
+    s.last_tick, COALESCE(s.fired, 0) AS fired, COALESCE(s.missed, 0) AS missed \
+    FROM agents a LEFT JOIN schedule_state s ON s.agent_id = a.id";
+
+fn scheduled_from_row(row: &AnyRow) -> Result<ScheduledAgent, StoreError> {
+    let spec = decode_spec(&row.try_get::<Vec<u8>, _>("spec")?)?;
+    let last: Option<i64> = row.try_get("last_tick")?;
+    let created: i64 = row.try_get("created_at")?;
+    let state: String = row.try_get("state")?;
+    Ok(ScheduledAgent {
+        agent_id: AgentId::from_string(row.try_get::<String, _>("id")?),
+        name: row.try_get("name")?,
+        version: u64_col(row, "version")?,
+        paused: state == AgentState::Paused.as_str(),
+        schedule: spec.schedule,
+        anchor: time::from_millis(last.unwrap_or(created)),
+        fired: u64_col(row, "fired")?,
+        missed: u64_col(row, "missed")?,
+        updated_at: time::from_millis(row.try_get("updated_at")?),
+    })
+}
+
+impl Store {
+    /// Every agent with its schedule and progress.
+    pub async fn scheduled_agents(&self) -> Result<Vec<ScheduledAgent>, StoreError> {
+        let rows = sqlx::query(SCHEDULED_SQL).fetch_all(&self.pool).await?;
+        rows.iter().map(scheduled_from_row).collect()
+    }
+
+    /// Agents changed at or after `since` (spec, pause/resume).
+    pub async fn scheduled_agents_changed_since(&self, since: DateTime<Utc>) -> Result<Vec<ScheduledAgent>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{SCHEDULED_SQL} WHERE a.updated_at >= $1")))
+            .bind(time::to_millis(since))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(scheduled_from_row).collect()
+    }
+
+    /// One agent's schedule.
+    pub async fn scheduled_agent(&self, id: &AgentId) -> Result<Option<ScheduledAgent>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SCHEDULED_SQL} WHERE a.id = $1")))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(scheduled_from_row).transpose()
+    }
+
+    /// Records fired ticks in one transaction: the runs (queued; an existing id is left alone,
+    /// which makes a tick fired twice a no-op) and the schedules' progress. Returns, per run,
+    /// whether it was created now. Agents deleted meanwhile are skipped.
+    pub async fn fire_ticks(&self, fires: &[TickFire]) -> Result<Vec<Vec<bool>>, StoreError> {
+        let now = self.now_ms();
+        let mut tx = self.pool.begin().await?;
+        let mut created = Vec::with_capacity(fires.len());
+        for f in fires {
+            // Progress first: it is a write, so on SQLite the transaction holds the write lock
+            // from its first statement and never has to upgrade a read snapshot.
+            sqlx::query(
+                "INSERT INTO schedule_state (agent_id, last_tick, fired, missed, updated_at) \
+                 SELECT id, $1, $2, $3, $4 FROM agents WHERE id = $5 \
+                 ON CONFLICT (agent_id) DO UPDATE SET \
+                   last_tick = CASE WHEN excluded.last_tick > schedule_state.last_tick THEN excluded.last_tick ELSE schedule_state.last_tick END, \
+                   fired = schedule_state.fired + excluded.fired, missed = schedule_state.missed + excluded.missed, \
+                   updated_at = excluded.updated_at",
+            )
+            .bind(time::to_millis(f.last_tick))
+            .bind(f.runs.len() as i64)
+            .bind(i64::try_from(f.missed).unwrap_or(i64::MAX))
+            .bind(now)
+            .bind(f.agent_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            let mut made = Vec::with_capacity(f.runs.len());
+            for (run_id, tick) in &f.runs {
+                let done = sqlx::query(
+                    "INSERT INTO runs (id, agent_id, agent_version, status, trigger_kind, scheduled_for, created_at) \
+                     SELECT $1, id, version, 'queued', 'schedule', $2, $3 FROM agents WHERE id = $4 \
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(run_id.as_str())
+                .bind(time::to_millis(*tick))
+                .bind(now)
+                .bind(f.agent_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+                made.push(done.rows_affected() > 0);
+            }
+            created.push(made);
+        }
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// Restarts an agent's schedule from `at` (used on resume, so that ticks of the paused
+    /// period are neither fired nor counted as missed).
+    pub async fn reset_schedule_anchor(&self, id: &AgentId, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO schedule_state (agent_id, last_tick, updated_at) SELECT id, $1, $2 FROM agents WHERE id = $3 \
+             ON CONFLICT (agent_id) DO UPDATE SET last_tick = excluded.last_tick, updated_at = excluded.updated_at",
+        )
+        .bind(time::to_millis(at))
+        .bind(self.now_ms())
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Queued scheduled runs of `agents`-in-general created before `older_than` that never
+    /// started: candidates to publish again (their first publish may have been lost).
+    pub async fn stale_queued_runs(
+        &self,
+        older_than: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(RunId, AgentId, Option<DateTime<Utc>>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, agent_id, scheduled_for FROM runs WHERE status = 'queued' AND created_at < $1 \
+             AND attempt = 0 AND deferred = 0 ORDER BY created_at LIMIT $2",
+        )
+        .bind(time::to_millis(older_than))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let at: Option<i64> = r.try_get("scheduled_for")?;
+                Ok((
+                    RunId::from_string(r.try_get::<String, _>("id")?),
+                    AgentId::from_string(r.try_get::<String, _>("agent_id")?),
+                    at.map(time::from_millis),
+                ))
+            })
+            .collect()
+    }
+
+    /// Records that scheduler replica `member` is alive and returns how many replicas are
+    /// (heartbeat within `ttl`). Stale members are removed.
+    pub async fn scheduler_heartbeat(&self, member: &str, ttl: std::time::Duration) -> Result<u32, StoreError> {
+        let now = self.now_ms();
+        let cutoff = now - i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO scheduler_members (member_id, heartbeat_at) VALUES ($1, $2) \
+             ON CONFLICT (member_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(member)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM scheduler_members WHERE heartbeat_at < $1").bind(cutoff).execute(&mut *tx).await?;
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM scheduler_members").fetch_one(&mut *tx).await?.try_get("n")?;
+        tx.commit().await?;
+        Ok(u32::try_from(n.max(1)).unwrap_or(u32::MAX))
+    }
+
+    /// Removes a replica on clean shutdown and frees its shards at once.
+    pub async fn scheduler_leave(&self, member: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE scheduler_shards SET owner = NULL, lease_expires_at = 0 WHERE owner = $1")
+            .bind(member)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM scheduler_members WHERE member_id = $1").bind(member).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Renews `member`'s shard leases, releases shards beyond `want`, and claims free or expired
+    /// shards up to `want` (compare-and-set per shard). Returns the shards now held.
+    pub async fn claim_shards(
+        &self,
+        member: &str,
+        shard_count: u32,
+        want: u32,
+        lease: std::time::Duration,
+    ) -> Result<Vec<u32>, StoreError> {
+        let now = self.now_ms();
+        let until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE scheduler_shards SET lease_expires_at = $1 WHERE owner = $2")
+            .bind(until)
+            .bind(member)
+            .execute(&mut *tx)
+            .await?;
+        let existing: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM scheduler_shards").fetch_one(&mut *tx).await?.try_get("n")?;
+        if existing < i64::from(shard_count) {
+            for shard in 0..shard_count {
+                sqlx::query("INSERT INTO scheduler_shards (shard, owner, lease_expires_at) VALUES ($1, NULL, 0) ON CONFLICT (shard) DO NOTHING")
+                    .bind(i64::from(shard))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let mut owned: Vec<u32> = sqlx::query("SELECT shard FROM scheduler_shards WHERE owner = $1 AND shard < $2 ORDER BY shard")
+            .bind(member)
+            .bind(i64::from(shard_count))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>("shard").map(|s| s as u32))
+            .collect::<Result<_, _>>()?;
+        while owned.len() > want as usize {
+            let Some(s) = owned.pop() else { break };
+            sqlx::query("UPDATE scheduler_shards SET owner = NULL, lease_expires_at = 0 WHERE shard = $1 AND owner = $2")
+                .bind(i64::from(s))
+                .bind(member)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if owned.len() < want as usize {
+            let free: Vec<i64> = sqlx::query(
+                "SELECT shard FROM scheduler_shards WHERE shard < $1 AND (owner IS NULL OR lease_expires_at < $2) ORDER BY shard LIMIT $3",
+            )
+            .bind(i64::from(shard_count))
+            .bind(now)
+            .bind((want as usize - owned.len()) as i64)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>("shard"))
+            .collect::<Result<_, _>>()?;
+            for s in free {
+                let done = sqlx::query(
+                    "UPDATE scheduler_shards SET owner = $1, lease_expires_at = $2 \
+                     WHERE shard = $3 AND (owner IS NULL OR lease_expires_at < $4)",
+                )
+                .bind(member)
+                .bind(until)
+                .bind(s)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 1 {
+                    owned.push(s as u32);
+                }
+            }
+        }
+        tx.commit().await?;
+        owned.sort_unstable();
+        Ok(owned)
+    }
+}
