@@ -14,6 +14,12 @@ pub struct ManagerConfig {
     /// Lease granted when StartRun does not ask for one.
     #[serde(with = "nightshift_core::config::duration_text")]
     pub default_lease_ttl: Duration,
+    /// Scheduler to notify of schedule changes (`http://HOST:50052`); empty = none (the
+    /// scheduler still picks changes up from the store within its sync interval).
+    pub scheduler_endpoint: String,
+    /// Work queue for manually triggered runs (`nats://`, `redis://`); empty = none (the
+    /// scheduler's sweep publishes them, after `republish_after`).
+    pub queue_url: String,
     /// `text` or `json`.
     pub log_format: String,
 }
@@ -24,6 +30,8 @@ impl Default for ManagerConfig {
             listen: "127.0.0.1:50051".into(),
             database_url: "sqlite://nightshift.db".into(),
             default_lease_ttl: Duration::from_secs(30),
+            scheduler_endpoint: String::new(),
+            queue_url: String::new(),
             log_format: "text".into(),
         }
     }

@@ -5,9 +5,11 @@
 mod config;
 mod convert;
 mod error;
+mod hooks;
 mod service;
 
 pub use config::ManagerConfig;
+pub use hooks::{GrpcScheduleObserver, ScheduleObserver};
 pub use error::{status_from_store, status_from_validation};
 pub use service::ManagerService;
 

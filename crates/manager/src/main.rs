@@ -3,7 +3,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use nightshift_manager::{ManagerConfig, ManagerService, SERVICE_NAME};
+use std::sync::Arc;
+
+use nightshift_manager::{GrpcScheduleObserver, ManagerConfig, ManagerService, SERVICE_NAME};
+use nightshift_queue::QueueOptions;
 use nightshift_rpc::{GrpcServer, shutdown_signal};
 use nightshift_store::Store;
 
@@ -22,8 +25,16 @@ async fn main() -> anyhow::Result<()> {
     let cfg: ManagerConfig = nightshift_core::config::load(args.config.as_deref(), "NIGHTSHIFT_MANAGER")?;
     nightshift_telemetry::init(cfg.log_format.parse().map_err(anyhow::Error::msg)?);
     let store = Store::connect(&cfg.database_url).await.context("connecting to the database")?;
+    let mut service = ManagerService::new(store.clone(), cfg.default_lease_ttl);
+    if !cfg.scheduler_endpoint.is_empty() {
+        service = service.with_observer(Arc::new(GrpcScheduleObserver::new(&cfg.scheduler_endpoint)?));
+    }
+    if !cfg.queue_url.is_empty() {
+        let queue = nightshift_queue::connect(&cfg.queue_url, &QueueOptions::default()).await.context("connecting to the queue")?;
+        service = service.with_queue(queue);
+    }
     let mut server = GrpcServer::new();
-    server.routes().add_service(ManagerService::new(store.clone(), cfg.default_lease_ttl).into_server());
+    server.routes().add_service(service.into_server());
     server.serving(SERVICE_NAME);
     let listener = GrpcServer::bind(&cfg.listen).await?;
     server.serve(listener, shutdown_signal()).await?;

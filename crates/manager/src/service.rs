@@ -10,6 +10,7 @@ use nightshift_core::{
 use nightshift_store::{
     AgentFilter, AgentRecord, ApplyOutcome, FinishInput, NewRun, RunFilter, StartInput, StartOutcome, StepInput, Store,
 };
+use nightshift_queue::{RunRequest, WorkQueue};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -23,17 +24,38 @@ const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 
 /// The manager's gRPC service. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ManagerService {
     store: Store,
     clock: Arc<dyn Clock>,
     default_lease_ttl: Duration,
+    observer: Option<crate::hooks::Observer>,
+    queue: Option<Arc<dyn WorkQueue>>,
 }
 
 impl ManagerService {
     /// A service on `store` granting `default_lease_ttl` leases when a worker asks for none.
     pub fn new(store: Store, default_lease_ttl: Duration) -> Self {
-        Self { store, clock: Arc::new(SystemClock), default_lease_ttl }
+        Self { store, clock: Arc::new(SystemClock), default_lease_ttl, observer: None, queue: None }
+    }
+
+    /// Tells `observer` (the scheduler) about schedule-relevant changes.
+    pub fn with_observer(mut self, observer: Arc<dyn crate::ScheduleObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Publishes manually triggered runs to `queue` (otherwise they wait for the scheduler's
+    /// republish sweep).
+    pub fn with_queue(mut self, queue: Arc<dyn WorkQueue>) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    fn changed(&self, id: &AgentId) {
+        if let Some(o) = &self.observer {
+            o.agent_changed(id);
+        }
     }
 
     /// Uses `clock` for "now" (next fire times in status).
@@ -147,6 +169,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let state = if req.paused { AgentState::Paused } else { AgentState::Active };
         let rec = self.store.create_agent(&spec, state).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, id = %rec.id, "agent created");
+        self.changed(&rec.id);
         Ok(Response::new(pb::CreateAgentResponse { agent: Some(convert::agent(&rec)) }))
     }
 
@@ -164,6 +187,9 @@ impl pb::manager_service_server::ManagerService for ManagerService {
             ApplyOutcome::Unchanged => Outcome::Unchanged,
         };
         tracing::info!(agent = %rec.spec.name, version = rec.version, outcome = ?outcome, "agent applied");
+        if outcome != Outcome::Unchanged {
+            self.changed(&rec.id);
+        }
         Ok(Response::new(pb::ApplyAgentResponse { agent: Some(convert::agent(&rec)), outcome: outcome as i32 }))
     }
 
@@ -206,6 +232,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
             self.store.update_agent(&current.id, &spec, req.expected_version).await.map_err(status_from_store)?;
         if changed {
             tracing::info!(agent = %rec.spec.name, version = rec.version, "agent updated");
+            self.changed(&rec.id);
         }
         Ok(Response::new(pb::UpdateAgentResponse { agent: Some(convert::agent(&rec)) }))
     }
@@ -217,6 +244,9 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let rec = self.resolve(req.get_ref().agent.as_ref()).await?;
         self.store.delete_agent(&rec.id).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, id = %rec.id, "agent deleted");
+        if let Some(o) = &self.observer {
+            o.agent_deleted(&rec.id);
+        }
         Ok(Response::new(pb::DeleteAgentResponse {}))
     }
 
@@ -227,6 +257,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let rec = self.resolve(req.get_ref().agent.as_ref()).await?;
         let (rec, _) = self.store.set_agent_state(&rec.id, AgentState::Paused).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, "agent paused");
+        self.changed(&rec.id);
         Ok(Response::new(pb::PauseAgentResponse { agent: Some(convert::agent(&rec)) }))
     }
 
@@ -237,6 +268,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let rec = self.resolve(req.get_ref().agent.as_ref()).await?;
         let (rec, _) = self.store.set_agent_state(&rec.id, AgentState::Active).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, "agent resumed");
+        self.changed(&rec.id);
         Ok(Response::new(pb::ResumeAgentResponse { agent: Some(convert::agent(&rec)) }))
     }
 
@@ -263,6 +295,25 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         };
         let (run, _) = self.store.insert_run(&new).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, run = %run.id, "run triggered");
+        if let Some(q) = &self.queue {
+            let req = RunRequest {
+                run_id: run.id.to_string(),
+                agent_id: run.agent_id.to_string(),
+                trigger: TriggerKind::Manual.to_pb() as i32,
+                scheduled_for: None,
+                enqueued_at: Some(time::to_pb(self.clock.now())),
+                trace_context: Default::default(),
+            };
+            // The run is recorded; if this publish fails the scheduler's sweep publishes it.
+            match q.publish(&req, None).await {
+                Ok(_) => {
+                    if let Err(e) = self.store.mark_published(std::slice::from_ref(&run.id)).await {
+                        tracing::warn!(run = %run.id, error = %e, "marking a run as published failed");
+                    }
+                }
+                Err(e) => tracing::warn!(run = %run.id, error = %e, "publishing a triggered run failed; it will be republished"),
+            }
+        }
         Ok(Response::new(pb::TriggerAgentResponse { run: Some(convert::run(&run)) }))
     }
 

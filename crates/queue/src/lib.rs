@@ -10,8 +10,23 @@
 //! - **in-progress**: [`Delivery::in_progress`] pushes the ack deadline out while a run is alive;
 //! - **delayed delivery**: `publish(.., Some(delay))` and [`Delivery::nack`] with a delay (retry
 //!   backoff, deferred runs) deliver no earlier than the delay.
+//!
+//! Pick a backend with [`connect`] and a URL: `memory://` (private in-process queue),
+//! `memory://NAME` (process-wide queue shared by every `connect` with that name),
+//! `nats://host:port` ([`NatsQueue`]) or `redis://host:port[/db]` ([`RedisQueue`]).
+//! [`QueueOptions`] carries the settings common to all three; each backend also has its own
+//! config type for finer control.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+pub mod memory;
+pub mod nats;
+pub mod redis;
+
+pub use memory::{MemoryConfig, MemoryQueue};
+pub use nats::{NatsConfig, NatsQueue};
+pub use redis::{RedisConfig, RedisQueue};
 
 pub use nightshift_proto::v1::RunRequest;
 
@@ -89,4 +104,91 @@ pub trait WorkQueue: Send + Sync + 'static {
 
     /// Messages waiting (ready or delayed), for metrics; `None` if the backend cannot tell cheaply.
     async fn depth(&self) -> Result<Option<u64>, QueueError>;
+}
+
+/// Default of [`QueueOptions::ack_wait`].
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+/// Default of [`QueueOptions::dedup_window`].
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(60);
+/// Default of [`QueueOptions::name`].
+pub const DEFAULT_NAME: &str = "nightshift-runs";
+
+/// Settings shared by every backend; see [`connect`].
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    /// Names the queue on the server: the NATS stream (subjects `NAME.ready` / `NAME.delayed`,
+    /// consumers `NAME-workers` / `NAME-delayer`) or the Redis key prefix (`{NAME}:...`).
+    /// Letters, digits, `-` and `_` only. Ignored by `memory://` (the URL names the queue).
+    /// Default `nightshift-runs`; tests use a unique one per run.
+    pub name: String,
+    /// How long a delivery may stay unacked (without [`Delivery::in_progress`]) before it is
+    /// delivered again. Default 30 s. On NATS this is the shared consumer's `ack_wait`, so the
+    /// last handle to connect with a different value changes it for everyone.
+    pub ack_wait: Duration,
+    /// How long a `run_id` is remembered for dedup. Default 60 s. Costs memory on the server
+    /// (NATS: the stream's `duplicate_window`; Redis: one key per run id) proportional to the
+    /// publish rate times the window.
+    pub dedup_window: Duration,
+    /// Identity of this consumer on Redis (the consumer-group member name; it owns the
+    /// deliveries it reads). Default: a fresh UUID per handle. NATS shares one durable consumer
+    /// and the memory queue needs no name, so both ignore it.
+    pub consumer_name: Option<String>,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self {
+            name: DEFAULT_NAME.to_owned(),
+            ack_wait: DEFAULT_ACK_WAIT,
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+            consumer_name: None,
+        }
+    }
+}
+
+impl QueueOptions {
+    /// Options with this `name` and the other defaults.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self { name: name.into(), ..Self::default() }
+    }
+}
+
+/// Opens the queue at `url`, choosing the backend by scheme: `memory://` or `memory://NAME`,
+/// `nats://host:port`, `redis://host:port[/db]` (also `rediss://`). NATS and Redis create their
+/// stream / consumer group on first use.
+pub async fn connect(url: &str, options: &QueueOptions) -> Result<Arc<dyn WorkQueue>, QueueError> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(QueueError::Config(format!("queue URL has no scheme (memory://, nats://, redis://): {url}")));
+    };
+    match scheme {
+        "memory" => {
+            let config = MemoryConfig { ack_wait: options.ack_wait, dedup_window: options.dedup_window };
+            let name = rest.trim_end_matches('/');
+            Ok(Arc::new(if name.is_empty() { MemoryQueue::new(config) } else { MemoryQueue::named(name, config) }))
+        }
+        "nats" | "tls" => Ok(Arc::new(NatsQueue::connect(url, NatsConfig::from_options(options)?).await?)),
+        "redis" | "rediss" => Ok(Arc::new(RedisQueue::connect(url, RedisConfig::from_options(options)?).await?)),
+        other => Err(QueueError::Config(format!("unknown queue URL scheme {other:?} (memory, nats, redis)"))),
+    }
+}
+
+/// Checks a queue name used in server-side names: NATS stream names and subjects forbid `.`,
+/// `*`, `>`, whitespace and path separators; Redis would accept anything, but one rule for both
+/// keeps configuration portable.
+fn validate_name(name: &str) -> Result<(), QueueError> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(QueueError::Config(format!(
+            "queue name {name:?} must be non-empty and use only letters, digits, '-' and '_'"
+        )));
+    }
+    Ok(())
+}
+
+/// The wire format of a request: its prost encoding.
+fn encode(request: &RunRequest) -> Vec<u8> {
+    prost::Message::encode_to_vec(request)
+}
+
+fn decode(bytes: &[u8]) -> Result<RunRequest, QueueError> {
+    <RunRequest as prost::Message>::decode(bytes).map_err(|e| QueueError::Decode(e.to_string()))
 }

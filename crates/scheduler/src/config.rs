@@ -30,7 +30,8 @@ pub struct SchedulerConfig {
     /// A tick more than this late is a misfire (misfire policy applies); later than a failover.
     #[serde(with = "nightshift_core::config::duration_text")]
     pub misfire_grace: Duration,
-    /// Queued runs older than this that never started are published again (lost publishes).
+    /// Queued runs older than this whose request never reached the queue are published again
+    /// (outbox sweep; runs every half of this, at most every 10 s).
     #[serde(with = "nightshift_core::config::duration_text")]
     pub republish_after: Duration,
     /// `text` or `json`.
@@ -49,7 +50,7 @@ impl Default for SchedulerConfig {
             coordination_interval: Duration::from_secs(2),
             sync_interval: Duration::from_secs(1),
             misfire_grace: crate::rules::DEFAULT_GRACE,
-            republish_after: Duration::from_secs(60),
+            republish_after: Duration::from_secs(10),
             log_format: "text".into(),
         }
     }

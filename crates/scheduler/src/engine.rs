@@ -17,8 +17,6 @@ use crate::rules::{self, Tick};
 const PUBLISH_CONCURRENCY: usize = 256;
 /// How often every agent is reloaded from the store (catches deletions missed by RemoveSchedule).
 const FULL_RELOAD_EVERY: Duration = Duration::from_secs(30);
-/// How often queued runs that never started are looked for.
-const REPUBLISH_EVERY: Duration = Duration::from_secs(10);
 /// Overlap of consecutive change polls, so that clock skew between processes loses no change.
 const SYNC_OVERLAP: chrono::Duration = chrono::Duration::seconds(5);
 
@@ -142,7 +140,7 @@ impl Scheduler {
         let mut coord = tokio::time::interval(cfg.coordination_interval);
         let mut sync = tokio::time::interval(cfg.sync_interval);
         let mut reload = tokio::time::interval(FULL_RELOAD_EVERY);
-        let mut republish = tokio::time::interval(REPUBLISH_EVERY);
+        let mut republish = tokio::time::interval((cfg.republish_after / 2).clamp(Duration::from_secs(1), Duration::from_secs(10)));
         for t in [&mut coord, &mut sync, &mut reload, &mut republish] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
@@ -329,20 +327,27 @@ impl Scheduler {
         }
     }
 
+    /// Publishes, then marks what reached the queue as published (the outbox flag); what did
+    /// not is published again by the sweep.
     async fn publish_all(&self, requests: &[RunRequest]) {
+        let mut published = Vec::with_capacity(requests.len());
         for chunk in requests.chunks(PUBLISH_CONCURRENCY) {
             let results = futures::future::join_all(chunk.iter().map(|r| self.inner.queue.publish(r, None))).await;
             for (r, res) in chunk.iter().zip(results) {
-                if let Err(e) = res {
-                    // The run is recorded; the republish sweep delivers it later.
-                    tracing::warn!(run = %r.run_id, error = %e, "publishing a run request failed");
+                match res {
+                    Ok(_) => published.push(RunId::from_string(r.run_id.clone())),
+                    Err(e) => tracing::warn!(run = %r.run_id, error = %e, "publishing a run request failed; the sweep retries"),
                 }
             }
         }
+        if let Err(e) = self.inner.store.mark_published(&published).await {
+            // Harmless: the sweep publishes them again and the queue drops the duplicates.
+            tracing::warn!(error = %e, "marking runs as published failed");
+        }
     }
 
-    /// Publishes again queued runs (of owned shards) that never started: a publish lost between
-    /// the store commit and the queue, or a queue that lost its data.
+    /// Publishes queued runs (of owned shards) whose request never reached the queue: the
+    /// publisher died between the store commit and the publish, or the publish failed.
     async fn republish_stale(&self) -> Result<(), StoreError> {
         let cutoff = self.inner.clock.now() - chrono::Duration::from_std(self.inner.cfg.republish_after).unwrap_or_default();
         let stale = self.inner.store.stale_queued_runs(cutoff, 1000).await?;
@@ -361,7 +366,7 @@ impl Scheduler {
             })
             .collect();
         if !requests.is_empty() {
-            tracing::info!(n = requests.len(), "republishing queued runs that never started");
+            tracing::info!(n = requests.len(), "publishing queued runs whose request never reached the queue");
             metrics::counter!("nightshift_scheduler_republished_total").increment(requests.len() as u64);
             self.publish_all(&requests).await;
         }

@@ -129,12 +129,12 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 6, 1, h, m, s).unwrap()
     }
 
-    fn every(secs: i64, misfire: pb::MisfirePolicy, max_catch_up: u32, jitter_ms: i32) -> Schedule {
+    fn every(secs: i64, misfire: pb::MisfirePolicy, max_catch_up: u32, jitter_secs: i64) -> Schedule {
         Schedule::from_pb(Some(&pb::ScheduleSpec {
             trigger: Some(pb::schedule_spec::Trigger::Interval(prost_types::Duration { seconds: secs, nanos: 0 })),
             misfire: misfire as i32,
             max_catch_up,
-            jitter: (jitter_ms > 0).then_some(prost_types::Duration { seconds: 0, nanos: jitter_ms * 1_000_000 }),
+            jitter: (jitter_secs > 0).then_some(prost_types::Duration { seconds: jitter_secs, nanos: 0 }),
             ..Default::default()
         }))
         .unwrap()
@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn jitter_is_deterministic_and_bounded() {
-        let s = every(60, pb::MisfirePolicy::RunOnce, 0, 5_000);
+        let s = every(60, pb::MisfirePolicy::RunOnce, 0, 5);
         let a = agent();
         let mut distinct = std::collections::BTreeSet::new();
         for m in 0..50 {
@@ -234,7 +234,7 @@ mod tests {
         assert_eq!(plan(&Schedule::manual(), &agent(), at(0, 0, 0), at(23, 0, 0), DEFAULT_GRACE), Plan::default());
         let mut bounded = every(60, pb::MisfirePolicy::RunOnce, 0, 0);
         bounded.end_at = Some(at(10, 2, 0));
-        let p = plan(&bounded, &agent(), at(10, 0, 0), at(10, 5, 0), DEFAULT_GRACE);
+        let p = plan(&bounded, &agent(), at(10, 0, 0), at(10, 5, 0), Duration::from_secs(600));
         assert_eq!(p.fire, [at(10, 1, 0), at(10, 2, 0)]);
         assert_eq!(p.next, None);
     }

@@ -26,6 +26,7 @@ fn config(shard_count: u32) -> SchedulerConfig {
         shard_lease: Duration::from_secs(3),
         coordination_interval: Duration::from_millis(500),
         sync_interval: Duration::from_millis(300),
+        republish_after: Duration::from_secs(2),
         ..SchedulerConfig::default()
     }
 }
@@ -147,10 +148,13 @@ async fn pause_resume_restart_on_embedded_backends() {
     let store = Store::connect(&db.url).await.unwrap();
     let queue = nightshift_queue::connect("memory://", &QueueOptions::default()).await.unwrap();
     let agent = store.create_agent(&spec("ticker", "{interval: 1s, misfire: skip}"), AgentState::Active).await.unwrap();
-    let count = |store: Store| async move {
-        let page = store.list_runs(&RunFilter { agent_id: Some(agent.id.clone()), limit: 1000, ..Default::default() }).await.unwrap();
-        assert!(page.items.iter().all(|r| r.status == RunStatus::Queued));
-        page.items.len()
+    let count = |store: Store| {
+        let id = agent.id.clone();
+        async move {
+            let page = store.list_runs(&RunFilter { agent_id: Some(id), limit: 1000, ..Default::default() }).await.unwrap();
+            assert!(page.items.iter().all(|r| r.status == RunStatus::Queued));
+            page.items.len()
+        }
     };
 
     let r = start(store.clone(), queue.clone(), config(4));

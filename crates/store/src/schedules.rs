@@ -153,16 +153,30 @@ impl Store {
         Ok(())
     }
 
-    /// Queued scheduled runs of `agents`-in-general created before `older_than` that never
-    /// started: candidates to publish again (their first publish may have been lost).
+    /// Marks runs as published to the queue (the outbox flag).
+    pub async fn mark_published(&self, runs: &[RunId]) -> Result<(), StoreError> {
+        for chunk in runs.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("UPDATE runs SET published = 1 WHERE id IN ({})", marks.join(", "));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                q = q.bind(r.as_str());
+            }
+            q.execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    /// Queued runs created before `older_than` whose request never reached the queue (their
+    /// publisher died between the store commit and the publish): to be published again.
     pub async fn stale_queued_runs(
         &self,
         older_than: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<(RunId, AgentId, Option<DateTime<Utc>>)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, agent_id, scheduled_for FROM runs WHERE status = 'queued' AND created_at < $1 \
-             AND attempt = 0 AND deferred = 0 ORDER BY created_at LIMIT $2",
+            "SELECT id, agent_id, scheduled_for FROM runs WHERE published = 0 AND status = 'queued' \
+             AND created_at < $1 ORDER BY created_at LIMIT $2",
         )
         .bind(time::to_millis(older_than))
         .bind(i64::from(limit))

@@ -24,3 +24,8 @@ CREATE TABLE scheduler_shards (
 );
 
 CREATE INDEX agents_updated ON agents (updated_at);
+
+-- Outbox flag: set once the run request reached the queue. Queued runs still unpublished after
+-- a while (their publisher died between commit and publish) are published again.
+ALTER TABLE runs ADD COLUMN published BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX runs_unpublished ON runs (created_at) WHERE published = 0 AND status = 'queued';

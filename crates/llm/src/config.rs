@@ -1,0 +1,49 @@
+//! Building a [`ChatModel`] from the agent spec's [`ModelConfig`].
+use std::sync::Arc;
+
+use nightshift_core::{ModelConfig, ModelProvider};
+
+use crate::{AnthropicChat, ChatModel, ChatRequest, LlmError, OpenAiChat, ResponseMode, RetryPolicy};
+
+/// The provider for `cfg` with the default [`RetryPolicy`]. The API key reference is resolved on
+/// every HTTP attempt, not here, so a rotated environment variable is picked up by the next call
+/// and a missing one fails the call (as [`LlmError::Config`]), not the construction.
+pub fn model_from_config(cfg: &ModelConfig) -> Result<Arc<dyn ChatModel>, LlmError> {
+    model_from_config_with_retry(cfg, RetryPolicy::default())
+}
+
+/// [`model_from_config`] with an explicit retry policy.
+pub fn model_from_config_with_retry(cfg: &ModelConfig, retry: RetryPolicy) -> Result<Arc<dyn ChatModel>, LlmError> {
+    Ok(match cfg.provider {
+        ModelProvider::OpenAi => Arc::new(OpenAiChat::from_config(cfg)?.with_retry_policy(retry)),
+        ModelProvider::Anthropic => Arc::new(AnthropicChat::from_config(cfg)?.with_retry_policy(retry)),
+    })
+}
+
+/// Per-model defaults a request may override.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CallDefaults {
+    pub model: String,
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u32>,
+    pub mode: ResponseMode,
+}
+
+impl CallDefaults {
+    pub(crate) fn from_config(cfg: &ModelConfig) -> Result<Self, LlmError> {
+        if cfg.model.trim().is_empty() {
+            return Err(LlmError::Config("model.model is required".into()));
+        }
+        Ok(Self {
+            model: cfg.model.clone(),
+            temperature: cfg.temperature,
+            max_tokens: cfg.max_tokens,
+            mode: cfg.tool_call_mode.into(),
+        })
+    }
+
+    /// Temperature, token limit and mode of `req`, falling back to these defaults.
+    pub(crate) fn settings(&self, req: &ChatRequest) -> (Option<f64>, Option<u32>, ResponseMode) {
+        (req.temperature.or(self.temperature), req.max_tokens.or(self.max_tokens), req.mode.unwrap_or(self.mode))
+    }
+}
