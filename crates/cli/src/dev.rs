@@ -2,10 +2,16 @@
 //! defaults (a SQLite file under the data directory).
 use anyhow::Context;
 use nightshift_core::AgentManifest;
-use nightshift_manager::{ManagerConfig, ManagerService, SERVICE_NAME as MANAGER};
+use std::sync::Arc;
+
+use nightshift_core::{AgentId, SystemClock};
+use nightshift_manager::{ManagerConfig, ManagerService, SERVICE_NAME as MANAGER, ScheduleObserver};
+use nightshift_queue::QueueOptions;
 use nightshift_rpc::{GrpcServer, shutdown_signal};
+use nightshift_scheduler::{SERVICE_NAME as SCHEDULER, Scheduler, SchedulerApi, SchedulerConfig};
 use nightshift_store::Store;
 use nightshift_telemetry::LogFormat;
+use nightshift_worker::{SERVICE_NAME as WORKER, Worker, WorkerApi, WorkerConfig};
 
 use crate::agent::{documents, manifest_files};
 use crate::args::DevArgs;
@@ -33,20 +39,59 @@ pub(crate) async fn run(args: DevArgs, log_format: LogFormat) -> anyhow::Result<
         }
     }
 
-    let mut server = GrpcServer::new();
-    server
-        .routes()
-        .add_service(ManagerService::new(store.clone(), ManagerConfig::default().default_lease_ttl).into_server());
-    server.serving(MANAGER);
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // One in-process queue shared by the scheduler, the manager (manual triggers) and the worker.
+    let queue_url = format!("memory://dev-{}", std::process::id());
+    let queue = nightshift_queue::connect(&queue_url, &QueueOptions::default()).await?;
     let listener = GrpcServer::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
+
+    let scheduler = Scheduler::new(store.clone(), queue.clone(), Arc::new(SystemClock), SchedulerConfig::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let scheduler_task = tokio::spawn(scheduler.clone().run(stop_rx));
+
+    // The worker talks to the manager over gRPC, on this very port: the same path as in a
+    // distributed deployment.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy();
+    let worker = Worker::new(WorkerConfig::default(), channel, queue.clone(), None);
+    let (worker_stop_tx, mut worker_stop_rx) = tokio::sync::watch::channel(false);
+    let worker_task = tokio::spawn(worker.clone().run(async move {
+        let _ = worker_stop_rx.wait_for(|s| *s).await;
+    }));
+
+    let manager = ManagerService::new(store.clone(), ManagerConfig::default().default_lease_ttl)
+        .with_observer(Arc::new(InProcessScheduler(scheduler.clone())))
+        .with_queue(queue);
+    let mut server = GrpcServer::new();
+    server.routes().add_service(manager.into_server());
+    server.routes().add_service(SchedulerApi::new(scheduler).into_server());
+    server.routes().add_service(WorkerApi::new(worker).into_server());
+    server.serving(MANAGER).serving(SCHEDULER).serving(WORKER);
     // Printed on stdout (not the log) so scripts and tests can read the bound address.
-    println!("nightshift dev listening on {addr} (database {})", nightshift_store_redact(&url));
+    println!("nightshift dev listening on {addr} (database {})", nightshift_store::redact(&url));
     server.serve(listener, shutdown_signal()).await?;
+    let _ = worker_stop_tx.send(true);
+    let _ = stop_tx.send(true);
+    let _ = worker_task.await;
+    let _ = scheduler_task.await;
     store.close().await;
     Ok(())
 }
 
-fn nightshift_store_redact(url: &str) -> String {
-    nightshift_store::redact(url)
+/// The manager's schedule notifications, delivered to the scheduler in this process.
+struct InProcessScheduler(Scheduler);
+
+impl ScheduleObserver for InProcessScheduler {
+    fn agent_changed(&self, id: &AgentId) {
+        let (scheduler, id) = (self.0.clone(), id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = scheduler.refresh(&id).await {
+                tracing::warn!(error = %e, "scheduler refresh failed; it syncs from the store shortly");
+            }
+        });
+    }
+
+    fn agent_deleted(&self, id: &AgentId) {
+        self.0.forget(id);
+    }
 }

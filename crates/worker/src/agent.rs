@@ -1,0 +1,189 @@
+//! The agent loop: system instruction + task → LLM → tool calls (in parallel) → … → final
+//! answer, checkpointing every LLM response and tool result, and resuming from earlier
+//! checkpoints so that completed LLM calls are not paid again and completed tool calls are not
+//! run again.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nightshift_core::pb;
+use nightshift_llm::{ChatModel, ChatRequest, LlmError, Message, ToolCall, ToolSpec, Usage};
+use nightshift_tools::{ToolOutput, ToolRegistry};
+
+/// Retries of an LLM answer the runtime could not understand (malformed structured output).
+const INVALID_RESPONSE_RETRIES: u32 = 2;
+
+/// Where checkpoints go (the manager's fenced `Checkpoint`), and where the loop reports progress.
+#[async_trait::async_trait]
+pub trait StepSink: Send + Sync {
+    /// Durably appends `step`. An error stops the loop (e.g. the lease was lost).
+    async fn checkpoint(&self, step: pb::RunStep) -> Result<(), LoopError>;
+    /// Called after each LLM call (for events and metrics); must not fail.
+    fn llm_called(&self, _response: &pb::LlmResponse) {}
+    /// Called after each tool call; must not fail.
+    fn tool_called(&self, _result: &pb::ToolResult) {}
+}
+
+/// Why the loop stopped without a final answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    /// The model call failed.
+    #[error("LLM call failed: {0}")]
+    Llm(#[from] LlmError),
+    /// `policy.max_steps` LLM turns without a final answer.
+    #[error("no final answer after {0} LLM turns (policy.max_steps)")]
+    MaxSteps(u32),
+    /// A checkpoint was refused: the run was cancelled or taken over (stale fencing token).
+    #[error("run lost: {0}")]
+    Fenced(String),
+    /// A checkpoint could not be written (manager unreachable).
+    #[error("checkpoint failed: {0}")]
+    Checkpoint(String),
+}
+
+/// The final answer and the tokens this attempt spent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopOutcome {
+    /// Final answer text.
+    pub answer: String,
+    /// Tokens of the LLM calls made by this attempt (resumed calls are not repeated or counted).
+    pub usage: Usage,
+}
+
+/// Inputs of one attempt.
+pub struct AgentLoop<'a> {
+    /// The model.
+    pub model: Arc<dyn ChatModel>,
+    /// The agent's tools.
+    pub tools: &'a ToolRegistry,
+    /// System prompt (instruction + recalled memory).
+    pub system: String,
+    /// The task of this run.
+    pub query: String,
+    /// `policy.max_steps`.
+    pub max_steps: u32,
+    /// Steps checkpointed by earlier attempts.
+    pub prior: Vec<pb::RunStep>,
+    /// LLM turns completed (for status).
+    pub step_counter: Arc<AtomicU32>,
+}
+
+fn tool_specs(tools: &ToolRegistry) -> Vec<ToolSpec> {
+    tools.definitions().iter().map(|d| ToolSpec::new(d.name.clone(), d.description.clone(), d.input_schema.clone())).collect()
+}
+
+impl AgentLoop<'_> {
+    /// Runs the attempt to a final answer.
+    pub async fn run(self, sink: &dyn StepSink) -> Result<LoopOutcome, LoopError> {
+        let mut messages = vec![Message::user(self.query.clone())];
+        let mut seq = 0u32;
+        let mut llm_turns = 0u32;
+        let mut last_llm: Option<pb::LlmResponse> = None;
+        let mut answered: std::collections::HashSet<String> = Default::default();
+        for step in &self.prior {
+            seq = seq.max(step.seq + 1);
+            match &step.payload {
+                Some(pb::run_step::Payload::LlmResponse(r)) => {
+                    messages.push(Message::from(r));
+                    llm_turns += 1;
+                    answered.clear();
+                    last_llm = Some(r.clone());
+                }
+                Some(pb::run_step::Payload::ToolResult(t)) => {
+                    messages.push(Message::from(t));
+                    answered.insert(t.call_id.clone());
+                }
+                None => {}
+            }
+        }
+        self.step_counter.store(llm_turns, Ordering::Relaxed);
+        let mut usage = Usage::default();
+        // Tool calls of the newest LLM turn that have no checkpointed result yet.
+        let mut pending: Vec<ToolCall> = last_llm
+            .as_ref()
+            .map(|r| r.tool_calls.iter().filter(|c| !answered.contains(&c.id)).map(Into::into).collect())
+            .unwrap_or_default();
+        let resumed_mid_turn = !pending.is_empty();
+        if let Some(r) = &last_llm {
+            if r.tool_calls.is_empty() {
+                // Crashed after the final answer was checkpointed: it is the answer.
+                return Ok(LoopOutcome { answer: r.content.clone(), usage });
+            }
+        }
+        let specs = tool_specs(self.tools);
+        loop {
+            if !pending.is_empty() {
+                let interrupted = resumed_mid_turn && seq > 0 && llm_turns > 0;
+                let results = futures::future::join_all(pending.iter().map(|c| self.call_tool(c, interrupted))).await;
+                for (call, (out, elapsed)) in pending.iter().zip(results) {
+                    let result = pb::ToolResult {
+                        call_id: call.id.clone(),
+                        tool_name: call.name.clone(),
+                        output: out.content.clone(),
+                        is_error: out.is_error,
+                        duration: Some(nightshift_core::duration::to_pb(elapsed)),
+                    };
+                    sink.checkpoint(pb::RunStep {
+                        seq,
+                        payload: Some(pb::run_step::Payload::ToolResult(result.clone())),
+                        ..Default::default()
+                    })
+                    .await?;
+                    seq += 1;
+                    sink.tool_called(&result);
+                    messages.push(Message::from(&result));
+                }
+                pending.clear();
+            }
+            if llm_turns >= self.max_steps {
+                return Err(LoopError::MaxSteps(self.max_steps));
+            }
+            let req = ChatRequest { system: Some(self.system.clone()), messages: messages.clone(), tools: specs.clone(), ..Default::default() };
+            let resp = self.chat(&req).await?;
+            usage.input_tokens += resp.usage.input_tokens;
+            usage.output_tokens += resp.usage.output_tokens;
+            let record = pb::LlmResponse::from(&resp);
+            sink.checkpoint(pb::RunStep { seq, payload: Some(pb::run_step::Payload::LlmResponse(record.clone())), ..Default::default() })
+                .await?;
+            seq += 1;
+            llm_turns += 1;
+            self.step_counter.store(llm_turns, Ordering::Relaxed);
+            sink.llm_called(&record);
+            messages.push(resp.to_message());
+            if resp.is_final() {
+                return Ok(LoopOutcome { answer: resp.content, usage });
+            }
+            pending = resp.tool_calls;
+        }
+    }
+
+    async fn chat(&self, req: &ChatRequest) -> Result<nightshift_llm::ChatResponse, LlmError> {
+        let mut attempt = 0;
+        loop {
+            match self.model.chat(req).await {
+                Err(e) if e.kind() == nightshift_llm::LlmErrorKind::InvalidResponse && attempt < INVALID_RESPONSE_RETRIES => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "the model's answer was not understood; asking again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Calls one tool. When resuming a turn whose results were not all checkpointed, a
+    /// non-idempotent tool may already have run: it is reported to the model as interrupted
+    /// instead of being run a second time.
+    async fn call_tool(&self, call: &ToolCall, interrupted: bool) -> (ToolOutput, std::time::Duration) {
+        let started = std::time::Instant::now();
+        let idempotent = self.tools.definition(&call.name).is_none_or(|d| d.idempotent);
+        let out = if interrupted && !idempotent {
+            ToolOutput::error(format!(
+                "the call to {} was interrupted by a worker failure and may or may not have taken effect; \
+                 it was not repeated because the tool is not idempotent. Check its effect before calling it again.",
+                call.name
+            ))
+        } else {
+            self.tools.call(&call.name, &call.arguments).await
+        };
+        (out, started.elapsed())
+    }
+}

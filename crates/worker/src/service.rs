@@ -1,0 +1,78 @@
+//! `nightshift.v1.WorkerService`: status, drain and cancel of one worker.
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use nightshift_core::{BUILTIN_LOCAL_TOOLS, pb, time};
+use tonic::{Request, Response, Status};
+
+use crate::worker::Worker;
+
+/// The gRPC face of a [`Worker`].
+#[derive(Clone)]
+pub struct WorkerApi {
+    worker: Worker,
+}
+
+impl WorkerApi {
+    /// Wraps `worker`.
+    pub fn new(worker: Worker) -> Self {
+        Self { worker }
+    }
+
+    /// The tonic server.
+    pub fn into_server(self) -> pb::worker_service_server::WorkerServiceServer<Self> {
+        pb::worker_service_server::WorkerServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::worker_service_server::WorkerService for WorkerApi {
+    async fn get_worker_status(
+        &self,
+        _req: Request<pb::GetWorkerStatusRequest>,
+    ) -> Result<Response<pb::GetWorkerStatusResponse>, Status> {
+        let w = &self.worker;
+        let active_runs = w
+            .active()
+            .iter()
+            .map(|(id, r)| pb::ActiveRun {
+                run_id: id.clone(),
+                agent_id: r.agent_id.clone(),
+                agent_name: r.agent_name.clone(),
+                attempt: r.attempt,
+                step: r.step.load(Ordering::Relaxed),
+                started_at: Some(time::to_pb(r.started_at)),
+            })
+            .collect();
+        // Local tools are always available; MCP tools belong to the runs that start them.
+        let tools = BUILTIN_LOCAL_TOOLS
+            .iter()
+            .map(|t| pb::LoadedTool { name: (*t).to_owned(), source: "local".into(), description: String::new() })
+            .collect();
+        Ok(Response::new(pb::GetWorkerStatusResponse {
+            worker_id: w.id().to_owned(),
+            capacity: w.capacity(),
+            active_runs,
+            tools,
+            draining: w.inner.draining.load(Ordering::SeqCst),
+            runs_completed: w.inner.completed.load(Ordering::Relaxed),
+            started_at: Some(time::to_pb(w.inner.started_at)),
+        }))
+    }
+
+    async fn drain(&self, req: Request<pb::DrainRequest>) -> Result<Response<pb::DrainResponse>, Status> {
+        let grace = match req.get_ref().grace_seconds {
+            0 => Duration::from_secs(30),
+            n if n <= 3600 => Duration::from_secs(u64::from(n)),
+            n => return Err(Status::invalid_argument(format!("grace_seconds: must be at most 3600 (got {n})"))),
+        };
+        Ok(Response::new(pb::DrainResponse { in_flight: self.worker.drain(grace) }))
+    }
+
+    async fn cancel_run(&self, req: Request<pb::WorkerCancelRunRequest>) -> Result<Response<pb::WorkerCancelRunResponse>, Status> {
+        if req.get_ref().run_id.is_empty() {
+            return Err(Status::invalid_argument("run_id: is required"));
+        }
+        Ok(Response::new(pb::WorkerCancelRunResponse { found: self.worker.cancel(&req.get_ref().run_id) }))
+    }
+}

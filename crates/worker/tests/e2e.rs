@@ -1,0 +1,223 @@
+//! A worker end to end: manager (gRPC, SQLite) + in-memory queue + worker + a scripted
+//! OpenAI-compatible server. The scripted server stands in for a hosted LLM (none is reachable
+//! here) so that the tool-call path is deterministic; the tools are the real local tools.
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use nightshift_core::{AgentSpec, AgentState, EventType, pb};
+use nightshift_manager::ManagerService;
+use nightshift_queue::QueueOptions;
+use nightshift_rpc::GrpcServer;
+use nightshift_store::Store;
+use nightshift_worker::{Worker, WorkerConfig};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Script {
+    /// Requests without a tool result yet (first turns).
+    first_turns: AtomicUsize,
+    /// Requests carrying a tool result (second turns).
+    second_turns: AtomicUsize,
+    /// While set, second turns hang (simulates a worker dying mid-run).
+    hang_second_turn: AtomicBool,
+}
+
+async fn chat(State(s): State<Arc<Script>>, Json(body): Json<Value>) -> Json<Value> {
+    let has_tool_result = body["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
+    if !has_tool_result {
+        s.first_turns.fetch_add(1, Ordering::SeqCst);
+        let tool = body["tools"][0]["function"]["name"].as_str().unwrap_or("calculate_area").to_owned();
+        return Json(json!({
+            "id": "c1", "object": "chat.completion", "model": "scripted",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": tool,
+                    "arguments": "{\"shape\": \"rectangle\", \"width\": 3, \"height\": 4}"}}]}}],
+            "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}
+        }));
+    }
+    s.second_turns.fetch_add(1, Ordering::SeqCst);
+    while s.hang_second_turn.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tool_output = body["messages"].as_array().and_then(|m| m.iter().find(|m| m["role"] == "tool")).map(|m| m["content"].to_string());
+    Json(json!({
+        "id": "c2", "object": "chat.completion", "model": "scripted",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+            "content": format!("The area is 12. Tool said: {}", tool_output.unwrap_or_default())}}],
+        "usage": {"prompt_tokens": 80, "completion_tokens": 12, "total_tokens": 92}
+    }))
+}
+
+async fn scripted_llm() -> (String, Arc<Script>) {
+    let script = Arc::new(Script::default());
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(chat)).with_state(script.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/v1"), script)
+}
+
+struct Env {
+    manager: pb::manager_service_client::ManagerServiceClient<tonic::transport::Channel>,
+    endpoint: String,
+    queue_url: String,
+    store: Store,
+    _db: nightshift_testkit::SqliteDb,
+}
+
+async fn env(llm_url: &str) -> (Env, pb::Agent) {
+    let db = nightshift_testkit::sqlite_db();
+    let store = Store::connect(&db.url).await.unwrap();
+    let queue_url = format!("memory://worker-test-{}", uuid::Uuid::new_v4().simple());
+    let opts = QueueOptions { ack_wait: Duration::from_secs(2), ..QueueOptions::default() };
+    let queue = nightshift_queue::connect(&queue_url, &opts).await.unwrap();
+    let mut server = GrpcServer::new();
+    server.routes().add_service(ManagerService::new(store.clone(), Duration::from_secs(30)).with_queue(queue).into_server());
+    let listener = GrpcServer::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    let spec = AgentSpec::from_yaml(&format!(
+        "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm_url}'}}\n\
+         system_instruction: You compute areas.\ntask: {{query: 'Area of a 3x4 rectangle?'}}\n\
+         schedule: {{manual: true}}\npolicy: {{max_retries: 0, timeout: 60s}}\ntools: {{local: [calculate_area]}}"
+    ))
+    .unwrap();
+    let agent = store.create_agent(&spec, AgentState::Active).await.unwrap();
+    let manager = pb::manager_service_client::ManagerServiceClient::connect(endpoint.clone()).await.unwrap();
+    let env = Env { manager, endpoint, queue_url, store, _db: db };
+    let got = env.manager.clone().get_agent(pb::GetAgentRequest { agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Id(agent.id.to_string())) }) }).await.unwrap();
+    (env, got.into_inner().agent.unwrap())
+}
+
+type Events = Arc<Mutex<Vec<pb::Event>>>;
+
+struct Env2 {
+    endpoint: String,
+    queue_url: String,
+}
+
+async fn start_worker(env: &Env, lease: Duration) -> (Events, tokio::task::JoinHandle<()>) {
+    start_worker_at(&env.endpoint, &env.queue_url, lease).await
+}
+
+async fn start_worker_at(endpoint: &str, queue_url: &str, lease: Duration) -> (Events, tokio::task::JoinHandle<()>) {
+    let opts = QueueOptions { ack_wait: Duration::from_secs(2), ..QueueOptions::default() };
+    let queue = nightshift_queue::connect(queue_url, &opts).await.unwrap();
+    let cfg = WorkerConfig { concurrency: 4, lease_ttl: lease, ..WorkerConfig::default() };
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned()).unwrap().connect_lazy();
+    let events: Events = Arc::default();
+    let sink = events.clone();
+    let worker = Worker::new(cfg, channel, queue, Some(Arc::new(move |e| sink.lock().unwrap().push(e))));
+    (events, tokio::spawn(worker.run(std::future::pending())))
+}
+
+async fn wait_for_status(env: &Env, run_id: &str, want: pb::RunStatus) -> pb::Run {
+    for _ in 0..200 {
+        let run = env.manager.clone().get_run(pb::GetRunRequest { run_id: run_id.into() }).await.unwrap().into_inner().run.unwrap();
+        if run.status() == want {
+            return run;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("run {run_id} never reached {want:?}");
+}
+
+fn event_names(events: &Events) -> Vec<String> {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let ty = EventType::from_pb(e.r#type()).map(|t| t.as_str().to_owned()).unwrap_or_default();
+            match e.data.as_ref().and_then(|d| d.fields.get("status")).and_then(|v| v.kind.clone()) {
+                Some(prost_types::value::Kind::StringValue(s)) => format!("{ty}({s})"),
+                _ => ty,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_triggered_run_calls_the_tool_and_finishes_with_the_seed_events() {
+    let (llm, script) = scripted_llm().await;
+    let (env, agent) = env(&llm).await;
+    let (events, _worker) = start_worker(&env, Duration::from_secs(10)).await;
+    let run = env.manager.clone()
+        .trigger_agent(pb::TriggerAgentRequest { agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name("area".into())) }), query_override: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    let done = wait_for_status(&env, &run.id, pb::RunStatus::Succeeded).await;
+    assert!(done.result.starts_with("The area is 12"), "{}", done.result);
+    // The real calculate_area tool ran: its output (area 12, perimeter 14) went back to the model.
+    assert!(done.result.contains("12") && done.result.contains("14"), "{}", done.result);
+    assert_eq!(done.usage.unwrap().input_tokens, 130);
+    let steps = &done.steps;
+    assert_eq!(steps.len(), 3, "llm, tool, llm");
+    assert!(matches!(&steps[1].payload, Some(pb::run_step::Payload::ToolResult(t)) if !t.is_error && t.tool_name == "calculate_area"));
+    assert_eq!((script.first_turns.load(Ordering::SeqCst), script.second_turns.load(Ordering::SeqCst)), (1, 1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        event_names(&events),
+        [
+            "BACKGROUND_TASK_STARTED",
+            "BACKGROUND_AGENT_STATUS(running)",
+            "LLM_CALL",
+            "TOOL_CALL",
+            "LLM_CALL",
+            "BACKGROUND_TASK_COMPLETED",
+            "BACKGROUND_AGENT_STATUS(idle)"
+        ]
+    );
+    assert!(events.lock().unwrap().iter().all(|e| e.agent_id == agent.id && e.run_id == run.id));
+    let status = env.store.agent_stats(&nightshift_core::AgentId::from_string(agent.id.clone())).await.unwrap();
+    assert_eq!(status.count(nightshift_core::RunStatus::Succeeded), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_whose_worker_dies_resumes_elsewhere_without_repeating_steps() {
+    let (llm, script) = scripted_llm().await;
+    let (env, _agent) = env(&llm).await;
+    script.hang_second_turn.store(true, Ordering::SeqCst);
+    // Worker 1 lives in its own runtime, so that "killing" it drops every task it spawned, as
+    // SIGKILL would (aborting only its top task would leave its run tasks going).
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (endpoint, queue_url) = (env.endpoint.clone(), env.queue_url.clone());
+    rt.spawn(async move {
+        let e = Env2 { endpoint, queue_url };
+        let (_events, task) = start_worker_at(&e.endpoint, &e.queue_url, Duration::from_secs(2)).await;
+        let _ = task.await;
+    });
+    let run = env.manager.clone()
+        .trigger_agent(pb::TriggerAgentRequest { agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name("area".into())) }), query_override: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    // Worker 1 has done the first LLM turn and the tool call, and is waiting on the second turn.
+    for _ in 0..100 {
+        if script.second_turns.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(script.second_turns.load(Ordering::SeqCst), 1);
+    rt.shutdown_background(); // dies without FinishRun, ack or nack
+    script.hang_second_turn.store(false, Ordering::SeqCst);
+    let (_e2, _worker2) = start_worker(&env, Duration::from_secs(2)).await;
+    let done = wait_for_status(&env, &run.id, pb::RunStatus::Succeeded).await;
+    assert_eq!(done.attempt, 2, "taken over with a new fencing token");
+    assert_eq!(script.first_turns.load(Ordering::SeqCst), 1, "the completed LLM call was not paid again");
+    let kinds: Vec<(u32, &str)> = done
+        .steps
+        .iter()
+        .map(|s| (s.attempt, match s.payload { Some(pb::run_step::Payload::ToolResult(_)) => "tool", _ => "llm" }))
+        .collect();
+    assert_eq!(kinds, [(1, "llm"), (1, "tool"), (2, "llm")], "the tool ran once, by attempt 1");
+}
