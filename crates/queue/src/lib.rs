@@ -154,7 +154,7 @@ impl QueueOptions {
 }
 
 /// Opens the queue at `url`, choosing the backend by scheme: `memory://` or `memory://NAME`,
-/// `nats://host:port`, `redis://host:port[/db]` (also `rediss://`). NATS and Redis create their
+/// `nats://host:port` (also `tls://`), `redis://host:port[/db]` (also `rediss://`). NATS and Redis create their
 /// stream / consumer group on first use.
 pub async fn connect(url: &str, options: &QueueOptions) -> Result<Arc<dyn WorkQueue>, QueueError> {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -182,6 +182,12 @@ fn validate_name(name: &str) -> Result<(), QueueError> {
         )));
     }
     Ok(())
+}
+
+/// `now + wait`, saturating (a caller may pass `Duration::MAX` for "wait forever").
+fn deadline_after(wait: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(wait).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 /// The wire format of a request: its prost encoding.

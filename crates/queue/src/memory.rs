@@ -67,6 +67,9 @@ struct State {
     next_id: u64,
     entries: HashMap<u64, Entry>,
     ready: VecDeque<u64>,
+    /// Entries in [`Phase::Ready`]: `ready` may also hold ids of entries acked meanwhile
+    /// (skipped when popped), so its length is not the count.
+    ready_live: usize,
     /// `(due, id, generation)`; see the module docs for the lazy deletion.
     timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
     /// Number of entries in [`Phase::Delayed`], so that `depth` is O(1).
@@ -150,6 +153,7 @@ impl State {
             entry.phase = Phase::Ready;
             entry.generation += 1;
             self.ready.push_back(id);
+            self.ready_live += 1;
         }
     }
 
@@ -199,6 +203,7 @@ impl WorkQueue for MemoryQueue {
                 }
                 None => {
                     state.ready.push_back(id);
+                    state.ready_live += 1;
                     true
                 }
             }
@@ -214,7 +219,7 @@ impl WorkQueue for MemoryQueue {
             return Ok(Vec::new());
         }
         let inner = &self.inner;
-        let deadline = Instant::now() + wait;
+        let deadline = crate::deadline_after(wait);
         loop {
             // Register for wake-ups before looking at the state, so a publish between the look
             // and the sleep is not missed.
@@ -235,6 +240,7 @@ impl WorkQueue for MemoryQueue {
                     entry.generation += 1;
                     entry.delivered = entry.delivered.saturating_add(1);
                     let (generation, delivered, request) = (entry.generation, entry.delivered, entry.request.clone());
+                    state.ready_live -= 1;
                     wake_others |= state.push_timer(now + inner.config.ack_wait, id, generation);
                     let acker = MemoryAcker { inner: Arc::clone(inner), id, delivery: delivered };
                     deliveries.push(Delivery::new(request, delivered, Box::new(acker)));
@@ -255,7 +261,7 @@ impl WorkQueue for MemoryQueue {
 
     async fn depth(&self) -> Result<Option<u64>, QueueError> {
         let state = self.inner.lock();
-        Ok(Some((state.ready.len() + state.delayed) as u64))
+        Ok(Some((state.ready_live + state.delayed) as u64))
     }
 }
 
@@ -286,10 +292,12 @@ impl Acker for MemoryAcker {
     async fn ack(&self) -> Result<(), QueueError> {
         let mut state = self.inner.lock();
         if let Some(entry) = state.entries.remove(&self.id) {
-            // An id left in `ready` or `timers` is skipped later (entry gone); a delayed entry
-            // must leave the counter.
-            if entry.phase == Phase::Delayed {
-                state.delayed -= 1;
+            // An id left in `ready` or `timers` is skipped later (entry gone); the counters
+            // must drop it now.
+            match entry.phase {
+                Phase::Ready => state.ready_live -= 1,
+                Phase::Delayed => state.delayed -= 1,
+                Phase::InFlight => {}
             }
         }
         Ok(())
@@ -306,6 +314,7 @@ impl Acker for MemoryAcker {
             if delay.is_zero() {
                 entry.phase = Phase::Ready;
                 state.ready.push_back(self.id);
+                state.ready_live += 1;
                 true
             } else {
                 entry.phase = Phase::Delayed;
@@ -329,5 +338,110 @@ impl Acker for MemoryAcker {
         let generation = entry.generation;
         state.push_timer(deadline, self.id, generation);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(run_id: &str) -> RunRequest {
+        RunRequest { run_id: run_id.to_owned(), ..Default::default() }
+    }
+
+    fn queue() -> MemoryQueue {
+        MemoryQueue::new(MemoryConfig { ack_wait: Duration::from_secs(10), dedup_window: Duration::from_secs(60) })
+    }
+
+    async fn depth(q: &MemoryQueue) -> u64 {
+        q.depth().await.unwrap().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dedup_forgets_after_the_window() {
+        let q = queue();
+        assert!(q.publish(&request("a"), None).await.unwrap());
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!q.publish(&request("a"), None).await.unwrap());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(q.publish(&request("a"), None).await.unwrap(), "window passed");
+        // The expired entry of the first publish must not evict the second one's.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(!q.publish(&request("a"), None).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_delivery_cannot_nack_or_extend() {
+        let q = queue();
+        q.publish(&request("a"), None).await.unwrap();
+        let first = q.receive(1, Duration::ZERO).await.unwrap().pop().unwrap();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let second = q.receive(1, Duration::ZERO).await.unwrap().pop().unwrap();
+        assert_eq!(second.delivered, 2);
+
+        // The first holder wakes up late: its nack and in_progress must not touch the
+        // second delivery.
+        first.in_progress().await.unwrap();
+        first.nack(Duration::ZERO).await.unwrap();
+        assert!(q.receive(1, Duration::ZERO).await.unwrap().is_empty(), "still held by the second delivery");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        second.in_progress().await.unwrap();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(q.receive(1, Duration::ZERO).await.unwrap().is_empty(), "extended by the current holder");
+        second.ack().await.unwrap();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(q.receive(1, Duration::ZERO).await.unwrap().is_empty());
+        assert_eq!(depth(&q).await, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_ack_removes_a_requeued_message_and_depth_stays_right() {
+        let q = queue();
+        q.publish(&request("a"), None).await.unwrap();
+        q.publish(&request("b"), Some(Duration::from_secs(100))).await.unwrap();
+        assert_eq!(depth(&q).await, 2);
+        let first = q.receive(1, Duration::ZERO).await.unwrap().pop().unwrap();
+        assert_eq!(first.request.run_id, "a");
+        assert_eq!(depth(&q).await, 1, "in flight is not counted");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        // "a" is ready again (deadline passed) when its first holder finally acks: done is done.
+        first.ack().await.unwrap();
+        assert_eq!(depth(&q).await, 1);
+        assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty());
+        tokio::time::advance(Duration::from_secs(100)).await;
+        let later = q.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].request.run_id, "b");
+        assert_eq!(depth(&q).await, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_receive_wakes_for_a_shorter_delay_published_meanwhile() {
+        let q = queue();
+        q.publish(&request("slow"), Some(Duration::from_secs(50))).await.unwrap();
+        let waiter = tokio::spawn({
+            let q = q.clone();
+            async move {
+                let start = Instant::now();
+                let got = q.receive(1, Duration::from_secs(100)).await.unwrap();
+                (got[0].request.run_id.clone(), start.elapsed())
+            }
+        });
+        tokio::task::yield_now().await;
+        q.publish(&request("fast"), Some(Duration::from_secs(5))).await.unwrap();
+        let (run_id, waited) = waiter.await.unwrap();
+        assert_eq!(run_id, "fast");
+        assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(6), "waited {waited:?}");
+    }
+
+    #[tokio::test]
+    async fn named_queues_are_shared_while_alive() {
+        let name = format!("unit-{}", uuid::Uuid::new_v4());
+        let a = MemoryQueue::named(&name, MemoryConfig::default());
+        let b = MemoryQueue::named(&name, MemoryConfig::default());
+        a.publish(&request("x"), None).await.unwrap();
+        assert_eq!(b.receive(1, Duration::ZERO).await.unwrap().len(), 1);
+        let other = MemoryQueue::named(&format!("{name}-other"), MemoryConfig::default());
+        assert_eq!(depth(&other).await, 0);
     }
 }

@@ -66,6 +66,8 @@ const DUE_HEADER: &str = "Nightshift-Due-Ms";
 /// Shortest `expires` sent: `receive(.., Duration::ZERO)` still needs one (see `pull`), and the
 /// server's answer takes about a millisecond anyway.
 const MIN_EXPIRES: Duration = Duration::from_millis(10);
+/// Longest `expires` of one pull; `receive` pulls again while time is left.
+const MAX_EXPIRES: Duration = Duration::from_secs(60);
 /// `ack_wait` of the delayer consumer: a promoter that dies while holding messages gives them
 /// back after this.
 const DELAYER_ACK_WAIT: Duration = Duration::from_secs(30);
@@ -162,14 +164,9 @@ impl NatsQueue {
         let js = jetstream::new(client.clone());
 
         let stream = ensure_stream(&js, &config).await?;
-        let consumer = ensure_consumer(
-            &stream,
-            &config.consumer,
-            &config.ready_subject,
-            config.ack_wait,
-            config.max_ack_pending,
-        )
-        .await?;
+        let consumer =
+            ensure_consumer(&stream, &config.consumer, &config.ready_subject, config.ack_wait, config.max_ack_pending)
+                .await?;
         // Unlimited ack-pending on the delayer: every delayed request sits there Nak'ed until due,
         // and a limit would hold back short delays behind long ones.
         let delay_consumer =
@@ -195,7 +192,7 @@ impl NatsQueue {
             .consumer
             .fetch()
             .max_messages(max)
-            .expires(wait.max(MIN_EXPIRES))
+            .expires(wait.clamp(MIN_EXPIRES, MAX_EXPIRES))
             .messages()
             .await
             .map_err(|e| backend("pull", e))?;
@@ -436,11 +433,11 @@ impl WorkQueue for NatsQueue {
         if max == 0 {
             return Ok(out);
         }
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = crate::deadline_after(wait);
         loop {
             self.pull(max, deadline.saturating_duration_since(tokio::time::Instant::now()), &mut out).await?;
-            // Pull again only if the pull ended early without a delivery (an undecodable
-            // message was dropped) and time is left.
+            // Pull again only if a pull ended without a delivery (an undecodable message was
+            // dropped, or `wait` exceeds MAX_EXPIRES) and time is left.
             if !out.is_empty() || deadline.saturating_duration_since(tokio::time::Instant::now()) < MIN_EXPIRES {
                 return Ok(out);
             }

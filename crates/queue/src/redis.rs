@@ -32,6 +32,9 @@
 //!   stream.
 //! - **depth**: `XLEN - pending + ZCARD` (ready and delayed, not deliveries in flight).
 //!
+//! A `receive` future dropped while blocked (e.g. in a `select!`) may still have entries
+//! delivered to this consumer by the server; they are reclaimed after `ack_wait`.
+//!
 //! Each handle is one consumer of the group, named by [`RedisConfig::consumer`] (a fresh UUID by
 //! default). Consumers of dead processes stay listed in the group (harmless; their pending
 //! entries are reclaimed); `XGROUP DELCONSUMER` is left to operators since it drops a consumer's
@@ -196,6 +199,10 @@ local pending = redis.call('XPENDING', KEYS[1], ARGV[1])[1]
 return len - pending + redis.call('ZCARD', KEYS[2])
 ";
 
+/// A row of [`RECLAIM_LUA`]: entry id, times delivered in the group, payload, deliveries
+/// before the entry.
+type ReclaimedEntry = (String, u32, Vec<u8>, u32);
+
 struct Scripts {
     publish: Script,
     promote: Script,
@@ -265,7 +272,9 @@ impl RedisQueue {
         }
         let client = ::redis::Client::open(url).map_err(|e| QueueError::Config(format!("redis URL: {e}")))?;
         let conn = client
-            .get_connection_manager_with_config(ConnectionManagerConfig::new().set_response_timeout(Some(COMMAND_TIMEOUT)))
+            .get_connection_manager_with_config(
+                ConnectionManagerConfig::new().set_response_timeout(Some(COMMAND_TIMEOUT)),
+            )
             .await
             .map_err(|e| backend("connect", e))?;
         let prefix = &config.prefix;
@@ -292,8 +301,7 @@ impl RedisQueue {
     /// published before the first consumer ever connected are delivered too.
     async fn ensure_group(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        let created: Result<(), _> =
-            conn.xgroup_create_mkstream(&self.keys.stream, &self.config.group, "0").await;
+        let created: Result<(), _> = conn.xgroup_create_mkstream(&self.keys.stream, &self.config.group, "0").await;
         match created {
             Ok(()) => Ok(()),
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
@@ -338,7 +346,7 @@ impl RedisQueue {
             if room == 0 {
                 return Ok(());
             }
-            let (next, claimed): (String, Vec<(String, u32, Vec<u8>, u32)>) = self
+            let (next, claimed): (String, Vec<ReclaimedEntry>) = self
                 .scripts
                 .reclaim
                 .key(&self.keys.stream)
@@ -478,7 +486,7 @@ impl WorkQueue for RedisQueue {
         if max == 0 {
             return Ok(out);
         }
-        let deadline = Instant::now() + wait;
+        let deadline = crate::deadline_after(wait);
         loop {
             let next_due = self.promote().await?;
             if self.reclaim_due() {

@@ -54,12 +54,15 @@ impl Env {
     /// A new handle on this test's queue (a new connection for NATS and Redis; another handle
     /// to the same named queue for memory).
     async fn open(&self, ack_wait: Duration) -> Arc<dyn WorkQueue> {
+        self.open_with(QueueOptions { ack_wait, ..QueueOptions::named(&self.name) }).await
+    }
+
+    async fn open_with(&self, options: QueueOptions) -> Arc<dyn WorkQueue> {
         let url = match self.backend {
             Backend::Memory => format!("memory://{}", self.name),
             Backend::Nats => nats_url(),
             Backend::Redis => redis_url(),
         };
-        let options = QueueOptions { ack_wait, ..QueueOptions::named(&self.name) };
         connect(&url, &options).await.unwrap_or_else(|e| panic!("connect {:?} {url}: {e}", self.backend))
     }
 
@@ -224,6 +227,21 @@ async fn dedup_by_run_id(env: Env) {
     assert_nothing_for(&*q, DELAY + Duration::from_secs(2), "duplicates").await;
 }
 
+async fn dedup_window_expires(env: Env) {
+    let window = Duration::from_secs(1);
+    let q = env.open_with(QueueOptions { dedup_window: window, ..QueueOptions::named(&env.name) }).await;
+    assert!(q.publish(&request("run-w"), None).await.expect("publish"));
+    assert!(!q.publish(&request("run-w"), None).await.expect("publish"), "within the window");
+    // NATS purges its dedup map on a timer of the window's length: allow up to 2 windows + slack.
+    tokio::time::sleep(window * 3).await;
+    assert!(q.publish(&request("run-w"), None).await.expect("publish"), "after the window: a new request");
+    let got = receive_n(&*q, 2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2, "both publishes were enqueued");
+    for d in got {
+        d.ack().await.expect("ack");
+    }
+}
+
 async fn redelivery_after_ack_wait(env: Env) {
     let q = env.open(SHORT_ACK_WAIT).await;
     assert!(q.publish(&request("run-r"), None).await.expect("publish"));
@@ -282,7 +300,11 @@ async fn nack_with_delay(env: Env) {
     assert_nothing_for(&*q, DELAY / 2, "before the nack delay").await;
     let again = receive_n(&*q, 1, DELAY + Duration::from_secs(8)).await;
     assert_eq!(again.len(), 1, "delivered again after the nack delay");
-    assert!(nacked_at.elapsed() >= DELAY - CLOCK_SLACK, "delivered {:?} after a nack of {DELAY:?}", nacked_at.elapsed());
+    assert!(
+        nacked_at.elapsed() >= DELAY - CLOCK_SLACK,
+        "delivered {:?} after a nack of {DELAY:?}",
+        nacked_at.elapsed()
+    );
     assert_eq!(again[0].request.run_id, "run-n");
     assert_eq!(again[0].delivered, 2);
     for d in again {
@@ -421,6 +443,7 @@ contract!(
     receive_respects_max_and_wait,
     waiting_receive_wakes_on_publish,
     dedup_by_run_id,
+    dedup_window_expires,
     redelivery_after_ack_wait,
     in_progress_extends_deadline,
     nack_with_delay,

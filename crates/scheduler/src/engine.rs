@@ -55,11 +55,10 @@ impl Index {
     fn put(&mut self, agent: ScheduledAgent) {
         self.generation += 1;
         let generation = self.generation;
-        if !agent.paused {
-            if let Some(t) = rules::next_tick(&agent.schedule, &agent.agent_id, agent.anchor) {
+        if !agent.paused
+            && let Some(t) = rules::next_tick(&agent.schedule, &agent.agent_id, agent.anchor) {
                 self.heap.push(Reverse((t.fire_at, generation, agent.agent_id.clone())));
             }
-        }
         self.entries.insert(agent.agent_id.clone(), Entry { agent, generation });
     }
 

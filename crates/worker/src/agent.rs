@@ -103,12 +103,11 @@ impl AgentLoop<'_> {
             .map(|r| r.tool_calls.iter().filter(|c| !answered.contains(&c.id)).map(Into::into).collect())
             .unwrap_or_default();
         let resumed_mid_turn = !pending.is_empty();
-        if let Some(r) = &last_llm {
-            if r.tool_calls.is_empty() {
+        if let Some(r) = &last_llm
+            && r.tool_calls.is_empty() {
                 // Crashed after the final answer was checkpointed: it is the answer.
                 return Ok(LoopOutcome { answer: r.content.clone(), usage });
             }
-        }
         let specs = tool_specs(self.tools);
         loop {
             if !pending.is_empty() {
