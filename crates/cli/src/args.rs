@@ -62,6 +62,9 @@ pub struct DevArgs {
     /// Apply agent manifests (file or directory) at start-up.
     #[arg(long = "apply", short = 'f')]
     pub apply: Vec<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9090).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -40,6 +40,9 @@ pub(crate) async fn run(args: DevArgs, log_format: LogFormat) -> anyhow::Result<
     }
 
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    if let Some(addr) = &args.metrics_listen {
+        nightshift_telemetry::serve_metrics(addr).await?;
+    }
     // One in-process queue shared by the scheduler, the manager (manual triggers) and the worker.
     let queue_url = format!("memory://dev-{}", std::process::id());
     let queue = nightshift_queue::connect(&queue_url, &QueueOptions::default()).await?;

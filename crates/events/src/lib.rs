@@ -1,1 +1,96 @@
-//! The event service (being built).
+//! The Nightshift event service: the event stream of every agent and run.
+//!
+//! - [`EventLog`]: an append-only, totally ordered log with history reads and live
+//!   subscriptions, on three backends — [`MemoryLog`] (bounded ring buffer), [`RedisLog`]
+//!   (Redis Streams) and [`NatsLog`] (JetStream) — opened by URL with [`connect`].
+//! - [`EventService`]: `nightshift.v1.EventService` (Publish, PublishStream, Subscribe,
+//!   ListEvents) over any log; the `nightshift-events` binary serves it.
+//! - [`EventPublisher`] for services that publish (fire-and-forget, bounded), and [`tail`] for
+//!   `nightshift events tail`.
+//! - Consumers built on Subscribe: [`run_json_lines_sink`] (structured log, JSON lines) and
+//!   [`run_alerts`] (Slack-compatible webhook on failures, with retry and rate limit).
+//!
+//! # Semantics (checked by `tests/contract.rs` on every backend)
+//! - Every event gets a **cursor**, an opaque string strictly increasing in append order:
+//!   memory and NATS use the entry number (`"42"`), Redis the stream id (`"1767225600000-42"`).
+//! - Publishing an event id again within the dedup window stores nothing and returns the first
+//!   event's cursor.
+//! - A subscription **resumes exactly after** a cursor (no gap, no duplicate) — also after a
+//!   restart of the service on the durable backends — or starts at a time, the beginning, or now.
+//!   It catches up from history, then follows the live tail.
+//! - A subscriber that falls more than `subscriber_buffer` live events behind receives
+//!   `Lagged { resume_after_cursor, dropped }` as its last item; subscribing again after that
+//!   cursor continues without a gap. Resuming after a cursor whose successors were removed by
+//!   retention fails with [`EventLogError::CursorExpired`] (gRPC `OUT_OF_RANGE`) instead of
+//!   silently skipping events.
+//!
+//! # Configuration
+//! `nightshift-events --config events.toml`; every key can also be set as
+//! `NIGHTSHIFT_EVENTS_<KEY>` (e.g. `NIGHTSHIFT_EVENTS_BACKEND_URL=redis://127.0.0.1:6379`).
+//!
+//! ```toml
+//! listen = "127.0.0.1:50055"
+//! # memory:// (default, not durable), redis://127.0.0.1:6379/0 or nats://127.0.0.1:4222
+//! backend_url = "redis://127.0.0.1:6379"
+//! # Redis stream "nightshift:events" / JetStream stream "nightshift_events"
+//! prefix = "nightshift"
+//! # Retention: by count, and optionally by age ("" = none)
+//! max_events = 100000
+//! max_age = "7d"
+//! # A repeated event id within this window is stored once
+//! dedup_window = "2m"
+//! # Live events a subscriber may fall behind before it gets Lagged
+//! subscriber_buffer = 1024
+//! # text or json
+//! log_format = "text"
+//! ```
+
+#![warn(missing_docs)]
+
+mod alert;
+mod config;
+mod convert;
+mod error;
+mod log;
+mod memory;
+mod nats;
+mod publisher;
+mod redis;
+mod service;
+mod sink;
+mod subscription;
+mod tail;
+
+use std::sync::Arc;
+
+pub use alert::{Alert, AlertError, AlertPolicy, AlertReason, AlertRules, WebhookSender, run_alerts};
+pub use config::EventsConfig;
+pub use convert::{event_to_json, json_to_struct, struct_to_json};
+pub use error::EventLogError;
+pub use log::{Appended, EventFilter, EventLog, LogOptions, Page, ReadQuery, StartAt, SubscriptionItem};
+pub use memory::MemoryLog;
+pub use nats::NatsLog;
+pub use publisher::{EventBuilder, EventPublisher, PublisherOptions};
+pub use redis::RedisLog;
+pub use service::{EventService, SubscribeStream};
+pub use sink::{SinkError, run_json_lines_sink};
+pub use subscription::Subscription;
+pub use tail::{TailFrom, TailOptions, tail};
+
+/// The full gRPC name of the service (for health checks).
+pub const SERVICE_NAME: &str = nightshift_proto::v1::event_service_server::SERVICE_NAME;
+
+/// Opens the event log at `url`: `memory://`, `redis://…` / `rediss://…`, or `nats://…` /
+/// `tls://…`.
+pub async fn connect(url: &str, options: LogOptions) -> Result<Arc<dyn EventLog>, EventLogError> {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase()).unwrap_or_default();
+    match scheme.as_str() {
+        "memory" => Ok(Arc::new(MemoryLog::new(options)?)),
+        "redis" | "rediss" => Ok(Arc::new(RedisLog::connect(url, options).await?)),
+        "nats" | "tls" => Ok(Arc::new(NatsLog::connect(url, options).await?)),
+        _ => Err(EventLogError::Config(format!(
+            "unsupported event log URL '{}': use memory://, redis://HOST:PORT or nats://HOST:PORT",
+            error::redact_url(url)
+        ))),
+    }
+}

@@ -1,0 +1,322 @@
+//! The alert consumer: POSTs a Slack-compatible webhook (`{"text": …}`) when a run fails.
+//!
+//! Rules ([`AlertRules`], pure and clock-driven so they are testable without waiting):
+//! - `on_task_error`: every `BACKGROUND_TASK_ERROR` alerts, at most once per agent per
+//!   `min_interval` (further failures in the interval are counted and mentioned in the next
+//!   alert);
+//! - `consecutive_failures = N`: the N-th failure in a row of an agent (no
+//!   `BACKGROUND_TASK_COMPLETED` in between) alerts once per streak, regardless of the rate limit.
+//!
+//! Delivery ([`WebhookSender`]) retries connection errors, 429 and 5xx with doubling backoff;
+//! other 4xx answers are final. [`run_alerts`] follows the event stream and sends alerts from a
+//! bounded queue, so a slow webhook never makes the subscription lag.
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use nightshift_core::pb::event_service_client::EventServiceClient;
+use nightshift_core::{Clock, EventType, pb};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::convert::struct_to_json;
+use crate::log::{EventFilter, to_chrono_duration};
+use crate::tail::{TailFrom, TailOptions, tail};
+
+/// Alerts waiting for delivery at most; more are dropped with a warning.
+const QUEUE: usize = 256;
+
+/// When and where to alert.
+#[derive(Debug, Clone)]
+pub struct AlertPolicy {
+    /// Slack-compatible incoming-webhook URL.
+    pub webhook_url: String,
+    /// Alert on every failed run attempt (rate limited by `min_interval`).
+    pub on_task_error: bool,
+    /// Alert when an agent failed this many runs in a row (0 = off).
+    pub consecutive_failures: u32,
+    /// At most one `on_task_error` alert per agent within this interval.
+    pub min_interval: Duration,
+    /// Delivery attempts per alert.
+    pub max_attempts: u32,
+    /// Wait before the first retry (doubles per attempt).
+    pub retry_backoff: Duration,
+    /// Timeout of one POST.
+    pub timeout: Duration,
+}
+
+impl Default for AlertPolicy {
+    fn default() -> Self {
+        Self {
+            webhook_url: String::new(),
+            on_task_error: true,
+            consecutive_failures: 3,
+            min_interval: Duration::from_secs(300),
+            max_attempts: 4,
+            retry_backoff: Duration::from_millis(500),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why an alert was raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertReason {
+    /// A run attempt failed.
+    TaskError,
+    /// This many runs failed in a row.
+    ConsecutiveFailures(u32),
+}
+
+/// One alert to deliver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    /// Why.
+    pub reason: AlertReason,
+    /// The agent.
+    pub agent_id: String,
+    /// The failed run.
+    pub run_id: String,
+    /// Cursor of the event that raised it.
+    pub cursor: String,
+    /// The message (Slack `text`).
+    pub text: String,
+}
+
+#[derive(Debug, Default)]
+struct AgentTrack {
+    streak: u32,
+    last_alert: Option<DateTime<Utc>>,
+    suppressed: u32,
+}
+
+/// The alert rules' state: per agent, the failure streak and the rate limit.
+#[derive(Debug)]
+pub struct AlertRules {
+    policy: AlertPolicy,
+    clock: Arc<dyn Clock>,
+    agents: HashMap<String, AgentTrack>,
+}
+
+/// Agents tracked at most; idle entries are forgotten first.
+const MAX_TRACKED: usize = 10_000;
+
+impl AlertRules {
+    /// Rules of `policy`, rate limited by `clock`.
+    pub fn new(policy: AlertPolicy, clock: Arc<dyn Clock>) -> Self {
+        Self { policy, clock, agents: HashMap::new() }
+    }
+
+    /// Feeds one event; returns the alert it raises, if any.
+    pub fn observe(&mut self, e: &pb::Event) -> Option<Alert> {
+        let ty = pb::EventType::try_from(e.r#type).ok().and_then(EventType::from_pb)?;
+        match ty {
+            EventType::BackgroundTaskCompleted => {
+                if let Some(t) = self.agents.get_mut(&e.agent_id) {
+                    t.streak = 0;
+                }
+                None
+            }
+            EventType::BackgroundTaskError => self.failure(e),
+            _ => None,
+        }
+    }
+
+    fn failure(&mut self, e: &pb::Event) -> Option<Alert> {
+        let now = self.clock.now();
+        let interval = to_chrono_duration(self.policy.min_interval);
+        if self.agents.len() >= MAX_TRACKED && !self.agents.contains_key(&e.agent_id) {
+            self.agents.retain(|_, t| t.streak > 0 || t.last_alert.is_some_and(|l| now - l < interval));
+        }
+        let track = self.agents.entry(e.agent_id.clone()).or_default();
+        track.streak += 1;
+        let n = self.policy.consecutive_failures;
+        let reason = if n > 0 && track.streak == n {
+            AlertReason::ConsecutiveFailures(n)
+        } else if self.policy.on_task_error {
+            if track.last_alert.is_some_and(|l| now - l < interval) {
+                track.suppressed += 1;
+                return None;
+            }
+            AlertReason::TaskError
+        } else {
+            return None;
+        };
+        track.last_alert = Some(now);
+        let suppressed = std::mem::take(&mut track.suppressed);
+        let agent = if e.agent_name.is_empty() { &e.agent_id } else { &e.agent_name };
+        let error = e
+            .data
+            .as_ref()
+            .map(struct_to_json)
+            .and_then(|d| d.get("error").and_then(|v| v.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| "no error message".into());
+        let mut text = match reason {
+            AlertReason::TaskError => format!(":rotating_light: Agent *{agent}*: run `{}` failed: {error}", e.run_id),
+            AlertReason::ConsecutiveFailures(n) => {
+                format!(":rotating_light: Agent *{agent}* failed {n} runs in a row (last run `{}`: {error})", e.run_id)
+            }
+        };
+        if suppressed > 0 {
+            text.push_str(&format!(" ({suppressed} more failure(s) since the last alert)"));
+        }
+        Some(Alert { reason, agent_id: e.agent_id.clone(), run_id: e.run_id.clone(), cursor: e.cursor.clone(), text })
+    }
+}
+
+/// Why an alert could not be delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    /// The webhook URL or client settings are unusable.
+    #[error("alert webhook configuration: {0}")]
+    Config(String),
+    /// The receiver refused the alert (a 4xx other than 429).
+    #[error("alert webhook refused the alert: HTTP {0}")]
+    Rejected(u16),
+    /// Every attempt failed.
+    #[error("alert webhook unreachable after {attempts} attempt(s): {last}")]
+    Unavailable {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// The event service failed.
+    #[error("event service: {0}")]
+    Rpc(#[from] tonic::Status),
+}
+
+/// Posts alerts to the webhook with retries.
+#[derive(Debug, Clone)]
+pub struct WebhookSender {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    max_attempts: u32,
+    retry_backoff: Duration,
+}
+
+impl WebhookSender {
+    /// A sender for `policy.webhook_url`.
+    pub fn new(policy: &AlertPolicy) -> Result<Self, AlertError> {
+        // The message does not echo the URL: incoming-webhook URLs are secrets.
+        let url = reqwest::Url::parse(&policy.webhook_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| AlertError::Config("webhook_url is not a valid http(s) URL".into()))?;
+        let client = reqwest::Client::builder()
+            .timeout(policy.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| AlertError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self { client, url, max_attempts: policy.max_attempts.max(1), retry_backoff: policy.retry_backoff })
+    }
+
+    /// Delivers `alert`.
+    pub async fn post(&self, alert: &Alert) -> Result<(), AlertError> {
+        let body = serde_json::json!({ "text": alert.text });
+        let mut delay = self.retry_backoff;
+        let mut last = String::new();
+        for attempt in 1..=self.max_attempts {
+            match self.client.post(self.url.clone()).json(&body).send().await {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
+                    last = format!("HTTP {}", r.status().as_u16());
+                }
+                Ok(r) => return Err(AlertError::Rejected(r.status().as_u16())),
+                // Without the URL (reqwest puts it in the message).
+                Err(e) => last = e.without_url().to_string(),
+            }
+            tracing::debug!(attempt, error = last, "alert delivery failed");
+            if attempt < self.max_attempts {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+        Err(AlertError::Unavailable { attempts: self.max_attempts, last })
+    }
+}
+
+/// Follows run failures from `from` and delivers alerts by `policy` until the server ends the
+/// stream. Returns the cursor of the last event examined.
+pub async fn run_alerts(
+    client: &mut EventServiceClient<Channel>,
+    policy: AlertPolicy,
+    from: TailFrom,
+    clock: Arc<dyn Clock>,
+) -> Result<Option<String>, AlertError> {
+    let sender = WebhookSender::new(&policy)?;
+    let mut rules = AlertRules::new(policy, clock);
+    let (tx, mut rx) = mpsc::channel::<Alert>(QUEUE);
+    let deliver = async move {
+        while let Some(alert) = rx.recv().await {
+            match sender.post(&alert).await {
+                Ok(()) => tracing::info!(agent = alert.agent_id, run = alert.run_id, "alert sent"),
+                Err(e) => tracing::warn!(agent = alert.agent_id, run = alert.run_id, error = %e, "alert not delivered"),
+            }
+        }
+    };
+    let filter = EventFilter {
+        types: vec![EventType::BackgroundTaskError, EventType::BackgroundTaskCompleted],
+        ..EventFilter::default()
+    };
+    let follow = tail(client, TailOptions { filter, from, follow: true }, move |e| {
+        if let Some(alert) = rules.observe(e)
+            && tx.try_send(alert).is_err()
+        {
+            tracing::warn!(cursor = e.cursor, "alert queue full; alert dropped");
+        }
+        ControlFlow::Continue(())
+    });
+    let (result, ()) = tokio::join!(follow, deliver);
+    Ok(result?)
+}
+
+#[cfg(test)]
+mod tests {
+    use nightshift_core::ManualClock;
+
+    use super::*;
+
+    fn ev(ty: EventType, agent: &str, run: &str) -> pb::Event {
+        pb::Event {
+            r#type: ty.to_pb() as i32,
+            agent_id: agent.into(),
+            run_id: run.into(),
+            data: Some(crate::convert::json_to_struct(serde_json::json!({"error": "boom"}))),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rules_rate_limit_and_streaks() {
+        let clock = ManualClock::new(Utc::now());
+        let policy =
+            AlertPolicy { consecutive_failures: 3, min_interval: Duration::from_secs(60), ..Default::default() };
+        let mut rules = AlertRules::new(policy, Arc::new(clock.clone()));
+        use EventType::*;
+        let first = rules.observe(&ev(BackgroundTaskError, "a", "r1")).unwrap();
+        assert_eq!(first.reason, AlertReason::TaskError);
+        assert!(first.text.contains("boom") && first.text.contains("r1"), "{}", first.text);
+        assert_eq!(rules.observe(&ev(BackgroundTaskError, "a", "r2")), None, "rate limited");
+        let streak = rules.observe(&ev(BackgroundTaskError, "a", "r3")).unwrap();
+        assert_eq!(streak.reason, AlertReason::ConsecutiveFailures(3));
+        assert_eq!(rules.observe(&ev(BackgroundTaskError, "a", "r4")), None, "once per streak, then rate limited");
+        // Another agent is limited separately.
+        assert!(rules.observe(&ev(BackgroundTaskError, "b", "r1")).is_some());
+        clock.advance(chrono::Duration::seconds(61));
+        let later = rules.observe(&ev(BackgroundTaskError, "a", "r5")).unwrap();
+        assert!(later.text.contains("1 more failure"), "{}", later.text);
+        // A success ends the streak: three more failures make a new streak alert.
+        assert_eq!(rules.observe(&ev(BackgroundTaskCompleted, "a", "r6")), None);
+        clock.advance(chrono::Duration::seconds(61));
+        assert_eq!(rules.observe(&ev(BackgroundTaskError, "a", "r7")).unwrap().reason, AlertReason::TaskError);
+        assert_eq!(rules.observe(&ev(BackgroundTaskError, "a", "r8")), None);
+        assert_eq!(
+            rules.observe(&ev(BackgroundTaskError, "a", "r9")).unwrap().reason,
+            AlertReason::ConsecutiveFailures(3)
+        );
+        assert_eq!(rules.observe(&ev(ToolCall, "a", "r9")), None);
+    }
+}

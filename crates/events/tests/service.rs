@@ -1,0 +1,460 @@
+//! The event service over real gRPC (in-process server on an ephemeral port, memory log):
+//! publish, subscribe with filters, resume after a cursor, ListEvents paging, error codes, and
+//! the `EventPublisher` / `tail` helpers.
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use nightshift_core::pb::event_service_client::EventServiceClient;
+use nightshift_core::{AgentId, EventType, ManualClock, RunId, pb};
+use nightshift_events::{
+    EventFilter, EventLog, EventPublisher, EventService, LogOptions, MemoryLog, PublisherOptions, SERVICE_NAME,
+    TailFrom, TailOptions, tail,
+};
+use nightshift_rpc::GrpcServer;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+struct Server {
+    endpoint: String,
+    clock: ManualClock,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<Result<(), nightshift_rpc::ServeError>>,
+}
+
+async fn start(opts: LogOptions) -> Server {
+    let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(opts).unwrap());
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 8, 0, 0).unwrap());
+    let service = EventService::new(log).with_clock(Arc::new(clock.clone()));
+    let closer = service.clone();
+    let mut server = GrpcServer::new();
+    server.routes().add_service(service.into_server());
+    server.serving(SERVICE_NAME);
+    let listener = GrpcServer::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(listener, async move {
+        let _ = rx.await;
+        closer.close_streams();
+    }));
+    Server { endpoint, clock, stop: tx, serving }
+}
+
+async fn client(s: &Server) -> EventServiceClient<Channel> {
+    EventServiceClient::connect(s.endpoint.clone()).await.unwrap()
+}
+
+fn ev(id: &str, ty: EventType, agent: &str) -> pb::Event {
+    pb::Event { id: id.into(), r#type: ty.to_pb() as i32, agent_id: agent.into(), ..Default::default() }
+}
+
+async fn publish(c: &mut EventServiceClient<Channel>, e: pb::Event) -> String {
+    c.publish(pb::PublishRequest { event: Some(e) }).await.unwrap().into_inner().cursor
+}
+
+fn assert_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, needle: &str) {
+    let s = r.expect_err("expected an error");
+    assert_eq!(s.code(), code, "{s:?}");
+    assert!(s.message().contains(needle), "message {:?} should name {needle:?}", s.message());
+}
+
+async fn next_event(stream: &mut tonic::Streaming<pb::SubscribeResponse>) -> pb::Event {
+    let msg = tokio::time::timeout(DEADLINE, stream.message()).await.expect("an item in time").unwrap();
+    match msg.and_then(|m| m.item) {
+        Some(pb::subscribe_response::Item::Event(e)) => e,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+fn filter(types: &[EventType], agents: &[&str]) -> Option<pb::EventFilter> {
+    Some(pb::EventFilter {
+        agent_ids: agents.iter().map(|s| s.to_string()).collect(),
+        run_ids: vec![],
+        types: types.iter().map(|t| t.to_pb() as i32).collect(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_assigns_id_and_time_and_subscribe_filters() {
+    let s = start(LogOptions::default()).await;
+    let mut c = client(&s).await;
+    let req = pb::SubscribeRequest { filter: filter(&[EventType::BackgroundTaskError], &[]), from: None };
+    let mut errors = c.subscribe(req).await.unwrap().into_inner();
+    let c1 = publish(&mut c, ev("", EventType::BackgroundTaskStarted, "a1")).await;
+    let c2 = publish(&mut c, ev("", EventType::BackgroundTaskError, "a1")).await;
+    assert_ne!(c1, c2);
+    let e = next_event(&mut errors).await;
+    assert_eq!(e.cursor, c2);
+    assert_eq!(e.r#type, EventType::BackgroundTaskError.to_pb() as i32);
+    assert!(uuid::Uuid::parse_str(&e.id).is_ok(), "server-assigned id: {}", e.id);
+    assert_eq!(e.time, Some(nightshift_core::time::to_pb(nightshift_core::Clock::now(&s.clock))));
+    // A time set by the publisher is kept; a cursor sent by a client is replaced.
+    let t = nightshift_core::time::to_pb(Utc.with_ymd_and_hms(2025, 5, 5, 5, 5, 5).unwrap());
+    let mut mine = ev("mine", EventType::BackgroundTaskError, "a2");
+    mine.time = Some(t);
+    mine.cursor = "bogus".into();
+    let c3 = publish(&mut c, mine).await;
+    let e = next_event(&mut errors).await;
+    assert_eq!((e.id.as_str(), e.time, e.cursor.as_str()), ("mine", Some(t), c3.as_str()));
+    // Publishing the same id again stores nothing new and returns the first cursor.
+    let again = publish(&mut c, ev("mine", EventType::BackgroundTaskError, "a2")).await;
+    assert_eq!(again, c3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_resumes_after_a_cursor() {
+    let s = start(LogOptions::default()).await;
+    let mut c = client(&s).await;
+    let mut cursors = Vec::new();
+    for i in 0..10 {
+        cursors.push(publish(&mut c, ev(&format!("e{i}"), EventType::ToolCall, "a1")).await);
+    }
+    use pb::subscribe_request::From;
+    let req = pb::SubscribeRequest { filter: None, from: Some(From::AfterCursor(cursors[3].clone())) };
+    let mut stream = c.subscribe(req).await.unwrap().into_inner();
+    publish(&mut c, ev("live", EventType::ToolCall, "a1")).await;
+    let mut got = Vec::new();
+    for _ in 0..7 {
+        got.push(next_event(&mut stream).await.id);
+    }
+    assert_eq!(got, ["e4", "e5", "e6", "e7", "e8", "e9", "live"]);
+    // From the beginning, filtered by agent.
+    publish(&mut c, ev("other", EventType::ToolCall, "a2")).await;
+    let req = pb::SubscribeRequest { filter: filter(&[], &["a2"]), from: Some(From::FromBeginning(true)) };
+    let mut stream = c.subscribe(req).await.unwrap().into_inner();
+    assert_eq!(next_event(&mut stream).await.id, "other");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_events_pages_and_filters() {
+    let s = start(LogOptions::default()).await;
+    let mut c = client(&s).await;
+    let base = Utc.with_ymd_and_hms(2026, 1, 1, 8, 0, 0).unwrap();
+    let events: Vec<pb::PublishRequest> = (0..25)
+        .map(|i| {
+            let ty = if i % 5 == 0 { EventType::BackgroundTaskError } else { EventType::ToolCall };
+            let mut e = ev(&format!("e{i}"), ty, if i < 20 { "a1" } else { "a2" });
+            e.time = Some(nightshift_core::time::to_pb(base + chrono::Duration::seconds(i)));
+            pb::PublishRequest { event: Some(e) }
+        })
+        .collect();
+    let batch = c.publish_stream(futures::stream::iter(events)).await.unwrap().into_inner();
+    assert_eq!(batch.published, 25);
+    let list = |page_token: String, f: Option<pb::EventFilter>| pb::ListEventsRequest {
+        filter: f,
+        page_size: 10,
+        page_token,
+        since: None,
+        until: None,
+    };
+    let mut ids = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = c.list_events(list(token, None)).await.unwrap().into_inner();
+        pages += 1;
+        ids.extend(page.events.iter().map(|e| e.id.clone()));
+        if page.next_page_token.is_empty() {
+            assert_eq!(page.events.last().unwrap().cursor, batch.last_cursor);
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(ids, (0..25).map(|i| format!("e{i}")).collect::<Vec<_>>());
+    // Filters and time windows.
+    let errors = c.list_events(list(String::new(), filter(&[EventType::BackgroundTaskError], &[]))).await.unwrap();
+    let ids: Vec<String> = errors.into_inner().events.into_iter().map(|e| e.id).collect();
+    assert_eq!(ids, ["e0", "e5", "e10", "e15", "e20"]);
+    let a2 = c.list_events(list(String::new(), filter(&[], &["a2"]))).await.unwrap().into_inner();
+    assert_eq!(a2.events.len(), 5);
+    let window = pb::ListEventsRequest {
+        since: Some(nightshift_core::time::to_pb(base + chrono::Duration::seconds(3))),
+        until: Some(nightshift_core::time::to_pb(base + chrono::Duration::seconds(6))),
+        ..Default::default()
+    };
+    let ids: Vec<String> = c.list_events(window).await.unwrap().into_inner().events.into_iter().map(|e| e.id).collect();
+    assert_eq!(ids, ["e3", "e4", "e5"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_stream_larger_than_one_batch() {
+    let s = start(LogOptions::default()).await;
+    let mut c = client(&s).await;
+    let reqs: Vec<pb::PublishRequest> =
+        (0..600).map(|i| pb::PublishRequest { event: Some(ev(&format!("b{i}"), EventType::LlmCall, "a1")) }).collect();
+    let r = c.publish_stream(futures::stream::iter(reqs)).await.unwrap().into_inner();
+    assert_eq!(r.published, 600);
+    let page = c.list_events(pb::ListEventsRequest { page_size: 1000, ..Default::default() }).await.unwrap();
+    let events = page.into_inner().events;
+    assert_eq!(events.len(), 600);
+    assert_eq!(events.last().unwrap().cursor, r.last_cursor);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_invalid_argument_naming_the_field() {
+    let s = start(LogOptions { max_events: 5, ..LogOptions::default() }).await;
+    let mut c = client(&s).await;
+    use pb::subscribe_request::From;
+    assert_code(c.publish(pb::PublishRequest { event: None }).await, Code::InvalidArgument, "event");
+    assert_code(
+        c.publish(pb::PublishRequest { event: Some(pb::Event::default()) }).await,
+        Code::InvalidArgument,
+        "event.type",
+    );
+    let mut unknown = ev("x", EventType::ToolCall, "a");
+    unknown.r#type = 999;
+    assert_code(c.publish(pb::PublishRequest { event: Some(unknown) }).await, Code::InvalidArgument, "event.type");
+    let spaced = ev("has space", EventType::ToolCall, "a");
+    assert_code(c.publish(pb::PublishRequest { event: Some(spaced) }).await, Code::InvalidArgument, "event.id");
+    let mut huge = ev("huge", EventType::ToolCall, "a");
+    huge.data = Some(nightshift_events::json_to_struct(serde_json::json!({"blob": "x".repeat(300 * 1024)})));
+    assert_code(c.publish(pb::PublishRequest { event: Some(huge) }).await, Code::InvalidArgument, "limit");
+    let stream = futures::stream::iter(vec![
+        pb::PublishRequest { event: Some(ev("ok", EventType::ToolCall, "a")) },
+        pb::PublishRequest { event: Some(pb::Event::default()) },
+    ]);
+    assert_code(c.publish_stream(stream).await, Code::InvalidArgument, "events[1].type");
+
+    let list = |page_size, page_token: &str| pb::ListEventsRequest {
+        page_size,
+        page_token: page_token.into(),
+        ..Default::default()
+    };
+    assert_code(c.list_events(list(1001, "")).await, Code::InvalidArgument, "page_size");
+    assert_code(c.list_events(list(10, "garbage")).await, Code::InvalidArgument, "page_token");
+    assert_code(c.list_events(list(10, "c1.not-a-cursor")).await, Code::InvalidArgument, "page_token");
+    let bad_types = pb::ListEventsRequest {
+        filter: Some(pb::EventFilter { types: vec![0], ..Default::default() }),
+        ..Default::default()
+    };
+    assert_code(c.list_events(bad_types).await, Code::InvalidArgument, "filter.types[0]");
+    let t = |s| Some(nightshift_core::time::to_pb(Utc.timestamp_opt(s, 0).unwrap()));
+    let backwards = pb::ListEventsRequest { since: t(100), until: t(50), ..Default::default() };
+    assert_code(c.list_events(backwards).await, Code::InvalidArgument, "until");
+    let bad_ts =
+        pb::ListEventsRequest { since: Some(prost_types::Timestamp { seconds: 0, nanos: -1 }), ..Default::default() };
+    assert_code(c.list_events(bad_ts).await, Code::InvalidArgument, "since");
+
+    let sub = |from| pb::SubscribeRequest { filter: None, from: Some(from) };
+    assert_code(c.subscribe(sub(From::AfterCursor(String::new()))).await, Code::InvalidArgument, "after_cursor");
+    assert_code(c.subscribe(sub(From::AfterCursor("x".into()))).await, Code::InvalidArgument, "after_cursor");
+    let bad_agent = pb::SubscribeRequest { filter: filter(&[], &[""]), from: None };
+    assert_code(c.subscribe(bad_agent).await, Code::InvalidArgument, "filter.agent_ids[0]");
+    // A cursor whose successors were removed by retention (5 events kept): OUT_OF_RANGE.
+    let first = publish(&mut c, ev("r0", EventType::ToolCall, "a")).await;
+    for i in 1..10 {
+        publish(&mut c, ev(&format!("r{i}"), EventType::ToolCall, "a")).await;
+    }
+    assert_code(c.subscribe(sub(From::AfterCursor(first.clone()))).await, Code::OutOfRange, "no longer retained");
+    let token = format!("c1.{first}");
+    assert_code(c.list_events(list(10, &token)).await, Code::OutOfRange, "page_token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_and_tail() {
+    // A one-event live buffer: the burst below overflows it, and `tail` must still deliver
+    // every event once, in order (resubscribing after the Lagged cursor when that happens).
+    let s = start(LogOptions { subscriber_buffer: 1, ..LogOptions::default() }).await;
+    let publisher = EventPublisher::connect_lazy(&s.endpoint, "worker/test", PublisherOptions::default()).unwrap();
+    let agent = AgentId::from_string("agent-1");
+    let run = RunId::from_string("run-1");
+    publisher.emit(EventType::BackgroundTaskStarted, Some(&agent), Some(&run), serde_json::json!({}));
+    publisher
+        .event(EventType::BackgroundAgentStatus)
+        .agent(&agent)
+        .agent_name("health")
+        .run(&run)
+        .data(serde_json::json!({"status": "running"}))
+        .emit();
+    publisher.flush().await;
+    assert_eq!((publisher.published(), publisher.dropped()), (2, 0));
+
+    let mut c = client(&s).await;
+    let mut seen = Vec::new();
+    let last = tail(&mut c, TailOptions { from: TailFrom::Beginning, ..Default::default() }, |e| {
+        seen.push(e.clone());
+        ControlFlow::Continue(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(last.as_deref(), Some(seen[1].cursor.as_str()));
+    assert_eq!(seen[1].source, "worker/test");
+    assert_eq!(seen[1].agent_name, "health");
+    let json = nightshift_events::event_to_json(&seen[1]);
+    assert_eq!(json["type"], "BACKGROUND_AGENT_STATUS");
+    assert_eq!(json["data"], serde_json::json!({"status": "running"}));
+
+    // Follow from the last cursor while 2000 events arrive, stop at the marker.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let after = seen[1].cursor.clone();
+    let mut c2 = client(&s).await;
+    let follower = tokio::spawn(async move {
+        let opts = TailOptions { from: TailFrom::After(after), follow: true, filter: EventFilter::default() };
+        tail(&mut c2, opts, |e| {
+            let _ = tx.send(e.id.clone());
+            if e.id == "marker" { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })
+        .await
+    });
+    for chunk in 0..4 {
+        let reqs: Vec<pb::PublishRequest> = (chunk * 500..(chunk + 1) * 500)
+            .map(|i| pb::PublishRequest { event: Some(ev(&format!("f{i}"), EventType::ToolCall, "a1")) })
+            .collect();
+        c.publish_stream(futures::stream::iter(reqs)).await.unwrap();
+    }
+    publish(&mut c, ev("marker", EventType::ToolCall, "a1")).await;
+    tokio::time::timeout(DEADLINE, follower).await.unwrap().unwrap().unwrap();
+    let mut got = Vec::new();
+    while let Ok(id) = rx.try_recv() {
+        got.push(id);
+    }
+    let want: Vec<String> = (0..2000).map(|i| format!("f{i}")).chain(["marker".to_owned()]).collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn publisher_never_fails_the_caller() {
+    // Nothing listens on this port: every event is dropped, counted, and emit() returns at once.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let opts =
+        PublisherOptions { buffer: 4, max_attempts: 2, retry_backoff: Duration::from_millis(10), ..Default::default() };
+    let publisher = EventPublisher::connect_lazy(&endpoint, "test", opts).unwrap();
+    for _ in 0..50 {
+        publisher.emit(EventType::ToolCall, None, None, serde_json::json!({"n": 1}));
+    }
+    tokio::time::timeout(DEADLINE, publisher.flush()).await.unwrap();
+    assert_eq!(publisher.published(), 0);
+    assert_eq!(publisher.dropped(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_sink_writes_one_object_per_event() {
+    let s = start(LogOptions::default()).await;
+    let mut c = client(&s).await;
+    let mut e = ev("j1", EventType::BackgroundAgentStatus, "a1");
+    e.data = Some(nightshift_events::json_to_struct(serde_json::json!({"status": "idle"})));
+    let cursor = publish(&mut c, e).await;
+    publish(&mut c, ev("j2", EventType::RunQueued, "a2")).await;
+    let mut out = Vec::new();
+    let opts = TailOptions { from: TailFrom::Beginning, ..Default::default() };
+    let last = nightshift_events::run_json_lines_sink(&mut c, opts, &mut out).await.unwrap();
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["cursor"], cursor.as_str());
+    assert_eq!(lines[0]["type"], "BACKGROUND_AGENT_STATUS");
+    assert_eq!(lines[0]["data"]["status"], "idle");
+    assert_eq!(lines[0]["time"], "2026-01-01T08:00:00.000Z");
+    assert_eq!(lines[1]["type"], "RUN_QUEUED");
+    assert_eq!(last.as_deref(), lines[1]["cursor"].as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_webhook_posts_once_per_policy_with_retry() {
+    use std::sync::Mutex;
+
+    use axum::Json;
+    use axum::http::StatusCode;
+    // A local receiver that fails its first request (the sender must retry) and records bodies.
+    #[derive(Clone, Default)]
+    struct Receiver {
+        calls: Arc<Mutex<u32>>,
+        texts: Arc<Mutex<Vec<String>>>,
+    }
+    let recv = Receiver::default();
+    let state = recv.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |Json(body): Json<serde_json::Value>| {
+            let state = state.clone();
+            async move {
+                let n = {
+                    let mut calls = state.calls.lock().unwrap();
+                    *calls += 1;
+                    *calls
+                };
+                if n == 1 {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                state.texts.lock().unwrap().push(body["text"].as_str().unwrap_or_default().to_owned());
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let s = start(LogOptions::default()).await;
+    let mut c = client(&s).await;
+    let policy = nightshift_events::AlertPolicy {
+        webhook_url: hook,
+        consecutive_failures: 3,
+        min_interval: Duration::from_secs(3600),
+        retry_backoff: Duration::from_millis(10),
+        ..Default::default()
+    };
+    let mut c2 = client(&s).await;
+    let clock = Arc::new(s.clock.clone());
+    let consumer =
+        tokio::spawn(async move { nightshift_events::run_alerts(&mut c2, policy, TailFrom::Beginning, clock).await });
+    let fail = |run: &str, agent: &str| {
+        let mut e = ev("", EventType::BackgroundTaskError, agent);
+        e.run_id = run.into();
+        e.agent_name = format!("{agent}-name");
+        e.data = Some(nightshift_events::json_to_struct(serde_json::json!({"error": "tool timed out"})));
+        e
+    };
+    // Agent a1 fails three runs in a row: one error alert (the next is rate limited), then the
+    // streak alert. Agent a2 fails once, after a success of a1 that is not alerted.
+    for e in [
+        fail("r1", "a1"),
+        fail("r2", "a1"),
+        fail("r3", "a1"),
+        ev("", EventType::BackgroundTaskCompleted, "a1"),
+        ev("", EventType::ToolCall, "a1"),
+        fail("r4", "a2"),
+    ] {
+        publish(&mut c, e).await;
+    }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while recv.texts.lock().unwrap().len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "alerts: {:?}", recv.texts.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Nothing more arrives once the events are processed.
+    publish(&mut c, ev("", EventType::BackgroundTaskCompleted, "a2")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    consumer.abort();
+    let texts = recv.texts.lock().unwrap().clone();
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    assert!(texts[0].contains("a1-name") && texts[0].contains("r1") && texts[0].contains("tool timed out"));
+    assert!(texts[1].contains("3 runs in a row") && texts[1].contains("r3"), "{}", texts[1]);
+    assert!(texts[2].contains("a2-name") && texts[2].contains("r4"));
+    assert_eq!(*recv.calls.lock().unwrap(), 4, "the first POST failed and was retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_subscriptions() {
+    let s = start(LogOptions::default()).await;
+    let mut c = client(&s).await;
+    let cursor = publish(&mut c, ev("s0", EventType::ToolCall, "a1")).await;
+    let mut stream = c.subscribe(pb::SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut other = c.subscribe(pb::SubscribeRequest::default()).await.unwrap().into_inner();
+    publish(&mut c, ev("s1", EventType::ToolCall, "a1")).await;
+    assert_eq!(next_event(&mut stream).await.id, "s1");
+    assert_eq!(next_event(&mut other).await.id, "s1");
+    // Without closing the streams, the graceful drain would wait for them forever.
+    s.stop.send(()).unwrap();
+    let status = tokio::time::timeout(DEADLINE, stream.message()).await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    tokio::time::timeout(DEADLINE, s.serving).await.expect("the server stops").unwrap().unwrap();
+    assert!(!cursor.is_empty());
+}
