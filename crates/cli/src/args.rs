@@ -46,6 +46,34 @@ pub enum Command {
     /// Inspect and cancel runs.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Read the event stream.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EventsCommand {
+    /// Print events (oldest first); with --follow keep printing new ones.
+    Tail {
+        /// Only events of this agent (name; repeatable).
+        #[arg(long)]
+        agent: Vec<String>,
+        /// Only events of this run (repeatable).
+        #[arg(long)]
+        run: Vec<String>,
+        /// Only events of this type, e.g. BACKGROUND_TASK_ERROR (repeatable).
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// Start strictly after this cursor (as printed by a previous tail).
+        #[arg(long, conflicts_with = "since")]
+        from: Option<String>,
+        /// Start at this RFC 3339 instant.
+        #[arg(long)]
+        since: Option<String>,
+        /// Keep following new events.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -11,7 +11,8 @@ use nightshift_rpc::{GrpcServer, shutdown_signal};
 use nightshift_scheduler::{SERVICE_NAME as SCHEDULER, Scheduler, SchedulerApi, SchedulerConfig};
 use nightshift_store::Store;
 use nightshift_telemetry::LogFormat;
-use nightshift_worker::{SERVICE_NAME as WORKER, Worker, WorkerApi, WorkerConfig};
+use nightshift_events::{EventPublisher, EventService, PublisherOptions, SERVICE_NAME as EVENTS};
+use nightshift_worker::{SERVICE_NAME as WORKER, Worker, WorkerApi, WorkerConfig, publisher_fn};
 
 use crate::agent::{documents, manifest_files};
 use crate::args::DevArgs;
@@ -49,14 +50,26 @@ pub(crate) async fn run(args: DevArgs, log_format: LogFormat) -> anyhow::Result<
     let listener = GrpcServer::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
 
-    let scheduler = Scheduler::new(store.clone(), queue.clone(), Arc::new(SystemClock), SchedulerConfig::default());
+    // Events: an in-process bounded log behind the EventService on this port; every service
+    // publishes through the gRPC API, as in a distributed deployment.
+    let event_log = nightshift_events::connect("memory://", nightshift_events::LogOptions::default()).await?;
+    let events_service = EventService::new(event_log);
+    let publisher = |source: &str| EventPublisher::connect_lazy(&format!("http://{addr}"), source, PublisherOptions::default());
+
+    let scheduler = Scheduler::with_events(
+        store.clone(),
+        queue.clone(),
+        Arc::new(SystemClock),
+        SchedulerConfig::default(),
+        Some(publisher("scheduler/dev")?),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let scheduler_task = tokio::spawn(scheduler.clone().run(stop_rx));
 
     // The worker talks to the manager over gRPC, on this very port: the same path as in a
     // distributed deployment.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy();
-    let worker = Worker::new(WorkerConfig::default(), channel, queue.clone(), None);
+    let worker = Worker::new(WorkerConfig::default(), channel, queue.clone(), Some(publisher_fn(publisher("worker/dev")?)));
     let (worker_stop_tx, mut worker_stop_rx) = tokio::sync::watch::channel(false);
     let worker_task = tokio::spawn(worker.clone().run(async move {
         let _ = worker_stop_rx.wait_for(|s| *s).await;
@@ -64,15 +77,23 @@ pub(crate) async fn run(args: DevArgs, log_format: LogFormat) -> anyhow::Result<
 
     let manager = ManagerService::new(store.clone(), ManagerConfig::default().default_lease_ttl)
         .with_observer(Arc::new(InProcessScheduler(scheduler.clone())))
-        .with_queue(queue);
+        .with_queue(queue)
+        .with_events(publisher("manager/dev")?);
     let mut server = GrpcServer::new();
     server.routes().add_service(manager.into_server());
     server.routes().add_service(SchedulerApi::new(scheduler).into_server());
     server.routes().add_service(WorkerApi::new(worker).into_server());
-    server.serving(MANAGER).serving(SCHEDULER).serving(WORKER);
+    server.routes().add_service(events_service.clone().into_server());
+    server.serving(MANAGER).serving(SCHEDULER).serving(WORKER).serving(EVENTS);
     // Printed on stdout (not the log) so scripts and tests can read the bound address.
     println!("nightshift dev listening on {addr} (database {})", nightshift_store::redact(&url));
-    server.serve(listener, shutdown_signal()).await?;
+    server
+        .serve(listener, async move {
+            shutdown_signal().await;
+            // Open Subscribe streams would hold the server open.
+            events_service.close_streams();
+        })
+        .await?;
     let _ = worker_stop_tx.send(true);
     let _ = stop_tx.send(true);
     let _ = worker_task.await;

@@ -6,6 +6,7 @@
 mod agent;
 mod args;
 mod dev;
+mod events;
 mod output;
 mod runs;
 
@@ -20,6 +21,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(dev) => dev::run(dev, cli.log_format).await,
         Command::Agent(cmd) => agent::run(&cli.endpoint, cli.output, cmd).await,
         Command::Runs(cmd) => runs::run(&cli.endpoint, cli.output, cmd).await,
+        Command::Events(cmd) => events::run(&cli.endpoint, cli.output, cmd).await,
     }
 }
 

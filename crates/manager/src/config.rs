@@ -20,6 +20,8 @@ pub struct ManagerConfig {
     /// Work queue for manually triggered runs (`nats://`, `redis://`); empty = none (the
     /// scheduler's sweep publishes them, after `republish_after`).
     pub queue_url: String,
+    /// Event service to publish agent lifecycle events to (`http://HOST:50055`); empty = none.
+    pub events_endpoint: String,
     /// `text` or `json`.
     pub log_format: String,
 }
@@ -32,6 +34,7 @@ impl Default for ManagerConfig {
             default_lease_ttl: Duration::from_secs(30),
             scheduler_endpoint: String::new(),
             queue_url: String::new(),
+            events_endpoint: String::new(),
             log_format: "text".into(),
         }
     }

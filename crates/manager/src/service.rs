@@ -4,13 +4,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nightshift_core::{
-    AgentId, AgentManifest, AgentSpec, AgentState, Clock, RunId, RunOutcome, RunStatus, SystemClock, TriggerKind,
+    AgentId, AgentManifest, AgentSpec, AgentState, Clock, EventType, RunId, RunOutcome, RunStatus, SystemClock, TriggerKind,
     ValidationError, WorkerId, duration, pb, time,
 };
 use nightshift_store::{
     AgentFilter, AgentRecord, ApplyOutcome, FinishInput, NewRun, RunFilter, StartInput, StartOutcome, StepInput, Store,
 };
+use nightshift_events::EventPublisher;
 use nightshift_queue::{RunRequest, WorkQueue};
+use serde_json::json;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -31,12 +33,13 @@ pub struct ManagerService {
     default_lease_ttl: Duration,
     observer: Option<crate::hooks::Observer>,
     queue: Option<Arc<dyn WorkQueue>>,
+    events: Option<EventPublisher>,
 }
 
 impl ManagerService {
     /// A service on `store` granting `default_lease_ttl` leases when a worker asks for none.
     pub fn new(store: Store, default_lease_ttl: Duration) -> Self {
-        Self { store, clock: Arc::new(SystemClock), default_lease_ttl, observer: None, queue: None }
+        Self { store, clock: Arc::new(SystemClock), default_lease_ttl, observer: None, queue: None, events: None }
     }
 
     /// Tells `observer` (the scheduler) about schedule-relevant changes.
@@ -52,9 +55,25 @@ impl ManagerService {
         self
     }
 
+    /// Publishes agent lifecycle and run events to the event service.
+    pub fn with_events(mut self, events: EventPublisher) -> Self {
+        self.events = Some(events);
+        self
+    }
+
     fn changed(&self, id: &AgentId) {
         if let Some(o) = &self.observer {
             o.agent_changed(id);
+        }
+    }
+
+    fn emit(&self, ty: EventType, agent: &AgentRecord, run: Option<&RunId>, data: serde_json::Value) {
+        if let Some(p) = &self.events {
+            let mut b = p.event(ty).agent(&agent.id).agent_name(agent.spec.name.to_string()).data(data);
+            if let Some(r) = run {
+                b = b.run(r);
+            }
+            b.emit();
         }
     }
 
@@ -170,6 +189,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let rec = self.store.create_agent(&spec, state).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, id = %rec.id, "agent created");
         self.changed(&rec.id);
+        self.emit(EventType::AgentCreated, &rec, None, json!({"version": rec.version}));
         Ok(Response::new(pb::CreateAgentResponse { agent: Some(convert::agent(&rec)) }))
     }
 
@@ -189,6 +209,8 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         tracing::info!(agent = %rec.spec.name, version = rec.version, outcome = ?outcome, "agent applied");
         if outcome != Outcome::Unchanged {
             self.changed(&rec.id);
+            let ty = if outcome == Outcome::Created { EventType::AgentCreated } else { EventType::AgentUpdated };
+            self.emit(ty, &rec, None, json!({"version": rec.version}));
         }
         Ok(Response::new(pb::ApplyAgentResponse { agent: Some(convert::agent(&rec)), outcome: outcome as i32 }))
     }
@@ -233,6 +255,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         if changed {
             tracing::info!(agent = %rec.spec.name, version = rec.version, "agent updated");
             self.changed(&rec.id);
+            self.emit(EventType::AgentUpdated, &rec, None, json!({"version": rec.version}));
         }
         Ok(Response::new(pb::UpdateAgentResponse { agent: Some(convert::agent(&rec)) }))
     }
@@ -247,6 +270,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         if let Some(o) = &self.observer {
             o.agent_deleted(&rec.id);
         }
+        self.emit(EventType::AgentDeleted, &rec, None, json!({}));
         Ok(Response::new(pb::DeleteAgentResponse {}))
     }
 
@@ -258,6 +282,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let (rec, _) = self.store.set_agent_state(&rec.id, AgentState::Paused).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, "agent paused");
         self.changed(&rec.id);
+        self.emit(EventType::AgentPaused, &rec, None, json!({}));
         Ok(Response::new(pb::PauseAgentResponse { agent: Some(convert::agent(&rec)) }))
     }
 
@@ -269,6 +294,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let (rec, _) = self.store.set_agent_state(&rec.id, AgentState::Active).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, "agent resumed");
         self.changed(&rec.id);
+        self.emit(EventType::AgentResumed, &rec, None, json!({}));
         Ok(Response::new(pb::ResumeAgentResponse { agent: Some(convert::agent(&rec)) }))
     }
 
@@ -295,6 +321,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         };
         let (run, _) = self.store.insert_run(&new).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, run = %run.id, "run triggered");
+        self.emit(EventType::RunQueued, &rec, Some(&run.id), json!({"trigger": "manual"}));
         if let Some(q) = &self.queue {
             let req = RunRequest {
                 run_id: run.id.to_string(),
@@ -362,6 +389,9 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let reason = if req.reason.trim().is_empty() { "cancelled by request".to_owned() } else { req.reason };
         let run = self.store.cancel_run(&id, &reason).await.map_err(status_from_store)?;
         tracing::info!(run = %id, "run cancelled");
+        if let Some(p) = &self.events {
+            p.event(EventType::RunCancelled).agent(&run.agent_id).agent_name(run.agent_name.clone()).run(&id).data(json!({"reason": reason})).emit();
+        }
         Ok(Response::new(pb::CancelRunResponse { run: Some(convert::run(&run)) }))
     }
 

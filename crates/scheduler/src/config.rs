@@ -34,6 +34,8 @@ pub struct SchedulerConfig {
     /// (outbox sweep; runs every half of this, at most every 10 s).
     #[serde(with = "nightshift_core::config::duration_text")]
     pub republish_after: Duration,
+    /// Event service for `SCHEDULE_FIRED` / `SCHEDULE_MISSED` (`http://HOST:50055`); empty = none.
+    pub events_endpoint: String,
     /// `text` or `json`.
     pub log_format: String,
 }
@@ -51,6 +53,7 @@ impl Default for SchedulerConfig {
             sync_interval: Duration::from_secs(1),
             misfire_grace: crate::rules::DEFAULT_GRACE,
             republish_after: Duration::from_secs(10),
+            events_endpoint: String::new(),
             log_format: "text".into(),
         }
     }

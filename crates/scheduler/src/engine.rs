@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use nightshift_core::{AgentId, Clock, RunId, TriggerKind, time};
+use nightshift_core::{AgentId, Clock, EventType, RunId, TriggerKind, time};
+use nightshift_events::EventPublisher;
+use serde_json::json;
 use nightshift_queue::{RunRequest, WorkQueue};
 use nightshift_store::{ScheduledAgent, Store, StoreError, TickFire};
 use tokio::sync::{Notify, watch};
@@ -32,6 +34,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     cfg: SchedulerConfig,
     member: String,
+    events: Option<EventPublisher>,
     index: Mutex<Index>,
     wake: Notify,
 }
@@ -86,8 +89,20 @@ struct Firing {
 impl Scheduler {
     /// A replica on `store` publishing to `queue`.
     pub fn new(store: Store, queue: Arc<dyn WorkQueue>, clock: Arc<dyn Clock>, cfg: SchedulerConfig) -> Self {
+        Self::with_events(store, queue, clock, cfg, None)
+    }
+
+    /// Like [`Scheduler::new`], publishing `SCHEDULE_FIRED` / `SCHEDULE_MISSED` events.
+    pub fn with_events(
+        store: Store,
+        queue: Arc<dyn WorkQueue>,
+        clock: Arc<dyn Clock>,
+        cfg: SchedulerConfig,
+        events: Option<EventPublisher>,
+    ) -> Self {
         let member = format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple());
-        let inner = Inner { store, queue, clock, cfg, member, index: Mutex::new(Index::default()), wake: Notify::new() };
+        let inner =
+            Inner { store, queue, clock, cfg, member, events, index: Mutex::new(Index::default()), wake: Notify::new() };
         Self { inner: Arc::new(inner) }
     }
 
@@ -304,6 +319,15 @@ impl Scheduler {
                 });
             }
             metrics::counter!("nightshift_scheduler_missed_ticks_total").increment(fire.missed);
+            if let Some(p) = &self.inner.events {
+                if !fire.runs.is_empty() {
+                    let runs: Vec<&str> = fire.runs.iter().map(|(r, _)| r.as_str()).collect();
+                    p.event(EventType::ScheduleFired).agent(&fire.agent_id).data(json!({"runs": runs})).emit();
+                }
+                if fire.missed > 0 {
+                    p.event(EventType::ScheduleMissed).agent(&fire.agent_id).data(json!({"missed": fire.missed})).emit();
+                }
+            }
         }
         self.publish_all(&requests).await;
         let fired_now = self.inner.clock.now();

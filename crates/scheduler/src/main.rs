@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use nightshift_core::SystemClock;
+use nightshift_events::{EventPublisher, PublisherOptions};
 use nightshift_queue::QueueOptions;
 use nightshift_rpc::{GrpcServer, shutdown_signal};
 use nightshift_scheduler::{SERVICE_NAME, Scheduler, SchedulerApi, SchedulerConfig};
@@ -33,7 +34,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let store = Store::connect(&cfg.database_url).await.context("connecting to the database")?;
     let queue = nightshift_queue::connect(&cfg.queue_url, &QueueOptions::default()).await.context("connecting to the queue")?;
-    let scheduler = Scheduler::new(store.clone(), queue, Arc::new(SystemClock), cfg.clone());
+    let events = if cfg.events_endpoint.is_empty() {
+        None
+    } else {
+        let source = format!("scheduler/{}", std::process::id());
+        Some(EventPublisher::connect_lazy(&cfg.events_endpoint, source, PublisherOptions::default())?)
+    };
+    let scheduler = Scheduler::with_events(store.clone(), queue, Arc::new(SystemClock), cfg.clone(), events);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let engine = tokio::spawn(scheduler.clone().run(stop_rx));
 

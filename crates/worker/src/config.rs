@@ -28,6 +28,8 @@ pub struct WorkerConfig {
     pub drain_grace: Duration,
     /// Settings of the local tools (file root, HTTP allow-list, timeouts).
     pub tools: ToolsConfig,
+    /// Event service for the run lifecycle events (`http://HOST:50055`); empty = none.
+    pub events_endpoint: String,
     /// `text` or `json`.
     pub log_format: String,
 }
@@ -44,6 +46,7 @@ impl Default for WorkerConfig {
             lease_ttl: Duration::from_secs(30),
             drain_grace: Duration::from_secs(30),
             tools: ToolsConfig::default(),
+            events_endpoint: String::new(),
             log_format: "text".into(),
         }
     }

@@ -5,29 +5,13 @@ use std::sync::Arc;
 
 use nightshift_core::{EventType, pb, time};
 
-/// Where events go (the event service's publisher in production). Must not block or fail.
+/// Where events go. Must not block or fail. In production it is
+/// [`nightshift_events::EventPublisher::publish`] (see [`publisher_fn`]).
 pub type EventFn = Arc<dyn Fn(pb::Event) + Send + Sync>;
 
-/// Converts JSON to a protobuf `Struct` (objects only; other values are wrapped as `{"value": v}`).
-pub fn json_struct(v: serde_json::Value) -> prost_types::Struct {
-    fn value(v: serde_json::Value) -> prost_types::Value {
-        use prost_types::value::Kind;
-        let kind = match v {
-            serde_json::Value::Null => Kind::NullValue(0),
-            serde_json::Value::Bool(b) => Kind::BoolValue(b),
-            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-            serde_json::Value::String(s) => Kind::StringValue(s),
-            serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue { values: a.into_iter().map(value).collect() }),
-            serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
-                fields: o.into_iter().map(|(k, v)| (k, value(v))).collect(),
-            }),
-        };
-        prost_types::Value { kind: Some(kind) }
-    }
-    match v {
-        serde_json::Value::Object(o) => prost_types::Struct { fields: o.into_iter().map(|(k, v)| (k, value(v))).collect() },
-        other => prost_types::Struct { fields: [("value".to_owned(), value(other))].into_iter().collect() },
-    }
+/// An [`EventFn`] publishing through the event service.
+pub fn publisher_fn(publisher: nightshift_events::EventPublisher) -> EventFn {
+    Arc::new(move |e| publisher.publish(e))
 }
 
 /// Emits the events of one run.
@@ -59,7 +43,7 @@ impl RunEvents {
                 agent_name: self.agent_name.clone(),
                 run_id: self.run_id.clone(),
                 source: self.source.clone(),
-                data: Some(json_struct(data)),
+                data: Some(nightshift_events::json_to_struct(data)),
             });
         }
     }

@@ -11,7 +11,7 @@ pub mod service;
 pub mod worker;
 
 pub use config::WorkerConfig;
-pub use events::EventFn;
+pub use events::{EventFn, publisher_fn};
 pub use service::WorkerApi;
 pub use worker::Worker;
 

@@ -5,7 +5,8 @@ use anyhow::Context;
 use clap::Parser;
 use nightshift_queue::QueueOptions;
 use nightshift_rpc::{GrpcServer, shutdown_signal};
-use nightshift_worker::{SERVICE_NAME, Worker, WorkerApi, WorkerConfig};
+use nightshift_events::{EventPublisher, PublisherOptions};
+use nightshift_worker::{SERVICE_NAME, Worker, WorkerApi, WorkerConfig, publisher_fn};
 
 /// Runs a Nightshift worker.
 #[derive(Parser, Debug)]
@@ -30,7 +31,13 @@ async fn main() -> anyhow::Result<()> {
     let manager = tonic::transport::Endpoint::from_shared(cfg.manager_endpoint.clone())?
         .timeout(std::time::Duration::from_secs(30))
         .connect_lazy();
-    let worker = Worker::new(cfg.clone(), manager, queue, None);
+    let events = if cfg.events_endpoint.is_empty() {
+        None
+    } else {
+        let source = format!("worker/{}", std::process::id());
+        Some(publisher_fn(EventPublisher::connect_lazy(&cfg.events_endpoint, source, PublisherOptions::default())?))
+    };
+    let worker = Worker::new(cfg.clone(), manager, queue, events);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let runner = tokio::spawn(worker.clone().run(async move {
         let _ = stop_rx.wait_for(|s| *s).await;

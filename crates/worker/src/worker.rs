@@ -276,7 +276,7 @@ impl Worker {
                 reason: reason.clone(),
             },
         );
-        events.emit(EventType::BackgroundTaskStarted, json!({"attempt": run.attempt, "worker": self.inner.id, "trigger": run.trigger}));
+        events.emit(EventType::BackgroundTaskStarted, json!({"attempt": run.attempt, "worker": self.inner.id, "trigger": if run.trigger() == pb::TriggerKind::Manual { "manual" } else { "schedule" }}));
         events.emit(EventType::BackgroundAgentStatus, json!({"status": "running"}));
         let end = self.execute(&run, &spec, start.steps, &d, &cancel, &reason, step, &events).await;
         self.active().remove(&run.id);
