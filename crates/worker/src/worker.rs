@@ -202,6 +202,12 @@ impl Worker {
     }
 
     async fn handle(&self, d: Delivery) {
+        if self.inner.draining.load(Ordering::SeqCst) {
+            // Received while the drain began (or a run this worker just handed back): leave it
+            // to another worker.
+            nack(d, Duration::ZERO).await;
+            return;
+        }
         let req = d.request.clone();
         let mut manager = self.inner.manager.clone();
         let start = manager
@@ -279,9 +285,11 @@ impl Worker {
         events.emit(EventType::BackgroundTaskStarted, json!({"attempt": run.attempt, "worker": self.inner.id, "trigger": if run.trigger() == pb::TriggerKind::Manual { "manual" } else { "schedule" }}));
         events.emit(EventType::BackgroundAgentStatus, json!({"status": "running"}));
         let end = self.execute(&run, &spec, start.steps, &d, &cancel, &reason, step, &events).await;
-        self.active().remove(&run.id);
         self.settle(d, &run, end, &events).await;
         events.emit(EventType::BackgroundAgentStatus, json!({"status": "idle"}));
+        // Removed only once the attempt is settled: a drain waits for this, and the process may
+        // exit right after.
+        self.active().remove(&run.id);
         self.inner.completed.fetch_add(1, Ordering::Relaxed);
     }
 

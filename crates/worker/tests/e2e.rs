@@ -221,3 +221,40 @@ async fn a_run_whose_worker_dies_resumes_elsewhere_without_repeating_steps() {
         .collect();
     assert_eq!(kinds, [(1, "llm"), (1, "tool"), (2, "llm")], "the tool ran once, by attempt 1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_draining_worker_hands_its_run_back_and_another_finishes_it() {
+    let (llm, script) = scripted_llm().await;
+    let (env, _agent) = env(&llm).await;
+    script.hang_second_turn.store(true, Ordering::SeqCst);
+    let opts = QueueOptions { ack_wait: Duration::from_secs(2), ..QueueOptions::default() };
+    let queue = nightshift_queue::connect(&env.queue_url, &opts).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(env.endpoint.clone()).unwrap().connect_lazy();
+    let cfg = WorkerConfig { concurrency: 2, lease_ttl: Duration::from_secs(10), ..WorkerConfig::default() };
+    let w1 = Worker::new(cfg, channel, queue, None);
+    let w1_task = tokio::spawn(w1.clone().run(std::future::pending()));
+    let run = env.manager.clone()
+        .trigger_agent(pb::TriggerAgentRequest { agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name("area".into())) }), query_override: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    for _ in 0..100 {
+        if script.second_turns.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGTERM equivalent: the run cannot finish within the grace, so it is handed back.
+    assert_eq!(w1.drain(Duration::from_millis(300)), 1);
+    tokio::time::timeout(Duration::from_secs(10), w1_task).await.expect("the drained worker stops").unwrap();
+    let released = env.manager.clone().get_run(pb::GetRunRequest { run_id: run.id.clone() }).await.unwrap().into_inner().run.unwrap();
+    assert_eq!(released.status(), pb::RunStatus::Queued, "handed back, not failed");
+    assert_eq!(released.retries, 0, "a hand-back is not a failure");
+    script.hang_second_turn.store(false, Ordering::SeqCst);
+    let (_e2, _w2) = start_worker(&env, Duration::from_secs(10)).await;
+    let done = wait_for_status(&env, &run.id, pb::RunStatus::Succeeded).await;
+    assert_eq!(done.attempt, 2);
+    assert_eq!(script.first_turns.load(Ordering::SeqCst), 1, "resumed from the checkpoints");
+}
