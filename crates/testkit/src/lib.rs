@@ -59,3 +59,4 @@ pub async fn database(kind: Db) -> (String, Option<SqliteDb>) {
         Db::Postgres => (postgres_url().await, None),
     }
 }
+pub mod mcp;

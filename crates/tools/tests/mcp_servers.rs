@@ -1,12 +1,12 @@
 //! Real third-party MCP servers through the registry: the npm filesystem server and
 //! `mcp-server-time` over stdio, and a streamable-HTTP server written with the official Python
-//! SDK. `tests/setup.sh` installs them (cached); an install failure fails these tests.
+//! SDK. `crates/testkit/mcp/setup.sh` installs them (cached); an install failure fails these tests.
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{HttpFixture, fs_server, process_alive, time_server, wait_for};
+use common::{HttpFixture, fs_server, http_spec, process_alive, time_server, wait_for};
 use nightshift_core::{ConfigValue, McpServer, McpTransport, SecretRef, ToolsSpec};
 use nightshift_tools::{RegistryError, ToolRegistry, ToolSource, ToolsConfig};
 use serde_json::json;
@@ -193,7 +193,7 @@ async fn streamable_http_server() {
     // variable (set on every machine, so the test needs no process-wide set_var).
     let home = std::env::var("HOME").expect("HOME is set");
     let headers = BTreeMap::from([("X-Api-Key".to_owned(), ConfigValue::Secret(SecretRef::Env("HOME".into())))]);
-    let server = fixture.spec("py", headers, Duration::from_secs(2));
+    let server = http_spec(&fixture, "py", headers, Duration::from_secs(2));
     let reg = ToolRegistry::new(&spec(vec![server]), &config()).await.expect("registry");
 
     let names: Vec<&str> = reg.definitions().iter().map(|d| d.name.as_str()).collect();
@@ -274,7 +274,7 @@ async fn several_servers_at_once() {
     let (_dir, root) = tempdir_with_notes();
     let fixture = HttpFixture::start();
     let servers =
-        vec![fs_server("fs", &root), time_server("time"), fixture.spec("py", BTreeMap::new(), Duration::from_secs(10))];
+        vec![fs_server("fs", &root), time_server("time"), http_spec(&fixture, "py", BTreeMap::new(), Duration::from_secs(10))];
     let reg = std::sync::Arc::new(ToolRegistry::new(&spec(servers), &config()).await.expect("registry"));
     // Parallel calls across servers, as a model asking for several tools at once would make.
     let calls = [

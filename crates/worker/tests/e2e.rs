@@ -64,16 +64,27 @@ struct Env {
     manager: pb::manager_service_client::ManagerServiceClient<tonic::transport::Channel>,
     endpoint: String,
     queue_url: String,
+    queue_name: String,
     store: Store,
     _db: nightshift_testkit::SqliteDb,
 }
 
+fn queue_options(name: &str) -> QueueOptions {
+    QueueOptions { ack_wait: Duration::from_secs(2), ..QueueOptions::named(name) }
+}
+
 async fn env(llm_url: &str) -> (Env, pb::Agent) {
+    env_on(llm_url, "memory://", "").await
+}
+
+/// A manager on SQLite with the queue at `queue` (`memory://` gets a private name) and the
+/// `area` agent (`extra` YAML appended to its spec).
+async fn env_on(llm_url: &str, queue: &str, extra: &str) -> (Env, pb::Agent) {
     let db = nightshift_testkit::sqlite_db();
     let store = Store::connect(&db.url).await.unwrap();
-    let queue_url = format!("memory://worker-test-{}", uuid::Uuid::new_v4().simple());
-    let opts = QueueOptions { ack_wait: Duration::from_secs(2), ..QueueOptions::default() };
-    let queue = nightshift_queue::connect(&queue_url, &opts).await.unwrap();
+    let queue_name = format!("worker-test-{}", uuid::Uuid::new_v4().simple());
+    let queue_url = if queue == "memory://" { format!("memory://{queue_name}") } else { queue.to_owned() };
+    let queue = nightshift_queue::connect(&queue_url, &queue_options(&queue_name)).await.unwrap();
     let mut server = GrpcServer::new();
     server.routes().add_service(ManagerService::new(store.clone(), Duration::from_secs(30)).with_queue(queue).into_server());
     let listener = GrpcServer::bind("127.0.0.1:0").await.unwrap();
@@ -82,30 +93,24 @@ async fn env(llm_url: &str) -> (Env, pb::Agent) {
     let spec = AgentSpec::from_yaml(&format!(
         "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm_url}'}}\n\
          system_instruction: You compute areas.\ntask: {{query: 'Area of a 3x4 rectangle?'}}\n\
-         schedule: {{manual: true}}\npolicy: {{max_retries: 0, timeout: 60s}}\ntools: {{local: [calculate_area]}}"
+         schedule: {{manual: true}}\npolicy: {{max_retries: 0, timeout: 60s}}\ntools: {{local: [calculate_area]}}\n{extra}"
     ))
     .unwrap();
     let agent = store.create_agent(&spec, AgentState::Active).await.unwrap();
     let manager = pb::manager_service_client::ManagerServiceClient::connect(endpoint.clone()).await.unwrap();
-    let env = Env { manager, endpoint, queue_url, store, _db: db };
+    let env = Env { manager, endpoint, queue_url, queue_name, store, _db: db };
     let got = env.manager.clone().get_agent(pb::GetAgentRequest { agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Id(agent.id.to_string())) }) }).await.unwrap();
     (env, got.into_inner().agent.unwrap())
 }
 
 type Events = Arc<Mutex<Vec<pb::Event>>>;
 
-struct Env2 {
-    endpoint: String,
-    queue_url: String,
-}
-
 async fn start_worker(env: &Env, lease: Duration) -> (Events, tokio::task::JoinHandle<()>) {
-    start_worker_at(&env.endpoint, &env.queue_url, lease).await
+    start_worker_at(&env.endpoint, &env.queue_url, &env.queue_name, lease).await
 }
 
-async fn start_worker_at(endpoint: &str, queue_url: &str, lease: Duration) -> (Events, tokio::task::JoinHandle<()>) {
-    let opts = QueueOptions { ack_wait: Duration::from_secs(2), ..QueueOptions::default() };
-    let queue = nightshift_queue::connect(queue_url, &opts).await.unwrap();
+async fn start_worker_at(endpoint: &str, queue_url: &str, queue_name: &str, lease: Duration) -> (Events, tokio::task::JoinHandle<()>) {
+    let queue = nightshift_queue::connect(queue_url, &queue_options(queue_name)).await.unwrap();
     let cfg = WorkerConfig { concurrency: 4, lease_ttl: lease, ..WorkerConfig::default() };
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned()).unwrap().connect_lazy();
     let events: Events = Arc::default();
@@ -180,17 +185,32 @@ async fn a_triggered_run_calls_the_tool_and_finishes_with_the_seed_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_run_whose_worker_dies_resumes_elsewhere_without_repeating_steps() {
+async fn a_run_whose_worker_dies_resumes_elsewhere_on_memory_queue() {
+    worker_dies_mid_run("memory://").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_whose_worker_dies_resumes_elsewhere_on_nats() {
+    worker_dies_mid_run("nats://127.0.0.1:4222").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_whose_worker_dies_resumes_elsewhere_on_redis() {
+    worker_dies_mid_run("redis://127.0.0.1:6379").await;
+}
+
+/// A worker dies between the tool result and the next LLM call; another worker finishes the
+/// run without repeating the completed LLM call or tool call.
+async fn worker_dies_mid_run(queue: &str) {
     let (llm, script) = scripted_llm().await;
-    let (env, _agent) = env(&llm).await;
+    let (env, _agent) = env_on(&llm, queue, "").await;
     script.hang_second_turn.store(true, Ordering::SeqCst);
     // Worker 1 lives in its own runtime, so that "killing" it drops every task it spawned, as
     // SIGKILL would (aborting only its top task would leave its run tasks going).
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (endpoint, queue_url) = (env.endpoint.clone(), env.queue_url.clone());
+    let (endpoint, queue_url, queue_name) = (env.endpoint.clone(), env.queue_url.clone(), env.queue_name.clone());
     rt.spawn(async move {
-        let e = Env2 { endpoint, queue_url };
-        let (_events, task) = start_worker_at(&e.endpoint, &e.queue_url, Duration::from_secs(2)).await;
+        let (_events, task) = start_worker_at(&endpoint, &queue_url, &queue_name, Duration::from_secs(2)).await;
         let _ = task.await;
     });
     let run = env.manager.clone()
@@ -227,8 +247,7 @@ async fn a_draining_worker_hands_its_run_back_and_another_finishes_it() {
     let (llm, script) = scripted_llm().await;
     let (env, _agent) = env(&llm).await;
     script.hang_second_turn.store(true, Ordering::SeqCst);
-    let opts = QueueOptions { ack_wait: Duration::from_secs(2), ..QueueOptions::default() };
-    let queue = nightshift_queue::connect(&env.queue_url, &opts).await.unwrap();
+    let queue = nightshift_queue::connect(&env.queue_url, &queue_options(&env.queue_name)).await.unwrap();
     let channel = tonic::transport::Endpoint::from_shared(env.endpoint.clone()).unwrap().connect_lazy();
     let cfg = WorkerConfig { concurrency: 2, lease_ttl: Duration::from_secs(10), ..WorkerConfig::default() };
     let w1 = Worker::new(cfg, channel, queue, None);

@@ -3,51 +3,12 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nightshift_core::{ConfigValue, McpServer, McpTransport};
 
-/// Paths of the installed third-party MCP servers.
-#[derive(Debug)]
-pub struct Servers {
-    pub node: String,
-    pub fs_server_js: String,
-    pub time_server: String,
-    pub mcp_python: String,
-}
-
-/// Runs `tests/setup.sh` once per test binary (it is idempotent and cached under
-/// ~/.cache/nightshift-test, and flock-serialised across binaries). An install failure fails the
-/// test with the script's output: these tests never skip silently.
-pub fn servers() -> &'static Servers {
-    static SERVERS: OnceLock<Servers> = OnceLock::new();
-    SERVERS.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/setup.sh");
-        let started = Instant::now();
-        let out = std::process::Command::new("bash").arg(&script).output().expect("cannot run bash tests/setup.sh");
-        assert!(
-            out.status.success(),
-            "installing the MCP test servers failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!("MCP test servers ready in {:.1?}", started.elapsed());
-        let vars: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-            .collect();
-        let get = |k: &str| vars.get(k).cloned().unwrap_or_else(|| panic!("setup.sh did not print {k}"));
-        Servers {
-            node: get("NODE"),
-            fs_server_js: get("FS_SERVER_JS"),
-            time_server: get("TIME_SERVER"),
-            mcp_python: get("MCP_PYTHON"),
-        }
-    })
-}
+pub use nightshift_testkit::mcp::{HttpFixture, free_port, servers};
 
 /// The npm filesystem server over stdio, allowed to see `dir`.
 pub fn fs_server(name: &str, dir: &Path) -> McpServer {
@@ -76,56 +37,9 @@ pub fn time_server(name: &str) -> McpServer {
     }
 }
 
-/// A free port on 127.0.0.1 (bound and released; the fixture binds it right after).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
-
-/// The python streamable-HTTP MCP server of tests/fixtures, killed on drop.
-pub struct HttpFixture {
-    child: std::process::Child,
-    pub url: String,
-}
-
-impl HttpFixture {
-    /// Starts it on a free loopback port and waits until it accepts connections.
-    pub fn start() -> Self {
-        let port = free_port();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/http_server.py");
-        let child = std::process::Command::new(&servers().mcp_python)
-            .arg(&script)
-            .arg(port.to_string())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("cannot start the python MCP HTTP fixture");
-        let mut fixture = Self { child, url: format!("http://127.0.0.1:{port}/mcp") };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return fixture;
-            }
-            if let Ok(Some(status)) = fixture.child.try_wait() {
-                panic!("the python MCP HTTP fixture exited early: {status}");
-            }
-            assert!(Instant::now() < deadline, "the python MCP HTTP fixture did not listen on {port} within 30s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// An MCP server spec pointing at it.
-    pub fn spec(&self, name: &str, headers: BTreeMap<String, ConfigValue>, call_timeout: Duration) -> McpServer {
-        McpServer { name: name.into(), transport: McpTransport::Http { url: self.url.clone(), headers }, call_timeout }
-    }
-}
-
-impl Drop for HttpFixture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// An MCP server spec pointing at the HTTP fixture.
+pub fn http_spec(fixture: &HttpFixture, name: &str, headers: BTreeMap<String, ConfigValue>, call_timeout: Duration) -> McpServer {
+    McpServer { name: name.into(), transport: McpTransport::Http { url: fixture.url.clone(), headers }, call_timeout }
 }
 
 /// Whether process `pid` still exists (and is not a zombie).

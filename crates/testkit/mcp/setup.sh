@@ -2,7 +2,7 @@
 # Installs the real third-party MCP servers the tools crate's tests talk to, idempotently:
 #   - @modelcontextprotocol/server-filesystem (npm, stdio)
 #   - mcp-server-time (PyPI, stdio) and the `mcp` Python SDK 2.x (PyPI, for the streamable-HTTP
-#     fixture server fixtures/http_server.py), in one venv (mcp-server-time itself runs on mcp 2.x)
+#     fixture server http_server.py), in one venv (mcp-server-time itself runs on mcp 2.x)
 #
 # Everything lives under $NIGHTSHIFT_TEST_CACHE (default ~/.cache/nightshift-test), keyed by version,
 # so a second run is a few file checks. Several test binaries may call this at once: a flock

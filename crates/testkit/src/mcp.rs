@@ -1,0 +1,95 @@
+//! The real third-party MCP servers tests use, installed by `mcp/setup.sh` (idempotent, cached
+//! under `$NIGHTSHIFT_TEST_CACHE` or ~/.cache/nightshift-test, flock-serialised across test
+//! binaries), and the streamable-HTTP fixture `mcp/http_server.py` (official Python SDK).
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Paths of the installed third-party MCP servers.
+#[derive(Debug)]
+pub struct Servers {
+    pub node: String,
+    pub fs_server_js: String,
+    pub time_server: String,
+    pub mcp_python: String,
+}
+
+/// Runs `mcp/setup.sh` once per test binary (it is idempotent and cached under
+/// ~/.cache/nightshift-test, and flock-serialised across binaries). An install failure fails the
+/// test with the script's output: these tests never skip silently.
+pub fn servers() -> &'static Servers {
+    static SERVERS: OnceLock<Servers> = OnceLock::new();
+    SERVERS.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp/setup.sh");
+        let started = Instant::now();
+        let out = std::process::Command::new("bash").arg(&script).output().expect("cannot run bash tests/setup.sh");
+        assert!(
+            out.status.success(),
+            "installing the MCP test servers failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("MCP test servers ready in {:.1?}", started.elapsed());
+        let vars: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect();
+        let get = |k: &str| vars.get(k).cloned().unwrap_or_else(|| panic!("setup.sh did not print {k}"));
+        Servers {
+            node: get("NODE"),
+            fs_server_js: get("FS_SERVER_JS"),
+            time_server: get("TIME_SERVER"),
+            mcp_python: get("MCP_PYTHON"),
+        }
+    })
+}
+
+/// A free port on 127.0.0.1 (bound and released; the fixture binds it right after).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// The python streamable-HTTP MCP server of tests/fixtures, killed on drop.
+pub struct HttpFixture {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl HttpFixture {
+    /// Starts it on a free loopback port and waits until it accepts connections.
+    pub fn start() -> Self {
+        let port = free_port();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mcp/http_server.py");
+        let child = std::process::Command::new(&servers().mcp_python)
+            .arg(&script)
+            .arg(port.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("cannot start the python MCP HTTP fixture");
+        let mut fixture = Self { child, url: format!("http://127.0.0.1:{port}/mcp") };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return fixture;
+            }
+            if let Ok(Some(status)) = fixture.child.try_wait() {
+                panic!("the python MCP HTTP fixture exited early: {status}");
+            }
+            assert!(Instant::now() < deadline, "the python MCP HTTP fixture did not listen on {port} within 30s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for HttpFixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
