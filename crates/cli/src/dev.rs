@@ -5,13 +5,13 @@ use nightshift_core::AgentManifest;
 use std::sync::Arc;
 
 use nightshift_core::{AgentId, SystemClock};
+use nightshift_events::{EventPublisher, EventService, PublisherOptions, SERVICE_NAME as EVENTS};
 use nightshift_manager::{ManagerConfig, ManagerService, SERVICE_NAME as MANAGER, ScheduleObserver};
 use nightshift_queue::QueueOptions;
 use nightshift_rpc::{GrpcServer, shutdown_signal};
 use nightshift_scheduler::{SERVICE_NAME as SCHEDULER, Scheduler, SchedulerApi, SchedulerConfig};
 use nightshift_store::Store;
 use nightshift_telemetry::LogFormat;
-use nightshift_events::{EventPublisher, EventService, PublisherOptions, SERVICE_NAME as EVENTS};
 use nightshift_worker::{SERVICE_NAME as WORKER, Worker, WorkerApi, WorkerConfig, publisher_fn};
 
 use crate::agent::{documents, manifest_files};
@@ -54,7 +54,8 @@ pub(crate) async fn run(args: DevArgs, log_format: LogFormat) -> anyhow::Result<
     // publishes through the gRPC API, as in a distributed deployment.
     let event_log = nightshift_events::connect("memory://", nightshift_events::LogOptions::default()).await?;
     let events_service = EventService::new(event_log);
-    let publisher = |source: &str| EventPublisher::connect_lazy(&format!("http://{addr}"), source, PublisherOptions::default());
+    let publisher =
+        |source: &str| EventPublisher::connect_lazy(&format!("http://{addr}"), source, PublisherOptions::default());
 
     let scheduler = Scheduler::with_events(
         store.clone(),
@@ -69,7 +70,8 @@ pub(crate) async fn run(args: DevArgs, log_format: LogFormat) -> anyhow::Result<
     // The worker talks to the manager over gRPC, on this very port: the same path as in a
     // distributed deployment.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy();
-    let worker = Worker::new(WorkerConfig::default(), channel, queue.clone(), Some(publisher_fn(publisher("worker/dev")?)));
+    let worker =
+        Worker::new(WorkerConfig::default(), channel, queue.clone(), Some(publisher_fn(publisher("worker/dev")?)));
     let (worker_stop_tx, mut worker_stop_rx) = tokio::sync::watch::channel(false);
     let worker_task = tokio::spawn(worker.clone().run(async move {
         let _ = worker_stop_rx.wait_for(|s| *s).await;

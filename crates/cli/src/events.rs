@@ -17,7 +17,9 @@ pub(crate) async fn run(endpoint: &str, out: Output, cmd: EventsCommand) -> anyh
         let mut manager = manager_client(endpoint).await?;
         for name in agent {
             let a = manager
-                .get_agent(pb::GetAgentRequest { agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(name)) }) })
+                .get_agent(pb::GetAgentRequest {
+                    agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(name)) }),
+                })
                 .await?
                 .into_inner();
             agent_ids.push(a.agent.unwrap_or_default().id);
@@ -25,7 +27,9 @@ pub(crate) async fn run(endpoint: &str, out: Output, cmd: EventsCommand) -> anyh
     }
     let types = types
         .iter()
-        .map(|t| EventType::parse(t).ok_or_else(|| anyhow::anyhow!("unknown event type '{t}' (e.g. BACKGROUND_TASK_ERROR)")))
+        .map(|t| {
+            EventType::parse(t).ok_or_else(|| anyhow::anyhow!("unknown event type '{t}' (e.g. BACKGROUND_TASK_ERROR)"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let from = match (from, since) {
         (Some(c), _) => TailFrom::After(c),
@@ -33,9 +37,10 @@ pub(crate) async fn run(endpoint: &str, out: Output, cmd: EventsCommand) -> anyh
         (None, None) if follow => TailFrom::Now,
         (None, None) => TailFrom::Beginning,
     };
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?.connect().await.map_err(|e| {
-        anyhow::Error::new(tonic::Status::unavailable(format!("cannot reach {endpoint}: {e}")))
-    })?;
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+        .connect()
+        .await
+        .map_err(|e| anyhow::Error::new(tonic::Status::unavailable(format!("cannot reach {endpoint}: {e}"))))?;
     let mut client = pb::event_service_client::EventServiceClient::new(channel);
     let options = TailOptions { filter: EventFilter { agent_ids, run_ids: run, types }, from, follow };
     let mut stdout = std::io::stdout().lock();
@@ -72,5 +77,13 @@ fn table_line(e: &pb::Event) -> String {
     let field = |k: &str| j.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
     let data = j.get("data").map(|d| d.to_string()).unwrap_or_default();
     let agent = if e.agent_name.is_empty() { e.agent_id.clone() } else { e.agent_name.clone() };
-    format!("{:>8} {} {:<28} {} {} {}", e.cursor, field("time"), field("type"), agent, if e.run_id.is_empty() { "-" } else { &e.run_id }, data)
+    format!(
+        "{:>8} {} {:<28} {} {} {}",
+        e.cursor,
+        field("time"),
+        field("type"),
+        agent,
+        if e.run_id.is_empty() { "-" } else { &e.run_id },
+        data
+    )
 }

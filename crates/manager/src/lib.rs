@@ -9,8 +9,8 @@ mod hooks;
 mod service;
 
 pub use config::ManagerConfig;
-pub use hooks::{GrpcScheduleObserver, ScheduleObserver};
 pub use error::{status_from_store, status_from_validation};
+pub use hooks::{GrpcScheduleObserver, ScheduleObserver};
 pub use service::ManagerService;
 
 /// The full gRPC name of the service (for health checks).

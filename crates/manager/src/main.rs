@@ -5,8 +5,8 @@ use anyhow::Context;
 use clap::Parser;
 use std::sync::Arc;
 
-use nightshift_manager::{GrpcScheduleObserver, ManagerConfig, ManagerService, SERVICE_NAME};
 use nightshift_events::{EventPublisher, PublisherOptions};
+use nightshift_manager::{GrpcScheduleObserver, ManagerConfig, ManagerService, SERVICE_NAME};
 use nightshift_queue::QueueOptions;
 use nightshift_rpc::{GrpcServer, shutdown_signal};
 use nightshift_store::Store;
@@ -31,12 +31,18 @@ async fn main() -> anyhow::Result<()> {
         service = service.with_observer(Arc::new(GrpcScheduleObserver::new(&cfg.scheduler_endpoint)?));
     }
     if !cfg.queue_url.is_empty() {
-        let queue = nightshift_queue::connect(&cfg.queue_url, &QueueOptions::default()).await.context("connecting to the queue")?;
+        let queue = nightshift_queue::connect(&cfg.queue_url, &QueueOptions::default())
+            .await
+            .context("connecting to the queue")?;
         service = service.with_queue(queue);
     }
     if !cfg.events_endpoint.is_empty() {
         let source = format!("manager/{}", std::process::id());
-        service = service.with_events(EventPublisher::connect_lazy(&cfg.events_endpoint, source, PublisherOptions::default())?);
+        service = service.with_events(EventPublisher::connect_lazy(
+            &cfg.events_endpoint,
+            source,
+            PublisherOptions::default(),
+        )?);
     }
     let mut server = GrpcServer::new();
     server.routes().add_service(service.into_server());

@@ -4,16 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nightshift_core::{
-    AgentId, AgentManifest, AgentSpec, AgentState, Clock, EventType, RunId, RunOutcome, RunStatus, SystemClock, TriggerKind,
-    ValidationError, WorkerId, duration, pb, time,
-};
-use nightshift_store::{
-    AgentFilter, AgentRecord, ApplyOutcome, FinishInput, NewRun, RunFilter, StartInput, StartOutcome, StepInput, Store,
+    AgentId, AgentManifest, AgentSpec, AgentState, Clock, EventType, RunId, RunOutcome, RunStatus, SystemClock,
+    TriggerKind, ValidationError, WorkerId, duration, pb, time,
 };
 use nightshift_events::EventPublisher;
 use nightshift_queue::{RunRequest, WorkQueue};
-use serde_json::json;
+use nightshift_store::{
+    AgentFilter, AgentRecord, ApplyOutcome, FinishInput, NewRun, RunFilter, StartInput, StartOutcome, StepInput, Store,
+};
 use prost::Message;
+use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -338,7 +338,9 @@ impl pb::manager_service_server::ManagerService for ManagerService {
                         tracing::warn!(run = %run.id, error = %e, "marking a run as published failed");
                     }
                 }
-                Err(e) => tracing::warn!(run = %run.id, error = %e, "publishing a triggered run failed; it will be republished"),
+                Err(e) => {
+                    tracing::warn!(run = %run.id, error = %e, "publishing a triggered run failed; it will be republished")
+                }
             }
         }
         Ok(Response::new(pb::TriggerAgentResponse { run: Some(convert::run(&run)) }))
@@ -390,7 +392,12 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let run = self.store.cancel_run(&id, &reason).await.map_err(status_from_store)?;
         tracing::info!(run = %id, "run cancelled");
         if let Some(p) = &self.events {
-            p.event(EventType::RunCancelled).agent(&run.agent_id).agent_name(run.agent_name.clone()).run(&id).data(json!({"reason": reason})).emit();
+            p.event(EventType::RunCancelled)
+                .agent(&run.agent_id)
+                .agent_name(run.agent_name.clone())
+                .run(&id)
+                .data(json!({"reason": reason}))
+                .emit();
         }
         Ok(Response::new(pb::CancelRunResponse { run: Some(convert::run(&run)) }))
     }

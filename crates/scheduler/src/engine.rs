@@ -7,9 +7,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use nightshift_core::{AgentId, Clock, EventType, RunId, TriggerKind, time};
 use nightshift_events::EventPublisher;
-use serde_json::json;
 use nightshift_queue::{RunRequest, WorkQueue};
 use nightshift_store::{ScheduledAgent, Store, StoreError, TickFire};
+use serde_json::json;
 use tokio::sync::{Notify, watch};
 
 use crate::config::SchedulerConfig;
@@ -59,9 +59,10 @@ impl Index {
         self.generation += 1;
         let generation = self.generation;
         if !agent.paused
-            && let Some(t) = rules::next_tick(&agent.schedule, &agent.agent_id, agent.anchor) {
-                self.heap.push(Reverse((t.fire_at, generation, agent.agent_id.clone())));
-            }
+            && let Some(t) = rules::next_tick(&agent.schedule, &agent.agent_id, agent.anchor)
+        {
+            self.heap.push(Reverse((t.fire_at, generation, agent.agent_id.clone())));
+        }
         self.entries.insert(agent.agent_id.clone(), Entry { agent, generation });
     }
 
@@ -101,8 +102,16 @@ impl Scheduler {
         events: Option<EventPublisher>,
     ) -> Self {
         let member = format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple());
-        let inner =
-            Inner { store, queue, clock, cfg, member, events, index: Mutex::new(Index::default()), wake: Notify::new() };
+        let inner = Inner {
+            store,
+            queue,
+            clock,
+            cfg,
+            member,
+            events,
+            index: Mutex::new(Index::default()),
+            wake: Notify::new(),
+        };
         Self { inner: Arc::new(inner) }
     }
 
@@ -154,7 +163,8 @@ impl Scheduler {
         let mut coord = tokio::time::interval(cfg.coordination_interval);
         let mut sync = tokio::time::interval(cfg.sync_interval);
         let mut reload = tokio::time::interval(FULL_RELOAD_EVERY);
-        let mut republish = tokio::time::interval((cfg.republish_after / 2).clamp(Duration::from_secs(1), Duration::from_secs(10)));
+        let mut republish =
+            tokio::time::interval((cfg.republish_after / 2).clamp(Duration::from_secs(1), Duration::from_secs(10)));
         for t in [&mut coord, &mut sync, &mut reload, &mut republish] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
@@ -197,8 +207,13 @@ impl Scheduler {
         let cfg = &self.inner.cfg;
         let live = self.inner.store.scheduler_heartbeat(&self.inner.member, cfg.shard_lease).await?;
         let want = cfg.shard_count.div_ceil(live);
-        let owned: BTreeSet<u32> =
-            self.inner.store.claim_shards(&self.inner.member, cfg.shard_count, want, cfg.shard_lease).await?.into_iter().collect();
+        let owned: BTreeSet<u32> = self
+            .inner
+            .store
+            .claim_shards(&self.inner.member, cfg.shard_count, want, cfg.shard_lease)
+            .await?
+            .into_iter()
+            .collect();
         let changed = {
             let mut idx = self.index();
             let changed = idx.owned != owned;
@@ -222,7 +237,8 @@ impl Scheduler {
         for a in agents.into_iter().filter(|a| owned.contains(&shard_of(&a.agent_id, self.inner.cfg.shard_count))) {
             idx.put(a);
         }
-        metrics::gauge!("nightshift_scheduler_active_schedules").set(idx.entries.values().filter(|e| !e.agent.paused).count() as f64);
+        metrics::gauge!("nightshift_scheduler_active_schedules")
+            .set(idx.entries.values().filter(|e| !e.agent.paused).count() as f64);
         drop(idx);
         self.inner.wake.notify_one();
         Ok(())
@@ -241,7 +257,10 @@ impl Scheduler {
                 continue;
             }
             // Unchanged agents keep their entry: replacing it would only repeat the same plan.
-            let same = idx.entries.get(&a.agent_id).is_some_and(|e| e.agent.updated_at == a.updated_at && e.agent.paused == a.paused);
+            let same = idx
+                .entries
+                .get(&a.agent_id)
+                .is_some_and(|e| e.agent.updated_at == a.updated_at && e.agent.paused == a.paused);
             if !same {
                 idx.put(a);
             }
@@ -325,7 +344,10 @@ impl Scheduler {
                     p.event(EventType::ScheduleFired).agent(&fire.agent_id).data(json!({"runs": runs})).emit();
                 }
                 if fire.missed > 0 {
-                    p.event(EventType::ScheduleMissed).agent(&fire.agent_id).data(json!({"missed": fire.missed})).emit();
+                    p.event(EventType::ScheduleMissed)
+                        .agent(&fire.agent_id)
+                        .data(json!({"missed": fire.missed}))
+                        .emit();
                 }
             }
         }
@@ -335,7 +357,9 @@ impl Scheduler {
         for f in firings {
             if let Some(e) = idx.entries.get_mut(&f.agent_id) {
                 for t in &f.plan.fire {
-                    let fire_at = *t + chrono::Duration::from_std(rules::jitter(&e.agent.schedule, &f.agent_id, *t)).unwrap_or_default();
+                    let fire_at = *t
+                        + chrono::Duration::from_std(rules::jitter(&e.agent.schedule, &f.agent_id, *t))
+                            .unwrap_or_default();
                     let lag = (fired_now - fire_at).to_std().unwrap_or(Duration::ZERO);
                     metrics::histogram!("nightshift_scheduler_fire_lag_seconds").record(lag.as_secs_f64());
                 }
@@ -359,7 +383,9 @@ impl Scheduler {
             for (r, res) in chunk.iter().zip(results) {
                 match res {
                     Ok(_) => published.push(RunId::from_string(r.run_id.clone())),
-                    Err(e) => tracing::warn!(run = %r.run_id, error = %e, "publishing a run request failed; the sweep retries"),
+                    Err(e) => {
+                        tracing::warn!(run = %r.run_id, error = %e, "publishing a run request failed; the sweep retries")
+                    }
                 }
             }
         }
@@ -372,7 +398,8 @@ impl Scheduler {
     /// Publishes queued runs (of owned shards) whose request never reached the queue: the
     /// publisher died between the store commit and the publish, or the publish failed.
     async fn republish_stale(&self) -> Result<(), StoreError> {
-        let cutoff = self.inner.clock.now() - chrono::Duration::from_std(self.inner.cfg.republish_after).unwrap_or_default();
+        let cutoff =
+            self.inner.clock.now() - chrono::Duration::from_std(self.inner.cfg.republish_after).unwrap_or_default();
         let stale = self.inner.store.stale_queued_runs(cutoff, 1000).await?;
         let owned = self.index().owned.clone();
         let now = self.inner.clock.now();
@@ -398,5 +425,9 @@ impl Scheduler {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "scheduler".into())
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "scheduler".into())
 }

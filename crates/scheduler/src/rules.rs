@@ -224,7 +224,10 @@ mod tests {
     #[test]
     fn once_manual_and_end_at() {
         let once = Schedule::from_pb(Some(&pb::ScheduleSpec {
-            trigger: Some(pb::schedule_spec::Trigger::OnceAt(prost_types::Timestamp { seconds: at(12, 0, 0).timestamp(), nanos: 0 })),
+            trigger: Some(pb::schedule_spec::Trigger::OnceAt(prost_types::Timestamp {
+                seconds: at(12, 0, 0).timestamp(),
+                nanos: 0,
+            })),
             ..Default::default()
         }))
         .unwrap();

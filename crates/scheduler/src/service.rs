@@ -126,7 +126,10 @@ impl pb::scheduler_service_server::SchedulerService for SchedulerApi {
         Ok(Response::new(pb::ResumeScheduleResponse { schedule: Some(schedule) }))
     }
 
-    async fn get_schedule(&self, req: Request<pb::GetScheduleRequest>) -> Result<Response<pb::GetScheduleResponse>, Status> {
+    async fn get_schedule(
+        &self,
+        req: Request<pb::GetScheduleRequest>,
+    ) -> Result<Response<pb::GetScheduleResponse>, Status> {
         let req = req.into_inner();
         if req.next > MAX_UPCOMING {
             return Err(Status::invalid_argument(format!("next: must be at most {MAX_UPCOMING} (got {})", req.next)));
@@ -150,8 +153,14 @@ impl pb::scheduler_service_server::SchedulerService for SchedulerApi {
         let start = if req.page_token.is_empty() { 0 } else { all.partition_point(|a| a.name <= req.page_token) };
         let now = Utc::now();
         let page: Vec<_> = all.iter().skip(start).take(size).collect();
-        let next_page_token =
-            if start + page.len() < all.len() { page.last().map(|a| a.name.clone()).unwrap_or_default() } else { String::new() };
-        Ok(Response::new(pb::ListSchedulesResponse { schedules: page.iter().map(|a| info(a, now, 1)).collect(), next_page_token }))
+        let next_page_token = if start + page.len() < all.len() {
+            page.last().map(|a| a.name.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListSchedulesResponse {
+            schedules: page.iter().map(|a| info(a, now, 1)).collect(),
+            next_page_token,
+        }))
     }
 }

@@ -68,8 +68,15 @@ async fn scheduled_runs(store: &Store, agents: &[AgentId]) -> BTreeMap<AgentId, 
         let mut ticks = BTreeSet::new();
         let mut token = None;
         loop {
-            let page =
-                store.list_runs(&RunFilter { agent_id: Some(a.clone()), limit: 1000, page_token: token, ..Default::default() }).await.unwrap();
+            let page = store
+                .list_runs(&RunFilter {
+                    agent_id: Some(a.clone()),
+                    limit: 1000,
+                    page_token: token,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
             for r in &page.items {
                 let tick = time::to_millis(r.scheduled_for.expect("scheduled run"));
                 assert!(ticks.insert(tick), "tick {tick} of {a} recorded twice");
@@ -98,7 +105,9 @@ async fn two_replicas_one_killed(queue_url: &str) {
 
     let mut agents = Vec::new();
     for i in 0..50 {
-        agents.push(store_a.create_agent(&spec(&format!("a{i}"), "{interval: 1s}"), AgentState::Active).await.unwrap().id);
+        agents.push(
+            store_a.create_agent(&spec(&format!("a{i}"), "{interval: 1s}"), AgentState::Active).await.unwrap().id,
+        );
     }
     let (delivered, consumer) = drain(queue_c);
     let a = start(store_a.clone(), queue_a, config(16));
@@ -151,7 +160,8 @@ async fn pause_resume_restart_on_embedded_backends() {
     let count = |store: Store| {
         let id = agent.id.clone();
         async move {
-            let page = store.list_runs(&RunFilter { agent_id: Some(id), limit: 1000, ..Default::default() }).await.unwrap();
+            let page =
+                store.list_runs(&RunFilter { agent_id: Some(id), limit: 1000, ..Default::default() }).await.unwrap();
             assert!(page.items.iter().all(|r| r.status == RunStatus::Queued));
             page.items.len()
         }

@@ -92,4 +92,3 @@ impl Drop for HttpFixture {
         let _ = self.child.wait();
     }
 }
-

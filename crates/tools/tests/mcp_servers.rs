@@ -273,8 +273,11 @@ async fn start_failures_name_the_server_and_never_the_secret() {
 async fn several_servers_at_once() {
     let (_dir, root) = tempdir_with_notes();
     let fixture = HttpFixture::start();
-    let servers =
-        vec![fs_server("fs", &root), time_server("time"), http_spec(&fixture, "py", BTreeMap::new(), Duration::from_secs(10))];
+    let servers = vec![
+        fs_server("fs", &root),
+        time_server("time"),
+        http_spec(&fixture, "py", BTreeMap::new(), Duration::from_secs(10)),
+    ];
     let reg = std::sync::Arc::new(ToolRegistry::new(&spec(servers), &config()).await.expect("registry"));
     // Parallel calls across servers, as a model asking for several tools at once would make.
     let calls = [

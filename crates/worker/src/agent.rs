@@ -68,7 +68,11 @@ pub struct AgentLoop<'a> {
 }
 
 fn tool_specs(tools: &ToolRegistry) -> Vec<ToolSpec> {
-    tools.definitions().iter().map(|d| ToolSpec::new(d.name.clone(), d.description.clone(), d.input_schema.clone())).collect()
+    tools
+        .definitions()
+        .iter()
+        .map(|d| ToolSpec::new(d.name.clone(), d.description.clone(), d.input_schema.clone()))
+        .collect()
 }
 
 impl AgentLoop<'_> {
@@ -104,10 +108,11 @@ impl AgentLoop<'_> {
             .unwrap_or_default();
         let resumed_mid_turn = !pending.is_empty();
         if let Some(r) = &last_llm
-            && r.tool_calls.is_empty() {
-                // Crashed after the final answer was checkpointed: it is the answer.
-                return Ok(LoopOutcome { answer: r.content.clone(), usage });
-            }
+            && r.tool_calls.is_empty()
+        {
+            // Crashed after the final answer was checkpointed: it is the answer.
+            return Ok(LoopOutcome { answer: r.content.clone(), usage });
+        }
         let specs = tool_specs(self.tools);
         loop {
             if !pending.is_empty() {
@@ -136,13 +141,22 @@ impl AgentLoop<'_> {
             if llm_turns >= self.max_steps {
                 return Err(LoopError::MaxSteps(self.max_steps));
             }
-            let req = ChatRequest { system: Some(self.system.clone()), messages: messages.clone(), tools: specs.clone(), ..Default::default() };
+            let req = ChatRequest {
+                system: Some(self.system.clone()),
+                messages: messages.clone(),
+                tools: specs.clone(),
+                ..Default::default()
+            };
             let resp = self.chat(&req).await?;
             usage.input_tokens += resp.usage.input_tokens;
             usage.output_tokens += resp.usage.output_tokens;
             let record = pb::LlmResponse::from(&resp);
-            sink.checkpoint(pb::RunStep { seq, payload: Some(pb::run_step::Payload::LlmResponse(record.clone())), ..Default::default() })
-                .await?;
+            sink.checkpoint(pb::RunStep {
+                seq,
+                payload: Some(pb::run_step::Payload::LlmResponse(record.clone())),
+                ..Default::default()
+            })
+            .await?;
             seq += 1;
             llm_turns += 1;
             self.step_counter.store(llm_turns, Ordering::Relaxed);
@@ -159,7 +173,10 @@ impl AgentLoop<'_> {
         let mut attempt = 0;
         loop {
             match self.model.chat(req).await {
-                Err(e) if e.kind() == nightshift_llm::LlmErrorKind::InvalidResponse && attempt < INVALID_RESPONSE_RETRIES => {
+                Err(e)
+                    if e.kind() == nightshift_llm::LlmErrorKind::InvalidResponse
+                        && attempt < INVALID_RESPONSE_RETRIES =>
+                {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "the model's answer was not understood; asking again");
                 }

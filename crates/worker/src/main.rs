@@ -3,9 +3,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use nightshift_events::{EventPublisher, PublisherOptions};
 use nightshift_queue::QueueOptions;
 use nightshift_rpc::{GrpcServer, shutdown_signal};
-use nightshift_events::{EventPublisher, PublisherOptions};
 use nightshift_worker::{SERVICE_NAME, Worker, WorkerApi, WorkerConfig, publisher_fn};
 
 /// Runs a Nightshift worker.
@@ -27,7 +27,8 @@ async fn main() -> anyhow::Result<()> {
     if !cfg.metrics_listen.is_empty() {
         nightshift_telemetry::serve_metrics(&cfg.metrics_listen).await?;
     }
-    let queue = nightshift_queue::connect(&cfg.queue_url, &QueueOptions::default()).await.context("connecting to the queue")?;
+    let queue =
+        nightshift_queue::connect(&cfg.queue_url, &QueueOptions::default()).await.context("connecting to the queue")?;
     let manager = tonic::transport::Endpoint::from_shared(cfg.manager_endpoint.clone())?
         .timeout(std::time::Duration::from_secs(30))
         .connect_lazy();

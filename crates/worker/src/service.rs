@@ -69,7 +69,10 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         Ok(Response::new(pb::DrainResponse { in_flight: self.worker.drain(grace) }))
     }
 
-    async fn cancel_run(&self, req: Request<pb::WorkerCancelRunRequest>) -> Result<Response<pb::WorkerCancelRunResponse>, Status> {
+    async fn cancel_run(
+        &self,
+        req: Request<pb::WorkerCancelRunRequest>,
+    ) -> Result<Response<pb::WorkerCancelRunResponse>, Status> {
         if req.get_ref().run_id.is_empty() {
             return Err(Status::invalid_argument("run_id: is required"));
         }

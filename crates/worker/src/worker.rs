@@ -75,7 +75,9 @@ impl Worker {
     /// A worker taking requests from `queue` and starting runs at `manager`.
     pub fn new(cfg: WorkerConfig, manager: Channel, queue: Arc<dyn WorkQueue>, events: Option<EventFn>) -> Self {
         let id = if cfg.worker_id.is_empty() {
-            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "worker".into());
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "worker".into());
             format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
         } else {
             cfg.worker_id.clone()
@@ -233,8 +235,11 @@ impl Worker {
                 return;
             }
         };
-        let retry_after =
-            start.retry_after.as_ref().and_then(|d| nightshift_core::duration::from_pb(d).ok()).unwrap_or(Duration::from_secs(1));
+        let retry_after = start
+            .retry_after
+            .as_ref()
+            .and_then(|d| nightshift_core::duration::from_pb(d).ok())
+            .unwrap_or(Duration::from_secs(1));
         match start.decision() {
             pb::StartDecision::Started => {}
             pb::StartDecision::Skipped => {
@@ -261,7 +266,8 @@ impl Worker {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(run = %run.id, error = %e, "the agent spec does not validate on this worker");
-                self.finish(&run, pb::RunOutcome::Failed, "", &format!("invalid agent spec: {e}"), Default::default()).await;
+                self.finish(&run, pb::RunOutcome::Failed, "", &format!("invalid agent spec: {e}"), Default::default())
+                    .await;
                 ack(d).await;
                 return;
             }
@@ -387,7 +393,10 @@ impl Worker {
         match end {
             AttemptEnd::Succeeded(answer, usage) => {
                 self.finish(run, pb::RunOutcome::Succeeded, &answer, "", usage).await;
-                events.emit(EventType::BackgroundTaskCompleted, json!({"attempt": run.attempt, "result": truncate(&answer, 2000)}));
+                events.emit(
+                    EventType::BackgroundTaskCompleted,
+                    json!({"attempt": run.attempt, "result": truncate(&answer, 2000)}),
+                );
                 metrics::counter!("nightshift_worker_runs_total", "status" => "succeeded").increment(1);
                 ack(d).await;
             }
@@ -401,7 +410,8 @@ impl Worker {
                 ack(d).await;
             }
             AttemptEnd::Stopped(StopReason::Released) => {
-                self.finish(run, pb::RunOutcome::Released, "", "handed back by a draining worker", Default::default()).await;
+                self.finish(run, pb::RunOutcome::Released, "", "handed back by a draining worker", Default::default())
+                    .await;
                 nack(d, Duration::ZERO).await;
             }
             AttemptEnd::Lost(why) => {
@@ -411,13 +421,27 @@ impl Worker {
         }
     }
 
-    async fn fail(&self, d: Delivery, run: &pb::Run, outcome: pb::RunOutcome, error: &str, usage: nightshift_llm::Usage, events: &RunEvents) {
+    async fn fail(
+        &self,
+        d: Delivery,
+        run: &pb::Run,
+        outcome: pb::RunOutcome,
+        error: &str,
+        usage: nightshift_llm::Usage,
+        events: &RunEvents,
+    ) {
         let retry = self.finish(run, outcome, "", error, usage).await;
-        events.emit(EventType::BackgroundTaskError, json!({"attempt": run.attempt, "error": error, "will_retry": retry.is_some()}));
+        events.emit(
+            EventType::BackgroundTaskError,
+            json!({"attempt": run.attempt, "error": error, "will_retry": retry.is_some()}),
+        );
         metrics::counter!("nightshift_worker_runs_total", "status" => "failed").increment(1);
         match retry {
             Some(after) => {
-                events.emit(EventType::RunRetrying, json!({"attempt": run.attempt, "retry_in_ms": after.as_millis() as u64}));
+                events.emit(
+                    EventType::RunRetrying,
+                    json!({"attempt": run.attempt, "retry_in_ms": after.as_millis() as u64}),
+                );
                 nack(d, after).await;
             }
             None => ack(d).await,
@@ -425,7 +449,14 @@ impl Worker {
     }
 
     /// FinishRun; returns the retry delay when the manager schedules a retry.
-    async fn finish(&self, run: &pb::Run, outcome: pb::RunOutcome, result: &str, error: &str, usage: nightshift_llm::Usage) -> Option<Duration> {
+    async fn finish(
+        &self,
+        run: &pb::Run,
+        outcome: pb::RunOutcome,
+        result: &str,
+        error: &str,
+        usage: nightshift_llm::Usage,
+    ) -> Option<Duration> {
         let req = pb::FinishRunRequest {
             run_id: run.id.clone(),
             attempt: run.attempt,
@@ -521,13 +552,19 @@ impl StepSink for Checkpointer {
             json!({"model": r.model, "tool_calls": calls, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
                    "latency_ms": r.latency.as_ref().and_then(|d| nightshift_core::duration::from_pb(d).ok()).map(|d| d.as_millis() as u64)}),
         );
-        metrics::counter!("nightshift_llm_tokens_total", "model" => r.model.clone(), "kind" => "input").increment(usage.input_tokens);
-        metrics::counter!("nightshift_llm_tokens_total", "model" => r.model.clone(), "kind" => "output").increment(usage.output_tokens);
+        metrics::counter!("nightshift_llm_tokens_total", "model" => r.model.clone(), "kind" => "input")
+            .increment(usage.input_tokens);
+        metrics::counter!("nightshift_llm_tokens_total", "model" => r.model.clone(), "kind" => "output")
+            .increment(usage.output_tokens);
     }
 
     fn tool_called(&self, t: &pb::ToolResult) {
-        self.events.emit(EventType::ToolCall, json!({"tool": t.tool_name, "is_error": t.is_error, "output": truncate(&t.output, 500)}));
+        self.events.emit(
+            EventType::ToolCall,
+            json!({"tool": t.tool_name, "is_error": t.is_error, "output": truncate(&t.output, 500)}),
+        );
         let outcome = if t.is_error { "error" } else { "ok" };
-        metrics::counter!("nightshift_tool_calls_total", "tool" => t.tool_name.clone(), "outcome" => outcome).increment(1);
+        metrics::counter!("nightshift_tool_calls_total", "tool" => t.tool_name.clone(), "outcome" => outcome)
+            .increment(1);
     }
 }

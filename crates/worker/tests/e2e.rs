@@ -23,32 +23,68 @@ struct Script {
     second_turns: AtomicUsize,
     /// While set, second turns hang (simulates a worker dying mid-run).
     hang_second_turn: AtomicBool,
+    /// The first this-many requests fail with HTTP 400 (not retried by the client).
+    fail_first: AtomicUsize,
+    /// Every answer is delayed this long (ms).
+    delay_ms: std::sync::atomic::AtomicU64,
+    /// Tools the first turn calls: (substring of the offered tool name, arguments JSON).
+    calls: Mutex<Vec<(String, String)>>,
 }
 
-async fn chat(State(s): State<Arc<Script>>, Json(body): Json<Value>) -> Json<Value> {
+async fn chat(State(s): State<Arc<Script>>, Json(body): Json<Value>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let delay = s.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if s.fail_first.load(Ordering::SeqCst) > 0 {
+        s.fail_first.fetch_sub(1, Ordering::SeqCst);
+        let err = json!({"error": {"message": "scripted failure", "type": "invalid_request_error"}});
+        return (axum::http::StatusCode::BAD_REQUEST, Json(err)).into_response();
+    }
     let has_tool_result = body["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
     if !has_tool_result {
         s.first_turns.fetch_add(1, Ordering::SeqCst);
-        let tool = body["tools"][0]["function"]["name"].as_str().unwrap_or("calculate_area").to_owned();
+        let offered: Vec<String> = body["tools"]
+            .as_array()
+            .map(|t| t.iter().filter_map(|t| t["function"]["name"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        let mut wanted = s.calls.lock().unwrap().clone();
+        if wanted.is_empty() {
+            wanted.push(("calculate_area".into(), r#"{"shape": "rectangle", "width": 3, "height": 4}"#.into()));
+        }
+        let calls: Vec<Value> = wanted
+            .iter()
+            .enumerate()
+            .map(|(i, (needle, args))| {
+                let name =
+                    offered.iter().find(|n| n.contains(needle.as_str())).cloned().unwrap_or_else(|| needle.clone());
+                json!({"id": format!("call_{i}"), "type": "function", "function": {"name": name, "arguments": args}})
+            })
+            .collect();
         return Json(json!({
             "id": "c1", "object": "chat.completion", "model": "scripted",
             "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
-                "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": tool,
-                    "arguments": "{\"shape\": \"rectangle\", \"width\": 3, \"height\": 4}"}}]}}],
+                "tool_calls": calls}}],
             "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}
-        }));
+        }))
+        .into_response();
     }
     s.second_turns.fetch_add(1, Ordering::SeqCst);
     while s.hang_second_turn.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let tool_output = body["messages"].as_array().and_then(|m| m.iter().find(|m| m["role"] == "tool")).map(|m| m["content"].to_string());
+    let tool_output = body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "tool"))
+        .map(|m| m["content"].to_string());
     Json(json!({
         "id": "c2", "object": "chat.completion", "model": "scripted",
         "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
             "content": format!("The area is 12. Tool said: {}", tool_output.unwrap_or_default())}}],
         "usage": {"prompt_tokens": 80, "completion_tokens": 12, "total_tokens": 92}
     }))
+    .into_response()
 }
 
 async fn scripted_llm() -> (String, Arc<Script>) {
@@ -86,7 +122,9 @@ async fn env_on(llm_url: &str, queue: &str, extra: &str) -> (Env, pb::Agent) {
     let queue_url = if queue == "memory://" { format!("memory://{queue_name}") } else { queue.to_owned() };
     let queue = nightshift_queue::connect(&queue_url, &queue_options(&queue_name)).await.unwrap();
     let mut server = GrpcServer::new();
-    server.routes().add_service(ManagerService::new(store.clone(), Duration::from_secs(30)).with_queue(queue).into_server());
+    server
+        .routes()
+        .add_service(ManagerService::new(store.clone(), Duration::from_secs(30)).with_queue(queue).into_server());
     let listener = GrpcServer::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(server.serve(listener, std::future::pending()));
@@ -99,7 +137,14 @@ async fn env_on(llm_url: &str, queue: &str, extra: &str) -> (Env, pb::Agent) {
     let agent = store.create_agent(&spec, AgentState::Active).await.unwrap();
     let manager = pb::manager_service_client::ManagerServiceClient::connect(endpoint.clone()).await.unwrap();
     let env = Env { manager, endpoint, queue_url, queue_name, store, _db: db };
-    let got = env.manager.clone().get_agent(pb::GetAgentRequest { agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Id(agent.id.to_string())) }) }).await.unwrap();
+    let got = env
+        .manager
+        .clone()
+        .get_agent(pb::GetAgentRequest {
+            agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Id(agent.id.to_string())) }),
+        })
+        .await
+        .unwrap();
     (env, got.into_inner().agent.unwrap())
 }
 
@@ -109,7 +154,12 @@ async fn start_worker(env: &Env, lease: Duration) -> (Events, tokio::task::JoinH
     start_worker_at(&env.endpoint, &env.queue_url, &env.queue_name, lease).await
 }
 
-async fn start_worker_at(endpoint: &str, queue_url: &str, queue_name: &str, lease: Duration) -> (Events, tokio::task::JoinHandle<()>) {
+async fn start_worker_at(
+    endpoint: &str,
+    queue_url: &str,
+    queue_name: &str,
+    lease: Duration,
+) -> (Events, tokio::task::JoinHandle<()>) {
     let queue = nightshift_queue::connect(queue_url, &queue_options(queue_name)).await.unwrap();
     let cfg = WorkerConfig { concurrency: 4, lease_ttl: lease, ..WorkerConfig::default() };
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned()).unwrap().connect_lazy();
@@ -121,7 +171,15 @@ async fn start_worker_at(endpoint: &str, queue_url: &str, queue_name: &str, leas
 
 async fn wait_for_status(env: &Env, run_id: &str, want: pb::RunStatus) -> pb::Run {
     for _ in 0..200 {
-        let run = env.manager.clone().get_run(pb::GetRunRequest { run_id: run_id.into() }).await.unwrap().into_inner().run.unwrap();
+        let run = env
+            .manager
+            .clone()
+            .get_run(pb::GetRunRequest { run_id: run_id.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .run
+            .unwrap();
         if run.status() == want {
             return run;
         }
@@ -150,8 +208,13 @@ async fn a_triggered_run_calls_the_tool_and_finishes_with_the_seed_events() {
     let (llm, script) = scripted_llm().await;
     let (env, agent) = env(&llm).await;
     let (events, _worker) = start_worker(&env, Duration::from_secs(10)).await;
-    let run = env.manager.clone()
-        .trigger_agent(pb::TriggerAgentRequest { agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name("area".into())) }), query_override: None })
+    let run = env
+        .manager
+        .clone()
+        .trigger_agent(pb::TriggerAgentRequest {
+            agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name("area".into())) }),
+            query_override: None,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -164,7 +227,9 @@ async fn a_triggered_run_calls_the_tool_and_finishes_with_the_seed_events() {
     assert_eq!(done.usage.unwrap().input_tokens, 130);
     let steps = &done.steps;
     assert_eq!(steps.len(), 3, "llm, tool, llm");
-    assert!(matches!(&steps[1].payload, Some(pb::run_step::Payload::ToolResult(t)) if !t.is_error && t.tool_name == "calculate_area"));
+    assert!(
+        matches!(&steps[1].payload, Some(pb::run_step::Payload::ToolResult(t)) if !t.is_error && t.tool_name == "calculate_area")
+    );
     assert_eq!((script.first_turns.load(Ordering::SeqCst), script.second_turns.load(Ordering::SeqCst)), (1, 1));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
@@ -213,8 +278,13 @@ async fn worker_dies_mid_run(queue: &str) {
         let (_events, task) = start_worker_at(&endpoint, &queue_url, &queue_name, Duration::from_secs(2)).await;
         let _ = task.await;
     });
-    let run = env.manager.clone()
-        .trigger_agent(pb::TriggerAgentRequest { agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name("area".into())) }), query_override: None })
+    let run = env
+        .manager
+        .clone()
+        .trigger_agent(pb::TriggerAgentRequest {
+            agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name("area".into())) }),
+            query_override: None,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -237,7 +307,15 @@ async fn worker_dies_mid_run(queue: &str) {
     let kinds: Vec<(u32, &str)> = done
         .steps
         .iter()
-        .map(|s| (s.attempt, match s.payload { Some(pb::run_step::Payload::ToolResult(_)) => "tool", _ => "llm" }))
+        .map(|s| {
+            (
+                s.attempt,
+                match s.payload {
+                    Some(pb::run_step::Payload::ToolResult(_)) => "tool",
+                    _ => "llm",
+                },
+            )
+        })
         .collect();
     assert_eq!(kinds, [(1, "llm"), (1, "tool"), (2, "llm")], "the tool ran once, by attempt 1");
 }
@@ -252,8 +330,13 @@ async fn a_draining_worker_hands_its_run_back_and_another_finishes_it() {
     let cfg = WorkerConfig { concurrency: 2, lease_ttl: Duration::from_secs(10), ..WorkerConfig::default() };
     let w1 = Worker::new(cfg, channel, queue, None);
     let w1_task = tokio::spawn(w1.clone().run(std::future::pending()));
-    let run = env.manager.clone()
-        .trigger_agent(pb::TriggerAgentRequest { agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name("area".into())) }), query_override: None })
+    let run = env
+        .manager
+        .clone()
+        .trigger_agent(pb::TriggerAgentRequest {
+            agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name("area".into())) }),
+            query_override: None,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -268,7 +351,15 @@ async fn a_draining_worker_hands_its_run_back_and_another_finishes_it() {
     // SIGTERM equivalent: the run cannot finish within the grace, so it is handed back.
     assert_eq!(w1.drain(Duration::from_millis(300)), 1);
     tokio::time::timeout(Duration::from_secs(10), w1_task).await.expect("the drained worker stops").unwrap();
-    let released = env.manager.clone().get_run(pb::GetRunRequest { run_id: run.id.clone() }).await.unwrap().into_inner().run.unwrap();
+    let released = env
+        .manager
+        .clone()
+        .get_run(pb::GetRunRequest { run_id: run.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
     assert_eq!(released.status(), pb::RunStatus::Queued, "handed back, not failed");
     assert_eq!(released.retries, 0, "a hand-back is not a failure");
     script.hang_second_turn.store(false, Ordering::SeqCst);
@@ -276,4 +367,179 @@ async fn a_draining_worker_hands_its_run_back_and_another_finishes_it() {
     let done = wait_for_status(&env, &run.id, pb::RunStatus::Succeeded).await;
     assert_eq!(done.attempt, 2);
     assert_eq!(script.first_turns.load(Ordering::SeqCst), 1, "resumed from the checkpoints");
+}
+
+fn by_name(name: &str) -> Option<pb::AgentRef> {
+    Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(name.into())) })
+}
+
+/// A scheduled agent (fired by the real scheduler) calls a local tool, a tool of the real
+/// `mcp-server-time` over stdio and a tool of an MCP server over streamable HTTP (official Python
+/// SDK), all in one turn; the run record shows every step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scheduled_agent_calls_local_stdio_mcp_and_http_mcp_tools() {
+    let servers = nightshift_testkit::mcp::servers();
+    let http = nightshift_testkit::mcp::HttpFixture::start();
+    let (llm, script) = scripted_llm().await;
+    *script.calls.lock().unwrap() = vec![
+        ("calculate_area".into(), r#"{"shape": "rectangle", "width": 3, "height": 4}"#.into()),
+        ("get_current_time".into(), r#"{"timezone": "UTC"}"#.into()),
+        ("add".into(), r#"{"a": 2, "b": 40}"#.into()),
+    ];
+    let once_at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let (env, agent) = env_on(&llm, "memory://", "").await;
+    let spec = AgentSpec::from_yaml(&format!(
+        "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\n\
+         task: {{query: 'Use every tool.'}}\nschedule: {{once_at: '{once_at}'}}\npolicy: {{max_retries: 0, timeout: 60s}}\n\
+         tools: {{local: [calculate_area], mcp: [{{name: time, command: '{}', args: [--local-timezone, UTC]}}, {{name: py, url: '{}'}}]}}\n",
+        servers.time_server, http.url
+    ))
+    .unwrap();
+    let id = nightshift_core::AgentId::from_string(agent.id.clone());
+    env.store.update_agent(&id, &spec, None).await.unwrap();
+    let queue = nightshift_queue::connect(&env.queue_url, &queue_options(&env.queue_name)).await.unwrap();
+    let cfg = nightshift_scheduler::SchedulerConfig {
+        shard_count: 1,
+        coordination_interval: Duration::from_millis(200),
+        sync_interval: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let scheduler =
+        nightshift_scheduler::Scheduler::new(env.store.clone(), queue, Arc::new(nightshift_core::SystemClock), cfg);
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(scheduler.run(stop_rx));
+    let (_events, _worker) = start_worker(&env, Duration::from_secs(10)).await;
+
+    let mut runs = Vec::new();
+    for _ in 0..200 {
+        runs = env
+            .manager
+            .clone()
+            .list_runs(pb::ListRunsRequest { agent: by_name("area"), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
+        if runs.first().is_some_and(|r| r.status() == pb::RunStatus::Succeeded) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(runs.len(), 1, "a once schedule fires once");
+    let run = wait_for_status(&env, &runs[0].id, pb::RunStatus::Succeeded).await;
+    assert_eq!(run.trigger(), pb::TriggerKind::Schedule);
+    let results: Vec<(String, String, bool)> = run
+        .steps
+        .iter()
+        .filter_map(|s| match &s.payload {
+            Some(pb::run_step::Payload::ToolResult(t)) => Some((t.tool_name.clone(), t.output.clone(), t.is_error)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(run.steps.len(), 5, "llm, three tool results, llm: {results:?}");
+    assert!(results.iter().all(|(_, _, err)| !err), "{results:?}");
+    assert!(results.iter().any(|(n, o, _)| n == "calculate_area" && o.contains("12")), "{results:?}");
+    assert!(results.iter().any(|(n, o, _)| n.contains("get_current_time") && o.contains("UTC")), "{results:?}");
+    assert!(results.iter().any(|(n, o, _)| n.contains("add") && o.contains("42")), "{results:?}");
+}
+
+/// An LLM failure fails the attempt; the manager retries after the configured backoff and the
+/// second attempt succeeds. Events and status counts say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_attempt_is_retried_with_backoff() {
+    let (llm, script) = scripted_llm().await;
+    script.fail_first.store(1, Ordering::SeqCst);
+    let (env, _agent) = env_on(&llm, "memory://", "").await;
+    let spec_yaml = format!(
+        "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: q}}\n\
+         schedule: {{manual: true}}\npolicy: {{max_retries: 2, retry_delay: 1s, timeout: 60s}}\ntools: {{local: [calculate_area]}}"
+    );
+    let upd =
+        pb::UpdateAgentRequest { agent: by_name("area"), spec: None, expected_version: None, manifest_yaml: spec_yaml };
+    env.manager.clone().update_agent(upd).await.unwrap();
+    let (events, _worker) = start_worker(&env, Duration::from_secs(10)).await;
+    let t0 = std::time::Instant::now();
+    let run = env
+        .manager
+        .clone()
+        .trigger_agent(pb::TriggerAgentRequest { agent: by_name("area"), query_override: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    let done = wait_for_status(&env, &run.id, pb::RunStatus::Succeeded).await;
+    assert!(t0.elapsed() >= Duration::from_secs(1), "the retry waited for its backoff");
+    assert_eq!((done.attempt, done.retries), (2, 1));
+    assert!(done.error.contains("scripted failure"), "the failed attempt's error is kept: {}", done.error);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let names = event_names(&events);
+    let pos = |n: &str| names.iter().position(|x| x == n).unwrap_or_else(|| panic!("{n} missing in {names:?}"));
+    assert!(pos("BACKGROUND_TASK_ERROR") < pos("RUN_RETRYING"));
+    assert!(pos("RUN_RETRYING") < pos("BACKGROUND_TASK_COMPLETED"));
+    let st = env
+        .manager
+        .clone()
+        .get_agent_status(pb::GetAgentStatusRequest { agent: by_name("area") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((st.total_runs, st.succeeded, st.failed), (1, 1, 0));
+    assert!(st.last_error.contains("scripted failure"));
+}
+
+/// A run that outlasts its 1 s interval makes the following ticks `skipped`, never concurrent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_outlasting_its_interval_skips_the_next_ticks() {
+    let (llm, script) = scripted_llm().await;
+    script.delay_ms.store(1_200, Ordering::SeqCst); // two LLM turns: ~2.4 s per run
+    let (env, _agent) = env_on(&llm, "memory://", "").await;
+    let spec_yaml = format!(
+        "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: q}}\n\
+         schedule: {{interval: 1s}}\npolicy: {{overlap: skip, max_retries: 0}}\ntools: {{local: [calculate_area]}}"
+    );
+    let upd =
+        pb::UpdateAgentRequest { agent: by_name("area"), spec: None, expected_version: None, manifest_yaml: spec_yaml };
+    env.manager.clone().update_agent(upd).await.unwrap();
+    let queue = nightshift_queue::connect(&env.queue_url, &queue_options(&env.queue_name)).await.unwrap();
+    let cfg = nightshift_scheduler::SchedulerConfig {
+        shard_count: 1,
+        coordination_interval: Duration::from_millis(200),
+        sync_interval: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let scheduler =
+        nightshift_scheduler::Scheduler::new(env.store.clone(), queue, Arc::new(nightshift_core::SystemClock), cfg);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let sched = tokio::spawn(scheduler.run(stop_rx));
+    let (_events, _worker) = start_worker(&env, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let _ = stop.send(true);
+    sched.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await; // let the last run finish
+    let runs = env
+        .manager
+        .clone()
+        .list_runs(pb::ListRunsRequest { agent: by_name("area"), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    let skipped = runs.iter().filter(|r| r.status() == pb::RunStatus::Skipped).count();
+    let ran: Vec<&pb::Run> = runs.iter().filter(|r| r.started_at.is_some()).collect();
+    assert!(skipped >= 2, "ticks during a long run are skipped: {skipped} of {}", runs.len());
+    assert!(ran.len() >= 2, "runs happen between skips: {}", ran.len());
+    // Never two at once: the started..finished intervals do not overlap.
+    let mut spans: Vec<(i64, i64)> = ran
+        .iter()
+        .map(|r| {
+            let s = r.started_at.unwrap();
+            let f = r.finished_at.expect("finished");
+            (s.seconds * 1000 + i64::from(s.nanos / 1_000_000), f.seconds * 1000 + i64::from(f.nanos / 1_000_000))
+        })
+        .collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "runs overlapped: {spans:?}");
+    }
 }

@@ -38,7 +38,12 @@ pub fn time_server(name: &str) -> McpServer {
 }
 
 /// An MCP server spec pointing at the HTTP fixture.
-pub fn http_spec(fixture: &HttpFixture, name: &str, headers: BTreeMap<String, ConfigValue>, call_timeout: Duration) -> McpServer {
+pub fn http_spec(
+    fixture: &HttpFixture,
+    name: &str,
+    headers: BTreeMap<String, ConfigValue>,
+    call_timeout: Duration,
+) -> McpServer {
     McpServer { name: name.into(), transport: McpTransport::Http { url: fixture.url.clone(), headers }, call_timeout }
 }
 
