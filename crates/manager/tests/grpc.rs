@@ -61,20 +61,7 @@ fn assert_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, need
     assert!(s.message().contains(needle), "message {:?} should name {needle:?}", s.message());
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(nightshift_testkit::Db::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(nightshift_testkit::Db::Postgres).await })*
-        }
-    };
-}
-
-both_backends!(
+nightshift_testkit::both_backends!(
     malformed_requests_get_proper_codes,
     worker_protocol_end_to_end,
     concurrent_start_run_applies_skip,

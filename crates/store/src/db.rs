@@ -8,7 +8,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use crate::error::StoreError;
-use crate::model::RunRecord;
+use crate::model::{RunRecord, StepRecord};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -117,6 +117,19 @@ pub(crate) const RUN_COLUMNS: &str = "r.id, r.agent_id, a.name AS agent_name, r.
     r.trigger_kind, r.scheduled_for, r.query_override, r.attempt, r.retries, r.worker_id, \
     r.lease_expires_at, r.not_before, r.created_at, r.started_at, r.finished_at, r.result, \
     r.error, r.reason, r.input_tokens, r.output_tokens";
+
+pub(crate) const STEPS_SQL: &str =
+    "SELECT seq, attempt, kind, payload, created_at FROM run_steps WHERE run_id = $1 ORDER BY seq";
+
+pub(crate) fn step_from_row(r: &AnyRow) -> Result<StepRecord, StoreError> {
+    Ok(StepRecord {
+        seq: u32_col(r, "seq")?,
+        attempt: u32_col(r, "attempt")?,
+        kind: r.try_get("kind")?,
+        payload: r.try_get("payload")?,
+        created_at: time::from_millis(r.try_get("created_at")?),
+    })
+}
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))

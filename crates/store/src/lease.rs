@@ -9,7 +9,7 @@ use nightshift_core::{
 use sqlx::{Any, Row, Transaction};
 
 use crate::agents::{decode_spec, lock_agent};
-use crate::db::{RUN_COLUMNS, Store, run_from_row, u32_col};
+use crate::db::{RUN_COLUMNS, STEPS_SQL, Store, run_from_row, step_from_row, u32_col};
 use crate::error::StoreError;
 use crate::model::{RunRecord, StepRecord};
 
@@ -139,6 +139,23 @@ async fn set_terminal(
     Ok(())
 }
 
+/// Records `run` as skipped for `reason` and returns the outcome.
+async fn skip(
+    tx: &mut Transaction<'_, Any>,
+    run: RunRecord,
+    reason: String,
+    now: i64,
+) -> Result<StartOutcome, StoreError> {
+    set_terminal(tx, &run.id, RunStatus::Skipped, &reason, now).await?;
+    let run = RunRecord {
+        status: RunStatus::Skipped,
+        reason: Some(reason.clone()),
+        finished_at: Some(time::from_millis(now)),
+        ..run
+    };
+    Ok(StartOutcome::Skipped { run, reason })
+}
+
 /// Explains why a fenced call was refused.
 fn fenced(run: Option<RunRecord>, id: &RunId, attempt: u32) -> StoreError {
     match run {
@@ -205,10 +222,7 @@ impl Store {
                 if let Some(nb) = run.not_before.map(time::to_millis).filter(|nb| *nb > now) {
                     StartOutcome::NotYet { retry_after: remaining(nb, now), run }
                 } else if state == AgentState::Paused.as_str() {
-                    let reason = "agent is paused".to_owned();
-                    set_terminal(&mut tx, &run.id, RunStatus::Skipped, &reason, now).await?;
-                    let run = RunRecord { status: RunStatus::Skipped, reason: Some(reason.clone()), ..run };
-                    StartOutcome::Skipped { run, reason }
+                    skip(&mut tx, run, "agent is paused".to_owned(), now).await?
                 } else {
                     self.apply_overlap(&mut tx, run, input, current_spec.policy.overlap, now).await?
                 }
@@ -244,15 +258,7 @@ impl Store {
         let running = others.join(", ");
         match policy {
             OverlapPolicy::Skip => {
-                let reason = format!("overlap policy skip: run {running} is still running");
-                set_terminal(tx, &run.id, RunStatus::Skipped, &reason, now).await?;
-                let run = RunRecord {
-                    status: RunStatus::Skipped,
-                    reason: Some(reason.clone()),
-                    finished_at: Some(time::from_millis(now)),
-                    ..run
-                };
-                Ok(StartOutcome::Skipped { run, reason })
+                skip(tx, run, format!("overlap policy skip: run {running} is still running"), now).await
             }
             OverlapPolicy::CancelOther => {
                 let reason = format!("cancelled by overlap policy cancel_other in favour of run {}", run.id);
@@ -274,14 +280,7 @@ impl Store {
                         let b: String = b.try_get("id")?;
                         let reason =
                             format!("overlap policy buffer_one: run {b} is already waiting behind run {running}");
-                        set_terminal(tx, &run.id, RunStatus::Skipped, &reason, now).await?;
-                        let run = RunRecord {
-                            status: RunStatus::Skipped,
-                            reason: Some(reason.clone()),
-                            finished_at: Some(time::from_millis(now)),
-                            ..run
-                        };
-                        return Ok(StartOutcome::Skipped { run, reason });
+                        return skip(tx, run, reason, now).await;
                     }
                 }
                 sqlx::query("UPDATE runs SET deferred = 1 WHERE id = $1")
@@ -320,22 +319,8 @@ impl Store {
             .fetch_one(&mut **tx)
             .await?;
         let spec = decode_spec(&spec_row.try_get::<Vec<u8>, _>("spec")?)?;
-        let steps =
-            sqlx::query("SELECT seq, attempt, kind, payload, created_at FROM run_steps WHERE run_id = $1 ORDER BY seq")
-                .bind(run.id.as_str())
-                .fetch_all(&mut **tx)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok(StepRecord {
-                        seq: u32_col(r, "seq")?,
-                        attempt: u32_col(r, "attempt")?,
-                        kind: r.try_get("kind")?,
-                        payload: r.try_get("payload")?,
-                        created_at: time::from_millis(r.try_get("created_at")?),
-                    })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
+        let steps = sqlx::query(STEPS_SQL).bind(run.id.as_str()).fetch_all(&mut **tx).await?;
+        let steps = steps.iter().map(step_from_row).collect::<Result<Vec<_>, StoreError>>()?;
         Ok(StartOutcome::Started { run, spec: Box::new(spec), steps })
     }
 

@@ -20,5 +20,5 @@ mod schedules;
 pub use db::{Backend, Store, redact};
 pub use error::StoreError;
 pub use lease::{FinishInput, StartInput, StartOutcome, StepInput};
-pub use schedules::{ScheduledAgent, TickFire};
 pub use model::{AgentFilter, AgentRecord, AgentStats, ApplyOutcome, NewRun, Page, RunFilter, RunRecord, StepRecord};
+pub use schedules::{ScheduledAgent, TickFire};

@@ -5,7 +5,7 @@ use std::time::Duration;
 use nightshift_core::{AgentId, RunId, RunStatus, time};
 use sqlx::Row;
 
-use crate::db::{RUN_COLUMNS, Store, run_from_row, u32_col, u64_col};
+use crate::db::{RUN_COLUMNS, STEPS_SQL, Store, run_from_row, step_from_row, u64_col};
 use crate::error::StoreError;
 use crate::model::{AgentStats, NewRun, Page, RunFilter, RunRecord, StepRecord};
 
@@ -48,22 +48,8 @@ impl Store {
 
     /// The checkpointed steps of a run, in order.
     pub async fn run_steps(&self, id: &RunId) -> Result<Vec<StepRecord>, StoreError> {
-        let rows =
-            sqlx::query("SELECT seq, attempt, kind, payload, created_at FROM run_steps WHERE run_id = $1 ORDER BY seq")
-                .bind(id.as_str())
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StepRecord {
-                    seq: u32_col(r, "seq")?,
-                    attempt: u32_col(r, "attempt")?,
-                    kind: r.try_get("kind")?,
-                    payload: r.try_get("payload")?,
-                    created_at: time::from_millis(r.try_get("created_at")?),
-                })
-            })
-            .collect()
+        let rows = sqlx::query(STEPS_SQL).bind(id.as_str()).fetch_all(&self.pool).await?;
+        rows.iter().map(step_from_row).collect()
     }
 
     /// Runs, newest first.

@@ -75,7 +75,10 @@ impl Store {
     }
 
     /// Agents changed at or after `since` (spec, pause/resume).
-    pub async fn scheduled_agents_changed_since(&self, since: DateTime<Utc>) -> Result<Vec<ScheduledAgent>, StoreError> {
+    pub async fn scheduled_agents_changed_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<ScheduledAgent>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{SCHEDULED_SQL} WHERE a.updated_at >= $1")))
             .bind(time::to_millis(since))
             .fetch_all(&self.pool)
@@ -209,7 +212,8 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM scheduler_members WHERE heartbeat_at < $1").bind(cutoff).execute(&mut *tx).await?;
-        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM scheduler_members").fetch_one(&mut *tx).await?.try_get("n")?;
+        let n: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM scheduler_members").fetch_one(&mut *tx).await?.try_get("n")?;
         tx.commit().await?;
         Ok(u32::try_from(n.max(1)).unwrap_or(u32::MAX))
     }
@@ -253,21 +257,24 @@ impl Store {
                     .await?;
             }
         }
-        let mut owned: Vec<u32> = sqlx::query("SELECT shard FROM scheduler_shards WHERE owner = $1 AND shard < $2 ORDER BY shard")
-            .bind(member)
-            .bind(i64::from(shard_count))
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| r.try_get::<i64, _>("shard").map(|s| s as u32))
-            .collect::<Result<_, _>>()?;
+        let mut owned: Vec<u32> =
+            sqlx::query("SELECT shard FROM scheduler_shards WHERE owner = $1 AND shard < $2 ORDER BY shard")
+                .bind(member)
+                .bind(i64::from(shard_count))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<i64, _>("shard").map(|s| s as u32))
+                .collect::<Result<_, _>>()?;
         while owned.len() > want as usize {
             let Some(s) = owned.pop() else { break };
-            sqlx::query("UPDATE scheduler_shards SET owner = NULL, lease_expires_at = 0 WHERE shard = $1 AND owner = $2")
-                .bind(i64::from(s))
-                .bind(member)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE scheduler_shards SET owner = NULL, lease_expires_at = 0 WHERE shard = $1 AND owner = $2",
+            )
+            .bind(i64::from(s))
+            .bind(member)
+            .execute(&mut *tx)
+            .await?;
         }
         if owned.len() < want as usize {
             let free: Vec<i64> = sqlx::query(

@@ -46,20 +46,7 @@ fn finish(outcome: RunOutcome) -> FinishInput {
     FinishInput { outcome, result: Some("done".into()), error: Some("boom".into()), input_tokens: 10, output_tokens: 5 }
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(nightshift_testkit::Db::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(nightshift_testkit::Db::Postgres).await })*
-        }
-    };
-}
-
-both_backends!(
+nightshift_testkit::both_backends!(
     agent_lifecycle,
     apply_is_idempotent,
     list_pages_and_filters_by_label,

@@ -60,3 +60,19 @@ pub async fn database(kind: Db) -> (String, Option<SqliteDb>) {
     }
 }
 pub mod mcp;
+
+/// Generates, for each listed `async fn name(kind: Db)`, one `#[tokio::test]` per backend in the
+/// modules `sqlite` and `postgres`, so that a suite runs against both databases.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name($crate::Db::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name($crate::Db::Postgres).await })*
+        }
+    };
+}

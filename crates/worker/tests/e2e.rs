@@ -369,6 +369,27 @@ async fn a_draining_worker_hands_its_run_back_and_another_finishes_it() {
     assert_eq!(script.first_turns.load(Ordering::SeqCst), 1, "resumed from the checkpoints");
 }
 
+/// A scheduler replica on the test's store and queue, with fast coordination.
+async fn start_scheduler(env: &Env) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let queue = nightshift_queue::connect(&env.queue_url, &queue_options(&env.queue_name)).await.unwrap();
+    let cfg = nightshift_scheduler::SchedulerConfig {
+        shard_count: 1,
+        coordination_interval: Duration::from_millis(200),
+        sync_interval: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let scheduler =
+        nightshift_scheduler::Scheduler::new(env.store.clone(), queue, Arc::new(nightshift_core::SystemClock), cfg);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    (stop, tokio::spawn(scheduler.run(stop_rx)))
+}
+
+/// Replaces the `area` agent's spec through the manager.
+async fn set_spec(env: &Env, manifest_yaml: String) {
+    let upd = pb::UpdateAgentRequest { agent: by_name("area"), spec: None, expected_version: None, manifest_yaml };
+    env.manager.clone().update_agent(upd).await.unwrap();
+}
+
 fn by_name(name: &str) -> Option<pb::AgentRef> {
     Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(name.into())) })
 }
@@ -397,17 +418,7 @@ async fn a_scheduled_agent_calls_local_stdio_mcp_and_http_mcp_tools() {
     .unwrap();
     let id = nightshift_core::AgentId::from_string(agent.id.clone());
     env.store.update_agent(&id, &spec, None).await.unwrap();
-    let queue = nightshift_queue::connect(&env.queue_url, &queue_options(&env.queue_name)).await.unwrap();
-    let cfg = nightshift_scheduler::SchedulerConfig {
-        shard_count: 1,
-        coordination_interval: Duration::from_millis(200),
-        sync_interval: Duration::from_millis(200),
-        ..Default::default()
-    };
-    let scheduler =
-        nightshift_scheduler::Scheduler::new(env.store.clone(), queue, Arc::new(nightshift_core::SystemClock), cfg);
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(scheduler.run(stop_rx));
+    let (_stop, _scheduler) = start_scheduler(&env).await;
     let (_events, _worker) = start_worker(&env, Duration::from_secs(10)).await;
 
     let mut runs = Vec::new();
@@ -454,9 +465,7 @@ async fn a_failed_attempt_is_retried_with_backoff() {
         "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: q}}\n\
          schedule: {{manual: true}}\npolicy: {{max_retries: 2, retry_delay: 1s, timeout: 60s}}\ntools: {{local: [calculate_area]}}"
     );
-    let upd =
-        pb::UpdateAgentRequest { agent: by_name("area"), spec: None, expected_version: None, manifest_yaml: spec_yaml };
-    env.manager.clone().update_agent(upd).await.unwrap();
+    set_spec(&env, spec_yaml).await;
     let (events, _worker) = start_worker(&env, Duration::from_secs(10)).await;
     let t0 = std::time::Instant::now();
     let run = env
@@ -498,20 +507,8 @@ async fn a_run_outlasting_its_interval_skips_the_next_ticks() {
         "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: q}}\n\
          schedule: {{interval: 1s}}\npolicy: {{overlap: skip, max_retries: 0}}\ntools: {{local: [calculate_area]}}"
     );
-    let upd =
-        pb::UpdateAgentRequest { agent: by_name("area"), spec: None, expected_version: None, manifest_yaml: spec_yaml };
-    env.manager.clone().update_agent(upd).await.unwrap();
-    let queue = nightshift_queue::connect(&env.queue_url, &queue_options(&env.queue_name)).await.unwrap();
-    let cfg = nightshift_scheduler::SchedulerConfig {
-        shard_count: 1,
-        coordination_interval: Duration::from_millis(200),
-        sync_interval: Duration::from_millis(200),
-        ..Default::default()
-    };
-    let scheduler =
-        nightshift_scheduler::Scheduler::new(env.store.clone(), queue, Arc::new(nightshift_core::SystemClock), cfg);
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let sched = tokio::spawn(scheduler.run(stop_rx));
+    set_spec(&env, spec_yaml).await;
+    let (stop, sched) = start_scheduler(&env).await;
     let (_events, _worker) = start_worker(&env, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(7)).await;
     let _ = stop.send(true);
