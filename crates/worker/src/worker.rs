@@ -290,8 +290,9 @@ impl Worker {
         );
         events.emit(EventType::BackgroundTaskStarted, json!({"attempt": run.attempt, "worker": self.inner.id, "trigger": if run.trigger() == pb::TriggerKind::Manual { "manual" } else { "schedule" }}));
         events.emit(EventType::BackgroundAgentStatus, json!({"status": "running"}));
+        let began = std::time::Instant::now();
         let end = self.execute(&run, &spec, start.steps, &d, &cancel, &reason, step, &events).await;
-        self.settle(d, &run, end, &events).await;
+        self.settle(d, &run, end, &events, began.elapsed()).await;
         events.emit(EventType::BackgroundAgentStatus, json!({"status": "idle"}));
         // Removed only once the attempt is settled: a drain waits for this, and the process may
         // exit right after.
@@ -389,7 +390,17 @@ impl Worker {
         end
     }
 
-    async fn settle(&self, d: Delivery, run: &pb::Run, end: AttemptEnd, events: &RunEvents) {
+    async fn settle(&self, d: Delivery, run: &pb::Run, end: AttemptEnd, events: &RunEvents, took: Duration) {
+        let status = match &end {
+            AttemptEnd::Succeeded(..) => "succeeded",
+            AttemptEnd::Failed(..) => "failed",
+            AttemptEnd::TimedOut(..) => "timed_out",
+            AttemptEnd::Stopped(StopReason::Cancelled) => "cancelled",
+            AttemptEnd::Stopped(StopReason::Released) => "released",
+            AttemptEnd::Lost(..) => "lost",
+        };
+        metrics::counter!("nightshift_worker_runs_total", "status" => status).increment(1);
+        metrics::histogram!("nightshift_run_duration_seconds", "status" => status).record(took.as_secs_f64());
         match end {
             AttemptEnd::Succeeded(answer, usage) => {
                 self.finish(run, pb::RunOutcome::Succeeded, &answer, "", usage).await;
@@ -397,7 +408,6 @@ impl Worker {
                     EventType::BackgroundTaskCompleted,
                     json!({"attempt": run.attempt, "result": truncate(&answer, 2000)}),
                 );
-                metrics::counter!("nightshift_worker_runs_total", "status" => "succeeded").increment(1);
                 ack(d).await;
             }
             AttemptEnd::Failed(error, usage) => self.fail(d, run, pb::RunOutcome::Failed, &error, usage, events).await,
@@ -435,7 +445,6 @@ impl Worker {
             EventType::BackgroundTaskError,
             json!({"attempt": run.attempt, "error": error, "will_retry": retry.is_some()}),
         );
-        metrics::counter!("nightshift_worker_runs_total", "status" => "failed").increment(1);
         match retry {
             Some(after) => {
                 events.emit(
