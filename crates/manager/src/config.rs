@@ -20,6 +20,9 @@ pub struct ManagerConfig {
     /// Work queue for manually triggered runs (`nats://`, `redis://`); empty = none (the
     /// scheduler's sweep publishes them, after `republish_after`).
     pub queue_url: String,
+    /// Name of the queue on the server (NATS stream / Redis key prefix); the same for every
+    /// service of one deployment.
+    pub queue_name: String,
     /// Event service to publish agent lifecycle events to (`http://HOST:50055`); empty = none.
     pub events_endpoint: String,
     /// `text` or `json`.
@@ -34,6 +37,7 @@ impl Default for ManagerConfig {
             default_lease_ttl: Duration::from_secs(30),
             scheduler_endpoint: String::new(),
             queue_url: String::new(),
+            queue_name: nightshift_queue::DEFAULT_NAME.into(),
             events_endpoint: String::new(),
             log_format: "text".into(),
         }

@@ -13,6 +13,9 @@ pub struct SchedulerConfig {
     pub database_url: String,
     /// Work queue: `memory://` (single process only), `nats://HOST:PORT`, `redis://HOST:PORT`.
     pub queue_url: String,
+    /// Name of the queue on the server (NATS stream / Redis key prefix); the same for every
+    /// service of one deployment.
+    pub queue_name: String,
     /// Prometheus `/metrics` listen address (empty = off).
     pub metrics_listen: String,
     /// Schedules are split into this many shards between replicas. Must be equal on all
@@ -46,6 +49,7 @@ impl Default for SchedulerConfig {
             listen: "127.0.0.1:50052".into(),
             database_url: "sqlite://nightshift.db".into(),
             queue_url: "memory://".into(),
+            queue_name: nightshift_queue::DEFAULT_NAME.into(),
             metrics_listen: String::new(),
             shard_count: 64,
             shard_lease: Duration::from_secs(10),

@@ -14,6 +14,9 @@ pub struct WorkerConfig {
     pub manager_endpoint: String,
     /// Work queue: `nats://`, `redis://`, or `memory://NAME` within one process.
     pub queue_url: String,
+    /// Name of the queue on the server (NATS stream / Redis key prefix); the same for every
+    /// service of one deployment.
+    pub queue_name: String,
     /// Prometheus `/metrics` listen address (empty = off).
     pub metrics_listen: String,
     /// Stable id of this worker (empty = hostname + random suffix).
@@ -40,6 +43,7 @@ impl Default for WorkerConfig {
             listen: "127.0.0.1:50053".into(),
             manager_endpoint: "http://127.0.0.1:50051".into(),
             queue_url: "memory://".into(),
+            queue_name: nightshift_queue::DEFAULT_NAME.into(),
             metrics_listen: String::new(),
             worker_id: String::new(),
             concurrency: 16,

@@ -1,0 +1,32 @@
+//! The example configuration files in config/ load into the services' config types (which deny
+//! unknown keys), so they cannot drift from the code.
+use std::path::PathBuf;
+
+fn example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config").join(name)
+}
+
+#[test]
+fn example_configs_load() {
+    let m: nightshift_manager::ManagerConfig =
+        nightshift_core::config::load(Some(&example("manager.toml")), "NIGHTSHIFT_TEST_UNUSED").unwrap();
+    assert_eq!(m.listen, "0.0.0.0:50051");
+    let s: nightshift_scheduler::SchedulerConfig =
+        nightshift_core::config::load(Some(&example("scheduler.toml")), "NIGHTSHIFT_TEST_UNUSED").unwrap();
+    assert_eq!(s.shard_count, 64);
+    let w: nightshift_worker::WorkerConfig =
+        nightshift_core::config::load(Some(&example("worker.toml")), "NIGHTSHIFT_TEST_UNUSED").unwrap();
+    assert_eq!(w.concurrency, 16);
+    assert_eq!(w.queue_name, "nightshift-runs");
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "listen = \"127.0.0.1:1\"\ndatabse_url = \"typo\"\n").unwrap();
+    let err = nightshift_core::config::load::<nightshift_manager::ManagerConfig>(Some(&path), "NIGHTSHIFT_TEST_UNUSED")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("databse_url"), "{err}");
+}
