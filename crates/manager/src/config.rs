@@ -23,6 +23,10 @@ pub struct ManagerConfig {
     /// Name of the queue on the server (NATS stream / Redis key prefix); the same for every
     /// service of one deployment.
     pub queue_name: String,
+    /// How long a delivered request may go unacknowledged before the queue delivers it again
+    /// (a dead worker's run moves after this). Equal on every service (NATS keeps one value).
+    #[serde(with = "nightshift_core::config::duration_text")]
+    pub queue_ack_wait: std::time::Duration,
     /// Event service to publish agent lifecycle events to (`http://HOST:50055`); empty = none.
     pub events_endpoint: String,
     /// `text` or `json`.
@@ -38,6 +42,7 @@ impl Default for ManagerConfig {
             scheduler_endpoint: String::new(),
             queue_url: String::new(),
             queue_name: nightshift_queue::DEFAULT_NAME.into(),
+            queue_ack_wait: nightshift_queue::DEFAULT_ACK_WAIT,
             events_endpoint: String::new(),
             log_format: "text".into(),
         }

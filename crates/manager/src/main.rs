@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
         service = service.with_observer(Arc::new(GrpcScheduleObserver::new(&cfg.scheduler_endpoint)?));
     }
     if !cfg.queue_url.is_empty() {
-        let queue = nightshift_queue::connect(&cfg.queue_url, &QueueOptions::named(cfg.queue_name.clone()))
+        let queue = nightshift_queue::connect(&cfg.queue_url, &QueueOptions { ack_wait: cfg.queue_ack_wait, ..QueueOptions::named(cfg.queue_name.clone()) })
             .await
             .context("connecting to the queue")?;
         service = service.with_queue(queue);

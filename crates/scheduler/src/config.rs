@@ -16,6 +16,10 @@ pub struct SchedulerConfig {
     /// Name of the queue on the server (NATS stream / Redis key prefix); the same for every
     /// service of one deployment.
     pub queue_name: String,
+    /// How long a delivered request may go unacknowledged before the queue delivers it again
+    /// (a dead worker's run moves after this). Equal on every service (NATS keeps one value).
+    #[serde(with = "nightshift_core::config::duration_text")]
+    pub queue_ack_wait: std::time::Duration,
     /// Prometheus `/metrics` listen address (empty = off).
     pub metrics_listen: String,
     /// Schedules are split into this many shards between replicas. Must be equal on all
@@ -50,6 +54,7 @@ impl Default for SchedulerConfig {
             database_url: "sqlite://nightshift.db".into(),
             queue_url: "memory://".into(),
             queue_name: nightshift_queue::DEFAULT_NAME.into(),
+            queue_ack_wait: nightshift_queue::DEFAULT_ACK_WAIT,
             metrics_listen: String::new(),
             shard_count: 64,
             shard_lease: Duration::from_secs(10),

@@ -59,6 +59,7 @@ pub async fn database(kind: Db) -> (String, Option<SqliteDb>) {
         Db::Postgres => (postgres_url().await, None),
     }
 }
+pub mod llm;
 pub mod mcp;
 
 /// Generates, for each listed `async fn name(kind: Db)`, one `#[tokio::test]` per backend in the

@@ -17,6 +17,10 @@ pub struct WorkerConfig {
     /// Name of the queue on the server (NATS stream / Redis key prefix); the same for every
     /// service of one deployment.
     pub queue_name: String,
+    /// How long a delivered request may go unacknowledged before the queue delivers it again
+    /// (a dead worker's run moves after this). Equal on every service (NATS keeps one value).
+    #[serde(with = "nightshift_core::config::duration_text")]
+    pub queue_ack_wait: std::time::Duration,
     /// Prometheus `/metrics` listen address (empty = off).
     pub metrics_listen: String,
     /// Stable id of this worker (empty = hostname + random suffix).
@@ -44,6 +48,7 @@ impl Default for WorkerConfig {
             manager_endpoint: "http://127.0.0.1:50051".into(),
             queue_url: "memory://".into(),
             queue_name: nightshift_queue::DEFAULT_NAME.into(),
+            queue_ack_wait: nightshift_queue::DEFAULT_ACK_WAIT,
             metrics_listen: String::new(),
             worker_id: String::new(),
             concurrency: 16,

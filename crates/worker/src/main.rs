@@ -27,8 +27,12 @@ async fn main() -> anyhow::Result<()> {
     if !cfg.metrics_listen.is_empty() {
         nightshift_telemetry::serve_metrics(&cfg.metrics_listen).await?;
     }
-    let queue =
-        nightshift_queue::connect(&cfg.queue_url, &QueueOptions::named(cfg.queue_name.clone())).await.context("connecting to the queue")?;
+    let queue = nightshift_queue::connect(
+        &cfg.queue_url,
+        &QueueOptions { ack_wait: cfg.queue_ack_wait, ..QueueOptions::named(cfg.queue_name.clone()) },
+    )
+    .await
+    .context("connecting to the queue")?;
     let manager = tonic::transport::Endpoint::from_shared(cfg.manager_endpoint.clone())?
         .timeout(std::time::Duration::from_secs(30))
         .connect_lazy();

@@ -1,0 +1,219 @@
+//! The five-binary deployment on loopback: `nightshift-events`, `nightshift-manager`, two
+//! `nightshift-scheduler`s and three `nightshift-worker`s as separate processes, on the real
+//! Postgres and NATS JetStream, talking gRPC only. The LLM is the scripted OpenAI-compatible
+//! server of the testkit (no hosted LLM is reachable here).
+//!
+//! Proves: scheduled runs flow end to end; a worker SIGKILLed mid-run has its run finished by
+//! another worker without repeating the completed LLM call or tool call; a SIGKILLed scheduler
+//! loses no tick.
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use nightshift_core::pb;
+use nightshift_core::pb::manager_service_client::ManagerServiceClient;
+use tonic::transport::Channel;
+
+/// target/debug, where `cargo test --workspace` builds every binary.
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(name: &str, binary: &str, env: &[(String, String)]) -> Proc {
+    let log =
+        std::fs::File::create(std::env::temp_dir().join(format!("ns-dist-{}-{name}.log", std::process::id()))).unwrap();
+    let mut cmd = Command::new(bin(binary));
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc { name: name.to_owned(), child: cmd.spawn().unwrap() }
+}
+
+async fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn by_name(name: &str) -> Option<pb::AgentRef> {
+    Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(name.into())) })
+}
+
+async fn runs_of(m: &mut ManagerServiceClient<Channel>, agent: &str) -> Vec<pb::Run> {
+    m.list_runs(pb::ListRunsRequest { agent: by_name(agent), page_size: 1000, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .runs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_binaries_on_postgres_and_nats_survive_killed_workers_and_schedulers() {
+    let db = nightshift_testkit::postgres_url().await;
+    let queue_name = format!("dist-{}", uuid::Uuid::new_v4().simple());
+    let (llm, script) = nightshift_testkit::llm::scripted_llm().await;
+    let (pe, pm) = (free_port(), free_port());
+    let ps = [free_port(), free_port()];
+    let events_ep = format!("http://127.0.0.1:{pe}");
+    let common = |role: &str| {
+        let p = format!("NIGHTSHIFT_{role}_");
+        vec![
+            (format!("{p}QUEUE_URL"), "nats://127.0.0.1:4222".to_owned()),
+            (format!("{p}QUEUE_NAME"), queue_name.clone()),
+            (format!("{p}QUEUE_ACK_WAIT"), "4s".to_owned()),
+            (format!("{p}EVENTS_ENDPOINT"), events_ep.clone()),
+        ]
+    };
+
+    let _events =
+        spawn("events", "nightshift-events", &[("NIGHTSHIFT_EVENTS_LISTEN".into(), format!("127.0.0.1:{pe}"))]);
+    let mut m_env = common("MANAGER");
+    m_env.extend([
+        ("NIGHTSHIFT_MANAGER_LISTEN".into(), format!("127.0.0.1:{pm}")),
+        ("NIGHTSHIFT_MANAGER_DATABASE_URL".into(), db.clone()),
+        ("NIGHTSHIFT_MANAGER_SCHEDULER_ENDPOINT".into(), format!("http://127.0.0.1:{}", ps[0])),
+    ]);
+    let _manager = spawn("manager", "nightshift-manager", &m_env);
+    wait_port(pm).await;
+    let mut schedulers: Vec<Proc> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let mut e = common("SCHEDULER");
+            e.extend([
+                ("NIGHTSHIFT_SCHEDULER_LISTEN".into(), format!("127.0.0.1:{port}")),
+                ("NIGHTSHIFT_SCHEDULER_DATABASE_URL".into(), db.clone()),
+                ("NIGHTSHIFT_SCHEDULER_SHARD_COUNT".into(), "8".into()),
+                ("NIGHTSHIFT_SCHEDULER_SHARD_LEASE".into(), "3s".into()),
+                ("NIGHTSHIFT_SCHEDULER_COORDINATION_INTERVAL".into(), "500ms".into()),
+                ("NIGHTSHIFT_SCHEDULER_SYNC_INTERVAL".into(), "300ms".into()),
+            ]);
+            spawn(&format!("scheduler{i}"), "nightshift-scheduler", &e)
+        })
+        .collect();
+    let mut workers: Vec<Proc> = (0..3)
+        .map(|i| {
+            let mut e = common("WORKER");
+            e.extend([
+                ("NIGHTSHIFT_WORKER_LISTEN".into(), format!("127.0.0.1:{}", free_port())),
+                ("NIGHTSHIFT_WORKER_MANAGER_ENDPOINT".into(), format!("http://127.0.0.1:{pm}")),
+                ("NIGHTSHIFT_WORKER_WORKER_ID".into(), format!("w{i}")),
+                ("NIGHTSHIFT_WORKER_LEASE_TTL".into(), "3s".into()),
+            ]);
+            spawn(&format!("w{i}"), "nightshift-worker", &e)
+        })
+        .collect();
+    for p in ps {
+        wait_port(p).await;
+    }
+    let mut m = ManagerServiceClient::connect(format!("http://127.0.0.1:{pm}")).await.unwrap();
+
+    // 1. A 1 s schedule flows scheduler → NATS → worker → manager, through gRPC only.
+    let ticker = format!(
+        "name: ticker\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: tick}}\n\
+         schedule: {{interval: 1s}}\npolicy: {{overlap: allow_all, max_retries: 0}}\ntools: {{local: [calculate_area]}}"
+    );
+    m.apply_agent(pb::ApplyAgentRequest { spec: None, manifest_yaml: ticker }).await.unwrap();
+    let t0 = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let done = runs_of(&mut m, "ticker").await.iter().filter(|r| r.status() == pb::RunStatus::Succeeded).count();
+    assert!(done >= 3, "scheduled runs complete end to end: {done}");
+
+    // 2. SIGKILL one scheduler; ticks keep coming from the other, none lost, none doubled.
+    let killed = schedulers.remove(0);
+    drop(killed);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let t1 = chrono::Utc::now();
+
+    // 3. SIGKILL the worker running a multi-step run between its tool call and its next LLM call.
+    script.hang_second_turn.store(true, Ordering::SeqCst);
+    let first_turns_before = script.first_turns.load(Ordering::SeqCst);
+    m.pause_agent(pb::PauseAgentRequest { agent: by_name("ticker") }).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await; // let ticker runs in flight drain
+    let slow = format!(
+        "name: slow\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: slow}}\n\
+         schedule: {{manual: true}}\npolicy: {{max_retries: 0}}\ntools: {{local: [calculate_area]}}"
+    );
+    m.apply_agent(pb::ApplyAgentRequest { spec: None, manifest_yaml: slow }).await.unwrap();
+    let run = m
+        .trigger_agent(pb::TriggerAgentRequest { agent: by_name("slow"), query_override: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    let mut holder = String::new();
+    for _ in 0..200 {
+        let r = m.get_run(pb::GetRunRequest { run_id: run.id.clone() }).await.unwrap().into_inner().run.unwrap();
+        if r.steps.len() == 2 && script.second_turns.load(Ordering::SeqCst) > 0 {
+            holder = r.worker_id;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!holder.is_empty(), "the slow run reached its second LLM turn");
+    let idx = workers.iter().position(|w| w.name == holder).expect("holder is one of ours");
+    drop(workers.remove(idx)); // SIGKILL
+    script.hang_second_turn.store(false, Ordering::SeqCst);
+    let mut finished = None;
+    for _ in 0..300 {
+        let r = m.get_run(pb::GetRunRequest { run_id: run.id.clone() }).await.unwrap().into_inner().run.unwrap();
+        if r.status() == pb::RunStatus::Succeeded {
+            finished = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let finished = finished.expect("the run finished on another worker");
+    assert_ne!(finished.worker_id, holder);
+    assert_eq!(finished.attempt, 2);
+    assert_eq!(
+        script.first_turns.load(Ordering::SeqCst),
+        first_turns_before + 1,
+        "the first LLM call was not repeated"
+    );
+    let attempts: Vec<(u32, bool)> = finished
+        .steps
+        .iter()
+        .map(|s| (s.attempt, matches!(s.payload, Some(pb::run_step::Payload::ToolResult(_)))))
+        .collect();
+    assert_eq!(attempts, [(1, false), (1, true), (2, false)], "the tool ran once, in attempt 1");
+
+    // Ticks of the window around the scheduler kill: every second has exactly one run.
+    let ticks: BTreeSet<i64> =
+        runs_of(&mut m, "ticker").await.iter().filter_map(|r| r.scheduled_for.map(|t| t.seconds)).collect();
+    let expected: BTreeSet<i64> = (t0.timestamp() + 2..=t1.timestamp() - 1).collect();
+    let missing: Vec<_> = expected.difference(&ticks).collect();
+    assert!(missing.is_empty(), "ticks lost around the scheduler kill: {missing:?}");
+    let all = runs_of(&mut m, "ticker").await;
+    assert_eq!(all.len(), ticks.len(), "one run per tick");
+}

@@ -1,0 +1,96 @@
+//! A scripted OpenAI-compatible chat completions server for deterministic tests.
+//!
+//! It stands in for a hosted LLM, which is unreachable here: the first turn of a conversation
+//! asks for the configured tool calls (by default `calculate_area` of a 3x4 rectangle), the turn
+//! after tool results gives a final answer quoting the first tool output. Knobs let a test make
+//! second turns hang (a worker dying mid-run), fail the first requests, or slow every answer.
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+/// The script and its counters; shared with the server.
+#[derive(Default)]
+pub struct Script {
+    /// Requests without a tool result yet (first turns).
+    pub first_turns: AtomicUsize,
+    /// Requests carrying a tool result (second turns).
+    pub second_turns: AtomicUsize,
+    /// While set, second turns hang (simulates a worker dying mid-run).
+    pub hang_second_turn: AtomicBool,
+    /// The first this-many requests fail with HTTP 400 (not retried by the client).
+    pub fail_first: AtomicUsize,
+    /// Every answer is delayed this long (ms).
+    pub delay_ms: AtomicU64,
+    /// Tools the first turn calls: (substring of the offered tool name, arguments JSON).
+    pub calls: Mutex<Vec<(String, String)>>,
+}
+
+async fn chat(State(s): State<Arc<Script>>, Json(body): Json<Value>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let delay = s.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if s.fail_first.load(Ordering::SeqCst) > 0 {
+        s.fail_first.fetch_sub(1, Ordering::SeqCst);
+        let err = json!({"error": {"message": "scripted failure", "type": "invalid_request_error"}});
+        return (axum::http::StatusCode::BAD_REQUEST, Json(err)).into_response();
+    }
+    let has_tool_result = body["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
+    if !has_tool_result {
+        s.first_turns.fetch_add(1, Ordering::SeqCst);
+        let offered: Vec<String> = body["tools"]
+            .as_array()
+            .map(|t| t.iter().filter_map(|t| t["function"]["name"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        let mut wanted = s.calls.lock().unwrap().clone();
+        if wanted.is_empty() {
+            wanted.push(("calculate_area".into(), r#"{"shape": "rectangle", "width": 3, "height": 4}"#.into()));
+        }
+        let calls: Vec<Value> = wanted
+            .iter()
+            .enumerate()
+            .map(|(i, (needle, args))| {
+                let name =
+                    offered.iter().find(|n| n.contains(needle.as_str())).cloned().unwrap_or_else(|| needle.clone());
+                json!({"id": format!("call_{i}"), "type": "function", "function": {"name": name, "arguments": args}})
+            })
+            .collect();
+        return Json(json!({
+            "id": "c1", "object": "chat.completion", "model": "scripted",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                "tool_calls": calls}}],
+            "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}
+        }))
+        .into_response();
+    }
+    s.second_turns.fetch_add(1, Ordering::SeqCst);
+    while s.hang_second_turn.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tool_output = body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "tool"))
+        .map(|m| m["content"].to_string());
+    Json(json!({
+        "id": "c2", "object": "chat.completion", "model": "scripted",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+            "content": format!("The area is 12. Tool said: {}", tool_output.unwrap_or_default())}}],
+        "usage": {"prompt_tokens": 80, "completion_tokens": 12, "total_tokens": 92}
+    }))
+    .into_response()
+}
+
+/// Starts the server on 127.0.0.1:0; returns its base URL (`http://…/v1`) and the script.
+pub async fn scripted_llm() -> (String, Arc<Script>) {
+    let script = Arc::new(Script::default());
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(chat)).with_state(script.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/v1"), script)
+}
