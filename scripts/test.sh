@@ -22,3 +22,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 scripts/smoke.sh
+scripts/lint-deploy.sh

@@ -27,6 +27,8 @@ pub struct EventsConfig {
     pub subscriber_buffer: usize,
     /// `text` or `json`.
     pub log_format: String,
+    /// Prometheus `/metrics` listen address (empty = off).
+    pub metrics_listen: String,
 }
 
 impl Default for EventsConfig {
@@ -41,6 +43,7 @@ impl Default for EventsConfig {
             dedup_window: d.dedup_window,
             subscriber_buffer: d.subscriber_buffer,
             log_format: "text".into(),
+            metrics_listen: String::new(),
         }
     }
 }

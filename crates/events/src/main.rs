@@ -23,6 +23,9 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cfg: EventsConfig = nightshift_core::config::load(args.config.as_deref(), "NIGHTSHIFT_EVENTS")?;
     nightshift_telemetry::init(cfg.log_format.parse().map_err(anyhow::Error::msg)?);
+    if !cfg.metrics_listen.is_empty() {
+        nightshift_telemetry::serve_metrics(&cfg.metrics_listen).await?;
+    }
     let log = nightshift_events::connect(&cfg.backend_url, cfg.log_options()).await.context("opening the event log")?;
     tracing::info!(backend = log.backend(), prefix = cfg.prefix, "event log open");
     let service = EventService::new(log);

@@ -27,6 +27,8 @@ pub struct ManagerConfig {
     /// (a dead worker's run moves after this). Equal on every service (NATS keeps one value).
     #[serde(with = "nightshift_core::config::duration_text")]
     pub queue_ack_wait: std::time::Duration,
+    /// Prometheus `/metrics` listen address (empty = off).
+    pub metrics_listen: String,
     /// Event service to publish agent lifecycle events to (`http://HOST:50055`); empty = none.
     pub events_endpoint: String,
     /// `text` or `json`.
@@ -44,6 +46,7 @@ impl Default for ManagerConfig {
             queue_name: nightshift_queue::DEFAULT_NAME.into(),
             queue_ack_wait: nightshift_queue::DEFAULT_ACK_WAIT,
             events_endpoint: String::new(),
+            metrics_listen: String::new(),
             log_format: "text".into(),
         }
     }

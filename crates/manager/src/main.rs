@@ -25,6 +25,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg: ManagerConfig = nightshift_core::config::load(args.config.as_deref(), "NIGHTSHIFT_MANAGER")?;
     nightshift_telemetry::init(cfg.log_format.parse().map_err(anyhow::Error::msg)?);
+    if !cfg.metrics_listen.is_empty() {
+        nightshift_telemetry::serve_metrics(&cfg.metrics_listen).await?;
+    }
     let store = Store::connect(&cfg.database_url).await.context("connecting to the database")?;
     let mut service = ManagerService::new(store.clone(), cfg.default_lease_ttl);
     if !cfg.scheduler_endpoint.is_empty() {
