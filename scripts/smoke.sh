@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=${NIGHTSHIFT_BIN:-target/debug/nightshift}
+BIN=${NIGHTSHIFT_BIN:-${CARGO_TARGET_DIR:-target}/debug/nightshift}
 GRPCURL=${GRPCURL:-grpcurl}
 data=$(mktemp -d)
 out=$(mktemp)
