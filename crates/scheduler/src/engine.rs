@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use nightshift_core::{AgentId, Clock, EventType, RunId, TriggerKind, time};
 use nightshift_events::EventPublisher;
 use nightshift_queue::{RunRequest, WorkQueue};
-use nightshift_store::{ScheduledAgent, Store, StoreError, TickFire};
+use nightshift_store::{ScheduledAgent, Store, StoreError, TickFire, TickOutcome};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 
@@ -330,10 +330,16 @@ impl Scheduler {
             }
         };
         let mut requests = Vec::new();
+        let mut gone = Vec::new();
         for (fire, made) in fires.iter().zip(&created) {
-            for ((run_id, tick), was_created) in fire.runs.iter().zip(made) {
-                if !was_created {
-                    metrics::counter!("nightshift_scheduler_deduplicated_total").increment(1);
+            for ((run_id, tick), outcome) in fire.runs.iter().zip(made) {
+                match outcome {
+                    TickOutcome::Created => {}
+                    TickOutcome::Existed => metrics::counter!("nightshift_scheduler_deduplicated_total").increment(1),
+                    TickOutcome::NoAgent => {
+                        gone.push(fire.agent_id.clone());
+                        continue;
+                    }
                 }
                 // Published even when the run existed: its first publisher may have died before
                 // publishing; the queue drops the duplicate by run id.
@@ -363,6 +369,9 @@ impl Scheduler {
         self.publish_all(&requests).await;
         let fired_now = self.inner.clock.now();
         let mut idx = self.index();
+        for id in &gone {
+            idx.entries.remove(id);
+        }
         for f in firings {
             if let Some(e) = idx.entries.get_mut(&f.agent_id) {
                 for t in &f.plan.fire {

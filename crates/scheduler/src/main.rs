@@ -33,8 +33,12 @@ async fn main() -> anyhow::Result<()> {
         nightshift_telemetry::serve_metrics(&cfg.metrics_listen).await?;
     }
     let store = Store::connect(&cfg.database_url).await.context("connecting to the database")?;
-    let queue =
-        nightshift_queue::connect(&cfg.queue_url, &QueueOptions { ack_wait: cfg.queue_ack_wait, ..QueueOptions::named(cfg.queue_name.clone()) }).await.context("connecting to the queue")?;
+    let queue = nightshift_queue::connect(
+        &cfg.queue_url,
+        &QueueOptions { ack_wait: cfg.queue_ack_wait, ..QueueOptions::named(cfg.queue_name.clone()) },
+    )
+    .await
+    .context("connecting to the queue")?;
     let events = if cfg.events_endpoint.is_empty() {
         None
     } else {

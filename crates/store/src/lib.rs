@@ -21,4 +21,4 @@ pub use db::{Backend, Store, redact};
 pub use error::StoreError;
 pub use lease::{FinishInput, StartInput, StartOutcome, StepInput};
 pub use model::{AgentFilter, AgentRecord, AgentStats, ApplyOutcome, NewRun, Page, RunFilter, RunRecord, StepRecord};
-pub use schedules::{ScheduledAgent, TickFire};
+pub use schedules::{ScheduledAgent, TickFire, TickOutcome};

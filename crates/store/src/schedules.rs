@@ -32,6 +32,17 @@ pub struct ScheduledAgent {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What [`Store::fire_ticks`] did with one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickOutcome {
+    /// Recorded now.
+    Created,
+    /// Already recorded (fired twice: another replica, or before a restart).
+    Existed,
+    /// Not recorded: the agent no longer exists.
+    NoAgent,
+}
+
 /// One tick to record as fired (or missed) in [`Store::fire_ticks`].
 #[derive(Debug, Clone)]
 pub struct TickFire {
@@ -97,8 +108,8 @@ impl Store {
 
     /// Records fired ticks in one transaction: the runs (queued; an existing id is left alone,
     /// which makes a tick fired twice a no-op) and the schedules' progress. Returns, per run,
-    /// whether it was created now. Agents deleted meanwhile are skipped.
-    pub async fn fire_ticks(&self, fires: &[TickFire]) -> Result<Vec<Vec<bool>>, StoreError> {
+    /// what happened to it.
+    pub async fn fire_ticks(&self, fires: &[TickFire]) -> Result<Vec<Vec<TickOutcome>>, StoreError> {
         let now = self.now_ms();
         let mut tx = self.pool.begin().await?;
         let mut created = Vec::with_capacity(fires.len());
@@ -133,7 +144,19 @@ impl Store {
                 .bind(f.agent_id.as_str())
                 .execute(&mut *tx)
                 .await?;
-                made.push(done.rows_affected() > 0);
+                made.push(if done.rows_affected() > 0 {
+                    TickOutcome::Created
+                } else if sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
+                    .bind(run_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some()
+                {
+                    TickOutcome::Existed
+                } else {
+                    // The agent was deleted since the scheduler loaded it.
+                    TickOutcome::NoAgent
+                });
             }
             created.push(made);
         }
