@@ -362,7 +362,10 @@ mod tests {
         assert_eq!(cron_ticks("30 2 * * *", "Europe/Berlin", from, 3), ["03-28 01:30", "03-29 01:00", "03-30 00:30"]);
         // New York 2026-03-08: 02:30 does not exist → 03:00 EDT = 07:00 UTC.
         let from = Utc.with_ymd_and_hms(2026, 3, 7, 0, 0, 0).unwrap();
-        assert_eq!(cron_ticks("30 2 * * *", "America/New_York", from, 3), ["03-07 07:30", "03-08 07:00", "03-09 06:30"]);
+        assert_eq!(
+            cron_ticks("30 2 * * *", "America/New_York", from, 3),
+            ["03-07 07:30", "03-08 07:00", "03-09 06:30"]
+        );
     }
 
     #[test]
@@ -378,7 +381,10 @@ mod tests {
         );
         // New York 2026-11-01: 01:30 EDT (05:30 UTC) fires, 01:30 EST (06:30 UTC) does not.
         let from = Utc.with_ymd_and_hms(2026, 10, 31, 0, 0, 0).unwrap();
-        assert_eq!(cron_ticks("30 1 * * *", "America/New_York", from, 3), ["10-31 05:30", "11-01 05:30", "11-02 06:30"]);
+        assert_eq!(
+            cron_ticks("30 1 * * *", "America/New_York", from, 3),
+            ["10-31 05:30", "11-01 05:30", "11-02 06:30"]
+        );
     }
 
     #[test]

@@ -34,9 +34,12 @@ async fn main() -> anyhow::Result<()> {
         service = service.with_observer(Arc::new(GrpcScheduleObserver::new(&cfg.scheduler_endpoint)?));
     }
     if !cfg.queue_url.is_empty() {
-        let queue = nightshift_queue::connect(&cfg.queue_url, &QueueOptions { ack_wait: cfg.queue_ack_wait, ..QueueOptions::named(cfg.queue_name.clone()) })
-            .await
-            .context("connecting to the queue")?;
+        let queue = nightshift_queue::connect(
+            &cfg.queue_url,
+            &QueueOptions { ack_wait: cfg.queue_ack_wait, ..QueueOptions::named(cfg.queue_name.clone()) },
+        )
+        .await
+        .context("connecting to the queue")?;
         service = service.with_queue(queue);
     }
     if !cfg.events_endpoint.is_empty() {

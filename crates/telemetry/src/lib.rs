@@ -105,8 +105,9 @@ pub fn describe_metrics() {
 /// address. Every service of the process shares the one recorder.
 pub async fn serve_metrics(addr: &str) -> Result<std::net::SocketAddr, MetricsError> {
     let handle = metrics_handle()?;
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr: addr.to_owned(), source })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr: addr.to_owned(), source })?;
     let local = listener.local_addr().map_err(|source| MetricsError::Bind { addr: addr.to_owned(), source })?;
     let app = axum::Router::new().route("/metrics", axum::routing::get(move || std::future::ready(handle.render())));
     tokio::spawn(async move {
