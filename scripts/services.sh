@@ -30,4 +30,4 @@ up nats "bash -c '</dev/tcp/127.0.0.1/4222'" \
 # Databases left behind by earlier test runs (each test creates its own ns_test_* database).
 psql -h 127.0.0.1 -U postgres -d postgres -Atc \
   "SELECT datname FROM pg_database WHERE datname LIKE 'ns_test_%'" 2>/dev/null |
-  while read -r db; do psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\"" || true; done
+  while read -r db; do psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true; done
