@@ -1,0 +1,321 @@
+//! `dispatch-latency` and `run-overhead`: the stack of `nightshift dev` (manager gRPC server,
+//! scheduler, worker talking to the manager over gRPC) on the chosen backends, with the scripted
+//! instant LLM in a child process. Runs are started with `TriggerAgent` and followed through the
+//! worker's event callback.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nightshift_core::{AgentSpec, EventType, SystemClock, pb};
+use nightshift_manager::{ManagerConfig, ManagerService, SERVICE_NAME as MANAGER};
+use nightshift_rpc::GrpcServer;
+use nightshift_scheduler::{Scheduler, SchedulerConfig};
+use nightshift_worker::{EventFn, Worker, WorkerConfig};
+use tokio::sync::{Notify, watch};
+
+use crate::backend::{BackendKind, Backends};
+use crate::llm::ScriptedLlm;
+use crate::schedule::create_agents;
+use crate::stats::Row;
+use crate::{Scenario, sys};
+
+type Client = pb::manager_service_client::ManagerServiceClient<tonic::transport::Channel>;
+
+/// When the worker reported a run started and ended.
+#[derive(Default, Clone, Copy)]
+struct Seen {
+    started: Option<Instant>,
+    completed: Option<Instant>,
+    failed: bool,
+}
+
+#[derive(Default)]
+struct Events {
+    runs: Mutex<HashMap<String, Seen>>,
+    completed: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    changed: Notify,
+}
+
+impl Events {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
+        self.runs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+struct Stack {
+    backends: Backends,
+    client: Client,
+    events: Arc<Events>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    llm: ScriptedLlm,
+}
+
+impl Stack {
+    /// `server_nodelay`: serve the manager with tonic directly on sockets with `TCP_NODELAY`
+    /// instead of through `GrpcServer::serve` (a diagnostic: see `--server-nodelay`).
+    async fn start(kind: BackendKind, worker_concurrency: u32, server_nodelay: bool) -> anyhow::Result<Self> {
+        let llm = ScriptedLlm::spawn().await?;
+        let backends = Backends::open(kind).await?;
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let listener = GrpcServer::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+
+        let scheduler = Scheduler::new(
+            backends.store.clone(),
+            backends.queue().await?,
+            Arc::new(SystemClock),
+            SchedulerConfig { queue_url: backends.queue_url.clone(), ..SchedulerConfig::default() },
+        );
+        tasks.push(tokio::spawn(scheduler.run(stop_rx.clone())));
+
+        let events = Arc::new(Events::default());
+        let sink = events.clone();
+        let event_fn: EventFn = Arc::new(move |e: pb::Event| {
+            let ty = EventType::from_pb(e.r#type());
+            let now = Instant::now();
+            let mut runs = sink.lock();
+            let seen = runs.entry(e.run_id).or_default();
+            match ty {
+                Some(EventType::BackgroundTaskStarted) => seen.started = Some(now),
+                Some(EventType::BackgroundTaskCompleted) => {
+                    seen.completed = Some(now);
+                    sink.completed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Some(EventType::BackgroundTaskError | EventType::RunSkipped) => {
+                    seen.failed = true;
+                    sink.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                _ => return,
+            }
+            drop(runs);
+            sink.changed.notify_waiters();
+        });
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?.connect_lazy();
+        let wcfg = WorkerConfig {
+            concurrency: worker_concurrency,
+            queue_url: backends.queue_url.clone(),
+            ..WorkerConfig::default()
+        };
+        let worker = Worker::new(wcfg, channel, backends.queue().await?, Some(event_fn));
+        let mut worker_stop = stop_rx.clone();
+        tasks.push(tokio::spawn(worker.run(async move {
+            let _ = worker_stop.wait_for(|s| *s).await;
+        })));
+
+        let manager = ManagerService::new(backends.store.clone(), ManagerConfig::default().default_lease_ttl)
+            .with_queue(backends.queue().await?);
+        let mut server_stop = stop_rx;
+        let shutdown = async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        };
+        if server_nodelay {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let server = tonic::transport::Server::builder().add_service(manager.into_server());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = server.serve_with_incoming_shutdown(incoming, shutdown).await {
+                    eprintln!("manager server failed: {e:#}");
+                }
+            }));
+        } else {
+            let mut server = GrpcServer::new();
+            server.routes().add_service(manager.into_server());
+            server.serving(MANAGER);
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = server.serve(listener, shutdown).await {
+                    eprintln!("manager server failed: {e:#}");
+                }
+            }));
+        }
+        let client = Client::connect(endpoint).await.context("connecting to the manager")?;
+        Ok(Self { backends, client, events, stop, tasks, llm })
+    }
+
+    fn spec(&self, name: &str, overlap: &str) -> anyhow::Result<AgentSpec> {
+        AgentSpec::from_yaml(&format!(
+            "name: {name}\nmodel: {{provider: openai, model: scripted, base_url: '{}'}}\n\
+             task: {{query: 'benchmark'}}\nschedule: {{manual: true}}\npolicy: {{overlap: {overlap}, max_retries: 0}}",
+            self.llm.base_url
+        ))
+        .map_err(|e| anyhow::anyhow!("benchmark agent spec does not validate: {e}"))
+    }
+
+    async fn trigger(&self, agent: &str) -> anyhow::Result<String> {
+        let req = pb::TriggerAgentRequest {
+            agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(agent.into())) }),
+            query_override: None,
+        };
+        let run = self.client.clone().trigger_agent(req).await.context("TriggerAgent")?.into_inner().run;
+        Ok(run.context("TriggerAgent returned no run")?.id)
+    }
+
+    /// Waits until the run completed (or failed), at most `limit`.
+    async fn wait_done(&self, run: &str, limit: Duration) -> anyhow::Result<Seen> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.events.changed.notified();
+            if let Some(s) = self.events.lock().get(run).copied().filter(|s| s.completed.is_some() || s.failed) {
+                return Ok(s);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                anyhow::bail!("run {run} did not complete within {limit:?}");
+            }
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(40), t).await;
+        }
+        self.backends.close().await;
+        drop(self.llm);
+    }
+}
+
+/// Parameters of `dispatch-latency`.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct DispatchArgs {
+    /// Measured triggers (one at a time).
+    #[arg(long, default_value_t = 300)]
+    pub runs: usize,
+    /// Unmeasured triggers first (connections, caches, SQLite pages).
+    #[arg(long, default_value_t = 20)]
+    pub warmup: usize,
+    #[arg(long, value_enum, default_value_t = BackendKind::Embedded)]
+    pub backend: BackendKind,
+    /// Diagnostic: serve the manager on sockets with TCP_NODELAY (tonic directly) instead of
+    /// `nightshift_rpc::GrpcServer::serve`, which accepts sockets without it.
+    #[arg(long)]
+    pub server_nodelay: bool,
+}
+
+pub async fn dispatch_latency(args: &DispatchArgs) -> anyhow::Result<Scenario> {
+    let nodelay = if args.server_nodelay { " (server TCP_NODELAY)" } else { "" };
+    let name = format!("dispatch-latency {}{nodelay}", args.backend.label());
+    eprintln!("== {name}: {} runs", args.runs);
+    let stack = Stack::start(args.backend, WorkerConfig::default().concurrency, args.server_nodelay).await?;
+    let spec = stack.spec("dispatch", "skip")?;
+    create_agents(&stack.backends.store, 1, |_| Ok(spec.clone())).await?;
+    let (mut rpc, mut start, mut done) = (vec![], vec![], vec![]);
+    let mut failed = 0u64;
+    for i in 0..args.warmup + args.runs {
+        let t0 = Instant::now();
+        let run = stack.trigger("dispatch").await?;
+        let t_rpc = t0.elapsed();
+        let seen = stack.wait_done(&run, Duration::from_secs(30)).await?;
+        if i < args.warmup {
+            continue;
+        }
+        if seen.failed {
+            failed += 1;
+            continue;
+        }
+        let ms = |t: Option<Instant>| t.map(|t| (t - t0).as_secs_f64() * 1000.0);
+        rpc.push(t_rpc.as_secs_f64() * 1000.0);
+        start.extend(ms(seen.started));
+        done.extend(ms(seen.completed));
+    }
+    stack.stop().await;
+    let rows = vec![
+        Row::new(&name, "TriggerAgent RPC", "ms", "run", &rpc),
+        Row::new(&name, "trigger → worker start (TASK_STARTED)", "ms", "run", &start),
+        Row::new(&name, "trigger → completed (TASK_COMPLETED)", "ms", "run", &done),
+    ];
+    Ok(Scenario {
+        name,
+        params: serde_json::to_value(args)?,
+        rows,
+        counters: serde_json::json!({"failed_or_skipped": failed}),
+    })
+}
+
+/// Parameters of `run-overhead`.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct OverheadArgs {
+    /// Manual agents the runs are spread over (overlap `allow_all`).
+    #[arg(long, default_value_t = 100)]
+    pub agents: usize,
+    /// Runs per round.
+    #[arg(long, default_value_t = 2000)]
+    pub runs: usize,
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// TriggerAgent calls in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub inflight: usize,
+    /// Worker concurrency (runs executed at once).
+    #[arg(long, default_value_t = 64)]
+    pub worker_concurrency: u32,
+    #[arg(long, value_enum, default_value_t = BackendKind::Embedded)]
+    pub backend: BackendKind,
+}
+
+pub async fn run_overhead(args: &OverheadArgs) -> anyhow::Result<Scenario> {
+    use futures::StreamExt;
+    use std::sync::atomic::Ordering;
+    let name = format!("run-overhead {}", args.backend.label());
+    eprintln!("== {name}: {} rounds of {} runs", args.rounds, args.runs);
+    let stack = Stack::start(args.backend, args.worker_concurrency, false).await?;
+    let specs: Vec<AgentSpec> =
+        (0..args.agents).map(|i| stack.spec(&format!("ovh-{i:04}"), "allow_all")).collect::<anyhow::Result<_>>()?;
+    create_agents(&stack.backends.store, args.agents, |i| Ok(specs[i].clone())).await?;
+    let (mut cpu_us, mut runs_s, mut runs_per_core_s) = (vec![], vec![], vec![]);
+    let mut failed = 0;
+    for round in 0..args.rounds + 1 {
+        let before = stack.events.completed.load(Ordering::Relaxed) + stack.events.failed.load(Ordering::Relaxed);
+        let target = before + args.runs as u64;
+        let cpu0 = sys::cpu_time();
+        let t0 = Instant::now();
+        let results: Vec<anyhow::Result<String>> = futures::stream::iter(0..args.runs)
+            .map(|i| {
+                let agent = format!("ovh-{:04}", i % args.agents);
+                let stack = &stack;
+                async move { stack.trigger(&agent).await }
+            })
+            .buffer_unordered(args.inflight)
+            .collect()
+            .await;
+        results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let notified = stack.events.changed.notified();
+            let done = stack.events.completed.load(Ordering::Relaxed) + stack.events.failed.load(Ordering::Relaxed);
+            if done >= target {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {} of {} runs finished within 120 s",
+                done - before,
+                args.runs
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = sys::cpu_time().saturating_sub(cpu0).as_secs_f64();
+        // Round 0 warms up (connections, SQLite pages) and is not reported.
+        if round == 0 {
+            continue;
+        }
+        cpu_us.push(cpu * 1e6 / args.runs as f64);
+        runs_s.push(args.runs as f64 / wall);
+        runs_per_core_s.push(args.runs as f64 / cpu.max(1e-9));
+    }
+    failed += stack.events.failed.load(Ordering::Relaxed);
+    stack.stop().await;
+    let rows = vec![
+        Row::new(&name, "CPU per completed run (LLM excluded)", "µs", "round", &cpu_us),
+        Row::new(&name, "completed runs/s (wall)", "runs/s", "round", &runs_s),
+        Row::new(&name, "runs/s per core (runs / CPU s)", "runs/s", "round", &runs_per_core_s),
+    ];
+    Ok(Scenario {
+        name,
+        params: serde_json::to_value(args)?,
+        rows,
+        counters: serde_json::json!({"failed_or_skipped": failed}),
+    })
+}

@@ -1,0 +1,229 @@
+//! `nightshift-bench`: one repeatable harness that measures Nightshift where users feel it.
+//!
+//! Every scenario drives the real crates (scheduler, store, queue, manager gRPC server, worker)
+//! on real backends (SQLite + in-memory queue, or Postgres + NATS / Redis on their servers); only
+//! the LLM is a scripted instant server, so that the platform itself is what is measured.
+//! Results print as a table (median, p99, min, max over the samples each row names) with the
+//! machine and the command line, and with `--json PATH` also as JSON.
+mod backend;
+mod dispatch;
+mod llm;
+mod schedule;
+mod stats;
+mod sys;
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::backend::BackendKind;
+use crate::stats::Row;
+
+#[derive(Parser)]
+#[command(name = "nightshift-bench", about = "Benchmarks of the Nightshift platform (scheduler, queue, worker)")]
+struct Cli {
+    /// Also write the results as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// N agents at `interval: 1s`: fire lag, fired runs/s, missed/duplicates, RSS, CPU.
+    ScheduleScale(schedule::ScaleArgs),
+    /// Times the steps of one scheduler firing pass (plan, store transaction, publish, mark).
+    FireBreakdown(schedule::BreakdownArgs),
+    /// One agent triggered repeatedly: trigger → worker start and trigger → completed.
+    DispatchLatency(dispatch::DispatchArgs),
+    /// CPU per completed run excluding the LLM, and runs/s, with many runs in flight.
+    RunOverhead(dispatch::OverheadArgs),
+    /// Every scenario at the sizes docs/benchmarks.md reports (under 15 minutes on 2 cores).
+    All(AllArgs),
+    /// The instant scripted OpenAI-compatible LLM (started by the scenarios as a child process).
+    #[command(hide = true)]
+    ScriptedLlm {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct AllArgs {
+    /// Measured window of each schedule-scale run, in seconds.
+    #[arg(long, default_value_t = 30)]
+    secs: u64,
+    /// Skip the distributed (Postgres + NATS / Redis) variants.
+    #[arg(long)]
+    embedded_only: bool,
+}
+
+/// The result of one scenario run.
+#[derive(Debug, Serialize)]
+pub struct Scenario {
+    pub name: String,
+    pub params: serde_json::Value,
+    pub rows: Vec<Row>,
+    pub counters: serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct Report {
+    started_at: String,
+    finished_at: String,
+    command: String,
+    machine: sys::Machine,
+    scenarios: Vec<Scenario>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::ScriptedLlm { listen } = &cli.command {
+        // The LLM gets its own small runtime in its own process: its CPU is not the platform's.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        return rt.block_on(llm::serve(listen));
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    // Two rustls crypto providers are linked (ring via async-nats, aws-lc-rs via reqwest).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let started_at = chrono::Utc::now();
+    let machine = sys::Machine::describe();
+    let command = command_line();
+    eprintln!("{command}");
+    let mut scenarios = Vec::new();
+    match cli.command {
+        Command::ScheduleScale(a) => scenarios.push(schedule::schedule_scale(&a).await?),
+        Command::FireBreakdown(a) => scenarios.push(schedule::fire_breakdown(&a).await?),
+        Command::DispatchLatency(a) => scenarios.push(dispatch::dispatch_latency(&a).await?),
+        Command::RunOverhead(a) => scenarios.push(dispatch::run_overhead(&a).await?),
+        Command::All(a) => all(&a, &mut scenarios).await?,
+        Command::ScriptedLlm { .. } => unreachable!("handled before the runtime starts"),
+    }
+    let report = Report {
+        started_at: started_at.to_rfc3339(),
+        finished_at: chrono::Utc::now().to_rfc3339(),
+        command,
+        machine,
+        scenarios,
+    };
+    print_report(&report)?;
+    if let Some(path) = &cli.json {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("results written to {}", path.display());
+    }
+    Ok(())
+}
+
+async fn all(a: &AllArgs, out: &mut Vec<Scenario>) -> anyhow::Result<()> {
+    let mut backends = vec![BackendKind::Embedded];
+    if !a.embedded_only {
+        backends.extend([BackendKind::PostgresNats, BackendKind::PostgresRedis]);
+    }
+    for &backend in &backends {
+        for agents in [500, 10_000] {
+            let args = schedule::ScaleArgs { agents, secs: a.secs, warmup: 5, backend, consumers: 2 };
+            out.push(schedule::schedule_scale(&args).await?);
+        }
+    }
+    for &backend in &backends[..backends.len().min(2)] {
+        out.push(schedule::fire_breakdown(&schedule::BreakdownArgs { agents: 10_000, rounds: 5, backend }).await?);
+    }
+    for server_nodelay in [false, true] {
+        let args = dispatch::DispatchArgs { runs: 300, warmup: 20, backend: BackendKind::Embedded, server_nodelay };
+        out.push(dispatch::dispatch_latency(&args).await?);
+    }
+    for &backend in &backends[..backends.len().min(2)] {
+        let args = dispatch::OverheadArgs {
+            agents: 100,
+            runs: 1000,
+            rounds: 3,
+            inflight: 32,
+            worker_concurrency: 64,
+            backend,
+        };
+        out.push(dispatch::run_overhead(&args).await?);
+    }
+    Ok(())
+}
+
+/// The command line that reproduces this run.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c)) {
+                a.clone()
+            } else {
+                format!("'{a}'")
+            }
+        })
+        .collect();
+    format!("cargo run --release -p nightshift-bench -- {}", quoted.join(" "))
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn print_report(r: &Report) -> anyhow::Result<()> {
+    let m = &r.machine;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "machine: {} · {} cores · {:.1} GiB RAM · Linux {}", m.cpu_model, m.cores, m.ram_gib, m.kernel)?;
+    if m.concurrent_rustc > 0 {
+        writeln!(
+            out,
+            "note: {} rustc processes were running at start (machine shared with builds)",
+            m.concurrent_rustc
+        )?;
+    }
+    writeln!(out, "started {} · finished {}", r.started_at, r.finished_at)?;
+    writeln!(out, "reproduce: {}", r.command)?;
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::ASCII_MARKDOWN);
+    table.set_header(["scenario", "metric", "unit", "n (samples)", "median", "p99", "min", "max"]);
+    for s in &r.scenarios {
+        for row in &s.rows {
+            let n = |f: fn(&stats::Summary) -> f64| row.summary.as_ref().map_or("-".into(), |s| fmt_num(f(s)));
+            let count = row.summary.as_ref().map_or(0, |s| s.n);
+            table.add_row([
+                s.name.clone(),
+                row.metric.clone(),
+                row.unit.clone(),
+                format!("{count} ({})", row.over),
+                n(|s| s.median),
+                n(|s| s.p99),
+                n(|s| s.min),
+                n(|s| s.max),
+            ]);
+        }
+    }
+    writeln!(out, "{table}")?;
+    for s in &r.scenarios {
+        if s.counters.as_object().is_some_and(|o| !o.is_empty()) {
+            writeln!(out, "{}: {}", s.name, s.counters)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! What the process and the machine look like, read from `/proc` (Linux only, like the targets).
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The machine a figure was measured on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpu_model: String,
+    pub cores: usize,
+    pub ram_gib: f64,
+    pub kernel: String,
+    /// `rustc` processes seen when the run started: the machine is shared with builds.
+    pub concurrent_rustc: usize,
+}
+
+impl Machine {
+    pub fn describe() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let ram_kib = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+        Self { cpu_model, cores, ram_gib: ram_kib / 1024.0 / 1024.0, kernel, concurrent_rustc: count_rustc() }
+    }
+}
+
+/// Number of running `rustc` processes (other engineers' builds share the 2 cores).
+pub fn count_rustc() -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "rustc"))
+        .count()
+}
+
+/// Resident memory now and at its peak, in MiB (`VmRSS`, `VmHWM`).
+pub fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// CPU time (user + system) used by this process so far.
+pub fn cpu_time() -> Duration {
+    // Fields 14 and 15 of /proc/self/stat, counted after the `(comm)` field, which may hold spaces.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state), so utime (14) is index 11 and stime (15) index 12.
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    Duration::from_secs_f64(ticks as f64 / clock_ticks_per_sec())
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // USER_HZ is 100 on every Linux ABI this runs on; getconf would need libc.
+    100.0
+}
+
+/// Resets the peak RSS (`VmHWM`) so that a scenario reports its own peak, not an earlier one's
+/// (`all` runs every scenario in one process). The current RSS still includes heap the
+/// allocator kept from earlier scenarios: run a scenario alone for its exact RSS.
+pub fn reset_peak_rss() {
+    // "5" resets the peak resident set size (Linux >= 4.0); harmless if refused.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}

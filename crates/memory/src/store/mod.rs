@@ -1,0 +1,48 @@
+//! The [`MemoryStore`] trait (records, recency, filters, TTL) and its backends.
+use async_trait::async_trait;
+
+use crate::error::MemoryError;
+use crate::types::{MemoryRecord, MemoryType, RecallQuery, Scope};
+
+pub mod memory;
+pub mod redis;
+pub mod sql;
+
+/// Storage of memory records.
+///
+/// Every backend behaves the same (see `tests/store_contract.rs`): ids are unique across scopes,
+/// `put` replaces a record with the same id, expired records (`expires_at <= clock.now()`) are
+/// invisible to every read and count, and instants keep millisecond precision.
+#[async_trait]
+pub trait MemoryStore: Send + Sync + std::fmt::Debug {
+    /// Backend name for stats and logs (`memory`, `redis`, `sql`).
+    fn backend(&self) -> &'static str;
+
+    /// Inserts or replaces records.
+    async fn put(&self, records: &[MemoryRecord]) -> Result<(), MemoryError>;
+
+    /// Records of `scope` with these ids (archived ones included; unknown or expired ids are
+    /// skipped), in the order of `ids`.
+    async fn get(&self, scope: &Scope, ids: &[String]) -> Result<Vec<MemoryRecord>, MemoryError>;
+
+    /// The newest records matching `query`, newest first (ties: higher id first).
+    async fn recent(&self, query: &RecallQuery) -> Result<Vec<MemoryRecord>, MemoryError>;
+
+    /// Deletes the records of `scope` of `kind` (every type if `None`); only `ids` if not empty.
+    /// Returns how many were deleted.
+    async fn delete(&self, scope: &Scope, kind: Option<MemoryType>, ids: &[String]) -> Result<u64, MemoryError>;
+
+    /// Marks records of `scope` archived (or not); returns how many changed.
+    async fn set_archived(&self, scope: &Scope, ids: &[String], archived: bool) -> Result<u64, MemoryError>;
+
+    /// Live records of `kind`, in `scope` or in every scope; archived records count.
+    async fn count(&self, scope: Option<&Scope>, kind: MemoryType) -> Result<u64, MemoryError>;
+
+    /// Live records of `kind` in every scope with ids greater than `after`, in id order, at most
+    /// `limit` (archived included): pages through a whole type, e.g. to rebuild a vector index.
+    async fn scan(&self, kind: MemoryType, after: Option<&str>, limit: usize)
+    -> Result<Vec<MemoryRecord>, MemoryError>;
+
+    /// Physically removes expired records; returns how many.
+    async fn purge_expired(&self) -> Result<u64, MemoryError>;
+}

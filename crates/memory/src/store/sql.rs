@@ -1,0 +1,362 @@
+//! SQL [`MemoryStore`] on SQLite or Postgres through sqlx `Any` (one code path, `$N`
+//! placeholders), with its own migrations (`migrations/{sqlite,postgres}`) and its own migration
+//! history table, so it may share a database with nightshift-store.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nightshift_core::{Clock, SystemClock, time};
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, AnyPool, Row};
+
+use crate::error::{MemoryError, redact};
+use crate::store::MemoryStore;
+use crate::types::{MemoryRecord, MemoryType, RecallQuery, Scope};
+
+const MIGRATIONS_TABLE: &str = "_nightshift_memory_migrations";
+const COLUMNS: &str =
+    "id, agent_id, session, kind, content, metadata, run_id, created_at, expires_at, summary, archived";
+
+/// The SQL dialect behind a [`SqlStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlBackend {
+    /// Embedded file database.
+    Sqlite,
+    /// Postgres.
+    Postgres,
+}
+
+/// Records in SQL tables `memory_records` + `memory_metadata`.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: SqlBackend,
+    clock: Arc<dyn Clock>,
+}
+
+impl SqlStore {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://...`), creating a SQLite file if needed,
+    /// and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Self, MemoryError> {
+        Self::connect_with_clock(url, Arc::new(SystemClock)).await
+    }
+
+    /// Like [`SqlStore::connect`] with an injected clock (TTL is judged by it).
+    pub async fn connect_with_clock(url: &str, clock: Arc<dyn Clock>) -> Result<Self, MemoryError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("sqlite:") {
+            let url = if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
+            (SqlBackend::Sqlite, url)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (SqlBackend::Postgres, url.to_owned())
+        } else {
+            return Err(MemoryError::Config(format!(
+                "unsupported database URL '{}': use sqlite://PATH or postgres://...",
+                redact(url)
+            )));
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(if backend == SqlBackend::Sqlite { 4 } else { 8 })
+            .acquire_timeout(Duration::from_secs(10));
+        let options = if backend == SqlBackend::Sqlite {
+            options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets readers proceed during a write; the busy timeout makes writers
+                    // queue for the lock instead of failing with SQLITE_BUSY.
+                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA busy_timeout = 30000").execute(&mut *conn).await?;
+                    Ok(())
+                })
+            })
+        } else {
+            options
+        };
+        let pool = options
+            .connect(&url)
+            .await
+            .map_err(|e| MemoryError::backend("sql", format!("cannot connect to {}: {e}", redact(&url))))?;
+        let mut migrator = match backend {
+            SqlBackend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            SqlBackend::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        // Our own history table: sharing `_sqlx_migrations` with nightshift-store would make
+        // each migrator reject the other's applied versions as missing.
+        migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+        migrator.run(&pool).await?;
+        tracing::info!(backend = ?backend, "memory SQL store ready");
+        Ok(Self { pool, backend, clock })
+    }
+
+    /// The dialect in use.
+    pub fn dialect(&self) -> SqlBackend {
+        self.backend
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn now_ms(&self) -> i64 {
+        time::to_millis(self.clock.now())
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> MemoryError {
+    MemoryError::Corrupt(format!("{what}: {e}"))
+}
+
+fn record_from_row(row: &AnyRow) -> Result<MemoryRecord, MemoryError> {
+    let kind: String = row.try_get("kind")?;
+    let metadata: String = row.try_get("metadata")?;
+    let expires: Option<i64> = row.try_get("expires_at")?;
+    Ok(MemoryRecord {
+        id: row.try_get("id")?,
+        kind: kind.parse().map_err(|e| corrupt("memory_records.kind", e))?,
+        scope: Scope { agent_id: row.try_get("agent_id")?, session: row.try_get("session")? },
+        content: row.try_get("content")?,
+        metadata: serde_json::from_str::<BTreeMap<String, String>>(&metadata)
+            .map_err(|e| corrupt("memory_records.metadata", e))?,
+        run_id: row.try_get("run_id")?,
+        created_at: time::from_millis(row.try_get("created_at")?),
+        expires_at: expires.map(time::from_millis),
+        summary: row.try_get::<i64, _>("summary")? != 0,
+        archived: row.try_get::<i64, _>("archived")? != 0,
+    })
+}
+
+/// `$start, $start+1, ...` for `n` values.
+fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+fn bind_all<'q>(mut q: Query<'q, Any, AnyArguments>, values: &'q [String]) -> Query<'q, Any, AnyArguments> {
+    for v in values {
+        q = q.bind(v.as_str());
+    }
+    q
+}
+
+#[async_trait]
+impl MemoryStore for SqlStore {
+    fn backend(&self) -> &'static str {
+        "sql"
+    }
+
+    async fn put(&self, records: &[MemoryRecord]) -> Result<(), MemoryError> {
+        let mut tx = self.pool.begin().await?;
+        for r in records {
+            let metadata = serde_json::to_string(&r.metadata).map_err(|e| MemoryError::Invalid(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO memory_records (id, agent_id, session, kind, content, metadata, run_id, created_at, \
+                 expires_at, summary, archived) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (id) DO UPDATE SET agent_id = EXCLUDED.agent_id, session = EXCLUDED.session, \
+                 kind = EXCLUDED.kind, content = EXCLUDED.content, metadata = EXCLUDED.metadata, \
+                 run_id = EXCLUDED.run_id, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at, \
+                 summary = EXCLUDED.summary, archived = EXCLUDED.archived",
+            )
+            .bind(r.id.as_str())
+            .bind(r.scope.agent_id.as_str())
+            .bind(r.scope.session.as_str())
+            .bind(r.kind.as_str())
+            .bind(r.content.as_str())
+            .bind(metadata)
+            .bind(r.run_id.as_str())
+            .bind(time::to_millis(r.created_at))
+            .bind(r.expires_at.map(time::to_millis))
+            .bind(i64::from(r.summary))
+            .bind(i64::from(r.archived))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM memory_metadata WHERE record_id = $1")
+                .bind(r.id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            for (k, v) in &r.metadata {
+                sqlx::query("INSERT INTO memory_metadata (record_id, key, value) VALUES ($1, $2, $3)")
+                    .bind(r.id.as_str())
+                    .bind(k.as_str())
+                    .bind(v.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get(&self, scope: &Scope, ids: &[String]) -> Result<Vec<MemoryRecord>, MemoryError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {COLUMNS} FROM memory_records WHERE agent_id = $1 AND session = $2 \
+             AND (expires_at IS NULL OR expires_at > $3) AND id IN ({})",
+            placeholders(4, ids.len())
+        );
+        let q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(scope.agent_id.as_str())
+            .bind(scope.session.as_str())
+            .bind(self.now_ms());
+        let rows = bind_all(q, ids).fetch_all(&self.pool).await?;
+        let mut found: Vec<MemoryRecord> = rows.iter().map(record_from_row).collect::<Result<_, _>>()?;
+        // Keep the caller's order (the IN list does not).
+        found.sort_by_key(|r| ids.iter().position(|id| id == &r.id));
+        Ok(found)
+    }
+
+    async fn recent(&self, q: &RecallQuery) -> Result<Vec<MemoryRecord>, MemoryError> {
+        let mut sql = format!(
+            "SELECT {COLUMNS} FROM memory_records r WHERE agent_id = $1 AND session = $2 AND kind = $3 \
+             AND (expires_at IS NULL OR expires_at > $4)"
+        );
+        let mut n = 5;
+        if !q.include_archived {
+            sql.push_str(" AND archived = 0");
+        }
+        if q.before.is_some() {
+            sql.push_str(&format!(" AND created_at < ${n}"));
+            n += 1;
+        }
+        let mut filter_values = Vec::with_capacity(q.metadata.len() * 2);
+        for (k, v) in &q.metadata {
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM memory_metadata m WHERE m.record_id = r.id AND m.key = ${} AND m.value = ${})",
+                n,
+                n + 1
+            ));
+            n += 2;
+            filter_values.push(k.clone());
+            filter_values.push(v.clone());
+        }
+        sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT ${n}"));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(q.scope.agent_id.as_str())
+            .bind(q.scope.session.as_str())
+            .bind(q.kind.as_str())
+            .bind(self.now_ms());
+        if let Some(b) = q.before {
+            query = query.bind(time::to_millis(b));
+        }
+        let query = bind_all(query, &filter_values).bind(i64::try_from(q.limit).unwrap_or(i64::MAX));
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    async fn delete(&self, scope: &Scope, kind: Option<MemoryType>, ids: &[String]) -> Result<u64, MemoryError> {
+        // Selection shared by both statements: $1 agent, $2 session, $3 now, then kind, then ids.
+        let mut cond = "agent_id = $1 AND session = $2 AND (expires_at IS NULL OR expires_at > $3)".to_owned();
+        let mut values = Vec::new();
+        let mut n = 4;
+        if let Some(k) = kind {
+            cond.push_str(&format!(" AND kind = ${n}"));
+            values.push(k.as_str().to_owned());
+            n += 1;
+        }
+        if !ids.is_empty() {
+            cond.push_str(&format!(" AND id IN ({})", placeholders(n, ids.len())));
+            values.extend(ids.iter().cloned());
+        }
+        let mut tx = self.pool.begin().await?;
+        let now = self.now_ms();
+        let meta_sql =
+            format!("DELETE FROM memory_metadata WHERE record_id IN (SELECT id FROM memory_records WHERE {cond})");
+        let q = sqlx::query(sqlx::AssertSqlSafe(meta_sql))
+            .bind(scope.agent_id.as_str())
+            .bind(scope.session.as_str())
+            .bind(now);
+        bind_all(q, &values).execute(&mut *tx).await?;
+        let rec_sql = format!("DELETE FROM memory_records WHERE {cond}");
+        let q = sqlx::query(sqlx::AssertSqlSafe(rec_sql))
+            .bind(scope.agent_id.as_str())
+            .bind(scope.session.as_str())
+            .bind(now);
+        let done = bind_all(q, &values).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn set_archived(&self, scope: &Scope, ids: &[String], archived: bool) -> Result<u64, MemoryError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "UPDATE memory_records SET archived = $1 WHERE agent_id = $2 AND session = $3 AND archived <> $4 \
+             AND (expires_at IS NULL OR expires_at > $5) AND id IN ({})",
+            placeholders(6, ids.len())
+        );
+        let q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(archived))
+            .bind(scope.agent_id.as_str())
+            .bind(scope.session.as_str())
+            .bind(i64::from(archived))
+            .bind(self.now_ms());
+        Ok(bind_all(q, ids).execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn count(&self, scope: Option<&Scope>, kind: MemoryType) -> Result<u64, MemoryError> {
+        let row = match scope {
+            Some(s) => {
+                sqlx::query(
+                    "SELECT COUNT(*) AS n FROM memory_records WHERE kind = $1 AND agent_id = $2 AND session = $3 \
+                     AND (expires_at IS NULL OR expires_at > $4)",
+                )
+                .bind(kind.as_str())
+                .bind(s.agent_id.as_str())
+                .bind(s.session.as_str())
+                .bind(self.now_ms())
+                .fetch_one(&self.pool)
+                .await?
+            }
+            None => sqlx::query(
+                "SELECT COUNT(*) AS n FROM memory_records WHERE kind = $1 AND (expires_at IS NULL OR expires_at > $2)",
+            )
+            .bind(kind.as_str())
+            .bind(self.now_ms())
+            .fetch_one(&self.pool)
+            .await?,
+        };
+        let n: i64 = row.try_get("n")?;
+        u64::try_from(n).map_err(|e| corrupt("count", e))
+    }
+
+    async fn scan(
+        &self,
+        kind: MemoryType,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MemoryRecord>, MemoryError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM memory_records WHERE kind = $1 AND (expires_at IS NULL OR expires_at > $2) \
+             AND id > $3 ORDER BY id LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind.as_str())
+            .bind(self.now_ms())
+            .bind(after.unwrap_or(""))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    async fn purge_expired(&self) -> Result<u64, MemoryError> {
+        let now = self.now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM memory_metadata WHERE record_id IN \
+             (SELECT id FROM memory_records WHERE expires_at IS NOT NULL AND expires_at <= $1)",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query("DELETE FROM memory_records WHERE expires_at IS NOT NULL AND expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+}
