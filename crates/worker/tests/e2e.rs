@@ -126,18 +126,7 @@ async fn a_triggered_run_calls_the_tool_and_finishes_with_the_seed_events() {
     let (llm, script) = scripted_llm().await;
     let (env, agent) = env(&llm).await;
     let (events, _worker) = start_worker(&env, Duration::from_secs(10)).await;
-    let run = env
-        .manager
-        .clone()
-        .trigger_agent(pb::TriggerAgentRequest {
-            agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name("area".into())) }),
-            query_override: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .run
-        .unwrap();
+    let run = trigger(&env).await;
     let done = wait_for_status(&env, &run.id, pb::RunStatus::Succeeded).await;
     assert!(done.result.starts_with("The area is 12"), "{}", done.result);
     // The real calculate_area tool ran: its output (area 12, perimeter 14) went back to the model.
@@ -196,25 +185,9 @@ async fn worker_dies_mid_run(queue: &str) {
         let (_events, task) = start_worker_at(&endpoint, &queue_url, &queue_name, Duration::from_secs(2)).await;
         let _ = task.await;
     });
-    let run = env
-        .manager
-        .clone()
-        .trigger_agent(pb::TriggerAgentRequest {
-            agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name("area".into())) }),
-            query_override: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .run
-        .unwrap();
+    let run = trigger(&env).await;
     // Worker 1 has done the first LLM turn and the tool call, and is waiting on the second turn.
-    for _ in 0..100 {
-        if script.second_turns.load(Ordering::SeqCst) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_second_turn(&script).await;
     assert_eq!(script.second_turns.load(Ordering::SeqCst), 1);
     rt.shutdown_background(); // dies without FinishRun, ack or nack
     script.hang_second_turn.store(false, Ordering::SeqCst);
@@ -248,24 +221,8 @@ async fn a_draining_worker_hands_its_run_back_and_another_finishes_it() {
     let cfg = WorkerConfig { concurrency: 2, lease_ttl: Duration::from_secs(10), ..WorkerConfig::default() };
     let w1 = Worker::new(cfg, channel, queue, None);
     let w1_task = tokio::spawn(w1.clone().run(std::future::pending()));
-    let run = env
-        .manager
-        .clone()
-        .trigger_agent(pb::TriggerAgentRequest {
-            agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name("area".into())) }),
-            query_override: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .run
-        .unwrap();
-    for _ in 0..100 {
-        if script.second_turns.load(Ordering::SeqCst) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let run = trigger(&env).await;
+    wait_for_second_turn(&script).await;
     // SIGTERM equivalent: the run cannot finish within the grace, so it is handed back.
     assert_eq!(w1.drain(Duration::from_millis(300)), 1);
     tokio::time::timeout(Duration::from_secs(10), w1_task).await.expect("the drained worker stops").unwrap();
@@ -285,6 +242,22 @@ async fn a_draining_worker_hands_its_run_back_and_another_finishes_it() {
     let done = wait_for_status(&env, &run.id, pb::RunStatus::Succeeded).await;
     assert_eq!(done.attempt, 2);
     assert_eq!(script.first_turns.load(Ordering::SeqCst), 1, "resumed from the checkpoints");
+}
+
+/// Triggers the `area` agent and returns the queued run.
+async fn trigger(env: &Env) -> pb::Run {
+    let req = pb::TriggerAgentRequest { agent: by_name("area"), query_override: None };
+    env.manager.clone().trigger_agent(req).await.unwrap().into_inner().run.unwrap()
+}
+
+/// Waits until some worker has done the first LLM turn and the tool call and asks for the second.
+async fn wait_for_second_turn(script: &nightshift_testkit::llm::Script) {
+    for _ in 0..100 {
+        if script.second_turns.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A scheduler replica on the test's store and queue, with fast coordination.
