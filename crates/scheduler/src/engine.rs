@@ -17,6 +17,8 @@ use crate::rules::{self, Tick};
 
 /// How many run requests are published concurrently.
 const PUBLISH_CONCURRENCY: usize = 256;
+/// Due agents per chunk of a firing pass (one transaction and one publish burst each).
+const FIRE_CHUNK: usize = 1000;
 /// How often every agent is reloaded from the store (catches deletions missed by RemoveSchedule).
 const FULL_RELOAD_EVERY: Duration = Duration::from_secs(30);
 /// Overlap of consecutive change polls, so that clock skew between processes loses no change.
@@ -279,13 +281,17 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Fires every due tick: records the runs and progress in one transaction, then publishes.
+    /// Fires every due tick. The due agents are taken in chunks of [`FIRE_CHUNK`]; each chunk's
+    /// runs and progress are recorded in one transaction and then published, so the first runs
+    /// of a large herd due at the same instant reach the queue after milliseconds, not after
+    /// the whole pass. The outbox flags are set once at the end, off the latency path.
     pub async fn fire_due(&self) {
         let now = self.inner.clock.now();
         let grace = self.inner.cfg.misfire_grace;
         let mut firings = Vec::new();
         {
             let mut idx = self.index();
+            let mut taken = std::collections::HashSet::new();
             while let Some(Reverse((at, generation, id))) = idx.heap.peek().cloned() {
                 if at > now {
                     break;
@@ -294,6 +300,10 @@ impl Scheduler {
                 let Some(e) = idx.entries.get(&id).filter(|e| e.generation == generation && !e.agent.paused) else {
                     continue;
                 };
+                // One firing per agent and pass (a store batch must not name an agent twice).
+                if !taken.insert(id.clone()) {
+                    continue;
+                }
                 let plan = rules::plan(&e.agent.schedule, &id, e.agent.anchor, now, grace);
                 if plan.handled_until.is_none() {
                     idx.reschedule(&id, plan.next);
@@ -302,9 +312,15 @@ impl Scheduler {
                 }
             }
         }
-        if firings.is_empty() {
-            return;
+        let mut published = Vec::new();
+        for chunk in firings.chunks(FIRE_CHUNK) {
+            published.extend(self.fire_chunk(chunk, now).await);
         }
+        self.mark_published(&published).await;
+    }
+
+    /// Records, publishes and reschedules one chunk of firings; returns the runs published.
+    async fn fire_chunk(&self, firings: &[Firing], now: DateTime<Utc>) -> Vec<RunId> {
         let fires: Vec<TickFire> = firings
             .iter()
             .map(|f| TickFire {
@@ -321,12 +337,12 @@ impl Scheduler {
                 tracing::warn!(error = %e, n = fires.len(), "recording fired ticks failed; retrying in 1s");
                 let retry = now + chrono::Duration::seconds(1);
                 let mut idx = self.index();
-                for f in &firings {
+                for f in firings {
                     if let Some(gen_) = idx.entries.get(&f.agent_id).map(|e| e.generation) {
                         idx.heap.push(Reverse((retry, gen_, f.agent_id.clone())));
                     }
                 }
-                return;
+                return Vec::new();
             }
         };
         let mut requests = Vec::new();
@@ -366,7 +382,7 @@ impl Scheduler {
                 }
             }
         }
-        self.publish_all(&requests).await;
+        let published = self.publish(&requests).await;
         let fired_now = self.inner.clock.now();
         let mut idx = self.index();
         for id in &gone {
@@ -390,11 +406,12 @@ impl Scheduler {
             metrics::counter!("nightshift_scheduler_fired_total").increment(f.plan.fire.len() as u64);
             idx.reschedule(&f.agent_id, f.plan.next);
         }
+        published
     }
 
-    /// Publishes, then marks what reached the queue as published (the outbox flag); what did
-    /// not is published again by the sweep.
-    async fn publish_all(&self, requests: &[RunRequest]) {
+    /// Publishes, returning the runs that reached the queue; the others are published again by
+    /// the outbox sweep.
+    async fn publish(&self, requests: &[RunRequest]) -> Vec<RunId> {
         let mut published = Vec::with_capacity(requests.len());
         for chunk in requests.chunks(PUBLISH_CONCURRENCY) {
             let results = futures::future::join_all(chunk.iter().map(|r| self.inner.queue.publish(r, None))).await;
@@ -407,7 +424,12 @@ impl Scheduler {
                 }
             }
         }
-        if let Err(e) = self.inner.store.mark_published(&published).await {
+        published
+    }
+
+    /// Sets the outbox flag of published runs.
+    async fn mark_published(&self, published: &[RunId]) {
+        if let Err(e) = self.inner.store.mark_published(published).await {
             // Harmless: the sweep publishes them again and the queue drops the duplicates.
             tracing::warn!(error = %e, "marking runs as published failed");
         }
@@ -436,7 +458,8 @@ impl Scheduler {
         if !requests.is_empty() {
             tracing::info!(n = requests.len(), "publishing queued runs whose request never reached the queue");
             metrics::counter!("nightshift_scheduler_republished_total").increment(requests.len() as u64);
-            self.publish_all(&requests).await;
+            let published = self.publish(&requests).await;
+            self.mark_published(&published).await;
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use chrono::{TimeZone, Utc};
 use nightshift_core::{AgentSpec, AgentState, ManualClock, RunId, RunOutcome, RunStatus, TriggerKind, WorkerId};
 use nightshift_store::{
     AgentFilter, ApplyOutcome, FinishInput, NewRun, RunFilter, StartInput, StartOutcome, StepInput, Store, StoreError,
+    TickFire, TickOutcome,
 };
 use nightshift_testkit::{Db, database};
 
@@ -59,6 +60,7 @@ nightshift_testkit::both_backends!(
     paused_agent_runs_are_skipped,
     stats_aggregate_runs,
     enqueue_is_idempotent_per_tick,
+    fire_ticks_batches_and_reports_each_run,
 );
 
 async fn agent_lifecycle(kind: Db) {
@@ -360,4 +362,53 @@ async fn enqueue_is_idempotent_per_tick(kind: Db) {
     let page =
         e.store.list_runs(&RunFilter { agent_id: Some(a.id.clone()), limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(page.items.len(), 1);
+}
+
+/// More agents than one multi-row statement holds (500), two ticks for some, a tick fired twice
+/// and an agent deleted before its tick is recorded: every run gets the right outcome, and the
+/// schedule progress (last tick, fired, missed counters) adds up.
+async fn fire_ticks_batches_and_reports_each_run(kind: Db) {
+    let e = env(kind).await;
+    let mut agents = Vec::new();
+    for i in 0..620 {
+        agents.push(e.store.create_agent(&spec(&format!("herd-{i}"), ""), AgentState::Active).await.unwrap().id);
+    }
+    let t1 = Utc.with_ymd_and_hms(2026, 3, 1, 12, 1, 0).unwrap();
+    let t2 = Utc.with_ymd_and_hms(2026, 3, 1, 12, 2, 0).unwrap();
+    let fire = |agent: &nightshift_core::AgentId, ticks: &[chrono::DateTime<Utc>], missed: u64| TickFire {
+        agent_id: agent.clone(),
+        runs: ticks.iter().map(|t| (RunId::for_tick(agent, t.timestamp_millis()), *t)).collect(),
+        last_tick: *ticks.last().unwrap(),
+        missed,
+    };
+    // The first pass: one tick each, agent 0 also misses one.
+    let first: Vec<TickFire> = agents.iter().enumerate().map(|(i, a)| fire(a, &[t1], u64::from(i == 0))).collect();
+    let out = e.store.fire_ticks(&first).await.unwrap();
+    assert_eq!(out.len(), 620);
+    assert!(out.iter().all(|o| o == &[TickOutcome::Created]));
+
+    // The second pass: agent 1 is deleted, agent 2 repeats t1 (another replica) and adds t2.
+    e.store.delete_agent(&agents[1]).await.unwrap();
+    let mut second: Vec<TickFire> = agents.iter().map(|a| fire(a, &[t2], 0)).collect();
+    second[2] = fire(&agents[2], &[t1, t2], 0);
+    let out = e.store.fire_ticks(&second).await.unwrap();
+    assert_eq!(out[0], vec![TickOutcome::Created]);
+    assert_eq!(out[1], vec![TickOutcome::NoAgent]);
+    assert_eq!(out[2], vec![TickOutcome::Existed, TickOutcome::Created]);
+    assert!(out[3..].iter().all(|o| o == &[TickOutcome::Created]));
+
+    let a0 = e.store.scheduled_agent(&agents[0]).await.unwrap().unwrap();
+    assert_eq!((a0.anchor, a0.fired, a0.missed), (t2, 2, 1));
+    // Agent 2's repeated tick still counts as handled once per pass: progress is the newest tick.
+    let a2 = e.store.scheduled_agent(&agents[2]).await.unwrap().unwrap();
+    assert_eq!((a2.anchor, a2.fired), (t2, 3));
+    assert!(e.store.scheduled_agent(&agents[1]).await.unwrap().is_none());
+    let run = e.store.get_run(&RunId::for_tick(&agents[619], t2.timestamp_millis())).await.unwrap().unwrap();
+    assert_eq!((run.status, run.scheduled_for), (RunStatus::Queued, Some(t2)));
+    let page = e
+        .store
+        .list_runs(&RunFilter { agent_id: Some(agents[2].clone()), limit: 10, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 2);
 }
