@@ -93,6 +93,10 @@ pub struct DevArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9090).
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Directory of the all-MiniLM-L6-v2 model for semantic memory search (default: the one
+    /// crates/memory/scripts/fetch-model.sh fills, if present; otherwise search is off).
+    #[arg(long, env = "NIGHTSHIFT_MEMORY_MODEL")]
+    pub memory_model: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use nightshift_core::{AgentId, SystemClock};
 use nightshift_events::{EventPublisher, EventService, PublisherOptions, SERVICE_NAME as EVENTS};
 use nightshift_manager::{ManagerConfig, ManagerService, SERVICE_NAME as MANAGER, ScheduleObserver};
+use nightshift_memory::{MemoryConfig, MemoryService, SERVICE_NAME as MEMORY};
 use nightshift_queue::QueueOptions;
 use nightshift_rpc::{GrpcServer, shutdown_signal};
 use nightshift_scheduler::{SERVICE_NAME as SCHEDULER, Scheduler, SchedulerApi, SchedulerConfig};
@@ -70,8 +71,15 @@ pub(crate) async fn run(args: DevArgs, log_format: LogFormat) -> anyhow::Result<
     // The worker talks to the manager over gRPC, on this very port: the same path as in a
     // distributed deployment.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy();
-    let worker =
-        Worker::new(WorkerConfig::default(), channel, queue.clone(), Some(publisher_fn(publisher("worker/dev")?)));
+    let memory =
+        MemoryService::from_config(&memory_config(&args, &url)?).await.context("starting the memory service")?;
+    let worker = Worker::new(
+        WorkerConfig::default(),
+        channel.clone(),
+        queue.clone(),
+        Some(publisher_fn(publisher("worker/dev")?)),
+    )
+    .with_memory(channel);
     let (worker_stop_tx, mut worker_stop_rx) = tokio::sync::watch::channel(false);
     let worker_task = tokio::spawn(worker.clone().run(async move {
         let _ = worker_stop_rx.wait_for(|s| *s).await;
@@ -86,7 +94,8 @@ pub(crate) async fn run(args: DevArgs, log_format: LogFormat) -> anyhow::Result<
     server.routes().add_service(SchedulerApi::new(scheduler).into_server());
     server.routes().add_service(WorkerApi::new(worker).into_server());
     server.routes().add_service(events_service.clone().into_server());
-    server.serving(MANAGER).serving(SCHEDULER).serving(WORKER).serving(EVENTS);
+    server.routes().add_service(memory.into_server());
+    server.serving(MANAGER).serving(SCHEDULER).serving(WORKER).serving(EVENTS).serving(MEMORY);
     // Printed on stdout (not the log) so scripts and tests can read the bound address.
     println!("nightshift dev listening on {addr} (database {})", nightshift_store::redact(&url));
     server
@@ -102,6 +111,38 @@ pub(crate) async fn run(args: DevArgs, log_format: LogFormat) -> anyhow::Result<
     let _ = scheduler_task.await;
     store.close().await;
     Ok(())
+}
+
+/// Memory on the dev database (working memory in this process), with semantic search on an
+/// in-process index when the embedded MiniLM model is at hand: `--memory-model`, or the
+/// directory `crates/memory/scripts/fetch-model.sh` fills by default.
+fn memory_config(args: &DevArgs, database_url: &str) -> anyhow::Result<MemoryConfig> {
+    let mut cfg = MemoryConfig::default();
+    cfg.stores.working = "memory://".into();
+    cfg.stores.episodic = database_url.to_owned();
+    cfg.stores.long_term = database_url.to_owned();
+    cfg.stores.procedural = database_url.to_owned();
+    let model = match &args.memory_model {
+        Some(dir) if dir.join("model.safetensors").is_file() => Some(dir.clone()),
+        Some(dir) => anyhow::bail!(
+            "--memory-model {}: no model.safetensors there (crates/memory/scripts/fetch-model.sh fetches it)",
+            dir.display()
+        ),
+        None => std::env::var_os("HOME")
+            .map(|h| std::path::PathBuf::from(h).join(".cache/nightshift-models/all-minilm-l6-v2-0.1.0"))
+            .filter(|d| d.join("model.safetensors").is_file()),
+    };
+    match model {
+        Some(dir) => {
+            cfg.vector.url = "inprocess://".into();
+            cfg.embedder.kind = "minilm".into();
+            cfg.embedder.model_path = dir.display().to_string();
+        }
+        None => tracing::info!(
+            "semantic memory search is off: no embedding model (run crates/memory/scripts/fetch-model.sh, or pass --memory-model)"
+        ),
+    }
+    Ok(cfg)
 }
 
 /// The manager's schedule notifications, delivered to the scheduler in this process.

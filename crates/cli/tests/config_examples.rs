@@ -18,6 +18,11 @@ fn example_configs_load() {
         nightshift_core::config::load(Some(&example("worker.toml")), "NIGHTSHIFT_TEST_UNUSED").unwrap();
     assert_eq!(w.concurrency, 16);
     assert_eq!(w.queue_name, "nightshift-runs");
+    assert_eq!(w.memory_endpoint, "http://127.0.0.1:50054");
+    let mem: nightshift_memory::MemoryConfig =
+        nightshift_core::config::load(Some(&example("memory.toml")), "NIGHTSHIFT_TEST_UNUSED").unwrap();
+    assert_eq!(mem.embedder.kind, "minilm");
+    assert!(mem.vector.url.starts_with("pgvector://"));
 }
 
 #[test]

@@ -27,6 +27,9 @@ pub struct Script {
     pub delay_ms: AtomicU64,
     /// Tools the first turn calls: (substring of the offered tool name, arguments JSON).
     pub calls: Mutex<Vec<(String, String)>>,
+    /// The system message of every first turn, in arrival order (what the runtime put into the
+    /// prompt, e.g. recalled memory).
+    pub systems: Mutex<Vec<String>>,
 }
 
 async fn chat(State(s): State<Arc<Script>>, Json(body): Json<Value>) -> axum::response::Response {
@@ -42,6 +45,12 @@ async fn chat(State(s): State<Arc<Script>>, Json(body): Json<Value>) -> axum::re
     }
     let has_tool_result = body["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
     if !has_tool_result {
+        let system = body["messages"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["role"] == "system"))
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default();
+        s.systems.lock().unwrap().push(system.to_owned());
         s.first_turns.fetch_add(1, Ordering::SeqCst);
         let offered: Vec<String> = body["tools"]
             .as_array()

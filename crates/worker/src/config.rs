@@ -37,6 +37,9 @@ pub struct WorkerConfig {
     pub tools: ToolsConfig,
     /// Event service for the run lifecycle events (`http://HOST:50055`); empty = none.
     pub events_endpoint: String,
+    /// Memory service (`http://HOST:50054`): recall before each run, results stored after;
+    /// empty = agents run without memory (and are told so).
+    pub memory_endpoint: String,
     /// `text` or `json`.
     pub log_format: String,
 }
@@ -56,6 +59,7 @@ impl Default for WorkerConfig {
             drain_grace: Duration::from_secs(30),
             tools: ToolsConfig::default(),
             events_endpoint: String::new(),
+            memory_endpoint: String::new(),
             log_format: "text".into(),
         }
     }

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod config;
 pub mod events;
+pub mod memory;
 pub mod service;
 pub mod worker;
 

@@ -42,7 +42,14 @@ async fn main() -> anyhow::Result<()> {
         let source = format!("worker/{}", std::process::id());
         Some(publisher_fn(EventPublisher::connect_lazy(&cfg.events_endpoint, source, PublisherOptions::default())?))
     };
-    let worker = Worker::new(cfg.clone(), manager, queue, events);
+    let mut worker = Worker::new(cfg.clone(), manager, queue, events);
+    if !cfg.memory_endpoint.is_empty() {
+        let memory = tonic::transport::Endpoint::from_shared(cfg.memory_endpoint.clone())
+            .context("memory_endpoint")?
+            .timeout(std::time::Duration::from_secs(30))
+            .connect_lazy();
+        worker = worker.with_memory(memory);
+    }
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let runner = tokio::spawn(worker.clone().run(async move {
         let _ = stop_rx.wait_for(|s| *s).await;

@@ -2,7 +2,7 @@
 //! the agent loop with heartbeats, checkpoints and a timeout, and ends each attempt.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -18,6 +18,8 @@ use tonic::transport::Channel;
 use crate::agent::{AgentLoop, LoopError, StepSink};
 use crate::config::WorkerConfig;
 use crate::events::{EventFn, RunEvents};
+use crate::memory::{self, MemoryClient};
+use nightshift_llm::ChatModel;
 
 type Manager = pb::manager_service_client::ManagerServiceClient<Channel>;
 
@@ -59,7 +61,15 @@ pub(crate) struct Inner {
     pub(crate) completed: AtomicU64,
     pub(crate) started_at: DateTime<Utc>,
     stop: CancellationToken,
+    /// The memory service, if this worker has one.
+    memory: OnceLock<MemoryClient>,
+    /// Model clients by (agent, spec version): one HTTP client (connection pool, TLS roots) per
+    /// agent version instead of one per run.
+    models: Mutex<HashMap<(String, u64), Arc<dyn ChatModel>>>,
 }
+
+/// Model clients kept before the cache is emptied (agents × versions seen by one worker).
+const MODEL_CACHE_MAX: usize = 4096;
 
 /// Outcome of one attempt, as reported to the manager.
 enum AttemptEnd {
@@ -94,9 +104,33 @@ impl Worker {
             completed: AtomicU64::new(0),
             started_at: Utc::now(),
             stop: CancellationToken::new(),
+            memory: OnceLock::new(),
+            models: Mutex::new(HashMap::new()),
             cfg,
         };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// Recalls memory before each run and stores results through the memory service on
+    /// `channel` (without it, agents run without memory and are told so).
+    pub fn with_memory(self, channel: Channel) -> Self {
+        let _ = self.inner.memory.set(MemoryClient::new(channel));
+        self
+    }
+
+    /// The model client of an agent version, built once.
+    fn model(&self, run: &pb::Run, spec: &AgentSpec) -> Result<Arc<dyn ChatModel>, nightshift_llm::LlmError> {
+        let key = (run.agent_id.clone(), run.agent_version);
+        let mut models = self.inner.models.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = models.get(&key) {
+            return Ok(m.clone());
+        }
+        let m = nightshift_llm::model_from_config(&spec.model)?;
+        if models.len() >= MODEL_CACHE_MAX {
+            models.clear();
+        }
+        models.insert(key, m.clone());
+        Ok(m)
     }
 
     /// This worker's id.
@@ -323,7 +357,7 @@ impl Worker {
         events: &RunEvents,
     ) -> AttemptEnd {
         let zero = nightshift_llm::Usage::default();
-        let model = match nightshift_llm::model_from_config(&spec.model) {
+        let model = match self.model(run, spec) {
             Ok(m) => m,
             Err(e) => return AttemptEnd::Failed(format!("model: {e}"), zero),
         };
@@ -339,14 +373,19 @@ impl Worker {
             events: events.clone(),
         };
         let query = run.query_override.clone().unwrap_or_else(|| spec.query.clone());
+        let memory = self.inner.memory.get().map(|c| (c, memory::scope(spec, &run.agent_id, &run.id)));
+        let recalled = match &memory {
+            Some((client, scope)) => memory::recall(client, spec, scope, &query).await,
+            None => String::new(),
+        };
         let agent = AgentLoop {
             model,
             tools: &tools,
-            system: system_prompt(spec),
-            query,
+            system: system_prompt(spec, memory.is_some(), &recalled),
+            query: query.clone(),
             max_steps: spec.policy.max_steps,
             prior,
-            step_counter: step,
+            step_counter: step.clone(),
         };
         let fut = agent.run(&sink);
         tokio::pin!(fut);
@@ -387,6 +426,12 @@ impl Worker {
             }
         };
         tools.shutdown().await;
+        if let (AttemptEnd::Succeeded(answer, _), Some((client, scope))) = (&end, &memory)
+            && spec.memory.store_results
+        {
+            // Before FinishRun: a run that reads as succeeded has its episode stored.
+            memory::store_episode(client, scope, run, &query, answer, step.load(Ordering::Relaxed)).await;
+        }
         end
     }
 
@@ -492,12 +537,15 @@ impl Worker {
     }
 }
 
-/// Instruction plus what the loop must know about its context.
-fn system_prompt(spec: &AgentSpec) -> String {
+/// Instruction plus what the loop must know about its context: the recalled memory, or that
+/// there is none.
+fn system_prompt(spec: &AgentSpec, has_memory: bool, recalled: &str) -> String {
     let mut s = spec.system_instruction.clone();
-    if spec.memory.session != SessionScope::Run {
-        // Memory (issue: memory service) is not wired into the loop yet; say so to the model
-        // rather than pretending to remember.
+    if !recalled.is_empty() {
+        s.push_str("\n\n");
+        s.push_str(recalled);
+    } else if !has_memory && spec.memory.session != SessionScope::Run {
+        // A worker without a memory service: say so rather than let the model pretend to remember.
         s.push_str("\n\nYou have no memory of earlier runs in this session.");
     }
     s

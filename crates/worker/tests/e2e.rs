@@ -69,7 +69,7 @@ async fn env_on(llm_url: &str, queue: &str, extra: &str) -> (Env, pb::Agent) {
 type Events = Arc<Mutex<Vec<pb::Event>>>;
 
 async fn start_worker(env: &Env, lease: Duration) -> (Events, tokio::task::JoinHandle<()>) {
-    start_worker_at(&env.endpoint, &env.queue_url, &env.queue_name, lease).await
+    start_worker_at(&env.endpoint, &env.queue_url, &env.queue_name, lease, None).await
 }
 
 async fn start_worker_at(
@@ -77,13 +77,17 @@ async fn start_worker_at(
     queue_url: &str,
     queue_name: &str,
     lease: Duration,
+    memory: Option<tonic::transport::Channel>,
 ) -> (Events, tokio::task::JoinHandle<()>) {
     let queue = nightshift_queue::connect(queue_url, &queue_options(queue_name)).await.unwrap();
     let cfg = WorkerConfig { concurrency: 4, lease_ttl: lease, ..WorkerConfig::default() };
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned()).unwrap().connect_lazy();
     let events: Events = Arc::default();
     let sink = events.clone();
-    let worker = Worker::new(cfg, channel, queue, Some(Arc::new(move |e| sink.lock().unwrap().push(e))));
+    let mut worker = Worker::new(cfg, channel, queue, Some(Arc::new(move |e| sink.lock().unwrap().push(e))));
+    if let Some(memory) = memory {
+        worker = worker.with_memory(memory);
+    }
     (events, tokio::spawn(worker.run(std::future::pending())))
 }
 
@@ -182,7 +186,7 @@ async fn worker_dies_mid_run(queue: &str) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (endpoint, queue_url, queue_name) = (env.endpoint.clone(), env.queue_url.clone(), env.queue_name.clone());
     rt.spawn(async move {
-        let (_events, task) = start_worker_at(&endpoint, &queue_url, &queue_name, Duration::from_secs(2)).await;
+        let (_events, task) = start_worker_at(&endpoint, &queue_url, &queue_name, Duration::from_secs(2), None).await;
         let _ = task.await;
     });
     let run = trigger(&env).await;
@@ -430,4 +434,76 @@ async fn a_run_outlasting_its_interval_skips_the_next_ticks() {
     for w in spans.windows(2) {
         assert!(w[0].1 <= w[1].0, "runs overlapped: {spans:?}");
     }
+}
+
+/// A memory service (in-memory stores) on its own gRPC server; returns a channel to it.
+async fn memory_service() -> tonic::transport::Channel {
+    use nightshift_memory::{InMemoryStore, MemoryService, MemoryStore, MemoryType};
+    let store: Arc<dyn MemoryStore> = Arc::new(InMemoryStore::new());
+    let stores = MemoryType::ALL.into_iter().map(|t| (t, store.clone())).collect();
+    let mut server = GrpcServer::new();
+    server.routes().add_service(MemoryService::new(stores).unwrap().into_server());
+    let listener = GrpcServer::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    tonic::transport::Endpoint::from_shared(endpoint).unwrap().connect_lazy()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_recall_memory_and_store_their_result_as_an_episode() {
+    let (llm, script) = scripted_llm().await;
+    let (env, agent) = env(&llm).await;
+    let channel = memory_service().await;
+    let memory = pb::memory_service_client::MemoryServiceClient::new(channel.clone());
+    let (_events, _worker) =
+        start_worker_at(&env.endpoint, &env.queue_url, &env.queue_name, Duration::from_secs(10), Some(channel)).await;
+    let scope = pb::MemoryScope { agent_id: agent.id.clone(), session: "agent".into() };
+    let recall = |kind: pb::MemoryType| {
+        let (mut memory, scope) = (memory.clone(), scope.clone());
+        async move {
+            memory
+                .recall(pb::RecallRequest { scope: Some(scope), r#type: kind as i32, limit: 10, ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner()
+                .records
+        }
+    };
+
+    let first = trigger(&env).await;
+    let first = wait_for_status(&env, &first.id, pb::RunStatus::Succeeded).await;
+    let episodes = recall(pb::MemoryType::Episodic).await;
+    assert_eq!(episodes.len(), 1);
+    assert_eq!(episodes[0].id, format!("episode-{}", first.id));
+    assert_eq!(episodes[0].run_id, first.id);
+    assert!(
+        episodes[0].content.starts_with("Task: Area of a 3x4 rectangle?\nResult: The area is 12"),
+        "{}",
+        episodes[0].content
+    );
+    assert_eq!(episodes[0].metadata.get("steps").map(String::as_str), Some("2"));
+
+    // A note the agent keeps about its job, then a second run: both reach the prompt.
+    memory
+        .clone()
+        .store(pb::StoreMemoryRequest {
+            records: vec![pb::MemoryRecord {
+                r#type: pb::MemoryType::Procedural as i32,
+                scope: Some(scope.clone()),
+                content: "Always give areas in square metres.".into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    let second = trigger(&env).await;
+    wait_for_status(&env, &second.id, pb::RunStatus::Succeeded).await;
+    let systems = script.systems.lock().unwrap().clone();
+    assert_eq!(systems.len(), 2);
+    assert!(!systems[0].contains("## Your memory") && !systems[0].contains("no memory"), "{}", systems[0]);
+    assert!(systems[1].starts_with("You compute areas.\n\n## Your memory"), "{}", systems[1]);
+    assert!(systems[1].contains("- Always give areas in square metres."), "{}", systems[1]);
+    assert!(systems[1].contains("Your earlier runs, newest first:"), "{}", systems[1]);
+    assert!(systems[1].contains("Task: Area of a 3x4 rectangle? | Result: The area is 12"), "{}", systems[1]);
+    assert_eq!(recall(pb::MemoryType::Episodic).await.len(), 2);
 }

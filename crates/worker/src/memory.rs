@@ -1,0 +1,207 @@
+//! The agent's memory around a run, through the memory service's gRPC API: recent episodes and
+//! procedural notes recalled and long-term facts searched before the loop (they go into the
+//! system prompt), the result stored as an episode after a successful attempt.
+//!
+//! Memory is context, not a dependency of the run: when the memory service fails, the run goes
+//! on without it. That is never silent — a `tracing` warning and the
+//! `nightshift_worker_memory_errors_total{op}` counter say so.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use nightshift_core::{AgentSpec, SessionScope, pb};
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// The memory service client.
+pub type MemoryClient = pb::memory_service_client::MemoryServiceClient<Channel>;
+
+/// Longest part of one record quoted into the prompt.
+const MAX_RECORD_CHARS: usize = 1_000;
+/// Longest memory section of the prompt.
+const MAX_SECTION_CHARS: usize = 8_000;
+/// Procedural notes recalled per run (how the agent does its job).
+const PROCEDURAL_RECALL: u32 = 5;
+
+/// The memory scope of a run, in the service's notation (`agent`, `run:<id>`, `fixed:<id>`).
+pub fn scope(spec: &AgentSpec, agent_id: &str, run_id: &str) -> pb::MemoryScope {
+    let session = match &spec.memory.session {
+        SessionScope::Agent => "agent".to_owned(),
+        SessionScope::Run => format!("run:{run_id}"),
+        SessionScope::Fixed(id) => format!("fixed:{id}"),
+    };
+    pb::MemoryScope { agent_id: agent_id.to_owned(), session }
+}
+
+/// The id of the episode a run stores: deterministic, so that a run redelivered after its
+/// worker died overwrites its own episode instead of adding a second one.
+pub fn episode_id(run_id: &str) -> String {
+    format!("episode-{run_id}")
+}
+
+fn failed(op: &'static str, s: &tonic::Status) {
+    metrics::counter!("nightshift_worker_memory_errors_total", "op" => op).increment(1);
+    tracing::warn!(op, code = ?s.code(), error = %s.message(), "memory service call failed; the run goes on without it");
+}
+
+/// What was recalled for a run, rendered as a section of the system prompt ("" = nothing).
+pub async fn recall(client: &MemoryClient, spec: &AgentSpec, scope: &pb::MemoryScope, query: &str) -> String {
+    let mut episodes = Vec::new();
+    let mut notes = Vec::new();
+    let mut facts = Vec::new();
+    let recall = |kind: pb::MemoryType, limit: u32| {
+        let mut c = client.clone();
+        let req = pb::RecallRequest {
+            scope: Some(scope.clone()),
+            r#type: kind as i32,
+            limit,
+            before: None,
+            metadata_filter: BTreeMap::new(),
+        };
+        async move { c.recall(req).await }
+    };
+    if spec.memory.recall_recent > 0 {
+        match recall(pb::MemoryType::Episodic, spec.memory.recall_recent).await {
+            Ok(r) => episodes = r.into_inner().records,
+            Err(s) => failed("recall", &s),
+        }
+    }
+    match recall(pb::MemoryType::Procedural, PROCEDURAL_RECALL).await {
+        Ok(r) => notes = r.into_inner().records,
+        Err(s) => failed("recall", &s),
+    }
+    if spec.memory.semantic_top_k > 0 {
+        let req = pb::SearchMemoryRequest {
+            scope: Some(scope.clone()),
+            query: query.to_owned(),
+            top_k: spec.memory.semantic_top_k,
+            r#type: pb::MemoryType::LongTerm as i32,
+            metadata_filter: BTreeMap::new(),
+            min_score: None,
+        };
+        match client.clone().search(req).await {
+            Ok(r) => facts = r.into_inner().hits,
+            // A deployment without a vector index: recall works, search does not. Not an error.
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                tracing::debug!(error = %s.message(), "semantic memory search is not configured")
+            }
+            Err(s) => failed("search", &s),
+        }
+    }
+    render(&episodes, &notes, &facts)
+}
+
+fn clip(s: &str, max: usize) -> String {
+    let s = s.trim();
+    if s.len() <= max { s.to_owned() } else { format!("{}…", &s[..s.floor_char_boundary(max)]) }
+}
+
+fn when(r: &pb::MemoryRecord) -> String {
+    r.created_at
+        .as_ref()
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|| "earlier".into())
+}
+
+/// The memory section of the system prompt.
+fn render(episodes: &[pb::MemoryRecord], notes: &[pb::MemoryRecord], facts: &[pb::ScoredMemory]) -> String {
+    if episodes.is_empty() && notes.is_empty() && facts.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("## Your memory");
+    if !notes.is_empty() {
+        s.push_str("\n\nNotes on how you do this job:");
+        for r in notes {
+            let _ = write!(s, "\n- {}", clip(&r.content, MAX_RECORD_CHARS));
+        }
+    }
+    if !facts.is_empty() {
+        s.push_str("\n\nFacts you kept that look relevant to this task:");
+        for h in facts {
+            if let Some(r) = &h.record {
+                let _ = write!(s, "\n- {}", clip(&r.content, MAX_RECORD_CHARS));
+            }
+        }
+    }
+    if !episodes.is_empty() {
+        s.push_str("\n\nYour earlier runs, newest first:");
+        for r in episodes {
+            let _ = write!(s, "\n- [{}] {}", when(r), clip(&r.content, MAX_RECORD_CHARS).replace('\n', " | "));
+        }
+    }
+    clip(&s, MAX_SECTION_CHARS)
+}
+
+/// Stores the episode of a successful attempt (idempotent per run).
+pub async fn store_episode(
+    client: &MemoryClient,
+    scope: &pb::MemoryScope,
+    run: &pb::Run,
+    query: &str,
+    answer: &str,
+    steps: u32,
+) {
+    let metadata = BTreeMap::from([
+        ("outcome".to_owned(), "succeeded".to_owned()),
+        ("attempt".to_owned(), run.attempt.to_string()),
+        ("steps".to_owned(), steps.to_string()),
+    ]);
+    let record = pb::MemoryRecord {
+        id: episode_id(&run.id),
+        r#type: pb::MemoryType::Episodic as i32,
+        scope: Some(scope.clone()),
+        content: format!("Task: {}\nResult: {}", clip(query, 4_000), clip(answer, 16_000)),
+        metadata,
+        run_id: run.id.clone(),
+        created_at: None,
+        ttl: None,
+        summary: false,
+    };
+    if let Err(s) = client.clone().store(pb::StoreMemoryRequest { records: vec![record] }).await {
+        failed("store", &s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(content: &str) -> pb::MemoryRecord {
+        pb::MemoryRecord { content: content.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn renders_sections_and_nothing_for_no_memory() {
+        assert_eq!(render(&[], &[], &[]), "");
+        let s = render(
+            &[rec("Task: a\nResult: 42")],
+            &[rec("check the units")],
+            &[pb::ScoredMemory { record: Some(rec("the sky is blue")), score: 0.9 }],
+        );
+        assert!(s.starts_with("## Your memory"));
+        assert!(s.contains("- check the units"));
+        assert!(s.contains("- the sky is blue"));
+        assert!(s.contains("] Task: a | Result: 42"), "{s}");
+    }
+
+    #[test]
+    fn long_records_are_clipped() {
+        let long = "x".repeat(5_000);
+        let s = render(&[rec(&long)], &[], &[]);
+        assert!(s.len() < 1_200, "{}", s.len());
+        assert!(s.ends_with('…'));
+    }
+
+    #[test]
+    fn scope_follows_the_session() {
+        let mut spec = AgentSpec::from_yaml(
+            "name: m\nmodel: {provider: openai, model: m}\ntask: {query: q}\nschedule: {interval: 60s}\n",
+        )
+        .unwrap();
+        assert_eq!(scope(&spec, "a1", "r1").session, "agent");
+        spec.memory.session = SessionScope::Run;
+        assert_eq!(scope(&spec, "a1", "r1").session, "run:r1");
+        spec.memory.session = SessionScope::Fixed("team".into());
+        assert_eq!(scope(&spec, "a1", "r1").session, "fixed:team");
+    }
+}
