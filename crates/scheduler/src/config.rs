@@ -41,6 +41,12 @@ pub struct SchedulerConfig {
     /// (outbox sweep; runs every half of this, at most every 10 s).
     #[serde(with = "nightshift_core::config::duration_text")]
     pub republish_after: Duration,
+    /// Ticks are recorded this long before they are due and only published at their time, so
+    /// a herd of agents due at the same instant costs the fire path no database writes (capped
+    /// at a quarter of `republish_after`). An agent paused in this window has its prepared runs
+    /// discarded; a spec change applies from the first tick after it.
+    #[serde(with = "nightshift_core::config::duration_text")]
+    pub prepare_ahead: Duration,
     /// Event service for `SCHEDULE_FIRED` / `SCHEDULE_MISSED` (`http://HOST:50055`); empty = none.
     pub events_endpoint: String,
     /// `text` or `json`.
@@ -62,6 +68,7 @@ impl Default for SchedulerConfig {
             sync_interval: Duration::from_secs(1),
             misfire_grace: crate::rules::DEFAULT_GRACE,
             republish_after: Duration::from_secs(10),
+            prepare_ahead: Duration::from_secs(1),
             events_endpoint: String::new(),
             log_format: "text".into(),
         }

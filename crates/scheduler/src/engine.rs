@@ -1,6 +1,6 @@
 //! The due-time index and the firing loop of one scheduler replica.
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -48,6 +48,19 @@ struct Index {
     /// Min-heap of (fire time, generation, agent); stale generations are skipped when popped.
     heap: BinaryHeap<Reverse<(DateTime<Utc>, u64, AgentId)>>,
     generation: u64,
+    /// Recorded runs waiting for their fire time, by fire time (see [`Scheduler::fire_due`]).
+    prepared: BTreeMap<DateTime<Utc>, Vec<Prepared>>,
+}
+
+/// The recorded, not yet published runs of one agent's firing.
+struct Prepared {
+    agent_id: AgentId,
+    /// The schedule progress recorded with the runs, and the one before (to take them back).
+    recorded: DateTime<Utc>,
+    restore: DateTime<Utc>,
+    requests: Vec<RunRequest>,
+    /// When each run is due (its tick plus jitter): the fire lag is measured from it.
+    fire_at: Vec<DateTime<Utc>>,
 }
 
 struct Entry {
@@ -80,8 +93,15 @@ impl Index {
         metrics::gauge!("nightshift_scheduler_active_schedules").set(active as f64);
     }
 
-    fn next_due(&self) -> Option<DateTime<Utc>> {
-        self.heap.peek().map(|Reverse((at, _, _))| *at)
+    /// The next instant with work: a prepared firing to publish, or a tick to prepare `ahead`
+    /// of its time.
+    fn next_due(&self, ahead: chrono::Duration) -> Option<DateTime<Utc>> {
+        let prepare = self.heap.peek().map(|Reverse((at, _, _))| *at - ahead);
+        let publish = self.prepared.keys().next().copied();
+        match (prepare, publish) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -93,6 +113,10 @@ pub fn shard_of(agent: &AgentId, shard_count: u32) -> u32 {
 struct Firing {
     agent_id: AgentId,
     plan: rules::Plan,
+    /// When its runs are due (the tick's fire time, or now for a late tick).
+    fire_time: DateTime<Utc>,
+    /// The schedule progress before this firing.
+    anchor: DateTime<Utc>,
 }
 
 impl Scheduler {
@@ -181,8 +205,9 @@ impl Scheduler {
         }
         let mut synced_at = self.inner.clock.now();
         tracing::info!(member = %self.inner.member, shards = cfg.shard_count, "scheduler started");
+        let ahead = self.prepare_ahead();
         loop {
-            let sleep = match self.index().next_due() {
+            let sleep = match self.index().next_due(ahead) {
                 Some(at) => (at - self.inner.clock.now()).to_std().unwrap_or(Duration::ZERO),
                 None => Duration::from_secs(3600),
             };
@@ -201,6 +226,10 @@ impl Scheduler {
                 () = self.inner.wake.notified() => {}
             }
         }
+        // Ticks recorded ahead but not yet due go back to the store's schedule progress, so that
+        // the replica taking these shards over fires them on time.
+        let prepared: Vec<Prepared> = std::mem::take(&mut self.index().prepared).into_values().flatten().collect();
+        self.unprepare(prepared).await;
         if let Err(e) = self.inner.store.scheduler_leave(&self.inner.member).await {
             tracing::warn!(error = %e, "could not leave the shard table; shards move when leases expire");
         }
@@ -281,19 +310,50 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Fires every due tick. The due agents are taken in chunks of [`FIRE_CHUNK`]; each chunk's
-    /// runs and progress are recorded in one transaction and then published, so the first runs
-    /// of a large herd due at the same instant reach the queue after milliseconds, not after
-    /// the whole pass. The outbox flags are set once at the end, off the latency path.
+    /// How long before its fire time a tick is recorded: `prepare_ahead`, capped at a quarter of
+    /// `republish_after` so that the outbox sweep never publishes a prepared run early.
+    fn prepare_ahead(&self) -> chrono::Duration {
+        let cfg = &self.inner.cfg;
+        chrono::Duration::from_std(cfg.prepare_ahead.min(cfg.republish_after / 4)).unwrap_or_default()
+    }
+
+    /// Does the work due now, in two steps.
+    ///
+    /// 1. **Publish** the runs prepared for this instant: only queue publishes remain on the fire
+    ///    path, so even a herd of 10,000 agents due in the same millisecond goes out within
+    ///    milliseconds. Runs of an agent paused since they were prepared are discarded instead.
+    /// 2. **Prepare** the ticks due within `prepare_ahead`: plan them, record their runs and the
+    ///    schedules' progress (in chunks of [`FIRE_CHUNK`] agents, one transaction each), and
+    ///    keep the run requests until their fire time. Ticks already due (a late pass, a restart)
+    ///    are published as soon as their chunk is recorded.
+    ///
+    /// A replica that dies between the two steps leaves recorded, unpublished runs: the outbox
+    /// sweep publishes them (late, never lost; their ids keep them single).
     pub async fn fire_due(&self) {
         let now = self.inner.clock.now();
+        let due = {
+            let mut idx = self.index();
+            let later = idx.prepared.split_off(&(now + chrono::Duration::milliseconds(1)));
+            std::mem::replace(&mut idx.prepared, later)
+        };
+        if !due.is_empty() {
+            let batch: Vec<Prepared> = due.into_values().flatten().collect();
+            let published = self.publish_prepared(batch).await;
+            self.mark_published(&published).await;
+        }
+        self.prepare(now).await;
+    }
+
+    /// Step 2 of [`Scheduler::fire_due`].
+    async fn prepare(&self, now: DateTime<Utc>) {
         let grace = self.inner.cfg.misfire_grace;
+        let horizon = now + self.prepare_ahead();
         let mut firings = Vec::new();
         {
             let mut idx = self.index();
-            let mut taken = std::collections::HashSet::new();
+            let mut taken = HashSet::new();
             while let Some(Reverse((at, generation, id))) = idx.heap.peek().cloned() {
-                if at > now {
+                if at > horizon {
                     break;
                 }
                 idx.heap.pop();
@@ -304,23 +364,27 @@ impl Scheduler {
                 if !taken.insert(id.clone()) {
                     continue;
                 }
-                let plan = rules::plan(&e.agent.schedule, &id, e.agent.anchor, now, grace);
+                // Planned as of its fire time: that tick (and any overdue ones) fire, the next
+                // one is after it.
+                let fire_time = at.max(now);
+                let plan = rules::plan(&e.agent.schedule, &id, e.agent.anchor, fire_time, grace);
                 if plan.handled_until.is_none() {
                     idx.reschedule(&id, plan.next);
                 } else {
-                    firings.push(Firing { agent_id: id, plan });
+                    firings.push(Firing { agent_id: id, plan, fire_time, anchor: e.agent.anchor });
                 }
             }
         }
         let mut published = Vec::new();
         for chunk in firings.chunks(FIRE_CHUNK) {
-            published.extend(self.fire_chunk(chunk, now).await);
+            published.extend(self.prepare_chunk(chunk, now).await);
         }
         self.mark_published(&published).await;
     }
 
-    /// Records, publishes and reschedules one chunk of firings; returns the runs published.
-    async fn fire_chunk(&self, firings: &[Firing], now: DateTime<Utc>) -> Vec<RunId> {
+    /// Records one chunk of firings, reschedules their agents, publishes what is already due and
+    /// keeps the rest for its fire time; returns the runs published.
+    async fn prepare_chunk(&self, firings: &[Firing], now: DateTime<Utc>) -> Vec<RunId> {
         let fires: Vec<TickFire> = firings
             .iter()
             .map(|f| TickFire {
@@ -345,68 +409,139 @@ impl Scheduler {
                 return Vec::new();
             }
         };
-        let mut requests = Vec::new();
-        let mut gone = Vec::new();
-        for (fire, made) in fires.iter().zip(&created) {
-            for ((run_id, tick), outcome) in fire.runs.iter().zip(made) {
-                match outcome {
-                    TickOutcome::Created => {}
-                    TickOutcome::Existed => metrics::counter!("nightshift_scheduler_deduplicated_total").increment(1),
-                    TickOutcome::NoAgent => {
-                        gone.push(fire.agent_id.clone());
-                        continue;
+        let mut due_now = Vec::new();
+        {
+            let mut idx = self.index();
+            for ((f, fire), made) in firings.iter().zip(&fires).zip(&created) {
+                let mut prepared = Prepared {
+                    agent_id: f.agent_id.clone(),
+                    recorded: fire.last_tick,
+                    restore: f.anchor,
+                    requests: Vec::new(),
+                    fire_at: Vec::new(),
+                };
+                let mut gone = false;
+                let schedule = idx.entries.get(&f.agent_id).map(|e| e.agent.schedule.clone());
+                for ((run_id, tick), outcome) in fire.runs.iter().zip(made) {
+                    match outcome {
+                        TickOutcome::Created => {}
+                        TickOutcome::Existed => {
+                            metrics::counter!("nightshift_scheduler_deduplicated_total").increment(1)
+                        }
+                        TickOutcome::NoAgent => {
+                            gone = true;
+                            continue;
+                        }
                     }
+                    // Published even when the run existed: its first publisher may have died
+                    // before publishing; the queue drops the duplicate by run id.
+                    prepared.requests.push(RunRequest {
+                        run_id: run_id.to_string(),
+                        agent_id: fire.agent_id.to_string(),
+                        trigger: TriggerKind::Schedule.to_pb() as i32,
+                        scheduled_for: Some(time::to_pb(*tick)),
+                        enqueued_at: None,
+                        trace_context: Default::default(),
+                    });
+                    let jitter = schedule.as_ref().map(|s| rules::jitter(s, &f.agent_id, *tick)).unwrap_or_default();
+                    prepared.fire_at.push(*tick + chrono::Duration::from_std(jitter).unwrap_or_default());
                 }
-                // Published even when the run existed: its first publisher may have died before
-                // publishing; the queue drops the duplicate by run id.
-                requests.push(RunRequest {
-                    run_id: run_id.to_string(),
-                    agent_id: fire.agent_id.to_string(),
-                    trigger: TriggerKind::Schedule.to_pb() as i32,
-                    scheduled_for: Some(time::to_pb(*tick)),
-                    enqueued_at: Some(time::to_pb(now)),
-                    trace_context: Default::default(),
-                });
-            }
-            metrics::counter!("nightshift_scheduler_missed_ticks_total").increment(fire.missed);
-            if let Some(p) = &self.inner.events {
-                if !fire.runs.is_empty() {
-                    let runs: Vec<&str> = fire.runs.iter().map(|(r, _)| r.as_str()).collect();
-                    p.event(EventType::ScheduleFired).agent(&fire.agent_id).data(json!({"runs": runs})).emit();
-                }
-                if fire.missed > 0 {
+                metrics::counter!("nightshift_scheduler_missed_ticks_total").increment(fire.missed);
+                if fire.missed > 0
+                    && let Some(p) = &self.inner.events
+                {
                     p.event(EventType::ScheduleMissed)
                         .agent(&fire.agent_id)
                         .data(json!({"missed": fire.missed}))
                         .emit();
                 }
+                if gone {
+                    idx.entries.remove(&f.agent_id);
+                    continue;
+                }
+                if let Some(e) = idx.entries.get_mut(&f.agent_id) {
+                    if let Some(h) = f.plan.handled_until {
+                        e.agent.anchor = h;
+                    }
+                    e.agent.fired += f.plan.fire.len() as u64;
+                    e.agent.missed += f.plan.missed;
+                }
+                idx.reschedule(&f.agent_id, f.plan.next);
+                if prepared.requests.is_empty() {
+                    continue;
+                }
+                if f.fire_time <= now {
+                    due_now.push(prepared);
+                } else {
+                    idx.prepared.entry(f.fire_time).or_default().push(prepared);
+                }
             }
+        }
+        self.inner.wake.notify_one();
+        self.publish_prepared(due_now).await
+    }
+
+    /// Publishes prepared firings (step 1 of [`Scheduler::fire_due`]); returns the runs published.
+    async fn publish_prepared(&self, batch: Vec<Prepared>) -> Vec<RunId> {
+        let mut requests = Vec::new();
+        let mut discard = Vec::new();
+        let mut fired = Vec::new();
+        {
+            let idx = self.index();
+            for p in batch {
+                // Paused since it was prepared: the tick must not run. (A deleted agent's runs are
+                // gone with it; an agent whose shard moved away is still published here, as the
+                // new owner starts after the recorded tick.)
+                if idx.entries.get(&p.agent_id).is_some_and(|e| e.agent.paused) {
+                    discard.push(p);
+                    continue;
+                }
+                fired.push((p.agent_id, p.fire_at, p.requests.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>()));
+                requests.extend(p.requests);
+            }
+        }
+        self.unprepare(discard).await;
+        if requests.is_empty() {
+            return Vec::new();
+        }
+        let enqueued = time::to_pb(self.inner.clock.now());
+        for r in &mut requests {
+            r.enqueued_at = Some(enqueued);
         }
         let published = self.publish(&requests).await;
         let fired_now = self.inner.clock.now();
-        let mut idx = self.index();
-        for id in &gone {
-            idx.entries.remove(id);
-        }
-        for f in firings {
-            if let Some(e) = idx.entries.get_mut(&f.agent_id) {
-                for t in &f.plan.fire {
-                    let fire_at = *t
-                        + chrono::Duration::from_std(rules::jitter(&e.agent.schedule, &f.agent_id, *t))
-                            .unwrap_or_default();
-                    let lag = (fired_now - fire_at).to_std().unwrap_or(Duration::ZERO);
-                    metrics::histogram!("nightshift_scheduler_fire_lag_seconds").record(lag.as_secs_f64());
-                }
-                if let Some(h) = f.plan.handled_until {
-                    e.agent.anchor = h;
-                }
-                e.agent.fired += f.plan.fire.len() as u64;
-                e.agent.missed += f.plan.missed;
+        for (agent, fire_at, runs) in fired {
+            for t in &fire_at {
+                let lag = (fired_now - *t).to_std().unwrap_or(Duration::ZERO);
+                metrics::histogram!("nightshift_scheduler_fire_lag_seconds").record(lag.as_secs_f64());
             }
-            metrics::counter!("nightshift_scheduler_fired_total").increment(f.plan.fire.len() as u64);
-            idx.reschedule(&f.agent_id, f.plan.next);
+            metrics::counter!("nightshift_scheduler_fired_total").increment(fire_at.len() as u64);
+            if let Some(p) = &self.inner.events {
+                p.event(EventType::ScheduleFired).agent(&agent).data(json!({"runs": runs})).emit();
+            }
         }
         published
+    }
+
+    /// Takes back prepared firings that must not be published (paused agent, replica stopping),
+    /// newest first so that the schedule progress steps back in order.
+    async fn unprepare(&self, mut batch: Vec<Prepared>) {
+        batch.sort_by_key(|p| std::cmp::Reverse(p.recorded));
+        for p in batch {
+            let runs: Vec<RunId> = p.requests.iter().map(|r| RunId::from_string(r.run_id.clone())).collect();
+            match self.inner.store.unprepare_ticks(&p.agent_id, &runs, p.recorded, p.restore).await {
+                Ok(_) => {
+                    if let Some(e) = self.index().entries.get_mut(&p.agent_id)
+                        && e.agent.anchor == p.recorded
+                    {
+                        e.agent.anchor = p.restore;
+                    }
+                }
+                // Left recorded: the outbox sweep publishes them later (StartRun skips a paused
+                // agent's run).
+                Err(e) => tracing::warn!(error = %e, agent = %p.agent_id, "could not take back prepared runs"),
+            }
+        }
     }
 
     /// Publishes, returning the runs that reached the queue; the others are published again by

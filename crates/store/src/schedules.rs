@@ -252,6 +252,49 @@ impl Store {
         Ok(())
     }
 
+    /// Takes back ticks recorded ahead of their time that were never published (the agent was
+    /// paused before the tick came, or the replica stops before it): deletes those of `runs`
+    /// still queued and unpublished, lowers the fired count by as many, and moves the schedule's
+    /// progress back from `recorded` to `restore` (unless it moved on meanwhile), so that the
+    /// next owner of the schedule fires these ticks itself. Returns the runs deleted.
+    pub async fn unprepare_ticks(
+        &self,
+        agent: &AgentId,
+        runs: &[RunId],
+        recorded: DateTime<Utc>,
+        restore: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut deleted = 0;
+        for chunk in runs.chunks(FIRE_BATCH) {
+            let sql = format!(
+                "DELETE FROM runs WHERE published = 0 AND status = 'queued' AND id IN ({})",
+                in_placeholders(chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                q = q.bind(r.as_str());
+            }
+            deleted += q.execute(&mut *tx).await?.rows_affected();
+        }
+        if deleted > 0 {
+            sqlx::query(
+                "UPDATE schedule_state SET fired = fired - $1, \
+                 last_tick = CASE WHEN last_tick = $2 THEN $3 ELSE last_tick END, updated_at = $4 \
+                 WHERE agent_id = $5",
+            )
+            .bind(i64::try_from(deleted).unwrap_or(i64::MAX))
+            .bind(time::to_millis(recorded))
+            .bind(time::to_millis(restore))
+            .bind(self.now_ms())
+            .bind(agent.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
     /// Queued runs created before `older_than` whose request never reached the queue (their
     /// publisher died between the store commit and the publish): to be published again.
     pub async fn stale_queued_runs(

@@ -411,4 +411,17 @@ async fn fire_ticks_batches_and_reports_each_run(kind: Db) {
         .await
         .unwrap();
     assert_eq!(page.items.len(), 2);
+
+    // Taking a prepared tick back: the unpublished run goes, progress and count step back; a
+    // published run is never taken back.
+    let r3 = RunId::for_tick(&agents[3], t2.timestamp_millis());
+    assert_eq!(e.store.unprepare_ticks(&agents[3], std::slice::from_ref(&r3), t2, t1).await.unwrap(), 1);
+    assert!(e.store.get_run(&r3).await.unwrap().is_none());
+    let a3 = e.store.scheduled_agent(&agents[3]).await.unwrap().unwrap();
+    assert_eq!((a3.anchor, a3.fired), (t1, 1));
+    let r4 = RunId::for_tick(&agents[4], t2.timestamp_millis());
+    e.store.mark_published(std::slice::from_ref(&r4)).await.unwrap();
+    assert_eq!(e.store.unprepare_ticks(&agents[4], std::slice::from_ref(&r4), t2, t1).await.unwrap(), 0);
+    assert!(e.store.get_run(&r4).await.unwrap().is_some());
+    assert_eq!(e.store.scheduled_agent(&agents[4]).await.unwrap().unwrap().anchor, t2);
 }
