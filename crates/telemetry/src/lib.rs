@@ -92,6 +92,10 @@ pub fn describe_metrics() {
         "Delay from a tick's fire time (tick + jitter) to its run request being published."
     );
     describe_counter!("nightshift_worker_runs_total", "Run attempts ended by this worker, by status.");
+    describe_counter!(
+        "nightshift_worker_memory_errors_total",
+        "Memory service calls that failed around a run (the run went on without), by op."
+    );
     describe_histogram!(
         "nightshift_run_duration_seconds",
         Unit::Seconds,
