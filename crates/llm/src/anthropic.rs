@@ -82,7 +82,8 @@ impl AnthropicChat {
                         TextTurn::Assistant(c) => turns.push("assistant", text_block(&c)),
                     }
                 }
-                (Some(structured::system_prompt(req.system.as_deref(), &req.tools)), None)
+                let offered = if req.final_only { &[][..] } else { &req.tools[..] };
+                (Some(structured::system_prompt(req.system.as_deref(), offered)), None)
             }
         };
         Body {
@@ -90,6 +91,7 @@ impl AnthropicChat {
             max_tokens: max_tokens.unwrap_or(Self::DEFAULT_MAX_TOKENS),
             system,
             messages: turns.0.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect(),
+            tool_choice: (req.final_only && tools.is_some()).then(|| json!({"type": "none"})),
             tools,
             temperature,
         }
@@ -136,6 +138,8 @@ struct Body<'a> {
     messages: Vec<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tools: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
 }
@@ -295,6 +299,9 @@ mod tests {
             ..ChatRequest::default()
         };
         let b = p.request_body(&req);
+        assert!(b.get("tool_choice").is_none());
+        let last = p.request_body(&ChatRequest { final_only: true, ..req.clone() });
+        assert_eq!(last["tool_choice"], json!({"type": "none"}));
         assert_eq!(b["max_tokens"], 4096);
         assert_eq!(b["temperature"], 1.0);
         assert_eq!(b["system"], "sys");

@@ -73,7 +73,8 @@ impl OpenAiChat {
                 ((!tools.is_empty()).then_some(tools), None)
             }
             ResponseMode::Structured => {
-                let system = structured::system_prompt(req.system.as_deref(), &req.tools);
+                let offered = if req.final_only { &[][..] } else { &req.tools[..] };
+                let system = structured::system_prompt(req.system.as_deref(), offered);
                 messages.push(json!({"role": "system", "content": system}));
                 messages.extend(structured::render_history(&req.messages).into_iter().map(|t| match t {
                     TextTurn::User(c) => json!({"role": "user", "content": c}),
@@ -83,13 +84,23 @@ impl OpenAiChat {
                     ty: "json_schema",
                     json_schema: JsonSchemaFormat {
                         name: structured::SCHEMA_NAME,
-                        schema: structured::response_schema(&req.tools),
+                        schema: structured::response_schema(offered),
                     },
                 };
                 (None, Some(format))
             }
         };
-        Body { model: &self.defaults.model, messages, tools, temperature, max_tokens, response_format, stream: false }
+        let tool_choice = (req.final_only && tools.is_some()).then_some("none");
+        Body {
+            model: &self.defaults.model,
+            messages,
+            tools,
+            tool_choice,
+            temperature,
+            max_tokens,
+            response_format,
+            stream: false,
+        }
     }
 }
 
@@ -141,6 +152,8 @@ struct Body<'a> {
     messages: Vec<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tools: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     // `max_tokens` rather than `max_completion_tokens`: every compatible server knows it.
@@ -345,6 +358,19 @@ mod tests {
         assert_eq!(b["messages"][2]["tool_calls"][0]["function"], json!({"name": "fs_read", "arguments": "{}"}));
         assert_eq!(b["messages"][3], json!({"role": "tool", "tool_call_id": "c1", "content": "error: no such file"}));
         assert!(b.get("response_format").is_none());
+    }
+
+    #[test]
+    fn final_only_turns_forbid_tool_calls() {
+        let p = OpenAiChat::from_config(&cfg()).unwrap();
+        let b = p.request_body(&ChatRequest { final_only: true, ..request() });
+        assert_eq!(b["tool_choice"], "none");
+        assert_eq!(b["tools"][0]["function"]["name"], "fs_read", "the history's tools stay declared");
+        assert!(p.request_body(&request()).get("tool_choice").is_none());
+        let p = OpenAiChat::from_config(&ModelConfig { tool_call_mode: ToolCallMode::Structured, ..cfg() }).unwrap();
+        let b = p.request_body(&ChatRequest { final_only: true, ..request() });
+        assert_eq!(b["response_format"]["json_schema"]["schema"]["required"], json!(["final"]));
+        assert!(b["messages"][0]["content"].as_str().unwrap().contains("No tools are available"));
     }
 
     #[test]

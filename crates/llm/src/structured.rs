@@ -90,7 +90,7 @@ pub fn response_schema(tools: &[ToolSpec]) -> ResponseSchema {
             ty: "object",
             properties: BranchProperties::Tool {
                 tool: json!({"type": "string", "const": t.name}),
-                arguments: t.parameters_or_object(),
+                arguments: strict_arguments(&t.parameters_or_object()),
             },
             required: &["tool", "arguments"],
             additional_properties: false,
@@ -98,6 +98,47 @@ pub fn response_schema(tools: &[ToolSpec]) -> ResponseSchema {
         .collect();
     one_of.push(final_branch);
     ResponseSchema::OneOf { one_of }
+}
+
+/// The strict form of a tool's arguments schema for the grammar: every top-level property is
+/// required and an optional one may be `null` instead (the form OpenAI's strict structured outputs
+/// use). A grammar from the plain schema lets a small model stop after the required keys — SmolLM2
+/// calls `calculate_area` with only `{"shape": "rectangle"}` — while this form makes it write a
+/// value (or an explicit `null`) for each argument. [`parse_answer`] drops the `null`s of optional
+/// arguments again, so the tool sees the call its own schema describes.
+pub fn strict_arguments(schema: &Value) -> Value {
+    let Some(props) = schema.get("properties").and_then(Value::as_object).filter(|p| !p.is_empty()) else {
+        return schema.clone();
+    };
+    let required = required_names(schema);
+    let mut strict = schema.clone();
+    let properties: serde_json::Map<String, Value> = props
+        .iter()
+        .map(|(k, v)| {
+            let v = if required.contains(&k.as_str()) { v.clone() } else { json!({"anyOf": [v, {"type": "null"}]}) };
+            (k.clone(), v)
+        })
+        .collect();
+    strict["properties"] = Value::Object(properties);
+    strict["required"] = Value::Array(props.keys().map(|k| Value::String(k.clone())).collect());
+    strict["additionalProperties"] = Value::Bool(false);
+    strict
+}
+
+fn required_names(schema: &Value) -> Vec<&str> {
+    schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// Removes `null` values of optional arguments (see [`strict_arguments`]).
+fn drop_null_optionals(arguments: &mut Value, schema: &Value) {
+    let required = required_names(schema);
+    if let Value::Object(args) = arguments {
+        args.retain(|k, v| !v.is_null() || required.contains(&k.as_str()));
+    }
 }
 
 /// `{"tool", "arguments"}` in the order the schema prescribes (for the rendered history).
@@ -187,10 +228,10 @@ pub fn parse_answer(text: &str, tools: &[ToolSpec]) -> Result<StructuredAnswer, 
     };
     match (obj.remove("tool"), obj.remove("final")) {
         (Some(Value::String(name)), None) => {
-            if !tools.iter().any(|t| t.name == name) {
+            let Some(tool) = tools.iter().find(|t| t.name == name) else {
                 return Err(LlmError::InvalidResponse(format!("structured answer calls unknown tool '{name}'")));
-            }
-            let arguments = match obj.remove("arguments") {
+            };
+            let mut arguments = match obj.remove("arguments") {
                 // Lenient for tools without parameters: grammar-less models often omit it.
                 None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
                 Some(v @ Value::Object(_)) => v,
@@ -198,6 +239,7 @@ pub fn parse_answer(text: &str, tools: &[ToolSpec]) -> Result<StructuredAnswer, 
                     return Err(LlmError::InvalidResponse(format!("arguments of tool '{name}' are not a JSON object")));
                 }
             };
+            drop_null_optionals(&mut arguments, &tool.parameters);
             Ok(StructuredAnswer::Tool { name, arguments })
         }
         (None, Some(Value::String(answer))) => Ok(StructuredAnswer::Final(answer)),
@@ -243,6 +285,25 @@ mod tests {
     }
 
     #[test]
+    fn strict_arguments_require_every_key_and_let_optionals_be_null() {
+        let plain = json!({"type": "object", "properties": {
+            "shape": {"type": "string"}, "width": {"type": "number"}}, "required": ["shape"]});
+        let strict = strict_arguments(&plain);
+        assert_eq!(strict["required"], json!(["shape", "width"]));
+        assert_eq!(strict["properties"]["shape"], json!({"type": "string"}));
+        assert_eq!(strict["properties"]["width"], json!({"anyOf": [{"type": "number"}, {"type": "null"}]}));
+        assert_eq!(strict["additionalProperties"], json!(false));
+        let empty = json!({"type": "object", "properties": {}});
+        assert_eq!(strict_arguments(&empty), empty);
+
+        // The nulls of optional arguments are dropped again; a null required one is kept (and
+        // left to the tool's validation to refuse).
+        let tools = vec![ToolSpec::new("area", "Area.", plain)];
+        let parsed = parse_answer(r#"{"tool": "area", "arguments": {"shape": null, "width": null}}"#, &tools).unwrap();
+        assert_eq!(parsed, StructuredAnswer::Tool { name: "area".into(), arguments: json!({"shape": null}) });
+    }
+
+    #[test]
     fn schema_has_one_branch_per_tool_plus_final() {
         let schema = response_schema(&tools());
         let s = schema.to_value();
@@ -250,6 +311,7 @@ mod tests {
         assert_eq!(branches.len(), 3);
         assert_eq!(branches[0]["properties"]["tool"]["const"], "calculate_area");
         assert_eq!(branches[0]["properties"]["arguments"]["required"], json!(["shape"]));
+        assert_eq!(branches[0]["properties"]["arguments"]["additionalProperties"], json!(false));
         assert_eq!(branches[1]["properties"]["arguments"], json!({"type": "object", "properties": {}}));
         assert_eq!(branches[2]["required"], json!(["final"]));
         assert_eq!(response_schema(&[]).to_value()["required"], json!(["final"]));

@@ -143,6 +143,10 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     /// Tool-call mode; `None` = the model config's `tool_call_mode`.
     pub mode: Option<ResponseMode>,
+    /// The model must give its final answer now: the tools stay declared (a history with tool
+    /// calls needs them) but may not be called (`tool_choice: none`; in structured mode the
+    /// schema only allows `{"final"}`).
+    pub final_only: bool,
 }
 
 impl ChatRequest {

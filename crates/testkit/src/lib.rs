@@ -59,6 +59,7 @@ pub async fn database(kind: Db) -> (String, Option<SqliteDb>) {
         Db::Postgres => (postgres_url().await, None),
     }
 }
+pub mod llama;
 pub mod llm;
 pub mod mcp;
 

@@ -145,6 +145,9 @@ impl AgentLoop<'_> {
                 system: Some(self.system.clone()),
                 messages: messages.clone(),
                 tools: specs.clone(),
+                // The last allowed turn is for the answer: a model that keeps calling tools gets
+                // to conclude from what it has instead of failing the run at `max_steps`.
+                final_only: self.max_steps > 1 && llm_turns + 1 >= self.max_steps,
                 ..Default::default()
             };
             let resp = self.chat(&req).await?;

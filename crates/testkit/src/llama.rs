@@ -1,0 +1,85 @@
+//! A **real** small LLM for end-to-end tests: llama.cpp's `llama-server` with SmolLM2-135M-Instruct
+//! (Q4_1), installed by `scripts/llm.sh` (idempotent, cached under `$NIGHTSHIFT_TEST_CACHE` or
+//! ~/.cache/nightshift-test; the first install compiles llama.cpp, which `.ci/run` does up front).
+//! The model has no native tool calling; it is driven through the structured-output mode, which
+//! llama.cpp enforces with a grammar compiled from the JSON schema.
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::mcp::free_port;
+
+/// A running `llama-server`, killed on drop.
+pub struct LlamaServer {
+    child: std::process::Child,
+    /// OpenAI-compatible base URL (`http://127.0.0.1:PORT/v1`).
+    pub base_url: String,
+}
+
+impl LlamaServer {
+    /// Installs (if needed) and starts the server on a free port, waiting until `/health` is OK.
+    /// One thread (`-t 1`): replies stay fast while other tests or builds load the cores.
+    /// An install failure fails the test with the script's output: it never skips silently.
+    pub fn start() -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llm.sh");
+        let started = Instant::now();
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("env")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("cannot run scripts/llm.sh");
+        assert!(
+            out.status.success(),
+            "installing llama.cpp + SmolLM2 failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let vars: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect();
+        let get = |k: &str| vars.get(k).cloned().unwrap_or_else(|| panic!("scripts/llm.sh env did not print {k}"));
+        let port = free_port();
+        let child = std::process::Command::new(get("NIGHTSHIFT_LLAMA_SERVER"))
+            .args(["-m", &get("NIGHTSHIFT_SMOLLM2_GGUF"), "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["-c", "4096", "-t", "1", "--jinja"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cannot start llama-server");
+        let mut server = Self { child, base_url: format!("http://127.0.0.1:{port}/v1") };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if health_ok(port) {
+                eprintln!("llama-server ready on {port} in {:.1?}", started.elapsed());
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("llama-server exited early: {status}");
+            }
+            assert!(Instant::now() < deadline, "llama-server did not become healthy on {port} within 60s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// `GET /health` answers 200 (the model is loaded).
+fn health_ok(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
