@@ -1,11 +1,15 @@
-//! In-process [`VectorIndex`]: exact (brute-force) cosine search over normalised f32 vectors.
+//! In-process [`VectorIndex`]: brute-force cosine search over normalised vectors.
 //!
-//! Limit: a search reads every vector (384 dims = 1.5 KB each), so its cost is linear in the
-//! item count and bound by memory bandwidth. Measured here (`examples/bench_index.rs`, release,
-//! 2 shared cores): top-10 p50 1.8 ms / p99 6 ms at 10 k items, p50 23 ms / p99 29 ms at 100 k.
-//! Keep it to ~100 k items per process (tens of ms per query there); beyond that, or for
-//! single-digit milliseconds at 100 k, use ChromaDB/pgvector/Qdrant (or add int8 quantisation
-//! with an f32 re-rank here). Nothing survives a restart (the service rebuilds it on start-up).
+//! A search scans an int8 copy of every vector (384 bytes per 384-dim vector instead of 1.5 KB
+//! of f32: the scan is bound by memory bandwidth), split over the available cores for large
+//! indexes, keeps the best `max(8k, 64)` candidates and re-ranks them with the exact f32 dot
+//! product. The returned scores are exact; the candidate set can only miss a true top-k item
+//! whose int8 score fell behind dozens of others within the quantisation error (~1e-3), i.e.
+//! near-ties. Metadata filters compare interned `key=value` ids, not strings.
+//!
+//! Cost is linear in the item count: measured figures are in docs/benchmarks.md
+//! (`nightshift-bench memory-search`). Keep it to ~100 k items per process; beyond that use
+//! ChromaDB/pgvector/Qdrant. Nothing survives a restart (the service rebuilds it on start-up).
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -19,11 +23,70 @@ pub const RECOMMENDED_MAX_ITEMS: usize = 100_000;
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Row-major normalised vectors, `dims` floats per slot.
+    /// Row-major normalised vectors, `dims` floats per slot (exact re-ranking).
     data: Vec<f32>,
+    /// The same vectors quantised to int8 (`round(x * 127)`), `dims` per slot (the scan).
+    quant: Vec<i8>,
     ids: Vec<String>,
     metadata: Vec<BTreeMap<String, String>>,
+    /// Interned `(key, value)` pairs of each slot's metadata, for cheap filter checks.
+    pairs: Vec<Vec<u32>>,
+    interned: HashMap<(String, String), u32>,
     slot_of: HashMap<String, usize>,
+}
+
+/// Items from which a search is split over several threads.
+const PARALLEL_FROM: usize = 20_000;
+
+impl Inner {
+    fn intern(&mut self, metadata: &BTreeMap<String, String>) -> Vec<u32> {
+        let mut out: Vec<u32> = metadata
+            .iter()
+            .map(|(k, v)| {
+                let next = self.interned.len() as u32;
+                *self.interned.entry((k.clone(), v.clone())).or_insert(next)
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The interned ids a filter needs, or `None` if some pair occurs nowhere (no match).
+    fn filter_ids(&self, filter: &BTreeMap<String, String>) -> Option<Vec<u32>> {
+        filter.iter().map(|(k, v)| self.interned.get(&(k.clone(), v.clone())).copied()).collect()
+    }
+
+    /// Best `keep` slots of `range` by int8 score, among those carrying every `need` pair.
+    fn scan(&self, dims: usize, q: &[i8], need: &[u32], range: std::ops::Range<usize>, keep: usize) -> Vec<(i32, usize)> {
+        let mut scored: Vec<(i32, usize)> = range
+            .filter(|&slot| need.iter().all(|id| self.pairs[slot].binary_search(id).is_ok()))
+            .map(|slot| (dot_i8(&self.quant[slot * dims..(slot + 1) * dims], q), slot))
+            .collect();
+        if scored.len() > keep {
+            scored.select_nth_unstable_by(keep - 1, |a, b| b.0.cmp(&a.0));
+            scored.truncate(keep);
+        }
+        scored
+    }
+}
+
+fn quantize(v: &[f32]) -> Vec<i8> {
+    v.iter().map(|x| (x * 127.0).round().clamp(-127.0, 127.0) as i8).collect()
+}
+
+/// Integer dot product with sixteen independent accumulators (vectorised by the compiler).
+fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    let mut acc = [0i32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: i32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| i32::from(*x) * i32::from(*y)).sum();
+    for (x, y) in ca.zip(cb) {
+        for ((s, xi), yi) in acc.iter_mut().zip(x).zip(y) {
+            // |127 * 127| fits in i16: a 16-bit multiply (one SSE2 instruction for 8 lanes)
+            // instead of a 32-bit one, which baseline x86-64 lacks.
+            *s += i32::from(i16::from(*xi) * i16::from(*yi));
+        }
+    }
+    acc.iter().sum::<i32>() + tail
 }
 
 /// Vectors held in memory, searched exactly.
@@ -77,16 +140,22 @@ impl VectorIndex for InProcessIndex {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         for item in items {
             let v = normalized(&item.vector);
+            let q = quantize(&v);
+            let pairs = inner.intern(&item.metadata);
             match inner.slot_of.get(&item.id).copied() {
                 Some(slot) => {
                     inner.data[slot * self.dims..(slot + 1) * self.dims].copy_from_slice(&v);
+                    inner.quant[slot * self.dims..(slot + 1) * self.dims].copy_from_slice(&q);
                     inner.metadata[slot] = item.metadata.clone();
+                    inner.pairs[slot] = pairs;
                 }
                 None => {
                     let slot = inner.ids.len();
                     inner.data.extend_from_slice(&v);
+                    inner.quant.extend_from_slice(&q);
                     inner.ids.push(item.id.clone());
                     inner.metadata.push(item.metadata.clone());
+                    inner.pairs.push(pairs);
                     inner.slot_of.insert(item.id.clone(), slot);
                 }
             }
@@ -100,15 +169,18 @@ impl VectorIndex for InProcessIndex {
             let Some(slot) = inner.slot_of.remove(id) else { continue };
             // Swap-remove keeps the storage dense: the last item moves into the freed slot.
             let last = inner.ids.len() - 1;
+            let dims = self.dims;
             if slot != last {
-                let (d, dims) = (&mut inner.data, self.dims);
-                d.copy_within(last * dims..(last + 1) * dims, slot * dims);
+                inner.data.copy_within(last * dims..(last + 1) * dims, slot * dims);
+                inner.quant.copy_within(last * dims..(last + 1) * dims, slot * dims);
                 let moved = inner.ids[last].clone();
                 inner.slot_of.insert(moved, slot);
             }
-            inner.data.truncate(last * self.dims);
+            inner.data.truncate(last * dims);
+            inner.quant.truncate(last * dims);
             inner.ids.swap_remove(slot);
             inner.metadata.swap_remove(slot);
+            inner.pairs.swap_remove(slot);
         }
         Ok(())
     }
@@ -124,13 +196,36 @@ impl VectorIndex for InProcessIndex {
             return Ok(Vec::new());
         }
         let q = normalized(vector);
+        let qq = quantize(&q);
+        let dims = self.dims;
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        let mut scored: Vec<(f32, usize)> = inner
-            .data
-            .chunks_exact(self.dims)
-            .enumerate()
-            .filter(|(slot, _)| filter.iter().all(|(fk, fv)| inner.metadata[*slot].get(fk) == Some(fv)))
-            .map(|(slot, row)| (dot(row, &q), slot))
+        let Some(need) = inner.filter_ids(filter) else { return Ok(Vec::new()) };
+        let n = inner.ids.len();
+        let keep = (k * 8).max(64);
+        let threads = if n >= PARALLEL_FROM {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(8)
+        } else {
+            1
+        };
+        let candidates: Vec<(i32, usize)> = if threads <= 1 {
+            inner.scan(dims, &qq, &need, 0..n, keep)
+        } else {
+            // Scoped threads over disjoint ranges: a few milliseconds of pure computation.
+            let per = n.div_ceil(threads);
+            let inner_ref = &*inner;
+            std::thread::scope(|s| {
+                let parts: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let (qq, need) = (&qq, &need);
+                        s.spawn(move || inner_ref.scan(dims, qq, need, t * per..((t + 1) * per).min(n), keep))
+                    })
+                    .collect();
+                parts.into_iter().flat_map(|p| p.join().unwrap_or_default()).collect()
+            })
+        };
+        let mut scored: Vec<(f32, usize)> = candidates
+            .into_iter()
+            .map(|(_, slot)| (dot(&inner.data[slot * dims..(slot + 1) * dims], &q), slot))
             .collect();
         let by_score = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1));
         if scored.len() > k {
@@ -150,5 +245,52 @@ impl VectorIndex for InProcessIndex {
 
     async fn count(&self) -> Result<u64, MemoryError> {
         Ok(self.inner.read().unwrap_or_else(PoisonError::into_inner).ids.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The int8 scan plus f32 re-rank returns exactly the top-k of an exact f32 search, on the
+    /// parallel path too (more items than `PARALLEL_FROM`), with and without a filter.
+    #[tokio::test]
+    async fn quantised_search_returns_the_exact_top_k() {
+        const DIMS: usize = 64;
+        let mut seed: u64 = 42;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        let ix = InProcessIndex::new(DIMS);
+        let mut all = Vec::new();
+        let items: Vec<VectorItem> = (0..PARALLEL_FROM + 5_000)
+            .map(|i| {
+                let vector: Vec<f32> = (0..DIMS).map(|_| next()).collect();
+                all.push((format!("v{i}"), normalized(&vector), i % 3 == 0));
+                let metadata = [("group".to_owned(), (i % 3).to_string())].into();
+                VectorItem { id: format!("v{i}"), vector, metadata }
+            })
+            .collect();
+        ix.upsert(&items).await.unwrap();
+        let third: BTreeMap<String, String> = [("group".to_owned(), "0".to_owned())].into();
+        for _ in 0..20 {
+            let q: Vec<f32> = (0..DIMS).map(|_| next()).collect();
+            let qn = normalized(&q);
+            for (filter, only_third) in [(BTreeMap::new(), false), (third.clone(), true)] {
+                let mut exact: Vec<(f32, &str)> = all
+                    .iter()
+                    .filter(|(_, _, t)| !only_third || *t)
+                    .map(|(id, v, _)| (dot(v, &qn), id.as_str()))
+                    .collect();
+                exact.sort_by(|a, b| b.0.total_cmp(&a.0));
+                let want: Vec<&str> = exact.iter().take(10).map(|e| e.1).collect();
+                let got = ix.search(&q, 10, &filter).await.unwrap();
+                assert_eq!(got.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), want);
+                assert!((got[0].score - exact[0].0).abs() < 1e-5, "scores are exact f32");
+            }
+        }
+        let none: BTreeMap<String, String> = [("group".to_owned(), "7".to_owned())].into();
+        assert!(ix.search(&all[0].1, 10, &none).await.unwrap().is_empty());
     }
 }
