@@ -8,7 +8,10 @@ GRPCURL=${GRPCURL:-grpcurl}
 data=$(mktemp -d)
 out=$(mktemp)
 metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$BIN" dev --listen 127.0.0.1:0 --data-dir "$data" -f examples/agents --metrics-listen "127.0.0.1:$metrics_port" >"$out" 2>"$data/dev.log" &
+# The embedded embedding model, so that dev's memory service can search by meaning.
+model=$(crates/memory/scripts/fetch-model.sh)
+"$BIN" dev --listen 127.0.0.1:0 --data-dir "$data" -f examples/agents --metrics-listen "127.0.0.1:$metrics_port" \
+  --memory-model "$model" >"$out" 2>"$data/dev.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$data" "$out"' EXIT
 for _ in $(seq 1 50); do grep -q listening "$out" && break; sleep 0.2; done
@@ -19,7 +22,7 @@ echo "smoke: nightshift dev on $addr"
 fail() { echo "smoke: FAIL: $*" >&2; exit 1; }
 list=$("$GRPCURL" -plaintext "$addr" list)
 for svc in nightshift.v1.ManagerService nightshift.v1.SchedulerService nightshift.v1.WorkerService \
-  nightshift.v1.EventService grpc.health.v1.Health grpc.reflection.v1alpha.ServerReflection; do
+  nightshift.v1.EventService nightshift.v1.MemoryService grpc.health.v1.Health grpc.reflection.v1alpha.ServerReflection; do
   grep -qx "$svc" <<<"$list" || fail "grpcurl list lacks $svc: $list"
 done
 "$GRPCURL" -plaintext "$addr" describe nightshift.v1.ManagerService | grep -q "rpc StartRun" || fail "describe ManagerService"
@@ -30,6 +33,17 @@ done
 err=$("$GRPCURL" -plaintext -d '{"manifest_yaml":"name: x\nmodel: {provider: openai, model: m}\ntask: {query: q}\nschedule: {interval: -5s}"}' \
   "$addr" nightshift.v1.ManagerService/CreateAgent 2>&1 || true)
 grep -q InvalidArgument <<<"$err" && grep -q schedule.interval <<<"$err" || fail "INVALID_ARGUMENT naming the field: $err"
+
+# The README's memory examples: Store two facts, Search by meaning, Recall.
+"$GRPCURL" -plaintext -d '{"records":[
+  {"type":"MEMORY_TYPE_LONG_TERM","scope":{"agent_id":"demo","session":"agent"},"content":"the kitten sat on the mat"},
+  {"type":"MEMORY_TYPE_LONG_TERM","scope":{"agent_id":"demo","session":"agent"},"content":"quarterly revenue grew by four percent"}]}' \
+  "$addr" nightshift.v1.MemoryService/Store | grep -q '"ids"' || fail "MemoryService/Store"
+hit=$("$GRPCURL" -plaintext -d '{"scope":{"agent_id":"demo","session":"agent"},"query":"a cat resting","top_k":1}' \
+  "$addr" nightshift.v1.MemoryService/Search) || fail "MemoryService/Search"
+grep -q "kitten" <<<"$hit" || fail "Search did not find the kitten: $hit"
+"$GRPCURL" -plaintext -d '{"scope":{"agent_id":"demo","session":"agent"},"type":"MEMORY_TYPE_LONG_TERM","limit":5}' \
+  "$addr" nightshift.v1.MemoryService/Recall | grep -q "revenue" || fail "MemoryService/Recall"
 
 export NIGHTSHIFT_ENDPOINT="http://$addr"
 "$BIN" agent list | grep -q system-health || fail "agent list"
