@@ -8,7 +8,7 @@
 //! near-ties. Metadata filters compare interned `key=value` ids, not strings.
 //!
 //! Cost is linear in the item count: measured figures are in docs/benchmarks.md
-//! (`nightshift-bench memory-search`). Keep it to ~100 k items per process; beyond that use
+//! (`cargo run --release -p nightshift-memory --example bench_index`). Keep it to ~100 k items per process; beyond that use
 //! ChromaDB/pgvector/Qdrant. Nothing survives a restart (the service rebuilds it on start-up).
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -57,16 +57,40 @@ impl Inner {
     }
 
     /// Best `keep` slots of `range` by int8 score, among those carrying every `need` pair.
-    fn scan(&self, dims: usize, q: &[i8], need: &[u32], range: std::ops::Range<usize>, keep: usize) -> Vec<(i32, usize)> {
-        let mut scored: Vec<(i32, usize)> = range
-            .filter(|&slot| need.iter().all(|id| self.pairs[slot].binary_search(id).is_ok()))
-            .map(|slot| (dot_i8(&self.quant[slot * dims..(slot + 1) * dims], q), slot))
-            .collect();
-        if scored.len() > keep {
-            scored.select_nth_unstable_by(keep - 1, |a, b| b.0.cmp(&a.0));
-            scored.truncate(keep);
+    fn scan(
+        &self,
+        dims: usize,
+        q: &[i8],
+        need: &[u32],
+        range: std::ops::Range<usize>,
+        keep: usize,
+    ) -> Vec<(i32, usize)> {
+        // A bounded buffer, pruned to the best `keep` whenever it fills: scores below the
+        // pruned floor cannot make the cut and are not stored (no 100k-entry vector per query).
+        let mut best: Vec<(i32, usize)> = Vec::with_capacity(keep * 4);
+        let mut floor = i32::MIN;
+        let prune = |best: &mut Vec<(i32, usize)>| {
+            if best.len() > keep {
+                best.select_nth_unstable_by(keep - 1, |a, b| b.0.cmp(&a.0));
+                best.truncate(keep);
+            }
+        };
+        for slot in range {
+            if !need.iter().all(|id| self.pairs[slot].binary_search(id).is_ok()) {
+                continue;
+            }
+            let score = dot_i8(&self.quant[slot * dims..(slot + 1) * dims], q);
+            if score < floor {
+                continue;
+            }
+            best.push((score, slot));
+            if best.len() == best.capacity() {
+                prune(&mut best);
+                floor = best.iter().map(|b| b.0).min().unwrap_or(i32::MIN);
+            }
         }
-        scored
+        prune(&mut best);
+        best
     }
 }
 
