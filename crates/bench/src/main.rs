@@ -7,6 +7,7 @@
 //! machine and the command line, and with `--json PATH` also as JSON.
 mod backend;
 mod dispatch;
+mod events;
 mod llm;
 mod schedule;
 mod stats;
@@ -41,6 +42,8 @@ enum Command {
     DispatchLatency(dispatch::DispatchArgs),
     /// CPU per completed run excluding the LLM, and runs/s, with many runs in flight.
     RunOverhead(dispatch::OverheadArgs),
+    /// Events/s published (`EventLog::append_batch`) and delivered to N subscribers, per event log backend.
+    EventFanout(events::FanoutArgs),
     /// Every scenario at the sizes docs/benchmarks.md reports (under 15 minutes on 2 cores).
     All(AllArgs),
     /// The instant scripted OpenAI-compatible LLM (started by the scenarios as a child process).
@@ -107,6 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::FireBreakdown(a) => scenarios.push(schedule::fire_breakdown(&a).await?),
         Command::DispatchLatency(a) => scenarios.push(dispatch::dispatch_latency(&a).await?),
         Command::RunOverhead(a) => scenarios.push(dispatch::run_overhead(&a).await?),
+        Command::EventFanout(a) => scenarios.extend(events::event_fanout(&a).await?),
         Command::All(a) => all(&a, &mut scenarios).await?,
         Command::ScriptedLlm { .. } => unreachable!("handled before the runtime starts"),
     }
@@ -158,6 +162,8 @@ async fn all(a: &AllArgs, out: &mut Vec<Scenario>) -> anyhow::Result<()> {
         };
         out.push(dispatch::run_overhead(&args).await?);
     }
+    let fanout_backend = if a.embedded_only { events::FanoutBackend::Memory } else { events::FanoutBackend::All };
+    out.extend(events::event_fanout(&events::FanoutArgs { backend: fanout_backend, ..Default::default() }).await?);
     Ok(())
 }
 
