@@ -6,75 +6,15 @@
 //! Proves: scheduled runs flow end to end; a worker SIGKILLed mid-run has its run finished by
 //! another worker without repeating the completed LLM call or tool call; a SIGKILLed scheduler
 //! loses no tick.
-use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{Proc, by_name, free_port, runs_of, spawn, wait_port};
 use nightshift_core::pb;
 use nightshift_core::pb::manager_service_client::ManagerServiceClient;
-use tonic::transport::Channel;
-
-/// target/debug, where `cargo test --workspace` builds every binary.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(name: &str, binary: &str, env: &[(String, String)]) -> Proc {
-    let log =
-        std::fs::File::create(std::env::temp_dir().join(format!("ns-dist-{}-{name}.log", std::process::id()))).unwrap();
-    let mut cmd = Command::new(bin(binary));
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Proc { name: name.to_owned(), child: cmd.spawn().unwrap() }
-}
-
-async fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn by_name(name: &str) -> Option<pb::AgentRef> {
-    Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(name.into())) })
-}
-
-async fn runs_of(m: &mut ManagerServiceClient<Channel>, agent: &str) -> Vec<pb::Run> {
-    m.list_runs(pb::ListRunsRequest { agent: by_name(agent), page_size: 1000, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .runs
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_binaries_on_postgres_and_nats_survive_killed_workers_and_schedulers() {

@@ -110,7 +110,10 @@ fn entry_of(msg: &jetstream::Message) -> Result<Entry, EventLogError> {
     Ok(Entry { pos: Pos { ms: 0, n }, event })
 }
 
-/// The live tail: an ordered consumer from `last + 1`, recreated if it ever ends.
+/// Silence after which the live tail checks that it is not missing stored messages.
+const TAIL_WATCHDOG: Duration = Duration::from_secs(2);
+
+/// The live tail: an ordered consumer from `last + 1`, recreated if it ever ends or stalls.
 async fn tail(stream: stream::Stream, mut last: u64, live: Arc<LiveTail>) {
     loop {
         let cfg = consumer::pull::OrderedConfig {
@@ -132,7 +135,22 @@ async fn tail(stream: stream::Stream, mut last: u64, live: Arc<LiveTail>) {
                 continue;
             }
         };
-        while let Some(msg) = messages.next().await {
+        loop {
+            // Watchdog: after a NATS server restart the ordered consumer can stay silent
+            // without ever reporting an error (seen with async-nats 0.51 and nats-server 2.9).
+            // When nothing arrived for a while, ask the stream whether it holds newer messages
+            // and, if so, recreate the consumer from the last one delivered.
+            let msg = match tokio::time::timeout(TAIL_WATCHDOG, messages.next()).await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(_) => match stream.get_info().await {
+                    Ok(info) if info.state.last_sequence > last => {
+                        tracing::warn!(last, newest = info.state.last_sequence, "live tail stalled; recreating it");
+                        break;
+                    }
+                    _ => continue,
+                },
+            };
             match msg {
                 Ok(msg) => match entry_of(&msg) {
                     Ok(entry) if entry.pos.n > last => {
