@@ -267,6 +267,12 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     fn live(&self) -> &LiveTail;
 }
 
+/// `nightshift_events_published_total{backend}`: events stored (repeated ids not counted twice).
+fn count_appended(backend: &'static str, out: &[Appended]) {
+    let stored = out.iter().filter(|a| !a.duplicate).count();
+    metrics::counter!("nightshift_events_published_total", "backend" => backend).increment(stored as u64);
+}
+
 #[async_trait::async_trait]
 impl<B: Backend> EventLog for B {
     fn backend(&self) -> &'static str {
@@ -275,6 +281,7 @@ impl<B: Backend> EventLog for B {
 
     async fn append(&self, event: pb::Event) -> Result<Appended, EventLogError> {
         let mut out = self.append_raw(vec![event]).await?;
+        count_appended(self.name(), &out);
         out.pop().ok_or_else(|| EventLogError::Backend("append returned no result".into()))
     }
 
@@ -282,7 +289,9 @@ impl<B: Backend> EventLog for B {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.append_raw(events).await
+        let out = self.append_raw(events).await?;
+        count_appended(self.name(), &out);
+        Ok(out)
     }
 
     async fn read(&self, query: &ReadQuery) -> Result<Page, EventLogError> {

@@ -185,6 +185,8 @@ impl<B: Backend> State<B> {
                 Mode::Live => match self.rx.recv().await {
                     Ok(entry) => self.accept(&entry),
                     Err(RecvError::Lagged(dropped)) => {
+                        metrics::counter!("nightshift_events_subscriber_lagged_total").increment(1);
+                        metrics::counter!("nightshift_events_subscriber_dropped_total").increment(dropped);
                         self.mode = Mode::Done;
                         return Some(Ok(SubscriptionItem::Lagged {
                             resume_after_cursor: self.backend.format_cursor(self.pos),

@@ -221,7 +221,10 @@ impl Scheduler {
                     }
                 }
                 _ = reload.tick() => self.log_err("reload", self.reload().await),
-                _ = republish.tick() => self.log_err("republish", self.republish_stale().await),
+                _ = republish.tick() => {
+                    self.log_err("republish", self.republish_stale().await);
+                    self.report_queue_depth().await;
+                }
                 () = tokio::time::sleep(sleep) => self.fire_due().await,
                 () = self.inner.wake.notified() => {}
             }
@@ -521,6 +524,16 @@ impl Scheduler {
             }
         }
         published
+    }
+
+    /// `nightshift_queue_depth`: run requests waiting in the work queue (every replica reports
+    /// the same queue; aggregate with `max`).
+    async fn report_queue_depth(&self) {
+        match self.inner.queue.depth().await {
+            Ok(Some(depth)) => metrics::gauge!("nightshift_queue_depth").set(depth as f64),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "queue depth unavailable"),
+        }
     }
 
     /// Takes back prepared firings that must not be published (paused agent, replica stopping),

@@ -102,6 +102,21 @@ pub fn describe_metrics() {
         "Wall-clock duration of run attempts on this worker, by status."
     );
     describe_counter!("nightshift_llm_tokens_total", "LLM tokens used, by model and kind (input/output).");
+    describe_histogram!(
+        "nightshift_llm_request_duration_seconds",
+        Unit::Seconds,
+        "LLM call latency, by the model the server answered with (\"error\" for failed calls)."
+    );
+    describe_gauge!("nightshift_queue_depth", "Run requests waiting in the work queue (reported by schedulers).");
+    describe_counter!("nightshift_events_published_total", "Events stored in the event log, by backend.");
+    describe_counter!(
+        "nightshift_events_subscriber_lagged_total",
+        "Subscriptions ended with Lagged (the subscriber fell behind its buffer and must resume)."
+    );
+    describe_counter!(
+        "nightshift_events_subscriber_dropped_total",
+        "Live events lagging subscribers missed (to resume)."
+    );
     describe_counter!("nightshift_tool_calls_total", "Tool calls, by tool and outcome (ok/error).");
 }
 

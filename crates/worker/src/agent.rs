@@ -175,7 +175,12 @@ impl AgentLoop<'_> {
     async fn chat(&self, req: &ChatRequest) -> Result<nightshift_llm::ChatResponse, LlmError> {
         let mut attempt = 0;
         loop {
-            match self.model.chat(req).await {
+            let started = std::time::Instant::now();
+            let result = self.model.chat(req).await;
+            let model = result.as_ref().map_or("error", |r| r.model.as_str()).to_owned();
+            metrics::histogram!("nightshift_llm_request_duration_seconds", "model" => model)
+                .record(started.elapsed().as_secs_f64());
+            match result {
                 Err(e)
                     if e.kind() == nightshift_llm::LlmErrorKind::InvalidResponse
                         && attempt < INVALID_RESPONSE_RETRIES =>
