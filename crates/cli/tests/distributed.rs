@@ -1,6 +1,6 @@
 //! The five-binary deployment on loopback: `nightshift-events`, `nightshift-manager`, two
 //! `nightshift-scheduler`s and three `nightshift-worker`s as separate processes, on the real
-//! Postgres and NATS JetStream, talking gRPC only. The LLM is the scripted OpenAI-compatible
+//! Postgres and NATS JetStream — and again with Redis Streams as the queue — talking gRPC only. The LLM is the scripted OpenAI-compatible
 //! server of the testkit (no hosted LLM is reachable here).
 //!
 //! Proves: scheduled runs flow end to end; a worker SIGKILLed mid-run has its run finished by
@@ -18,6 +18,15 @@ use nightshift_core::pb::manager_service_client::ManagerServiceClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_binaries_on_postgres_and_nats_survive_killed_workers_and_schedulers() {
+    five_binaries_survive_killed_workers_and_schedulers("nats://127.0.0.1:4222").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_binaries_on_postgres_and_redis_survive_killed_workers_and_schedulers() {
+    five_binaries_survive_killed_workers_and_schedulers("redis://127.0.0.1:6379").await;
+}
+
+async fn five_binaries_survive_killed_workers_and_schedulers(queue_url: &str) {
     let db = nightshift_testkit::postgres_url().await;
     let queue_name = format!("dist-{}", uuid::Uuid::new_v4().simple());
     let (llm, script) = nightshift_testkit::llm::scripted_llm().await;
@@ -27,7 +36,7 @@ async fn five_binaries_on_postgres_and_nats_survive_killed_workers_and_scheduler
     let common = |role: &str| {
         let p = format!("NIGHTSHIFT_{role}_");
         vec![
-            (format!("{p}QUEUE_URL"), "nats://127.0.0.1:4222".to_owned()),
+            (format!("{p}QUEUE_URL"), queue_url.to_owned()),
             (format!("{p}QUEUE_NAME"), queue_name.clone()),
             (format!("{p}QUEUE_ACK_WAIT"), "4s".to_owned()),
             (format!("{p}EVENTS_ENDPOINT"), events_ep.clone()),
