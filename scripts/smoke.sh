@@ -64,5 +64,7 @@ done
 metrics=$(curl -fsS "http://127.0.0.1:$metrics_port/metrics") || fail "GET /metrics"
 grep -q nightshift_scheduler_fired_total <<<"$metrics" || fail "scheduler metrics missing"
 grep -q nightshift_worker_runs_total <<<"$metrics" || fail "worker metrics missing"
+grep -q nightshift_memory_records_stored_total <<<"$metrics" || fail "memory metrics missing"
+grep -q nightshift_events_published_total <<<"$metrics" || fail "events metrics missing"
 promtool check metrics <<<"$metrics" || fail "promtool check metrics"
 echo "smoke: ok"

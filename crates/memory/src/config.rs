@@ -14,6 +14,8 @@ pub struct MemoryConfig {
     pub listen: String,
     /// `text` or `json`.
     pub log_format: String,
+    /// Prometheus `/metrics` listen address (empty = off).
+    pub metrics_listen: String,
     /// Store of each memory type.
     pub stores: StoresConfig,
     /// Vector index for semantic search; empty = no Search.
@@ -167,6 +169,7 @@ impl Default for MemoryConfig {
         Self {
             listen: "127.0.0.1:50054".into(),
             log_format: "text".into(),
+            metrics_listen: String::new(),
             stores: StoresConfig::default(),
             vector: VectorConfig::default(),
             embedder: EmbedderConfig::default(),

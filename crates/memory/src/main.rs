@@ -23,6 +23,9 @@ async fn main() -> anyhow::Result<()> {
     nightshift_telemetry::init(cfg.log_format.parse().map_err(anyhow::Error::msg)?);
     // reqwest (aws-lc-rs) and redis may link different rustls providers: pick one explicitly.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    if !cfg.metrics_listen.is_empty() {
+        nightshift_telemetry::serve_metrics(&cfg.metrics_listen).await?;
+    }
     let service = MemoryService::from_config(&cfg).await?;
     let mut server = GrpcServer::new();
     server.routes().add_service(service.into_server());

@@ -598,7 +598,11 @@ impl pb::memory_service_server::MemoryService for MemoryService {
             .enumerate()
             .map(|(i, r)| self.record_from_pb(i, r, now))
             .collect::<Result<Vec<_>, _>>()?;
+        let kinds: Vec<&'static str> = records.iter().map(|r| r.kind.as_str()).collect();
         let ids = self.store_records(records).await.map_err(status_from_memory)?;
+        for kind in kinds {
+            metrics::counter!("nightshift_memory_records_stored_total", "type" => kind).increment(1);
+        }
         Ok(Response::new(pb::StoreMemoryResponse { ids }))
     }
 
@@ -647,6 +651,7 @@ impl pb::memory_service_server::MemoryService for MemoryService {
         if !self.indexed.contains(&kind) {
             return Err(invalid("type", format!("{kind} memory is not indexed for search (see index_types)")));
         }
+        let started = std::time::Instant::now();
         let query = embedder.embed(std::slice::from_ref(&req.query)).await.map_err(status_from_memory)?;
         let query = query.into_iter().next().ok_or_else(|| Status::internal("embedder returned no vector"))?;
         let mut filter: BTreeMap<String, String> =
@@ -678,6 +683,7 @@ impl pb::memory_service_server::MemoryService for MemoryService {
                 tracing::warn!(error = %e, "could not drop stale vectors");
             }
         }
+        metrics::histogram!("nightshift_memory_search_duration_seconds").record(started.elapsed().as_secs_f64());
         Ok(Response::new(pb::SearchMemoryResponse { hits: out }))
     }
 

@@ -107,6 +107,12 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "LLM call latency, by the model the server answered with (\"error\" for failed calls)."
     );
+    describe_counter!("nightshift_memory_records_stored_total", "Memory records stored, by memory type.");
+    describe_histogram!(
+        "nightshift_memory_search_duration_seconds",
+        Unit::Seconds,
+        "Semantic memory searches: embedding the query plus the vector index lookup."
+    );
     describe_gauge!("nightshift_queue_depth", "Run requests waiting in the work queue (reported by schedulers).");
     describe_counter!("nightshift_events_published_total", "Events stored in the event log, by backend.");
     describe_counter!(
