@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Proc, by_name, free_port, runs_of, spawn, wait_port};
+use common::{Proc, by_name, free_port, runs_of, spawn, start_hanging_run, wait_port, wait_succeeded};
 use nightshift_core::pb;
 use nightshift_core::pb::manager_service_client::ManagerServiceClient;
 
@@ -104,45 +104,14 @@ async fn five_binaries_survive_killed_workers_and_schedulers(queue_url: &str) {
     let t1 = chrono::Utc::now();
 
     // 3. SIGKILL the worker running a multi-step run between its tool call and its next LLM call.
-    script.hang_second_turn.store(true, Ordering::SeqCst);
     let first_turns_before = script.first_turns.load(Ordering::SeqCst);
     m.pause_agent(pb::PauseAgentRequest { agent: by_name("ticker") }).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await; // let ticker runs in flight drain
-    let slow = format!(
-        "name: slow\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: slow}}\n\
-         schedule: {{manual: true}}\npolicy: {{max_retries: 0}}\ntools: {{local: [calculate_area]}}"
-    );
-    m.apply_agent(pb::ApplyAgentRequest { spec: None, manifest_yaml: slow }).await.unwrap();
-    let run = m
-        .trigger_agent(pb::TriggerAgentRequest { agent: by_name("slow"), query_override: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .run
-        .unwrap();
-    let mut holder = String::new();
-    for _ in 0..200 {
-        let r = m.get_run(pb::GetRunRequest { run_id: run.id.clone() }).await.unwrap().into_inner().run.unwrap();
-        if r.steps.len() == 2 && script.second_turns.load(Ordering::SeqCst) > 0 {
-            holder = r.worker_id;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(!holder.is_empty(), "the slow run reached its second LLM turn");
+    let (run, holder) = start_hanging_run(&mut m, &llm, &script).await;
     let idx = workers.iter().position(|w| w.name == holder).expect("holder is one of ours");
     drop(workers.remove(idx)); // SIGKILL
     script.hang_second_turn.store(false, Ordering::SeqCst);
-    let mut finished = None;
-    for _ in 0..300 {
-        let r = m.get_run(pb::GetRunRequest { run_id: run.id.clone() }).await.unwrap().into_inner().run.unwrap();
-        if r.status() == pb::RunStatus::Succeeded {
-            finished = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let finished = finished.expect("the run finished on another worker");
+    let finished = wait_succeeded(&mut m, &run.id).await;
     assert_ne!(finished.worker_id, holder);
     assert_eq!(finished.attempt, 2);
     assert_eq!(

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Proc, by_name, free_port, runs_of, spawn, wait_port};
+use common::{Proc, by_name, free_port, runs_of, spawn, start_hanging_run, wait_port, wait_succeeded};
 use nightshift_core::pb;
 use nightshift_core::pb::event_service_client::EventServiceClient;
 use nightshift_core::pb::manager_service_client::ManagerServiceClient;
@@ -89,10 +89,6 @@ async fn all_events(endpoint: &str) -> Vec<pb::Event> {
         }
         token = page.next_page_token;
     }
-}
-
-async fn get_run(m: &mut ManagerServiceClient<tonic::transport::Channel>, id: &str) -> pb::Run {
-    m.get_run(pb::GetRunRequest { run_id: id.to_owned() }).await.unwrap().into_inner().run.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -223,30 +219,7 @@ async fn nats_restart_under_load_and_worker_sigterm_lose_nothing() {
 
     // 2. SIGTERM the worker running a multi-step run: it hands the run back and exits; the
     // other worker finishes it.
-    script.hang_second_turn.store(true, Ordering::SeqCst);
-    let slow = format!(
-        "name: slow\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: slow}}\n\
-         schedule: {{manual: true}}\npolicy: {{max_retries: 0}}\ntools: {{local: [calculate_area]}}"
-    );
-    m.apply_agent(pb::ApplyAgentRequest { spec: None, manifest_yaml: slow }).await.unwrap();
-    let run = m
-        .trigger_agent(pb::TriggerAgentRequest { agent: by_name("slow"), query_override: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .run
-        .unwrap();
-    let seconds_before = script.second_turns.load(Ordering::SeqCst);
-    let mut holder = String::new();
-    for _ in 0..200 {
-        let r = get_run(&mut m, &run.id).await;
-        if r.steps.len() == 2 && script.second_turns.load(Ordering::SeqCst) > seconds_before {
-            holder = r.worker_id;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(!holder.is_empty(), "the slow run reached its second LLM turn");
+    let (run, holder) = start_hanging_run(&mut m, &llm, &script).await;
     let idx = workers.iter().position(|w| w.name == holder).expect("holder is one of ours");
     let mut leaving = workers.remove(idx);
     sh(&format!("kill -TERM {}", leaving.child.id()));
@@ -260,16 +233,7 @@ async fn nats_restart_under_load_and_worker_sigterm_lose_nothing() {
     };
     assert!(status.success(), "a draining worker exits cleanly: {status}");
     script.hang_second_turn.store(false, Ordering::SeqCst);
-    let mut finished = None;
-    for _ in 0..300 {
-        let r = get_run(&mut m, &run.id).await;
-        if r.status() == pb::RunStatus::Succeeded {
-            finished = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let finished = finished.expect("the handed-back run finished on the other worker");
+    let finished = wait_succeeded(&mut m, &run.id).await;
     assert_ne!(finished.worker_id, holder);
     assert_eq!(finished.attempt, 2, "one attempt handed back, one completed");
     let tools: Vec<u32> = finished

@@ -68,3 +68,48 @@ pub async fn runs_of(m: &mut ManagerServiceClient<Channel>, agent: &str) -> Vec<
         .into_inner()
         .runs
 }
+
+/// One run of a new manual agent `slow` (scripted LLM at `llm`, one tool call), with the scripted
+/// server's second turns made to hang: returns the run and the worker holding it once the run
+/// has checkpointed its first LLM turn and tool result and is waiting in its second LLM call.
+pub async fn start_hanging_run(
+    m: &mut ManagerServiceClient<Channel>,
+    llm: &str,
+    script: &nightshift_testkit::llm::Script,
+) -> (pb::Run, String) {
+    use std::sync::atomic::Ordering;
+    script.hang_second_turn.store(true, Ordering::SeqCst);
+    let second_turns_before = script.second_turns.load(Ordering::SeqCst);
+    let slow = format!(
+        "name: slow\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: slow}}\n\
+         schedule: {{manual: true}}\npolicy: {{max_retries: 0}}\ntools: {{local: [calculate_area]}}"
+    );
+    m.apply_agent(pb::ApplyAgentRequest { spec: None, manifest_yaml: slow }).await.unwrap();
+    let run = m
+        .trigger_agent(pb::TriggerAgentRequest { agent: by_name("slow"), query_override: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    for _ in 0..200 {
+        let r = m.get_run(pb::GetRunRequest { run_id: run.id.clone() }).await.unwrap().into_inner().run.unwrap();
+        if r.steps.len() == 2 && script.second_turns.load(Ordering::SeqCst) > second_turns_before {
+            return (run, r.worker_id);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the slow run never reached its second LLM turn");
+}
+
+/// Waits (up to 30 s) until the run succeeded.
+pub async fn wait_succeeded(m: &mut ManagerServiceClient<Channel>, run_id: &str) -> pb::Run {
+    for _ in 0..300 {
+        let r = m.get_run(pb::GetRunRequest { run_id: run_id.to_owned() }).await.unwrap().into_inner().run.unwrap();
+        if r.status() == pb::RunStatus::Succeeded {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("run {run_id} did not succeed within 30 s");
+}
