@@ -73,6 +73,27 @@ def check_manifests(label: str, docs: list[dict], values: dict, errors: list[str
         for k, v in (cm.get("data") or {}).items():
             if k.endswith(SECRET_KEYS) or "password" in str(v).lower():
                 fail(errors, f"{label}: ConfigMap {cm['metadata']['name']} holds a secret-looking key {k}")
+    # The workers reach the memory service through the chart-wired memory_endpoint.
+    configmaps = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in kinds.get("ConfigMap", [])}
+    worker_env = (configmaps.get("worker", {}).get("data") or {})
+    memory_endpoint = worker_env.get("NIGHTSHIFT_WORKER_MEMORY_ENDPOINT")
+    if values["memory"]["enabled"]:
+        if "memory" not in deployments or "memory" not in services:
+            fail(errors, f"{label}: memory.enabled but no memory Deployment/Service")
+        else:
+            svc = services["memory"]["metadata"]
+            wanted = f"http://{svc['name']}.{svc['namespace']}.svc:{values['memory']['port']}"
+            if memory_endpoint != wanted:
+                fail(errors, f"{label}: worker NIGHTSHIFT_WORKER_MEMORY_ENDPOINT={memory_endpoint!r}, want {wanted!r}")
+            (wc,) = deployments["worker"]["spec"]["template"]["spec"]["containers"]
+            cm_refs = [e["configMapRef"]["name"] for e in wc.get("envFrom", []) if "configMapRef" in e]
+            if configmaps["worker"]["metadata"]["name"] not in cm_refs:
+                fail(errors, f"{label}: the worker Deployment does not load its ConfigMap (envFrom {cm_refs})")
+    else:
+        if "memory" in deployments:
+            fail(errors, f"{label}: memory Deployment rendered although memory.enabled is false")
+        if memory_endpoint:
+            fail(errors, f"{label}: worker has memory endpoint {memory_endpoint!r} but memory is disabled")
     worker = values["worker"]
     hpas = kinds.get("HorizontalPodAutoscaler", [])
     if worker["autoscaling"]["enabled"] != bool(hpas):

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Proc, by_name, free_port, runs_of, spawn, start_hanging_run, wait_port, wait_succeeded};
+use common::{Proc, by_name, free_port, runs_of, spawn, spawn_workers, start_hanging_run, wait_port, wait_succeeded};
 use nightshift_core::pb;
 use nightshift_core::pb::manager_service_client::ManagerServiceClient;
 
@@ -69,18 +69,7 @@ async fn five_binaries_survive_killed_workers_and_schedulers(queue_url: &str) {
             spawn(&format!("scheduler{i}"), "nightshift-scheduler", &e)
         })
         .collect();
-    let mut workers: Vec<Proc> = (0..3)
-        .map(|i| {
-            let mut e = common("WORKER");
-            e.extend([
-                ("NIGHTSHIFT_WORKER_LISTEN".into(), format!("127.0.0.1:{}", free_port())),
-                ("NIGHTSHIFT_WORKER_MANAGER_ENDPOINT".into(), format!("http://127.0.0.1:{pm}")),
-                ("NIGHTSHIFT_WORKER_WORKER_ID".into(), format!("w{i}")),
-                ("NIGHTSHIFT_WORKER_LEASE_TTL".into(), "3s".into()),
-            ]);
-            spawn(&format!("w{i}"), "nightshift-worker", &e)
-        })
-        .collect();
+    let mut workers = spawn_workers(3, &common("WORKER"), pm, &[]);
     for p in ps {
         wait_port(p).await;
     }

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Proc, by_name, free_port, runs_of, spawn, start_hanging_run, wait_port, wait_succeeded};
+use common::{by_name, free_port, runs_of, spawn, spawn_workers, start_hanging_run, wait_port, wait_succeeded};
 use nightshift_core::pb;
 use nightshift_core::pb::event_service_client::EventServiceClient;
 use nightshift_core::pb::manager_service_client::ManagerServiceClient;
@@ -131,19 +131,7 @@ async fn nats_restart_under_load_and_worker_sigterm_lose_nothing() {
         ("NIGHTSHIFT_SCHEDULER_REPUBLISH_AFTER".into(), "2s".into()),
     ]);
     let _scheduler = spawn("scheduler", "nightshift-scheduler", &s_env);
-    let mut workers: Vec<Proc> = (0..2)
-        .map(|i| {
-            let mut e = common("WORKER");
-            e.extend([
-                ("NIGHTSHIFT_WORKER_LISTEN".into(), format!("127.0.0.1:{}", free_port())),
-                ("NIGHTSHIFT_WORKER_MANAGER_ENDPOINT".into(), format!("http://127.0.0.1:{pm}")),
-                ("NIGHTSHIFT_WORKER_WORKER_ID".into(), format!("w{i}")),
-                ("NIGHTSHIFT_WORKER_LEASE_TTL".into(), "3s".into()),
-                ("NIGHTSHIFT_WORKER_DRAIN_GRACE".into(), "1s".into()),
-            ]);
-            spawn(&format!("w{i}"), "nightshift-worker", &e)
-        })
-        .collect();
+    let mut workers = spawn_workers(2, &common("WORKER"), pm, &[("NIGHTSHIFT_WORKER_DRAIN_GRACE", "1s")]);
     for p in [pe, pm, ps] {
         wait_port(p).await;
     }

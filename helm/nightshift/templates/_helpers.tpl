@@ -149,6 +149,7 @@ Call with (dict "root" $ "component" NAME).
 {{- else if eq $name "worker" -}}
 {{- $_ := set $wired "queue_url" $queue -}}
 {{- $_ := set $wired "events_endpoint" $events -}}
+{{- $_ := set $wired "memory_endpoint" (include "nightshift.endpoint" (dict "root" $root "component" "memory")) -}}
 {{- $_ := set $wired "manager_endpoint" (required "the worker needs the manager (manager.enabled)" (include "nightshift.endpoint" (dict "root" $root "component" "manager"))) -}}
 {{- if $c.dataVolume.enabled -}}
 {{- $_ := set $wired "tools" (dict "file_root" $c.dataVolume.mountPath) -}}

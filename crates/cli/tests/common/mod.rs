@@ -113,3 +113,21 @@ pub async fn wait_succeeded(m: &mut ManagerServiceClient<Channel>, run_id: &str)
     }
     panic!("run {run_id} did not succeed within 30 s");
 }
+
+/// `n` worker processes `w0`, `w1`, … on the manager at `manager_port`, with the role's shared
+/// settings `base` and `extra` (e.g. a shorter drain grace).
+pub fn spawn_workers(n: usize, base: &[(String, String)], manager_port: u16, extra: &[(&str, &str)]) -> Vec<Proc> {
+    (0..n)
+        .map(|i| {
+            let mut e = base.to_vec();
+            e.extend([
+                ("NIGHTSHIFT_WORKER_LISTEN".into(), format!("127.0.0.1:{}", free_port())),
+                ("NIGHTSHIFT_WORKER_MANAGER_ENDPOINT".into(), format!("http://127.0.0.1:{manager_port}")),
+                ("NIGHTSHIFT_WORKER_WORKER_ID".into(), format!("w{i}")),
+                ("NIGHTSHIFT_WORKER_LEASE_TTL".into(), "3s".into()),
+            ]);
+            e.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+            spawn(&format!("w{i}"), "nightshift-worker", &e)
+        })
+        .collect()
+}
