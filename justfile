@@ -20,3 +20,7 @@ fmt:
 # Every benchmark scenario (release build; ~11 minutes on 2 cores); see docs/benchmarks.md.
 bench:
     cargo run --release -p nightshift-bench -- --json target/nightshift-bench.json all
+
+# Vector index latency of the memory service (in-process, pgvector, Chroma at 10k and 100k items).
+bench-memory:
+    cargo run --release -p nightshift-memory --example bench_index -- all 10000 100000

@@ -24,10 +24,10 @@ type Client = pb::manager_service_client::ManagerServiceClient<tonic::transport:
 
 /// When the worker reported a run started and ended.
 #[derive(Default, Clone, Copy)]
-struct Seen {
-    started: Option<Instant>,
-    completed: Option<Instant>,
-    failed: bool,
+pub(crate) struct Seen {
+    pub(crate) started: Option<Instant>,
+    pub(crate) completed: Option<Instant>,
+    pub(crate) failed: bool,
 }
 
 #[derive(Default)]
@@ -44,9 +44,9 @@ impl Events {
     }
 }
 
-struct Stack {
-    backends: Backends,
-    client: Client,
+pub(crate) struct Stack {
+    pub(crate) backends: Backends,
+    pub(crate) client: Client,
     events: Arc<Events>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -56,7 +56,11 @@ struct Stack {
 impl Stack {
     /// `server_nodelay`: serve the manager with tonic directly on sockets with `TCP_NODELAY`
     /// instead of through `GrpcServer::serve` (a diagnostic: see `--server-nodelay`).
-    async fn start(kind: BackendKind, worker_concurrency: u32, server_nodelay: bool) -> anyhow::Result<Self> {
+    pub(crate) async fn start(
+        kind: BackendKind,
+        worker_concurrency: u32,
+        server_nodelay: bool,
+    ) -> anyhow::Result<Self> {
         let llm = ScriptedLlm::spawn().await?;
         let backends = Backends::open(kind).await?;
         let (stop, stop_rx) = watch::channel(false);
@@ -143,7 +147,7 @@ impl Stack {
         .map_err(|e| anyhow::anyhow!("benchmark agent spec does not validate: {e}"))
     }
 
-    async fn trigger(&self, agent: &str) -> anyhow::Result<String> {
+    pub(crate) async fn trigger(&self, agent: &str) -> anyhow::Result<String> {
         let req = pb::TriggerAgentRequest {
             agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(agent.into())) }),
             query_override: None,
@@ -153,7 +157,7 @@ impl Stack {
     }
 
     /// Waits until the run completed (or failed), at most `limit`.
-    async fn wait_done(&self, run: &str, limit: Duration) -> anyhow::Result<Seen> {
+    pub(crate) async fn wait_done(&self, run: &str, limit: Duration) -> anyhow::Result<Seen> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let notified = self.events.changed.notified();
@@ -166,7 +170,7 @@ impl Stack {
         }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(40), t).await;

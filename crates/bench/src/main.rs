@@ -9,6 +9,7 @@ mod backend;
 mod dispatch;
 mod events;
 mod llm;
+mod llm_real;
 mod schedule;
 mod stats;
 mod sys;
@@ -44,6 +45,8 @@ enum Command {
     RunOverhead(dispatch::OverheadArgs),
     /// Events/s published (`EventLog::append_batch`) and delivered to N subscribers, per event log backend.
     EventFanout(events::FanoutArgs),
+    /// A real small LLM (SmolLM2 on llama.cpp): run latency and what the platform adds to it.
+    LlmReal(llm_real::LlmRealArgs),
     /// Every scenario at the sizes docs/benchmarks.md reports (under 15 minutes on 2 cores).
     All(AllArgs),
     /// The instant scripted OpenAI-compatible LLM (started by the scenarios as a child process).
@@ -111,6 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DispatchLatency(a) => scenarios.push(dispatch::dispatch_latency(&a).await?),
         Command::RunOverhead(a) => scenarios.push(dispatch::run_overhead(&a).await?),
         Command::EventFanout(a) => scenarios.extend(events::event_fanout(&a).await?),
+        Command::LlmReal(a) => scenarios.push(llm_real::llm_real(&a).await?),
         Command::All(a) => all(&a, &mut scenarios).await?,
         Command::ScriptedLlm { .. } => unreachable!("handled before the runtime starts"),
     }
@@ -164,6 +168,7 @@ async fn all(a: &AllArgs, out: &mut Vec<Scenario>) -> anyhow::Result<()> {
     }
     let fanout_backend = if a.embedded_only { events::FanoutBackend::Memory } else { events::FanoutBackend::All };
     out.extend(events::event_fanout(&events::FanoutArgs { backend: fanout_backend, ..Default::default() }).await?);
+    out.push(llm_real::llm_real(&llm_real::LlmRealArgs::default()).await?);
     Ok(())
 }
 

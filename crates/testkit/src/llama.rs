@@ -21,6 +21,11 @@ impl LlamaServer {
     /// One thread (`-t 1`): replies stay fast while other tests or builds load the cores.
     /// An install failure fails the test with the script's output: it never skips silently.
     pub fn start() -> Self {
+        Self::start_with_threads(1)
+    }
+
+    /// [`LlamaServer::start`] with `threads` inference threads (the benchmark uses every core).
+    pub fn start_with_threads(threads: u32) -> Self {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llm.sh");
         let started = Instant::now();
         let out = std::process::Command::new("bash")
@@ -43,7 +48,7 @@ impl LlamaServer {
         let port = free_port();
         let child = std::process::Command::new(get("NIGHTSHIFT_LLAMA_SERVER"))
             .args(["-m", &get("NIGHTSHIFT_SMOLLM2_GGUF"), "--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["-c", "4096", "-t", "1", "--jinja"])
+            .args(["-c", "4096", "-t", &threads.to_string(), "--jinja"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
