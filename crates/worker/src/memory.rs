@@ -21,6 +21,9 @@ const MAX_RECORD_CHARS: usize = 1_000;
 const MAX_SECTION_CHARS: usize = 8_000;
 /// Procedural notes recalled per run (how the agent does its job).
 const PROCEDURAL_RECALL: u32 = 5;
+/// Longest wait for memory around a run: it happens outside the heartbeat loop, well within
+/// the lease, and a slow memory service must not hold a run up.
+const MEMORY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The memory scope of a run, in the service's notation (`agent`, `run:<id>`, `fixed:<id>`).
 pub fn scope(spec: &AgentSpec, agent_id: &str, run_id: &str) -> pb::MemoryScope {
@@ -44,7 +47,18 @@ fn failed(op: &'static str, s: &tonic::Status) {
 }
 
 /// What was recalled for a run, rendered as a section of the system prompt ("" = nothing).
+/// Gives up (with what it has: nothing) after [`MEMORY_TIMEOUT`].
 pub async fn recall(client: &MemoryClient, spec: &AgentSpec, scope: &pb::MemoryScope, query: &str) -> String {
+    match tokio::time::timeout(MEMORY_TIMEOUT, recall_all(client, spec, scope, query)).await {
+        Ok(section) => section,
+        Err(_) => {
+            failed("recall", &tonic::Status::deadline_exceeded("memory recall took too long"));
+            String::new()
+        }
+    }
+}
+
+async fn recall_all(client: &MemoryClient, spec: &AgentSpec, scope: &pb::MemoryScope, query: &str) -> String {
     let mut episodes = Vec::new();
     let mut notes = Vec::new();
     let mut facts = Vec::new();
@@ -157,8 +171,11 @@ pub async fn store_episode(
         ttl: None,
         summary: false,
     };
-    if let Err(s) = client.clone().store(pb::StoreMemoryRequest { records: vec![record] }).await {
-        failed("store", &s);
+    let mut client = client.clone();
+    match tokio::time::timeout(MEMORY_TIMEOUT, client.store(pb::StoreMemoryRequest { records: vec![record] })).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(s)) => failed("store", &s),
+        Err(_) => failed("store", &tonic::Status::deadline_exceeded("storing the episode took too long")),
     }
 }
 
