@@ -386,7 +386,12 @@ async fn structured_mode_tool_call_then_final() {
     let branches = schema["oneOf"].as_array().unwrap();
     assert_eq!(branches.len(), 3);
     assert_eq!(branches[0]["properties"]["tool"]["const"], "calculate_area");
-    assert_eq!(branches[0]["properties"]["arguments"], tools()[0].parameters);
+    // The strict form of the tool's schema: every key required, optional ones nullable.
+    assert_eq!(
+        branches[0]["properties"]["arguments"],
+        nightshift_llm::structured::strict_arguments(&tools()[0].parameters)
+    );
+    assert_eq!(branches[0]["properties"]["arguments"]["required"], json!(["radius", "shape"]));
     assert_eq!(branches[1]["properties"]["tool"]["const"], "fs.read_file", "structured mode needs no aliases");
     assert_eq!(branches[2]["required"], json!(["final"]));
     let system = body["messages"][0]["content"].as_str().unwrap();
