@@ -453,8 +453,10 @@ impl Scheduler {
                 if fire.missed > 0
                     && let Some(p) = &self.inner.events
                 {
+                    let name = idx.entries.get(&f.agent_id).map(|e| e.agent.name.clone()).unwrap_or_default();
                     p.event(EventType::ScheduleMissed)
                         .agent(&fire.agent_id)
+                        .agent_name(name)
                         .data(json!({"missed": fire.missed}))
                         .emit();
                 }
@@ -499,7 +501,9 @@ impl Scheduler {
                     discard.push(p);
                     continue;
                 }
-                fired.push((p.agent_id, p.fire_at, p.requests.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>()));
+                let name = idx.entries.get(&p.agent_id).map(|e| e.agent.name.clone()).unwrap_or_default();
+                let runs: Vec<String> = p.requests.iter().map(|r| r.run_id.clone()).collect();
+                fired.push((p.agent_id, name, p.fire_at, runs));
                 requests.extend(p.requests);
             }
         }
@@ -513,14 +517,14 @@ impl Scheduler {
         }
         let published = self.publish(&requests).await;
         let fired_now = self.inner.clock.now();
-        for (agent, fire_at, runs) in fired {
+        for (agent, name, fire_at, runs) in fired {
             for t in &fire_at {
                 let lag = (fired_now - *t).to_std().unwrap_or(Duration::ZERO);
                 metrics::histogram!("nightshift_scheduler_fire_lag_seconds").record(lag.as_secs_f64());
             }
             metrics::counter!("nightshift_scheduler_fired_total").increment(fire_at.len() as u64);
             if let Some(p) = &self.inner.events {
-                p.event(EventType::ScheduleFired).agent(&agent).data(json!({"runs": runs})).emit();
+                p.event(EventType::ScheduleFired).agent(&agent).agent_name(name).data(json!({"runs": runs})).emit();
             }
         }
         published
