@@ -61,10 +61,16 @@ for t in AGENT_CREATED SCHEDULE_FIRED BACKGROUND_TASK_STARTED BACKGROUND_AGENT_S
   grep -q "$t" <<<"$events" || fail "events tail lacks $t: $events"
 done
 # Prometheus text that promtool accepts (help texts, histogram buckets).
-metrics=$(curl -fsS "http://127.0.0.1:$metrics_port/metrics") || fail "GET /metrics"
-grep -q nightshift_scheduler_fired_total <<<"$metrics" || fail "scheduler metrics missing"
-grep -q nightshift_worker_runs_total <<<"$metrics" || fail "worker metrics missing"
-grep -q nightshift_memory_records_stored_total <<<"$metrics" || fail "memory metrics missing"
-grep -q nightshift_events_published_total <<<"$metrics" || fail "events metrics missing"
+# A metric appears once it is first recorded: the ticker's runs end only after the LLM client has
+# given up on the unreachable model (retries with backoff), so wait for them a while.
+wanted="nightshift_scheduler_fired_total nightshift_worker_runs_total nightshift_memory_records_stored_total nightshift_events_published_total"
+for _ in $(seq 1 60); do
+  metrics=$(curl -fsS "http://127.0.0.1:$metrics_port/metrics") || fail "GET /metrics"
+  missing=""
+  for m in $wanted; do grep -q "$m" <<<"$metrics" || missing="$missing $m"; done
+  [ -z "$missing" ] && break
+  sleep 0.5
+done
+[ -z "$missing" ] || fail "metrics missing after 30 s:$missing"
 promtool check metrics <<<"$metrics" || fail "promtool check metrics"
 echo "smoke: ok"
