@@ -110,6 +110,7 @@ pub(crate) async fn run(args: DevArgs, log_format: LogFormat) -> anyhow::Result<
     let _ = worker_task.await;
     let _ = scheduler_task.await;
     store.close().await;
+    nightshift_telemetry::shutdown();
     Ok(())
 }
 

@@ -40,5 +40,6 @@ async fn main() -> anyhow::Result<()> {
         closer.close_streams();
     };
     server.serve(listener, shutdown).await?;
+    nightshift_telemetry::shutdown();
     Ok(())
 }

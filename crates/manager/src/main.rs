@@ -56,5 +56,6 @@ async fn main() -> anyhow::Result<()> {
     let listener = GrpcServer::bind(&cfg.listen).await?;
     server.serve(listener, shutdown_signal()).await?;
     store.close().await;
+    nightshift_telemetry::shutdown();
     Ok(())
 }

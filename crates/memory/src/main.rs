@@ -32,5 +32,6 @@ async fn main() -> anyhow::Result<()> {
     server.serving(SERVICE_NAME);
     let listener = GrpcServer::bind(&cfg.listen).await?;
     server.serve(listener, shutdown_signal()).await?;
+    nightshift_telemetry::shutdown();
     Ok(())
 }

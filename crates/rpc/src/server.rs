@@ -93,6 +93,9 @@ impl GrpcServer {
         }
         tracing::info!(addr = ?local, services = ?self.names, "gRPC server listening");
         tonic::transport::Server::builder()
+            // One span per call, named by its gRPC method: exported over OTLP when telemetry
+            // is configured to (see nightshift_telemetry::init).
+            .trace_fn(|req| tracing::info_span!("grpc.server", otel.name = %req.uri().path(), otel.kind = "server"))
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(
                 // Without TCP_NODELAY small responses wait ~40 ms for the peer's delayed ACK

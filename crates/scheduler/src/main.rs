@@ -57,5 +57,6 @@ async fn main() -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     engine.await.context("scheduler task")?;
     store.close().await;
+    nightshift_telemetry::shutdown();
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Logging set-up shared by every Nightshift binary: `tracing` with a text or JSON formatter and
-//! an `RUST_LOG`-style filter (default `info`).
+//! an `RUST_LOG`-style filter (default `info`), OpenTelemetry span export over OTLP when the
+//! standard `OTEL_EXPORTER_OTLP_*` variables ask for it, and the Prometheus `/metrics` endpoint.
 use std::str::FromStr;
 
 /// Log output format.
@@ -24,15 +25,66 @@ impl FromStr for LogFormat {
 }
 
 /// Installs the global subscriber. Later calls are ignored (tests may call it repeatedly).
+///
+/// With the standard OpenTelemetry variable `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, spans are also exported over OTLP/gRPC, named by
+/// `OTEL_SERVICE_NAME`. Must be called inside the Tokio runtime (the exporter's gRPC client
+/// needs it); call [`shutdown`] before exiting so the last spans are flushed.
 pub fn init(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => registry.with(fmt).try_init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
     };
+}
+
+static TRACER_PROVIDER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> = std::sync::OnceLock::new();
+
+/// The OpenTelemetry layer, when an OTLP endpoint is configured (see [`init`]).
+fn otel_layer<S>() -> Option<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    let configured = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|k| std::env::var(k).is_ok_and(|v| !v.trim().is_empty()));
+    if !configured {
+        return None;
+    }
+    let exporter = match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
+        Ok(e) => e,
+        Err(e) => {
+            // The subscriber is not installed yet: this goes to stderr directly, once.
+            eprintln!("OpenTelemetry export disabled: cannot build the OTLP exporter: {e}");
+            return None;
+        }
+    };
+    // The default resource reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(opentelemetry_sdk::Resource::builder().build())
+        .build();
+    let tracer = provider.tracer("nightshift");
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let _ = TRACER_PROVIDER.set(provider);
+    Some(tracing_opentelemetry::layer().with_tracer(tracer))
+}
+
+/// Flushes and stops the OpenTelemetry exporter (a no-op without one).
+pub fn shutdown() {
+    if let Some(p) = TRACER_PROVIDER.get()
+        && let Err(e) = p.shutdown()
+    {
+        tracing::warn!(error = %e, "flushing OpenTelemetry spans failed");
+    }
 }
 
 /// Why the metrics endpoint could not start.

@@ -63,5 +63,6 @@ async fn main() -> anyhow::Result<()> {
     server.serve(listener, shutdown_signal()).await?;
     let _ = stop_tx.send(true);
     runner.await.context("worker task")?;
+    nightshift_telemetry::shutdown();
     Ok(())
 }
