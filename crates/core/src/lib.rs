@@ -13,6 +13,7 @@ pub mod event;
 pub mod ids;
 pub mod manifest;
 pub mod policy;
+pub mod redact;
 pub mod run;
 pub mod schedule;
 pub mod spec;
@@ -24,6 +25,7 @@ pub use event::EventType;
 pub use ids::{AgentId, AgentName, RunId, WorkerId};
 pub use manifest::AgentManifest;
 pub use policy::{Backoff, OverlapPolicy, RunPolicy};
+pub use redact::redact_url;
 pub use run::{AgentState, RunOutcome, RunStatus, TriggerKind};
 pub use schedule::{CronSpec, MisfirePolicy, Schedule, Trigger};
 pub use spec::{

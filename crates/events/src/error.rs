@@ -56,30 +56,4 @@ impl EventLogError {
     }
 }
 
-/// `url` with any password replaced by `***` (URLs end up in errors and logs).
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(redact_url("redis://:secret@h:6379/0"), "redis://:***@h:6379/0");
-        assert_eq!(redact_url("nats://u:p@h:4222"), "nats://u:***@h:4222");
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-    }
-}
+pub(crate) use nightshift_core::redact_url;

@@ -51,24 +51,4 @@ impl From<redis::RedisError> for MemoryError {
 }
 
 /// Hides the password of a URL in messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}://{user}:***@{}", &url[..s], &url[at + 1..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(super::redact("redis://u:secret@h:6379/0"), "redis://u:***@h:6379/0");
-        assert_eq!(super::redact("memory://"), "memory://");
-    }
-}
+pub use nightshift_core::redact_url as redact;

@@ -424,7 +424,6 @@ impl Scheduler {
                     fire_at: Vec::new(),
                 };
                 let mut gone = false;
-                let schedule = idx.entries.get(&f.agent_id).map(|e| e.agent.schedule.clone());
                 for ((run_id, tick), outcome) in fire.runs.iter().zip(made) {
                     match outcome {
                         TickOutcome::Created => {}
@@ -446,7 +445,12 @@ impl Scheduler {
                         enqueued_at: None,
                         trace_context: Default::default(),
                     });
-                    let jitter = schedule.as_ref().map(|s| rules::jitter(s, &f.agent_id, *tick)).unwrap_or_default();
+                    // Borrowed, not cloned: this runs per tick of every due agent.
+                    let jitter = idx
+                        .entries
+                        .get(&f.agent_id)
+                        .map(|e| rules::jitter(&e.agent.schedule, &f.agent_id, *tick))
+                        .unwrap_or_default();
                     prepared.fire_at.push(*tick + chrono::Duration::from_std(jitter).unwrap_or_default());
                 }
                 metrics::counter!("nightshift_scheduler_missed_ticks_total").increment(fire.missed);
@@ -501,9 +505,12 @@ impl Scheduler {
                     discard.push(p);
                     continue;
                 }
-                let name = idx.entries.get(&p.agent_id).map(|e| e.agent.name.clone()).unwrap_or_default();
-                let runs: Vec<String> = p.requests.iter().map(|r| r.run_id.clone()).collect();
-                fired.push((p.agent_id, name, p.fire_at, runs));
+                // The name and run ids are only needed for SCHEDULE_FIRED events.
+                let event = self.inner.events.is_some().then(|| {
+                    let name = idx.entries.get(&p.agent_id).map(|e| e.agent.name.clone()).unwrap_or_default();
+                    (name, p.requests.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>())
+                });
+                fired.push((p.agent_id, p.fire_at, event));
                 requests.extend(p.requests);
             }
         }
@@ -517,13 +524,13 @@ impl Scheduler {
         }
         let published = self.publish(&requests).await;
         let fired_now = self.inner.clock.now();
-        for (agent, name, fire_at, runs) in fired {
+        for (agent, fire_at, event) in fired {
             for t in &fire_at {
                 let lag = (fired_now - *t).to_std().unwrap_or(Duration::ZERO);
                 metrics::histogram!("nightshift_scheduler_fire_lag_seconds").record(lag.as_secs_f64());
             }
             metrics::counter!("nightshift_scheduler_fired_total").increment(fire_at.len() as u64);
-            if let Some(p) = &self.inner.events {
+            if let (Some(p), Some((name, runs))) = (&self.inner.events, event) {
                 p.event(EventType::ScheduleFired).agent(&agent).agent_name(name).data(json!({"runs": runs})).emit();
             }
         }

@@ -100,18 +100,7 @@ impl Store {
 }
 
 /// Hides the password of a database URL in messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}://{user}:***@{}", &url[..s], &url[at + 1..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
+pub use nightshift_core::redact_url as redact;
 
 pub(crate) const RUN_COLUMNS: &str = "r.id, r.agent_id, a.name AS agent_name, r.agent_version, r.status, \
     r.trigger_kind, r.scheduled_for, r.query_override, r.attempt, r.retries, r.worker_id, \
@@ -177,13 +166,4 @@ pub(crate) fn run_from_row(row: &AnyRow) -> Result<RunRecord, StoreError> {
         input_tokens: u64_col(row, "input_tokens")?,
         output_tokens: u64_col(row, "output_tokens")?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
-    }
 }

@@ -296,6 +296,17 @@ async fn set_spec(env: &Env, manifest_yaml: String) {
     env.manager.clone().update_agent(upd).await.unwrap();
 }
 
+/// Runs of the test agent `area`, newest first.
+async fn area_runs(env: &Env) -> Vec<pb::Run> {
+    env.manager
+        .clone()
+        .list_runs(pb::ListRunsRequest { agent: by_name("area"), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .runs
+}
+
 fn by_name(name: &str) -> Option<pb::AgentRef> {
     Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(name.into())) })
 }
@@ -329,14 +340,7 @@ async fn a_scheduled_agent_calls_local_stdio_mcp_and_http_mcp_tools() {
 
     let mut runs = Vec::new();
     for _ in 0..200 {
-        runs = env
-            .manager
-            .clone()
-            .list_runs(pb::ListRunsRequest { agent: by_name("area"), ..Default::default() })
-            .await
-            .unwrap()
-            .into_inner()
-            .runs;
+        runs = area_runs(&env).await;
         if runs.first().is_some_and(|r| r.status() == pb::RunStatus::Succeeded) {
             break;
         }
@@ -420,14 +424,7 @@ async fn a_run_outlasting_its_interval_skips_the_next_ticks() {
     let _ = stop.send(true);
     sched.await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await; // let the last run finish
-    let runs = env
-        .manager
-        .clone()
-        .list_runs(pb::ListRunsRequest { agent: by_name("area"), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .runs;
+    let runs = area_runs(&env).await;
     let skipped = runs.iter().filter(|r| r.status() == pb::RunStatus::Skipped).count();
     let ran: Vec<&pb::Run> = runs.iter().filter(|r| r.started_at.is_some()).collect();
     assert!(skipped >= 2, "ticks during a long run are skipped: {skipped} of {}", runs.len());

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::{MemoryError, redact};
-use crate::vector::{VectorHit, VectorIndex, VectorItem, check_dims};
+use crate::vector::{VectorHit, VectorIndex, VectorItem, check_items, check_query};
 
 const TENANT: &str = "default_tenant";
 const DATABASE: &str = "default_database";
@@ -123,11 +123,8 @@ impl VectorIndex for ChromaIndex {
     }
 
     async fn upsert(&self, items: &[VectorItem]) -> Result<(), MemoryError> {
-        if items.is_empty() {
+        if !check_items(self.dims, items)? {
             return Ok(());
-        }
-        for (i, item) in items.iter().enumerate() {
-            check_dims(self.dims, &format!("items[{i}].vector"), &item.vector)?;
         }
         // Chroma rejects an empty metadata object; null means "none".
         let metadatas: Vec<Value> =
@@ -158,8 +155,7 @@ impl VectorIndex for ChromaIndex {
         k: usize,
         filter: &BTreeMap<String, String>,
     ) -> Result<Vec<VectorHit>, MemoryError> {
-        check_dims(self.dims, "query vector", vector)?;
-        if k == 0 {
+        if !check_query(self.dims, vector, k)? {
             return Ok(Vec::new());
         }
         let mut body = json!({

@@ -16,7 +16,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use async_trait::async_trait;
 
 use crate::error::MemoryError;
-use crate::vector::{VectorHit, VectorIndex, VectorItem, check_dims};
+use crate::vector::{VectorHit, VectorIndex, VectorItem, check_items, check_query};
 
 /// The item count this index is meant for (tens of milliseconds per query there, see above).
 pub const RECOMMENDED_MAX_ITEMS: usize = 100_000;
@@ -158,8 +158,8 @@ impl VectorIndex for InProcessIndex {
     }
 
     async fn upsert(&self, items: &[VectorItem]) -> Result<(), MemoryError> {
-        for (i, item) in items.iter().enumerate() {
-            check_dims(self.dims, &format!("items[{i}].vector"), &item.vector)?;
+        if !check_items(self.dims, items)? {
+            return Ok(());
         }
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         for item in items {
@@ -215,8 +215,7 @@ impl VectorIndex for InProcessIndex {
         k: usize,
         filter: &BTreeMap<String, String>,
     ) -> Result<Vec<VectorHit>, MemoryError> {
-        check_dims(self.dims, "query vector", vector)?;
-        if k == 0 {
+        if !check_query(self.dims, vector, k)? {
             return Ok(Vec::new());
         }
         let q = normalized(vector);

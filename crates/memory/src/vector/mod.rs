@@ -65,7 +65,22 @@ pub trait VectorIndex: Send + Sync + std::fmt::Debug {
 }
 
 /// Checks a vector's length against the index's dimensions.
-pub(crate) fn check_dims(dims: usize, field: &str, v: &[f32]) -> Result<(), MemoryError> {
+/// Validates the vectors of an upsert (every backend's first step); `false` when there is
+/// nothing to write.
+pub(crate) fn check_items(dims: usize, items: &[VectorItem]) -> Result<bool, MemoryError> {
+    for (i, item) in items.iter().enumerate() {
+        check_dims(dims, &format!("items[{i}].vector"), &item.vector)?;
+    }
+    Ok(!items.is_empty())
+}
+
+/// Validates a search (every backend's first step); `false` when `k` is 0 (no hits wanted).
+pub(crate) fn check_query(dims: usize, vector: &[f32], k: usize) -> Result<bool, MemoryError> {
+    check_dims(dims, "query vector", vector)?;
+    Ok(k > 0)
+}
+
+fn check_dims(dims: usize, field: &str, v: &[f32]) -> Result<(), MemoryError> {
     if v.len() != dims {
         return Err(MemoryError::Invalid(format!("{field}: has {} dimensions, the index has {dims}", v.len())));
     }

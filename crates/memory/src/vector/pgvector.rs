@@ -10,7 +10,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::{MemoryError, redact};
-use crate::vector::{VectorHit, VectorIndex, VectorItem, check_dims};
+use crate::vector::{VectorHit, VectorIndex, VectorItem, check_items, check_query};
 
 /// Vectors in a pgvector table.
 #[derive(Debug, Clone)]
@@ -79,8 +79,8 @@ impl VectorIndex for PgVectorIndex {
     }
 
     async fn upsert(&self, items: &[VectorItem]) -> Result<(), MemoryError> {
-        for (i, item) in items.iter().enumerate() {
-            check_dims(self.dims, &format!("items[{i}].vector"), &item.vector)?;
+        if !check_items(self.dims, items)? {
+            return Ok(());
         }
         let sql = format!(
             "INSERT INTO {} (id, embedding, metadata) VALUES ($1, $2::vector, $3::jsonb) \
@@ -120,8 +120,7 @@ impl VectorIndex for PgVectorIndex {
         k: usize,
         filter: &BTreeMap<String, String>,
     ) -> Result<Vec<VectorHit>, MemoryError> {
-        check_dims(self.dims, "query vector", vector)?;
-        if k == 0 {
+        if !check_query(self.dims, vector, k)? {
             return Ok(Vec::new());
         }
         // The text parameters are cast once, in `q`: written inline, a generic plan (which

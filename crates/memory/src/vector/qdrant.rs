@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::{MemoryError, redact};
-use crate::vector::{VectorHit, VectorIndex, VectorItem, check_dims};
+use crate::vector::{VectorHit, VectorIndex, VectorItem, check_items, check_query};
 
 /// A Qdrant collection.
 #[derive(Clone)]
@@ -174,11 +174,8 @@ impl VectorIndex for QdrantIndex {
     }
 
     async fn upsert(&self, items: &[VectorItem]) -> Result<(), MemoryError> {
-        if items.is_empty() {
+        if !check_items(self.dims, items)? {
             return Ok(());
-        }
-        for (i, item) in items.iter().enumerate() {
-            check_dims(self.dims, &format!("items[{i}].vector"), &item.vector)?;
         }
         let points: Vec<Value> = items
             .iter()
@@ -222,8 +219,7 @@ impl VectorIndex for QdrantIndex {
         k: usize,
         filter: &BTreeMap<String, String>,
     ) -> Result<Vec<VectorHit>, MemoryError> {
-        check_dims(self.dims, "query vector", vector)?;
-        if k == 0 {
+        if !check_query(self.dims, vector, k)? {
             return Ok(Vec::new());
         }
         let mut body = json!({ "query": vector, "limit": k, "with_payload": true });
