@@ -329,7 +329,8 @@ impl pb::manager_service_server::ManagerService for ManagerService {
                 trigger: TriggerKind::Manual.to_pb() as i32,
                 scheduled_for: None,
                 enqueued_at: Some(time::to_pb(self.clock.now())),
-                trace_context: Default::default(),
+                // The worker's run span continues this call's trace (the `grpc.server` span).
+                trace_context: nightshift_telemetry::context_map(&tracing::Span::current()),
             };
             // The run is recorded; if this publish fails the scheduler's sweep publishes it.
             match q.publish(&req, None).await {

@@ -7,7 +7,9 @@
 
 mod server;
 mod shutdown;
+mod trace;
 
 pub use server::{GrpcServer, ServeError};
 pub use shutdown::shutdown_signal;
 pub use tonic_health::ServingStatus;
+pub use trace::{TraceContext, TracedChannel, traced};

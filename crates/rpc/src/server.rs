@@ -95,7 +95,7 @@ impl GrpcServer {
         tonic::transport::Server::builder()
             // One span per call, named by its gRPC method: exported over OTLP when telemetry
             // is configured to (see nightshift_telemetry::init).
-            .trace_fn(|req| tracing::info_span!("grpc.server", otel.name = %req.uri().path(), otel.kind = "server"))
+            .trace_fn(crate::trace::server_span)
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(
                 // Without TCP_NODELAY small responses wait ~40 ms for the peer's delayed ACK

@@ -521,6 +521,7 @@ impl Scheduler {
         let enqueued = time::to_pb(self.inner.clock.now());
         for r in &mut requests {
             r.enqueued_at = Some(enqueued);
+            trace_request(r);
         }
         let published = self.publish(&requests).await;
         let fired_now = self.inner.clock.now();
@@ -602,7 +603,7 @@ impl Scheduler {
         let stale = self.inner.store.stale_queued_runs(cutoff, 1000).await?;
         let owned = self.index().owned.clone();
         let now = self.inner.clock.now();
-        let requests: Vec<RunRequest> = stale
+        let mut requests: Vec<RunRequest> = stale
             .into_iter()
             .filter(|(_, agent, _)| owned.contains(&shard_of(agent, self.inner.cfg.shard_count)))
             .map(|(run, agent, at)| RunRequest {
@@ -614,6 +615,9 @@ impl Scheduler {
                 trace_context: Default::default(),
             })
             .collect();
+        for r in &mut requests {
+            trace_request(r);
+        }
         if !requests.is_empty() {
             tracing::info!(n = requests.len(), "publishing queued runs whose request never reached the queue");
             metrics::counter!("nightshift_scheduler_republished_total").increment(requests.len() as u64);
@@ -622,6 +626,23 @@ impl Scheduler {
         }
         Ok(())
     }
+}
+
+/// Starts the run's trace: a `scheduler.fire` span whose context travels with the request, so
+/// the worker's `agent.run` span (and everything under it) joins this trace. Skipped entirely
+/// when spans are not exported, as this runs for every fired tick.
+fn trace_request(r: &mut RunRequest) {
+    if !nightshift_telemetry::tracing_enabled() {
+        return;
+    }
+    let span = tracing::info_span!(
+        "scheduler.fire",
+        otel.name = "scheduler.fire",
+        otel.kind = "producer",
+        run = %r.run_id,
+        agent = %r.agent_id,
+    );
+    r.trace_context = nightshift_telemetry::context_map(&span);
 }
 
 fn hostname() -> String {

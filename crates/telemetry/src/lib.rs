@@ -3,6 +3,9 @@
 //! standard `OTEL_EXPORTER_OTLP_*` variables ask for it, and the Prometheus `/metrics` endpoint.
 use std::str::FromStr;
 
+mod propagation;
+pub use propagation::{Extractor, Injector, context_map, inject, set_parent, set_parent_from_map, tracing_enabled};
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
@@ -72,7 +75,6 @@ where
         .with_resource(opentelemetry_sdk::Resource::builder().build())
         .build();
     let tracer = provider.tracer("nightshift");
-    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
     let _ = TRACER_PROVIDER.set(provider);
     Some(tracing_opentelemetry::layer().with_tracer(tracer))

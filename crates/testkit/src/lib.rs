@@ -62,6 +62,36 @@ pub async fn database(kind: Db) -> (String, Option<SqliteDb>) {
 pub mod llama;
 pub mod llm;
 pub mod mcp;
+pub mod otel;
+
+/// Runs an install script (`bash SCRIPT ARGS…`, idempotent and cached) and returns the
+/// `KEY=VALUE` lines it prints. A failure fails the test with the script's output: tests that
+/// need a real server never skip silently.
+pub(crate) fn run_setup(
+    script: &std::path::Path,
+    args: &[&str],
+    what: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "installing {what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{what} ready in {:.1?}", started.elapsed());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
+}
 
 /// Generates, for each listed `async fn name(kind: Db)`, one `#[tokio::test]` per backend in the
 /// modules `sqlite` and `postgres`, so that a suite runs against both databases.

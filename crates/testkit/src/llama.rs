@@ -3,7 +3,6 @@
 //! ~/.cache/nightshift-test; the first install compiles llama.cpp, which `.ci/run` does up front).
 //! The model has no native tool calling; it is driven through the structured-output mode, which
 //! llama.cpp enforces with a grammar compiled from the JSON schema.
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -28,22 +27,7 @@ impl LlamaServer {
     pub fn start_with_threads(threads: u32) -> Self {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llm.sh");
         let started = Instant::now();
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("env")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("cannot run scripts/llm.sh");
-        assert!(
-            out.status.success(),
-            "installing llama.cpp + SmolLM2 failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let vars: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-            .collect();
+        let vars = crate::run_setup(&script, &["env"], "llama.cpp + SmolLM2");
         let get = |k: &str| vars.get(k).cloned().unwrap_or_else(|| panic!("scripts/llm.sh env did not print {k}"));
         let port = free_port();
         let child = std::process::Command::new(get("NIGHTSHIFT_LLAMA_SERVER"))

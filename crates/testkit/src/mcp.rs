@@ -1,7 +1,6 @@
 //! The real third-party MCP servers tests use, installed by `mcp/setup.sh` (idempotent, cached
 //! under `$NIGHTSHIFT_TEST_CACHE` or ~/.cache/nightshift-test, flock-serialised across test
 //! binaries), and the streamable-HTTP fixture `mcp/http_server.py` (official Python SDK).
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -22,20 +21,7 @@ pub fn servers() -> &'static Servers {
     static SERVERS: OnceLock<Servers> = OnceLock::new();
     SERVERS.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp/setup.sh");
-        let started = Instant::now();
-        let out = std::process::Command::new("bash").arg(&script).output().expect("cannot run bash tests/setup.sh");
-        assert!(
-            out.status.success(),
-            "installing the MCP test servers failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!("MCP test servers ready in {:.1?}", started.elapsed());
-        let vars: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-            .collect();
+        let vars = crate::run_setup(&script, &[], "the MCP test servers");
         let get = |k: &str| vars.get(k).cloned().unwrap_or_else(|| panic!("setup.sh did not print {k}"));
         Servers {
             node: get("NODE"),

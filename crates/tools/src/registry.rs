@@ -214,6 +214,7 @@ impl ToolRegistry {
     }
 
     /// Like [`call_value`](Self::call_value) but with the typed error.
+    #[tracing::instrument(name = "tool.call", skip_all, fields(tool = %name))]
     pub async fn try_call_value(&self, name: &str, arguments: Value) -> Result<String, ToolError> {
         let Some(entry) = self.entries.get(name) else {
             let available = self.defs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ");

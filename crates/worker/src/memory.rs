@@ -10,10 +10,9 @@ use std::fmt::Write as _;
 
 use nightshift_core::{AgentSpec, SessionScope, pb};
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// The memory service client.
-pub type MemoryClient = pb::memory_service_client::MemoryServiceClient<Channel>;
+pub type MemoryClient = pb::memory_service_client::MemoryServiceClient<nightshift_rpc::TracedChannel>;
 
 /// Longest part of one record quoted into the prompt.
 const MAX_RECORD_CHARS: usize = 1_000;
@@ -48,6 +47,7 @@ fn failed(op: &'static str, s: &tonic::Status) {
 
 /// What was recalled for a run, rendered as a section of the system prompt ("" = nothing).
 /// Gives up (with what it has: nothing) after [`MEMORY_TIMEOUT`].
+#[tracing::instrument(name = "memory.recall", skip_all)]
 pub async fn recall(client: &MemoryClient, spec: &AgentSpec, scope: &pb::MemoryScope, query: &str) -> String {
     match tokio::time::timeout(MEMORY_TIMEOUT, recall_all(client, spec, scope, query)).await {
         Ok(section) => section,
@@ -147,6 +147,7 @@ fn render(episodes: &[pb::MemoryRecord], notes: &[pb::MemoryRecord], facts: &[pb
 }
 
 /// Stores the episode of a successful attempt (idempotent per run).
+#[tracing::instrument(name = "memory.store_episode", skip_all)]
 pub async fn store_episode(
     client: &MemoryClient,
     scope: &pb::MemoryScope,

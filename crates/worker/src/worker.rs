@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
+use tracing::Instrument as _;
 
 use crate::agent::{AgentLoop, LoopError, StepSink};
 use crate::config::WorkerConfig;
@@ -21,7 +22,7 @@ use crate::events::{EventFn, RunEvents};
 use crate::memory::{self, MemoryClient};
 use nightshift_llm::ChatModel;
 
-type Manager = pb::manager_service_client::ManagerServiceClient<Channel>;
+type Manager = pb::manager_service_client::ManagerServiceClient<nightshift_rpc::TracedChannel>;
 
 /// Why an executing run was stopped from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +96,7 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(cfg.concurrency.max(1) as usize));
         let inner = Inner {
             id,
-            manager: pb::manager_service_client::ManagerServiceClient::new(manager),
+            manager: pb::manager_service_client::ManagerServiceClient::new(nightshift_rpc::traced(manager)),
             queue,
             events,
             slots,
@@ -114,7 +115,7 @@ impl Worker {
     /// Recalls memory before each run and stores results through the memory service on
     /// `channel` (without it, agents run without memory and are told so).
     pub fn with_memory(self, channel: Channel) -> Self {
-        let _ = self.inner.memory.set(MemoryClient::new(channel));
+        let _ = self.inner.memory.set(MemoryClient::new(nightshift_rpc::traced(channel)));
         self
     }
 
@@ -237,7 +238,21 @@ impl Worker {
         tracing::info!(worker = %self.inner.id, "worker stopped");
     }
 
+    /// Handles one delivery in an `agent.run` span that continues the trace of whoever queued
+    /// the run (the scheduler's tick or the manager's trigger), so one run is one trace.
     async fn handle(&self, d: Delivery) {
+        let span = tracing::info_span!(
+            "agent.run",
+            otel.name = "agent.run",
+            otel.kind = "consumer",
+            run = %d.request.run_id,
+            agent = %d.request.agent_id,
+        );
+        nightshift_telemetry::set_parent_from_map(&span, &d.request.trace_context);
+        self.handle_delivery(d).instrument(span).await
+    }
+
+    async fn handle_delivery(&self, d: Delivery) {
         if self.inner.draining.load(Ordering::SeqCst) {
             // Received while the drain began (or a run this worker just handed back): leave it
             // to another worker.

@@ -1,0 +1,57 @@
+//! Trace context through gRPC metadata: clients inject the current span's `traceparent`
+//! ([`TraceContext`]), servers continue it in their per-call span ([`server_span`]).
+use nightshift_telemetry::{Extractor, Injector};
+use tonic::codegen::http;
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// A client interceptor that sends the caller's current span as the parent of the server's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceContext;
+
+impl Interceptor for TraceContext {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        nightshift_telemetry::inject(&tracing::Span::current(), &mut MetadataInjector(req.metadata_mut()));
+        Ok(req)
+    }
+}
+
+/// A channel whose calls carry the trace context; build clients with
+/// `XServiceClient::new(traced(channel))`.
+pub type TracedChannel = InterceptedService<Channel, TraceContext>;
+
+/// Wraps `channel` so that every call carries the trace context.
+pub fn traced(channel: Channel) -> TracedChannel {
+    InterceptedService::new(channel, TraceContext)
+}
+
+/// The span of one incoming call, continuing the caller's trace when it sent one.
+pub(crate) fn server_span(req: &http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!("grpc.server", otel.name = %req.uri().path(), otel.kind = "server");
+    nightshift_telemetry::set_parent(&span, &HeaderExtractor(req.headers()));
+    span
+}
+
+struct MetadataInjector<'a>(&'a mut MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (MetadataKey::from_bytes(key.as_bytes()), MetadataValue::try_from(value)) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
