@@ -5,6 +5,7 @@
 //! `grpcurl -plaintext HOST:PORT list` and `describe` work against any of them, alone or mounted
 //! together by `nightshift dev`.
 
+mod metrics;
 mod server;
 mod shutdown;
 mod trace;

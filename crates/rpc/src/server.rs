@@ -96,6 +96,8 @@ impl GrpcServer {
             // One span per call, named by its gRPC method: exported over OTLP when telemetry
             // is configured to (see nightshift_telemetry::init).
             .trace_fn(crate::trace::server_span)
+            // Requests and latency by method and status code, on every server's /metrics.
+            .layer(crate::metrics::MetricsLayer)
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(
                 // Without TCP_NODELAY small responses wait ~40 ms for the peer's delayed ACK

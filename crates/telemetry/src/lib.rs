@@ -178,6 +178,12 @@ pub fn describe_metrics() {
         "Live events lagging subscribers missed (to resume)."
     );
     describe_counter!("nightshift_tool_calls_total", "Tool calls, by tool and outcome (ok/error).");
+    describe_counter!("nightshift_grpc_requests_total", "gRPC calls served, by method and status code.");
+    describe_histogram!(
+        "nightshift_grpc_request_duration_seconds",
+        Unit::Seconds,
+        "gRPC call latency until the response starts (streams: until they open), by method."
+    );
 }
 
 /// Serves `GET /metrics` (Prometheus text format) on `addr` in the background; returns the bound

@@ -1,11 +1,12 @@
-//! One run is one trace: the five service binaries as separate processes (events, manager,
+//! Observability of the five service binaries as separate processes (events, manager,
 //! scheduler, worker, memory) on the real Postgres and NATS JetStream, each exporting its spans
-//! over OTLP/gRPC to a real collector (rotel). The LLM is the testkit's scripted
-//! OpenAI-compatible server (no hosted LLM is reachable here); it makes one tool call.
+//! over OTLP/gRPC to a real collector (rotel) and serving `/metrics`. The LLM is the testkit's
+//! scripted OpenAI-compatible server (no hosted LLM is reachable here); it makes one tool call.
 //!
-//! Proves that the trace context crosses the work queue (scheduler → worker) and gRPC metadata
-//! (worker → manager, worker → memory): every span of a scheduled run shares the trace id of the
-//! scheduler's `scheduler.fire` span, and every span's parent is in that trace.
+//! Proves that one run is one trace: the trace context crosses the work queue (scheduler →
+//! worker) and gRPC metadata (worker → manager, worker → memory); every span of a scheduled run
+//! shares the trace id of the scheduler's `scheduler.fire` span, and every span's parent is in
+//! that trace. And that every service's `/metrics` passes `promtool check metrics`.
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,15 +18,18 @@ use nightshift_core::pb::manager_service_client::ManagerServiceClient;
 use nightshift_testkit::otel::{Receiver, Span};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_scheduled_run_is_one_trace_across_scheduler_worker_manager_and_memory() {
+async fn five_binaries_make_one_trace_per_run_and_serve_valid_metrics() {
     let otel = Receiver::start();
     let db = nightshift_testkit::postgres_url().await;
     let queue_name = format!("trace-{}", uuid::Uuid::new_v4().simple());
     let (llm, _script) = nightshift_testkit::llm::scripted_llm().await;
     let (pe, pm, ps, pw, pmem) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let roles = ["events", "memory", "manager", "scheduler", "worker"];
+    let metrics_ports: BTreeMap<&str, u16> = roles.iter().map(|r| (*r, free_port())).collect();
     let env = |role: &str, extra: Vec<(String, String)>| {
         let p = format!("NIGHTSHIFT_{}_", role.to_uppercase());
         let mut e = vec![
+            (format!("{p}METRICS_LISTEN"), format!("127.0.0.1:{}", metrics_ports[role])),
             ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), otel.endpoint.clone()),
             ("OTEL_SERVICE_NAME".to_owned(), format!("nightshift-{role}")),
             // Export every 100 ms instead of every 5 s, so the test does not wait.
@@ -212,4 +216,52 @@ async fn a_scheduled_run_is_one_trace_across_scheduler_worker_manager_and_memory
         assert!(Instant::now() < deadline, "the manual run's span and its parent were not exported within 20 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Every service's /metrics is valid Prometheus text holding its own metrics.
+    let wanted = [
+        ("events", "nightshift_events_published_total"),
+        ("memory", "nightshift_memory_records_stored_total"),
+        ("manager", "nightshift_grpc_requests_total{method=\"/nightshift.v1.ManagerService/StartRun\",code=\"Ok\"}"),
+        ("scheduler", "nightshift_scheduler_fired_total"),
+        ("worker", "nightshift_worker_runs_total{status=\"succeeded\"}"),
+        ("worker", "nightshift_tool_calls_total"),
+        ("worker", "nightshift_llm_request_duration_seconds_bucket"),
+    ];
+    for (role, metric) in wanted {
+        let text = get_metrics(metrics_ports[role]);
+        assert!(text.contains(metric), "{role} /metrics lacks {metric}:\n{text}");
+        promtool_check(role, &text);
+    }
+}
+
+/// `GET /metrics` (HTTP/1.0, so the body ends with the connection).
+fn get_metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "GET /metrics on {port}: {head}");
+    body.to_owned()
+}
+
+/// `promtool check metrics` (Prometheus' own linter; installed by scripts/test.sh).
+fn promtool_check(role: &str, text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is required (scripts/test.sh installs it)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool rejects the {role} metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
