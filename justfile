@@ -23,4 +23,4 @@ bench:
 
 # Vector index latency of the memory service (in-process, pgvector, Chroma at 10k and 100k items).
 bench-memory:
-    cargo run --release -p nightshift-memory --example bench_index -- all 10000 100000
+    cargo run --release -p nightshift-bench -- memory-search --index all --sizes 10000,100000

@@ -10,6 +10,7 @@ mod dispatch;
 mod events;
 mod llm;
 mod llm_real;
+mod memory;
 mod schedule;
 mod stats;
 mod sys;
@@ -24,7 +25,7 @@ use crate::backend::BackendKind;
 use crate::stats::Row;
 
 #[derive(Parser)]
-#[command(name = "nightshift-bench", about = "Benchmarks of the Nightshift platform (scheduler, queue, worker)")]
+#[command(name = "nightshift-bench", about = "Benchmarks of the Nightshift platform (scheduler, queue, worker, events, memory)")]
 struct Cli {
     /// Also write the results as JSON to this file.
     #[arg(long, global = true)]
@@ -47,6 +48,8 @@ enum Command {
     EventFanout(events::FanoutArgs),
     /// A real small LLM (SmolLM2 on llama.cpp): run latency and what the platform adds to it.
     LlmReal(llm_real::LlmRealArgs),
+    /// Memory vector indexes (in-process, pgvector, ChromaDB): Store and top-10 Search latency.
+    MemorySearch(memory::MemoryArgs),
     /// Every scenario at the sizes docs/benchmarks.md reports (under 15 minutes on 2 cores).
     All(AllArgs),
     /// The instant scripted OpenAI-compatible LLM (started by the scenarios as a child process).
@@ -115,6 +118,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::RunOverhead(a) => scenarios.push(dispatch::run_overhead(&a).await?),
         Command::EventFanout(a) => scenarios.extend(events::event_fanout(&a).await?),
         Command::LlmReal(a) => scenarios.push(llm_real::llm_real(&a).await?),
+        Command::MemorySearch(a) => scenarios.extend(memory::memory_search(&a).await?),
         Command::All(a) => all(&a, &mut scenarios).await?,
         Command::ScriptedLlm { .. } => unreachable!("handled before the runtime starts"),
     }
@@ -168,6 +172,8 @@ async fn all(a: &AllArgs, out: &mut Vec<Scenario>) -> anyhow::Result<()> {
     }
     let fanout_backend = if a.embedded_only { events::FanoutBackend::Memory } else { events::FanoutBackend::All };
     out.extend(events::event_fanout(&events::FanoutArgs { backend: fanout_backend, ..Default::default() }).await?);
+    let index = if a.embedded_only { memory::IndexKind::Inprocess } else { memory::IndexKind::All };
+    out.extend(memory::memory_search(&memory::MemoryArgs { index, ..Default::default() }).await?);
     out.push(llm_real::llm_real(&llm_real::LlmRealArgs::default()).await?);
     Ok(())
 }

@@ -131,7 +131,7 @@ async fn inprocess_contract() {
 
 #[tokio::test]
 async fn chroma_contract() {
-    let server = common::chroma::ChromaServer::start().await;
+    let server = nightshift_testkit::chroma::ChromaServer::start().await;
     let url = server.url.clone();
     let run = uuid::Uuid::new_v4().simple().to_string();
     run_all!(|name: &'static str| {
@@ -147,7 +147,7 @@ async fn chroma_contract() {
 
 #[tokio::test]
 async fn pgvector_contract() {
-    let server = common::pgvector::PgVectorServer::start();
+    let server = nightshift_testkit::pgvector::PgVectorServer::start();
     let url = server.url.clone();
     run_all!(|name: &'static str| {
         let url = url.clone();

@@ -59,10 +59,25 @@ pub async fn database(kind: Db) -> (String, Option<SqliteDb>) {
         Db::Postgres => (postgres_url().await, None),
     }
 }
+pub mod chroma;
 pub mod llama;
 pub mod llm;
 pub mod mcp;
 pub mod otel;
+pub mod pgvector;
+
+/// `GET path` on 127.0.0.1:`port` answers 200 (a readiness probe; plain HTTP/1.1, 2 s timeout).
+pub(crate) fn http_ok(port: u16, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
 
 /// Runs an install script (`bash SCRIPT ARGS…`, idempotent and cached) and returns the
 /// `KEY=VALUE` lines it prints. A failure fails the test with the script's output: tests that

@@ -41,7 +41,7 @@ impl LlamaServer {
         let mut server = Self { child, base_url: format!("http://127.0.0.1:{port}/v1") };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if health_ok(port) {
+            if crate::http_ok(port, "/health") {
                 eprintln!("llama-server ready on {port} in {:.1?}", started.elapsed());
                 return server;
             }
@@ -52,18 +52,6 @@ impl LlamaServer {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-}
-
-/// `GET /health` answers 200 (the model is loaded).
-fn health_ok(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
 impl Drop for LlamaServer {

@@ -8,7 +8,7 @@
 //! near-ties. Metadata filters compare interned `key=value` ids, not strings.
 //!
 //! Cost is linear in the item count: measured figures are in docs/benchmarks.md
-//! (`cargo run --release -p nightshift-memory --example bench_index`). Keep it to ~100 k items per process; beyond that use
+//! (`cargo run --release -p nightshift-bench -- memory-search`). Keep it to ~100 k items per process; beyond that use
 //! ChromaDB/pgvector/Qdrant. Nothing survives a restart (the service rebuilds it on start-up).
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};

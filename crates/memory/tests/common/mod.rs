@@ -1,8 +1,6 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code)]
 
-pub mod chroma;
-pub mod pgvector;
 
 use std::collections::BTreeMap;
 

