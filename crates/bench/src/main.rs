@@ -25,7 +25,10 @@ use crate::backend::BackendKind;
 use crate::stats::Row;
 
 #[derive(Parser)]
-#[command(name = "nightshift-bench", about = "Benchmarks of the Nightshift platform (scheduler, queue, worker, events, memory)")]
+#[command(
+    name = "nightshift-bench",
+    about = "Benchmarks of the Nightshift platform (scheduler, queue, worker, events, memory)"
+)]
 struct Cli {
     /// Also write the results as JSON to this file.
     #[arg(long, global = true)]

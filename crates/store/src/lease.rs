@@ -170,6 +170,12 @@ fn fenced(run: Option<RunRecord>, id: &RunId, attempt: u32) -> StoreError {
     }
 }
 
+/// The agent as StartRun reads it under the agent's lock.
+struct Current {
+    spec: AgentSpec,
+    version: u64,
+}
+
 impl Store {
     /// Applies the agent's overlap policy and, if the run may start, grants a lease. The whole
     /// decision runs under the agent's lock, so concurrent callers for one agent are serialized.
@@ -177,12 +183,15 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         lock_agent(&mut tx, &input.agent_id).await?;
         let now = self.now_ms();
-        let agent = sqlx::query("SELECT state, spec FROM agents WHERE id = $1")
+        let agent = sqlx::query("SELECT state, spec, version FROM agents WHERE id = $1")
             .bind(input.agent_id.as_str())
             .fetch_one(&mut *tx)
             .await?;
         let state: String = agent.try_get("state")?;
-        let current_spec = decode_spec(&agent.try_get::<Vec<u8>, _>("spec")?)?;
+        let current = Current {
+            spec: decode_spec(&agent.try_get::<Vec<u8>, _>("spec")?)?,
+            version: u64::try_from(agent.try_get::<i64, _>("version")?).unwrap_or_default(),
+        };
 
         let run = match run_in_tx(&mut tx, &input.run_id).await? {
             Some(run) => run,
@@ -216,7 +225,7 @@ impl Store {
                 Some(until) if until > now => StartOutcome::LeasedElsewhere { retry_after: remaining(until, now), run },
                 // The lease ran out: its worker is presumed dead. Take over with a new attempt;
                 // the overlap policy was applied when the run first started.
-                _ => self.grant(&mut tx, run, input, now).await?,
+                _ => self.grant(&mut tx, run, input, &current, now).await?,
             },
             _ => {
                 if let Some(nb) = run.not_before.map(time::to_millis).filter(|nb| *nb > now) {
@@ -224,7 +233,7 @@ impl Store {
                 } else if state == AgentState::Paused.as_str() {
                     skip(&mut tx, run, "agent is paused".to_owned(), now).await?
                 } else {
-                    self.apply_overlap(&mut tx, run, input, current_spec.policy.overlap, now).await?
+                    self.apply_overlap(&mut tx, run, input, &current, now).await?
                 }
             }
         };
@@ -237,9 +246,10 @@ impl Store {
         tx: &mut Transaction<'_, Any>,
         run: RunRecord,
         input: &StartInput,
-        policy: OverlapPolicy,
+        current: &Current,
         now: i64,
     ) -> Result<StartOutcome, StoreError> {
+        let policy = current.spec.policy.overlap;
         // Runs whose lease ran out belong to dead workers; they do not block new runs.
         let others: Vec<String> = sqlx::query(
             "SELECT id FROM runs WHERE agent_id = $1 AND status = 'running' AND id <> $2 AND lease_expires_at > $3",
@@ -253,7 +263,7 @@ impl Store {
         .map(|r| r.try_get::<String, _>("id"))
         .collect::<Result<_, _>>()?;
         if others.is_empty() || policy == OverlapPolicy::AllowAll {
-            return self.grant(tx, run, input, now).await;
+            return self.grant(tx, run, input, current, now).await;
         }
         let running = others.join(", ");
         match policy {
@@ -265,7 +275,7 @@ impl Store {
                 for other in &others {
                     set_terminal(tx, &RunId::from_string(other.clone()), RunStatus::Cancelled, &reason, now).await?;
                 }
-                self.grant(tx, run, input, now).await
+                self.grant(tx, run, input, current, now).await
             }
             OverlapPolicy::BufferOne | OverlapPolicy::BufferAll => {
                 if policy == OverlapPolicy::BufferOne {
@@ -297,8 +307,9 @@ impl Store {
     async fn grant(
         &self,
         tx: &mut Transaction<'_, Any>,
-        run: RunRecord,
+        mut run: RunRecord,
         input: &StartInput,
+        current: &Current,
         now: i64,
     ) -> Result<StartOutcome, StoreError> {
         let until = now + i64::try_from(input.lease_ttl.as_millis()).unwrap_or(i64::MAX / 2);
@@ -312,15 +323,32 @@ impl Store {
         .bind(run.id.as_str())
         .execute(&mut **tx)
         .await?;
-        let run = run_in_tx(tx, &run.id).await?.ok_or_else(|| StoreError::NotFound(format!("run {}", run.id)))?;
-        let spec_row = sqlx::query("SELECT spec FROM agent_versions WHERE agent_id = $1 AND version = $2")
-            .bind(run.agent_id.as_str())
-            .bind(run.agent_version as i64)
-            .fetch_one(&mut **tx)
-            .await?;
-        let spec = decode_spec(&spec_row.try_get::<Vec<u8>, _>("spec")?)?;
-        let steps = sqlx::query(STEPS_SQL).bind(run.id.as_str()).fetch_all(&mut **tx).await?;
-        let steps = steps.iter().map(step_from_row).collect::<Result<Vec<_>, StoreError>>()?;
+        // The row is locked by this transaction: apply the same update to the record read in it
+        // instead of reading it back (this is the hot path of every run).
+        run.status = RunStatus::Running;
+        run.attempt += 1;
+        run.worker_id = Some(input.worker_id.clone());
+        run.lease_expires_at = Some(time::from_millis(until));
+        run.started_at = run.started_at.or(Some(time::from_millis(now)));
+        run.not_before = None;
+        // Most runs execute the agent's current version, read above.
+        let spec = if run.agent_version == current.version {
+            current.spec.clone()
+        } else {
+            let spec_row = sqlx::query("SELECT spec FROM agent_versions WHERE agent_id = $1 AND version = $2")
+                .bind(run.agent_id.as_str())
+                .bind(run.agent_version as i64)
+                .fetch_one(&mut **tx)
+                .await?;
+            decode_spec(&spec_row.try_get::<Vec<u8>, _>("spec")?)?
+        };
+        // Steps are only written by a granted attempt, so a first attempt has none to resume.
+        let steps = if run.attempt > 1 {
+            let rows = sqlx::query(STEPS_SQL).bind(run.id.as_str()).fetch_all(&mut **tx).await?;
+            rows.iter().map(step_from_row).collect::<Result<Vec<_>, StoreError>>()?
+        } else {
+            Vec::new()
+        };
         Ok(StartOutcome::Started { run, spec: Box::new(spec), steps })
     }
 
@@ -454,9 +482,9 @@ impl Store {
         .bind(finished_at)
         .bind(not_before)
         .bind(i64::from(retries))
-        .bind(result)
-        .bind(error)
-        .bind(reason)
+        .bind(result.clone())
+        .bind(error.clone())
+        .bind(reason.clone())
         .bind(i64::try_from(input.input_tokens).unwrap_or(i64::MAX))
         .bind(i64::try_from(input.output_tokens).unwrap_or(i64::MAX))
         .bind(id.as_str())
@@ -466,7 +494,19 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(fenced(self.get_run(id).await?, id, attempt));
         }
-        let run = self.get_run(id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
+        // The fenced update matched the record read above (same attempt, still running): apply
+        // it to that record rather than reading the row back.
+        let mut run = run;
+        run.status = status;
+        run.finished_at = finished_at.map(time::from_millis);
+        run.not_before = not_before.map(time::from_millis);
+        run.retries = retries;
+        run.result = result.or(run.result);
+        run.error = error.or(run.error);
+        run.reason = reason.or(run.reason);
+        run.input_tokens = run.input_tokens.saturating_add(input.input_tokens);
+        run.output_tokens = run.output_tokens.saturating_add(input.output_tokens);
+        run.lease_expires_at = None;
         Ok((run, retry_after))
     }
 }

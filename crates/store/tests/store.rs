@@ -54,6 +54,7 @@ nightshift_testkit::both_backends!(
     concurrent_start_with_skip_policy_starts_exactly_one,
     concurrent_start_of_one_run_grants_one_lease,
     stale_fencing_token_is_refused_after_takeover,
+    a_run_starts_with_the_version_it_was_queued_at,
     checkpoints_are_idempotent_and_gapless,
     failures_retry_with_backoff_then_fail,
     buffer_one_and_cancel_other_and_allow_all,
@@ -210,6 +211,8 @@ async fn stale_fencing_token_is_refused_after_takeover(kind: Db) {
         panic!("first start")
     };
     assert_eq!(r1.attempt, 1);
+    // What StartRun answers is what the store holds (it is not read back from the row).
+    assert_eq!(Some(&r1), e.store.get_run(&run).await.unwrap().as_ref());
     let step = StepInput { seq: 0, kind: "llm_response".into(), payload: vec![1, 2, 3] };
     e.store.checkpoint(&run, 1, &step, Some(Duration::from_secs(30))).await.unwrap();
     // w1 goes silent; its lease runs out and w2 takes over with attempt 2 and w1's step.
@@ -220,6 +223,7 @@ async fn stale_fencing_token_is_refused_after_takeover(kind: Db) {
         panic!("takeover")
     };
     assert_eq!(r2.attempt, 2);
+    assert_eq!(Some(&r2), e.store.get_run(&run).await.unwrap().as_ref());
     assert_eq!(steps.len(), 1);
     assert_eq!(steps[0].payload, vec![1, 2, 3]);
     // Every fenced call of the old attempt is refused.
@@ -232,11 +236,43 @@ async fn stale_fencing_token_is_refused_after_takeover(kind: Db) {
     e.store.checkpoint(&run, 2, &step1, None).await.unwrap();
     let (done, retry) = e.store.finish_run(&run, 2, &finish(RunOutcome::Succeeded)).await.unwrap();
     assert_eq!((done.status, retry), (RunStatus::Succeeded, None));
+    assert_eq!(Some(&done), e.store.get_run(&run).await.unwrap().as_ref());
     assert!(matches!(e.store.heartbeat(&run, 2, Duration::from_secs(30)).await, Err(StoreError::Fenced(_))));
     assert!(matches!(
         e.store.start_run(&start_input(&run, &a.id, "w3")).await.unwrap(),
         StartOutcome::AlreadyFinished { .. }
     ));
+}
+
+async fn a_run_starts_with_the_version_it_was_queued_at(kind: Db) {
+    let e = env(kind).await;
+    let a = e
+        .store
+        .create_agent(&spec("theta", "description: first\npolicy: {overlap: allow_all}"), AgentState::Active)
+        .await
+        .unwrap();
+    let queued = RunId::generate();
+    let new = |id: &RunId| NewRun {
+        id: id.clone(),
+        agent_id: a.id.clone(),
+        trigger: TriggerKind::Manual,
+        scheduled_for: None,
+        query_override: None,
+    };
+    e.store.insert_run(&new(&queued)).await.unwrap();
+    e.store
+        .update_agent(&a.id, &spec("theta", "description: second\npolicy: {overlap: allow_all}"), None)
+        .await
+        .unwrap();
+    let later = RunId::generate();
+    e.store.insert_run(&new(&later)).await.unwrap();
+    for (run, version, description) in [(&queued, 1, "first"), (&later, 2, "second")] {
+        let out = e.store.start_run(&start_input(run, &a.id, "w")).await.unwrap();
+        let StartOutcome::Started { run: r, spec, steps } = out else { panic!("{out:?}") };
+        assert_eq!((r.agent_version, spec.description.as_str()), (version, description));
+        assert!(steps.is_empty());
+        assert_eq!(Some(&r), e.store.get_run(run).await.unwrap().as_ref());
+    }
 }
 
 async fn checkpoints_are_idempotent_and_gapless(kind: Db) {
@@ -269,6 +305,7 @@ async fn failures_retry_with_backoff_then_fail(kind: Db) {
         let StartOutcome::Started { run: r, .. } = out else { panic!("attempt {attempt}: {out:?}") };
         assert_eq!(r.attempt, attempt);
         let (r, retry) = e.store.finish_run(&run, attempt, &finish(RunOutcome::Failed)).await.unwrap();
+        assert_eq!(Some(&r), e.store.get_run(&run).await.unwrap().as_ref());
         match retry {
             Some(d) => {
                 assert_eq!(r.status, RunStatus::Queued);

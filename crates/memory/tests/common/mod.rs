@@ -1,7 +1,6 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code)]
 
-
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
