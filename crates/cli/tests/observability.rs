@@ -12,7 +12,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::{free_port, runs_of, spawn, wait_port};
+use common::{Proc, free_port, runs_of, spawn, wait_port};
 use nightshift_core::pb;
 use nightshift_core::pb::manager_service_client::ManagerServiceClient;
 use nightshift_testkit::otel::{Receiver, Span};
@@ -26,9 +26,12 @@ async fn five_binaries_make_one_trace_per_run_and_serve_valid_metrics() {
     let (pe, pm, ps, pw, pmem) = (free_port(), free_port(), free_port(), free_port(), free_port());
     let roles = ["events", "memory", "manager", "scheduler", "worker"];
     let metrics_ports: BTreeMap<&str, u16> = roles.iter().map(|r| (*r, free_port())).collect();
-    let env = |role: &str, extra: Vec<(String, String)>| {
+    // `nightshift-ROLE` listening on `port`, exporting spans to the collector, serving /metrics,
+    // with its role's settings `extra` (keys without the NIGHTSHIFT_ROLE_ prefix).
+    let start = |role: &str, port: u16, extra: &[(&str, String)]| -> Proc {
         let p = format!("NIGHTSHIFT_{}_", role.to_uppercase());
         let mut e = vec![
+            (format!("{p}LISTEN"), format!("127.0.0.1:{port}")),
             (format!("{p}METRICS_LISTEN"), format!("127.0.0.1:{}", metrics_ports[role])),
             ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), otel.endpoint.clone()),
             ("OTEL_SERVICE_NAME".to_owned(), format!("nightshift-{role}")),
@@ -42,64 +45,30 @@ async fn five_binaries_make_one_trace_per_run_and_serve_valid_metrics() {
                 (format!("{p}EVENTS_ENDPOINT"), format!("http://127.0.0.1:{pe}")),
             ]);
         }
-        e.extend(extra);
-        e
+        e.extend(extra.iter().map(|(k, v)| (format!("{p}{k}"), v.clone())));
+        spawn(&format!("t-{role}"), &format!("nightshift-{role}"), &e)
     };
-    let s = |k: &str, v: String| (k.to_owned(), v);
-
-    let _events = spawn(
-        "t-events",
-        "nightshift-events",
-        &env("events", vec![s("NIGHTSHIFT_EVENTS_LISTEN", format!("127.0.0.1:{pe}"))]),
+    let memory_store = "memory://".to_owned();
+    let _events = start("events", pe, &[]);
+    let _memory = start(
+        "memory",
+        pmem,
+        &[
+            ("STORES__EPISODIC", memory_store.clone()),
+            ("STORES__LONG_TERM", memory_store.clone()),
+            ("STORES__PROCEDURAL", memory_store),
+        ],
     );
-    let _memory = spawn(
-        "t-memory",
-        "nightshift-memory",
-        &env(
-            "memory",
-            vec![
-                s("NIGHTSHIFT_MEMORY_LISTEN", format!("127.0.0.1:{pmem}")),
-                s("NIGHTSHIFT_MEMORY_STORES__EPISODIC", "memory://".into()),
-                s("NIGHTSHIFT_MEMORY_STORES__LONG_TERM", "memory://".into()),
-                s("NIGHTSHIFT_MEMORY_STORES__PROCEDURAL", "memory://".into()),
-            ],
-        ),
-    );
-    let _manager = spawn(
-        "t-manager",
-        "nightshift-manager",
-        &env(
-            "manager",
-            vec![
-                s("NIGHTSHIFT_MANAGER_LISTEN", format!("127.0.0.1:{pm}")),
-                s("NIGHTSHIFT_MANAGER_DATABASE_URL", db.clone()),
-                s("NIGHTSHIFT_MANAGER_SCHEDULER_ENDPOINT", format!("http://127.0.0.1:{ps}")),
-            ],
-        ),
-    );
-    let _scheduler = spawn(
-        "t-scheduler",
-        "nightshift-scheduler",
-        &env(
-            "scheduler",
-            vec![
-                s("NIGHTSHIFT_SCHEDULER_LISTEN", format!("127.0.0.1:{ps}")),
-                s("NIGHTSHIFT_SCHEDULER_DATABASE_URL", db.clone()),
-                s("NIGHTSHIFT_SCHEDULER_SYNC_INTERVAL", "300ms".into()),
-            ],
-        ),
-    );
-    let _worker = spawn(
-        "t-worker",
-        "nightshift-worker",
-        &env(
-            "worker",
-            vec![
-                s("NIGHTSHIFT_WORKER_LISTEN", format!("127.0.0.1:{pw}")),
-                s("NIGHTSHIFT_WORKER_MANAGER_ENDPOINT", format!("http://127.0.0.1:{pm}")),
-                s("NIGHTSHIFT_WORKER_MEMORY_ENDPOINT", format!("http://127.0.0.1:{pmem}")),
-            ],
-        ),
+    let _manager =
+        start("manager", pm, &[("DATABASE_URL", db.clone()), ("SCHEDULER_ENDPOINT", format!("http://127.0.0.1:{ps}"))]);
+    let _scheduler = start("scheduler", ps, &[("DATABASE_URL", db.clone()), ("SYNC_INTERVAL", "300ms".into())]);
+    let _worker = start(
+        "worker",
+        pw,
+        &[
+            ("MANAGER_ENDPOINT", format!("http://127.0.0.1:{pm}")),
+            ("MEMORY_ENDPOINT", format!("http://127.0.0.1:{pmem}")),
+        ],
     );
     for p in [pe, pmem, pm, ps, pw] {
         wait_port(p).await;
