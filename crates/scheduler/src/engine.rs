@@ -636,6 +636,7 @@ fn trace_request(r: &mut RunRequest) {
         return;
     }
     let span = tracing::info_span!(
+        parent: None,
         "scheduler.fire",
         otel.name = "scheduler.fire",
         otel.kind = "producer",

@@ -242,6 +242,7 @@ impl Worker {
     /// the run (the scheduler's tick or the manager's trigger), so one run is one trace.
     async fn handle(&self, d: Delivery) {
         let span = tracing::info_span!(
+            parent: None,
             "agent.run",
             otel.name = "agent.run",
             otel.kind = "consumer",
