@@ -123,4 +123,8 @@ async fn five_binaries_survive_killed_workers_and_schedulers(queue_url: &str) {
     assert!(missing.is_empty(), "ticks lost around the scheduler kill: {missing:?}");
     let all = runs_of(&mut m, "ticker").await;
     assert_eq!(all.len(), ticks.len(), "one run per tick");
+    drop((workers, schedulers, _manager, _events));
+    if queue_url.starts_with("nats:") {
+        nightshift_testkit::delete_nats_stream(&queue_name).await;
+    }
 }

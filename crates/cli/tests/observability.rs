@@ -201,6 +201,8 @@ async fn five_binaries_make_one_trace_per_run_and_serve_valid_metrics() {
         assert!(text.contains(metric), "{role} /metrics lacks {metric}:\n{text}");
         promtool_check(role, &text);
     }
+    drop((_worker, _scheduler, _manager, _memory, _events));
+    nightshift_testkit::delete_nats_stream(&queue_name).await;
 }
 
 /// `GET /metrics` (HTTP/1.0, so the body ends with the connection).

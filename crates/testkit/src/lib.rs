@@ -79,6 +79,20 @@ pub(crate) fn http_ok(port: u16, path: &str) -> bool {
     s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
+/// Deletes a JetStream stream a test created on the NATS server at 127.0.0.1:4222 (its work
+/// queue or event log), so test runs do not pile streams up on the server. Failures are only
+/// reported: a leftover stream harms nothing but disk.
+pub async fn delete_nats_stream(name: &str) {
+    match async_nats::connect("nats://127.0.0.1:4222").await {
+        Ok(client) => {
+            if let Err(e) = async_nats::jetstream::new(client).delete_stream(name).await {
+                eprintln!("cleanup: deleting NATS stream {name}: {e}");
+            }
+        }
+        Err(e) => eprintln!("cleanup: connecting to NATS to delete stream {name}: {e}"),
+    }
+}
+
 /// Runs an install script (`bash SCRIPT ARGS…`, idempotent and cached) and returns the
 /// `KEY=VALUE` lines it prints. A failure fails the test with the script's output: tests that
 /// need a real server never skip silently.
