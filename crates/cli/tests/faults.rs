@@ -259,4 +259,7 @@ async fn nats_restart_under_load_and_worker_sigterm_lose_nothing() {
         resumes.lock().unwrap(),
         want.len()
     );
+    drop((workers, _scheduler, _manager, _events));
+    nightshift_testkit::delete_nats_stream(&queue_name).await;
+    nightshift_testkit::delete_nats_stream(&format!("faults-events-{id}_events")).await;
 }

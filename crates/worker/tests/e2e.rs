@@ -224,6 +224,9 @@ async fn worker_dies_mid_run(queue: &str) {
         })
         .collect();
     assert_eq!(kinds, [(1, "llm"), (1, "tool"), (2, "llm")], "the tool ran once, by attempt 1");
+    if queue.starts_with("nats:") {
+        nightshift_testkit::delete_nats_stream(&env.queue_name).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
