@@ -93,6 +93,38 @@ pub async fn delete_nats_stream(name: &str) {
     }
 }
 
+/// A server process a test fixture started: killed and reaped on drop (also on panic).
+pub(crate) struct ChildGuard(std::process::Child);
+
+impl ChildGuard {
+    /// Waits until `ready` holds, polling every 100 ms; panics if the process exits first or
+    /// `timeout` passes (these fixtures never let a test skip silently).
+    pub(crate) fn ready(
+        child: std::process::Child,
+        what: &str,
+        timeout: std::time::Duration,
+        ready: impl Fn() -> bool,
+    ) -> Self {
+        let mut guard = Self(child);
+        let deadline = std::time::Instant::now() + timeout;
+        while !ready() {
+            if let Ok(Some(status)) = guard.0.try_wait() {
+                panic!("{what} exited early: {status}");
+            }
+            assert!(std::time::Instant::now() < deadline, "{what} was not ready within {timeout:?}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        guard
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs an install script (`bash SCRIPT ARGS…`, idempotent and cached) and returns the
 /// `KEY=VALUE` lines it prints. A failure fails the test with the script's output: tests that
 /// need a real server never skip silently.

@@ -10,7 +10,7 @@ use crate::mcp::free_port;
 
 /// A running `llama-server`, killed on drop.
 pub struct LlamaServer {
-    child: std::process::Child,
+    _child: crate::ChildGuard,
     /// OpenAI-compatible base URL (`http://127.0.0.1:PORT/v1`).
     pub base_url: String,
 }
@@ -38,25 +38,10 @@ impl LlamaServer {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("cannot start llama-server");
-        let mut server = Self { child, base_url: format!("http://127.0.0.1:{port}/v1") };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if crate::http_ok(port, "/health") {
-                eprintln!("llama-server ready on {port} in {:.1?}", started.elapsed());
-                return server;
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("llama-server exited early: {status}");
-            }
-            assert!(Instant::now() < deadline, "llama-server did not become healthy on {port} within 60s");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for LlamaServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = crate::ChildGuard::ready(child, "llama-server", Duration::from_secs(60), || {
+            crate::http_ok(port, "/health")
+        });
+        eprintln!("llama-server ready on {port} in {:.1?}", started.elapsed());
+        Self { _child: child, base_url: format!("http://127.0.0.1:{port}/v1") }
     }
 }

@@ -3,7 +3,7 @@
 //! binaries), and the streamable-HTTP fixture `mcp/http_server.py` (official Python SDK).
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Paths of the installed third-party MCP servers.
 #[derive(Debug)]
@@ -40,7 +40,7 @@ pub fn free_port() -> u16 {
 
 /// The python streamable-HTTP MCP server of tests/fixtures, killed on drop.
 pub struct HttpFixture {
-    child: std::process::Child,
+    _child: crate::ChildGuard,
     pub url: String,
 }
 
@@ -57,24 +57,9 @@ impl HttpFixture {
             .stderr(std::process::Stdio::inherit())
             .spawn()
             .expect("cannot start the python MCP HTTP fixture");
-        let mut fixture = Self { child, url: format!("http://127.0.0.1:{port}/mcp") };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return fixture;
-            }
-            if let Ok(Some(status)) = fixture.child.try_wait() {
-                panic!("the python MCP HTTP fixture exited early: {status}");
-            }
-            assert!(Instant::now() < deadline, "the python MCP HTTP fixture did not listen on {port} within 30s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for HttpFixture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = crate::ChildGuard::ready(child, "the python MCP HTTP fixture", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self { _child: child, url: format!("http://127.0.0.1:{port}/mcp") }
     }
 }

@@ -3,7 +3,7 @@
 //! parses. The services under test export to it exactly as they would to any collector.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::mcp::free_port;
 
@@ -26,7 +26,7 @@ pub struct Span {
 
 /// A running rotel agent, killed on drop.
 pub struct Receiver {
-    child: std::process::Child,
+    _child: crate::ChildGuard,
     dir: tempfile::TempDir,
     /// OTLP/gRPC endpoint for `OTEL_EXPORTER_OTLP_ENDPOINT` (`http://127.0.0.1:PORT`).
     pub endpoint: String,
@@ -53,16 +53,10 @@ impl Receiver {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("cannot start rotel-agent");
-        let mut receiver = Self { child, dir, endpoint: format!("http://127.0.0.1:{grpc}") };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
-            if let Ok(Some(status)) = receiver.child.try_wait() {
-                panic!("rotel-agent exited early: {status}");
-            }
-            assert!(Instant::now() < deadline, "rotel did not listen on {grpc} within 30s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        receiver
+        let child = crate::ChildGuard::ready(child, "rotel-agent", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", grpc)).is_ok()
+        });
+        Self { _child: child, dir, endpoint: format!("http://127.0.0.1:{grpc}") }
     }
 
     /// The file rotel prints received spans to.
@@ -73,13 +67,6 @@ impl Receiver {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Span> {
         parse(&std::fs::read_to_string(self.log_path()).unwrap_or_default())
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
