@@ -32,7 +32,7 @@ impl Default for LlmRealArgs {
 }
 
 fn duration_ms(d: Option<&prost_types::Duration>) -> f64 {
-    d.map_or(0.0, |d| d.seconds as f64 * 1e3 + f64::from(d.nanos) / 1e6)
+    d.and_then(|d| nightshift_core::duration::from_pb(d).ok()).map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 pub async fn llm_real(args: &LlmRealArgs) -> anyhow::Result<Scenario> {

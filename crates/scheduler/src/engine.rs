@@ -521,7 +521,7 @@ impl Scheduler {
         let enqueued = time::to_pb(self.inner.clock.now());
         for r in &mut requests {
             r.enqueued_at = Some(enqueued);
-            trace_request(r);
+            r.trace_context = trace_context(&r.run_id, &r.agent_id);
         }
         let published = self.publish(&requests).await;
         let fired_now = self.inner.clock.now();
@@ -603,7 +603,7 @@ impl Scheduler {
         let stale = self.inner.store.stale_queued_runs(cutoff, 1000).await?;
         let owned = self.index().owned.clone();
         let now = self.inner.clock.now();
-        let mut requests: Vec<RunRequest> = stale
+        let requests: Vec<RunRequest> = stale
             .into_iter()
             .filter(|(_, agent, _)| owned.contains(&shard_of(agent, self.inner.cfg.shard_count)))
             .map(|(run, agent, at)| RunRequest {
@@ -612,12 +612,9 @@ impl Scheduler {
                 trigger: if at.is_some() { TriggerKind::Schedule } else { TriggerKind::Manual }.to_pb() as i32,
                 scheduled_for: at.map(time::to_pb),
                 enqueued_at: Some(time::to_pb(now)),
-                trace_context: Default::default(),
+                trace_context: trace_context(run.as_str(), agent.as_str()),
             })
             .collect();
-        for r in &mut requests {
-            trace_request(r);
-        }
         if !requests.is_empty() {
             tracing::info!(n = requests.len(), "publishing queued runs whose request never reached the queue");
             metrics::counter!("nightshift_scheduler_republished_total").increment(requests.len() as u64);
@@ -631,19 +628,19 @@ impl Scheduler {
 /// Starts the run's trace: a `scheduler.fire` span whose context travels with the request, so
 /// the worker's `agent.run` span (and everything under it) joins this trace. Skipped entirely
 /// when spans are not exported, as this runs for every fired tick.
-fn trace_request(r: &mut RunRequest) {
+fn trace_context(run: &str, agent: &str) -> BTreeMap<String, String> {
     if !nightshift_telemetry::tracing_enabled() {
-        return;
+        return BTreeMap::new();
     }
     let span = tracing::info_span!(
         parent: None,
         "scheduler.fire",
         otel.name = "scheduler.fire",
         otel.kind = "producer",
-        run = %r.run_id,
-        agent = %r.agent_id,
+        run = %run,
+        agent = %agent,
     );
-    r.trace_context = nightshift_telemetry::context_map(&span);
+    nightshift_telemetry::context_map(&span)
 }
 
 fn hostname() -> String {

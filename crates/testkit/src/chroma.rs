@@ -1,7 +1,6 @@
 //! A real ChromaDB server for tests: installed into a cached venv by `crates/memory/scripts/chroma-venv.sh`
 //! (`$HOME/.cache/nightshift-test/venv-chromadb-<version>`), started on a free port with a
 //! throw-away data directory, killed when the guard drops (also on panic).
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ impl ChromaServer {
         assert!(out.status.success(), "installing ChromaDB failed (scripts/chroma-venv.sh exited {})", out.status);
         let venv = String::from_utf8(out.stdout).expect("utf-8 path").trim().to_owned();
         eprintln!("chroma venv ready at {venv} in {:.1}s", started.elapsed().as_secs_f64());
-        let port = TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+        let port = crate::mcp::free_port();
         let dir = tempfile::tempdir().expect("tempdir");
         let log = std::fs::File::create(dir.path().join("chroma.log")).expect("log file");
         let child = Command::new(format!("{venv}/bin/chroma"))

@@ -3,7 +3,6 @@
 //! pgvector. The install is copied into a temporary directory (as root the server must run as
 //! the `postgres` user, which cannot read `/root`), initialised, started on a free port, and
 //! stopped when the guard drops (also on panic).
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -63,7 +62,7 @@ impl PgVectorServer {
             let ok = Command::new("chown").args(["-R", "postgres"]).arg(dir.path()).status().expect("chown");
             assert!(ok.success(), "chown to postgres");
         }
-        let port = TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+        let port = crate::mcp::free_port();
         let server = Self { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), dir, as_postgres };
         let data = server.dir.path().join("data");
         let data = data.to_str().expect("utf-8 path");

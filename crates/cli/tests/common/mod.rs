@@ -22,9 +22,7 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use nightshift_testkit::mcp::free_port;
 
 pub struct Proc {
     pub name: String,
