@@ -2,8 +2,10 @@
 //!
 //! Everything the services agree on lives here: newtype ids, the validated [`AgentSpec`] with its
 //! [`Schedule`] and [`RunPolicy`], run states, event types, the [`Clock`] and the YAML manifest
-//! form users write. Proto messages are converted *into* these types through one validation
-//! function per message ([`AgentSpec::from_proto`]), which names the offending field on error.
+//! form users write, and the run-lifecycle rules ([`lifecycle`]: lease expiry, overlap, retry)
+//! as pure functions the store executes. Proto messages are converted *into* these types
+//! through one validation function per message ([`AgentSpec::from_proto`]), which names the
+//! offending field on error.
 
 pub mod clock;
 pub mod config;
@@ -11,6 +13,7 @@ pub mod duration;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod lifecycle;
 pub mod manifest;
 pub mod policy;
 pub mod redact;
@@ -23,6 +26,10 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ValidationError, ValidationErrors};
 pub use event::EventType;
 pub use ids::{AgentId, AgentName, RunId, WorkerId};
+pub use lifecycle::{
+    FinishDecision, LeaseState, OverlapDecision, StartDecision, StartFacts, decide_finish, decide_overlap,
+    decide_start, lease_state, lease_until,
+};
 pub use manifest::AgentManifest;
 pub use policy::{Backoff, OverlapPolicy, RunPolicy};
 pub use redact::redact_url;

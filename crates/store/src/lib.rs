@@ -12,13 +12,13 @@
 mod agents;
 mod db;
 mod error;
-mod lease;
 mod model;
+mod run_lifecycle;
 mod runs;
 mod schedules;
 
 pub use db::{Backend, Store, redact};
 pub use error::StoreError;
-pub use lease::{FinishInput, StartInput, StartOutcome, StepInput};
 pub use model::{AgentFilter, AgentRecord, AgentStats, ApplyOutcome, NewRun, Page, RunFilter, RunRecord, StepRecord};
+pub use run_lifecycle::{FinishInput, StartInput, StartOutcome, StepInput};
 pub use schedules::{ScheduledAgent, TickFire, TickOutcome};

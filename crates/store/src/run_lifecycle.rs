@@ -1,20 +1,18 @@
-//! The run lease: StartRun (overlap policy, atomically), Heartbeat, Checkpoint and FinishRun,
-//! all fenced by the attempt number.
+//! Executes the run-lifecycle rules of `nightshift_core::lifecycle` against the database:
+//! StartRun (lease expiry, backoff, pause, overlap policy — decided under the agent's lock),
+//! Heartbeat, Checkpoint and FinishRun (retry or settle), all fenced by the attempt number.
+//! The decisions themselves live in core; this file reads their inputs and writes their results.
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use nightshift_core::{
-    AgentId, AgentSpec, AgentState, OverlapPolicy, RunId, RunOutcome, RunStatus, TriggerKind, WorkerId, time,
-};
+use nightshift_core::lifecycle::{self, FinishDecision, OverlapDecision, StartDecision, StartFacts};
+use nightshift_core::{AgentId, AgentSpec, AgentState, RunId, RunOutcome, RunStatus, TriggerKind, WorkerId, time};
 use sqlx::{Any, Row, Transaction};
 
 use crate::agents::{decode_spec, lock_agent};
 use crate::db::{RUN_COLUMNS, STEPS_SQL, Store, run_from_row, step_from_row, u32_col};
 use crate::error::StoreError;
 use crate::model::{RunRecord, StepRecord};
-
-/// How long a deferred run waits before asking again.
-const DEFER_POLL: Duration = Duration::from_secs(1);
 
 /// A worker's request to start (or take over) a run.
 #[derive(Debug, Clone)]
@@ -108,10 +106,6 @@ pub struct FinishInput {
     pub output_tokens: u64,
 }
 
-fn remaining(until_ms: i64, now_ms: i64) -> Duration {
-    Duration::from_millis(until_ms.saturating_sub(now_ms).max(0) as u64)
-}
-
 async fn run_in_tx(tx: &mut Transaction<'_, Any>, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {RUN_COLUMNS} FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.id = $1"
@@ -154,6 +148,11 @@ async fn skip(
         ..run
     };
     Ok(StartOutcome::Skipped { run, reason })
+}
+
+/// `now_ms + d` in unix ms, saturating (lease expiries, retry backoff ends).
+fn ms_after(now_ms: i64, d: Duration) -> i64 {
+    time::to_millis(lifecycle::lease_until(time::from_millis(now_ms), d))
 }
 
 /// Explains why a fenced call was refused.
@@ -219,23 +218,19 @@ impl Store {
             )));
         }
 
-        let outcome = match run.status {
-            s if s.is_terminal() => StartOutcome::AlreadyFinished { run },
-            RunStatus::Running => match run.lease_expires_at.map(time::to_millis) {
-                Some(until) if until > now => StartOutcome::LeasedElsewhere { retry_after: remaining(until, now), run },
-                // The lease ran out: its worker is presumed dead. Take over with a new attempt;
-                // the overlap policy was applied when the run first started.
-                _ => self.grant(&mut tx, run, input, &current, now).await?,
-            },
-            _ => {
-                if let Some(nb) = run.not_before.map(time::to_millis).filter(|nb| *nb > now) {
-                    StartOutcome::NotYet { retry_after: remaining(nb, now), run }
-                } else if state == AgentState::Paused.as_str() {
-                    skip(&mut tx, run, "agent is paused".to_owned(), now).await?
-                } else {
-                    self.apply_overlap(&mut tx, run, input, &current, now).await?
-                }
-            }
+        let facts = StartFacts {
+            status: run.status,
+            lease_expires_at: run.lease_expires_at,
+            not_before: run.not_before,
+            agent_state: if state == AgentState::Paused.as_str() { AgentState::Paused } else { AgentState::Active },
+        };
+        let outcome = match lifecycle::decide_start(&facts, time::from_millis(now)) {
+            StartDecision::AlreadyFinished => StartOutcome::AlreadyFinished { run },
+            StartDecision::LeasedElsewhere { retry_after } => StartOutcome::LeasedElsewhere { retry_after, run },
+            StartDecision::NotYet { retry_after } => StartOutcome::NotYet { retry_after, run },
+            StartDecision::Skip { reason } => skip(&mut tx, run, reason, now).await?,
+            StartDecision::TakeOver => self.grant(&mut tx, run, input, &current, now).await?,
+            StartDecision::ApplyOverlap => self.apply_overlap(&mut tx, run, input, &current, now).await?,
         };
         tx.commit().await?;
         Ok(outcome)
@@ -250,8 +245,9 @@ impl Store {
         now: i64,
     ) -> Result<StartOutcome, StoreError> {
         let policy = current.spec.policy.overlap;
-        // Runs whose lease ran out belong to dead workers; they do not block new runs.
-        let others: Vec<String> = sqlx::query(
+        // Only runs with a live lease block (lifecycle::lease_state): a run whose lease ran out
+        // belongs to a dead worker.
+        let others: Vec<RunId> = sqlx::query(
             "SELECT id FROM runs WHERE agent_id = $1 AND status = 'running' AND id <> $2 AND lease_expires_at > $3",
         )
         .bind(input.agent_id.as_str())
@@ -260,47 +256,37 @@ impl Store {
         .fetch_all(&mut **tx)
         .await?
         .iter()
-        .map(|r| r.try_get::<String, _>("id"))
+        .map(|r| r.try_get::<String, _>("id").map(RunId::from_string))
         .collect::<Result<_, _>>()?;
-        if others.is_empty() || policy == OverlapPolicy::AllowAll {
-            return self.grant(tx, run, input, current, now).await;
-        }
-        let running = others.join(", ");
-        match policy {
-            OverlapPolicy::Skip => {
-                skip(tx, run, format!("overlap policy skip: run {running} is still running"), now).await
-            }
-            OverlapPolicy::CancelOther => {
-                let reason = format!("cancelled by overlap policy cancel_other in favour of run {}", run.id);
+        let waiting = if !others.is_empty() && policy.needs_waiting_run() {
+            sqlx::query(
+                "SELECT id FROM runs WHERE agent_id = $1 AND status = 'queued' AND deferred = 1 AND id <> $2 LIMIT 1",
+            )
+            .bind(input.agent_id.as_str())
+            .bind(run.id.as_str())
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| r.try_get::<String, _>("id").map(RunId::from_string))
+            .transpose()?
+        } else {
+            None
+        };
+        match lifecycle::decide_overlap(policy, &run.id, &others, waiting.as_ref()) {
+            OverlapDecision::Start => self.grant(tx, run, input, current, now).await,
+            OverlapDecision::Skip { reason } => skip(tx, run, reason, now).await,
+            OverlapDecision::CancelOthers { others, reason } => {
                 for other in &others {
-                    set_terminal(tx, &RunId::from_string(other.clone()), RunStatus::Cancelled, &reason, now).await?;
+                    set_terminal(tx, other, RunStatus::Cancelled, &reason, now).await?;
                 }
                 self.grant(tx, run, input, current, now).await
             }
-            OverlapPolicy::BufferOne | OverlapPolicy::BufferAll => {
-                if policy == OverlapPolicy::BufferOne {
-                    let buffered = sqlx::query(
-                        "SELECT id FROM runs WHERE agent_id = $1 AND status = 'queued' AND deferred = 1 AND id <> $2 LIMIT 1",
-                    )
-                    .bind(input.agent_id.as_str())
-                    .bind(run.id.as_str())
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                    if let Some(b) = buffered {
-                        let b: String = b.try_get("id")?;
-                        let reason =
-                            format!("overlap policy buffer_one: run {b} is already waiting behind run {running}");
-                        return skip(tx, run, reason, now).await;
-                    }
-                }
+            OverlapDecision::Defer { retry_after, reason } => {
                 sqlx::query("UPDATE runs SET deferred = 1 WHERE id = $1")
                     .bind(run.id.as_str())
                     .execute(&mut **tx)
                     .await?;
-                let reason = format!("waiting for run {running} (overlap policy {policy:?})");
-                Ok(StartOutcome::Deferred { run, retry_after: DEFER_POLL, reason })
+                Ok(StartOutcome::Deferred { run, retry_after, reason })
             }
-            OverlapPolicy::AllowAll => unreachable!("handled above"),
         }
     }
 
@@ -312,7 +298,7 @@ impl Store {
         current: &Current,
         now: i64,
     ) -> Result<StartOutcome, StoreError> {
-        let until = now + i64::try_from(input.lease_ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let until = ms_after(now, input.lease_ttl);
         sqlx::query(
             "UPDATE runs SET status = 'running', attempt = attempt + 1, worker_id = $1, lease_expires_at = $2, \
              started_at = COALESCE(started_at, $3), deferred = 0, not_before = NULL WHERE id = $4",
@@ -355,7 +341,7 @@ impl Store {
     /// Extends the lease of a running run held with `attempt`.
     pub async fn heartbeat(&self, id: &RunId, attempt: u32, ttl: Duration) -> Result<DateTime<Utc>, StoreError> {
         let now = self.now_ms();
-        let until = now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let until = ms_after(now, ttl);
         let done =
             sqlx::query("UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND attempt = $3 AND status = 'running'")
                 .bind(until)
@@ -379,7 +365,7 @@ impl Store {
         ttl: Option<Duration>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let now = self.now_ms();
-        let until = ttl.map(|t| now + i64::try_from(t.as_millis()).unwrap_or(i64::MAX / 2));
+        let until = ttl.map(|t| ms_after(now, t));
         let mut tx = self.pool.begin().await?;
         // The fenced write comes first: it both checks the token and takes the row lock, so a
         // concurrent takeover cannot slip in between the check and the insert.
@@ -447,23 +433,17 @@ impl Store {
         if run.status != RunStatus::Running || run.attempt != attempt {
             return Err(fenced(Some(run), id, attempt));
         }
-        let mut retry_after = None;
-        let (status, not_before, retries) = match input.outcome {
-            RunOutcome::Succeeded => (RunStatus::Succeeded, None, run.retries),
-            RunOutcome::Cancelled => (RunStatus::Cancelled, None, run.retries),
-            RunOutcome::Released => (RunStatus::Queued, None, run.retries),
-            RunOutcome::Failed | RunOutcome::TimedOut => {
-                let policy = self.get_agent_version(&run.agent_id, run.agent_version).await?.policy;
-                if run.retries < policy.max_retries {
-                    let delay = policy.retry_delay_for(run.retries);
-                    retry_after = Some(delay);
-                    let at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-                    (RunStatus::Queued, Some(at), run.retries + 1)
-                } else if input.outcome == RunOutcome::TimedOut {
-                    (RunStatus::TimedOut, None, run.retries)
-                } else {
-                    (RunStatus::Failed, None, run.retries)
-                }
+        // The policy is read only when the retry rule needs it (not on the success path).
+        let policy = if input.outcome.is_failure() {
+            Some(self.get_agent_version(&run.agent_id, run.agent_version).await?.policy)
+        } else {
+            None
+        };
+        let decision = lifecycle::decide_finish(input.outcome, run.retries, policy.as_ref());
+        let (status, not_before, retries, retry_after) = match decision {
+            FinishDecision::Settle { status } => (status, None, run.retries, None),
+            FinishDecision::Retry { delay, retries } => {
+                (decision.status(), Some(ms_after(now, delay)), retries, Some(delay))
             }
         };
         let finished_at = status.is_terminal().then_some(now);
