@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use nightshift_queue::{QueueOptions, WorkQueue};
+use nightshift_queue::{QueueOptions, QueueSettings, WorkQueue};
 use nightshift_store::Store;
 use serde::Serialize;
 
@@ -64,6 +64,15 @@ impl Backends {
         };
         let store = Store::connect(&store_url).await.with_context(|| format!("opening the {} store", kind.label()))?;
         Ok(Self { kind, store, queue_url, queue_options, _dir: dir, pg_database })
+    }
+
+    /// The queue as a role's options name it (`queue_url`, `queue_name`, `queue_ack_wait`).
+    pub fn queue_settings(&self) -> QueueSettings {
+        QueueSettings {
+            url: self.queue_url.clone(),
+            name: self.queue_options.name.clone(),
+            ack_wait: self.queue_options.ack_wait,
+        }
     }
 
     /// A new queue handle (its own connection on NATS / Redis; the same queue in memory).

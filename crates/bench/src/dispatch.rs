@@ -1,17 +1,18 @@
-//! `dispatch-latency` and `run-overhead`: the stack of `nightshift dev` (manager gRPC server,
-//! scheduler, worker talking to the manager over gRPC) on the chosen backends, with the scripted
-//! instant LLM in a child process. Runs are started with `TriggerAgent` and followed through the
-//! worker's event callback.
+//! `dispatch-latency` and `run-overhead`: the roles of `nightshift dev` (manager, scheduler and
+//! worker, built by their `XxxRole::build` and served on one port by `serve_roles`, the worker
+//! talking to the manager over gRPC) on the chosen backends, with the scripted instant LLM in a
+//! child process. Runs are started with `TriggerAgent` and followed through the worker's event
+//! callback.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nightshift_core::{AgentSpec, EventType, SystemClock, pb};
-use nightshift_manager::{ManagerConfig, ManagerService, SERVICE_NAME as MANAGER};
-use nightshift_rpc::GrpcServer;
-use nightshift_scheduler::{Scheduler, SchedulerConfig};
-use nightshift_worker::{EventFn, Worker, WorkerConfig};
+use nightshift_manager::{ManagerConfig, ManagerDeps, ManagerRole};
+use nightshift_rpc::{GrpcServer, Role, serve_roles};
+use nightshift_scheduler::{SchedulerConfig, SchedulerDeps, SchedulerRole};
+use nightshift_worker::{EventFn, WorkerConfig, WorkerDeps, WorkerRole};
 use tokio::sync::{Notify, watch};
 
 use crate::backend::{BackendKind, Backends};
@@ -54,27 +55,17 @@ pub(crate) struct Stack {
 }
 
 impl Stack {
-    /// `server_nodelay`: serve the manager with tonic directly on sockets with `TCP_NODELAY`
-    /// instead of through `GrpcServer::serve` (a diagnostic: see `--server-nodelay`).
-    pub(crate) async fn start(
-        kind: BackendKind,
-        worker_concurrency: u32,
-        server_nodelay: bool,
-    ) -> anyhow::Result<Self> {
+    pub(crate) async fn start(kind: BackendKind, worker_concurrency: u32) -> anyhow::Result<Self> {
         let llm = ScriptedLlm::spawn().await?;
         let backends = Backends::open(kind).await?;
-        let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = Vec::new();
+        let (stop, mut stop_rx) = watch::channel(false);
         let listener = GrpcServer::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
+        let queue = backends.queue_settings();
 
-        let scheduler = Scheduler::new(
-            backends.store.clone(),
-            backends.queue().await?,
-            Arc::new(SystemClock),
-            SchedulerConfig { queue_url: backends.queue_url.clone(), ..SchedulerConfig::default() },
-        );
-        tasks.push(tokio::spawn(scheduler.run(stop_rx.clone())));
+        let deps = SchedulerDeps { store: backends.store.clone(), clock: Arc::new(SystemClock) };
+        let scheduler =
+            SchedulerRole::build(SchedulerConfig { queue: queue.clone(), ..SchedulerConfig::default() }, deps).await?;
 
         let events = Arc::new(Events::default());
         let sink = events.clone();
@@ -98,42 +89,24 @@ impl Stack {
             drop(runs);
             sink.changed.notify_waiters();
         });
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?.connect_lazy();
         let wcfg = WorkerConfig {
             concurrency: worker_concurrency,
-            queue_url: backends.queue_url.clone(),
+            queue: queue.clone(),
+            manager_endpoint: endpoint.clone(),
             ..WorkerConfig::default()
         };
-        let worker = Worker::new(wcfg, channel, backends.queue().await?, Some(event_fn));
-        let mut worker_stop = stop_rx.clone();
-        tasks.push(tokio::spawn(worker.run(async move {
-            let _ = worker_stop.wait_for(|s| *s).await;
-        })));
-
-        let manager = ManagerService::new(backends.store.clone(), ManagerConfig::default().default_lease_ttl)
-            .with_queue(backends.queue().await?);
-        let mut server_stop = stop_rx;
+        let worker = WorkerRole::build(wcfg, WorkerDeps { events: Some(event_fn) }).await?;
+        let deps = ManagerDeps { store: backends.store.clone(), observer: None };
+        let manager = ManagerRole::build(ManagerConfig { queue, ..ManagerConfig::default() }, deps).await?;
+        let roles: Vec<Box<dyn Role>> = vec![Box::new(manager), Box::new(scheduler), Box::new(worker)];
         let shutdown = async move {
-            let _ = server_stop.wait_for(|s| *s).await;
+            let _ = stop_rx.wait_for(|s| *s).await;
         };
-        if server_nodelay {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            let server = tonic::transport::Server::builder().add_service(manager.into_server());
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = server.serve_with_incoming_shutdown(incoming, shutdown).await {
-                    eprintln!("manager server failed: {e:#}");
-                }
-            }));
-        } else {
-            let mut server = GrpcServer::new();
-            server.routes().add_service(manager.into_server());
-            server.serving(MANAGER);
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = server.serve(listener, shutdown).await {
-                    eprintln!("manager server failed: {e:#}");
-                }
-            }));
-        }
+        let tasks = vec![tokio::spawn(async move {
+            if let Err(e) = serve_roles(roles, listener, shutdown).await {
+                eprintln!("benchmark stack failed: {e:#}");
+            }
+        })];
         let client = Client::connect(endpoint).await.context("connecting to the manager")?;
         Ok(Self { backends, client, events, stop, tasks, llm })
     }
@@ -191,17 +164,12 @@ pub struct DispatchArgs {
     pub warmup: usize,
     #[arg(long, value_enum, default_value_t = BackendKind::Embedded)]
     pub backend: BackendKind,
-    /// Diagnostic: serve the manager on sockets with TCP_NODELAY (tonic directly) instead of
-    /// `nightshift_rpc::GrpcServer::serve`, which accepts sockets without it.
-    #[arg(long)]
-    pub server_nodelay: bool,
 }
 
 pub async fn dispatch_latency(args: &DispatchArgs) -> anyhow::Result<Scenario> {
-    let nodelay = if args.server_nodelay { " (server TCP_NODELAY)" } else { "" };
-    let name = format!("dispatch-latency {}{nodelay}", args.backend.label());
+    let name = format!("dispatch-latency {}", args.backend.label());
     eprintln!("== {name}: {} runs", args.runs);
-    let stack = Stack::start(args.backend, WorkerConfig::default().concurrency, args.server_nodelay).await?;
+    let stack = Stack::start(args.backend, WorkerConfig::default().concurrency).await?;
     let spec = stack.spec("dispatch", "skip")?;
     create_agents(&stack.backends.store, 1, |_| Ok(spec.clone())).await?;
     let (mut rpc, mut start, mut done) = (vec![], vec![], vec![]);
@@ -263,7 +231,7 @@ pub async fn run_overhead(args: &OverheadArgs) -> anyhow::Result<Scenario> {
     use std::sync::atomic::Ordering;
     let name = format!("run-overhead {}", args.backend.label());
     eprintln!("== {name}: {} rounds of {} runs", args.rounds, args.runs);
-    let stack = Stack::start(args.backend, args.worker_concurrency, false).await?;
+    let stack = Stack::start(args.backend, args.worker_concurrency).await?;
     let specs: Vec<AgentSpec> =
         (0..args.agents).map(|i| stack.spec(&format!("ovh-{i:04}"), "allow_all")).collect::<anyhow::Result<_>>()?;
     create_agents(&stack.backends.store, args.agents, |i| Ok(specs[i].clone())).await?;

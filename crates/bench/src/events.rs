@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::StreamExt;
 use nightshift_core::{EventType, pb};
-use nightshift_events::{EventFilter, EventLog, LogOptions, StartAt, SubscriptionItem};
+use nightshift_events::{EventLog, LogOptions, StartAt, SubscriptionItem};
+use nightshift_events_client::EventFilter;
 use serde::Serialize;
 
 use crate::backend::{NATS_URL, REDIS_URL};
@@ -232,7 +233,7 @@ async fn subscriber(
 /// Builds the N events in batches, ahead of the publisher: in a service, events arrive decoded
 /// by other tasks, so building them here must not be serial work on the publishing path.
 async fn build_batches(tag: String, n: u64, batch: usize, tx: tokio::sync::mpsc::Sender<Vec<pb::Event>>) {
-    let data = nightshift_events::json_to_struct(serde_json::json!({"attempt": 1, "status": "running"}));
+    let data = nightshift_events_client::json_to_struct(serde_json::json!({"attempt": 1, "status": "running"}));
     // A pool of agents, as a busy deployment has: the ids have the real (UUID) length.
     let agents: Vec<String> = (0..100).map(|_| uuid::Uuid::now_v7().to_string()).collect();
     // Run ids of UUID length too, but derived rather than random: a `getrandom` call per event
@@ -516,7 +517,7 @@ async fn cleanup(kind: Kind, prefix: &str) -> anyhow::Result<()> {
             Ok(())
         }
         Kind::Redis => {
-            // `<prefix>:events` and one `<prefix>:eid:<id>` per event (they would also expire
+            // `{<prefix>}:events` and one `{<prefix>}:eid:<id>` per event (they would also expire
             // after the dedup window). SCAN + UNLINK so that Redis is never blocked for long.
             let client = redis::Client::open(REDIS_URL)?;
             let mut conn = client.get_multiplexed_async_connection().await?;
@@ -525,7 +526,7 @@ async fn cleanup(kind: Kind, prefix: &str) -> anyhow::Result<()> {
                 let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                     .arg(cursor)
                     .arg("MATCH")
-                    .arg(format!("{prefix}:*"))
+                    .arg(format!("{{{prefix}}}:*"))
                     .arg("COUNT")
                     .arg(5000)
                     .query_async(&mut conn)

@@ -43,7 +43,7 @@ pub async fn llm_real(args: &LlmRealArgs) -> anyhow::Result<Scenario> {
         tokio::task::spawn_blocking(move || nightshift_testkit::llama::LlamaServer::start_with_threads(threads))
             .await
             .context("starting llama-server")?;
-    let stack = Stack::start(BackendKind::Embedded, 4, false).await?;
+    let stack = Stack::start(BackendKind::Embedded, 4).await?;
     let spec = AgentSpec::from_yaml(&format!(
         "name: real\nmodel: {{provider: openai, model: smollm2, base_url: '{}', tool_call_mode: structured, \
          temperature: 0, max_tokens: 256, request_timeout: 120s}}\n\

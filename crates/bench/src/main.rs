@@ -158,10 +158,8 @@ async fn all(a: &AllArgs, out: &mut Vec<Scenario>) -> anyhow::Result<()> {
     for &backend in &backends[..backends.len().min(2)] {
         out.push(schedule::fire_breakdown(&schedule::BreakdownArgs { agents: 10_000, rounds: 5, backend }).await?);
     }
-    for server_nodelay in [false, true] {
-        let args = dispatch::DispatchArgs { runs: 300, warmup: 20, backend: BackendKind::Embedded, server_nodelay };
-        out.push(dispatch::dispatch_latency(&args).await?);
-    }
+    let args = dispatch::DispatchArgs { runs: 300, warmup: 20, backend: BackendKind::Embedded };
+    out.push(dispatch::dispatch_latency(&args).await?);
     for &backend in &backends[..backends.len().min(2)] {
         let args = dispatch::OverheadArgs {
             agents: 100,

@@ -14,6 +14,7 @@ use anyhow::Context;
 use chrono::Utc;
 use futures::StreamExt;
 use nightshift_core::{AgentId, AgentSpec, AgentState, RunId, SystemClock, TriggerKind, time};
+use nightshift_queue::QueueSettings;
 use nightshift_queue::{RunRequest, WorkQueue};
 use nightshift_scheduler::{Scheduler, SchedulerConfig};
 use nightshift_store::{Store, TickFire};
@@ -160,7 +161,7 @@ pub async fn schedule_scale(args: &ScaleArgs) -> anyhow::Result<Scenario> {
         let q = backends.queue().await?;
         consumers.push(tokio::spawn(consume(q, shared.clone())));
     }
-    let cfg = SchedulerConfig { queue_url: backends.queue_url.clone(), ..SchedulerConfig::default() };
+    let cfg = SchedulerConfig { queue: QueueSettings::at(backends.queue_url.clone()), ..SchedulerConfig::default() };
     let scheduler = Scheduler::new(backends.store.clone(), publish_queue, Arc::new(SystemClock), cfg);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // The scheduler runs while agents are created (it picks them up by its 1 s change sync), so

@@ -14,9 +14,9 @@ pub struct Cli {
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
-    /// Log format of `nightshift dev`.
-    #[arg(long, global = true, default_value = "text", value_parser = parse_log_format)]
-    pub log_format: LogFormat,
+    /// Log format of `nightshift dev`: text or json (default: its config's `log_format`, text).
+    #[arg(long, global = true, value_parser = parse_log_format)]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -78,12 +78,19 @@ pub enum EventsCommand {
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
-    /// gRPC listen address (port 0 picks a free port; the bound address is printed).
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    pub listen: String,
-    /// Directory for the embedded database.
-    #[arg(long, default_value = ".nightshift")]
-    pub data_dir: PathBuf,
+    /// TOML file with the dev options: top-level `listen`, `data_dir`, `database_url`,
+    /// `metrics_listen`, `memory_model`, and one section per role (`[worker]`, `[scheduler]`,
+    /// `[manager]`, `[memory]`, `[events]`) with that role's options. Env: NIGHTSHIFT_DEV_<KEY>.
+    /// The flags below override it.
+    #[arg(long, env = "NIGHTSHIFT_DEV_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address (default 127.0.0.1:50051; port 0 picks a free port; the bound
+    /// address is printed).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Directory for the embedded database (default .nightshift).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Use this database instead of the SQLite file under --data-dir.
     #[arg(long, env = "NIGHTSHIFT_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -97,6 +104,30 @@ pub struct DevArgs {
     /// crates/memory/scripts/fetch-model.sh fills, if present; otherwise search is off).
     #[arg(long, env = "NIGHTSHIFT_MEMORY_MODEL")]
     pub memory_model: Option<PathBuf>,
+}
+
+impl DevArgs {
+    /// Flags given on the command line override the config file and environment.
+    pub(crate) fn apply_to(&self, cfg: &mut crate::dev::DevConfig, log_format: Option<LogFormat>) {
+        if let Some(listen) = &self.listen {
+            cfg.server.listen.clone_from(listen);
+        }
+        if let Some(dir) = &self.data_dir {
+            cfg.data_dir.clone_from(dir);
+        }
+        if let Some(url) = &self.database_url {
+            cfg.database_url.clone_from(url);
+        }
+        if let Some(addr) = &self.metrics_listen {
+            cfg.server.metrics_listen.clone_from(addr);
+        }
+        if let Some(dir) = &self.memory_model {
+            cfg.memory_model = dir.display().to_string();
+        }
+        if let Some(format) = log_format {
+            cfg.server.log_format = format;
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -4,7 +4,7 @@ use std::ops::ControlFlow;
 
 use anyhow::Context;
 use nightshift_core::{EventType, pb, time};
-use nightshift_events::{EventFilter, TailFrom, TailOptions, event_to_json, tail};
+use nightshift_events_client::{EventFilter, TailFrom, TailOptions, event_to_json, tail};
 
 use crate::args::{EventsCommand, Output};
 use crate::manager_client;

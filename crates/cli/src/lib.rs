@@ -11,6 +11,7 @@ mod output;
 mod runs;
 
 pub use args::Cli;
+pub use dev::DevConfig;
 
 use args::Command;
 use tonic::Code;

@@ -10,19 +10,23 @@ fn example(name: &str) -> PathBuf {
 fn example_configs_load() {
     let m: nightshift_manager::ManagerConfig =
         nightshift_core::config::load(Some(&example("manager.toml")), "NIGHTSHIFT_TEST_UNUSED").unwrap();
-    assert_eq!(m.listen, "0.0.0.0:50051");
+    assert_eq!(m.server.listen, "0.0.0.0:50051");
     let s: nightshift_scheduler::SchedulerConfig =
         nightshift_core::config::load(Some(&example("scheduler.toml")), "NIGHTSHIFT_TEST_UNUSED").unwrap();
     assert_eq!(s.shard_count, 64);
     let w: nightshift_worker::WorkerConfig =
         nightshift_core::config::load(Some(&example("worker.toml")), "NIGHTSHIFT_TEST_UNUSED").unwrap();
     assert_eq!(w.concurrency, 16);
-    assert_eq!(w.queue_name, "nightshift-runs");
+    assert_eq!(w.queue.name, "nightshift-runs");
     assert_eq!(w.memory_endpoint, "http://127.0.0.1:50054");
     let mem: nightshift_memory::MemoryConfig =
         nightshift_core::config::load(Some(&example("memory.toml")), "NIGHTSHIFT_TEST_UNUSED").unwrap();
-    assert_eq!(mem.embedder.kind, "minilm");
+    assert_eq!(mem.embedder.kind, nightshift_memory::config::EmbedderKind::MiniLm);
     assert!(mem.vector.url.starts_with("pgvector://"));
+    let dev: nightshift_cli::DevConfig =
+        nightshift_core::config::load(Some(&example("dev.toml")), "NIGHTSHIFT_TEST_UNUSED").unwrap();
+    assert_eq!(dev.worker.concurrency, 4);
+    assert_eq!(dev.worker.tools.http_allow, ["https://api.github.com/"]);
 }
 
 #[test]

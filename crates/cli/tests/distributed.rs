@@ -18,12 +18,12 @@ use nightshift_core::pb::manager_service_client::ManagerServiceClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_binaries_on_postgres_and_nats_survive_killed_workers_and_schedulers() {
-    five_binaries_survive_killed_workers_and_schedulers("nats://127.0.0.1:4222").await;
+    five_binaries_survive_killed_workers_and_schedulers(&nightshift_testkit::nats_url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_binaries_on_postgres_and_redis_survive_killed_workers_and_schedulers() {
-    five_binaries_survive_killed_workers_and_schedulers("redis://127.0.0.1:6379").await;
+    five_binaries_survive_killed_workers_and_schedulers(&nightshift_testkit::redis_url()).await;
 }
 
 async fn five_binaries_survive_killed_workers_and_schedulers(queue_url: &str) {

@@ -102,7 +102,7 @@ async fn nats_restart_under_load_and_worker_sigterm_lose_nothing() {
     let common = |role: &str| {
         let p = format!("NIGHTSHIFT_{role}_");
         vec![
-            (format!("{p}QUEUE_URL"), "nats://127.0.0.1:4222".to_owned()),
+            (format!("{p}QUEUE_URL"), nightshift_testkit::nats_url()),
             (format!("{p}QUEUE_NAME"), queue_name.clone()),
             (format!("{p}QUEUE_ACK_WAIT"), "4s".to_owned()),
             (format!("{p}EVENTS_ENDPOINT"), events_ep.clone()),
@@ -113,7 +113,7 @@ async fn nats_restart_under_load_and_worker_sigterm_lose_nothing() {
         "nightshift-events",
         &[
             ("NIGHTSHIFT_EVENTS_LISTEN".into(), format!("127.0.0.1:{pe}")),
-            ("NIGHTSHIFT_EVENTS_BACKEND_URL".into(), "nats://127.0.0.1:4222".into()),
+            ("NIGHTSHIFT_EVENTS_BACKEND_URL".into(), nightshift_testkit::nats_url()),
             ("NIGHTSHIFT_EVENTS_PREFIX".into(), format!("faults-events-{id}")),
         ],
     );

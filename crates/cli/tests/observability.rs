@@ -40,7 +40,7 @@ async fn five_binaries_make_one_trace_per_run_and_serve_valid_metrics() {
         ];
         if matches!(role, "manager" | "scheduler" | "worker") {
             e.extend([
-                (format!("{p}QUEUE_URL"), "nats://127.0.0.1:4222".to_owned()),
+                (format!("{p}QUEUE_URL"), nightshift_testkit::nats_url()),
                 (format!("{p}QUEUE_NAME"), queue_name.clone()),
                 (format!("{p}EVENTS_ENDPOINT"), format!("http://127.0.0.1:{pe}")),
             ]);

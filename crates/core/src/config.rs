@@ -45,3 +45,50 @@ pub mod duration_text {
         humantime::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
+
+/// Serde adapter for optional durations as humantime text; empty text means none:
+/// `#[serde(with = "nightshift_core::config::optional_duration_text")]`.
+pub mod optional_duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `7days`, or `""` for none.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration_text::serialize(d, s),
+            None => s.serialize_str(""),
+        }
+    }
+
+    /// Reads `7d`, or `""` as none.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        humantime::parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde adapter for a map of names to humantime durations (`{ http_get = "5s" }`):
+/// `#[serde(with = "nightshift_core::config::duration_text_map")]`.
+pub mod duration_text_map {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes each value as `5s`.
+    pub fn serialize<S: Serializer>(m: &BTreeMap<String, Duration>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(m.iter().map(|(k, v)| (k, humantime::format_duration(*v).to_string())))
+    }
+
+    /// Reads each value as humantime text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Duration>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| humantime::parse_duration(&v).map(|d| (k, d)).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}

@@ -74,7 +74,7 @@ impl RunPolicy {
         let d = match self.backoff {
             Backoff::Fixed => self.retry_delay,
             Backoff::Linear => self.retry_delay.saturating_mul(retry.saturating_add(1)),
-            Backoff::Exponential => self.retry_delay.saturating_mul(2u32.saturating_pow(retry.min(31))),
+            Backoff::Exponential => crate::backoff::exponential(self.retry_delay, retry, self.max_delay),
         };
         d.min(self.max_delay.max(self.retry_delay))
     }

@@ -17,13 +17,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use nightshift_core::pb::event_service_client::EventServiceClient;
-use nightshift_core::{Clock, EventType, pb};
+use nightshift_core::{Clock, EventType, backoff, pb};
+use nightshift_events_client::{EventFilter, TailFrom, TailOptions, struct_to_json, tail};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::convert::struct_to_json;
-use crate::log::{EventFilter, to_chrono_duration};
-use crate::tail::{TailFrom, TailOptions, tail};
+use crate::log::to_chrono_duration;
 
 /// Alerts waiting for delivery at most; more are dropped with a warning.
 const QUEUE: usize = 256;
@@ -102,6 +101,8 @@ pub struct AlertRules {
 
 /// Agents tracked at most; idle entries are forgotten first.
 const MAX_TRACKED: usize = 10_000;
+/// Longest wait between two delivery attempts of one alert.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 
 impl AlertRules {
     /// Rules of `policy`, rate limited by `clock`.
@@ -216,7 +217,6 @@ impl WebhookSender {
     /// Delivers `alert`.
     pub async fn post(&self, alert: &Alert) -> Result<(), AlertError> {
         let body = serde_json::json!({ "text": alert.text });
-        let mut delay = self.retry_backoff;
         let mut last = String::new();
         for attempt in 1..=self.max_attempts {
             match self.client.post(self.url.clone()).json(&body).send().await {
@@ -230,8 +230,7 @@ impl WebhookSender {
             }
             tracing::debug!(attempt, error = last, "alert delivery failed");
             if attempt < self.max_attempts {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(60));
+                tokio::time::sleep(backoff::exponential(self.retry_backoff, attempt - 1, MAX_RETRY_BACKOFF)).await;
             }
         }
         Err(AlertError::Unavailable { attempts: self.max_attempts, last })
@@ -284,7 +283,7 @@ mod tests {
             r#type: ty.to_pb() as i32,
             agent_id: agent.into(),
             run_id: run.into(),
-            data: Some(crate::convert::json_to_struct(serde_json::json!({"error": "boom"}))),
+            data: Some(nightshift_events_client::json_to_struct(serde_json::json!({"error": "boom"}))),
             ..Default::default()
         }
     }

@@ -1,6 +1,7 @@
 //! Configuration of the `nightshift-events` binary (env prefix `NIGHTSHIFT_EVENTS`).
 use std::time::Duration;
 
+use nightshift_rpc::ServerOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::log::LogOptions;
@@ -9,8 +10,9 @@ use crate::log::LogOptions;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EventsConfig {
-    /// gRPC listen address.
-    pub listen: String,
+    /// `listen`, `metrics_listen`, `log_format`.
+    #[serde(flatten)]
+    pub server: ServerOptions,
     /// `memory://`, `redis://HOST:PORT[/DB]` or `nats://HOST:PORT`.
     pub backend_url: String,
     /// Names the stream / keys in the backend (letters, digits, `_`, `-`).
@@ -18,32 +20,26 @@ pub struct EventsConfig {
     /// Retention by count.
     pub max_events: u64,
     /// Retention by age (`7d`, `12h`); empty = no age limit.
-    #[serde(with = "humantime_opt")]
+    #[serde(with = "nightshift_core::config::optional_duration_text")]
     pub max_age: Option<Duration>,
     /// Window within which a repeated event id is stored once.
-    #[serde(with = "humantime_req")]
+    #[serde(with = "nightshift_core::config::duration_text")]
     pub dedup_window: Duration,
     /// Live events a subscriber may fall behind before it is told `Lagged`.
     pub subscriber_buffer: usize,
-    /// `text` or `json`.
-    pub log_format: String,
-    /// Prometheus `/metrics` listen address (empty = off).
-    pub metrics_listen: String,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
         let d = LogOptions::default();
         Self {
-            listen: "127.0.0.1:50055".into(),
+            server: ServerOptions::listening_on("127.0.0.1:50055"),
             backend_url: "memory://".into(),
             prefix: d.prefix,
             max_events: d.max_events,
             max_age: d.max_age,
             dedup_window: d.dedup_window,
             subscriber_buffer: d.subscriber_buffer,
-            log_format: "text".into(),
-            metrics_listen: String::new(),
         }
     }
 }
@@ -62,44 +58,6 @@ impl EventsConfig {
     }
 }
 
-/// Durations as humantime text (`30s`) in TOML and env.
-mod humantime_req {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Optional durations: empty text means none.
-mod humantime_opt {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_str(""),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(d)?;
-        if text.trim().is_empty() {
-            return Ok(None);
-        }
-        humantime::parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,7 +66,7 @@ mod tests {
     fn defaults_and_toml() {
         let c: EventsConfig = nightshift_core::config::load(None, "NIGHTSHIFT_EVENTS_TEST_UNSET").unwrap();
         assert_eq!(c, EventsConfig::default());
-        assert_eq!(c.listen, "127.0.0.1:50055");
+        assert_eq!(c.server.listen, "127.0.0.1:50055");
         assert_eq!(c.backend_url, "memory://");
         let dir = std::env::temp_dir().join(format!("ns-events-{}.toml", uuid::Uuid::now_v7()));
         std::fs::write(&dir, "backend_url = \"redis://127.0.0.1:6379\"\nmax_age = \"7d\"\ndedup_window = \"5m\"\n")

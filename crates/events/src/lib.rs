@@ -5,10 +5,12 @@
 //!   (Redis Streams) and [`NatsLog`] (JetStream) — opened by URL with [`connect`].
 //! - [`EventService`]: `nightshift.v1.EventService` (Publish, PublishStream, Subscribe,
 //!   ListEvents) over any log; the `nightshift-events` binary serves it.
-//! - [`EventPublisher`] for services that publish (fire-and-forget, bounded), and [`tail`] for
-//!   `nightshift events tail`.
 //! - Consumers built on Subscribe: [`run_json_lines_sink`] (structured log, JSON lines) and
 //!   [`run_alerts`] (Slack-compatible webhook on failures, with retry and rate limit).
+//!
+//! Publishing and tailing (`EventPublisher`, `tail`), [`EventFilter`](nightshift_events_client::EventFilter)
+//! and the proto/JSON conversions live in the client crate `nightshift-events-client`, which
+//! services depend on instead of this one; this crate uses it and does not re-export it.
 //!
 //! # Semantics (checked by `tests/contract.rs` on every backend)
 //! - Every event gets a **cursor**, an opaque string strictly increasing in append order:
@@ -32,7 +34,7 @@
 //! listen = "127.0.0.1:50055"
 //! # memory:// (default, not durable), redis://127.0.0.1:6379/0 or nats://127.0.0.1:4222
 //! backend_url = "redis://127.0.0.1:6379"
-//! # Redis stream "nightshift:events" / JetStream stream "nightshift_events"
+//! # Redis stream "{nightshift}:events" / JetStream stream "nightshift_events"
 //! prefix = "nightshift"
 //! # Retention: by count, and optionally by age ("" = none)
 //! max_events = 100000
@@ -49,33 +51,30 @@
 
 mod alert;
 mod config;
-mod convert;
 mod error;
 mod log;
 mod memory;
 mod nats;
-mod publisher;
 mod redis;
+mod role;
 mod service;
 mod sink;
 mod subscription;
-mod tail;
+mod validate;
 
 use std::sync::Arc;
 
 pub use alert::{Alert, AlertError, AlertPolicy, AlertReason, AlertRules, WebhookSender, run_alerts};
 pub use config::EventsConfig;
-pub use convert::{event_to_json, json_to_struct, struct_to_json};
 pub use error::EventLogError;
-pub use log::{Appended, EventFilter, EventLog, LogOptions, Page, ReadQuery, StartAt, SubscriptionItem};
+pub use log::{Appended, EventLog, LogOptions, Page, ReadQuery, StartAt, SubscriptionItem};
 pub use memory::MemoryLog;
 pub use nats::NatsLog;
-pub use publisher::{EventBuilder, EventPublisher, PublisherOptions};
 pub use redis::RedisLog;
+pub use role::EventsRole;
 pub use service::{EventService, SubscribeStream};
 pub use sink::{SinkError, run_json_lines_sink};
 pub use subscription::Subscription;
-pub use tail::{TailFrom, TailOptions, tail};
 
 /// The full gRPC name of the service (for health checks).
 pub const SERVICE_NAME: &str = nightshift_proto::v1::event_service_server::SERVICE_NAME;

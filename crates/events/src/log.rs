@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use nightshift_core::{Clock, EventType, SystemClock, pb};
+use nightshift_core::{Clock, SystemClock, pb};
+use nightshift_events_client::EventFilter;
 use tokio::sync::broadcast;
 
 use crate::error::EventLogError;
@@ -42,27 +43,6 @@ pub enum StartAt {
     After(String),
     /// Events whose `time` is at or after this instant, then live events (see [`LogOptions::clock_skew`]).
     Since(DateTime<Utc>),
-}
-
-/// Which events a read or subscription returns. Empty lists match everything; within a list
-/// any value matches (OR), across lists all must match (AND).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EventFilter {
-    /// Events of any of these agents.
-    pub agent_ids: Vec<String>,
-    /// Events of any of these runs.
-    pub run_ids: Vec<String>,
-    /// Events of any of these types.
-    pub types: Vec<EventType>,
-}
-
-impl EventFilter {
-    /// Whether `event` passes the filter.
-    pub fn matches(&self, event: &pb::Event) -> bool {
-        (self.agent_ids.is_empty() || self.agent_ids.contains(&event.agent_id))
-            && (self.run_ids.is_empty() || self.run_ids.contains(&event.run_id))
-            && (self.types.is_empty() || self.types.iter().any(|t| t.to_pb() as i32 == event.r#type))
-    }
 }
 
 /// A history query: one page of events, oldest first.
@@ -117,8 +97,8 @@ pub enum SubscriptionItem {
 /// Settings shared by every backend.
 #[derive(Debug, Clone)]
 pub struct LogOptions {
-    /// Names the log in its backend: the Redis stream `<prefix>:events` (dedup keys
-    /// `<prefix>:eid:<id>`), the JetStream stream `<prefix>_events` on subjects
+    /// Names the log in its backend: the Redis stream `{<prefix>}:events` (dedup keys
+    /// `{<prefix>}:eid:<id>`, one Cluster slot), the JetStream stream `<prefix>_events` on subjects
     /// `<prefix>.events.<TYPE>`. Letters, digits, `_` and `-` only; use a unique prefix per
     /// test run.
     pub prefix: String,

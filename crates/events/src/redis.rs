@@ -15,12 +15,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::ConnectionManager;
 use ::redis::{Script, Value};
 use nightshift_core::pb;
+use nightshift_redis::{Connector, Timeouts, key};
 use prost::Message;
 
-use crate::error::{EventLogError, redact_url};
+use crate::error::EventLogError;
 use crate::log::{AbortOnDrop, Appended, Backend, Entry, LiveTail, LogOptions, Pos, RawFrom, RawReader};
 
 /// How long one `XREAD BLOCK` waits before it is issued again.
@@ -133,19 +134,12 @@ impl RedisLog {
     /// current end of the stream `<prefix>:events`.
     pub async fn connect(url: &str, opts: LogOptions) -> Result<Self, EventLogError> {
         opts.validate()?;
-        let client = ::redis::Client::open(url)
-            .map_err(|e| EventLogError::Config(format!("bad Redis URL {}: {e}", redact_url(url))))?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_number_of_retries(3);
-        let conn = client.get_connection_manager_with_config(cfg.clone()).await.map_err(|e| backend(url, e))?;
+        let client = Connector::open(url).map_err(|e| EventLogError::Config(e.to_string()))?;
+        let conn = client.connection(Timeouts::COMMANDS).await.map_err(|e| EventLogError::Backend(e.to_string()))?;
         // Blocking reads get their own connection, with a timeout longer than the block.
-        let tail_conn = client
-            .get_connection_manager_with_config(cfg.set_response_timeout(Some(BLOCK + Duration::from_secs(10))))
-            .await
-            .map_err(|e| backend(url, e))?;
-        let stream = format!("{}:events", opts.prefix);
+        let tail_conn =
+            client.connection(Timeouts::blocking(BLOCK)).await.map_err(|e| EventLogError::Backend(e.to_string()))?;
+        let stream = key(&opts.prefix, "events");
         let head_script = Script::new(HEAD_LUA);
         let head = head_of(&head_script, &mut conn.clone(), &stream).await?;
         let live = LiveTail::new(opts.subscriber_buffer);
@@ -168,10 +162,6 @@ impl RedisLog {
     pub fn stream_key(&self) -> &str {
         &self.inner.stream
     }
-}
-
-fn backend(url: &str, e: ::redis::RedisError) -> EventLogError {
-    EventLogError::Backend(format!("Redis at {}: {e}", redact_url(url)))
 }
 
 fn redis_err(e: ::redis::RedisError) -> EventLogError {
@@ -312,7 +302,7 @@ impl Backend for RedisLog {
             let mut inv = self.inner.append.key(&self.inner.stream);
             inv.arg(opts.max_events).arg(max_age_ms).arg(ttl_ms).arg(chunk.len());
             for ev in chunk {
-                let dkey = if ev.id.is_empty() { String::new() } else { format!("{}:eid:{}", opts.prefix, ev.id) };
+                let dkey = if ev.id.is_empty() { String::new() } else { key(&opts.prefix, &format!("eid:{}", ev.id)) };
                 let mut stored = ev.clone();
                 stored.cursor.clear();
                 inv.arg(dkey).arg(stored.encode_to_vec());

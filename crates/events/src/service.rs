@@ -4,18 +4,17 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use nightshift_core::{Clock, SystemClock, ValidationError, pb};
+use nightshift_events_client::{cursor_from_page_token, page_token_after};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::convert::{check_event, filter_from_pb};
 use crate::log::{EventLog, ReadQuery, StartAt, SubscriptionItem};
+use crate::validate::{check_event, filter_from_pb};
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 /// Events appended per call while a PublishStream is read, so that a long stream is neither
 /// buffered whole nor written one event at a time.
 const STREAM_BATCH: usize = 256;
-/// Page tokens are `<prefix><cursor>`: opaque to clients, versioned for us.
-const TOKEN_PREFIX: &str = "c1.";
 
 /// The event service. Cheap to clone (clones share the log and the shutdown switch).
 #[derive(Clone)]
@@ -79,11 +78,6 @@ fn shutting_down() -> Status {
 
 fn invalid(e: ValidationError) -> Status {
     Status::invalid_argument(e.to_string())
-}
-
-/// The page token that continues after `cursor`.
-pub(crate) fn page_token_after(cursor: &str) -> String {
-    format!("{TOKEN_PREFIX}{cursor}")
 }
 
 fn timestamp(
@@ -209,10 +203,7 @@ impl pb::event_service_server::EventService for EventService {
         let after = if req.page_token.is_empty() {
             None
         } else {
-            let c = req
-                .page_token
-                .strip_prefix(TOKEN_PREFIX)
-                .filter(|c| !c.is_empty())
+            let c = cursor_from_page_token(&req.page_token)
                 .ok_or_else(|| Status::invalid_argument("page_token: is not a token returned by ListEvents"))?;
             Some(c.to_owned())
         };

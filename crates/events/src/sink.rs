@@ -4,10 +4,8 @@ use std::io::Write;
 use std::ops::ControlFlow;
 
 use nightshift_core::pb::event_service_client::EventServiceClient;
+use nightshift_events_client::{TailOptions, event_to_json, tail};
 use tonic::transport::Channel;
-
-use crate::convert::event_to_json;
-use crate::tail::{TailOptions, tail};
 
 /// Why the sink stopped.
 #[derive(Debug, thiserror::Error)]

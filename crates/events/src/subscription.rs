@@ -21,11 +21,12 @@ use std::task::{Context, Poll};
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use nightshift_core::pb;
+use nightshift_events_client::EventFilter;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::error::EventLogError;
-use crate::log::{Backend, Entry, EventFilter, Pos, RawFrom, RawReader, StartAt, SubscriptionItem, in_window};
+use crate::log::{Backend, Entry, Pos, RawFrom, RawReader, StartAt, SubscriptionItem, in_window};
 
 /// A live subscription: a stream of [`SubscriptionItem`]s. It ends after a `Lagged` item, when
 /// the log is closed, or after an error.

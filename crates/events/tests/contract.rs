@@ -1,10 +1,11 @@
 //! The event log contract, run against every backend: in-memory, Redis Streams on
-//! 127.0.0.1:6379 (`REDIS_URL`) and NATS JetStream on 127.0.0.1:4222 (`NATS_URL`). Every test
+//! `nightshift_testkit::redis_url()` and NATS JetStream at `nightshift_testkit::nats_url()`. Every test
 //! uses its own prefix (stream / keys), removed when the test ends, so runs never see each
 //! other's events and a server that is not fresh is fine.
 //!
 //! No test depends on timing: waits are for a condition (an event arriving, the live tail
 //! reaching a cursor) with a generous deadline that only a broken implementation hits.
+use nightshift_testkit::{nats_url, redis_url};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +13,10 @@ use chrono::{DateTime, SubsecRound, Utc};
 use futures::{FutureExt, StreamExt};
 use nightshift_core::{EventType, pb};
 use nightshift_events::{
-    EventFilter, EventLog, EventLogError, LogOptions, MemoryLog, NatsLog, ReadQuery, RedisLog, StartAt, Subscription,
+    EventLog, EventLogError, LogOptions, MemoryLog, NatsLog, ReadQuery, RedisLog, StartAt, Subscription,
     SubscriptionItem,
 };
+use nightshift_events_client::EventFilter;
 
 const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -23,14 +25,6 @@ enum Kind {
     Memory,
     Redis,
     Nats,
-}
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
 /// One test's log(s): a unique prefix, reopened at will ("restart"), removed on drop.
@@ -62,8 +56,12 @@ impl Fixture {
                 let log = self.memory.get_or_insert_with(|| MemoryLog::new(opts).unwrap());
                 Arc::new(log.clone())
             }
-            Kind::Redis => Arc::new(RedisLog::connect(&redis_url(), opts).await.expect("Redis at REDIS_URL")),
-            Kind::Nats => Arc::new(NatsLog::connect(&nats_url(), opts).await.expect("NATS at NATS_URL")),
+            Kind::Redis => {
+                Arc::new(RedisLog::connect(&redis_url(), opts).await.expect("Redis at nightshift_testkit::redis_url()"))
+            }
+            Kind::Nats => {
+                Arc::new(NatsLog::connect(&nats_url(), opts).await.expect("NATS at nightshift_testkit::nats_url()"))
+            }
         }
     }
 
@@ -88,15 +86,17 @@ impl Drop for Fixture {
                         if let Ok(client) = redis::Client::open(redis_url())
                             && let Ok(mut c) = client.get_multiplexed_async_connection().await
                         {
-                            let _: Result<(), _> =
-                                redis::cmd("DEL").arg(format!("{prefix}:events")).query_async(&mut c).await;
+                            let _: Result<(), _> = redis::cmd("DEL")
+                                .arg(nightshift_redis::key(&prefix, "events"))
+                                .query_async(&mut c)
+                                .await;
                             // Dedup keys expire by themselves; remove them now to keep Redis tidy.
                             let mut cursor = 0u64;
                             loop {
                                 let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
                                     .arg(cursor)
                                     .arg("MATCH")
-                                    .arg(format!("{prefix}:eid:*"))
+                                    .arg(nightshift_redis::key(&prefix, "eid:*"))
                                     .arg("COUNT")
                                     .arg(1000)
                                     .query_async(&mut c)
@@ -135,7 +135,7 @@ fn event(id: &str, ty: EventType, agent: &str, run: &str) -> pb::Event {
         agent_id: agent.to_owned(),
         run_id: run.to_owned(),
         source: "contract-test".into(),
-        data: Some(nightshift_events::json_to_struct(serde_json::json!({"id": id}))),
+        data: Some(nightshift_events_client::json_to_struct(serde_json::json!({"id": id}))),
         ..Default::default()
     }
 }
@@ -270,7 +270,10 @@ async fn append_and_read_in_order_with_paging(mut fx: Fixture) {
     let first = &p1.events[0];
     assert_eq!((first.agent_id.as_str(), first.run_id.as_str(), first.source.as_str()), ("a1", "r1", "contract-test"));
     assert_eq!(first.r#type, EventType::ToolCall.to_pb() as i32);
-    assert_eq!(nightshift_events::struct_to_json(first.data.as_ref().unwrap()), serde_json::json!({"id": "p-0"}));
+    assert_eq!(
+        nightshift_events_client::struct_to_json(first.data.as_ref().unwrap()),
+        serde_json::json!({"id": "p-0"})
+    );
     // After the last cursor: nothing, and no next page.
     let end = log.read(&q(Some(cursors[24].clone()))).await.unwrap();
     assert!(end.events.is_empty() && end.next_after.is_none());

@@ -1,17 +1,15 @@
 //! The event service over real gRPC (in-process server on an ephemeral port, memory log):
 //! publish, subscribe with filters, resume after a cursor, ListEvents paging, error codes, and
-//! the `EventPublisher` / `tail` helpers.
-use std::ops::ControlFlow;
+//! the JSON-lines sink and alert consumers. (`EventPublisher` and `tail` are tested in
+//! `crates/events-client/tests/publisher.rs`.)
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use nightshift_core::pb::event_service_client::EventServiceClient;
-use nightshift_core::{AgentId, EventType, ManualClock, RunId, pb};
-use nightshift_events::{
-    EventFilter, EventLog, EventPublisher, EventService, LogOptions, MemoryLog, PublisherOptions, SERVICE_NAME,
-    TailFrom, TailOptions, tail,
-};
+use nightshift_core::{EventType, ManualClock, pb};
+use nightshift_events::{EventLog, EventService, LogOptions, MemoryLog, SERVICE_NAME};
+use nightshift_events_client::{TailFrom, TailOptions};
 use nightshift_rpc::GrpcServer;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -211,7 +209,7 @@ async fn bad_requests_are_invalid_argument_naming_the_field() {
     let spaced = ev("has space", EventType::ToolCall, "a");
     assert_code(c.publish(pb::PublishRequest { event: Some(spaced) }).await, Code::InvalidArgument, "event.id");
     let mut huge = ev("huge", EventType::ToolCall, "a");
-    huge.data = Some(nightshift_events::json_to_struct(serde_json::json!({"blob": "x".repeat(300 * 1024)})));
+    huge.data = Some(nightshift_events_client::json_to_struct(serde_json::json!({"blob": "x".repeat(300 * 1024)})));
     assert_code(c.publish(pb::PublishRequest { event: Some(huge) }).await, Code::InvalidArgument, "limit");
     let stream = futures::stream::iter(vec![
         pb::PublishRequest { event: Some(ev("ok", EventType::ToolCall, "a")) },
@@ -255,91 +253,11 @@ async fn bad_requests_are_invalid_argument_naming_the_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publisher_and_tail() {
-    // A one-event live buffer: the burst below overflows it, and `tail` must still deliver
-    // every event once, in order (resubscribing after the Lagged cursor when that happens).
-    let s = start(LogOptions { subscriber_buffer: 1, ..LogOptions::default() }).await;
-    let publisher = EventPublisher::connect_lazy(&s.endpoint, "worker/test", PublisherOptions::default()).unwrap();
-    let agent = AgentId::from_string("agent-1");
-    let run = RunId::from_string("run-1");
-    publisher.emit(EventType::BackgroundTaskStarted, Some(&agent), Some(&run), serde_json::json!({}));
-    publisher
-        .event(EventType::BackgroundAgentStatus)
-        .agent(&agent)
-        .agent_name("health")
-        .run(&run)
-        .data(serde_json::json!({"status": "running"}))
-        .emit();
-    publisher.flush().await;
-    assert_eq!((publisher.published(), publisher.dropped()), (2, 0));
-
-    let mut c = client(&s).await;
-    let mut seen = Vec::new();
-    let last = tail(&mut c, TailOptions { from: TailFrom::Beginning, ..Default::default() }, |e| {
-        seen.push(e.clone());
-        ControlFlow::Continue(())
-    })
-    .await
-    .unwrap();
-    assert_eq!(seen.len(), 2);
-    assert_eq!(last.as_deref(), Some(seen[1].cursor.as_str()));
-    assert_eq!(seen[1].source, "worker/test");
-    assert_eq!(seen[1].agent_name, "health");
-    let json = nightshift_events::event_to_json(&seen[1]);
-    assert_eq!(json["type"], "BACKGROUND_AGENT_STATUS");
-    assert_eq!(json["data"], serde_json::json!({"status": "running"}));
-
-    // Follow from the last cursor while 2000 events arrive, stop at the marker.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let after = seen[1].cursor.clone();
-    let mut c2 = client(&s).await;
-    let follower = tokio::spawn(async move {
-        let opts = TailOptions { from: TailFrom::After(after), follow: true, filter: EventFilter::default() };
-        tail(&mut c2, opts, |e| {
-            let _ = tx.send(e.id.clone());
-            if e.id == "marker" { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-        })
-        .await
-    });
-    for chunk in 0..4 {
-        let reqs: Vec<pb::PublishRequest> = (chunk * 500..(chunk + 1) * 500)
-            .map(|i| pb::PublishRequest { event: Some(ev(&format!("f{i}"), EventType::ToolCall, "a1")) })
-            .collect();
-        c.publish_stream(futures::stream::iter(reqs)).await.unwrap();
-    }
-    publish(&mut c, ev("marker", EventType::ToolCall, "a1")).await;
-    tokio::time::timeout(DEADLINE, follower).await.unwrap().unwrap().unwrap();
-    let mut got = Vec::new();
-    while let Ok(id) = rx.try_recv() {
-        got.push(id);
-    }
-    let want: Vec<String> = (0..2000).map(|i| format!("f{i}")).chain(["marker".to_owned()]).collect();
-    assert_eq!(got, want);
-}
-
-#[tokio::test]
-async fn publisher_never_fails_the_caller() {
-    // Nothing listens on this port: every event is dropped, counted, and emit() returns at once.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
-    let opts =
-        PublisherOptions { buffer: 4, max_attempts: 2, retry_backoff: Duration::from_millis(10), ..Default::default() };
-    let publisher = EventPublisher::connect_lazy(&endpoint, "test", opts).unwrap();
-    for _ in 0..50 {
-        publisher.emit(EventType::ToolCall, None, None, serde_json::json!({"n": 1}));
-    }
-    tokio::time::timeout(DEADLINE, publisher.flush()).await.unwrap();
-    assert_eq!(publisher.published(), 0);
-    assert_eq!(publisher.dropped(), 50);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_sink_writes_one_object_per_event() {
     let s = start(LogOptions::default()).await;
     let mut c = client(&s).await;
     let mut e = ev("j1", EventType::BackgroundAgentStatus, "a1");
-    e.data = Some(nightshift_events::json_to_struct(serde_json::json!({"status": "idle"})));
+    e.data = Some(nightshift_events_client::json_to_struct(serde_json::json!({"status": "idle"})));
     let cursor = publish(&mut c, e).await;
     publish(&mut c, ev("j2", EventType::RunQueued, "a2")).await;
     let mut out = Vec::new();
@@ -409,7 +327,7 @@ async fn alert_webhook_posts_once_per_policy_with_retry() {
         let mut e = ev("", EventType::BackgroundTaskError, agent);
         e.run_id = run.into();
         e.agent_name = format!("{agent}-name");
-        e.data = Some(nightshift_events::json_to_struct(serde_json::json!({"error": "tool timed out"})));
+        e.data = Some(nightshift_events_client::json_to_struct(serde_json::json!({"error": "tool timed out"})));
         e
     };
     // Agent a1 fails three runs in a row: one error alert (the next is rate limited), then the

@@ -50,8 +50,7 @@ impl RetryPolicy {
 
     /// Backoff ceiling before retry number `retry` (0-based): `initial * 2^retry`, capped.
     pub fn backoff_ceiling(&self, retry: u32) -> Duration {
-        let factor = 2u32.saturating_pow(retry.min(30));
-        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+        nightshift_core::backoff::exponential(self.initial_backoff, retry, self.max_backoff)
     }
 
     /// The wait before retry number `retry` (0-based) after `err`, or `None` when the call must

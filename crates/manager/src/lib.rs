@@ -5,12 +5,14 @@
 mod config;
 mod convert;
 mod error;
-mod hooks;
+mod role;
+mod schedule_observer;
 mod service;
 
 pub use config::ManagerConfig;
 pub use error::{status_from_store, status_from_validation};
-pub use hooks::{GrpcScheduleObserver, ScheduleObserver};
+pub use role::{ManagerBuildError, ManagerDeps, ManagerRole};
+pub use schedule_observer::{GrpcScheduleObserver, ScheduleObserver};
 pub use service::ManagerService;
 
 /// The full gRPC name of the service (for health checks).

@@ -7,7 +7,7 @@ use nightshift_core::{
     AgentId, AgentManifest, AgentSpec, AgentState, Clock, EventType, RunId, RunOutcome, RunStatus, SystemClock,
     TriggerKind, ValidationError, WorkerId, duration, pb, time,
 };
-use nightshift_events::EventPublisher;
+use nightshift_events_client::EventPublisher;
 use nightshift_queue::{RunRequest, WorkQueue};
 use nightshift_store::{
     AgentFilter, AgentRecord, ApplyOutcome, FinishInput, NewRun, RunFilter, StartInput, StartOutcome, StepInput, Store,
@@ -31,7 +31,7 @@ pub struct ManagerService {
     store: Store,
     clock: Arc<dyn Clock>,
     default_lease_ttl: Duration,
-    observer: Option<crate::hooks::Observer>,
+    observer: Option<crate::schedule_observer::Observer>,
     queue: Option<Arc<dyn WorkQueue>>,
     events: Option<EventPublisher>,
 }

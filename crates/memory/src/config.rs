@@ -4,26 +4,27 @@
 //! error, never a silent fall back to memory.
 use std::time::Duration;
 
+use nightshift_rpc::ServerOptions;
 use serde::{Deserialize, Serialize};
+
+use crate::types::MemoryType;
 
 /// Settings of the memory service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
-    /// gRPC listen address.
-    pub listen: String,
-    /// `text` or `json`.
-    pub log_format: String,
-    /// Prometheus `/metrics` listen address (empty = off).
-    pub metrics_listen: String,
+    /// `listen`, `metrics_listen`, `log_format`.
+    #[serde(flatten)]
+    pub server: ServerOptions,
     /// Store of each memory type.
     pub stores: StoresConfig,
     /// Vector index for semantic search; empty = no Search.
     pub vector: VectorConfig,
     /// Embedding model; required when `vector.url` is set.
     pub embedder: EmbedderConfig,
-    /// Types whose records are embedded and indexed on Store (`long_term`, `procedural`, ...).
-    pub index_types: Vec<String>,
+    /// Types whose records are embedded and indexed on Store (`working`, `episodic`, `long_term`,
+    /// `procedural`).
+    pub index_types: Vec<MemoryType>,
     /// Lifetime of working memory stored without a TTL (the service does not see run ends).
     #[serde(with = "nightshift_core::config::duration_text")]
     pub working_ttl: Duration,
@@ -31,12 +32,26 @@ pub struct MemoryConfig {
     pub summarizer: SummarizerConfig,
 }
 
+/// The LLM provider of Summarize (`summarizer.provider`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SummarizerProvider {
+    /// No summarizer: Summarize answers FAILED_PRECONDITION (`""` or `none`).
+    #[default]
+    #[serde(alias = "")]
+    None,
+    /// Any OpenAI-compatible server (`openai`).
+    OpenAi,
+    /// Anthropic's API (`anthropic`).
+    Anthropic,
+}
+
 /// The LLM used by Summarize.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SummarizerConfig {
     /// `openai` (any OpenAI-compatible server), `anthropic`, or empty for none.
-    pub provider: String,
+    pub provider: SummarizerProvider,
     /// Model name.
     pub model: String,
     /// API base URL; empty = the provider's default.
@@ -53,7 +68,7 @@ pub struct SummarizerConfig {
 impl Default for SummarizerConfig {
     fn default() -> Self {
         Self {
-            provider: String::new(),
+            provider: SummarizerProvider::None,
             model: String::new(),
             base_url: String::new(),
             api_key_env: String::new(),
@@ -67,15 +82,10 @@ impl SummarizerConfig {
     /// The model configuration for `nightshift_llm::model_from_config`; `None` when disabled.
     pub fn model_config(&self) -> Result<Option<nightshift_core::ModelConfig>, crate::MemoryError> {
         use nightshift_core::{ModelProvider, SecretRef, ToolCallMode};
-        let provider = match self.provider.as_str() {
-            "" => return Ok(None),
-            "openai" => ModelProvider::OpenAi,
-            "anthropic" => ModelProvider::Anthropic,
-            other => {
-                return Err(crate::MemoryError::Config(format!(
-                    "summarizer.provider: '{other}' is not one of openai, anthropic"
-                )));
-            }
+        let provider = match self.provider {
+            SummarizerProvider::None => return Ok(None),
+            SummarizerProvider::OpenAi => ModelProvider::OpenAi,
+            SummarizerProvider::Anthropic => ModelProvider::Anthropic,
         };
         if self.model.is_empty() {
             return Err(crate::MemoryError::Config("summarizer.model is required".into()));
@@ -121,12 +131,26 @@ pub struct VectorConfig {
     pub api_key_env: String,
 }
 
+/// The kind of embedding model (`embedder.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbedderKind {
+    /// No embedder: no Search (`none` or `""`).
+    #[default]
+    #[serde(alias = "")]
+    None,
+    /// all-MiniLM-L6-v2 in-process (`minilm`).
+    MiniLm,
+    /// An OpenAI-compatible `/v1/embeddings` API (`openai`).
+    OpenAi,
+}
+
 /// The embedding model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EmbedderConfig {
     /// `none`, `minilm` (embedded all-MiniLM-L6-v2) or `openai` (an OpenAI-compatible API).
-    pub kind: String,
+    pub kind: EmbedderKind,
     /// `minilm`: directory with model.safetensors, tokenizer.json, config.json
     /// (see `crates/memory/scripts/fetch-model.sh`).
     pub model_path: String,
@@ -143,7 +167,7 @@ pub struct EmbedderConfig {
 impl Default for EmbedderConfig {
     fn default() -> Self {
         Self {
-            kind: "none".into(),
+            kind: EmbedderKind::None,
             model_path: String::new(),
             base_url: String::new(),
             model: String::new(),
@@ -167,13 +191,11 @@ impl Default for StoresConfig {
 impl Default for MemoryConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:50054".into(),
-            log_format: "text".into(),
-            metrics_listen: String::new(),
+            server: ServerOptions::listening_on("127.0.0.1:50054"),
             stores: StoresConfig::default(),
             vector: VectorConfig::default(),
             embedder: EmbedderConfig::default(),
-            index_types: vec!["long_term".into(), "procedural".into()],
+            index_types: vec![MemoryType::LongTerm, MemoryType::Procedural],
             working_ttl: Duration::from_secs(24 * 3600),
             summarizer: SummarizerConfig::default(),
         }
@@ -182,12 +204,72 @@ impl Default for MemoryConfig {
 
 impl StoresConfig {
     /// The URL configured for `kind`.
-    pub fn url(&self, kind: crate::MemoryType) -> &str {
+    pub fn url(&self, kind: MemoryType) -> &str {
         match kind {
-            crate::MemoryType::Working => &self.working,
-            crate::MemoryType::Episodic => &self.episodic,
-            crate::MemoryType::LongTerm => &self.long_term,
-            crate::MemoryType::Procedural => &self.procedural,
+            MemoryType::Working => &self.working,
+            MemoryType::Episodic => &self.episodic,
+            MemoryType::LongTerm => &self.long_term,
+            MemoryType::Procedural => &self.procedural,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<MemoryConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.toml");
+        std::fs::write(&path, toml).unwrap();
+        nightshift_core::config::load(Some(&path), "NIGHTSHIFT_MEMORY_TEST_UNUSED").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn example_config_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("memory.example.toml");
+        let cfg: MemoryConfig = nightshift_core::config::load(Some(&path), "NIGHTSHIFT_MEMORY_TEST_UNUSED").unwrap();
+        assert_eq!(cfg.embedder.kind, EmbedderKind::MiniLm);
+        assert_eq!(cfg.summarizer.provider, SummarizerProvider::None);
+        assert_eq!(cfg.index_types, [MemoryType::LongTerm, MemoryType::Procedural]);
+    }
+
+    #[test]
+    fn defaults_round_trip() {
+        assert_eq!(load("").unwrap(), MemoryConfig::default());
+    }
+
+    #[test]
+    fn closed_sets_accept_their_spellings() {
+        for (text, kind) in [
+            ("", EmbedderKind::None),
+            ("none", EmbedderKind::None),
+            ("minilm", EmbedderKind::MiniLm),
+            ("openai", EmbedderKind::OpenAi),
+        ] {
+            let cfg = load(&format!("[embedder]\nkind = \"{text}\"\n")).unwrap();
+            assert_eq!(cfg.embedder.kind, kind, "{text}");
+        }
+        for (text, provider) in [
+            ("", SummarizerProvider::None),
+            ("none", SummarizerProvider::None),
+            ("openai", SummarizerProvider::OpenAi),
+            ("anthropic", SummarizerProvider::Anthropic),
+        ] {
+            let cfg = load(&format!("[summarizer]\nprovider = \"{text}\"\n")).unwrap();
+            assert_eq!(cfg.summarizer.provider, provider, "{text}");
+        }
+        let cfg = load("index_types = [\"working\", \"episodic\", \"long_term\", \"procedural\"]\n").unwrap();
+        assert_eq!(cfg.index_types, MemoryType::ALL);
+    }
+
+    #[test]
+    fn unknown_values_fail_naming_the_allowed_ones() {
+        let e = load("[embedder]\nkind = \"bert\"\n").unwrap_err();
+        assert!(e.contains("bert") && e.contains("minilm") && e.contains("openai"), "{e}");
+        let e = load("[summarizer]\nprovider = \"ollama\"\n").unwrap_err();
+        assert!(e.contains("ollama") && e.contains("openai") && e.contains("anthropic"), "{e}");
+        let e = load("index_types = [\"longterm\"]\n").unwrap_err();
+        assert!(e.contains("longterm") && e.contains("long_term"), "{e}");
     }
 }

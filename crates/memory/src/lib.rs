@@ -6,19 +6,23 @@
 //! - [`Embedder`] turns text into vectors (embedded all-MiniLM-L6-v2, or an OpenAI-compatible API).
 
 pub mod config;
+pub mod convert;
 pub mod embed;
 pub mod error;
+mod role;
 pub mod service;
 pub mod store;
 pub mod types;
 pub mod vector;
 
-pub use config::MemoryConfig;
+pub use config::{EmbedderKind, MemoryConfig, SummarizerProvider};
+pub use convert::status_from_memory;
 pub use embed::Embedder;
 pub use embed::minilm::MiniLmEmbedder;
 pub use embed::openai::OpenAiEmbedder;
 pub use error::MemoryError;
-pub use service::{MemoryService, status_from_memory};
+pub use role::MemoryRole;
+pub use service::MemoryService;
 pub use store::MemoryStore;
 pub use store::memory::InMemoryStore;
 pub use store::redis::RedisStore;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::Duration;
 use nightshift_core::{ManualClock, pb};
-use nightshift_memory::config::{MemoryConfig, StoresConfig};
+use nightshift_memory::config::{EmbedderKind, MemoryConfig, StoresConfig};
 use nightshift_memory::{
     Embedder, InMemoryStore, InProcessIndex, MemoryError, MemoryService, MemoryStore, MemoryType, SERVICE_NAME,
 };
@@ -353,7 +353,7 @@ async fn bad_store_urls_fail_start_up_without_fallback() {
     cfg.vector.url = "inprocess://".into();
     let e = MemoryService::from_config(&cfg).await.expect_err("vector without embedder");
     assert!(e.to_string().contains("embedder"), "{e}");
-    cfg.embedder.kind = "minilm".into();
+    cfg.embedder.kind = EmbedderKind::MiniLm;
     let e = MemoryService::from_config(&cfg).await.expect_err("minilm without path");
     assert!(e.to_string().contains("model_path"), "{e}");
     cfg.embedder.model_path = "/nonexistent".into();

@@ -153,6 +153,50 @@ impl QueueOptions {
     }
 }
 
+/// The `queue_url`, `queue_name` and `queue_ack_wait` keys of a role's options: flattened
+/// (`#[serde(flatten)]`) into the manager's, scheduler's and worker's options, which must agree
+/// on them within one deployment. No `#[serde(default)]`, for the reason given on
+/// `nightshift_rpc::ServerOptions`: the defaults are the role's (the manager's `queue_url` is
+/// empty), supplied by `nightshift_core::config::load`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// `memory://[NAME]`, `nats://HOST:PORT` or `redis://HOST:PORT[/DB]`; see [`connect`].
+    /// The manager treats empty as "no queue".
+    #[serde(rename = "queue_url")]
+    pub url: String,
+    /// [`QueueOptions::name`].
+    #[serde(rename = "queue_name")]
+    pub name: String,
+    /// [`QueueOptions::ack_wait`] (a dead worker's run moves after this); equal on every
+    /// service (NATS keeps one value).
+    #[serde(rename = "queue_ack_wait", with = "nightshift_core::config::duration_text")]
+    pub ack_wait: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self { url: "memory://".to_owned(), name: DEFAULT_NAME.to_owned(), ack_wait: DEFAULT_ACK_WAIT }
+    }
+}
+
+impl QueueSettings {
+    /// The same settings on another URL.
+    pub fn at(url: impl Into<String>) -> Self {
+        Self { url: url.into(), ..Self::default() }
+    }
+
+    /// The runtime options these settings give (other options at their defaults).
+    pub fn options(&self) -> QueueOptions {
+        QueueOptions { ack_wait: self.ack_wait, ..QueueOptions::named(self.name.clone()) }
+    }
+
+    /// Opens the queue ([`connect`]).
+    pub async fn connect(&self) -> Result<Arc<dyn WorkQueue>, QueueError> {
+        connect(&self.url, &self.options()).await
+    }
+}
+
 /// Opens the queue at `url`, choosing the backend by scheme: `memory://` or `memory://NAME`,
 /// `nats://host:port` (also `tls://`), `redis://host:port[/db]` (also `rediss://`). NATS and Redis create their
 /// stream / consumer group on first use.

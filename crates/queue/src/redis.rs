@@ -43,19 +43,16 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::ConnectionManager;
 use ::redis::streams::{StreamReadOptions, StreamReadReply};
 use ::redis::{AsyncCommands, Script};
+use nightshift_redis::{Connector, Timeouts, key};
 use tokio::time::Instant;
 
 use crate::{Acker, Delivery, QueueError, QueueOptions, RunRequest, WorkQueue};
 
 /// How many due delayed requests one promoter call moves.
 const PROMOTE_BATCH: usize = 1000;
-/// Extra response time allowed over a blocking read's `BLOCK`.
-const BLOCK_MARGIN: Duration = Duration::from_secs(10);
-/// Response timeout of the command connection (scripts are short, but the machine may be busy).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings of a [`RedisQueue`].
 #[derive(Debug, Clone)]
@@ -234,7 +231,7 @@ struct Keys {
 
 /// A [`WorkQueue`] on Redis Streams; see the module docs.
 pub struct RedisQueue {
-    client: ::redis::Client,
+    client: Connector,
     conn: ConnectionManager,
     /// Idle blocking-read connections (see the module docs).
     blocking: Mutex<Vec<ConnectionManager>>,
@@ -270,19 +267,14 @@ impl RedisQueue {
         if config.poll_interval.is_zero() || config.ack_wait.is_zero() || config.dedup_window.is_zero() {
             return Err(QueueError::Config("redis queue: ack_wait, dedup_window and poll_interval must be > 0".into()));
         }
-        let client = ::redis::Client::open(url).map_err(|e| QueueError::Config(format!("redis URL: {e}")))?;
-        let conn = client
-            .get_connection_manager_with_config(
-                ConnectionManagerConfig::new().set_response_timeout(Some(COMMAND_TIMEOUT)),
-            )
-            .await
-            .map_err(|e| backend("connect", e))?;
+        let client = Connector::open(url).map_err(|e| QueueError::Config(e.to_string()))?;
+        let conn = client.connection(Timeouts::COMMANDS).await.map_err(|e| QueueError::Backend(e.to_string()))?;
         let prefix = &config.prefix;
         let keys = Keys {
-            stream: format!("{{{prefix}}}:stream"),
-            delayed: format!("{{{prefix}}}:delayed"),
-            delayed_data: format!("{{{prefix}}}:delayed-data"),
-            dedup_prefix: format!("{{{prefix}}}:dedup:"),
+            stream: key(prefix, "stream"),
+            delayed: key(prefix, "delayed"),
+            delayed_data: key(prefix, "delayed-data"),
+            dedup_prefix: key(prefix, "dedup:"),
         };
         let queue = Self {
             client,
@@ -411,9 +403,10 @@ impl RedisQueue {
         if let Some(conn) = lock(&self.blocking).pop() {
             return Ok(conn);
         }
-        let config =
-            ConnectionManagerConfig::new().set_response_timeout(Some(self.config.poll_interval + BLOCK_MARGIN));
-        self.client.get_connection_manager_with_config(config).await.map_err(|e| backend("connect", e))
+        self.client
+            .connection(Timeouts::blocking(self.config.poll_interval))
+            .await
+            .map_err(|e| QueueError::Backend(e.to_string()))
     }
 
     /// A delivery for entry `id`, or `None` (entry acked and deleted) if it does not decode.

@@ -1,6 +1,5 @@
 //! The contract every [`WorkQueue`] backend must meet, run against all three: in-memory, real
-//! NATS JetStream (`NATS_URL`, default `nats://127.0.0.1:4222`) and real Redis (`REDIS_URL`,
-//! default `redis://127.0.0.1:6379`). Every test uses its own queue name (a UUID), so runs do
+//! NATS JetStream (`nightshift_testkit::nats_url`) and real Redis (`nightshift_testkit::redis_url`). Every test uses its own queue name (a UUID), so runs do
 //! not see each other or leftovers, and removes its stream / keys afterwards (also when it
 //! fails).
 //!
@@ -8,6 +7,7 @@
 //! and "after" checks wait several seconds past it, so a loaded 2-core machine does not make the
 //! tests flaky.
 
+use nightshift_testkit::{nats_url, redis_url};
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -35,14 +35,6 @@ enum Backend {
 struct Env {
     backend: Backend,
     name: String,
-}
-
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
 impl Env {

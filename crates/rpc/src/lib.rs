@@ -1,4 +1,6 @@
-//! gRPC plumbing shared by every Nightshift server.
+//! Server plumbing shared by every Nightshift role: the [`Role`] trait and [`serve_roles`] (how
+//! each binary and `nightshift dev` compose roles), the [`ServerOptions`] section of every role's
+//! options, and the gRPC server itself.
 //!
 //! Every server carries `grpc.health.v1.Health` and server reflection in both the `v1` and the
 //! `v1alpha` flavour (grpcurl 1.8 only speaks `v1alpha`), so that
@@ -6,11 +8,16 @@
 //! together by `nightshift dev`.
 
 mod metrics;
+mod options;
+mod role;
 mod server;
 mod shutdown;
 mod trace;
 
+pub use options::ServerOptions;
+pub use role::{BadEndpoint, Role, RoleError, init_process, serve_roles};
 pub use server::{GrpcServer, ServeError};
 pub use shutdown::shutdown_signal;
+pub use tokio_util::sync::CancellationToken;
 pub use tonic_health::ServingStatus;
 pub use trace::{TraceContext, TracedChannel, traced};

@@ -24,6 +24,17 @@ pub enum ServeError {
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The `/metrics` endpoint could not start.
+    #[error("metrics endpoint: {0}")]
+    Metrics(String),
+    /// A role's background work failed.
+    #[error("role {role}: {source}")]
+    Role {
+        /// The role.
+        role: &'static str,
+        /// Cause.
+        source: crate::role::RoleError,
+    },
 }
 
 /// Routes of one server process plus its health reporter.

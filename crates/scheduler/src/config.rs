@@ -1,27 +1,23 @@
 //! Scheduler configuration (`config/scheduler.toml`, env prefix `NIGHTSHIFT_SCHEDULER`).
 use std::time::Duration;
 
+use nightshift_queue::QueueSettings;
+use nightshift_rpc::ServerOptions;
 use serde::{Deserialize, Serialize};
 
 /// Settings of the scheduler role.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SchedulerConfig {
-    /// gRPC listen address.
-    pub listen: String,
+    /// `listen`, `metrics_listen`, `log_format`.
+    #[serde(flatten)]
+    pub server: ServerOptions,
     /// Shared with the manager: `sqlite://PATH` or `postgres://...`.
     pub database_url: String,
-    /// Work queue: `memory://` (single process only), `nats://HOST:PORT`, `redis://HOST:PORT`.
-    pub queue_url: String,
-    /// Name of the queue on the server (NATS stream / Redis key prefix); the same for every
-    /// service of one deployment.
-    pub queue_name: String,
-    /// How long a delivered request may go unacknowledged before the queue delivers it again
-    /// (a dead worker's run moves after this). Equal on every service (NATS keeps one value).
-    #[serde(with = "nightshift_core::config::duration_text")]
-    pub queue_ack_wait: std::time::Duration,
-    /// Prometheus `/metrics` listen address (empty = off).
-    pub metrics_listen: String,
+    /// Work queue: `queue_url` (`memory://` in one process only, `nats://HOST:PORT`,
+    /// `redis://HOST:PORT`), `queue_name`, `queue_ack_wait`; the same on every service.
+    #[serde(flatten)]
+    pub queue: QueueSettings,
     /// Schedules are split into this many shards between replicas. Must be equal on all
     /// replicas; more shards than replicas balances better.
     pub shard_count: u32,
@@ -49,19 +45,14 @@ pub struct SchedulerConfig {
     pub prepare_ahead: Duration,
     /// Event service for `SCHEDULE_FIRED` / `SCHEDULE_MISSED` (`http://HOST:50055`); empty = none.
     pub events_endpoint: String,
-    /// `text` or `json`.
-    pub log_format: String,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:50052".into(),
+            server: ServerOptions::listening_on("127.0.0.1:50052"),
             database_url: "sqlite://nightshift.db".into(),
-            queue_url: "memory://".into(),
-            queue_name: nightshift_queue::DEFAULT_NAME.into(),
-            queue_ack_wait: nightshift_queue::DEFAULT_ACK_WAIT,
-            metrics_listen: String::new(),
+            queue: QueueSettings::default(),
             shard_count: 64,
             shard_lease: Duration::from_secs(10),
             coordination_interval: Duration::from_secs(2),
@@ -70,7 +61,6 @@ impl Default for SchedulerConfig {
             republish_after: Duration::from_secs(10),
             prepare_ahead: Duration::from_secs(1),
             events_endpoint: String::new(),
-            log_format: "text".into(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `nightshift.v1.SchedulerService` over the engine and the store.
 use chrono::{DateTime, Utc};
 use nightshift_core::{AgentId, AgentState, pb, time};
-use nightshift_store::{ScheduledAgent, StoreError};
+use nightshift_store::{ScheduledAgent, status_from_store};
 use tonic::{Request, Response, Status};
 
 use crate::engine::Scheduler;
@@ -24,16 +24,6 @@ impl SchedulerApi {
     /// The tonic server.
     pub fn into_server(self) -> pb::scheduler_service_server::SchedulerServiceServer<Self> {
         pb::scheduler_service_server::SchedulerServiceServer::new(self)
-    }
-}
-
-fn store_status(e: StoreError) -> Status {
-    match e {
-        StoreError::NotFound(m) => Status::not_found(format!("{m} not found")),
-        other => {
-            tracing::error!(error = %other, "scheduler store error");
-            Status::unavailable("scheduler store error; see the scheduler's log")
-        }
     }
 }
 
@@ -76,14 +66,14 @@ impl SchedulerApi {
             .store()
             .scheduled_agent(id)
             .await
-            .map_err(store_status)?
+            .map_err(status_from_store)?
             .ok_or_else(|| Status::not_found(format!("agent {id} not found")))
     }
 
     async fn set_state(&self, id: &str, state: AgentState) -> Result<pb::ScheduleInfo, Status> {
         let id = agent_id(id)?;
-        self.scheduler.store().set_agent_state(&id, state).await.map_err(store_status)?;
-        self.scheduler.refresh(&id).await.map_err(store_status)?;
+        self.scheduler.store().set_agent_state(&id, state).await.map_err(status_from_store)?;
+        self.scheduler.refresh(&id).await.map_err(status_from_store)?;
         Ok(info(&self.load(&id).await?, Utc::now(), 1))
     }
 }
@@ -97,7 +87,7 @@ impl pb::scheduler_service_server::SchedulerService for SchedulerApi {
         req: Request<pb::UpsertScheduleRequest>,
     ) -> Result<Response<pb::UpsertScheduleResponse>, Status> {
         let id = agent_id(&req.get_ref().agent_id)?;
-        self.scheduler.refresh(&id).await.map_err(store_status)?;
+        self.scheduler.refresh(&id).await.map_err(status_from_store)?;
         Ok(Response::new(pb::UpsertScheduleResponse { schedule: Some(info(&self.load(&id).await?, Utc::now(), 1)) }))
     }
 
@@ -148,7 +138,7 @@ impl pb::scheduler_service_server::SchedulerService for SchedulerApi {
             n if n <= 1000 => n as usize,
             n => return Err(Status::invalid_argument(format!("page_size: must be at most 1000 (got {n})"))),
         };
-        let mut all = self.scheduler.store().scheduled_agents().await.map_err(store_status)?;
+        let mut all = self.scheduler.store().scheduled_agents().await.map_err(status_from_store)?;
         all.sort_by(|a, b| a.name.cmp(&b.name));
         let start = if req.page_token.is_empty() { 0 } else { all.partition_point(|a| a.name <= req.page_token) };
         let now = Utc::now();

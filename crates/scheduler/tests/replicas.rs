@@ -142,12 +142,12 @@ async fn two_replicas_one_killed(queue_url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_postgres_and_nats() {
-    two_replicas_one_killed("nats://127.0.0.1:4222").await;
+    two_replicas_one_killed(&nightshift_testkit::nats_url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_postgres_and_redis() {
-    two_replicas_one_killed("redis://127.0.0.1:6379").await;
+    two_replicas_one_killed(&nightshift_testkit::redis_url()).await;
 }
 
 /// Pause stops firing, resume restarts without catch-up, a restart resumes from the store.

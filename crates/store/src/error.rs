@@ -1,4 +1,5 @@
-//! Store errors; each maps to one gRPC status code in the services.
+//! Store errors, and their one mapping to gRPC status codes (every service that serves store
+//! data answers with it).
 use sqlx::error::ErrorKind;
 
 /// Why a store operation failed.
@@ -42,4 +43,34 @@ impl From<sqlx::Error> for StoreError {
 /// True if `e` is a unique-key violation.
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.kind() == ErrorKind::UniqueViolation)
+}
+
+/// The gRPC status of a store error. Database failures are logged here and reported without
+/// their details (which may contain connection strings).
+pub fn status_from_store(e: StoreError) -> tonic::Status {
+    use tonic::Status;
+    match e {
+        StoreError::NotFound(m) => Status::not_found(format!("{m} not found")),
+        StoreError::AlreadyExists(m) => Status::already_exists(format!("{m} already exists")),
+        StoreError::VersionConflict(m) => Status::aborted(format!("version conflict: {m}")),
+        StoreError::Fenced(m) | StoreError::FailedPrecondition(m) => Status::failed_precondition(m),
+        StoreError::Invalid(m) => Status::invalid_argument(m),
+        StoreError::Corrupt(m) => {
+            tracing::error!(error = %m, "corrupt stored data");
+            Status::internal("stored data is corrupt; see the server's log")
+        }
+        StoreError::Database(e) => {
+            tracing::error!(error = %e, "database error");
+            match e {
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                    Status::unavailable("database unavailable")
+                }
+                _ => Status::internal("database error; see the server's log"),
+            }
+        }
+        StoreError::Migrate(e) => {
+            tracing::error!(error = %e, "migration error");
+            Status::internal("database migration error")
+        }
+    }
 }

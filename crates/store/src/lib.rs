@@ -18,7 +18,7 @@ mod runs;
 mod schedules;
 
 pub use db::{Backend, Store, redact};
-pub use error::StoreError;
+pub use error::{StoreError, status_from_store};
 pub use model::{AgentFilter, AgentRecord, AgentStats, ApplyOutcome, NewRun, Page, RunFilter, RunRecord, StepRecord};
 pub use run_lifecycle::{FinishInput, StartInput, StartOutcome, StepInput};
 pub use schedules::{ScheduledAgent, TickFire, TickOutcome};

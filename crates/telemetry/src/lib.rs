@@ -6,8 +6,9 @@ use std::str::FromStr;
 mod propagation;
 pub use propagation::{Extractor, Injector, context_map, inject, set_parent, set_parent_from_map, tracing_enabled};
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Log output format (`text` or `json` in config files and `--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]

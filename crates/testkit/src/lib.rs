@@ -3,13 +3,25 @@
 //! Tests talk to real servers. Postgres is expected on `NIGHTSHIFT_TEST_POSTGRES`
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`); each call to [`postgres_url`]
 //! creates a fresh database named `ns_test_*`, so tests never depend on a clean server and may
-//! run in parallel. `.ci/run` drops leftover `ns_test_*` databases before a run.
+//! run in parallel. `.ci/run` drops leftover `ns_test_*` databases before a run. Redis and NATS
+//! are at [`redis_url`] and [`nats_url`] (`NIGHTSHIFT_TEST_REDIS`, `NIGHTSHIFT_TEST_NATS`);
+//! tests isolate themselves there with unique key prefixes and stream names.
 
 use sqlx::{Connection, Executor, PgConnection};
 
 /// Admin URL of the test Postgres server.
 pub fn postgres_admin_url() -> String {
     std::env::var("NIGHTSHIFT_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The test Redis server: `NIGHTSHIFT_TEST_REDIS`, default `redis://127.0.0.1:6379`.
+pub fn redis_url() -> String {
+    std::env::var("NIGHTSHIFT_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The test NATS server (with JetStream): `NIGHTSHIFT_TEST_NATS`, default `nats://127.0.0.1:4222`.
+pub fn nats_url() -> String {
+    std::env::var("NIGHTSHIFT_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
 /// Creates a fresh, uniquely named database and returns its URL.
@@ -79,11 +91,11 @@ pub(crate) fn http_ok(port: u16, path: &str) -> bool {
     s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
-/// Deletes a JetStream stream a test created on the NATS server at 127.0.0.1:4222 (its work
-/// queue or event log), so test runs do not pile streams up on the server. Failures are only
+/// Deletes a JetStream stream a test created on the test NATS server (its work queue or event
+/// log), so test runs do not pile streams up on the server. Failures are only
 /// reported: a leftover stream harms nothing but disk.
 pub async fn delete_nats_stream(name: &str) {
-    match async_nats::connect("nats://127.0.0.1:4222").await {
+    match async_nats::connect(nats_url()).await {
         Ok(client) => {
             if let Err(e) = async_nats::jetstream::new(client).delete_stream(name).await {
                 eprintln!("cleanup: deleting NATS stream {name}: {e}");

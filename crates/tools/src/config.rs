@@ -24,28 +24,28 @@ pub struct ToolsConfig {
     /// Most body bytes `http_get` returns (the rest is cut off and the cut is reported).
     pub http_max_bytes: usize,
     /// Time limit of one `http_get` request, connection included.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "nightshift_core::config::duration_text")]
     pub http_timeout: Duration,
     /// Timeout of a local tool call unless `tool_timeouts` names the tool.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "nightshift_core::config::duration_text")]
     pub default_timeout: Duration,
     /// Per-tool timeouts of local tools, by name.
-    #[serde(with = "humantime_map")]
+    #[serde(with = "nightshift_core::config::duration_text_map")]
     pub tool_timeouts: BTreeMap<String, Duration>,
     /// Longest tool result handed to the model; longer ones are cut and the cut is reported, so one
     /// chatty tool cannot fill the model's context.
     pub max_output_bytes: usize,
     /// Time an MCP server gets to start, initialise and list its tools.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "nightshift_core::config::duration_text")]
     pub mcp_start_timeout: Duration,
     /// How often a dead MCP server is restarted over the registry's life before its tools report
     /// it unavailable.
     pub mcp_max_restarts: u32,
     /// Wait before the first restart of a dead MCP server; doubled for each further restart.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "nightshift_core::config::duration_text")]
     pub mcp_restart_backoff: Duration,
     /// Upper bound of that wait.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "nightshift_core::config::duration_text")]
     pub mcp_max_restart_backoff: Duration,
     /// Variables of the worker's own environment a stdio MCP server inherits; everything else it
     /// gets only through the spec's `env`. This keeps the worker's credentials (LLM API keys,
@@ -80,40 +80,5 @@ impl ToolsConfig {
     /// The timeout of the local tool `name`.
     pub fn timeout_of(&self, name: &str) -> Duration {
         self.tool_timeouts.get(name).copied().unwrap_or(self.default_timeout)
-    }
-}
-
-/// Durations as humantime text (`30s`).
-mod humantime_serde {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// A map of name to humantime duration.
-mod humantime_map {
-    use std::collections::BTreeMap;
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(m: &BTreeMap<String, Duration>, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(m.iter().map(|(k, v)| (k, humantime::format_duration(*v).to_string())))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Duration>, D::Error> {
-        BTreeMap::<String, String>::deserialize(d)?
-            .into_iter()
-            .map(|(k, v)| humantime::parse_duration(&v).map(|d| (k, d)).map_err(serde::de::Error::custom))
-            .collect()
     }
 }

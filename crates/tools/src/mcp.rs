@@ -243,7 +243,7 @@ impl McpClient {
             )));
         }
         let backoff =
-            self.settings.backoff.saturating_mul(2u32.saturating_pow(c.restarts)).min(self.settings.max_backoff);
+            nightshift_core::backoff::exponential(self.settings.backoff, c.restarts, self.settings.max_backoff);
         c.restarts += 1;
         tracing::warn!(server = %self.spec.name, restart = c.restarts, ?backoff, "MCP server connection lost; restarting");
         tokio::time::sleep(backoff).await;

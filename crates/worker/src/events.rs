@@ -6,11 +6,11 @@ use std::sync::Arc;
 use nightshift_core::{EventType, pb, time};
 
 /// Where events go. Must not block or fail. In production it is
-/// [`nightshift_events::EventPublisher::publish`] (see [`publisher_fn`]).
+/// [`nightshift_events_client::EventPublisher::publish`] (see [`publisher_fn`]).
 pub type EventFn = Arc<dyn Fn(pb::Event) + Send + Sync>;
 
 /// An [`EventFn`] publishing through the event service.
-pub fn publisher_fn(publisher: nightshift_events::EventPublisher) -> EventFn {
+pub fn publisher_fn(publisher: nightshift_events_client::EventPublisher) -> EventFn {
     Arc::new(move |e| publisher.publish(e))
 }
 
@@ -43,7 +43,7 @@ impl RunEvents {
                 agent_name: self.agent_name.clone(),
                 run_id: self.run_id.clone(),
                 source: self.source.clone(),
-                data: Some(nightshift_events::json_to_struct(data)),
+                data: Some(nightshift_events_client::json_to_struct(data)),
             });
         }
     }

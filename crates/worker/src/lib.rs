@@ -3,18 +3,30 @@
 //! the agent loop (LLM + local and MCP tools) with heartbeats, checkpoint every LLM response and
 //! tool result, and end the attempt with `FinishRun` — retried with backoff by the manager's
 //! policy, resumed from the checkpoints by whichever worker gets the run next.
+//!
+//! Modules:
+//! - `runner` — the [`Worker`]: queue loop, `StartRun` and ack/nack per delivery, one attempt
+//!   under heartbeats and the timeout, checkpoints, `FinishRun`, cancel and drain;
+//! - [`agent`] — the agent loop itself (LLM → tools → …, resumed from checkpoints);
+//! - [`memory`] — recall before a run and the episode stored after it, via the memory service;
+//! - [`events`] — the run lifecycle events;
+//! - [`service`] — `WorkerService` (status, drain, cancel) over a [`Worker`];
+//! - `role` — options → [`WorkerRole`], for the binary and `nightshift dev`;
+//! - [`config`] — [`WorkerConfig`].
 
 pub mod agent;
 pub mod config;
 pub mod events;
 pub mod memory;
+mod role;
+mod runner;
 pub mod service;
-pub mod worker;
 
 pub use config::WorkerConfig;
 pub use events::{EventFn, publisher_fn};
+pub use role::{WorkerBuildError, WorkerDeps, WorkerRole};
+pub use runner::Worker;
 pub use service::WorkerApi;
-pub use worker::Worker;
 
 /// The full gRPC name of the service (for health checks).
 pub const SERVICE_NAME: &str = nightshift_proto::v1::worker_service_server::SERVICE_NAME;

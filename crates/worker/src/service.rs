@@ -5,7 +5,7 @@ use std::time::Duration;
 use nightshift_core::{BUILTIN_LOCAL_TOOLS, pb, time};
 use tonic::{Request, Response, Status};
 
-use crate::worker::Worker;
+use crate::Worker;
 
 /// The gRPC face of a [`Worker`].
 #[derive(Clone)]

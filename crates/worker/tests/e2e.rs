@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nightshift_core::{AgentSpec, AgentState, EventType, pb};
-use nightshift_manager::ManagerService;
-use nightshift_queue::QueueOptions;
-use nightshift_rpc::GrpcServer;
+use nightshift_manager::{ManagerConfig, ManagerDeps, ManagerRole};
+use nightshift_queue::QueueSettings;
+use nightshift_rpc::{CancellationToken, GrpcServer, Role, serve_roles};
 use nightshift_store::Store;
-use nightshift_worker::{Worker, WorkerConfig};
+use nightshift_worker::{Worker, WorkerConfig, WorkerDeps, WorkerRole};
 
 use nightshift_testkit::llm::scripted_llm;
 
@@ -23,8 +23,9 @@ struct Env {
     _db: nightshift_testkit::SqliteDb,
 }
 
-fn queue_options(name: &str) -> QueueOptions {
-    QueueOptions { ack_wait: Duration::from_secs(2), ..QueueOptions::named(name) }
+/// The test's queue: redelivery after 2 s.
+fn queue_settings(url: &str, name: &str) -> QueueSettings {
+    QueueSettings { url: url.to_owned(), name: name.to_owned(), ack_wait: Duration::from_secs(2) }
 }
 
 async fn env(llm_url: &str) -> (Env, pb::Agent) {
@@ -43,14 +44,12 @@ async fn env_with(model: &str, queue: &str, extra: &str) -> (Env, pb::Agent) {
     let store = Store::connect(&db.url).await.unwrap();
     let queue_name = format!("worker-test-{}", uuid::Uuid::new_v4().simple());
     let queue_url = if queue == "memory://" { format!("memory://{queue_name}") } else { queue.to_owned() };
-    let queue = nightshift_queue::connect(&queue_url, &queue_options(&queue_name)).await.unwrap();
-    let mut server = GrpcServer::new();
-    server
-        .routes()
-        .add_service(ManagerService::new(store.clone(), Duration::from_secs(30)).with_queue(queue).into_server());
+    let cfg = ManagerConfig { queue: queue_settings(&queue_url, &queue_name), ..ManagerConfig::default() };
+    let manager = ManagerRole::build(cfg, ManagerDeps { store: store.clone(), observer: None }).await.unwrap();
     let listener = GrpcServer::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(server.serve(listener, std::future::pending()));
+    let roles: Vec<Box<dyn Role>> = vec![Box::new(manager)];
+    tokio::spawn(serve_roles(roles, listener, std::future::pending()));
     let spec = AgentSpec::from_yaml(&format!(
         "name: area\nmodel: {model}\n\
          system_instruction: You compute areas.\ntask: {{query: 'Area of a 3x4 rectangle?'}}\n\
@@ -82,18 +81,24 @@ async fn start_worker_at(
     queue_url: &str,
     queue_name: &str,
     lease: Duration,
-    memory: Option<tonic::transport::Channel>,
+    memory_endpoint: Option<&str>,
 ) -> (Events, tokio::task::JoinHandle<()>) {
-    let queue = nightshift_queue::connect(queue_url, &queue_options(queue_name)).await.unwrap();
-    let cfg = WorkerConfig { concurrency: 4, lease_ttl: lease, ..WorkerConfig::default() };
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned()).unwrap().connect_lazy();
+    let cfg = WorkerConfig {
+        concurrency: 4,
+        lease_ttl: lease,
+        queue: queue_settings(queue_url, queue_name),
+        manager_endpoint: endpoint.to_owned(),
+        memory_endpoint: memory_endpoint.unwrap_or_default().to_owned(),
+        ..WorkerConfig::default()
+    };
     let events: Events = Arc::default();
     let sink = events.clone();
-    let mut worker = Worker::new(cfg, channel, queue, Some(Arc::new(move |e| sink.lock().unwrap().push(e))));
-    if let Some(memory) = memory {
-        worker = worker.with_memory(memory);
-    }
-    (events, tokio::spawn(worker.run(std::future::pending())))
+    let deps = WorkerDeps { events: Some(Arc::new(move |e| sink.lock().unwrap().push(e))) };
+    let worker = Box::new(WorkerRole::build(cfg, deps).await.unwrap());
+    let task = tokio::spawn(async move {
+        worker.run(CancellationToken::new()).await.unwrap();
+    });
+    (events, task)
 }
 
 async fn wait_for_status(env: &Env, run_id: &str, want: pb::RunStatus) -> pb::Run {
@@ -178,12 +183,12 @@ async fn a_run_whose_worker_dies_resumes_elsewhere_on_memory_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_whose_worker_dies_resumes_elsewhere_on_nats() {
-    worker_dies_mid_run("nats://127.0.0.1:4222").await;
+    worker_dies_mid_run(&nightshift_testkit::nats_url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_whose_worker_dies_resumes_elsewhere_on_redis() {
-    worker_dies_mid_run("redis://127.0.0.1:6379").await;
+    worker_dies_mid_run(&nightshift_testkit::redis_url()).await;
 }
 
 /// A worker dies between the tool result and the next LLM call; another worker finishes the
@@ -234,16 +239,21 @@ async fn a_draining_worker_hands_its_run_back_and_another_finishes_it() {
     let (llm, script) = scripted_llm().await;
     let (env, _agent) = env(&llm).await;
     script.hang_second_turn.store(true, Ordering::SeqCst);
-    let queue = nightshift_queue::connect(&env.queue_url, &queue_options(&env.queue_name)).await.unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(env.endpoint.clone()).unwrap().connect_lazy();
-    let cfg = WorkerConfig { concurrency: 2, lease_ttl: Duration::from_secs(10), ..WorkerConfig::default() };
-    let w1 = Worker::new(cfg, channel, queue, None);
-    let w1_task = tokio::spawn(w1.clone().run(std::future::pending()));
+    let cfg = WorkerConfig {
+        concurrency: 2,
+        lease_ttl: Duration::from_secs(10),
+        queue: queue_settings(&env.queue_url, &env.queue_name),
+        manager_endpoint: env.endpoint.clone(),
+        ..WorkerConfig::default()
+    };
+    let role = Box::new(WorkerRole::build(cfg, WorkerDeps::default()).await.unwrap());
+    let w1: Worker = role.worker();
+    let w1_task = tokio::spawn(role.run(CancellationToken::new()));
     let run = trigger(&env).await;
     wait_for_second_turn(&script).await;
     // SIGTERM equivalent: the run cannot finish within the grace, so it is handed back.
     assert_eq!(w1.drain(Duration::from_millis(300)), 1);
-    tokio::time::timeout(Duration::from_secs(10), w1_task).await.expect("the drained worker stops").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), w1_task).await.expect("the drained worker stops").unwrap().unwrap();
     let released = env
         .manager
         .clone()
@@ -279,18 +289,20 @@ async fn wait_for_second_turn(script: &nightshift_testkit::llm::Script) {
 }
 
 /// A scheduler replica on the test's store and queue, with fast coordination.
-async fn start_scheduler(env: &Env) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
-    let queue = nightshift_queue::connect(&env.queue_url, &queue_options(&env.queue_name)).await.unwrap();
+async fn start_scheduler(env: &Env) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let cfg = nightshift_scheduler::SchedulerConfig {
         shard_count: 1,
         coordination_interval: Duration::from_millis(200),
         sync_interval: Duration::from_millis(200),
+        queue: queue_settings(&env.queue_url, &env.queue_name),
         ..Default::default()
     };
-    let scheduler =
-        nightshift_scheduler::Scheduler::new(env.store.clone(), queue, Arc::new(nightshift_core::SystemClock), cfg);
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    (stop, tokio::spawn(scheduler.run(stop_rx)))
+    let deps =
+        nightshift_scheduler::SchedulerDeps { store: env.store.clone(), clock: Arc::new(nightshift_core::SystemClock) };
+    let role = Box::new(nightshift_scheduler::SchedulerRole::build(cfg, deps).await.unwrap());
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    (stop, tokio::spawn(async move { role.run(token).await.unwrap() }))
 }
 
 /// Replaces the `area` agent's spec through the manager.
@@ -424,7 +436,7 @@ async fn a_run_outlasting_its_interval_skips_the_next_ticks() {
     let (stop, sched) = start_scheduler(&env).await;
     let (_events, _worker) = start_worker(&env, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(7)).await;
-    let _ = stop.send(true);
+    stop.cancel();
     sched.await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await; // let the last run finish
     let runs = area_runs(&env).await;
@@ -447,27 +459,38 @@ async fn a_run_outlasting_its_interval_skips_the_next_ticks() {
     }
 }
 
-/// A memory service (in-memory stores) on its own gRPC server; returns a channel to it.
-async fn memory_service() -> tonic::transport::Channel {
-    use nightshift_memory::{InMemoryStore, MemoryService, MemoryStore, MemoryType};
-    let store: Arc<dyn MemoryStore> = Arc::new(InMemoryStore::new());
-    let stores = MemoryType::ALL.into_iter().map(|t| (t, store.clone())).collect();
-    let mut server = GrpcServer::new();
-    server.routes().add_service(MemoryService::new(stores).unwrap().into_server());
+/// A memory service role (in-memory stores) on its own gRPC server; returns its endpoint and a
+/// channel to it.
+async fn memory_service() -> (String, tonic::transport::Channel) {
+    let mut cfg = nightshift_memory::MemoryConfig::default();
+    for store in
+        [&mut cfg.stores.working, &mut cfg.stores.episodic, &mut cfg.stores.long_term, &mut cfg.stores.procedural]
+    {
+        *store = "memory://".into();
+    }
+    let role = nightshift_memory::MemoryRole::build(&cfg).await.unwrap();
     let listener = GrpcServer::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(server.serve(listener, std::future::pending()));
-    tonic::transport::Endpoint::from_shared(endpoint).unwrap().connect_lazy()
+    let roles: Vec<Box<dyn Role>> = vec![Box::new(role)];
+    tokio::spawn(serve_roles(roles, listener, std::future::pending()));
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone()).unwrap().connect_lazy();
+    (endpoint, channel)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn runs_recall_memory_and_store_their_result_as_an_episode() {
     let (llm, script) = scripted_llm().await;
     let (env, agent) = env(&llm).await;
-    let channel = memory_service().await;
-    let memory = pb::memory_service_client::MemoryServiceClient::new(channel.clone());
-    let (_events, _worker) =
-        start_worker_at(&env.endpoint, &env.queue_url, &env.queue_name, Duration::from_secs(10), Some(channel)).await;
+    let (memory_endpoint, channel) = memory_service().await;
+    let memory = pb::memory_service_client::MemoryServiceClient::new(channel);
+    let (_events, _worker) = start_worker_at(
+        &env.endpoint,
+        &env.queue_url,
+        &env.queue_name,
+        Duration::from_secs(10),
+        Some(&memory_endpoint),
+    )
+    .await;
     let scope = pb::MemoryScope { agent_id: agent.id.clone(), session: "agent".into() };
     let recall = |kind: pb::MemoryType| {
         let (mut memory, scope) = (memory.clone(), scope.clone());
@@ -541,10 +564,16 @@ async fn a_real_small_llm_calls_a_local_tool_in_structured_mode() {
         ),
     )
     .await;
-    let channel = memory_service().await;
-    let memory = pb::memory_service_client::MemoryServiceClient::new(channel.clone());
-    let (_events, _worker) =
-        start_worker_at(&env.endpoint, &env.queue_url, &env.queue_name, Duration::from_secs(30), Some(channel)).await;
+    let (memory_endpoint, channel) = memory_service().await;
+    let memory = pb::memory_service_client::MemoryServiceClient::new(channel);
+    let (_events, _worker) = start_worker_at(
+        &env.endpoint,
+        &env.queue_url,
+        &env.queue_name,
+        Duration::from_secs(30),
+        Some(&memory_endpoint),
+    )
+    .await;
     let run = trigger(&env).await;
     let done = wait_for_status_within(&env, &run.id, pb::RunStatus::Succeeded, Duration::from_secs(180)).await;
     let calls: Vec<&pb::ToolResult> = done

@@ -1,4 +1,7 @@
-//! The [`MemoryStore`] trait (records, recency, filters, TTL) and its backends.
+//! The [`MemoryStore`] trait (records, recency, filters, TTL), its backends, and [`connect`],
+//! which opens one by URL.
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use crate::error::MemoryError;
@@ -45,4 +48,21 @@ pub trait MemoryStore: Send + Sync + std::fmt::Debug {
 
     /// Physically removes expired records; returns how many.
     async fn purge_expired(&self) -> Result<u64, MemoryError>;
+}
+
+/// Opens the store at `url`: `memory://`, `redis://…` / `rediss://…`, `sqlite:…` or
+/// `postgres://…` / `postgresql://…`.
+pub async fn connect(url: &str) -> Result<Arc<dyn MemoryStore>, MemoryError> {
+    if url.is_empty() {
+        return Err(MemoryError::Config("is empty: name a store (memory://, redis://, sqlite://, postgres://)".into()));
+    }
+    if url == "memory://" {
+        Ok(Arc::new(memory::InMemoryStore::new()))
+    } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+        Ok(Arc::new(redis::RedisStore::connect(url).await?))
+    } else if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(sql::SqlStore::connect(url).await?))
+    } else {
+        Err(MemoryError::Config("unsupported store URL: use memory://, redis://, sqlite:// or postgres://".into()))
+    }
 }

@@ -11,11 +11,12 @@
 //! read of a list.
 use std::sync::Arc;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::ConnectionManager;
 use async_trait::async_trait;
 use nightshift_core::{Clock, SystemClock, time};
+use nightshift_redis::{Connector, Timeouts, key};
 
-use crate::error::{MemoryError, redact};
+use crate::error::MemoryError;
 use crate::store::MemoryStore;
 use crate::types::{MemoryRecord, MemoryType, RecallQuery, Scope, to_millis_precision};
 
@@ -57,34 +58,26 @@ impl RedisStore {
     /// Like [`RedisStore::connect`] with an injected clock (TTL is judged by it).
     pub async fn connect_with_clock(url: &str, clock: Arc<dyn Clock>) -> Result<Self, MemoryError> {
         let (base, prefix) = split_prefix(url);
-        let client = ::redis::Client::open(base.as_str())
-            .map_err(|e| MemoryError::Config(format!("redis URL '{}': {e}", redact(&base))))?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_number_of_retries(1);
-        let mut conn = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(|e| MemoryError::backend("redis", format!("cannot connect to {}: {e}", redact(&base))))?;
+        let client = Connector::open(&base).map_err(|e| MemoryError::Config(e.to_string()))?;
+        let mut conn = client.connection(Timeouts::COMMANDS).await.map_err(|e| MemoryError::backend("redis", e))?;
         let _: String = ::redis::cmd("PING").query_async(&mut conn).await?;
         Ok(Self { conn, prefix, clock })
     }
 
     fn rec_key(&self, id: &str) -> String {
-        format!("{{{}}}:rec:{id}", self.prefix)
+        key(&self.prefix, &format!("rec:{id}"))
     }
 
     fn idx_key(&self, list: &str) -> String {
-        format!("{{{}}}:idx:{list}", self.prefix)
+        key(&self.prefix, &format!("idx:{list}"))
     }
 
     fn exp_key(&self, list: &str) -> String {
-        format!("{{{}}}:exp:{list}", self.prefix)
+        key(&self.prefix, &format!("exp:{list}"))
     }
 
     fn lists_key(&self, kind: MemoryType) -> String {
-        format!("{{{}}}:lists:{kind}", self.prefix)
+        key(&self.prefix, &format!("lists:{kind}"))
     }
 
     fn now_ms(&self) -> i64 {

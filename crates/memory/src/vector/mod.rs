@@ -1,6 +1,7 @@
-//! The [`VectorIndex`] trait (upsert, delete, top-k cosine with metadata filters) and its
-//! backends.
+//! The [`VectorIndex`] trait (upsert, delete, top-k cosine with metadata filters), its
+//! backends, and [`connect`], which opens one by URL.
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -88,4 +89,47 @@ fn check_dims(dims: usize, field: &str, v: &[f32]) -> Result<(), MemoryError> {
         return Err(MemoryError::Invalid(format!("{field}: contains NaN or infinity")));
     }
     Ok(())
+}
+
+/// Opens the vector index at `url` for vectors of `dims` dimensions: `inprocess://`,
+/// `chroma://HOST:PORT/COLLECTION` (`chromas://` for HTTPS), `qdrant://HOST:PORT/COLLECTION`
+/// (`qdrants://` for HTTPS; API key from the variable `api_key_env` unless empty) or
+/// `pgvector://USER@HOST/DB?table=NAME`.
+pub async fn connect(url: &str, api_key_env: &str, dims: usize) -> Result<Arc<dyn VectorIndex>, MemoryError> {
+    if url == "inprocess://" {
+        return Ok(Arc::new(inprocess::InProcessIndex::new(dims)));
+    }
+    if let Some(rest) = url.strip_prefix("pgvector://") {
+        let (db, table) = rest.split_once("?table=").unwrap_or((rest, "nightshift_memory_vectors"));
+        return Ok(Arc::new(pgvector::PgVectorIndex::connect(&format!("postgres://{db}"), table, dims).await?));
+    }
+    if let Some((scheme, rest)) = url
+        .strip_prefix("qdrant://")
+        .map(|r| ("http", r))
+        .or_else(|| url.strip_prefix("qdrants://").map(|r| ("https", r)))
+    {
+        let (host, collection) = rest.split_once('/').unwrap_or((rest, "nightshift_memory"));
+        let collection = if collection.is_empty() { "nightshift_memory" } else { collection };
+        let key = match api_key_env {
+            "" => None,
+            var => Some(
+                std::env::var(var).map_err(|_| MemoryError::Config(format!("vector.api_key_env: {var} is not set")))?,
+            ),
+        };
+        return Ok(Arc::new(qdrant::QdrantIndex::connect(&format!("{scheme}://{host}"), collection, dims, key).await?));
+    }
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("chroma://") {
+        ("http", rest)
+    } else if let Some(rest) = url.strip_prefix("chromas://") {
+        ("https", rest)
+    } else {
+        return Err(MemoryError::Config(
+            "unsupported vector URL: use inprocess://, chroma://HOST:PORT/COLLECTION, \
+             qdrant://HOST:PORT/COLLECTION or pgvector://USER@HOST/DB?table=NAME"
+                .into(),
+        ));
+    };
+    let (host, collection) = rest.split_once('/').unwrap_or((rest, "nightshift_memory"));
+    let collection = if collection.is_empty() { "nightshift_memory" } else { collection };
+    Ok(Arc::new(chroma::ChromaIndex::connect(&format!("{scheme}://{host}"), collection, dims).await?))
 }

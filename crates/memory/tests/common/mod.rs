@@ -7,9 +7,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use nightshift_memory::{MemoryRecord, MemoryType, Scope};
 
 /// The Redis test server (`NIGHTSHIFT_TEST_REDIS`, default `redis://127.0.0.1:6379`).
-pub fn redis_url() -> String {
-    std::env::var("NIGHTSHIFT_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+pub use nightshift_testkit::redis_url;
 
 /// A key prefix no other test run uses.
 pub fn unique_prefix() -> String {

@@ -11,12 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nightshift_core::pb::event_service_client::EventServiceClient;
-use nightshift_core::{AgentId, Clock, EventType, RunId, SystemClock, pb};
+use nightshift_core::{AgentId, Clock, EventType, RunId, SystemClock, backoff, pb};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::convert::json_to_struct;
+
+/// Longest wait between two attempts to send one batch.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Settings of an [`EventPublisher`].
 #[derive(Debug, Clone)]
@@ -226,7 +229,6 @@ async fn run(
 
 async fn send(client: &mut EventServiceClient<Channel>, batch: Vec<pb::Event>, stats: &Stats, opts: &PublisherOptions) {
     let n = batch.len() as u64;
-    let mut delay = opts.retry_backoff;
     for attempt in 1..=opts.max_attempts.max(1) {
         let requests: Vec<pb::PublishRequest> =
             batch.iter().map(|e| pb::PublishRequest { event: Some(e.clone()) }).collect();
@@ -261,8 +263,7 @@ async fn send(client: &mut EventServiceClient<Channel>, batch: Vec<pb::Event>, s
             Err(s) => {
                 tracing::warn!(attempt, events = n, code = ?s.code(), error = %s.message(), "publishing events failed");
                 if attempt < opts.max_attempts {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff::exponential(opts.retry_backoff, attempt - 1, MAX_RETRY_BACKOFF)).await;
                 }
             }
         }

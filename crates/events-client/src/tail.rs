@@ -7,9 +7,8 @@ use nightshift_core::pb::event_service_client::EventServiceClient;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::convert::filter_to_pb;
-use crate::log::EventFilter;
-use crate::service::page_token_after;
+use crate::convert::{filter_to_pb, page_token_after};
+use crate::filter::EventFilter;
 
 /// Where a tail starts.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

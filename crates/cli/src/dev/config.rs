@@ -1,0 +1,289 @@
+//! `DevConfig`: the options of `nightshift dev`, one section per role (the same sections the
+//! role binaries read), from which the roles' options are derived. Dev decides only the
+//! addresses (every role on one port, talking to the others over gRPC on it) and the shared
+//! embedded backends (one store, one in-process queue); everything else a distributed user can
+//! configure, a dev user can too.
+use std::path::{Path, PathBuf};
+
+use nightshift_events::EventsConfig;
+use nightshift_manager::ManagerConfig;
+use nightshift_memory::MemoryConfig;
+use nightshift_memory::config::EmbedderKind;
+use nightshift_queue::QueueSettings;
+use nightshift_rpc::ServerOptions;
+use nightshift_scheduler::SchedulerConfig;
+use nightshift_worker::WorkerConfig;
+use serde::{Deserialize, Serialize};
+
+/// `nightshift dev --config dev.toml`; every key can also be set as `NIGHTSHIFT_DEV_<KEY>`,
+/// nested keys joined with `__` (`NIGHTSHIFT_DEV_WORKER__CONCURRENCY=4`). Command-line flags
+/// override both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevConfig {
+    /// `listen` (the one port of every role), `metrics_listen`, `log_format`.
+    #[serde(flatten)]
+    pub server: ServerOptions,
+    /// Directory of the embedded SQLite database.
+    pub data_dir: PathBuf,
+    /// A database instead of the SQLite file under `data_dir` (empty = that file).
+    pub database_url: String,
+    /// Directory of the all-MiniLM-L6-v2 model for semantic memory search; empty = the one
+    /// `crates/memory/scripts/fetch-model.sh` fills, if present (otherwise search is off).
+    pub memory_model: String,
+    /// The manager's options (`default_lease_ttl`, …).
+    pub manager: ManagerConfig,
+    /// The scheduler's options (shards, misfire grace, prepare-ahead, …).
+    pub scheduler: SchedulerConfig,
+    /// The worker's options (`concurrency`, `lease_ttl`, `tools` allow-list, …).
+    pub worker: WorkerConfig,
+    /// The memory service's options; stores left at their defaults use the dev database.
+    pub memory: MemoryConfig,
+    /// The event service's options (`backend_url`, retention, …).
+    pub events: EventsConfig,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        Self {
+            server: ServerOptions::listening_on("127.0.0.1:50051"),
+            data_dir: PathBuf::from(".nightshift"),
+            database_url: String::new(),
+            memory_model: String::new(),
+            manager: ManagerConfig::default(),
+            scheduler: SchedulerConfig::default(),
+            worker: WorkerConfig::default(),
+            memory: MemoryConfig::default(),
+            events: EventsConfig::default(),
+        }
+    }
+}
+
+/// What dev decides for every role of the process.
+pub struct DevWiring {
+    /// The database every role shares.
+    pub database_url: String,
+    /// The in-process queue every role shares.
+    pub queue_url: String,
+    /// `http://ADDR` of this process's one port.
+    pub endpoint: String,
+}
+
+impl DevConfig {
+    /// Keys of the role sections that dev decides itself, named so that a user who sets one
+    /// learns it is ignored instead of wondering.
+    pub fn ignored_keys(&self) -> Vec<String> {
+        let mut ignored = Vec::new();
+        let mut check = |section: &str, key: &str, differs: bool| {
+            if differs {
+                ignored.push(format!("{section}.{key}"));
+            }
+        };
+        let (m, s, w) = (ManagerConfig::default(), SchedulerConfig::default(), WorkerConfig::default());
+        let (mem, ev) = (MemoryConfig::default(), EventsConfig::default());
+        for (section, server, default) in [
+            ("manager", &self.manager.server, &m.server),
+            ("scheduler", &self.scheduler.server, &s.server),
+            ("worker", &self.worker.server, &w.server),
+            ("memory", &self.memory.server, &mem.server),
+            ("events", &self.events.server, &ev.server),
+        ] {
+            check(section, "listen / metrics_listen / log_format (use the top-level keys)", server != default);
+        }
+        check("manager", "database_url", self.manager.database_url != m.database_url);
+        check("scheduler", "database_url", self.scheduler.database_url != s.database_url);
+        check("manager", "queue_*", self.manager.queue != m.queue);
+        check("scheduler", "queue_*", self.scheduler.queue != s.queue);
+        check("worker", "queue_*", self.worker.queue != w.queue);
+        check("manager", "scheduler_endpoint", self.manager.scheduler_endpoint != m.scheduler_endpoint);
+        for (section, value, default) in [
+            ("manager", &self.manager.events_endpoint, &m.events_endpoint),
+            ("scheduler", &self.scheduler.events_endpoint, &s.events_endpoint),
+            ("worker", &self.worker.events_endpoint, &w.events_endpoint),
+            ("worker", &self.worker.manager_endpoint, &w.manager_endpoint),
+            ("worker", &self.worker.memory_endpoint, &w.memory_endpoint),
+        ] {
+            check(section, "*_endpoint", value != default);
+        }
+        ignored
+    }
+
+    /// The database URL: `database_url`, or the SQLite file under `data_dir`.
+    pub fn database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("nightshift.db").display())
+        } else {
+            self.database_url.clone()
+        }
+    }
+
+    fn server(&self) -> ServerOptions {
+        // The roles are mounted on the process's server; their own listeners are not opened.
+        self.server.clone()
+    }
+
+    /// The manager's options: the shared database and queue; schedule changes go to the
+    /// scheduler in this process directly, events to this port.
+    pub fn manager_options(&self, w: &DevWiring) -> ManagerConfig {
+        ManagerConfig {
+            server: self.server(),
+            database_url: w.database_url.clone(),
+            queue: QueueSettings { url: w.queue_url.clone(), ..self.manager.queue.clone() },
+            scheduler_endpoint: String::new(),
+            events_endpoint: w.endpoint.clone(),
+            ..self.manager.clone()
+        }
+    }
+
+    /// The scheduler's options: the shared database and queue, events to this port.
+    pub fn scheduler_options(&self, w: &DevWiring) -> SchedulerConfig {
+        SchedulerConfig {
+            server: self.server(),
+            database_url: w.database_url.clone(),
+            queue: QueueSettings { url: w.queue_url.clone(), ..self.scheduler.queue.clone() },
+            events_endpoint: w.endpoint.clone(),
+            ..self.scheduler.clone()
+        }
+    }
+
+    /// The worker's options: the shared queue; manager, memory and events on this port.
+    pub fn worker_options(&self, w: &DevWiring) -> WorkerConfig {
+        WorkerConfig {
+            server: self.server(),
+            queue: QueueSettings { url: w.queue_url.clone(), ..self.worker.queue.clone() },
+            manager_endpoint: w.endpoint.clone(),
+            memory_endpoint: w.endpoint.clone(),
+            events_endpoint: w.endpoint.clone(),
+            ..self.worker.clone()
+        }
+    }
+
+    /// The event service's options as configured (in-memory log by default).
+    pub fn events_options(&self) -> EventsConfig {
+        EventsConfig { server: self.server(), ..self.events.clone() }
+    }
+
+    /// The memory service's options: each store left at its default keeps episodic, long-term and
+    /// procedural memory in the dev database (working memory in the process); with no vector
+    /// index configured, semantic search uses an in-process index and the embedded MiniLM model
+    /// when its files are at hand (`model`), and is off otherwise.
+    pub fn memory_options(&self, w: &DevWiring, model: Option<&Path>) -> MemoryConfig {
+        let mut cfg = MemoryConfig { server: self.server(), ..self.memory.clone() };
+        let defaults = MemoryConfig::default().stores;
+        for (store, default, dev) in [
+            (&mut cfg.stores.working, &defaults.working, "memory://"),
+            (&mut cfg.stores.episodic, &defaults.episodic, w.database_url.as_str()),
+            (&mut cfg.stores.long_term, &defaults.long_term, w.database_url.as_str()),
+            (&mut cfg.stores.procedural, &defaults.procedural, w.database_url.as_str()),
+        ] {
+            if store == default {
+                dev.clone_into(store);
+            }
+        }
+        if cfg.vector.url.is_empty()
+            && let Some(dir) = model
+        {
+            cfg.vector.url = "inprocess://".into();
+            cfg.embedder.kind = EmbedderKind::MiniLm;
+            cfg.embedder.model_path = dir.display().to_string();
+        }
+        cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loads `text` as `nightshift dev --config` does (defaults, then the file).
+    fn load(text: &str) -> DevConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.toml");
+        std::fs::write(&path, text).unwrap();
+        nightshift_core::config::load(Some(&path), "NIGHTSHIFT_DEV_TEST_UNSET").unwrap()
+    }
+
+    fn wiring() -> DevWiring {
+        DevWiring {
+            database_url: "sqlite://d/nightshift.db".into(),
+            queue_url: "memory://dev-1".into(),
+            endpoint: "http://127.0.0.1:5".into(),
+        }
+    }
+
+    #[test]
+    fn role_options_keep_what_the_user_set_and_take_devs_addresses() {
+        let text = r#"
+            listen = "127.0.0.1:0"
+            [worker]
+            concurrency = 3
+            queue_url = "nats://elsewhere:4222"
+            [worker.tools]
+            local = ["get_system_info"]
+            [scheduler]
+            shard_count = 8
+            [manager]
+            default_lease_ttl = "45s"
+        "#;
+        let cfg = load(text);
+        let w = wiring();
+        let worker = cfg.worker_options(&w);
+        assert_eq!(worker.concurrency, 3);
+        assert_eq!(worker.tools, cfg.worker.tools);
+        assert_eq!(worker.queue.url, "memory://dev-1");
+        assert_eq!(worker.manager_endpoint, "http://127.0.0.1:5");
+        assert_eq!(worker.memory_endpoint, "http://127.0.0.1:5");
+        assert_eq!(cfg.scheduler_options(&w).shard_count, 8);
+        let manager = cfg.manager_options(&w);
+        assert_eq!(manager.default_lease_ttl, std::time::Duration::from_secs(45));
+        assert_eq!(manager.database_url, "sqlite://d/nightshift.db");
+        assert_eq!(cfg.ignored_keys(), vec!["worker.queue_*".to_owned()]);
+    }
+
+    #[test]
+    fn memory_uses_the_dev_database_unless_configured() {
+        let w = wiring();
+        let dir = PathBuf::from("/models/minilm");
+        let mem = DevConfig::default().memory_options(&w, Some(&dir));
+        assert_eq!(mem.stores.episodic, w.database_url);
+        assert_eq!(mem.stores.working, "memory://");
+        assert_eq!(mem.vector.url, "inprocess://");
+        assert_eq!(mem.embedder.kind, EmbedderKind::MiniLm);
+        let off = DevConfig::default().memory_options(&w, None);
+        assert_eq!(off.vector.url, "");
+
+        let mut cfg = DevConfig::default();
+        cfg.memory.stores.episodic = "redis://127.0.0.1:6379".into();
+        cfg.memory.vector.url = "qdrant://127.0.0.1:6333/c".into();
+        let mem = cfg.memory_options(&w, Some(&dir));
+        assert_eq!(mem.stores.episodic, "redis://127.0.0.1:6379");
+        assert_eq!(mem.stores.long_term, w.database_url);
+        assert_eq!(mem.vector.url, "qdrant://127.0.0.1:6333/c");
+    }
+
+    #[test]
+    fn sections_keep_their_roles_defaults() {
+        let cfg = load("[worker]\nconcurrency = 2\n[manager]\ndefault_lease_ttl = \"45s\"");
+        assert_eq!(cfg.worker.server, WorkerConfig::default().server);
+        assert_eq!(cfg.manager.queue, ManagerConfig::default().queue, "the manager has no queue by default");
+        assert!(cfg.ignored_keys().is_empty(), "{:?}", cfg.ignored_keys());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.toml");
+        // A typo in a role section, at the top level, and in a flattened section's keys.
+        for (text, key) in [
+            ("[worker]\nconcurency = 3", "concurency"),
+            ("lisen = 'x'", "lisen"),
+            ("[worker]\nqueue_nam = 'x'", "queue_nam"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = nightshift_core::config::load::<DevConfig>(Some(&path), "NIGHTSHIFT_DEV_TEST_UNSET")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+}

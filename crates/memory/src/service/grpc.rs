@@ -1,0 +1,180 @@
+//! The `nightshift.v1.MemoryService` gRPC handlers: validate requests, call the service core,
+//! answer in proto form.
+use std::collections::HashMap;
+
+use nightshift_core::{pb, time};
+use tonic::{Request, Response, Status};
+
+use super::{MAX_CONTENT_BYTES, MAX_RECORDS_PER_STORE, MemoryService};
+use crate::convert::{
+    invalid, record_from_pb, record_to_pb, retention_from_pb, scope_from_pb, status_from_memory, type_from_pb,
+    type_to_pb, vector_filter,
+};
+use crate::types::{MemoryRecord, MemoryType, RecallQuery};
+
+#[tonic::async_trait]
+impl pb::memory_service_server::MemoryService for MemoryService {
+    async fn store(&self, req: Request<pb::StoreMemoryRequest>) -> Result<Response<pb::StoreMemoryResponse>, Status> {
+        let req = req.into_inner();
+        if req.records.is_empty() {
+            return Err(invalid("records", "is empty"));
+        }
+        if req.records.len() > MAX_RECORDS_PER_STORE {
+            return Err(invalid("records", format!("has {} records, max {MAX_RECORDS_PER_STORE}", req.records.len())));
+        }
+        let now = self.clock.now();
+        let records = req
+            .records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| record_from_pb(i, r, now, self.working_ttl))
+            .collect::<Result<Vec<_>, _>>()?;
+        let kinds: Vec<&'static str> = records.iter().map(|r| r.kind.as_str()).collect();
+        let ids = self.store_records(records).await.map_err(status_from_memory)?;
+        for kind in kinds {
+            metrics::counter!("nightshift_memory_records_stored_total", "type" => kind).increment(1);
+        }
+        Ok(Response::new(pb::StoreMemoryResponse { ids }))
+    }
+
+    async fn recall(&self, req: Request<pb::RecallRequest>) -> Result<Response<pb::RecallResponse>, Status> {
+        let req = req.into_inner();
+        let scope = scope_from_pb("scope", req.scope.as_ref())?;
+        let kind = type_from_pb("type", req.r#type, None)?.ok_or_else(|| invalid("type", "is required"))?;
+        let limit = match req.limit {
+            0 => 10,
+            n if n > 1000 => return Err(invalid("limit", format!("{n} is over the maximum of 1000"))),
+            n => n as usize,
+        };
+        let before = match &req.before {
+            Some(ts) => Some(time::from_pb(ts).ok_or_else(|| invalid("before", "is not a valid timestamp"))?),
+            None => None,
+        };
+        let mut q = RecallQuery::new(scope, kind, limit);
+        q.before = before;
+        q.metadata = req.metadata_filter.clone();
+        let found = self.store(kind).recent(&q).await.map_err(status_from_memory)?;
+        let now = self.clock.now();
+        Ok(Response::new(pb::RecallResponse { records: found.iter().map(|r| record_to_pb(r, now)).collect() }))
+    }
+
+    async fn search(
+        &self,
+        req: Request<pb::SearchMemoryRequest>,
+    ) -> Result<Response<pb::SearchMemoryResponse>, Status> {
+        let req = req.into_inner();
+        let scope = scope_from_pb("scope", req.scope.as_ref())?;
+        if req.query.trim().is_empty() {
+            return Err(invalid("query", "is required"));
+        }
+        if req.query.len() > MAX_CONTENT_BYTES {
+            return Err(invalid("query", format!("is too long (max {MAX_CONTENT_BYTES} bytes)")));
+        }
+        let top_k = match req.top_k {
+            0 => 5,
+            n if n > 100 => return Err(invalid("top_k", format!("{n} is over the maximum of 100"))),
+            n => n as usize,
+        };
+        let kind = type_from_pb("type", req.r#type, Some(MemoryType::LongTerm))?.unwrap_or(MemoryType::LongTerm);
+        let (Some(index), Some(embedder)) = (&self.index, &self.embedder) else {
+            return Err(Status::failed_precondition("semantic search is not configured (set vector.url and embedder)"));
+        };
+        if !self.indexed.contains(&kind) {
+            return Err(invalid("type", format!("{kind} memory is not indexed for search (see index_types)")));
+        }
+        let started = std::time::Instant::now();
+        let query = embedder.embed(std::slice::from_ref(&req.query)).await.map_err(status_from_memory)?;
+        let query = query.into_iter().next().ok_or_else(|| Status::internal("embedder returned no vector"))?;
+        let filter = vector_filter(&scope, kind, &req.metadata_filter);
+        // Ask for a few more than needed: index entries whose records expired are dropped below.
+        let hits = index.search(&query, top_k + 10, &filter).await.map_err(status_from_memory)?;
+        let hits: Vec<_> = hits.into_iter().filter(|h| req.min_score.is_none_or(|m| h.score >= m)).collect();
+        let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
+        let records = self.store(kind).get(&scope, &ids).await.map_err(status_from_memory)?;
+        let by_id: HashMap<&str, &MemoryRecord> = records.iter().map(|r| (r.id.as_str(), r)).collect();
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for h in &hits {
+            match by_id.get(h.id.as_str()) {
+                Some(r) if out.len() < top_k => {
+                    out.push(pb::ScoredMemory { record: Some(record_to_pb(r, now)), score: h.score })
+                }
+                Some(_) => {}
+                None => gone.push(h.id.clone()),
+            }
+        }
+        if !gone.is_empty() {
+            // Lazily drop vectors of records that expired or were deleted elsewhere.
+            if let Err(e) = index.delete(&gone).await {
+                tracing::warn!(error = %e, "could not drop stale vectors");
+            }
+        }
+        metrics::histogram!("nightshift_memory_search_duration_seconds").record(started.elapsed().as_secs_f64());
+        Ok(Response::new(pb::SearchMemoryResponse { hits: out }))
+    }
+
+    async fn summarize(&self, req: Request<pb::SummarizeRequest>) -> Result<Response<pb::SummarizeResponse>, Status> {
+        let req = req.into_inner();
+        let scope = scope_from_pb("scope", req.scope.as_ref())?;
+        let budget = if req.token_budget == 0 { 2000 } else { req.token_budget as usize };
+        let retention = retention_from_pb("retention", req.retention)?;
+        let Some(model) = &self.summarizer else {
+            return Err(Status::failed_precondition("Summarize is not configured (set [summarizer])"));
+        };
+        let (summary, n) =
+            self.summarize_scope(model.as_ref(), &scope, budget, retention).await.map_err(status_from_memory)?;
+        let now = self.clock.now();
+        Ok(Response::new(pb::SummarizeResponse {
+            summary: summary.map(|r| record_to_pb(&r, now)),
+            summarized_records: n as u32,
+        }))
+    }
+
+    async fn forget(&self, req: Request<pb::ForgetRequest>) -> Result<Response<pb::ForgetResponse>, Status> {
+        let req = req.into_inner();
+        let scope = scope_from_pb("scope", req.scope.as_ref())?;
+        let kind = type_from_pb("type", req.r#type, None)?;
+        let kinds: Vec<MemoryType> = kind.map_or_else(|| MemoryType::ALL.to_vec(), |k| vec![k]);
+        let mut deleted = 0;
+        for k in kinds {
+            let store = self.store(k);
+            // The index needs the ids; collect them before the records are gone.
+            let index_ids = match &self.index {
+                Some(_) if self.indexed.contains(&k) && req.ids.is_empty() => {
+                    let mut q = RecallQuery::new(scope.clone(), k, usize::MAX);
+                    q.include_archived = true;
+                    store.recent(&q).await.map_err(status_from_memory)?.into_iter().map(|r| r.id).collect()
+                }
+                Some(_) if self.indexed.contains(&k) => req.ids.clone(),
+                _ => Vec::new(),
+            };
+            deleted += store.delete(&scope, Some(k), &req.ids).await.map_err(status_from_memory)?;
+            if let Some(index) = &self.index
+                && !index_ids.is_empty()
+            {
+                index.delete(&index_ids).await.map_err(status_from_memory)?;
+            }
+        }
+        Ok(Response::new(pb::ForgetResponse { deleted }))
+    }
+
+    async fn stats(&self, req: Request<pb::MemoryStatsRequest>) -> Result<Response<pb::MemoryStatsResponse>, Status> {
+        let req = req.into_inner();
+        let scope = match &req.scope {
+            Some(s) => Some(scope_from_pb("scope", Some(s))?),
+            None => None,
+        };
+        let mut types = Vec::new();
+        for k in MemoryType::ALL {
+            let store = self.store(k);
+            let records = store.count(scope.as_ref(), k).await.map_err(status_from_memory)?;
+            types.push(pb::MemoryTypeStats {
+                r#type: type_to_pb(k) as i32,
+                records,
+                backend: store.backend().to_owned(),
+            });
+        }
+        Ok(Response::new(pb::MemoryStatsResponse { types }))
+    }
+}

@@ -1,0 +1,35 @@
+//! The settings every server process has, flattened into each role's options so the file and
+//! environment keys stay `listen`, `metrics_listen` and `log_format` in every role.
+use nightshift_telemetry::LogFormat;
+use serde::{Deserialize, Serialize};
+
+/// Where a role listens and how it reports: flattened (`#[serde(flatten)]`) into each role's
+/// options.
+///
+/// Deliberately without `#[serde(default)]`: a flattened section is never "missing", so serde
+/// would fill it from *this* type's default (port 50051) instead of the role's (50053 for a
+/// worker). `nightshift_core::config::load` starts from the role's serialized defaults, so every
+/// key is present; a bare `toml::from_str` without them fails instead of picking a wrong port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerOptions {
+    /// gRPC listen address (`HOST:PORT`; port 0 picks a free one).
+    pub listen: String,
+    /// Prometheus `/metrics` listen address (empty = off).
+    pub metrics_listen: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+impl ServerOptions {
+    /// Listening on `addr`, no metrics endpoint, text logs.
+    pub fn listening_on(addr: &str) -> Self {
+        Self { listen: addr.to_owned(), metrics_listen: String::new(), log_format: LogFormat::Text }
+    }
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self::listening_on("127.0.0.1:50051")
+    }
+}

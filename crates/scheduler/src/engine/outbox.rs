@@ -1,0 +1,110 @@
+//! The outbox side of publishing: run requests go to the queue after their runs are recorded,
+//! runs that reached it are flagged `published`, and a sweep publishes the ones that never did.
+//! Also taking back prepared runs that must not be published.
+use std::collections::BTreeMap;
+
+use nightshift_core::{RunId, TriggerKind, time};
+use nightshift_queue::RunRequest;
+use nightshift_store::StoreError;
+
+use super::index::Prepared;
+use super::{Scheduler, shard_of};
+
+/// How many run requests are published concurrently.
+const PUBLISH_CONCURRENCY: usize = 256;
+
+impl Scheduler {
+    /// Takes back prepared firings that must not be published (paused agent, replica stopping),
+    /// newest first so that the schedule progress steps back in order.
+    pub(super) async fn unprepare(&self, mut batch: Vec<Prepared>) {
+        batch.sort_by_key(|p| std::cmp::Reverse(p.recorded));
+        for p in batch {
+            let runs: Vec<RunId> = p.requests.iter().map(|r| RunId::from_string(r.run_id.clone())).collect();
+            match self.inner.store.unprepare_ticks(&p.agent_id, &runs, p.recorded, p.restore).await {
+                Ok(_) => {
+                    if let Some(e) = self.index().entries.get_mut(&p.agent_id)
+                        && e.agent.anchor == p.recorded
+                    {
+                        e.agent.anchor = p.restore;
+                    }
+                }
+                // Left recorded: the outbox sweep publishes them later (StartRun skips a paused
+                // agent's run).
+                Err(e) => tracing::warn!(error = %e, agent = %p.agent_id, "could not take back prepared runs"),
+            }
+        }
+    }
+
+    /// Publishes, returning the runs that reached the queue; the others are published again by
+    /// the outbox sweep.
+    pub(super) async fn publish(&self, requests: &[RunRequest]) -> Vec<RunId> {
+        let mut published = Vec::with_capacity(requests.len());
+        for chunk in requests.chunks(PUBLISH_CONCURRENCY) {
+            let results = futures::future::join_all(chunk.iter().map(|r| self.inner.queue.publish(r, None))).await;
+            for (r, res) in chunk.iter().zip(results) {
+                match res {
+                    Ok(_) => published.push(RunId::from_string(r.run_id.clone())),
+                    Err(e) => {
+                        tracing::warn!(run = %r.run_id, error = %e, "publishing a run request failed; the sweep retries")
+                    }
+                }
+            }
+        }
+        published
+    }
+
+    /// Sets the outbox flag of published runs.
+    pub(super) async fn mark_published(&self, published: &[RunId]) {
+        if let Err(e) = self.inner.store.mark_published(published).await {
+            // Harmless: the sweep publishes them again and the queue drops the duplicates.
+            tracing::warn!(error = %e, "marking runs as published failed");
+        }
+    }
+
+    /// Publishes queued runs (of owned shards) whose request never reached the queue: the
+    /// publisher died between the store commit and the publish, or the publish failed.
+    pub(super) async fn republish_stale(&self) -> Result<(), StoreError> {
+        let cutoff =
+            self.inner.clock.now() - chrono::Duration::from_std(self.inner.cfg.republish_after).unwrap_or_default();
+        let stale = self.inner.store.stale_queued_runs(cutoff, 1000).await?;
+        let owned = self.index().owned.clone();
+        let now = self.inner.clock.now();
+        let requests: Vec<RunRequest> = stale
+            .into_iter()
+            .filter(|(_, agent, _)| owned.contains(&shard_of(agent, self.inner.cfg.shard_count)))
+            .map(|(run, agent, at)| RunRequest {
+                run_id: run.to_string(),
+                agent_id: agent.to_string(),
+                trigger: if at.is_some() { TriggerKind::Schedule } else { TriggerKind::Manual }.to_pb() as i32,
+                scheduled_for: at.map(time::to_pb),
+                enqueued_at: Some(time::to_pb(now)),
+                trace_context: trace_context(run.as_str(), agent.as_str()),
+            })
+            .collect();
+        if !requests.is_empty() {
+            tracing::info!(n = requests.len(), "publishing queued runs whose request never reached the queue");
+            metrics::counter!("nightshift_scheduler_republished_total").increment(requests.len() as u64);
+            let published = self.publish(&requests).await;
+            self.mark_published(&published).await;
+        }
+        Ok(())
+    }
+}
+
+/// Starts the run's trace: a `scheduler.fire` span whose context travels with the request, so
+/// the worker's `agent.run` span (and everything under it) joins this trace. Skipped entirely
+/// when spans are not exported, as this runs for every fired tick.
+pub(super) fn trace_context(run: &str, agent: &str) -> BTreeMap<String, String> {
+    if !nightshift_telemetry::tracing_enabled() {
+        return BTreeMap::new();
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "scheduler.fire",
+        otel.name = "scheduler.fire",
+        otel.kind = "producer",
+        run = %run,
+        agent = %agent,
+    );
+    nightshift_telemetry::context_map(&span)
+}

@@ -1,0 +1,121 @@
+//! One attempt of a run: the model and tools of its agent, memory recalled into the prompt, the
+//! agent loop raced against the policy timeout, cancel/drain and lost heartbeats; the result
+//! stored as an episode on success.
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use nightshift_core::{AgentSpec, pb};
+use nightshift_queue::Delivery;
+use nightshift_tools::ToolRegistry;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use super::checkpoint::Checkpointer;
+use super::prompt::system_prompt;
+use super::{StopReason, Worker};
+use crate::agent::{AgentLoop, LoopError};
+use crate::events::RunEvents;
+use crate::memory;
+
+/// Outcome of one attempt, as reported to the manager.
+pub(super) enum AttemptEnd {
+    Succeeded(String, nightshift_llm::Usage),
+    Failed(String, nightshift_llm::Usage),
+    TimedOut(nightshift_llm::Usage),
+    Stopped(StopReason),
+    /// The manager refused a fenced call: cancelled there or taken over by another worker.
+    Lost(String),
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn execute(
+        &self,
+        run: &pb::Run,
+        spec: &AgentSpec,
+        prior: Vec<pb::RunStep>,
+        delivery: &Delivery,
+        cancel: &CancellationToken,
+        reason: &Arc<Mutex<Option<StopReason>>>,
+        step: Arc<AtomicU32>,
+        events: &RunEvents,
+    ) -> AttemptEnd {
+        let zero = nightshift_llm::Usage::default();
+        let model = match self.model(run, spec) {
+            Ok(m) => m,
+            Err(e) => return AttemptEnd::Failed(format!("model: {e}"), zero),
+        };
+        let tools = match ToolRegistry::new(&spec.tools, &self.inner.cfg.tools).await {
+            Ok(t) => t,
+            Err(e) => return AttemptEnd::Failed(format!("tools: {e}"), zero),
+        };
+        let sink = Checkpointer {
+            manager: self.inner.manager.clone(),
+            run_id: run.id.clone(),
+            attempt: run.attempt,
+            lease_ttl: self.inner.cfg.lease_ttl,
+            events: events.clone(),
+        };
+        let query = run.query_override.clone().unwrap_or_else(|| spec.query.clone());
+        let memory = self.inner.memory.get().map(|c| (c, memory::scope(spec, &run.agent_id, &run.id)));
+        let recalled = match &memory {
+            Some((client, scope)) => memory::recall(client, spec, scope, &query).await,
+            None => String::new(),
+        };
+        let agent = AgentLoop {
+            model,
+            tools: &tools,
+            system: system_prompt(spec, memory.is_some(), &recalled),
+            query: query.clone(),
+            max_steps: spec.policy.max_steps,
+            prior,
+            step_counter: step.clone(),
+        };
+        let fut = agent.run(&sink);
+        tokio::pin!(fut);
+        let timeout = tokio::time::sleep(spec.policy.timeout);
+        tokio::pin!(timeout);
+        let mut heartbeat = tokio::time::interval(self.inner.cfg.lease_ttl / 3);
+        heartbeat.tick().await;
+        let end = loop {
+            tokio::select! {
+                r = &mut fut => break match r {
+                    Ok(out) => AttemptEnd::Succeeded(out.answer, out.usage),
+                    Err(LoopError::Fenced(m)) => AttemptEnd::Lost(m),
+                    Err(e) => AttemptEnd::Failed(e.to_string(), zero),
+                },
+                () = &mut timeout => break AttemptEnd::TimedOut(zero),
+                () = cancel.cancelled() => {
+                    let r = reason.lock().unwrap_or_else(PoisonError::into_inner).unwrap_or(StopReason::Cancelled);
+                    break AttemptEnd::Stopped(r);
+                }
+                _ = heartbeat.tick() => {
+                    let hb = self.inner.manager.clone().heartbeat(pb::HeartbeatRequest {
+                        run_id: run.id.clone(),
+                        attempt: run.attempt,
+                        worker_id: self.inner.id.clone(),
+                        lease_ttl: Some(nightshift_core::duration::to_pb(self.inner.cfg.lease_ttl)),
+                    }).await;
+                    match hb {
+                        Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
+                            break AttemptEnd::Lost(s.message().to_owned());
+                        }
+                        Err(s) => tracing::warn!(run = %run.id, error = %s, "heartbeat failed; retrying"),
+                        Ok(_) => {}
+                    }
+                    if let Err(e) = delivery.in_progress().await {
+                        tracing::warn!(run = %run.id, error = %e, "extending the queue ack deadline failed");
+                    }
+                }
+            }
+        };
+        tools.shutdown().await;
+        if let (AttemptEnd::Succeeded(answer, _), Some((client, scope))) = (&end, &memory)
+            && spec.memory.store_results
+        {
+            // Before FinishRun: a run that reads as succeeded has its episode stored.
+            memory::store_episode(client, scope, run, &query, answer, step.load(Ordering::Relaxed)).await;
+        }
+        end
+    }
+}
