@@ -5,6 +5,9 @@
 //! the LLM is a scripted instant server, so that the platform itself is what is measured.
 //! Results print as a table (median, p99, min, max over the samples each row names) with the
 //! machine and the command line, and with `--json PATH` also as JSON.
+// The harness reports its figures on stdout.
+#![allow(clippy::print_stdout)]
+
 mod backend;
 mod dispatch;
 mod events;
@@ -76,9 +79,13 @@ struct AllArgs {
 /// The result of one scenario run.
 #[derive(Debug, Serialize)]
 pub struct Scenario {
+    /// The scenario and its backend, as printed.
     pub name: String,
+    /// The parameters it ran with.
     pub params: serde_json::Value,
+    /// One row per measured figure.
     pub rows: Vec<Row>,
+    /// Counts that qualify the figures (failed runs, redeliveries, …).
     pub counters: serde_json::Value,
 }
 

@@ -17,6 +17,7 @@ pub struct Cli {
     /// Log format of `nightshift dev`: text or json (default: its config's `log_format`, text).
     #[arg(long, global = true, value_parser = parse_log_format)]
     pub log_format: Option<LogFormat>,
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }

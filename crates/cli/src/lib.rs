@@ -3,6 +3,9 @@
 //! Exit codes: 0 success, 1 other failure, 2 usage error, 3 not found, 4 invalid input,
 //! 5 conflict or wrong state (already exists, version conflict, paused...), 6 server unreachable.
 
+// The CLI's output is stdout (tables, JSON, YAML; the address `nightshift dev` bound).
+#![allow(clippy::print_stdout)]
+
 mod agent;
 mod args;
 mod dev;

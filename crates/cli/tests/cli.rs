@@ -1,5 +1,6 @@
 //! The `nightshift` binary against a real `nightshift dev` process: the README's workflow, in
 //! table and JSON output, with readable errors and exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

@@ -1,5 +1,6 @@
 //! The example configuration files in config/ load into the services' config types (which deny
 //! unknown keys), so they cannot drift from the code.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use std::path::PathBuf;
 
 fn example(name: &str) -> PathBuf {

@@ -6,6 +6,7 @@
 //! Proves: scheduled runs flow end to end; a worker SIGKILLed mid-run has its run finished by
 //! another worker without repeating the completed LLM call or tool call; a SIGKILLed scheduler
 //! loses no tick.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 mod common;
 
 use std::collections::BTreeSet;

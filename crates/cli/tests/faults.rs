@@ -10,6 +10,7 @@
 //!
 //! Its own test binary: restarting NATS must not disturb other tests (cargo runs test binaries
 //! one after another).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

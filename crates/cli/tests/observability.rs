@@ -7,6 +7,7 @@
 //! worker) and gRPC metadata (worker → manager, worker → memory); every span of a scheduled run
 //! shares the trace id of the scheduler's `scheduler.fire` span, and every span's parent is in
 //! that trace. And that every service's `/metrics` passes `promtool check metrics`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,5 +1,6 @@
 //! The YAML manifests users write: the examples parse and validate, and every class of bad input
 //! is refused with an error naming the field.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use std::path::PathBuf;
 
 use nightshift_core::{AgentManifest, AgentSpec, OverlapPolicy, Trigger, ValidationErrors};

@@ -1,6 +1,7 @@
 //! [`EventPublisher`] and [`tail`] against a real event service (in-process server on an
 //! ephemeral port, memory log): publishing with the builder, tailing history and following
 //! through `Lagged`, and a publisher that never fails its caller when the service is down.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;

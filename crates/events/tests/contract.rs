@@ -5,6 +5,7 @@
 //!
 //! No test depends on timing: waits are for a condition (an event arriving, the live tail
 //! reaching a cursor) with a generous deadline that only a broken implementation hits.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use nightshift_testkit::{nats_url, redis_url};
 use std::sync::Arc;
 use std::time::Duration;

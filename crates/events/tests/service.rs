@@ -2,6 +2,7 @@
 //! publish, subscribe with filters, resume after a cursor, ListEvents paging, error codes, and
 //! the JSON-lines sink and alert consumers. (`EventPublisher` and `tail` are tested in
 //! `crates/events-client/tests/publisher.rs`.)
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use std::sync::Arc;
 use std::time::Duration;
 

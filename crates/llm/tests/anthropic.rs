@@ -1,6 +1,7 @@
 //! The Anthropic provider against a scripted Messages-API HTTP server (`common::ScriptedLlmServer`),
 //! which stands in for the hosted Anthropic API: it is unreachable from the test machines. The
 //! server returns scripted `tool_use` blocks, then a final answer, and records the requests.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 mod common;
 
 use std::time::{Duration, Instant};

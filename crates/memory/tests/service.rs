@@ -1,4 +1,5 @@
 //! The MemoryService over real gRPC on an ephemeral port.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 mod common;
 
 use std::collections::HashMap;

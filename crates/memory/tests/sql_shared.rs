@@ -1,5 +1,6 @@
 //! The memory tables can live in the same database as nightshift-store's: each keeps its own
 //! migration history, in either order, on SQLite and Postgres, and re-connecting is idempotent.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use nightshift_memory::{MemoryStore, MemoryType, SqlStore};
 use nightshift_testkit::Db;
 

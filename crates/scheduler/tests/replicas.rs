@@ -2,6 +2,7 @@
 //! Redis servers, and the schedule lifecycle (pause, resume, restart) on the embedded backends.
 //!
 //! These tests take real time (schedules tick every second), so they run for ~25 s each.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! Store contract tests, run against both backends: an embedded SQLite file and the real
 //! Postgres server (a fresh database per test).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

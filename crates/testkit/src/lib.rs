@@ -7,6 +7,10 @@
 //! are at [`redis_url`] and [`nats_url`] (`NIGHTSHIFT_TEST_REDIS`, `NIGHTSHIFT_TEST_NATS`);
 //! tests isolate themselves there with unique key prefixes and stream names.
 
+// Test support: a fixture that cannot start must fail the test loudly, and the fixtures print
+// their progress for the test log.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 use sqlx::{Connection, Executor, PgConnection};
 
 /// Admin URL of the test Postgres server.

@@ -8,9 +8,13 @@ use std::time::Duration;
 /// Paths of the installed third-party MCP servers.
 #[derive(Debug)]
 pub struct Servers {
+    /// The `node` executable.
     pub node: String,
+    /// `@modelcontextprotocol/server-filesystem`'s entry script (stdio).
     pub fs_server_js: String,
+    /// The `mcp-server-time` executable (stdio).
     pub time_server: String,
+    /// The Python with the `mcp` SDK, for the streamable-HTTP fixture.
     pub mcp_python: String,
 }
 
@@ -41,6 +45,7 @@ pub fn free_port() -> u16 {
 /// The python streamable-HTTP MCP server of tests/fixtures, killed on drop.
 pub struct HttpFixture {
     _child: crate::ChildGuard,
+    /// Its endpoint (`http://127.0.0.1:PORT/mcp`).
     pub url: String,
 }
 

@@ -1,4 +1,5 @@
 //! The built-in local tools through the registry: schemas, validation, confinement, limits.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! Real third-party MCP servers through the registry: the npm filesystem server and
 //! `mcp-server-time` over stdio, and a streamable-HTTP server written with the official Python
 //! SDK. `crates/testkit/mcp/setup.sh` installs them (cached); an install failure fails these tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 mod common;
 
 use std::collections::BTreeMap;

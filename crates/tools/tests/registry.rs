@@ -1,5 +1,6 @@
 //! Registry behaviour independent of the individual tools: unknown tools, timeouts, panics,
 //! output limits, registration rules.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

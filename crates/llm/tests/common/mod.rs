@@ -156,6 +156,7 @@ pub fn fast_retries(max_attempts: u32) -> RetryPolicy {
 ///
 /// Each test uses its own variable name. Setting variables while other threads run is only
 /// sound because every reader here goes through `std::env`, which serializes access.
+#[allow(unsafe_code)]
 pub fn set_env(name: &str, value: &str) {
     // SAFETY: see above; the tests never read the environment through libc directly.
     unsafe { std::env::set_var(name, value) }
