@@ -14,9 +14,9 @@ use anyhow::Context;
 use chrono::Utc;
 use futures::StreamExt;
 use nightshift_core::{AgentId, AgentSpec, AgentState, RunId, SystemClock, TriggerKind, time};
-use nightshift_queue::QueueSettings;
 use nightshift_queue::{RunRequest, WorkQueue};
-use nightshift_scheduler::{Scheduler, SchedulerConfig};
+use nightshift_rpc::{CancellationToken, Role};
+use nightshift_scheduler::{SchedulerConfig, SchedulerDeps, SchedulerRole};
 use nightshift_store::{Store, TickFire};
 
 use crate::backend::{BackendKind, Backends};
@@ -149,7 +149,6 @@ pub async fn schedule_scale(args: &ScaleArgs) -> anyhow::Result<Scenario> {
     eprintln!("== {name}: {} s window", args.secs);
     sys::reset_peak_rss();
     let backends = Backends::open(args.backend).await?;
-    let publish_queue = backends.queue().await?;
     let shared = Arc::new(Shared {
         window_start_ms: AtomicI64::new(i64::MAX),
         window_end_ms: AtomicI64::new(i64::MAX),
@@ -161,12 +160,13 @@ pub async fn schedule_scale(args: &ScaleArgs) -> anyhow::Result<Scenario> {
         let q = backends.queue().await?;
         consumers.push(tokio::spawn(consume(q, shared.clone())));
     }
-    let cfg = SchedulerConfig { queue: QueueSettings::at(backends.queue_url.clone()), ..SchedulerConfig::default() };
-    let scheduler = Scheduler::new(backends.store.clone(), publish_queue, Arc::new(SystemClock), cfg);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let cfg = SchedulerConfig { queue: backends.queue_settings(), ..SchedulerConfig::default() };
+    let deps = SchedulerDeps { store: backends.store.clone(), clock: Arc::new(SystemClock) };
+    let scheduler = Box::new(SchedulerRole::build(cfg, deps).await?);
+    let stop = CancellationToken::new();
     // The scheduler runs while agents are created (it picks them up by its 1 s change sync), so
     // that no agent starts with a backlog of late ticks from before the scheduler existed.
-    let sched_task = tokio::spawn(scheduler.run(stop_rx));
+    let sched_task = tokio::spawn(scheduler.run(stop.clone()));
     let (_, created_in) =
         create_agents(&backends.store, args.agents, |i| interval_spec(&format!("bench-{i:06}"))).await?;
     eprintln!("   created {} agents in {:.1} s", args.agents, created_in.as_secs_f64());
@@ -195,7 +195,7 @@ pub async fn schedule_scale(args: &ScaleArgs) -> anyhow::Result<Scenario> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (rss_now, rss_peak) = sys::rss_mib();
-    let _ = stop_tx.send(true);
+    stop.cancel();
     let _ = sched_task.await;
     shared.stop.store(true, Ordering::Relaxed);
     for c in consumers {

@@ -15,16 +15,7 @@ use common::*;
 async fn runs_recall_memory_and_store_their_result_as_an_episode() {
     let (llm, script) = scripted_llm().await;
     let (env, agent) = env(&llm).await;
-    let (memory_endpoint, channel) = memory_service().await;
-    let memory = pb::memory_service_client::MemoryServiceClient::new(channel);
-    let (_events, _worker) = start_worker_at(
-        &env.endpoint,
-        &env.queue_url,
-        &env.queue_name,
-        Duration::from_secs(10),
-        Some(&memory_endpoint),
-    )
-    .await;
+    let (memory, _worker) = start_worker_with_memory(&env, Duration::from_secs(10)).await;
     let scope = pb::MemoryScope { agent_id: agent.id.clone(), session: "agent".into() };
     let recall = |kind: pb::MemoryType| {
         let (mut memory, scope) = (memory.clone(), scope.clone());
@@ -98,16 +89,7 @@ async fn a_real_small_llm_calls_a_local_tool_in_structured_mode() {
         ),
     )
     .await;
-    let (memory_endpoint, channel) = memory_service().await;
-    let memory = pb::memory_service_client::MemoryServiceClient::new(channel);
-    let (_events, _worker) = start_worker_at(
-        &env.endpoint,
-        &env.queue_url,
-        &env.queue_name,
-        Duration::from_secs(30),
-        Some(&memory_endpoint),
-    )
-    .await;
+    let (memory, _worker) = start_worker_with_memory(&env, Duration::from_secs(30)).await;
     let run = trigger(&env).await;
     let done = wait_for_status_within(&env, &run.id, pb::RunStatus::Succeeded, Duration::from_secs(180)).await;
     let calls: Vec<&pb::ToolResult> = done
@@ -151,4 +133,14 @@ async fn a_real_small_llm_calls_a_local_tool_in_structured_mode() {
         episodes[0].content,
         done.result
     );
+}
+
+type MemoryClient = pb::memory_service_client::MemoryServiceClient<tonic::transport::Channel>;
+
+/// A memory role and a worker using it; returns a client of the memory service.
+async fn start_worker_with_memory(env: &Env, lease: Duration) -> (MemoryClient, tokio::task::JoinHandle<()>) {
+    let (memory_endpoint, channel) = memory_service().await;
+    let (_events, worker) =
+        start_worker_at(&env.endpoint, &env.queue_url, &env.queue_name, lease, Some(&memory_endpoint)).await;
+    (pb::memory_service_client::MemoryServiceClient::new(channel), worker)
 }
