@@ -138,6 +138,17 @@ impl EventPublisher {
         Ok(Self::new(EventServiceClient::new(channel), source, options))
     }
 
+    /// The publisher of a service role to its `events_endpoint` option: `None` when the option
+    /// is empty (no event service), else a lazily connecting publisher whose events name
+    /// `role/<process id>` as their source.
+    pub fn for_role(role: &str, events_endpoint: &str) -> Result<Option<Self>, tonic::transport::Error> {
+        if events_endpoint.is_empty() {
+            return Ok(None);
+        }
+        let source = format!("{role}/{}", std::process::id());
+        Self::connect_lazy(events_endpoint, source, PublisherOptions::default()).map(Some)
+    }
+
     /// Starts an event of type `ty`.
     pub fn event(&self, ty: EventType) -> EventBuilder<'_> {
         EventBuilder { publisher: self, event: pb::Event { r#type: ty.to_pb() as i32, ..Default::default() } }

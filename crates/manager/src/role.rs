@@ -2,7 +2,7 @@
 //! `nightshift-manager` binary and by `nightshift dev` alike.
 use std::sync::Arc;
 
-use nightshift_events_client::{EventPublisher, PublisherOptions};
+use nightshift_events_client::EventPublisher;
 use nightshift_rpc::{BadEndpoint, GrpcServer, Role};
 use nightshift_store::Store;
 
@@ -51,10 +51,9 @@ impl ManagerRole {
         if !config.queue.url.is_empty() {
             service = service.with_queue(config.queue.connect().await?);
         }
-        if !config.events_endpoint.is_empty() {
-            let source = format!("manager/{}", std::process::id());
-            let publisher = EventPublisher::connect_lazy(&config.events_endpoint, source, PublisherOptions::default())
-                .map_err(BadEndpoint::of("events_endpoint"))?;
+        if let Some(publisher) =
+            EventPublisher::for_role("manager", &config.events_endpoint).map_err(BadEndpoint::of("events_endpoint"))?
+        {
             service = service.with_events(publisher);
         }
         Ok(Self { service })

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use nightshift_core::Clock;
-use nightshift_events_client::{EventPublisher, PublisherOptions};
+use nightshift_events_client::EventPublisher;
 use nightshift_rpc::{BadEndpoint, CancellationToken, GrpcServer, Role, RoleError};
 use nightshift_store::Store;
 
@@ -38,15 +38,8 @@ impl SchedulerRole {
     /// `SCHEDULE_*` events to the event service when `events_endpoint` is set.
     pub async fn build(config: SchedulerConfig, deps: SchedulerDeps) -> Result<Self, SchedulerBuildError> {
         let queue = config.queue.connect().await?;
-        let events = if config.events_endpoint.is_empty() {
-            None
-        } else {
-            let source = format!("scheduler/{}", std::process::id());
-            Some(
-                EventPublisher::connect_lazy(&config.events_endpoint, source, PublisherOptions::default())
-                    .map_err(BadEndpoint::of("events_endpoint"))?,
-            )
-        };
+        let events = EventPublisher::for_role("scheduler", &config.events_endpoint)
+            .map_err(BadEndpoint::of("events_endpoint"))?;
         let mut scheduler = Scheduler::new(deps.store, queue, deps.clock, config);
         if let Some(events) = events {
             scheduler = scheduler.with_events(events);

@@ -3,7 +3,7 @@
 //! the event service by their endpoints, and the queue by its URL.
 use std::time::Duration;
 
-use nightshift_events_client::{EventPublisher, PublisherOptions};
+use nightshift_events_client::EventPublisher;
 use nightshift_rpc::{BadEndpoint, CancellationToken, GrpcServer, Role, RoleError};
 use tonic::transport::{Channel, Endpoint};
 
@@ -46,15 +46,11 @@ impl WorkerRole {
     pub async fn build(config: WorkerConfig, deps: WorkerDeps) -> Result<Self, WorkerBuildError> {
         let queue = config.queue.connect().await?;
         let manager = channel("manager_endpoint", &config.manager_endpoint)?;
-        let events = if deps.events.is_some() {
-            deps.events
-        } else if config.events_endpoint.is_empty() {
-            None
-        } else {
-            let source = format!("worker/{}", std::process::id());
-            let publisher = EventPublisher::connect_lazy(&config.events_endpoint, source, PublisherOptions::default())
-                .map_err(BadEndpoint::of("events_endpoint"))?;
-            Some(publisher_fn(publisher))
+        let events = match deps.events {
+            Some(events) => Some(events),
+            None => EventPublisher::for_role("worker", &config.events_endpoint)
+                .map_err(BadEndpoint::of("events_endpoint"))?
+                .map(publisher_fn),
         };
         let memory = match config.memory_endpoint.as_str() {
             "" => None,
