@@ -69,9 +69,10 @@ pub async fn init_process(server: &ServerOptions) -> Result<(), ServeError> {
 }
 
 /// Mounts `roles` on one server on `listener`, runs their background work, and serves until
-/// `shutdown` resolves (or a role fails). Then, in this order: every role's token is cancelled
-/// and its `run` awaited while the server still answers (so a draining worker in the same
-/// process can still reach the manager), and the server finishes its in-flight calls.
+/// `shutdown` resolves (or a role fails). Then, in this order: health turns NOT_SERVING, every
+/// role's token is cancelled and its `run` awaited while the server still answers (so a
+/// draining worker in the same process can still reach the manager), and the server finishes
+/// its in-flight calls.
 pub async fn serve_roles(
     roles: Vec<Box<dyn Role>>,
     listener: TcpListener,
@@ -99,11 +100,13 @@ pub async fn serve_roles(
         })
         .collect();
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let not_serving = server.not_serving();
     let supervisor = tokio::spawn(async move {
         tokio::select! {
             () = shutdown => {}
             () = token.cancelled() => {}
         }
+        not_serving.await;
         token.cancel();
         let mut first_error = None;
         for (name, task) in tasks {

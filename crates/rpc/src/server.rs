@@ -87,6 +87,18 @@ impl GrpcServer {
         self.health.clone()
     }
 
+    /// Reports `""` and every declared service NOT_SERVING, for the time between a shutdown
+    /// signal and the end of serving (load balancers and readiness probes stop sending calls).
+    pub fn not_serving(&self) -> impl Future<Output = ()> + Send + 'static {
+        let (health, names) = (self.health.clone(), self.names.clone());
+        async move {
+            health.set_service_status("", ServingStatus::NotServing).await;
+            for name in names {
+                health.set_service_status(name, ServingStatus::NotServing).await;
+            }
+        }
+    }
+
     /// Binds `addr` (use port 0 for an ephemeral port).
     pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
         TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr: addr.to_owned(), source })
