@@ -24,7 +24,9 @@ where
         }
         fig = fig.merge(Toml::file(path));
     }
-    fig = fig.merge(Env::prefixed(&format!("{env_prefix}_")).split("__"));
+    // `<PREFIX>_CONFIG` names the file itself (the binaries' `--config` flag reads it); it is
+    // not a key of the options.
+    fig = fig.merge(Env::prefixed(&format!("{env_prefix}_")).ignore(&["config"]).split("__"));
     fig.extract().map_err(|e| ConfigError(e.to_string()))
 }
 
@@ -90,5 +92,32 @@ pub mod duration_text_map {
             .into_iter()
             .map(|(k, v)| humantime::parse_duration(&v).map(|d| (k, d)).map_err(serde::de::Error::custom))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Options {
+        listen: String,
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure signature
+    fn the_config_file_variable_is_not_a_key() {
+        // figment's Jail gives the test its own environment (restored afterwards).
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("NS_CONFIG_TEST_CONFIG", "/etc/nightshift/x.toml");
+            jail.set_env("NS_CONFIG_TEST_LISTEN", "127.0.0.1:1");
+            let o: Options = load(None, "NS_CONFIG_TEST").map_err(|e| e.to_string())?;
+            assert_eq!(o.listen, "127.0.0.1:1");
+            jail.set_env("NS_CONFIG_TEST_LISTN", "typo");
+            let err = load::<Options>(None, "NS_CONFIG_TEST").unwrap_err().to_string();
+            assert!(err.contains("listn"), "{err}");
+            Ok(())
+        });
     }
 }
