@@ -79,10 +79,10 @@ pub enum EventsCommand {
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
-    /// TOML file with the dev options: top-level `listen`, `data_dir`, `database_url`,
-    /// `metrics_listen`, `memory_model`, and one section per role (`[worker]`, `[scheduler]`,
-    /// `[manager]`, `[memory]`, `[events]`) with that role's options. Env: NIGHTSHIFT_DEV_<KEY>.
-    /// The flags below override it.
+    /// TOML file with the dev options (see config/dev.toml): top-level `listen`, `data_dir`,
+    /// `database_url`, `metrics_listen`, `log_format`, `memory_model`, and one section per role
+    /// (`[worker]`, `[scheduler]`, `[manager]`, `[memory]`, `[events]`) with that role's options.
+    /// Env: NIGHTSHIFT_DEV_<KEY> (nested keys joined with `__`). The flags below override it.
     #[arg(long, env = "NIGHTSHIFT_DEV_CONFIG")]
     pub config: Option<PathBuf>,
     /// gRPC listen address (default 127.0.0.1:50051; port 0 picks a free port; the bound
@@ -102,8 +102,9 @@ pub struct DevArgs {
     #[arg(long)]
     pub metrics_listen: Option<String>,
     /// Directory of the all-MiniLM-L6-v2 model for semantic memory search (default: the one
-    /// crates/memory/scripts/fetch-model.sh fills, if present; otherwise search is off).
-    #[arg(long, env = "NIGHTSHIFT_MEMORY_MODEL")]
+    /// crates/memory/scripts/fetch-model.sh fills, if present; otherwise search is off). Env:
+    /// NIGHTSHIFT_DEV_MEMORY_MODEL (a NIGHTSHIFT_MEMORY_* name would be read by nightshift-memory).
+    #[arg(long)]
     pub memory_model: Option<PathBuf>,
 }
 

@@ -14,7 +14,7 @@ mod output;
 mod runs;
 
 pub use args::Cli;
-pub use dev::DevConfig;
+pub use dev::{DevConfig, DevWiring};
 
 use args::Command;
 use tonic::Code;

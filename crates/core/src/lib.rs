@@ -27,10 +27,6 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ValidationError, ValidationErrors};
 pub use event::EventType;
 pub use ids::{AgentId, AgentName, RunId, WorkerId};
-pub use lifecycle::{
-    FinishDecision, LeaseState, OverlapDecision, StartDecision, StartFacts, decide_finish, decide_overlap,
-    decide_start, lease_state, lease_until,
-};
 pub use manifest::AgentManifest;
 pub use policy::{Backoff, OverlapPolicy, RunPolicy};
 pub use redact::redact_url;

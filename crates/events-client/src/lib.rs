@@ -13,8 +13,6 @@
 //! The manager, scheduler and worker depend on this crate, not on the server; the server
 //! depends on it for the types and formats both sides share.
 
-#![warn(missing_docs)]
-
 mod convert;
 mod filter;
 mod publisher;

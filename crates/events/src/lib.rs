@@ -47,8 +47,6 @@
 //! log_format = "text"
 //! ```
 
-#![warn(missing_docs)]
-
 mod alert;
 mod config;
 mod error;

@@ -20,8 +20,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg: EventsConfig = nightshift_core::config::load(args.config.as_deref(), "NIGHTSHIFT_EVENTS")?;
     init_process(&cfg.server).await?;
-    let listener = GrpcServer::bind(&cfg.server.listen).await?;
+    let listen = cfg.server.listen.clone();
     let role = EventsRole::build(cfg).await.context("opening the event log")?;
+    // Bound once the role is built, so that a port that answers is a role that is ready.
+    let listener = GrpcServer::bind(&listen).await?;
     let roles: Vec<Box<dyn Role>> = vec![Box::new(role)];
     serve_roles(roles, listener, shutdown_signal()).await?;
     nightshift_telemetry::shutdown();

@@ -1,12 +1,14 @@
 //! Event log on a Redis stream (Redis ≥ 7.0).
 //!
-//! - One stream `<prefix>:events`; each entry holds the prost-encoded event in field `e`.
+//! - One stream `{<prefix>}:events` (the `nightshift_redis::key` convention; a log written
+//!   before it, as `<prefix>:events`, is renamed on connect); each entry holds the
+//!   prost-encoded event in field `e`.
 //! - **Cursor = stream id** `<ms>-<n>`: the append script chooses the id explicitly, with `ms`
 //!   the server time (never going backwards) and `n` a counter contiguous over the life of the
 //!   stream. Ids therefore sort like Redis's own and a time position is an `XRANGE` from
 //!   `<ms>`, and a missing `n` reveals trimmed entries, so resuming after a cursor whose
 //!   successors were trimmed fails with `CursorExpired` instead of silently skipping them.
-//! - Append is one Lua script per batch: dedup (`SET <prefix>:eid:<id> <stream id> PX window`
+//! - Append is one Lua script per batch: dedup (`SET {<prefix>}:eid:<id> <stream id> PX window`
 //!   checked before `XADD`, atomically), `XADD … MAXLEN ~ max_events`, and `XTRIM MINID ~`
 //!   for `max_age`.
 //! - History: `XRANGE (<cursor> + COUNT n`. Live tail: one task per opened log runs
@@ -131,15 +133,18 @@ struct Inner {
 
 impl RedisLog {
     /// Connects to `url` (`redis://[:password@]host:port[/db]`) and starts the live tail at the
-    /// current end of the stream `<prefix>:events`.
+    /// current end of the stream `{<prefix>}:events`.
     pub async fn connect(url: &str, opts: LogOptions) -> Result<Self, EventLogError> {
         opts.validate()?;
         let client = Connector::open(url).map_err(|e| EventLogError::Config(e.to_string()))?;
-        let conn = client.connection(Timeouts::COMMANDS).await.map_err(|e| EventLogError::Backend(e.to_string()))?;
+        // Appends of large batches and history pages may take longer than a plain command.
+        let timeouts = Timeouts { response: Duration::from_secs(10), ..Timeouts::COMMANDS };
+        let conn = client.connection(timeouts).await.map_err(|e| EventLogError::Backend(e.to_string()))?;
         // Blocking reads get their own connection, with a timeout longer than the block.
         let tail_conn =
             client.connection(Timeouts::blocking(BLOCK)).await.map_err(|e| EventLogError::Backend(e.to_string()))?;
         let stream = key(&opts.prefix, "events");
+        adopt_legacy_stream(&mut conn.clone(), &format!("{}:events", opts.prefix), &stream).await?;
         let head_script = Script::new(HEAD_LUA);
         let head = head_of(&head_script, &mut conn.clone(), &stream).await?;
         let live = LiveTail::new(opts.subscriber_buffer);
@@ -162,6 +167,28 @@ impl RedisLog {
     pub fn stream_key(&self) -> &str {
         &self.inner.stream
     }
+}
+
+/// Renames a log written before the `{prefix}:name` key convention (`prefix:events`) to its
+/// current key, once, so that an upgrade keeps the history and every cursor (stream ids do not
+/// change). Only when the new key does not exist yet; on a Redis Cluster, where the two keys may
+/// live on different slots, the rename is refused and the error says what to do.
+async fn adopt_legacy_stream(conn: &mut ConnectionManager, legacy: &str, stream: &str) -> Result<(), EventLogError> {
+    let (legacy_exists, exists): (bool, bool) =
+        ::redis::pipe().exists(legacy).exists(stream).query_async(conn).await.map_err(redis_err)?;
+    if !legacy_exists || exists {
+        return Ok(());
+    }
+    let renamed: bool = ::redis::cmd("RENAMENX").arg(legacy).arg(stream).query_async(conn).await.map_err(|e| {
+        EventLogError::Backend(format!(
+            "the event log moved from key {legacy} to {stream} and could not be renamed ({e}); \
+             rename it by hand (RENAME {legacy} {stream}) or start with a new prefix"
+        ))
+    })?;
+    if renamed {
+        tracing::info!(from = legacy, to = stream, "event log renamed to the current key convention");
+    }
+    Ok(())
 }
 
 fn redis_err(e: ::redis::RedisError) -> EventLogError {

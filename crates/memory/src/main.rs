@@ -20,8 +20,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg: MemoryConfig = nightshift_core::config::load(args.config.as_deref(), "NIGHTSHIFT_MEMORY")?;
     init_process(&cfg.server).await?;
-    let listener = GrpcServer::bind(&cfg.server.listen).await?;
     let roles: Vec<Box<dyn Role>> = vec![Box::new(MemoryRole::build(&cfg).await?)];
+    // Bound once the role is built (the model loaded, the index filled), so that a port that
+    // answers is a role that is ready.
+    let listener = GrpcServer::bind(&cfg.server.listen).await?;
     serve_roles(roles, listener, shutdown_signal()).await?;
     nightshift_telemetry::shutdown();
     Ok(())

@@ -85,11 +85,6 @@ impl Connector {
             .await
             .map_err(|e| ConnectError::Unreachable { url: self.redacted.clone(), reason: e.to_string() })
     }
-
-    /// The URL with its password removed, for messages.
-    pub fn redacted_url(&self) -> &str {
-        &self.redacted
-    }
 }
 
 /// The key `name` under `prefix`: `{prefix}:name` (see the crate docs).

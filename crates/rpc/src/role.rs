@@ -87,20 +87,23 @@ pub async fn serve_roles(
         .into_iter()
         .map(|role| {
             let name = role.name();
+            let run = tokio::spawn(role.run(token.clone()));
+            // A watcher per role, so that a role that fails *or panics* stops the process too.
             let token = token.clone();
-            let task = tokio::spawn(async move {
-                let result = role.run(token.clone()).await;
+            let watcher = tokio::spawn(async move {
+                let result = run.await.unwrap_or_else(|join| Err(format!("panicked: {join}").into()));
                 if let Err(e) = &result {
                     tracing::error!(role = name, error = %e, "role failed; shutting the process down");
                     token.cancel();
                 }
                 result
             });
-            (name, task)
+            (name, watcher)
         })
         .collect();
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let not_serving = server.not_serving();
+    let stop = token.clone();
     let supervisor = tokio::spawn(async move {
         tokio::select! {
             () = shutdown => {}
@@ -110,10 +113,7 @@ pub async fn serve_roles(
         token.cancel();
         let mut first_error = None;
         for (name, task) in tasks {
-            let result = match task.await {
-                Ok(result) => result,
-                Err(join) => Err(RoleError::from(format!("task panicked or was aborted: {join}"))),
-            };
+            let result = task.await.unwrap_or_else(|join| Err(format!("watcher failed: {join}").into()));
             if let Err(source) = result {
                 first_error.get_or_insert(ServeError::Role { role: name, source });
             }
@@ -121,12 +121,18 @@ pub async fn serve_roles(
         let _ = stopped_tx.send(());
         first_error
     });
-    server
+    let served = server
         .serve(listener, async move {
             let _ = stopped_rx.await;
         })
-        .await?;
-    match supervisor.await {
+        .await;
+    if served.is_err() {
+        // The server itself failed: wind the roles down (a worker drains) before returning.
+        stop.cancel();
+    }
+    let roles_ended = supervisor.await;
+    served?;
+    match roles_ended {
         Ok(None) => Ok(()),
         Ok(Some(e)) => Err(e),
         Err(join) => Err(ServeError::Role { role: "supervisor", source: join.to_string().into() }),

@@ -23,6 +23,21 @@ impl Role for Failing {
     }
 }
 
+/// Panics in its background work.
+struct Panicking;
+
+#[async_trait::async_trait]
+impl Role for Panicking {
+    fn name(&self) -> &'static str {
+        "panicking"
+    }
+    fn mount(&self, _server: &mut GrpcServer) {}
+    #[allow(clippy::panic)]
+    async fn run(self: Box<Self>, _shutdown: CancellationToken) -> Result<(), RoleError> {
+        panic!("a bug in the role");
+    }
+}
+
 /// Only answers requests (the default `run`).
 struct Idle;
 
@@ -77,6 +92,22 @@ async fn a_failing_role_stops_the_process_and_names_itself() {
             assert_eq!(source.to_string(), "cannot reach its backend");
         }
         other => panic!("expected the failing role's error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_role_stops_the_process_too() {
+    let listener = GrpcServer::bind("127.0.0.1:0").await.unwrap();
+    let roles: Vec<Box<dyn Role>> = vec![Box::new(Idle), Box::new(Panicking)];
+    let result = tokio::time::timeout(Duration::from_secs(10), serve_roles(roles, listener, std::future::pending()))
+        .await
+        .expect("the process stops without a signal");
+    match result {
+        Err(ServeError::Role { role, source }) => {
+            assert_eq!(role, "panicking");
+            assert!(source.to_string().contains("panicked"), "{source}");
+        }
+        other => panic!("expected the panicking role's error, got {other:?}"),
     }
 }
 

@@ -63,7 +63,8 @@ impl Default for DevConfig {
 pub struct DevWiring {
     /// The database every role shares.
     pub database_url: String,
-    /// The in-process queue every role shares.
+    /// The in-process queue every role shares (`memory://NAME`); its name and ack wait are the
+    /// `[worker]` section's, for every role (one in-process queue has one setting).
     pub queue_url: String,
     /// `http://ADDR` of this process's one port.
     pub endpoint: String,
@@ -88,13 +89,14 @@ impl DevConfig {
             ("memory", &self.memory.server, &mem.server),
             ("events", &self.events.server, &ev.server),
         ] {
-            check(section, "listen / metrics_listen / log_format (use the top-level keys)", server != default);
+            check(section, "listen, metrics_listen or log_format (set them at the top level)", server != default);
         }
         check("manager", "database_url", self.manager.database_url != m.database_url);
         check("scheduler", "database_url", self.scheduler.database_url != s.database_url);
-        check("manager", "queue_*", self.manager.queue != m.queue);
-        check("scheduler", "queue_*", self.scheduler.queue != s.queue);
-        check("worker", "queue_*", self.worker.queue != w.queue);
+        // One in-process queue: its URL is dev's, its name and ack wait the [worker] section's.
+        check("manager", "queue_* (dev uses [worker]'s)", self.manager.queue != m.queue);
+        check("scheduler", "queue_* (dev uses [worker]'s)", self.scheduler.queue != s.queue);
+        check("worker", "queue_url", self.worker.queue.url != w.queue.url);
         check("manager", "scheduler_endpoint", self.manager.scheduler_endpoint != m.scheduler_endpoint);
         for (section, value, default) in [
             ("manager", &self.manager.events_endpoint, &m.events_endpoint),
@@ -122,13 +124,18 @@ impl DevConfig {
         self.server.clone()
     }
 
+    /// The queue every role uses.
+    fn queue(&self, w: &DevWiring) -> QueueSettings {
+        QueueSettings { url: w.queue_url.clone(), ..self.worker.queue.clone() }
+    }
+
     /// The manager's options: the shared database and queue; schedule changes go to the
     /// scheduler in this process directly, events to this port.
     pub fn manager_options(&self, w: &DevWiring) -> ManagerConfig {
         ManagerConfig {
             server: self.server(),
             database_url: w.database_url.clone(),
-            queue: QueueSettings { url: w.queue_url.clone(), ..self.manager.queue.clone() },
+            queue: self.queue(w),
             scheduler_endpoint: String::new(),
             events_endpoint: w.endpoint.clone(),
             ..self.manager.clone()
@@ -140,7 +147,7 @@ impl DevConfig {
         SchedulerConfig {
             server: self.server(),
             database_url: w.database_url.clone(),
-            queue: QueueSettings { url: w.queue_url.clone(), ..self.scheduler.queue.clone() },
+            queue: self.queue(w),
             events_endpoint: w.endpoint.clone(),
             ..self.scheduler.clone()
         }
@@ -150,7 +157,7 @@ impl DevConfig {
     pub fn worker_options(&self, w: &DevWiring) -> WorkerConfig {
         WorkerConfig {
             server: self.server(),
-            queue: QueueSettings { url: w.queue_url.clone(), ..self.worker.queue.clone() },
+            queue: self.queue(w),
             manager_endpoint: w.endpoint.clone(),
             memory_endpoint: w.endpoint.clone(),
             events_endpoint: w.endpoint.clone(),
@@ -165,8 +172,8 @@ impl DevConfig {
 
     /// The memory service's options: each store left at its default keeps episodic, long-term and
     /// procedural memory in the dev database (working memory in the process); with no vector
-    /// index configured, semantic search uses an in-process index and the embedded MiniLM model
-    /// when its files are at hand (`model`), and is off otherwise.
+    /// index and no embedder configured, semantic search uses an in-process index and the
+    /// embedded MiniLM model when its files are at hand (`model`), and is off otherwise.
     pub fn memory_options(&self, w: &DevWiring, model: Option<&Path>) -> MemoryConfig {
         let mut cfg = MemoryConfig { server: self.server(), ..self.memory.clone() };
         let defaults = MemoryConfig::default().stores;
@@ -181,6 +188,7 @@ impl DevConfig {
             }
         }
         if cfg.vector.url.is_empty()
+            && cfg.embedder.kind == EmbedderKind::None
             && let Some(dir) = model
         {
             cfg.vector.url = "inprocess://".into();
@@ -237,7 +245,8 @@ mod tests {
         let manager = cfg.manager_options(&w);
         assert_eq!(manager.default_lease_ttl, std::time::Duration::from_secs(45));
         assert_eq!(manager.database_url, "sqlite://d/nightshift.db");
-        assert_eq!(cfg.ignored_keys(), vec!["worker.queue_*".to_owned()]);
+        assert_eq!(cfg.ignored_keys(), vec!["worker.queue_url".to_owned()]);
+        assert_eq!(manager.queue, worker.queue, "one in-process queue, one setting");
     }
 
     #[test]
@@ -251,6 +260,13 @@ mod tests {
         assert_eq!(mem.embedder.kind, EmbedderKind::MiniLm);
         let off = DevConfig::default().memory_options(&w, None);
         assert_eq!(off.vector.url, "");
+        let mut own = DevConfig::default();
+        own.memory.embedder.kind = EmbedderKind::OpenAi;
+        assert_eq!(
+            own.memory_options(&w, Some(&dir)).embedder.kind,
+            EmbedderKind::OpenAi,
+            "a configured embedder stays"
+        );
 
         let mut cfg = DevConfig::default();
         cfg.memory.stores.episodic = "redis://127.0.0.1:6379".into();
