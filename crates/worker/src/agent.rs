@@ -106,7 +106,9 @@ impl AgentLoop<'_> {
             .as_ref()
             .map(|r| r.tool_calls.iter().filter(|c| !answered.contains(&c.id)).map(Into::into).collect())
             .unwrap_or_default();
-        let resumed_mid_turn = !pending.is_empty();
+        // Only the turn a crash interrupted can hold calls that may have run without their
+        // result being checkpointed; every later call of this attempt runs normally.
+        let mut resumed_mid_turn = !pending.is_empty();
         if let Some(r) = &last_llm
             && r.tool_calls.is_empty()
         {
@@ -137,6 +139,7 @@ impl AgentLoop<'_> {
                     messages.push(Message::from(&result));
                 }
                 pending.clear();
+                resumed_mid_turn = false;
             }
             if llm_turns >= self.max_steps {
                 return Err(LoopError::MaxSteps(self.max_steps));
@@ -209,5 +212,119 @@ impl AgentLoop<'_> {
             self.tools.call(&call.name, &call.arguments).await
         };
         (out, started.elapsed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use nightshift_llm::{ChatResponse, FinishReason};
+    use nightshift_tools::{Tool, ToolDef, ToolError, ToolSource, ToolsConfig};
+    use serde_json::Value;
+
+    use super::*;
+
+    /// A tool with a side effect (not idempotent) that counts its calls.
+    struct SendMail(Arc<AtomicUsize>);
+
+    #[async_trait::async_trait]
+    impl Tool for SendMail {
+        fn definition(&self) -> ToolDef {
+            ToolDef {
+                name: "send_mail".into(),
+                description: "Sends a mail".into(),
+                input_schema: serde_json::json!({"type": "object"}),
+                source: ToolSource::Local,
+                idempotent: false,
+            }
+        }
+
+        async fn call(&self, _args: Value) -> Result<String, ToolError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok("sent".into())
+        }
+    }
+
+    /// Answers with the scripted responses, in order.
+    struct Scripted(Mutex<Vec<ChatResponse>>);
+
+    #[async_trait::async_trait]
+    impl ChatModel for Scripted {
+        async fn chat(&self, _req: &ChatRequest) -> Result<ChatResponse, LlmError> {
+            Ok(self.0.lock().unwrap().remove(0))
+        }
+    }
+
+    /// Keeps the checkpoints in memory.
+    #[derive(Default)]
+    struct Steps(Mutex<Vec<pb::RunStep>>);
+
+    #[async_trait::async_trait]
+    impl StepSink for Steps {
+        async fn checkpoint(&self, step: pb::RunStep) -> Result<(), LoopError> {
+            self.0.lock().unwrap().push(step);
+            Ok(())
+        }
+    }
+
+    fn response(calls: &[&str], content: &str) -> ChatResponse {
+        ChatResponse {
+            content: content.into(),
+            tool_calls: calls
+                .iter()
+                .map(|id| ToolCall { id: (*id).into(), name: "send_mail".into(), arguments: "{}".into() })
+                .collect(),
+            usage: Usage::default(),
+            finish_reason: if calls.is_empty() { FinishReason::Stop } else { FinishReason::ToolCalls },
+            model: "scripted".into(),
+            latency: Duration::ZERO,
+            attempts: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn after_an_interrupted_call_later_calls_of_the_resumed_attempt_run() {
+        let sent = Arc::new(AtomicUsize::new(0));
+        let mut tools = ToolRegistry::new(&Default::default(), &ToolsConfig::default()).await.unwrap();
+        tools.register(Arc::new(SendMail(sent.clone())), Duration::from_secs(5)).unwrap();
+        // The earlier attempt died after the model asked for call-1 and before its result was
+        // checkpointed: call-1 may have sent the mail.
+        let prior = vec![pb::RunStep {
+            seq: 0,
+            payload: Some(pb::run_step::Payload::LlmResponse(pb::LlmResponse::from(&response(&["call-1"], "")))),
+            ..Default::default()
+        }];
+        let model = Scripted(Mutex::new(vec![response(&["call-2"], ""), response(&[], "done")]));
+        let steps = Steps::default();
+        let out = AgentLoop {
+            model: Arc::new(model),
+            tools: &tools,
+            system: "s".into(),
+            query: "q".into(),
+            max_steps: 5,
+            prior,
+            step_counter: Arc::default(),
+        }
+        .run(&steps)
+        .await
+        .unwrap();
+        assert_eq!(out.answer, "done");
+        assert_eq!(sent.load(Ordering::SeqCst), 1, "call-1 is not repeated, call-2 runs");
+        let results: Vec<pb::ToolResult> = steps
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|s| match &s.payload {
+                Some(pb::run_step::Payload::ToolResult(t)) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(results.len(), 2);
+        assert!(results[0].is_error && results[0].output.contains("interrupted"), "{:?}", results[0]);
+        assert!(!results[1].is_error && results[1].output == "sent", "{:?}", results[1]);
     }
 }
