@@ -2,7 +2,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use nightshift_core::{BUILTIN_LOCAL_TOOLS, pb, time};
+use nightshift_core::{pb, time};
 use tonic::{Request, Response, Status};
 
 use crate::Worker;
@@ -44,10 +44,16 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                 started_at: Some(time::to_pb(r.started_at)),
             })
             .collect();
-        // Local tools are always available; MCP tools belong to the runs that start them.
-        let tools = BUILTIN_LOCAL_TOOLS
-            .iter()
-            .map(|t| pb::LoadedTool { name: (*t).to_owned(), source: "local".into(), description: String::new() })
+        // The local tools this worker's configuration lets act; MCP tools belong to the runs
+        // that start them.
+        let tools = nightshift_tools::local::offered(w.tools_config())
+            .into_iter()
+            .map(|d| pb::LoadedTool {
+                name: d.name,
+                source: "local".into(),
+                description: d.description,
+                input_schema: d.input_schema.to_string(),
+            })
             .collect();
         Ok(Response::new(pb::GetWorkerStatusResponse {
             worker_id: w.id().to_owned(),

@@ -9,16 +9,39 @@ use nightshift_core::pb;
 use nightshift_core::pb::manager_service_client::ManagerServiceClient;
 use tonic::transport::Channel;
 
-/// target/debug, where `cargo test --workspace` builds every binary.
+/// The service binaries these tests spawn, by package.
+const SERVICE_BINARIES: [(&str, &str); 5] = [
+    ("nightshift-manager", "nightshift-manager"),
+    ("nightshift-scheduler", "nightshift-scheduler"),
+    ("nightshift-worker", "nightshift-worker"),
+    ("nightshift-events", "nightshift-events"),
+    ("nightshift-memory", "nightshift-memory"),
+];
+
+/// The path of service binary `name`, built from the current sources first (once per test
+/// process): `cargo test -p nightshift-cli` alone would otherwise run whatever older binaries sit
+/// in the target directory. Cargo only rebuilds what changed, so this is quick when they are fresh.
 pub fn bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        for (package, binary) in SERVICE_BINARIES {
+            cmd.args(["-p", package, "--bin", binary]);
+        }
+        let out = cmd.output().expect("running cargo build for the service binaries");
+        assert!(
+            out.status.success(),
+            "building the service binaries failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    // Test executables live in target/<profile>/deps; binaries one level up.
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing after building it", path.display());
     path
 }
 
