@@ -207,10 +207,33 @@ impl FinishDecision {
     }
 }
 
-/// The retry rule. `retries_used` is the run's count so far. `policy` is the policy of the
-/// run's agent version; it is only consulted for failures ([`RunOutcome::is_failure`]), so a
-/// caller may pass `None` otherwise. A failure without a policy settles without retry.
-pub fn decide_finish(outcome: RunOutcome, retries_used: u32, policy: Option<&RunPolicy>) -> FinishDecision {
+/// Whether a failed attempt may be retried at all, as the worker judged its error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Possibly transient (a timeout, a provider outage, a model that did not conclude): the
+    /// run's retry policy decides.
+    Retryable,
+    /// Retrying cannot help (the model's configuration or credentials are wrong, or the provider
+    /// refused the request as malformed): the run settles now, with the error.
+    Permanent,
+}
+
+/// Whether [`decide_finish`] needs the run's policy (only to retry a retryable failure); the store
+/// reads it only then.
+pub fn needs_retry_policy(outcome: RunOutcome, failure: Failure) -> bool {
+    outcome.is_failure() && failure == Failure::Retryable
+}
+
+/// The retry rule. `retries_used` is the run's count so far; `policy` is the policy of the run's
+/// agent version, consulted only when [`needs_retry_policy`] (so a caller may pass `None`
+/// otherwise). A permanent failure, or a failure without a policy, settles without retry.
+pub fn decide_finish(
+    outcome: RunOutcome,
+    failure: Failure,
+    retries_used: u32,
+    policy: Option<&RunPolicy>,
+) -> FinishDecision {
+    let policy = policy.filter(|_| failure == Failure::Retryable);
     let settle = |status| FinishDecision::Settle { status };
     match outcome {
         RunOutcome::Succeeded => settle(RunStatus::Succeeded),
@@ -361,9 +384,9 @@ mod tests {
             (RunOutcome::Released, RunStatus::Queued),
         ] {
             assert!(!outcome.is_failure());
-            assert_eq!(decide_finish(outcome, 0, None), FinishDecision::Settle { status });
+            assert_eq!(decide_finish(outcome, Failure::Retryable, 0, None), FinishDecision::Settle { status });
             let p = RunPolicy::default();
-            assert_eq!(decide_finish(outcome, 0, Some(&p)), FinishDecision::Settle { status });
+            assert_eq!(decide_finish(outcome, Failure::Retryable, 0, Some(&p)), FinishDecision::Settle { status });
         }
     }
 
@@ -378,23 +401,35 @@ mod tests {
         for (outcome, last) in [(RunOutcome::Failed, RunStatus::Failed), (RunOutcome::TimedOut, RunStatus::TimedOut)] {
             assert!(outcome.is_failure());
             assert_eq!(
-                decide_finish(outcome, 0, Some(&policy)),
+                decide_finish(outcome, Failure::Retryable, 0, Some(&policy)),
                 FinishDecision::Retry { delay: Duration::from_secs(10), retries: 1 }
             );
             assert_eq!(
-                decide_finish(outcome, 1, Some(&policy)),
+                decide_finish(outcome, Failure::Retryable, 1, Some(&policy)),
                 FinishDecision::Retry { delay: Duration::from_secs(20), retries: 2 }
             );
-            let end = decide_finish(outcome, 2, Some(&policy));
+            let end = decide_finish(outcome, Failure::Retryable, 2, Some(&policy));
             assert_eq!(end, FinishDecision::Settle { status: last });
             assert_eq!(end.status(), last);
-            assert_eq!(decide_finish(outcome, 0, None), FinishDecision::Settle { status: last });
+            assert_eq!(decide_finish(outcome, Failure::Retryable, 0, None), FinishDecision::Settle { status: last });
         }
         let none = RunPolicy { max_retries: 0, ..RunPolicy::default() };
         assert_eq!(
-            decide_finish(RunOutcome::Failed, 0, Some(&none)),
+            decide_finish(RunOutcome::Failed, Failure::Retryable, 0, Some(&none)),
             FinishDecision::Settle { status: RunStatus::Failed }
         );
         assert_eq!(FinishDecision::Retry { delay: Duration::ZERO, retries: 1 }.status(), RunStatus::Queued);
+    }
+
+    #[test]
+    fn permanent_failures_settle_at_once_with_retries_left() {
+        let policy = RunPolicy { max_retries: 3, ..RunPolicy::default() };
+        for (outcome, status) in [(RunOutcome::Failed, RunStatus::Failed), (RunOutcome::TimedOut, RunStatus::TimedOut)]
+        {
+            assert!(!needs_retry_policy(outcome, Failure::Permanent));
+            assert!(needs_retry_policy(outcome, Failure::Retryable));
+            assert_eq!(decide_finish(outcome, Failure::Permanent, 0, Some(&policy)), FinishDecision::Settle { status });
+        }
+        assert!(!needs_retry_policy(RunOutcome::Succeeded, Failure::Retryable));
     }
 }

@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nightshift_core::lifecycle::Failure;
 use nightshift_core::{
     AgentId, AgentManifest, AgentSpec, AgentState, Clock, EventType, RunId, RunOutcome, RunStatus, SystemClock,
     TriggerKind, ValidationError, WorkerId, duration, pb, time,
@@ -502,6 +503,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
             error: Some(req.error).filter(|s| !s.is_empty()),
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
+            failure: if req.permanent { Failure::Permanent } else { Failure::Retryable },
         };
         let (run, retry_after) = self.store.finish_run(&id, req.attempt, &input).await.map_err(status_from_store)?;
         tracing::info!(run = %id, status = %run.status, retry_in = ?retry_after, "attempt finished");

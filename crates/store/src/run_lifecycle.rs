@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use nightshift_core::lifecycle::{self, FinishDecision, OverlapDecision, StartDecision, StartFacts};
+use nightshift_core::lifecycle::{self, Failure, FinishDecision, OverlapDecision, StartDecision, StartFacts};
 use nightshift_core::{AgentId, AgentSpec, AgentState, RunId, RunOutcome, RunStatus, TriggerKind, WorkerId, time};
 use sqlx::{Any, Row, Transaction};
 
@@ -104,6 +104,8 @@ pub struct FinishInput {
     pub input_tokens: u64,
     /// Completion tokens of this attempt.
     pub output_tokens: u64,
+    /// Whether a failure may be retried (ignored for other outcomes).
+    pub failure: Failure,
 }
 
 async fn run_in_tx(tx: &mut Transaction<'_, Any>, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
@@ -434,12 +436,12 @@ impl Store {
             return Err(fenced(Some(run), id, attempt));
         }
         // The policy is read only when the retry rule needs it (not on the success path).
-        let policy = if input.outcome.is_failure() {
+        let policy = if lifecycle::needs_retry_policy(input.outcome, input.failure) {
             Some(self.get_agent_version(&run.agent_id, run.agent_version).await?.policy)
         } else {
             None
         };
-        let decision = lifecycle::decide_finish(input.outcome, run.retries, policy.as_ref());
+        let decision = lifecycle::decide_finish(input.outcome, input.failure, run.retries, policy.as_ref());
         let (status, not_before, retries, retry_after) = match decision {
             FinishDecision::Settle { status } => (status, None, run.retries, None),
             FinishDecision::Retry { delay, retries } => {

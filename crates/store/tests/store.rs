@@ -45,7 +45,14 @@ fn start_input(run: &RunId, agent: &nightshift_core::AgentId, worker: &str) -> S
 }
 
 fn finish(outcome: RunOutcome) -> FinishInput {
-    FinishInput { outcome, result: Some("done".into()), error: Some("boom".into()), input_tokens: 10, output_tokens: 5 }
+    FinishInput {
+        outcome,
+        result: Some("done".into()),
+        error: Some("boom".into()),
+        input_tokens: 10,
+        output_tokens: 5,
+        failure: nightshift_core::lifecycle::Failure::Retryable,
+    }
 }
 
 nightshift_testkit::both_backends!(

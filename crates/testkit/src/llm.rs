@@ -21,8 +21,11 @@ pub struct Script {
     pub second_turns: AtomicUsize,
     /// While set, second turns hang (simulates a worker dying mid-run).
     pub hang_second_turn: AtomicBool,
-    /// The first this-many requests fail with HTTP 400 (not retried by the client).
+    /// The first this-many requests fail, with HTTP [`Script::fail_status`].
     pub fail_first: AtomicUsize,
+    /// The status of those failures; 0 = 400 (a request the provider refuses: permanent, not
+    /// retried by the client or the run). 503 is transient: the client retries it first.
+    pub fail_status: std::sync::atomic::AtomicU16,
     /// Every answer is delayed this long (ms).
     pub delay_ms: AtomicU64,
     /// Tools the first turn calls: (substring of the offered tool name, arguments JSON).
@@ -40,8 +43,12 @@ async fn chat(State(s): State<Arc<Script>>, Json(body): Json<Value>) -> axum::re
     }
     if s.fail_first.load(Ordering::SeqCst) > 0 {
         s.fail_first.fetch_sub(1, Ordering::SeqCst);
+        let status = match s.fail_status.load(Ordering::SeqCst) {
+            0 => axum::http::StatusCode::BAD_REQUEST,
+            code => axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::BAD_REQUEST),
+        };
         let err = json!({"error": {"message": "scripted failure", "type": "invalid_request_error"}});
-        return (axum::http::StatusCode::BAD_REQUEST, Json(err)).into_response();
+        return (status, Json(err)).into_response();
     }
     let has_tool_result = body["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
     if !has_tool_result {

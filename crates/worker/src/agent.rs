@@ -3,10 +3,11 @@
 //! checkpoints so that completed LLM calls are not paid again and completed tool calls are not
 //! run again.
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use nightshift_core::lifecycle::Failure;
 use nightshift_core::pb;
-use nightshift_llm::{ChatModel, ChatRequest, LlmError, Message, ToolCall, ToolSpec, Usage};
+use nightshift_llm::{ChatModel, ChatRequest, LlmError, LlmErrorKind, Message, ToolCall, ToolSpec, Usage};
 use nightshift_tools::{ToolOutput, ToolRegistry};
 
 /// Retries of an LLM answer the runtime could not understand (malformed structured output).
@@ -40,6 +41,22 @@ pub enum LoopError {
     Checkpoint(String),
 }
 
+impl LoopError {
+    /// Whether retrying the run cannot help: the model's configuration or credentials are wrong,
+    /// or the provider refused the request itself (400/404). Rate limits, outages, timeouts and a
+    /// model that did not conclude may pass, so those stay retryable.
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::Llm(e)
+                if matches!(e.kind(), LlmErrorKind::Config | LlmErrorKind::Auth | LlmErrorKind::BadRequest) =>
+            {
+                Failure::Permanent
+            }
+            _ => Failure::Retryable,
+        }
+    }
+}
+
 /// The final answer and the tokens this attempt spent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoopOutcome {
@@ -47,6 +64,26 @@ pub struct LoopOutcome {
     pub answer: String,
     /// Tokens of the LLM calls made by this attempt (resumed calls are not repeated or counted).
     pub usage: Usage,
+}
+
+/// The tokens an attempt has spent so far. Shared with the attempt, which reads it however the
+/// loop ends: a failure, or a timeout that drops the loop mid-turn, still records what was paid.
+#[derive(Debug, Default)]
+pub struct Spent {
+    input: AtomicU64,
+    output: AtomicU64,
+}
+
+impl Spent {
+    fn add(&self, usage: &Usage) {
+        self.input.fetch_add(usage.input_tokens, Ordering::Relaxed);
+        self.output.fetch_add(usage.output_tokens, Ordering::Relaxed);
+    }
+
+    /// The tokens of every LLM call this attempt made so far.
+    pub fn usage(&self) -> Usage {
+        Usage { input_tokens: self.input.load(Ordering::Relaxed), output_tokens: self.output.load(Ordering::Relaxed) }
+    }
 }
 
 /// Inputs of one attempt.
@@ -65,6 +102,8 @@ pub struct AgentLoop<'a> {
     pub prior: Vec<pb::RunStep>,
     /// LLM turns completed (for status).
     pub step_counter: Arc<AtomicU32>,
+    /// Tokens spent, whatever the outcome.
+    pub spent: Arc<Spent>,
 }
 
 fn tool_specs(tools: &ToolRegistry) -> Vec<ToolSpec> {
@@ -154,6 +193,7 @@ impl AgentLoop<'_> {
                 ..Default::default()
             };
             let resp = self.chat(&req).await?;
+            self.spent.add(&resp.usage);
             usage.input_tokens += resp.usage.input_tokens;
             usage.output_tokens += resp.usage.output_tokens;
             let record = pb::LlmResponse::from(&resp);
@@ -307,6 +347,7 @@ mod tests {
             max_steps: 5,
             prior,
             step_counter: Arc::default(),
+            spent: Arc::default(),
         }
         .run(&steps)
         .await
@@ -326,5 +367,31 @@ mod tests {
         assert_eq!(results.len(), 2);
         assert!(results[0].is_error && results[0].output.contains("interrupted"), "{:?}", results[0]);
         assert!(!results[1].is_error && results[1].output == "sent", "{:?}", results[1]);
+    }
+
+    #[tokio::test]
+    async fn tokens_of_a_failed_attempt_are_counted() {
+        let tools = ToolRegistry::new(&Default::default(), &ToolsConfig::default()).await.unwrap();
+        let mut ask = response(&["call-1"], "");
+        ask.usage = Usage { input_tokens: 30, output_tokens: 7 };
+        // One turn asks for a tool the agent does not have (a tool error, not a loop error); the
+        // second turn would be the answer, but max_steps = 1 stops the loop first.
+        let model = Scripted(Mutex::new(vec![ask]));
+        let spent = Arc::new(Spent::default());
+        let err = AgentLoop {
+            model: Arc::new(model),
+            tools: &tools,
+            system: "s".into(),
+            query: "q".into(),
+            max_steps: 1,
+            prior: Vec::new(),
+            step_counter: Arc::default(),
+            spent: spent.clone(),
+        }
+        .run(&Steps::default())
+        .await
+        .unwrap_err();
+        assert!(matches!(err, LoopError::MaxSteps(1)), "{err}");
+        assert_eq!(spent.usage(), Usage { input_tokens: 30, output_tokens: 7 });
     }
 }

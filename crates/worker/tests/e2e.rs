@@ -204,7 +204,10 @@ async fn a_scheduled_agent_calls_local_stdio_mcp_and_http_mcp_tools() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_attempt_is_retried_with_backoff() {
     let (llm, script) = scripted_llm().await;
-    script.fail_first.store(1, Ordering::SeqCst);
+    // A transient failure that outlasts the client's own HTTP retries (4 attempts): the attempt
+    // fails and the run's policy retries it.
+    script.fail_status.store(503, Ordering::SeqCst);
+    script.fail_first.store(4, Ordering::SeqCst);
     let (env, _agent) = env_on(&llm, "memory://", "").await;
     let spec_yaml = format!(
         "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: q}}\n\
@@ -240,6 +243,33 @@ async fn a_failed_attempt_is_retried_with_backoff() {
         .into_inner();
     assert_eq!((st.total_runs, st.succeeded, st.failed), (1, 1, 0));
     assert!(st.last_error.contains("scripted failure"));
+}
+
+/// Failures no retry can fix end the run at once, whatever retries its policy allows: an unset
+/// API key variable (the model cannot even be built), and a request the provider refuses (400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_permanent_failure_is_not_retried() {
+    let (llm, script) = scripted_llm().await;
+    let (env, _agent) = env_on(&llm, "memory://", "").await;
+    let (_events, _worker) = start_worker(&env, Duration::from_secs(10)).await;
+    for (model, error) in [
+        (
+            format!("{{provider: openai, model: scripted, base_url: '{llm}', api_key: 'env:NS_TEST_UNSET_KEY_4711'}}"),
+            "NS_TEST_UNSET_KEY_4711",
+        ),
+        (format!("{{provider: openai, model: scripted, base_url: '{llm}'}}"), "scripted failure"),
+    ] {
+        script.fail_first.store(1, Ordering::SeqCst); // a 400, for the second case
+        let spec_yaml = format!(
+            "name: area\nmodel: {model}\ntask: {{query: q}}\nschedule: {{manual: true}}\n\
+             policy: {{max_retries: 3, retry_delay: 1s, timeout: 60s}}\ntools: {{local: [calculate_area]}}"
+        );
+        set_spec(&env, spec_yaml).await;
+        let run = trigger(&env).await;
+        let done = wait_for_status(&env, &run.id, pb::RunStatus::Failed).await;
+        assert_eq!((done.attempt, done.retries), (1, 0), "no retry: {}", done.error);
+        assert!(done.error.contains(error), "the reason is kept: {}", done.error);
+    }
 }
 
 /// A run that outlasts its 1 s interval makes the following ticks `skipped`, never concurrent.

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use nightshift_core::lifecycle::Failure;
 use nightshift_core::{AgentSpec, pb};
 use nightshift_queue::Delivery;
 use nightshift_tools::ToolRegistry;
@@ -13,16 +14,16 @@ use tonic::Code;
 use super::checkpoint::Checkpointer;
 use super::prompt::system_prompt;
 use super::{StopReason, Worker};
-use crate::agent::{AgentLoop, LoopError};
+use crate::agent::{AgentLoop, LoopError, Spent};
 use crate::events::RunEvents;
 use crate::memory;
 
 /// Outcome of one attempt, as reported to the manager.
 pub(super) enum AttemptEnd {
     Succeeded(String, nightshift_llm::Usage),
-    Failed(String, nightshift_llm::Usage),
+    Failed(String, Failure, nightshift_llm::Usage),
     TimedOut(nightshift_llm::Usage),
-    Stopped(StopReason),
+    Stopped(StopReason, nightshift_llm::Usage),
     /// The manager refused a fenced call: cancelled there or taken over by another worker.
     Lost(String),
 }
@@ -43,11 +44,14 @@ impl Worker {
         let zero = nightshift_llm::Usage::default();
         let model = match self.model(run, spec) {
             Ok(m) => m,
-            Err(e) => return AttemptEnd::Failed(format!("model: {e}"), zero),
+            // Building the client fails only on its configuration (an unset API key variable, a
+            // bad base URL): no retry can fix that.
+            Err(e) => return AttemptEnd::Failed(format!("model: {e}"), Failure::Permanent, zero),
         };
         let tools = match ToolRegistry::new(&spec.tools, &self.inner.cfg.tools).await {
             Ok(t) => t,
-            Err(e) => return AttemptEnd::Failed(format!("tools: {e}"), zero),
+            // An MCP server may be down for now: the retry policy decides.
+            Err(e) => return AttemptEnd::Failed(format!("tools: {e}"), Failure::Retryable, zero),
         };
         let sink = Checkpointer {
             manager: self.inner.manager.clone(),
@@ -62,6 +66,8 @@ impl Worker {
             Some((client, scope)) => memory::recall(client, spec, scope, &query).await,
             None => String::new(),
         };
+        // Whatever way the attempt ends, the tokens it spent are recorded with its end.
+        let spent = Arc::new(Spent::default());
         let agent = AgentLoop {
             model,
             tools: &tools,
@@ -70,6 +76,7 @@ impl Worker {
             max_steps: spec.policy.max_steps,
             prior,
             step_counter: step.clone(),
+            spent: spent.clone(),
         };
         let fut = agent.run(&sink);
         tokio::pin!(fut);
@@ -82,12 +89,12 @@ impl Worker {
                 r = &mut fut => break match r {
                     Ok(out) => AttemptEnd::Succeeded(out.answer, out.usage),
                     Err(LoopError::Fenced(m)) => AttemptEnd::Lost(m),
-                    Err(e) => AttemptEnd::Failed(e.to_string(), zero),
+                    Err(e) => AttemptEnd::Failed(e.to_string(), e.failure(), spent.usage()),
                 },
-                () = &mut timeout => break AttemptEnd::TimedOut(zero),
+                () = &mut timeout => break AttemptEnd::TimedOut(spent.usage()),
                 () = cancel.cancelled() => {
                     let r = reason.lock().unwrap_or_else(PoisonError::into_inner).unwrap_or(StopReason::Cancelled);
-                    break AttemptEnd::Stopped(r);
+                    break AttemptEnd::Stopped(r, spent.usage());
                 }
                 _ = heartbeat.tick() => {
                     let hb = self.inner.manager.clone().heartbeat(pb::HeartbeatRequest {

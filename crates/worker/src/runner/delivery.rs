@@ -1,5 +1,6 @@
 //! The queue loop and one delivery: `StartRun` at the manager, and what its decision means for
 //! the request — run it here, drop it (ack) or let it come back later (nack).
+use nightshift_core::lifecycle::Failure;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::Instrument as _;
 
+use super::finish::Report;
 use super::{ActiveRun, Worker};
 use crate::events::RunEvents;
 
@@ -141,8 +143,10 @@ impl Worker {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(run = %run.id, error = %e, "the agent spec does not validate on this worker");
-                self.finish(&run, pb::RunOutcome::Failed, "", &format!("invalid agent spec: {e}"), Default::default())
-                    .await;
+                // Retryable: a worker of another release may understand the spec.
+                let error = format!("invalid agent spec: {e}");
+                let report = Report::failed(pb::RunOutcome::Failed, &error, Failure::Retryable, Default::default());
+                self.finish(&run, report).await;
                 ack(d).await;
                 return;
             }

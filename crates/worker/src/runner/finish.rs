@@ -2,7 +2,8 @@
 //! then ack — or nack when the manager schedules a retry or a draining worker hands the run back.
 use std::time::Duration;
 
-use nightshift_core::{EventType, pb};
+use nightshift_core::lifecycle::Failure;
+use nightshift_core::{EventType, backoff, pb};
 use nightshift_queue::Delivery;
 use serde_json::json;
 use tonic::Code;
@@ -12,39 +13,78 @@ use super::delivery::{ack, nack};
 use super::{StopReason, Worker, truncate};
 use crate::events::RunEvents;
 
+/// What `FinishRun` reports about an attempt.
+pub(super) struct Report<'a> {
+    pub(super) outcome: pb::RunOutcome,
+    /// The final answer (succeeded).
+    pub(super) result: &'a str,
+    /// The error (failed, timed out) or the reason (cancelled, released).
+    pub(super) error: &'a str,
+    /// Whether a failure may be retried.
+    pub(super) failure: Failure,
+    /// Tokens the attempt spent.
+    pub(super) usage: nightshift_llm::Usage,
+}
+
+impl<'a> Report<'a> {
+    /// An attempt that did not fail (its `failure` is never consulted).
+    pub(super) fn ended(
+        outcome: pb::RunOutcome,
+        result: &'a str,
+        error: &'a str,
+        usage: nightshift_llm::Usage,
+    ) -> Self {
+        Self { outcome, result, error, failure: Failure::Retryable, usage }
+    }
+
+    /// A failed or timed-out attempt.
+    pub(super) fn failed(
+        outcome: pb::RunOutcome,
+        error: &'a str,
+        failure: Failure,
+        usage: nightshift_llm::Usage,
+    ) -> Self {
+        Self { outcome, result: "", error, failure, usage }
+    }
+}
+
 impl Worker {
     pub(super) async fn settle(&self, d: Delivery, run: &pb::Run, end: AttemptEnd, events: &RunEvents, took: Duration) {
         let status = match &end {
             AttemptEnd::Succeeded(..) => "succeeded",
             AttemptEnd::Failed(..) => "failed",
             AttemptEnd::TimedOut(..) => "timed_out",
-            AttemptEnd::Stopped(StopReason::Cancelled) => "cancelled",
-            AttemptEnd::Stopped(StopReason::Released) => "released",
+            AttemptEnd::Stopped(StopReason::Cancelled, _) => "cancelled",
+            AttemptEnd::Stopped(StopReason::Released, _) => "released",
             AttemptEnd::Lost(..) => "lost",
         };
         metrics::counter!("nightshift_worker_runs_total", "status" => status).increment(1);
         metrics::histogram!("nightshift_run_duration_seconds", "status" => status).record(took.as_secs_f64());
         match end {
             AttemptEnd::Succeeded(answer, usage) => {
-                self.finish(run, pb::RunOutcome::Succeeded, &answer, "", usage).await;
+                self.finish(run, Report::ended(pb::RunOutcome::Succeeded, &answer, "", usage)).await;
                 events.emit(
                     EventType::BackgroundTaskCompleted,
                     json!({"attempt": run.attempt, "result": truncate(&answer, 2000)}),
                 );
                 ack(d).await;
             }
-            AttemptEnd::Failed(error, usage) => self.fail(d, run, pb::RunOutcome::Failed, &error, usage, events).await,
-            AttemptEnd::TimedOut(usage) => {
-                self.fail(d, run, pb::RunOutcome::TimedOut, "run exceeded policy.timeout", usage, events).await
+            AttemptEnd::Failed(error, failure, usage) => {
+                self.fail(d, run, Report::failed(pb::RunOutcome::Failed, &error, failure, usage), events).await
             }
-            AttemptEnd::Stopped(StopReason::Cancelled) => {
-                self.finish(run, pb::RunOutcome::Cancelled, "", "cancelled on the worker", Default::default()).await;
+            AttemptEnd::TimedOut(usage) => {
+                let error = "run exceeded policy.timeout";
+                self.fail(d, run, Report::failed(pb::RunOutcome::TimedOut, error, Failure::Retryable, usage), events)
+                    .await
+            }
+            AttemptEnd::Stopped(StopReason::Cancelled, usage) => {
+                self.finish(run, Report::ended(pb::RunOutcome::Cancelled, "", "cancelled on the worker", usage)).await;
                 events.emit(EventType::RunCancelled, json!({"attempt": run.attempt}));
                 ack(d).await;
             }
-            AttemptEnd::Stopped(StopReason::Released) => {
-                self.finish(run, pb::RunOutcome::Released, "", "handed back by a draining worker", Default::default())
-                    .await;
+            AttemptEnd::Stopped(StopReason::Released, usage) => {
+                let reason = "handed back by a draining worker";
+                self.finish(run, Report::ended(pb::RunOutcome::Released, "", reason, usage)).await;
                 nack(d, Duration::ZERO).await;
             }
             AttemptEnd::Lost(why) => {
@@ -54,16 +94,9 @@ impl Worker {
         }
     }
 
-    async fn fail(
-        &self,
-        d: Delivery,
-        run: &pb::Run,
-        outcome: pb::RunOutcome,
-        error: &str,
-        usage: nightshift_llm::Usage,
-        events: &RunEvents,
-    ) {
-        let retry = self.finish(run, outcome, "", error, usage).await;
+    async fn fail(&self, d: Delivery, run: &pb::Run, report: Report<'_>, events: &RunEvents) {
+        let error = report.error.to_owned();
+        let retry = self.finish(run, report).await;
         events.emit(
             EventType::BackgroundTaskError,
             json!({"attempt": run.attempt, "error": error, "will_retry": retry.is_some()}),
@@ -81,21 +114,16 @@ impl Worker {
     }
 
     /// FinishRun; returns the retry delay when the manager schedules a retry.
-    pub(super) async fn finish(
-        &self,
-        run: &pb::Run,
-        outcome: pb::RunOutcome,
-        result: &str,
-        error: &str,
-        usage: nightshift_llm::Usage,
-    ) -> Option<Duration> {
+    pub(super) async fn finish(&self, run: &pb::Run, report: Report<'_>) -> Option<Duration> {
+        let usage = report.usage;
         let req = pb::FinishRunRequest {
             run_id: run.id.clone(),
             attempt: run.attempt,
-            outcome: outcome as i32,
-            result: result.to_owned(),
-            error: error.to_owned(),
+            outcome: report.outcome as i32,
+            result: report.result.to_owned(),
+            error: report.error.to_owned(),
             usage: Some(pb::TokenUsage { input_tokens: usage.input_tokens, output_tokens: usage.output_tokens }),
+            permanent: report.failure == Failure::Permanent,
         };
         // A few tries: losing FinishRun would leave the run to a lease takeover.
         for attempt in 0..3 {
@@ -107,7 +135,12 @@ impl Worker {
                 }
                 Err(s) => {
                     tracing::warn!(run = %run.id, error = %s, attempt, "FinishRun failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
+                    tokio::time::sleep(backoff::exponential(
+                        Duration::from_millis(500),
+                        attempt,
+                        Duration::from_secs(2),
+                    ))
+                    .await;
                 }
             }
         }
