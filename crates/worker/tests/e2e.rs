@@ -108,6 +108,60 @@ async fn worker_dies_mid_run(queue: &str) {
     }
 }
 
+/// A TCP forwarder to `target` that can cut every connection and refuse new ones while
+/// blocked: the manager becomes unreachable for the worker only.
+async fn blockable_proxy(target: String) -> (String, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (blocked_tx, blocked_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let mut blocked = blocked_rx.clone();
+            if *blocked.borrow() {
+                continue; // dropped: the connection is refused
+            }
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = blocked.wait_for(|b| *b) => {} // cut while blocked
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), blocked_tx)
+}
+
+/// The manager is unreachable when an attempt ends, so `FinishRun` fails: the worker must not ack
+/// the delivery (the run would stay `running` forever). It comes back after the lease, and the
+/// next attempt finishes the run from its checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unrecorded_end_is_delivered_again_not_acked() {
+    let (llm, script) = scripted_llm().await;
+    // The production redelivery deadline (30 s), far beyond this test: only the worker's own
+    // answer to the delivery can bring the run back in time.
+    let model = format!("{{provider: openai, model: scripted, base_url: '{llm}'}}");
+    let (env, _agent) = env_with_ack_wait(&model, "memory://", "", Duration::from_secs(30)).await;
+    script.hang_second_turn.store(true, Ordering::SeqCst);
+    let manager = env.endpoint.trim_start_matches("http://").to_owned();
+    let (proxied, blocked) = blockable_proxy(manager).await;
+    let (_events, _worker) =
+        start_worker_at(&proxied, &env.queue_url, &env.queue_name, Duration::from_secs(2), None).await;
+    let run = trigger(&env).await;
+    wait_for_second_turn(&script).await;
+    // The manager goes away while the last LLM turn runs: its checkpoint and FinishRun fail.
+    blocked.send(true).unwrap();
+    script.hang_second_turn.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stuck = env.manager.clone().get_run(pb::GetRunRequest { run_id: run.id.clone() }).await.unwrap();
+    assert_eq!(stuck.into_inner().run.unwrap().status(), pb::RunStatus::Running, "nothing was recorded");
+    blocked.send(false).unwrap();
+    let done = wait_for_status(&env, &run.id, pb::RunStatus::Succeeded).await;
+    assert_eq!(done.attempt, 2, "the delivery came back and was taken over after the lease");
+    assert_eq!(script.first_turns.load(Ordering::SeqCst), 1, "the completed first turn was not paid again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_draining_worker_hands_its_run_back_and_another_finishes_it() {
     let (llm, script) = scripted_llm().await;

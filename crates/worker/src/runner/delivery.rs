@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::Instrument as _;
 
-use super::finish::Report;
+use super::finish::{Recorded, Report};
 use super::{ActiveRun, Worker};
 use crate::events::RunEvents;
 
@@ -146,8 +146,11 @@ impl Worker {
                 // Retryable: a worker of another release may understand the spec.
                 let error = format!("invalid agent spec: {e}");
                 let report = Report::failed(pb::RunOutcome::Failed, &error, Failure::Retryable, Default::default());
-                self.finish(&run, report).await;
-                ack(d).await;
+                match self.finish(&run, report).await {
+                    Recorded::Yes(Some(after)) => nack(d, after).await,
+                    Recorded::No => self.redeliver_later(d, &run).await,
+                    Recorded::Yes(None) | Recorded::Refused => ack(d).await,
+                }
                 return;
             }
         };

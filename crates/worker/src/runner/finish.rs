@@ -48,7 +48,25 @@ impl<'a> Report<'a> {
     }
 }
 
+/// What became of a `FinishRun`.
+pub(super) enum Recorded {
+    /// The manager recorded the end; `Some` when it schedules a retry after that delay.
+    Yes(Option<Duration>),
+    /// The manager refused it: the run was cancelled there or taken over (fenced).
+    Refused,
+    /// The manager could not be reached: nothing was recorded.
+    No,
+}
+
 impl Worker {
+    /// Answers a delivery whose outcome the manager did not record: never acked, it comes back
+    /// once the lease has run out, and the next attempt resumes from the checkpoints (a final
+    /// answer already checkpointed is not paid for again).
+    pub(super) async fn redeliver_later(&self, d: Delivery, run: &pb::Run) {
+        tracing::warn!(run = %run.id, "the manager did not record the attempt's end; the run is delivered again");
+        nack(d, self.inner.cfg.lease_ttl).await;
+    }
+
     pub(super) async fn settle(&self, d: Delivery, run: &pb::Run, end: AttemptEnd, events: &RunEvents, took: Duration) {
         let status = match &end {
             AttemptEnd::Succeeded(..) => "succeeded",
@@ -62,12 +80,16 @@ impl Worker {
         metrics::histogram!("nightshift_run_duration_seconds", "status" => status).record(took.as_secs_f64());
         match end {
             AttemptEnd::Succeeded(answer, usage) => {
-                self.finish(run, Report::ended(pb::RunOutcome::Succeeded, &answer, "", usage)).await;
-                events.emit(
-                    EventType::BackgroundTaskCompleted,
-                    json!({"attempt": run.attempt, "result": truncate(&answer, 2000)}),
-                );
-                ack(d).await;
+                match self.finish(run, Report::ended(pb::RunOutcome::Succeeded, &answer, "", usage)).await {
+                    Recorded::No => self.redeliver_later(d, run).await,
+                    Recorded::Yes(_) | Recorded::Refused => {
+                        events.emit(
+                            EventType::BackgroundTaskCompleted,
+                            json!({"attempt": run.attempt, "result": truncate(&answer, 2000)}),
+                        );
+                        ack(d).await;
+                    }
+                }
             }
             AttemptEnd::Failed(error, failure, usage) => {
                 self.fail(d, run, Report::failed(pb::RunOutcome::Failed, &error, failure, usage), events).await
@@ -78,9 +100,14 @@ impl Worker {
                     .await
             }
             AttemptEnd::Stopped(StopReason::Cancelled, usage) => {
-                self.finish(run, Report::ended(pb::RunOutcome::Cancelled, "", "cancelled on the worker", usage)).await;
-                events.emit(EventType::RunCancelled, json!({"attempt": run.attempt}));
-                ack(d).await;
+                let report = Report::ended(pb::RunOutcome::Cancelled, "", "cancelled on the worker", usage);
+                match self.finish(run, report).await {
+                    Recorded::No => self.redeliver_later(d, run).await,
+                    Recorded::Yes(_) | Recorded::Refused => {
+                        events.emit(EventType::RunCancelled, json!({"attempt": run.attempt}));
+                        ack(d).await;
+                    }
+                }
             }
             AttemptEnd::Stopped(StopReason::Released, usage) => {
                 let reason = "handed back by a draining worker";
@@ -96,7 +123,11 @@ impl Worker {
 
     async fn fail(&self, d: Delivery, run: &pb::Run, report: Report<'_>, events: &RunEvents) {
         let error = report.error.to_owned();
-        let retry = self.finish(run, report).await;
+        let retry = match self.finish(run, report).await {
+            Recorded::No => return self.redeliver_later(d, run).await,
+            Recorded::Yes(retry) => retry,
+            Recorded::Refused => None,
+        };
         events.emit(
             EventType::BackgroundTaskError,
             json!({"attempt": run.attempt, "error": error, "will_retry": retry.is_some()}),
@@ -113,8 +144,8 @@ impl Worker {
         }
     }
 
-    /// FinishRun; returns the retry delay when the manager schedules a retry.
-    pub(super) async fn finish(&self, run: &pb::Run, report: Report<'_>) -> Option<Duration> {
+    /// FinishRun, tried a few times.
+    pub(super) async fn finish(&self, run: &pb::Run, report: Report<'_>) -> Recorded {
         let usage = report.usage;
         let req = pb::FinishRunRequest {
             run_id: run.id.clone(),
@@ -128,10 +159,13 @@ impl Worker {
         // A few tries: losing FinishRun would leave the run to a lease takeover.
         for attempt in 0..3 {
             match self.inner.manager.clone().finish_run(req.clone()).await {
-                Ok(r) => return r.into_inner().retry_after.and_then(|d| nightshift_core::duration::from_pb(&d).ok()),
+                Ok(r) => {
+                    let retry = r.into_inner().retry_after.and_then(|d| nightshift_core::duration::from_pb(&d).ok());
+                    return Recorded::Yes(retry);
+                }
                 Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
                     tracing::info!(run = %run.id, error = %s.message(), "FinishRun refused");
-                    return None;
+                    return Recorded::Refused;
                 }
                 Err(s) => {
                     tracing::warn!(run = %run.id, error = %s, attempt, "FinishRun failed; retrying");
@@ -144,6 +178,6 @@ impl Worker {
                 }
             }
         }
-        None
+        Recorded::No
     }
 }

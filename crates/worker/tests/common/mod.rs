@@ -41,11 +41,18 @@ pub async fn env_on(llm_url: &str, queue: &str, extra: &str) -> (Env, pb::Agent)
 
 /// Like [`env_on`] with the agent's `model:` given as YAML.
 pub async fn env_with(model: &str, queue: &str, extra: &str) -> (Env, pb::Agent) {
+    env_with_ack_wait(model, queue, extra, Duration::from_secs(2)).await
+}
+
+/// Like [`env_with`], with the queue's redelivery deadline (a named in-process queue keeps the
+/// settings of its first `connect`, which is this one).
+pub async fn env_with_ack_wait(model: &str, queue: &str, extra: &str, ack_wait: Duration) -> (Env, pb::Agent) {
     let db = nightshift_testkit::sqlite_db();
     let store = Store::connect(&db.url).await.unwrap();
     let queue_name = format!("worker-test-{}", uuid::Uuid::new_v4().simple());
     let queue_url = if queue == "memory://" { format!("memory://{queue_name}") } else { queue.to_owned() };
-    let cfg = ManagerConfig { queue: queue_settings(&queue_url, &queue_name), ..ManagerConfig::default() };
+    let queue = QueueSettings { ack_wait, ..queue_settings(&queue_url, &queue_name) };
+    let cfg = ManagerConfig { queue, ..ManagerConfig::default() };
     let manager = ManagerRole::build(cfg, ManagerDeps { store: store.clone(), observer: None }).await.unwrap();
     let listener = GrpcServer::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
