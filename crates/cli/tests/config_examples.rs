@@ -40,3 +40,22 @@ fn unknown_keys_are_refused() {
         .to_string();
     assert!(err.contains("databse_url"), "{err}");
 }
+
+#[test]
+fn bad_values_name_their_key_also_in_flattened_sections() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    for (text, expected) in [
+        ("log_format = \"JSON\"\n", "log_format"),
+        ("queue_ack_wait = \"soon\"\n", "queue_ack_wait"),
+        ("default_lease_ttl = \"soon\"\n", "default_lease_ttl"),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let err =
+            nightshift_core::config::load::<nightshift_manager::ManagerConfig>(Some(&path), "NIGHTSHIFT_TEST_UNUSED")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains(expected), "{text:?}: {err}");
+        assert!(err.contains("JSON") || err.contains("'soon'"), "the bad value is quoted: {err}");
+    }
+}

@@ -42,9 +42,15 @@ pub mod duration_text {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 
-    /// Reads `30s`, `5m`, `1h30m`.
+    /// Reads `30s`, `5m`, `1h30m`. The error quotes the value, so that it points at the key even
+    /// where serde cannot name it (keys of flattened sections).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        humantime::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+        parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+
+    /// Parses humantime text, with an error that quotes it.
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        humantime::parse_duration(text).map_err(|e| format!("'{text}' is not a duration like 30s, 5m or 1h30m ({e})"))
     }
 }
 
@@ -69,7 +75,7 @@ pub mod optional_duration_text {
         if text.trim().is_empty() {
             return Ok(None);
         }
-        humantime::parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
+        super::duration_text::parse(&text).map(Some).map_err(serde::de::Error::custom)
     }
 }
 
@@ -90,7 +96,7 @@ pub mod duration_text_map {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Duration>, D::Error> {
         BTreeMap::<String, String>::deserialize(d)?
             .into_iter()
-            .map(|(k, v)| humantime::parse_duration(&v).map(|d| (k, d)).map_err(serde::de::Error::custom))
+            .map(|(k, v)| super::duration_text::parse(&v).map(|d| (k, d)).map_err(serde::de::Error::custom))
             .collect()
     }
 }

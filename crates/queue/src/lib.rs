@@ -170,8 +170,26 @@ pub struct QueueSettings {
     pub name: String,
     /// [`QueueOptions::ack_wait`] (a dead worker's run moves after this); equal on every
     /// service (NATS keeps one value).
-    #[serde(rename = "queue_ack_wait", with = "nightshift_core::config::duration_text")]
+    #[serde(rename = "queue_ack_wait", with = "ack_wait_text")]
     pub ack_wait: Duration,
+}
+
+/// `queue_ack_wait` as humantime text, with an error that names the key (serde cannot, inside a
+/// flattened section).
+mod ack_wait_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        nightshift_core::config::duration_text::serialize(d, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        nightshift_core::config::duration_text::parse(&text)
+            .map_err(|e| serde::de::Error::custom(format!("queue_ack_wait: {e}")))
+    }
 }
 
 impl Default for QueueSettings {

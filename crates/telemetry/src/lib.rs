@@ -8,13 +8,22 @@ pub use propagation::{Extractor, Injector, context_map, inject, set_parent, set_
 
 /// Log output format (`text` or `json` in config files and `--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
     /// One JSON object per line (for log aggregation).
     Json,
+}
+
+/// From config files: the error names the key, which serde cannot do inside the flattened
+/// `ServerOptions` section.
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse().map_err(|e| format!("log_format: {e}"))
+    }
 }
 
 impl FromStr for LogFormat {
