@@ -48,9 +48,13 @@ pub mod duration_text {
         parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 
-    /// Parses humantime text, with an error that quotes it.
+    /// Parses humantime text (or bare seconds) as manifests do, with an error that quotes it;
+    /// a negative value is refused.
     pub fn parse(text: &str) -> Result<Duration, String> {
-        humantime::parse_duration(text).map_err(|e| format!("'{text}' is not a duration like 30s, 5m or 1h30m ({e})"))
+        match crate::duration::parse_signed(text)? {
+            d if d.negative && !d.abs.is_zero() => Err(format!("'{text}' must not be negative")),
+            d => Ok(d.abs),
+        }
     }
 }
 
@@ -109,6 +113,15 @@ mod tests {
     #[serde(default, deny_unknown_fields)]
     struct Options {
         listen: String,
+    }
+
+    #[test]
+    fn durations_parse_like_manifests_and_refuse_negatives() {
+        use std::time::Duration;
+        assert_eq!(duration_text::parse("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(duration_text::parse("30"), Ok(Duration::from_secs(30)));
+        assert!(duration_text::parse("-5s").unwrap_err().contains("negative"));
+        assert!(duration_text::parse("soon").unwrap_err().contains("'soon'"));
     }
 
     #[test]
