@@ -1,17 +1,15 @@
-//! [`EventPublisher`] and [`tail`] against a real event service (in-process server on an
-//! ephemeral port, memory log): publishing with the builder, tailing history and following
+//! [`EventPublisher`] and [`tail`] against a real event service (the events role as
+//! `nightshift-events` builds it, on an ephemeral port, memory log): publishing with the builder, tailing history and following
 //! through `Lagged`, and a publisher that never fails its caller when the service is down.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use std::ops::ControlFlow;
-use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
 use nightshift_core::pb::event_service_client::EventServiceClient;
-use nightshift_core::{AgentId, EventType, ManualClock, RunId, pb};
-use nightshift_events::{EventLog, EventService, LogOptions, MemoryLog, SERVICE_NAME};
+use nightshift_core::{AgentId, EventType, RunId, pb};
+use nightshift_events::{EventsConfig, EventsRole};
 use nightshift_events_client::{EventFilter, EventPublisher, PublisherOptions, TailFrom, TailOptions, tail};
-use nightshift_rpc::GrpcServer;
+use nightshift_rpc::{GrpcServer, Role, serve_roles};
 use tonic::transport::Channel;
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -21,16 +19,12 @@ struct Server {
 }
 
 /// An event service on an ephemeral port; it stops when the test's runtime does.
-async fn start(opts: LogOptions) -> Server {
-    let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(opts).unwrap());
-    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 8, 0, 0).unwrap());
-    let service = EventService::new(log).with_clock(Arc::new(clock));
-    let mut server = GrpcServer::new();
-    server.routes().add_service(service.into_server());
-    server.serving(SERVICE_NAME);
+async fn start(config: EventsConfig) -> Server {
+    let role = EventsRole::build(config).await.unwrap();
     let listener = GrpcServer::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(server.serve(listener, std::future::pending::<()>()));
+    let roles: Vec<Box<dyn Role>> = vec![Box::new(role)];
+    tokio::spawn(serve_roles(roles, listener, std::future::pending()));
     Server { endpoint }
 }
 
@@ -50,7 +44,7 @@ async fn publish(c: &mut EventServiceClient<Channel>, e: pb::Event) -> String {
 async fn publisher_and_tail() {
     // A one-event live buffer: the burst below overflows it, and `tail` must still deliver
     // every event once, in order (resubscribing after the Lagged cursor when that happens).
-    let s = start(LogOptions { subscriber_buffer: 1, ..LogOptions::default() }).await;
+    let s = start(EventsConfig { subscriber_buffer: 1, ..EventsConfig::default() }).await;
     let publisher = EventPublisher::connect_lazy(&s.endpoint, "worker/test", PublisherOptions::default()).unwrap();
     let agent = AgentId::from_string("agent-1");
     let run = RunId::from_string("run-1");

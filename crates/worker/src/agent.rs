@@ -57,13 +57,12 @@ impl LoopError {
     }
 }
 
-/// The final answer and the tokens this attempt spent.
+/// The final answer. The tokens of the attempt are in its [`Spent`] meter, whatever the outcome
+/// (resumed calls are not repeated or counted).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoopOutcome {
     /// Final answer text.
     pub answer: String,
-    /// Tokens of the LLM calls made by this attempt (resumed calls are not repeated or counted).
-    pub usage: Usage,
 }
 
 /// The tokens an attempt has spent so far. Shared with the attempt, which reads it however the
@@ -139,7 +138,6 @@ impl AgentLoop<'_> {
             }
         }
         self.step_counter.store(llm_turns, Ordering::Relaxed);
-        let mut usage = Usage::default();
         // Tool calls of the newest LLM turn that have no checkpointed result yet.
         let mut pending: Vec<ToolCall> = last_llm
             .as_ref()
@@ -152,7 +150,7 @@ impl AgentLoop<'_> {
             && r.tool_calls.is_empty()
         {
             // Crashed after the final answer was checkpointed: it is the answer.
-            return Ok(LoopOutcome { answer: r.content.clone(), usage });
+            return Ok(LoopOutcome { answer: r.content.clone() });
         }
         let specs = tool_specs(self.tools);
         loop {
@@ -194,8 +192,6 @@ impl AgentLoop<'_> {
             };
             let resp = self.chat(&req).await?;
             self.spent.add(&resp.usage);
-            usage.input_tokens += resp.usage.input_tokens;
-            usage.output_tokens += resp.usage.output_tokens;
             let record = pb::LlmResponse::from(&resp);
             sink.checkpoint(pb::RunStep {
                 seq,
@@ -209,7 +205,7 @@ impl AgentLoop<'_> {
             sink.llm_called(&record);
             messages.push(resp.to_message());
             if resp.is_final() {
-                return Ok(LoopOutcome { answer: resp.content, usage });
+                return Ok(LoopOutcome { answer: resp.content });
             }
             pending = resp.tool_calls;
         }
@@ -255,6 +251,9 @@ impl AgentLoop<'_> {
     }
 }
 
+/// The loop's own rules, with an in-process scripted model and tool: the exact step sequence of
+/// a resumed turn must be deterministic, which a real model is not. The same paths run against
+/// the scripted OpenAI-compatible server and real tools in `tests/e2e.rs`.
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;

@@ -11,12 +11,25 @@ use crate::Worker;
 #[derive(Clone)]
 pub struct WorkerApi {
     worker: Worker,
+    /// The local tools this worker offers, built once: the configuration does not change while
+    /// the process runs, and building `http_get` loads the TLS roots.
+    tools: std::sync::Arc<Vec<pb::LoadedTool>>,
 }
 
 impl WorkerApi {
     /// Wraps `worker`.
     pub fn new(worker: Worker) -> Self {
-        Self { worker }
+        // MCP tools belong to the runs that start them; they are not listed here.
+        let tools = nightshift_tools::local::offered(worker.tools_config())
+            .into_iter()
+            .map(|d| pb::LoadedTool {
+                name: d.name,
+                source: "local".into(),
+                description: d.description,
+                input_schema: d.input_schema.to_string(),
+            })
+            .collect();
+        Self { worker, tools: std::sync::Arc::new(tools) }
     }
 
     /// The tonic server.
@@ -44,17 +57,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                 started_at: Some(time::to_pb(r.started_at)),
             })
             .collect();
-        // The local tools this worker's configuration lets act; MCP tools belong to the runs
-        // that start them.
-        let tools = nightshift_tools::local::offered(w.tools_config())
-            .into_iter()
-            .map(|d| pb::LoadedTool {
-                name: d.name,
-                source: "local".into(),
-                description: d.description,
-                input_schema: d.input_schema.to_string(),
-            })
-            .collect();
+        let tools = self.tools.as_ref().clone();
         Ok(Response::new(pb::GetWorkerStatusResponse {
             worker_id: w.id().to_owned(),
             capacity: w.capacity(),

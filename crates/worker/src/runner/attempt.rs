@@ -87,7 +87,7 @@ impl Worker {
         let end = loop {
             tokio::select! {
                 r = &mut fut => break match r {
-                    Ok(out) => AttemptEnd::Succeeded(out.answer, out.usage),
+                    Ok(out) => AttemptEnd::Succeeded(out.answer, spent.usage()),
                     Err(LoopError::Fenced(m)) => AttemptEnd::Lost(m),
                     Err(e) => AttemptEnd::Failed(e.to_string(), e.failure(), spent.usage()),
                 },
