@@ -249,6 +249,45 @@ pub fn decide_finish(
     }
 }
 
+/// How many times a run may lose its worker (its lease ran out: the worker crashed, was killed
+/// or cut off) and be resumed. Beyond it the run is failed: a run that takes down every worker
+/// it lands on (a tool that exhausts memory, say) must not crash-loop the pool forever.
+pub const MAX_LOST_LEASES: u32 = 3;
+
+/// What happens to a run whose lease ran out, whoever notices first: a worker's StartRun
+/// (the queue redelivered the run: [`StartDecision::TakeOver`]) or lease recovery (the delivery
+/// itself is gone: the worker acked it, or the queue lost it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LostLease {
+    /// Resume it with the next attempt, from its checkpoints; `lost` is the new count. Not a
+    /// retry: the attempt did not fail, its worker vanished, so `max_retries: 0` does not stop
+    /// a resume (and no retry backoff applies).
+    Resume {
+        /// Lost leases of the run, this one included.
+        lost: u32,
+    },
+    /// Fail the run with `error`.
+    Fail {
+        /// The run's error.
+        error: String,
+    },
+}
+
+/// The lost-lease rule, given how many leases the run lost before this one.
+pub fn decide_lost_lease(lost_before: u32) -> LostLease {
+    let lost = lost_before.saturating_add(1);
+    if lost > MAX_LOST_LEASES {
+        LostLease::Fail {
+            error: format!(
+                "the run lost its worker {lost} times (lease expired without a heartbeat); \
+                 failed so that it cannot crash-loop the worker pool"
+            ),
+        }
+    } else {
+        LostLease::Resume { lost }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +346,15 @@ mod tests {
         assert_eq!(decide_start(&f, now()), StartDecision::TakeOver);
         f.lease_expires_at = None;
         assert_eq!(decide_start(&f, now()), StartDecision::TakeOver);
+    }
+
+    #[test]
+    fn lost_leases_resume_until_the_crash_loop_limit() {
+        assert_eq!(decide_lost_lease(0), LostLease::Resume { lost: 1 });
+        assert_eq!(decide_lost_lease(MAX_LOST_LEASES - 1), LostLease::Resume { lost: MAX_LOST_LEASES });
+        let LostLease::Fail { error } = decide_lost_lease(MAX_LOST_LEASES) else { panic!("must fail") };
+        assert!(error.contains("lost its worker 4 times"), "{error}");
+        assert!(matches!(decide_lost_lease(u32::MAX), LostLease::Fail { .. }));
     }
 
     #[test]

@@ -332,6 +332,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
                 enqueued_at: Some(time::to_pb(self.clock.now())),
                 // The worker's run span continues this call's trace (the `grpc.server` span).
                 trace_context: nightshift_telemetry::context_map(&tracing::Span::current()),
+                after_attempt: 0,
             };
             // The run is recorded; if this publish fails the scheduler's sweep publishes it.
             match q.publish(&req, None).await {

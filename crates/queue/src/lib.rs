@@ -3,8 +3,8 @@
 //!
 //! One trait, [`WorkQueue`], with one module per backend. Semantics every backend provides
 //! (checked by the shared contract suite in `tests/contract.rs`):
-//! - **dedup**: publishing a request whose `run_id` was published within the dedup window is a
-//!   no-op that returns `false`;
+//! - **dedup**: publishing a request whose [`dedup_id`] was published within the dedup window
+//!   is a no-op that returns `false`;
 //! - **at-least-once** delivery with explicit ack: an unacked delivery comes back after the ack
 //!   deadline (its consumer may have died), with [`Delivery::delivered`] counting deliveries;
 //! - **in-progress**: [`Delivery::in_progress`] pushes the ack deadline out while a run is alive;
@@ -29,6 +29,15 @@ pub use nats::{NatsConfig, NatsQueue};
 pub use redis::{RedisConfig, RedisQueue};
 
 pub use nightshift_proto::v1::RunRequest;
+
+/// The id a request is deduplicated by: its `run_id`, or `<run_id>/<after_attempt>` for a run
+/// that lease recovery put back in the queue (whose first request may still be in the window).
+pub fn dedup_id(request: &RunRequest) -> std::borrow::Cow<'_, str> {
+    match request.after_attempt {
+        0 => std::borrow::Cow::Borrowed(request.run_id.as_str()),
+        n => std::borrow::Cow::Owned(format!("{}/{n}", request.run_id)),
+    }
+}
 
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +105,7 @@ impl Delivery {
 #[async_trait::async_trait]
 pub trait WorkQueue: Send + Sync + 'static {
     /// Publishes `request`, delivered no earlier than `delay`. Returns `false` if a request with
-    /// the same `run_id` was already published within the dedup window (nothing is enqueued).
+    /// the same [`dedup_id`] was already published within the dedup window (nothing is enqueued).
     async fn publish(&self, request: &RunRequest, delay: Option<Duration>) -> Result<bool, QueueError>;
 
     /// Up to `max` deliveries, waiting at most `wait` for the first one.

@@ -184,12 +184,13 @@ impl WorkQueue for MemoryQueue {
         let wake = {
             let mut state = inner.lock();
             state.expire_dedup(now);
-            if state.dedup.contains_key(&request.run_id) {
+            let dedup_id = crate::dedup_id(request).into_owned();
+            if state.dedup.contains_key(&dedup_id) {
                 return Ok(false);
             }
             let expires = now + inner.config.dedup_window;
-            state.dedup.insert(request.run_id.clone(), expires);
-            state.dedup_order.push_back((expires, request.run_id.clone()));
+            state.dedup.insert(dedup_id.clone(), expires);
+            state.dedup_order.push_back((expires, dedup_id));
 
             let id = state.next_id;
             state.next_id += 1;

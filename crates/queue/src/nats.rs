@@ -10,7 +10,7 @@
 //!   below).
 //!
 //! ## Semantics
-//! - **dedup**: every publish carries `Nats-Msg-Id: <run_id>`; the stream's `duplicate_window`
+//! - **dedup**: every publish carries `Nats-Msg-Id: <dedup id>` ([`crate::dedup_id`]); the stream's `duplicate_window`
 //!   is the dedup window and the publish ack's `duplicate` flag is the `false` of `publish`.
 //!   Dedup is per stream, so it covers immediate and delayed publishes alike.
 //! - **ack deadline**: the consumer's `ack_wait`; an unacked message is redelivered after it and
@@ -410,7 +410,7 @@ async fn promote(js: &jetstream::Context, ready_subject: &str, message: jetstrea
 impl WorkQueue for NatsQueue {
     async fn publish(&self, request: &RunRequest, delay: Option<Duration>) -> Result<bool, QueueError> {
         let payload = Bytes::from(crate::encode(request));
-        let message = PublishMessage::build().payload(payload).message_id(&request.run_id);
+        let message = PublishMessage::build().payload(payload).message_id(crate::dedup_id(request).as_ref());
         let (subject, message) = match delay.filter(|d| !d.is_zero()) {
             None => (&self.config.ready_subject, message),
             Some(delay) => {

@@ -6,7 +6,7 @@
 //!   (deliveries before this entry, carried over by `nack`); consumer group `workers`;
 //! - `{P}:delayed` (ZSET, member → due unix ms) and `{P}:delayed-data` (HASH, member →
 //!   request): delayed requests; a member is `<deliveries so far>:<uuid>`;
-//! - `{P}:dedup:<run_id>`: dedup marker with a TTL of the dedup window.
+//! - `{P}:dedup:<dedup id>`: dedup marker ([`crate::dedup_id`]) with a TTL of the dedup window.
 //!
 //! ## Semantics
 //! - **dedup + publish** are one Lua script: `SET dedup NX PX window`, and only if that set the
@@ -460,7 +460,7 @@ impl WorkQueue for RedisQueue {
         let published: i64 = self
             .scripts
             .publish
-            .key(format!("{}{}", self.keys.dedup_prefix, request.run_id))
+            .key(format!("{}{}", self.keys.dedup_prefix, crate::dedup_id(request)))
             .key(&self.keys.stream)
             .key(&self.keys.delayed)
             .key(&self.keys.delayed_data)

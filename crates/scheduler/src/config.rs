@@ -37,6 +37,11 @@ pub struct SchedulerConfig {
     /// (outbox sweep; runs every half of this, at most every 10 s).
     #[serde(with = "nightshift_core::config::duration_text")]
     pub republish_after: Duration,
+    /// Lease recovery (run by the outbox sweep): a running run whose lease expired more than
+    /// this long ago — its worker vanished and no redelivery took it over — is resumed (or, after
+    /// too many lost workers, failed). The margin absorbs clock skew between hosts.
+    #[serde(with = "nightshift_core::config::duration_text")]
+    pub lease_recovery_grace: Duration,
     /// Ticks are recorded this long before they are due and only published at their time, so
     /// a herd of agents due at the same instant costs the fire path no database writes (capped
     /// at a quarter of `republish_after`). An agent paused in this window has its prepared runs
@@ -59,6 +64,7 @@ impl Default for SchedulerConfig {
             sync_interval: Duration::from_secs(1),
             misfire_grace: crate::rules::DEFAULT_GRACE,
             republish_after: Duration::from_secs(10),
+            lease_recovery_grace: Duration::from_secs(10),
             prepare_ahead: Duration::from_secs(1),
             events_endpoint: String::new(),
         }

@@ -12,6 +12,7 @@
 mod agents;
 mod db;
 mod error;
+mod lease_recovery;
 mod model;
 mod run_lifecycle;
 mod runs;
@@ -19,6 +20,7 @@ mod schedules;
 
 pub use db::{Backend, Store, redact};
 pub use error::{StoreError, status_from_store};
+pub use lease_recovery::Recovered;
 pub use model::{AgentFilter, AgentRecord, AgentStats, ApplyOutcome, NewRun, Page, RunFilter, RunRecord, StepRecord};
 pub use run_lifecycle::{FinishInput, StartInput, StartOutcome, StepInput};
-pub use schedules::{ScheduledAgent, TickFire, TickOutcome};
+pub use schedules::{ScheduledAgent, StaleRun, TickFire, TickOutcome};

@@ -128,6 +128,8 @@ pub struct RunRecord {
     pub input_tokens: u64,
     /// Completion tokens over all attempts.
     pub output_tokens: u64,
+    /// Times the run lost its worker and was resumed ([`nightshift_core::lifecycle::decide_lost_lease`]).
+    pub lost_leases: u32,
 }
 
 /// A stored checkpoint.

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use nightshift_core::lifecycle::{self, Failure, FinishDecision, OverlapDecision, StartDecision, StartFacts};
+use nightshift_core::lifecycle::{
+    self, Failure, FinishDecision, LostLease, OverlapDecision, StartDecision, StartFacts,
+};
 use nightshift_core::{AgentId, AgentSpec, AgentState, RunId, RunOutcome, RunStatus, TriggerKind, WorkerId, time};
 use sqlx::{Any, Row, Transaction};
 
@@ -108,7 +110,7 @@ pub struct FinishInput {
     pub failure: Failure,
 }
 
-async fn run_in_tx(tx: &mut Transaction<'_, Any>, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
+pub(crate) async fn run_in_tx(tx: &mut Transaction<'_, Any>, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {RUN_COLUMNS} FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.id = $1"
     )))
@@ -133,6 +135,42 @@ async fn set_terminal(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// Records that `id` lost its worker `lost` times.
+pub(crate) async fn set_lost_leases(tx: &mut Transaction<'_, Any>, id: &RunId, lost: u32) -> Result<(), StoreError> {
+    sqlx::query("UPDATE runs SET lost_leases = $1 WHERE id = $2")
+        .bind(i64::from(lost))
+        .bind(id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Fails a run that lost its worker too often ([`LostLease::Fail`]) and returns it as recorded.
+pub(crate) async fn fail_lost_lease(
+    tx: &mut Transaction<'_, Any>,
+    run: RunRecord,
+    error: String,
+    now: i64,
+) -> Result<RunRecord, StoreError> {
+    sqlx::query(
+        "UPDATE runs SET status = 'failed', error = $1, finished_at = $2, lease_expires_at = NULL, \
+         lost_leases = lost_leases + 1 WHERE id = $3",
+    )
+    .bind(error.as_str())
+    .bind(now)
+    .bind(run.id.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(RunRecord {
+        status: RunStatus::Failed,
+        error: Some(error),
+        finished_at: Some(time::from_millis(now)),
+        lease_expires_at: None,
+        lost_leases: run.lost_leases.saturating_add(1),
+        ..run
+    })
 }
 
 /// Records `run` as skipped for `reason` and returns the outcome.
@@ -231,7 +269,16 @@ impl Store {
             StartDecision::LeasedElsewhere { retry_after } => StartOutcome::LeasedElsewhere { retry_after, run },
             StartDecision::NotYet { retry_after } => StartOutcome::NotYet { retry_after, run },
             StartDecision::Skip { reason } => skip(&mut tx, run, reason, now).await?,
-            StartDecision::TakeOver => self.grant(&mut tx, run, input, &current, now).await?,
+            StartDecision::TakeOver => match lifecycle::decide_lost_lease(run.lost_leases) {
+                LostLease::Resume { lost } => {
+                    set_lost_leases(&mut tx, &run.id, lost).await?;
+                    let run = RunRecord { lost_leases: lost, ..run };
+                    self.grant(&mut tx, run, input, &current, now).await?
+                }
+                LostLease::Fail { error } => {
+                    StartOutcome::AlreadyFinished { run: fail_lost_lease(&mut tx, run, error, now).await? }
+                }
+            },
             StartDecision::ApplyOverlap => self.apply_overlap(&mut tx, run, input, &current, now).await?,
         };
         tx.commit().await?;

@@ -8,7 +8,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::agents::decode_spec;
-use crate::db::{Store, u64_col};
+use crate::db::{Store, u32_col, u64_col};
 use crate::error::StoreError;
 
 /// An agent as the scheduler sees it.
@@ -107,6 +107,19 @@ fn values_placeholders(rows: usize, width: usize, first: usize) -> String {
 /// `$1, $2, ...`: an `IN` list of `n` placeholders.
 fn in_placeholders(n: usize) -> String {
     (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// A queued run whose request is not known to be in the queue ([`Store::stale_queued_runs`]).
+#[derive(Debug, Clone)]
+pub struct StaleRun {
+    /// The run.
+    pub run: RunId,
+    /// Its agent.
+    pub agent: AgentId,
+    /// Its schedule tick (scheduled runs).
+    pub scheduled_for: Option<DateTime<Utc>>,
+    /// Attempts so far: non-zero for a run that lease recovery put back (its request's dedup id).
+    pub attempt: u32,
 }
 
 impl Store {
@@ -296,14 +309,11 @@ impl Store {
     }
 
     /// Queued runs created before `older_than` whose request never reached the queue (their
-    /// publisher died between the store commit and the publish): to be published again.
-    pub async fn stale_queued_runs(
-        &self,
-        older_than: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<(RunId, AgentId, Option<DateTime<Utc>>)>, StoreError> {
+    /// publisher died between the store commit and the publish, or lease recovery put them back):
+    /// to be published again.
+    pub async fn stale_queued_runs(&self, older_than: DateTime<Utc>, limit: u32) -> Result<Vec<StaleRun>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, agent_id, scheduled_for FROM runs WHERE published = 0 AND status = 'queued' \
+            "SELECT id, agent_id, scheduled_for, attempt FROM runs WHERE published = 0 AND status = 'queued' \
              AND created_at < $1 ORDER BY created_at LIMIT $2",
         )
         .bind(time::to_millis(older_than))
@@ -313,11 +323,12 @@ impl Store {
         rows.iter()
             .map(|r| {
                 let at: Option<i64> = r.try_get("scheduled_for")?;
-                Ok((
-                    RunId::from_string(r.try_get::<String, _>("id")?),
-                    AgentId::from_string(r.try_get::<String, _>("agent_id")?),
-                    at.map(time::from_millis),
-                ))
+                Ok(StaleRun {
+                    run: RunId::from_string(r.try_get::<String, _>("id")?),
+                    agent: AgentId::from_string(r.try_get::<String, _>("agent_id")?),
+                    scheduled_for: at.map(time::from_millis),
+                    attempt: u32_col(r, "attempt")?,
+                })
             })
             .collect()
     }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use nightshift_core::{AgentSpec, AgentState, ManualClock, RunId, RunOutcome, RunStatus, TriggerKind, WorkerId};
+use nightshift_core::{AgentSpec, AgentState, Clock, ManualClock, RunId, RunOutcome, RunStatus, TriggerKind, WorkerId};
 use nightshift_store::{
-    AgentFilter, ApplyOutcome, FinishInput, NewRun, RunFilter, StartInput, StartOutcome, StepInput, Store, StoreError,
-    TickFire, TickOutcome,
+    AgentFilter, ApplyOutcome, FinishInput, NewRun, Recovered, RunFilter, StartInput, StartOutcome, StepInput, Store,
+    StoreError, TickFire, TickOutcome,
 };
 use nightshift_testkit::{Db, database};
 
@@ -62,6 +62,7 @@ nightshift_testkit::both_backends!(
     concurrent_start_with_skip_policy_starts_exactly_one,
     concurrent_start_of_one_run_grants_one_lease,
     stale_fencing_token_is_refused_after_takeover,
+    lost_leases_are_recovered_resumed_then_failed,
     a_run_starts_with_the_version_it_was_queued_at,
     checkpoints_are_idempotent_and_gapless,
     failures_retry_with_backoff_then_fail,
@@ -250,6 +251,79 @@ async fn stale_fencing_token_is_refused_after_takeover(kind: Db) {
         e.store.start_run(&start_input(&run, &a.id, "w3")).await.unwrap(),
         StartOutcome::AlreadyFinished { .. }
     ));
+}
+
+/// Lease recovery: a run whose worker vanished (and whose delivery is gone) is resumed by the
+/// sweep, published again, taken by the next worker with its checkpoints; the dead worker is
+/// fenced off; a live lease is never touched; the run that loses its worker too often fails.
+async fn lost_leases_are_recovered_resumed_then_failed(kind: Db) {
+    let e = env(kind).await;
+    let a = e.store.create_agent(&spec("lost", "policy: {max_retries: 0}"), AgentState::Active).await.unwrap();
+    let run = RunId::generate();
+    let StartOutcome::Started { .. } = e.store.start_run(&start_input(&run, &a.id, "w1")).await.unwrap() else {
+        panic!("first start")
+    };
+    let step = StepInput { seq: 0, kind: "llm_response".into(), payload: vec![7] };
+    e.store.checkpoint(&run, 1, &step, None).await.unwrap();
+    e.store.mark_published(std::slice::from_ref(&run)).await.unwrap();
+
+    // A live lease is neither listed nor recovered.
+    assert!(e.store.expired_leases(e.clock.now(), 10).await.unwrap().is_empty());
+    assert!(e.store.recover_lost_lease(&run, &a.id).await.unwrap().is_none());
+
+    let mut attempt = 1;
+    for lost in 1..=nightshift_core::lifecycle::MAX_LOST_LEASES {
+        e.clock.advance(chrono::Duration::seconds(31));
+        assert_eq!(e.store.expired_leases(e.clock.now(), 10).await.unwrap(), [(run.clone(), a.id.clone())]);
+        let Some(Recovered::Resumed(r)) = e.store.recover_lost_lease(&run, &a.id).await.unwrap() else {
+            panic!("resumed")
+        };
+        assert_eq!((r.status, r.lost_leases, r.retries), (RunStatus::Queued, lost, 0), "not a retry");
+        assert_eq!(Some(&r), e.store.get_run(&run).await.unwrap().as_ref());
+        assert!(e.store.recover_lost_lease(&run, &a.id).await.unwrap().is_none(), "recovered once");
+        // The dead worker's attempt is fenced off.
+        assert!(matches!(
+            e.store.finish_run(&run, attempt, &finish(RunOutcome::Succeeded)).await,
+            Err(StoreError::Fenced(_))
+        ));
+        // The outbox sweep publishes it again (with its attempts, the dedup id of the request).
+        let stale = e.store.stale_queued_runs(e.clock.now(), 10).await.unwrap();
+        assert_eq!(stale.iter().map(|s| (&s.run, s.attempt)).collect::<Vec<_>>(), [(&run, attempt)]);
+        e.store.mark_published(std::slice::from_ref(&run)).await.unwrap();
+        // The next worker resumes it from its checkpoint.
+        let StartOutcome::Started { run: r, steps, .. } =
+            e.store.start_run(&start_input(&run, &a.id, &format!("w{}", attempt + 1))).await.unwrap()
+        else {
+            panic!("resume")
+        };
+        attempt += 1;
+        assert_eq!((r.attempt, steps.len()), (attempt, 1));
+    }
+    // One lost lease too many: failed, whoever notices (here StartRun's takeover).
+    e.clock.advance(chrono::Duration::seconds(31));
+    let StartOutcome::AlreadyFinished { run: failed } =
+        e.store.start_run(&start_input(&run, &a.id, "w9")).await.unwrap()
+    else {
+        panic!("failed by the takeover")
+    };
+    assert_eq!(failed.status, RunStatus::Failed);
+    assert!(failed.error.as_deref().unwrap_or_default().contains("lost its worker"), "{:?}", failed.error);
+    assert_eq!(Some(&failed), e.store.get_run(&run).await.unwrap().as_ref());
+    assert!(e.store.expired_leases(e.clock.now(), 10).await.unwrap().is_empty());
+
+    // The sweep fails one too: a second run that lost its worker MAX times already.
+    let other = RunId::generate();
+    e.store.start_run(&start_input(&other, &a.id, "w1")).await.unwrap();
+    for _ in 0..nightshift_core::lifecycle::MAX_LOST_LEASES {
+        e.clock.advance(chrono::Duration::seconds(31));
+        e.store.start_run(&start_input(&other, &a.id, "w2")).await.unwrap();
+    }
+    e.clock.advance(chrono::Duration::seconds(31));
+    let Some(Recovered::Failed(r)) = e.store.recover_lost_lease(&other, &a.id).await.unwrap() else {
+        panic!("failed by the sweep")
+    };
+    assert_eq!((r.status, r.lost_leases), (RunStatus::Failed, nightshift_core::lifecycle::MAX_LOST_LEASES + 1));
+    assert_eq!(Some(&r), e.store.get_run(&other).await.unwrap().as_ref());
 }
 
 async fn a_run_starts_with_the_version_it_was_queued_at(kind: Db) {

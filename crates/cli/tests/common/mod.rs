@@ -98,16 +98,26 @@ pub async fn start_hanging_run(
     llm: &str,
     script: &nightshift_testkit::llm::Script,
 ) -> (pb::Run, String) {
+    start_hanging_run_of(m, "slow", llm, script).await
+}
+
+/// [`start_hanging_run`] of an agent named `name`.
+pub async fn start_hanging_run_of(
+    m: &mut ManagerServiceClient<Channel>,
+    name: &str,
+    llm: &str,
+    script: &nightshift_testkit::llm::Script,
+) -> (pb::Run, String) {
     use std::sync::atomic::Ordering;
     script.hang_second_turn.store(true, Ordering::SeqCst);
     let second_turns_before = script.second_turns.load(Ordering::SeqCst);
     let slow = format!(
-        "name: slow\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: slow}}\n\
+        "name: {name}\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: slow}}\n\
          schedule: {{manual: true}}\npolicy: {{max_retries: 0}}\ntools: {{local: [calculate_area]}}"
     );
     m.apply_agent(pb::ApplyAgentRequest { spec: None, manifest_yaml: slow }).await.unwrap();
     let run = m
-        .trigger_agent(pb::TriggerAgentRequest { agent: by_name("slow"), query_override: None })
+        .trigger_agent(pb::TriggerAgentRequest { agent: by_name(name), query_override: None })
         .await
         .unwrap()
         .into_inner()

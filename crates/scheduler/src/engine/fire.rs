@@ -159,6 +159,7 @@ impl Scheduler {
                         scheduled_for: Some(time::to_pb(*tick)),
                         enqueued_at: None,
                         trace_context: Default::default(),
+                        after_attempt: 0,
                     });
                     // Borrowed, not cloned: this runs per tick of every due agent.
                     let jitter = idx

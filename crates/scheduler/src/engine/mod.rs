@@ -6,6 +6,7 @@
 //! - `fire`: the firing path in two steps, prepare (record due ticks) and publish (at fire time).
 //! - `outbox`: queue publishing, the `published` flag, the sweep of runs never published, and
 //!   taking back prepared runs.
+//! - `recovery`: lease recovery of runs whose worker vanished (resumed runs go to the outbox).
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ mod changes;
 mod fire;
 mod index;
 mod outbox;
+mod recovery;
 mod shards;
 
 use index::{Index, Prepared};
@@ -118,6 +120,8 @@ impl Scheduler {
                 }
                 _ = reload.tick() => self.log_err("reload", self.reload().await),
                 _ = republish.tick() => {
+                    // Recovery first: the runs it resumes are published by the outbox sweep.
+                    self.log_err("lease recovery", self.recover_lost_leases().await);
                     self.log_err("republish", self.republish_stale().await);
                     self.report_queue_depth().await;
                 }

@@ -62,7 +62,8 @@ impl Scheduler {
     }
 
     /// Publishes queued runs (of owned shards) whose request never reached the queue: the
-    /// publisher died between the store commit and the publish, or the publish failed.
+    /// publisher died between the store commit and the publish, the publish failed, or lease
+    /// recovery put the run back.
     pub(super) async fn republish_stale(&self) -> Result<(), StoreError> {
         let cutoff =
             self.inner.clock.now() - chrono::Duration::from_std(self.inner.cfg.republish_after).unwrap_or_default();
@@ -71,14 +72,18 @@ impl Scheduler {
         let now = self.inner.clock.now();
         let requests: Vec<RunRequest> = stale
             .into_iter()
-            .filter(|(_, agent, _)| owned.contains(&shard_of(agent, self.inner.cfg.shard_count)))
-            .map(|(run, agent, at)| RunRequest {
-                run_id: run.to_string(),
-                agent_id: agent.to_string(),
-                trigger: if at.is_some() { TriggerKind::Schedule } else { TriggerKind::Manual }.to_pb() as i32,
-                scheduled_for: at.map(time::to_pb),
+            .filter(|s| owned.contains(&shard_of(&s.agent, self.inner.cfg.shard_count)))
+            .map(|s| RunRequest {
+                run_id: s.run.to_string(),
+                agent_id: s.agent.to_string(),
+                trigger: if s.scheduled_for.is_some() { TriggerKind::Schedule } else { TriggerKind::Manual }.to_pb()
+                    as i32,
+                scheduled_for: s.scheduled_for.map(time::to_pb),
                 enqueued_at: Some(time::to_pb(now)),
-                trace_context: trace_context(run.as_str(), agent.as_str()),
+                trace_context: trace_context(s.run.as_str(), s.agent.as_str()),
+                // A run lease recovery put back has attempts, and its first request may still
+                // be in the queue's dedup window.
+                after_attempt: s.attempt,
             })
             .collect();
         if !requests.is_empty() {

@@ -1,0 +1,76 @@
+//! Lease recovery of the replica's shards: runs left `running` by a worker that vanished after
+//! its delivery was acked or lost. The store decides and records (resume or fail, see
+//! `Store::recover_lost_lease`); this side picks the runs of owned shards, reports each one
+//! (event, metric, log) and leaves publishing resumed runs to the outbox sweep that follows.
+use nightshift_core::EventType;
+use nightshift_store::{Recovered, StoreError};
+use serde_json::json;
+
+use super::{Scheduler, shard_of};
+
+/// Runs recovered per sweep at most (the next sweep continues).
+const BATCH: u32 = 500;
+
+impl Scheduler {
+    /// Recovers the owned shards' runs whose lease expired more than `lease_recovery_grace` ago.
+    pub(super) async fn recover_lost_leases(&self) -> Result<(), StoreError> {
+        let grace = chrono::Duration::from_std(self.inner.cfg.lease_recovery_grace).unwrap_or_default();
+        let expired = self.inner.store.expired_leases(self.inner.clock.now() - grace, BATCH).await?;
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let owned = self.index().owned.clone();
+        for (run, agent) in expired {
+            if !owned.contains(&shard_of(&agent, self.inner.cfg.shard_count)) {
+                continue;
+            }
+            match self.inner.store.recover_lost_lease(&run, &agent).await {
+                Ok(Some(recovered)) => self.report_recovered(&recovered),
+                Ok(None) => {} // a heartbeat or a takeover came first
+                Err(e) => tracing::warn!(run = %run, error = %e, "lease recovery failed; the next sweep retries"),
+            }
+        }
+        Ok(())
+    }
+
+    fn report_recovered(&self, recovered: &Recovered) {
+        let (run, outcome) = match recovered {
+            Recovered::Resumed(r) => (r, "resumed"),
+            Recovered::Failed(r) => (r, "failed"),
+        };
+        let worker = run.worker_id.as_ref().map(ToString::to_string).unwrap_or_default();
+        metrics::counter!("nightshift_runs_lost_lease_total", "outcome" => outcome).increment(1);
+        let events = self.inner.events.get();
+        match recovered {
+            Recovered::Resumed(_) => {
+                tracing::warn!(run = %run.id, agent = %run.agent_id, %worker, attempt = run.attempt,
+                    lost_leases = run.lost_leases, "run lost its worker (lease expired); resuming it");
+                if let Some(p) = events {
+                    p.event(EventType::RunRetrying)
+                        .agent(&run.agent_id)
+                        .agent_name(run.agent_name.clone())
+                        .run(&run.id)
+                        .data(json!({
+                            "attempt": run.attempt,
+                            "reason": "lease expired: the worker stopped renewing it",
+                            "worker": worker,
+                            "lost_leases": run.lost_leases,
+                        }))
+                        .emit();
+                }
+            }
+            Recovered::Failed(_) => {
+                let error = run.error.clone().unwrap_or_default();
+                tracing::warn!(run = %run.id, agent = %run.agent_id, %worker, %error, "run failed: lost its worker too often");
+                if let Some(p) = events {
+                    p.event(EventType::BackgroundTaskError)
+                        .agent(&run.agent_id)
+                        .agent_name(run.agent_name.clone())
+                        .run(&run.id)
+                        .data(json!({"attempt": run.attempt, "error": error, "will_retry": false, "worker": worker}))
+                        .emit();
+                }
+            }
+        }
+    }
+}
