@@ -320,7 +320,7 @@ pub async fn fire_breakdown(args: &BreakdownArgs) -> anyhow::Result<Scenario> {
                     scheduled_for: Some(time::to_pb(*at)),
                     enqueued_at: Some(time::to_pb(now)),
                     trace_context: Default::default(),
-                    after_attempt: 0,
+                    redelivery: String::new(),
                 })
             })
             .collect();

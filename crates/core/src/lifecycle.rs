@@ -129,28 +129,49 @@ pub enum OverlapDecision {
 }
 
 impl OverlapPolicy {
-    /// Whether [`decide_overlap`] needs to know of a run already waiting behind the running
-    /// one; only then does the store look it up.
+    /// Whether [`decide_overlap`] needs to know of a run already waiting (deferred) for the
+    /// agent: only the buffering policies, whose waiting runs start in order; only then does the
+    /// store look one up.
     pub fn needs_waiting_run(self) -> bool {
-        self == OverlapPolicy::BufferOne
+        matches!(self, OverlapPolicy::BufferOne | OverlapPolicy::BufferAll)
     }
 }
 
+/// The agent's first run waiting (deferred) behind its running ones, other than the run being
+/// decided, as StartRun reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// The run.
+    pub run: RunId,
+    /// It is ahead of the run being decided in [`buffer_order`]: it must start first.
+    pub ahead: bool,
+}
+
+/// The order in which buffered runs start: by schedule tick (or creation, for manual runs),
+/// then id. `buffer_order(a) < buffer_order(b)` means `a` starts before `b`.
+pub fn buffer_order<'a>(
+    scheduled_for: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    id: &'a RunId,
+) -> (DateTime<Utc>, &'a str) {
+    (scheduled_for.unwrap_or(created_at), id.as_str())
+}
+
 /// The overlap rule. `live_others` are the agent's other runs holding a *live* lease (runs of
-/// dead workers do not block); `waiting` is another run already deferred behind them (only
-/// looked up when [`OverlapPolicy::needs_waiting_run`]).
+/// dead workers do not block); `waiting` is the agent's first other run waiting behind them
+/// (only looked up when [`OverlapPolicy::needs_waiting_run`]). Buffered runs start first in,
+/// first out: a run never overtakes one waiting ahead of it, even when nothing runs (the one
+/// ahead is about to start).
 pub fn decide_overlap(
     policy: OverlapPolicy,
     run: &RunId,
     live_others: &[RunId],
-    waiting: Option<&RunId>,
+    waiting: Option<&Waiting>,
 ) -> OverlapDecision {
-    if live_others.is_empty() || policy == OverlapPolicy::AllowAll {
-        return OverlapDecision::Start;
-    }
     let running = live_others.iter().map(RunId::as_str).collect::<Vec<_>>().join(", ");
     match policy {
         OverlapPolicy::AllowAll => OverlapDecision::Start,
+        _ if live_others.is_empty() && !policy.needs_waiting_run() => OverlapDecision::Start,
         OverlapPolicy::Skip => {
             OverlapDecision::Skip { reason: format!("overlap policy skip: run {running} is still running") }
         }
@@ -158,14 +179,19 @@ pub fn decide_overlap(
             others: live_others.to_vec(),
             reason: format!("cancelled by overlap policy cancel_other in favour of run {run}"),
         },
-        OverlapPolicy::BufferOne | OverlapPolicy::BufferAll => match waiting {
-            Some(w) if policy == OverlapPolicy::BufferOne => OverlapDecision::Skip {
-                reason: format!("overlap policy buffer_one: run {w} is already waiting behind run {running}"),
+        OverlapPolicy::BufferOne | OverlapPolicy::BufferAll => match (live_others.is_empty(), waiting) {
+            (false, Some(w)) if policy == OverlapPolicy::BufferOne => OverlapDecision::Skip {
+                reason: format!("overlap policy buffer_one: run {} is already waiting behind run {running}", w.run),
             },
-            _ => OverlapDecision::Defer {
+            (false, _) => OverlapDecision::Defer {
                 retry_after: DEFER_POLL,
                 reason: format!("waiting for run {running} (overlap policy {policy:?})"),
             },
+            (true, Some(w)) if w.ahead => OverlapDecision::Defer {
+                retry_after: DEFER_POLL,
+                reason: format!("waiting behind run {} (overlap policy {policy:?}: first in, first out)", w.run),
+            },
+            (true, _) => OverlapDecision::Start,
         },
     }
 }
@@ -408,7 +434,7 @@ mod tests {
             }
         );
         // buffer_all queues behind a waiting run too; buffer_one keeps only one waiting.
-        let waiting = RunId::from_string("r9");
+        let waiting = Waiting { run: RunId::from_string("r9"), ahead: true };
         assert!(matches!(
             decide_overlap(OverlapPolicy::BufferAll, &run, &others, Some(&waiting)),
             OverlapDecision::Defer { .. }
@@ -421,7 +447,35 @@ mod tests {
             }
         );
         assert!(OverlapPolicy::BufferOne.needs_waiting_run());
-        assert!(!OverlapPolicy::BufferAll.needs_waiting_run());
+        assert!(OverlapPolicy::BufferAll.needs_waiting_run());
+        assert!(!OverlapPolicy::Skip.needs_waiting_run());
+    }
+
+    #[test]
+    fn buffered_runs_start_first_in_first_out() {
+        let run = RunId::from_string("r5");
+        let ahead = Waiting { run: RunId::from_string("r4"), ahead: true };
+        let behind = Waiting { run: RunId::from_string("r6"), ahead: false };
+        for policy in [OverlapPolicy::BufferOne, OverlapPolicy::BufferAll] {
+            // Nothing runs, but r4 waits ahead: it starts first, r5 waits behind it.
+            assert_eq!(
+                decide_overlap(policy, &run, &[], Some(&ahead)),
+                OverlapDecision::Defer {
+                    retry_after: DEFER_POLL,
+                    reason: format!("waiting behind run r4 (overlap policy {policy:?}: first in, first out)")
+                }
+            );
+            assert_eq!(decide_overlap(policy, &run, &[], Some(&behind)), OverlapDecision::Start, "{policy:?}");
+            assert_eq!(decide_overlap(policy, &run, &[], None), OverlapDecision::Start, "{policy:?}");
+        }
+        // The other policies do not order runs.
+        for policy in [OverlapPolicy::Skip, OverlapPolicy::CancelOther, OverlapPolicy::AllowAll] {
+            assert_eq!(decide_overlap(policy, &run, &[], Some(&ahead)), OverlapDecision::Start, "{policy:?}");
+        }
+        let t = from_millis(NOW);
+        let (a, b) = (RunId::from_string("a"), RunId::from_string("b"));
+        assert!(buffer_order(Some(t), from_millis(NOW + 5), &b) < buffer_order(None, from_millis(NOW + 1), &a));
+        assert!(buffer_order(Some(t), t, &a) < buffer_order(Some(t), t, &b));
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod config;
 mod convert;
 mod error;
 mod role;
+mod run_end;
 mod schedule_observer;
 mod service;
 

@@ -62,6 +62,18 @@ impl ManagerService {
         self
     }
 
+    pub(crate) fn queue(&self) -> Option<&Arc<dyn WorkQueue>> {
+        self.queue.as_ref()
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
     fn changed(&self, id: &AgentId) {
         if let Some(o) = &self.observer {
             o.agent_changed(id);
@@ -332,7 +344,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
                 enqueued_at: Some(time::to_pb(self.clock.now())),
                 // The worker's run span continues this call's trace (the `grpc.server` span).
                 trace_context: nightshift_telemetry::context_map(&tracing::Span::current()),
-                after_attempt: 0,
+                redelivery: String::new(),
             };
             // The run is recorded; if this publish fails the scheduler's sweep publishes it.
             match q.publish(&req, None).await {
@@ -392,8 +404,14 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let req = req.into_inner();
         let id = RunId::parse("run_id", &req.run_id).map_err(invalid)?;
         let reason = if req.reason.trim().is_empty() { "cancelled by request".to_owned() } else { req.reason };
+        let was_running =
+            self.store.get_run(&id).await.map_err(status_from_store)?.is_some_and(|r| r.status == RunStatus::Running);
         let run = self.store.cancel_run(&id, &reason).await.map_err(status_from_store)?;
         tracing::info!(run = %id, "run cancelled");
+        if was_running {
+            self.deliver_cancellations(std::slice::from_ref(&run));
+        }
+        self.wake_waiting(&run.agent_id, &id).await;
         if let Some(p) = &self.events {
             p.event(EventType::RunCancelled)
                 .agent(&run.agent_id)
@@ -427,6 +445,8 @@ impl pb::manager_service_server::ManagerService for ManagerService {
             run_id: RunId::parse("run_id", &req.run_id).map_err(invalid)?,
             agent_id: AgentId::parse("agent_id", &req.agent_id).map_err(invalid)?,
             worker_id: WorkerId::parse("worker_id", &req.worker_id).map_err(invalid)?,
+            worker_endpoint: crate::run_end::check_worker_endpoint(&req.worker_endpoint)
+                .map_err(Status::invalid_argument)?,
             lease_ttl: self.lease_ttl("lease_ttl", req.lease_ttl.as_ref())?,
             trigger: match req.trigger() {
                 pb::TriggerKind::Manual => TriggerKind::Manual,
@@ -437,7 +457,19 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let outcome = self.store.start_run(&input).await.map_err(status_from_store)?;
         let mut resp = pb::StartRunResponse::default();
         let (decision, run) = match outcome {
-            StartOutcome::Started { run, spec, steps } => {
+            StartOutcome::Started { run, spec, steps, cancelled } => {
+                for other in &cancelled {
+                    tracing::info!(run = %other.id, by = %run.id, "run cancelled by overlap policy cancel_other");
+                    if let Some(p) = &self.events {
+                        p.event(EventType::RunCancelled)
+                            .agent(&other.agent_id)
+                            .agent_name(other.agent_name.clone())
+                            .run(&other.id)
+                            .data(json!({"reason": other.reason.clone().unwrap_or_default(), "by_run": run.id.to_string()}))
+                            .emit();
+                    }
+                }
+                self.deliver_cancellations(&cancelled);
                 resp.spec = Some(spec.to_proto());
                 resp.steps = steps.iter().map(convert::step).collect();
                 tracing::debug!(run = %run.id, attempt = run.attempt, worker = %input.worker_id, "run started");
@@ -508,6 +540,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         };
         let (run, retry_after) = self.store.finish_run(&id, req.attempt, &input).await.map_err(status_from_store)?;
         tracing::info!(run = %id, status = %run.status, retry_in = ?retry_after, "attempt finished");
+        self.wake_waiting(&run.agent_id, &id).await;
         Ok(Response::new(pb::FinishRunResponse {
             run: Some(convert::run(&run)),
             retry_after: convert::opt_duration(retry_after),

@@ -30,12 +30,14 @@ pub use redis::{RedisConfig, RedisQueue};
 
 pub use nightshift_proto::v1::RunRequest;
 
-/// The id a request is deduplicated by: its `run_id`, or `<run_id>/<after_attempt>` for a run
-/// that lease recovery put back in the queue (whose first request may still be in the window).
+/// The id a request is deduplicated by: its `run_id`, or `<run_id>/<redelivery>` for a run
+/// published again on purpose (lease recovery, a buffered run woken) while its first request
+/// may still be in the dedup window.
 pub fn dedup_id(request: &RunRequest) -> std::borrow::Cow<'_, str> {
-    match request.after_attempt {
-        0 => std::borrow::Cow::Borrowed(request.run_id.as_str()),
-        n => std::borrow::Cow::Owned(format!("{}/{n}", request.run_id)),
+    if request.redelivery.is_empty() {
+        std::borrow::Cow::Borrowed(request.run_id.as_str())
+    } else {
+        std::borrow::Cow::Owned(format!("{}/{}", request.run_id, request.redelivery))
     }
 }
 

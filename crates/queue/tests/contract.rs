@@ -104,7 +104,7 @@ fn request(run_id: &str) -> RunRequest {
         scheduled_for: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 5 }),
         enqueued_at: None,
         trace_context: BTreeMap::from([("traceparent".to_owned(), "00-abc-def-01".to_owned())]),
-        after_attempt: 0,
+        redelivery: String::new(),
     }
 }
 
@@ -221,21 +221,22 @@ async fn dedup_by_run_id(env: Env) {
     assert_nothing_for(&*q, DELAY + Duration::from_secs(2), "duplicates").await;
 }
 
-/// Lease recovery republishes a run inside the dedup window of its first request: the attempt
-/// count it carries makes it a new message, itself deduplicated.
-async fn recovered_request_is_not_a_duplicate(env: Env) {
+/// Lease recovery (or the end of the run a buffered run waited for) publishes a run again inside
+/// the dedup window of its first request: its `redelivery` makes it a new message, itself
+/// deduplicated.
+async fn a_redelivery_is_not_a_duplicate(env: Env) {
     let q = env.open(LONG_ACK_WAIT).await;
     assert!(q.publish(&request("run-r"), None).await.expect("publish"));
-    let recovered = RunRequest { after_attempt: 1, ..request("run-r") };
-    assert!(q.publish(&recovered, None).await.expect("publish"), "after attempt 1 is a new request");
+    let recovered = RunRequest { redelivery: "attempt-1".into(), ..request("run-r") };
+    assert!(q.publish(&recovered, None).await.expect("publish"), "a redelivery is a new request");
     assert!(!q.publish(&recovered, None).await.expect("publish"), "published twice by two replicas");
-    let again = RunRequest { after_attempt: 2, ..request("run-r") };
-    assert!(q.publish(&again, None).await.expect("publish"), "after attempt 2 is new again");
+    let again = RunRequest { redelivery: "attempt-2".into(), ..request("run-r") };
+    assert!(q.publish(&again, None).await.expect("publish"), "another redelivery is new again");
 
     let got = receive_n(&*q, 3, Duration::from_secs(10)).await;
-    let mut attempts: Vec<_> = got.iter().map(|d| (d.request.run_id.clone(), d.request.after_attempt)).collect();
+    let mut attempts: Vec<_> = got.iter().map(|d| d.request.redelivery.clone()).collect();
     attempts.sort();
-    assert_eq!(attempts, [("run-r".to_owned(), 0), ("run-r".to_owned(), 1), ("run-r".to_owned(), 2)]);
+    assert_eq!(attempts, ["", "attempt-1", "attempt-2"]);
     for d in got {
         d.ack().await.expect("ack");
     }
@@ -458,7 +459,7 @@ contract!(
     receive_respects_max_and_wait,
     waiting_receive_wakes_on_publish,
     dedup_by_run_id,
-    recovered_request_is_not_a_duplicate,
+    a_redelivery_is_not_a_duplicate,
     dedup_window_expires,
     redelivery_after_ack_wait,
     in_progress_extends_deadline,

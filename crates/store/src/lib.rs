@@ -22,5 +22,5 @@ pub use db::{Backend, Store, redact};
 pub use error::{StoreError, status_from_store};
 pub use lease_recovery::Recovered;
 pub use model::{AgentFilter, AgentRecord, AgentStats, ApplyOutcome, NewRun, Page, RunFilter, RunRecord, StepRecord};
-pub use run_lifecycle::{FinishInput, StartInput, StartOutcome, StepInput};
+pub use run_lifecycle::{FinishInput, StartInput, StartOutcome, StepInput, WaitingRun};
 pub use schedules::{ScheduledAgent, StaleRun, TickFire, TickOutcome};

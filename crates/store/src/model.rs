@@ -130,6 +130,8 @@ pub struct RunRecord {
     pub output_tokens: u64,
     /// Times the run lost its worker and was resumed ([`nightshift_core::lifecycle::decide_lost_lease`]).
     pub lost_leases: u32,
+    /// Where the worker holding (or last holding) it listens, if it said so.
+    pub worker_endpoint: Option<String>,
 }
 
 /// A stored checkpoint.

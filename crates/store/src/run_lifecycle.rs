@@ -25,6 +25,8 @@ pub struct StartInput {
     pub agent_id: AgentId,
     /// The asking worker.
     pub worker_id: WorkerId,
+    /// Where it listens (its WorkerService), to deliver a cancellation of the run promptly.
+    pub worker_endpoint: Option<String>,
     /// Lease length.
     pub lease_ttl: Duration,
     /// Used if the run record does not exist yet.
@@ -44,6 +46,9 @@ pub enum StartOutcome {
         spec: Box<AgentSpec>,
         /// Earlier checkpoints.
         steps: Vec<StepRecord>,
+        /// Runs the overlap policy `cancel_other` cancelled in favour of this one, as they were
+        /// (their workers are to be told).
+        cancelled: Vec<RunRecord>,
     },
     /// Recorded as skipped.
     Skipped {
@@ -135,6 +140,40 @@ async fn set_terminal(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// A run waiting (deferred) behind its agent's running ones.
+#[derive(Debug, Clone)]
+pub struct WaitingRun {
+    /// The run.
+    pub id: RunId,
+    /// Its schedule tick (scheduled runs).
+    pub scheduled_for: Option<DateTime<Utc>>,
+    /// When it was recorded.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The agent's first waiting run in [`lifecycle::buffer_order`], other than `except`.
+async fn first_waiting<'c, E>(db: E, agent: &AgentId, except: Option<&RunId>) -> Result<Option<WaitingRun>, StoreError>
+where
+    E: sqlx::Executor<'c, Database = Any>,
+{
+    let row = sqlx::query(
+        "SELECT id, scheduled_for, created_at FROM runs WHERE agent_id = $1 AND status = 'queued' AND deferred = 1 \
+         AND id <> $2 ORDER BY COALESCE(scheduled_for, created_at), id LIMIT 1",
+    )
+    .bind(agent.as_str())
+    .bind(except.map_or("", RunId::as_str))
+    .fetch_optional(db)
+    .await?;
+    row.map(|r| {
+        Ok(WaitingRun {
+            id: RunId::from_string(r.try_get::<String, _>("id")?),
+            scheduled_for: r.try_get::<Option<i64>, _>("scheduled_for")?.map(time::from_millis),
+            created_at: time::from_millis(r.try_get::<i64, _>("created_at")?),
+        })
+    })
+    .transpose()
 }
 
 /// Records that `id` lost its worker `lost` times.
@@ -307,16 +346,12 @@ impl Store {
         .iter()
         .map(|r| r.try_get::<String, _>("id").map(RunId::from_string))
         .collect::<Result<_, _>>()?;
-        let waiting = if !others.is_empty() && policy.needs_waiting_run() {
-            sqlx::query(
-                "SELECT id FROM runs WHERE agent_id = $1 AND status = 'queued' AND deferred = 1 AND id <> $2 LIMIT 1",
-            )
-            .bind(input.agent_id.as_str())
-            .bind(run.id.as_str())
-            .fetch_optional(&mut **tx)
-            .await?
-            .map(|r| r.try_get::<String, _>("id").map(RunId::from_string))
-            .transpose()?
+        let waiting = if policy.needs_waiting_run() {
+            first_waiting(&mut **tx, &input.agent_id, Some(&run.id)).await?.map(|w| lifecycle::Waiting {
+                ahead: lifecycle::buffer_order(w.scheduled_for, w.created_at, &w.id)
+                    < lifecycle::buffer_order(run.scheduled_for, run.created_at, &run.id),
+                run: w.id,
+            })
         } else {
             None
         };
@@ -324,10 +359,17 @@ impl Store {
             OverlapDecision::Start => self.grant(tx, run, input, current, now).await,
             OverlapDecision::Skip { reason } => skip(tx, run, reason, now).await,
             OverlapDecision::CancelOthers { others, reason } => {
+                let mut cancelled = Vec::with_capacity(others.len());
                 for other in &others {
                     set_terminal(tx, other, RunStatus::Cancelled, &reason, now).await?;
+                    cancelled.extend(run_in_tx(tx, other).await?);
                 }
-                self.grant(tx, run, input, current, now).await
+                match self.grant(tx, run, input, current, now).await? {
+                    StartOutcome::Started { run, spec, steps, .. } => {
+                        Ok(StartOutcome::Started { run, spec, steps, cancelled })
+                    }
+                    other => Ok(other),
+                }
             }
             OverlapDecision::Defer { retry_after, reason } => {
                 sqlx::query("UPDATE runs SET deferred = 1 WHERE id = $1")
@@ -350,12 +392,13 @@ impl Store {
         let until = ms_after(now, input.lease_ttl);
         sqlx::query(
             "UPDATE runs SET status = 'running', attempt = attempt + 1, worker_id = $1, lease_expires_at = $2, \
-             started_at = COALESCE(started_at, $3), deferred = 0, not_before = NULL WHERE id = $4",
+             started_at = COALESCE(started_at, $3), deferred = 0, not_before = NULL, worker_endpoint = $5 WHERE id = $4",
         )
         .bind(input.worker_id.as_str())
         .bind(until)
         .bind(now)
         .bind(run.id.as_str())
+        .bind(input.worker_endpoint.clone())
         .execute(&mut **tx)
         .await?;
         // The row is locked by this transaction: apply the same update to the record read in it
@@ -363,6 +406,7 @@ impl Store {
         run.status = RunStatus::Running;
         run.attempt += 1;
         run.worker_id = Some(input.worker_id.clone());
+        run.worker_endpoint = input.worker_endpoint.clone();
         run.lease_expires_at = Some(time::from_millis(until));
         run.started_at = run.started_at.or(Some(time::from_millis(now)));
         run.not_before = None;
@@ -384,7 +428,14 @@ impl Store {
         } else {
             Vec::new()
         };
-        Ok(StartOutcome::Started { run, spec: Box::new(spec), steps })
+        Ok(StartOutcome::Started { run, spec: Box::new(spec), steps, cancelled: Vec::new() })
+    }
+
+    /// The agent's first run waiting behind its running ones (overlap policy `buffer_one` /
+    /// `buffer_all`), in start order: when a run of the agent ends, this one is published again
+    /// at once instead of waiting for its next poll.
+    pub async fn first_waiting_run(&self, agent: &AgentId) -> Result<Option<WaitingRun>, StoreError> {
+        first_waiting(&self.pool, agent, None).await
     }
 
     /// Extends the lease of a running run held with `attempt`.

@@ -38,6 +38,7 @@ fn start_input(run: &RunId, agent: &nightshift_core::AgentId, worker: &str) -> S
         run_id: run.clone(),
         agent_id: agent.clone(),
         worker_id: WorkerId::from_string(worker),
+        worker_endpoint: Some(format!("http://{worker}:50053")),
         lease_ttl: Duration::from_secs(30),
         trigger: TriggerKind::Schedule,
         scheduled_for: None,
@@ -67,6 +68,7 @@ nightshift_testkit::both_backends!(
     checkpoints_are_idempotent_and_gapless,
     failures_retry_with_backoff_then_fail,
     buffer_one_and_cancel_other_and_allow_all,
+    buffered_runs_start_first_in_first_out,
     paused_agent_runs_are_skipped,
     stats_aggregate_runs,
     enqueue_is_idempotent_per_tick,
@@ -350,7 +352,7 @@ async fn a_run_starts_with_the_version_it_was_queued_at(kind: Db) {
     e.store.insert_run(&new(&later)).await.unwrap();
     for (run, version, description) in [(&queued, 1, "first"), (&later, 2, "second")] {
         let out = e.store.start_run(&start_input(run, &a.id, "w")).await.unwrap();
-        let StartOutcome::Started { run: r, spec, steps } = out else { panic!("{out:?}") };
+        let StartOutcome::Started { run: r, spec, steps, .. } = out else { panic!("{out:?}") };
         assert_eq!((r.agent_version, spec.description.as_str()), (version, description));
         assert!(steps.is_empty());
         assert_eq!(Some(&r), e.store.get_run(run).await.unwrap().as_ref());
@@ -420,8 +422,14 @@ async fn buffer_one_and_cancel_other_and_allow_all(kind: Db) {
     // cancel_other: the newcomer wins and the old run is fenced out.
     let b = e.store.create_agent(&spec("canc", "policy: {overlap: cancel_other}"), AgentState::Active).await.unwrap();
     let (c1, c2) = (RunId::generate(), RunId::generate());
-    e.store.start_run(&start_input(&c1, &b.id, "w")).await.unwrap();
-    assert!(matches!(e.store.start_run(&start_input(&c2, &b.id, "w")).await.unwrap(), StartOutcome::Started { .. }));
+    e.store.start_run(&start_input(&c1, &b.id, "w1")).await.unwrap();
+    let StartOutcome::Started { cancelled, .. } = e.store.start_run(&start_input(&c2, &b.id, "w2")).await.unwrap()
+    else {
+        panic!("cancel_other starts the newcomer")
+    };
+    // The cancelled run is handed back with where its worker listens, to be told at once.
+    let told: Vec<_> = cancelled.iter().map(|r| (&r.id, r.status, r.worker_endpoint.as_deref())).collect();
+    assert_eq!(told, [(&c1, RunStatus::Cancelled, Some("http://w1:50053"))]);
     assert_eq!(e.store.get_run(&c1).await.unwrap().unwrap().status, RunStatus::Cancelled);
     assert!(matches!(e.store.heartbeat(&c1, 1, Duration::from_secs(5)).await, Err(StoreError::Fenced(_))));
 
@@ -433,6 +441,40 @@ async fn buffer_one_and_cancel_other_and_allow_all(kind: Db) {
             StartOutcome::Started { .. }
         ));
     }
+}
+
+/// buffer_all: waiting runs start in schedule order whoever asks first, and the first waiting
+/// run is what the manager wakes when a run of the agent ends.
+async fn buffered_runs_start_first_in_first_out(kind: Db) {
+    let e = env(kind).await;
+    let a = e.store.create_agent(&spec("fifo", "policy: {overlap: buffer_all}"), AgentState::Active).await.unwrap();
+    let tick = |s: i64| Some(e.clock.now() + chrono::Duration::seconds(s));
+    let at = |run: &RunId, s: i64| StartInput { scheduled_for: tick(s), ..start_input(run, &a.id, "w") };
+    let runs: Vec<RunId> = (0..4).map(|_| RunId::generate()).collect();
+    assert!(matches!(e.store.start_run(&at(&runs[0], 0)).await.unwrap(), StartOutcome::Started { .. }));
+    // The later ticks ask first: all wait.
+    for (i, run) in runs.iter().enumerate().skip(1).rev() {
+        let out = e.store.start_run(&at(run, i as i64)).await.unwrap();
+        assert!(matches!(out, StartOutcome::Deferred { .. }), "{out:?}");
+    }
+    let mut attempt_of_running = (runs[0].clone(), 1);
+    for next in 1..4 {
+        assert_eq!(e.store.first_waiting_run(&a.id).await.unwrap().map(|w| w.id), Some(runs[next].clone()));
+        let (running, attempt) = &attempt_of_running;
+        e.store.finish_run(running, *attempt, &finish(RunOutcome::Succeeded)).await.unwrap();
+        // Nothing runs now, but the runs behind `next` still wait for it.
+        for later in runs.iter().skip(next + 1).rev() {
+            let out = e.store.start_run(&start_input(later, &a.id, "w")).await.unwrap();
+            let StartOutcome::Deferred { reason, .. } = out else { panic!("{later} overtook {}: {out:?}", runs[next]) };
+            assert!(reason.contains(&format!("waiting behind run {}", runs[next])), "{reason}");
+        }
+        let StartOutcome::Started { run, .. } = e.store.start_run(&start_input(&runs[next], &a.id, "w")).await.unwrap()
+        else {
+            panic!("{} starts in its turn", runs[next])
+        };
+        attempt_of_running = (run.id, run.attempt);
+    }
+    assert!(e.store.first_waiting_run(&a.id).await.unwrap().is_none());
 }
 
 async fn paused_agent_runs_are_skipped(kind: Db) {

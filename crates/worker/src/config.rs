@@ -21,6 +21,11 @@ pub struct WorkerConfig {
     pub queue: QueueSettings,
     /// Stable id of this worker (empty = hostname + random suffix).
     pub worker_id: String,
+    /// Where the manager reaches this worker's WorkerService to stop a cancelled run at once
+    /// (`http://HOST:PORT`; on Kubernetes the pod IP). Empty = derived from `listen` (its host,
+    /// or this host's name when it listens on all interfaces). If unreachable, a cancelled run
+    /// stops at its next heartbeat instead.
+    pub advertise_endpoint: String,
     /// Runs executed at once.
     pub concurrency: u32,
     /// Lease asked for on StartRun; heartbeats renew it every third of it.
@@ -45,12 +50,30 @@ impl Default for WorkerConfig {
             manager_endpoint: "http://127.0.0.1:50051".into(),
             queue: QueueSettings::default(),
             worker_id: String::new(),
+            advertise_endpoint: String::new(),
             concurrency: 16,
             lease_ttl: Duration::from_secs(30),
             drain_grace: Duration::from_secs(30),
             tools: ToolsConfig::default(),
             events_endpoint: String::new(),
             memory_endpoint: String::new(),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// The endpoint the worker gives the manager with each StartRun (see `advertise_endpoint`).
+    pub fn advertised_endpoint(&self) -> String {
+        if !self.advertise_endpoint.trim().is_empty() {
+            return self.advertise_endpoint.trim().to_owned();
+        }
+        match self.server.listen.parse::<std::net::SocketAddr>() {
+            Ok(addr) if addr.ip().is_unspecified() => {
+                let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+                if host.is_empty() { String::new() } else { format!("http://{host}:{}", addr.port()) }
+            }
+            Ok(addr) => format!("http://{addr}"),
+            Err(_) => String::new(),
         }
     }
 }

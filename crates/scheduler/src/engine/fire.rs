@@ -159,7 +159,7 @@ impl Scheduler {
                         scheduled_for: Some(time::to_pb(*tick)),
                         enqueued_at: None,
                         trace_context: Default::default(),
-                        after_attempt: 0,
+                        redelivery: String::new(),
                     });
                     // Borrowed, not cloned: this runs per tick of every due agent.
                     let jitter = idx

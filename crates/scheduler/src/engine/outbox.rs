@@ -83,7 +83,7 @@ impl Scheduler {
                 trace_context: trace_context(s.run.as_str(), s.agent.as_str()),
                 // A run lease recovery put back has attempts, and its first request may still
                 // be in the queue's dedup window.
-                after_attempt: s.attempt,
+                redelivery: if s.attempt == 0 { String::new() } else { format!("attempt-{}", s.attempt) },
             })
             .collect();
         if !requests.is_empty() {

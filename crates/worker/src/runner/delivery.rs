@@ -97,6 +97,7 @@ impl Worker {
                 lease_ttl: Some(nightshift_core::duration::to_pb(self.inner.cfg.lease_ttl)),
                 trigger: req.trigger,
                 scheduled_for: req.scheduled_for,
+                worker_endpoint: self.inner.endpoint.clone(),
             })
             .await;
         let start = match start {

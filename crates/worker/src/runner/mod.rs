@@ -63,6 +63,8 @@ pub struct Worker {
 
 pub(crate) struct Inner {
     pub(crate) id: String,
+    /// Where this worker's WorkerService is reached (sent with StartRun; may be empty).
+    endpoint: String,
     cfg: WorkerConfig,
     manager: Manager,
     queue: Arc<dyn WorkQueue>,
@@ -97,6 +99,7 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(cfg.concurrency.max(1) as usize));
         let inner = Inner {
             id,
+            endpoint: cfg.advertised_endpoint(),
             manager: pb::manager_service_client::ManagerServiceClient::new(nightshift_rpc::traced(manager)),
             queue,
             events,

@@ -1,0 +1,107 @@
+//! What follows the end of a run, beyond recording it: the agent's first buffered run is
+//! published again at once (it would otherwise wait for its next poll, up to
+//! `lifecycle::DEFER_POLL`), and the worker of a cancelled run is told to stop now rather than at
+//! its next heartbeat. Both are best effort on top of a correct slow path (the poll, the fenced
+//! heartbeat), so they never fail the RPC that ended the run.
+use std::time::Duration;
+
+use nightshift_core::{AgentId, RunId, TriggerKind, pb, time};
+use nightshift_proto::v1::worker_service_client::WorkerServiceClient;
+use nightshift_queue::RunRequest;
+use nightshift_store::RunRecord;
+
+use crate::service::ManagerService;
+
+/// How long telling a worker about a cancellation may take.
+const CANCEL_DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest worker endpoint StartRun accepts.
+pub(crate) const MAX_WORKER_ENDPOINT: usize = 256;
+
+/// Checks a worker's advertised endpoint: empty, or an `http(s)://` URL of bounded length.
+pub(crate) fn check_worker_endpoint(endpoint: &str) -> Result<Option<String>, String> {
+    let endpoint = endpoint.trim();
+    if endpoint.is_empty() {
+        return Ok(None);
+    }
+    if endpoint.len() > MAX_WORKER_ENDPOINT {
+        return Err(format!("worker_endpoint: at most {MAX_WORKER_ENDPOINT} characters"));
+    }
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        || tonic::transport::Endpoint::from_shared(endpoint.to_owned()).is_err()
+    {
+        return Err(format!("worker_endpoint: '{endpoint}' is not an http(s)://HOST:PORT URL"));
+    }
+    Ok(Some(endpoint.to_owned()))
+}
+
+impl ManagerService {
+    /// After a run of `agent` stopped running (`ended`): publishes the agent's first waiting run
+    /// again, so a buffered run starts as soon as the run ahead of it ends.
+    pub(crate) async fn wake_waiting(&self, agent: &AgentId, ended: &RunId) {
+        let Some(queue) = self.queue() else { return };
+        let waiting = match self.store().first_waiting_run(agent).await {
+            Ok(Some(w)) => w,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(agent = %agent, error = %e, "looking up a waiting run failed; it starts at its next poll");
+                return;
+            }
+        };
+        let request = RunRequest {
+            run_id: waiting.id.to_string(),
+            agent_id: agent.to_string(),
+            trigger: if waiting.scheduled_for.is_some() { TriggerKind::Schedule } else { TriggerKind::Manual }.to_pb()
+                as i32,
+            scheduled_for: waiting.scheduled_for.map(time::to_pb),
+            enqueued_at: Some(time::to_pb(self.clock().now())),
+            trace_context: Default::default(),
+            // Its first request is likely still in the dedup window (it was deferred, not acked).
+            redelivery: format!("after-{ended}"),
+        };
+        if let Err(e) = queue.publish(&request, None).await {
+            tracing::debug!(run = %waiting.id, error = %e, "waking a waiting run failed; it starts at its next poll");
+        }
+    }
+
+    /// Tells the workers holding `cancelled` runs to stop them now (in the background).
+    pub(crate) fn deliver_cancellations(&self, cancelled: &[RunRecord]) {
+        for run in cancelled {
+            let Some(endpoint) = run.worker_endpoint.clone() else { continue };
+            let run_id = run.id.to_string();
+            let reason = run.reason.clone().unwrap_or_default();
+            tokio::spawn(async move {
+                let told = tokio::time::timeout(CANCEL_DELIVERY_TIMEOUT, async {
+                    let mut client = WorkerServiceClient::connect(endpoint.clone()).await.map_err(|e| e.to_string())?;
+                    client
+                        .cancel_run(pb::WorkerCancelRunRequest { run_id: run_id.clone(), reason })
+                        .await
+                        .map(|r| r.into_inner().found)
+                        .map_err(|s| s.message().to_owned())
+                })
+                .await;
+                match told {
+                    Ok(Ok(found)) => {
+                        tracing::info!(run = %run_id, %endpoint, found, "cancellation delivered to the worker")
+                    }
+                    Ok(Err(e)) => tracing::warn!(run = %run_id, %endpoint, error = %e,
+                        "could not tell the worker; it stops at its next heartbeat"),
+                    Err(_) => tracing::warn!(run = %run_id, %endpoint,
+                        "telling the worker timed out; it stops at its next heartbeat"),
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_endpoints_are_checked() {
+        assert_eq!(check_worker_endpoint(""), Ok(None));
+        assert_eq!(check_worker_endpoint(" http://10.0.0.7:50053 "), Ok(Some("http://10.0.0.7:50053".into())));
+        assert!(check_worker_endpoint("10.0.0.7:50053").unwrap_err().contains("http(s)://"));
+        assert!(check_worker_endpoint(&format!("http://{}", "a".repeat(300))).unwrap_err().contains("at most"));
+    }
+}
