@@ -28,7 +28,8 @@ pub struct MemoryConfig {
     /// Lifetime of working memory stored without a TTL (the service does not see run ends).
     #[serde(with = "nightshift_core::config::duration_text")]
     pub working_ttl: Duration,
-    /// LLM that writes episodic summaries; `provider = ""` = no Summarize.
+    /// LLM that writes episodic summaries, and when it does so on its own; `provider = ""` = no
+    /// Summarize.
     pub summarizer: SummarizerConfig,
 }
 
@@ -46,7 +47,30 @@ pub enum SummarizerProvider {
     Anthropic,
 }
 
-/// The LLM used by Summarize.
+/// What an automatic summary does with the episodes it replaces (`summarizer.retention`).
+/// Keeping them is not offered: the history would stay over budget and be summarized again on
+/// every Store (the Summarize RPC can still keep them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoRetention {
+    /// Excluded from Recall, still readable by id (`archive`).
+    #[default]
+    Archive,
+    /// Deleted (`delete`).
+    Delete,
+}
+
+impl From<AutoRetention> for crate::service::Retention {
+    fn from(r: AutoRetention) -> Self {
+        match r {
+            AutoRetention::Archive => Self::Archive,
+            AutoRetention::Delete => Self::Delete,
+        }
+    }
+}
+
+/// The LLM used by Summarize, and the budget over which the service summarizes an episodic
+/// history by itself after a Store (both budgets 0 = only when Summarize is called).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SummarizerConfig {
@@ -63,6 +87,14 @@ pub struct SummarizerConfig {
     /// Per-call timeout.
     #[serde(with = "nightshift_core::config::duration_text")]
     pub request_timeout: Duration,
+    /// Summarize a scope automatically once its unarchived episodic history is over this many
+    /// estimated tokens (0 = no token limit). The default matches what a run's prompt shows of
+    /// its memory (8,000 characters): older episodes would not reach the prompt anyway.
+    pub budget_tokens: u32,
+    /// … or over this many episodes (0 = no count limit).
+    pub budget_episodes: u32,
+    /// What an automatic summary does with the episodes it replaces: `archive` or `delete`.
+    pub retention: AutoRetention,
 }
 
 impl Default for SummarizerConfig {
@@ -74,6 +106,9 @@ impl Default for SummarizerConfig {
             api_key_env: String::new(),
             max_tokens: 512,
             request_timeout: Duration::from_secs(120),
+            budget_tokens: 2000,
+            budget_episodes: 50,
+            retention: AutoRetention::Archive,
         }
     }
 }
@@ -259,6 +294,10 @@ mod tests {
             let cfg = load(&format!("[summarizer]\nprovider = \"{text}\"\n")).unwrap();
             assert_eq!(cfg.summarizer.provider, provider, "{text}");
         }
+        for (text, retention) in [("archive", AutoRetention::Archive), ("delete", AutoRetention::Delete)] {
+            let cfg = load(&format!("[summarizer]\nretention = \"{text}\"\n")).unwrap();
+            assert_eq!(cfg.summarizer.retention, retention, "{text}");
+        }
         let cfg = load("index_types = [\"working\", \"episodic\", \"long_term\", \"procedural\"]\n").unwrap();
         assert_eq!(cfg.index_types, MemoryType::ALL);
     }
@@ -269,6 +308,8 @@ mod tests {
         assert!(e.contains("bert") && e.contains("minilm") && e.contains("openai"), "{e}");
         let e = load("[summarizer]\nprovider = \"ollama\"\n").unwrap_err();
         assert!(e.contains("ollama") && e.contains("openai") && e.contains("anthropic"), "{e}");
+        let e = load("[summarizer]\nretention = \"keep\"\n").unwrap_err();
+        assert!(e.contains("keep") && e.contains("archive") && e.contains("delete"), "{e}");
         let e = load("index_types = [\"longterm\"]\n").unwrap_err();
         assert!(e.contains("longterm") && e.contains("long_term"), "{e}");
     }

@@ -9,7 +9,7 @@ use tonic::Status;
 
 use crate::error::MemoryError;
 use crate::service::{MAX_CONTENT_BYTES, Retention};
-use crate::types::{MemoryRecord, MemoryType, Scope, to_millis_precision};
+use crate::types::{MemoryRecord, MemoryType, Scope, is_shared_session, to_millis_precision};
 
 /// Reserved prefix of the vector index's own metadata keys; user keys get `m.`.
 const NS: &str = "ns.";
@@ -38,15 +38,10 @@ pub(crate) fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {message}"))
 }
 
-/// Validates a proto scope: agent id required, session `agent`, `run:<id>` or `fixed:<id>`.
+/// Validates a proto scope: session `agent`, `run:<id>` or `fixed:<id>`; an agent id is
+/// required except for a shared `fixed:<id>` session, where it is ignored (see [`Scope`]).
 pub(crate) fn scope_from_pb(field: &str, s: Option<&pb::MemoryScope>) -> Result<Scope, Status> {
     let s = s.ok_or_else(|| invalid(field, "is required"))?;
-    if s.agent_id.trim().is_empty() {
-        return Err(invalid(&format!("{field}.agent_id"), "is required"));
-    }
-    if s.agent_id.len() > 256 {
-        return Err(invalid(&format!("{field}.agent_id"), "is too long (max 256 bytes)"));
-    }
     let ok = match s.session.as_str() {
         "agent" => true,
         other => other
@@ -59,6 +54,14 @@ pub(crate) fn scope_from_pb(field: &str, s: Option<&pb::MemoryScope>) -> Result<
             &format!("{field}.session"),
             format!("'{}' is not one of agent, run:<run_id>, fixed:<id>", s.session),
         ));
+    }
+    if !is_shared_session(&s.session) {
+        if s.agent_id.trim().is_empty() {
+            return Err(invalid(&format!("{field}.agent_id"), "is required"));
+        }
+        if s.agent_id.len() > 256 {
+            return Err(invalid(&format!("{field}.agent_id"), "is too long (max 256 bytes)"));
+        }
     }
     Ok(Scope::new(s.agent_id.clone(), s.session.clone()))
 }

@@ -15,7 +15,7 @@ pub mod store;
 pub mod types;
 pub mod vector;
 
-pub use config::{EmbedderKind, MemoryConfig, SummarizerProvider};
+pub use config::{AutoRetention, EmbedderKind, MemoryConfig, SummarizerProvider};
 pub use convert::status_from_memory;
 pub use embed::Embedder;
 pub use embed::minilm::MiniLmEmbedder;

@@ -19,7 +19,8 @@ use crate::vector::{self, VectorIndex, VectorItem};
 mod grpc;
 mod summarize;
 
-pub use summarize::{Retention, estimate_tokens};
+use summarize::AutoSummarize;
+pub use summarize::{Budget, Retention, estimate_tokens};
 
 /// Records embedded per page while rebuilding an index.
 const REINDEX_PAGE: usize = 256;
@@ -37,6 +38,8 @@ pub struct MemoryService {
     indexed: HashSet<MemoryType>,
     working_ttl: Duration,
     summarizer: Option<Arc<dyn ChatModel>>,
+    /// Summarizing after a Store of episodes; needs `summarizer`.
+    auto_summarize: Option<AutoSummarize>,
     clock: Arc<dyn Clock>,
 }
 
@@ -48,6 +51,7 @@ impl std::fmt::Debug for MemoryService {
             .field("embedder", &self.embedder)
             .field("indexed", &self.indexed)
             .field("summarizer", &self.summarizer.is_some())
+            .field("auto_summarize", &self.auto_summarize)
             .finish_non_exhaustive()
     }
 }
@@ -65,6 +69,7 @@ impl MemoryService {
             indexed: [MemoryType::LongTerm, MemoryType::Procedural].into(),
             working_ttl: Duration::from_secs(24 * 3600),
             summarizer: None,
+            auto_summarize: None,
             clock: Arc::new(SystemClock),
         })
     }
@@ -102,6 +107,15 @@ impl MemoryService {
         self
     }
 
+    /// With a summarizer: after every Store of episodes, a scope whose unarchived episodic
+    /// history is over `budget` is summarized in the background, the replaced records handled per
+    /// `retention` (archive or delete: keeping them would leave the history over budget and
+    /// summarize it again on every Store). An unlimited budget turns this off.
+    pub fn with_auto_summarize(mut self, budget: Budget, retention: Retention) -> Self {
+        self.auto_summarize = (!budget.is_unlimited()).then(|| AutoSummarize::new(budget, retention));
+        self
+    }
+
     /// Uses `clock` for creation times and TTLs (tests).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -132,7 +146,13 @@ impl MemoryService {
         if let Some(model) = cfg.summarizer.model_config()? {
             let chat = nightshift_llm::model_from_config(&model)
                 .map_err(|e| MemoryError::Config(format!("summarizer: {e}")))?;
-            service = service.with_summarizer(chat);
+            service = service.with_summarizer(chat).with_auto_summarize(
+                Budget {
+                    tokens: cfg.summarizer.budget_tokens as usize,
+                    records: cfg.summarizer.budget_episodes as usize,
+                },
+                cfg.summarizer.retention.into(),
+            );
         }
         let embedder = embed::connect(&cfg.embedder).await?;
         let url = cfg.vector.url.trim();

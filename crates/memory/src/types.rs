@@ -6,13 +6,16 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// The four kinds of memory an agent has.
+/// The four kinds of memory an agent has. What each means to a run (who writes it, in which
+/// scope, when it is read, how long it lives) is in `docs/architecture.md`, "Memory around a run".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemoryType {
-    /// Scratch of the current run; dropped at run end.
+    /// Scratch of one run, in its `run:<run_id>` scope: what its earlier attempts left for the
+    /// next one. The worker clears it when the run ends; `working_ttl` is the backstop.
     Working,
-    /// What happened in each run (query, steps summary, result, time).
+    /// What happened in each run (task and result), one episode per successful run, and the
+    /// summaries that replace old episodes.
     Episodic,
     /// Facts worth keeping, searchable by meaning.
     LongTerm,
@@ -52,20 +55,38 @@ impl FromStr for MemoryType {
     }
 }
 
-/// Where a record lives: an agent's session (`agent`, `run:<run_id>` or `fixed:<id>`).
+/// Where a record lives: an agent's session (`agent`, `run:<run_id>`) or a shared one
+/// (`fixed:<id>`).
+///
+/// A `fixed:<id>` scope belongs to no agent: it is shared by every agent naming it, so its
+/// `agent_id` is always empty ([`Scope::new`] drops the one given). Records, recency, search
+/// filters and counts of a fixed scope are thus the same whichever agent reads or writes them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Scope {
-    /// Owning agent.
+    /// Owning agent; empty for a shared `fixed:<id>` scope.
     pub agent_id: String,
-    /// Session within the agent.
+    /// Session within the agent, or the shared `fixed:<id>`.
     pub session: String,
 }
 
 impl Scope {
-    /// A scope of `agent_id` and `session`.
+    /// A scope of `agent_id` and `session`; for a shared `fixed:<id>` session the agent id is
+    /// dropped, so that every agent naming the session gets the same scope.
     pub fn new(agent_id: impl Into<String>, session: impl Into<String>) -> Self {
-        Self { agent_id: agent_id.into(), session: session.into() }
+        let session = session.into();
+        let agent_id = if is_shared_session(&session) { String::new() } else { agent_id.into() };
+        Self { agent_id, session }
     }
+
+    /// True for a `fixed:<id>` scope, shared by every agent naming it.
+    pub fn is_shared(&self) -> bool {
+        is_shared_session(&self.session)
+    }
+}
+
+/// True for a `fixed:<id>` session.
+pub fn is_shared_session(session: &str) -> bool {
+    session.starts_with("fixed:")
 }
 
 /// One stored memory.

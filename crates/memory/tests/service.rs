@@ -5,82 +5,12 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use chrono::Duration;
+use common::{CountingModel, DIMS, WordsEmbedder, serve};
 use nightshift_core::{ManualClock, pb};
 use nightshift_memory::config::{EmbedderKind, MemoryConfig, StoresConfig};
-use nightshift_memory::{
-    Embedder, InMemoryStore, InProcessIndex, MemoryError, MemoryService, MemoryStore, MemoryType, SERVICE_NAME,
-};
-use nightshift_rpc::GrpcServer;
-use pb::memory_service_client::MemoryServiceClient;
+use nightshift_memory::{InMemoryStore, InProcessIndex, MemoryError, MemoryService, MemoryStore, MemoryType};
 use tonic::Code;
-use tonic::transport::Channel;
-
-/// Bag-of-words hashing embedder: texts sharing words are similar. Fast and deterministic.
-#[derive(Debug)]
-struct WordsEmbedder;
-
-const DIMS: usize = 64;
-
-#[async_trait]
-impl Embedder for WordsEmbedder {
-    fn name(&self) -> &str {
-        "words"
-    }
-
-    fn dims(&self) -> usize {
-        DIMS
-    }
-
-    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, MemoryError> {
-        Ok(texts
-            .iter()
-            .map(|t| {
-                let mut v = vec![0.0f32; DIMS];
-                for w in t.to_lowercase().split_whitespace() {
-                    let h = w.bytes().fold(5381u64, |h, b| h.wrapping_mul(33) ^ u64::from(b));
-                    v[(h % DIMS as u64) as usize] += 1.0;
-                }
-                v
-            })
-            .collect())
-    }
-}
-
-struct Running {
-    client: MemoryServiceClient<Channel>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.task.await.expect("server task");
-    }
-}
-
-async fn serve(service: MemoryService) -> Running {
-    let mut server = GrpcServer::new();
-    server.routes().add_service(service.into_server());
-    server.serving(SERVICE_NAME);
-    let listener = GrpcServer::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .serve(listener, async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("serve");
-    });
-    let client = MemoryServiceClient::connect(format!("http://{addr}")).await.expect("connect");
-    Running { client, stop: Some(tx), task }
-}
 
 fn service(clock: &ManualClock, search: bool) -> MemoryService {
     let clock_arc: Arc<dyn nightshift_core::Clock> = Arc::new(clock.clone());
@@ -377,36 +307,6 @@ async fn config_builds_stores_from_urls() {
     common::redis_cleanup(&prefix).await;
 }
 
-/// A summarizer that reports how many entries it saw.
-#[derive(Debug, Default)]
-struct CountingModel {
-    prompts: std::sync::Mutex<Vec<String>>,
-}
-
-#[async_trait]
-impl nightshift_llm::ChatModel for CountingModel {
-    async fn chat(
-        &self,
-        req: &nightshift_llm::ChatRequest,
-    ) -> Result<nightshift_llm::ChatResponse, nightshift_llm::LlmError> {
-        let prompt = match req.messages.first() {
-            Some(nightshift_llm::Message::User { content }) => content.clone(),
-            _ => String::new(),
-        };
-        let entries = prompt.lines().filter(|l| l.starts_with("- [")).count();
-        self.prompts.lock().expect("lock").push(prompt);
-        Ok(nightshift_llm::ChatResponse {
-            content: format!("summary of {entries} entries"),
-            tool_calls: vec![],
-            usage: Default::default(),
-            finish_reason: nightshift_llm::FinishReason::Stop,
-            model: "counting".into(),
-            latency: std::time::Duration::ZERO,
-            attempts: 1,
-        })
-    }
-}
-
 async fn summarize_with(retention: pb::SummaryRetention) -> (pb::SummarizeResponse, Vec<pb::MemoryRecord>) {
     let clock = ManualClock::new(common::t0());
     let model = Arc::new(CountingModel::default());
@@ -421,14 +321,24 @@ async fn summarize_with(retention: pb::SummaryRetention) -> (pb::SummarizeRespon
             .expect("store");
     }
     let within = c
-        .summarize(pb::SummarizeRequest { scope: scope("a1"), token_budget: 1000, retention: retention as i32 })
+        .summarize(pb::SummarizeRequest {
+            scope: scope("a1"),
+            token_budget: 1000,
+            retention: retention as i32,
+            max_records: 0,
+        })
         .await
         .expect("summarize within budget")
         .into_inner();
     assert!(within.summary.is_none());
     assert_eq!(within.summarized_records, 0);
     let resp = c
-        .summarize(pb::SummarizeRequest { scope: scope("a1"), token_budget: 100, retention: retention as i32 })
+        .summarize(pb::SummarizeRequest {
+            scope: scope("a1"),
+            token_budget: 100,
+            retention: retention as i32,
+            max_records: 0,
+        })
         .await
         .expect("summarize")
         .into_inner();

@@ -85,6 +85,8 @@ mod cases {
             item("a2", &[0.9, 0.1, 0.0, 0.0], &[("agent", "a"), ("type", "procedural")]),
             item("b1", &[1.0, 0.0, 0.0, 0.0], &[("agent", "b"), ("type", "long_term")]),
             item("plain", &[1.0, 0.0, 0.0, 0.0], &[]),
+            // A shared `fixed:<id>` scope has an empty agent id: an empty value is a value.
+            item("s1", &[1.0, 0.0, 0.0, 0.0], &[("agent", ""), ("type", "long_term")]),
         ])
         .await
         .unwrap();
@@ -94,7 +96,9 @@ mod cases {
         a = ids(&ix.search(&q, 10, &meta(&[("agent", "a"), ("type", "long_term")])).await.unwrap()).join(",");
         assert_eq!(a, "a1");
         assert!(ix.search(&q, 10, &meta(&[("agent", "zzz")])).await.unwrap().is_empty());
-        assert_eq!(ix.search(&q, 10, &none()).await.unwrap().len(), 4);
+        a = ids(&ix.search(&q, 10, &meta(&[("agent", ""), ("type", "long_term")])).await.unwrap()).join(",");
+        assert_eq!(a, "s1");
+        assert_eq!(ix.search(&q, 10, &none()).await.unwrap().len(), 5);
     }
 
     pub async fn k_bounds(ix: &dyn VectorIndex) {

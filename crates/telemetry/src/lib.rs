@@ -177,6 +177,10 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "Semantic memory searches: embedding the query plus the vector index lookup."
     );
+    describe_counter!(
+        "nightshift_memory_summaries_total",
+        "Episodic summaries written (ok) or failed (error), by trigger (auto after a Store, rpc)."
+    );
     describe_gauge!("nightshift_queue_depth", "Run requests waiting in the work queue (reported by schedulers).");
     describe_counter!("nightshift_events_published_total", "Events stored in the event log, by backend.");
     describe_counter!(

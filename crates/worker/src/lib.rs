@@ -8,7 +8,8 @@
 //! - `runner` — the [`Worker`]: queue loop, `StartRun` and ack/nack per delivery, one attempt
 //!   under heartbeats and the timeout, checkpoints, `FinishRun`, cancel and drain;
 //! - [`agent`] — the agent loop itself (LLM → tools → …, resumed from checkpoints);
-//! - [`memory`] — recall before a run and the episode stored after it, via the memory service;
+//! - [`memory`] — recall before a run, the episode stored after it, and the run's working-memory
+//!   notes from one attempt to the next, via the memory service;
 //! - [`events`] — the run lifecycle events;
 //! - [`service`] — `WorkerService` (status, drain, cancel) over a [`Worker`];
 //! - `role` — options → [`WorkerRole`], for the binary and `nightshift dev`;

@@ -1,12 +1,16 @@
 //! A worker with the memory service, end to end: recall into the prompt and the episode stored
-//! after the run; once with the scripted LLM and once with a real small LLM.
+//! after the run; once with the scripted LLM and once with a real small LLM. Then each memory
+//! type as docs/architecture.md defines it for a run: working memory carried from one attempt
+//! to the next and forgotten with the run, a `fixed:<id>` scope shared by the agents naming it,
+//! and episodes over the budget summarized by the real small LLM (the agents' own model stays the
+//! scripted one there: deterministic runs, and only the summaries need a real model).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 
 mod common;
 
 use std::time::Duration;
 
-use nightshift_core::pb;
+use nightshift_core::{AgentSpec, AgentState, pb};
 use nightshift_testkit::llm::scripted_llm;
 
 use common::*;
@@ -139,8 +143,200 @@ type MemoryClient = pb::memory_service_client::MemoryServiceClient<tonic::transp
 
 /// A memory role and a worker using it; returns a client of the memory service.
 async fn start_worker_with_memory(env: &Env, lease: Duration) -> (MemoryClient, tokio::task::JoinHandle<()>) {
-    let (memory_endpoint, channel) = memory_service().await;
+    start_worker_with_memory_config(env, lease, |_| {}).await
+}
+
+/// [`start_worker_with_memory`] with the memory service's options changed by `configure`.
+async fn start_worker_with_memory_config(
+    env: &Env,
+    lease: Duration,
+    configure: impl FnOnce(&mut nightshift_memory::MemoryConfig),
+) -> (MemoryClient, tokio::task::JoinHandle<()>) {
+    let (memory_endpoint, channel) = memory_service_with(configure).await;
     let (_events, worker) =
         start_worker_at(&env.endpoint, &env.queue_url, &env.queue_name, lease, Some(&memory_endpoint)).await;
     (pb::memory_service_client::MemoryServiceClient::new(channel), worker)
+}
+
+/// The records of `kind` in `scope`, newest first.
+async fn recall_in(memory: &MemoryClient, scope: pb::MemoryScope, kind: pb::MemoryType) -> Vec<pb::MemoryRecord> {
+    let req = pb::RecallRequest { scope: Some(scope), r#type: kind as i32, limit: 100, ..Default::default() };
+    memory.clone().recall(req).await.unwrap().into_inner().records
+}
+
+/// Polls `recall_in` until `done` holds for what it returns (10 s at most).
+async fn recall_until(
+    memory: &MemoryClient,
+    scope: pb::MemoryScope,
+    kind: pb::MemoryType,
+    limit: Duration,
+    done: impl Fn(&[pb::MemoryRecord]) -> bool,
+) -> Vec<pb::MemoryRecord> {
+    let started = std::time::Instant::now();
+    loop {
+        let got = recall_in(memory, scope.clone(), kind).await;
+        if done(&got) {
+            return got;
+        }
+        assert!(started.elapsed() < limit, "{kind:?} memory of {scope:?} never got there: {got:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Working memory, with the scripted LLM: the first attempt runs out of time (its one LLM call
+/// hangs), so the manager schedules a retry; the worker notes in the run's working memory how the
+/// attempt ended, the second attempt reads the note in its prompt, and once the run has
+/// succeeded the note is forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_reads_how_the_earlier_attempt_ended_and_the_notes_end_with_the_run() {
+    let (llm, script) = scripted_llm().await;
+    let (env, agent) = env(&llm).await;
+    set_spec(
+        &env,
+        format!(
+            "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\n\
+             system_instruction: You compute areas.\ntask: {{query: 'Area of a 3x4 rectangle?'}}\n\
+             schedule: {{manual: true}}\npolicy: {{max_retries: 1, retry_delay: 2s, timeout: 2s}}\n\
+             tools: {{local: [calculate_area]}}\n"
+        ),
+    )
+    .await;
+    script.delay_ms.store(30_000, std::sync::atomic::Ordering::SeqCst);
+    let (memory, _worker) = start_worker_with_memory(&env, Duration::from_secs(10)).await;
+    let run = trigger(&env).await;
+    let scope = pb::MemoryScope { agent_id: agent.id.clone(), session: format!("run:{}", run.id) };
+
+    // Attempt 1 times out; its note is in the run's working memory before the retry is delivered.
+    let notes =
+        recall_until(&memory, scope.clone(), pb::MemoryType::Working, Duration::from_secs(20), |n| !n.is_empty()).await;
+    script.delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(notes.len(), 1, "{notes:#?}");
+    assert_eq!(notes[0].id, format!("attempt-{}-1", run.id));
+    assert_eq!(notes[0].metadata.get("outcome").map(String::as_str), Some("timed_out"));
+    assert_eq!(notes[0].content, "Attempt 1 ran out of time (policy.timeout) after 0 LLM turns in all.");
+
+    let done = wait_for_status(&env, &run.id, pb::RunStatus::Succeeded).await;
+    assert_eq!(done.attempt, 2);
+    let systems = script.systems.lock().unwrap().clone();
+    let second = systems.last().unwrap();
+    assert!(
+        second.contains(
+            "## This run so far\n\nThis is attempt 2 of this run. How the earlier attempts ended:\n\
+             - Attempt 1 ran out of time (policy.timeout) after 0 LLM turns in all."
+        ),
+        "{second}"
+    );
+    assert_eq!(systems.iter().filter(|s| s.contains("This run so far")).count(), 1, "{systems:#?}");
+
+    // The run is over: its working memory goes with it (the episode stays).
+    recall_until(&memory, scope, pb::MemoryType::Working, Duration::from_secs(10), <[_]>::is_empty).await;
+    let agent_scope = pb::MemoryScope { agent_id: agent.id.clone(), session: "agent".into() };
+    assert_eq!(recall_in(&memory, agent_scope, pb::MemoryType::Episodic).await.len(), 1);
+}
+
+/// Creates another agent like `area` (its model the scripted LLM at `llm`) with this name, task
+/// and memory session.
+async fn add_agent(env: &Env, llm: &str, name: &str, query: &str, session: &str) {
+    let spec = AgentSpec::from_yaml(&format!(
+        "name: {name}\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\n\
+         system_instruction: You compute areas.\ntask: {{query: '{query}'}}\n\
+         schedule: {{manual: true}}\npolicy: {{max_retries: 0, timeout: 60s}}\ntools: {{local: [calculate_area]}}\n\
+         memory: {{session: '{session}'}}\n"
+    ))
+    .unwrap();
+    env.store.create_agent(&spec, AgentState::Active).await.unwrap();
+}
+
+/// Triggers the agent `name` and waits for its run to succeed.
+async fn run_agent(env: &Env, name: &str) -> pb::Run {
+    let req = pb::TriggerAgentRequest { agent: by_name(name), query_override: None };
+    let run = env.manager.clone().trigger_agent(req).await.unwrap().into_inner().run.unwrap();
+    wait_for_status(env, &run.id, pb::RunStatus::Succeeded).await
+}
+
+/// `fixed:<id>`, with the scripted LLM: two agents naming `fixed:team` see each other's
+/// episodes in their prompts; an agent naming `fixed:other` sees neither, nor they its.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_sharing_a_fixed_scope_see_each_others_memories() {
+    let (llm, script) = scripted_llm().await;
+    let (env, _area) = env_on(&llm, "memory://", "memory: {session: 'fixed:team'}").await;
+    add_agent(&env, &llm, "builder", "Area of the 5x6 plot for the builder?", "fixed:team").await;
+    add_agent(&env, &llm, "tester", "Area of the 7x8 test field?", "fixed:other").await;
+    let (memory, _worker) = start_worker_with_memory(&env, Duration::from_secs(10)).await;
+
+    for name in ["area", "builder", "tester", "area"] {
+        run_agent(&env, name).await;
+    }
+    let systems = script.systems.lock().unwrap().clone();
+    assert_eq!(systems.len(), 4);
+    assert!(!systems[0].contains("## Your memory"), "nothing shared yet: {}", systems[0]);
+    // builder sees area's episode, by name.
+    assert!(systems[1].contains("Earlier runs of the agents sharing this memory"), "{}", systems[1]);
+    assert!(systems[1].contains(", by area] Task: Area of a 3x4 rectangle?"), "{}", systems[1]);
+    // tester shares nothing with them.
+    assert!(!systems[2].contains("## Your memory"), "fixed:other is empty: {}", systems[2]);
+    // area's second run sees builder's episode (and its own), not tester's.
+    assert!(systems[3].contains(", by builder] Task: Area of the 5x6 plot for the builder?"), "{}", systems[3]);
+    assert!(systems[3].contains(", by area] Task: Area of a 3x4 rectangle?"), "{}", systems[3]);
+    assert!(!systems[3].contains("7x8"), "{}", systems[3]);
+
+    // In the service: one scope, whatever agent id asks; the other scope apart.
+    let team = pb::MemoryScope { agent_id: "anyone".into(), session: "fixed:team".into() };
+    let shared = recall_in(&memory, team, pb::MemoryType::Episodic).await;
+    let authors: Vec<&str> = shared.iter().filter_map(|r| r.metadata.get("agent").map(String::as_str)).collect();
+    assert_eq!(authors, ["area", "builder", "area"]);
+    let other = pb::MemoryScope { agent_id: "anyone".into(), session: "fixed:other".into() };
+    let other = recall_in(&memory, other, pb::MemoryType::Episodic).await;
+    assert_eq!(
+        other.iter().filter_map(|r| r.metadata.get("agent").map(String::as_str)).collect::<Vec<_>>(),
+        ["tester"]
+    );
+}
+
+/// Summaries: the memory service summarizes an agent's episodes over its `[summarizer]` budget
+/// (two episodes here) with a **real** LLM — SmolLM2-135M on llama.cpp, `scripts/llm.sh` — after
+/// the worker stores the third; the two oldest are archived, and the next run's prompt carries
+/// the summary. The runs themselves use the scripted LLM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn episodes_over_the_budget_are_summarized_by_a_real_small_llm_into_the_next_prompt() {
+    let llama = tokio::task::spawn_blocking(nightshift_testkit::llama::LlamaServer::start).await.unwrap();
+    let (llm, script) = scripted_llm().await;
+    let (env, agent) = env(&llm).await;
+    let base_url = llama.base_url.clone();
+    let (memory, _worker) = start_worker_with_memory_config(&env, Duration::from_secs(30), move |cfg| {
+        cfg.summarizer = nightshift_memory::config::SummarizerConfig {
+            provider: nightshift_memory::SummarizerProvider::OpenAi,
+            model: "smollm2".into(),
+            base_url,
+            max_tokens: 96,
+            budget_tokens: 0,
+            budget_episodes: 2,
+            retention: nightshift_memory::AutoRetention::Archive,
+            ..Default::default()
+        };
+    })
+    .await;
+    let scope = pb::MemoryScope { agent_id: agent.id.clone(), session: "agent".into() };
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(run_agent(&env, "area").await);
+    }
+    // Over the budget of 2: the newest (half the budget) stays, the 2 older are summarized.
+    let episodes = recall_until(&memory, scope.clone(), pb::MemoryType::Episodic, Duration::from_secs(240), |e| {
+        e.iter().any(|r| r.summary)
+    })
+    .await;
+    assert_eq!(episodes.len(), 2, "{episodes:#?}");
+    assert_eq!(episodes[0].id, format!("episode-{}", runs[2].id));
+    let summary = &episodes[1];
+    eprintln!("SmolLM2's summary: {:?}", summary.content);
+    assert!(summary.summary && !summary.content.trim().is_empty());
+    assert_eq!(summary.metadata.get("summarized_records").map(String::as_str), Some("2"));
+    assert!(summary.metadata.get("summarized_by").is_some_and(|m| m.contains("SmolLM2")), "{:?}", summary.metadata);
+
+    run_agent(&env, "area").await;
+    let systems = script.systems.lock().unwrap().clone();
+    let last = systems.last().unwrap();
+    let quoted: String = summary.content.trim().chars().take(60).collect::<String>().replace('\n', " | ");
+    assert!(last.contains(quoted.trim()), "the summary reaches the next prompt: {last}");
 }

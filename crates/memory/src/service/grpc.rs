@@ -1,16 +1,17 @@
 //! The `nightshift.v1.MemoryService` gRPC handlers: validate requests, call the service core,
 //! answer in proto form.
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use nightshift_core::{pb, time};
 use tonic::{Request, Response, Status};
 
-use super::{MAX_CONTENT_BYTES, MAX_RECORDS_PER_STORE, MemoryService};
+use super::summarize::count_summary;
+use super::{Budget, MAX_CONTENT_BYTES, MAX_RECORDS_PER_STORE, MemoryService};
 use crate::convert::{
     invalid, record_from_pb, record_to_pb, retention_from_pb, scope_from_pb, status_from_memory, type_from_pb,
     type_to_pb, vector_filter,
 };
-use crate::types::{MemoryRecord, MemoryType, RecallQuery};
+use crate::types::{MemoryRecord, MemoryType, RecallQuery, Scope};
 
 #[tonic::async_trait]
 impl pb::memory_service_server::MemoryService for MemoryService {
@@ -30,10 +31,14 @@ impl pb::memory_service_server::MemoryService for MemoryService {
             .map(|(i, r)| record_from_pb(i, r, now, self.working_ttl))
             .collect::<Result<Vec<_>, _>>()?;
         let kinds: Vec<&'static str> = records.iter().map(|r| r.kind.as_str()).collect();
+        // Scopes that got a new episode may now be over the summary budget.
+        let grown: BTreeSet<Scope> =
+            records.iter().filter(|r| r.kind == MemoryType::Episodic && !r.summary).map(|r| r.scope.clone()).collect();
         let ids = self.store_records(records).await.map_err(status_from_memory)?;
         for kind in kinds {
             metrics::counter!("nightshift_memory_records_stored_total", "type" => kind).increment(1);
         }
+        self.summarize_in_background(grown);
         Ok(Response::new(pb::StoreMemoryResponse { ids }))
     }
 
@@ -117,13 +122,22 @@ impl pb::memory_service_server::MemoryService for MemoryService {
     async fn summarize(&self, req: Request<pb::SummarizeRequest>) -> Result<Response<pb::SummarizeResponse>, Status> {
         let req = req.into_inner();
         let scope = scope_from_pb("scope", req.scope.as_ref())?;
-        let budget = if req.token_budget == 0 { 2000 } else { req.token_budget as usize };
+        let tokens = if req.token_budget == 0 { 2000 } else { req.token_budget as usize };
+        let budget = Budget { tokens, records: req.max_records as usize };
         let retention = retention_from_pb("retention", req.retention)?;
         let Some(model) = &self.summarizer else {
             return Err(Status::failed_precondition("Summarize is not configured (set [summarizer])"));
         };
-        let (summary, n) =
-            self.summarize_scope(model.as_ref(), &scope, budget, retention).await.map_err(status_from_memory)?;
+        let (summary, n) = match self.summarize_scope(model.as_ref(), &scope, budget, retention).await {
+            Ok(done) => done,
+            Err(e) => {
+                count_summary("rpc", "error");
+                return Err(status_from_memory(e));
+            }
+        };
+        if summary.is_some() {
+            count_summary("rpc", "ok");
+        }
         let now = self.clock.now();
         Ok(Response::new(pb::SummarizeResponse {
             summary: summary.map(|r| record_to_pb(&r, now)),

@@ -3,8 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use nightshift_memory::{MemoryRecord, MemoryType, Scope};
+use nightshift_core::pb::memory_service_client::MemoryServiceClient;
+use nightshift_memory::{Embedder, MemoryError, MemoryRecord, MemoryService, MemoryType, SERVICE_NAME, Scope};
+use nightshift_rpc::GrpcServer;
+use tonic::transport::Channel;
 
 /// The Redis test server (`NIGHTSHIFT_TEST_REDIS`, default `redis://127.0.0.1:6379`).
 pub use nightshift_testkit::redis_url;
@@ -64,4 +68,103 @@ pub fn record(id: &str, kind: MemoryType, scope: &Scope, offset_ms: i64, content
 /// A metadata map.
 pub fn meta(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// A memory service on its own gRPC server (ephemeral port), and a client of it.
+pub struct Running {
+    pub client: MemoryServiceClient<Channel>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.expect("server task");
+    }
+}
+
+/// Serves `service` over real gRPC.
+pub async fn serve(service: MemoryService) -> Running {
+    let mut server = GrpcServer::new();
+    server.routes().add_service(service.into_server());
+    server.serving(SERVICE_NAME);
+    let listener = GrpcServer::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .serve(listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("serve");
+    });
+    let client = MemoryServiceClient::connect(format!("http://{addr}")).await.expect("connect");
+    Running { client, stop: Some(tx), task }
+}
+
+/// Bag-of-words hashing embedder: texts sharing words are similar. Fast and deterministic.
+#[derive(Debug)]
+pub struct WordsEmbedder;
+
+pub const DIMS: usize = 64;
+
+#[async_trait]
+impl Embedder for WordsEmbedder {
+    fn name(&self) -> &str {
+        "words"
+    }
+
+    fn dims(&self) -> usize {
+        DIMS
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, MemoryError> {
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let mut v = vec![0.0f32; DIMS];
+                for w in t.to_lowercase().split_whitespace() {
+                    let h = w.bytes().fold(5381u64, |h, b| h.wrapping_mul(33) ^ u64::from(b));
+                    v[(h % DIMS as u64) as usize] += 1.0;
+                }
+                v
+            })
+            .collect())
+    }
+}
+
+/// A summarizer that reports how many entries it saw.
+#[derive(Debug, Default)]
+pub struct CountingModel {
+    /// The user message of every call.
+    pub prompts: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl nightshift_llm::ChatModel for CountingModel {
+    async fn chat(
+        &self,
+        req: &nightshift_llm::ChatRequest,
+    ) -> Result<nightshift_llm::ChatResponse, nightshift_llm::LlmError> {
+        let prompt = match req.messages.first() {
+            Some(nightshift_llm::Message::User { content }) => content.clone(),
+            _ => String::new(),
+        };
+        let entries = prompt.lines().filter(|l| l.starts_with("- [")).count();
+        self.prompts.lock().expect("lock").push(prompt);
+        Ok(nightshift_llm::ChatResponse {
+            content: format!("summary of {entries} entries"),
+            tool_calls: vec![],
+            usage: Default::default(),
+            finish_reason: nightshift_llm::FinishReason::Stop,
+            model: "counting".into(),
+            latency: std::time::Duration::ZERO,
+            attempts: 1,
+        })
+    }
 }

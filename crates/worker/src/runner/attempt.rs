@@ -1,6 +1,7 @@
-//! One attempt of a run: the model and tools of its agent, memory recalled into the prompt, the
-//! agent loop raced against the policy timeout, cancel/drain and lost heartbeats; the result
-//! stored as an episode on success.
+//! One attempt of a run: the model and tools of its agent, memory recalled into the prompt (with,
+//! for a resumed attempt, the notes its earlier attempts left in working memory), the agent loop
+//! raced against the policy timeout, cancel/drain and lost heartbeats; the result stored as an
+//! episode on success.
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -63,7 +64,11 @@ impl Worker {
         let query = run.query_override.clone().unwrap_or_else(|| spec.query.clone());
         let memory = self.inner.memory.get().map(|c| (c, memory::scope(spec, &run.agent_id, &run.id)));
         let recalled = match &memory {
-            Some((client, scope)) => memory::recall(client, spec, scope, &query).await,
+            Some((client, scope)) => {
+                let (recalled, so_far) =
+                    tokio::join!(memory::recall(client, spec, scope, &query), memory::working::recall(client, run));
+                [recalled, so_far].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join("\n\n")
+            }
             None => String::new(),
         };
         // Whatever way the attempt ends, the tokens it spent are recorded with its end.
@@ -121,7 +126,8 @@ impl Worker {
             && spec.memory.store_results
         {
             // Before FinishRun: a run that reads as succeeded has its episode stored.
-            memory::store_episode(client, scope, run, &query, answer, step.load(Ordering::Relaxed)).await;
+            let steps = step.load(Ordering::Relaxed);
+            memory::store_episode(client, scope, run, spec.name.as_str(), &query, answer, steps).await;
         }
         end
     }

@@ -174,8 +174,9 @@ impl Worker {
         events.emit(EventType::BackgroundTaskStarted, json!({"attempt": run.attempt, "worker": self.inner.id, "trigger": if run.trigger() == pb::TriggerKind::Manual { "manual" } else { "schedule" }}));
         events.emit(EventType::BackgroundAgentStatus, json!({"status": "running"}));
         let began = std::time::Instant::now();
-        let end = self.execute(&run, &spec, start.steps, &d, &cancel, &reason, step, &events).await;
-        self.settle(d, &run, end, &events, began.elapsed()).await;
+        let end = self.execute(&run, &spec, start.steps, &d, &cancel, &reason, step.clone(), &events).await;
+        let turns = step.load(Ordering::Relaxed);
+        self.settle(d, &run, end, &events, began.elapsed(), turns).await;
         events.emit(EventType::BackgroundAgentStatus, json!({"status": "idle"}));
         // Removed only once the attempt is settled: a drain waits for this, and the process may
         // exit right after.

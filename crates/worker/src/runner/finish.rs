@@ -1,5 +1,8 @@
 //! The end of an attempt: `FinishRun` at the manager (retried), the closing events and metrics,
 //! then ack — or nack when the manager schedules a retry or a draining worker hands the run back.
+//! Working memory follows the run's fate (`crate::memory::working`): before a nack that lets
+//! another attempt follow, a note of how this one ended; once the run has ended for good, its
+//! notes are forgotten.
 use std::time::Duration;
 
 use nightshift_core::lifecycle::Failure;
@@ -12,6 +15,7 @@ use super::attempt::AttemptEnd;
 use super::delivery::{ack, nack};
 use super::{StopReason, Worker, truncate};
 use crate::events::RunEvents;
+use crate::memory::working;
 
 /// What `FinishRun` reports about an attempt.
 pub(super) struct Report<'a> {
@@ -67,7 +71,16 @@ impl Worker {
         nack(d, self.inner.cfg.lease_ttl).await;
     }
 
-    pub(super) async fn settle(&self, d: Delivery, run: &pb::Run, end: AttemptEnd, events: &RunEvents, took: Duration) {
+    /// Ends the attempt `end` of `run`, which had done `turns` LLM turns in all.
+    pub(super) async fn settle(
+        &self,
+        d: Delivery,
+        run: &pb::Run,
+        end: AttemptEnd,
+        events: &RunEvents,
+        took: Duration,
+        turns: u32,
+    ) {
         let status = match &end {
             AttemptEnd::Succeeded(..) => "succeeded",
             AttemptEnd::Failed(..) => "failed",
@@ -82,29 +95,36 @@ impl Worker {
             AttemptEnd::Succeeded(answer, usage) => {
                 match self.finish(run, Report::ended(pb::RunOutcome::Succeeded, &answer, "", usage)).await {
                     Recorded::No => self.redeliver_later(d, run).await,
-                    Recorded::Yes(_) | Recorded::Refused => {
+                    recorded @ (Recorded::Yes(_) | Recorded::Refused) => {
                         events.emit(
                             EventType::BackgroundTaskCompleted,
                             json!({"attempt": run.attempt, "result": truncate(&answer, 2000)}),
                         );
+                        if matches!(recorded, Recorded::Yes(_)) {
+                            self.forget_notes(run).await;
+                        }
                         ack(d).await;
                     }
                 }
             }
             AttemptEnd::Failed(error, failure, usage) => {
-                self.fail(d, run, Report::failed(pb::RunOutcome::Failed, &error, failure, usage), events).await
+                let report = Report::failed(pb::RunOutcome::Failed, &error, failure, usage);
+                self.fail(d, run, report, events, turns).await
             }
             AttemptEnd::TimedOut(usage) => {
                 let error = "run exceeded policy.timeout";
-                self.fail(d, run, Report::failed(pb::RunOutcome::TimedOut, error, Failure::Retryable, usage), events)
-                    .await
+                let report = Report::failed(pb::RunOutcome::TimedOut, error, Failure::Retryable, usage);
+                self.fail(d, run, report, events, turns).await
             }
             AttemptEnd::Stopped(StopReason::Cancelled, usage) => {
                 let report = Report::ended(pb::RunOutcome::Cancelled, "", "cancelled on the worker", usage);
                 match self.finish(run, report).await {
                     Recorded::No => self.redeliver_later(d, run).await,
-                    Recorded::Yes(_) | Recorded::Refused => {
+                    recorded @ (Recorded::Yes(_) | Recorded::Refused) => {
                         events.emit(EventType::RunCancelled, json!({"attempt": run.attempt}));
+                        if matches!(recorded, Recorded::Yes(_)) {
+                            self.forget_notes(run).await;
+                        }
                         ack(d).await;
                     }
                 }
@@ -112,6 +132,11 @@ impl Worker {
             AttemptEnd::Stopped(StopReason::Released, usage) => {
                 let reason = "handed back by a draining worker";
                 self.finish(run, Report::ended(pb::RunOutcome::Released, "", reason, usage)).await;
+                let text = format!(
+                    "Attempt {} was handed back by a worker shutting down, after {turns} LLM turns in all.",
+                    run.attempt
+                );
+                self.note(run, "released", &text, turns).await;
                 nack(d, Duration::ZERO).await;
             }
             AttemptEnd::Lost(why) => {
@@ -121,11 +146,30 @@ impl Worker {
         }
     }
 
-    async fn fail(&self, d: Delivery, run: &pb::Run, report: Report<'_>, events: &RunEvents) {
+    async fn fail(&self, d: Delivery, run: &pb::Run, report: Report<'_>, events: &RunEvents, turns: u32) {
         let error = report.error.to_owned();
+        let (outcome, text) = match report.outcome {
+            pb::RunOutcome::TimedOut => (
+                "timed_out",
+                format!("Attempt {} ran out of time (policy.timeout) after {turns} LLM turns in all.", run.attempt),
+            ),
+            _ => ("failed", format!("Attempt {} failed after {turns} LLM turns in all: {error}", run.attempt)),
+        };
         let retry = match self.finish(run, report).await {
-            Recorded::No => return self.redeliver_later(d, run).await,
-            Recorded::Yes(retry) => retry,
+            Recorded::No => {
+                // The run comes back after the lease: the next attempt reads the note.
+                self.note(run, outcome, &text, turns).await;
+                return self.redeliver_later(d, run).await;
+            }
+            Recorded::Yes(Some(after)) => {
+                self.note(run, outcome, &text, turns).await;
+                Some(after)
+            }
+            Recorded::Yes(None) => {
+                self.forget_notes(run).await;
+                None
+            }
+            // Cancelled or taken over: an attempt elsewhere may still read the notes.
             Recorded::Refused => None,
         };
         events.emit(
@@ -141,6 +185,25 @@ impl Worker {
                 nack(d, after).await;
             }
             None => ack(d).await,
+        }
+    }
+
+    /// Leaves the note of how this attempt ended for the attempt that follows (before the nack
+    /// that lets it be delivered).
+    async fn note(&self, run: &pb::Run, outcome: &str, text: &str, turns: u32) {
+        if let Some(client) = self.inner.memory.get() {
+            working::note(client, run, outcome, text, turns).await;
+        }
+    }
+
+    /// Forgets the run's working memory once it has ended for good (the manager recorded the
+    /// end; after a refusal an attempt elsewhere may still need it, and `working_ttl` cleans up).
+    /// A first attempt has no notes to forget: notes are only written when another attempt follows.
+    async fn forget_notes(&self, run: &pb::Run) {
+        if run.attempt > 1
+            && let Some(client) = self.inner.memory.get()
+        {
+            working::forget(client, run).await;
         }
     }
 

@@ -207,12 +207,20 @@ pub fn by_name(name: &str) -> Option<pb::AgentRef> {
 /// A memory service role (in-memory stores) on its own gRPC server; returns its endpoint and a
 /// channel to it.
 pub async fn memory_service() -> (String, tonic::transport::Channel) {
+    memory_service_with(|_| {}).await
+}
+
+/// [`memory_service`] with its options changed by `configure` (e.g. a summarizer).
+pub async fn memory_service_with(
+    configure: impl FnOnce(&mut nightshift_memory::MemoryConfig),
+) -> (String, tonic::transport::Channel) {
     let mut cfg = nightshift_memory::MemoryConfig::default();
     for store in
         [&mut cfg.stores.working, &mut cfg.stores.episodic, &mut cfg.stores.long_term, &mut cfg.stores.procedural]
     {
         *store = "memory://".into();
     }
+    configure(&mut cfg);
     let role = nightshift_memory::MemoryRole::build(&cfg).await.unwrap();
     let listener = GrpcServer::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());

@@ -1,6 +1,14 @@
-//! The agent's memory around a run, through the memory service's gRPC API: recent episodes and
-//! procedural notes recalled and long-term facts searched before the loop (they go into the
-//! system prompt), the result stored as an episode after a successful attempt.
+//! The agent's memory around a run, through the memory service's gRPC API. What each type means
+//! to a run (docs/architecture.md, "Memory around a run"):
+//! - **procedural**: notes on how the agent does its job; the newest few go into the system prompt;
+//! - **long-term**: facts, searched by the task's text (`memory.semantic_top_k`) into the prompt;
+//! - **episodic**: one episode per successful run (task and result), stored before `FinishRun`;
+//!   the newest `memory.recall_recent` (and summaries of older ones) go into the prompt;
+//! - **working**: the scratch of one run across its attempts ([`working`]).
+//!
+//! The first three live in the agent's session scope (`memory.session`: its own, one per run, or
+//! a `fixed:<id>` scope shared with every agent naming it); working memory always lives in the
+//! run's own scope.
 //!
 //! Memory is context, not a dependency of the run: when the memory service fails, the run goes
 //! on without it. That is never silent — a `tracing` warning and the
@@ -10,6 +18,8 @@ use std::fmt::Write as _;
 
 use nightshift_core::{AgentSpec, SessionScope, pb};
 use tonic::Code;
+
+pub mod working;
 
 /// The memory service client.
 pub type MemoryClient = pb::memory_service_client::MemoryServiceClient<nightshift_rpc::TracedChannel>;
@@ -25,6 +35,8 @@ const PROCEDURAL_RECALL: u32 = 5;
 const MEMORY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The memory scope of a run, in the service's notation (`agent`, `run:<id>`, `fixed:<id>`).
+/// The agent id is sent for a `fixed:<id>` scope too; the service ignores it there, so that every
+/// agent naming the scope reads and writes the same records.
 pub fn scope(spec: &AgentSpec, agent_id: &str, run_id: &str) -> pb::MemoryScope {
     let session = match &spec.memory.session {
         SessionScope::Agent => "agent".to_owned(),
@@ -38,6 +50,10 @@ pub fn scope(spec: &AgentSpec, agent_id: &str, run_id: &str) -> pb::MemoryScope 
 /// worker died overwrites its own episode instead of adding a second one.
 pub fn episode_id(run_id: &str) -> String {
     format!("episode-{run_id}")
+}
+
+fn is_shared(scope: &pb::MemoryScope) -> bool {
+    scope.session.starts_with("fixed:")
 }
 
 fn failed(op: &'static str, s: &tonic::Status) {
@@ -101,7 +117,7 @@ async fn recall_all(client: &MemoryClient, spec: &AgentSpec, scope: &pb::MemoryS
             Err(s) => failed("search", &s),
         }
     }
-    render(&episodes, &notes, &facts)
+    render(&episodes, &notes, &facts, is_shared(scope))
 }
 
 fn clip(s: &str, max: usize) -> String {
@@ -117,8 +133,18 @@ fn when(r: &pb::MemoryRecord) -> String {
         .unwrap_or_else(|| "earlier".into())
 }
 
-/// The memory section of the system prompt.
-fn render(episodes: &[pb::MemoryRecord], notes: &[pb::MemoryRecord], facts: &[pb::ScoredMemory]) -> String {
+/// Who stored an episode, for a scope several agents share ("" when it does not say).
+fn author(r: &pb::MemoryRecord) -> String {
+    r.metadata.get("agent").map(|a| format!(", by {a}")).unwrap_or_default()
+}
+
+/// The memory section of the system prompt; in a `shared` scope the episodes are every member's.
+fn render(
+    episodes: &[pb::MemoryRecord],
+    notes: &[pb::MemoryRecord],
+    facts: &[pb::ScoredMemory],
+    shared: bool,
+) -> String {
     if episodes.is_empty() && notes.is_empty() && facts.is_empty() {
         return String::new();
     }
@@ -138,20 +164,27 @@ fn render(episodes: &[pb::MemoryRecord], notes: &[pb::MemoryRecord], facts: &[pb
         }
     }
     if !episodes.is_empty() {
-        s.push_str("\n\nYour earlier runs, newest first:");
+        if shared {
+            s.push_str("\n\nEarlier runs of the agents sharing this memory (you included), newest first:");
+        } else {
+            s.push_str("\n\nYour earlier runs, newest first:");
+        }
         for r in episodes {
-            let _ = write!(s, "\n- [{}] {}", when(r), clip(&r.content, MAX_RECORD_CHARS).replace('\n', " | "));
+            let by = if shared { author(r) } else { String::new() };
+            let _ = write!(s, "\n- [{}{by}] {}", when(r), clip(&r.content, MAX_RECORD_CHARS).replace('\n', " | "));
         }
     }
     clip(&s, MAX_SECTION_CHARS)
 }
 
-/// Stores the episode of a successful attempt (idempotent per run).
+/// Stores the episode of a successful attempt (idempotent per run). It names the agent that ran
+/// (`agent`: its name, `agent_id`), which tells the members of a shared scope apart.
 #[tracing::instrument(name = "memory.store_episode", skip_all)]
 pub async fn store_episode(
     client: &MemoryClient,
     scope: &pb::MemoryScope,
     run: &pb::Run,
+    agent_name: &str,
     query: &str,
     answer: &str,
     steps: u32,
@@ -160,6 +193,8 @@ pub async fn store_episode(
         ("outcome".to_owned(), "succeeded".to_owned()),
         ("attempt".to_owned(), run.attempt.to_string()),
         ("steps".to_owned(), steps.to_string()),
+        ("agent".to_owned(), agent_name.to_owned()),
+        ("agent_id".to_owned(), run.agent_id.clone()),
     ]);
     let record = pb::MemoryRecord {
         id: episode_id(&run.id),
@@ -190,11 +225,12 @@ mod tests {
 
     #[test]
     fn renders_sections_and_nothing_for_no_memory() {
-        assert_eq!(render(&[], &[], &[]), "");
+        assert_eq!(render(&[], &[], &[], false), "");
         let s = render(
             &[rec("Task: a\nResult: 42")],
             &[rec("check the units")],
             &[pb::ScoredMemory { record: Some(rec("the sky is blue")), score: 0.9 }],
+            false,
         );
         assert!(s.starts_with("## Your memory"));
         assert!(s.contains("- check the units"));
@@ -205,9 +241,19 @@ mod tests {
     #[test]
     fn long_records_are_clipped() {
         let long = "x".repeat(5_000);
-        let s = render(&[rec(&long)], &[], &[]);
+        let s = render(&[rec(&long)], &[], &[], false);
         assert!(s.len() < 1_200, "{}", s.len());
         assert!(s.ends_with('…'));
+    }
+
+    #[test]
+    fn episodes_of_a_shared_scope_name_their_agent() {
+        let mut r = rec("Task: a\nResult: 42");
+        r.metadata.insert("agent".into(), "builder".into());
+        let s = render(&[r.clone()], &[], &[], true);
+        assert!(s.contains("Earlier runs of the agents sharing this memory"), "{s}");
+        assert!(s.contains(", by builder] Task: a | Result: 42"), "{s}");
+        assert!(!render(&[r], &[], &[], false).contains("builder"));
     }
 
     #[test]
