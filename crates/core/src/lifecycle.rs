@@ -149,11 +149,11 @@ pub struct Waiting {
 
 /// The order in which buffered runs start: by schedule tick (or creation, for manual runs),
 /// then id. `buffer_order(a) < buffer_order(b)` means `a` starts before `b`.
-pub fn buffer_order<'a>(
+pub fn buffer_order(
     scheduled_for: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
-    id: &'a RunId,
-) -> (DateTime<Utc>, &'a str) {
+    id: &RunId,
+) -> (DateTime<Utc>, &str) {
     (scheduled_for.unwrap_or(created_at), id.as_str())
 }
 
