@@ -5,45 +5,68 @@
 //!   `min_interval` (further failures in the interval are counted and mentioned in the next
 //!   alert);
 //! - `consecutive_failures = N`: the N-th failure in a row of an agent (no
-//!   `BACKGROUND_TASK_COMPLETED` in between) alerts once per streak, regardless of the rate limit.
+//!   `BACKGROUND_TASK_COMPLETED` in between) alerts once per streak, regardless of the rate limit;
+//! - an event id seen before (one of the last [`MAX_SEEN`]) is ignored, so an event delivered
+//!   again (a resubscription from an older cursor, an id stored twice after the log's dedup
+//!   window) neither alerts nor counts twice.
 //!
 //! Delivery ([`WebhookSender`]) retries connection errors, 429 and 5xx with doubling backoff;
-//! other 4xx answers are final. [`run_alerts`] follows the event stream and sends alerts from a
-//! bounded queue, so a slow webhook never makes the subscription lag.
-use std::collections::HashMap;
-use std::ops::ControlFlow;
+//! other 4xx answers are final. [`AlertConsumer`] is what the events role runs (`[alerts]`): it
+//! feeds the followed events to the rules and hands alerts to a bounded queue that
+//! [`AlertDelivery`] drains, so a slow webhook never makes the subscription lag.
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use nightshift_core::pb::event_service_client::EventServiceClient;
 use nightshift_core::{Clock, EventType, backoff, pb};
-use nightshift_events_client::{EventFilter, TailFrom, TailOptions, struct_to_json, tail};
+use nightshift_events_client::{EventFilter, struct_to_json};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
+use crate::consumer::{Consumer, ConsumerError};
 use crate::log::to_chrono_duration;
 
 /// Alerts waiting for delivery at most; more are dropped with a warning.
 const QUEUE: usize = 256;
 
-/// When and where to alert.
-#[derive(Debug, Clone)]
+/// When and where to alert: the `[alerts]` section of the events options.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AlertPolicy {
-    /// Slack-compatible incoming-webhook URL.
+    /// Slack-compatible incoming-webhook URL (`http://` or `https://`). A secret: prefer the
+    /// variable `NIGHTSHIFT_EVENTS_ALERTS__WEBHOOK_URL` to a file.
     pub webhook_url: String,
     /// Alert on every failed run attempt (rate limited by `min_interval`).
     pub on_task_error: bool,
-    /// Alert when an agent failed this many runs in a row (0 = off).
+    /// Alert once when an agent failed this many runs in a row (0 = off).
     pub consecutive_failures: u32,
     /// At most one `on_task_error` alert per agent within this interval.
+    #[serde(with = "nightshift_core::config::duration_text")]
     pub min_interval: Duration,
-    /// Delivery attempts per alert.
+    /// Delivery attempts per alert (connection errors, 429 and 5xx are retried).
     pub max_attempts: u32,
-    /// Wait before the first retry (doubles per attempt).
+    /// Wait before the first retry (doubles per attempt, at most 60 s).
+    #[serde(with = "nightshift_core::config::duration_text")]
     pub retry_backoff: Duration,
     /// Timeout of one POST.
+    #[serde(with = "nightshift_core::config::duration_text")]
     pub timeout: Duration,
+}
+
+// Incoming-webhook URLs carry their credential in the path: never print one.
+impl std::fmt::Debug for AlertPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertPolicy")
+            .field("webhook_url", &"<redacted>")
+            .field("on_task_error", &self.on_task_error)
+            .field("consecutive_failures", &self.consecutive_failures)
+            .field("min_interval", &self.min_interval)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_backoff", &self.retry_backoff)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Default for AlertPolicy {
@@ -91,38 +114,67 @@ struct AgentTrack {
     suppressed: u32,
 }
 
-/// The alert rules' state: per agent, the failure streak and the rate limit.
+/// The alert rules' state: per agent, the failure streak and the rate limit; the ids of the
+/// events seen last.
 #[derive(Debug)]
 pub struct AlertRules {
     policy: AlertPolicy,
     clock: Arc<dyn Clock>,
     agents: HashMap<String, AgentTrack>,
+    seen: HashSet<String>,
+    seen_order: VecDeque<String>,
 }
 
 /// Agents tracked at most; idle entries are forgotten first.
 const MAX_TRACKED: usize = 10_000;
+/// Event ids remembered for deduplication (failures and completions only), oldest forgotten
+/// first.
+pub const MAX_SEEN: usize = 10_000;
 /// Longest wait between two delivery attempts of one alert.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 
 impl AlertRules {
     /// Rules of `policy`, rate limited by `clock`.
     pub fn new(policy: AlertPolicy, clock: Arc<dyn Clock>) -> Self {
-        Self { policy, clock, agents: HashMap::new() }
+        Self { policy, clock, agents: HashMap::new(), seen: HashSet::new(), seen_order: VecDeque::new() }
     }
 
-    /// Feeds one event; returns the alert it raises, if any.
+    /// Feeds one event; returns the alert it raises, if any. An event whose id was fed before
+    /// (among the last [`MAX_SEEN`]) is ignored.
     pub fn observe(&mut self, e: &pb::Event) -> Option<Alert> {
-        let ty = pb::EventType::try_from(e.r#type).ok().and_then(EventType::from_pb)?;
-        match ty {
-            EventType::BackgroundTaskCompleted => {
-                if let Some(t) = self.agents.get_mut(&e.agent_id) {
-                    t.streak = 0;
-                }
-                None
-            }
-            EventType::BackgroundTaskError => self.failure(e),
-            _ => None,
+        let failed = match pb::EventType::try_from(e.r#type).ok().and_then(EventType::from_pb)? {
+            EventType::BackgroundTaskError => true,
+            EventType::BackgroundTaskCompleted => false,
+            _ => return None,
+        };
+        if !self.first_sight(&e.id) {
+            return None;
         }
+        if failed {
+            return self.failure(e);
+        }
+        if let Some(t) = self.agents.get_mut(&e.agent_id) {
+            t.streak = 0;
+        }
+        None
+    }
+
+    /// Records `id`; false if it was seen before. Events without an id cannot be told apart
+    /// (the event service always assigns one).
+    fn first_sight(&mut self, id: &str) -> bool {
+        if id.is_empty() {
+            return true;
+        }
+        if !self.seen.insert(id.to_owned()) {
+            return false;
+        }
+        self.seen_order.push_back(id.to_owned());
+        if self.seen_order.len() > MAX_SEEN
+            && let Some(old) = self.seen_order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        true
     }
 
     fn failure(&mut self, e: &pb::Event) -> Option<Alert> {
@@ -184,9 +236,6 @@ pub enum AlertError {
         /// The last failure.
         last: String,
     },
-    /// The event service failed.
-    #[error("event service: {0}")]
-    Rpc(#[from] tonic::Status),
 }
 
 /// Posts alerts to the webhook with retries.
@@ -237,39 +286,64 @@ impl WebhookSender {
     }
 }
 
-/// Follows run failures from `from` and delivers alerts by `policy` until the server ends the
-/// stream. Returns the cursor of the last event examined.
-pub async fn run_alerts(
-    client: &mut EventServiceClient<Channel>,
-    policy: AlertPolicy,
-    from: TailFrom,
-    clock: Arc<dyn Clock>,
-) -> Result<Option<String>, AlertError> {
-    let sender = WebhookSender::new(&policy)?;
-    let mut rules = AlertRules::new(policy, clock);
-    let (tx, mut rx) = mpsc::channel::<Alert>(QUEUE);
-    let deliver = async move {
-        while let Some(alert) = rx.recv().await {
-            match sender.post(&alert).await {
+/// The events the alert rules look at.
+pub(crate) fn alert_filter() -> EventFilter {
+    EventFilter {
+        types: vec![EventType::BackgroundTaskError, EventType::BackgroundTaskCompleted],
+        ..Default::default()
+    }
+}
+
+/// The alert consumer of the events role: applies the rules to the followed events and queues
+/// the alerts for [`AlertDelivery`].
+pub(crate) struct AlertConsumer {
+    rules: AlertRules,
+    queue: mpsc::Sender<Alert>,
+}
+
+/// Posts the queued alerts, one after the other, each with its retries.
+pub(crate) struct AlertDelivery {
+    sender: WebhookSender,
+    queue: mpsc::Receiver<Alert>,
+}
+
+impl AlertConsumer {
+    /// The consumer and its delivery for `policy`, rate limited by `clock`.
+    pub(crate) fn new(policy: AlertPolicy, clock: Arc<dyn Clock>) -> Result<(Self, AlertDelivery), AlertError> {
+        let sender = WebhookSender::new(&policy)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Ok((Self { rules: AlertRules::new(policy, clock), queue: tx }, AlertDelivery { sender, queue: rx }))
+    }
+}
+
+#[async_trait::async_trait]
+impl Consumer for AlertConsumer {
+    fn name(&self) -> &'static str {
+        "alerts"
+    }
+
+    async fn handle(&mut self, events: &[pb::Event]) -> Result<(), ConsumerError> {
+        for e in events {
+            if let Some(alert) = self.rules.observe(e)
+                && self.queue.try_send(alert).is_err()
+            {
+                tracing::warn!(cursor = e.cursor, run = e.run_id, "alert queue full; alert dropped");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AlertDelivery {
+    /// Delivers queued alerts until the [`AlertConsumer`] is dropped and the queue is empty.
+    pub(crate) async fn run(mut self) {
+        while let Some(alert) = self.queue.recv().await {
+            match self.sender.post(&alert).await {
                 Ok(()) => tracing::info!(agent = alert.agent_id, run = alert.run_id, "alert sent"),
                 Err(e) => tracing::warn!(agent = alert.agent_id, run = alert.run_id, error = %e, "alert not delivered"),
             }
         }
-    };
-    let filter = EventFilter {
-        types: vec![EventType::BackgroundTaskError, EventType::BackgroundTaskCompleted],
-        ..EventFilter::default()
-    };
-    let follow = tail(client, TailOptions { filter, from, follow: true }, move |e| {
-        if let Some(alert) = rules.observe(e)
-            && tx.try_send(alert).is_err()
-        {
-            tracing::warn!(cursor = e.cursor, "alert queue full; alert dropped");
-        }
-        ControlFlow::Continue(())
-    });
-    let (result, ()) = tokio::join!(follow, deliver);
-    Ok(result?)
+    }
 }
 
 #[cfg(test)]
@@ -317,5 +391,25 @@ mod tests {
             AlertReason::ConsecutiveFailures(3)
         );
         assert_eq!(rules.observe(&ev(ToolCall, "a", "r9")), None);
+    }
+
+    #[test]
+    fn an_event_seen_again_neither_alerts_nor_counts() {
+        let clock = ManualClock::new(Utc::now());
+        let policy = AlertPolicy { consecutive_failures: 2, min_interval: Duration::ZERO, ..Default::default() };
+        let mut rules = AlertRules::new(policy, Arc::new(clock));
+        let with_id = |id: &str, ty, run| pb::Event { id: id.into(), ..ev(ty, "a", run) };
+        use EventType::*;
+        assert_eq!(rules.observe(&with_id("e1", BackgroundTaskError, "r1")).unwrap().reason, AlertReason::TaskError);
+        assert_eq!(rules.observe(&with_id("e1", BackgroundTaskError, "r1")), None, "the same event again");
+        // The streak counted e1 once: the next failure is the second in a row.
+        let second = rules.observe(&with_id("e2", BackgroundTaskError, "r2")).unwrap();
+        assert_eq!(second.reason, AlertReason::ConsecutiveFailures(2));
+        // Ids are forgotten oldest first beyond MAX_SEEN.
+        for i in 0..MAX_SEEN {
+            rules.observe(&with_id(&format!("c{i}"), BackgroundTaskCompleted, "r"));
+        }
+        assert!(rules.observe(&with_id("e1", BackgroundTaskError, "r1")).is_some(), "e1 was forgotten");
+        assert_eq!(rules.observe(&with_id(&format!("c{}", MAX_SEEN - 1), BackgroundTaskCompleted, "r")), None);
     }
 }

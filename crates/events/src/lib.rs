@@ -5,8 +5,10 @@
 //!   (Redis Streams) and [`NatsLog`] (JetStream) — opened by URL with [`connect`].
 //! - [`EventService`]: `nightshift.v1.EventService` (Publish, PublishStream, Subscribe,
 //!   ListEvents) over any log; the `nightshift-events` binary serves it.
-//! - Consumers built on Subscribe: [`run_json_lines_sink`] (structured log, JSON lines) and
-//!   [`run_alerts`] (Slack-compatible webhook on failures, with retry and rate limit).
+//! - [`EventsRole`]: the service plus the consumers its options turn on, which follow the log
+//!   in-process: `[alerts]` (a Slack-compatible webhook POST per alert rule match on failed runs,
+//!   see [`AlertRules`]; retried with backoff, deduplicated by event id) and `[sink]` (every event
+//!   as one JSON line appended to a file, resuming after its last line on durable backends).
 //!
 //! Publishing and tailing (`EventPublisher`, `tail`), [`EventFilter`](nightshift_events_client::EventFilter)
 //! and the proto/JSON conversions live in the client crate `nightshift-events-client`, which
@@ -45,10 +47,33 @@
 //! subscriber_buffer = 1024
 //! # text or json
 //! log_format = "text"
+//!
+//! # Optional: webhook alerts on failed runs (absent = off). The URL is a secret; it may come
+//! # from NIGHTSHIFT_EVENTS_ALERTS__WEBHOOK_URL instead.
+//! [alerts]
+//! webhook_url = "https://hooks.slack.com/services/T000/B000/XXXX"
+//! # every BACKGROUND_TASK_ERROR, at most one per agent per min_interval
+//! on_task_error = true
+//! min_interval = "5m"
+//! # the N-th failed run in a row of an agent, once per streak (0 = off)
+//! consecutive_failures = 3
+//! # delivery: connection errors, 429 and 5xx are retried, backoff doubling up to 60 s
+//! max_attempts = 4
+//! retry_backoff = "500ms"
+//! timeout = "10s"
+//!
+//! # Optional: every event as one JSON line appended to this file (absent = off). With Redis
+//! # or NATS the position is kept in "<path>.cursor" and a restart continues after it.
+//! [sink]
+//! path = "/var/log/nightshift/events.jsonl"
 //! ```
+//!
+//! The consumers run in every events process whose options have the section: with several
+//! replicas on one durable log, configure them on one replica, or each replica alerts.
 
 mod alert;
 mod config;
+mod consumer;
 mod error;
 mod log;
 mod memory;
@@ -62,16 +87,16 @@ mod validate;
 
 use std::sync::Arc;
 
-pub use alert::{Alert, AlertError, AlertPolicy, AlertReason, AlertRules, WebhookSender, run_alerts};
-pub use config::EventsConfig;
+pub use alert::{Alert, AlertError, AlertPolicy, AlertReason, AlertRules, MAX_SEEN, WebhookSender};
+pub use config::{ConfigError, EventsConfig, SinkConfig};
 pub use error::EventLogError;
 pub use log::{Appended, EventLog, LogOptions, Page, ReadQuery, StartAt, SubscriptionItem};
 pub use memory::MemoryLog;
 pub use nats::NatsLog;
 pub use redis::RedisLog;
-pub use role::EventsRole;
+pub use role::{EventsBuildError, EventsRole};
 pub use service::{EventService, SubscribeStream};
-pub use sink::{SinkError, run_json_lines_sink};
+pub use sink::SinkError;
 pub use subscription::Subscription;
 
 /// The full gRPC name of the service (for health checks).

@@ -21,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg: EventsConfig = nightshift_core::config::load(args.config.as_deref(), "NIGHTSHIFT_EVENTS")?;
     init_process(&cfg.server).await?;
     let listen = cfg.server.listen.clone();
-    let role = EventsRole::build(cfg).await.context("opening the event log")?;
+    let role = EventsRole::build(cfg).await.context("starting the event service")?;
     // Bound once the role is built, so that a port that answers is a role that is ready.
     let listener = GrpcServer::bind(&listen).await?;
     let roles: Vec<Box<dyn Role>> = vec![Box::new(role)];

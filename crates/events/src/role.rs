@@ -1,20 +1,102 @@
 //! The event service role: options → [`EventsRole`], mounted by the `nightshift-events` binary
-//! and by `nightshift dev` alike.
+//! and by `nightshift dev` alike. Besides the service it runs the consumers its options
+//! configure (`[alerts]`, `[sink]`) on its own log (see `consumer.rs` for why in-process).
+use std::sync::Arc;
+use std::time::Duration;
+
+use nightshift_core::SystemClock;
+use nightshift_events_client::EventFilter;
 use nightshift_rpc::{CancellationToken, GrpcServer, Role, RoleError};
 
+use crate::alert::{AlertConsumer, AlertDelivery, AlertError, alert_filter};
+use crate::config::ConfigError;
+use crate::consumer::Follower;
+use crate::log::{EventLog, StartAt};
+use crate::sink::{JsonLinesSink, SinkError};
 use crate::{EventLogError, EventService, EventsConfig, SERVICE_NAME};
 
-/// The built event service role, on the log its options name.
+/// How long queued alerts may still be delivered once shutdown begins.
+const ALERT_DRAIN: Duration = Duration::from_secs(10);
+
+/// Why the events role could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EventsBuildError {
+    /// A setting that cannot work.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The event log could not be opened.
+    #[error(transparent)]
+    Log(#[from] EventLogError),
+    /// The alert webhook client could not be built.
+    #[error(transparent)]
+    Alerts(#[from] AlertError),
+    /// The sink file could not be opened.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// The built event service role, on the log its options name, with its consumers.
 pub struct EventsRole {
     service: EventService,
+    alerts: Option<(Follower, AlertConsumer, AlertDelivery)>,
+    sink: Option<(Follower, JsonLinesSink)>,
 }
 
 impl EventsRole {
-    /// Opens the event log at `backend_url` with the configured retention and dedup window.
-    pub async fn build(config: EventsConfig) -> Result<Self, EventLogError> {
+    /// Opens the event log at `backend_url` with the configured retention and dedup window,
+    /// and the configured consumers. The consumers subscribe here, so they see every event
+    /// appended once this returns.
+    pub async fn build(config: EventsConfig) -> Result<Self, EventsBuildError> {
+        config.validate()?;
         let log = crate::connect(&config.backend_url, config.log_options()).await?;
         tracing::info!(backend = log.backend(), prefix = config.prefix, "event log open");
-        Ok(Self { service: EventService::new(log) })
+        let alerts = match &config.alerts {
+            None => None,
+            Some(a) => {
+                let (consumer, delivery) = AlertConsumer::new(a.clone(), Arc::new(SystemClock))?;
+                // Alerts are about what happens from now on: with a durable log, replaying
+                // history after a restart would repeat alerts already sent.
+                let follower = Follower::open(log.clone(), alert_filter(), StartAt::Now).await?;
+                tracing::info!(
+                    on_task_error = a.on_task_error,
+                    consecutive_failures = a.consecutive_failures,
+                    "alert webhook on"
+                );
+                Some((follower, consumer, delivery))
+            }
+        };
+        let sink = match &config.sink {
+            None => None,
+            Some(s) => {
+                // Only the memory log forgets everything (and restarts its cursors) with the process.
+                let durable = log.backend() != "memory";
+                let (sink, saved) = JsonLinesSink::open(s, durable).await?;
+                let follower = open_sink_follower(&log, saved).await?;
+                tracing::info!(path = %s.path.display(), "JSON-lines sink on");
+                Some((follower, sink))
+            }
+        };
+        Ok(Self { service: EventService::new(log), alerts, sink })
+    }
+}
+
+/// Continues after the sink's saved cursor; without one, from now (the memory log is empty at
+/// start-up anyway).
+async fn open_sink_follower(log: &Arc<dyn EventLog>, saved: Option<String>) -> Result<Follower, EventLogError> {
+    let Some(cursor) = saved else {
+        return Follower::open(log.clone(), EventFilter::default(), StartAt::Now).await;
+    };
+    match Follower::open(log.clone(), EventFilter::default(), StartAt::After(cursor.clone())).await {
+        Err(EventLogError::CursorExpired { lost, .. }) => {
+            tracing::error!(cursor, lost, "sink: events after its cursor expired; continuing with the oldest retained");
+            Follower::open(log.clone(), EventFilter::default(), StartAt::Beginning).await
+        }
+        Err(EventLogError::InvalidCursor(_)) => {
+            // E.g. the backend changed: the old position means nothing here.
+            tracing::warn!(cursor, "sink: its saved cursor is not one of this log; starting from now");
+            Follower::open(log.clone(), EventFilter::default(), StartAt::Now).await
+        }
+        other => other,
     }
 }
 
@@ -30,9 +112,28 @@ impl Role for EventsRole {
     }
 
     async fn run(self: Box<Self>, shutdown: CancellationToken) -> Result<(), RoleError> {
-        shutdown.cancelled().await;
-        // Subscribe streams never finish by themselves; end them so the server's drain completes.
-        self.service.close_streams();
+        let Self { service, alerts, sink } = *self;
+        let alerts = async {
+            let Some((follower, mut consumer, delivery)) = alerts else { return };
+            let mut delivering = tokio::spawn(delivery.run());
+            follower.run(&mut consumer, &shutdown).await;
+            // Dropping the consumer closes the queue: the delivery ends once it is empty.
+            drop(consumer);
+            if tokio::time::timeout(ALERT_DRAIN, &mut delivering).await.is_err() {
+                delivering.abort();
+                tracing::warn!("alerts still queued at shutdown were not delivered");
+            }
+        };
+        let sink = async {
+            let Some((follower, mut sink)) = sink else { return };
+            follower.run(&mut sink, &shutdown).await;
+        };
+        let service = async {
+            shutdown.cancelled().await;
+            // Subscribe streams never finish by themselves; end them so the server's drain completes.
+            service.close_streams();
+        };
+        tokio::join!(alerts, sink, service);
         Ok(())
     }
 }

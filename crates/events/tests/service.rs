@@ -1,7 +1,7 @@
 //! The event service over real gRPC (in-process server on an ephemeral port, memory log):
-//! publish, subscribe with filters, resume after a cursor, ListEvents paging, error codes, and
-//! the JSON-lines sink and alert consumers. (`EventPublisher` and `tail` are tested in
-//! `crates/events-client/tests/publisher.rs`.)
+//! publish, subscribe with filters, resume after a cursor, ListEvents paging, error codes.
+//! (`EventPublisher` and `tail` are tested in `crates/events-client/tests/publisher.rs`, the
+//! alert and sink consumers of the role in `consumers.rs`.)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,6 @@ use chrono::{TimeZone, Utc};
 use nightshift_core::pb::event_service_client::EventServiceClient;
 use nightshift_core::{EventType, ManualClock, pb};
 use nightshift_events::{EventLog, EventService, LogOptions, MemoryLog, SERVICE_NAME};
-use nightshift_events_client::{TailFrom, TailOptions};
 use nightshift_rpc::GrpcServer;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -251,113 +250,6 @@ async fn bad_requests_are_invalid_argument_naming_the_field() {
     assert_code(c.subscribe(sub(From::AfterCursor(first.clone()))).await, Code::OutOfRange, "no longer retained");
     let token = format!("c1.{first}");
     assert_code(c.list_events(list(10, &token)).await, Code::OutOfRange, "page_token");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_lines_sink_writes_one_object_per_event() {
-    let s = start(LogOptions::default()).await;
-    let mut c = client(&s).await;
-    let mut e = ev("j1", EventType::BackgroundAgentStatus, "a1");
-    e.data = Some(nightshift_events_client::json_to_struct(serde_json::json!({"status": "idle"})));
-    let cursor = publish(&mut c, e).await;
-    publish(&mut c, ev("j2", EventType::RunQueued, "a2")).await;
-    let mut out = Vec::new();
-    let opts = TailOptions { from: TailFrom::Beginning, ..Default::default() };
-    let last = nightshift_events::run_json_lines_sink(&mut c, opts, &mut out).await.unwrap();
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 2);
-    assert_eq!(lines[0]["cursor"], cursor.as_str());
-    assert_eq!(lines[0]["type"], "BACKGROUND_AGENT_STATUS");
-    assert_eq!(lines[0]["data"]["status"], "idle");
-    assert_eq!(lines[0]["time"], "2026-01-01T08:00:00.000Z");
-    assert_eq!(lines[1]["type"], "RUN_QUEUED");
-    assert_eq!(last.as_deref(), lines[1]["cursor"].as_str());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alert_webhook_posts_once_per_policy_with_retry() {
-    use std::sync::Mutex;
-
-    use axum::Json;
-    use axum::http::StatusCode;
-    // A local receiver that fails its first request (the sender must retry) and records bodies.
-    #[derive(Clone, Default)]
-    struct Receiver {
-        calls: Arc<Mutex<u32>>,
-        texts: Arc<Mutex<Vec<String>>>,
-    }
-    let recv = Receiver::default();
-    let state = recv.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |Json(body): Json<serde_json::Value>| {
-            let state = state.clone();
-            async move {
-                let n = {
-                    let mut calls = state.calls.lock().unwrap();
-                    *calls += 1;
-                    *calls
-                };
-                if n == 1 {
-                    return StatusCode::INTERNAL_SERVER_ERROR;
-                }
-                state.texts.lock().unwrap().push(body["text"].as_str().unwrap_or_default().to_owned());
-                StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
-    let s = start(LogOptions::default()).await;
-    let mut c = client(&s).await;
-    let policy = nightshift_events::AlertPolicy {
-        webhook_url: hook,
-        consecutive_failures: 3,
-        min_interval: Duration::from_secs(3600),
-        retry_backoff: Duration::from_millis(10),
-        ..Default::default()
-    };
-    let mut c2 = client(&s).await;
-    let clock = Arc::new(s.clock.clone());
-    let consumer =
-        tokio::spawn(async move { nightshift_events::run_alerts(&mut c2, policy, TailFrom::Beginning, clock).await });
-    let fail = |run: &str, agent: &str| {
-        let mut e = ev("", EventType::BackgroundTaskError, agent);
-        e.run_id = run.into();
-        e.agent_name = format!("{agent}-name");
-        e.data = Some(nightshift_events_client::json_to_struct(serde_json::json!({"error": "tool timed out"})));
-        e
-    };
-    // Agent a1 fails three runs in a row: one error alert (the next is rate limited), then the
-    // streak alert. Agent a2 fails once, after a success of a1 that is not alerted.
-    for e in [
-        fail("r1", "a1"),
-        fail("r2", "a1"),
-        fail("r3", "a1"),
-        ev("", EventType::BackgroundTaskCompleted, "a1"),
-        ev("", EventType::ToolCall, "a1"),
-        fail("r4", "a2"),
-    ] {
-        publish(&mut c, e).await;
-    }
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while recv.texts.lock().unwrap().len() < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "alerts: {:?}", recv.texts.lock().unwrap());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Nothing more arrives once the events are processed.
-    publish(&mut c, ev("", EventType::BackgroundTaskCompleted, "a2")).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    consumer.abort();
-    let texts = recv.texts.lock().unwrap().clone();
-    assert_eq!(texts.len(), 3, "{texts:?}");
-    assert!(texts[0].contains("a1-name") && texts[0].contains("r1") && texts[0].contains("tool timed out"));
-    assert!(texts[1].contains("3 runs in a row") && texts[1].contains("r3"), "{}", texts[1]);
-    assert!(texts[2].contains("a2-name") && texts[2].contains("r4"));
-    assert_eq!(*recv.calls.lock().unwrap(), 4, "the first POST failed and was retried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,7 +39,8 @@ pub struct DevConfig {
     pub worker: WorkerConfig,
     /// The memory service's options; stores left at their defaults use the dev database.
     pub memory: MemoryConfig,
-    /// The event service's options (`backend_url`, retention, …).
+    /// The event service's options (`backend_url`, retention, the `[events.alerts]` webhook and
+    /// the `[events.sink]` file, …).
     pub events: EventsConfig,
 }
 
@@ -165,7 +166,8 @@ impl DevConfig {
         }
     }
 
-    /// The event service's options as configured (in-memory log by default).
+    /// The event service's options as configured (in-memory log by default), with its
+    /// `[events.alerts]` and `[events.sink]` consumers if set.
     pub fn events_options(&self) -> EventsConfig {
         EventsConfig { server: self.server(), ..self.events.clone() }
     }
@@ -275,6 +277,26 @@ mod tests {
         assert_eq!(mem.stores.episodic, "redis://127.0.0.1:6379");
         assert_eq!(mem.stores.long_term, w.database_url);
         assert_eq!(mem.vector.url, "qdrant://127.0.0.1:6333/c");
+    }
+
+    #[test]
+    fn event_consumers_pass_through() {
+        let text = r#"
+            [events.alerts]
+            webhook_url = "http://127.0.0.1:9/hook"
+            consecutive_failures = 2
+            [events.sink]
+            path = "/tmp/ns-events.jsonl"
+        "#;
+        let cfg = load(text);
+        let events = cfg.events_options();
+        assert_eq!(events.alerts, cfg.events.alerts);
+        let alerts = events.alerts.expect("[events.alerts] reaches the events role");
+        assert_eq!((alerts.webhook_url.as_str(), alerts.consecutive_failures), ("http://127.0.0.1:9/hook", 2));
+        assert_eq!(events.sink.map(|s| s.path), Some(PathBuf::from("/tmp/ns-events.jsonl")));
+        assert!(cfg.ignored_keys().is_empty(), "{:?}", cfg.ignored_keys());
+        let off = DevConfig::default().events_options();
+        assert_eq!((off.alerts, off.sink), (None, None), "off unless configured");
     }
 
     #[test]
