@@ -154,7 +154,8 @@ impl DevConfig {
         }
     }
 
-    /// The worker's options: the shared queue; manager, memory and events on this port.
+    /// The worker's options: the shared queue; manager, memory, events and its own service on
+    /// this port.
     pub fn worker_options(&self, w: &DevWiring) -> WorkerConfig {
         WorkerConfig {
             server: self.server(),
@@ -162,6 +163,8 @@ impl DevConfig {
             manager_endpoint: w.endpoint.clone(),
             memory_endpoint: w.endpoint.clone(),
             events_endpoint: w.endpoint.clone(),
+            // The worker's service is mounted on this port too.
+            advertise_endpoint: w.endpoint.clone(),
             ..self.worker.clone()
         }
     }
