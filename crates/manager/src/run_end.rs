@@ -1,6 +1,7 @@
 //! What follows the end of a run, beyond recording it: the agent's first buffered run is
 //! published again at once (it would otherwise wait for its next poll, up to
-//! `lifecycle::DEFER_POLL`), and the worker of a cancelled run is told to stop now rather than at
+//! `lifecycle::DEFER_POLL`; a run deferred behind a waiting run while nothing runs nudges that
+//! one the same way, in case its own delivery was lost), and the worker of a cancelled run is told to stop now rather than at
 //! its next heartbeat. Both are best effort on top of a correct slow path (the poll, the fenced
 //! heartbeat), so they never fail the RPC that ended the run.
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use nightshift_core::{AgentId, RunId, TriggerKind, pb, time};
 use nightshift_proto::v1::worker_service_client::WorkerServiceClient;
 use nightshift_queue::RunRequest;
-use nightshift_store::RunRecord;
+use nightshift_store::{RunRecord, WaitingRun};
 
 use crate::service::ManagerService;
 
@@ -38,7 +39,9 @@ impl ManagerService {
     /// After a run of `agent` stopped running (`ended`): publishes the agent's first waiting run
     /// again, so a buffered run starts as soon as the run ahead of it ends.
     pub(crate) async fn wake_waiting(&self, agent: &AgentId, ended: &RunId) {
-        let Some(queue) = self.queue() else { return };
+        if self.queue().is_none() {
+            return;
+        }
         let waiting = match self.store().first_waiting_run(agent).await {
             Ok(Some(w)) => w,
             Ok(None) => return,
@@ -47,6 +50,13 @@ impl ManagerService {
                 return;
             }
         };
+        // Its first request is likely still in the dedup window (it was deferred, not acked).
+        self.publish_waiting(agent, &waiting, &format!("after-{ended}")).await;
+    }
+
+    /// Publishes a waiting run again, with `redelivery` as the dedup suffix.
+    pub(crate) async fn publish_waiting(&self, agent: &AgentId, waiting: &WaitingRun, redelivery: &str) {
+        let Some(queue) = self.queue() else { return };
         let request = RunRequest {
             run_id: waiting.id.to_string(),
             agent_id: agent.to_string(),
@@ -55,8 +65,7 @@ impl ManagerService {
             scheduled_for: waiting.scheduled_for.map(time::to_pb),
             enqueued_at: Some(time::to_pb(self.clock().now())),
             trace_context: Default::default(),
-            // Its first request is likely still in the dedup window (it was deferred, not acked).
-            redelivery: format!("after-{ended}"),
+            redelivery: redelivery.to_owned(),
         };
         if let Err(e) = queue.publish(&request, None).await {
             tracing::debug!(run = %waiting.id, error = %e, "waking a waiting run failed; it starts at its next poll");

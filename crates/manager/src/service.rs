@@ -480,7 +480,10 @@ impl pb::manager_service_server::ManagerService for ManagerService {
                 resp.reason = reason;
                 (pb::StartDecision::Skipped, run)
             }
-            StartOutcome::Deferred { run, retry_after, reason } => {
+            StartOutcome::Deferred { run, retry_after, reason, due_ahead } => {
+                if let Some(ahead) = due_ahead {
+                    self.publish_waiting(&run.agent_id, &ahead, &format!("ahead-of-{}", run.id)).await;
+                }
                 resp.retry_after = Some(duration::to_pb(retry_after));
                 resp.reason = reason;
                 (pb::StartDecision::Deferred, run)

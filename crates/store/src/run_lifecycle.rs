@@ -65,6 +65,9 @@ pub enum StartOutcome {
         retry_after: Duration,
         /// Why.
         reason: String,
+        /// The waiting run it is deferred behind while nothing runs (first in, first out):
+        /// due to start now, to be published again in case its delivery was lost.
+        due_ahead: Option<WaitingRun>,
     },
     /// Already ended: drop the delivery.
     AlreadyFinished {
@@ -346,15 +349,19 @@ impl Store {
         .iter()
         .map(|r| r.try_get::<String, _>("id").map(RunId::from_string))
         .collect::<Result<_, _>>()?;
-        let waiting = if policy.needs_waiting_run() {
-            first_waiting(&mut **tx, &input.agent_id, Some(&run.id)).await?.map(|w| lifecycle::Waiting {
-                ahead: lifecycle::buffer_order(w.scheduled_for, w.created_at, &w.id)
-                    < lifecycle::buffer_order(run.scheduled_for, run.created_at, &run.id),
-                run: w.id,
-            })
+        let first = if policy.needs_waiting_run() {
+            first_waiting(&mut **tx, &input.agent_id, Some(&run.id)).await?
         } else {
             None
         };
+        let waiting = first.as_ref().map(|w| lifecycle::Waiting {
+            ahead: lifecycle::buffer_order(w.scheduled_for, w.created_at, &w.id)
+                < lifecycle::buffer_order(run.scheduled_for, run.created_at, &run.id),
+            run: w.id.clone(),
+        });
+        // Deferred behind a waiting run while nothing runs: that run is due now; if its own
+        // delivery was lost (an in-memory queue restarted), the manager's nudge brings it back.
+        let due_ahead = first.filter(|_| others.is_empty() && waiting.as_ref().is_some_and(|w| w.ahead));
         match lifecycle::decide_overlap(policy, &run.id, &others, waiting.as_ref()) {
             OverlapDecision::Start => self.grant(tx, run, input, current, now).await,
             OverlapDecision::Skip { reason } => skip(tx, run, reason, now).await,
@@ -376,7 +383,7 @@ impl Store {
                     .bind(run.id.as_str())
                     .execute(&mut **tx)
                     .await?;
-                Ok(StartOutcome::Deferred { run, retry_after, reason })
+                Ok(StartOutcome::Deferred { run, retry_after, reason, due_ahead })
             }
         }
     }

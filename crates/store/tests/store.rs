@@ -465,8 +465,12 @@ async fn buffered_runs_start_first_in_first_out(kind: Db) {
         // Nothing runs now, but the runs behind `next` still wait for it.
         for later in runs.iter().skip(next + 1).rev() {
             let out = e.store.start_run(&start_input(later, &a.id, "w")).await.unwrap();
-            let StartOutcome::Deferred { reason, .. } = out else { panic!("{later} overtook {}: {out:?}", runs[next]) };
+            let StartOutcome::Deferred { reason, due_ahead, .. } = out else {
+                panic!("{later} overtook {}: {out:?}", runs[next])
+            };
             assert!(reason.contains(&format!("waiting behind run {}", runs[next])), "{reason}");
+            // The run it waits behind is due: handed back to be nudged (its delivery may be lost).
+            assert_eq!(due_ahead.map(|w| w.id), Some(runs[next].clone()));
         }
         let StartOutcome::Started { run, .. } = e.store.start_run(&start_input(&runs[next], &a.id, "w")).await.unwrap()
         else {
