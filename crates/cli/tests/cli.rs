@@ -82,13 +82,27 @@ fn readme_workflow_in_table_and_json() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("paused"));
     assert_eq!(json(&d, &["agent", "resume", "system-health"])["state"], "active");
 
-    let run = json(&d, &["agent", "trigger", "system-health", "--query", "only disk"]);
+    // A run that cannot end by itself before it is cancelled: its model server accepts the
+    // connection and never answers (the example agents' runs fail at once without an API key).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let manifest = d._dir.path().join("hanging.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name: hanging\nmodel: {{provider: openai, model: m, base_url: 'http://{}/v1'}}\n\
+             task: {{query: q}}\nschedule: {{manual: true}}\n",
+            silent.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    ok(&d, &["agent", "apply", "-f", manifest.to_str().unwrap()]);
+    let run = json(&d, &["agent", "trigger", "hanging", "--query", "only disk"]);
     assert_eq!(run["status"], "queued");
     let id = run["id"].as_str().unwrap().to_owned();
-    assert_eq!(json(&d, &["runs", "get", &id])["agent"], "system-health");
-    assert!(ok(&d, &["runs", "list", "--agent", "system-health"]).contains(&id));
+    assert_eq!(json(&d, &["runs", "get", &id])["agent"], "hanging");
+    assert!(ok(&d, &["runs", "list", "--agent", "hanging"]).contains(&id));
     assert_eq!(json(&d, &["runs", "cancel", &id])["status"], "cancelled");
-    let st = json(&d, &["agent", "status", "system-health"]);
+    let st = json(&d, &["agent", "status", "hanging"]);
     assert_eq!(st["counts"]["cancelled"], 1);
 
     let yaml = ok(&d, &["agent", "get", "data-processor", "-o", "yaml"]);
