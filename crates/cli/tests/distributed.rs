@@ -13,7 +13,9 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Proc, by_name, free_port, runs_of, spawn, spawn_workers, start_hanging_run, wait_port, wait_succeeded};
+use common::{
+    Deployment, Proc, by_name, free_port, runs_of, spawn, spawn_workers, start_hanging_run, wait_port, wait_succeeded,
+};
 use nightshift_core::pb;
 use nightshift_core::pb::manager_service_client::ManagerServiceClient;
 
@@ -34,43 +36,35 @@ async fn five_binaries_survive_killed_workers_and_schedulers(queue_url: &str) {
     let (pe, pm) = (free_port(), free_port());
     let ps = [free_port(), free_port()];
     let events_ep = format!("http://127.0.0.1:{pe}");
-    let common = |role: &str| {
-        let p = format!("NIGHTSHIFT_{role}_");
-        vec![
-            (format!("{p}QUEUE_URL"), queue_url.to_owned()),
-            (format!("{p}QUEUE_NAME"), queue_name.clone()),
-            (format!("{p}QUEUE_ACK_WAIT"), "4s".to_owned()),
-            (format!("{p}EVENTS_ENDPOINT"), events_ep.clone()),
-        ]
+    let deployment = Deployment {
+        db,
+        queue_url: queue_url.to_owned(),
+        queue_name: queue_name.clone(),
+        ack_wait: "4s".into(),
+        events: events_ep.clone(),
     };
 
     let _events =
         spawn("events", "nightshift-events", &[("NIGHTSHIFT_EVENTS_LISTEN".into(), format!("127.0.0.1:{pe}"))]);
-    let mut m_env = common("MANAGER");
-    m_env.extend([
-        ("NIGHTSHIFT_MANAGER_LISTEN".into(), format!("127.0.0.1:{pm}")),
-        ("NIGHTSHIFT_MANAGER_DATABASE_URL".into(), db.clone()),
-        ("NIGHTSHIFT_MANAGER_SCHEDULER_ENDPOINT".into(), format!("http://127.0.0.1:{}", ps[0])),
-    ]);
-    let _manager = spawn("manager", "nightshift-manager", &m_env);
+    let _manager = deployment.spawn_manager(pm, ps[0]);
     wait_port(pm).await;
     let mut schedulers: Vec<Proc> = ps
         .iter()
         .enumerate()
         .map(|(i, port)| {
-            let mut e = common("SCHEDULER");
-            e.extend([
-                ("NIGHTSHIFT_SCHEDULER_LISTEN".into(), format!("127.0.0.1:{port}")),
-                ("NIGHTSHIFT_SCHEDULER_DATABASE_URL".into(), db.clone()),
-                ("NIGHTSHIFT_SCHEDULER_SHARD_COUNT".into(), "8".into()),
-                ("NIGHTSHIFT_SCHEDULER_SHARD_LEASE".into(), "3s".into()),
-                ("NIGHTSHIFT_SCHEDULER_COORDINATION_INTERVAL".into(), "500ms".into()),
-                ("NIGHTSHIFT_SCHEDULER_SYNC_INTERVAL".into(), "300ms".into()),
-            ]);
-            spawn(&format!("scheduler{i}"), "nightshift-scheduler", &e)
+            deployment.spawn_scheduler(
+                &format!("scheduler{i}"),
+                *port,
+                &[
+                    ("NIGHTSHIFT_SCHEDULER_SHARD_COUNT", "8"),
+                    ("NIGHTSHIFT_SCHEDULER_SHARD_LEASE", "3s"),
+                    ("NIGHTSHIFT_SCHEDULER_COORDINATION_INTERVAL", "500ms"),
+                    ("NIGHTSHIFT_SCHEDULER_SYNC_INTERVAL", "300ms"),
+                ],
+            )
         })
         .collect();
-    let mut workers = spawn_workers(3, &common("WORKER"), pm, &[]);
+    let mut workers = spawn_workers(3, &deployment.role_env("WORKER"), pm, &[]);
     for p in ps {
         wait_port(p).await;
     }

@@ -18,7 +18,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{by_name, free_port, runs_of, spawn, spawn_workers, start_hanging_run, wait_port, wait_succeeded};
+use common::{
+    Deployment, by_name, free_port, runs_of, spawn, spawn_workers, start_hanging_run, wait_port, wait_succeeded,
+};
 use nightshift_core::pb;
 use nightshift_core::pb::event_service_client::EventServiceClient;
 use nightshift_core::pb::manager_service_client::ManagerServiceClient;
@@ -100,14 +102,12 @@ async fn nats_restart_under_load_and_worker_sigterm_lose_nothing() {
     let (llm, script) = nightshift_testkit::llm::scripted_llm().await;
     let (pe, pm, ps) = (free_port(), free_port(), free_port());
     let events_ep = format!("http://127.0.0.1:{pe}");
-    let common = |role: &str| {
-        let p = format!("NIGHTSHIFT_{role}_");
-        vec![
-            (format!("{p}QUEUE_URL"), nightshift_testkit::nats_url()),
-            (format!("{p}QUEUE_NAME"), queue_name.clone()),
-            (format!("{p}QUEUE_ACK_WAIT"), "4s".to_owned()),
-            (format!("{p}EVENTS_ENDPOINT"), events_ep.clone()),
-        ]
+    let deployment = Deployment {
+        db,
+        queue_url: nightshift_testkit::nats_url(),
+        queue_name: queue_name.clone(),
+        ack_wait: "4s".into(),
+        events: events_ep.clone(),
     };
     let _events = spawn(
         "events",
@@ -118,21 +118,9 @@ async fn nats_restart_under_load_and_worker_sigterm_lose_nothing() {
             ("NIGHTSHIFT_EVENTS_PREFIX".into(), format!("faults-events-{id}")),
         ],
     );
-    let mut m_env = common("MANAGER");
-    m_env.extend([
-        ("NIGHTSHIFT_MANAGER_LISTEN".into(), format!("127.0.0.1:{pm}")),
-        ("NIGHTSHIFT_MANAGER_DATABASE_URL".into(), db.clone()),
-        ("NIGHTSHIFT_MANAGER_SCHEDULER_ENDPOINT".into(), format!("http://127.0.0.1:{ps}")),
-    ]);
-    let _manager = spawn("manager", "nightshift-manager", &m_env);
-    let mut s_env = common("SCHEDULER");
-    s_env.extend([
-        ("NIGHTSHIFT_SCHEDULER_LISTEN".into(), format!("127.0.0.1:{ps}")),
-        ("NIGHTSHIFT_SCHEDULER_DATABASE_URL".into(), db.clone()),
-        ("NIGHTSHIFT_SCHEDULER_REPUBLISH_AFTER".into(), "2s".into()),
-    ]);
-    let _scheduler = spawn("scheduler", "nightshift-scheduler", &s_env);
-    let mut workers = spawn_workers(2, &common("WORKER"), pm, &[("NIGHTSHIFT_WORKER_DRAIN_GRACE", "1s")]);
+    let _manager = deployment.spawn_manager(pm, ps);
+    let _scheduler = deployment.spawn_scheduler("scheduler", ps, &[("NIGHTSHIFT_SCHEDULER_REPUBLISH_AFTER", "2s")]);
+    let mut workers = spawn_workers(2, &deployment.role_env("WORKER"), pm, &[("NIGHTSHIFT_WORKER_DRAIN_GRACE", "1s")]);
     for p in [pe, pm, ps] {
         wait_port(p).await;
     }

@@ -11,7 +11,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Proc, free_port, spawn, spawn_workers, start_hanging_run_of, wait_port};
+use common::{Deployment, Proc, free_port, spawn, spawn_workers, start_hanging_run_of, wait_port};
 use nightshift_core::pb;
 use nightshift_core::pb::event_service_client::EventServiceClient;
 use nightshift_core::pb::manager_service_client::ManagerServiceClient;
@@ -30,35 +30,24 @@ async fn a_run_whose_worker_died_unrecorded_is_recovered_by_the_sweep() {
     let (pe, pm, ps) = (free_port(), free_port(), free_port());
     let events_ep = format!("http://127.0.0.1:{pe}");
     let ack_wait = Duration::from_secs(60);
-    let common = |role: &str| {
-        let p = format!("NIGHTSHIFT_{role}_");
-        vec![
-            (format!("{p}QUEUE_URL"), nightshift_testkit::redis_url()),
-            (format!("{p}QUEUE_NAME"), format!("lease-{id}")),
-            (format!("{p}QUEUE_ACK_WAIT"), format!("{}s", ack_wait.as_secs())),
-            (format!("{p}EVENTS_ENDPOINT"), events_ep.clone()),
-        ]
+    let deployment = Deployment {
+        db,
+        queue_url: nightshift_testkit::redis_url(),
+        queue_name: format!("lease-{id}"),
+        ack_wait: format!("{}s", ack_wait.as_secs()),
+        events: events_ep.clone(),
     };
     let _events =
         spawn("events", "nightshift-events", &[("NIGHTSHIFT_EVENTS_LISTEN".into(), format!("127.0.0.1:{pe}"))]);
-    let mut m_env = common("MANAGER");
-    m_env.extend([
-        ("NIGHTSHIFT_MANAGER_LISTEN".into(), format!("127.0.0.1:{pm}")),
-        ("NIGHTSHIFT_MANAGER_DATABASE_URL".into(), db.clone()),
-        ("NIGHTSHIFT_MANAGER_SCHEDULER_ENDPOINT".into(), format!("http://127.0.0.1:{ps}")),
-    ]);
-    let manager = spawn("manager", "nightshift-manager", &m_env);
-    let mut s_env = common("SCHEDULER");
-    s_env.extend([
-        ("NIGHTSHIFT_SCHEDULER_LISTEN".into(), format!("127.0.0.1:{ps}")),
-        ("NIGHTSHIFT_SCHEDULER_DATABASE_URL".into(), db.clone()),
-        // Sweeps every second, recovering leases expired for more than a second.
-        ("NIGHTSHIFT_SCHEDULER_REPUBLISH_AFTER".into(), "2s".into()),
-        ("NIGHTSHIFT_SCHEDULER_LEASE_RECOVERY_GRACE".into(), "1s".into()),
-    ]);
-    let _scheduler = spawn("scheduler", "nightshift-scheduler", &s_env);
+    let manager = deployment.spawn_manager(pm, ps);
+    // Sweeps every second, recovering leases expired for more than a second.
+    let _scheduler = deployment.spawn_scheduler(
+        "scheduler",
+        ps,
+        &[("NIGHTSHIFT_SCHEDULER_REPUBLISH_AFTER", "2s"), ("NIGHTSHIFT_SCHEDULER_LEASE_RECOVERY_GRACE", "1s")],
+    );
     // Lease TTL 3 s (spawn_workers).
-    let mut w0 = spawn_workers(1, &common("WORKER"), pm, &[]);
+    let mut w0 = spawn_workers(1, &deployment.role_env("WORKER"), pm, &[]);
     for p in [pe, pm, ps] {
         wait_port(p).await;
     }
@@ -78,7 +67,7 @@ async fn a_run_whose_worker_died_unrecorded_is_recovered_by_the_sweep() {
     let stuck = m.get_run(pb::GetRunRequest { run_id: run.id.clone() }).await.unwrap().into_inner().run.unwrap();
     assert_eq!((stuck.status(), stuck.steps.len()), (pb::RunStatus::Running, 2), "nothing of the end was recorded");
 
-    let _w1 = spawn_workers(1, &common("WORKER"), pm, &[("NIGHTSHIFT_WORKER_WORKER_ID", "w1")]);
+    let _w1 = spawn_workers(1, &deployment.role_env("WORKER"), pm, &[("NIGHTSHIFT_WORKER_WORKER_ID", "w1")]);
     // Lease TTL 3 s + grace 1 s + a sweep every second + the resumed attempt: well under 20 s,
     // and far under the 60 s after which the queue would redeliver the original request.
     let done = loop {

@@ -37,21 +37,24 @@ pub(crate) fn check_worker_endpoint(endpoint: &str) -> Result<Option<String>, St
 
 impl ManagerService {
     /// After a run of `agent` stopped running (`ended`): publishes the agent's first waiting run
-    /// again, so a buffered run starts as soon as the run ahead of it ends.
-    pub(crate) async fn wake_waiting(&self, agent: &AgentId, ended: &RunId) {
+    /// again, so a buffered run starts as soon as the run ahead of it ends. In the background:
+    /// the RPC that ended the run does not wait for it (a lookup in the small `runs_waiting`
+    /// index, empty for agents that do not buffer).
+    pub(crate) fn wake_waiting(&self, agent: &AgentId, ended: &RunId) {
         if self.queue().is_none() {
             return;
         }
-        let waiting = match self.store().first_waiting_run(agent).await {
-            Ok(Some(w)) => w,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!(agent = %agent, error = %e, "looking up a waiting run failed; it starts at its next poll");
-                return;
+        let (this, agent, ended) = (self.clone(), agent.clone(), ended.clone());
+        tokio::spawn(async move {
+            match this.store().first_waiting_run(&agent).await {
+                // Its first request is likely still in the dedup window (deferred, not acked).
+                Ok(Some(waiting)) => this.publish_waiting(&agent, &waiting, &format!("after-{ended}")).await,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(agent = %agent, error = %e, "looking up a waiting run failed; it starts at its next poll")
+                }
             }
-        };
-        // Its first request is likely still in the dedup window (it was deferred, not acked).
-        self.publish_waiting(agent, &waiting, &format!("after-{ended}")).await;
+        });
     }
 
     /// Publishes a waiting run again, with `redelivery` as the dedup suffix.

@@ -404,14 +404,12 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let req = req.into_inner();
         let id = RunId::parse("run_id", &req.run_id).map_err(invalid)?;
         let reason = if req.reason.trim().is_empty() { "cancelled by request".to_owned() } else { req.reason };
-        let was_running =
-            self.store.get_run(&id).await.map_err(status_from_store)?.is_some_and(|r| r.status == RunStatus::Running);
         let run = self.store.cancel_run(&id, &reason).await.map_err(status_from_store)?;
         tracing::info!(run = %id, "run cancelled");
-        if was_running {
-            self.deliver_cancellations(std::slice::from_ref(&run));
-        }
-        self.wake_waiting(&run.agent_id, &id).await;
+        // A run that ever started names its (last) worker; if that worker no longer holds it,
+        // it answers `found: false`.
+        self.deliver_cancellations(std::slice::from_ref(&run));
+        self.wake_waiting(&run.agent_id, &id);
         if let Some(p) = &self.events {
             p.event(EventType::RunCancelled)
                 .agent(&run.agent_id)
@@ -543,7 +541,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         };
         let (run, retry_after) = self.store.finish_run(&id, req.attempt, &input).await.map_err(status_from_store)?;
         tracing::info!(run = %id, status = %run.status, retry_in = ?retry_after, "attempt finished");
-        self.wake_waiting(&run.agent_id, &id).await;
+        self.wake_waiting(&run.agent_id, &id);
         Ok(Response::new(pb::FinishRunResponse {
             run: Some(convert::run(&run)),
             retry_after: convert::opt_duration(retry_after),

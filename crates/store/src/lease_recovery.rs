@@ -13,7 +13,7 @@ use crate::agents::lock_agent;
 use crate::db::Store;
 use crate::error::StoreError;
 use crate::model::RunRecord;
-use crate::run_lifecycle::{fail_lost_lease, run_in_tx, set_lost_leases};
+use crate::run_lifecycle::{fail_lost_lease, run_in_tx};
 
 /// What lease recovery did with a run.
 #[derive(Debug, Clone)]
@@ -68,11 +68,11 @@ impl Store {
         }
         let recovered = match lifecycle::decide_lost_lease(run.lost_leases) {
             LostLease::Resume { lost } => {
-                set_lost_leases(&mut tx, id, lost).await?;
                 sqlx::query(
                     "UPDATE runs SET status = 'queued', lease_expires_at = NULL, not_before = NULL, \
-                     deferred = 0, published = 0 WHERE id = $1",
+                     deferred = 0, published = 0, lost_leases = $1 WHERE id = $2",
                 )
+                .bind(i64::from(lost))
                 .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;

@@ -179,16 +179,6 @@ where
     .transpose()
 }
 
-/// Records that `id` lost its worker `lost` times.
-pub(crate) async fn set_lost_leases(tx: &mut Transaction<'_, Any>, id: &RunId, lost: u32) -> Result<(), StoreError> {
-    sqlx::query("UPDATE runs SET lost_leases = $1 WHERE id = $2")
-        .bind(i64::from(lost))
-        .bind(id.as_str())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
 /// Fails a run that lost its worker too often ([`LostLease::Fail`]) and returns it as recorded.
 pub(crate) async fn fail_lost_lease(
     tx: &mut Transaction<'_, Any>,
@@ -312,10 +302,9 @@ impl Store {
             StartDecision::NotYet { retry_after } => StartOutcome::NotYet { retry_after, run },
             StartDecision::Skip { reason } => skip(&mut tx, run, reason, now).await?,
             StartDecision::TakeOver => match lifecycle::decide_lost_lease(run.lost_leases) {
+                // `grant` writes the new count with the lease.
                 LostLease::Resume { lost } => {
-                    set_lost_leases(&mut tx, &run.id, lost).await?;
-                    let run = RunRecord { lost_leases: lost, ..run };
-                    self.grant(&mut tx, run, input, &current, now).await?
+                    self.grant(&mut tx, RunRecord { lost_leases: lost, ..run }, input, &current, now).await?
                 }
                 LostLease::Fail { error } => {
                     StartOutcome::AlreadyFinished { run: fail_lost_lease(&mut tx, run, error, now).await? }
@@ -399,13 +388,15 @@ impl Store {
         let until = ms_after(now, input.lease_ttl);
         sqlx::query(
             "UPDATE runs SET status = 'running', attempt = attempt + 1, worker_id = $1, lease_expires_at = $2, \
-             started_at = COALESCE(started_at, $3), deferred = 0, not_before = NULL, worker_endpoint = $5 WHERE id = $4",
+             started_at = COALESCE(started_at, $3), deferred = 0, not_before = NULL, worker_endpoint = $5, \
+             lost_leases = $6 WHERE id = $4",
         )
         .bind(input.worker_id.as_str())
         .bind(until)
         .bind(now)
         .bind(run.id.as_str())
         .bind(input.worker_endpoint.clone())
+        .bind(i64::from(run.lost_leases))
         .execute(&mut **tx)
         .await?;
         // The row is locked by this transaction: apply the same update to the record read in it

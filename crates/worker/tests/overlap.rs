@@ -63,13 +63,9 @@ fn secs(t: Option<prost_types::Timestamp>) -> f64 {
     t.seconds as f64 + f64::from(t.nanos) / 1e9
 }
 
-/// The agent with `policy`, a served worker, and run 1 running; then runs 2 and 3 triggered
-/// (in that order) while run 1 runs. Returns the three runs once all ended, and the worker.
-async fn three_overlapping(
-    policy: &str,
-) -> (Env, [pb::Run; 3], pb::worker_service_client::WorkerServiceClient<tonic::transport::Channel>) {
+/// The test's `area` agent (on the scripted model) with overlap `policy`.
+async fn agent_with_policy(policy: &str) -> (Env, std::sync::Arc<nightshift_testkit::llm::Script>) {
     let (llm, script) = scripted_llm().await;
-    script.delay_ms.store(ANSWER.as_millis() as u64, Ordering::SeqCst);
     let (env, _) = env(&llm).await;
     set_spec(
         &env,
@@ -80,6 +76,16 @@ async fn three_overlapping(
         ),
     )
     .await;
+    (env, script)
+}
+
+/// The agent with `policy`, a served worker, and run 1 running; then runs 2 and 3 triggered
+/// (in that order) while run 1 runs. Returns the three runs once all ended, and the worker.
+async fn three_overlapping(
+    policy: &str,
+) -> (Env, [pb::Run; 3], pb::worker_service_client::WorkerServiceClient<tonic::transport::Channel>) {
+    let (env, script) = agent_with_policy(policy).await;
+    script.delay_ms.store(ANSWER.as_millis() as u64, Ordering::SeqCst);
     let worker = served_worker(&env).await;
     let r1 = trigger(&env).await;
     until(&env, &r1, "started", |r| r.status() == pb::RunStatus::Running).await;
@@ -149,17 +155,7 @@ async fn buffer_all_runs_every_one_in_order_one_at_a_time() {
 /// is 20 s away).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_other_stops_the_running_run_at_once_on_its_worker() {
-    let (llm, script) = scripted_llm().await;
-    let (env, _) = env(&llm).await;
-    set_spec(
-        &env,
-        format!(
-            "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\n\
-             task: {{query: 'Area of a 3x4 rectangle?'}}\nschedule: {{manual: true}}\n\
-             policy: {{overlap: cancel_other, max_retries: 0, timeout: 60s}}\ntools: {{local: [calculate_area]}}"
-        ),
-    )
-    .await;
+    let (env, script) = agent_with_policy("cancel_other").await;
     let mut worker = served_worker(&env).await;
     script.hang_second_turn.store(true, Ordering::SeqCst);
     let mut runs = Vec::new();

@@ -162,3 +162,50 @@ pub fn spawn_workers(n: usize, base: &[(String, String)], manager_port: u16, ext
         })
         .collect()
 }
+
+/// What the roles of one multi-process test deployment share: the Postgres database, the work
+/// queue and the event service.
+pub struct Deployment {
+    pub db: String,
+    pub queue_url: String,
+    pub queue_name: String,
+    /// `queue_ack_wait`, e.g. `4s`.
+    pub ack_wait: String,
+    /// The event service's endpoint.
+    pub events: String,
+}
+
+impl Deployment {
+    /// The shared settings as `role`'s environment (`MANAGER`, `SCHEDULER`, `WORKER`).
+    pub fn role_env(&self, role: &str) -> Vec<(String, String)> {
+        let p = format!("NIGHTSHIFT_{role}_");
+        vec![
+            (format!("{p}QUEUE_URL"), self.queue_url.clone()),
+            (format!("{p}QUEUE_NAME"), self.queue_name.clone()),
+            (format!("{p}QUEUE_ACK_WAIT"), self.ack_wait.clone()),
+            (format!("{p}EVENTS_ENDPOINT"), self.events.clone()),
+        ]
+    }
+
+    /// A manager on `port` that tells the scheduler on `scheduler_port` about agent changes.
+    pub fn spawn_manager(&self, port: u16, scheduler_port: u16) -> Proc {
+        let mut env = self.role_env("MANAGER");
+        env.extend([
+            ("NIGHTSHIFT_MANAGER_LISTEN".into(), format!("127.0.0.1:{port}")),
+            ("NIGHTSHIFT_MANAGER_DATABASE_URL".into(), self.db.clone()),
+            ("NIGHTSHIFT_MANAGER_SCHEDULER_ENDPOINT".into(), format!("http://127.0.0.1:{scheduler_port}")),
+        ]);
+        spawn("manager", "nightshift-manager", &env)
+    }
+
+    /// A scheduler replica `name` on `port`, with `extra` settings.
+    pub fn spawn_scheduler(&self, name: &str, port: u16, extra: &[(&str, &str)]) -> Proc {
+        let mut env = self.role_env("SCHEDULER");
+        env.extend([
+            ("NIGHTSHIFT_SCHEDULER_LISTEN".into(), format!("127.0.0.1:{port}")),
+            ("NIGHTSHIFT_SCHEDULER_DATABASE_URL".into(), self.db.clone()),
+        ]);
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        spawn(name, "nightshift-scheduler", &env)
+    }
+}

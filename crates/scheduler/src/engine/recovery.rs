@@ -34,43 +34,28 @@ impl Scheduler {
     }
 
     fn report_recovered(&self, recovered: &Recovered) {
-        let (run, outcome) = match recovered {
-            Recovered::Resumed(r) => (r, "resumed"),
-            Recovered::Failed(r) => (r, "failed"),
+        let (run, outcome, event) = match recovered {
+            Recovered::Resumed(r) => (r, "resumed", EventType::RunRetrying),
+            Recovered::Failed(r) => (r, "failed", EventType::BackgroundTaskError),
         };
         let worker = run.worker_id.as_ref().map(ToString::to_string).unwrap_or_default();
+        let error = run.error.clone().unwrap_or_default();
         metrics::counter!("nightshift_runs_lost_lease_total", "outcome" => outcome).increment(1);
-        let events = self.inner.events.get();
-        match recovered {
-            Recovered::Resumed(_) => {
-                tracing::warn!(run = %run.id, agent = %run.agent_id, %worker, attempt = run.attempt,
-                    lost_leases = run.lost_leases, "run lost its worker (lease expired); resuming it");
-                if let Some(p) = events {
-                    p.event(EventType::RunRetrying)
-                        .agent(&run.agent_id)
-                        .agent_name(run.agent_name.clone())
-                        .run(&run.id)
-                        .data(json!({
-                            "attempt": run.attempt,
-                            "reason": "lease expired: the worker stopped renewing it",
-                            "worker": worker,
-                            "lost_leases": run.lost_leases,
-                        }))
-                        .emit();
+        tracing::warn!(run = %run.id, agent = %run.agent_id, %worker, attempt = run.attempt,
+            lost_leases = run.lost_leases, %error, "run lost its worker (lease expired): {outcome}");
+        if let Some(p) = self.inner.events.get() {
+            let data = match recovered {
+                Recovered::Resumed(_) => json!({
+                    "attempt": run.attempt,
+                    "reason": "lease expired: the worker stopped renewing it",
+                    "worker": worker,
+                    "lost_leases": run.lost_leases,
+                }),
+                Recovered::Failed(_) => {
+                    json!({"attempt": run.attempt, "error": error, "will_retry": false, "worker": worker})
                 }
-            }
-            Recovered::Failed(_) => {
-                let error = run.error.clone().unwrap_or_default();
-                tracing::warn!(run = %run.id, agent = %run.agent_id, %worker, %error, "run failed: lost its worker too often");
-                if let Some(p) = events {
-                    p.event(EventType::BackgroundTaskError)
-                        .agent(&run.agent_id)
-                        .agent_name(run.agent_name.clone())
-                        .run(&run.id)
-                        .data(json!({"attempt": run.attempt, "error": error, "will_retry": false, "worker": worker}))
-                        .emit();
-                }
-            }
+            };
+            p.event(event).agent(&run.agent_id).agent_name(run.agent_name.clone()).run(&run.id).data(data).emit();
         }
     }
 }
