@@ -14,7 +14,7 @@ mod server;
 mod shutdown;
 mod trace;
 
-pub use options::ServerOptions;
+pub use options::{ServerOptions, hostname};
 pub use role::{BadEndpoint, Role, RoleError, init_process, serve_roles};
 pub use server::{GrpcServer, ServeError};
 pub use shutdown::shutdown_signal;

@@ -33,3 +33,10 @@ impl Default for ServerOptions {
         Self::listening_on("127.0.0.1:50051")
     }
 }
+
+/// This host's name (`/etc/hostname`, as containers and Kubernetes pods set it), if it has one:
+/// names scheduler members and workers, and the endpoint a worker listening on all interfaces
+/// advertises.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty())
+}

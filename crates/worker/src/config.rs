@@ -69,11 +69,32 @@ impl WorkerConfig {
         }
         match self.server.listen.parse::<std::net::SocketAddr>() {
             Ok(addr) if addr.ip().is_unspecified() => {
-                let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
-                if host.is_empty() { String::new() } else { format!("http://{host}:{}", addr.port()) }
+                nightshift_rpc::hostname().map(|host| format!("http://{host}:{}", addr.port())).unwrap_or_default()
             }
             Ok(addr) => format!("http://{addr}"),
             Err(_) => String::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_advertised_endpoint_is_explicit_or_follows_listen() {
+        let mut cfg = WorkerConfig::default();
+        assert_eq!(cfg.advertised_endpoint(), "http://127.0.0.1:50053");
+        cfg.server.listen = "0.0.0.0:7000".into();
+        let derived = cfg.advertised_endpoint();
+        match nightshift_rpc::hostname() {
+            Some(host) => assert_eq!(derived, format!("http://{host}:7000")),
+            None => assert_eq!(derived, "", "no name to advertise: cancellations wait for the heartbeat"),
+        }
+        cfg.advertise_endpoint = " http://10.0.0.7:7000 ".into();
+        assert_eq!(cfg.advertised_endpoint(), "http://10.0.0.7:7000");
+        cfg.advertise_endpoint.clear();
+        cfg.server.listen = "not an address".into();
+        assert_eq!(cfg.advertised_endpoint(), "");
     }
 }

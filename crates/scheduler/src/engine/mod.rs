@@ -53,7 +53,11 @@ struct Inner {
 impl Scheduler {
     /// A replica on `store` publishing to `queue`.
     pub fn new(store: Store, queue: Arc<dyn WorkQueue>, clock: Arc<dyn Clock>, cfg: SchedulerConfig) -> Self {
-        let member = format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple());
+        let member = format!(
+            "{}-{}",
+            nightshift_rpc::hostname().unwrap_or_else(|| "scheduler".into()),
+            uuid::Uuid::new_v4().simple()
+        );
         let inner = Inner {
             store,
             queue,
@@ -154,12 +158,4 @@ impl Scheduler {
             Err(e) => tracing::debug!(error = %e, "queue depth unavailable"),
         }
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "scheduler".into())
 }

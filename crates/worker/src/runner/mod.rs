@@ -89,9 +89,7 @@ impl Worker {
     /// A worker taking requests from `queue` and starting runs at `manager`.
     pub fn new(cfg: WorkerConfig, manager: Channel, queue: Arc<dyn WorkQueue>, events: Option<EventFn>) -> Self {
         let id = if cfg.worker_id.is_empty() {
-            let host = std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "worker".into());
+            let host = nightshift_rpc::hostname().unwrap_or_else(|| "worker".into());
             format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
         } else {
             cfg.worker_id.clone()
