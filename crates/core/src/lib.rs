@@ -34,7 +34,7 @@ pub use run::{AgentState, RunOutcome, RunStatus, TriggerKind};
 pub use schedule::{CronSpec, MisfirePolicy, Schedule, Trigger};
 pub use spec::{
     AgentSpec, BUILTIN_LOCAL_TOOLS, ConfigValue, McpServer, McpTransport, MemoryConfig, ModelConfig, ModelProvider,
-    SecretRef, SessionScope, ToolCallMode, ToolsSpec,
+    SecretRef, SessionScope, SpecOrigin, ToolCallMode, ToolsSpec,
 };
 
 /// The generated `nightshift.v1` proto types, re-exported for convenience.

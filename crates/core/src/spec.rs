@@ -284,10 +284,31 @@ fn is_credential_header(name: &str) -> bool {
     n == "authorization" || n == "proxy-authorization" || n.ends_with("-key") || n.ends_with("-token") || n == "cookie"
 }
 
+/// Where a spec being validated comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecOrigin {
+    /// A request to create or change an agent: every rule applies.
+    Request,
+    /// The store (or the manager handing it to a worker): a spec an earlier release accepted
+    /// must keep loading, so rules added since are relaxed — today one: literal MCP `env` values,
+    /// refused in requests since 2026-12. Re-applying such an agent asks for `env:` references.
+    Stored,
+}
+
 impl AgentSpec {
-    /// Validates a proto spec. This is the one validation of agent specs: the YAML manifest is
-    /// converted to proto first, so both paths share it. Every error names its field.
+    /// Validates a proto spec from a request. This is the one validation of agent specs: the
+    /// YAML manifest is converted to proto first, so both paths share it. Every error names its
+    /// field.
     pub fn from_proto(p: &pb::AgentSpec) -> Result<Self, ValidationErrors> {
+        Self::from_proto_as(p, SpecOrigin::Request)
+    }
+
+    /// [`AgentSpec::from_proto`] for a spec that was stored ([`SpecOrigin::Stored`]).
+    pub fn from_stored_proto(p: &pb::AgentSpec) -> Result<Self, ValidationErrors> {
+        Self::from_proto_as(p, SpecOrigin::Stored)
+    }
+
+    fn from_proto_as(p: &pb::AgentSpec, origin: SpecOrigin) -> Result<Self, ValidationErrors> {
         let mut errs = Errors::default();
         let name = errs.take(AgentName::parse("name", &p.name));
         check_text(&mut errs, "description", &p.description, false);
@@ -316,7 +337,7 @@ impl AgentSpec {
             }
         };
         let policy = Self::policy_from_pb(&mut errs, p.policy.as_ref());
-        let tools = Self::tools_from_pb(&mut errs, p.tools.as_ref());
+        let tools = Self::tools_from_pb(&mut errs, p.tools.as_ref(), origin);
         let memory = Self::memory_from_pb(&mut errs, p.memory.as_ref());
         let (Some(name), Some(model), Some(schedule)) = (name, model, schedule) else {
             return Err(ValidationErrors(errs.into_vec()));
@@ -412,7 +433,7 @@ impl AgentSpec {
         policy
     }
 
-    fn tools_from_pb(errs: &mut Errors, t: Option<&pb::ToolsSpec>) -> ToolsSpec {
+    fn tools_from_pb(errs: &mut Errors, t: Option<&pb::ToolsSpec>, origin: SpecOrigin) -> ToolsSpec {
         let Some(t) = t else { return ToolsSpec::default() };
         for (i, name) in t.local.iter().enumerate() {
             if !BUILTIN_LOCAL_TOOLS.contains(&name.as_str()) {
@@ -456,7 +477,11 @@ impl AgentSpec {
                             if !is_env_name(k) {
                                 errs.push(format!("{f}.env.{k}"), "is not a valid environment variable name");
                             }
-                            errs.take(ConfigValue::parse(&format!("{f}.env.{k}"), v, false)).map(|v| (k.clone(), v))
+                            // A spawned server's environment is where its credentials go: only
+                            // references, so that no secret is stored or returned by GetAgent.
+                            let must_be_secret = origin == SpecOrigin::Request;
+                            errs.take(ConfigValue::parse(&format!("{f}.env.{k}"), v, must_be_secret))
+                                .map(|v| (k.clone(), v))
                         })
                         .collect();
                     Some(McpTransport::Stdio { command: s.command.clone(), args: s.args.clone(), env })

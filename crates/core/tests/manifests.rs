@@ -92,6 +92,30 @@ fn literal_api_key_is_refused_without_echoing_it() {
     assert!(!e.to_string().contains("sk-live-abc123"), "the secret leaked into the error: {e}");
 }
 
+/// MCP server environments hold credentials: a literal is refused in a request (and not echoed),
+/// a reference is kept, and a spec stored by an earlier release that had a literal still loads.
+#[test]
+fn literal_mcp_env_values_are_refused_but_stored_ones_still_load() {
+    let mcp =
+        |value: &str| with("tools", &format!("{{mcp: [{{name: gh, command: gh-mcp, env: {{GH_TOKEN: '{value}'}}}}]}}"));
+    let e = errors_of(&mcp("ghp_secret123"));
+    assert!(e.fields().any(|f| f == "tools.mcp[0].env.GH_TOKEN"), "{e}");
+    assert!(!e.to_string().contains("ghp_secret123"), "the secret leaked into the error: {e}");
+    let ok = AgentSpec::from_yaml(&mcp("env:GH_TOKEN")).unwrap();
+    assert_eq!(ok.to_proto(), AgentSpec::from_stored_proto(&ok.to_proto()).unwrap().to_proto());
+
+    let mut legacy = ok.to_proto();
+    let Some(nightshift_core::pb::mcp_server_spec::Transport::Stdio(stdio)) =
+        legacy.tools.as_mut().and_then(|t| t.mcp.first_mut()).and_then(|m| m.transport.as_mut())
+    else {
+        panic!("a stdio server")
+    };
+    stdio.env.insert("GH_TOKEN".into(), "ghp_secret123".into());
+    assert!(AgentSpec::from_proto(&legacy).is_err(), "refused in a request");
+    let loaded = AgentSpec::from_stored_proto(&legacy).expect("an agent stored before the rule keeps loading");
+    assert_eq!(loaded.to_proto(), legacy);
+}
+
 #[test]
 fn unknown_tool_kind_is_refused() {
     assert_refused(&with("tools", "{local: [get_system_info], shell: [rm]}"), "tools");

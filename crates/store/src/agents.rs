@@ -18,7 +18,9 @@ fn encode(spec: &AgentSpec) -> Vec<u8> {
 
 pub(crate) fn decode_spec(bytes: &[u8]) -> Result<AgentSpec, StoreError> {
     let pb = pb::AgentSpec::decode(bytes).map_err(|e| StoreError::Corrupt(format!("agent spec: {e}")))?;
-    AgentSpec::from_proto(&pb).map_err(|e| StoreError::Corrupt(format!("stored agent spec no longer validates: {e}")))
+    // Stored specs load under the rules they were accepted with (`SpecOrigin::Stored`).
+    AgentSpec::from_stored_proto(&pb)
+        .map_err(|e| StoreError::Corrupt(format!("stored agent spec no longer validates: {e}")))
 }
 
 fn agent_from_row(row: &AnyRow) -> Result<AgentRecord, StoreError> {

@@ -140,7 +140,8 @@ impl Worker {
             nack(d, Duration::from_secs(5)).await;
             return;
         };
-        let spec = match AgentSpec::from_proto(&spec_pb) {
+        // The manager hands over the stored spec: it loads under the rules it was stored with.
+        let spec = match AgentSpec::from_stored_proto(&spec_pb) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(run = %run.id, error = %e, "the agent spec does not validate on this worker");
