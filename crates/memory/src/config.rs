@@ -25,7 +25,8 @@ pub struct MemoryConfig {
     /// Types whose records are embedded and indexed on Store (`working`, `episodic`, `long_term`,
     /// `procedural`).
     pub index_types: Vec<MemoryType>,
-    /// Lifetime of working memory stored without a TTL (the service does not see run ends).
+    /// Lifetime of working memory stored without a TTL: the backstop for the notes of a run
+    /// whose worker died before forgetting them when the run ended.
     #[serde(with = "nightshift_core::config::duration_text")]
     pub working_ttl: Duration,
     /// LLM that writes episodic summaries, and when it does so on its own; `provider = ""` = no

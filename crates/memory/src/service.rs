@@ -19,7 +19,7 @@ use crate::vector::{self, VectorIndex, VectorItem};
 mod grpc;
 mod summarize;
 
-use summarize::AutoSummarize;
+use summarize::{AutoSummarize, ScopeLocks};
 pub use summarize::{Budget, Retention, estimate_tokens};
 
 /// Records embedded per page while rebuilding an index.
@@ -37,10 +37,18 @@ pub struct MemoryService {
     embedder: Option<Arc<dyn Embedder>>,
     indexed: HashSet<MemoryType>,
     working_ttl: Duration,
-    summarizer: Option<Arc<dyn ChatModel>>,
-    /// Summarizing after a Store of episodes; needs `summarizer`.
-    auto_summarize: Option<AutoSummarize>,
+    summarizer: Option<Summarizer>,
+    /// The scopes being summarized (one pass per scope at a time).
+    summarizing: Arc<ScopeLocks>,
     clock: Arc<dyn Clock>,
+}
+
+/// The LLM of Summarize, and whether it also summarizes on its own.
+#[derive(Clone)]
+struct Summarizer {
+    model: Arc<dyn ChatModel>,
+    /// Summarizing after a Store of episodes; `None`: only the Summarize RPC does.
+    auto: Option<AutoSummarize>,
 }
 
 impl std::fmt::Debug for MemoryService {
@@ -51,7 +59,7 @@ impl std::fmt::Debug for MemoryService {
             .field("embedder", &self.embedder)
             .field("indexed", &self.indexed)
             .field("summarizer", &self.summarizer.is_some())
-            .field("auto_summarize", &self.auto_summarize)
+            .field("auto_summarize", &self.summarizer.as_ref().and_then(|s| s.auto.as_ref()))
             .finish_non_exhaustive()
     }
 }
@@ -69,7 +77,7 @@ impl MemoryService {
             indexed: [MemoryType::LongTerm, MemoryType::Procedural].into(),
             working_ttl: Duration::from_secs(24 * 3600),
             summarizer: None,
-            auto_summarize: None,
+            summarizing: Arc::default(),
             clock: Arc::new(SystemClock),
         })
     }
@@ -101,19 +109,27 @@ impl MemoryService {
         self
     }
 
-    /// Enables Summarize with this LLM.
+    /// Enables Summarize with this LLM (the RPC only, until [`Self::with_auto_summarize`]).
     pub fn with_summarizer(mut self, model: Arc<dyn ChatModel>) -> Self {
-        self.summarizer = Some(model);
+        self.summarizer = Some(Summarizer { model, auto: None });
         self
     }
 
-    /// With a summarizer: after every Store of episodes, a scope whose unarchived episodic
-    /// history is over `budget` is summarized in the background, the replaced records handled per
-    /// `retention` (archive or delete: keeping them would leave the history over budget and
-    /// summarize it again on every Store). An unlimited budget turns this off.
+    /// After [`Self::with_summarizer`]: after every Store of episodes, a scope whose unarchived
+    /// episodic history is over `budget` is summarized in the background, the replaced records
+    /// handled per `retention` (archive or delete: keeping them would leave the history over
+    /// budget and summarize it again on every Store). An unlimited budget turns this off, and so
+    /// does the lack of a summarizer (there is nothing to summarize with).
     pub fn with_auto_summarize(mut self, budget: Budget, retention: Retention) -> Self {
-        self.auto_summarize = (!budget.is_unlimited()).then(|| AutoSummarize::new(budget, retention));
+        if let Some(s) = &mut self.summarizer {
+            s.auto = (!budget.is_unlimited()).then(|| AutoSummarize::new(budget, retention));
+        }
         self
+    }
+
+    /// Whether a Store of episodes may start an automatic summary.
+    fn auto_summarizes(&self) -> bool {
+        self.summarizer.as_ref().is_some_and(|s| s.auto.is_some())
     }
 
     /// Uses `clock` for creation times and TTLs (tests).

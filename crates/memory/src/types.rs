@@ -77,11 +77,6 @@ impl Scope {
         let agent_id = if is_shared_session(&session) { String::new() } else { agent_id.into() };
         Self { agent_id, session }
     }
-
-    /// True for a `fixed:<id>` scope, shared by every agent naming it.
-    pub fn is_shared(&self) -> bool {
-        is_shared_session(&self.session)
-    }
 }
 
 /// True for a `fixed:<id>` session.

@@ -41,13 +41,22 @@ async fn episodes(c: &mut MemoryServiceClient<Channel>) -> Vec<pb::MemoryRecord>
 
 /// Recalls the scope's episodes until a summary shows up.
 async fn wait_for_summary(c: &mut MemoryServiceClient<Channel>, limit: Duration) -> Vec<pb::MemoryRecord> {
+    wait_for(c, limit, |got| got.iter().any(|r| r.summary)).await
+}
+
+/// Recalls the scope's episodes until `done` holds for them (`limit` at most).
+async fn wait_for(
+    c: &mut MemoryServiceClient<Channel>,
+    limit: Duration,
+    done: impl Fn(&[pb::MemoryRecord]) -> bool,
+) -> Vec<pb::MemoryRecord> {
     let started = std::time::Instant::now();
     loop {
         let got = episodes(c).await;
-        if got.iter().any(|r| r.summary) {
+        if done(&got) {
             return got;
         }
-        assert!(started.elapsed() < limit, "no summary after {limit:?}: {got:#?}");
+        assert!(started.elapsed() < limit, "not there after {limit:?}: {got:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -84,11 +93,8 @@ async fn a_store_over_the_episode_budget_summarizes_the_oldest_in_the_background
         ..Default::default()
     };
     c.store(pb::StoreMemoryRequest { records: vec![fact] }).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(model.prompts.lock().unwrap().is_empty(), "4 episodes are within a budget of 4");
-    assert!(episodes(c).await.iter().all(|r| !r.summary));
 
-    // The fifth is over: the newest 2 (half the budget) stay, the 3 older are summarized.
+    // The fifth episode is over: the newest 2 (half the budget) stay, the 3 older are summarized.
     c.store(pb::StoreMemoryRequest { records: vec![episode(4, "run 4 done")] }).await.unwrap();
     let got = wait_for_summary(c, Duration::from_secs(10)).await;
     let ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
@@ -100,7 +106,22 @@ async fn a_store_over_the_episode_budget_summarizes_the_oldest_in_the_background
     assert_eq!(summary.metadata.get("summarized_records").map(String::as_str), Some("3"));
     assert_eq!(summary.metadata.get("summarized_by").map(String::as_str), Some("counting"));
     assert_eq!(stored_episodes(c).await, 6, "archive: the 3 originals are kept, out of Recall");
-    assert_eq!(model.prompts.lock().unwrap().len(), 1, "one summary, and it did not trigger another");
+    assert_eq!(model.prompts.lock().unwrap().len(), 1, "one summary: the four earlier Stores were within budget");
+    let first = summary.id.clone();
+
+    // A sixth episode makes four unarchived records again: within budget. A seventh is over,
+    // and the next summary folds in the first one with the two episodes next to it.
+    for i in 5..7 {
+        c.store(pb::StoreMemoryRequest { records: vec![episode(i, &format!("run {i} done"))] }).await.unwrap();
+    }
+    let got = wait_for(c, Duration::from_secs(10), |got| got.iter().any(|r| r.summary && r.id != first)).await;
+    let ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "{got:#?}");
+    assert_eq!(&ids[..2], ["ep-6", "ep-5"]);
+    assert_eq!(got[2].content, "summary of 3 entries");
+    let prompts = model.prompts.lock().unwrap().clone();
+    assert_eq!(prompts.len(), 2, "the Store within budget summarized nothing: {prompts:#?}");
+    assert!(prompts[1].contains("(earlier summary)] summary of 3 entries"), "{}", prompts[1]);
     run.stop().await;
 }
 

@@ -32,13 +32,16 @@ impl pb::memory_service_server::MemoryService for MemoryService {
             .collect::<Result<Vec<_>, _>>()?;
         let kinds: Vec<&'static str> = records.iter().map(|r| r.kind.as_str()).collect();
         // Scopes that got a new episode may now be over the summary budget.
-        let grown: BTreeSet<Scope> =
-            records.iter().filter(|r| r.kind == MemoryType::Episodic && !r.summary).map(|r| r.scope.clone()).collect();
+        let grown: Option<BTreeSet<Scope>> = self.auto_summarizes().then(|| {
+            records.iter().filter(|r| r.kind == MemoryType::Episodic && !r.summary).map(|r| r.scope.clone()).collect()
+        });
         let ids = self.store_records(records).await.map_err(status_from_memory)?;
         for kind in kinds {
             metrics::counter!("nightshift_memory_records_stored_total", "type" => kind).increment(1);
         }
-        self.summarize_in_background(grown);
+        if let Some(grown) = grown {
+            self.summarize_in_background(grown);
+        }
         Ok(Response::new(pb::StoreMemoryResponse { ids }))
     }
 
@@ -125,10 +128,10 @@ impl pb::memory_service_server::MemoryService for MemoryService {
         let tokens = if req.token_budget == 0 { 2000 } else { req.token_budget as usize };
         let budget = Budget { tokens, records: req.max_records as usize };
         let retention = retention_from_pb("retention", req.retention)?;
-        let Some(model) = &self.summarizer else {
+        let Some(summarizer) = &self.summarizer else {
             return Err(Status::failed_precondition("Summarize is not configured (set [summarizer])"));
         };
-        let (summary, n) = match self.summarize_scope(model.as_ref(), &scope, budget, retention).await {
+        let (summary, n) = match self.summarize_scope(summarizer.model.as_ref(), &scope, budget, retention).await {
             Ok(done) => done,
             Err(e) => {
                 count_summary("rpc", "error");

@@ -9,9 +9,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio::sync::OwnedMutexGuard;
+
 use nightshift_llm::{ChatModel, ChatRequest};
 
-use super::MemoryService;
+use super::{MemoryService, Summarizer};
 use crate::error::MemoryError;
 use crate::types::{MemoryRecord, MemoryType, RecallQuery, Scope, to_millis_precision};
 
@@ -37,14 +39,16 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// A budget of `tokens` only.
-    pub fn tokens(tokens: usize) -> Self {
-        Self { tokens, records: 0 }
-    }
-
     /// True when nothing is ever over this budget.
     pub fn is_unlimited(&self) -> bool {
         self.tokens == 0 && self.records == 0
+    }
+
+    /// How many of the newest records decide whether a history is over this budget: one more
+    /// than the smaller limit (every record is at least one token, as content is never empty).
+    /// `None` when unlimited.
+    fn window(&self) -> Option<usize> {
+        [self.tokens, self.records].into_iter().filter(|&n| n > 0).map(|n| n.saturating_add(1)).min()
     }
 
     fn exceeded_by(&self, tokens: usize, records: usize) -> bool {
@@ -63,6 +67,9 @@ pub fn estimate_tokens(text: &str) -> usize {
     text.chars().count().div_ceil(4)
 }
 
+/// Most records one summary replaces.
+const MAX_HISTORY: usize = 10_000;
+
 const SUMMARY_SYSTEM: &str = "You compress the episodic memory of a background agent. Write one concise summary \
     of the entries below that keeps the facts, decisions, results, failures and open questions a later run \
     needs. Plain text, no preamble.";
@@ -72,8 +79,9 @@ const SUMMARY_SYSTEM: &str = "You compress the episodic memory of a background a
 pub(super) struct AutoSummarize {
     pub(super) budget: Budget,
     pub(super) retention: Retention,
-    /// Scopes being summarized by this process, and whether another Store arrived meanwhile
-    /// (then the task goes round once more instead of a second task racing the first).
+    /// Scopes with an automatic task in this process, and whether another Store arrived
+    /// meanwhile (then the task goes round once more instead of a second task queueing behind
+    /// the first on the scope's lock).
     running: Arc<Mutex<HashMap<Scope, bool>>>,
 }
 
@@ -113,11 +121,45 @@ impl AutoSummarize {
     }
 }
 
+/// The scopes being summarized in this process, whoever asked (the Summarize RPC or a Store's
+/// automatic pass): two passes over one scope at once would summarize the same episodes twice.
+#[derive(Debug, Default)]
+pub(super) struct ScopeLocks(Mutex<HashMap<Scope, Arc<tokio::sync::Mutex<()>>>>);
+
+impl ScopeLocks {
+    /// Waits until no other pass holds `scope`, then holds it until the guard is dropped.
+    async fn lock(self: &Arc<Self>, scope: &Scope) -> ScopeGuard {
+        let lock = self.0.lock().unwrap_or_else(PoisonError::into_inner).entry(scope.clone()).or_default().clone();
+        ScopeGuard { locks: self.clone(), scope: scope.clone(), guard: Some(lock.lock_owned().await) }
+    }
+}
+
+/// A scope held by one summarizing pass.
+struct ScopeGuard {
+    locks: Arc<ScopeLocks>,
+    scope: Scope,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for ScopeGuard {
+    fn drop(&mut self) {
+        let mut locks = self.locks.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // Clones are only made under the map's lock: held by the map and this guard alone, nobody
+        // waits for the scope, and its entry goes (the map would otherwise grow with every scope
+        // ever summarized).
+        if let Some(guard) = self.guard.take()
+            && Arc::strong_count(OwnedMutexGuard::mutex(&guard)) == 2
+        {
+            locks.remove(&self.scope);
+        }
+    }
+}
+
 impl MemoryService {
     /// Summarizes the episodic history of `scope` when it exceeds `budget`: the oldest records
     /// (keeping the newest within half the budget) are replaced by one summary record written by
     /// `model`, and handled per `retention`. Returns the summary (none if within budget) and how
-    /// many records it replaced.
+    /// many records it replaced. One pass per scope at a time in this process: a second waits.
     pub async fn summarize_scope(
         &self,
         model: &dyn ChatModel,
@@ -125,12 +167,20 @@ impl MemoryService {
         budget: Budget,
         retention: Retention,
     ) -> Result<(Option<MemoryRecord>, usize), MemoryError> {
+        let Some(window) = budget.window() else { return Ok((None, 0)) };
+        let _held = self.summarizing.lock(scope).await;
         let store = self.store(MemoryType::Episodic);
-        // Newest first; bounded so one call cannot load an unbounded history.
-        let history = store.recent(&RecallQuery::new(scope.clone(), MemoryType::Episodic, 10_000)).await?;
+        // Newest first. This runs after every Store of an episode: read only what decides
+        // whether the history is over budget, not the whole history.
+        let mut history = store.recent(&RecallQuery::new(scope.clone(), MemoryType::Episodic, window)).await?;
         let total: usize = history.iter().map(|r| estimate_tokens(&r.content)).sum();
         if !budget.exceeded_by(total, history.len()) {
             return Ok((None, 0));
+        }
+        if history.len() == window {
+            // Over budget, and there may be more: the summary replaces the whole older history
+            // (bounded so one call cannot load an unbounded one).
+            history = store.recent(&RecallQuery::new(scope.clone(), MemoryType::Episodic, MAX_HISTORY)).await?;
         }
         let mut kept_tokens = 0;
         let mut split = 0;
@@ -213,7 +263,7 @@ impl MemoryService {
     /// now over the automatic budget. Does nothing without a summarizer or automatic budget.
     /// Failures are logged and counted; the next Store of the scope tries again.
     pub(super) fn summarize_in_background(&self, scopes: impl IntoIterator<Item = Scope>) {
-        let (Some(model), Some(auto)) = (&self.summarizer, &self.auto_summarize) else { return };
+        let Some(Summarizer { model, auto: Some(auto) }) = &self.summarizer else { return };
         for scope in scopes {
             if !auto.claim(&scope) {
                 continue;
@@ -259,15 +309,42 @@ mod tests {
         assert!(b.exceeded_by(101, 1));
         assert!(b.exceeded_by(10, 5));
         assert!(b.keeps(50, 2) && !b.keeps(51, 1) && !b.keeps(1, 3));
-        let tokens_only = Budget::tokens(100);
+        let tokens_only = Budget { tokens: 100, records: 0 };
         assert!(!tokens_only.exceeded_by(100, 10_000));
         assert!(tokens_only.keeps(50, 10_000));
         assert!(Budget::default().is_unlimited() && !Budget::default().exceeded_by(usize::MAX, usize::MAX));
     }
 
     #[test]
+    fn the_window_read_to_decide_is_one_past_the_smaller_limit() {
+        assert_eq!(Budget { tokens: 100, records: 4 }.window(), Some(5));
+        assert_eq!(Budget { tokens: 3, records: 50 }.window(), Some(4));
+        assert_eq!(Budget { tokens: 0, records: 50 }.window(), Some(51));
+        assert_eq!(Budget { tokens: usize::MAX, records: 0 }.window(), Some(usize::MAX));
+        assert_eq!(Budget::default().window(), None);
+    }
+
+    #[tokio::test]
+    async fn a_second_pass_over_a_scope_waits_for_the_first_and_the_lock_goes_with_the_last() {
+        let locks = Arc::new(ScopeLocks::default());
+        let (a, b) = (Scope::new("a", "agent"), Scope::new("b", "agent"));
+        let first = locks.lock(&a).await;
+        let _other_scope = locks.lock(&b).await;
+        let second = tokio::spawn({
+            let (locks, a) = (locks.clone(), a.clone());
+            async move { drop(locks.lock(&a).await) }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!second.is_finished(), "the scope is held by the first pass");
+        drop(first);
+        second.await.unwrap();
+        let held = locks.0.lock().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(held, [b], "nobody holds or waits for `a`: its entry is gone");
+    }
+
+    #[test]
     fn a_scope_is_claimed_once_and_goes_round_again_after_a_store_meanwhile() {
-        let auto = AutoSummarize::new(Budget::tokens(10), Retention::Archive);
+        let auto = AutoSummarize::new(Budget { tokens: 10, records: 0 }, Retention::Archive);
         let s = Scope::new("a", "agent");
         assert!(auto.claim(&s));
         assert!(!auto.claim(&s), "a second store while running does not start a second task");
