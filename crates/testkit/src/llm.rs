@@ -30,6 +30,9 @@ pub struct Script {
     pub delay_ms: AtomicU64,
     /// Tools the first turn calls: (substring of the offered tool name, arguments JSON).
     pub calls: Mutex<Vec<(String, String)>>,
+    /// Tools a second round calls, once the first round's results are all in (empty: the turn
+    /// after the first round answers).
+    pub then_calls: Mutex<Vec<(String, String)>>,
     /// The system message of every first turn, in arrival order (what the runtime put into the
     /// prompt, e.g. recalled memory).
     pub systems: Mutex<Vec<String>>,
@@ -59,34 +62,21 @@ async fn chat(State(s): State<Arc<Script>>, Json(body): Json<Value>) -> axum::re
             .unwrap_or_default();
         s.systems.lock().unwrap().push(system.to_owned());
         s.first_turns.fetch_add(1, Ordering::SeqCst);
-        let offered: Vec<String> = body["tools"]
-            .as_array()
-            .map(|t| t.iter().filter_map(|t| t["function"]["name"].as_str().map(str::to_owned)).collect())
-            .unwrap_or_default();
         let mut wanted = s.calls.lock().unwrap().clone();
         if wanted.is_empty() {
             wanted.push(("calculate_area".into(), r#"{"shape": "rectangle", "width": 3, "height": 4}"#.into()));
         }
-        let calls: Vec<Value> = wanted
-            .iter()
-            .enumerate()
-            .map(|(i, (needle, args))| {
-                let name =
-                    offered.iter().find(|n| n.contains(needle.as_str())).cloned().unwrap_or_else(|| needle.clone());
-                json!({"id": format!("call_{i}"), "type": "function", "function": {"name": name, "arguments": args}})
-            })
-            .collect();
-        return Json(json!({
-            "id": "c1", "object": "chat.completion", "model": "scripted",
-            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
-                "tool_calls": calls}}],
-            "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}
-        }))
-        .into_response();
+        return tool_calls(&body, &wanted, 0);
     }
     s.second_turns.fetch_add(1, Ordering::SeqCst);
     while s.hang_second_turn.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let results = body["messages"].as_array().map_or(0, |m| m.iter().filter(|m| m["role"] == "tool").count());
+    let first_round = s.calls.lock().unwrap().len().max(1);
+    let then = s.then_calls.lock().unwrap().clone();
+    if results == first_round && !then.is_empty() {
+        return tool_calls(&body, &then, first_round);
     }
     let tool_output = body["messages"]
         .as_array()
@@ -97,6 +87,31 @@ async fn chat(State(s): State<Arc<Script>>, Json(body): Json<Value>) -> axum::re
         "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
             "content": format!("The area is 12. Tool said: {}", tool_output.unwrap_or_default())}}],
         "usage": {"prompt_tokens": 80, "completion_tokens": 12, "total_tokens": 92}
+    }))
+    .into_response()
+}
+
+/// An assistant turn calling `wanted` (tool name substring, arguments), with call ids from `first_id`.
+fn tool_calls(body: &Value, wanted: &[(String, String)], first_id: usize) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let offered: Vec<String> = body["tools"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["function"]["name"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let calls: Vec<Value> = wanted
+        .iter()
+        .enumerate()
+        .map(|(i, (needle, args))| {
+            let name = offered.iter().find(|n| n.contains(needle.as_str())).cloned().unwrap_or_else(|| needle.clone());
+            let id = format!("call_{}", first_id + i);
+            json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
+        })
+        .collect();
+    Json(json!({
+        "id": "c1", "object": "chat.completion", "model": "scripted",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+            "tool_calls": calls}}],
+        "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}
     }))
     .into_response()
 }

@@ -52,11 +52,21 @@ pub struct HttpFixture {
 impl HttpFixture {
     /// Starts it on a free loopback port and waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// [`HttpFixture::start`] with the `journal` tool writing to `journal`.
+    pub fn with_journal(journal: &Path) -> Self {
+        Self::start_with(Some(journal))
+    }
+
+    fn start_with(journal: Option<&Path>) -> Self {
         let port = free_port();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mcp/http_server.py");
         let child = std::process::Command::new(&servers().mcp_python)
             .arg(&script)
             .arg(port.to_string())
+            .args(journal)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
