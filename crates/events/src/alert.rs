@@ -6,9 +6,9 @@
 //!   alert);
 //! - `consecutive_failures = N`: the N-th failure in a row of an agent (no
 //!   `BACKGROUND_TASK_COMPLETED` in between) alerts once per streak, regardless of the rate limit;
-//! - an event id seen before (one of the last [`MAX_SEEN`]) is ignored, so an event delivered
-//!   again (a resubscription from an older cursor, an id stored twice after the log's dedup
-//!   window) neither alerts nor counts twice.
+//! - an event id seen before (one of the last `MAX_SEEN`, 10,000) is ignored, so an event
+//!   delivered again (a resubscription from an older cursor, an id stored twice after the log's
+//!   dedup window) neither alerts nor counts twice.
 //!
 //! Delivery ([`WebhookSender`]) retries connection errors, 429 and 5xx with doubling backoff;
 //! other 4xx answers are final. [`AlertConsumer`] is what the events role runs (`[alerts]`): it
@@ -101,8 +101,6 @@ pub struct Alert {
     pub agent_id: String,
     /// The failed run.
     pub run_id: String,
-    /// Cursor of the event that raised it.
-    pub cursor: String,
     /// The message (Slack `text`).
     pub text: String,
 }
@@ -129,7 +127,7 @@ pub struct AlertRules {
 const MAX_TRACKED: usize = 10_000;
 /// Event ids remembered for deduplication (failures and completions only), oldest forgotten
 /// first.
-pub const MAX_SEEN: usize = 10_000;
+const MAX_SEEN: usize = 10_000;
 /// Longest wait between two delivery attempts of one alert.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -140,7 +138,7 @@ impl AlertRules {
     }
 
     /// Feeds one event; returns the alert it raises, if any. An event whose id was fed before
-    /// (among the last [`MAX_SEEN`]) is ignored.
+    /// (among the last `MAX_SEEN`) is ignored.
     pub fn observe(&mut self, e: &pb::Event) -> Option<Alert> {
         let failed = match pb::EventType::try_from(e.r#type).ok().and_then(EventType::from_pb)? {
             EventType::BackgroundTaskError => true,
@@ -215,7 +213,7 @@ impl AlertRules {
         if suppressed > 0 {
             text.push_str(&format!(" ({suppressed} more failure(s) since the last alert)"));
         }
-        Some(Alert { reason, agent_id: e.agent_id.clone(), run_id: e.run_id.clone(), cursor: e.cursor.clone(), text })
+        Some(Alert { reason, agent_id: e.agent_id.clone(), run_id: e.run_id.clone(), text })
     }
 }
 
@@ -248,19 +246,16 @@ pub struct WebhookSender {
 }
 
 impl WebhookSender {
-    /// A sender for `policy.webhook_url`.
+    /// A sender for `policy.webhook_url`, making `policy.max_attempts` attempts per alert
+    /// (see [`crate::EventsConfig::validate`]: at least 1; with 0 every alert fails unsent).
     pub fn new(policy: &AlertPolicy) -> Result<Self, AlertError> {
-        // The message does not echo the URL: incoming-webhook URLs are secrets.
-        let url = reqwest::Url::parse(&policy.webhook_url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .ok_or_else(|| AlertError::Config("webhook_url is not a valid http(s) URL".into()))?;
+        let url = parse_webhook_url(&policy.webhook_url).map_err(|e| AlertError::Config(format!("webhook_url {e}")))?;
         let client = reqwest::Client::builder()
             .timeout(policy.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| AlertError::Config(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self { client, url, max_attempts: policy.max_attempts.max(1), retry_backoff: policy.retry_backoff })
+        Ok(Self { client, url, max_attempts: policy.max_attempts, retry_backoff: policy.retry_backoff })
     }
 
     /// Delivers `alert`.
@@ -284,6 +279,19 @@ impl WebhookSender {
         }
         Err(AlertError::Unavailable { attempts: self.max_attempts, last })
     }
+}
+
+/// Parses an alert webhook URL: `http://` or `https://` with a host. The error says what is
+/// wrong without echoing the URL (incoming-webhook URLs carry their credential).
+pub(crate) fn parse_webhook_url(url: &str) -> Result<reqwest::Url, String> {
+    if url.is_empty() {
+        return Err("is required when [alerts] is present".into());
+    }
+    let url = reqwest::Url::parse(url).map_err(|e| format!("is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    Ok(url)
 }
 
 /// The events the alert rules look at.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use nightshift_rpc::ServerOptions;
 use serde::{Deserialize, Serialize};
 
-use crate::alert::AlertPolicy;
+use crate::alert::{AlertPolicy, parse_webhook_url};
 use crate::log::LogOptions;
 
 /// Settings of the event service role. See the crate documentation for an example file.
@@ -95,15 +95,7 @@ impl EventsConfig {
     /// opens). The first bad key is named.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(a) = &self.alerts {
-            // The message does not echo the URL: incoming-webhook URLs are secrets.
-            if a.webhook_url.is_empty() {
-                return Err(invalid("alerts.webhook_url", "is required when [alerts] is present"));
-            }
-            let url = reqwest::Url::parse(&a.webhook_url)
-                .map_err(|e| invalid("alerts.webhook_url", format!("is not a URL ({e})")))?;
-            if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
-                return Err(invalid("alerts.webhook_url", "must be an http:// or https:// URL with a host"));
-            }
+            parse_webhook_url(&a.webhook_url).map_err(|message| invalid("alerts.webhook_url", message))?;
             if !a.on_task_error && a.consecutive_failures == 0 {
                 return Err(invalid(
                     "alerts.on_task_error",

@@ -87,7 +87,7 @@ mod validate;
 
 use std::sync::Arc;
 
-pub use alert::{Alert, AlertError, AlertPolicy, AlertReason, AlertRules, MAX_SEEN, WebhookSender};
+pub use alert::{Alert, AlertError, AlertPolicy, AlertReason, AlertRules, WebhookSender};
 pub use config::{ConfigError, EventsConfig, SinkConfig};
 pub use error::EventLogError;
 pub use log::{Appended, EventLog, LogOptions, Page, ReadQuery, StartAt, SubscriptionItem};

@@ -171,6 +171,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// The backend's name (`memory`, `redis`, `nats`).
     fn backend(&self) -> &'static str;
 
+    /// Whether the log outlives the process (Redis, NATS). The memory log forgets everything
+    /// with the process and numbers its cursors from 1 again, so no cursor of it is worth keeping.
+    fn is_durable(&self) -> bool;
+
     /// Appends one event (its `cursor` field is ignored and assigned).
     async fn append(&self, event: pb::Event) -> Result<Appended, EventLogError>;
 
@@ -237,6 +241,8 @@ pub(crate) trait RawReader: Send {
 #[async_trait::async_trait]
 pub(crate) trait Backend: Clone + Send + Sync + 'static {
     fn name(&self) -> &'static str;
+    /// See [`EventLog::is_durable`].
+    fn durable(&self) -> bool;
     fn options(&self) -> &LogOptions;
     fn parse_cursor(&self, cursor: &str) -> Result<Pos, EventLogError>;
     fn format_cursor(&self, pos: Pos) -> String;
@@ -257,6 +263,10 @@ fn count_appended(backend: &'static str, out: &[Appended]) {
 impl<B: Backend> EventLog for B {
     fn backend(&self) -> &'static str {
         self.name()
+    }
+
+    fn is_durable(&self) -> bool {
+        self.durable()
     }
 
     async fn append(&self, event: pb::Event) -> Result<Appended, EventLogError> {

@@ -82,6 +82,10 @@ impl Backend for MemoryLog {
         "memory"
     }
 
+    fn durable(&self) -> bool {
+        false
+    }
+
     fn options(&self) -> &LogOptions {
         &self.inner.opts
     }

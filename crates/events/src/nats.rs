@@ -181,6 +181,10 @@ impl Backend for NatsLog {
         "nats"
     }
 
+    fn durable(&self) -> bool {
+        true
+    }
+
     fn options(&self) -> &LogOptions {
         &self.inner.opts
     }

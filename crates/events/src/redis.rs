@@ -307,6 +307,10 @@ impl Backend for RedisLog {
         "redis"
     }
 
+    fn durable(&self) -> bool {
+        true
+    }
+
     fn options(&self) -> &LogOptions {
         &self.inner.opts
     }

@@ -11,11 +11,12 @@ use nightshift_rpc::{CancellationToken, GrpcServer, Role, RoleError};
 use crate::alert::{AlertConsumer, AlertDelivery, AlertError, alert_filter};
 use crate::config::ConfigError;
 use crate::consumer::Follower;
-use crate::log::{EventLog, StartAt};
+use crate::log::StartAt;
 use crate::sink::{JsonLinesSink, SinkError};
 use crate::{EventLogError, EventService, EventsConfig, SERVICE_NAME};
 
-/// How long queued alerts may still be delivered once shutdown begins.
+/// How long the events stored until shutdown may still be read and their alerts delivered once
+/// shutdown begins.
 const ALERT_DRAIN: Duration = Duration::from_secs(10);
 
 /// Why the events role could not be built.
@@ -56,7 +57,7 @@ impl EventsRole {
                 let (consumer, delivery) = AlertConsumer::new(a.clone(), Arc::new(SystemClock))?;
                 // Alerts are about what happens from now on: with a durable log, replaying
                 // history after a restart would repeat alerts already sent.
-                let follower = Follower::open(log.clone(), alert_filter(), StartAt::Now).await?;
+                let follower = Follower::open(log.clone(), alert_filter(), StartAt::Now, "alerts").await?;
                 tracing::info!(
                     on_task_error = a.on_task_error,
                     consecutive_failures = a.consecutive_failures,
@@ -68,35 +69,16 @@ impl EventsRole {
         let sink = match &config.sink {
             None => None,
             Some(s) => {
-                // Only the memory log forgets everything (and restarts its cursors) with the process.
-                let durable = log.backend() != "memory";
-                let (sink, saved) = JsonLinesSink::open(s, durable).await?;
-                let follower = open_sink_follower(&log, saved).await?;
+                let (sink, saved) = JsonLinesSink::open(s, log.is_durable()).await?;
+                // After the saved cursor; without one from now (the memory log is empty at
+                // start-up anyway).
+                let start = saved.map_or(StartAt::Now, StartAt::After);
+                let follower = Follower::open(log.clone(), EventFilter::default(), start, "sink").await?;
                 tracing::info!(path = %s.path.display(), "JSON-lines sink on");
                 Some((follower, sink))
             }
         };
         Ok(Self { service: EventService::new(log), alerts, sink })
-    }
-}
-
-/// Continues after the sink's saved cursor; without one, from now (the memory log is empty at
-/// start-up anyway).
-async fn open_sink_follower(log: &Arc<dyn EventLog>, saved: Option<String>) -> Result<Follower, EventLogError> {
-    let Some(cursor) = saved else {
-        return Follower::open(log.clone(), EventFilter::default(), StartAt::Now).await;
-    };
-    match Follower::open(log.clone(), EventFilter::default(), StartAt::After(cursor.clone())).await {
-        Err(EventLogError::CursorExpired { lost, .. }) => {
-            tracing::error!(cursor, lost, "sink: events after its cursor expired; continuing with the oldest retained");
-            Follower::open(log.clone(), EventFilter::default(), StartAt::Beginning).await
-        }
-        Err(EventLogError::InvalidCursor(_)) => {
-            // E.g. the backend changed: the old position means nothing here.
-            tracing::warn!(cursor, "sink: its saved cursor is not one of this log; starting from now");
-            Follower::open(log.clone(), EventFilter::default(), StartAt::Now).await
-        }
-        other => other,
     }
 }
 
@@ -114,19 +96,31 @@ impl Role for EventsRole {
     async fn run(self: Box<Self>, shutdown: CancellationToken) -> Result<(), RoleError> {
         let Self { service, alerts, sink } = *self;
         let alerts = async {
-            let Some((follower, mut consumer, delivery)) = alerts else { return };
+            let Some((mut follower, mut consumer, delivery)) = alerts else { return };
             let mut delivering = tokio::spawn(delivery.run());
             follower.run(&mut consumer, &shutdown).await;
+            // The other roles of the process drain now, and the failures they store deserve
+            // alerts too: read up to the log's head before closing the queue.
+            let deadline = tokio::time::Instant::now() + ALERT_DRAIN;
+            match tokio::time::timeout_at(deadline, follower.drain(&mut consumer)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "alerts: cannot read the events stored during shutdown"),
+                Err(_) => tracing::warn!("alerts: events stored during shutdown were not all read in time"),
+            }
             // Dropping the consumer closes the queue: the delivery ends once it is empty.
             drop(consumer);
-            if tokio::time::timeout(ALERT_DRAIN, &mut delivering).await.is_err() {
+            if tokio::time::timeout_at(deadline, &mut delivering).await.is_err() {
                 delivering.abort();
                 tracing::warn!("alerts still queued at shutdown were not delivered");
             }
         };
         let sink = async {
-            let Some((follower, mut sink)) = sink else { return };
+            let Some((mut follower, mut sink)) = sink else { return };
             follower.run(&mut sink, &shutdown).await;
+            // The cursor is saved at most once a second while running: save the last one now.
+            if let Err(e) = sink.save_position().await {
+                tracing::warn!(error = %e, "sink: cannot save its cursor at shutdown");
+            }
         };
         let service = async {
             shutdown.cancelled().await;

@@ -2,14 +2,18 @@
 //! line (see [`event_to_json`]), for log aggregation.
 //!
 //! Position: with a durable backend (Redis, NATS) the cursor of the last written event is kept
-//! in `<path>.cursor` (replaced atomically after every written batch), and a restarted role
-//! continues strictly after it, so events appended while it was down are written too. The line
-//! is written before the cursor, so a crash between the two writes that batch again on restart:
-//! delivery is at least once, and consumers of the file may deduplicate by `id`. With the memory
+//! in `<path>.cursor` (replaced atomically at most once a second, and at shutdown), and a
+//! restarted role continues strictly after it, so events appended while it was down are written
+//! too. Lines are written before the cursor that covers them, so a process crash writes the
+//! batches of up to the last second again on restart: delivery is at least once, and consumers
+//! of the file may deduplicate by `id`. Nothing is fsynced: after a crash of the machine itself
+//! the file may lack lines the cursor covers. A batch is written whole or not at all: a write
+//! that fails partway is cut off again, so a retry never leaves a broken line. With the memory
 //! backend nothing survives the process, its cursors start again at 1, and no cursor file is
 //! kept; the sink starts with the log, empty, at start-up. Rotate the file by copy and truncate
 //! (it is opened in append mode).
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nightshift_core::pb;
 use nightshift_events_client::event_to_json;
@@ -17,6 +21,11 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::SinkConfig;
 use crate::consumer::{Consumer, ConsumerError};
+
+/// The cursor file is replaced at most this often: a write and a rename per (usually
+/// one-event) batch would cost more than the line itself, and at-least-once delivery only
+/// repeats what the last interval wrote.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the sink could not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +43,10 @@ pub(crate) struct JsonLinesSink {
     file: tokio::fs::File,
     /// `<path>.cursor`, when the position is kept.
     cursor_path: Option<PathBuf>,
+    /// The cursor of the last written event, while it is not saved yet.
+    unsaved: Option<String>,
+    /// When the cursor file was last replaced.
+    saved_at: Instant,
     buf: Vec<u8>,
 }
 
@@ -60,16 +73,41 @@ impl JsonLinesSink {
                 Err(e) => return Err(at(p)(e)),
             },
         };
-        Ok((Self { file, cursor_path, buf: Vec::new() }, saved))
+        let sink = Self { file, cursor_path, unsaved: None, saved_at: Instant::now(), buf: Vec::new() };
+        Ok((sink, saved))
     }
 
-    async fn save_cursor(&self, cursor: &str) -> std::io::Result<()> {
-        let Some(path) = &self.cursor_path else { return Ok(()) };
+    /// Saves the cursor of the last written event, if it is not saved yet (at shutdown).
+    pub(crate) async fn save_position(&mut self) -> std::io::Result<()> {
+        let (Some(path), Some(cursor)) = (&self.cursor_path, &self.unsaved) else { return Ok(()) };
         // Write-then-rename, so a crash leaves the old or the new cursor, never a torn one.
         let mut tmp = path.clone().into_os_string();
         tmp.push(".tmp");
         tokio::fs::write(&tmp, cursor).await?;
-        tokio::fs::rename(&tmp, path).await
+        tokio::fs::rename(&tmp, path).await?;
+        self.unsaved = None;
+        self.saved_at = Instant::now();
+        Ok(())
+    }
+
+    /// Appends `self.buf` whole: on a failure partway the file is cut back to its length
+    /// before, so that the retry of the batch does not follow a torn line.
+    async fn append_batch(&mut self) -> std::io::Result<()> {
+        let len = self.file.metadata().await?.len();
+        let written = async {
+            self.file.write_all(&self.buf).await?;
+            // Hands the bytes to the OS (tokio writes in the background) before the cursor
+            // may move past them.
+            self.file.flush().await
+        }
+        .await;
+        if let Err(e) = written {
+            if let Err(cut) = self.file.set_len(len).await {
+                tracing::error!(error = %cut, "sink: cannot cut a partly written batch off the file");
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
@@ -92,11 +130,18 @@ impl Consumer for JsonLinesSink {
             serde_json::to_writer(&mut self.buf, &event_to_json(e))?;
             self.buf.push(b'\n');
         }
-        // One write per batch; flush hands it to the OS before the cursor moves past it.
-        self.file.write_all(&self.buf).await?;
-        self.file.flush().await?;
-        if let Some(last) = events.last() {
-            self.save_cursor(&last.cursor).await?;
+        self.append_batch().await?;
+        if self.cursor_path.is_some()
+            && let Some(last) = events.last()
+        {
+            self.unsaved = Some(last.cursor.clone());
+            // A cursor that cannot be saved now is saved with a later batch: failing the batch
+            // would only write its lines again.
+            if self.saved_at.elapsed() >= SAVE_EVERY
+                && let Err(e) = self.save_position().await
+            {
+                tracing::warn!(error = %e, "sink: cannot save its cursor; trying again with the next batch");
+            }
         }
         Ok(())
     }

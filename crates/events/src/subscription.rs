@@ -15,7 +15,7 @@
 //! unbounded memory. Resuming after that cursor replays the missed events from history.
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use chrono::{DateTime, Utc};
@@ -32,6 +32,22 @@ use crate::log::{Backend, Entry, Pos, RawFrom, RawReader, StartAt, SubscriptionI
 /// the log is closed, or after an error.
 pub struct Subscription {
     inner: Pin<Box<dyn Stream<Item = Result<SubscriptionItem, EventLogError>> + Send>>,
+    /// Shared with the stream's state: see [`Subscription::position`].
+    read: Arc<Mutex<Pos>>,
+    format: Box<dyn Fn(Pos) -> String + Send + Sync>,
+}
+
+impl Subscription {
+    /// The cursor this subscription has read the log up to: every matching event up to and
+    /// including it has been yielded, and the entries the filter skipped count as read too.
+    /// Subscribing again with [`StartAt::After`] this cursor continues without a gap or a repeat,
+    /// however selective the filter (the cursor of the last *matching* event may lie far behind,
+    /// even before the retained history). `None` while nothing was read yet from a start at the
+    /// beginning or at a time; a subscription from [`StartAt::Now`] starts at the log's head.
+    pub fn position(&self) -> Option<String> {
+        let pos = *self.read.lock().unwrap_or_else(PoisonError::into_inner);
+        (pos != Pos::ZERO).then(|| (self.format)(pos))
+    }
 }
 
 impl std::fmt::Debug for Subscription {
@@ -66,8 +82,11 @@ struct State<B: Backend> {
     head_at_start: Pos,
     /// Last processed position: every matching event up to here was delivered or queued.
     pos: Pos,
+    /// Every matching event up to here was yielded ([`Subscription::position`]): `pos`, or while
+    /// events are queued, the position of the last one yielded.
+    read: Arc<Mutex<Pos>>,
     mode: Mode,
-    pending: VecDeque<pb::Event>,
+    pending: VecDeque<(Pos, pb::Event)>,
 }
 
 pub(crate) async fn subscribe<B: Backend>(
@@ -89,6 +108,11 @@ pub(crate) async fn subscribe<B: Backend>(
         }
         StartAt::Since(t) => (Some(RawFrom::Time(t.checked_sub_signed(skew).unwrap_or(t))), Pos::ZERO, Some(t)),
     };
+    let read = Arc::new(Mutex::new(pos));
+    let format = {
+        let backend = backend.clone();
+        Box::new(move |p| backend.format_cursor(p))
+    };
     let mut state = State {
         backend,
         filter,
@@ -97,6 +121,7 @@ pub(crate) async fn subscribe<B: Backend>(
         reader: None,
         head_at_start: head,
         pos,
+        read: read.clone(),
         mode: Mode::Sync,
         pending: VecDeque::new(),
     };
@@ -107,7 +132,7 @@ pub(crate) async fn subscribe<B: Backend>(
         state.catch_up_page().await?;
     }
     let stream = futures::stream::unfold(state, |mut st| async move { st.next_item().await.map(|item| (item, st)) });
-    Ok(Subscription { inner: Box::pin(stream) })
+    Ok(Subscription { inner: Box::pin(stream), read, format })
 }
 
 impl<B: Backend> State<B> {
@@ -121,8 +146,20 @@ impl<B: Backend> State<B> {
             && self.filter.matches(ev)
             && in_window(ev, self.since, None)
         {
-            self.pending.push_back(ev.clone());
+            self.pending.push_back((entry.pos, ev.clone()));
         }
+        self.mark_read();
+    }
+
+    /// With nothing queued, everything up to `pos` has been yielded.
+    fn mark_read(&self) {
+        if self.pending.is_empty() {
+            self.set_read(self.pos);
+        }
+    }
+
+    fn set_read(&self, pos: Pos) {
+        *self.read.lock().unwrap_or_else(PoisonError::into_inner) = pos;
     }
 
     async fn catch_up_page(&mut self) -> Result<(), EventLogError> {
@@ -142,6 +179,7 @@ impl<B: Backend> State<B> {
                 // Everything up to the head at subscription time was read (or lies before a
                 // time start position): live entries up to there are not new.
                 self.pos = self.head_at_start;
+                self.mark_read();
             }
             self.mode = Mode::Sync;
         }
@@ -150,7 +188,8 @@ impl<B: Backend> State<B> {
 
     async fn next_item(&mut self) -> Option<Result<SubscriptionItem, EventLogError>> {
         loop {
-            if let Some(ev) = self.pending.pop_front() {
+            if let Some((at, ev)) = self.pending.pop_front() {
+                self.set_read(if self.pending.is_empty() { self.pos } else { at });
                 return Some(Ok(SubscriptionItem::Event(ev)));
             }
             match self.mode {

@@ -4,8 +4,6 @@
 //! loopback), a real file for the sink, and Redis for the restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nightshift_core::pb::event_service_client::EventServiceClient;
@@ -13,52 +11,10 @@ use nightshift_core::{EventType, pb};
 use nightshift_events::{AlertPolicy, EventsBuildError, EventsConfig, EventsRole, SinkConfig};
 use nightshift_events_client::{EventPublisher, PublisherOptions, json_to_struct};
 use nightshift_rpc::{GrpcServer, Role, ServeError, serve_roles};
+use nightshift_testkit::webhook::WebhookReceiver;
 use tonic::transport::Channel;
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// A webhook receiver: answers 503 to its first `fail_first` requests, 200 afterwards, and
-/// records the `text` of the accepted ones.
-#[derive(Clone, Default)]
-struct Hook {
-    url: String,
-    fail_first: u32,
-    calls: Arc<AtomicU32>,
-    texts: Arc<Mutex<Vec<String>>>,
-}
-
-impl Hook {
-    async fn start(fail_first: u32) -> Self {
-        use axum::Json;
-        use axum::http::StatusCode;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let hook = Hook {
-            url: format!("http://{}/hooks/T0/B0/secret", listener.local_addr().unwrap()),
-            fail_first,
-            ..Hook::default()
-        };
-        let state = hook.clone();
-        let app = axum::Router::new().route(
-            "/hooks/T0/B0/secret",
-            axum::routing::post(move |Json(body): Json<serde_json::Value>| {
-                let state = state.clone();
-                async move {
-                    if state.calls.fetch_add(1, Ordering::SeqCst) < state.fail_first {
-                        return StatusCode::SERVICE_UNAVAILABLE;
-                    }
-                    state.texts.lock().unwrap().push(body["text"].as_str().unwrap_or_default().to_owned());
-                    StatusCode::OK
-                }
-            }),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        hook
-    }
-
-    fn texts(&self) -> Vec<String> {
-        self.texts.lock().unwrap().clone()
-    }
-}
 
 /// The events role as the binary runs it, until `stop`.
 struct Running {
@@ -132,7 +88,7 @@ async fn eventually(what: impl Fn() -> String, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn alerts(hook: &Hook) -> AlertPolicy {
+fn alerts(hook: &WebhookReceiver) -> AlertPolicy {
     AlertPolicy {
         webhook_url: hook.url.clone(),
         consecutive_failures: 2,
@@ -144,7 +100,7 @@ fn alerts(hook: &Hook) -> AlertPolicy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_post_once_per_rule_match_retry_and_ignore_a_redelivered_event() {
-    let hook = Hook::start(1).await;
+    let hook = WebhookReceiver::start(1).await;
     let dir = tempfile::tempdir().unwrap();
     let sink = dir.path().join("events.jsonl");
     // A memory log keeping 4 events: once "fail-1" is evicted, publishing its id again stores it
@@ -166,27 +122,29 @@ async fn alerts_post_once_per_rule_match_retry_and_ignore_a_redelivered_event() 
     publisher.publish(failure("fail-2", "a1", "r2")); // the second failure in a row of a1
     publisher.publish(failure("fail-3", "a1", "r3")); // rate limited (and the streak alerted once)
     publisher.publish(failure("fail-4", "a2", "r4")); // another agent
+    // A fresh agent's failure alerts; alerts go out in order, so once it arrived every alert
+    // the events before it raised has arrived too.
+    publisher.publish(failure("sentinel", "sentinel", "rs"));
     publisher.flush().await;
     assert_eq!(publisher.dropped(), 0);
 
-    let expected = ["fail-1", "tool-0", "tool-1", "tool-2", "tool-3", "tool-4", "fail-1", "fail-2", "fail-3", "fail-4"];
+    let expected = [
+        "fail-1", "tool-0", "tool-1", "tool-2", "tool-3", "tool-4", "fail-1", "fail-2", "fail-3", "fail-4", "sentinel",
+    ];
     eventually(|| format!("sink lines {:?}", ids(&lines(&sink))), || lines(&sink).len() >= expected.len()).await;
     let written = lines(&sink);
     assert_eq!(ids(&written), expected, "one line per stored event, in log order");
     assert_eq!(written[0]["type"], "BACKGROUND_TASK_ERROR");
     assert_eq!(written[0]["data"]["error"], "r1 broke");
 
-    eventually(|| format!("alerts {:?}", hook.texts()), || hook.texts().len() >= 3).await;
-    // Anything else would have arrived by now: the alert consumer has seen every event the sink
-    // wrote (both follow the same log), and deliveries take milliseconds.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let texts = hook.texts();
-    assert_eq!(texts.len(), 3, "one POST per rule match: {texts:#?}");
+    let texts = hook.wait_for("sentinel-name", DEADLINE).await;
+    assert_eq!(texts.len(), 4, "one POST per rule match: {texts:#?}");
     assert!(texts[0].contains("a1-name") && texts[0].contains("`r1` failed: r1 broke"), "{}", texts[0]);
     // Had the redelivered fail-1 counted, the streak alert would name r1 and fail-2 be rate limited.
     assert!(texts[1].contains("failed 2 runs in a row") && texts[1].contains("`r2`"), "{}", texts[1]);
     assert!(texts[2].contains("a2-name") && texts[2].contains("`r4`"), "{}", texts[2]);
-    assert_eq!(hook.calls.load(Ordering::SeqCst), 4, "the first POST got 503 and was retried once");
+    assert!(texts[3].contains("`rs`"), "{}", texts[3]);
+    assert_eq!(hook.calls(), 5, "the first POST got 503 and was retried once");
     assert!(!cursor_file_of(&sink).exists(), "the memory log keeps no cursor file");
     role.stop().await;
 }
@@ -195,9 +153,14 @@ fn cursor_file_of(sink: &Path) -> PathBuf {
     PathBuf::from(format!("{}.cursor", sink.display()))
 }
 
+/// The cursor of the last line of the sink file.
+fn last_cursor(sink: &Path) -> String {
+    lines(sink).last().and_then(|l| l["cursor"].as_str()).unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_redis_the_sink_resumes_after_its_cursor_and_alerts_do_not_replay() {
-    let hook = Hook::start(0).await;
+    let hook = WebhookReceiver::start(0).await;
     let dir = tempfile::tempdir().unwrap();
     let sink = dir.path().join("events.jsonl");
     let prefix = format!("nstest_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
@@ -225,15 +188,19 @@ async fn on_redis_the_sink_resumes_after_its_cursor_and_alerts_do_not_replay() {
 
     let again = start(with_consumers).await;
     let mut c = again.client().await;
-    let last = publish(&mut c, event("s4", EventType::BackgroundTaskCompleted)).await;
+    publish(&mut c, event("s4", EventType::BackgroundTaskCompleted)).await;
     eventually(|| format!("sink {:?}", ids(&lines(&sink))), || lines(&sink).len() >= 4).await;
     assert_eq!(ids(&lines(&sink)), ["s1", "s2", "s3", "s4"], "no gap, no duplicate across the restart");
-    let cursor_file = cursor_file_of(&sink);
-    eventually(|| "cursor file".into(), || std::fs::read_to_string(&cursor_file).is_ok_and(|c| c == last)).await;
-    // The failure in the history was alerted by the first process and is not alerted again.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(hook.texts().len(), 1, "{:?}", hook.texts());
+    // The failure in the history was alerted by the first process and is not alerted again:
+    // the next alert is the sentinel's.
+    publish(&mut c, failure("s5", "sentinel", "rs")).await;
+    let texts = hook.wait_for("sentinel-name", DEADLINE).await;
+    assert_eq!(texts.len(), 2, "{texts:#?}");
+    assert!(texts[0].contains("`r1`"), "{}", texts[0]);
     again.stop().await;
+    // The cursor is saved at most once a second while running, and always at shutdown.
+    let saved = std::fs::read_to_string(cursor_file_of(&sink)).unwrap();
+    assert_eq!(saved, last_cursor(&sink), "the cursor of the last written event");
 
     let client = redis::Client::open(nightshift_testkit::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
