@@ -1,9 +1,12 @@
 //! The `nightshift` binary against a real `nightshift dev` process: the README's workflow, in
 //! table and JSON output, with readable errors and exit codes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
+
+mod common;
+
+use common::Dev;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nightshift");
 
@@ -11,33 +14,9 @@ fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/agents")
 }
 
-struct Dev {
-    child: Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `nightshift dev` on a free port and reads the bound address it prints.
+/// Starts `nightshift dev` on a free port.
 fn dev() -> Dev {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.split_whitespace().nth(4).unwrap_or_else(|| panic!("unexpected banner {line:?}"));
-    Dev { child, endpoint: format!("http://{addr}"), _dir: dir }
+    Dev::start(None)
 }
 
 fn ns(d: &Dev, args: &[&str]) -> Output {
@@ -85,7 +64,7 @@ fn readme_workflow_in_table_and_json() {
     // A run that cannot end by itself before it is cancelled: its model server accepts the
     // connection and never answers (the example agents' runs fail at once without an API key).
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let manifest = d._dir.path().join("hanging.yaml");
+    let manifest = d.dir.path().join("hanging.yaml");
     std::fs::write(
         &manifest,
         format!(

@@ -293,9 +293,12 @@ mod tests {
         "#;
         let cfg = load(text);
         let events = cfg.events_options();
-        assert_eq!(events.alerts, cfg.events.alerts);
-        let alerts = events.alerts.expect("[events.alerts] reaches the events role");
-        assert_eq!((alerts.webhook_url.as_str(), alerts.consecutive_failures), ("http://127.0.0.1:9/hook", 2));
+        let expected = nightshift_events::AlertPolicy {
+            webhook_url: "http://127.0.0.1:9/hook".into(),
+            consecutive_failures: 2,
+            ..nightshift_events::AlertPolicy::default()
+        };
+        assert_eq!(events.alerts, Some(expected), "[events.alerts] reaches the events role, unset keys defaulted");
         assert_eq!(events.sink.map(|s| s.path), Some(PathBuf::from("/tmp/ns-events.jsonl")));
         assert!(cfg.ignored_keys().is_empty(), "{:?}", cfg.ignored_keys());
         let off = DevConfig::default().events_options();

@@ -1,6 +1,8 @@
-//! Helpers of the multi-process tests: the service binaries as child processes on loopback.
+//! Helpers of the multi-process tests: the service binaries (and `nightshift dev`) as child
+//! processes on loopback.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,6 +48,49 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 pub use nightshift_testkit::mcp::free_port;
+
+/// A `nightshift dev` process, killed on drop, with its data and log in a temporary directory.
+pub struct Dev {
+    child: Child,
+    /// `http://ADDR` of its gRPC services.
+    pub endpoint: String,
+    /// Holds `data/`, `dev.log` (its stderr) and `dev.toml` (its config file, if any).
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Dev {
+    /// Starts `nightshift dev` on a free port (with `config` as its `--config` file, if given)
+    /// and reads the bound address from the banner it prints.
+    pub fn start(config: Option<&str>) -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nightshift"));
+        cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path().join("data"));
+        if let Some(text) = config {
+            let path = dir.path().join("dev.toml");
+            std::fs::write(&path, text).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        let mut child = cmd.env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(log).spawn().unwrap();
+        let mut banner = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut banner).unwrap();
+        let endpoint = banner.split_whitespace().nth(4).map(|addr| format!("http://{addr}")).unwrap_or_default();
+        // Built before checking, so that a failed start still kills the process.
+        let dev = Dev { child, endpoint, dir };
+        if dev.endpoint.is_empty() {
+            let log = std::fs::read_to_string(dev.dir.path().join("dev.log")).unwrap_or_default();
+            panic!("unexpected banner {banner:?}; log:\n{log}");
+        }
+        dev
+    }
+}
 
 pub struct Proc {
     pub name: String,
@@ -133,16 +178,23 @@ pub async fn start_hanging_run_of(
     panic!("the slow run never reached its second LLM turn");
 }
 
-/// Waits (up to 30 s) until the run succeeded.
-pub async fn wait_succeeded(m: &mut ManagerServiceClient<Channel>, run_id: &str) -> pb::Run {
+/// Waits (up to 30 s) until the run has `status`.
+pub async fn wait_status(m: &mut ManagerServiceClient<Channel>, run_id: &str, status: pb::RunStatus) -> pb::Run {
+    let mut last = None;
     for _ in 0..300 {
         let r = m.get_run(pb::GetRunRequest { run_id: run_id.to_owned() }).await.unwrap().into_inner().run.unwrap();
-        if r.status() == pb::RunStatus::Succeeded {
+        if r.status() == status {
             return r;
         }
+        last = Some(r.status());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("run {run_id} did not succeed within 30 s");
+    panic!("run {run_id} is not {status:?} within 30 s (last {last:?})");
+}
+
+/// Waits (up to 30 s) until the run succeeded.
+pub async fn wait_succeeded(m: &mut ManagerServiceClient<Channel>, run_id: &str) -> pb::Run {
+    wait_status(m, run_id, pb::RunStatus::Succeeded).await
 }
 
 /// `n` worker processes `w0`, `w1`, … on the manager at `manager_port`, with the role's shared
