@@ -102,7 +102,14 @@ impl JsonLinesSink {
         }
         .await;
         if let Err(e) = written {
-            if let Err(cut) = self.file.set_len(len).await {
+            // Only ever shorten: had the file been rotated (truncated) meanwhile, growing it back
+            // to the old length would fill it with zeros.
+            let cut = match self.file.metadata().await {
+                Ok(m) if m.len() > len => self.file.set_len(len).await,
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(cut) = cut {
                 tracing::error!(error = %cut, "sink: cannot cut a partly written batch off the file");
             }
             return Err(e);
@@ -144,5 +151,37 @@ impl Consumer for JsonLinesSink {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(cursor: &str) -> pb::Event {
+        pb::Event { id: format!("e{cursor}"), cursor: cursor.into(), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn the_cursor_is_saved_at_most_once_a_second_and_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SinkConfig { path: dir.path().join("events.jsonl") };
+        let (mut sink, saved) = JsonLinesSink::open(&config, true).await.unwrap();
+        assert_eq!(saved, None);
+        let cursor = || std::fs::read_to_string(cursor_path(&config.path)).ok();
+        // The first batch a second after opening (as if the last save were that old).
+        sink.saved_at = Instant::now().checked_sub(SAVE_EVERY).unwrap();
+        sink.handle(&[ev("1")]).await.unwrap();
+        assert_eq!(cursor().as_deref(), Some("1"));
+        sink.handle(&[ev("2"), ev("3")]).await.unwrap();
+        assert_eq!(cursor().as_deref(), Some("1"), "saved less than a second ago");
+        sink.save_position().await.unwrap();
+        assert_eq!(cursor().as_deref(), Some("3"));
+        let text = std::fs::read_to_string(&config.path).unwrap();
+        let ids: Vec<String> =
+            text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string()).collect();
+        assert_eq!(ids, ["\"e1\"", "\"e2\"", "\"e3\""]);
+        let (_, saved) = JsonLinesSink::open(&config, true).await.unwrap();
+        assert_eq!(saved.as_deref(), Some("3"), "a reopened sink continues after it");
     }
 }
