@@ -164,7 +164,7 @@ async fn recall_in(memory: &MemoryClient, scope: pb::MemoryScope, kind: pb::Memo
     memory.clone().recall(req).await.unwrap().into_inner().records
 }
 
-/// Polls `recall_in` until `done` holds for what it returns (10 s at most).
+/// Polls `recall_in` until `done` holds for what it returns (`limit` at most).
 async fn recall_until(
     memory: &MemoryClient,
     scope: pb::MemoryScope,

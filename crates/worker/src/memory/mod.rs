@@ -40,7 +40,7 @@ const MEMORY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub fn scope(spec: &AgentSpec, agent_id: &str, run_id: &str) -> pb::MemoryScope {
     let session = match &spec.memory.session {
         SessionScope::Agent => "agent".to_owned(),
-        SessionScope::Run => format!("run:{run_id}"),
+        SessionScope::Run => run_session(run_id),
         SessionScope::Fixed(id) => format!("fixed:{id}"),
     };
     pb::MemoryScope { agent_id: agent_id.to_owned(), session }
@@ -52,8 +52,10 @@ pub fn episode_id(run_id: &str) -> String {
     format!("episode-{run_id}")
 }
 
-fn is_shared(scope: &pb::MemoryScope) -> bool {
-    scope.session.starts_with("fixed:")
+/// The session of a run's own scope, `run:<run id>`: the session scope of a `memory.session:
+/// run` agent, and every run's working-memory scope.
+fn run_session(run_id: &str) -> String {
+    format!("run:{run_id}")
 }
 
 fn failed(op: &'static str, s: &tonic::Status) {
@@ -117,7 +119,7 @@ async fn recall_all(client: &MemoryClient, spec: &AgentSpec, scope: &pb::MemoryS
             Err(s) => failed("search", &s),
         }
     }
-    render(&episodes, &notes, &facts, is_shared(scope))
+    render(&episodes, &notes, &facts, matches!(spec.memory.session, SessionScope::Fixed(_)))
 }
 
 fn clip(s: &str, max: usize) -> String {

@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 
 use nightshift_core::pb;
 
-use super::{MEMORY_TIMEOUT, MemoryClient, clip, failed};
+use super::{MEMORY_TIMEOUT, MemoryClient, clip, failed, run_session};
 
 /// Longest note quoted into the prompt.
 const MAX_NOTE_CHARS: usize = 500;
@@ -29,7 +29,7 @@ const MAX_NOTES: u32 = 100;
 
 /// The working-memory scope of a run: the agent's `run:<run id>` session.
 pub fn run_scope(agent_id: &str, run_id: &str) -> pb::MemoryScope {
-    pb::MemoryScope { agent_id: agent_id.to_owned(), session: format!("run:{run_id}") }
+    pb::MemoryScope { agent_id: agent_id.to_owned(), session: run_session(run_id) }
 }
 
 /// The id of an attempt's note: one per attempt, so a retried write replaces it.
@@ -64,11 +64,13 @@ pub async fn note(client: &MemoryClient, run: &pb::Run, outcome: &str, text: &st
     }
 }
 
-/// The "This run so far" section of a resumed attempt's prompt ("" for a first attempt).
+/// The "This run so far" section of a resumed attempt's prompt ("" for a first attempt), and
+/// whether the run may have notes to forget when it ends for good: some were read, or the
+/// recall failed and cannot tell (false spares the run's end a Forget call).
 #[tracing::instrument(name = "memory.recall_attempts", skip_all)]
-pub async fn recall(client: &MemoryClient, run: &pb::Run) -> String {
+pub async fn recall(client: &MemoryClient, run: &pb::Run) -> (String, bool) {
     if run.attempt <= 1 {
-        return String::new();
+        return (String::new(), false);
     }
     let req = pb::RecallRequest {
         scope: Some(run_scope(&run.agent_id, &run.id)),
@@ -77,18 +79,18 @@ pub async fn recall(client: &MemoryClient, run: &pb::Run) -> String {
         before: None,
         metadata_filter: BTreeMap::new(),
     };
-    let notes = match tokio::time::timeout(MEMORY_TIMEOUT, client.clone().recall(req)).await {
-        Ok(Ok(r)) => r.into_inner().records,
+    let (notes, unknown) = match tokio::time::timeout(MEMORY_TIMEOUT, client.clone().recall(req)).await {
+        Ok(Ok(r)) => (r.into_inner().records, false),
         Ok(Err(s)) => {
             failed("recall", &s);
-            Vec::new()
+            (Vec::new(), true)
         }
         Err(_) => {
             failed("recall", &tonic::Status::deadline_exceeded("recalling the run's notes took too long"));
-            Vec::new()
+            (Vec::new(), true)
         }
     };
-    render(run.attempt, &notes)
+    (render(run.attempt, &notes), unknown || !notes.is_empty())
 }
 
 /// Forgets `run`'s working memory: the run has ended for good.

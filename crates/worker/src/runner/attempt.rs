@@ -30,6 +30,8 @@ pub(super) enum AttemptEnd {
 }
 
 impl Worker {
+    /// Runs one attempt of `run`. Also says whether the run may have working notes to forget
+    /// once it ends for good: the attempt read some, or could not tell.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn execute(
         &self,
@@ -41,18 +43,20 @@ impl Worker {
         reason: &Arc<Mutex<Option<StopReason>>>,
         step: Arc<AtomicU32>,
         events: &RunEvents,
-    ) -> AttemptEnd {
+    ) -> (AttemptEnd, bool) {
         let zero = nightshift_llm::Usage::default();
+        // Until the notes are read: an earlier attempt may have left some.
+        let unread = run.attempt > 1 && self.inner.memory.get().is_some();
         let model = match self.model(run, spec) {
             Ok(m) => m,
             // Building the client fails only on its configuration (an unset API key variable, a
             // bad base URL): no retry can fix that.
-            Err(e) => return AttemptEnd::Failed(format!("model: {e}"), Failure::Permanent, zero),
+            Err(e) => return (AttemptEnd::Failed(format!("model: {e}"), Failure::Permanent, zero), unread),
         };
         let tools = match ToolRegistry::new(&spec.tools, &self.inner.cfg.tools).await {
             Ok(t) => t,
             // An MCP server may be down for now: the retry policy decides.
-            Err(e) => return AttemptEnd::Failed(format!("tools: {e}"), Failure::Retryable, zero),
+            Err(e) => return (AttemptEnd::Failed(format!("tools: {e}"), Failure::Retryable, zero), unread),
         };
         let sink = Checkpointer {
             manager: self.inner.manager.clone(),
@@ -63,13 +67,14 @@ impl Worker {
         };
         let query = run.query_override.clone().unwrap_or_else(|| spec.query.clone());
         let memory = self.inner.memory.get().map(|c| (c, memory::scope(spec, &run.agent_id, &run.id)));
-        let recalled = match &memory {
+        let (recalled, notes) = match &memory {
             Some((client, scope)) => {
-                let (recalled, so_far) =
+                let (recalled, (so_far, notes)) =
                     tokio::join!(memory::recall(client, spec, scope, &query), memory::working::recall(client, run));
-                [recalled, so_far].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join("\n\n")
+                let section = [recalled, so_far].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>();
+                (section.join("\n\n"), notes)
             }
-            None => String::new(),
+            None => (String::new(), false),
         };
         // Whatever way the attempt ends, the tokens it spent are recorded with its end.
         let spent = Arc::new(Spent::default());
@@ -129,6 +134,6 @@ impl Worker {
             let steps = step.load(Ordering::Relaxed);
             memory::store_episode(client, scope, run, spec.name.as_str(), &query, answer, steps).await;
         }
-        end
+        (end, notes)
     }
 }

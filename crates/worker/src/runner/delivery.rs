@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::Instrument as _;
 
-use super::finish::{Recorded, Report};
+use super::finish::{Ending, Recorded, Report};
 use super::{ActiveRun, Worker};
 use crate::events::RunEvents;
 
@@ -150,7 +150,7 @@ impl Worker {
                 let report = Report::failed(pb::RunOutcome::Failed, &error, Failure::Retryable, Default::default());
                 match self.finish(&run, report).await {
                     Recorded::Yes(Some(after)) => nack(d, after).await,
-                    Recorded::No => self.redeliver_later(d, &run).await,
+                    Recorded::No => self.redeliver_later(d, &run, &Ending::failed(&run, 0, &error)).await,
                     Recorded::Yes(None) | Recorded::Refused => ack(d).await,
                 }
                 return;
@@ -175,9 +175,9 @@ impl Worker {
         events.emit(EventType::BackgroundTaskStarted, json!({"attempt": run.attempt, "worker": self.inner.id, "trigger": if run.trigger() == pb::TriggerKind::Manual { "manual" } else { "schedule" }}));
         events.emit(EventType::BackgroundAgentStatus, json!({"status": "running"}));
         let began = std::time::Instant::now();
-        let end = self.execute(&run, &spec, start.steps, &d, &cancel, &reason, step.clone(), &events).await;
+        let (end, notes) = self.execute(&run, &spec, start.steps, &d, &cancel, &reason, step.clone(), &events).await;
         let turns = step.load(Ordering::Relaxed);
-        self.settle(d, &run, end, &events, began.elapsed(), turns).await;
+        self.settle(d, &run, end, &events, began.elapsed(), turns, notes).await;
         events.emit(EventType::BackgroundAgentStatus, json!({"status": "idle"}));
         // Removed only once the attempt is settled: a drain waits for this, and the process may
         // exit right after.

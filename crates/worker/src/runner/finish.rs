@@ -62,16 +62,65 @@ pub(super) enum Recorded {
     No,
 }
 
+/// How an attempt ended, in the words of the note the attempt after it reads
+/// (`crate::memory::working`).
+pub(super) struct Ending {
+    /// `failed`, `timed_out`, `released`, ... (note metadata `outcome`).
+    outcome: &'static str,
+    text: String,
+    /// LLM turns of the run so far.
+    turns: u32,
+}
+
+impl Ending {
+    /// The ending of attempt `end` of `run`, after `turns` LLM turns in all.
+    pub(super) fn of(end: &AttemptEnd, run: &pb::Run, turns: u32) -> Self {
+        let n = run.attempt;
+        let (outcome, text) = match end {
+            AttemptEnd::Succeeded(..) => {
+                ("succeeded", format!("Attempt {n} reached a final answer after {turns} LLM turns in all."))
+            }
+            AttemptEnd::Failed(error, ..) => return Self::failed(run, turns, error),
+            AttemptEnd::TimedOut(_) => {
+                ("timed_out", format!("Attempt {n} ran out of time (policy.timeout) after {turns} LLM turns in all."))
+            }
+            AttemptEnd::Stopped(StopReason::Cancelled, _) => {
+                ("cancelled", format!("Attempt {n} was cancelled on its worker after {turns} LLM turns in all."))
+            }
+            AttemptEnd::Stopped(StopReason::Released, _) => (
+                "released",
+                format!("Attempt {n} was handed back by a worker shutting down, after {turns} LLM turns in all."),
+            ),
+            AttemptEnd::Lost(why) => {
+                ("lost", format!("Attempt {n} lost the run after {turns} LLM turns in all: {why}"))
+            }
+        };
+        Self { outcome, text, turns }
+    }
+
+    /// A failed attempt of `run`.
+    pub(super) fn failed(run: &pb::Run, turns: u32, error: &str) -> Self {
+        let text = format!("Attempt {} failed after {turns} LLM turns in all: {error}", run.attempt);
+        Self { outcome: "failed", text, turns }
+    }
+}
+
 impl Worker {
     /// Answers a delivery whose outcome the manager did not record: never acked, it comes back
     /// once the lease has run out, and the next attempt resumes from the checkpoints (a final
-    /// answer already checkpointed is not paid for again).
-    pub(super) async fn redeliver_later(&self, d: Delivery, run: &pb::Run) {
+    /// answer already checkpointed is not paid for again) and reads the note left here of how
+    /// this attempt ended, as `unrecorded`.
+    pub(super) async fn redeliver_later(&self, d: Delivery, run: &pb::Run, ending: &Ending) {
         tracing::warn!(run = %run.id, "the manager did not record the attempt's end; the run is delivered again");
+        let text = format!("{} Its end could not be recorded, so the run was delivered again.", ending.text);
+        self.note(run, &Ending { outcome: "unrecorded", text, turns: ending.turns }).await;
         nack(d, self.inner.cfg.lease_ttl).await;
     }
 
-    /// Ends the attempt `end` of `run`, which had done `turns` LLM turns in all.
+    /// Ends the attempt `end` of `run`, which had done `turns` LLM turns in all; `notes`: the run
+    /// may have working notes (the attempt read some, or could not tell), to forget once it has
+    /// ended for good.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn settle(
         &self,
         d: Delivery,
@@ -80,6 +129,7 @@ impl Worker {
         events: &RunEvents,
         took: Duration,
         turns: u32,
+        notes: bool,
     ) {
         let status = match &end {
             AttemptEnd::Succeeded(..) => "succeeded",
@@ -91,52 +141,57 @@ impl Worker {
         };
         metrics::counter!("nightshift_worker_runs_total", "status" => status).increment(1);
         metrics::histogram!("nightshift_run_duration_seconds", "status" => status).record(took.as_secs_f64());
+        let ending = Ending::of(&end, run, turns);
         match end {
             AttemptEnd::Succeeded(answer, usage) => {
+                let completed = || {
+                    let result = truncate(&answer, 2000);
+                    events.emit(EventType::BackgroundTaskCompleted, json!({"attempt": run.attempt, "result": result}));
+                };
                 match self.finish(run, Report::ended(pb::RunOutcome::Succeeded, &answer, "", usage)).await {
-                    Recorded::No => self.redeliver_later(d, run).await,
-                    recorded @ (Recorded::Yes(_) | Recorded::Refused) => {
-                        events.emit(
-                            EventType::BackgroundTaskCompleted,
-                            json!({"attempt": run.attempt, "result": truncate(&answer, 2000)}),
-                        );
-                        if matches!(recorded, Recorded::Yes(_)) {
-                            self.forget_notes(run).await;
-                        }
+                    Recorded::No => self.redeliver_later(d, run, &ending).await,
+                    Recorded::Yes(_) => {
+                        completed();
+                        ack(d).await;
+                        self.forget_notes(run, notes).await;
+                    }
+                    // Cancelled there or taken over: an attempt elsewhere may still read the notes.
+                    Recorded::Refused => {
+                        completed();
                         ack(d).await;
                     }
                 }
             }
             AttemptEnd::Failed(error, failure, usage) => {
                 let report = Report::failed(pb::RunOutcome::Failed, &error, failure, usage);
-                self.fail(d, run, report, events, turns).await
+                self.fail(d, run, report, events, &ending, notes).await
             }
             AttemptEnd::TimedOut(usage) => {
                 let error = "run exceeded policy.timeout";
                 let report = Report::failed(pb::RunOutcome::TimedOut, error, Failure::Retryable, usage);
-                self.fail(d, run, report, events, turns).await
+                self.fail(d, run, report, events, &ending, notes).await
             }
             AttemptEnd::Stopped(StopReason::Cancelled, usage) => {
                 let report = Report::ended(pb::RunOutcome::Cancelled, "", "cancelled on the worker", usage);
                 match self.finish(run, report).await {
-                    Recorded::No => self.redeliver_later(d, run).await,
-                    recorded @ (Recorded::Yes(_) | Recorded::Refused) => {
+                    Recorded::No => self.redeliver_later(d, run, &ending).await,
+                    // Refused too: a cancel at the manager is what stopped the attempt, and the
+                    // manager has already ended the run when the worker reports it.
+                    Recorded::Yes(_) | Recorded::Refused => {
                         events.emit(EventType::RunCancelled, json!({"attempt": run.attempt}));
-                        if matches!(recorded, Recorded::Yes(_)) {
-                            self.forget_notes(run).await;
-                        }
                         ack(d).await;
+                        self.forget_notes(run, notes).await;
                     }
                 }
             }
             AttemptEnd::Stopped(StopReason::Released, usage) => {
                 let reason = "handed back by a draining worker";
-                self.finish(run, Report::ended(pb::RunOutcome::Released, "", reason, usage)).await;
-                let text = format!(
-                    "Attempt {} was handed back by a worker shutting down, after {turns} LLM turns in all.",
-                    run.attempt
-                );
-                self.note(run, "released", &text, turns).await;
+                match self.finish(run, Report::ended(pb::RunOutcome::Released, "", reason, usage)).await {
+                    // Recorded or not, another attempt follows and reads how this one ended.
+                    Recorded::Yes(_) | Recorded::No => self.note(run, &ending).await,
+                    // Cancelled there or taken over: no attempt follows from this hand-back.
+                    Recorded::Refused => {}
+                }
                 nack(d, Duration::ZERO).await;
             }
             AttemptEnd::Lost(why) => {
@@ -146,31 +201,26 @@ impl Worker {
         }
     }
 
-    async fn fail(&self, d: Delivery, run: &pb::Run, report: Report<'_>, events: &RunEvents, turns: u32) {
+    async fn fail(
+        &self,
+        d: Delivery,
+        run: &pb::Run,
+        report: Report<'_>,
+        events: &RunEvents,
+        ending: &Ending,
+        notes: bool,
+    ) {
         let error = report.error.to_owned();
-        let (outcome, text) = match report.outcome {
-            pb::RunOutcome::TimedOut => (
-                "timed_out",
-                format!("Attempt {} ran out of time (policy.timeout) after {turns} LLM turns in all.", run.attempt),
-            ),
-            _ => ("failed", format!("Attempt {} failed after {turns} LLM turns in all: {error}", run.attempt)),
-        };
-        let retry = match self.finish(run, report).await {
-            Recorded::No => {
-                // The run comes back after the lease: the next attempt reads the note.
-                self.note(run, outcome, &text, turns).await;
-                return self.redeliver_later(d, run).await;
-            }
+        let (retry, ended) = match self.finish(run, report).await {
+            Recorded::No => return self.redeliver_later(d, run, ending).await,
             Recorded::Yes(Some(after)) => {
-                self.note(run, outcome, &text, turns).await;
-                Some(after)
+                // Before the nack that lets the next attempt be delivered.
+                self.note(run, ending).await;
+                (Some(after), false)
             }
-            Recorded::Yes(None) => {
-                self.forget_notes(run).await;
-                None
-            }
+            Recorded::Yes(None) => (None, true),
             // Cancelled or taken over: an attempt elsewhere may still read the notes.
-            Recorded::Refused => None,
+            Recorded::Refused => (None, false),
         };
         events.emit(
             EventType::BackgroundTaskError,
@@ -186,23 +236,25 @@ impl Worker {
             }
             None => ack(d).await,
         }
+        if ended {
+            self.forget_notes(run, notes).await;
+        }
     }
 
     /// Leaves the note of how this attempt ended for the attempt that follows (before the nack
     /// that lets it be delivered).
-    async fn note(&self, run: &pb::Run, outcome: &str, text: &str, turns: u32) {
+    async fn note(&self, run: &pb::Run, ending: &Ending) {
         if let Some(client) = self.inner.memory.get() {
-            working::note(client, run, outcome, text, turns).await;
+            working::note(client, run, ending.outcome, &ending.text, ending.turns).await;
         }
     }
 
-    /// Forgets the run's working memory once it has ended for good (the manager recorded the
-    /// end; after a refusal an attempt elsewhere may still need it, and `working_ttl` cleans up).
-    /// A first attempt has no notes to forget: notes are only written when another attempt follows.
-    async fn forget_notes(&self, run: &pb::Run) {
-        if run.attempt > 1
-            && let Some(client) = self.inner.memory.get()
-        {
+    /// Forgets the run's working memory once it has ended for good, when it may have any
+    /// (`notes`: notes are only written when another attempt follows, and that attempt reads
+    /// them). After the ack: the delivery does not wait for a memory call. A worker that dies
+    /// first leaves them to `working_ttl`.
+    async fn forget_notes(&self, run: &pb::Run, notes: bool) {
+        if notes && let Some(client) = self.inner.memory.get() {
             working::forget(client, run).await;
         }
     }
