@@ -234,6 +234,66 @@ async fn a_retry_reads_how_the_earlier_attempt_ended_and_the_notes_end_with_the_
     assert_eq!(recall_in(&memory, agent_scope, pb::MemoryType::Episodic).await.len(), 1);
 }
 
+/// Working memory, cancelled: attempt 1 times out and leaves its note, attempt 2 reads it and is
+/// cancelled at the manager while its LLM call hangs. The manager tells the worker (its
+/// WorkerService is served and advertised), the worker's report of the cancel finds the run
+/// already ended there, and the notes still go with the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_cancelled_at_the_manager_forgets_its_notes() {
+    let (llm, script) = scripted_llm().await;
+    let (env, agent) = env(&llm).await;
+    set_spec(
+        &env,
+        format!(
+            "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\n\
+             system_instruction: You compute areas.\ntask: {{query: 'Area of a 3x4 rectangle?'}}\n\
+             schedule: {{manual: true}}\npolicy: {{max_retries: 2, retry_delay: 1s, timeout: 3s}}\n\
+             tools: {{local: [calculate_area]}}\n"
+        ),
+    )
+    .await;
+    script.delay_ms.store(30_000, std::sync::atomic::Ordering::SeqCst);
+    let (memory_endpoint, channel) = memory_service().await;
+    let memory = pb::memory_service_client::MemoryServiceClient::new(channel);
+    let listener = nightshift_rpc::GrpcServer::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = nightshift_worker::WorkerConfig {
+        concurrency: 4,
+        // Heartbeats every 3.3 s, after attempt 2's timeout: the cancel reaches the worker
+        // through its WorkerService, not as a refused heartbeat.
+        lease_ttl: Duration::from_secs(10),
+        queue: queue_settings(&env.queue_url, &env.queue_name),
+        manager_endpoint: env.endpoint.clone(),
+        memory_endpoint,
+        advertise_endpoint: endpoint,
+        ..nightshift_worker::WorkerConfig::default()
+    };
+    let role: Box<dyn nightshift_rpc::Role> =
+        Box::new(nightshift_worker::WorkerRole::build(cfg, Default::default()).await.unwrap());
+    tokio::spawn(nightshift_rpc::serve_roles(vec![role], listener, std::future::pending()));
+    let run = trigger(&env).await;
+    let scope = pb::MemoryScope { agent_id: agent.id.clone(), session: format!("run:{}", run.id) };
+
+    recall_until(&memory, scope.clone(), pb::MemoryType::Working, Duration::from_secs(20), |n| !n.is_empty()).await;
+    // The LLM records a prompt only once it answers: wait for attempt 2 to run instead. Its
+    // notes are read before its loop, the only place a cancel is noticed.
+    let since = std::time::Instant::now();
+    loop {
+        let got = env.manager.clone().get_run(pb::GetRunRequest { run_id: run.id.clone() }).await.unwrap();
+        let got = got.into_inner().run.unwrap();
+        if got.attempt == 2 && got.status() == pb::RunStatus::Running {
+            break;
+        }
+        assert!(since.elapsed() < Duration::from_secs(20), "attempt 2 never started: {got:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let req = pb::CancelRunRequest { run_id: run.id.clone(), reason: "test".into() };
+    env.manager.clone().cancel_run(req).await.unwrap();
+    let cancelled = wait_for_status(&env, &run.id, pb::RunStatus::Cancelled).await;
+    assert_eq!(cancelled.attempt, 2);
+    recall_until(&memory, scope, pb::MemoryType::Working, Duration::from_secs(10), <[_]>::is_empty).await;
+}
+
 /// Creates another agent like `area` (its model the scripted LLM at `llm`) with this name, task
 /// and memory session.
 async fn add_agent(env: &Env, llm: &str, name: &str, query: &str, session: &str) {
