@@ -299,6 +299,27 @@ async fn a_failed_attempt_is_retried_with_backoff() {
     assert!(st.last_error.contains("scripted failure"));
 }
 
+/// A lease much longer than the queue's ack wait (60 s vs 2 s): the worker's beats must push the
+/// delivery's deadline out too, or the queue hands the run to another consumer mid-attempt, which
+/// is told LEASED_ELSEWHERE and parks it for the rest of the lease — and the retry after a timeout
+/// would wait up to a minute instead of its 1 s backoff (it did before beats followed the ack wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_after_a_timeout_waits_its_backoff_not_the_lease() {
+    let (llm, script) = scripted_llm().await;
+    script.delay_ms.store(30_000, Ordering::SeqCst); // every LLM answer outlasts the timeout
+    let (env, _agent) = env_on(&llm, "memory://", "").await;
+    let spec_yaml = format!(
+        "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: q}}\n\
+         schedule: {{manual: true}}\npolicy: {{max_retries: 1, retry_delay: 1s, timeout: 3s}}\ntools: {{local: [calculate_area]}}"
+    );
+    set_spec(&env, spec_yaml).await;
+    let (_events, _worker) = start_worker(&env, Duration::from_secs(60)).await;
+    let run = trigger(&env).await;
+    // Two attempts of 3 s and a 1 s backoff: well within 20 s, far from the 60 s lease.
+    let done = wait_for_status_within(&env, &run.id, pb::RunStatus::TimedOut, Duration::from_secs(20)).await;
+    assert_eq!((done.attempt, done.retries), (2, 1));
+}
+
 /// Failures no retry can fix end the run at once, whatever retries its policy allows: an unset
 /// API key variable (the model cannot even be built), and a request the provider refuses (400).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

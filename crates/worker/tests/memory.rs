@@ -241,7 +241,9 @@ async fn a_retry_reads_how_the_earlier_attempt_ended_and_the_notes_end_with_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_cancelled_at_the_manager_forgets_its_notes() {
     let (llm, script) = scripted_llm().await;
-    let (env, agent) = env(&llm).await;
+    // A 30 s ack wait so that beats follow the 10 s lease (every 3.3 s, see below).
+    let model = format!("{{provider: openai, model: scripted, base_url: '{llm}'}}");
+    let (env, agent) = env_with_ack_wait(&model, "memory://", "", Duration::from_secs(30)).await;
     set_spec(
         &env,
         format!(

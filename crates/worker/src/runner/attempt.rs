@@ -92,7 +92,11 @@ impl Worker {
         tokio::pin!(fut);
         let timeout = tokio::time::sleep(spec.policy.timeout);
         tokio::pin!(timeout);
-        let mut heartbeat = tokio::time::interval(self.inner.cfg.lease_ttl / 3);
+        // Every beat renews the lease and pushes the delivery's ack deadline out: it must come
+        // well within both, or the queue hands the run to another worker (which is told
+        // LEASED_ELSEWHERE and parks it for the rest of the lease) while it still runs here.
+        let beat = self.inner.cfg.lease_ttl.min(self.inner.cfg.queue.ack_wait) / 3;
+        let mut heartbeat = tokio::time::interval(beat.max(std::time::Duration::from_millis(100)));
         heartbeat.tick().await;
         let end = loop {
             tokio::select! {
