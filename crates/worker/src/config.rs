@@ -28,7 +28,8 @@ pub struct WorkerConfig {
     pub advertise_endpoint: String,
     /// Runs executed at once.
     pub concurrency: u32,
-    /// Lease asked for on StartRun; heartbeats renew it every third of it.
+    /// Lease asked for on StartRun; heartbeats renew it (and the delivery's ack deadline) every
+    /// third of it, or of `queue_ack_wait` if that is shorter.
     #[serde(with = "nightshift_core::config::duration_text")]
     pub lease_ttl: Duration,
     /// On SIGTERM / Drain: how long in-flight runs may finish before they are handed back.
