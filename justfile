@@ -21,6 +21,6 @@ fmt:
 bench:
     cargo run --release -p nightshift-bench -- --json target/nightshift-bench.json all
 
-# Vector index latency of the memory service (in-process, pgvector, Chroma at 10k and 100k items).
+# Vector index latency of the memory service (in-process, pgvector, Chroma, Qdrant at 10k and 100k items).
 bench-memory:
     cargo run --release -p nightshift-bench -- memory-search --index all --sizes 10000,100000

@@ -54,7 +54,7 @@ enum Command {
     EventFanout(events::FanoutArgs),
     /// A real small LLM (SmolLM2 on llama.cpp): run latency and what the platform adds to it.
     LlmReal(llm_real::LlmRealArgs),
-    /// Memory vector indexes (in-process, pgvector, ChromaDB): Store and top-10 Search latency.
+    /// Memory vector indexes (in-process, pgvector, ChromaDB, Qdrant): Store and top-10 Search latency.
     MemorySearch(memory::MemoryArgs),
     /// Every scenario at the sizes docs/benchmarks.md reports (under 15 minutes on 2 cores).
     All(AllArgs),

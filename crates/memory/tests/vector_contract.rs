@@ -165,11 +165,13 @@ async fn pgvector_contract() {
 
 #[tokio::test]
 async fn qdrant_contract() {
+    // gRPC through `qdrant-client`; `QDRANT_URL` (a gRPC URL, `http://HOST:6334`) points the
+    // suite at another server instead of the one it starts.
     let (server, url) = match std::env::var("QDRANT_URL") {
         Ok(url) if !url.is_empty() => (None, url),
         _ => {
             let server = tokio::task::spawn_blocking(nightshift_testkit::qdrant::QdrantServer::start).await.unwrap();
-            let url = server.url.clone();
+            let url = server.grpc_url.clone();
             (Some(server), url)
         }
     };
@@ -185,6 +187,30 @@ async fn qdrant_contract() {
                 as Box<dyn VectorIndex>
         }
     });
+
+    // An existing collection of another size is refused, not written into.
+    let sized = format!("t_{}_sized", &run[..8]);
+    collections.push(sized.clone());
+    let ix = QdrantIndex::connect(&url, &sized, 4, key.clone()).await.expect("qdrant collection");
+    ix.upsert(&[item("a", &[1.0, 0.0, 0.0, 0.0], &[])]).await.unwrap();
+    let e = QdrantIndex::connect(&url, &sized, 8, key.clone()).await.unwrap_err();
+    assert!(matches!(e, MemoryError::Config(ref m) if m.contains("has 4 dimensions")), "{e}");
+    assert_eq!(ix.count().await.unwrap(), 1, "the refused connect left the collection alone");
+
+    // The configured form: `qdrant://HOST:PORT/COLLECTION` through `vector::connect`.
+    if let Some(server) = &server {
+        let via_url = format!("t_{}_url", &run[..8]);
+        collections.push(via_url.clone());
+        let ix = nightshift_memory::vector::connect(&format!("{}/{via_url}", server.vector_url), "", 4).await.unwrap();
+        assert_eq!(ix.backend(), "qdrant");
+        ix.upsert(&[item("a", &[1.0, 0.0, 0.0, 0.0], &[("k", "v")])]).await.unwrap();
+        assert_eq!(ids(&ix.search(&[1.0, 0.0, 0.0, 0.0], 1, &meta(&[("k", "v")])).await.unwrap()), ["a"]);
+        // The REST port does not speak gRPC: refused with a hint, not a hang.
+        let rest = server.url.replace("http://", "qdrant://");
+        let e = nightshift_memory::vector::connect(&format!("{rest}/{via_url}"), "", 4).await.unwrap_err();
+        assert!(e.to_string().contains("6334"), "{e}");
+    }
+
     for c in collections {
         let ix = QdrantIndex::connect(&url, &c, 4, key.clone()).await.expect("qdrant collection");
         ix.drop_collection().await.expect("drop collection");

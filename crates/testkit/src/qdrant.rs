@@ -11,6 +11,10 @@ pub struct QdrantServer {
     _child: crate::ChildGuard,
     /// REST base URL `http://127.0.0.1:PORT`.
     pub url: String,
+    /// gRPC URL `http://127.0.0.1:PORT` (what `QdrantIndex::connect` takes).
+    pub grpc_url: String,
+    /// The same endpoint as a memory `vector.url`: `qdrant://127.0.0.1:PORT` (add `/COLLECTION`).
+    pub vector_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -27,7 +31,7 @@ fn binary() -> PathBuf {
 
 impl QdrantServer {
     /// Starts Qdrant (REST and gRPC on free ports, storage in a temporary directory, telemetry
-    /// off) and waits until `/readyz` answers.
+    /// off) and waits until `/readyz` answers and the gRPC port accepts connections.
     pub fn start() -> Self {
         let started = Instant::now();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -46,9 +50,17 @@ impl QdrantServer {
             .stderr(log)
             .spawn()
             .expect("cannot start qdrant");
-        let child =
-            crate::ChildGuard::ready(child, "qdrant", Duration::from_secs(30), || crate::http_ok(http, "/readyz"));
-        eprintln!("qdrant ready on {http} in {:.1?}", started.elapsed());
-        Self { _child: child, url: format!("http://127.0.0.1:{http}"), _dir: dir }
+        // The gRPC listener starts on its own thread: wait for it too, not only for REST.
+        let child = crate::ChildGuard::ready(child, "qdrant", Duration::from_secs(30), || {
+            crate::http_ok(http, "/readyz") && std::net::TcpStream::connect(("127.0.0.1", grpc)).is_ok()
+        });
+        eprintln!("qdrant ready on {http} (gRPC {grpc}) in {:.1?}", started.elapsed());
+        Self {
+            _child: child,
+            url: format!("http://127.0.0.1:{http}"),
+            grpc_url: format!("http://127.0.0.1:{grpc}"),
+            vector_url: format!("qdrant://127.0.0.1:{grpc}"),
+            _dir: dir,
+        }
     }
 }

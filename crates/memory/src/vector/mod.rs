@@ -93,8 +93,8 @@ fn check_dims(dims: usize, field: &str, v: &[f32]) -> Result<(), MemoryError> {
 
 /// Opens the vector index at `url` for vectors of `dims` dimensions: `inprocess://`,
 /// `chroma://HOST:PORT/COLLECTION` (`chromas://` for HTTPS), `qdrant://HOST:PORT/COLLECTION`
-/// (`qdrants://` for HTTPS; API key from the variable `api_key_env` unless empty) or
-/// `pgvector://USER@HOST/DB?table=NAME`.
+/// (Qdrant's gRPC port, 6334 when omitted; `qdrants://` for TLS; API key from the variable
+/// `api_key_env` unless empty) or `pgvector://USER@HOST/DB?table=NAME`.
 pub async fn connect(url: &str, api_key_env: &str, dims: usize) -> Result<Arc<dyn VectorIndex>, MemoryError> {
     if url == "inprocess://" {
         return Ok(Arc::new(inprocess::InProcessIndex::new(dims)));
@@ -110,6 +110,7 @@ pub async fn connect(url: &str, api_key_env: &str, dims: usize) -> Result<Arc<dy
     {
         let (host, collection) = rest.split_once('/').unwrap_or((rest, "nightshift_memory"));
         let collection = if collection.is_empty() { "nightshift_memory" } else { collection };
+        let host = with_default_port(host, QDRANT_GRPC_PORT);
         let key = match api_key_env {
             "" => None,
             var => Some(
@@ -125,11 +126,36 @@ pub async fn connect(url: &str, api_key_env: &str, dims: usize) -> Result<Arc<dy
     } else {
         return Err(MemoryError::Config(
             "unsupported vector URL: use inprocess://, chroma://HOST:PORT/COLLECTION, \
-             qdrant://HOST:PORT/COLLECTION or pgvector://USER@HOST/DB?table=NAME"
+             qdrant://HOST:6334/COLLECTION or pgvector://USER@HOST/DB?table=NAME"
                 .into(),
         ));
     };
     let (host, collection) = rest.split_once('/').unwrap_or((rest, "nightshift_memory"));
     let collection = if collection.is_empty() { "nightshift_memory" } else { collection };
     Ok(Arc::new(chroma::ChromaIndex::connect(&format!("{scheme}://{host}"), collection, dims).await?))
+}
+
+/// Qdrant's default gRPC port (its REST port, 6333, does not speak gRPC).
+const QDRANT_GRPC_PORT: u16 = 6334;
+
+/// `host` with `:port` appended when it names none (`[v6]` and `[v6]:port` included).
+fn with_default_port(host: &str, port: u16) -> String {
+    let bare = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let has_port = match bare.rsplit_once(']') {
+        Some((_, after)) => after.starts_with(':'),
+        None => bare.contains(':'),
+    };
+    if has_port { host.to_owned() } else { format!("{host}:{port}") }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn qdrant_urls_default_to_the_grpc_port() {
+        assert_eq!(super::with_default_port("qdrant.data.svc", 6334), "qdrant.data.svc:6334");
+        assert_eq!(super::with_default_port("q:7000", 6334), "q:7000");
+        assert_eq!(super::with_default_port("u:p@q", 6334), "u:p@q:6334");
+        assert_eq!(super::with_default_port("[::1]", 6334), "[::1]:6334");
+        assert_eq!(super::with_default_port("[::1]:6335", 6334), "[::1]:6335");
+    }
 }
