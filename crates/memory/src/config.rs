@@ -161,7 +161,7 @@ pub struct VectorConfig {
     /// `inprocess://` (exact search, not persistent, up to ~100 k items) or
     /// `chroma://HOST:PORT/COLLECTION` (`chromas://` for HTTPS) or
     /// `pgvector://USER@HOST:PORT/DB?table=NAME` (Postgres with the vector extension) or
-    /// `qdrant://HOST:6333/COLLECTION` (`qdrants://` for HTTPS); empty = none.
+    /// `qdrant://HOST:6334/COLLECTION` (gRPC; `qdrants://` for TLS); empty = none.
     pub url: String,
     /// Qdrant: environment variable holding the API key (empty = none).
     pub api_key_env: String,

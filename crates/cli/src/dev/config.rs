@@ -275,11 +275,11 @@ mod tests {
 
         let mut cfg = DevConfig::default();
         cfg.memory.stores.episodic = "redis://127.0.0.1:6379".into();
-        cfg.memory.vector.url = "qdrant://127.0.0.1:6333/c".into();
+        cfg.memory.vector.url = "qdrant://127.0.0.1:6334/c".into();
         let mem = cfg.memory_options(&w, Some(&dir));
         assert_eq!(mem.stores.episodic, "redis://127.0.0.1:6379");
         assert_eq!(mem.stores.long_term, w.database_url);
-        assert_eq!(mem.vector.url, "qdrant://127.0.0.1:6333/c");
+        assert_eq!(mem.vector.url, "qdrant://127.0.0.1:6334/c");
     }
 
     #[test]
