@@ -1,7 +1,8 @@
 //! The five-binary deployment on loopback: `nightshift-events`, `nightshift-manager`, two
 //! `nightshift-scheduler`s and three `nightshift-worker`s as separate processes, on the real
-//! Postgres and NATS JetStream — and again with Redis Streams as the queue — talking gRPC only. The LLM is the scripted OpenAI-compatible
-//! server of the testkit (no hosted LLM is reachable here).
+//! Postgres and NATS JetStream — again with Redis Streams as the queue, and again with a 3-master
+//! Redis Cluster as both the queue and the event log — talking gRPC only. The LLM is the scripted
+//! OpenAI-compatible server of the testkit (no hosted LLM is reachable here).
 //!
 //! Proves: scheduled runs flow end to end; a worker SIGKILLed mid-run has its run finished by
 //! another worker without repeating the completed LLM call or tool call; a SIGKILLed scheduler
@@ -29,7 +30,14 @@ async fn five_binaries_on_postgres_and_redis_survive_killed_workers_and_schedule
     five_binaries_survive_killed_workers_and_schedulers(&nightshift_testkit::redis_url()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_binaries_on_postgres_and_a_redis_cluster_survive_killed_workers_and_schedulers() {
+    five_binaries_survive_killed_workers_and_schedulers(&nightshift_testkit::redis_cluster_url()).await;
+}
+
+/// With a Redis Cluster as the queue, the event log is on the cluster as well.
 async fn five_binaries_survive_killed_workers_and_schedulers(queue_url: &str) {
+    let cluster = queue_url.starts_with("redis+cluster:");
     let db = nightshift_testkit::postgres_url().await;
     let queue_name = format!("dist-{}", uuid::Uuid::new_v4().simple());
     let (llm, script) = nightshift_testkit::llm::scripted_llm().await;
@@ -44,8 +52,13 @@ async fn five_binaries_survive_killed_workers_and_schedulers(queue_url: &str) {
         events: events_ep.clone(),
     };
 
-    let _events =
-        spawn("events", "nightshift-events", &[("NIGHTSHIFT_EVENTS_LISTEN".into(), format!("127.0.0.1:{pe}"))]);
+    let events_prefix = format!("ev-{}", uuid::Uuid::new_v4().simple());
+    let mut events_env = vec![("NIGHTSHIFT_EVENTS_LISTEN".to_owned(), format!("127.0.0.1:{pe}"))];
+    if cluster {
+        events_env.push(("NIGHTSHIFT_EVENTS_BACKEND_URL".into(), queue_url.to_owned()));
+        events_env.push(("NIGHTSHIFT_EVENTS_PREFIX".into(), events_prefix.clone()));
+    }
+    let _events = spawn("events", "nightshift-events", &events_env);
     let _manager = deployment.spawn_manager(pm, ps[0]);
     wait_port(pm).await;
     let mut schedulers: Vec<Proc> = ps
@@ -118,8 +131,25 @@ async fn five_binaries_survive_killed_workers_and_schedulers(queue_url: &str) {
     assert!(missing.is_empty(), "ticks lost around the scheduler kill: {missing:?}");
     let all = runs_of(&mut m, "ticker").await;
     assert_eq!(all.len(), ticks.len(), "one run per tick");
+    if cluster {
+        // The runs' events went through the cluster's stream.
+        let mut conn = nightshift_redis::Connector::open(queue_url)
+            .unwrap()
+            .connection(nightshift_redis::Timeouts::COMMANDS)
+            .await
+            .unwrap();
+        let stored: u64 = redis::cmd("XLEN")
+            .arg(nightshift_redis::key(&events_prefix, "events"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(stored >= 10, "the event log on the cluster holds the runs' events: {stored}");
+    }
     drop((workers, schedulers, _manager, _events));
     if queue_url.starts_with("nats:") {
         nightshift_testkit::delete_nats_stream(&queue_name).await;
+    } else {
+        nightshift_testkit::redis_delete_prefix(queue_url, &queue_name).await;
+        nightshift_testkit::redis_delete_prefix(queue_url, &events_prefix).await;
     }
 }

@@ -102,16 +102,16 @@ pub use subscription::Subscription;
 /// The full gRPC name of the service (for health checks).
 pub const SERVICE_NAME: &str = nightshift_proto::v1::event_service_server::SERVICE_NAME;
 
-/// Opens the event log at `url`: `memory://`, `redis://…` / `rediss://…`, or `nats://…` /
-/// `tls://…`.
+/// Opens the event log at `url`: `memory://`, `redis://…` / `rediss://…`, a Redis Cluster
+/// `redis+cluster://host:port[,host:port…]` / `rediss+cluster://…`, or `nats://…` / `tls://…`.
 pub async fn connect(url: &str, options: LogOptions) -> Result<Arc<dyn EventLog>, EventLogError> {
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase()).unwrap_or_default();
     match scheme.as_str() {
         "memory" => Ok(Arc::new(MemoryLog::new(options)?)),
-        "redis" | "rediss" => Ok(Arc::new(RedisLog::connect(url, options).await?)),
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => Ok(Arc::new(RedisLog::connect(url, options).await?)),
         "nats" | "tls" => Ok(Arc::new(NatsLog::connect(url, options).await?)),
         _ => Err(EventLogError::Config(format!(
-            "unsupported event log URL '{}': use memory://, redis://HOST:PORT or nats://HOST:PORT",
+            "unsupported event log URL '{}': use memory://, redis://HOST:PORT, redis+cluster://HOST:PORT[,HOST:PORT…] or nats://HOST:PORT",
             error::redact_url(url)
         ))),
     }

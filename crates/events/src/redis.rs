@@ -17,10 +17,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
 use ::redis::{Script, Value};
 use nightshift_core::pb;
-use nightshift_redis::{Connector, Timeouts, key};
+use nightshift_redis::{Connection, Connector, Timeouts, key};
 use prost::Message;
 
 use crate::error::EventLogError;
@@ -122,7 +121,7 @@ impl std::fmt::Debug for RedisLog {
 
 struct Inner {
     opts: LogOptions,
-    conn: ConnectionManager,
+    conn: Connection,
     stream: String,
     append: Script,
     read: Script,
@@ -172,17 +171,24 @@ impl RedisLog {
 /// Renames a log written before the `{prefix}:name` key convention (`prefix:events`) to its
 /// current key, once, so that an upgrade keeps the history and every cursor (stream ids do not
 /// change). Only when the new key does not exist yet; on a Redis Cluster, where the two keys may
-/// live on different slots, the rename is refused and the error says what to do.
-async fn adopt_legacy_stream(conn: &mut ConnectionManager, legacy: &str, stream: &str) -> Result<(), EventLogError> {
-    let (legacy_exists, exists): (bool, bool) =
-        ::redis::pipe().exists(legacy).exists(stream).query_async(conn).await.map_err(redis_err)?;
-    if !legacy_exists || exists {
+/// live on different slots, the rename is refused and the error says what to do. The two keys
+/// are checked by two commands, not one pipeline, because a cluster refuses a pipeline across
+/// slots.
+async fn adopt_legacy_stream(conn: &mut Connection, legacy: &str, stream: &str) -> Result<(), EventLogError> {
+    let legacy_exists: bool = ::redis::cmd("EXISTS").arg(legacy).query_async(conn).await.map_err(redis_err)?;
+    if !legacy_exists {
+        return Ok(());
+    }
+    let exists: bool = ::redis::cmd("EXISTS").arg(stream).query_async(conn).await.map_err(redis_err)?;
+    if exists {
         return Ok(());
     }
     let renamed: bool = ::redis::cmd("RENAMENX").arg(legacy).arg(stream).query_async(conn).await.map_err(|e| {
         EventLogError::Backend(format!(
             "the event log moved from key {legacy} to {stream} and could not be renamed ({e}); \
-             rename it by hand (RENAME {legacy} {stream}) or start with a new prefix"
+             rename it by hand (RENAME {legacy} {stream}; on a Redis Cluster, where the keys may \
+             live on different slots: DUMP {legacy}, RESTORE {stream} 0 <dump>, DEL {legacy}) \
+             or start with a new prefix"
         ))
     })?;
     if renamed {
@@ -247,13 +253,13 @@ fn parse_entry(v: &Value) -> Result<Entry, EventLogError> {
     Ok(Entry { pos, event })
 }
 
-async fn head_of(script: &Script, conn: &mut ConnectionManager, stream: &str) -> Result<Pos, EventLogError> {
+async fn head_of(script: &Script, conn: &mut Connection, stream: &str) -> Result<Pos, EventLogError> {
     let v: Value = script.key(stream).invoke_async(conn).await.map_err(redis_err)?;
     text_str(&v).and_then(parse_id).ok_or_else(|| corrupt("stream head", &v))
 }
 
 /// The live tail: follows the stream from `last` and broadcasts every entry in order.
-async fn tail(mut conn: ConnectionManager, stream: String, mut last: Pos, live: Arc<LiveTail>) {
+async fn tail(mut conn: Connection, stream: String, mut last: Pos, live: Arc<LiveTail>) {
     let block_ms = u64::try_from(BLOCK.as_millis()).unwrap_or(5000);
     loop {
         let reply: Result<Value, _> = ::redis::cmd("XREAD")

@@ -202,9 +202,7 @@ async fn on_redis_the_sink_resumes_after_its_cursor_and_alerts_do_not_replay() {
     let saved = std::fs::read_to_string(cursor_file_of(&sink)).unwrap();
     assert_eq!(saved, last_cursor(&sink), "the cursor of the last written event");
 
-    let client = redis::Client::open(nightshift_testkit::redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("DEL").arg(nightshift_redis::key(&prefix, "events")).query_async(&mut conn).await.unwrap();
+    nightshift_testkit::redis_delete_prefix(&nightshift_testkit::redis_url(), &prefix).await;
 }
 
 #[tokio::test]

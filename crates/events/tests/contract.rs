@@ -1,12 +1,13 @@
-//! The event log contract, run against every backend: in-memory, Redis Streams on
-//! `nightshift_testkit::redis_url()` and NATS JetStream at `nightshift_testkit::nats_url()`. Every test
+//! The event log contract, run against every backend: in-memory, Redis Streams on one server
+//! (`nightshift_testkit::redis_url()`) and on a 3-master Redis Cluster
+//! (`nightshift_testkit::redis_cluster_url()`), and NATS JetStream at `nightshift_testkit::nats_url()`. Every test
 //! uses its own prefix (stream / keys), removed when the test ends, so runs never see each
 //! other's events and a server that is not fresh is fine.
 //!
 //! No test depends on timing: waits are for a condition (an event arriving, the live tail
 //! reaching a cursor) with a generous deadline that only a broken implementation hits.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
-use nightshift_testkit::{nats_url, redis_url};
+use nightshift_testkit::{nats_url, redis_cluster_url, redis_url};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ const DEADLINE: Duration = Duration::from_secs(15);
 enum Kind {
     Memory,
     Redis,
+    RedisCluster,
     Nats,
 }
 
@@ -60,6 +62,11 @@ impl Fixture {
             Kind::Redis => {
                 Arc::new(RedisLog::connect(&redis_url(), opts).await.expect("Redis at nightshift_testkit::redis_url()"))
             }
+            Kind::RedisCluster => Arc::new(
+                RedisLog::connect(&redis_cluster_url(), opts)
+                    .await
+                    .expect("Redis Cluster at nightshift_testkit::redis_cluster_url() (scripts/services.sh starts it)"),
+            ),
             Kind::Nats => {
                 Arc::new(NatsLog::connect(&nats_url(), opts).await.expect("NATS at nightshift_testkit::nats_url()"))
             }
@@ -83,38 +90,9 @@ impl Drop for Fixture {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async move {
                 match kind {
-                    Kind::Redis => {
-                        if let Ok(client) = redis::Client::open(redis_url())
-                            && let Ok(mut c) = client.get_multiplexed_async_connection().await
-                        {
-                            let _: Result<(), _> = redis::cmd("DEL")
-                                .arg(nightshift_redis::key(&prefix, "events"))
-                                .query_async(&mut c)
-                                .await;
-                            // Dedup keys expire by themselves; remove them now to keep Redis tidy.
-                            let mut cursor = 0u64;
-                            loop {
-                                let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
-                                    .arg(cursor)
-                                    .arg("MATCH")
-                                    .arg(nightshift_redis::key(&prefix, "eid:*"))
-                                    .arg("COUNT")
-                                    .arg(1000)
-                                    .query_async(&mut c)
-                                    .await
-                                else {
-                                    break;
-                                };
-                                if !keys.is_empty() {
-                                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut c).await;
-                                }
-                                if next == 0 {
-                                    break;
-                                }
-                                cursor = next;
-                            }
-                        }
-                    }
+                    // The stream and the dedup keys (which would expire by themselves).
+                    Kind::Redis => nightshift_testkit::redis_delete_prefix(&redis_url(), &prefix).await,
+                    Kind::RedisCluster => nightshift_testkit::redis_delete_prefix(&redis_cluster_url(), &prefix).await,
                     Kind::Nats => {
                         if let Ok(client) = async_nats::connect(nats_url()).await {
                             let _ = async_nats::jetstream::new(client).delete_stream(format!("{prefix}_events")).await;
@@ -219,6 +197,10 @@ macro_rules! contract {
         mod redis_streams {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name(super::Fixture::new(super::Kind::Redis)).await })*
+        }
+        mod redis_cluster_streams {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Fixture::new(super::Kind::RedisCluster)).await })*
         }
         mod nats_jetstream {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -518,7 +500,7 @@ async fn retention_is_bounded(mut fx: Fixture) {
     }
     let retained = read_all(&log, EventFilter::default()).await;
     // Memory and JetStream trim exactly; Redis `MAXLEN ~` trims whole stream nodes (≤ 100 entries).
-    let bound = if fx.kind == Kind::Redis { 10 + 100 } else { 10 };
+    let bound = if matches!(fx.kind, Kind::Redis | Kind::RedisCluster) { 10 + 100 } else { 10 };
     assert!(retained.len() >= 10 && retained.len() <= bound, "retained {} events, bound {bound}", retained.len());
     assert_eq!(retained.last().map(|e| e.cursor.as_str()), Some(cursors[249].as_str()), "the newest are kept");
     // Resuming where events were trimmed away is refused, not silently gapped.

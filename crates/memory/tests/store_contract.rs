@@ -1,5 +1,5 @@
 //! One contract for every [`MemoryStore`] backend, run against the in-memory store, real Redis
-//! (unique key prefix per test), SQLite (fresh file) and Postgres (fresh database per test).
+//! on one server and on a 3-master Redis Cluster (unique key prefix per test), SQLite (fresh file) and Postgres (fresh database per test).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 mod common;
 
@@ -14,13 +14,14 @@ use nightshift_memory::{InMemoryStore, MemoryStore, MemoryType, RecallQuery, Red
 enum Guard {
     None,
     Sqlite(#[allow(dead_code)] nightshift_testkit::SqliteDb),
-    Redis(String),
+    /// The server or cluster URL and the key prefix.
+    Redis(String, String),
 }
 
 impl Guard {
     async fn cleanup(self) {
-        if let Guard::Redis(prefix) = self {
-            common::redis_cleanup(&prefix).await;
+        if let Guard::Redis(url, prefix) = self {
+            nightshift_testkit::redis_delete_prefix(&url, &prefix).await;
         }
     }
 }
@@ -33,13 +34,21 @@ async fn memory() -> Made {
 }
 
 async fn redis() -> Made {
+    redis_at(common::redis_url()).await
+}
+
+async fn redis_cluster() -> Made {
+    redis_at(nightshift_testkit::redis_cluster_url()).await
+}
+
+async fn redis_at(server: String) -> Made {
     let clock = ManualClock::new(t0());
     let prefix = common::unique_prefix();
-    let url = format!("{}?prefix={prefix}", common::redis_url());
+    let url = format!("{server}?prefix={prefix}");
     let store = RedisStore::connect_with_clock(&url, Arc::new(clock.clone()))
         .await
-        .unwrap_or_else(|e| panic!("Redis is required for this test (see ENVIRONMENT.md): {e}"));
-    (Box::new(store), clock, Guard::Redis(prefix))
+        .unwrap_or_else(|e| panic!("Redis at {server} is required for this test (scripts/services.sh starts it): {e}"));
+    (Box::new(store), clock, Guard::Redis(server, prefix))
 }
 
 async fn sqlite() -> Made {
@@ -280,6 +289,7 @@ macro_rules! all_backends {
     ($($case:ident),* $(,)?) => {
         contract!(memory: $($case),*);
         contract!(redis: $($case),*);
+        contract!(redis_cluster: $($case),*);
         contract!(sqlite: $($case),*);
         contract!(postgres: $($case),*);
     };

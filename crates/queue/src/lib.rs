@@ -227,7 +227,8 @@ impl QueueSettings {
 }
 
 /// Opens the queue at `url`, choosing the backend by scheme: `memory://` or `memory://NAME`,
-/// `nats://host:port` (also `tls://`), `redis://host:port[/db]` (also `rediss://`). NATS and Redis create their
+/// `nats://host:port` (also `tls://`), `redis://host:port[/db]` (also `rediss://`), or a Redis Cluster
+/// `redis+cluster://host:port[,host:port…]` (also `rediss+cluster://`). NATS and Redis create their
 /// stream / consumer group on first use.
 pub async fn connect(url: &str, options: &QueueOptions) -> Result<Arc<dyn WorkQueue>, QueueError> {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -240,8 +241,12 @@ pub async fn connect(url: &str, options: &QueueOptions) -> Result<Arc<dyn WorkQu
             Ok(Arc::new(if name.is_empty() { MemoryQueue::new(config) } else { MemoryQueue::named(name, config) }))
         }
         "nats" | "tls" => Ok(Arc::new(NatsQueue::connect(url, NatsConfig::from_options(options)?).await?)),
-        "redis" | "rediss" => Ok(Arc::new(RedisQueue::connect(url, RedisConfig::from_options(options)?).await?)),
-        other => Err(QueueError::Config(format!("unknown queue URL scheme {other:?} (memory, nats, redis)"))),
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
+            Ok(Arc::new(RedisQueue::connect(url, RedisConfig::from_options(options)?).await?))
+        }
+        other => {
+            Err(QueueError::Config(format!("unknown queue URL scheme {other:?} (memory, nats, redis, redis+cluster)")))
+        }
     }
 }
 

@@ -43,10 +43,9 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
 use ::redis::streams::{StreamReadOptions, StreamReadReply};
 use ::redis::{AsyncCommands, Script};
-use nightshift_redis::{Connector, Timeouts, key};
+use nightshift_redis::{Connection, Connector, Timeouts, key};
 use tokio::time::Instant;
 
 use crate::{Acker, Delivery, QueueError, QueueOptions, RunRequest, WorkQueue};
@@ -232,9 +231,9 @@ struct Keys {
 /// A [`WorkQueue`] on Redis Streams; see the module docs.
 pub struct RedisQueue {
     client: Connector,
-    conn: ConnectionManager,
+    conn: Connection,
     /// Idle blocking-read connections (see the module docs).
-    blocking: Mutex<Vec<ConnectionManager>>,
+    blocking: Mutex<Vec<Connection>>,
     keys: Keys,
     scripts: std::sync::Arc<Scripts>,
     config: RedisConfig,
@@ -399,7 +398,7 @@ impl RedisQueue {
         Ok(())
     }
 
-    async fn blocking_connection(&self) -> Result<ConnectionManager, QueueError> {
+    async fn blocking_connection(&self) -> Result<Connection, QueueError> {
         if let Some(conn) = lock(&self.blocking).pop() {
             return Ok(conn);
         }
@@ -437,7 +436,7 @@ impl RedisQueue {
     }
 }
 
-async fn ack_and_delete(conn: &ConnectionManager, stream: &str, group: &str, id: &str) -> Result<(), QueueError> {
+async fn ack_and_delete(conn: &Connection, stream: &str, group: &str, id: &str) -> Result<(), QueueError> {
     let mut conn = conn.clone();
     let _: () = ::redis::pipe()
         .atomic()
@@ -519,7 +518,7 @@ impl WorkQueue for RedisQueue {
 
 /// Acks one stream entry read by this handle's consumer.
 struct RedisAcker {
-    conn: ConnectionManager,
+    conn: Connection,
     scripts: std::sync::Arc<Scripts>,
     stream: String,
     delayed: String,

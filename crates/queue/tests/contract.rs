@@ -1,5 +1,7 @@
 //! The contract every [`WorkQueue`] backend must meet, run against all three: in-memory, real
-//! NATS JetStream (`nightshift_testkit::nats_url`) and real Redis (`nightshift_testkit::redis_url`). Every test uses its own queue name (a UUID), so runs do
+//! NATS JetStream (`nightshift_testkit::nats_url`) and real Redis, both one server
+//! (`nightshift_testkit::redis_url`) and a 3-master Redis Cluster
+//! (`nightshift_testkit::redis_cluster_url`). Every test uses its own queue name (a UUID), so runs do
 //! not see each other or leftovers, and removes its stream / keys afterwards (also when it
 //! fails).
 //!
@@ -8,7 +10,7 @@
 //! tests flaky.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 
-use nightshift_testkit::{nats_url, redis_url};
+use nightshift_testkit::{nats_url, redis_cluster_url, redis_delete_prefix, redis_url};
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ enum Backend {
     Memory,
     Nats,
     Redis,
+    RedisCluster,
 }
 
 /// One test's queue: backend plus a unique name.
@@ -55,6 +58,7 @@ impl Env {
             Backend::Memory => format!("memory://{}", self.name),
             Backend::Nats => nats_url(),
             Backend::Redis => redis_url(),
+            Backend::RedisCluster => redis_cluster_url(),
         };
         connect(&url, &options).await.unwrap_or_else(|e| panic!("connect {:?} {url}: {e}", self.backend))
     }
@@ -69,15 +73,8 @@ impl Env {
                     eprintln!("cleanup: delete stream {}: {e}", self.name);
                 }
             }
-            Backend::Redis => {
-                let client = ::redis::Client::open(redis_url()).expect("redis url");
-                let mut conn = client.get_multiplexed_async_connection().await.expect("redis connect for cleanup");
-                let pattern = format!("{{{}}}*", self.name);
-                let keys: Vec<String> = ::redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.expect("KEYS");
-                if !keys.is_empty() {
-                    let _: () = ::redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.expect("DEL");
-                }
-            }
+            Backend::Redis => redis_delete_prefix(&redis_url(), &self.name).await,
+            Backend::RedisCluster => redis_delete_prefix(&redis_cluster_url(), &self.name).await,
         }
     }
 }
@@ -448,6 +445,14 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::run(super::Backend::Redis, super::$test).await;
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::run(super::Backend::RedisCluster, super::$test).await;
                 }
             )*
         }

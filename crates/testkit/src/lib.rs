@@ -4,8 +4,10 @@
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`); each call to [`postgres_url`]
 //! creates a fresh database named `ns_test_*`, so tests never depend on a clean server and may
 //! run in parallel. `.ci/run` drops leftover `ns_test_*` databases before a run. Redis and NATS
-//! are at [`redis_url`] and [`nats_url`] (`NIGHTSHIFT_TEST_REDIS`, `NIGHTSHIFT_TEST_NATS`);
-//! tests isolate themselves there with unique key prefixes and stream names.
+//! are at [`redis_url`] and [`nats_url`] (`NIGHTSHIFT_TEST_REDIS`, `NIGHTSHIFT_TEST_NATS`), the
+//! 3-master Redis Cluster that `scripts/services.sh` starts at [`redis_cluster_url`]
+//! (`NIGHTSHIFT_TEST_REDIS_CLUSTER`); tests isolate themselves there with unique key prefixes and
+//! stream names, and remove their keys with [`redis_delete_prefix`].
 
 // Test support: a fixture that cannot start must fail the test loudly, and the fixtures print
 // their progress for the test log.
@@ -21,6 +23,29 @@ pub fn postgres_admin_url() -> String {
 /// The test Redis server: `NIGHTSHIFT_TEST_REDIS`, default `redis://127.0.0.1:6379`.
 pub fn redis_url() -> String {
     std::env::var("NIGHTSHIFT_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The test Redis Cluster (3 masters, `scripts/services.sh`): `NIGHTSHIFT_TEST_REDIS_CLUSTER`,
+/// default `redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003`.
+pub fn redis_cluster_url() -> String {
+    std::env::var("NIGHTSHIFT_TEST_REDIS_CLUSTER")
+        .unwrap_or_else(|_| "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003".into())
+}
+
+/// Deletes every key of the hash tag `{prefix}` (`{prefix}:…`, the layout of every Nightshift
+/// Redis backend) on the server or cluster at `url`. On a cluster `KEYS` asks every master, and
+/// the keys of one tag share one slot, so one `DEL` removes them.
+pub async fn redis_delete_prefix(url: &str, prefix: &str) {
+    let connector = nightshift_redis::Connector::open(url).expect("redis url");
+    let mut conn = connector
+        .connection(nightshift_redis::Timeouts::COMMANDS)
+        .await
+        .unwrap_or_else(|e| panic!("Redis at {url} is required for this test (scripts/services.sh starts it): {e}"));
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{{{prefix}}}*")).query_async(&mut conn).await.expect("KEYS");
+    for chunk in keys.chunks(1000) {
+        let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await.expect("DEL");
+    }
 }
 
 /// The test NATS server (with JetStream): `NIGHTSHIFT_TEST_NATS`, default `nats://127.0.0.1:4222`.

@@ -50,19 +50,22 @@ pub trait MemoryStore: Send + Sync + std::fmt::Debug {
     async fn purge_expired(&self) -> Result<u64, MemoryError>;
 }
 
-/// Opens the store at `url`: `memory://`, `redis://…` / `rediss://…`, `sqlite:…` or
-/// `postgres://…` / `postgresql://…`.
+/// Opens the store at `url`: `memory://`, `redis://…` / `rediss://…`, a Redis Cluster
+/// `redis+cluster://host:port[,host:port…]` / `rediss+cluster://…`, `sqlite:…` or
+/// `postgres://…` / `postgresql://…`. A Redis URL may end in `?prefix=NAME`.
 pub async fn connect(url: &str) -> Result<Arc<dyn MemoryStore>, MemoryError> {
     if url.is_empty() {
         return Err(MemoryError::Config("is empty: name a store (memory://, redis://, sqlite://, postgres://)".into()));
     }
     if url == "memory://" {
         Ok(Arc::new(memory::InMemoryStore::new()))
-    } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+    } else if nightshift_redis::is_redis_url(url) {
         Ok(Arc::new(redis::RedisStore::connect(url).await?))
     } else if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(sql::SqlStore::connect(url).await?))
     } else {
-        Err(MemoryError::Config("unsupported store URL: use memory://, redis://, sqlite:// or postgres://".into()))
+        Err(MemoryError::Config(
+            "unsupported store URL: use memory://, redis://, redis+cluster://, sqlite:// or postgres://".into(),
+        ))
     }
 }

@@ -11,10 +11,9 @@
 //! read of a list.
 use std::sync::Arc;
 
-use ::redis::aio::ConnectionManager;
 use async_trait::async_trait;
 use nightshift_core::{Clock, SystemClock, time};
-use nightshift_redis::{Connector, Timeouts, key};
+use nightshift_redis::{Connection, Connector, Timeouts, key};
 
 use crate::error::MemoryError;
 use crate::store::MemoryStore;
@@ -28,7 +27,7 @@ const SCAN_BATCH: usize = 128;
 /// Records in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Connection,
     prefix: String,
     clock: Arc<dyn Clock>,
 }

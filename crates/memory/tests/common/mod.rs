@@ -18,30 +18,10 @@ pub fn unique_prefix() -> String {
     format!("ns_test_mem_{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Deletes every Redis key under `prefix` (as laid out by RedisStore: `{prefix}:*`).
+/// Deletes every key of the Redis server at [`redis_url`] under `prefix` (as laid out by
+/// RedisStore: `{prefix}:*`).
 pub async fn redis_cleanup(prefix: &str) {
-    let client = redis::Client::open(redis_url()).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("redis connection");
-    let pattern = format!("{{{prefix}}}:*");
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .expect("scan");
-        if !keys.is_empty() {
-            let _: u64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.expect("del");
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    nightshift_testkit::redis_delete_prefix(&redis_url(), prefix).await;
 }
 
 /// 2026-01-01T00:00:00Z.
