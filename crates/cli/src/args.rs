@@ -50,6 +50,21 @@ pub enum Command {
     /// Read the event stream.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Models of `provider: embedded`: fetch them into the model cache, list them.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// Download a catalog model into the cache (NIGHTSHIFT_MODEL_CACHE, else
+    /// ~/.cache/nightshift-models) and verify its SHA-256; a no-op when it is there.
+    Pull {
+        /// Catalog name, e.g. smollm2-135m-instruct.
+        name: String,
+    },
+    /// The catalog models and whether each is in the cache.
+    List,
 }
 
 #[derive(Subcommand, Debug)]

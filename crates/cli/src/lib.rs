@@ -10,6 +10,7 @@ mod agent;
 mod args;
 mod dev;
 mod events;
+mod models;
 mod output;
 mod runs;
 
@@ -26,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(cmd) => agent::run(&cli.endpoint, cli.output, cmd).await,
         Command::Runs(cmd) => runs::run(&cli.endpoint, cli.output, cmd).await,
         Command::Events(cmd) => events::run(&cli.endpoint, cli.output, cmd).await,
+        Command::Models(cmd) => models::run(cli.output, cmd).await,
     }
 }
 

@@ -33,8 +33,8 @@ pub use redact::redact_url;
 pub use run::{AgentState, RunOutcome, RunStatus, TriggerKind};
 pub use schedule::{CronSpec, MisfirePolicy, Schedule, Trigger};
 pub use spec::{
-    AgentSpec, BUILTIN_LOCAL_TOOLS, ConfigValue, McpServer, McpTransport, MemoryConfig, ModelConfig, ModelProvider,
-    SecretRef, SessionScope, SpecOrigin, ToolCallMode, ToolsSpec,
+    AgentSpec, BUILTIN_LOCAL_TOOLS, ConfigValue, MAX_STOP_SEQUENCES, McpServer, McpTransport, MemoryConfig,
+    ModelConfig, ModelProvider, Sampling, SecretRef, SessionScope, SpecOrigin, ToolCallMode, ToolsSpec,
 };
 
 /// The generated `nightshift.v1` proto types, re-exported for convenience.

@@ -77,7 +77,7 @@ impl DurationText {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelManifest {
-    /// `openai` (any OpenAI-compatible server) or `anthropic`.
+    /// `openai` (any OpenAI-compatible server), `anthropic` or `embedded` (in the worker).
     #[serde(default)]
     pub provider: String,
     /// Model name.
@@ -101,6 +101,15 @@ pub struct ModelManifest {
     /// `native` (default) or `structured`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_mode: Option<String>,
+    /// Nucleus sampling threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Sampler seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Stop sequences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
 }
 
 /// `task:`
@@ -259,8 +268,11 @@ fn spelling<T: Copy + PartialEq>(options: &[(&str, T)], v: T) -> Option<String> 
     options.iter().find(|(_, t)| *t == v).map(|(s, _)| (*s).to_owned())
 }
 
-const PROVIDERS: &[(&str, pb::ModelProvider)] =
-    &[("openai", pb::ModelProvider::Openai), ("anthropic", pb::ModelProvider::Anthropic)];
+const PROVIDERS: &[(&str, pb::ModelProvider)] = &[
+    ("openai", pb::ModelProvider::Openai),
+    ("anthropic", pb::ModelProvider::Anthropic),
+    ("embedded", pb::ModelProvider::Embedded),
+];
 const TOOL_MODES: &[(&str, pb::ToolCallMode)] =
     &[("native", pb::ToolCallMode::Native), ("structured", pb::ToolCallMode::Structured)];
 const MISFIRES: &[(&str, pb::MisfirePolicy)] = &[
@@ -322,6 +334,9 @@ impl AgentManifest {
             max_tokens: m.max_tokens,
             request_timeout: dur(&mut errs, "model.request_timeout", &m.request_timeout),
             tool_call_mode: pick(&mut errs, "model.tool_call_mode", &m.tool_call_mode, TOOL_MODES),
+            top_p: m.top_p,
+            seed: m.seed,
+            stop: m.stop.clone(),
         });
         let schedule = self.schedule.as_ref().map(|s| {
             use pb::schedule_spec::Trigger as T;
@@ -451,6 +466,9 @@ impl AgentManifest {
                 max_tokens: m.max_tokens,
                 request_timeout: d(&m.request_timeout),
                 tool_call_mode: spelling(TOOL_MODES, m.tool_call_mode()),
+                top_p: m.top_p,
+                seed: m.seed,
+                stop: m.stop.clone(),
             }),
             system_instruction: p.system_instruction.clone(),
             task: p.task.as_ref().map(|t| TaskManifest { query: t.query.clone() }),

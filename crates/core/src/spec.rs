@@ -50,6 +50,8 @@ pub enum ModelProvider {
     OpenAi,
     /// Anthropic Messages.
     Anthropic,
+    /// A GGUF chat model run in-process by the worker (`model` is a catalog name or a `.gguf` path).
+    Embedded,
 }
 
 /// How tool calls are requested from the model.
@@ -147,7 +149,25 @@ pub struct ModelConfig {
     pub request_timeout: Duration,
     /// Native or structured tool calls.
     pub tool_call_mode: ToolCallMode,
+    /// Top-p, seed and stop sequences.
+    pub sampling: Sampling,
 }
+
+/// Sampling settings beyond the temperature.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Sampling {
+    /// Nucleus sampling threshold (0 < p <= 1); `None` = the provider's default.
+    pub top_p: Option<f64>,
+    /// Seed for reproducible sampling; `None` = random.
+    pub seed: Option<u64>,
+    /// Generation stops before any of these (at most [`MAX_STOP_SEQUENCES`]).
+    pub stop: Vec<String>,
+}
+
+/// Most stop sequences a model config may have (OpenAI's limit).
+pub const MAX_STOP_SEQUENCES: usize = 4;
+/// Longest stop sequence in bytes.
+pub const MAX_STOP_LEN: usize = 64;
 
 /// Tools of an agent.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -364,11 +384,32 @@ impl AgentSpec {
         let provider = match m.provider() {
             pb::ModelProvider::Openai => Some(ModelProvider::OpenAi),
             pb::ModelProvider::Anthropic => Some(ModelProvider::Anthropic),
+            pb::ModelProvider::Embedded => Some(ModelProvider::Embedded),
             pb::ModelProvider::Unspecified => {
-                errs.push("model.provider", "is required (openai or anthropic)");
+                errs.push("model.provider", "is required (openai, anthropic or embedded)");
                 None
             }
         };
+        if provider == Some(ModelProvider::Embedded) {
+            // The model runs inside the worker: a server URL or key would be silently ignored.
+            if !m.base_url.is_empty() {
+                errs.push("model.base_url", "is not used by the embedded provider (the model runs in the worker)");
+            }
+            if !m.api_key.is_empty() {
+                errs.push("model.api_key", "is not used by the embedded provider (the model runs in the worker)");
+            }
+        }
+        if let Some(p) = m.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            errs.push("model.top_p", format!("must be above 0 and at most 1 (got {p})"));
+        }
+        if m.stop.len() > MAX_STOP_SEQUENCES {
+            errs.push("model.stop", format!("at most {MAX_STOP_SEQUENCES} sequences (got {})", m.stop.len()));
+        }
+        if m.stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
+            errs.push("model.stop", format!("each sequence must be 1 to {MAX_STOP_LEN} bytes"));
+        }
         if m.model.trim().is_empty() {
             errs.push("model.model", "is required");
         }
@@ -403,6 +444,7 @@ impl AgentSpec {
             max_tokens: m.max_tokens,
             request_timeout,
             tool_call_mode,
+            sampling: Sampling { top_p: m.top_p, seed: m.seed, stop: m.stop.clone() },
         })
     }
 
@@ -537,6 +579,7 @@ impl AgentSpec {
                 provider: match m.provider {
                     ModelProvider::OpenAi => pb::ModelProvider::Openai,
                     ModelProvider::Anthropic => pb::ModelProvider::Anthropic,
+                    ModelProvider::Embedded => pb::ModelProvider::Embedded,
                 } as i32,
                 model: m.model.clone(),
                 base_url: m.base_url.clone().unwrap_or_default(),
@@ -548,6 +591,9 @@ impl AgentSpec {
                     ToolCallMode::Native => pb::ToolCallMode::Native,
                     ToolCallMode::Structured => pb::ToolCallMode::Structured,
                 } as i32,
+                top_p: m.sampling.top_p,
+                seed: m.sampling.seed,
+                stop: m.sampling.stop.clone(),
             }),
             system_instruction: self.system_instruction.clone(),
             task: Some(pb::TaskSpec { query: self.query.clone() }),

@@ -277,6 +277,7 @@ mod tests {
             max_tokens: None,
             request_timeout: Duration::from_secs(5),
             tool_call_mode: ToolCallMode::Native,
+            sampling: Default::default(),
         }
     }
 

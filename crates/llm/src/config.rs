@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use nightshift_core::{ModelConfig, ModelProvider};
 
-use crate::{AnthropicChat, ChatModel, ChatRequest, LlmError, OpenAiChat, ResponseMode, RetryPolicy};
+use crate::{AnthropicChat, ChatModel, ChatRequest, EmbeddedChat, LlmError, OpenAiChat, ResponseMode, RetryPolicy};
 
 /// The provider for `cfg` with the default [`RetryPolicy`]. The API key reference is resolved on
 /// every HTTP attempt, not here, so a rotated environment variable is picked up by the next call
@@ -17,6 +17,8 @@ pub fn model_from_config_with_retry(cfg: &ModelConfig, retry: RetryPolicy) -> Re
     Ok(match cfg.provider {
         ModelProvider::OpenAi => Arc::new(OpenAiChat::from_config(cfg)?.with_retry_policy(retry)),
         ModelProvider::Anthropic => Arc::new(AnthropicChat::from_config(cfg)?.with_retry_policy(retry)),
+        // In-process: there is no transport to retry.
+        ModelProvider::Embedded => Arc::new(EmbeddedChat::from_config(cfg)?),
     })
 }
 

@@ -54,9 +54,21 @@ pub enum LlmError {
     /// `{tool, arguments}` / `{final}` object. Sampling again may well succeed.
     #[error("invalid LLM response: {0}")]
     InvalidResponse(String),
-    /// Local configuration problem: unset key variable, bad base URL, client set-up.
+    /// Local configuration problem: unset key variable, bad base URL, client set-up, a model file
+    /// that is missing or unreadable.
     #[error("LLM configuration error: {0}")]
     Config(String),
+    /// The prompt does not fit the embedded model's context window (permanent for this request).
+    #[error("the prompt has {tokens} tokens; the model's context holds {limit} (with room for the answer)")]
+    PromptTooLong {
+        /// Prompt tokens.
+        tokens: usize,
+        /// What fits.
+        limit: usize,
+    },
+    /// The embedded model failed while generating (a tensor error, its thread pool gone).
+    #[error("embedded model failed: {0}")]
+    Engine(String),
 }
 
 fn fmt_retry_after(d: Option<Duration>) -> String {
@@ -82,6 +94,10 @@ pub enum LlmErrorKind {
     InvalidResponse,
     /// [`LlmError::Config`].
     Config,
+    /// [`LlmError::PromptTooLong`].
+    PromptTooLong,
+    /// [`LlmError::Engine`].
+    Engine,
 }
 
 impl LlmErrorKind {
@@ -96,6 +112,8 @@ impl LlmErrorKind {
             Self::Auth => "auth",
             Self::InvalidResponse => "invalid_response",
             Self::Config => "config",
+            Self::PromptTooLong => "prompt_too_long",
+            Self::Engine => "engine",
         }
     }
 }
@@ -112,6 +130,8 @@ impl LlmError {
             Self::Auth { .. } => LlmErrorKind::Auth,
             Self::InvalidResponse(_) => LlmErrorKind::InvalidResponse,
             Self::Config(_) => LlmErrorKind::Config,
+            Self::PromptTooLong { .. } => LlmErrorKind::PromptTooLong,
+            Self::Engine(_) => LlmErrorKind::Engine,
         }
     }
 
@@ -125,6 +145,7 @@ impl LlmError {
                 | LlmErrorKind::Server
                 | LlmErrorKind::Connection
                 | LlmErrorKind::InvalidResponse
+                | LlmErrorKind::Engine
         )
     }
 

@@ -3,6 +3,8 @@
 //! - [`OpenAiChat`]: OpenAI-compatible chat completions (`POST {base_url}/chat/completions`), which
 //!   covers OpenAI, Ollama, vLLM and llama.cpp's server.
 //! - [`AnthropicChat`]: Anthropic Messages (`POST {base_url}/v1/messages`).
+//! - [`EmbeddedChat`]: a GGUF chat model run in this process on the CPU ([`embedded`]), with
+//!   tool calls constrained to their JSON schemas while sampling.
 //!
 //! Both support native tool calling and a [structured-output mode](structured) for models that
 //! cannot call tools natively. Every HTTP attempt has a timeout (`model.request_timeout`, from
@@ -16,6 +18,7 @@
 
 mod anthropic;
 mod config;
+pub mod embedded;
 mod error;
 mod http;
 mod names;
@@ -27,6 +30,7 @@ mod types;
 
 pub use anthropic::AnthropicChat;
 pub use config::{model_from_config, model_from_config_with_retry};
+pub use embedded::EmbeddedChat;
 pub use error::{LlmError, LlmErrorKind};
 pub use openai::OpenAiChat;
 pub use retry::{RetryPolicy, parse_retry_after};

@@ -114,7 +114,7 @@ impl ChatModel for OpenAiChat {
         let posted = self.transport.post_json("openai.chat_completions", &body).await?;
         let mut resp = parse_completion(posted.body, &names, &self.defaults.model)?;
         if mode == ResponseMode::Structured {
-            resp = structured_response(resp, req)?;
+            resp = structured::into_response(resp, req)?;
         }
         resp.latency = posted.latency;
         resp.attempts = posted.attempts;
@@ -129,21 +129,6 @@ impl ChatModel for OpenAiChat {
         );
         Ok(resp)
     }
-}
-
-/// Turns the text answer of a structured call into a final answer or one tool call.
-fn structured_response(mut resp: ChatResponse, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
-    let answer = structured::parse_answer(&resp.content, &req.tools).map_err(|e| match (&resp.finish_reason, e) {
-        (FinishReason::Length, LlmError::InvalidResponse(m)) => {
-            LlmError::InvalidResponse(format!("{m} (the answer was cut off by the token limit)"))
-        }
-        (_, e) => e,
-    })?;
-    let (content, tool_calls) = answer.into_parts();
-    resp.finish_reason = if tool_calls.is_empty() { FinishReason::Stop } else { FinishReason::ToolCalls };
-    resp.content = content;
-    resp.tool_calls = tool_calls;
-    Ok(resp)
 }
 
 #[derive(Serialize)]
@@ -327,6 +312,7 @@ mod tests {
             max_tokens: Some(100),
             request_timeout: Duration::from_secs(5),
             tool_call_mode: ToolCallMode::Native,
+            sampling: Default::default(),
         }
     }
 

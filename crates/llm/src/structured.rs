@@ -10,7 +10,7 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::{LlmError, Message, ToolCall, ToolSpec};
+use crate::{ChatRequest, ChatResponse, FinishReason, LlmError, Message, ToolCall, ToolSpec};
 
 /// The `json_schema.name` sent with `response_format`.
 pub const SCHEMA_NAME: &str = "agent_step";
@@ -260,6 +260,21 @@ impl StructuredAnswer {
             }
         }
     }
+}
+
+/// Turns the text answer of a structured call into a final answer or one tool call.
+pub(crate) fn into_response(mut resp: ChatResponse, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
+    let answer = parse_answer(&resp.content, &req.tools).map_err(|e| match (&resp.finish_reason, e) {
+        (FinishReason::Length, LlmError::InvalidResponse(m)) => {
+            LlmError::InvalidResponse(format!("{m} (the answer was cut off by the token limit)"))
+        }
+        (_, e) => e,
+    })?;
+    let (content, tool_calls) = answer.into_parts();
+    resp.finish_reason = if tool_calls.is_empty() { FinishReason::Stop } else { FinishReason::ToolCalls };
+    resp.content = content;
+    resp.tool_calls = tool_calls;
+    Ok(resp)
 }
 
 /// Models without a grammar like to wrap JSON in a Markdown code fence.

@@ -205,6 +205,7 @@ async fn structured_mode_parses_the_text_answer() {
     .await;
     let cfg = nightshift_core::ModelConfig {
         tool_call_mode: nightshift_core::ToolCallMode::Structured,
+        sampling: Default::default(),
         ..config(ModelProvider::Anthropic, &server.url, None)
     };
     let resp =

@@ -20,6 +20,7 @@ async fn smollm_picks_a_tool_in_structured_mode() {
         max_tokens: Some(128),
         request_timeout: Duration::from_secs(120),
         tool_call_mode: ToolCallMode::Structured,
+        sampling: Default::default(),
     };
     let model = model_from_config(&cfg).unwrap();
     let tools = vec![ToolSpec::new(

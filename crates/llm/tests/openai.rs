@@ -344,6 +344,7 @@ async fn non_json_body_is_an_invalid_response() {
 fn structured_config(url: &str) -> nightshift_core::ModelConfig {
     nightshift_core::ModelConfig {
         tool_call_mode: ToolCallMode::Structured,
+        sampling: Default::default(),
         ..config(ModelProvider::OpenAi, url, None)
     }
 }

@@ -135,6 +135,7 @@ impl SummarizerConfig {
             max_tokens: Some(self.max_tokens),
             request_timeout: self.request_timeout,
             tool_call_mode: ToolCallMode::default(),
+            sampling: Default::default(),
         }))
     }
 }

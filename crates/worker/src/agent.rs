@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use nightshift_core::lifecycle::Failure;
 use nightshift_core::pb;
-use nightshift_llm::{ChatModel, ChatRequest, LlmError, LlmErrorKind, Message, ToolCall, ToolSpec, Usage};
+use nightshift_llm::{ChatModel, ChatRequest, LlmError, Message, ToolCall, ToolSpec, Usage};
 use nightshift_tools::{ToolOutput, ToolRegistry};
 
 /// Retries of an LLM answer the runtime could not understand (malformed structured output).
@@ -47,11 +47,7 @@ impl LoopError {
     /// model that did not conclude may pass, so those stay retryable.
     pub fn failure(&self) -> Failure {
         match self {
-            Self::Llm(e)
-                if matches!(e.kind(), LlmErrorKind::Config | LlmErrorKind::Auth | LlmErrorKind::BadRequest) =>
-            {
-                Failure::Permanent
-            }
+            Self::Llm(e) if !e.is_retryable() => Failure::Permanent,
             _ => Failure::Retryable,
         }
     }
@@ -103,6 +99,21 @@ pub struct AgentLoop<'a> {
     pub step_counter: Arc<AtomicU32>,
     /// Tokens spent, whatever the outcome.
     pub spent: Arc<Spent>,
+}
+
+/// Whether the latest turn of `messages` asked only for calls an earlier turn already made (same
+/// tool, same arguments). Small models loop on one call; such a model is then asked to conclude
+/// from the results it has (the next turn is final-only), instead of repeating it until
+/// `max_steps`.
+fn repeats_earlier_calls(messages: &[Message]) -> bool {
+    let key = |c: &ToolCall| (c.name.clone(), c.arguments_value().unwrap_or_else(|_| c.arguments.clone().into()));
+    let mut turns = messages.iter().filter_map(|m| match m {
+        Message::Assistant { tool_calls, .. } if !tool_calls.is_empty() => Some(tool_calls),
+        _ => None,
+    });
+    let Some(latest) = turns.next_back() else { return false };
+    let earlier: Vec<_> = turns.flatten().map(key).collect();
+    latest.iter().all(|c| earlier.contains(&key(c)))
 }
 
 fn tool_specs(tools: &ToolRegistry) -> Vec<ToolSpec> {
@@ -187,7 +198,7 @@ impl AgentLoop<'_> {
                 tools: specs.clone(),
                 // The last allowed turn is for the answer: a model that keeps calling tools gets
                 // to conclude from what it has instead of failing the run at `max_steps`.
-                final_only: self.max_steps > 1 && llm_turns + 1 >= self.max_steps,
+                final_only: (self.max_steps > 1 && llm_turns + 1 >= self.max_steps) || repeats_earlier_calls(&messages),
                 ..Default::default()
             };
             let resp = self.chat(&req).await?;
@@ -392,5 +403,25 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, LoopError::MaxSteps(1)), "{err}");
         assert_eq!(spent.usage(), Usage { input_tokens: 30, output_tokens: 7 });
+    }
+
+    #[test]
+    fn a_turn_that_repeats_earlier_calls_is_detected() {
+        let call = |id: &str, args: &str| ToolCall::new(id, "format_data", args);
+        let turn = |calls: Vec<ToolCall>| Message::assistant("", calls);
+        let result = Message::tool_result("c", "format_data", "ok");
+        // Same arguments in another key order and spacing are the same call.
+        let history = vec![
+            Message::user("go"),
+            turn(vec![call("1", r#"{"a":1,"b":2}"#)]),
+            result.clone(),
+            turn(vec![call("2", r#"{ "b": 2, "a": 1 }"#)]),
+        ];
+        assert!(repeats_earlier_calls(&history));
+        let mut fresh = history.clone();
+        fresh[3] = turn(vec![call("2", r#"{"a":1,"b":3}"#)]);
+        assert!(!repeats_earlier_calls(&fresh), "other arguments are a new call");
+        assert!(!repeats_earlier_calls(&history[..2]), "a first call repeats nothing");
+        assert!(!repeats_earlier_calls(&[Message::user("go")]));
     }
 }

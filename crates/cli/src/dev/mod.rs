@@ -38,14 +38,29 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
     let store = Store::connect(&database_url).await.context("opening the database")?;
 
     // Manifests given with --apply go through the same validation as ApplyAgent.
+    let mut embedded_models = std::collections::BTreeSet::new();
     for file in manifest_files(&args.apply)? {
         for doc in documents(&file)? {
             let spec = AgentManifest::from_yaml(&doc)
                 .and_then(|m| m.validate())
                 .map_err(|e| anyhow::anyhow!("{}: invalid agent manifest: {e}", file.display()))?;
+            if spec.model.provider == nightshift_core::ModelProvider::Embedded
+                && !nightshift_llm::embedded::catalog::is_path(&spec.model.model)
+            {
+                embedded_models.insert(spec.model.model.clone());
+            }
             let (rec, outcome) = store.apply_agent(&spec).await?;
             tracing::info!(agent = %rec.spec.name, version = rec.version, ?outcome, file = %file.display(), "applied");
         }
+    }
+
+    // The first start fetches the embedded models the agents name (once; then from the cache),
+    // so that their first runs find them.
+    let cache = nightshift_llm::embedded::catalog::cache_dir();
+    for name in &embedded_models {
+        let path =
+            crate::models::pull(name, &cache).await.with_context(|| format!("fetching the embedded model {name}"))?;
+        tracing::info!(model = %name, path = %path.display(), "embedded model ready");
     }
 
     let listener = GrpcServer::bind(&cfg.server.listen).await?;

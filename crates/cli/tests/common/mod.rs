@@ -69,10 +69,15 @@ impl Dev {
     /// Starts `nightshift dev` on a free port (with `config` as its `--config` file, if given)
     /// and reads the bound address from the banner it prints.
     pub fn start(config: Option<&str>) -> Dev {
+        Dev::start_with(config, &[])
+    }
+
+    /// [`Dev::start`] with more arguments for `nightshift dev` (e.g. `-f examples/agents`).
+    pub fn start_with(config: Option<&str>, args: &[&str]) -> Dev {
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nightshift"));
-        cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path().join("data"));
+        cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path().join("data")).args(args);
         if let Some(text) = config {
             let path = dir.path().join("dev.toml");
             std::fs::write(&path, text).unwrap();

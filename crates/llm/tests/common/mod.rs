@@ -139,6 +139,7 @@ pub fn config(provider: ModelProvider, base_url: &str, key_var: Option<&str>) ->
         max_tokens: Some(256),
         request_timeout: Duration::from_secs(10),
         tool_call_mode: ToolCallMode::Native,
+        sampling: Default::default(),
     }
 }
 

