@@ -94,6 +94,8 @@ impl AnthropicChat {
             tool_choice: (req.final_only && tools.is_some()).then(|| json!({"type": "none"})),
             tools,
             temperature,
+            top_p: self.defaults.sampling.top_p,
+            stop_sequences: &self.defaults.sampling.stop,
         }
     }
 }
@@ -142,6 +144,10 @@ struct Body<'a> {
     tool_choice: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop_sequences: &'a [String],
 }
 
 /// Messages under construction. The API wants user and assistant turns to alternate, so

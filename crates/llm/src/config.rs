@@ -29,6 +29,7 @@ pub(crate) struct CallDefaults {
     pub temperature: Option<f64>,
     pub max_tokens: Option<u32>,
     pub mode: ResponseMode,
+    pub sampling: nightshift_core::Sampling,
 }
 
 impl CallDefaults {
@@ -41,6 +42,7 @@ impl CallDefaults {
             temperature: cfg.temperature,
             max_tokens: cfg.max_tokens,
             mode: cfg.tool_call_mode.into(),
+            sampling: cfg.sampling.clone(),
         })
     }
 

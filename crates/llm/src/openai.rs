@@ -98,6 +98,9 @@ impl OpenAiChat {
             tool_choice,
             temperature,
             max_tokens,
+            top_p: self.defaults.sampling.top_p,
+            seed: self.defaults.sampling.seed,
+            stop: &self.defaults.sampling.stop,
             response_format,
             stream: false,
         }
@@ -144,6 +147,12 @@ struct Body<'a> {
     // `max_tokens` rather than `max_completion_tokens`: every compatible server knows it.
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<ResponseFormat>,
     stream: bool,
@@ -344,6 +353,15 @@ mod tests {
         assert_eq!(b["messages"][2]["tool_calls"][0]["function"], json!({"name": "fs_read", "arguments": "{}"}));
         assert_eq!(b["messages"][3], json!({"role": "tool", "tool_call_id": "c1", "content": "error: no such file"}));
         assert!(b.get("response_format").is_none());
+        assert!(b.get("top_p").is_none() && b.get("seed").is_none() && b.get("stop").is_none(), "{b}");
+    }
+
+    #[test]
+    fn sampling_settings_are_sent_when_set() {
+        let sampling = nightshift_core::Sampling { top_p: Some(0.9), seed: Some(42), stop: vec!["END".into()] };
+        let p = OpenAiChat::from_config(&ModelConfig { sampling, ..cfg() }).unwrap();
+        let b = p.request_body(&request());
+        assert_eq!((&b["top_p"], &b["seed"], &b["stop"]), (&json!(0.9), &json!(42), &json!(["END"])));
     }
 
     #[test]

@@ -82,9 +82,6 @@ async fn engine_for(path: &Path) -> Result<Arc<Engine>, LlmError> {
 pub struct EmbeddedChat {
     path: PathBuf,
     defaults: CallDefaults,
-    top_p: Option<f64>,
-    seed: Option<u64>,
-    stop: Vec<String>,
     timeout: Duration,
 }
 
@@ -92,14 +89,7 @@ impl EmbeddedChat {
     /// The model `cfg.model` names (a catalog name or a `.gguf` path). Nothing is loaded yet.
     pub fn from_config(cfg: &ModelConfig) -> Result<Self, LlmError> {
         let path = catalog::resolve(cfg.model.trim(), &catalog::cache_dir())?;
-        Ok(Self {
-            path,
-            defaults: CallDefaults::from_config(cfg)?,
-            top_p: cfg.sampling.top_p,
-            seed: cfg.sampling.seed,
-            stop: cfg.sampling.stop.clone(),
-            timeout: cfg.request_timeout,
-        })
+        Ok(Self { path, defaults: CallDefaults::from_config(cfg)?, timeout: cfg.request_timeout })
     }
 
     /// Loads the model now (it is otherwise loaded on the first call).
@@ -136,9 +126,9 @@ impl ChatModel for EmbeddedChat {
             schema: Some(schema),
             max_tokens: max_tokens.unwrap_or(DEFAULT_MAX_TOKENS) as usize,
             temperature: temperature.unwrap_or(0.0),
-            top_p: self.top_p,
-            seed: self.seed.unwrap_or_else(rand::random),
-            stop: self.stop.clone(),
+            top_p: self.defaults.sampling.top_p,
+            seed: self.defaults.sampling.seed.unwrap_or_else(rand::random),
+            stop: self.defaults.sampling.stop.clone(),
             abandoned: abandoned.clone(),
         };
         let reply = engine.submit(job)?;
