@@ -77,7 +77,8 @@ impl ResponseSchema {
 pub fn response_schema(tools: &[ToolSpec]) -> ResponseSchema {
     let final_branch = SchemaBranch {
         ty: "object",
-        properties: BranchProperties::Final { r#final: json!({"type": "string"}) },
+        // An empty final answer says nothing: the grammar asks for at least one character.
+        properties: BranchProperties::Final { r#final: json!({"type": "string", "minLength": 1}) },
         required: &["final"],
         additional_properties: false,
     };
@@ -242,6 +243,9 @@ pub fn parse_answer(text: &str, tools: &[ToolSpec]) -> Result<StructuredAnswer, 
             drop_null_optionals(&mut arguments, &tool.parameters);
             Ok(StructuredAnswer::Tool { name, arguments })
         }
+        (None, Some(Value::String(answer))) if answer.trim().is_empty() => {
+            Err(LlmError::InvalidResponse("the final answer of the structured answer is empty".into()))
+        }
         (None, Some(Value::String(answer))) => Ok(StructuredAnswer::Final(answer)),
         (Some(_), Some(_)) => Err(LlmError::InvalidResponse("structured answer has both 'tool' and 'final'".into())),
         (Some(_), None) => Err(LlmError::InvalidResponse("'tool' of the structured answer is not a string".into())),
@@ -329,6 +333,7 @@ mod tests {
         assert_eq!(branches[0]["properties"]["arguments"]["additionalProperties"], json!(false));
         assert_eq!(branches[1]["properties"]["arguments"], json!({"type": "object", "properties": {}}));
         assert_eq!(branches[2]["required"], json!(["final"]));
+        assert_eq!(branches[2]["properties"]["final"]["minLength"], json!(1));
         assert_eq!(response_schema(&[]).to_value()["required"], json!(["final"]));
         // `tool` precedes `arguments` in the serialized text (grammar order).
         let text = serde_json::to_string(&schema).unwrap();
@@ -363,6 +368,7 @@ mod tests {
             r#"["final"]"#,
             r#"{"answer": "x"}"#,
             r#"{"final": 42}"#,
+            r#"{"final": " "}"#,
             r#"{"tool": 1}"#,
             r#"{"tool": "rm_rf", "arguments": {}}"#,
             r#"{"tool": "calculate_area", "arguments": "shape=circle"}"#,

@@ -162,7 +162,11 @@ fn serve(model: &Model, jobs: &Mutex<Receiver<(Job, Reply)>>) {
         if job.abandoned.load(Ordering::Relaxed) {
             continue;
         }
-        let _ = reply.send(generate(model, &job));
+        // A panic inside the tensor code fails this call, not the thread (which would strand
+        // every later call of the model).
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| generate(model, &job)))
+            .unwrap_or_else(|_| Err(LlmError::Engine("the model panicked while generating".into())));
+        let _ = reply.send(result);
     }
 }
 

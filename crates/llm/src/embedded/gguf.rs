@@ -76,7 +76,9 @@ pub(crate) fn load(path: &Path) -> Result<GgufModel, LlmError> {
     let bos = id("tokenizer.ggml.bos_token_id").and_then(|b| tokens.get(b as usize).cloned()).filter(|_| add_bos);
     let chat_template =
         text("tokenizer.chat_template").ok_or_else(|| config(path, "has no tokenizer.chat_template"))?;
-    let context_length = id("llama.context_length").unwrap_or(2048) as usize;
+    // candle precomputes rotary embeddings for MAX_SEQ_LEN positions: no longer context.
+    let context_length = (id("llama.context_length").unwrap_or(2048) as usize)
+        .min(candle_transformers::models::quantized_llama::MAX_SEQ_LEN);
     let tokenizer = byte_level_bpe(&tokens, &merges, &special).map_err(|e| config(path, format!("tokenizer: {e}")))?;
     let f32_bytes: usize = content.tensor_infos.values().map(|t| t.shape.elem_count() * 4).sum();
     let expanded = f32_bytes <= EXPAND_LIMIT_BYTES;
