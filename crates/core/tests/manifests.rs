@@ -54,7 +54,30 @@ fn example_fields_are_understood() {
     assert_eq!(spec.policy.overlap, OverlapPolicy::Skip);
     assert_eq!(spec.policy.max_delay.as_secs(), 300);
     assert_eq!(spec.tools.local, ["get_system_info", "format_data"]);
-    assert_eq!(spec.model.api_key.unwrap().to_string(), "env:OPENAI_API_KEY");
+    assert_eq!(spec.model.provider, nightshift_core::ModelProvider::Embedded);
+    assert_eq!(spec.model.model, "smollm2-135m-instruct");
+    assert_eq!(spec.model.api_key, None);
+}
+
+#[test]
+fn the_embedded_provider_takes_no_server_or_key() {
+    let embedded = |extra: &str| with("model", &format!("{{provider: embedded, model: smollm2-135m-instruct{extra}}}"));
+    assert!(AgentSpec::from_yaml(&embedded("")).is_ok());
+    assert_refused(&embedded(", base_url: 'http://127.0.0.1:8080/v1'"), "model.base_url");
+    assert_refused(&embedded(", api_key: 'env:KEY'"), "model.api_key");
+}
+
+#[test]
+fn sampling_settings_are_bounded() {
+    let model = |extra: &str| with("model", &format!("{{provider: embedded, model: m{extra}}}"));
+    let spec = AgentSpec::from_yaml(&model(", top_p: 0.9, seed: 7, stop: ['END']")).unwrap();
+    assert_eq!(spec.model.sampling.top_p, Some(0.9));
+    assert_eq!(spec.model.sampling.seed, Some(7));
+    assert_eq!(spec.model.sampling.stop, ["END"]);
+    assert_refused(&model(", top_p: 0"), "model.top_p");
+    assert_refused(&model(", top_p: 1.5"), "model.top_p");
+    assert_refused(&model(", stop: [a, b, c, d, e]"), "model.stop");
+    assert_refused(&model(", stop: ['']"), "model.stop");
 }
 
 #[test]

@@ -111,6 +111,11 @@ impl DevConfig {
         ignored
     }
 
+    /// The worker's file root when none is configured: `<data_dir>/files`.
+    pub fn dev_file_root(&self) -> PathBuf {
+        self.data_dir.join("files")
+    }
+
     /// The database URL: `database_url`, or the SQLite file under `data_dir`.
     pub fn database_url(&self) -> String {
         if self.database_url.is_empty() {
@@ -157,7 +162,11 @@ impl DevConfig {
     /// The worker's options: the shared queue; manager, memory, events and its own service on
     /// this port.
     pub fn worker_options(&self, w: &DevWiring) -> WorkerConfig {
+        let mut tools = self.worker.tools.clone();
+        // File tools work out of the box, confined to a directory of the dev data dir.
+        tools.file_root.get_or_insert_with(|| self.dev_file_root());
         WorkerConfig {
+            tools,
             server: self.server(),
             queue: self.queue(w),
             manager_endpoint: w.endpoint.clone(),
@@ -242,7 +251,9 @@ mod tests {
         let w = wiring();
         let worker = cfg.worker_options(&w);
         assert_eq!(worker.concurrency, 3);
-        assert_eq!(worker.tools, cfg.worker.tools);
+        let mut with_root = cfg.worker.tools.clone();
+        with_root.file_root = Some(PathBuf::from("d/files"));
+        assert_eq!(worker.tools, with_root, "the user's tool settings, file tools confined to the dev data dir");
         assert_eq!(worker.queue.url, "memory://dev-1");
         assert_eq!(worker.manager_endpoint, "http://127.0.0.1:5");
         assert_eq!(worker.memory_endpoint, "http://127.0.0.1:5");

@@ -34,6 +34,10 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     }
+    if cfg.worker.tools.file_root.is_none() {
+        let root = cfg.dev_file_root();
+        std::fs::create_dir_all(&root).with_context(|| format!("creating the file tools' root {}", root.display()))?;
+    }
     let database_url = cfg.database_url();
     let store = Store::connect(&database_url).await.context("opening the database")?;
 
