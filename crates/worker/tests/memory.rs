@@ -71,16 +71,24 @@ async fn runs_recall_memory_and_store_their_result_as_an_episode() {
     assert_eq!(recall(pb::MemoryType::Episodic).await.len(), 2);
 }
 
-/// A **real** LLM (SmolLM2-135M on llama.cpp, `scripts/llm.sh`) picks and calls the local
+/// A **real** LLM (SmolLM2-135M in-process, `provider: embedded`, its tool calls constrained to their schemas) picks and calls the local
 /// `calculate_area` tool in structured-output mode, and the run completes with its answer stored
 /// in memory. The model is tiny, so the test asserts what the platform guarantees (a valid tool
 /// call executed and checkpointed, a final answer, the episode stored), not the model's prose.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_real_small_llm_calls_a_local_tool_in_structured_mode() {
-    let llama = tokio::task::spawn_blocking(nightshift_testkit::llama::LlamaServer::start).await.unwrap();
+    // The embedded provider on the real SmolLM2-135M (fetched into the model cache once).
+    let mut quiet = |_: u64, _: Option<u64>| {};
+    let file = nightshift_llm::embedded::catalog::pull(
+        nightshift_llm::embedded::catalog::DEFAULT_MODEL,
+        &nightshift_llm::embedded::catalog::cache_dir(),
+        &mut quiet,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the embedded model must be fetchable: {e}"));
     let model = format!(
-        "{{provider: openai, model: smollm2, base_url: '{}', tool_call_mode: structured, temperature: 0, max_tokens: 256, request_timeout: 120s}}",
-        llama.base_url
+        "{{provider: embedded, model: '{}', temperature: 0, max_tokens: 256, request_timeout: 120s}}",
+        file.display()
     );
     let extra = "memory: {recall_recent: 3}";
     let (env, agent) = env_with(&model, "memory://", extra).await;

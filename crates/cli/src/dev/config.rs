@@ -252,7 +252,7 @@ mod tests {
         let worker = cfg.worker_options(&w);
         assert_eq!(worker.concurrency, 3);
         let mut with_root = cfg.worker.tools.clone();
-        with_root.file_root = Some(PathBuf::from("d/files"));
+        with_root.file_root = Some(PathBuf::from(".nightshift/files"));
         assert_eq!(worker.tools, with_root, "the user's tool settings, file tools confined to the dev data dir");
         assert_eq!(worker.queue.url, "memory://dev-1");
         assert_eq!(worker.manager_endpoint, "http://127.0.0.1:5");
