@@ -26,8 +26,10 @@ const REPEAT_WINDOW: usize = 64;
 /// repeat a phrase until the token limit.
 const REPEAT_PENALTY: f32 = 1.1;
 
-/// Prompt states kept for reuse (see [`PrefixCache`]).
+/// Prompt states kept for reuse (see [`PrefixCache`]), at most this many...
 const PREFIX_CACHE_ENTRIES: usize = 8;
+/// ...and this many tokens in all (their KV caches: ~380 MB for SmolLM2-135M).
+const PREFIX_CACHE_TOKENS: usize = 8192;
 
 /// Jobs that may wait for a thread, per thread; beyond that a call fails at once (retryable)
 /// instead of queueing without bound.
@@ -86,7 +88,13 @@ impl PrefixCache {
     fn store(&self, ids: &[u32], state: &ModelWeights) {
         let Ok(mut entries) = self.entries.lock() else { return };
         entries.retain(|(cached, _)| cached.as_slice() != ids);
-        if entries.len() >= PREFIX_CACHE_ENTRIES {
+        if ids.len() > PREFIX_CACHE_TOKENS {
+            return;
+        }
+        // Oldest first out, until the new entry fits both bounds.
+        while entries.len() >= PREFIX_CACHE_ENTRIES
+            || entries.iter().map(|(cached, _)| cached.len()).sum::<usize>() + ids.len() > PREFIX_CACHE_TOKENS
+        {
             entries.remove(0);
         }
         entries.push((ids.to_vec(), state.clone()));
