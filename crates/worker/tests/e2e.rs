@@ -263,11 +263,7 @@ async fn a_failed_attempt_is_retried_with_backoff() {
     script.fail_status.store(503, Ordering::SeqCst);
     script.fail_first.store(4, Ordering::SeqCst);
     let (env, _agent) = env_on(&llm, "memory://", "").await;
-    let spec_yaml = format!(
-        "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: q}}\n\
-         schedule: {{manual: true}}\npolicy: {{max_retries: 2, retry_delay: 1s, timeout: 60s}}\ntools: {{local: [calculate_area]}}"
-    );
-    set_spec(&env, spec_yaml).await;
+    set_spec(&env, area_spec(&llm, "{max_retries: 2, retry_delay: 1s, timeout: 60s}")).await;
     let (events, _worker) = start_worker(&env, Duration::from_secs(10)).await;
     let t0 = std::time::Instant::now();
     let run = env
@@ -308,11 +304,7 @@ async fn a_retry_after_a_timeout_waits_its_backoff_not_the_lease() {
     let (llm, script) = scripted_llm().await;
     script.delay_ms.store(30_000, Ordering::SeqCst); // every LLM answer outlasts the timeout
     let (env, _agent) = env_on(&llm, "memory://", "").await;
-    let spec_yaml = format!(
-        "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: q}}\n\
-         schedule: {{manual: true}}\npolicy: {{max_retries: 1, retry_delay: 1s, timeout: 3s}}\ntools: {{local: [calculate_area]}}"
-    );
-    set_spec(&env, spec_yaml).await;
+    set_spec(&env, area_spec(&llm, "{max_retries: 1, retry_delay: 1s, timeout: 3s}")).await;
     let (_events, _worker) = start_worker(&env, Duration::from_secs(60)).await;
     let run = trigger(&env).await;
     // Two attempts of 3 s and a 1 s backoff: well within 20 s, far from the 60 s lease.

@@ -199,16 +199,7 @@ async fn recall_until(
 async fn a_retry_reads_how_the_earlier_attempt_ended_and_the_notes_end_with_the_run() {
     let (llm, script) = scripted_llm().await;
     let (env, agent) = env(&llm).await;
-    set_spec(
-        &env,
-        format!(
-            "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\n\
-             system_instruction: You compute areas.\ntask: {{query: 'Area of a 3x4 rectangle?'}}\n\
-             schedule: {{manual: true}}\npolicy: {{max_retries: 1, retry_delay: 2s, timeout: 2s}}\n\
-             tools: {{local: [calculate_area]}}\n"
-        ),
-    )
-    .await;
+    set_spec(&env, area_spec(&llm, "{max_retries: 1, retry_delay: 2s, timeout: 2s}")).await;
     script.delay_ms.store(30_000, std::sync::atomic::Ordering::SeqCst);
     let (memory, _worker) = start_worker_with_memory(&env, Duration::from_secs(10)).await;
     let run = trigger(&env).await;
@@ -252,16 +243,7 @@ async fn a_run_cancelled_at_the_manager_forgets_its_notes() {
     // A 30 s ack wait so that beats follow the 10 s lease (every 3.3 s, see below).
     let model = format!("{{provider: openai, model: scripted, base_url: '{llm}'}}");
     let (env, agent) = env_with_ack_wait(&model, "memory://", "", Duration::from_secs(30)).await;
-    set_spec(
-        &env,
-        format!(
-            "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\n\
-             system_instruction: You compute areas.\ntask: {{query: 'Area of a 3x4 rectangle?'}}\n\
-             schedule: {{manual: true}}\npolicy: {{max_retries: 2, retry_delay: 1s, timeout: 3s}}\n\
-             tools: {{local: [calculate_area]}}\n"
-        ),
-    )
-    .await;
+    set_spec(&env, area_spec(&llm, "{max_retries: 2, retry_delay: 1s, timeout: 3s}")).await;
     script.delay_ms.store(30_000, std::sync::atomic::Ordering::SeqCst);
     let (memory_endpoint, channel) = memory_service().await;
     let memory = pb::memory_service_client::MemoryServiceClient::new(channel);

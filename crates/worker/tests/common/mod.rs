@@ -229,3 +229,13 @@ pub async fn memory_service_with(
     let channel = tonic::transport::Endpoint::from_shared(endpoint.clone()).unwrap().connect_lazy();
     (endpoint, channel)
 }
+
+/// The `area` agent on the scripted LLM at `llm` (manual trigger, `calculate_area`) with the given
+/// `policy` flow mapping, e.g. `{max_retries: 1, retry_delay: 2s, timeout: 2s}`.
+pub fn area_spec(llm: &str, policy: &str) -> String {
+    format!(
+        "name: area\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\n\
+         system_instruction: You compute areas.\ntask: {{query: 'Area of a 3x4 rectangle?'}}\n\
+         schedule: {{manual: true}}\npolicy: {policy}\ntools: {{local: [calculate_area]}}\n"
+    )
+}
