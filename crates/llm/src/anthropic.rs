@@ -82,7 +82,7 @@ impl AnthropicChat {
                         TextTurn::Assistant(c) => turns.push("assistant", text_block(&c)),
                     }
                 }
-                let offered = if req.final_only { &[][..] } else { &req.tools[..] };
+                let offered = req.offered_tools();
                 (Some(structured::system_prompt(req.system.as_deref(), offered)), None)
             }
         };

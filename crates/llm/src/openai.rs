@@ -73,7 +73,7 @@ impl OpenAiChat {
                 ((!tools.is_empty()).then_some(tools), None)
             }
             ResponseMode::Structured => {
-                let offered = if req.final_only { &[][..] } else { &req.tools[..] };
+                let offered = req.offered_tools();
                 let system = structured::system_prompt(req.system.as_deref(), offered);
                 messages.push(json!({"role": "system", "content": system}));
                 messages.extend(structured::render_history(&req.messages).into_iter().map(|t| match t {

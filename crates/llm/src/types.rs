@@ -162,6 +162,12 @@ impl ChatRequest {
         self
     }
 
+    /// The tools the model may call in this turn: none on a final-only turn. (The declared
+    /// [`Self::tools`] stay, since a history with tool calls needs them.)
+    pub(crate) fn offered_tools(&self) -> &[ToolSpec] {
+        if self.final_only { &[] } else { &self.tools }
+    }
+
     /// Sets the tool-call mode.
     pub fn with_mode(mut self, mode: ResponseMode) -> Self {
         self.mode = Some(mode);

@@ -100,7 +100,7 @@ impl EmbeddedChat {
 
 /// The conversation as chat-template messages in the structured protocol.
 fn template_messages(req: &ChatRequest) -> Vec<TemplateMessage> {
-    let offered = if req.final_only { &[][..] } else { &req.tools[..] };
+    let offered = req.offered_tools();
     let mut out =
         vec![TemplateMessage { role: "system", content: structured::system_prompt(req.system.as_deref(), offered) }];
     out.extend(structured::render_history(&req.messages).into_iter().map(|t| match t {
@@ -117,7 +117,7 @@ impl ChatModel for EmbeddedChat {
         let started = Instant::now();
         let engine = engine_for(&self.path).await?;
         let (temperature, max_tokens, _) = self.defaults.settings(req);
-        let offered = if req.final_only { &[][..] } else { &req.tools[..] };
+        let offered = req.offered_tools();
         let schema = serde_json::to_value(structured::response_schema(offered))
             .map_err(|e| LlmError::Engine(format!("response schema: {e}")))?;
         let abandoned = Arc::new(AtomicBool::new(false));
