@@ -102,3 +102,18 @@ async fn a_missing_model_file_is_a_configuration_error() {
     assert_eq!(err.kind(), nightshift_llm::LlmErrorKind::Config, "{err}");
     assert!(!err.is_retryable());
 }
+
+/// A request that declares no tools (a summary, an agent without tools) is answered in plain
+/// text, not in the structured protocol's `{"final"}`, and one cut off by the token limit still
+/// returns what was generated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_tools_is_answered_in_plain_text_even_when_cut_off() {
+    let path = model_file().await;
+    let model = EmbeddedChat::from_config(&config(&path, 3, 0.2)).unwrap();
+    let req = ChatRequest { max_tokens: Some(8), ..ChatRequest::new("Be brief.", "Name three colours.") };
+    let resp = model.chat(&req).await.unwrap();
+    assert_eq!(resp.finish_reason, nightshift_llm::FinishReason::Length, "{resp:?}");
+    assert_eq!(resp.usage.output_tokens, 8, "{resp:?}");
+    assert!(!resp.content.trim().is_empty() && !resp.content.trim_start().starts_with('{'), "{resp:?}");
+    assert!(resp.tool_calls.is_empty());
+}

@@ -46,6 +46,9 @@ pub enum SummarizerProvider {
     OpenAi,
     /// Anthropic's API (`anthropic`).
     Anthropic,
+    /// A GGUF model run in this process (`embedded`): `model` is a catalog name
+    /// (`nightshift models list`) or a file path.
+    Embedded,
 }
 
 /// What an automatic summary does with the episodes it replaces (`summarizer.retention`).
@@ -75,9 +78,9 @@ impl From<AutoRetention> for crate::service::Retention {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SummarizerConfig {
-    /// `openai` (any OpenAI-compatible server), `anthropic`, or empty for none.
+    /// `openai` (any OpenAI-compatible server), `anthropic`, `embedded`, or empty for none.
     pub provider: SummarizerProvider,
-    /// Model name.
+    /// Model name (for `embedded`, a catalog name or a GGUF file path).
     pub model: String,
     /// API base URL; empty = the provider's default.
     pub base_url: String,
@@ -88,6 +91,8 @@ pub struct SummarizerConfig {
     /// Per-call timeout.
     #[serde(with = "nightshift_core::config::duration_text")]
     pub request_timeout: Duration,
+    /// Sampling seed, for summaries that are the same every time (tests); unset = random.
+    pub seed: Option<u64>,
     /// Summarize a scope automatically once its unarchived episodic history is over this many
     /// estimated tokens (0 = no token limit). The default matches what a run's prompt shows of
     /// its memory (8,000 characters): older episodes would not reach the prompt anyway.
@@ -107,6 +112,7 @@ impl Default for SummarizerConfig {
             api_key_env: String::new(),
             max_tokens: 512,
             request_timeout: Duration::from_secs(120),
+            seed: None,
             budget_tokens: 2000,
             budget_episodes: 50,
             retention: AutoRetention::Archive,
@@ -122,6 +128,7 @@ impl SummarizerConfig {
             SummarizerProvider::None => return Ok(None),
             SummarizerProvider::OpenAi => ModelProvider::OpenAi,
             SummarizerProvider::Anthropic => ModelProvider::Anthropic,
+            SummarizerProvider::Embedded => ModelProvider::Embedded,
         };
         if self.model.is_empty() {
             return Err(crate::MemoryError::Config("summarizer.model is required".into()));
@@ -135,7 +142,7 @@ impl SummarizerConfig {
             max_tokens: Some(self.max_tokens),
             request_timeout: self.request_timeout,
             tool_call_mode: ToolCallMode::default(),
-            sampling: Default::default(),
+            sampling: nightshift_core::Sampling { seed: self.seed, ..Default::default() },
         }))
     }
 }
@@ -292,6 +299,7 @@ mod tests {
             ("none", SummarizerProvider::None),
             ("openai", SummarizerProvider::OpenAi),
             ("anthropic", SummarizerProvider::Anthropic),
+            ("embedded", SummarizerProvider::Embedded),
         ] {
             let cfg = load(&format!("[summarizer]\nprovider = \"{text}\"\n")).unwrap();
             assert_eq!(cfg.summarizer.provider, provider, "{text}");

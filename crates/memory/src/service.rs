@@ -20,7 +20,7 @@ mod grpc;
 mod summarize;
 
 use summarize::{AutoSummarize, ScopeLocks};
-pub use summarize::{Budget, Retention, estimate_tokens};
+pub use summarize::{Budget, Retention, estimate_tokens, summary_request};
 
 /// Records embedded per page while rebuilding an index.
 const REINDEX_PAGE: usize = 256;

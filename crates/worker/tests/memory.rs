@@ -346,21 +346,24 @@ async fn agents_sharing_a_fixed_scope_see_each_others_memories() {
 }
 
 /// Summaries: the memory service summarizes an agent's episodes over its `[summarizer]` budget
-/// (two episodes here) with a **real** LLM — SmolLM2-135M on llama.cpp, `scripts/llm.sh` — after
-/// the worker stores the third; the two oldest are archived, and the next run's prompt carries
-/// the summary. The runs themselves use the scripted LLM.
+/// (two episodes here) with a **real** LLM — SmolLM2-135M in-process, `provider: embedded` —
+/// after the worker stores the third; the two oldest are archived, and the next run's prompt
+/// carries the summary. The runs themselves use the scripted LLM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn episodes_over_the_budget_are_summarized_by_a_real_small_llm_into_the_next_prompt() {
-    let llama = tokio::task::spawn_blocking(nightshift_testkit::llama::LlamaServer::start).await.unwrap();
+    use nightshift_llm::embedded::catalog;
+    let mut quiet = |_: u64, _: Option<u64>| {};
+    catalog::pull(catalog::DEFAULT_MODEL, &catalog::cache_dir(), &mut quiet)
+        .await
+        .unwrap_or_else(|e| panic!("the embedded model must be fetchable: {e}"));
     let (llm, script) = scripted_llm().await;
     let (env, agent) = env(&llm).await;
-    let base_url = llama.base_url.clone();
     let (memory, _worker) = start_worker_with_memory_config(&env, Duration::from_secs(30), move |cfg| {
         cfg.summarizer = nightshift_memory::config::SummarizerConfig {
-            provider: nightshift_memory::SummarizerProvider::OpenAi,
-            model: "smollm2".into(),
-            base_url,
+            provider: nightshift_memory::SummarizerProvider::Embedded,
+            model: catalog::DEFAULT_MODEL.into(),
             max_tokens: 96,
+            seed: Some(5),
             budget_tokens: 0,
             budget_episodes: 2,
             retention: nightshift_memory::AutoRetention::Archive,
@@ -384,7 +387,7 @@ async fn episodes_over_the_budget_are_summarized_by_a_real_small_llm_into_the_ne
     eprintln!("SmolLM2's summary: {:?}", summary.content);
     assert!(summary.summary && !summary.content.trim().is_empty());
     assert_eq!(summary.metadata.get("summarized_records").map(String::as_str), Some("2"));
-    assert!(summary.metadata.get("summarized_by").is_some_and(|m| m.contains("SmolLM2")), "{:?}", summary.metadata);
+    assert_eq!(summary.metadata.get("summarized_by").map(String::as_str), Some(catalog::DEFAULT_MODEL));
 
     run_agent(&env, "area").await;
     let systems = script.systems.lock().unwrap().clone();

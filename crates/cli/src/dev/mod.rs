@@ -58,8 +58,14 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
         }
     }
 
-    // The first start fetches the embedded models the agents name (once; then from the cache),
-    // so that their first runs find them.
+    let summarizer = &cfg.memory.summarizer;
+    if summarizer.provider == nightshift_memory::SummarizerProvider::Embedded
+        && !nightshift_llm::embedded::catalog::is_path(&summarizer.model)
+    {
+        embedded_models.insert(summarizer.model.clone());
+    }
+    // The first start fetches the embedded models the agents and the summarizer name (once;
+    // then from the cache), so that their first calls find them.
     let cache = nightshift_llm::embedded::catalog::cache_dir();
     for name in &embedded_models {
         let path =

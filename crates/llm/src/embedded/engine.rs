@@ -222,6 +222,13 @@ fn generate(model: &Model, job: &Job) -> Result<Generated, LlmError> {
                 }
             }
         }
+        if out.is_empty()
+            && let Some(score) = scores.get_mut(model.eos_id as usize)
+        {
+            // An answer says something: no end of text before the first token (the schema's
+            // `minLength` does the same for structured answers).
+            *score = f32::NEG_INFINITY;
+        }
         let masked = Tensor::new(scores.as_slice(), &Device::Cpu).map_err(engine_err)?;
         let recent = &out[out.len().saturating_sub(REPEAT_WINDOW)..];
         let masked =

@@ -8,6 +8,8 @@
 //! Tool calls use the [structured protocol](crate::structured) — one JSON object
 //! `{"tool", "arguments"}` or `{"final"}` — and the schema is enforced token by token, so a call
 //! is always valid JSON matching the tool's argument schema, even from a 135M-parameter model.
+//! A request that declares no tools (a summary, an agent without tools) is answered in plain
+//! text: wrapping it in `{"final"}` would only cost tokens, and a cut-off answer stays usable.
 //! Each model file is loaded once per process, on its first call, and shared by every agent
 //! that names it; it stays loaded for the life of the process.
 pub mod catalog;
@@ -98,11 +100,18 @@ impl EmbeddedChat {
     }
 }
 
-/// The conversation as chat-template messages in the structured protocol.
-fn template_messages(req: &ChatRequest) -> Vec<TemplateMessage> {
-    let offered = req.offered_tools();
-    let mut out =
-        vec![TemplateMessage { role: "system", content: structured::system_prompt(req.system.as_deref(), offered) }];
+/// The conversation as chat-template messages: in the structured protocol, or as they are in
+/// plain-text mode.
+fn template_messages(req: &ChatRequest, plain: bool) -> Vec<TemplateMessage> {
+    let system = if plain {
+        req.system.clone().unwrap_or_default()
+    } else {
+        structured::system_prompt(req.system.as_deref(), req.offered_tools())
+    };
+    let mut out = Vec::new();
+    if !system.is_empty() {
+        out.push(TemplateMessage { role: "system", content: system });
+    }
     out.extend(structured::render_history(&req.messages).into_iter().map(|t| match t {
         TextTurn::User(content) => TemplateMessage { role: "user", content },
         TextTurn::Assistant(content) => TemplateMessage { role: "assistant", content },
@@ -117,13 +126,19 @@ impl ChatModel for EmbeddedChat {
         let started = Instant::now();
         let engine = engine_for(&self.path).await?;
         let (temperature, max_tokens, _) = self.defaults.settings(req);
-        let offered = req.offered_tools();
-        let schema = serde_json::to_value(structured::response_schema(offered))
-            .map_err(|e| LlmError::Engine(format!("response schema: {e}")))?;
+        // No tools declared (not merely none offered on a final-only turn, whose history holds
+        // structured tool calls): plain text.
+        let plain = req.tools.is_empty();
+        let schema = if plain {
+            None
+        } else {
+            let schema = structured::response_schema(req.offered_tools());
+            Some(serde_json::to_value(schema).map_err(|e| LlmError::Engine(format!("response schema: {e}")))?)
+        };
         let abandoned = Arc::new(AtomicBool::new(false));
         let job = Job {
-            messages: template_messages(req),
-            schema: Some(schema),
+            messages: template_messages(req, plain),
+            schema,
             max_tokens: max_tokens.unwrap_or(DEFAULT_MAX_TOKENS) as usize,
             temperature: temperature.unwrap_or(0.0),
             top_p: self.defaults.sampling.top_p,
@@ -151,7 +166,7 @@ impl ChatModel for EmbeddedChat {
             latency: started.elapsed(),
             attempts: 1,
         };
-        let resp = structured::into_response(resp, req)?;
+        let resp = if plain { resp } else { structured::into_response(resp, req)? };
         tracing::debug!(
             input_tokens = resp.usage.input_tokens,
             output_tokens = resp.usage.output_tokens,

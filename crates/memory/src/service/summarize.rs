@@ -74,6 +74,17 @@ const SUMMARY_SYSTEM: &str = "You compress the episodic memory of a background a
     of the entries below that keeps the facts, decisions, results, failures and open questions a later run \
     needs. Plain text, no preamble.";
 
+/// The LLM call that summarizes `records` (oldest first). Public so that a test can ask a
+/// seeded model the same question and compare.
+pub fn summary_request(records: &[MemoryRecord]) -> ChatRequest {
+    let mut prompt = String::from("Entries, oldest first:\n");
+    for r in records {
+        let tag = if r.summary { " (earlier summary)" } else { "" };
+        prompt.push_str(&format!("- [{}{tag}] {}\n", r.created_at.to_rfc3339(), r.content));
+    }
+    ChatRequest::new(SUMMARY_SYSTEM, prompt)
+}
+
 /// Automatic summarization after a Store of episodes (`[summarizer]` budgets and retention).
 #[derive(Debug, Clone)]
 pub(super) struct AutoSummarize {
@@ -199,15 +210,7 @@ impl MemoryService {
             old = history[split..].to_vec();
         }
         old.reverse();
-        let mut prompt = String::from("Entries, oldest first:\n");
-        for r in &old {
-            let tag = if r.summary { " (earlier summary)" } else { "" };
-            prompt.push_str(&format!("- [{}{tag}] {}\n", r.created_at.to_rfc3339(), r.content));
-        }
-        let answer = model
-            .chat(&ChatRequest::new(SUMMARY_SYSTEM, prompt))
-            .await
-            .map_err(|e| MemoryError::backend("summarizer", e))?;
+        let answer = model.chat(&summary_request(&old)).await.map_err(|e| MemoryError::backend("summarizer", e))?;
         let content = answer.content.trim().to_owned();
         if content.is_empty() {
             return Err(MemoryError::backend("summarizer", "the model returned an empty summary"));
