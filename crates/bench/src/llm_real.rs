@@ -1,7 +1,8 @@
 //! `llm-real`: the embedded stack (manager over gRPC, scheduler, worker, SQLite, in-memory queue)
-//! running an agent on a **real** small LLM — SmolLM2-135M-Instruct on llama.cpp's
-//! `llama-server` (installed by `scripts/llm.sh`) in structured-output mode with the local
-//! `calculate_area` tool — one run at a time. It shows how much the platform adds to a real
+//! running an agent on a **real** small LLM — SmolLM2-135M-Instruct, in-process
+//! (`provider: embedded`, the default) or on llama.cpp's `llama-server` (installed by
+//! `scripts/llm.sh`), in structured-output mode with the local `calculate_area` tool — one run
+//! at a time. It shows how much the platform adds to a real
 //! model's latency: per run, trigger → completed minus the LLM calls' own latency (measured by
 //! the worker around each HTTP call) minus the tool calls' durations.
 use std::time::{Duration, Instant};
@@ -23,11 +24,24 @@ pub struct LlmRealArgs {
     /// llama.cpp inference threads.
     #[arg(long, default_value_t = 2)]
     pub threads: u32,
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value_t = RealProvider::Embedded)]
+    pub provider: RealProvider,
+}
+
+/// Where `llm-real`'s model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RealProvider {
+    /// In the worker's process (`provider: embedded`).
+    Embedded,
+    /// llama.cpp's server, over its OpenAI-compatible API.
+    Llama,
 }
 
 impl Default for LlmRealArgs {
     fn default() -> Self {
-        Self { runs: 10, threads: 2 }
+        Self { runs: 10, threads: 2, provider: RealProvider::Embedded }
     }
 }
 
@@ -36,22 +50,36 @@ fn duration_ms(d: Option<&prost_types::Duration>) -> f64 {
 }
 
 pub async fn llm_real(args: &LlmRealArgs) -> anyhow::Result<Scenario> {
-    let name = "llm-real embedded (SmolLM2-135M, llama.cpp, structured mode)".to_owned();
-    eprintln!("== {name}: {} runs", args.runs);
-    let threads = args.threads;
-    let llama =
-        tokio::task::spawn_blocking(move || nightshift_testkit::llama::LlamaServer::start_with_threads(threads))
+    let (name, llama, model) = match args.provider {
+        RealProvider::Llama => {
+            let threads = args.threads;
+            let llama = tokio::task::spawn_blocking(move || {
+                nightshift_testkit::llama::LlamaServer::start_with_threads(threads)
+            })
             .await
             .context("starting llama-server")?;
+            let model = format!("{{provider: openai, model: smollm2, base_url: '{}'", llama.base_url);
+            ("llm-real embedded stack (SmolLM2-135M on llama.cpp, structured mode)", Some(llama), model)
+        }
+        RealProvider::Embedded => {
+            let mut quiet = |_: u64, _: Option<u64>| {};
+            let cache = nightshift_llm::embedded::catalog::cache_dir();
+            let catalog_name = nightshift_llm::embedded::catalog::DEFAULT_MODEL;
+            nightshift_llm::embedded::catalog::pull(catalog_name, &cache, &mut quiet).await?;
+            let model = format!("{{provider: embedded, model: {catalog_name}");
+            ("llm-real embedded stack (SmolLM2-135M in-process, provider: embedded)", None, model)
+        }
+    };
+    let name = name.to_owned();
+    eprintln!("== {name}: {} runs", args.runs);
     let stack = Stack::start(BackendKind::Embedded, 4).await?;
     let spec = AgentSpec::from_yaml(&format!(
-        "name: real\nmodel: {{provider: openai, model: smollm2, base_url: '{}', tool_call_mode: structured, \
+        "name: real\nmodel: {model}, tool_call_mode: structured, \
          temperature: 0, max_tokens: 256, request_timeout: 120s}}\n\
          system_instruction: You compute areas of shapes with the calculate_area tool.\n\
          task: {{query: 'What is the area of a rectangle that is 3 wide and 4 high? Call calculate_area, then answer.'}}\n\
          schedule: {{manual: true}}\npolicy: {{max_retries: 0, max_steps: 3, timeout: 300s}}\n\
-         tools: {{local: [calculate_area]}}",
-        llama.base_url
+         tools: {{local: [calculate_area]}}"
     ))
     .map_err(|e| anyhow::anyhow!("benchmark agent spec does not validate: {e}"))?;
     stack.backends.store.create_agent(&spec, AgentState::Active).await?;

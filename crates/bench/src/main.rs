@@ -12,6 +12,7 @@ mod backend;
 mod dispatch;
 mod events;
 mod llm;
+mod llm_embedded;
 mod llm_real;
 mod memory;
 mod schedule;
@@ -52,8 +53,10 @@ enum Command {
     RunOverhead(dispatch::OverheadArgs),
     /// Events/s published (`EventLog::append_batch`) and delivered to N subscribers, per event log backend.
     EventFanout(events::FanoutArgs),
-    /// A real small LLM (SmolLM2 on llama.cpp): run latency and what the platform adds to it.
+    /// A real small LLM (SmolLM2, in-process or on llama.cpp): run latency and what the platform adds.
     LlmReal(llm_real::LlmRealArgs),
+    /// The embedded provider vs llama.cpp on the same GGUF: first token, decode, constrained call, memory.
+    LlmEmbedded(llm_embedded::LlmEmbeddedArgs),
     /// Memory vector indexes (in-process, pgvector, ChromaDB, Qdrant): Store and top-10 Search latency.
     MemorySearch(memory::MemoryArgs),
     /// Every scenario at the sizes docs/benchmarks.md reports (under 15 minutes on 2 cores).
@@ -128,6 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::RunOverhead(a) => scenarios.push(dispatch::run_overhead(&a).await?),
         Command::EventFanout(a) => scenarios.extend(events::event_fanout(&a).await?),
         Command::LlmReal(a) => scenarios.push(llm_real::llm_real(&a).await?),
+        Command::LlmEmbedded(a) => scenarios.extend(llm_embedded::llm_embedded(&a).await?),
         Command::MemorySearch(a) => scenarios.extend(memory::memory_search(&a).await?),
         Command::All(a) => all(&a, &mut scenarios).await?,
         Command::ScriptedLlm { .. } => unreachable!("handled before the runtime starts"),
@@ -182,7 +186,10 @@ async fn all(a: &AllArgs, out: &mut Vec<Scenario>) -> anyhow::Result<()> {
     out.extend(events::event_fanout(&events::FanoutArgs { backend: fanout_backend, ..Default::default() }).await?);
     let index = if a.embedded_only { memory::IndexKind::Inprocess } else { memory::IndexKind::All };
     out.extend(memory::memory_search(&memory::MemoryArgs { index, ..Default::default() }).await?);
-    out.push(llm_real::llm_real(&llm_real::LlmRealArgs::default()).await?);
+    // Includes llm-real on the embedded provider; then the same agent on llama.cpp.
+    out.extend(llm_embedded::llm_embedded(&llm_embedded::LlmEmbeddedArgs::default()).await?);
+    let on_llama = llm_real::LlmRealArgs { provider: llm_real::RealProvider::Llama, ..Default::default() };
+    out.push(llm_real::llm_real(&on_llama).await?);
     Ok(())
 }
 

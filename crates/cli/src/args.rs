@@ -57,13 +57,22 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum ModelsCommand {
-    /// Download a catalog model into the cache (NIGHTSHIFT_MODEL_CACHE, else
+    /// Download a model into the cache (NIGHTSHIFT_MODEL_CACHE, else
     /// ~/.cache/nightshift-models) and verify its SHA-256; a no-op when it is there.
     Pull {
-        /// Catalog name, e.g. smollm2-135m-instruct.
+        /// A catalog name (smollm2-135m-instruct), or a GGUF file to download: an https:// URL,
+        /// or hf:OWNER/REPO/PATH/FILE.gguf[@REVISION] for a Hugging Face repository.
         name: String,
+        /// For a URL: the file's expected SHA-256 (hex). Without it, the checksum of the first
+        /// download is recorded and printed.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// For a URL: the name agents use for the model (default: the file name, lowercased,
+        /// without .gguf).
+        #[arg(long = "as", value_name = "NAME")]
+        as_name: Option<String>,
     },
-    /// The catalog models and whether each is in the cache.
+    /// The catalog models and the models pulled from URLs, and whether each is in the cache.
     List,
 }
 

@@ -48,6 +48,10 @@ impl CallDefaults {
 
     /// Temperature, token limit and mode of `req`, falling back to these defaults.
     pub(crate) fn settings(&self, req: &ChatRequest) -> (Option<f64>, Option<u32>, ResponseMode) {
-        (req.temperature.or(self.temperature), req.max_tokens.or(self.max_tokens), req.mode.unwrap_or(self.mode))
+        // The structured protocol exists to carry tool calls: a request that declares no tools
+        // (a summary, an agent without tools) is plain text in every mode, and an answer cut
+        // off by the token limit stays usable.
+        let mode = if req.tools.is_empty() { ResponseMode::NativeTools } else { req.mode.unwrap_or(self.mode) };
+        (req.temperature.or(self.temperature), req.max_tokens.or(self.max_tokens), mode)
     }
 }

@@ -117,3 +117,57 @@ async fn a_request_without_tools_is_answered_in_plain_text_even_when_cut_off() {
     assert!(!resp.content.trim().is_empty() && !resp.content.trim_start().starts_with('{'), "{resp:?}");
     assert!(resp.tool_calls.is_empty());
 }
+
+/// The forward pass is the model's: asked a question any instruct model knows, greedy decoding
+/// answers it (a wrong attention mask, rotary embedding or weight layout gives noise instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_decoding_answers_what_the_model_knows() {
+    let path = model_file().await;
+    let model = EmbeddedChat::from_config(&config(&path, 1, 0.0)).unwrap();
+    let req = ChatRequest { max_tokens: Some(24), ..ChatRequest::new("", "What is the capital of France?") };
+    let resp = model.chat(&req).await.unwrap();
+    assert!(resp.content.contains("Paris"), "{:?}", resp.content);
+}
+
+/// `pull_url`: a GGUF served over HTTP lands in the cache under its name, with its checksum
+/// recorded; agents resolve the name to it; `list` shows it; a wrong checksum, a file that is
+/// not GGUF and a name already taken by another URL are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_pulled_from_a_url_is_verified_named_and_listed() {
+    use axum::routing::get;
+    let gguf = std::fs::read(model_file().await).unwrap();
+    let expected = catalog::CATALOG[0].sha256;
+    let app = axum::Router::new()
+        .route("/m/Tiny-Model.Q4_1.gguf", get(move || async move { gguf.clone() }))
+        .route("/m/not-a-model.gguf", get(|| async { "<html>login</html>" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let cache = tempfile::tempdir().unwrap();
+    let mut quiet = |_: u64, _: Option<u64>| {};
+    let url = format!("{base}/m/Tiny-Model.Q4_1.gguf");
+
+    let wrong = "0".repeat(64);
+    let err = catalog::pull_url(&url, None, Some(&wrong), cache.path(), &mut quiet).await.unwrap_err();
+    assert!(matches!(err, catalog::PullError::Checksum { .. }), "{err}");
+    assert!(catalog::resolve("tiny-model.q4_1", cache.path()).is_err(), "nothing is recorded after a refusal");
+
+    let (name, path) = catalog::pull_url(&url, None, Some(expected), cache.path(), &mut quiet).await.unwrap();
+    assert_eq!(name, "tiny-model.q4_1");
+    assert_eq!(catalog::resolve(&name, cache.path()).unwrap(), path);
+    let listed = catalog::list(cache.path());
+    let entry = listed.iter().find(|m| m.name == name).unwrap();
+    assert!(entry.present && entry.description.contains(&url), "{entry:?}");
+    // Pulled again: from the cache; a different checksum is refused against the recorded one.
+    assert_eq!(catalog::pull_url(&url, None, None, cache.path(), &mut quiet).await.unwrap().1, path);
+    let err = catalog::pull_url(&url, None, Some(&wrong), cache.path(), &mut quiet).await.unwrap_err();
+    assert!(matches!(err, catalog::PullError::Checksum { .. }), "{err}");
+
+    let err = catalog::pull_url(&format!("{base}/m/not-a-model.gguf"), Some("html"), None, cache.path(), &mut quiet)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not a GGUF file"), "{err}");
+    let other = format!("{base}/m/not-a-model.gguf");
+    let err = catalog::pull_url(&other, Some(&name), None, cache.path(), &mut quiet).await.unwrap_err();
+    assert!(err.to_string().contains("already taken"), "{err}");
+}

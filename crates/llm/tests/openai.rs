@@ -441,7 +441,24 @@ async fn request_mode_overrides_the_config() {
     ))])
     .await;
     let model = model_from_config(&config(ModelProvider::OpenAi, &server.url, None)).unwrap();
-    let resp = model.chat(&ChatRequest::new("", "hi").with_mode(ResponseMode::Structured)).await.unwrap();
+    let req = ChatRequest::new("", "hi").with_tools(tools()).with_mode(ResponseMode::Structured);
+    let resp = model.chat(&req).await.unwrap();
     assert_eq!(resp.content, "x");
     assert!(server.requests()[0].body.get("response_format").is_some());
+}
+
+/// The structured protocol carries tool calls: a request that declares none is plain text in
+/// structured mode too (no `response_format`, the answer as the server wrote it).
+#[tokio::test]
+async fn a_request_without_tools_is_plain_text_in_structured_mode() {
+    let server =
+        ScriptedLlmServer::start(vec![Reply::json(completion(json!({"content": "a summary"}), "length", (1, 1)))])
+            .await;
+    let model = model_from_config(&structured_config(&server.url)).unwrap();
+    let resp = model.chat(&ChatRequest::new("Summarize.", "entries")).await.unwrap();
+    assert_eq!(resp.content, "a summary");
+    assert_eq!(resp.finish_reason, nightshift_llm::FinishReason::Length);
+    let body = &server.requests()[0].body;
+    assert!(body.get("response_format").is_none() && body.get("tools").is_none(), "{body}");
+    assert_eq!(body["messages"][0]["content"], "Summarize.", "the system prompt as given: {body}");
 }

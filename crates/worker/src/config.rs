@@ -42,6 +42,9 @@ pub struct WorkerConfig {
     /// Memory service (`http://HOST:50054`): recall before each run, results stored after;
     /// empty = agents run without memory (and are told so).
     pub memory_endpoint: String,
+    /// How agents with `provider: embedded` run in this process: `concurrency` (generations
+    /// at a time per model, default 1) and `weights` (`auto`, `dual`, `q8_0`, `stored`).
+    pub embedded: nightshift_llm::embedded::EmbeddedOptions,
 }
 
 impl Default for WorkerConfig {
@@ -58,6 +61,7 @@ impl Default for WorkerConfig {
             tools: ToolsConfig::default(),
             events_endpoint: String::new(),
             memory_endpoint: String::new(),
+            embedded: Default::default(),
         }
     }
 }

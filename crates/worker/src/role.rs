@@ -29,6 +29,9 @@ pub enum WorkerBuildError {
     /// The queue could not be opened.
     #[error("queue: {0}")]
     Queue(#[from] nightshift_queue::QueueError),
+    /// The `[embedded]` section is invalid.
+    #[error("{0}")]
+    Embedded(#[from] nightshift_llm::LlmError),
 }
 
 fn channel(field: &'static str, endpoint: &str) -> Result<Channel, WorkerBuildError> {
@@ -44,6 +47,7 @@ impl WorkerRole {
     /// Builds a worker on the configured queue, starting runs at `manager_endpoint`, with memory
     /// (`memory_endpoint`) and events (`events_endpoint`) when those are set.
     pub async fn build(config: WorkerConfig, deps: WorkerDeps) -> Result<Self, WorkerBuildError> {
+        nightshift_llm::embedded::configure(config.embedded)?;
         let queue = config.queue.connect().await?;
         let manager = channel("manager_endpoint", &config.manager_endpoint)?;
         let events = match deps.events {

@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::quantized_llama::ModelWeights;
 use tokenizers::Tokenizer;
 
 use super::constraint::Grammars;
-use super::gguf;
+use super::llama::{KvCache, Llama};
 use super::template::{ChatTemplate, TemplateMessage};
+use super::{EmbeddedOptions, gguf};
 use crate::{FinishReason, LlmError};
 
 /// Generated tokens looked back on by the repetition penalty.
@@ -67,16 +67,15 @@ pub(crate) struct Engine {
 
 /// The model's state after recent prompts (their KV cache), to skip re-reading a prompt's
 /// beginning: an agent's next call repeats the whole conversation so far and adds a little, so
-/// the previous call's prompt is a prefix of the next one's. Entries share the weights; each
-/// holds its KV cache (about 46 KB per token for SmolLM2-135M).
+/// the previous call's prompt is a prefix of the next one's. Each entry is a KV cache (about 46 KB per token for SmolLM2-135M).
 struct PrefixCache {
     /// Most recently used last.
-    entries: Mutex<Vec<(Vec<u32>, ModelWeights)>>,
+    entries: Mutex<Vec<(Vec<u32>, KvCache)>>,
 }
 
 impl PrefixCache {
     /// The state of the longest cached prompt that is a proper prefix of `ids`.
-    fn longest_prefix(&self, ids: &[u32]) -> Option<(usize, ModelWeights)> {
+    fn longest_prefix(&self, ids: &[u32]) -> Option<(usize, KvCache)> {
         let entries = self.entries.lock().ok()?;
         entries
             .iter()
@@ -85,7 +84,7 @@ impl PrefixCache {
             .map(|(cached, state)| (cached.len(), state.clone()))
     }
 
-    fn store(&self, ids: &[u32], state: &ModelWeights) {
+    fn store(&self, ids: &[u32], state: &KvCache) {
         let Ok(mut entries) = self.entries.lock() else { return };
         entries.retain(|(cached, _)| cached.as_slice() != ids);
         if ids.len() > PREFIX_CACHE_TOKENS {
@@ -102,7 +101,7 @@ impl PrefixCache {
 }
 
 struct Model {
-    weights: ModelWeights,
+    weights: Llama,
     prefix_cache: PrefixCache,
     tokenizer: Tokenizer,
     template: ChatTemplate,
@@ -112,10 +111,11 @@ struct Model {
 }
 
 impl Engine {
-    /// Loads `path` (blocking: call it off the async runtime) and starts `concurrency` threads.
-    pub(crate) fn load(path: &Path, concurrency: usize) -> Result<Self, LlmError> {
+    /// Loads `path` (blocking: call it off the async runtime) and starts its threads.
+    pub(crate) fn load(path: &Path, options: EmbeddedOptions) -> Result<Self, LlmError> {
         let started = Instant::now();
-        let g = gguf::load(path)?;
+        let g = gguf::load(path, options.weights)?;
+        let concurrency = options.concurrency;
         let grammars = Grammars::new(&g.tokens, &g.special, g.eos_id, g.tokenizer.clone())?;
         let model = Arc::new(Model {
             template: ChatTemplate::new(g.chat_template, g.bos, g.eos)?,
@@ -137,7 +137,7 @@ impl Engine {
                 .map_err(|e| LlmError::Engine(format!("cannot start an inference thread: {e}")))?;
         }
         tracing::info!(
-            model = %path.display(), architecture = %g.architecture, threads = concurrency, f32 = g.expanded,
+            model = %path.display(), architecture = %g.architecture, threads = concurrency, weights = ?g.format,
             load_ms = started.elapsed().as_millis() as u64, "embedded model loaded"
         );
         Ok(Self { queue })
@@ -201,11 +201,9 @@ fn generate(model: &Model, job: &Job) -> Result<Generated, LlmError> {
         }
     };
     let mut sampler = LogitsProcessor::from_sampling(job.seed, sampling);
-    let (reused, mut weights) =
-        model.prefix_cache.longest_prefix(prompt_ids).unwrap_or_else(|| (0, model.weights.clone()));
-    let input = Tensor::new(&prompt_ids[reused..], &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(engine_err)?;
-    let mut logits = weights.forward(&input, reused).and_then(|l| l.squeeze(0)).map_err(engine_err)?;
-    model.prefix_cache.store(prompt_ids, &weights);
+    let (reused, mut cache) = model.prefix_cache.longest_prefix(prompt_ids).unwrap_or_default();
+    let mut logits = model.weights.forward(&mut cache, &prompt_ids[reused..], reused).map_err(engine_err)?;
+    model.prefix_cache.store(prompt_ids, &cache);
     let prefilled = started.elapsed();
     let mut out: Vec<u32> = Vec::new();
     let finish = loop {
@@ -254,8 +252,7 @@ fn generate(model: &Model, job: &Job) -> Result<Generated, LlmError> {
             break FinishReason::Length;
         }
         let pos = prompt_ids.len() + out.len() - 1;
-        let next = Tensor::new(&[token], &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(engine_err)?;
-        logits = weights.forward(&next, pos).and_then(|l| l.squeeze(0)).map_err(engine_err)?;
+        logits = model.weights.forward(&mut cache, &[token], pos).map_err(engine_err)?;
     };
     tracing::debug!(
         prompt_tokens = prompt_ids.len(),

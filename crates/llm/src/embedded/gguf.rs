@@ -3,24 +3,23 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::Device;
-use candle_core::quantized::gguf_file::{self, Content, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_transformers::models::quantized_llama::ModelWeights;
+use candle_core::quantized::gguf_file::{Content, Value};
 use serde_json::json;
 use tokenizers::Tokenizer;
 
+use super::WeightFormat;
+use super::llama::{self, Llama, Weights};
 use crate::LlmError;
 
-/// Largest model whose weights are expanded to f32 at load (see [`expand_to_f32`]).
-const EXPAND_LIMIT_BYTES: usize = 1 << 30;
+/// Largest model (in f32) that [`WeightFormat::Auto`] holds as [`Weights::Dual`].
+const DUAL_LIMIT_BYTES: usize = 1 << 30;
 
 /// GGUF token type of control tokens (`<|im_start|>`, `<|endoftext|>`, ...).
 const TOKEN_TYPE_CONTROL: i32 = 3;
 
 /// Everything read from one GGUF file.
 pub(crate) struct GgufModel {
-    pub weights: ModelWeights,
+    pub weights: Llama,
     pub tokenizer: Tokenizer,
     /// Each token's text as the tokenizer stores it (GPT-2 byte-level form for BPE models).
     pub tokens: Vec<String>,
@@ -32,8 +31,8 @@ pub(crate) struct GgufModel {
     pub eos: String,
     pub context_length: usize,
     pub architecture: String,
-    /// Whether the weights were expanded to f32.
-    pub expanded: bool,
+    /// How the matrices are held.
+    pub format: Weights,
 }
 
 fn config(path: &Path, what: impl std::fmt::Display) -> LlmError {
@@ -41,7 +40,7 @@ fn config(path: &Path, what: impl std::fmt::Display) -> LlmError {
 }
 
 /// Loads the model at `path` onto the CPU.
-pub(crate) fn load(path: &Path) -> Result<GgufModel, LlmError> {
+pub(crate) fn load(path: &Path, format: WeightFormat) -> Result<GgufModel, LlmError> {
     let mut file = std::fs::File::open(path).map_err(|e| config(path, format!("cannot be opened ({e})")))?;
     let content = Content::read(&mut file).map_err(|e| config(path, format!("is not a GGUF file ({e})")))?;
     let md = &content.metadata;
@@ -77,18 +76,17 @@ pub(crate) fn load(path: &Path) -> Result<GgufModel, LlmError> {
     let chat_template =
         text("tokenizer.chat_template").ok_or_else(|| config(path, "has no tokenizer.chat_template"))?;
     // candle precomputes rotary embeddings for MAX_SEQ_LEN positions: no longer context.
-    let context_length = (id("llama.context_length").unwrap_or(2048) as usize)
-        .min(candle_transformers::models::quantized_llama::MAX_SEQ_LEN);
+    let context_length = (id("llama.context_length").unwrap_or(2048) as usize).min(llama::MAX_SEQ_LEN);
     let tokenizer = byte_level_bpe(&tokens, &merges, &special).map_err(|e| config(path, format!("tokenizer: {e}")))?;
     let f32_bytes: usize = content.tensor_infos.values().map(|t| t.shape.elem_count() * 4).sum();
-    let expanded = f32_bytes <= EXPAND_LIMIT_BYTES;
-    let weights = if expanded {
-        expand_to_f32(content, &mut file)
-            .and_then(|(content, mut f32_file)| ModelWeights::from_gguf(content, &mut f32_file, &Device::Cpu))
-    } else {
-        ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
-    }
-    .map_err(|e| config(path, format!("weights cannot be loaded ({e})")))?;
+    let format = match format {
+        WeightFormat::Auto if f32_bytes <= DUAL_LIMIT_BYTES => Weights::Dual,
+        WeightFormat::Auto | WeightFormat::Q8_0 => Weights::Q8,
+        WeightFormat::Dual => Weights::Dual,
+        WeightFormat::Stored => Weights::Stored,
+    };
+    let weights = Llama::load(&content, &mut file, format)
+        .map_err(|e| config(path, format!("weights cannot be loaded ({e})")))?;
     Ok(GgufModel {
         weights,
         tokenizer,
@@ -100,35 +98,8 @@ pub(crate) fn load(path: &Path) -> Result<GgufModel, LlmError> {
         eos,
         context_length,
         architecture,
-        expanded,
+        format,
     })
-}
-
-/// The same model with every tensor in f32, as an in-memory GGUF.
-///
-/// Why: candle has no SIMD kernel for most quantized formats on x86 (Q4_1 runs scalar), while
-/// its f32 matrix products use the CPU's vector units, chosen at run time. Measured on SmolLM2-135M
-/// Q4_1 (2 cores): quantized, ~30 ms per prompt token and ~40 ms per generated token; f32, ~5.5 ms
-/// and ~110 ms. Agent calls are long prompts with short JSON answers, so f32 is about twice as
-/// fast per call, for 4-5× the memory; models beyond [`EXPAND_LIMIT_BYTES`] in f32 stay quantized.
-fn expand_to_f32(
-    content: Content,
-    file: &mut std::fs::File,
-) -> candle_core::Result<(Content, std::io::Cursor<Vec<u8>>)> {
-    let mut tensors = Vec::with_capacity(content.tensor_infos.len());
-    for name in content.tensor_infos.keys() {
-        let q = content.tensor(file, name, &Device::Cpu)?;
-        let f32 = QTensor::quantize(&q.dequantize(&Device::Cpu)?, GgmlDType::F32)?;
-        tensors.push((name.clone(), f32));
-    }
-    let metadata: Vec<(&str, &Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
-    let mut buffer = std::io::Cursor::new(Vec::new());
-    gguf_file::write(&mut buffer, &metadata, &tensor_refs)?;
-    drop(tensors);
-    buffer.set_position(0);
-    let expanded = Content::read(&mut buffer)?;
-    Ok((expanded, buffer))
 }
 
 /// The byte-level BPE tokenizer the GGUF describes, built as a `tokenizer.json` document (the

@@ -16,6 +16,7 @@ pub mod catalog;
 mod constraint;
 mod engine;
 mod gguf;
+mod llama;
 mod template;
 
 use std::collections::HashMap;
@@ -35,24 +36,74 @@ use template::TemplateMessage;
 
 /// Answer tokens when neither the request nor the model config sets a limit.
 const DEFAULT_MAX_TOKENS: u32 = 512;
-/// Default inference threads per loaded model (`NIGHTSHIFT_EMBEDDED_CONCURRENCY`).
-const DEFAULT_CONCURRENCY: usize = 1;
+/// How the matrices of a loaded model are held in memory (`embedded.weights`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightFormat {
+    /// `dual` when the model is at most 1 GiB in f32, else `q8_0`.
+    #[default]
+    Auto,
+    /// f32 for reading prompts and Q8_0 for generating (fastest; ~1.25× the f32 size:
+    /// ~690 MB for SmolLM2-135M).
+    Dual,
+    /// Q8_0 only: a quarter of f32, prompts read ~2.5× slower than `dual`.
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// As the file stores them (the smallest; candle has SIMD kernels for Q4_0, Q8_0 and the
+    /// K-quants, not for Q4_1).
+    Stored,
+}
+
+/// How this process runs embedded models: the `[embedded]` section of the worker's config.
+/// Set once per process ([`configure`]), before the first model loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedOptions {
+    /// Generations at a time per loaded model (1 to 64). One generation already uses every
+    /// core for its matrix products: more only queues inside the CPU.
+    pub concurrency: usize,
+    /// How the weights are held.
+    pub weights: WeightFormat,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self { concurrency: 1, weights: WeightFormat::Auto }
+    }
+}
+
+/// Most generations at a time per model.
+pub const MAX_CONCURRENCY: usize = 64;
+
+static OPTIONS: std::sync::OnceLock<EmbeddedOptions> = std::sync::OnceLock::new();
+
+/// Sets how this process runs embedded models. The first call wins: a later one with other
+/// options (a second role of `nightshift dev`) is refused, so the caller can say so.
+pub fn configure(options: EmbeddedOptions) -> Result<(), LlmError> {
+    if !(1..=MAX_CONCURRENCY).contains(&options.concurrency) {
+        return Err(LlmError::Config(format!(
+            "embedded.concurrency: {} is out of range (1 to {MAX_CONCURRENCY})",
+            options.concurrency
+        )));
+    }
+    let set = *OPTIONS.get_or_init(|| options);
+    if set != options {
+        return Err(LlmError::Config(format!(
+            "embedded options {options:?} conflict with {set:?}, set earlier in this process"
+        )));
+    }
+    Ok(())
+}
+
+fn options() -> EmbeddedOptions {
+    OPTIONS.get().copied().unwrap_or_default()
+}
 
 /// A model file's engine, loaded by the first call that needs it.
 type EngineSlot = Arc<OnceCell<Arc<Engine>>>;
 
 /// Loaded models by file, each loaded once per process.
 static ENGINES: LazyLock<Mutex<HashMap<PathBuf, EngineSlot>>> = LazyLock::new(Default::default);
-
-/// Concurrent generations per loaded model: `NIGHTSHIFT_EMBEDDED_CONCURRENCY` (1 to 64), else 1.
-/// More than the cores only queues inside the CPU; one generation already uses every core for
-/// its matrix products.
-fn concurrency() -> usize {
-    std::env::var("NIGHTSHIFT_EMBEDDED_CONCURRENCY")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .map_or(DEFAULT_CONCURRENCY, |n| n.clamp(1, 64))
-}
 
 async fn engine_for(path: &Path) -> Result<Arc<Engine>, LlmError> {
     let cell = {
@@ -70,8 +121,8 @@ async fn engine_for(path: &Path) -> Result<Arc<Engine>, LlmError> {
             return Err(LlmError::Config(format!("model file {} does not exist{hint}", path.display())));
         }
         let path = path.to_owned();
-        let threads = concurrency();
-        tokio::task::spawn_blocking(move || Engine::load(&path, threads).map(Arc::new))
+        let options = options();
+        tokio::task::spawn_blocking(move || Engine::load(&path, options).map(Arc::new))
             .await
             .map_err(|e| LlmError::Engine(format!("loading the model: {e}")))?
     })
