@@ -76,14 +76,14 @@ impl AnthropicChat {
                 (req.system.clone().filter(|s| !s.trim().is_empty()), (!tools.is_empty()).then_some(tools))
             }
             ResponseMode::Structured => {
-                for t in structured::render_history(&req.messages) {
+                let (system, rendered) = structured::render(req);
+                for t in rendered {
                     match t {
                         TextTurn::User(c) => turns.push("user", text_block(&c)),
                         TextTurn::Assistant(c) => turns.push("assistant", text_block(&c)),
                     }
                 }
-                let offered = req.offered_tools();
-                (Some(structured::system_prompt(req.system.as_deref(), offered)), None)
+                (Some(system), None)
             }
         };
         Body {

@@ -73,10 +73,9 @@ impl OpenAiChat {
                 ((!tools.is_empty()).then_some(tools), None)
             }
             ResponseMode::Structured => {
-                let offered = req.offered_tools();
-                let system = structured::system_prompt(req.system.as_deref(), offered);
+                let (system, turns) = structured::render(req);
                 messages.push(json!({"role": "system", "content": system}));
-                messages.extend(structured::render_history(&req.messages).into_iter().map(|t| match t {
+                messages.extend(turns.into_iter().map(|t| match t {
                     TextTurn::User(c) => json!({"role": "user", "content": c}),
                     TextTurn::Assistant(c) => json!({"role": "assistant", "content": c}),
                 }));
@@ -84,7 +83,7 @@ impl OpenAiChat {
                     ty: "json_schema",
                     json_schema: JsonSchemaFormat {
                         name: structured::SCHEMA_NAME,
-                        schema: structured::response_schema(offered),
+                        schema: structured::response_schema(req.offered_tools()),
                     },
                 };
                 (None, Some(format))
@@ -374,7 +373,12 @@ mod tests {
         let p = OpenAiChat::from_config(&ModelConfig { tool_call_mode: ToolCallMode::Structured, ..cfg() }).unwrap();
         let b = p.request_body(&ChatRequest { final_only: true, ..request() });
         assert_eq!(b["response_format"]["json_schema"]["schema"]["required"], json!(["final"]));
-        assert!(b["messages"][0]["content"].as_str().unwrap().contains("No tools are available"));
+        // The system prompt is the one of the other turns (a prompt cache reuses it); the last
+        // turn says that no more calls are allowed.
+        let other = p.request_body(&request());
+        assert_eq!(b["messages"][0], other["messages"][0]);
+        let last = b["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_owned();
+        assert!(last.ends_with(structured::FINAL_ONLY_NOTE), "{last}");
     }
 
     #[test]

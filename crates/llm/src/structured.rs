@@ -176,6 +176,30 @@ pub(crate) fn system_prompt(system: Option<&str>, tools: &[ToolSpec]) -> String 
     }
 }
 
+/// What a final-only turn adds to the conversation (the schema allows only `{"final"}` then).
+pub(crate) const FINAL_ONLY_NOTE: &str = "No more tool calls: give the final answer now, as {\"final\": \"<answer>\"}.";
+
+/// A structured request as text: the system prompt and the turns.
+///
+/// The system prompt lists every declared tool even on a final-only turn, and the turn says
+/// that no more calls are allowed instead: the prompt of a run's last call then extends the
+/// previous one, so a server's (or the embedded engine's) prompt cache reads only what was
+/// added, instead of the whole conversation again.
+pub(crate) fn render(req: &ChatRequest) -> (String, Vec<TextTurn>) {
+    let system = system_prompt(req.system.as_deref(), &req.tools);
+    let mut turns = render_history(&req.messages);
+    if req.final_only {
+        match turns.last_mut() {
+            Some(TextTurn::User(last)) => {
+                last.push_str("\n\n");
+                last.push_str(FINAL_ONLY_NOTE);
+            }
+            _ => turns.push(TextTurn::User(FINAL_ONLY_NOTE.to_owned())),
+        }
+    }
+    (system, turns)
+}
+
 /// A text-only turn of the rendered history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TextTurn {

@@ -67,7 +67,8 @@ pub(crate) struct Engine {
 
 /// The model's state after recent prompts (their KV cache), to skip re-reading a prompt's
 /// beginning: an agent's next call repeats the whole conversation so far and adds a little, so
-/// the previous call's prompt is a prefix of the next one's. Each entry is a KV cache (about 46 KB per token for SmolLM2-135M).
+/// the previous call's prompt is a prefix of the next one's. Each entry is a KV cache (about
+/// 46 KB per token for SmolLM2-135M); the weights are not copied.
 struct PrefixCache {
     /// Most recently used last.
     entries: Mutex<Vec<(Vec<u32>, KvCache)>>,

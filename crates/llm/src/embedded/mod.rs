@@ -154,16 +154,16 @@ impl EmbeddedChat {
 /// The conversation as chat-template messages: in the structured protocol, or as they are in
 /// plain-text mode.
 fn template_messages(req: &ChatRequest, plain: bool) -> Vec<TemplateMessage> {
-    let system = if plain {
-        req.system.clone().unwrap_or_default()
+    let (system, turns) = if plain {
+        (req.system.clone().unwrap_or_default(), structured::render_history(&req.messages))
     } else {
-        structured::system_prompt(req.system.as_deref(), req.offered_tools())
+        structured::render(req)
     };
     let mut out = Vec::new();
     if !system.is_empty() {
         out.push(TemplateMessage { role: "system", content: system });
     }
-    out.extend(structured::render_history(&req.messages).into_iter().map(|t| match t {
+    out.extend(turns.into_iter().map(|t| match t {
         TextTurn::User(content) => TemplateMessage { role: "user", content },
         TextTurn::Assistant(content) => TemplateMessage { role: "assistant", content },
     }));
