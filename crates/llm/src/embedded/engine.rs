@@ -179,6 +179,19 @@ fn serve(model: &Model, jobs: &Mutex<Receiver<(Job, Reply)>>) {
     }
 }
 
+/// The repetition penalty on the scores in place, once per distinct recent token (what
+/// candle's `apply_repeat_penalty` does, without two more copies of the vocabulary per token).
+fn penalize_repeats(scores: &mut [f32], recent: &[u32]) {
+    let mut seen = std::collections::HashSet::with_capacity(recent.len());
+    for &id in recent {
+        if seen.insert(id)
+            && let Some(score) = scores.get_mut(id as usize)
+        {
+            *score = if *score >= 0.0 { *score / REPEAT_PENALTY } else { *score * REPEAT_PENALTY };
+        }
+    }
+}
+
 fn engine_err(e: impl std::fmt::Display) -> LlmError {
     LlmError::Engine(e.to_string())
 }
@@ -228,10 +241,8 @@ fn generate(model: &Model, job: &Job) -> Result<Generated, LlmError> {
             // `minLength` does the same for structured answers).
             *score = f32::NEG_INFINITY;
         }
+        penalize_repeats(&mut scores, &out[out.len().saturating_sub(REPEAT_WINDOW)..]);
         let masked = Tensor::new(scores.as_slice(), &Device::Cpu).map_err(engine_err)?;
-        let recent = &out[out.len().saturating_sub(REPEAT_WINDOW)..];
-        let masked =
-            candle_transformers::utils::apply_repeat_penalty(&masked, REPEAT_PENALTY, recent).map_err(engine_err)?;
         let token = sampler.sample(&masked).map_err(engine_err)?;
         if token == model.eos_id {
             break FinishReason::Stop;
@@ -268,4 +279,17 @@ fn generate(model: &Model, job: &Job) -> Result<Generated, LlmError> {
         text.truncate(cut);
     }
     Ok(Generated { text, prompt_tokens: prompt_ids.len(), completion_tokens: out.len(), finish })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_recent_token_is_penalized_once_towards_zero() {
+        let mut scores = [2.2f32, -1.1, 0.5, 3.0];
+        penalize_repeats(&mut scores, &[0, 1, 0, 9]);
+        let expected = [2.2 / REPEAT_PENALTY, -1.1 * REPEAT_PENALTY, 0.5, 3.0];
+        assert!(scores.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-6), "{scores:?}");
+    }
 }

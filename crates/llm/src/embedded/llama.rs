@@ -44,26 +44,17 @@ struct Matrix {
 
 impl Matrix {
     fn new(q: QTensor, weights: Weights) -> Result<Self> {
-        let block = GgmlDType::Q8_0.block_size();
+        if weights == Weights::Stored {
+            return Ok(Self { dense: None, quant: QMatMul::from_qtensor(q)? });
+        }
+        let f = q.dequantize(&Device::Cpu)?;
         let cols = q.shape().dims().last().copied().unwrap_or(0);
-        let quantizable = cols % block == 0;
-        Ok(match weights {
-            Weights::Stored => Self { dense: None, quant: QMatMul::from_qtensor(q)? },
-            Weights::Q8 if quantizable => {
-                let f = q.dequantize(&Device::Cpu)?;
-                Self { dense: None, quant: QMatMul::from_qtensor(QTensor::quantize(&f, GgmlDType::Q8_0)?)? }
-            }
-            Weights::Dual if quantizable => {
-                let f = q.dequantize(&Device::Cpu)?;
-                let quant = QMatMul::from_qtensor(QTensor::quantize(&f, GgmlDType::Q8_0)?)?;
-                Self { dense: Some(f), quant }
-            }
+        if cols % GgmlDType::Q8_0.block_size() != 0 {
             // Rows that do not split into Q8_0 blocks: f32 for both phases.
-            Weights::Q8 | Weights::Dual => {
-                let f = q.dequantize(&Device::Cpu)?;
-                Self { dense: None, quant: QMatMul::Tensor(f) }
-            }
-        })
+            return Ok(Self { dense: None, quant: QMatMul::Tensor(f) });
+        }
+        let quant = QMatMul::from_qtensor(QTensor::quantize(&f, GgmlDType::Q8_0)?)?;
+        Ok(Self { dense: (weights == Weights::Dual).then_some(f), quant })
     }
 
     /// `x` is `[batch, rows, in]`.
