@@ -5,8 +5,8 @@ use anyhow::Context;
 use nightshift_core::pb;
 use serde::Serialize;
 
+use crate::Server;
 use crate::args::{AgentCommand, Output};
-use crate::manager_client;
 use crate::output::{self, AgentView, StatusView};
 
 fn by_name(name: &str) -> Option<pb::AgentRef> {
@@ -65,8 +65,8 @@ struct Applied {
     error: Option<String>,
 }
 
-pub(crate) async fn run(endpoint: &str, out: Output, cmd: AgentCommand) -> anyhow::Result<()> {
-    let mut client = manager_client(endpoint).await?;
+pub(crate) async fn run(server: &Server, out: Output, cmd: AgentCommand) -> anyhow::Result<()> {
+    let mut client = server.manager().await?;
     match cmd {
         AgentCommand::Apply { files } => {
             let mut results = Vec::new();

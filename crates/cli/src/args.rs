@@ -11,6 +11,16 @@ pub struct Cli {
     /// Manager endpoint.
     #[arg(long, global = true, env = "NIGHTSHIFT_ENDPOINT", default_value = "http://127.0.0.1:50051")]
     pub endpoint: String,
+    /// PEM CA bundle the server's certificate must chain to, for an `https://` endpoint
+    /// (default: the system's roots).
+    #[arg(long, global = true, env = "NIGHTSHIFT_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a server that requires mutual TLS (with `--tls-key`).
+    #[arg(long, global = true, env = "NIGHTSHIFT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, global = true, env = "NIGHTSHIFT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,

@@ -6,15 +6,15 @@ use anyhow::Context;
 use nightshift_core::{EventType, pb, time};
 use nightshift_events_client::{EventFilter, TailFrom, TailOptions, event_to_json, tail};
 
+use crate::Server;
 use crate::args::{EventsCommand, Output};
-use crate::manager_client;
 
-pub(crate) async fn run(endpoint: &str, out: Output, cmd: EventsCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(server: &Server, out: Output, cmd: EventsCommand) -> anyhow::Result<()> {
     let EventsCommand::Tail { agent, run, types, from, since, follow } = cmd;
     // Agent names are resolved to ids at the manager (events carry agent ids).
     let mut agent_ids = Vec::new();
     if !agent.is_empty() {
-        let mut manager = manager_client(endpoint).await?;
+        let mut manager = server.manager().await?;
         for name in agent {
             let a = manager
                 .get_agent(pb::GetAgentRequest {
@@ -37,11 +37,7 @@ pub(crate) async fn run(endpoint: &str, out: Output, cmd: EventsCommand) -> anyh
         (None, None) if follow => TailFrom::Now,
         (None, None) => TailFrom::Beginning,
     };
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
-        .connect()
-        .await
-        .map_err(|e| anyhow::Error::new(tonic::Status::unavailable(format!("cannot reach {endpoint}: {e}"))))?;
-    let mut client = pb::event_service_client::EventServiceClient::new(channel);
+    let mut client = pb::event_service_client::EventServiceClient::new(server.channel().await?);
     let options = TailOptions { filter: EventFilter { agent_ids, run_ids: run, types }, from, follow };
     let mut stdout = std::io::stdout().lock();
     let mut failed = None;

@@ -18,15 +18,17 @@ pub use args::Cli;
 pub use dev::{DevConfig, DevWiring};
 
 use args::Command;
+use nightshift_rpc::{CallChannel, ClientOptions, TlsOptions};
 use tonic::Code;
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let server = Server::of(&cli);
     match cli.command {
         Command::Dev(dev) => dev::run(dev, cli.log_format).await,
-        Command::Agent(cmd) => agent::run(&cli.endpoint, cli.output, cmd).await,
-        Command::Runs(cmd) => runs::run(&cli.endpoint, cli.output, cmd).await,
-        Command::Events(cmd) => events::run(&cli.endpoint, cli.output, cmd).await,
+        Command::Agent(cmd) => agent::run(&server, cli.output, cmd).await,
+        Command::Runs(cmd) => runs::run(&server, cli.output, cmd).await,
+        Command::Events(cmd) => events::run(&server, cli.output, cmd).await,
         Command::Models(cmd) => models::run(cli.output, cmd).await,
     }
 }
@@ -70,19 +72,41 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     }
 }
 
-/// Connects a manager client.
-pub(crate) async fn manager_client(
-    endpoint: &str,
-) -> anyhow::Result<nightshift_proto::v1::manager_service_client::ManagerServiceClient<tonic::transport::Channel>> {
-    use anyhow::Context;
-    let ep = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .with_context(|| format!("invalid endpoint '{endpoint}'"))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(30));
-    let channel = ep.connect().await.map_err(|e| {
-        anyhow::Error::new(tonic::Status::unavailable(format!(
-            "cannot reach {endpoint}: {e} (is `nightshift dev` running?)"
-        )))
-    })?;
-    Ok(nightshift_proto::v1::manager_service_client::ManagerServiceClient::new(channel))
+/// The server the command talks to and how.
+pub(crate) struct Server {
+    endpoint: String,
+    client: ClientOptions,
+}
+
+impl Server {
+    fn of(cli: &Cli) -> Self {
+        let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let tls = TlsOptions {
+            ca_file: path(&cli.tls_ca),
+            cert_file: path(&cli.tls_cert),
+            key_file: path(&cli.tls_key),
+            ..TlsOptions::default()
+        };
+        Self { endpoint: cli.endpoint.clone(), client: ClientOptions { tls, api_key: String::new() } }
+    }
+
+    /// A connected channel whose calls carry the CLI's credential.
+    pub(crate) async fn channel(&self) -> anyhow::Result<CallChannel> {
+        let endpoint = self.client.endpoint("--endpoint", &self.endpoint)?.timeout(std::time::Duration::from_secs(30));
+        let channel = endpoint.connect().await.map_err(|e| {
+            let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+            anyhow::Error::new(tonic::Status::unavailable(format!(
+                "cannot reach {}: {e}{cause} (is `nightshift dev` running?)",
+                self.endpoint
+            )))
+        })?;
+        Ok(self.client.wrap(channel))
+    }
+
+    /// A manager client.
+    pub(crate) async fn manager(
+        &self,
+    ) -> anyhow::Result<nightshift_proto::v1::manager_service_client::ManagerServiceClient<CallChannel>> {
+        Ok(nightshift_proto::v1::manager_service_client::ManagerServiceClient::new(self.channel().await?))
+    }
 }

@@ -1,12 +1,12 @@
 //! `nightshift runs ...`
 use nightshift_core::{RunStatus, pb};
 
+use crate::Server;
 use crate::args::{Output, RunsCommand};
-use crate::manager_client;
 use crate::output::{self, RunView};
 
-pub(crate) async fn run(endpoint: &str, out: Output, cmd: RunsCommand) -> anyhow::Result<()> {
-    let mut client = manager_client(endpoint).await?;
+pub(crate) async fn run(server: &Server, out: Output, cmd: RunsCommand) -> anyhow::Result<()> {
+    let mut client = server.manager().await?;
     match cmd {
         RunsCommand::List { agent, status, limit } => {
             let statuses = status

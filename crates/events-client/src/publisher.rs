@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use nightshift_core::pb::event_service_client::EventServiceClient;
 use nightshift_core::{AgentId, Clock, EventType, RunId, SystemClock, backoff, pb};
+use nightshift_rpc::{BadEndpoint, CallChannel, ClientOptions};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::convert::json_to_struct;
 
@@ -117,7 +117,7 @@ impl EventBuilder<'_> {
 impl EventPublisher {
     /// A publisher sending through `client`, stamping events with `source` (e.g.
     /// `worker/host-1`). Spawns the sending task: call inside a Tokio runtime.
-    pub fn new(client: EventServiceClient<Channel>, source: impl Into<String>, options: PublisherOptions) -> Self {
+    pub fn new(client: EventServiceClient<CallChannel>, source: impl Into<String>, options: PublisherOptions) -> Self {
         let (tx, rx) = mpsc::channel(options.buffer.max(1));
         let stats = Arc::new(Stats::default());
         let clock = options.clock.clone();
@@ -129,24 +129,23 @@ impl EventPublisher {
     /// so that a service starts even while the event service is down.
     pub fn connect_lazy(
         endpoint: &str,
+        client: &ClientOptions,
         source: impl Into<String>,
         options: PublisherOptions,
-    ) -> Result<Self, tonic::transport::Error> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_lazy();
-        Ok(Self::new(EventServiceClient::new(channel), source, options))
+    ) -> Result<Self, BadEndpoint> {
+        let channel = client.endpoint("events_endpoint", endpoint)?.connect_lazy();
+        Ok(Self::new(EventServiceClient::new(client.wrap(channel)), source, options))
     }
 
     /// The publisher of a service role to its `events_endpoint` option: `None` when the option
     /// is empty (no event service), else a lazily connecting publisher whose events name
     /// `role/<process id>` as their source.
-    pub fn for_role(role: &str, events_endpoint: &str) -> Result<Option<Self>, tonic::transport::Error> {
+    pub fn for_role(role: &str, events_endpoint: &str, client: &ClientOptions) -> Result<Option<Self>, BadEndpoint> {
         if events_endpoint.is_empty() {
             return Ok(None);
         }
         let source = format!("{role}/{}", std::process::id());
-        Self::connect_lazy(events_endpoint, source, PublisherOptions::default()).map(Some)
+        Self::connect_lazy(events_endpoint, client, source, PublisherOptions::default()).map(Some)
     }
 
     /// Starts an event of type `ty`.
@@ -210,7 +209,7 @@ impl EventPublisher {
 }
 
 async fn run(
-    mut client: EventServiceClient<Channel>,
+    mut client: EventServiceClient<CallChannel>,
     mut rx: mpsc::Receiver<Msg>,
     stats: Arc<Stats>,
     opts: PublisherOptions,
@@ -238,7 +237,12 @@ async fn run(
     }
 }
 
-async fn send(client: &mut EventServiceClient<Channel>, batch: Vec<pb::Event>, stats: &Stats, opts: &PublisherOptions) {
+async fn send(
+    client: &mut EventServiceClient<CallChannel>,
+    batch: Vec<pb::Event>,
+    stats: &Stats,
+    opts: &PublisherOptions,
+) {
     let n = batch.len() as u64;
     for attempt in 1..=opts.max_attempts.max(1) {
         let requests: Vec<pb::PublishRequest> =

@@ -4,8 +4,8 @@ use std::ops::ControlFlow;
 use chrono::{DateTime, Utc};
 use nightshift_core::pb;
 use nightshift_core::pb::event_service_client::EventServiceClient;
+use nightshift_rpc::CallChannel;
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::convert::{filter_to_pb, page_token_after};
 use crate::filter::EventFilter;
@@ -41,7 +41,7 @@ pub struct TailOptions {
 /// following, a `Lagged` signal is handled by resubscribing after the resume cursor, so the
 /// callback sees every event exactly once. Returns the cursor of the last event seen.
 pub async fn tail<F>(
-    client: &mut EventServiceClient<Channel>,
+    client: &mut EventServiceClient<CallChannel>,
     options: TailOptions,
     mut on_event: F,
 ) -> Result<Option<String>, Status>

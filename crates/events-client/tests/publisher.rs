@@ -9,8 +9,7 @@ use nightshift_core::pb::event_service_client::EventServiceClient;
 use nightshift_core::{AgentId, EventType, RunId, pb};
 use nightshift_events::{EventsConfig, EventsRole};
 use nightshift_events_client::{EventFilter, EventPublisher, PublisherOptions, TailFrom, TailOptions, tail};
-use nightshift_rpc::{GrpcServer, Role, serve_roles};
-use tonic::transport::Channel;
+use nightshift_rpc::{CallChannel, GrpcServer, Role, serve_roles};
 
 const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -28,15 +27,16 @@ async fn start(config: EventsConfig) -> Server {
     Server { endpoint }
 }
 
-async fn client(s: &Server) -> EventServiceClient<Channel> {
-    EventServiceClient::connect(s.endpoint.clone()).await.unwrap()
+async fn client(s: &Server) -> EventServiceClient<CallChannel> {
+    let channel = tonic::transport::Endpoint::from_shared(s.endpoint.clone()).unwrap().connect().await.unwrap();
+    EventServiceClient::new(nightshift_rpc::traced(channel))
 }
 
 fn ev(id: &str, ty: EventType, agent: &str) -> pb::Event {
     pb::Event { id: id.into(), r#type: ty.to_pb() as i32, agent_id: agent.into(), ..Default::default() }
 }
 
-async fn publish(c: &mut EventServiceClient<Channel>, e: pb::Event) -> String {
+async fn publish(c: &mut EventServiceClient<CallChannel>, e: pb::Event) -> String {
     c.publish(pb::PublishRequest { event: Some(e) }).await.unwrap().into_inner().cursor
 }
 
@@ -45,7 +45,9 @@ async fn publisher_and_tail() {
     // A one-event live buffer: the burst below overflows it, and `tail` must still deliver
     // every event once, in order (resubscribing after the Lagged cursor when that happens).
     let s = start(EventsConfig { subscriber_buffer: 1, ..EventsConfig::default() }).await;
-    let publisher = EventPublisher::connect_lazy(&s.endpoint, "worker/test", PublisherOptions::default()).unwrap();
+    let publisher =
+        EventPublisher::connect_lazy(&s.endpoint, &Default::default(), "worker/test", PublisherOptions::default())
+            .unwrap();
     let agent = AgentId::from_string("agent-1");
     let run = RunId::from_string("run-1");
     publisher.emit(EventType::BackgroundTaskStarted, Some(&agent), Some(&run), serde_json::json!({}));
@@ -111,7 +113,7 @@ async fn publisher_never_fails_the_caller() {
     drop(listener);
     let opts =
         PublisherOptions { buffer: 4, max_attempts: 2, retry_backoff: Duration::from_millis(10), ..Default::default() };
-    let publisher = EventPublisher::connect_lazy(&endpoint, "test", opts).unwrap();
+    let publisher = EventPublisher::connect_lazy(&endpoint, &Default::default(), "test", opts).unwrap();
     for _ in 0..50 {
         publisher.emit(EventType::ToolCall, None, None, serde_json::json!({"n": 1}));
     }

@@ -20,10 +20,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg: EventsConfig = nightshift_core::config::load(args.config.as_deref(), "NIGHTSHIFT_EVENTS")?;
     init_process(&cfg.server).await?;
-    let listen = cfg.server.listen.clone();
+    let server = cfg.server.clone();
     let role = EventsRole::build(cfg).await.context("starting the event service")?;
     // Bound once the role is built, so that a port that answers is a role that is ready.
-    let listener = GrpcServer::bind(&listen).await?;
+    let listener = GrpcServer::listen(&server).await?;
     let roles: Vec<Box<dyn Role>> = vec![Box::new(role)];
     serve_roles(roles, listener, shutdown_signal()).await?;
     nightshift_telemetry::shutdown();

@@ -112,7 +112,9 @@ async fn alerts_post_once_per_rule_match_retry_and_ignore_a_redelivered_event() 
         ..EventsConfig::default()
     };
     let role = start(config).await;
-    let publisher = EventPublisher::connect_lazy(&role.endpoint, "worker/test", PublisherOptions::default()).unwrap();
+    let publisher =
+        EventPublisher::connect_lazy(&role.endpoint, &Default::default(), "worker/test", PublisherOptions::default())
+            .unwrap();
     publisher.publish(failure("fail-1", "a1", "r1"));
     publisher.publish(failure("fail-1", "a1", "r1")); // within the log's dedup: stored once
     for i in 0..5 {

@@ -22,10 +22,10 @@ async fn main() -> anyhow::Result<()> {
     let cfg: ManagerConfig = nightshift_core::config::load(args.config.as_deref(), "NIGHTSHIFT_MANAGER")?;
     init_process(&cfg.server).await?;
     let store = Store::connect(&cfg.database_url).await.context("connecting to the database")?;
-    let listen = cfg.server.listen.clone();
+    let server = cfg.server.clone();
     let role = ManagerRole::build(cfg, ManagerDeps { store: store.clone(), observer: None }).await?;
     // Bound once the role is built, so that a port that answers is a role that is ready.
-    let listener = GrpcServer::bind(&listen).await?;
+    let listener = GrpcServer::listen(&server).await?;
     let roles: Vec<Box<dyn Role>> = vec![Box::new(role)];
     serve_roles(roles, listener, shutdown_signal()).await?;
     store.close().await;

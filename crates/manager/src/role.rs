@@ -40,9 +40,10 @@ impl ManagerRole {
         let mut service = ManagerService::new(deps.store, config.default_lease_ttl);
         let observer = match deps.observer {
             Some(observer) => Some(observer),
-            None if !config.scheduler_endpoint.is_empty() => Some(Arc::new(
-                GrpcScheduleObserver::new(&config.scheduler_endpoint).map_err(BadEndpoint::of("scheduler_endpoint"))?,
-            ) as Arc<dyn ScheduleObserver>),
+            None if !config.scheduler_endpoint.is_empty() => {
+                Some(Arc::new(GrpcScheduleObserver::new(&config.scheduler_endpoint, &config.server.client())?)
+                    as Arc<dyn ScheduleObserver>)
+            }
             None => None,
         };
         if let Some(observer) = observer {
@@ -51,8 +52,7 @@ impl ManagerRole {
         if !config.queue.url.is_empty() {
             service = service.with_queue(config.queue.connect().await?);
         }
-        if let Some(publisher) =
-            EventPublisher::for_role("manager", &config.events_endpoint).map_err(BadEndpoint::of("events_endpoint"))?
+        if let Some(publisher) = EventPublisher::for_role("manager", &config.events_endpoint, &config.server.client())?
         {
             service = service.with_events(publisher);
         }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use nightshift_core::{AgentId, pb};
-use tonic::transport::Channel;
+use nightshift_rpc::{BadEndpoint, CallChannel, ClientOptions};
 
 /// Told after an agent's schedule-relevant state changed. Must not block: implementations
 /// hand the work to a task. Failures are the implementation's to log; the scheduler also
@@ -18,15 +18,13 @@ pub trait ScheduleObserver: Send + Sync + 'static {
 /// Notifies a remote scheduler over gRPC (`UpsertSchedule` / `RemoveSchedule`).
 #[derive(Clone)]
 pub struct GrpcScheduleObserver {
-    client: pb::scheduler_service_client::SchedulerServiceClient<Channel>,
+    client: pb::scheduler_service_client::SchedulerServiceClient<CallChannel>,
 }
 
 impl GrpcScheduleObserver {
     /// A lazily connecting client of the scheduler at `endpoint`.
-    pub fn new(endpoint: &str) -> Result<Self, tonic::transport::Error> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
-            .timeout(std::time::Duration::from_secs(5))
-            .connect_lazy();
+    pub fn new(endpoint: &str, client: &ClientOptions) -> Result<Self, BadEndpoint> {
+        let channel = client.channel("scheduler_endpoint", endpoint, std::time::Duration::from_secs(5))?;
         Ok(Self { client: pb::scheduler_service_client::SchedulerServiceClient::new(channel) })
     }
 }

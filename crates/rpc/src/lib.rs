@@ -7,17 +7,20 @@
 //! `grpcurl -plaintext HOST:PORT list` and `describe` work against any of them, alone or mounted
 //! together by `nightshift dev`.
 
+mod client;
 mod metrics;
 mod options;
 mod role;
 mod server;
 mod shutdown;
+mod tls;
 mod trace;
 
+pub use client::{CallChannel, CallContext, ClientOptions, traced};
 pub use options::{ServerOptions, hostname};
 pub use role::{BadEndpoint, Role, RoleError, init_process, serve_roles};
-pub use server::{GrpcServer, ServeError};
+pub use server::{GrpcServer, Listener, ServeError};
 pub use shutdown::shutdown_signal;
+pub use tls::{ServerTls, TlsError, TlsOptions};
 pub use tokio_util::sync::CancellationToken;
 pub use tonic_health::ServingStatus;
-pub use trace::{TraceContext, TracedChannel, traced};

@@ -3,6 +3,9 @@
 use nightshift_telemetry::LogFormat;
 use serde::{Deserialize, Serialize};
 
+use crate::client::ClientOptions;
+use crate::tls::TlsOptions;
+
 /// Where a role listens and how it reports: flattened (`#[serde(flatten)]`) into each role's
 /// options.
 ///
@@ -19,12 +22,25 @@ pub struct ServerOptions {
     pub metrics_listen: String,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// TLS of this server and of the calls this process makes (`[tls]`).
+    pub tls: TlsOptions,
 }
 
 impl ServerOptions {
     /// Listening on `addr`, no metrics endpoint, text logs.
     pub fn listening_on(addr: &str) -> Self {
-        Self { listen: addr.to_owned(), metrics_listen: String::new(), log_format: LogFormat::Text }
+        Self {
+            listen: addr.to_owned(),
+            metrics_listen: String::new(),
+            log_format: LogFormat::Text,
+            tls: TlsOptions::default(),
+        }
+    }
+
+    /// How this process calls the other services: trusting `tls.ca_file`, presenting its own
+    /// certificate for mutual TLS.
+    pub fn client(&self) -> ClientOptions {
+        ClientOptions { tls: self.tls.clone(), api_key: String::new() }
     }
 }
 

@@ -7,11 +7,10 @@
 //! [`GrpcServer`], runs their background work, and shuts them down in order.
 use std::future::Future;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::options::ServerOptions;
-use crate::server::{GrpcServer, ServeError};
+use crate::server::{GrpcServer, Listener, ServeError};
 
 /// The error a role's background work ends with.
 pub type RoleError = Box<dyn std::error::Error + Send + Sync>;
@@ -35,7 +34,8 @@ pub trait Role: Send + 'static {
     }
 }
 
-/// An endpoint option (`manager_endpoint`, `events_endpoint`, …) that is not a valid URI.
+/// An endpoint option (`manager_endpoint`, `events_endpoint`, …) that is not a valid URI, or whose
+/// TLS material cannot be read.
 #[derive(Debug, thiserror::Error)]
 #[error("{field}: {source}")]
 pub struct BadEndpoint {
@@ -43,13 +43,13 @@ pub struct BadEndpoint {
     pub field: &'static str,
     /// Why the URI was refused.
     #[source]
-    pub source: tonic::transport::Error,
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl BadEndpoint {
     /// Names the option behind a refused URI: `.map_err(BadEndpoint::of("events_endpoint"))`.
-    pub fn of(field: &'static str) -> impl FnOnce(tonic::transport::Error) -> Self {
-        move |source| Self { field, source }
+    pub fn of<E: Into<Box<dyn std::error::Error + Send + Sync>>>(field: &'static str) -> impl FnOnce(E) -> Self {
+        move |source| Self { field, source: source.into() }
     }
 }
 
@@ -75,7 +75,7 @@ pub async fn init_process(server: &ServerOptions) -> Result<(), ServeError> {
 /// its in-flight calls.
 pub async fn serve_roles(
     roles: Vec<Box<dyn Role>>,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let mut server = GrpcServer::new();

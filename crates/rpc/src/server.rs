@@ -2,10 +2,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+
+use crate::tls::ServerTls;
 
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +31,9 @@ pub enum ServeError {
     /// The `/metrics` endpoint could not start.
     #[error("metrics endpoint: {0}")]
     Metrics(String),
+    /// The TLS files cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// A role's background work failed.
     #[error("role {role}: {source}")]
     Role {
@@ -104,33 +111,77 @@ impl GrpcServer {
         TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr: addr.to_owned(), source })
     }
 
+    /// Binds `options.listen` and loads the TLS certificate when `options.tls` configures one:
+    /// what a role's binary serves on.
+    pub async fn listen(options: &crate::ServerOptions) -> Result<Listener, ServeError> {
+        let tls = ServerTls::load(&options.tls)?;
+        Ok(Listener { tcp: Self::bind(&options.listen).await?, tls })
+    }
+
     /// Serves on `listener` until `shutdown` resolves, then finishes in-flight calls.
-    pub async fn serve(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    pub async fn serve(
+        mut self,
+        listener: impl Into<Listener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let Listener { tcp, tls } = listener.into();
         let v1 = self.reflection().build_v1()?;
         let v1alpha = self.reflection().build_v1alpha()?;
         self.routes.add_service(v1).add_service(v1alpha);
-        let local: Option<SocketAddr> = listener.local_addr().ok();
+        let local: Option<SocketAddr> = tcp.local_addr().ok();
         self.health.set_service_status("", ServingStatus::Serving).await;
         for name in &self.names {
             self.health.set_service_status(*name, ServingStatus::Serving).await;
         }
-        tracing::info!(addr = ?local, services = ?self.names, "gRPC server listening");
-        tonic::transport::Server::builder()
+        tracing::info!(addr = ?local, tls = tls.is_some(), services = ?self.names, "gRPC server listening");
+        let router = tonic::transport::Server::builder()
             // One span per call, named by its gRPC method: exported over OTLP when telemetry
             // is configured to (see nightshift_telemetry::init).
             .trace_fn(crate::trace::server_span)
             // Requests and latency by method and status code, on every server's /metrics.
             .layer(crate::metrics::MetricsLayer)
-            .add_routes(self.routes.routes())
-            .serve_with_incoming_shutdown(
-                // Without TCP_NODELAY small responses wait ~40 ms for the peer's delayed ACK
-                // (measured: worker start p50 44.8 ms → 1.9 ms; docs/benchmarks.md).
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                shutdown,
-            )
-            .await?;
+            .add_routes(self.routes.routes());
+        match tls {
+            Some(tls) => router.serve_with_incoming_shutdown(crate::tls::incoming(tcp, tls), shutdown).await?,
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        // Without TCP_NODELAY small responses wait ~40 ms for the peer's delayed
+                        // ACK (measured: worker start p50 44.8 ms → 1.9 ms; docs/benchmarks.md).
+                        tonic::transport::server::TcpIncoming::from(tcp).with_nodelay(Some(true)),
+                        shutdown,
+                    )
+                    .await?
+            }
+        }
         tracing::info!(addr = ?local, "gRPC server stopped");
         Ok(())
+    }
+}
+
+/// A bound socket and how connections on it are secured.
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+}
+
+impl Listener {
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// Serves TLS with `tls` (`None` = plaintext).
+    pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Self {
+        self.tls = tls;
+        self
+    }
+}
+
+/// A plain socket serves plaintext h2c, as tests and in-process harnesses use it.
+impl From<TcpListener> for Listener {
+    fn from(tcp: TcpListener) -> Self {
+        Self { tcp, tls: None }
     }
 }
 

@@ -1,30 +1,12 @@
 //! Trace context through gRPC metadata: clients inject the current span's `traceparent`
-//! ([`TraceContext`]), servers continue it in their per-call span ([`server_span`]).
+//! ([`crate::CallContext`]), servers continue it in their per-call span ([`server_span`]).
 use nightshift_telemetry::{Extractor, Injector};
 use tonic::codegen::http;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
-/// A client interceptor that sends the caller's current span as the parent of the server's.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TraceContext;
-
-impl Interceptor for TraceContext {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        nightshift_telemetry::inject(&tracing::Span::current(), &mut MetadataInjector(req.metadata_mut()));
-        Ok(req)
-    }
-}
-
-/// A channel whose calls carry the trace context; build clients with
-/// `XServiceClient::new(traced(channel))`.
-pub type TracedChannel = InterceptedService<Channel, TraceContext>;
-
-/// Wraps `channel` so that every call carries the trace context.
-pub fn traced(channel: Channel) -> TracedChannel {
-    InterceptedService::new(channel, TraceContext)
+/// Puts the current span's trace context into outgoing call metadata.
+pub(crate) fn inject_trace(metadata: &mut MetadataMap) {
+    nightshift_telemetry::inject(&tracing::Span::current(), &mut MetadataInjector(metadata));
 }
 
 /// The span of one incoming call, continuing the caller's trace when it sent one.

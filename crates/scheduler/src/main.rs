@@ -28,11 +28,11 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("queue_url is memory://: runs only reach workers in this process");
     }
     let store = Store::connect(&cfg.database_url).await.context("connecting to the database")?;
-    let listen = cfg.server.listen.clone();
+    let server = cfg.server.clone();
     let deps = SchedulerDeps { store: store.clone(), clock: Arc::new(SystemClock) };
     let role = SchedulerRole::build(cfg, deps).await?;
     // Bound once the role is built, so that a port that answers is a role that is ready.
-    let listener = GrpcServer::bind(&listen).await?;
+    let listener = GrpcServer::listen(&server).await?;
     let roles: Vec<Box<dyn Role>> = vec![Box::new(role)];
     serve_roles(roles, listener, shutdown_signal()).await?;
     store.close().await;

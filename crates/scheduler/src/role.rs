@@ -38,8 +38,7 @@ impl SchedulerRole {
     /// `SCHEDULE_*` events to the event service when `events_endpoint` is set.
     pub async fn build(config: SchedulerConfig, deps: SchedulerDeps) -> Result<Self, SchedulerBuildError> {
         let queue = config.queue.connect().await?;
-        let events = EventPublisher::for_role("scheduler", &config.events_endpoint)
-            .map_err(BadEndpoint::of("events_endpoint"))?;
+        let events = EventPublisher::for_role("scheduler", &config.events_endpoint, &config.server.client())?;
         let mut scheduler = Scheduler::new(deps.store, queue, deps.clock, config);
         if let Some(events) = events {
             scheduler = scheduler.with_events(events);

@@ -107,6 +107,7 @@ pub mod mcp;
 pub mod otel;
 pub mod pgvector;
 pub mod qdrant;
+pub mod tls;
 pub mod webhook;
 
 /// `GET path` on 127.0.0.1:`port` answers 200 (a readiness probe; plain HTTP/1.1, 2 s timeout).

@@ -19,10 +19,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg: WorkerConfig = nightshift_core::config::load(args.config.as_deref(), "NIGHTSHIFT_WORKER")?;
     init_process(&cfg.server).await?;
-    let listen = cfg.server.listen.clone();
+    let server = cfg.server.clone();
     let roles: Vec<Box<dyn Role>> = vec![Box::new(WorkerRole::build(cfg, WorkerDeps::default()).await?)];
     // Bound once the role is built, so that a port that answers is a role that is ready.
-    let listener = GrpcServer::bind(&listen).await?;
+    let listener = GrpcServer::listen(&server).await?;
     // SIGTERM: drain (in-flight runs finish or are handed back), then stop serving and exit.
     serve_roles(roles, listener, shutdown_signal()).await?;
     nightshift_telemetry::shutdown();

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use nightshift_events_client::EventPublisher;
 use nightshift_rpc::{BadEndpoint, CancellationToken, GrpcServer, Role, RoleError};
-use tonic::transport::{Channel, Endpoint};
 
 use crate::{EventFn, SERVICE_NAME, Worker, WorkerApi, WorkerConfig, publisher_fn};
 
@@ -34,10 +33,6 @@ pub enum WorkerBuildError {
     Embedded(#[from] nightshift_llm::LlmError),
 }
 
-fn channel(field: &'static str, endpoint: &str) -> Result<Channel, WorkerBuildError> {
-    Ok(Endpoint::from_shared(endpoint.to_owned()).map_err(BadEndpoint::of(field))?.timeout(RPC_TIMEOUT).connect_lazy())
-}
-
 /// The built worker role.
 pub struct WorkerRole {
     worker: Worker,
@@ -49,16 +44,15 @@ impl WorkerRole {
     pub async fn build(config: WorkerConfig, deps: WorkerDeps) -> Result<Self, WorkerBuildError> {
         nightshift_llm::embedded::configure(config.embedded)?;
         let queue = config.queue.connect().await?;
-        let manager = channel("manager_endpoint", &config.manager_endpoint)?;
+        let client = config.server.client();
+        let manager = client.channel("manager_endpoint", &config.manager_endpoint, RPC_TIMEOUT)?;
         let events = match deps.events {
             Some(events) => Some(events),
-            None => EventPublisher::for_role("worker", &config.events_endpoint)
-                .map_err(BadEndpoint::of("events_endpoint"))?
-                .map(publisher_fn),
+            None => EventPublisher::for_role("worker", &config.events_endpoint, &client)?.map(publisher_fn),
         };
         let memory = match config.memory_endpoint.as_str() {
             "" => None,
-            endpoint => Some(channel("memory_endpoint", endpoint)?),
+            endpoint => Some(client.channel("memory_endpoint", endpoint, RPC_TIMEOUT)?),
         };
         let mut worker = Worker::new(config, manager, queue, events);
         if let Some(memory) = memory {

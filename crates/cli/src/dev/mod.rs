@@ -70,13 +70,13 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
         tracing::info!(model = %name, path = %path.display(), "embedded model ready");
     }
 
-    let listener = GrpcServer::bind(&cfg.server.listen).await?;
+    let listener = GrpcServer::listen(&cfg.server).await?;
     let addr = listener.local_addr()?;
     let wiring = DevWiring {
         database_url: database_url.clone(),
         // One in-process queue shared by the scheduler, the manager (manual triggers) and the worker.
         queue_url: format!("memory://dev-{}", std::process::id()),
-        endpoint: format!("http://{addr}"),
+        endpoint: format!("{}://{addr}", if cfg.server.tls.serves_tls() { "https" } else { "http" }),
     };
     let model = memory_model(&cfg)?;
     if cfg.memory.vector.url.is_empty() && model.is_none() {

@@ -22,7 +22,7 @@ use tonic::Code;
 pub mod working;
 
 /// The memory service client.
-pub type MemoryClient = pb::memory_service_client::MemoryServiceClient<nightshift_rpc::TracedChannel>;
+pub type MemoryClient = pb::memory_service_client::MemoryServiceClient<nightshift_rpc::CallChannel>;
 
 /// Longest part of one record quoted into the prompt.
 const MAX_RECORD_CHARS: usize = 1_000;

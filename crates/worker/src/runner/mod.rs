@@ -20,7 +20,6 @@ use nightshift_queue::WorkQueue;
 use nightshift_tools::ToolsConfig;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::config::WorkerConfig;
 use crate::events::EventFn;
@@ -33,7 +32,7 @@ mod delivery;
 mod finish;
 mod prompt;
 
-type Manager = pb::manager_service_client::ManagerServiceClient<nightshift_rpc::TracedChannel>;
+type Manager = pb::manager_service_client::ManagerServiceClient<nightshift_rpc::CallChannel>;
 
 /// Why an executing run was stopped from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +86,12 @@ const MODEL_CACHE_MAX: usize = 4096;
 
 impl Worker {
     /// A worker taking requests from `queue` and starting runs at `manager`.
-    pub fn new(cfg: WorkerConfig, manager: Channel, queue: Arc<dyn WorkQueue>, events: Option<EventFn>) -> Self {
+    pub fn new(
+        cfg: WorkerConfig,
+        manager: nightshift_rpc::CallChannel,
+        queue: Arc<dyn WorkQueue>,
+        events: Option<EventFn>,
+    ) -> Self {
         let id = if cfg.worker_id.is_empty() {
             let host = nightshift_rpc::hostname().unwrap_or_else(|| "worker".into());
             format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
@@ -98,7 +102,7 @@ impl Worker {
         let inner = Inner {
             id,
             endpoint: cfg.advertised_endpoint(),
-            manager: pb::manager_service_client::ManagerServiceClient::new(nightshift_rpc::traced(manager)),
+            manager: pb::manager_service_client::ManagerServiceClient::new(manager),
             queue,
             events,
             slots,
@@ -116,8 +120,8 @@ impl Worker {
 
     /// Recalls memory before each run and stores results through the memory service on
     /// `channel` (without it, agents run without memory and are told so).
-    pub fn with_memory(self, channel: Channel) -> Self {
-        let _ = self.inner.memory.set(MemoryClient::new(nightshift_rpc::traced(channel)));
+    pub fn with_memory(self, channel: nightshift_rpc::CallChannel) -> Self {
+        let _ = self.inner.memory.set(MemoryClient::new(channel));
         self
     }
 
