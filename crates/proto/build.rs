@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "nightshift/v1/worker.proto",
         "nightshift/v1/memory.proto",
         "nightshift/v1/events.proto",
+        "nightshift/v1/auth.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

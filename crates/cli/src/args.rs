@@ -21,6 +21,9 @@ pub struct Cli {
     /// PEM private key of `--tls-cert`.
     #[arg(long, global = true, env = "NIGHTSHIFT_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// API key or bearer token sent with every call (see `nightshift auth key create`).
+    #[arg(long, global = true, env = "NIGHTSHIFT_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -60,9 +63,43 @@ pub enum Command {
     /// Read the event stream.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// API keys and the identity of the CLI's credential.
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// Models of `provider: embedded`: fetch them into the model cache, list them.
     #[command(subcommand)]
     Models(ModelsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthCommand {
+    /// Create, list and revoke API keys (admin).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Who the CLI's credential is, and its role.
+    Whoami,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Create a key; it is printed once and stored only as a hash.
+    Create {
+        /// A name for lists and audit (letters, digits, '-', '_', '.').
+        name: String,
+        /// admin, operator, viewer, worker or service.
+        #[arg(long)]
+        role: String,
+        /// Lifetime, e.g. 90d or 12h (default: no expiry).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Every key, without secrets.
+    List,
+    /// Revoke a key by id: every server refuses it within seconds.
+    Revoke {
+        /// The key's id (the 12 hex digits after `nsk_`).
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,6 +8,7 @@
 
 mod agent;
 mod args;
+mod auth;
 mod dev;
 mod events;
 mod models;
@@ -29,6 +30,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(cmd) => agent::run(&server, cli.output, cmd).await,
         Command::Runs(cmd) => runs::run(&server, cli.output, cmd).await,
         Command::Events(cmd) => events::run(&server, cli.output, cmd).await,
+        Command::Auth(cmd) => auth::run(&server, cli.output, cmd).await,
         Command::Models(cmd) => models::run(cli.output, cmd).await,
     }
 }
@@ -87,7 +89,8 @@ impl Server {
             key_file: path(&cli.tls_key),
             ..TlsOptions::default()
         };
-        Self { endpoint: cli.endpoint.clone(), client: ClientOptions { tls, api_key: String::new() } }
+        let api_key = cli.api_key.clone().unwrap_or_default();
+        Self { endpoint: cli.endpoint.clone(), client: ClientOptions { tls, api_key } }
     }
 
     /// A connected channel whose calls carry the CLI's credential.

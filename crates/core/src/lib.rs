@@ -7,6 +7,7 @@
 //! through one validation function per message ([`AgentSpec::from_proto`]), which names the
 //! offending field on error.
 
+pub mod auth;
 pub mod backoff;
 pub mod clock;
 pub mod config;

@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
     let server = cfg.server.clone();
     let role = EventsRole::build(cfg).await.context("starting the event service")?;
     // Bound once the role is built, so that a port that answers is a role that is ready.
-    let listener = GrpcServer::listen(&server).await?;
+    let listener = GrpcServer::listen(&server, server.guard(None)?).await?;
     let roles: Vec<Box<dyn Role>> = vec![Box::new(role)];
     serve_roles(roles, listener, shutdown_signal()).await?;
     nightshift_telemetry::shutdown();

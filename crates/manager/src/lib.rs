@@ -2,6 +2,7 @@
 //! runs (BackgroundAgentManager). It owns agent specs, run records and checkpoints in the SQL
 //! store and hands out run leases fenced by the attempt number.
 
+mod auth_service;
 mod config;
 mod convert;
 mod error;
@@ -10,6 +11,7 @@ mod run_end;
 mod schedule_observer;
 mod service;
 
+pub use auth_service::{AUTH_SERVICE_NAME, AuthApi, StoreKeys};
 pub use config::ManagerConfig;
 pub use error::{status_from_store, status_from_validation};
 pub use role::{ManagerBuildError, ManagerDeps, ManagerRole};

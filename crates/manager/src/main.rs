@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
     let server = cfg.server.clone();
     let role = ManagerRole::build(cfg, ManagerDeps { store: store.clone(), observer: None }).await?;
     // Bound once the role is built, so that a port that answers is a role that is ready.
-    let listener = GrpcServer::listen(&server).await?;
+    let listener = GrpcServer::listen(&server, role.guard()).await?;
     let roles: Vec<Box<dyn Role>> = vec![Box::new(role)];
     serve_roles(roles, listener, shutdown_signal()).await?;
     store.close().await;

@@ -3,10 +3,13 @@
 use std::sync::Arc;
 
 use nightshift_events_client::EventPublisher;
-use nightshift_rpc::{BadEndpoint, GrpcServer, Role};
+use nightshift_rpc::{AuthConfigError, Authenticator, BadEndpoint, GrpcServer, Guard, Role};
 use nightshift_store::Store;
 
-use crate::{GrpcScheduleObserver, ManagerConfig, ManagerService, SERVICE_NAME, ScheduleObserver};
+use crate::{
+    AUTH_SERVICE_NAME, AuthApi, GrpcScheduleObserver, ManagerConfig, ManagerService, SERVICE_NAME, ScheduleObserver,
+    StoreKeys,
+};
 
 /// What the manager role uses but does not own: the process opens (and closes) the store, since
 /// other roles of the process may share it.
@@ -26,22 +29,35 @@ pub enum ManagerBuildError {
     /// The queue could not be opened.
     #[error("queue: {0}")]
     Queue(#[from] nightshift_queue::QueueError),
+    /// The `[auth]` section cannot be used.
+    #[error("auth: {0}")]
+    Auth(#[from] AuthConfigError),
 }
 
 /// The built manager role.
 pub struct ManagerRole {
     service: ManagerService,
+    auth: AuthApi,
+    guard: Guard,
 }
 
 impl ManagerRole {
     /// Builds the role: the service on `deps.store`, notifying the scheduler, publishing manual
     /// triggers to the queue and lifecycle events to the event service, as `config` says.
     pub async fn build(config: ManagerConfig, deps: ManagerDeps) -> Result<Self, ManagerBuildError> {
-        let mut service = ManagerService::new(deps.store, config.default_lease_ttl);
+        let keys: Arc<dyn Authenticator> = Arc::new(StoreKeys(deps.store.clone()));
+        let guard = config.server.guard(Some(keys.clone()))?;
+        let verifier = match &guard {
+            Guard::Required(verifier) => verifier.clone(),
+            Guard::Open => keys,
+        };
+        let auth = AuthApi::new(deps.store.clone(), verifier);
+        let client = config.server.client()?;
+        let mut service = ManagerService::new(deps.store, config.default_lease_ttl).with_client(client.clone());
         let observer = match deps.observer {
             Some(observer) => Some(observer),
             None if !config.scheduler_endpoint.is_empty() => {
-                Some(Arc::new(GrpcScheduleObserver::new(&config.scheduler_endpoint, &config.server.client())?)
+                Some(Arc::new(GrpcScheduleObserver::new(&config.scheduler_endpoint, &client)?)
                     as Arc<dyn ScheduleObserver>)
             }
             None => None,
@@ -52,11 +68,16 @@ impl ManagerRole {
         if !config.queue.url.is_empty() {
             service = service.with_queue(config.queue.connect().await?);
         }
-        if let Some(publisher) = EventPublisher::for_role("manager", &config.events_endpoint, &config.server.client())?
-        {
+        if let Some(publisher) = EventPublisher::for_role("manager", &config.events_endpoint, &client)? {
             service = service.with_events(publisher);
         }
-        Ok(Self { service })
+        Ok(Self { service, auth, guard })
+    }
+
+    /// How the process's server admits calls: keys verified against this manager's store (after
+    /// the static keys of `[auth]`), or no authentication when `auth.mode = "off"`.
+    pub fn guard(&self) -> Guard {
+        self.guard.clone()
     }
 }
 
@@ -69,5 +90,7 @@ impl Role for ManagerRole {
     fn mount(&self, server: &mut GrpcServer) {
         server.routes().add_service(self.service.clone().into_server());
         server.serving(SERVICE_NAME);
+        server.routes().add_service(self.auth.clone().into_server());
+        server.serving(AUTH_SERVICE_NAME);
     }
 }

@@ -79,11 +79,18 @@ impl ManagerService {
     pub(crate) fn deliver_cancellations(&self, cancelled: &[RunRecord]) {
         for run in cancelled {
             let Some(endpoint) = run.worker_endpoint.clone() else { continue };
+            let client = self.client().clone();
             let run_id = run.id.to_string();
             let reason = run.reason.clone().unwrap_or_default();
             tokio::spawn(async move {
                 let told = tokio::time::timeout(CANCEL_DELIVERY_TIMEOUT, async {
-                    let mut client = WorkerServiceClient::connect(endpoint.clone()).await.map_err(|e| e.to_string())?;
+                    let channel = client
+                        .endpoint("worker_endpoint", &endpoint)
+                        .map_err(|e| e.to_string())?
+                        .connect()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let mut client = WorkerServiceClient::new(client.wrap(channel));
                     client
                         .cancel_run(pb::WorkerCancelRunRequest { run_id: run_id.clone(), reason })
                         .await

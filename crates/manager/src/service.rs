@@ -11,7 +11,8 @@ use nightshift_core::{
 use nightshift_events_client::EventPublisher;
 use nightshift_queue::{RunRequest, WorkQueue};
 use nightshift_store::{
-    AgentFilter, AgentRecord, ApplyOutcome, FinishInput, NewRun, RunFilter, StartInput, StartOutcome, StepInput, Store,
+    AgentFilter, AgentRecord, ApplyOutcome, Fence, FinishInput, NewRun, RunFilter, StartInput, StartOutcome, StepInput,
+    Store,
 };
 use prost::Message;
 use serde_json::json;
@@ -35,12 +36,22 @@ pub struct ManagerService {
     observer: Option<crate::schedule_observer::Observer>,
     queue: Option<Arc<dyn WorkQueue>>,
     events: Option<EventPublisher>,
+    /// How the manager calls workers (TLS, its key).
+    client: nightshift_rpc::ClientOptions,
 }
 
 impl ManagerService {
     /// A service on `store` granting `default_lease_ttl` leases when a worker asks for none.
     pub fn new(store: Store, default_lease_ttl: Duration) -> Self {
-        Self { store, clock: Arc::new(SystemClock), default_lease_ttl, observer: None, queue: None, events: None }
+        Self {
+            store,
+            clock: Arc::new(SystemClock),
+            default_lease_ttl,
+            observer: None,
+            queue: None,
+            events: None,
+            client: Default::default(),
+        }
     }
 
     /// Tells `observer` (the scheduler) about schedule-relevant changes.
@@ -60,6 +71,16 @@ impl ManagerService {
     pub fn with_events(mut self, events: EventPublisher) -> Self {
         self.events = Some(events);
         self
+    }
+
+    /// Calls workers (cancellations) with `client`'s TLS settings and key.
+    pub fn with_client(mut self, client: nightshift_rpc::ClientOptions) -> Self {
+        self.client = client;
+        self
+    }
+
+    pub(crate) fn client(&self) -> &nightshift_rpc::ClientOptions {
+        &self.client
     }
 
     pub(crate) fn queue(&self) -> Option<&Arc<dyn WorkQueue>> {
@@ -446,16 +467,12 @@ impl pb::manager_service_server::ManagerService for ManagerService {
             worker_endpoint: crate::run_end::check_worker_endpoint(&req.worker_endpoint)
                 .map_err(Status::invalid_argument)?,
             lease_ttl: self.lease_ttl("lease_ttl", req.lease_ttl.as_ref())?,
-            trigger: match req.trigger() {
-                pb::TriggerKind::Manual => TriggerKind::Manual,
-                pb::TriggerKind::Schedule | pb::TriggerKind::Unspecified => TriggerKind::Schedule,
-            },
-            scheduled_for: req.scheduled_for.as_ref().and_then(time::from_pb),
         };
         let outcome = self.store.start_run(&input).await.map_err(status_from_store)?;
         let mut resp = pb::StartRunResponse::default();
         let (decision, run) = match outcome {
-            StartOutcome::Started { run, spec, steps, cancelled } => {
+            StartOutcome::Started { run, lease_token, spec, steps, cancelled } => {
+                resp.lease_token = lease_token;
                 for other in &cancelled {
                     tracing::info!(run = %other.id, by = %run.id, "run cancelled by overlap policy cancel_other");
                     if let Some(p) = &self.events {
@@ -505,7 +522,8 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let req = req.into_inner();
         let id = RunId::parse("run_id", &req.run_id).map_err(invalid)?;
         let ttl = self.lease_ttl("lease_ttl", req.lease_ttl.as_ref())?;
-        let until = self.store.heartbeat(&id, req.attempt, ttl).await.map_err(status_from_store)?;
+        let until =
+            self.store.heartbeat(&id, fence(req.attempt, req.lease_token)?, ttl).await.map_err(status_from_store)?;
         Ok(Response::new(pb::HeartbeatResponse { lease_expires_at: Some(time::to_pb(until)) }))
     }
 
@@ -520,7 +538,8 @@ impl pb::manager_service_server::ManagerService for ManagerService {
             .ok_or_else(|| Status::invalid_argument("step.payload: set llm_response or tool_result"))?;
         let ttl = req.lease_ttl.as_ref().map(|d| self.lease_ttl("lease_ttl", Some(d))).transpose()?;
         let input = StepInput { seq: step.seq, kind: kind.to_owned(), payload: step.encode_to_vec() };
-        let until = self.store.checkpoint(&id, req.attempt, &input, ttl).await.map_err(status_from_store)?;
+        let fence = fence(req.attempt, req.lease_token)?;
+        let until = self.store.checkpoint(&id, fence, &input, ttl).await.map_err(status_from_store)?;
         Ok(Response::new(pb::CheckpointResponse { lease_expires_at: until.map(time::to_pb) }))
     }
 
@@ -539,7 +558,8 @@ impl pb::manager_service_server::ManagerService for ManagerService {
             output_tokens: usage.output_tokens,
             failure: if req.permanent { Failure::Permanent } else { Failure::Retryable },
         };
-        let (run, retry_after) = self.store.finish_run(&id, req.attempt, &input).await.map_err(status_from_store)?;
+        let fence = fence(req.attempt, req.lease_token)?;
+        let (run, retry_after) = self.store.finish_run(&id, fence, &input).await.map_err(status_from_store)?;
         tracing::info!(run = %id, status = %run.status, retry_in = ?retry_after, "attempt finished");
         self.wake_waiting(&run.agent_id, &id);
         Ok(Response::new(pb::FinishRunResponse {
@@ -547,4 +567,12 @@ impl pb::manager_service_server::ManagerService for ManagerService {
             retry_after: convert::opt_duration(retry_after),
         }))
     }
+}
+
+/// The fence of a worker's call: its attempt and the lease token StartRun gave it (required).
+fn fence(attempt: u32, token: String) -> Result<Fence, Status> {
+    if token.is_empty() || token.len() > 64 {
+        return Err(Status::invalid_argument("lease_token: the token StartRun returned is required"));
+    }
+    Ok(Fence { attempt, token: Some(token) })
 }

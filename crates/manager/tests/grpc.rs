@@ -162,7 +162,14 @@ async fn malformed_requests_get_proper_codes(kind: Db) {
         "agent_id",
     );
     assert_code(
-        c.checkpoint(pb::CheckpointRequest { run_id: "r1".into(), attempt: 1, step: None, lease_ttl: None }).await,
+        c.checkpoint(pb::CheckpointRequest {
+            run_id: "r1".into(),
+            attempt: 1,
+            step: None,
+            lease_ttl: None,
+            lease_token: "t".into(),
+        })
+        .await,
         Code::InvalidArgument,
         "step",
     );
@@ -198,6 +205,28 @@ async fn worker_protocol_end_to_end(kind: Db) {
     assert_eq!(started.decision(), pb::StartDecision::Started);
     let lease = started.run.unwrap();
     assert_eq!((lease.attempt, lease.query_override.as_deref()), (1, Some("just CPU")));
+    let token = started.lease_token.clone();
+    assert_eq!(token.len(), 32, "a 128-bit lease token: {token:?}");
+    // The attempt number alone is not enough: without the token, or with another one, the
+    // worker calls are refused.
+    let hb = |lease_token: &str| pb::HeartbeatRequest {
+        run_id: run.id.clone(),
+        attempt: 1,
+        worker_id: "w1".into(),
+        lease_ttl: None,
+        lease_token: lease_token.into(),
+    };
+    assert_code(c.heartbeat(hb("")).await, Code::InvalidArgument, "lease_token");
+    assert_code(c.heartbeat(hb(&"0".repeat(32))).await, Code::FailedPrecondition, "lease token does not match");
+    let forged = pb::FinishRunRequest {
+        run_id: run.id.clone(),
+        attempt: 1,
+        lease_token: "f".repeat(32),
+        outcome: pb::RunOutcome::Succeeded as i32,
+        result: "forged".into(),
+        ..Default::default()
+    };
+    assert_code(c.finish_run(forged).await, Code::FailedPrecondition, "lease token does not match");
     assert_eq!(started.spec.unwrap().tools.unwrap().local, ["get_system_info"]);
 
     let llm = pb::RunStep {
@@ -225,17 +254,22 @@ async fn worker_protocol_end_to_end(kind: Db) {
         ..Default::default()
     };
     for step in [llm, tool] {
-        c.checkpoint(pb::CheckpointRequest { run_id: run.id.clone(), attempt: 1, step: Some(step), lease_ttl: None })
-            .await
-            .unwrap();
-    }
-    c.heartbeat(pb::HeartbeatRequest { run_id: run.id.clone(), attempt: 1, worker_id: "w1".into(), lease_ttl: None })
+        c.checkpoint(pb::CheckpointRequest {
+            run_id: run.id.clone(),
+            attempt: 1,
+            step: Some(step),
+            lease_ttl: None,
+            lease_token: token.clone(),
+        })
         .await
         .unwrap();
+    }
+    c.heartbeat(hb(&token)).await.unwrap();
     let done = c
         .finish_run(pb::FinishRunRequest {
             run_id: run.id.clone(),
             attempt: 1,
+            lease_token: token.clone(),
             outcome: pb::RunOutcome::Succeeded as i32,
             result: "all fine".into(),
             usage: Some(pb::TokenUsage { input_tokens: 20, output_tokens: 8 }),
@@ -269,6 +303,11 @@ async fn concurrent_start_run_applies_skip(kind: Db) {
     let mut c = client(&s).await;
     let a = create(&mut c, "busy", "policy: {overlap: skip}").await;
     const N: usize = 10;
+    // StartRun starts only runs the manager recorded: the scheduler's EnqueueRun records them.
+    for i in 0..N {
+        let run_id = format!("{}@{i}", a.id);
+        c.enqueue_run(pb::EnqueueRunRequest { run_id, agent_id: a.id.clone(), scheduled_for: None }).await.unwrap();
+    }
     let mut tasks = Vec::new();
     for i in 0..N {
         let endpoint = s.endpoint.clone();
@@ -311,7 +350,13 @@ async fn stale_token_is_failed_precondition(kind: Db) {
         lease_ttl: short,
         ..Default::default()
     };
-    assert_eq!(c.start_run(req("w1")).await.unwrap().into_inner().decision(), pb::StartDecision::Started);
+    // A run nobody recorded is not started (a worker cannot make up runs).
+    assert_code(c.start_run(req("w1")).await, Code::NotFound, "fence-run");
+    c.enqueue_run(pb::EnqueueRunRequest { run_id: "fence-run".into(), agent_id: a.id.clone(), scheduled_for: None })
+        .await
+        .unwrap();
+    let first = c.start_run(req("w1")).await.unwrap().into_inner();
+    assert_eq!(first.decision(), pb::StartDecision::Started);
     assert_eq!(c.start_run(req("w2")).await.unwrap().into_inner().decision(), pb::StartDecision::LeasedElsewhere);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let second = c.start_run(req("w2")).await.unwrap().into_inner();
@@ -323,6 +368,7 @@ async fn stale_token_is_failed_precondition(kind: Db) {
             attempt: 1,
             worker_id: "w1".into(),
             lease_ttl: None,
+            lease_token: first.lease_token.clone(),
         })
         .await;
     assert_code(hb, Code::FailedPrecondition, "attempt 2");
@@ -330,6 +376,7 @@ async fn stale_token_is_failed_precondition(kind: Db) {
         .finish_run(pb::FinishRunRequest {
             run_id: "fence-run".into(),
             attempt: 1,
+            lease_token: first.lease_token,
             outcome: pb::RunOutcome::Succeeded as i32,
             ..Default::default()
         })

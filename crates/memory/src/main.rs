@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
     let roles: Vec<Box<dyn Role>> = vec![Box::new(MemoryRole::build(&cfg).await?)];
     // Bound once the role is built (the model loaded, the index filled), so that a port that
     // answers is a role that is ready.
-    let listener = GrpcServer::listen(&cfg.server).await?;
+    let listener = GrpcServer::listen(&cfg.server, cfg.server.guard(None)?).await?;
     serve_roles(roles, listener, shutdown_signal()).await?;
     nightshift_telemetry::shutdown();
     Ok(())

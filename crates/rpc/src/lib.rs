@@ -7,6 +7,8 @@
 //! `grpcurl -plaintext HOST:PORT list` and `describe` work against any of them, alone or mounted
 //! together by `nightshift dev`.
 
+mod auth;
+mod auth_options;
 mod client;
 mod metrics;
 mod options;
@@ -16,6 +18,8 @@ mod shutdown;
 mod tls;
 mod trace;
 
+pub use auth::{AuditRecord, AuditSink, AuthFailure, Authenticator, Cached, Guard, StaticKeys, WithStaticKeys, admit};
+pub use auth_options::{AuthConfigError, AuthMode, AuthOptions, LOCAL_CACHE, REMOTE_CACHE, is_loopback};
 pub use client::{CallChannel, CallContext, ClientOptions, traced};
 pub use options::{ServerOptions, hostname};
 pub use role::{BadEndpoint, Role, RoleError, init_process, serve_roles};

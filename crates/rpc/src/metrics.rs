@@ -25,6 +25,18 @@ pub(crate) struct GrpcMetrics<S> {
     inner: S,
 }
 
+/// The gRPC status of a response from its headers: a call that fails before its first message
+/// answers "trailers-only", with the status in the headers; otherwise it comes in the trailers,
+/// after the body, and the call is counted as OK.
+pub(crate) fn status_of(headers: &http::HeaderMap) -> Code {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<i32>().ok())
+        .map(Code::from_i32)
+        .unwrap_or(Code::Ok)
+}
+
 impl<S, B, R> Service<http::Request<B>> for GrpcMetrics<S>
 where
     S: Service<http::Request<B>, Response = http::Response<R>>,
@@ -45,16 +57,7 @@ where
         Box::pin(async move {
             let res = fut.await;
             let code = match &res {
-                // A call that fails before its first message answers "trailers-only": the status
-                // is in the headers. Otherwise it comes in the trailers, after the body; a
-                // response without it in the headers is counted as OK.
-                Ok(r) => r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|s| s.parse::<i32>().ok())
-                    .map(Code::from_i32)
-                    .unwrap_or(Code::Ok),
+                Ok(r) => status_of(r.headers()),
                 Err(_) => Code::Internal,
             };
             // Paths no service knows are one label value, so that stray requests cannot grow

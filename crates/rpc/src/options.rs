@@ -3,6 +3,8 @@
 use nightshift_telemetry::LogFormat;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Authenticator, Guard};
+use crate::auth_options::{AuthConfigError, AuthOptions};
 use crate::client::ClientOptions;
 use crate::tls::TlsOptions;
 
@@ -24,6 +26,8 @@ pub struct ServerOptions {
     pub log_format: LogFormat,
     /// TLS of this server and of the calls this process makes (`[tls]`).
     pub tls: TlsOptions,
+    /// Who may call this server, and this process's own credential (`[auth]`).
+    pub auth: AuthOptions,
 }
 
 impl ServerOptions {
@@ -34,13 +38,19 @@ impl ServerOptions {
             metrics_listen: String::new(),
             log_format: LogFormat::Text,
             tls: TlsOptions::default(),
+            auth: AuthOptions::default(),
         }
     }
 
     /// How this process calls the other services: trusting `tls.ca_file`, presenting its own
-    /// certificate for mutual TLS.
-    pub fn client(&self) -> ClientOptions {
-        ClientOptions { tls: self.tls.clone(), api_key: String::new() }
+    /// certificate for mutual TLS and its own API key (`auth.api_key_file`).
+    pub fn client(&self) -> Result<ClientOptions, AuthConfigError> {
+        Ok(ClientOptions { tls: self.tls.clone(), api_key: self.auth.api_key()? })
+    }
+
+    /// How this server admits calls: see [`AuthOptions::guard`].
+    pub fn guard(&self, local: Option<std::sync::Arc<dyn Authenticator>>) -> Result<Guard, AuthConfigError> {
+        self.auth.guard(&self.listen, local, &self.client()?)
     }
 }
 

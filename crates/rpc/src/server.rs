@@ -9,6 +9,7 @@ use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::{AuditSink, AuthLayer, Guard};
 use crate::tls::ServerTls;
 
 /// Why serving failed.
@@ -31,6 +32,9 @@ pub enum ServeError {
     /// The `/metrics` endpoint could not start.
     #[error("metrics endpoint: {0}")]
     Metrics(String),
+    /// The `[auth]` section cannot be used.
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth_options::AuthConfigError),
     /// The TLS files cannot be used.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -113,9 +117,11 @@ impl GrpcServer {
 
     /// Binds `options.listen` and loads the TLS certificate when `options.tls` configures one:
     /// what a role's binary serves on.
-    pub async fn listen(options: &crate::ServerOptions) -> Result<Listener, ServeError> {
+    ///
+    /// Calls are admitted by `guard` (see [`crate::AuthOptions::guard`]).
+    pub async fn listen(options: &crate::ServerOptions, guard: Guard) -> Result<Listener, ServeError> {
         let tls = ServerTls::load(&options.tls)?;
-        Ok(Listener { tcp: Self::bind(&options.listen).await?, tls })
+        Ok(Listener { tcp: Self::bind(&options.listen).await?, tls, guard, audit: None })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then finishes in-flight calls.
@@ -124,7 +130,7 @@ impl GrpcServer {
         listener: impl Into<Listener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        let Listener { tcp, tls } = listener.into();
+        let Listener { tcp, tls, guard, audit } = listener.into();
         let v1 = self.reflection().build_v1()?;
         let v1alpha = self.reflection().build_v1alpha()?;
         self.routes.add_service(v1).add_service(v1alpha);
@@ -140,6 +146,8 @@ impl GrpcServer {
             .trace_fn(crate::trace::server_span)
             // Requests and latency by method and status code, on every server's /metrics.
             .layer(crate::metrics::MetricsLayer)
+            // Inside the metrics layer, so that refused calls are counted too.
+            .layer(AuthLayer { guard, audit })
             .add_routes(self.routes.routes());
         match tls {
             Some(tls) => router.serve_with_incoming_shutdown(crate::tls::incoming(tcp, tls), shutdown).await?,
@@ -163,12 +171,26 @@ impl GrpcServer {
 pub struct Listener {
     tcp: TcpListener,
     tls: Option<Arc<ServerTls>>,
+    guard: Guard,
+    audit: Option<AuditSink>,
 }
 
 impl Listener {
     /// The bound address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.tcp.local_addr()
+    }
+
+    /// Sends a record of every mutating call to `sink` besides the log.
+    pub fn with_audit(mut self, sink: AuditSink) -> Self {
+        self.audit = Some(sink);
+        self
+    }
+
+    /// Admits calls with `guard`.
+    pub fn with_guard(mut self, guard: Guard) -> Self {
+        self.guard = guard;
+        self
     }
 
     /// Serves TLS with `tls` (`None` = plaintext).
@@ -178,10 +200,11 @@ impl Listener {
     }
 }
 
-/// A plain socket serves plaintext h2c, as tests and in-process harnesses use it.
+/// A plain socket serves plaintext h2c without authentication, as tests and in-process
+/// harnesses use it.
 impl From<TcpListener> for Listener {
     fn from(tcp: TcpListener) -> Self {
-        Self { tcp, tls: None }
+        Self { tcp, tls: None, guard: Guard::Open, audit: None }
     }
 }
 

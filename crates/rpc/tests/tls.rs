@@ -15,7 +15,7 @@ async fn serve(tls: &TlsOptions) -> String {
         tls: tls.clone(),
         ..nightshift_rpc::ServerOptions::listening_on("127.0.0.1:0")
     };
-    let listener = GrpcServer::listen(&options).await.expect("TLS listener");
+    let listener = GrpcServer::listen(&options, nightshift_rpc::Guard::Open).await.expect("TLS listener");
     let endpoint = format!("https://localhost:{}", listener.local_addr().unwrap().port());
     tokio::spawn(GrpcServer::new().serve(listener, std::future::pending()));
     endpoint
@@ -129,7 +129,10 @@ async fn incomplete_tls_settings_are_refused_at_start() {
     let half = TlsOptions { cert_file: "/x.crt".into(), ..TlsOptions::default() };
     let options =
         nightshift_rpc::ServerOptions { tls: half, ..nightshift_rpc::ServerOptions::listening_on("127.0.0.1:0") };
-    let err = GrpcServer::listen(&options).await.err().expect("half a TLS configuration was accepted");
+    let err = GrpcServer::listen(&options, nightshift_rpc::Guard::Open)
+        .await
+        .err()
+        .expect("half a TLS configuration was accepted");
     assert!(err.to_string().contains("go together"), "{err}");
     let missing = TlsOptions {
         cert_file: "/nonexistent.crt".into(),
@@ -138,6 +141,7 @@ async fn incomplete_tls_settings_are_refused_at_start() {
     };
     let options =
         nightshift_rpc::ServerOptions { tls: missing, ..nightshift_rpc::ServerOptions::listening_on("127.0.0.1:0") };
-    let err = GrpcServer::listen(&options).await.err().expect("missing files were accepted");
+    let err =
+        GrpcServer::listen(&options, nightshift_rpc::Guard::Open).await.err().expect("missing files were accepted");
     assert!(err.to_string().contains("/nonexistent.crt"), "{err}");
 }

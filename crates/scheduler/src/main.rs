@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
     let deps = SchedulerDeps { store: store.clone(), clock: Arc::new(SystemClock) };
     let role = SchedulerRole::build(cfg, deps).await?;
     // Bound once the role is built, so that a port that answers is a role that is ready.
-    let listener = GrpcServer::listen(&server).await?;
+    let listener = GrpcServer::listen(&server, server.guard(None)?).await?;
     let roles: Vec<Box<dyn Role>> = vec![Box::new(role)];
     serve_roles(roles, listener, shutdown_signal()).await?;
     store.close().await;

@@ -26,6 +26,9 @@ pub enum SchedulerBuildError {
     /// The queue could not be opened.
     #[error("queue: {0}")]
     Queue(#[from] nightshift_queue::QueueError),
+    /// The `[auth]` section cannot be used.
+    #[error("auth: {0}")]
+    Auth(#[from] nightshift_rpc::AuthConfigError),
 }
 
 /// The built scheduler role: one replica.
@@ -38,7 +41,7 @@ impl SchedulerRole {
     /// `SCHEDULE_*` events to the event service when `events_endpoint` is set.
     pub async fn build(config: SchedulerConfig, deps: SchedulerDeps) -> Result<Self, SchedulerBuildError> {
         let queue = config.queue.connect().await?;
-        let events = EventPublisher::for_role("scheduler", &config.events_endpoint, &config.server.client())?;
+        let events = EventPublisher::for_role("scheduler", &config.events_endpoint, &config.server.client()?)?;
         let mut scheduler = Scheduler::new(deps.store, queue, deps.clock, config);
         if let Some(events) = events {
             scheduler = scheduler.with_events(events);

@@ -10,17 +10,20 @@
 //! are serialized without `SELECT ... FOR UPDATE`, which SQLite lacks.
 
 mod agents;
+mod api_keys;
 mod db;
 mod error;
+mod fence;
 mod lease_recovery;
 mod model;
 mod run_lifecycle;
 mod runs;
 mod schedules;
 
+pub use api_keys::{ApiKeyRecord, KEY_PREFIX, KeyRefused, parse_key};
 pub use db::{Backend, Store, redact};
 pub use error::{StoreError, status_from_store};
 pub use lease_recovery::Recovered;
 pub use model::{AgentFilter, AgentRecord, AgentStats, ApplyOutcome, NewRun, Page, RunFilter, RunRecord, StepRecord};
-pub use run_lifecycle::{FinishInput, StartInput, StartOutcome, StepInput, WaitingRun};
+pub use run_lifecycle::{Fence, FinishInput, StartInput, StartOutcome, StepInput, WaitingRun};
 pub use schedules::{ScheduledAgent, StaleRun, TickFire, TickOutcome};

@@ -1,6 +1,7 @@
 //! Executes the run-lifecycle rules of `nightshift_core::lifecycle` against the database:
 //! StartRun (lease expiry, backoff, pause, overlap policy — decided under the agent's lock),
-//! Heartbeat, Checkpoint and FinishRun (retry or settle), all fenced by the attempt number.
+//! Heartbeat, Checkpoint and FinishRun (retry or settle), all fenced by the attempt number and
+//! the attempt's random lease token.
 //! The decisions themselves live in core; this file reads their inputs and writes their results.
 use std::time::Duration;
 
@@ -8,12 +9,14 @@ use chrono::{DateTime, Utc};
 use nightshift_core::lifecycle::{
     self, Failure, FinishDecision, LostLease, OverlapDecision, StartDecision, StartFacts,
 };
-use nightshift_core::{AgentId, AgentSpec, AgentState, RunId, RunOutcome, RunStatus, TriggerKind, WorkerId, time};
+use nightshift_core::{AgentId, AgentSpec, AgentState, RunId, RunOutcome, RunStatus, WorkerId, time};
 use sqlx::{Any, Row, Transaction};
 
 use crate::agents::{decode_spec, lock_agent};
 use crate::db::{RUN_COLUMNS, STEPS_SQL, Store, run_from_row, step_from_row, u32_col};
 use crate::error::StoreError;
+pub use crate::fence::Fence;
+use crate::fence::{fenced, new_lease_token};
 use crate::model::{RunRecord, StepRecord};
 
 /// A worker's request to start (or take over) a run.
@@ -29,19 +32,19 @@ pub struct StartInput {
     pub worker_endpoint: Option<String>,
     /// Lease length.
     pub lease_ttl: Duration,
-    /// Used if the run record does not exist yet.
-    pub trigger: TriggerKind,
-    /// Used if the run record does not exist yet.
-    pub scheduled_for: Option<DateTime<Utc>>,
 }
 
 /// The manager's answer to StartRun.
 #[derive(Debug, Clone)]
 pub enum StartOutcome {
-    /// Run it; `run.attempt` is the fencing token. `steps` are earlier checkpoints to resume after.
+    /// Run it; `run.attempt` and `lease_token` fence the attempt. `steps` are earlier
+    /// checkpoints to resume after.
     Started {
         /// The run, now running.
         run: RunRecord,
+        /// The attempt's lease token, drawn at random: Heartbeat, Checkpoint and FinishRun must
+        /// present it.
+        lease_token: String,
         /// The spec at the run's version.
         spec: Box<AgentSpec>,
         /// Earlier checkpoints.
@@ -227,20 +230,6 @@ fn ms_after(now_ms: i64, d: Duration) -> i64 {
     time::to_millis(lifecycle::lease_until(time::from_millis(now_ms), d))
 }
 
-/// Explains why a fenced call was refused.
-fn fenced(run: Option<RunRecord>, id: &RunId, attempt: u32) -> StoreError {
-    match run {
-        None => StoreError::NotFound(format!("run {id}")),
-        Some(r) if r.status != RunStatus::Running => {
-            StoreError::Fenced(format!("run {id} is {} (no longer running); stop working on it", r.status))
-        }
-        Some(r) => StoreError::Fenced(format!(
-            "stale fencing token for run {id}: attempt {attempt} was superseded by attempt {}",
-            r.attempt
-        )),
-    }
-}
-
 /// The agent as StartRun reads it under the agent's lock.
 struct Current {
     spec: AgentSpec,
@@ -264,25 +253,10 @@ impl Store {
             version: u64::try_from(agent.try_get::<i64, _>("version")?).unwrap_or_default(),
         };
 
-        let run = match run_in_tx(&mut tx, &input.run_id).await? {
-            Some(run) => run,
-            None => {
-                sqlx::query(
-                    "INSERT INTO runs (id, agent_id, agent_version, status, trigger_kind, scheduled_for, created_at) \
-                     SELECT $1, id, version, 'queued', $2, $3, $4 FROM agents WHERE id = $5",
-                )
-                .bind(input.run_id.as_str())
-                .bind(input.trigger.as_str())
-                .bind(input.scheduled_for.map(time::to_millis))
-                .bind(now)
-                .bind(input.agent_id.as_str())
-                .execute(&mut *tx)
-                .await?;
-                run_in_tx(&mut tx, &input.run_id)
-                    .await?
-                    .ok_or_else(|| StoreError::NotFound(format!("run {}", input.run_id)))?
-            }
-        };
+        // Only runs the manager recorded start: a worker cannot make up runs.
+        let run = run_in_tx(&mut tx, &input.run_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("run {}", input.run_id)))?;
         if run.agent_id != input.agent_id {
             return Err(StoreError::Invalid(format!(
                 "run {} belongs to agent {}, not {}",
@@ -361,8 +335,8 @@ impl Store {
                     cancelled.extend(run_in_tx(tx, other).await?);
                 }
                 match self.grant(tx, run, input, current, now).await? {
-                    StartOutcome::Started { run, spec, steps, .. } => {
-                        Ok(StartOutcome::Started { run, spec, steps, cancelled })
+                    StartOutcome::Started { run, lease_token, spec, steps, .. } => {
+                        Ok(StartOutcome::Started { run, lease_token, spec, steps, cancelled })
                     }
                     other => Ok(other),
                 }
@@ -386,10 +360,11 @@ impl Store {
         now: i64,
     ) -> Result<StartOutcome, StoreError> {
         let until = ms_after(now, input.lease_ttl);
+        let lease_token = new_lease_token();
         sqlx::query(
             "UPDATE runs SET status = 'running', attempt = attempt + 1, worker_id = $1, lease_expires_at = $2, \
              started_at = COALESCE(started_at, $3), deferred = 0, not_before = NULL, worker_endpoint = $5, \
-             lost_leases = $6 WHERE id = $4",
+             lost_leases = $6, lease_token = $7 WHERE id = $4",
         )
         .bind(input.worker_id.as_str())
         .bind(until)
@@ -397,6 +372,7 @@ impl Store {
         .bind(run.id.as_str())
         .bind(input.worker_endpoint.clone())
         .bind(i64::from(run.lost_leases))
+        .bind(&lease_token)
         .execute(&mut **tx)
         .await?;
         // The row is locked by this transaction: apply the same update to the record read in it
@@ -426,7 +402,7 @@ impl Store {
         } else {
             Vec::new()
         };
-        Ok(StartOutcome::Started { run, spec: Box::new(spec), steps, cancelled: Vec::new() })
+        Ok(StartOutcome::Started { run, lease_token, spec: Box::new(spec), steps, cancelled: Vec::new() })
     }
 
     /// The agent's first run waiting behind its running ones (overlap policy `buffer_one` /
@@ -436,19 +412,21 @@ impl Store {
         first_waiting(&self.pool, agent, None).await
     }
 
-    /// Extends the lease of a running run held with `attempt`.
-    pub async fn heartbeat(&self, id: &RunId, attempt: u32, ttl: Duration) -> Result<DateTime<Utc>, StoreError> {
+    /// Extends the lease of a running run held with `fence`.
+    pub async fn heartbeat(
+        &self,
+        id: &RunId,
+        fence: impl Into<Fence>,
+        ttl: Duration,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        let fence = fence.into();
         let now = self.now_ms();
         let until = ms_after(now, ttl);
-        let done =
-            sqlx::query("UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND attempt = $3 AND status = 'running'")
-                .bind(until)
-                .bind(id.as_str())
-                .bind(i64::from(attempt))
-                .execute(&self.pool)
-                .await?;
+        let sql = format!("UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND {}", fence.condition(4));
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(until).bind(id.as_str()).bind(i64::from(fence.attempt));
+        let done = fence.bind_token(done).execute(&self.pool).await?;
         if done.rows_affected() == 0 {
-            return Err(fenced(self.get_run(id).await?, id, attempt));
+            return Err(fenced(self.get_run(id).await?, id, fence.attempt));
         }
         Ok(time::from_millis(until))
     }
@@ -458,23 +436,23 @@ impl Store {
     pub async fn checkpoint(
         &self,
         id: &RunId,
-        attempt: u32,
+        fence: impl Into<Fence>,
         step: &StepInput,
         ttl: Option<Duration>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let fence = fence.into();
+        let attempt = fence.attempt;
         let now = self.now_ms();
         let until = ttl.map(|t| ms_after(now, t));
         let mut tx = self.pool.begin().await?;
         // The fenced write comes first: it both checks the token and takes the row lock, so a
         // concurrent takeover cannot slip in between the check and the insert.
-        let done = sqlx::query(
-            "UPDATE runs SET lease_expires_at = COALESCE($1, lease_expires_at) WHERE id = $2 AND attempt = $3 AND status = 'running'",
-        )
-        .bind(until)
-        .bind(id.as_str())
-        .bind(i64::from(attempt))
-        .execute(&mut *tx)
-        .await?;
+        let sql = format!(
+            "UPDATE runs SET lease_expires_at = COALESCE($1, lease_expires_at) WHERE id = $2 AND {}",
+            fence.condition(4)
+        );
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(until).bind(id.as_str()).bind(i64::from(attempt));
+        let done = fence.bind_token(done).execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
             drop(tx);
             return Err(fenced(self.get_run(id).await?, id, attempt));
@@ -523,9 +501,11 @@ impl Store {
     pub async fn finish_run(
         &self,
         id: &RunId,
-        attempt: u32,
+        fence: impl Into<Fence>,
         input: &FinishInput,
     ) -> Result<(RunRecord, Option<Duration>), StoreError> {
+        let fence = fence.into();
+        let attempt = fence.attempt;
         let now = self.now_ms();
         let run = self.get_run(id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
         if run.status != RunStatus::Running || run.attempt != attempt {
@@ -550,25 +530,26 @@ impl Store {
             RunOutcome::Failed | RunOutcome::TimedOut => (None, input.error.clone(), None),
             RunOutcome::Cancelled | RunOutcome::Released => (None, None, input.error.clone()),
         };
-        let done = sqlx::query(
+        let sql = format!(
             "UPDATE runs SET status = $1, finished_at = $2, not_before = $3, retries = $4, \
              result = COALESCE($5, result), error = COALESCE($6, error), reason = COALESCE($7, reason), \
-             input_tokens = input_tokens + $8, output_tokens = output_tokens + $9, lease_expires_at = NULL \
-             WHERE id = $10 AND attempt = $11 AND status = 'running'",
-        )
-        .bind(status.as_str())
-        .bind(finished_at)
-        .bind(not_before)
-        .bind(i64::from(retries))
-        .bind(result.clone())
-        .bind(error.clone())
-        .bind(reason.clone())
-        .bind(i64::try_from(input.input_tokens).unwrap_or(i64::MAX))
-        .bind(i64::try_from(input.output_tokens).unwrap_or(i64::MAX))
-        .bind(id.as_str())
-        .bind(i64::from(attempt))
-        .execute(&self.pool)
-        .await?;
+             input_tokens = input_tokens + $8, output_tokens = output_tokens + $9, lease_expires_at = NULL, \
+             lease_token = NULL WHERE id = $10 AND {}",
+            fence.condition(12)
+        );
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(status.as_str())
+            .bind(finished_at)
+            .bind(not_before)
+            .bind(i64::from(retries))
+            .bind(result.clone())
+            .bind(error.clone())
+            .bind(reason.clone())
+            .bind(i64::try_from(input.input_tokens).unwrap_or(i64::MAX))
+            .bind(i64::try_from(input.output_tokens).unwrap_or(i64::MAX))
+            .bind(id.as_str())
+            .bind(i64::from(attempt));
+        let done = fence.bind_token(done).execute(&self.pool).await?;
         if done.rows_affected() == 0 {
             return Err(fenced(self.get_run(id).await?, id, attempt));
         }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use nightshift_core::{AgentSpec, AgentState, Clock, ManualClock, RunId, RunOutcome, RunStatus, TriggerKind, WorkerId};
 use nightshift_store::{
     AgentFilter, ApplyOutcome, FinishInput, NewRun, Recovered, RunFilter, StartInput, StartOutcome, StepInput, Store,
@@ -40,9 +40,26 @@ fn start_input(run: &RunId, agent: &nightshift_core::AgentId, worker: &str) -> S
         worker_id: WorkerId::from_string(worker),
         worker_endpoint: Some(format!("http://{worker}:50053")),
         lease_ttl: Duration::from_secs(30),
-        trigger: TriggerKind::Schedule,
-        scheduled_for: None,
     }
+}
+
+/// Records a run as the scheduler does (StartRun starts only recorded runs); a no-op for a run
+/// that exists.
+async fn record(store: &Store, run: &RunId, agent: &nightshift_core::AgentId, scheduled_for: Option<DateTime<Utc>>) {
+    let new = NewRun {
+        id: run.clone(),
+        agent_id: agent.clone(),
+        trigger: TriggerKind::Schedule,
+        scheduled_for,
+        query_override: None,
+    };
+    store.insert_run(&new).await.unwrap();
+}
+
+/// Records the run (if new), then StartRun.
+async fn start(store: &Store, input: &StartInput) -> Result<StartOutcome, nightshift_store::StoreError> {
+    record(store, &input.run_id, &input.agent_id, None).await;
+    store.start_run(input).await
 }
 
 fn finish(outcome: RunOutcome) -> FinishInput {
@@ -167,7 +184,7 @@ async fn concurrent_start_with_skip_policy_starts_exactly_one(kind: Db) {
     for i in 0..N {
         let store = e.store.clone();
         let input = start_input(&RunId::for_tick(&a.id, i as i64), &a.id, &format!("w{i}"));
-        tasks.push(tokio::spawn(async move { store.start_run(&input).await.unwrap() }));
+        tasks.push(tokio::spawn(async move { start(&store, &input).await.unwrap() }));
     }
     let mut started = 0;
     let mut skipped = 0;
@@ -197,7 +214,7 @@ async fn concurrent_start_of_one_run_grants_one_lease(kind: Db) {
     for i in 0..8 {
         let store = e.store.clone();
         let input = start_input(&run, &a.id, &format!("w{i}"));
-        tasks.push(tokio::spawn(async move { store.start_run(&input).await.unwrap() }));
+        tasks.push(tokio::spawn(async move { start(&store, &input).await.unwrap() }));
     }
     let mut started = 0;
     for t in tasks {
@@ -217,8 +234,7 @@ async fn stale_fencing_token_is_refused_after_takeover(kind: Db) {
     let e = env(kind).await;
     let a = e.store.create_agent(&spec("eps", ""), AgentState::Active).await.unwrap();
     let run = RunId::generate();
-    let StartOutcome::Started { run: r1, .. } = e.store.start_run(&start_input(&run, &a.id, "w1")).await.unwrap()
-    else {
+    let StartOutcome::Started { run: r1, .. } = start(&e.store, &start_input(&run, &a.id, "w1")).await.unwrap() else {
         panic!("first start")
     };
     assert_eq!(r1.attempt, 1);
@@ -228,8 +244,7 @@ async fn stale_fencing_token_is_refused_after_takeover(kind: Db) {
     e.store.checkpoint(&run, 1, &step, Some(Duration::from_secs(30))).await.unwrap();
     // w1 goes silent; its lease runs out and w2 takes over with attempt 2 and w1's step.
     e.clock.advance(chrono::Duration::seconds(31));
-    let StartOutcome::Started { run: r2, steps, .. } =
-        e.store.start_run(&start_input(&run, &a.id, "w2")).await.unwrap()
+    let StartOutcome::Started { run: r2, steps, .. } = start(&e.store, &start_input(&run, &a.id, "w2")).await.unwrap()
     else {
         panic!("takeover")
     };
@@ -250,7 +265,7 @@ async fn stale_fencing_token_is_refused_after_takeover(kind: Db) {
     assert_eq!(Some(&done), e.store.get_run(&run).await.unwrap().as_ref());
     assert!(matches!(e.store.heartbeat(&run, 2, Duration::from_secs(30)).await, Err(StoreError::Fenced(_))));
     assert!(matches!(
-        e.store.start_run(&start_input(&run, &a.id, "w3")).await.unwrap(),
+        start(&e.store, &start_input(&run, &a.id, "w3")).await.unwrap(),
         StartOutcome::AlreadyFinished { .. }
     ));
 }
@@ -262,7 +277,7 @@ async fn lost_leases_are_recovered_resumed_then_failed(kind: Db) {
     let e = env(kind).await;
     let a = e.store.create_agent(&spec("lost", "policy: {max_retries: 0}"), AgentState::Active).await.unwrap();
     let run = RunId::generate();
-    let StartOutcome::Started { .. } = e.store.start_run(&start_input(&run, &a.id, "w1")).await.unwrap() else {
+    let StartOutcome::Started { .. } = start(&e.store, &start_input(&run, &a.id, "w1")).await.unwrap() else {
         panic!("first start")
     };
     let step = StepInput { seq: 0, kind: "llm_response".into(), payload: vec![7] };
@@ -294,7 +309,7 @@ async fn lost_leases_are_recovered_resumed_then_failed(kind: Db) {
         e.store.mark_published(std::slice::from_ref(&run)).await.unwrap();
         // The next worker resumes it from its checkpoint.
         let StartOutcome::Started { run: r, steps, .. } =
-            e.store.start_run(&start_input(&run, &a.id, &format!("w{}", attempt + 1))).await.unwrap()
+            start(&e.store, &start_input(&run, &a.id, &format!("w{}", attempt + 1))).await.unwrap()
         else {
             panic!("resume")
         };
@@ -303,8 +318,7 @@ async fn lost_leases_are_recovered_resumed_then_failed(kind: Db) {
     }
     // One lost lease too many: failed, whoever notices (here StartRun's takeover).
     e.clock.advance(chrono::Duration::seconds(31));
-    let StartOutcome::AlreadyFinished { run: failed } =
-        e.store.start_run(&start_input(&run, &a.id, "w9")).await.unwrap()
+    let StartOutcome::AlreadyFinished { run: failed } = start(&e.store, &start_input(&run, &a.id, "w9")).await.unwrap()
     else {
         panic!("failed by the takeover")
     };
@@ -315,10 +329,10 @@ async fn lost_leases_are_recovered_resumed_then_failed(kind: Db) {
 
     // The sweep fails one too: a second run that lost its worker MAX times already.
     let other = RunId::generate();
-    e.store.start_run(&start_input(&other, &a.id, "w1")).await.unwrap();
+    start(&e.store, &start_input(&other, &a.id, "w1")).await.unwrap();
     for _ in 0..nightshift_core::lifecycle::MAX_LOST_LEASES {
         e.clock.advance(chrono::Duration::seconds(31));
-        e.store.start_run(&start_input(&other, &a.id, "w2")).await.unwrap();
+        start(&e.store, &start_input(&other, &a.id, "w2")).await.unwrap();
     }
     e.clock.advance(chrono::Duration::seconds(31));
     let Some(Recovered::Failed(r)) = e.store.recover_lost_lease(&other, &a.id).await.unwrap() else {
@@ -351,7 +365,7 @@ async fn a_run_starts_with_the_version_it_was_queued_at(kind: Db) {
     let later = RunId::generate();
     e.store.insert_run(&new(&later)).await.unwrap();
     for (run, version, description) in [(&queued, 1, "first"), (&later, 2, "second")] {
-        let out = e.store.start_run(&start_input(run, &a.id, "w")).await.unwrap();
+        let out = start(&e.store, &start_input(run, &a.id, "w")).await.unwrap();
         let StartOutcome::Started { run: r, spec, steps, .. } = out else { panic!("{out:?}") };
         assert_eq!((r.agent_version, spec.description.as_str()), (version, description));
         assert!(steps.is_empty());
@@ -363,7 +377,7 @@ async fn checkpoints_are_idempotent_and_gapless(kind: Db) {
     let e = env(kind).await;
     let a = e.store.create_agent(&spec("zeta", ""), AgentState::Active).await.unwrap();
     let run = RunId::generate();
-    e.store.start_run(&start_input(&run, &a.id, "w1")).await.unwrap();
+    start(&e.store, &start_input(&run, &a.id, "w1")).await.unwrap();
     let s0 = StepInput { seq: 0, kind: "llm_response".into(), payload: vec![0] };
     e.store.checkpoint(&run, 1, &s0, None).await.unwrap();
     e.store.checkpoint(&run, 1, &s0, None).await.unwrap();
@@ -385,7 +399,7 @@ async fn failures_retry_with_backoff_then_fail(kind: Db) {
     let run = RunId::generate();
     let mut delays = Vec::new();
     for attempt in 1..=3u32 {
-        let out = e.store.start_run(&start_input(&run, &a.id, "w")).await.unwrap();
+        let out = start(&e.store, &start_input(&run, &a.id, "w")).await.unwrap();
         let StartOutcome::Started { run: r, .. } = out else { panic!("attempt {attempt}: {out:?}") };
         assert_eq!(r.attempt, attempt);
         let (r, retry) = e.store.finish_run(&run, attempt, &finish(RunOutcome::Failed)).await.unwrap();
@@ -394,7 +408,7 @@ async fn failures_retry_with_backoff_then_fail(kind: Db) {
             Some(d) => {
                 assert_eq!(r.status, RunStatus::Queued);
                 delays.push(d.as_secs());
-                let early = e.store.start_run(&start_input(&run, &a.id, "w")).await.unwrap();
+                let early = start(&e.store, &start_input(&run, &a.id, "w")).await.unwrap();
                 assert!(matches!(early, StartOutcome::NotYet { .. }), "backoff must hold: {early:?}");
                 e.clock.advance(chrono::Duration::from_std(d).unwrap());
             }
@@ -412,19 +426,18 @@ async fn buffer_one_and_cancel_other_and_allow_all(kind: Db) {
     // buffer_one: one waits, the next is skipped, and the waiting one starts once the first ends.
     let a = e.store.create_agent(&spec("buf", "policy: {overlap: buffer_one}"), AgentState::Active).await.unwrap();
     let (r1, r2, r3) = (RunId::generate(), RunId::generate(), RunId::generate());
-    assert!(matches!(e.store.start_run(&start_input(&r1, &a.id, "w")).await.unwrap(), StartOutcome::Started { .. }));
-    assert!(matches!(e.store.start_run(&start_input(&r2, &a.id, "w")).await.unwrap(), StartOutcome::Deferred { .. }));
-    assert!(matches!(e.store.start_run(&start_input(&r3, &a.id, "w")).await.unwrap(), StartOutcome::Skipped { .. }));
-    assert!(matches!(e.store.start_run(&start_input(&r2, &a.id, "w")).await.unwrap(), StartOutcome::Deferred { .. }));
+    assert!(matches!(start(&e.store, &start_input(&r1, &a.id, "w")).await.unwrap(), StartOutcome::Started { .. }));
+    assert!(matches!(start(&e.store, &start_input(&r2, &a.id, "w")).await.unwrap(), StartOutcome::Deferred { .. }));
+    assert!(matches!(start(&e.store, &start_input(&r3, &a.id, "w")).await.unwrap(), StartOutcome::Skipped { .. }));
+    assert!(matches!(start(&e.store, &start_input(&r2, &a.id, "w")).await.unwrap(), StartOutcome::Deferred { .. }));
     e.store.finish_run(&r1, 1, &finish(RunOutcome::Succeeded)).await.unwrap();
-    assert!(matches!(e.store.start_run(&start_input(&r2, &a.id, "w")).await.unwrap(), StartOutcome::Started { .. }));
+    assert!(matches!(start(&e.store, &start_input(&r2, &a.id, "w")).await.unwrap(), StartOutcome::Started { .. }));
 
     // cancel_other: the newcomer wins and the old run is fenced out.
     let b = e.store.create_agent(&spec("canc", "policy: {overlap: cancel_other}"), AgentState::Active).await.unwrap();
     let (c1, c2) = (RunId::generate(), RunId::generate());
-    e.store.start_run(&start_input(&c1, &b.id, "w1")).await.unwrap();
-    let StartOutcome::Started { cancelled, .. } = e.store.start_run(&start_input(&c2, &b.id, "w2")).await.unwrap()
-    else {
+    start(&e.store, &start_input(&c1, &b.id, "w1")).await.unwrap();
+    let StartOutcome::Started { cancelled, .. } = start(&e.store, &start_input(&c2, &b.id, "w2")).await.unwrap() else {
         panic!("cancel_other starts the newcomer")
     };
     // The cancelled run is handed back with where its worker listens, to be told at once.
@@ -437,7 +450,7 @@ async fn buffer_one_and_cancel_other_and_allow_all(kind: Db) {
     let c = e.store.create_agent(&spec("all", "policy: {overlap: allow_all}"), AgentState::Active).await.unwrap();
     for _ in 0..2 {
         assert!(matches!(
-            e.store.start_run(&start_input(&RunId::generate(), &c.id, "w")).await.unwrap(),
+            start(&e.store, &start_input(&RunId::generate(), &c.id, "w")).await.unwrap(),
             StartOutcome::Started { .. }
         ));
     }
@@ -449,12 +462,15 @@ async fn buffered_runs_start_first_in_first_out(kind: Db) {
     let e = env(kind).await;
     let a = e.store.create_agent(&spec("fifo", "policy: {overlap: buffer_all}"), AgentState::Active).await.unwrap();
     let tick = |s: i64| Some(e.clock.now() + chrono::Duration::seconds(s));
-    let at = |run: &RunId, s: i64| StartInput { scheduled_for: tick(s), ..start_input(run, &a.id, "w") };
     let runs: Vec<RunId> = (0..4).map(|_| RunId::generate()).collect();
-    assert!(matches!(e.store.start_run(&at(&runs[0], 0)).await.unwrap(), StartOutcome::Started { .. }));
+    for (i, run) in runs.iter().enumerate() {
+        record(&e.store, run, &a.id, tick(i as i64)).await;
+    }
+    let at = |run: &RunId, _tick: i64| start_input(run, &a.id, "w");
+    assert!(matches!(start(&e.store, &at(&runs[0], 0)).await.unwrap(), StartOutcome::Started { .. }));
     // The later ticks ask first: all wait.
     for (i, run) in runs.iter().enumerate().skip(1).rev() {
-        let out = e.store.start_run(&at(run, i as i64)).await.unwrap();
+        let out = start(&e.store, &at(run, i as i64)).await.unwrap();
         assert!(matches!(out, StartOutcome::Deferred { .. }), "{out:?}");
     }
     let mut attempt_of_running = (runs[0].clone(), 1);
@@ -464,7 +480,7 @@ async fn buffered_runs_start_first_in_first_out(kind: Db) {
         e.store.finish_run(running, *attempt, &finish(RunOutcome::Succeeded)).await.unwrap();
         // Nothing runs now, but the runs behind `next` still wait for it.
         for later in runs.iter().skip(next + 1).rev() {
-            let out = e.store.start_run(&start_input(later, &a.id, "w")).await.unwrap();
+            let out = start(&e.store, &start_input(later, &a.id, "w")).await.unwrap();
             let StartOutcome::Deferred { reason, due_ahead, .. } = out else {
                 panic!("{later} overtook {}: {out:?}", runs[next])
             };
@@ -472,7 +488,7 @@ async fn buffered_runs_start_first_in_first_out(kind: Db) {
             // The run it waits behind is due: handed back to be nudged (its delivery may be lost).
             assert_eq!(due_ahead.map(|w| w.id), Some(runs[next].clone()));
         }
-        let StartOutcome::Started { run, .. } = e.store.start_run(&start_input(&runs[next], &a.id, "w")).await.unwrap()
+        let StartOutcome::Started { run, .. } = start(&e.store, &start_input(&runs[next], &a.id, "w")).await.unwrap()
         else {
             panic!("{} starts in its turn", runs[next])
         };
@@ -484,7 +500,7 @@ async fn buffered_runs_start_first_in_first_out(kind: Db) {
 async fn paused_agent_runs_are_skipped(kind: Db) {
     let e = env(kind).await;
     let a = e.store.create_agent(&spec("paused", ""), AgentState::Paused).await.unwrap();
-    let out = e.store.start_run(&start_input(&RunId::generate(), &a.id, "w")).await.unwrap();
+    let out = start(&e.store, &start_input(&RunId::generate(), &a.id, "w")).await.unwrap();
     let StartOutcome::Skipped { reason, run } = out else { panic!("{out:?}") };
     assert!(reason.contains("paused"));
     assert_eq!(run.status, RunStatus::Skipped);
@@ -499,7 +515,7 @@ async fn stats_aggregate_runs(kind: Db) {
         .unwrap();
     for outcome in [RunOutcome::Succeeded, RunOutcome::Succeeded, RunOutcome::Failed] {
         let run = RunId::generate();
-        e.store.start_run(&start_input(&run, &a.id, "w")).await.unwrap();
+        start(&e.store, &start_input(&run, &a.id, "w")).await.unwrap();
         e.clock.advance(chrono::Duration::seconds(2));
         e.store.finish_run(&run, 1, &finish(outcome)).await.unwrap();
     }

@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let server = cfg.server.clone();
     let roles: Vec<Box<dyn Role>> = vec![Box::new(WorkerRole::build(cfg, WorkerDeps::default()).await?)];
     // Bound once the role is built, so that a port that answers is a role that is ready.
-    let listener = GrpcServer::listen(&server).await?;
+    let listener = GrpcServer::listen(&server, server.guard(None)?).await?;
     // SIGTERM: drain (in-flight runs finish or are handed back), then stop serving and exit.
     serve_roles(roles, listener, shutdown_signal()).await?;
     nightshift_telemetry::shutdown();

@@ -28,6 +28,9 @@ pub enum WorkerBuildError {
     /// The queue could not be opened.
     #[error("queue: {0}")]
     Queue(#[from] nightshift_queue::QueueError),
+    /// The `[auth]` section cannot be used.
+    #[error("auth: {0}")]
+    Auth(#[from] nightshift_rpc::AuthConfigError),
     /// The `[embedded]` section is invalid.
     #[error("{0}")]
     Embedded(#[from] nightshift_llm::LlmError),
@@ -44,7 +47,7 @@ impl WorkerRole {
     pub async fn build(config: WorkerConfig, deps: WorkerDeps) -> Result<Self, WorkerBuildError> {
         nightshift_llm::embedded::configure(config.embedded)?;
         let queue = config.queue.connect().await?;
-        let client = config.server.client();
+        let client = config.server.client()?;
         let manager = client.channel("manager_endpoint", &config.manager_endpoint, RPC_TIMEOUT)?;
         let events = match deps.events {
             Some(events) => Some(events),

@@ -10,7 +10,7 @@ use nightshift_manager::ManagerConfig;
 use nightshift_memory::MemoryConfig;
 use nightshift_memory::config::EmbedderKind;
 use nightshift_queue::QueueSettings;
-use nightshift_rpc::ServerOptions;
+use nightshift_rpc::{AuthMode, AuthOptions, ServerOptions};
 use nightshift_scheduler::SchedulerConfig;
 use nightshift_worker::WorkerConfig;
 use serde::{Deserialize, Serialize};
@@ -47,7 +47,12 @@ pub struct DevConfig {
 impl Default for DevConfig {
     fn default() -> Self {
         Self {
-            server: ServerOptions::listening_on("127.0.0.1:50051"),
+            // On loopback a laptop's dev process runs without authentication (one log line says
+            // so); any other address is refused unless `[auth]` is configured.
+            server: ServerOptions {
+                auth: AuthOptions { mode: AuthMode::Off, ..AuthOptions::default() },
+                ..ServerOptions::listening_on("127.0.0.1:50051")
+            },
             data_dir: PathBuf::from(".nightshift"),
             database_url: String::new(),
             memory_model: String::new(),
@@ -127,7 +132,13 @@ impl DevConfig {
 
     fn server(&self) -> ServerOptions {
         // The roles are mounted on the process's server; their own listeners are not opened.
-        self.server.clone()
+        // With authentication on, the roles call each other (through the port) with the
+        // bootstrap admin key: they are one process, trusted alike.
+        let mut server = self.server.clone();
+        if server.auth.mode == AuthMode::Required {
+            server.auth.api_key_file = server.auth.bootstrap_admin_key_file.clone();
+        }
+        server
     }
 
     /// The queue every role uses.

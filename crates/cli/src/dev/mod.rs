@@ -12,7 +12,7 @@ use nightshift_core::{AgentId, AgentManifest, SystemClock};
 use nightshift_events::EventsRole;
 use nightshift_manager::{ManagerDeps, ManagerRole, ScheduleObserver};
 use nightshift_memory::MemoryRole;
-use nightshift_rpc::{GrpcServer, Role, init_process, serve_roles, shutdown_signal};
+use nightshift_rpc::{AuthMode, GrpcServer, Listener, Role, ServerTls, init_process, serve_roles, shutdown_signal};
 use nightshift_scheduler::{Scheduler, SchedulerDeps, SchedulerRole};
 use nightshift_store::Store;
 use nightshift_telemetry::LogFormat;
@@ -27,6 +27,11 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
     let mut cfg: DevConfig = nightshift_core::config::load(args.config.as_deref(), "NIGHTSHIFT_DEV")?;
     args.apply_to(&mut cfg, log_format);
     init_process(&cfg.server).await?;
+    if cfg.server.auth.mode == AuthMode::Required && cfg.server.auth.bootstrap_admin_key_file.is_empty() {
+        anyhow::bail!(
+            "nightshift dev with auth.mode = \"required\" needs auth.bootstrap_admin_key_file (the admin key its roles and you use)"
+        );
+    }
     for key in cfg.ignored_keys() {
         tracing::warn!(key, "ignored by nightshift dev: every role shares its address, database and queue");
     }
@@ -70,8 +75,8 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
         tracing::info!(model = %name, path = %path.display(), "embedded model ready");
     }
 
-    let listener = GrpcServer::listen(&cfg.server).await?;
-    let addr = listener.local_addr()?;
+    let tcp = GrpcServer::bind(&cfg.server.listen).await?;
+    let addr = tcp.local_addr()?;
     let wiring = DevWiring {
         database_url: database_url.clone(),
         // One in-process queue shared by the scheduler, the manager (manual triggers) and the worker.
@@ -95,6 +100,7 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
     let memory = MemoryRole::build(&cfg.memory_options(&wiring, model.as_deref()))
         .await
         .context("starting the memory service")?;
+    let listener = Listener::from(tcp).with_tls(ServerTls::load(&cfg.server.tls)?).with_guard(manager.guard());
     let roles: Vec<Box<dyn Role>> =
         vec![Box::new(manager), Box::new(scheduler), Box::new(worker), Box::new(events), Box::new(memory)];
 

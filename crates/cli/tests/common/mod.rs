@@ -114,6 +114,13 @@ pub fn spawn(name: &str, binary: &str, env: &[(String, String)]) -> Proc {
         std::fs::File::create(std::env::temp_dir().join(format!("ns-dist-{}-{name}.log", std::process::id()))).unwrap();
     let mut cmd = Command::new(bin(binary));
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info");
+    // These deployments test other things than authentication, on loopback: they run with it
+    // off unless the test configures it (tests/security.rs does).
+    let role = binary.trim_start_matches("nightshift-").to_uppercase();
+    let mode = format!("NIGHTSHIFT_{role}_AUTH__MODE");
+    if !env.iter().any(|(k, _)| k.starts_with(&format!("NIGHTSHIFT_{role}_AUTH__"))) {
+        cmd.env(mode, "off");
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

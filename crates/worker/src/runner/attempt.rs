@@ -14,7 +14,7 @@ use tonic::Code;
 
 use super::checkpoint::Checkpointer;
 use super::prompt::system_prompt;
-use super::{StopReason, Worker};
+use super::{Held, StopReason, Worker};
 use crate::agent::{AgentLoop, LoopError, Spent};
 use crate::events::RunEvents;
 use crate::memory;
@@ -35,7 +35,7 @@ impl Worker {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn execute(
         &self,
-        run: &pb::Run,
+        run: &Held,
         spec: &AgentSpec,
         prior: Vec<pb::RunStep>,
         delivery: &Delivery,
@@ -62,6 +62,7 @@ impl Worker {
             manager: self.inner.manager.clone(),
             run_id: run.id.clone(),
             attempt: run.attempt,
+            lease_token: run.lease_token.clone(),
             lease_ttl: self.inner.cfg.lease_ttl,
             events: events.clone(),
         };
@@ -114,6 +115,7 @@ impl Worker {
                     let hb = self.inner.manager.clone().heartbeat(pb::HeartbeatRequest {
                         run_id: run.id.clone(),
                         attempt: run.attempt,
+                        lease_token: run.lease_token.clone(),
                         worker_id: self.inner.id.clone(),
                         lease_ttl: Some(nightshift_core::duration::to_pb(self.inner.cfg.lease_ttl)),
                     }).await;

@@ -15,6 +15,7 @@ pub(super) struct Checkpointer {
     pub(super) manager: Manager,
     pub(super) run_id: String,
     pub(super) attempt: u32,
+    pub(super) lease_token: String,
     pub(super) lease_ttl: Duration,
     pub(super) events: RunEvents,
 }
@@ -25,6 +26,7 @@ impl StepSink for Checkpointer {
         let req = pb::CheckpointRequest {
             run_id: self.run_id.clone(),
             attempt: self.attempt,
+            lease_token: self.lease_token.clone(),
             step: Some(step),
             lease_ttl: Some(nightshift_core::duration::to_pb(self.lease_ttl)),
         };

@@ -14,7 +14,7 @@ use tonic::Code;
 use tracing::Instrument as _;
 
 use super::finish::{Ending, Recorded, Report};
-use super::{ActiveRun, Worker};
+use super::{ActiveRun, Held, Worker};
 use crate::events::RunEvents;
 
 impl Worker {
@@ -140,6 +140,7 @@ impl Worker {
             nack(d, Duration::from_secs(5)).await;
             return;
         };
+        let run = Held { run, lease_token: start.lease_token };
         // The manager hands over the stored spec: it loads under the rules it was stored with.
         let spec = match AgentSpec::from_stored_proto(&spec_pb) {
             Ok(s) => s,

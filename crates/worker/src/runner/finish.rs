@@ -13,7 +13,7 @@ use tonic::Code;
 
 use super::attempt::AttemptEnd;
 use super::delivery::{ack, nack};
-use super::{StopReason, Worker, truncate};
+use super::{Held, StopReason, Worker, truncate};
 use crate::events::RunEvents;
 use crate::memory::working;
 
@@ -124,7 +124,7 @@ impl Worker {
     pub(super) async fn settle(
         &self,
         d: Delivery,
-        run: &pb::Run,
+        run: &Held,
         end: AttemptEnd,
         events: &RunEvents,
         took: Duration,
@@ -204,7 +204,7 @@ impl Worker {
     async fn fail(
         &self,
         d: Delivery,
-        run: &pb::Run,
+        run: &Held,
         report: Report<'_>,
         events: &RunEvents,
         ending: &Ending,
@@ -260,11 +260,12 @@ impl Worker {
     }
 
     /// FinishRun, tried a few times.
-    pub(super) async fn finish(&self, run: &pb::Run, report: Report<'_>) -> Recorded {
+    pub(super) async fn finish(&self, run: &Held, report: Report<'_>) -> Recorded {
         let usage = report.usage;
         let req = pb::FinishRunRequest {
             run_id: run.id.clone(),
             attempt: run.attempt,
+            lease_token: run.lease_token.clone(),
             outcome: report.outcome as i32,
             result: report.result.to_owned(),
             error: report.error.to_owned(),

@@ -34,6 +34,20 @@ mod prompt;
 
 type Manager = pb::manager_service_client::ManagerServiceClient<nightshift_rpc::CallChannel>;
 
+/// A run this worker holds: the record StartRun returned and the attempt's lease token, which
+/// Heartbeat, Checkpoint and FinishRun present.
+pub(super) struct Held {
+    run: pb::Run,
+    lease_token: String,
+}
+
+impl std::ops::Deref for Held {
+    type Target = pb::Run;
+    fn deref(&self) -> &pb::Run {
+        &self.run
+    }
+}
+
 /// Why an executing run was stopped from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StopReason {

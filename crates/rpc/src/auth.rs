@@ -1,0 +1,273 @@
+//! Authentication and authorization of every call, as one tower layer around a server's routes:
+//! the path names the permission ([`nightshift_core::auth::permission_for`]), the bearer
+//! credential names the caller ([`Authenticator`]), the caller's role must hold the permission.
+//! Missing or refused credentials → UNAUTHENTICATED; a role without the permission →
+//! PERMISSION_DENIED; a path without an entry in the table → PERMISSION_DENIED (fail closed).
+//! Every mutating call is audited (who, role, what, result) as a structured log line and, where
+//! the process has an audit sink, as an event.
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use nightshift_core::auth::{Permission, Principal, constant_time_eq, permission_for, secret_hash};
+use tonic::Status;
+use tonic::codegen::{Service, http};
+
+/// Why a credential was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    /// Refused (unknown, revoked, expired, malformed): the call fails UNAUTHENTICATED.
+    #[error("{0}")]
+    Refused(String),
+    /// Could not be checked now (the verifying service is down): UNAVAILABLE, retryable.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Verifies a credential presented to this server.
+#[async_trait::async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// The principal behind `credential` (the bearer token as sent).
+    async fn authenticate(&self, credential: &str) -> Result<Principal, AuthFailure>;
+}
+
+/// What a call record says for audit.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    /// Who called (key or token name).
+    pub principal: String,
+    /// Its role.
+    pub role: String,
+    /// The gRPC path.
+    pub method: String,
+    /// The gRPC status code of the answer.
+    pub code: tonic::Code,
+}
+
+/// Where audit records go besides the log (the manager publishes them as events).
+pub type AuditSink = Arc<dyn Fn(AuditRecord) + Send + Sync>;
+
+/// How a server admits calls.
+#[derive(Clone)]
+pub enum Guard {
+    /// No authentication: every caller is [`Principal::unauthenticated`]. Only for a server on
+    /// loopback (`nightshift dev`); each role refuses it elsewhere unless told otherwise.
+    Open,
+    /// Every call but health and reflection needs a credential the authenticator accepts.
+    Required(Arc<dyn Authenticator>),
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Guard::Open => "Guard::Open",
+            Guard::Required(_) => "Guard::Required",
+        })
+    }
+}
+
+/// The credential of a request: `authorization: Bearer <credential>`.
+fn bearer<B>(req: &http::Request<B>) -> Option<&str> {
+    let value = req.headers().get("authorization")?.to_str().ok()?;
+    let (scheme, credential) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| credential.trim()).filter(|c| !c.is_empty())
+}
+
+/// Decides one call: the principal to run it as, or the status to refuse it with.
+pub async fn admit(guard: &Guard, path: &str, credential: Option<&str>) -> Result<Principal, Status> {
+    let Some(permission) = permission_for(path) else {
+        return Err(Status::permission_denied(format!("{path} is not in the permission table")));
+    };
+    if permission == Permission::Public {
+        return Ok(Principal::unauthenticated());
+    }
+    let authenticator = match guard {
+        Guard::Open => return Ok(Principal::unauthenticated()),
+        Guard::Required(a) => a,
+    };
+    let Some(credential) = credential else {
+        return Err(Status::unauthenticated("missing credential: send 'authorization: Bearer <API key or token>'"));
+    };
+    let principal = match authenticator.authenticate(credential).await {
+        Ok(p) => p,
+        Err(AuthFailure::Refused(why)) => {
+            tracing::info!(target: "nightshift::audit", method = path, reason = %why, "credential refused");
+            return Err(Status::unauthenticated("invalid credential"));
+        }
+        Err(AuthFailure::Unavailable(why)) => {
+            return Err(Status::unavailable(format!("cannot verify the credential now: {why}")));
+        }
+    };
+    if !principal.role.allows(permission) {
+        return Err(Status::permission_denied(format!(
+            "role '{}' may not call {path} (needs {permission:?})",
+            principal.role
+        )));
+    }
+    Ok(principal)
+}
+
+/// The layer that applies a [`Guard`] to a server's routes.
+#[derive(Clone)]
+pub(crate) struct AuthLayer {
+    pub(crate) guard: Guard,
+    pub(crate) audit: Option<AuditSink>,
+}
+
+impl<S> tower_layer::Layer<S> for AuthLayer {
+    type Service = Authorized<S>;
+    fn layer(&self, inner: S) -> Authorized<S> {
+        Authorized { inner, guard: self.guard.clone(), audit: self.audit.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Authorized<S> {
+    inner: S,
+    guard: Guard,
+    audit: Option<AuditSink>,
+}
+
+impl<S, B, R> Service<http::Request<B>> for Authorized<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // The clone that was polled ready serves this call; the fresh clone the next one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (guard, audit) = (self.guard.clone(), self.audit.clone());
+        Box::pin(async move {
+            let path = req.uri().path().to_owned();
+            let credential = bearer(&req).map(str::to_owned);
+            let principal = match admit(&guard, &path, credential.as_deref()).await {
+                Ok(p) => p,
+                Err(status) => return Ok(status.into_http()),
+            };
+            let mutates = permission_for(&path).is_some_and(Permission::mutates);
+            let who = mutates.then(|| (principal.name.clone(), principal.role));
+            req.extensions_mut().insert(principal);
+            let res = inner.call(req).await;
+            if let Some((name, role)) = who {
+                let code = match &res {
+                    Ok(r) => crate::metrics::status_of(r.headers()),
+                    Err(_) => tonic::Code::Internal,
+                };
+                tracing::info!(target: "nightshift::audit", principal = %name, role = %role, method = %path, code = ?code, "call");
+                if let Some(sink) = &audit {
+                    sink(AuditRecord { principal: name, role: role.to_string(), method: path, code });
+                }
+            }
+            res
+        })
+    }
+}
+
+/// An authenticator that remembers answers for a few seconds, so that a call with a known
+/// credential costs a map lookup. A revoked key stops working within `ttl` (plus the
+/// verifying service's own cache): the revocation bound docs/security.md states.
+pub struct Cached<A> {
+    inner: A,
+    ttl: Duration,
+    entries: Mutex<HashMap<String, Remembered>>,
+}
+
+/// An answer and when it was given.
+type Remembered = (Instant, Result<Principal, AuthFailure>);
+
+/// Entries beyond this are dropped (expired ones first): a flood of random credentials cannot
+/// grow the cache without bound.
+const CACHE_MAX: usize = 10_000;
+
+impl<A: Authenticator> Cached<A> {
+    /// Caches `inner`'s answers for `ttl`.
+    pub fn new(inner: A, ttl: Duration) -> Self {
+        Self { inner, ttl, entries: Mutex::new(HashMap::new()) }
+    }
+}
+
+#[async_trait::async_trait]
+impl<A: Authenticator> Authenticator for Cached<A> {
+    async fn authenticate(&self, credential: &str) -> Result<Principal, AuthFailure> {
+        let now = Instant::now();
+        if let Ok(entries) = self.entries.lock()
+            && let Some((at, answer)) = entries.get(credential)
+            && now.duration_since(*at) < self.ttl
+        {
+            return answer.clone();
+        }
+        let answer = self.inner.authenticate(credential).await;
+        // An unavailable verifier is not remembered: the next call asks again.
+        if !matches!(answer, Err(AuthFailure::Unavailable(_)))
+            && let Ok(mut entries) = self.entries.lock()
+        {
+            if entries.len() >= CACHE_MAX {
+                let ttl = self.ttl;
+                entries.retain(|_, (at, _)| now.duration_since(*at) < ttl);
+                if entries.len() >= CACHE_MAX {
+                    entries.clear();
+                }
+            }
+            entries.insert(credential.to_owned(), (now, answer.clone()));
+        }
+        answer
+    }
+}
+
+/// Keys given to a process at start (the bootstrap admin key of a new deployment, from a
+/// secret): compared by SHA-256, held only as hashes.
+pub struct StaticKeys {
+    keys: Vec<(String, Principal)>,
+}
+
+impl StaticKeys {
+    /// Accepts each `(key, principal)`.
+    pub fn new(keys: impl IntoIterator<Item = (String, Principal)>) -> Self {
+        Self { keys: keys.into_iter().map(|(k, p)| (secret_hash(&k), p)).collect() }
+    }
+
+    /// The principal of `credential` if it is one of these keys.
+    pub fn find(&self, credential: &str) -> Option<Principal> {
+        let hash = secret_hash(credential);
+        self.keys.iter().find(|(h, _)| constant_time_eq(h.as_bytes(), hash.as_bytes())).map(|(_, p)| p.clone())
+    }
+}
+
+/// The static keys first, then `rest`.
+pub struct WithStaticKeys<A> {
+    /// Keys known at start.
+    pub keys: StaticKeys,
+    /// Everything else.
+    pub rest: A,
+}
+
+#[async_trait::async_trait]
+impl<A: Authenticator> Authenticator for WithStaticKeys<A> {
+    async fn authenticate(&self, credential: &str) -> Result<Principal, AuthFailure> {
+        match self.keys.find(credential) {
+            Some(p) => Ok(p),
+            None => self.rest.authenticate(credential).await,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Authenticator for Arc<dyn Authenticator> {
+    async fn authenticate(&self, credential: &str) -> Result<Principal, AuthFailure> {
+        self.as_ref().authenticate(credential).await
+    }
+}
