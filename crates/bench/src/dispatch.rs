@@ -90,6 +90,8 @@ impl Stack {
             sink.changed.notify_waiters();
         });
         let wcfg = WorkerConfig {
+            // The scripted LLM and MCP servers run on loopback: the harness is the operator.
+            allow: nightshift_core::operator_policy::OperatorPolicy::trusting(),
             concurrency: worker_concurrency,
             queue: queue.clone(),
             manager_endpoint: endpoint.clone(),

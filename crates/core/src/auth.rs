@@ -212,6 +212,26 @@ mod tests {
         assert!(!Role::Worker.allows(Write), "a worker's key must not change agents");
     }
 
+    /// A new RPC without an entry would be refused to everyone (fail closed): this walks the
+    /// compiled descriptor set so that the table is completed in the same change.
+    #[test]
+    fn every_rpc_of_the_descriptor_set_has_a_permission() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(nightshift_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut count = 0;
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                    assert!(permission_for(&path).is_some(), "{path} has no entry in the permission table");
+                    assert_ne!(permission_for(&path), Some(Permission::Public), "{path} must not be public");
+                    count += 1;
+                }
+            }
+        }
+        assert!(count >= 40, "the descriptor set holds the services' RPCs: {count}");
+    }
+
     #[test]
     fn unknown_paths_fail_closed() {
         assert_eq!(permission_for("/nightshift.v1.ManagerService/DropEverything"), None);

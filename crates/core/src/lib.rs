@@ -17,6 +17,7 @@ pub mod event;
 pub mod ids;
 pub mod lifecycle;
 pub mod manifest;
+pub mod operator_policy;
 pub mod policy;
 pub mod redact;
 pub mod run;

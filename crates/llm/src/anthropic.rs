@@ -35,12 +35,17 @@ impl AnthropicChat {
     /// A provider for `cfg`: `{base_url}/v1/messages` (a base URL ending in `/v1` is accepted
     /// too), key in `x-api-key`.
     pub fn from_config(cfg: &ModelConfig) -> Result<Self, LlmError> {
+        Self::from_config_with(cfg, None)
+    }
+
+    /// [`AnthropicChat::from_config`] connecting only where `egress` allows.
+    pub fn from_config_with(cfg: &ModelConfig, egress: Option<&nightshift_egress::Egress>) -> Result<Self, LlmError> {
         let base = cfg.base_url.as_deref().unwrap_or(Self::DEFAULT_BASE_URL).trim_end_matches('/');
         let endpoint = if base.ends_with("/v1") { format!("{base}/messages") } else { format!("{base}/v1/messages") };
         let mut headers = HeaderMap::new();
         headers.insert(HeaderName::from_static("anthropic-version"), HeaderValue::from_static(Self::API_VERSION));
         let transport =
-            Transport::new(&endpoint, cfg.api_key.clone(), AuthStyle::XApiKey, headers, cfg.request_timeout)?;
+            Transport::new(&endpoint, cfg.api_key.clone(), AuthStyle::XApiKey, headers, cfg.request_timeout, egress)?;
         Ok(Self { transport, defaults: CallDefaults::from_config(cfg)? })
     }
 

@@ -14,9 +14,19 @@ pub fn model_from_config(cfg: &ModelConfig) -> Result<Arc<dyn ChatModel>, LlmErr
 
 /// [`model_from_config`] with an explicit retry policy.
 pub fn model_from_config_with_retry(cfg: &ModelConfig, retry: RetryPolicy) -> Result<Arc<dyn ChatModel>, LlmError> {
+    model_with(cfg, retry, None)
+}
+
+/// The model of `cfg` as a worker builds it: its HTTP client connects only where `egress`
+/// allows (checked after DNS resolution).
+pub fn model_with(
+    cfg: &ModelConfig,
+    retry: RetryPolicy,
+    egress: Option<&nightshift_egress::Egress>,
+) -> Result<Arc<dyn ChatModel>, LlmError> {
     Ok(match cfg.provider {
-        ModelProvider::OpenAi => Arc::new(OpenAiChat::from_config(cfg)?.with_retry_policy(retry)),
-        ModelProvider::Anthropic => Arc::new(AnthropicChat::from_config(cfg)?.with_retry_policy(retry)),
+        ModelProvider::OpenAi => Arc::new(OpenAiChat::from_config_with(cfg, egress)?.with_retry_policy(retry)),
+        ModelProvider::Anthropic => Arc::new(AnthropicChat::from_config_with(cfg, egress)?.with_retry_policy(retry)),
         // In-process: there is no transport to retry.
         ModelProvider::Embedded => Arc::new(EmbeddedChat::from_config(cfg)?),
     })

@@ -55,13 +55,20 @@ impl Transport {
         auth: AuthStyle,
         extra_headers: HeaderMap,
         timeout: Duration,
+        egress: Option<&nightshift_egress::Egress>,
     ) -> Result<Self, LlmError> {
         // The message does not echo the URL: it may carry credentials in its user-info part.
         let endpoint = Url::parse(endpoint)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
             .ok_or_else(|| LlmError::Config("model.base_url is not a valid http(s) URL".into()))?;
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(egress) = egress {
+            egress.check_literal(&endpoint).map_err(|e| LlmError::Config(format!("model.base_url: {e}")))?;
+            // Names are checked when they are resolved, on every connection.
+            builder = builder.dns_resolver(egress.resolver());
+        }
+        let client = builder
             .connect_timeout(CONNECT_TIMEOUT.min(timeout))
             // No redirects: a redirect to another host would carry our `x-api-key` header along
             // (reqwest strips only `Authorization` on cross-host redirects), and API endpoints do

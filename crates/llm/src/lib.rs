@@ -29,7 +29,7 @@ pub mod structured;
 mod types;
 
 pub use anthropic::AnthropicChat;
-pub use config::{model_from_config, model_from_config_with_retry};
+pub use config::{model_from_config, model_from_config_with_retry, model_with};
 pub use embedded::EmbeddedChat;
 pub use error::{LlmError, LlmErrorKind};
 pub use openai::OpenAiChat;

@@ -27,6 +27,11 @@ impl OpenAiChat {
     /// A provider for `cfg` (`model.base_url` or [`Self::DEFAULT_BASE_URL`], then
     /// `/chat/completions`). The key, if any, is sent as `Authorization: Bearer`.
     pub fn from_config(cfg: &ModelConfig) -> Result<Self, LlmError> {
+        Self::from_config_with(cfg, None)
+    }
+
+    /// [`OpenAiChat::from_config`] connecting only where `egress` allows.
+    pub fn from_config_with(cfg: &ModelConfig, egress: Option<&nightshift_egress::Egress>) -> Result<Self, LlmError> {
         let base = cfg.base_url.as_deref().unwrap_or(Self::DEFAULT_BASE_URL).trim_end_matches('/');
         let transport = Transport::new(
             &format!("{base}/chat/completions"),
@@ -34,6 +39,7 @@ impl OpenAiChat {
             AuthStyle::Bearer,
             HeaderMap::new(),
             cfg.request_timeout,
+            egress,
         )?;
         Ok(Self { transport, defaults: CallDefaults::from_config(cfg)? })
     }

@@ -27,6 +27,9 @@ pub struct ManagerConfig {
     pub queue: QueueSettings,
     /// Event service to publish agent lifecycle events to (`http://HOST:50055`); empty = none.
     pub events_endpoint: String,
+    /// The workers' `[allow]` policy (keep it equal to theirs): agents that ask for another
+    /// program, secret or private address are refused when applied.
+    pub worker_allow: nightshift_core::operator_policy::OperatorPolicy,
 }
 
 impl Default for ManagerConfig {
@@ -38,6 +41,7 @@ impl Default for ManagerConfig {
             scheduler_endpoint: String::new(),
             queue: QueueSettings::at(""),
             events_endpoint: String::new(),
+            worker_allow: Default::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! runs (BackgroundAgentManager). It owns agent specs, run records and checkpoints in the SQL
 //! store and hands out run leases fenced by the attempt number.
 
+mod admission;
 mod auth_service;
 mod config;
 mod convert;

@@ -53,7 +53,9 @@ impl ManagerRole {
         };
         let auth = AuthApi::new(deps.store.clone(), verifier);
         let client = config.server.client()?;
-        let mut service = ManagerService::new(deps.store, config.default_lease_ttl).with_client(client.clone());
+        let mut service = ManagerService::new(deps.store, config.default_lease_ttl)
+            .with_client(client.clone())
+            .with_worker_policy(config.worker_allow.clone());
         let observer = match deps.observer {
             Some(observer) => Some(observer),
             None if !config.scheduler_endpoint.is_empty() => {

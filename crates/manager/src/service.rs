@@ -38,6 +38,9 @@ pub struct ManagerService {
     events: Option<EventPublisher>,
     /// How the manager calls workers (TLS, its key).
     client: nightshift_rpc::ClientOptions,
+    /// The workers' `[allow]` policy, checked when agents are applied (`None`: not checked,
+    /// for in-process harnesses; every manager process sets it from `[worker_allow]`).
+    admission: Option<crate::admission::Admission>,
 }
 
 impl ManagerService {
@@ -51,6 +54,7 @@ impl ManagerService {
             queue: None,
             events: None,
             client: Default::default(),
+            admission: None,
         }
     }
 
@@ -77,6 +81,20 @@ impl ManagerService {
     pub fn with_client(mut self, client: nightshift_rpc::ClientOptions) -> Self {
         self.client = client;
         self
+    }
+
+    /// Refuses agents that ask workers for what `policy` does not allow.
+    pub fn with_worker_policy(mut self, policy: nightshift_core::operator_policy::OperatorPolicy) -> Self {
+        self.admission = Some(crate::admission::Admission::new(policy));
+        self
+    }
+
+    /// The spec of a create/apply/update request, if the worker policy admits it.
+    async fn admitted(&self, spec: AgentSpec) -> Result<AgentSpec, Status> {
+        if let Some(admission) = &self.admission {
+            admission.check(&spec).await?;
+        }
+        Ok(spec)
     }
 
     pub(crate) fn client(&self) -> &nightshift_rpc::ClientOptions {
@@ -218,7 +236,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         req: Request<pb::CreateAgentRequest>,
     ) -> Result<Response<pb::CreateAgentResponse>, Status> {
         let req = req.into_inner();
-        let spec = spec_of(req.spec.as_ref(), &req.manifest_yaml)?;
+        let spec = self.admitted(spec_of(req.spec.as_ref(), &req.manifest_yaml)?).await?;
         let state = if req.paused { AgentState::Paused } else { AgentState::Active };
         let rec = self.store.create_agent(&spec, state).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, id = %rec.id, "agent created");
@@ -232,7 +250,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         req: Request<pb::ApplyAgentRequest>,
     ) -> Result<Response<pb::ApplyAgentResponse>, Status> {
         let req = req.into_inner();
-        let spec = spec_of(req.spec.as_ref(), &req.manifest_yaml)?;
+        let spec = self.admitted(spec_of(req.spec.as_ref(), &req.manifest_yaml)?).await?;
         let (rec, outcome) = self.store.apply_agent(&spec).await.map_err(status_from_store)?;
         use pb::apply_agent_response::Outcome;
         let outcome = match outcome {
@@ -282,7 +300,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         req: Request<pb::UpdateAgentRequest>,
     ) -> Result<Response<pb::UpdateAgentResponse>, Status> {
         let req = req.into_inner();
-        let spec = spec_of(req.spec.as_ref(), &req.manifest_yaml)?;
+        let spec = self.admitted(spec_of(req.spec.as_ref(), &req.manifest_yaml)?).await?;
         let current = self.resolve(req.agent.as_ref()).await?;
         let (rec, changed) =
             self.store.update_agent(&current.id, &spec, req.expected_version).await.map_err(status_from_store)?;

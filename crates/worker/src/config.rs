@@ -45,6 +45,9 @@ pub struct WorkerConfig {
     /// How agents with `provider: embedded` run in this process: `concurrency` (generations
     /// at a time per model, default 1) and `weights` (`auto`, `dual`, `q8_0`, `stored`).
     pub embedded: nightshift_llm::embedded::EmbeddedOptions,
+    /// What agents may make this worker do (`[allow]`): stdio MCP programs, `env:` secrets,
+    /// private addresses. The default allows none of them.
+    pub allow: nightshift_core::operator_policy::OperatorPolicy,
 }
 
 impl Default for WorkerConfig {
@@ -62,6 +65,7 @@ impl Default for WorkerConfig {
             events_endpoint: String::new(),
             memory_endpoint: String::new(),
             embedded: Default::default(),
+            allow: Default::default(),
         }
     }
 }
@@ -72,11 +76,12 @@ impl WorkerConfig {
         if !self.advertise_endpoint.trim().is_empty() {
             return self.advertise_endpoint.trim().to_owned();
         }
+        let scheme = if self.server.tls.serves_tls() { "https" } else { "http" };
         match self.server.listen.parse::<std::net::SocketAddr>() {
             Ok(addr) if addr.ip().is_unspecified() => {
-                nightshift_rpc::hostname().map(|host| format!("http://{host}:{}", addr.port())).unwrap_or_default()
+                nightshift_rpc::hostname().map(|host| format!("{scheme}://{host}:{}", addr.port())).unwrap_or_default()
             }
-            Ok(addr) => format!("http://{addr}"),
+            Ok(addr) => format!("{scheme}://{addr}"),
             Err(_) => String::new(),
         }
     }

@@ -168,6 +168,8 @@ async fn a_draining_worker_hands_its_run_back_and_another_finishes_it() {
     let (env, _agent) = env(&llm).await;
     script.hang_second_turn.store(true, Ordering::SeqCst);
     let cfg = WorkerConfig {
+        // The scripted LLM and MCP servers run on loopback: the harness is the operator.
+        allow: nightshift_core::operator_policy::OperatorPolicy::trusting(),
         concurrency: 2,
         lease_ttl: Duration::from_secs(10),
         queue: queue_settings(&env.queue_url, &env.queue_name),

@@ -245,6 +245,8 @@ async fn a_run_cancelled_at_the_manager_forgets_its_notes() {
     let listener = nightshift_rpc::GrpcServer::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let cfg = nightshift_worker::WorkerConfig {
+        // The scripted LLM and MCP servers run on loopback: the harness is the operator.
+        allow: nightshift_core::operator_policy::OperatorPolicy::trusting(),
         concurrency: 4,
         // Heartbeats every 3.3 s, after attempt 2's timeout: the cancel reaches the worker
         // through its WorkerService, not as a refused heartbeat.

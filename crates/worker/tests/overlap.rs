@@ -25,6 +25,8 @@ async fn served_worker(env: &Env) -> pb::worker_service_client::WorkerServiceCli
     let listener = GrpcServer::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let cfg = WorkerConfig {
+        // The scripted LLM and MCP servers run on loopback: the harness is the operator.
+        allow: nightshift_core::operator_policy::OperatorPolicy::trusting(),
         concurrency: 4,
         lease_ttl: LEASE,
         queue: queue_settings(&env.queue_url, &env.queue_name),

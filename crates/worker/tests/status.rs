@@ -11,6 +11,8 @@ use nightshift_worker::{WorkerConfig, WorkerDeps, WorkerRole};
 async fn status_lists_the_tools_this_worker_offers_with_their_schemas() {
     let root = tempfile::tempdir().unwrap();
     let mut cfg = WorkerConfig {
+        // The scripted LLM and MCP servers run on loopback: the harness is the operator.
+        allow: nightshift_core::operator_policy::OperatorPolicy::trusting(),
         queue: QueueSettings::at(format!("memory://status-{}", uuid::Uuid::new_v4().simple())),
         ..WorkerConfig::default()
     };

@@ -5,6 +5,7 @@
 //! configure, a dev user can too.
 use std::path::{Path, PathBuf};
 
+use nightshift_core::operator_policy::OperatorPolicy;
 use nightshift_events::EventsConfig;
 use nightshift_manager::ManagerConfig;
 use nightshift_memory::MemoryConfig;
@@ -104,6 +105,7 @@ impl DevConfig {
         check("scheduler", "queue_* (dev uses [worker]'s)", self.scheduler.queue != s.queue);
         check("worker", "queue_url", self.worker.queue.url != w.queue.url);
         check("manager", "scheduler_endpoint", self.manager.scheduler_endpoint != m.scheduler_endpoint);
+        check("manager", "worker_allow (dev uses [worker.allow])", self.manager.worker_allow != m.worker_allow);
         for (section, value, default) in [
             ("manager", &self.manager.events_endpoint, &m.events_endpoint),
             ("scheduler", &self.scheduler.events_endpoint, &s.events_endpoint),
@@ -141,6 +143,19 @@ impl DevConfig {
         server
     }
 
+    /// What agents may make the worker do: `[worker.allow]` as configured; left at its default
+    /// on a loopback process without authentication, everything (the person at the keyboard is
+    /// the operator: their agents may run their MCP servers, read their API keys and reach their
+    /// local LLM server).
+    pub fn worker_allow(&self) -> OperatorPolicy {
+        let open = self.server.auth.mode == AuthMode::Off && nightshift_rpc::is_loopback(&self.server.listen);
+        if open && self.worker.allow == OperatorPolicy::default() {
+            OperatorPolicy::trusting()
+        } else {
+            self.worker.allow.clone()
+        }
+    }
+
     /// The queue every role uses.
     fn queue(&self, w: &DevWiring) -> QueueSettings {
         QueueSettings { url: w.queue_url.clone(), ..self.worker.queue.clone() }
@@ -155,6 +170,7 @@ impl DevConfig {
             queue: self.queue(w),
             scheduler_endpoint: String::new(),
             events_endpoint: w.endpoint.clone(),
+            worker_allow: self.worker_allow(),
             ..self.manager.clone()
         }
     }
@@ -185,6 +201,7 @@ impl DevConfig {
             events_endpoint: w.endpoint.clone(),
             // The worker's service is mounted on this port too.
             advertise_endpoint: w.endpoint.clone(),
+            allow: self.worker_allow(),
             ..self.worker.clone()
         }
     }

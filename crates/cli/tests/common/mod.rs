@@ -121,6 +121,19 @@ pub fn spawn(name: &str, binary: &str, env: &[(String, String)]) -> Proc {
     if !env.iter().any(|(k, _)| k.starts_with(&format!("NIGHTSHIFT_{role}_AUTH__"))) {
         cmd.env(mode, "off");
     }
+    // The scripted LLM and MCP servers run on loopback, and the tests are the operator: their
+    // workers (and the manager's check at apply) allow every program, secret and address unless
+    // the test sets the policy itself.
+    let allow = match role.as_str() {
+        "WORKER" => "NIGHTSHIFT_WORKER_ALLOW__",
+        "MANAGER" => "NIGHTSHIFT_MANAGER_WORKER_ALLOW__",
+        _ => "",
+    };
+    if !allow.is_empty() && !env.iter().any(|(k, _)| k.starts_with(allow)) {
+        for key in ["MCP_COMMANDS", "SECRETS", "PRIVATE_EGRESS"] {
+            cmd.env(format!("{allow}{key}"), "[\"*\"]");
+        }
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -30,6 +30,21 @@ pub(super) enum AttemptEnd {
 }
 
 impl Worker {
+    /// Checks `spec` against this worker's `[allow]` policy: its programs and secrets, and the
+    /// addresses its MCP servers' URLs resolve to now (the model's client checks every
+    /// connection it makes).
+    async fn admit(&self, spec: &AgentSpec) -> Result<(), String> {
+        let mut refusals: Vec<String> = self.inner.cfg.allow.refusals(spec).iter().map(ToString::to_string).collect();
+        for (i, server) in spec.tools.mcp.iter().enumerate() {
+            if let nightshift_core::McpTransport::Http { url, .. } = &server.transport
+                && let Err(e) = self.inner.egress.check_url(url).await
+            {
+                refusals.push(format!("tools.mcp[{i}].url: {e}"));
+            }
+        }
+        if refusals.is_empty() { Ok(()) } else { Err(format!("not allowed on this worker: {}", refusals.join("; "))) }
+    }
+
     /// Runs one attempt of `run`. Also says whether the run may have working notes to forget
     /// once it ends for good: the attempt read some, or could not tell.
     #[allow(clippy::too_many_arguments)]
@@ -47,6 +62,11 @@ impl Worker {
         let zero = nightshift_llm::Usage::default();
         // Until the notes are read: an earlier attempt may have left some.
         let unread = run.attempt > 1 && self.inner.memory.get().is_some();
+        // The manager checked the spec against the same policy when it was applied; a spec
+        // forced into the store (or a manager with another policy) gets no further here.
+        if let Err(refused) = self.admit(spec).await {
+            return (AttemptEnd::Failed(refused, Failure::Permanent, zero), unread);
+        }
         let model = match self.model(run, spec) {
             Ok(m) => m,
             // Building the client fails only on its configuration (an unset API key variable, a

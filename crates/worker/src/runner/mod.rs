@@ -93,6 +93,8 @@ pub(crate) struct Inner {
     /// Model clients by (agent, spec version): one HTTP client (connection pool, TLS roots) per
     /// agent version instead of one per run.
     models: Mutex<HashMap<(String, u64), Arc<dyn ChatModel>>>,
+    /// Where model and MCP HTTP clients may connect (`[allow] private_egress`).
+    egress: nightshift_egress::Egress,
 }
 
 /// Model clients kept before the cache is emptied (agents × versions seen by one worker).
@@ -127,6 +129,7 @@ impl Worker {
             stop: CancellationToken::new(),
             memory: OnceLock::new(),
             models: Mutex::new(HashMap::new()),
+            egress: nightshift_egress::Egress::new(cfg.allow.clone()),
             cfg,
         };
         Self { inner: Arc::new(inner) }
@@ -146,7 +149,7 @@ impl Worker {
         if let Some(m) = models.get(&key) {
             return Ok(m.clone());
         }
-        let m = nightshift_llm::model_from_config(&spec.model)?;
+        let m = nightshift_llm::model_with(&spec.model, Default::default(), Some(&self.inner.egress))?;
         if models.len() >= MODEL_CACHE_MAX {
             models.clear();
         }

@@ -92,7 +92,22 @@ pub async fn start_worker_at(
     lease: Duration,
     memory_endpoint: Option<&str>,
 ) -> (Events, tokio::task::JoinHandle<()>) {
+    // The scripted LLM and MCP servers run on loopback: the harness is the operator.
+    let allow = nightshift_core::operator_policy::OperatorPolicy::trusting();
+    start_worker_allowing(endpoint, queue_url, queue_name, lease, memory_endpoint, allow).await
+}
+
+/// A worker whose operator allows (`[allow]`) only `allow`.
+pub async fn start_worker_allowing(
+    endpoint: &str,
+    queue_url: &str,
+    queue_name: &str,
+    lease: Duration,
+    memory_endpoint: Option<&str>,
+    allow: nightshift_core::operator_policy::OperatorPolicy,
+) -> (Events, tokio::task::JoinHandle<()>) {
     let cfg = WorkerConfig {
+        allow,
         concurrency: 4,
         lease_ttl: lease,
         queue: queue_settings(queue_url, queue_name),
@@ -187,6 +202,12 @@ pub async fn start_scheduler(env: &Env) -> (CancellationToken, tokio::task::Join
 pub async fn set_spec(env: &Env, manifest_yaml: String) {
     let upd = pb::UpdateAgentRequest { agent: by_name("area"), spec: None, expected_version: None, manifest_yaml };
     env.manager.clone().update_agent(upd).await.unwrap();
+}
+
+/// Replaces the `area` agent's spec in the store directly, past the manager's checks.
+pub async fn set_spec_in_store(env: &Env, manifest_yaml: &str) {
+    let spec = AgentSpec::from_yaml(manifest_yaml).unwrap();
+    env.store.apply_agent(&spec).await.unwrap();
 }
 
 /// Runs of the test agent `area`, newest first.
