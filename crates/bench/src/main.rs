@@ -16,6 +16,7 @@ mod llm_embedded;
 mod llm_real;
 mod memory;
 mod schedule;
+mod security;
 mod stats;
 mod sys;
 
@@ -59,6 +60,8 @@ enum Command {
     LlmEmbedded(llm_embedded::LlmEmbeddedArgs),
     /// Memory vector indexes (in-process, pgvector, ChromaDB, Qdrant): Store and top-10 Search latency.
     MemorySearch(memory::MemoryArgs),
+    /// The trust boundary's cost: admitting a call with a cached key, and a unary call with and without TLS and auth.
+    Security(security::SecurityArgs),
     /// Every scenario at the sizes docs/benchmarks.md reports (under 15 minutes on 2 cores).
     All(AllArgs),
     /// The instant scripted OpenAI-compatible LLM (started by the scenarios as a child process).
@@ -133,6 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LlmReal(a) => scenarios.push(llm_real::llm_real(&a).await?),
         Command::LlmEmbedded(a) => scenarios.extend(llm_embedded::llm_embedded(&a).await?),
         Command::MemorySearch(a) => scenarios.extend(memory::memory_search(&a).await?),
+        Command::Security(a) => scenarios.push(security::security(&a).await?),
         Command::All(a) => all(&a, &mut scenarios).await?,
         Command::ScriptedLlm { .. } => unreachable!("handled before the runtime starts"),
     }
@@ -182,6 +186,7 @@ async fn all(a: &AllArgs, out: &mut Vec<Scenario>) -> anyhow::Result<()> {
         };
         out.push(dispatch::run_overhead(&args).await?);
     }
+    out.push(security::security(&security::SecurityArgs::default()).await?);
     let fanout_backend = if a.embedded_only { events::FanoutBackend::Memory } else { events::FanoutBackend::All };
     out.extend(events::event_fanout(&events::FanoutArgs { backend: fanout_backend, ..Default::default() }).await?);
     let index = if a.embedded_only { memory::IndexKind::Inprocess } else { memory::IndexKind::All };

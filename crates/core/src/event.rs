@@ -43,11 +43,13 @@ pub enum EventType {
     ScheduleFired,
     /// The scheduler skipped ticks (misfire policy).
     ScheduleMissed,
+    /// A mutating call: who (principal, role), what (method), with what result (code).
+    Audit,
 }
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 17] = [
+    pub const ALL: [EventType; 18] = [
         Self::BackgroundTaskStarted,
         Self::BackgroundTaskCompleted,
         Self::BackgroundTaskError,
@@ -65,6 +67,7 @@ impl EventType {
         Self::ToolCall,
         Self::ScheduleFired,
         Self::ScheduleMissed,
+        Self::Audit,
     ];
 
     /// To the proto enum.
@@ -88,6 +91,7 @@ impl EventType {
             Self::ToolCall => P::ToolCall,
             Self::ScheduleFired => P::ScheduleFired,
             Self::ScheduleMissed => P::ScheduleMissed,
+            Self::Audit => P::Audit,
         }
     }
 

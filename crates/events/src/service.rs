@@ -54,7 +54,8 @@ impl EventService {
 
     /// The tonic server wrapping this service.
     pub fn into_server(self) -> pb::event_service_server::EventServiceServer<Self> {
-        pb::event_service_server::EventServiceServer::new(self)
+        // One event is at most 256 KiB of data plus its envelope.
+        pb::event_service_server::EventServiceServer::new(self).max_decoding_message_size(1 << 20)
     }
 
     /// Validates an event to publish and fills in what the server assigns: an id (UUID v7) if

@@ -11,6 +11,9 @@ use serde_json::Value;
 
 use crate::{LlmError, RetryPolicy, retry};
 
+/// Largest response body read from a provider (a completion is a few KiB; 16 MiB leaves room
+/// for any real one).
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// Longest excerpt of a provider's error body kept in an error message.
 const MAX_EXCERPT: usize = 500;
 /// Connection set-up gets at most this long (and never more than the whole call's timeout).
@@ -125,7 +128,19 @@ impl Transport {
                 .map_err(|e| self.transport_error(&e))?;
             let status = resp.status();
             let retry_after = retry_after_from_headers(resp.headers());
-            let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+            // Read in chunks against a cap: a server (or whatever the base URL reaches) that
+            // streams without end must not fill the worker's memory.
+            let mut resp = resp;
+            let mut bytes = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(&e))? {
+                if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                    return Err(LlmError::InvalidResponse(format!(
+                        "the response body exceeds {} MiB",
+                        MAX_RESPONSE_BYTES >> 20
+                    )));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
             if !status.is_success() {
                 return Err(status_error(status, retry_after, &bytes, key.as_deref()));
             }

@@ -45,7 +45,7 @@ impl AuthApi {
 
     /// The tonic server.
     pub fn into_server(self) -> pb::auth_service_server::AuthServiceServer<Self> {
-        pb::auth_service_server::AuthServiceServer::new(self)
+        pb::auth_service_server::AuthServiceServer::new(self).max_decoding_message_size(64 << 10)
     }
 }
 

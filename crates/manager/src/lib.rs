@@ -7,6 +7,7 @@ mod auth_service;
 mod config;
 mod convert;
 mod error;
+mod request;
 mod role;
 mod run_end;
 mod schedule_observer;

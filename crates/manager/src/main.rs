@@ -25,7 +25,10 @@ async fn main() -> anyhow::Result<()> {
     let server = cfg.server.clone();
     let role = ManagerRole::build(cfg, ManagerDeps { store: store.clone(), observer: None }).await?;
     // Bound once the role is built, so that a port that answers is a role that is ready.
-    let listener = GrpcServer::listen(&server, role.guard()).await?;
+    let mut listener = GrpcServer::listen(&server, role.guard()).await?;
+    if let Some(audit) = role.audit_sink() {
+        listener = listener.with_audit(audit);
+    }
     let roles: Vec<Box<dyn Role>> = vec![Box::new(role)];
     serve_roles(roles, listener, shutdown_signal()).await?;
     store.close().await;

@@ -76,6 +76,23 @@ impl ManagerRole {
         Ok(Self { service, auth, guard })
     }
 
+    /// Publishes every audited call of the process (its mutating calls) as an `AUDIT` event,
+    /// when the manager publishes events.
+    pub fn audit_sink(&self) -> Option<nightshift_rpc::AuditSink> {
+        let events = self.service.events()?.clone();
+        Some(std::sync::Arc::new(move |r: nightshift_rpc::AuditRecord| {
+            events
+                .event(nightshift_core::EventType::Audit)
+                .data(serde_json::json!({
+                    "principal": r.principal,
+                    "role": r.role,
+                    "method": r.method,
+                    "code": format!("{:?}", r.code),
+                }))
+                .emit();
+        }))
+    }
+
     /// How the process's server admits calls: keys verified against this manager's store (after
     /// the static keys of `[auth]`), or no authentication when `auth.mode = "off"`.
     pub fn guard(&self) -> Guard {

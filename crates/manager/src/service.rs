@@ -5,27 +5,25 @@ use std::time::Duration;
 
 use nightshift_core::lifecycle::Failure;
 use nightshift_core::{
-    AgentId, AgentManifest, AgentSpec, AgentState, Clock, EventType, RunId, RunOutcome, RunStatus, SystemClock,
-    TriggerKind, ValidationError, WorkerId, duration, pb, time,
+    AgentId, AgentSpec, AgentState, Clock, EventType, RunId, RunOutcome, RunStatus, SystemClock, TriggerKind,
+    ValidationError, WorkerId, duration, pb, time,
 };
 use nightshift_events_client::EventPublisher;
 use nightshift_queue::{RunRequest, WorkQueue};
 use nightshift_store::{
-    AgentFilter, AgentRecord, ApplyOutcome, Fence, FinishInput, NewRun, RunFilter, StartInput, StartOutcome, StepInput,
-    Store,
+    AgentFilter, AgentRecord, ApplyOutcome, FinishInput, NewRun, RunFilter, StartInput, StartOutcome, StepInput, Store,
 };
 use prost::Message;
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
-use crate::error::{invalid, status_from_store, status_from_validation};
+use crate::error::{invalid, status_from_store};
+use crate::request::{MAX_ERROR, MAX_RESULT, MAX_STEP, fence, page_size, spec_of, token};
 
 const MIN_LEASE: Duration = Duration::from_secs(1);
 const MAX_LEASE: Duration = Duration::from_secs(600);
 const MAX_QUERY_OVERRIDE: usize = 64 * 1024;
-const DEFAULT_PAGE: u32 = 100;
-const MAX_PAGE: u32 = 1000;
 
 /// The manager's gRPC service. Cheap to clone.
 #[derive(Clone)]
@@ -97,6 +95,10 @@ impl ManagerService {
         Ok(spec)
     }
 
+    pub(crate) fn events(&self) -> Option<&EventPublisher> {
+        self.events.as_ref()
+    }
+
     pub(crate) fn client(&self) -> &nightshift_rpc::ClientOptions {
         &self.client
     }
@@ -137,7 +139,8 @@ impl ManagerService {
 
     /// The tonic server wrapping this service.
     pub fn into_server(self) -> pb::manager_service_server::ManagerServiceServer<Self> {
-        pb::manager_service_server::ManagerServiceServer::new(self)
+        // Checkpoints carry tool results: 4 MiB (tonic's default, stated here as the contract).
+        pb::manager_service_server::ManagerServiceServer::new(self).max_decoding_message_size(4 << 20)
     }
 
     async fn resolve(&self, r: Option<&pb::AgentRef>) -> Result<AgentRecord, Status> {
@@ -203,30 +206,6 @@ impl ManagerService {
             version: a.version,
         })
     }
-}
-
-/// The spec of a request: exactly one of the message or the YAML manifest.
-fn spec_of(spec: Option<&pb::AgentSpec>, manifest_yaml: &str) -> Result<AgentSpec, Status> {
-    match (spec, manifest_yaml.trim().is_empty()) {
-        (Some(_), false) => Err(Status::invalid_argument("spec: set either spec or manifest_yaml, not both")),
-        (None, true) => Err(Status::invalid_argument("spec: is required (or manifest_yaml)")),
-        (Some(p), true) => AgentSpec::from_proto(p).map_err(|e| status_from_validation("agent spec", e)),
-        (None, false) => AgentManifest::from_yaml(manifest_yaml)
-            .and_then(|m| m.validate())
-            .map_err(|e| status_from_validation("agent manifest", e)),
-    }
-}
-
-fn page_size(n: u32) -> Result<u32, Status> {
-    match n {
-        0 => Ok(DEFAULT_PAGE),
-        n if n <= MAX_PAGE => Ok(n),
-        n => Err(Status::invalid_argument(format!("page_size: must be at most {MAX_PAGE} (got {n})"))),
-    }
-}
-
-fn token(t: &str) -> Option<String> {
-    (!t.is_empty()).then(|| t.to_owned())
 }
 
 #[tonic::async_trait]
@@ -555,7 +534,11 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let kind = convert::step_kind(&step)
             .ok_or_else(|| Status::invalid_argument("step.payload: set llm_response or tool_result"))?;
         let ttl = req.lease_ttl.as_ref().map(|d| self.lease_ttl("lease_ttl", Some(d))).transpose()?;
-        let input = StepInput { seq: step.seq, kind: kind.to_owned(), payload: step.encode_to_vec() };
+        let payload = step.encode_to_vec();
+        if payload.len() > MAX_STEP {
+            return Err(Status::invalid_argument(format!("step: at most {} KiB encoded", MAX_STEP >> 10)));
+        }
+        let input = StepInput { seq: step.seq, kind: kind.to_owned(), payload };
         let fence = fence(req.attempt, req.lease_token)?;
         let until = self.store.checkpoint(&id, fence, &input, ttl).await.map_err(status_from_store)?;
         Ok(Response::new(pb::CheckpointResponse { lease_expires_at: until.map(time::to_pb) }))
@@ -567,6 +550,13 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let outcome = RunOutcome::from_pb(req.outcome()).ok_or_else(|| {
             Status::invalid_argument("outcome: is required (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED or RELEASED)")
         })?;
+        if req.result.len() > MAX_RESULT || req.error.len() > MAX_ERROR {
+            return Err(Status::invalid_argument(format!(
+                "result: at most {} KiB, error: at most {} KiB",
+                MAX_RESULT >> 10,
+                MAX_ERROR >> 10
+            )));
+        }
         let usage = req.usage.unwrap_or_default();
         let input = FinishInput {
             outcome,
@@ -585,12 +575,4 @@ impl pb::manager_service_server::ManagerService for ManagerService {
             retry_after: convert::opt_duration(retry_after),
         }))
     }
-}
-
-/// The fence of a worker's call: its attempt and the lease token StartRun gave it (required).
-fn fence(attempt: u32, token: String) -> Result<Fence, Status> {
-    if token.is_empty() || token.len() > 64 {
-        return Err(Status::invalid_argument("lease_token: the token StartRun returned is required"));
-    }
-    Ok(Fence { attempt, token: Some(token) })
 }

@@ -198,7 +198,7 @@ impl MemoryService {
 
     /// The tonic server wrapping this service.
     pub fn into_server(self) -> pb::memory_service_server::MemoryServiceServer<Self> {
-        pb::memory_service_server::MemoryServiceServer::new(self)
+        pb::memory_service_server::MemoryServiceServer::new(self).max_decoding_message_size(4 << 20)
     }
 
     fn store(&self, kind: MemoryType) -> &Arc<dyn MemoryStore> {

@@ -23,7 +23,8 @@ impl SchedulerApi {
 
     /// The tonic server.
     pub fn into_server(self) -> pb::scheduler_service_server::SchedulerServiceServer<Self> {
-        pb::scheduler_service_server::SchedulerServiceServer::new(self)
+        // Its requests name an agent: nothing larger has a reason to arrive.
+        pb::scheduler_service_server::SchedulerServiceServer::new(self).max_decoding_message_size(64 << 10)
     }
 }
 

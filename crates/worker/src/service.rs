@@ -34,7 +34,8 @@ impl WorkerApi {
 
     /// The tonic server.
     pub fn into_server(self) -> pb::worker_service_server::WorkerServiceServer<Self> {
-        pb::worker_service_server::WorkerServiceServer::new(self)
+        // Its requests name a run: nothing larger has a reason to arrive.
+        pb::worker_service_server::WorkerServiceServer::new(self).max_decoding_message_size(64 << 10)
     }
 }
 

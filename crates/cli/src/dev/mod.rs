@@ -100,7 +100,10 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
     let memory = MemoryRole::build(&cfg.memory_options(&wiring, model.as_deref()))
         .await
         .context("starting the memory service")?;
-    let listener = Listener::from(tcp).with_tls(ServerTls::load(&cfg.server.tls)?).with_guard(manager.guard());
+    let mut listener = Listener::from(tcp).with_tls(ServerTls::load(&cfg.server.tls)?).with_guard(manager.guard());
+    if let Some(audit) = manager.audit_sink() {
+        listener = listener.with_audit(audit);
+    }
     let roles: Vec<Box<dyn Role>> =
         vec![Box::new(manager), Box::new(scheduler), Box::new(worker), Box::new(events), Box::new(memory)];
 

@@ -19,6 +19,12 @@ pub const BUILTIN_LOCAL_TOOLS: &[&str] =
     &["calculate_area", "get_system_info", "format_data", "http_get", "read_file", "list_dir"];
 
 const MAX_TEXT: usize = 64 * 1024;
+/// MCP servers per agent.
+const MAX_MCP_SERVERS: usize = 16;
+/// Args, env entries or headers per MCP server.
+const MAX_MCP_ENTRIES: usize = 64;
+/// Bytes per MCP server argument.
+const MAX_MCP_ARG: usize = 4096;
 const DEFAULT_MCP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A validated agent specification.
@@ -364,9 +370,23 @@ impl AgentSpec {
                 errs.push(format!("tools.local[{i}]"), format!("'{name}' is listed twice"));
             }
         }
-        let mut mcp = Vec::with_capacity(t.mcp.len());
-        for (i, m) in t.mcp.iter().enumerate() {
+        if t.mcp.len() > MAX_MCP_SERVERS {
+            errs.push("tools.mcp", format!("at most {MAX_MCP_SERVERS} MCP servers"));
+        }
+        let mut mcp = Vec::with_capacity(t.mcp.len().min(MAX_MCP_SERVERS));
+        for (i, m) in t.mcp.iter().enumerate().take(MAX_MCP_SERVERS) {
             let f = format!("tools.mcp[{i}]");
+            let (args, map) = match &m.transport {
+                Some(pb::mcp_server_spec::Transport::Stdio(s)) => (s.args.as_slice(), s.env.len()),
+                Some(pb::mcp_server_spec::Transport::Http(h)) => (&[][..], h.headers.len()),
+                None => (&[][..], 0),
+            };
+            if args.len() > MAX_MCP_ENTRIES || map > MAX_MCP_ENTRIES {
+                errs.push(&f, format!("at most {MAX_MCP_ENTRIES} args, env entries or headers"));
+            }
+            if let Some(j) = args.iter().position(|a| a.len() > MAX_MCP_ARG) {
+                errs.push(format!("{f}.args[{j}]"), format!("at most {MAX_MCP_ARG} bytes"));
+            }
             let name_ok = !m.name.is_empty()
                 && m.name.len() <= 32
                 && m.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
