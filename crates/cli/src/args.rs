@@ -24,6 +24,9 @@ pub struct Cli {
     /// API key or bearer token sent with every call (see `nightshift auth key create`).
     #[arg(long, global = true, env = "NIGHTSHIFT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// A file holding the API key (a mounted secret), when --api-key is not given.
+    #[arg(long, global = true, env = "NIGHTSHIFT_API_KEY_FILE", conflicts_with = "api_key")]
+    pub api_key_file: Option<PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,

@@ -24,7 +24,7 @@ use tonic::Code;
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let server = Server::of(&cli);
+    let server = Server::of(&cli)?;
     match cli.command {
         Command::Dev(dev) => dev::run(dev, cli.log_format).await,
         Command::Agent(cmd) => agent::run(&server, cli.output, cmd).await,
@@ -81,7 +81,7 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    fn of(cli: &Cli) -> Self {
+    fn of(cli: &Cli) -> anyhow::Result<Self> {
         let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
         let tls = TlsOptions {
             ca_file: path(&cli.tls_ca),
@@ -89,8 +89,15 @@ impl Server {
             key_file: path(&cli.tls_key),
             ..TlsOptions::default()
         };
-        let api_key = cli.api_key.clone().unwrap_or_default();
-        Self { endpoint: cli.endpoint.clone(), client: ClientOptions { tls, api_key } }
+        let api_key = match (&cli.api_key, &cli.api_key_file) {
+            (Some(key), _) => key.clone(),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .map_err(|e| anyhow::anyhow!("--api-key-file {}: {e}", file.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => String::new(),
+        };
+        Ok(Self { endpoint: cli.endpoint.clone(), client: ClientOptions { tls, api_key } })
     }
 
     /// A connected channel whose calls carry the CLI's credential.

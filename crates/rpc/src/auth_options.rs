@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{AuthFailure, Authenticator, Cached, Guard, StaticKeys, WithStaticKeys};
 use crate::client::{CallChannel, ClientOptions};
+use crate::oidc::{Oidc, WithOidc};
 
 /// How long a verified credential is remembered by a process that verifies at the manager
 /// (the manager remembers its own answers for [`LOCAL_CACHE`]): a revoked key stops working on
@@ -49,6 +50,8 @@ pub struct AuthOptions {
     pub service_key_file: String,
     /// Processes with the database: a file holding a key with the `worker` role.
     pub worker_key_file: String,
+    /// OIDC / JWT bearer tokens (`[auth.oidc]`); set on the manager, which verifies for all.
+    pub oidc: crate::oidc::OidcOptions,
 }
 
 /// Why the `[auth]` section cannot be used.
@@ -75,6 +78,9 @@ pub enum AuthConfigError {
     /// Nothing can verify credentials.
     #[error("auth.mode = \"required\" needs auth.verify_endpoint (the manager) in a process without the database")]
     NoVerifier,
+    /// `[auth.oidc]` is incomplete.
+    #[error(transparent)]
+    Oidc(#[from] crate::oidc::OidcConfigError),
     /// The verify endpoint is not usable.
     #[error(transparent)]
     Endpoint(#[from] crate::BadEndpoint),
@@ -149,13 +155,16 @@ impl AuthOptions {
             return Ok(Guard::Open);
         }
         let keys = self.static_keys()?;
+        let oidc = Oidc::new(&self.oidc)?;
         let guard: Arc<dyn Authenticator> = match local {
-            Some(local) => Arc::new(Cached::new(WithStaticKeys { keys, rest: local }, LOCAL_CACHE)),
+            Some(local) => {
+                Arc::new(Cached::new(WithStaticKeys { keys, rest: WithOidc { oidc, rest: local } }, LOCAL_CACHE))
+            }
             None if !self.verify_endpoint.is_empty() => {
                 let channel = client.channel("auth.verify_endpoint", &self.verify_endpoint, Duration::from_secs(5))?;
                 let remote =
                     Remote { client: nightshift_proto::v1::auth_service_client::AuthServiceClient::new(channel) };
-                Arc::new(Cached::new(WithStaticKeys { keys, rest: remote }, REMOTE_CACHE))
+                Arc::new(Cached::new(WithStaticKeys { keys, rest: WithOidc { oidc, rest: remote } }, REMOTE_CACHE))
             }
             None => return Err(AuthConfigError::NoVerifier),
         };

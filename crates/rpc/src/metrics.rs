@@ -60,9 +60,10 @@ where
                 Ok(r) => status_of(r.headers()),
                 Err(_) => Code::Internal,
             };
-            // Paths no service knows are one label value, so that stray requests cannot grow
-            // the series without bound.
-            let method = if code == Code::Unimplemented { "unknown".to_owned() } else { method };
+            // A path that no service knows is refused before routing (by the permission table)
+            // or answered UNIMPLEMENTED: either way one label value.
+            let known = code != Code::Unimplemented && nightshift_core::auth::permission_for(&method).is_some();
+            let method = if known { method } else { "unknown".to_owned() };
             metrics::histogram!("nightshift_grpc_request_duration_seconds", "method" => method.clone())
                 .record(started.elapsed().as_secs_f64());
             metrics::counter!("nightshift_grpc_requests_total", "method" => method, "code" => format!("{code:?}"))

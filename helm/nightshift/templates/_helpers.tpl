@@ -92,6 +92,14 @@ http://{{ include "nightshift.componentName" . }}.{{ .root.Release.Namespace }}.
 {{- end -}}
 
 {{/* Secret and key holding the database URL. */}}
+{{- define "nightshift.authSecretName" -}}
+{{- if .Values.auth.existingSecret -}}
+{{- .Values.auth.existingSecret -}}
+{{- else -}}
+{{- printf "%s-auth" (include "nightshift.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "nightshift.databaseSecretName" -}}
 {{- if .Values.database.existingSecret -}}
 {{- .Values.database.existingSecret -}}
@@ -139,6 +147,17 @@ Call with (dict "root" $ "component" NAME).
 {{- end -}}
 {{- $queue := include "nightshift.backendUrl" (dict "root" $root "backend" $root.Values.queue.backend) -}}
 {{- $events := include "nightshift.endpoint" (dict "root" $root "component" "events") -}}
+{{- $keys := "/etc/nightshift/auth" -}}
+{{- $manager := include "nightshift.endpoint" (dict "root" $root "component" "manager") -}}
+{{- if eq $name "manager" -}}
+{{- $_ := set $wired "auth" (dict "bootstrap_admin_key_file" (printf "%s/admin.key" $keys) "service_key_file" (printf "%s/service.key" $keys) "worker_key_file" (printf "%s/worker.key" $keys) "api_key_file" (printf "%s/service.key" $keys)) -}}
+{{- with (($root.Values.worker.config | default dict).allow) -}}
+{{- $_ := set $wired "worker_allow" . -}}
+{{- end -}}
+{{- else -}}
+{{- $own := ternary "worker.key" "service.key" (eq $name "worker") -}}
+{{- $_ := set $wired "auth" (dict "verify_endpoint" $manager "api_key_file" (printf "%s/%s" $keys $own)) -}}
+{{- end -}}
 {{- if eq $name "manager" -}}
 {{- $_ := set $wired "queue_url" $queue -}}
 {{- $_ := set $wired "scheduler_endpoint" (include "nightshift.endpoint" (dict "root" $root "component" "scheduler")) -}}
