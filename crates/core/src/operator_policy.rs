@@ -43,6 +43,7 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// Whether `value` is one of `patterns`, where a trailing `*` matches a prefix (`*` alone: all).
 fn matches(patterns: &[String], value: &str) -> bool {
     patterns.iter().any(|p| match p.strip_suffix('*') {
         Some(prefix) => value.starts_with(prefix),
@@ -137,7 +138,7 @@ impl OperatorPolicy {
 
     fn check_secret(&self, field: &str, secret: &SecretRef, out: &mut Vec<Refusal>) {
         let SecretRef::Env(name) = secret;
-        if !matches(&self.secrets, name) && !self.secrets.iter().any(|s| s == "*") {
+        if !matches(&self.secrets, name) {
             out.push(Refusal {
                 field: field.to_owned(),
                 message: format!("env:{name} is not a secret this deployment lets agents use (allow.secrets)"),
@@ -156,7 +157,9 @@ impl OperatorPolicy {
             let f = format!("tools.mcp[{i}]");
             match &server.transport {
                 McpTransport::Stdio { command, env, .. } => {
-                    if !matches(&self.mcp_commands, command) && !self.mcp_commands.iter().any(|c| c == "*") {
+                    // Exact names only (or "*"): a prefix such as `/opt/mcp/` would admit
+                    // `/opt/mcp/../../bin/sh`.
+                    if !self.mcp_commands.iter().any(|c| c == "*" || c == command) {
                         out.push(Refusal {
                             field: format!("{f}.command"),
                             message: format!(
@@ -232,6 +235,8 @@ mod tests {
         let strict = OperatorPolicy { secrets: vec!["OPENAI_*".into()], ..Default::default() };
         let fields: Vec<String> = strict.refusals(&spec).into_iter().map(|r| r.field).collect();
         assert_eq!(fields, ["model.api_key", "tools.mcp[0].command", "tools.mcp[0].env.T"]);
+        let prefix = OperatorPolicy { mcp_commands: vec!["ba*".into()], ..OperatorPolicy::trusting() };
+        assert_eq!(prefix.refusals(&spec).len(), 1, "commands match exactly, never by prefix");
         let open = OperatorPolicy {
             mcp_commands: vec!["bash".into()],
             secrets: vec!["AWS_*".into(), "GITHUB_TOKEN".into()],
