@@ -99,7 +99,10 @@ impl Stack {
         };
         let worker = WorkerRole::build(wcfg, WorkerDeps { events: Some(event_fn) }).await?;
         let deps = ManagerDeps { store: backends.store.clone(), observer: None };
-        let manager = ManagerRole::build(ManagerConfig { queue, ..ManagerConfig::default() }, deps).await?;
+        // The scripted LLM runs on loopback: the harness is the operator.
+        let worker_allow = nightshift_core::operator_policy::OperatorPolicy::trusting();
+        let manager =
+            ManagerRole::build(ManagerConfig { queue, worker_allow, ..ManagerConfig::default() }, deps).await?;
         let roles: Vec<Box<dyn Role>> = vec![Box::new(manager), Box::new(scheduler), Box::new(worker)];
         let shutdown = async move {
             let _ = stop_rx.wait_for(|s| *s).await;

@@ -52,7 +52,9 @@ pub async fn env_with_ack_wait(model: &str, queue: &str, extra: &str, ack_wait: 
     let queue_name = format!("worker-test-{}", uuid::Uuid::new_v4().simple());
     let queue_url = if queue == "memory://" { format!("memory://{queue_name}") } else { queue.to_owned() };
     let queue = QueueSettings { ack_wait, ..queue_settings(&queue_url, &queue_name) };
-    let cfg = ManagerConfig { queue, ..ManagerConfig::default() };
+    // The scripted LLM and MCP servers run on loopback: the harness is the operator.
+    let worker_allow = nightshift_core::operator_policy::OperatorPolicy::trusting();
+    let cfg = ManagerConfig { queue, worker_allow, ..ManagerConfig::default() };
     let manager = ManagerRole::build(cfg, ManagerDeps { store: store.clone(), observer: None }).await.unwrap();
     let listener = GrpcServer::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
