@@ -4,15 +4,12 @@ use std::sync::Arc;
 
 use nightshift_core::auth::{Principal, Role};
 use nightshift_core::{pb, time};
-use nightshift_rpc::{AuthFailure, Authenticator};
+use nightshift_rpc::{AuthFailure, Authenticator, MAX_CREDENTIAL};
 use nightshift_store::{ApiKeyRecord, Store, status_from_store};
 use tonic::{Request, Response, Status};
 
 /// The full gRPC name of the service.
 pub const AUTH_SERVICE_NAME: &str = "nightshift.v1.AuthService";
-
-/// Keys longer than this are refused before any lookup.
-const MAX_CREDENTIAL: usize = 8 * 1024;
 
 /// Verifies API keys against the store.
 #[derive(Clone)]

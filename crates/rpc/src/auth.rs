@@ -92,6 +92,9 @@ pub async fn admit(guard: &Guard, path: &str, credential: Option<&str>) -> Resul
     let Some(credential) = credential else {
         return Err(Status::unauthenticated("missing credential: send 'authorization: Bearer <API key or token>'"));
     };
+    if credential.len() > MAX_CREDENTIAL {
+        return Err(Status::unauthenticated("invalid credential"));
+    }
     let principal = match authenticator.authenticate(credential).await {
         Ok(p) => p,
         Err(AuthFailure::Refused(why)) => {
@@ -187,6 +190,11 @@ pub struct Cached<A> {
     entries: Mutex<HashMap<String, Remembered>>,
 }
 
+/// Credentials up to this length are cached under themselves, longer ones under their hash.
+const SHORT_CREDENTIAL: usize = 128;
+/// Longer credentials are refused unread (a JWT with many claims stays well below).
+pub const MAX_CREDENTIAL: usize = 8 * 1024;
+
 /// An answer and when it was given.
 type Remembered = (Instant, Result<Principal, AuthFailure>);
 
@@ -205,8 +213,11 @@ impl<A: Authenticator> Cached<A> {
 impl<A: Authenticator> Authenticator for Cached<A> {
     async fn authenticate(&self, credential: &str) -> Result<Principal, AuthFailure> {
         let now = Instant::now();
+        // API keys (81 characters) are their own cache key; longer credentials (JWTs) are
+        // remembered by their hash, so that 10,000 entries stay small whatever callers send.
+        let key = if credential.len() <= SHORT_CREDENTIAL { credential.to_owned() } else { secret_hash(credential) };
         if let Ok(entries) = self.entries.lock()
-            && let Some((at, answer)) = entries.get(credential)
+            && let Some((at, answer)) = entries.get(&key)
             && now.duration_since(*at) < self.ttl
         {
             return answer.clone();
@@ -223,7 +234,7 @@ impl<A: Authenticator> Authenticator for Cached<A> {
                     entries.clear();
                 }
             }
-            entries.insert(credential.to_owned(), (now, answer.clone()));
+            entries.insert(key, (now, answer.clone()));
         }
         answer
     }

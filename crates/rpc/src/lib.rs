@@ -19,7 +19,10 @@ mod shutdown;
 mod tls;
 mod trace;
 
-pub use auth::{AuditRecord, AuditSink, AuthFailure, Authenticator, Cached, Guard, StaticKeys, WithStaticKeys, admit};
+pub use auth::{
+    AuditRecord, AuditSink, AuthFailure, Authenticator, Cached, Guard, MAX_CREDENTIAL, StaticKeys, WithStaticKeys,
+    admit,
+};
 pub use auth_options::{AuthConfigError, AuthMode, AuthOptions, LOCAL_CACHE, REMOTE_CACHE, is_loopback};
 pub use client::{CallChannel, CallContext, ClientOptions, traced};
 pub use oidc::{Oidc, OidcConfigError, OidcOptions, WithOidc};
