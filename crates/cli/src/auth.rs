@@ -1,10 +1,10 @@
 //! `nightshift auth ...`: API keys and who the CLI's credential is.
-use nightshift_core::{pb, time};
+use nightshift_core::pb;
 use serde::Serialize;
 
 use crate::Server;
 use crate::args::{AuthCommand, KeyCommand, Output};
-use crate::output::{new_table, print};
+use crate::output::{new_table, print, ts};
 
 /// A key as the CLI prints it.
 #[derive(Serialize)]
@@ -19,10 +19,6 @@ struct KeyView {
     /// Only right after `create`: the whole key, shown once.
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
-}
-
-fn ts(t: &Option<prost_types::Timestamp>) -> Option<String> {
-    t.as_ref().and_then(time::from_pb).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 impl KeyView {

@@ -25,7 +25,7 @@ pub(crate) fn new_table(header: &[&str]) -> Table {
     t
 }
 
-fn ts(t: &Option<prost_types::Timestamp>) -> Option<String> {
+pub(crate) fn ts(t: &Option<prost_types::Timestamp>) -> Option<String> {
     t.as_ref().and_then(time::from_pb).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 

@@ -76,17 +76,18 @@ fn bearer<B>(req: &http::Request<B>) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| credential.trim()).filter(|c| !c.is_empty())
 }
 
-/// Decides one call: the principal to run it as, or the status to refuse it with.
-pub async fn admit(guard: &Guard, path: &str, credential: Option<&str>) -> Result<Principal, Status> {
+/// Decides one call: the principal to run it as and the permission it needed, or the status to
+/// refuse it with.
+pub async fn admit(guard: &Guard, path: &str, credential: Option<&str>) -> Result<(Principal, Permission), Status> {
     let Some(permission) = permission_for(path) else {
         return Err(Status::permission_denied(format!("{path} is not in the permission table")));
     };
     if permission == Permission::Public {
         // Health and reflection read nothing a caller could abuse; they run as nobody.
-        return Ok(Principal { name: "anonymous".into(), role: nightshift_core::auth::Role::Viewer });
+        return Ok((Principal { name: "anonymous".into(), role: nightshift_core::auth::Role::Viewer }, permission));
     }
     let authenticator = match guard {
-        Guard::Open => return Ok(Principal::unauthenticated()),
+        Guard::Open => return Ok((Principal::unauthenticated(), permission)),
         Guard::Required(a) => a,
     };
     let Some(credential) = credential else {
@@ -111,7 +112,7 @@ pub async fn admit(guard: &Guard, path: &str, credential: Option<&str>) -> Resul
             principal.role
         )));
     }
-    Ok(principal)
+    Ok((principal, permission))
 }
 
 /// The layer that applies a [`Guard`] to a server's routes.
@@ -158,12 +159,11 @@ where
         Box::pin(async move {
             let path = req.uri().path().to_owned();
             let credential = bearer(&req).map(str::to_owned);
-            let principal = match admit(&guard, &path, credential.as_deref()).await {
-                Ok(p) => p,
+            let (principal, permission) = match admit(&guard, &path, credential.as_deref()).await {
+                Ok(admitted) => admitted,
                 Err(status) => return Ok(status.into_http()),
             };
-            let mutates = permission_for(&path).is_some_and(Permission::mutates);
-            let who = mutates.then(|| (principal.name.clone(), principal.role));
+            let who = permission.mutates().then(|| (principal.name.clone(), principal.role));
             req.extensions_mut().insert(principal);
             let res = inner.call(req).await;
             if let Some((name, role)) = who {
