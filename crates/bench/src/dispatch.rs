@@ -126,10 +126,7 @@ impl Stack {
     }
 
     pub(crate) async fn trigger(&self, agent: &str) -> anyhow::Result<String> {
-        let req = pb::TriggerAgentRequest {
-            agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(agent.into())) }),
-            query_override: None,
-        };
+        let req = pb::TriggerAgentRequest { agent: Some(pb::AgentRef::by_name(agent)), query_override: None };
         let run = self.client.clone().trigger_agent(req).await.context("TriggerAgent")?.into_inner().run;
         Ok(run.context("TriggerAgent returned no run")?.id)
     }

@@ -45,7 +45,10 @@ impl nightshift_rpc::Authenticator for Refuse {
 }
 
 fn guard(key: &str) -> Guard {
-    let keys = StaticKeys::new([(key.to_owned(), Principal { name: "bench".into(), role: Role::Operator })]);
+    let keys = StaticKeys::new([(
+        key.to_owned(),
+        Principal { name: "bench".into(), role: Role::Operator, namespaces: nightshift_core::Namespaces::All },
+    )]);
     Guard::Required(Arc::new(Cached::new(WithStaticKeys { keys, rest: Refuse }, nightshift_rpc::LOCAL_CACHE)))
 }
 
@@ -102,9 +105,7 @@ pub async fn security(args: &SecurityArgs) -> anyhow::Result<Scenario> {
         let endpoint = if with_tls { format!("https://localhost:{port}") } else { format!("http://127.0.0.1:{port}") };
         let channel = client.endpoint("endpoint", &endpoint)?.connect().await?;
         let mut c = pb::manager_service_client::ManagerServiceClient::new(client.wrap(channel));
-        let request = || pb::GetAgentRequest {
-            agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name("none".into())) }),
-        };
+        let request = || pb::GetAgentRequest { agent: Some(pb::AgentRef::by_name("none")) };
         let mut samples = Vec::with_capacity(args.calls);
         for i in 0..args.calls + 100 {
             let t = Instant::now();

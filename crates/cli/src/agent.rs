@@ -9,8 +9,19 @@ use crate::Server;
 use crate::args::{AgentCommand, Output};
 use crate::output::{self, AgentView, StatusView};
 
-fn by_name(name: &str) -> Option<pb::AgentRef> {
-    Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(name.to_owned())) })
+/// A manifest document with `--namespace` applied: set where the manifest names none, an error
+/// where it names another (as `kubectl apply -n` does).
+fn in_namespace(doc: String, namespace: &str) -> anyhow::Result<String> {
+    if namespace.is_empty() {
+        return Ok(doc);
+    }
+    let mut manifest = nightshift_core::AgentManifest::from_yaml(&doc).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if manifest.namespace.is_empty() {
+        manifest.namespace = namespace.to_owned();
+    } else if manifest.namespace != namespace {
+        anyhow::bail!("agent '{}' names namespace {}, not --namespace {namespace}", manifest.name, manifest.namespace);
+    }
+    Ok(manifest.to_yaml())
 }
 
 /// Manifest files named by `paths`: files as given, directories' `*.yaml` / `*.yml` sorted.
@@ -73,7 +84,8 @@ pub(crate) async fn run(server: &Server, out: Output, cmd: AgentCommand) -> anyh
             let mut refused: Option<tonic::Code> = None;
             for file in manifest_files(&files)? {
                 for doc in documents(&file)? {
-                    let req = pb::ApplyAgentRequest { spec: None, manifest_yaml: doc };
+                    let req =
+                        pb::ApplyAgentRequest { spec: None, manifest_yaml: in_namespace(doc, server.namespace())? };
                     match client.apply_agent(req).await {
                         Ok(resp) => {
                             let resp = resp.into_inner();
@@ -134,6 +146,7 @@ pub(crate) async fn run(server: &Server, out: Output, cmd: AgentCommand) -> anyh
                         page_token,
                         label_selector: labels.iter().cloned().collect(),
                         state: state as i32,
+                        namespace: server.namespace().to_owned(),
                     })
                     .await?
                     .into_inner();
@@ -146,27 +159,28 @@ pub(crate) async fn run(server: &Server, out: Output, cmd: AgentCommand) -> anyh
             output::print(out, &agents, |a| output::agents_table(a))?;
         }
         AgentCommand::Get { name } => {
-            let a = client.get_agent(pb::GetAgentRequest { agent: by_name(&name) }).await?.into_inner();
+            let a = client.get_agent(pb::GetAgentRequest { agent: server.agent(&name) }).await?.into_inner();
             output::print(out, &AgentView::from_pb(&a.agent.unwrap_or_default()), output::agent_table)?;
         }
         AgentCommand::Status { name } => {
-            let s = client.get_agent_status(pb::GetAgentStatusRequest { agent: by_name(&name) }).await?.into_inner();
+            let s =
+                client.get_agent_status(pb::GetAgentStatusRequest { agent: server.agent(&name) }).await?.into_inner();
             output::print(out, &StatusView::from_pb(&s), output::status_table)?;
         }
         AgentCommand::Pause { name } => {
-            let a = client.pause_agent(pb::PauseAgentRequest { agent: by_name(&name) }).await?.into_inner();
+            let a = client.pause_agent(pb::PauseAgentRequest { agent: server.agent(&name) }).await?.into_inner();
             output::print(out, &AgentView::from_pb(&a.agent.unwrap_or_default()), |a| {
                 format!("agent/{} paused\n", name_of(a))
             })?;
         }
         AgentCommand::Resume { name } => {
-            let a = client.resume_agent(pb::ResumeAgentRequest { agent: by_name(&name) }).await?.into_inner();
+            let a = client.resume_agent(pb::ResumeAgentRequest { agent: server.agent(&name) }).await?.into_inner();
             output::print(out, &AgentView::from_pb(&a.agent.unwrap_or_default()), |a| {
                 format!("agent/{} resumed\n", name_of(a))
             })?;
         }
         AgentCommand::Delete { name } => {
-            client.delete_agent(pb::DeleteAgentRequest { agent: by_name(&name) }).await?;
+            client.delete_agent(pb::DeleteAgentRequest { agent: server.agent(&name) }).await?;
             #[derive(Serialize)]
             struct Deleted {
                 name: String,
@@ -178,7 +192,7 @@ pub(crate) async fn run(server: &Server, out: Output, cmd: AgentCommand) -> anyh
         }
         AgentCommand::Trigger { name, query } => {
             let r = client
-                .trigger_agent(pb::TriggerAgentRequest { agent: by_name(&name), query_override: query })
+                .trigger_agent(pb::TriggerAgentRequest { agent: server.agent(&name), query_override: query })
                 .await?
                 .into_inner();
             let view = output::RunView::from_pb(&r.run.unwrap_or_default());

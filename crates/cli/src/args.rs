@@ -27,6 +27,11 @@ pub struct Cli {
     /// A file holding the API key (a mounted secret), when --api-key is not given.
     #[arg(long, global = true, env = "NIGHTSHIFT_API_KEY_FILE", conflicts_with = "api_key")]
     pub api_key_file: Option<PathBuf>,
+    /// The namespace of the agents named by the command, and the only one listed; manifests
+    /// without a `namespace:` are applied into it. Default: `default` for names, every
+    /// namespace your credential holds for lists.
+    #[arg(long, short = 'n', global = true, env = "NIGHTSHIFT_NAMESPACE")]
+    pub namespace: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -95,6 +100,10 @@ pub enum KeyCommand {
         /// Lifetime, e.g. 90d or 12h (default: no expiry).
         #[arg(long)]
         ttl: Option<String>,
+        /// Namespaces it acts in, comma-separated, or '*' for all (default: all for admin,
+        /// worker and service keys, `default` for operator and viewer keys).
+        #[arg(long, value_delimiter = ',')]
+        namespaces: Vec<String>,
     },
     /// Every key, without secrets.
     List,

@@ -12,6 +12,7 @@ struct KeyView {
     id: String,
     name: String,
     role: String,
+    namespaces: String,
     created_at: Option<String>,
     expires_at: Option<String>,
     revoked_at: Option<String>,
@@ -27,6 +28,7 @@ impl KeyView {
             id: k.id.clone(),
             name: k.name.clone(),
             role: k.role.clone(),
+            namespaces: k.namespaces.join(","),
             created_at: ts(&k.created_at),
             expires_at: ts(&k.expires_at),
             revoked_at: ts(&k.revoked_at),
@@ -37,13 +39,14 @@ impl KeyView {
 }
 
 fn keys_table(keys: &[KeyView]) -> String {
-    let mut t = new_table(&["ID", "NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED", "BY"]);
+    let mut t = new_table(&["ID", "NAME", "ROLE", "NAMESPACES", "CREATED", "EXPIRES", "REVOKED", "BY"]);
     for k in keys {
         let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         t.add_row([
             k.id.clone(),
             k.name.clone(),
             k.role.clone(),
+            k.namespaces.clone(),
             or_dash(&k.created_at),
             or_dash(&k.expires_at),
             or_dash(&k.revoked_at),
@@ -56,7 +59,7 @@ fn keys_table(keys: &[KeyView]) -> String {
 pub(crate) async fn run(server: &Server, out: Output, cmd: AuthCommand) -> anyhow::Result<()> {
     let mut client = pb::auth_service_client::AuthServiceClient::new(server.channel().await?);
     match cmd {
-        AuthCommand::Key(KeyCommand::Create { name, role, ttl }) => {
+        AuthCommand::Key(KeyCommand::Create { name, role, ttl, namespaces }) => {
             let ttl_seconds = match ttl {
                 Some(t) => match nightshift_core::duration::parse_signed(&t).map_err(anyhow::Error::msg)? {
                     d if d.negative || d.abs.as_secs() == 0 => anyhow::bail!("--ttl: a positive duration, e.g. 90d"),
@@ -64,7 +67,10 @@ pub(crate) async fn run(server: &Server, out: Output, cmd: AuthCommand) -> anyho
                 },
                 None => 0,
             };
-            let r = client.create_api_key(pb::CreateApiKeyRequest { name, role, ttl_seconds }).await?.into_inner();
+            let r = client
+                .create_api_key(pb::CreateApiKeyRequest { name, role, ttl_seconds, namespaces })
+                .await?
+                .into_inner();
             let view = KeyView::from_pb(&r.key.unwrap_or_default(), Some(r.secret.clone()));
             print(out, &view, |v| {
                 format!(
@@ -90,8 +96,10 @@ pub(crate) async fn run(server: &Server, out: Output, cmd: AuthCommand) -> anyho
             struct Who {
                 name: String,
                 role: String,
+                namespaces: Vec<String>,
             }
-            print(out, &Who { name: p.name, role: p.role }, |w| format!("{} ({})\n", w.name, w.role))?;
+            let who = Who { name: p.name, role: p.role, namespaces: p.namespaces };
+            print(out, &who, |w| format!("{} ({}) in {}\n", w.name, w.role, w.namespaces.join(",")))?;
         }
     }
     Ok(())

@@ -16,12 +16,7 @@ pub(crate) async fn run(server: &Server, out: Output, cmd: EventsCommand) -> any
     if !agent.is_empty() {
         let mut manager = server.manager().await?;
         for name in agent {
-            let a = manager
-                .get_agent(pb::GetAgentRequest {
-                    agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(name)) }),
-                })
-                .await?
-                .into_inner();
+            let a = manager.get_agent(pb::GetAgentRequest { agent: server.agent(name) }).await?.into_inner();
             agent_ids.push(a.agent.unwrap_or_default().id);
         }
     }
@@ -38,7 +33,8 @@ pub(crate) async fn run(server: &Server, out: Output, cmd: EventsCommand) -> any
         (None, None) => TailFrom::Beginning,
     };
     let mut client = pb::event_service_client::EventServiceClient::new(server.channel().await?);
-    let options = TailOptions { filter: EventFilter { agent_ids, run_ids: run, types }, from, follow };
+    let namespaces = [server.namespace()].into_iter().filter(|n| !n.is_empty()).map(str::to_owned).collect();
+    let options = TailOptions { filter: EventFilter { agent_ids, run_ids: run, types, namespaces }, from, follow };
     let mut stdout = std::io::stdout().lock();
     let mut failed = None;
     let last = tail(&mut client, options, |e| {

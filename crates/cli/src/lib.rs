@@ -78,6 +78,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 pub(crate) struct Server {
     endpoint: String,
     client: ClientOptions,
+    /// `--namespace` ("" = not given).
+    namespace: String,
 }
 
 impl Server {
@@ -97,7 +99,21 @@ impl Server {
                 .to_owned(),
             (None, None) => String::new(),
         };
-        Ok(Self { endpoint: cli.endpoint.clone(), client: ClientOptions { tls, api_key } })
+        Ok(Self {
+            endpoint: cli.endpoint.clone(),
+            client: ClientOptions { tls, api_key },
+            namespace: cli.namespace.clone().unwrap_or_default(),
+        })
+    }
+
+    /// A reference to the agent `name` in `--namespace` (`default` when not given).
+    pub(crate) fn agent(&self, name: impl Into<String>) -> Option<nightshift_proto::v1::AgentRef> {
+        Some(nightshift_proto::v1::AgentRef::by_name_in(self.namespace.clone(), name))
+    }
+
+    /// `--namespace` as a list filter ("" = every namespace the credential holds).
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
     }
 
     /// A connected channel whose calls carry the CLI's credential.

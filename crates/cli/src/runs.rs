@@ -13,13 +13,14 @@ pub(crate) async fn run(server: &Server, out: Output, cmd: RunsCommand) -> anyho
                 .iter()
                 .map(|s| s.parse::<RunStatus>().map(|s| s.to_pb() as i32).map_err(anyhow::Error::msg))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let agent = agent.map(|n| pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(n)) });
+            let agent = agent.and_then(|n| server.agent(n));
             let resp = client
                 .list_runs(pb::ListRunsRequest {
                     agent,
                     statuses,
                     page_size: limit.clamp(1, 1000),
                     page_token: String::new(),
+                    namespace: server.namespace().to_owned(),
                 })
                 .await?
                 .into_inner();

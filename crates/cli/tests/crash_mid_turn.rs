@@ -48,7 +48,7 @@ async fn an_interrupted_side_effect_is_not_repeated_and_later_calls_run() {
         fixture.url
     );
     m.apply_agent(pb::ApplyAgentRequest { spec: None, manifest_yaml: manifest }).await.unwrap();
-    let agent = Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name("journaler".into())) });
+    let agent = Some(pb::AgentRef::by_name("journaler"));
     let run = m.trigger_agent(pb::TriggerAgentRequest { agent, query_override: None }).await.unwrap().into_inner();
     let run = run.run.unwrap();
 

@@ -220,12 +220,15 @@ async fn the_deployment_with_tls_and_auth_refuses_every_unauthorized_call() {
     // 2. The bootstrap admin key creates the keys people use.
     let admin_client = tls.client(&admin);
     let mut auth = pb::auth_service_client::AuthServiceClient::new(channel(&https(pm), &admin_client).await);
-    let mut create = async |name: &str, role: &str| {
-        let req = pb::CreateApiKeyRequest { name: name.into(), role: role.into(), ttl_seconds: 3600 };
+    let mut create = async |name: &str, role: &str, namespaces: &[&str]| {
+        let namespaces = namespaces.iter().map(|n| n.to_string()).collect();
+        let req = pb::CreateApiKeyRequest { name: name.into(), role: role.into(), ttl_seconds: 3600, namespaces };
         auth.create_api_key(req).await.unwrap().into_inner()
     };
-    let viewer = create("viewer", "viewer").await.secret;
-    let operator = create("ops", "operator").await;
+    let viewer = create("viewer", "viewer", &[]).await.secret;
+    let operator = create("ops", "operator", &[]).await;
+    let team_a = create("ops-a", "operator", &["team-a"]).await.secret;
+    let team_b = create("ops-b", "operator", &["team-b"]).await.secret;
     assert!(operator.secret.starts_with("nsk_"), "{}", operator.secret);
 
     let manager = async |key: &str| {
@@ -246,7 +249,8 @@ async fn the_deployment_with_tls_and_auth_refuses_every_unauthorized_call() {
     assert_eq!(as_worker.apply_agent(apply(&manifest)).await.unwrap_err().code(), Code::PermissionDenied);
     let mut worker_auth =
         pb::auth_service_client::AuthServiceClient::new(channel(&https(pm), &tls.client(&worker_key)).await);
-    let escalate = pb::CreateApiKeyRequest { name: "mine".into(), role: "admin".into(), ttl_seconds: 0 };
+    let escalate =
+        pb::CreateApiKeyRequest { name: "mine".into(), role: "admin".into(), ttl_seconds: 0, namespaces: vec![] };
     assert_eq!(worker_auth.create_api_key(escalate).await.unwrap_err().code(), Code::PermissionDenied);
     let mut viewer_events =
         pb::event_service_client::EventServiceClient::new(channel(&https(pe), &tls.client(&viewer)).await);
@@ -283,7 +287,7 @@ async fn the_deployment_with_tls_and_auth_refuses_every_unauthorized_call() {
     // 5. An operator's run goes through the whole deployment: manager → NATS → worker (TLS
     // and its worker key to the manager, memory and events) → succeeded.
     as_operator.apply_agent(apply(&manifest)).await.unwrap();
-    let by_name = Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name("secured".into())) });
+    let by_name = Some(pb::AgentRef::by_name("secured"));
     let trigger = pb::TriggerAgentRequest { agent: by_name, query_override: None };
     let run = as_operator.trigger_agent(trigger).await.unwrap().into_inner().run.unwrap();
     let mut status = pb::RunStatus::Unspecified;
@@ -300,6 +304,25 @@ async fn the_deployment_with_tls_and_auth_refuses_every_unauthorized_call() {
     let list = pb::ListEventsRequest { filter: Some(filter), page_size: 100, ..Default::default() };
     let events = operator_events.list_events(list.clone()).await.unwrap().into_inner().events;
     assert!(events.iter().any(|e| e.r#type() == pb::EventType::BackgroundTaskCompleted), "{events:?}");
+    // The memory service let the worker store the run's episode: it presented the run it held,
+    // and the manager vouched for it.
+    let mut admin_memory =
+        pb::memory_service_client::MemoryServiceClient::new(channel(&https(pmem), &admin_client).await);
+    let episodes = admin_memory.recall(recall(&run.agent_id, "agent")).await.unwrap().into_inner().records;
+    assert_eq!(episodes.len(), 1, "the run's episode: {episodes:?}");
+    let mut worker_memory =
+        pb::memory_service_client::MemoryServiceClient::new(channel(&https(pmem), &tls.client(&worker_key)).await);
+    let bare = worker_memory.recall(recall(&run.agent_id, "agent")).await.unwrap_err();
+    assert_eq!(bare.code(), Code::PermissionDenied, "a worker call naming no run: {bare:?}");
+    let mut forged = tonic::Request::new(recall(&run.agent_id, "agent"));
+    forged.metadata_mut().insert(nightshift_rpc::RUN_HEADER, run.id.parse().unwrap());
+    forged.metadata_mut().insert(nightshift_rpc::LEASE_HEADER, "0".repeat(32).parse().unwrap());
+    assert_eq!(worker_memory.recall(forged).await.unwrap_err().code(), Code::PermissionDenied, "a guessed lease");
+
+    // 5b. Namespaces: team-a's operator cannot see or touch team-b's agents, runs, events or
+    // memory, and names are unique per namespace only.
+    let ns = Namespaced { tls: &tls, manager: https(pm), events: https(pe), memory: https(pmem) };
+    ns.confine(&team_a, &team_b, &manifest, &operator.secret).await;
 
     // 6. A plaintext client gets no answer from a TLS port.
     let plain = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{pm}")).unwrap();
@@ -323,4 +346,94 @@ async fn the_deployment_with_tls_and_auth_refuses_every_unauthorized_call() {
     .await;
     eprintln!("revocation refused on the manager and the event service after {took:?}");
     assert!(took < Duration::from_secs(10), "revocation took {took:?}");
+}
+
+fn recall(agent_id: &str, session: &str) -> pb::RecallRequest {
+    pb::RecallRequest {
+        scope: Some(pb::MemoryScope { agent_id: agent_id.into(), session: session.into() }),
+        r#type: pb::MemoryType::Episodic as i32,
+        limit: 10,
+        ..Default::default()
+    }
+}
+
+/// The services' endpoints, for the namespace cases.
+struct Namespaced<'a> {
+    tls: &'a Secured,
+    manager: String,
+    events: String,
+    memory: String,
+}
+
+impl Namespaced<'_> {
+    /// `a` (an operator of team-a) runs an agent named like one in `default`; `b` (of team-b)
+    /// and `default_operator` see and touch none of it.
+    async fn confine(&self, a: &str, b: &str, manifest: &str, default_operator: &str) {
+        let manager = async |key: &str| {
+            pb::manager_service_client::ManagerServiceClient::new(channel(&self.manager, &self.tls.client(key)).await)
+        };
+        let (mut as_a, mut as_b, mut as_default) =
+            (manager(a).await, manager(b).await, manager(default_operator).await);
+        let in_a = format!("namespace: team-a\n{manifest}");
+        let apply = pb::ApplyAgentRequest { spec: None, manifest_yaml: in_a.clone() };
+        let agent = as_a.apply_agent(apply).await.unwrap().into_inner();
+        assert_eq!(agent.outcome(), pb::apply_agent_response::Outcome::Created, "same name, another namespace");
+        let agent = agent.agent.unwrap();
+        // Not in its namespaces: refused by name, invisible by id.
+        let into_b = pb::ApplyAgentRequest { spec: None, manifest_yaml: in_a.replace("team-a", "team-b") };
+        assert_eq!(as_a.apply_agent(into_b).await.unwrap_err().code(), Code::PermissionDenied);
+        let trigger = pb::TriggerAgentRequest {
+            agent: Some(pb::AgentRef::by_name_in("team-a", "secured")),
+            query_override: None,
+        };
+        let run = as_a.trigger_agent(trigger.clone()).await.unwrap().into_inner().run.unwrap();
+        assert_eq!(run.namespace, "team-a");
+        wait_until("team-a's run succeeds", async || {
+            let got = as_a.get_run(pb::GetRunRequest { run_id: run.id.clone() }).await.unwrap().into_inner();
+            got.run.unwrap().status() == pb::RunStatus::Succeeded
+        })
+        .await;
+
+        assert_eq!(as_b.trigger_agent(trigger).await.unwrap_err().code(), Code::PermissionDenied);
+        let by_id = pb::GetAgentRequest { agent: Some(pb::AgentRef::by_id(&agent.id)) };
+        assert_eq!(as_b.get_agent(by_id.clone()).await.unwrap_err().code(), Code::NotFound);
+        assert_eq!(as_default.get_agent(by_id.clone()).await.unwrap_err().code(), Code::NotFound);
+        as_a.get_agent(by_id).await.unwrap();
+        let listed = as_b.list_agents(pb::ListAgentsRequest::default()).await.unwrap().into_inner().agents;
+        assert!(listed.is_empty(), "team-b holds no agents: {listed:?}");
+        let listed = as_default.list_agents(pb::ListAgentsRequest::default()).await.unwrap().into_inner().agents;
+        assert!(listed.iter().all(|a| a.spec.as_ref().unwrap().namespace == "default"), "{listed:?}");
+        let other = pb::ListAgentsRequest { namespace: "team-a".into(), ..Default::default() };
+        assert_eq!(as_b.list_agents(other).await.unwrap_err().code(), Code::PermissionDenied);
+        let get_run = pb::GetRunRequest { run_id: run.id.clone() };
+        assert_eq!(as_b.get_run(get_run).await.unwrap_err().code(), Code::NotFound);
+        let cancel = pb::CancelRunRequest { run_id: run.id.clone(), reason: String::new() };
+        assert_eq!(as_b.cancel_run(cancel).await.unwrap_err().code(), Code::NotFound);
+        let runs = as_b.list_runs(pb::ListRunsRequest::default()).await.unwrap().into_inner().runs;
+        assert!(runs.iter().all(|r| r.id != run.id), "team-a's run listed to team-b");
+
+        let events = async |key: &str| {
+            pb::event_service_client::EventServiceClient::new(channel(&self.events, &self.tls.client(key)).await)
+        };
+        let of_run = pb::EventFilter { run_ids: vec![run.id.clone()], ..Default::default() };
+        let list = pb::ListEventsRequest { filter: Some(of_run), page_size: 100, ..Default::default() };
+        let seen = events(a).await.list_events(list.clone()).await.unwrap().into_inner().events;
+        assert!(seen.iter().any(|e| e.r#type() == pb::EventType::BackgroundTaskCompleted), "{seen:?}");
+        assert!(seen.iter().all(|e| e.namespace == "team-a"), "{seen:?}");
+        let hidden = events(b).await.list_events(list).await.unwrap().into_inner().events;
+        assert!(hidden.is_empty(), "team-a's events reached team-b: {hidden:?}");
+        let into_a = pb::SubscribeRequest {
+            filter: Some(pb::EventFilter { namespaces: vec!["team-a".into()], ..Default::default() }),
+            from: Some(pb::subscribe_request::From::FromBeginning(true)),
+        };
+        assert_eq!(events(b).await.subscribe(into_a).await.unwrap_err().code(), Code::PermissionDenied);
+
+        let memory = async |key: &str| {
+            pb::memory_service_client::MemoryServiceClient::new(channel(&self.memory, &self.tls.client(key)).await)
+        };
+        let episodes = memory(a).await.recall(recall(&agent.id, "agent")).await.unwrap().into_inner().records;
+        assert_eq!(episodes.len(), 1, "team-a reads its agent's episode: {episodes:?}");
+        let theirs = memory(b).await.recall(recall(&agent.id, "agent")).await.unwrap_err();
+        assert_eq!(theirs.code(), Code::NotFound, "{theirs:?}");
+    }
 }

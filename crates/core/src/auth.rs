@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::namespace::Namespaces;
+
 /// What a credential is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -151,7 +153,7 @@ pub fn permission_for(path: &str) -> Option<Permission> {
         },
         ("nightshift.v1.AuthService", m) => match m {
             "CreateApiKey" | "ListApiKeys" | "RevokeApiKey" => Manage,
-            "VerifyCredential" => Verify,
+            "VerifyCredential" | "AuthorizeMemory" => Verify,
             "WhoAmI" => Identify,
             _ => return None,
         },
@@ -179,14 +181,40 @@ pub struct Principal {
     pub name: String,
     /// What it may do.
     pub role: Role,
+    /// Where it may do it.
+    pub namespaces: Namespaces,
 }
 
 impl Principal {
+    /// A principal of `role` in every namespace (static keys of admins, services, workers).
+    pub fn everywhere(name: impl Into<String>, role: Role) -> Self {
+        Self { name: name.into(), role, namespaces: Namespaces::All }
+    }
+
     /// The caller of a server that runs without authentication (`nightshift dev` on loopback):
     /// everything is allowed, and audit names it so.
     pub fn unauthenticated() -> Self {
-        Self { name: "anonymous (auth off)".into(), role: Role::Admin }
+        Self::everywhere("anonymous (auth off)", Role::Admin)
     }
+}
+
+/// The namespaces a credential of `role` holds when its issuer named none: admins, workers
+/// and services act everywhere (they run the deployment); operators and viewers only in
+/// `default`, so that forgetting to scope a person's key never grants every tenant.
+pub fn default_namespaces(role: Role) -> Namespaces {
+    match role {
+        Role::Admin | Role::Worker | Role::Service => Namespaces::All,
+        Role::Operator | Role::Viewer => Namespaces::default_only(),
+    }
+}
+
+/// The namespaces a credential of `role` may be given: an admin's are always all (it manages
+/// credentials, so a narrower admin would be a fiction).
+pub fn check_namespaces(role: Role, namespaces: &Namespaces) -> Result<(), String> {
+    if role == Role::Admin && *namespaces != Namespaces::All {
+        return Err("an admin acts in every namespace; give it no namespaces or '*'".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -16,7 +16,10 @@ use crate::{duration, pb, time};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentManifest {
-    /// Unique agent name.
+    /// The namespace (absent = `default`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// Agent name, unique within its namespace.
     #[serde(default)]
     pub name: String,
     /// Free text.
@@ -427,6 +430,7 @@ impl AgentManifest {
             store_results: m.store_results,
         });
         let spec = pb::AgentSpec {
+            namespace: self.namespace.clone(),
             name: self.name.clone(),
             description: self.description.clone(),
             labels: self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -454,6 +458,7 @@ impl AgentManifest {
         };
         use pb::schedule_spec::Trigger as T;
         Self {
+            namespace: p.namespace.clone(),
             name: p.name.clone(),
             description: p.description.clone(),
             labels: p.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),

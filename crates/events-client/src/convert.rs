@@ -85,6 +85,7 @@ pub fn filter_to_pb(f: &EventFilter) -> pb::EventFilter {
         agent_ids: f.agent_ids.clone(),
         run_ids: f.run_ids.clone(),
         types: f.types.iter().map(|t| t.to_pb() as i32).collect(),
+        namespaces: f.namespaces.clone(),
     }
 }
 
@@ -118,8 +119,14 @@ mod tests {
             agent_ids: vec!["a".into()],
             run_ids: vec!["r".into()],
             types: vec![EventType::BackgroundTaskError],
+            namespaces: vec!["team-a".into()],
         };
-        let want = pb::EventFilter { agent_ids: vec!["a".into()], run_ids: vec!["r".into()], types: vec![3] };
+        let want = pb::EventFilter {
+            agent_ids: vec!["a".into()],
+            run_ids: vec!["r".into()],
+            types: vec![3],
+            namespaces: vec!["team-a".into()],
+        };
         assert_eq!(filter_to_pb(&f), want);
     }
 

@@ -11,6 +11,9 @@ pub struct EventFilter {
     pub run_ids: Vec<String>,
     /// Events of any of these types.
     pub types: Vec<EventType>,
+    /// Events of agents in any of these namespaces (an event about no agent has none, so a
+    /// namespace filter leaves it out).
+    pub namespaces: Vec<String>,
 }
 
 impl EventFilter {
@@ -19,5 +22,6 @@ impl EventFilter {
         (self.agent_ids.is_empty() || self.agent_ids.contains(&event.agent_id))
             && (self.run_ids.is_empty() || self.run_ids.contains(&event.run_id))
             && (self.types.is_empty() || self.types.iter().any(|t| t.to_pb() as i32 == event.r#type))
+            && (self.namespaces.is_empty() || self.namespaces.contains(&event.namespace))
     }
 }

@@ -48,6 +48,9 @@ impl Default for PublisherOptions {
     }
 }
 
+// Nearly every message is an event; boxing it to shrink the rare Flush would cost an
+// allocation per event.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Event(pb::Event),
     Flush(oneshot::Sender<()>),
@@ -93,6 +96,12 @@ impl EventBuilder<'_> {
     /// Sets the agent's name (shown by consumers).
     pub fn agent_name(mut self, name: impl Into<String>) -> Self {
         self.event.agent_name = name.into();
+        self
+    }
+
+    /// Sets the agent's namespace (who may read the event).
+    pub fn namespace(mut self, ns: &nightshift_core::Namespace) -> Self {
+        self.event.namespace = ns.as_str().to_owned();
         self
     }
 

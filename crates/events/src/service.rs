@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use nightshift_core::{Clock, SystemClock, ValidationError, pb};
-use nightshift_events_client::{cursor_from_page_token, page_token_after};
+use nightshift_events_client::{EventFilter, cursor_from_page_token, page_token_after};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::log::{EventLog, ReadQuery, StartAt, SubscriptionItem};
@@ -141,8 +141,9 @@ impl pb::event_service_server::EventService for EventService {
 
     async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
         use pb::subscribe_request::From;
+        let scope = nightshift_rpc::caller_namespaces(&request);
         let req = request.into_inner();
-        let filter = filter_from_pb("filter", req.filter.as_ref()).map_err(invalid)?;
+        let filter = confine(&scope, filter_from_pb("filter", req.filter.as_ref()).map_err(invalid)?)?;
         let start = match req.from {
             None | Some(From::FromBeginning(false)) => StartAt::Now,
             Some(From::FromBeginning(true)) => StartAt::Beginning,
@@ -192,8 +193,9 @@ impl pb::event_service_server::EventService for EventService {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let scope = nightshift_rpc::caller_namespaces(&request);
         let req = request.into_inner();
-        let filter = filter_from_pb("filter", req.filter.as_ref()).map_err(invalid)?;
+        let filter = confine(&scope, filter_from_pb("filter", req.filter.as_ref()).map_err(invalid)?)?;
         let limit = match req.page_size {
             0 => DEFAULT_PAGE,
             n if n > MAX_PAGE => {
@@ -222,4 +224,16 @@ impl pb::event_service_server::EventService for EventService {
             next_page_token: page.next_after.map(|c| page_token_after(&c)).unwrap_or_default(),
         }))
     }
+}
+
+/// `filter` cut down to the caller's namespaces: a caller that holds only some sees only events
+/// of agents in them (and none about no agent).
+fn confine(scope: &nightshift_core::Namespaces, mut filter: EventFilter) -> Result<EventFilter, Status> {
+    use nightshift_core::namespace::Visible;
+    let requested: Vec<_> =
+        filter.namespaces.iter().map(|n| nightshift_core::Namespace::from_stored(n.as_str())).collect();
+    if let Visible::Only(list) = nightshift_rpc::visible_namespaces(scope, &requested)? {
+        filter.namespaces = list.iter().map(|n| n.to_string()).collect();
+    }
+    Ok(filter)
 }

@@ -34,7 +34,11 @@ pub fn filter_from_pb(field: &str, f: Option<&pb::EventFilter>) -> Result<EventF
         })?;
         types.push(ty);
     }
-    Ok(EventFilter { agent_ids, run_ids, types })
+    let namespaces = ids("namespaces", &f.namespaces)?;
+    for (i, ns) in namespaces.iter().enumerate() {
+        nightshift_core::Namespace::parse(&format!("{field}.namespaces[{i}]"), ns)?;
+    }
+    Ok(EventFilter { agent_ids, run_ids, types, namespaces })
 }
 
 /// Checks an event to publish; `field` prefixes names in errors (`event`, `events[3]`).

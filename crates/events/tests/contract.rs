@@ -302,6 +302,7 @@ async fn filters_apply_to_reads_and_subscriptions(mut fx: Fixture) {
         agent_ids: agents.iter().map(|s| s.to_string()).collect(),
         run_ids: runs.iter().map(|s| s.to_string()).collect(),
         types: types.to_vec(),
+        namespaces: vec![],
     };
     let cases = [
         (f(&["a1"], &[], &[]), vec!["f0", "f1"]),

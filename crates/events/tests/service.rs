@@ -72,6 +72,7 @@ fn filter(types: &[EventType], agents: &[&str]) -> Option<pb::EventFilter> {
         agent_ids: agents.iter().map(|s| s.to_string()).collect(),
         run_ids: vec![],
         types: types.iter().map(|t| t.to_pb() as i32).collect(),
+        namespaces: vec![],
     })
 }
 

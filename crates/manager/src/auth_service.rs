@@ -2,8 +2,9 @@
 //! credentials callers present to the services that have no database.
 use std::sync::Arc;
 
-use nightshift_core::auth::{Principal, Role};
-use nightshift_core::{pb, time};
+use nightshift_core::auth::{Principal, Role, check_namespaces, default_namespaces};
+use nightshift_core::namespace::fixed_session;
+use nightshift_core::{AgentId, AgentSpec, Namespaces, RunId, SessionScope, pb, time};
 use nightshift_rpc::{AuthFailure, Authenticator, MAX_CREDENTIAL};
 use nightshift_store::{ApiKeyRecord, Store, status_from_store};
 use tonic::{Request, Response, Status};
@@ -23,6 +24,15 @@ impl Authenticator for StoreKeys {
             Ok(Err(refused)) => Err(AuthFailure::Refused(refused.to_string())),
             Err(e) => Err(AuthFailure::Unavailable(e.to_string())),
         }
+    }
+}
+
+/// The manager vouches for memory access in its own process (`nightshift dev`) directly.
+#[async_trait::async_trait]
+impl nightshift_rpc::MemoryAuthority for AuthApi {
+    async fn authorize(&self, request: pb::AuthorizeMemoryRequest) -> Result<pb::AuthorizeMemoryResponse, Status> {
+        use pb::auth_service_server::AuthService;
+        self.authorize_memory(Request::new(request)).await.map(Response::into_inner)
     }
 }
 
@@ -55,6 +65,7 @@ fn key_to_pb(k: &ApiKeyRecord) -> pb::ApiKey {
         expires_at: k.expires_at.map(time::to_pb),
         revoked_at: k.revoked_at.map(time::to_pb),
         created_by: k.created_by.clone(),
+        namespaces: k.namespaces.to_strings(),
     }
 }
 
@@ -63,7 +74,7 @@ fn caller<T>(req: &Request<T>) -> Principal {
 }
 
 fn principal_to_pb(p: &Principal) -> pb::Principal {
-    pb::Principal { name: p.name.clone(), role: p.role.to_string() }
+    pb::Principal { name: p.name.clone(), role: p.role.to_string(), namespaces: p.namespaces.to_strings() }
 }
 
 #[tonic::async_trait]
@@ -75,9 +86,17 @@ impl pb::auth_service_server::AuthService for AuthApi {
         let by = caller(&req).name;
         let r = req.into_inner();
         let role: Role = r.role.parse().map_err(|e: String| Status::invalid_argument(format!("role: {e}")))?;
+        let namespaces = if r.namespaces.is_empty() {
+            default_namespaces(role)
+        } else {
+            Namespaces::parse("namespaces", &r.namespaces).map_err(|e| Status::invalid_argument(e.to_string()))?
+        };
+        check_namespaces(role, &namespaces).map_err(|e| Status::invalid_argument(format!("namespaces: {e}")))?;
         let ttl = (r.ttl_seconds > 0).then(|| std::time::Duration::from_secs(r.ttl_seconds.min(10 * 365 * 86_400)));
-        let (key, secret) = self.store.create_api_key(&r.name, role, ttl, &by).await.map_err(status_from_store)?;
-        tracing::info!(target: "nightshift::audit", key = %key.id, name = %key.name, role = %key.role, by = %by, "API key created");
+        let (key, secret) =
+            self.store.create_api_key(&r.name, role, &namespaces, ttl, &by).await.map_err(status_from_store)?;
+        tracing::info!(target: "nightshift::audit", key = %key.id, name = %key.name, role = %key.role,
+            namespaces = %key.namespaces, by = %by, "API key created");
         Ok(Response::new(pb::CreateApiKeyResponse { key: Some(key_to_pb(&key)), secret }))
     }
 
@@ -117,5 +136,37 @@ impl pb::auth_service_server::AuthService for AuthApi {
             Err(AuthFailure::Refused(_)) => Err(Status::unauthenticated("invalid credential")),
             Err(AuthFailure::Unavailable(why)) => Err(Status::unavailable(why)),
         }
+    }
+
+    async fn authorize_memory(
+        &self,
+        req: Request<pb::AuthorizeMemoryRequest>,
+    ) -> Result<Response<pb::AuthorizeMemoryResponse>, Status> {
+        let r = req.into_inner();
+        let spec_of = |found: Option<AgentSpec>| found.ok_or_else(|| Status::not_found("agent not found"));
+        let (agent_id, spec) = if r.run_id.is_empty() {
+            let id = AgentId::parse("agent_id", &r.agent_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let agent = self.store.get_agent(&id).await.map_err(status_from_store)?;
+            (id, spec_of(agent.map(|a| a.spec))?)
+        } else {
+            let run = RunId::parse("run_id", &r.run_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if r.lease_token.is_empty() || r.lease_token.len() > 64 {
+                return Err(Status::invalid_argument("lease_token: the token StartRun returned is required"));
+            }
+            let held = self.store.held_run_agent(&run, &r.lease_token).await.map_err(status_from_store)?;
+            let (id, version) =
+                held.ok_or_else(|| Status::permission_denied(format!("run {run} is not held with this lease")))?;
+            let spec = self.store.get_agent_version(&id, version).await.map_err(status_from_store)?;
+            (id, spec)
+        };
+        let fixed_session = match &spec.memory.session {
+            SessionScope::Fixed(id) => fixed_session(&spec.namespace, id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::AuthorizeMemoryResponse {
+            agent_id: agent_id.to_string(),
+            namespace: spec.namespace.to_string(),
+            fixed_session,
+        }))
     }
 }

@@ -19,6 +19,7 @@ pub(crate) fn run(r: &RunRecord) -> pb::Run {
         id: r.id.to_string(),
         agent_id: r.agent_id.to_string(),
         agent_name: r.agent_name.clone(),
+        namespace: r.namespace.to_string(),
         agent_version: r.agent_version,
         status: r.status.to_pb() as i32,
         trigger: r.trigger.to_pb() as i32,

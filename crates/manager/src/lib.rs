@@ -11,6 +11,7 @@ mod request;
 mod role;
 mod run_end;
 mod schedule_observer;
+mod scope;
 mod service;
 
 pub use auth_service::{AUTH_SERVICE_NAME, AuthApi, StoreKeys};

@@ -98,6 +98,12 @@ impl ManagerRole {
     pub fn guard(&self) -> Guard {
         self.guard.clone()
     }
+
+    /// Vouches for memory access against this manager's store (a memory service in the same
+    /// process uses it instead of a round trip).
+    pub fn memory_authority(&self) -> Arc<dyn nightshift_rpc::MemoryAuthority> {
+        Arc::new(self.auth.clone())
+    }
 }
 
 #[async_trait::async_trait]

@@ -17,9 +17,9 @@ use prost::Message;
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
-use crate::convert;
 use crate::error::{invalid, status_from_store};
 use crate::request::{MAX_ERROR, MAX_RESULT, MAX_STEP, fence, page_size, spec_of, token};
+use crate::{convert, scope};
 
 const MIN_LEASE: Duration = Duration::from_secs(1);
 const MAX_LEASE: Duration = Duration::from_secs(600);
@@ -123,7 +123,12 @@ impl ManagerService {
 
     fn emit(&self, ty: EventType, agent: &AgentRecord, run: Option<&RunId>, data: serde_json::Value) {
         if let Some(p) = &self.events {
-            let mut b = p.event(ty).agent(&agent.id).agent_name(agent.spec.name.to_string()).data(data);
+            let mut b = p
+                .event(ty)
+                .agent(&agent.id)
+                .agent_name(agent.spec.name.to_string())
+                .namespace(&agent.spec.namespace)
+                .data(data);
             if let Some(r) = run {
                 b = b.run(r);
             }
@@ -141,29 +146,6 @@ impl ManagerService {
     pub fn into_server(self) -> pb::manager_service_server::ManagerServiceServer<Self> {
         // Checkpoints carry tool results: 4 MiB (tonic's default, stated here as the contract).
         pb::manager_service_server::ManagerServiceServer::new(self).max_decoding_message_size(4 << 20)
-    }
-
-    async fn resolve(&self, r: Option<&pb::AgentRef>) -> Result<AgentRecord, Status> {
-        use pb::agent_ref::Ref;
-        let found = match r.and_then(|r| r.r#ref.as_ref()) {
-            Some(Ref::Id(id)) => {
-                let id = AgentId::parse("agent.id", id).map_err(invalid)?;
-                self.store.get_agent(&id).await
-            }
-            Some(Ref::Name(name)) => {
-                if name.is_empty() {
-                    return Err(Status::invalid_argument("agent.name: is required"));
-                }
-                self.store.get_agent_by_name(name).await
-            }
-            None => return Err(Status::invalid_argument("agent: set id or name")),
-        };
-        let label = match r.and_then(|r| r.r#ref.as_ref()) {
-            Some(Ref::Id(id)) => format!("agent with id {id}"),
-            Some(Ref::Name(n)) => format!("agent '{n}'"),
-            None => String::new(),
-        };
-        found.map_err(status_from_store)?.ok_or_else(|| Status::not_found(format!("{label} not found")))
     }
 
     fn lease_ttl(&self, field: &str, d: Option<&prost_types::Duration>) -> Result<Duration, Status> {
@@ -214,8 +196,10 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         &self,
         req: Request<pb::CreateAgentRequest>,
     ) -> Result<Response<pb::CreateAgentResponse>, Status> {
+        let scope = scope::caller(&req);
         let req = req.into_inner();
         let spec = self.admitted(spec_of(req.spec.as_ref(), &req.manifest_yaml)?).await?;
+        scope::require(&scope, &spec.namespace)?;
         let state = if req.paused { AgentState::Paused } else { AgentState::Active };
         let rec = self.store.create_agent(&spec, state).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, id = %rec.id, "agent created");
@@ -228,8 +212,10 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         &self,
         req: Request<pb::ApplyAgentRequest>,
     ) -> Result<Response<pb::ApplyAgentResponse>, Status> {
+        let scope = scope::caller(&req);
         let req = req.into_inner();
         let spec = self.admitted(spec_of(req.spec.as_ref(), &req.manifest_yaml)?).await?;
+        scope::require(&scope, &spec.namespace)?;
         let (rec, outcome) = self.store.apply_agent(&spec).await.map_err(status_from_store)?;
         use pb::apply_agent_response::Outcome;
         let outcome = match outcome {
@@ -247,7 +233,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
     }
 
     async fn get_agent(&self, req: Request<pb::GetAgentRequest>) -> Result<Response<pb::GetAgentResponse>, Status> {
-        let rec = self.resolve(req.get_ref().agent.as_ref()).await?;
+        let rec = self.resolve(&scope::caller(&req), req.get_ref().agent.as_ref()).await?;
         Ok(Response::new(pb::GetAgentResponse { agent: Some(convert::agent(&rec)) }))
     }
 
@@ -255,6 +241,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         &self,
         req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let namespaces = scope::visible(&scope::caller(&req), &req.get_ref().namespace)?;
         let req = req.into_inner();
         let state = match req.state() {
             pb::AgentState::Unspecified => None,
@@ -262,6 +249,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
             pb::AgentState::Paused => Some(AgentState::Paused),
         };
         let filter = AgentFilter {
+            namespaces,
             labels: req.label_selector.into_iter().collect::<BTreeMap<_, _>>(),
             state,
             limit: page_size(req.page_size)?,
@@ -278,9 +266,16 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         &self,
         req: Request<pb::UpdateAgentRequest>,
     ) -> Result<Response<pb::UpdateAgentResponse>, Status> {
+        let scope = scope::caller(&req);
         let req = req.into_inner();
         let spec = self.admitted(spec_of(req.spec.as_ref(), &req.manifest_yaml)?).await?;
-        let current = self.resolve(req.agent.as_ref()).await?;
+        let current = self.resolve(&scope, req.agent.as_ref()).await?;
+        if spec.namespace != current.spec.namespace {
+            return Err(Status::invalid_argument(format!(
+                "namespace: agent '{}' is in namespace {}; an agent does not move between namespaces",
+                current.spec.name, current.spec.namespace
+            )));
+        }
         let (rec, changed) =
             self.store.update_agent(&current.id, &spec, req.expected_version).await.map_err(status_from_store)?;
         if changed {
@@ -295,7 +290,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         &self,
         req: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
-        let rec = self.resolve(req.get_ref().agent.as_ref()).await?;
+        let rec = self.resolve(&scope::caller(&req), req.get_ref().agent.as_ref()).await?;
         self.store.delete_agent(&rec.id).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, id = %rec.id, "agent deleted");
         if let Some(o) = &self.observer {
@@ -309,7 +304,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         &self,
         req: Request<pb::PauseAgentRequest>,
     ) -> Result<Response<pb::PauseAgentResponse>, Status> {
-        let rec = self.resolve(req.get_ref().agent.as_ref()).await?;
+        let rec = self.resolve(&scope::caller(&req), req.get_ref().agent.as_ref()).await?;
         let (rec, _) = self.store.set_agent_state(&rec.id, AgentState::Paused).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, "agent paused");
         self.changed(&rec.id);
@@ -321,7 +316,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         &self,
         req: Request<pb::ResumeAgentRequest>,
     ) -> Result<Response<pb::ResumeAgentResponse>, Status> {
-        let rec = self.resolve(req.get_ref().agent.as_ref()).await?;
+        let rec = self.resolve(&scope::caller(&req), req.get_ref().agent.as_ref()).await?;
         let (rec, _) = self.store.set_agent_state(&rec.id, AgentState::Active).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, "agent resumed");
         self.changed(&rec.id);
@@ -333,13 +328,14 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         &self,
         req: Request<pb::TriggerAgentRequest>,
     ) -> Result<Response<pb::TriggerAgentResponse>, Status> {
+        let scope = scope::caller(&req);
         let req = req.into_inner();
         if let Some(q) = &req.query_override
             && (q.trim().is_empty() || q.len() > MAX_QUERY_OVERRIDE)
         {
             return Err(Status::invalid_argument("query_override: must be non-empty and at most 64 KiB"));
         }
-        let rec = self.resolve(req.agent.as_ref()).await?;
+        let rec = self.resolve(&scope, req.agent.as_ref()).await?;
         if rec.state == AgentState::Paused {
             return Err(Status::failed_precondition(format!("agent '{}' is paused; resume it first", rec.spec.name)));
         }
@@ -383,14 +379,16 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         &self,
         req: Request<pb::GetAgentStatusRequest>,
     ) -> Result<Response<pb::GetAgentStatusResponse>, Status> {
-        let rec = self.resolve(req.get_ref().agent.as_ref()).await?;
+        let rec = self.resolve(&scope::caller(&req), req.get_ref().agent.as_ref()).await?;
         Ok(Response::new(self.status_of(&rec).await?))
     }
 
     async fn list_runs(&self, req: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let scope = scope::caller(&req);
+        let namespaces = scope::visible(&scope, &req.get_ref().namespace)?;
         let req = req.into_inner();
         let agent_id = match &req.agent {
-            Some(r) if r.r#ref.is_some() => Some(self.resolve(Some(r)).await?.id),
+            Some(r) if r.r#ref.is_some() => Some(self.resolve(&scope, Some(r)).await?.id),
             _ => None,
         };
         let statuses = req
@@ -399,8 +397,13 @@ impl pb::manager_service_server::ManagerService for ManagerService {
                 RunStatus::from_pb(s).ok_or_else(|| Status::invalid_argument("statuses: UNSPECIFIED is not a status"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let filter =
-            RunFilter { agent_id, statuses, limit: page_size(req.page_size)?, page_token: token(&req.page_token) };
+        let filter = RunFilter {
+            namespaces,
+            agent_id,
+            statuses,
+            limit: page_size(req.page_size)?,
+            page_token: token(&req.page_token),
+        };
         let page = self.store.list_runs(&filter).await.map_err(status_from_store)?;
         Ok(Response::new(pb::ListRunsResponse {
             runs: page.items.iter().map(convert::run).collect(),
@@ -410,8 +413,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::GetRunResponse>, Status> {
         let id = RunId::parse("run_id", &req.get_ref().run_id).map_err(invalid)?;
-        let run = self.store.get_run(&id).await.map_err(status_from_store)?;
-        let run = run.ok_or_else(|| Status::not_found(format!("run {id} not found")))?;
+        let run = self.visible_run(&scope::caller(&req), &id).await?;
         let steps = self.store.run_steps(&id).await.map_err(status_from_store)?;
         let mut out = convert::run(&run);
         out.steps = steps.iter().map(convert::step).collect();
@@ -419,8 +421,10 @@ impl pb::manager_service_server::ManagerService for ManagerService {
     }
 
     async fn cancel_run(&self, req: Request<pb::CancelRunRequest>) -> Result<Response<pb::CancelRunResponse>, Status> {
+        let scope = scope::caller(&req);
         let req = req.into_inner();
         let id = RunId::parse("run_id", &req.run_id).map_err(invalid)?;
+        self.visible_run(&scope, &id).await?;
         let reason = if req.reason.trim().is_empty() { "cancelled by request".to_owned() } else { req.reason };
         let run = self.store.cancel_run(&id, &reason).await.map_err(status_from_store)?;
         tracing::info!(run = %id, "run cancelled");
@@ -432,6 +436,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
             p.event(EventType::RunCancelled)
                 .agent(&run.agent_id)
                 .agent_name(run.agent_name.clone())
+                .namespace(&run.namespace)
                 .run(&id)
                 .data(json!({"reason": reason}))
                 .emit();
@@ -476,6 +481,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
                         p.event(EventType::RunCancelled)
                             .agent(&other.agent_id)
                             .agent_name(other.agent_name.clone())
+                            .namespace(&other.namespace)
                             .run(&other.id)
                             .data(json!({"reason": other.reason.clone().unwrap_or_default(), "by_run": run.id.to_string()}))
                             .emit();

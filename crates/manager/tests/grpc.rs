@@ -44,7 +44,7 @@ fn yaml(name: &str, extra: &str) -> String {
 }
 
 fn by_name(n: &str) -> Option<pb::AgentRef> {
-    Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(n.into())) })
+    Some(pb::AgentRef::by_name(n))
 }
 
 async fn create(c: &mut ManagerServiceClient<Channel>, name: &str, extra: &str) -> pb::Agent {

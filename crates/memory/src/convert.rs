@@ -47,7 +47,8 @@ pub(crate) fn scope_from_pb(field: &str, s: Option<&pb::MemoryScope>) -> Result<
         other => other
             .strip_prefix("run:")
             .or_else(|| other.strip_prefix("fixed:"))
-            .is_some_and(|id| !id.is_empty() && id.len() <= 128),
+            // 200: a `fixed:<namespace>/<id>` session holds a 63-byte namespace and a 128-byte id.
+            .is_some_and(|id| !id.is_empty() && id.len() <= 200),
     };
     if !ok {
         return Err(invalid(

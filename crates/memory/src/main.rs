@@ -20,7 +20,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg: MemoryConfig = nightshift_core::config::load(args.config.as_deref(), "NIGHTSHIFT_MEMORY")?;
     init_process(&cfg.server).await?;
-    let roles: Vec<Box<dyn Role>> = vec![Box::new(MemoryRole::build(&cfg).await?)];
+    let authority = cfg.server.auth.memory_authority(&cfg.server.client()?)?;
+    let roles: Vec<Box<dyn Role>> = vec![Box::new(MemoryRole::build(&cfg).await?.with_authority(authority))];
     // Bound once the role is built (the model loaded, the index filled), so that a port that
     // answers is a role that is ready.
     let listener = GrpcServer::listen(&cfg.server, cfg.server.guard(None)?).await?;

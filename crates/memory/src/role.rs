@@ -15,6 +15,12 @@ impl MemoryRole {
     pub async fn build(config: &MemoryConfig) -> Result<Self, MemoryError> {
         Ok(Self { service: MemoryService::from_config(config).await? })
     }
+
+    /// Checks callers' memory access with `authority` ([`MemoryService::with_authority`]).
+    pub fn with_authority(mut self, authority: Option<std::sync::Arc<dyn nightshift_rpc::MemoryAuthority>>) -> Self {
+        self.service = self.service.with_authority(authority);
+        self
+    }
 }
 
 #[async_trait::async_trait]

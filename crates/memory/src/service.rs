@@ -16,6 +16,7 @@ use crate::store::{self, MemoryStore};
 use crate::types::{MemoryRecord, MemoryType};
 use crate::vector::{self, VectorIndex, VectorItem};
 
+mod access;
 mod grpc;
 mod summarize;
 
@@ -41,6 +42,8 @@ pub struct MemoryService {
     /// The scopes being summarized (one pass per scope at a time).
     summarizing: Arc<ScopeLocks>,
     clock: Arc<dyn Clock>,
+    /// Who may touch which memory.
+    access: access::Access,
 }
 
 /// The LLM of Summarize, and whether it also summarizes on its own.
@@ -65,6 +68,14 @@ impl std::fmt::Debug for MemoryService {
 }
 
 impl MemoryService {
+    /// Checks memory calls with `authority` (the manager): a worker touches only the memory
+    /// of the run it holds, an operator only that of agents in its namespaces. Without it, a
+    /// server with authentication refuses the calls it would have to check.
+    pub fn with_authority(mut self, authority: Option<Arc<dyn nightshift_rpc::MemoryAuthority>>) -> Self {
+        self.access = access::Access::new(authority);
+        self
+    }
+
     /// A service over one store per memory type (every type must have one), without search.
     pub fn new(stores: HashMap<MemoryType, Arc<dyn MemoryStore>>) -> Result<Self, MemoryError> {
         if let Some(missing) = MemoryType::ALL.into_iter().find(|t| !stores.contains_key(t)) {
@@ -78,6 +89,7 @@ impl MemoryService {
             working_ttl: Duration::from_secs(24 * 3600),
             summarizer: None,
             summarizing: Arc::default(),
+            access: access::Access::default(),
             clock: Arc::new(SystemClock),
         })
     }

@@ -13,6 +13,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use nightshift_core::auth::{Permission, Principal, constant_time_eq, permission_for, secret_hash};
+use nightshift_core::namespace::Visible;
+use nightshift_core::{Namespace, Namespaces};
 use tonic::Status;
 use tonic::codegen::{Service, http};
 
@@ -32,6 +34,18 @@ pub enum AuthFailure {
 pub trait Authenticator: Send + Sync + 'static {
     /// The principal behind `credential` (the bearer token as sent).
     async fn authenticate(&self, credential: &str) -> Result<Principal, AuthFailure>;
+}
+
+/// The namespaces of a call's caller: its credential's, or every namespace when the server
+/// runs without authentication (no principal on the request).
+pub fn caller_namespaces<T>(req: &tonic::Request<T>) -> Namespaces {
+    req.extensions().get::<Principal>().map_or(Namespaces::All, |p| p.namespaces.clone())
+}
+
+/// What a call asking for `requested` namespaces (empty = all the caller holds) may see;
+/// PERMISSION_DENIED for a namespace the caller does not hold.
+pub fn visible_namespaces(scope: &Namespaces, requested: &[Namespace]) -> Result<Visible, Status> {
+    scope.visible(requested).map_err(|e| Status::permission_denied(e.to_string()))
 }
 
 /// What a call record says for audit.
@@ -84,7 +98,12 @@ pub async fn admit(guard: &Guard, path: &str, credential: Option<&str>) -> Resul
     };
     if permission == Permission::Public {
         // Health and reflection read nothing a caller could abuse; they run as nobody.
-        return Ok((Principal { name: "anonymous".into(), role: nightshift_core::auth::Role::Viewer }, permission));
+        let anonymous = Principal {
+            name: "anonymous".into(),
+            role: nightshift_core::auth::Role::Viewer,
+            namespaces: Namespaces::none(),
+        };
+        return Ok((anonymous, permission));
     }
     let authenticator = match guard {
         Guard::Open => return Ok((Principal::unauthenticated(), permission)),

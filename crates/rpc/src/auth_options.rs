@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nightshift_core::Namespaces;
 use nightshift_core::auth::{Principal, Role};
 use serde::{Deserialize, Serialize};
 
@@ -122,6 +123,24 @@ impl AuthOptions {
         })
     }
 
+    /// The manager's AuthService at `verify_endpoint`, called with `client`'s TLS and key.
+    fn verify_channel(&self, client: &ClientOptions) -> Result<CallChannel, AuthConfigError> {
+        Ok(client.channel("auth.verify_endpoint", &self.verify_endpoint, Duration::from_secs(5))?)
+    }
+
+    /// Who vouches for memory access in a process without the database: the manager at
+    /// `verify_endpoint`. `None` with authentication off (nothing is checked) or without a
+    /// verify endpoint (the memory service then refuses the calls it would have to check).
+    pub fn memory_authority(
+        &self,
+        client: &ClientOptions,
+    ) -> Result<Option<Arc<dyn crate::MemoryAuthority>>, AuthConfigError> {
+        if self.mode == AuthMode::Off || self.verify_endpoint.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(crate::RemoteMemoryAuthority::new(self.verify_channel(client)?))))
+    }
+
     /// The keys configured by file, with their roles.
     fn static_keys(&self) -> Result<StaticKeys, AuthConfigError> {
         let mut keys = Vec::new();
@@ -132,7 +151,7 @@ impl AuthOptions {
         ] {
             if let Some(key) = read_key(field, path)? {
                 let name = field.trim_end_matches("_key_file").replace('_', "-");
-                keys.push((key, Principal { name: format!("static:{name}"), role }));
+                keys.push((key, Principal::everywhere(format!("static:{name}"), role)));
             }
         }
         Ok(StaticKeys::new(keys))
@@ -161,7 +180,7 @@ impl AuthOptions {
                 Arc::new(Cached::new(WithStaticKeys { keys, rest: WithOidc { oidc, rest: local } }, LOCAL_CACHE))
             }
             None if !self.verify_endpoint.is_empty() => {
-                let channel = client.channel("auth.verify_endpoint", &self.verify_endpoint, Duration::from_secs(5))?;
+                let channel = self.verify_channel(client)?;
                 let remote =
                     Remote { client: nightshift_proto::v1::auth_service_client::AuthServiceClient::new(channel) };
                 Arc::new(Cached::new(WithStaticKeys { keys, rest: WithOidc { oidc, rest: remote } }, REMOTE_CACHE))
@@ -185,7 +204,13 @@ impl Authenticator for Remote {
             Ok(reply) => {
                 let p = reply.into_inner().principal.unwrap_or_default();
                 let role = p.role.parse().map_err(AuthFailure::Unavailable)?;
-                Ok(Principal { name: p.name, role })
+                let namespaces = if p.namespaces.is_empty() {
+                    Namespaces::none()
+                } else {
+                    Namespaces::parse("principal.namespaces", &p.namespaces)
+                        .map_err(|e| AuthFailure::Unavailable(e.to_string()))?
+                };
+                Ok(Principal { name: p.name, role, namespaces })
             }
             Err(s) if s.code() == tonic::Code::Unauthenticated => Err(AuthFailure::Refused(s.message().to_owned())),
             Err(s) => Err(AuthFailure::Unavailable(format!("the manager could not verify it: {}", s.message()))),

@@ -10,6 +10,7 @@
 mod auth;
 mod auth_options;
 mod client;
+mod memory_authority;
 mod metrics;
 mod oidc;
 mod options;
@@ -21,10 +22,11 @@ mod trace;
 
 pub use auth::{
     AuditRecord, AuditSink, AuthFailure, Authenticator, Cached, Guard, MAX_CREDENTIAL, StaticKeys, WithStaticKeys,
-    admit,
+    admit, caller_namespaces, visible_namespaces,
 };
 pub use auth_options::{AuthConfigError, AuthMode, AuthOptions, LOCAL_CACHE, REMOTE_CACHE, is_loopback};
 pub use client::{CallChannel, CallContext, ClientOptions, traced};
+pub use memory_authority::{LEASE_HEADER, MemoryAuthority, RUN_HEADER, RemoteMemoryAuthority};
 pub use oidc::{Oidc, OidcConfigError, OidcOptions, WithOidc};
 pub use options::{ServerOptions, hostname};
 pub use role::{BadEndpoint, Role, RoleError, init_process, serve_roles};

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
-use nightshift_core::auth::{Principal, Role};
+use nightshift_core::Namespaces;
+use nightshift_core::auth::{Principal, Role, check_namespaces, default_namespaces};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{AuthFailure, Authenticator};
@@ -32,6 +33,10 @@ pub struct OidcOptions {
     /// The claim that holds the caller's role (`admin`, `operator`, `viewer`, …): a string, or
     /// an array whose first known role is taken.
     pub role_claim: String,
+    /// The claim that holds the namespaces the caller acts in: an array of names (or `"*"`),
+    /// or one string of names separated by spaces or commas. Absent: what the role gets by
+    /// default (every namespace for admins, `default` for operators and viewers).
+    pub namespace_claim: String,
 }
 
 impl Default for OidcOptions {
@@ -41,6 +46,7 @@ impl Default for OidcOptions {
             audience: String::new(),
             jwks: String::new(),
             role_claim: "nightshift_role".into(),
+            namespace_claim: "nightshift_namespaces".into(),
         }
     }
 }
@@ -140,8 +146,26 @@ impl Authenticator for Oidc {
             .iter()
             .find_map(|r| r.parse::<Role>().ok())
             .ok_or_else(|| refused(format!("no known role in claim '{}'", self.options.role_claim)))?;
+        let namespaces = match claims.get(&self.options.namespace_claim) {
+            None => default_namespaces(role),
+            Some(v) => {
+                let names: Vec<&str> = match v {
+                    serde_json::Value::String(s) => s.split([' ', ',']).filter(|s| !s.is_empty()).collect(),
+                    serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str()).collect(),
+                    _ => Vec::new(),
+                };
+                let field = self.options.namespace_claim.as_str();
+                let namespaces = if names.is_empty() {
+                    Namespaces::none()
+                } else {
+                    Namespaces::parse(field, &names).map_err(|e| refused(e.to_string()))?
+                };
+                check_namespaces(role, &namespaces).map_err(refused)?;
+                namespaces
+            }
+        };
         let sub = claims.get("sub").and_then(|s| s.as_str()).unwrap_or_default();
-        Ok(Principal { name: format!("oidc:{sub}"), role })
+        Ok(Principal { name: format!("oidc:{sub}"), role, namespaces })
     }
 }
 

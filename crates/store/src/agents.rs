@@ -1,7 +1,7 @@
 //! Agent repository: versioned specs, state, labels.
 use std::str::FromStr;
 
-use nightshift_core::{AgentId, AgentSpec, AgentState, pb, time};
+use nightshift_core::{AgentId, AgentSpec, AgentState, Namespace, pb, time};
 use prost::Message;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -86,19 +86,23 @@ impl Store {
         let bytes = encode(spec);
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO agents (id, name, version, state, spec, created_at, updated_at) \
-             VALUES ($1, $2, 1, $3, $4, $5, $5)",
+            "INSERT INTO agents (id, namespace, name, version, state, spec, created_at, updated_at) \
+             VALUES ($1, $6, $2, 1, $3, $4, $5, $5)",
         )
         .bind(id.as_str())
         .bind(spec.name.as_str())
         .bind(state.as_str())
         .bind(bytes.clone())
         .bind(now)
+        .bind(spec.namespace.as_str())
         .execute(&mut *tx)
         .await;
         match inserted {
             Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::AlreadyExists(format!("agent '{}'", spec.name)));
+                return Err(StoreError::AlreadyExists(format!(
+                    "agent '{}' in namespace {}",
+                    spec.name, spec.namespace
+                )));
             }
             r => r?,
         };
@@ -120,7 +124,7 @@ impl Store {
         // Two loops at most: a concurrent apply of the same new name makes the create fail with
         // AlreadyExists, after which the update path sees the row.
         for _ in 0..2 {
-            match self.get_agent_by_name(spec.name.as_str()).await? {
+            match self.get_agent_by_name(&spec.namespace, spec.name.as_str()).await? {
                 Some(existing) => {
                     let (rec, changed) = self.update_agent(&existing.id, spec, None).await?;
                     let outcome = if changed { ApplyOutcome::Updated } else { ApplyOutcome::Unchanged };
@@ -145,12 +149,19 @@ impl Store {
         row.as_ref().map(agent_from_row).transpose()
     }
 
-    /// The agent with this name.
-    pub async fn get_agent_by_name(&self, name: &str) -> Result<Option<AgentRecord>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {AGENT_COLUMNS} FROM agents WHERE name = $1")))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+    /// The agent with this name in `namespace`.
+    pub async fn get_agent_by_name(
+        &self,
+        namespace: &Namespace,
+        name: &str,
+    ) -> Result<Option<AgentRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE namespace = $1 AND name = $2"
+        )))
+        .bind(namespace.as_str())
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(agent_from_row).transpose()
     }
 
@@ -165,14 +176,33 @@ impl Store {
         decode_spec(&row.try_get::<Vec<u8>, _>("spec")?)
     }
 
-    /// Agents ordered by name, filtered by labels and state, one page at a time.
+    /// Agents ordered by namespace and name, filtered by namespaces, labels and state, one page
+    /// at a time.
     pub async fn list_agents(&self, filter: &AgentFilter) -> Result<Page<AgentRecord>, StoreError> {
         let limit = filter.limit.clamp(1, 1000);
         let mut sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE 1 = 1");
         let mut binds: Vec<String> = Vec::new();
         if let Some(after) = &filter.page_token {
-            binds.push(after.clone());
-            sql.push_str(&format!(" AND name > ${}", binds.len()));
+            // `namespace/name` of the last agent of the previous page ('/' is in neither).
+            let (ns, name) = after
+                .split_once('/')
+                .ok_or_else(|| StoreError::Invalid("page_token: not a token from a previous page".into()))?;
+            binds.push(ns.to_owned());
+            binds.push(name.to_owned());
+            let (n, m) = (binds.len() - 1, binds.len());
+            sql.push_str(&format!(" AND (namespace > ${n} OR (namespace = ${n} AND name > ${m}))"));
+        }
+        if let Some(namespaces) = &filter.namespaces {
+            let mut marks = Vec::new();
+            for ns in namespaces {
+                binds.push(ns.to_string());
+                marks.push(format!("${}", binds.len()));
+            }
+            // An empty list matches nothing (and `IN ()` is not SQL).
+            if marks.is_empty() {
+                marks.push("NULL".into());
+            }
+            sql.push_str(&format!(" AND namespace IN ({})", marks.join(", ")));
         }
         if let Some(state) = filter.state {
             binds.push(state.as_str().to_owned());
@@ -187,7 +217,7 @@ impl Store {
                 binds.len()
             ));
         }
-        sql.push_str(&format!(" ORDER BY name LIMIT {}", limit + 1));
+        sql.push_str(&format!(" ORDER BY namespace, name LIMIT {}", limit + 1));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for b in &binds {
             q = q.bind(b.as_str());
@@ -196,7 +226,7 @@ impl Store {
         let mut items = rows.iter().map(agent_from_row).collect::<Result<Vec<_>, _>>()?;
         let next_page_token = if items.len() > limit as usize {
             items.truncate(limit as usize);
-            items.last().map(|a| a.spec.name.to_string())
+            items.last().map(|a| format!("{}/{}", a.spec.namespace, a.spec.name))
         } else {
             None
         };
@@ -244,7 +274,10 @@ impl Store {
                 .await;
         match updated {
             Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::AlreadyExists(format!("agent '{}'", spec.name)));
+                return Err(StoreError::AlreadyExists(format!(
+                    "agent '{}' in namespace {}",
+                    spec.name, spec.namespace
+                )));
             }
             r => r?,
         };

@@ -4,7 +4,7 @@
 //! A key reads `nsk_<id>_<secret>`: the id (12 hex digits) finds the row and names the key in
 //! lists and audit; the secret (64 hex digits, 256 bits from the OS) is never stored.
 use nightshift_core::auth::{Principal, Role, constant_time_eq, secret_hash};
-use nightshift_core::time;
+use nightshift_core::{Namespaces, time};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -23,6 +23,8 @@ pub struct ApiKeyRecord {
     pub name: String,
     /// What it may do.
     pub role: Role,
+    /// Where it may do it.
+    pub namespaces: Namespaces,
     /// When it was created.
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// When it stops working (`None` = never).
@@ -78,10 +80,27 @@ pub fn check_key(
     if record.expires_at.is_some_and(|at| at <= now) {
         return Err(KeyRefused::Expired);
     }
-    Ok(Principal { name: format!("key:{}:{}", record.id, record.name), role: record.role })
+    Ok(Principal {
+        name: format!("key:{}:{}", record.id, record.name),
+        role: record.role,
+        namespaces: record.namespaces.clone(),
+    })
 }
 
-const COLUMNS: &str = "id, name, role, secret_hash, created_at, expires_at, revoked_at, created_by";
+const COLUMNS: &str = "id, name, role, namespaces, secret_hash, created_at, expires_at, revoked_at, created_by";
+
+/// The column form of a key's namespaces: `*` or the names joined with ','.
+fn namespaces_column(n: &Namespaces) -> String {
+    n.to_strings().join(",")
+}
+
+fn namespaces_from_column(s: &str) -> Result<Namespaces, StoreError> {
+    let items: Vec<&str> = if s.is_empty() { Vec::new() } else { s.split(',').collect() };
+    if items.is_empty() {
+        return Ok(Namespaces::none());
+    }
+    Namespaces::parse("api_keys.namespaces", &items).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
 
 fn from_row(row: &AnyRow) -> Result<(ApiKeyRecord, String), StoreError> {
     let role: String = row.try_get("role")?;
@@ -89,6 +108,7 @@ fn from_row(row: &AnyRow) -> Result<(ApiKeyRecord, String), StoreError> {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         role: role.parse().map_err(StoreError::Corrupt)?,
+        namespaces: namespaces_from_column(&row.try_get::<String, _>("namespaces")?)?,
         created_at: time_col(row, "created_at")?.unwrap_or_default(),
         expires_at: time_col(row, "expires_at")?,
         revoked_at: time_col(row, "revoked_at")?,
@@ -103,6 +123,7 @@ impl Store {
         &self,
         name: &str,
         role: Role,
+        namespaces: &Namespaces,
         ttl: Option<std::time::Duration>,
         created_by: &str,
     ) -> Result<(ApiKeyRecord, String), StoreError> {
@@ -116,8 +137,8 @@ impl Store {
         let now = self.now_ms();
         let expires = ttl.map(|ttl| now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
         sqlx::query(
-            "INSERT INTO api_keys (id, name, role, secret_hash, created_at, expires_at, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO api_keys (id, name, role, secret_hash, created_at, expires_at, created_by, namespaces) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&id)
         .bind(name)
@@ -126,12 +147,14 @@ impl Store {
         .bind(now)
         .bind(expires)
         .bind(created_by)
+        .bind(namespaces_column(namespaces))
         .execute(&self.pool)
         .await?;
         let record = ApiKeyRecord {
             id: id.clone(),
             name: name.to_owned(),
             role,
+            namespaces: namespaces.clone(),
             created_at: time::from_millis(now),
             expires_at: expires.map(time::from_millis),
             revoked_at: None,
@@ -189,19 +212,29 @@ mod tests {
     }
 
     #[test]
+    fn namespaces_round_trip_through_their_column() {
+        for n in [Namespaces::All, Namespaces::default_only(), Namespaces::parse("n", &["a", "b"]).unwrap()] {
+            assert_eq!(namespaces_from_column(&namespaces_column(&n)).unwrap(), n);
+        }
+        assert_eq!(namespaces_from_column("").unwrap(), Namespaces::none());
+    }
+
+    #[test]
     fn check_refuses_wrong_secrets_revoked_and_expired_keys() {
         let now = chrono::Utc::now();
         let record = ApiKeyRecord {
             id: "0123456789ab".into(),
             name: "ci".into(),
             role: Role::Operator,
+            namespaces: Namespaces::default_only(),
             created_at: now,
             expires_at: Some(now + chrono::Duration::seconds(60)),
             revoked_at: None,
             created_by: "admin".into(),
         };
         let hash = secret_hash("s3cret");
-        assert_eq!(check_key(Some((&record, &hash)), "s3cret", now).map(|p| p.role), Ok(Role::Operator));
+        let p = check_key(Some((&record, &hash)), "s3cret", now).unwrap();
+        assert_eq!((p.role, p.namespaces), (Role::Operator, Namespaces::default_only()));
         assert_eq!(check_key(Some((&record, &hash)), "guess", now), Err(KeyRefused::Unknown));
         assert_eq!(check_key(None, "s3cret", now), Err(KeyRefused::Unknown));
         let later = now + chrono::Duration::seconds(61);

@@ -3,7 +3,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nightshift_core::{AgentId, Clock, RunId, RunStatus, SystemClock, TriggerKind, WorkerId, time};
+use nightshift_core::{AgentId, Clock, Namespace, RunId, RunStatus, SystemClock, TriggerKind, WorkerId, time};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
@@ -102,7 +102,7 @@ impl Store {
 /// Hides the password of a database URL in messages.
 pub use nightshift_core::redact_url as redact;
 
-pub(crate) const RUN_COLUMNS: &str = "r.id, r.agent_id, a.name AS agent_name, r.agent_version, r.status, \
+pub(crate) const RUN_COLUMNS: &str = "r.id, r.agent_id, a.name AS agent_name, a.namespace AS agent_namespace, r.agent_version, r.status, \
     r.trigger_kind, r.scheduled_for, r.query_override, r.attempt, r.retries, r.worker_id, \
     r.lease_expires_at, r.not_before, r.created_at, r.started_at, r.finished_at, r.result, \
     r.error, r.reason, r.input_tokens, r.output_tokens, r.lost_leases, r.worker_endpoint";
@@ -147,6 +147,7 @@ pub(crate) fn run_from_row(row: &AnyRow) -> Result<RunRecord, StoreError> {
         id: RunId::from_string(row.try_get::<String, _>("id")?),
         agent_id: AgentId::from_string(row.try_get::<String, _>("agent_id")?),
         agent_name: row.try_get("agent_name")?,
+        namespace: Namespace::from_stored(row.try_get::<String, _>("agent_namespace")?),
         agent_version: u64_col(row, "agent_version")?,
         status: RunStatus::from_str(&status).map_err(|e| corrupt("runs.status", e))?,
         trigger: TriggerKind::from_str(&trigger).map_err(|e| corrupt("runs.trigger_kind", e))?,

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use nightshift_core::{AgentId, AgentSpec, AgentState, RunId, RunStatus, TriggerKind, WorkerId};
+use nightshift_core::{AgentId, AgentSpec, AgentState, Namespace, RunId, RunStatus, TriggerKind, WorkerId};
 
 /// A stored agent.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +45,8 @@ pub struct Page<T> {
 /// ListAgents filter.
 #[derive(Debug, Clone, Default)]
 pub struct AgentFilter {
+    /// Only agents of these namespaces (`None` = every namespace).
+    pub namespaces: Option<Vec<Namespace>>,
     /// Agents carrying all these labels.
     pub labels: BTreeMap<String, String>,
     /// Only this state.
@@ -58,6 +60,8 @@ pub struct AgentFilter {
 /// ListRuns filter.
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
+    /// Only runs of agents in these namespaces (`None` = every namespace).
+    pub namespaces: Option<Vec<Namespace>>,
     /// Only this agent.
     pub agent_id: Option<AgentId>,
     /// Only these states (empty = all).
@@ -92,6 +96,8 @@ pub struct RunRecord {
     pub agent_id: AgentId,
     /// Agent name (joined).
     pub agent_name: String,
+    /// The agent's namespace (joined).
+    pub namespace: Namespace,
     /// Spec version it runs.
     pub agent_version: u64,
     /// State.

@@ -533,8 +533,8 @@ impl Store {
         let sql = format!(
             "UPDATE runs SET status = $1, finished_at = $2, not_before = $3, retries = $4, \
              result = COALESCE($5, result), error = COALESCE($6, error), reason = COALESCE($7, reason), \
-             input_tokens = input_tokens + $8, output_tokens = output_tokens + $9, lease_expires_at = NULL, \
-             lease_token = NULL WHERE id = $10 AND {}",
+             input_tokens = input_tokens + $8, output_tokens = output_tokens + $9, lease_expires_at = NULL \
+             WHERE id = $10 AND {}",
             fence.condition(12)
         );
         let done = sqlx::query(sqlx::AssertSqlSafe(sql))

@@ -46,6 +46,24 @@ impl Store {
         row.as_ref().map(run_from_row).transpose()
     }
 
+    /// The agent and spec version of a run whose latest attempt was granted `lease_token`;
+    /// `None` if the token is not that attempt's (compared in constant time). The token outlives
+    /// the attempt's FinishRun (fenced calls also need the run `running`), so the worker can
+    /// still leave notes for the next attempt and clean up; the next StartRun replaces it. What
+    /// the memory service lets a worker touch hangs on this.
+    pub async fn held_run_agent(&self, id: &RunId, lease_token: &str) -> Result<Option<(AgentId, u64)>, StoreError> {
+        let row = sqlx::query("SELECT agent_id, agent_version, lease_token FROM runs WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let token: Option<String> = row.try_get("lease_token")?;
+        if !token.is_some_and(|t| nightshift_core::auth::constant_time_eq(t.as_bytes(), lease_token.as_bytes())) {
+            return Ok(None);
+        }
+        Ok(Some((AgentId::from_string(row.try_get::<String, _>("agent_id")?), u64_col(&row, "agent_version")?)))
+    }
+
     /// The checkpointed steps of a run, in order.
     pub async fn run_steps(&self, id: &RunId) -> Result<Vec<StepRecord>, StoreError> {
         let rows = sqlx::query(STEPS_SQL).bind(id.as_str()).fetch_all(&self.pool).await?;
@@ -64,6 +82,14 @@ impl Store {
         if let Some(agent) = &filter.agent_id {
             binds.push(B::S(agent.to_string()));
             sql.push_str(&format!(" AND r.agent_id = ${}", binds.len()));
+        }
+        if let Some(namespaces) = &filter.namespaces {
+            let mut marks = vec!["NULL".to_owned()];
+            for ns in namespaces {
+                binds.push(B::S(ns.to_string()));
+                marks.push(format!("${}", binds.len()));
+            }
+            sql.push_str(&format!(" AND a.namespace IN ({})", marks.join(", ")));
         }
         if !filter.statuses.is_empty() {
             let mut marks = Vec::new();

@@ -18,6 +18,8 @@ pub struct ScheduledAgent {
     pub agent_id: AgentId,
     /// Name (for logs and ScheduleInfo).
     pub name: String,
+    /// Its namespace (stamped on its events).
+    pub namespace: nightshift_core::Namespace,
     /// Spec version.
     pub version: u64,
     /// Paused agents never fire.
@@ -70,6 +72,7 @@ fn scheduled_from_row(row: &AnyRow) -> Result<ScheduledAgent, StoreError> {
     Ok(ScheduledAgent {
         agent_id: AgentId::from_string(row.try_get::<String, _>("id")?),
         name: row.try_get("name")?,
+        namespace: spec.namespace.clone(),
         version: u64_col(row, "version")?,
         paused: state == AgentState::Paused.as_str(),
         schedule: spec.schedule,

@@ -100,7 +100,7 @@ async fn agent_lifecycle(kind: Db) {
         e.store.create_agent(&spec("alpha", ""), AgentState::Active).await,
         Err(StoreError::AlreadyExists(_))
     ));
-    assert_eq!(e.store.get_agent_by_name("alpha").await.unwrap().unwrap().id, a.id);
+    assert_eq!(e.store.get_agent_by_name(&Default::default(), "alpha").await.unwrap().unwrap().id, a.id);
 
     let changed = spec("alpha", "description: changed");
     assert!(matches!(e.store.update_agent(&a.id, &changed, Some(7)).await, Err(StoreError::VersionConflict(_))));

@@ -21,13 +21,21 @@ pub struct RunEvents {
     source: String,
     agent_id: String,
     agent_name: String,
+    namespace: String,
     run_id: String,
 }
 
 impl RunEvents {
-    /// Events of `run_id` of the agent, published by `source` (e.g. `worker/host-1`).
-    pub fn new(sink: Option<EventFn>, source: String, agent_id: String, agent_name: String, run_id: String) -> Self {
-        Self { sink, source, agent_id, agent_name, run_id }
+    /// Events of `run` (of agent `agent_name`), published by `source` (e.g. `worker/host-1`).
+    pub fn new(sink: Option<EventFn>, source: String, run: &pb::Run, agent_name: String) -> Self {
+        Self {
+            sink,
+            source,
+            agent_id: run.agent_id.clone(),
+            agent_name,
+            namespace: run.namespace.clone(),
+            run_id: run.id.clone(),
+        }
     }
 
     /// Emits one event with `data`.
@@ -44,6 +52,7 @@ impl RunEvents {
                 run_id: self.run_id.clone(),
                 source: self.source.clone(),
                 data: Some(nightshift_events_client::json_to_struct(data)),
+                namespace: self.namespace.clone(),
             });
         }
     }

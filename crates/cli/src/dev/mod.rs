@@ -99,7 +99,8 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
     let worker = WorkerRole::build(cfg.worker_options(&wiring), WorkerDeps::default()).await?;
     let memory = MemoryRole::build(&cfg.memory_options(&wiring, model.as_deref()))
         .await
-        .context("starting the memory service")?;
+        .context("starting the memory service")?
+        .with_authority(Some(manager.memory_authority()));
     let mut listener = Listener::from(tcp).with_tls(ServerTls::load(&cfg.server.tls)?).with_guard(manager.guard());
     if let Some(audit) = manager.audit_sink() {
         listener = listener.with_audit(audit);

@@ -149,7 +149,7 @@ pub async fn wait_port(port: u16) {
 }
 
 pub fn by_name(name: &str) -> Option<pb::AgentRef> {
-    Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(name.into())) })
+    Some(pb::AgentRef::by_name(name))
 }
 
 pub async fn runs_of(m: &mut ManagerServiceClient<Channel>, agent: &str) -> Vec<pb::Run> {

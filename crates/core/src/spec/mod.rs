@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::error::{Errors, ValidationError, ValidationErrors};
 use crate::ids::AgentName;
+use crate::namespace::Namespace;
 use crate::policy::{Backoff, OverlapPolicy, RunPolicy};
 use crate::schedule::Schedule;
 use crate::{duration, pb};
@@ -30,7 +31,9 @@ const DEFAULT_MCP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// A validated agent specification.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentSpec {
-    /// Unique name.
+    /// The namespace it belongs to (its runs, events and memory with it).
+    pub namespace: Namespace,
+    /// Unique name within its namespace.
     pub name: AgentName,
     /// Free text.
     pub description: String,
@@ -285,6 +288,7 @@ impl AgentSpec {
     fn from_proto_as(p: &pb::AgentSpec, origin: SpecOrigin) -> Result<Self, ValidationErrors> {
         let mut errs = Errors::default();
         let name = errs.take(AgentName::parse("name", &p.name));
+        let namespace = errs.take(Namespace::parse_or_default("namespace", &p.namespace));
         check_text(&mut errs, "description", &p.description, false);
         if p.labels.len() > 64 {
             errs.push("labels", "at most 64 labels");
@@ -313,10 +317,11 @@ impl AgentSpec {
         let policy = Self::policy_from_pb(&mut errs, p.policy.as_ref());
         let tools = Self::tools_from_pb(&mut errs, p.tools.as_ref(), origin);
         let memory = Self::memory_from_pb(&mut errs, p.memory.as_ref());
-        let (Some(name), Some(model), Some(schedule)) = (name, model, schedule) else {
+        let (Some(name), Some(namespace), Some(model), Some(schedule)) = (name, namespace, model, schedule) else {
             return Err(ValidationErrors(errs.into_vec()));
         };
         errs.finish(|| Self {
+            namespace,
             name,
             description: p.description.clone(),
             labels: p.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -467,6 +472,7 @@ impl AgentSpec {
     pub fn to_proto(&self) -> pb::AgentSpec {
         let p = &self.policy;
         pb::AgentSpec {
+            namespace: self.namespace.to_string(),
             name: self.name.to_string(),
             description: self.description.clone(),
             labels: self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),

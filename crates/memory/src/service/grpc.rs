@@ -13,9 +13,20 @@ use crate::convert::{
 };
 use crate::types::{MemoryRecord, MemoryType, RecallQuery, Scope};
 
+impl MemoryService {
+    /// The access check of a call on one scope (`None`: the whole store).
+    async fn check_scope<T>(&self, req: &Request<T>, scope: Option<&pb::MemoryScope>) -> Result<(), Status> {
+        self.access.check(req, scope.as_slice()).await
+    }
+}
+
 #[tonic::async_trait]
 impl pb::memory_service_server::MemoryService for MemoryService {
     async fn store(&self, req: Request<pb::StoreMemoryRequest>) -> Result<Response<pb::StoreMemoryResponse>, Status> {
+        if req.get_ref().records.len() <= MAX_RECORDS_PER_STORE {
+            let scopes: Vec<_> = req.get_ref().records.iter().filter_map(|r| r.scope.as_ref()).collect();
+            self.access.check(&req, &scopes).await?;
+        }
         let req = req.into_inner();
         if req.records.is_empty() {
             return Err(invalid("records", "is empty"));
@@ -46,6 +57,7 @@ impl pb::memory_service_server::MemoryService for MemoryService {
     }
 
     async fn recall(&self, req: Request<pb::RecallRequest>) -> Result<Response<pb::RecallResponse>, Status> {
+        self.check_scope(&req, req.get_ref().scope.as_ref()).await?;
         let req = req.into_inner();
         let scope = scope_from_pb("scope", req.scope.as_ref())?;
         let kind = type_from_pb("type", req.r#type, None)?.ok_or_else(|| invalid("type", "is required"))?;
@@ -70,6 +82,7 @@ impl pb::memory_service_server::MemoryService for MemoryService {
         &self,
         req: Request<pb::SearchMemoryRequest>,
     ) -> Result<Response<pb::SearchMemoryResponse>, Status> {
+        self.check_scope(&req, req.get_ref().scope.as_ref()).await?;
         let req = req.into_inner();
         let scope = scope_from_pb("scope", req.scope.as_ref())?;
         if req.query.trim().is_empty() {
@@ -123,6 +136,7 @@ impl pb::memory_service_server::MemoryService for MemoryService {
     }
 
     async fn summarize(&self, req: Request<pb::SummarizeRequest>) -> Result<Response<pb::SummarizeResponse>, Status> {
+        self.check_scope(&req, req.get_ref().scope.as_ref()).await?;
         let req = req.into_inner();
         let scope = scope_from_pb("scope", req.scope.as_ref())?;
         let tokens = if req.token_budget == 0 { 2000 } else { req.token_budget as usize };
@@ -149,6 +163,7 @@ impl pb::memory_service_server::MemoryService for MemoryService {
     }
 
     async fn forget(&self, req: Request<pb::ForgetRequest>) -> Result<Response<pb::ForgetResponse>, Status> {
+        self.check_scope(&req, req.get_ref().scope.as_ref()).await?;
         let req = req.into_inner();
         let scope = scope_from_pb("scope", req.scope.as_ref())?;
         let kind = type_from_pb("type", req.r#type, None)?;
@@ -177,6 +192,7 @@ impl pb::memory_service_server::MemoryService for MemoryService {
     }
 
     async fn stats(&self, req: Request<pb::MemoryStatsRequest>) -> Result<Response<pb::MemoryStatsResponse>, Status> {
+        self.check_scope(&req, req.get_ref().scope.as_ref()).await?;
         let req = req.into_inner();
         let scope = match &req.scope {
             Some(s) => Some(scope_from_pb("scope", Some(s))?),

@@ -173,10 +173,15 @@ impl Scheduler {
                 if fire.missed > 0
                     && let Some(p) = self.inner.events.get()
                 {
-                    let name = idx.entries.get(&f.agent_id).map(|e| e.agent.name.clone()).unwrap_or_default();
+                    let (name, ns) = idx
+                        .entries
+                        .get(&f.agent_id)
+                        .map(|e| (e.agent.name.clone(), e.agent.namespace.clone()))
+                        .unwrap_or_default();
                     p.event(EventType::ScheduleMissed)
                         .agent(&fire.agent_id)
                         .agent_name(name)
+                        .namespace(&ns)
                         .data(json!({"missed": fire.missed}))
                         .emit();
                 }
@@ -221,10 +226,14 @@ impl Scheduler {
                     discard.push(p);
                     continue;
                 }
-                // The name and run ids are only needed for SCHEDULE_FIRED events.
+                // The name, namespace and run ids are only needed for SCHEDULE_FIRED events.
                 let event = self.inner.events.get().is_some().then(|| {
-                    let name = idx.entries.get(&p.agent_id).map(|e| e.agent.name.clone()).unwrap_or_default();
-                    (name, p.requests.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>())
+                    let who = idx
+                        .entries
+                        .get(&p.agent_id)
+                        .map(|e| (e.agent.name.clone(), e.agent.namespace.clone()))
+                        .unwrap_or_default();
+                    (who, p.requests.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>())
                 });
                 fired.push((p.agent_id, p.fire_at, event));
                 requests.extend(p.requests);
@@ -247,8 +256,13 @@ impl Scheduler {
                 metrics::histogram!("nightshift_scheduler_fire_lag_seconds").record(lag.as_secs_f64());
             }
             metrics::counter!("nightshift_scheduler_fired_total").increment(fire_at.len() as u64);
-            if let (Some(p), Some((name, runs))) = (self.inner.events.get(), event) {
-                p.event(EventType::ScheduleFired).agent(&agent).agent_name(name).data(json!({"runs": runs})).emit();
+            if let (Some(p), Some(((name, ns), runs))) = (self.inner.events.get(), event) {
+                p.event(EventType::ScheduleFired)
+                    .agent(&agent)
+                    .agent_name(name)
+                    .namespace(&ns)
+                    .data(json!({"runs": runs}))
+                    .emit();
             }
         }
         published

@@ -55,7 +55,13 @@ impl Scheduler {
                     json!({"attempt": run.attempt, "error": error, "will_retry": false, "worker": worker})
                 }
             };
-            p.event(event).agent(&run.agent_id).agent_name(run.agent_name.clone()).run(&run.id).data(data).emit();
+            p.event(event)
+                .agent(&run.agent_id)
+                .agent_name(run.agent_name.clone())
+                .namespace(&run.namespace)
+                .run(&run.id)
+                .data(data)
+                .emit();
         }
     }
 }

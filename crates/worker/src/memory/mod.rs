@@ -24,6 +24,58 @@ pub mod working;
 /// The memory service client.
 pub type MemoryClient = pb::memory_service_client::MemoryServiceClient<nightshift_rpc::CallChannel>;
 
+/// The memory client of one run: every call names the run and presents the lease token of the
+/// attempt, which is what the memory service lets this worker touch (that run's agent's memory
+/// and no other).
+#[derive(Clone)]
+pub struct RunMemory {
+    client: MemoryClient,
+    run_id: String,
+    lease_token: String,
+}
+
+impl RunMemory {
+    /// Calls of `run_id`'s attempt holding `lease_token`, through `client`.
+    pub fn new(client: &MemoryClient, run_id: &str, lease_token: &str) -> Self {
+        Self { client: client.clone(), run_id: run_id.to_owned(), lease_token: lease_token.to_owned() }
+    }
+
+    /// `message` as a call of this run.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        for (name, value) in
+            [(nightshift_rpc::RUN_HEADER, &self.run_id), (nightshift_rpc::LEASE_HEADER, &self.lease_token)]
+        {
+            if let Ok(v) = value.parse() {
+                req.metadata_mut().insert(name, v);
+            }
+        }
+        req
+    }
+
+    async fn store(
+        &self,
+        req: pb::StoreMemoryRequest,
+    ) -> Result<tonic::Response<pb::StoreMemoryResponse>, tonic::Status> {
+        self.client.clone().store(self.request(req)).await
+    }
+
+    async fn recall(&self, req: pb::RecallRequest) -> Result<tonic::Response<pb::RecallResponse>, tonic::Status> {
+        self.client.clone().recall(self.request(req)).await
+    }
+
+    async fn search(
+        &self,
+        req: pb::SearchMemoryRequest,
+    ) -> Result<tonic::Response<pb::SearchMemoryResponse>, tonic::Status> {
+        self.client.clone().search(self.request(req)).await
+    }
+
+    async fn forget(&self, req: pb::ForgetRequest) -> Result<tonic::Response<pb::ForgetResponse>, tonic::Status> {
+        self.client.clone().forget(self.request(req)).await
+    }
+}
+
 /// Longest part of one record quoted into the prompt.
 const MAX_RECORD_CHARS: usize = 1_000;
 /// Longest memory section of the prompt.
@@ -34,14 +86,15 @@ const PROCEDURAL_RECALL: u32 = 5;
 /// the lease, and a slow memory service must not hold a run up.
 const MEMORY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The memory scope of a run, in the service's notation (`agent`, `run:<id>`, `fixed:<id>`).
+/// The memory scope of a run, in the service's notation (`agent`, `run:<id>`, `fixed:<id>`,
+/// which outside `default` is stored as `fixed:<namespace>/<id>`).
 /// The agent id is sent for a `fixed:<id>` scope too; the service ignores it there, so that every
 /// agent naming the scope reads and writes the same records.
 pub fn scope(spec: &AgentSpec, agent_id: &str, run_id: &str) -> pb::MemoryScope {
     let session = match &spec.memory.session {
         SessionScope::Agent => "agent".to_owned(),
         SessionScope::Run => run_session(run_id),
-        SessionScope::Fixed(id) => format!("fixed:{id}"),
+        SessionScope::Fixed(id) => nightshift_core::namespace::fixed_session(&spec.namespace, id),
     };
     pb::MemoryScope { agent_id: agent_id.to_owned(), session }
 }
@@ -66,7 +119,7 @@ fn failed(op: &'static str, s: &tonic::Status) {
 /// What was recalled for a run, rendered as a section of the system prompt ("" = nothing).
 /// Gives up (with what it has: nothing) after [`MEMORY_TIMEOUT`].
 #[tracing::instrument(name = "memory.recall", skip_all)]
-pub async fn recall(client: &MemoryClient, spec: &AgentSpec, scope: &pb::MemoryScope, query: &str) -> String {
+pub async fn recall(client: &RunMemory, spec: &AgentSpec, scope: &pb::MemoryScope, query: &str) -> String {
     match tokio::time::timeout(MEMORY_TIMEOUT, recall_all(client, spec, scope, query)).await {
         Ok(section) => section,
         Err(_) => {
@@ -76,12 +129,12 @@ pub async fn recall(client: &MemoryClient, spec: &AgentSpec, scope: &pb::MemoryS
     }
 }
 
-async fn recall_all(client: &MemoryClient, spec: &AgentSpec, scope: &pb::MemoryScope, query: &str) -> String {
+async fn recall_all(client: &RunMemory, spec: &AgentSpec, scope: &pb::MemoryScope, query: &str) -> String {
     let mut episodes = Vec::new();
     let mut notes = Vec::new();
     let mut facts = Vec::new();
     let recall = |kind: pb::MemoryType, limit: u32| {
-        let mut c = client.clone();
+        let c = client.clone();
         let req = pb::RecallRequest {
             scope: Some(scope.clone()),
             r#type: kind as i32,
@@ -110,7 +163,7 @@ async fn recall_all(client: &MemoryClient, spec: &AgentSpec, scope: &pb::MemoryS
             metadata_filter: BTreeMap::new(),
             min_score: None,
         };
-        match client.clone().search(req).await {
+        match client.search(req).await {
             Ok(r) => facts = r.into_inner().hits,
             // A deployment without a vector index: recall works, search does not. Not an error.
             Err(s) if s.code() == Code::FailedPrecondition => {
@@ -183,7 +236,7 @@ fn render(
 /// (`agent`: its name, `agent_id`), which tells the members of a shared scope apart.
 #[tracing::instrument(name = "memory.store_episode", skip_all)]
 pub async fn store_episode(
-    client: &MemoryClient,
+    client: &RunMemory,
     scope: &pb::MemoryScope,
     run: &pb::Run,
     agent_name: &str,
@@ -209,7 +262,6 @@ pub async fn store_episode(
         ttl: None,
         summary: false,
     };
-    let mut client = client.clone();
     match tokio::time::timeout(MEMORY_TIMEOUT, client.store(pb::StoreMemoryRequest { records: vec![record] })).await {
         Ok(Ok(_)) => {}
         Ok(Err(s)) => failed("store", &s),

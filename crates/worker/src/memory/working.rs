@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 
 use nightshift_core::pb;
 
-use super::{MEMORY_TIMEOUT, MemoryClient, clip, failed, run_session};
+use super::{MEMORY_TIMEOUT, RunMemory, clip, failed, run_session};
 
 /// Longest note quoted into the prompt.
 const MAX_NOTE_CHARS: usize = 500;
@@ -40,7 +40,7 @@ pub fn note_id(run_id: &str, attempt: u32) -> String {
 /// Writes the note of how `run`'s current attempt ended (`outcome`: `failed`, `timed_out`,
 /// `released`, `unrecorded`), for the attempt that follows.
 #[tracing::instrument(name = "memory.note_attempt", skip_all)]
-pub async fn note(client: &MemoryClient, run: &pb::Run, outcome: &str, text: &str, turns: u32) {
+pub async fn note(client: &RunMemory, run: &pb::Run, outcome: &str, text: &str, turns: u32) {
     let record = pb::MemoryRecord {
         id: note_id(&run.id, run.attempt),
         r#type: pb::MemoryType::Working as i32,
@@ -56,7 +56,6 @@ pub async fn note(client: &MemoryClient, run: &pb::Run, outcome: &str, text: &st
         ttl: None,
         ..Default::default()
     };
-    let mut client = client.clone();
     match tokio::time::timeout(MEMORY_TIMEOUT, client.store(pb::StoreMemoryRequest { records: vec![record] })).await {
         Ok(Ok(_)) => {}
         Ok(Err(s)) => failed("note", &s),
@@ -68,7 +67,7 @@ pub async fn note(client: &MemoryClient, run: &pb::Run, outcome: &str, text: &st
 /// whether the run may have notes to forget when it ends for good: some were read, or the
 /// recall failed and cannot tell (false spares the run's end a Forget call).
 #[tracing::instrument(name = "memory.recall_attempts", skip_all)]
-pub async fn recall(client: &MemoryClient, run: &pb::Run) -> (String, bool) {
+pub async fn recall(client: &RunMemory, run: &pb::Run) -> (String, bool) {
     if run.attempt <= 1 {
         return (String::new(), false);
     }
@@ -79,7 +78,7 @@ pub async fn recall(client: &MemoryClient, run: &pb::Run) -> (String, bool) {
         before: None,
         metadata_filter: BTreeMap::new(),
     };
-    let (notes, unknown) = match tokio::time::timeout(MEMORY_TIMEOUT, client.clone().recall(req)).await {
+    let (notes, unknown) = match tokio::time::timeout(MEMORY_TIMEOUT, client.recall(req)).await {
         Ok(Ok(r)) => (r.into_inner().records, false),
         Ok(Err(s)) => {
             failed("recall", &s);
@@ -95,13 +94,13 @@ pub async fn recall(client: &MemoryClient, run: &pb::Run) -> (String, bool) {
 
 /// Forgets `run`'s working memory: the run has ended for good.
 #[tracing::instrument(name = "memory.forget_run", skip_all)]
-pub async fn forget(client: &MemoryClient, run: &pb::Run) {
+pub async fn forget(client: &RunMemory, run: &pb::Run) {
     let req = pb::ForgetRequest {
         scope: Some(run_scope(&run.agent_id, &run.id)),
         r#type: pb::MemoryType::Working as i32,
         ids: Vec::new(),
     };
-    match tokio::time::timeout(MEMORY_TIMEOUT, client.clone().forget(req)).await {
+    match tokio::time::timeout(MEMORY_TIMEOUT, client.forget(req)).await {
         Ok(Ok(_)) => {}
         Ok(Err(s)) => failed("forget", &s),
         Err(_) => failed("forget", &tonic::Status::deadline_exceeded("forgetting the run's notes took too long")),

@@ -17,7 +17,7 @@ use super::prompt::system_prompt;
 use super::{Held, StopReason, Worker};
 use crate::agent::{AgentLoop, LoopError, Spent};
 use crate::events::RunEvents;
-use crate::memory;
+use crate::memory::{self, RunMemory};
 
 /// Outcome of one attempt, as reported to the manager.
 pub(super) enum AttemptEnd {
@@ -87,7 +87,11 @@ impl Worker {
             events: events.clone(),
         };
         let query = run.query_override.clone().unwrap_or_else(|| spec.query.clone());
-        let memory = self.inner.memory.get().map(|c| (c, memory::scope(spec, &run.agent_id, &run.id)));
+        let memory = self
+            .inner
+            .memory
+            .get()
+            .map(|c| (RunMemory::new(c, &run.id, &run.lease_token), memory::scope(spec, &run.agent_id, &run.id)));
         let (recalled, notes) = match &memory {
             Some((client, scope)) => {
                 let (recalled, (so_far, notes)) =

@@ -187,13 +187,7 @@ impl Worker {
     }
 
     fn run_events(&self, run: &pb::Run, agent_name: &str) -> RunEvents {
-        RunEvents::new(
-            self.inner.events.clone(),
-            format!("worker/{}", self.inner.id),
-            run.agent_id.clone(),
-            agent_name.to_owned(),
-            run.id.clone(),
-        )
+        RunEvents::new(self.inner.events.clone(), format!("worker/{}", self.inner.id), run, agent_name.to_owned())
     }
 }
 

@@ -15,7 +15,7 @@ use super::attempt::AttemptEnd;
 use super::delivery::{ack, nack};
 use super::{Held, StopReason, Worker, truncate};
 use crate::events::RunEvents;
-use crate::memory::working;
+use crate::memory::{RunMemory, working};
 
 /// What `FinishRun` reports about an attempt.
 pub(super) struct Report<'a> {
@@ -110,7 +110,7 @@ impl Worker {
     /// once the lease has run out, and the next attempt resumes from the checkpoints (a final
     /// answer already checkpointed is not paid for again) and reads the note left here of how
     /// this attempt ended, as `unrecorded`.
-    pub(super) async fn redeliver_later(&self, d: Delivery, run: &pb::Run, ending: &Ending) {
+    pub(super) async fn redeliver_later(&self, d: Delivery, run: &Held, ending: &Ending) {
         tracing::warn!(run = %run.id, "the manager did not record the attempt's end; the run is delivered again");
         let text = format!("{} Its end could not be recorded, so the run was delivered again.", ending.text);
         self.note(run, &Ending { outcome: "unrecorded", text, turns: ending.turns }).await;
@@ -243,9 +243,10 @@ impl Worker {
 
     /// Leaves the note of how this attempt ended for the attempt that follows (before the nack
     /// that lets it be delivered).
-    async fn note(&self, run: &pb::Run, ending: &Ending) {
+    async fn note(&self, run: &Held, ending: &Ending) {
         if let Some(client) = self.inner.memory.get() {
-            working::note(client, run, ending.outcome, &ending.text, ending.turns).await;
+            let client = RunMemory::new(client, &run.id, &run.lease_token);
+            working::note(&client, run, ending.outcome, &ending.text, ending.turns).await;
         }
     }
 
@@ -253,9 +254,9 @@ impl Worker {
     /// (`notes`: notes are only written when another attempt follows, and that attempt reads
     /// them). After the ack: the delivery does not wait for a memory call. A worker that dies
     /// first leaves them to `working_ttl`.
-    async fn forget_notes(&self, run: &pb::Run, notes: bool) {
+    async fn forget_notes(&self, run: &Held, notes: bool) {
         if notes && let Some(client) = self.inner.memory.get() {
-            working::forget(client, run).await;
+            working::forget(&RunMemory::new(client, &run.id, &run.lease_token), run).await;
         }
     }
 

@@ -72,9 +72,7 @@ pub async fn env_with_ack_wait(model: &str, queue: &str, extra: &str, ack_wait: 
     let got = env
         .manager
         .clone()
-        .get_agent(pb::GetAgentRequest {
-            agent: Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Id(agent.id.to_string())) }),
-        })
+        .get_agent(pb::GetAgentRequest { agent: Some(pb::AgentRef::by_id(agent.id.to_string())) })
         .await
         .unwrap();
     (env, got.into_inner().agent.unwrap())
@@ -224,7 +222,7 @@ pub async fn area_runs(env: &Env) -> Vec<pb::Run> {
 }
 
 pub fn by_name(name: &str) -> Option<pb::AgentRef> {
-    Some(pb::AgentRef { r#ref: Some(pb::agent_ref::Ref::Name(name.into())) })
+    Some(pb::AgentRef::by_name(name))
 }
 
 /// A memory service role (in-memory stores) on its own gRPC server; returns its endpoint and a
