@@ -90,16 +90,24 @@ impl AgentView {
 }
 
 pub(crate) fn agents_table(agents: &[AgentView]) -> String {
-    let mut t = new_table(&["NAME", "STATE", "VERSION", "SCHEDULE", "LABELS"]);
+    let mut t = new_table(&["NAMESPACE", "NAME", "STATE", "VERSION", "SCHEDULE", "LABELS"]);
     for a in agents {
         let labels: Vec<String> = a.spec.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        t.add_row(vec![a.name.clone(), a.state.clone(), a.version.to_string(), a.schedule.clone(), labels.join(",")]);
+        t.add_row(vec![
+            a.spec.namespace.clone(),
+            a.name.clone(),
+            a.state.clone(),
+            a.version.to_string(),
+            a.schedule.clone(),
+            labels.join(","),
+        ]);
     }
     format!("{t}\n")
 }
 
 pub(crate) fn agent_table(a: &AgentView) -> String {
     let mut t = new_table(&["FIELD", "VALUE"]);
+    t.add_row(vec!["namespace".into(), a.spec.namespace.clone()]);
     t.add_row(vec!["name".into(), a.name.clone()]);
     t.add_row(vec!["id".into(), a.id.clone()]);
     t.add_row(vec!["version".into(), a.version.to_string()]);

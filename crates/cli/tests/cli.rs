@@ -132,6 +132,34 @@ fn readme_workflow_in_table_and_json() {
 }
 
 #[test]
+fn namespaces_from_the_command_line() {
+    let d = dev();
+    let ex = examples();
+    let into_a = ok(&d, &["-n", "team-a", "agent", "apply", "-f", ex.to_str().unwrap()]);
+    assert_eq!(into_a.matches(" created ").count(), 3, "{into_a}");
+    // The same names again, in default: names are unique per namespace.
+    let into_default = ok(&d, &["agent", "apply", "-f", ex.to_str().unwrap()]);
+    assert_eq!(into_default.matches(" created ").count(), 3, "{into_default}");
+    let team_a = json(&d, &["-n", "team-a", "agent", "list"]);
+    assert_eq!(team_a.as_array().unwrap().len(), 3, "{team_a}");
+    assert!(team_a.as_array().unwrap().iter().all(|a| a["spec"]["namespace"] == "team-a"), "{team_a}");
+    assert_eq!(json(&d, &["agent", "list"]).as_array().unwrap().len(), 6, "every namespace without -n");
+    ok(&d, &["-n", "team-a", "agent", "delete", "file-monitor"]);
+    assert_eq!(ns(&d, &["-n", "team-a", "agent", "get", "file-monitor"]).status.code(), Some(3));
+    assert_eq!(json(&d, &["agent", "get", "file-monitor"])["spec"]["namespace"], "default", "default's is still there");
+
+    let elsewhere = d.dir.path().join("elsewhere.yaml");
+    std::fs::write(
+        &elsewhere,
+        "namespace: team-b\nname: x\nmodel: {provider: openai, model: m}\ntask: {query: q}\nschedule: {manual: true}\n",
+    )
+    .unwrap();
+    let out = ns(&d, &["-n", "team-a", "agent", "apply", "-f", elsewhere.to_str().unwrap()]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && text.contains("team-b"), "a manifest naming another namespace: {text}");
+}
+
+#[test]
 fn bad_specs_are_refused_readably() {
     let d = dev();
     let dir = tempfile::tempdir().unwrap();

@@ -4,10 +4,12 @@
 //! when an agent is applied (the author gets INVALID_ARGUMENT naming the field); the worker runs
 //! them again before each attempt (a spec forced into the store gets no further), and checks
 //! every address its HTTP clients connect to after DNS resolution (`nightshift-egress`).
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::namespace::Namespace;
 use crate::spec::{AgentSpec, ConfigValue, McpTransport, SecretRef};
 
 /// The `[allow]` section of a worker (and the manager's `[worker_allow]`, which must match the
@@ -22,6 +24,10 @@ pub struct OperatorPolicy {
     /// Environment variables `env:NAME` may name (model API keys, MCP `env` values); a trailing
     /// `*` matches a prefix (`OPENAI_*`). Empty: none. `"*"`: any.
     pub secrets: Vec<String>,
+    /// Per namespace, the environment variables its agents may name instead of `secrets`
+    /// (`team-a = ["TEAM_A_*"]`), so that one tenant cannot spend another's provider keys.
+    /// A namespace without an entry uses `secrets`.
+    pub namespace_secrets: BTreeMap<String, Vec<String>>,
     /// Private, loopback, link-local (cloud metadata) and other non-public addresses are refused
     /// for model `base_url` and MCP `url`; these CIDRs (`10.2.0.0/16`, `127.0.0.1/32`) and host
     /// names (`llm.internal`) are let through. Checked after DNS resolution.
@@ -119,7 +125,12 @@ impl OperatorPolicy {
     /// Everything allowed: for tests and a single-user machine (`nightshift dev` on loopback
     /// without authentication, where the person at the keyboard is the operator).
     pub fn trusting() -> Self {
-        Self { mcp_commands: vec!["*".into()], secrets: vec!["*".into()], private_egress: vec!["*".into()] }
+        Self {
+            mcp_commands: vec!["*".into()],
+            secrets: vec!["*".into()],
+            namespace_secrets: BTreeMap::new(),
+            private_egress: vec!["*".into()],
+        }
     }
 
     /// Whether `host` (a name) is let through whatever it resolves to.
@@ -136,12 +147,18 @@ impl OperatorPolicy {
         Err(format!("{host} resolves to {ip}, a {why} address the worker may not reach (allow.private_egress)"))
     }
 
-    fn check_secret(&self, field: &str, secret: &SecretRef, out: &mut Vec<Refusal>) {
+    fn check_secret(&self, namespace: &Namespace, field: &str, secret: &SecretRef, out: &mut Vec<Refusal>) {
         let SecretRef::Env(name) = secret;
-        if !matches(&self.secrets, name) {
+        let (allowed, option) = match self.namespace_secrets.get(namespace.as_str()) {
+            Some(own) => (own, format!("allow.namespace_secrets.{namespace}")),
+            None => (&self.secrets, "allow.secrets".to_owned()),
+        };
+        if !matches(allowed, name) {
             out.push(Refusal {
                 field: field.to_owned(),
-                message: format!("env:{name} is not a secret this deployment lets agents use (allow.secrets)"),
+                message: format!(
+                    "env:{name} is not a secret this deployment lets agents of namespace {namespace} use ({option})"
+                ),
             });
         }
     }
@@ -150,8 +167,9 @@ impl OperatorPolicy {
     /// hosts of URLs are checked when they are resolved).
     pub fn refusals(&self, spec: &AgentSpec) -> Vec<Refusal> {
         let mut out = Vec::new();
+        let ns = &spec.namespace;
         if let Some(key) = &spec.model.api_key {
-            self.check_secret("model.api_key", key, &mut out);
+            self.check_secret(ns, "model.api_key", key, &mut out);
         }
         for (i, server) in spec.tools.mcp.iter().enumerate() {
             let f = format!("tools.mcp[{i}]");
@@ -169,14 +187,14 @@ impl OperatorPolicy {
                     }
                     for (name, value) in env {
                         if let ConfigValue::Secret(secret) = value {
-                            self.check_secret(&format!("{f}.env.{name}"), secret, &mut out);
+                            self.check_secret(ns, &format!("{f}.env.{name}"), secret, &mut out);
                         }
                     }
                 }
                 McpTransport::Http { headers, .. } => {
                     for (name, value) in headers {
                         if let ConfigValue::Secret(secret) = value {
-                            self.check_secret(&format!("{f}.headers.{name}"), secret, &mut out);
+                            self.check_secret(ns, &format!("{f}.headers.{name}"), secret, &mut out);
                         }
                     }
                 }
@@ -244,5 +262,26 @@ mod tests {
         };
         assert!(open.refusals(&spec).is_empty());
         assert!(OperatorPolicy::trusting().refusals(&spec).is_empty());
+    }
+
+    #[test]
+    fn a_namespace_with_its_own_secrets_uses_only_those() {
+        let yaml = |ns: &str, key: &str| {
+            let text = format!(
+                "namespace: {ns}\nname: x\nmodel: {{provider: openai, model: m, api_key: env:{key}}}\n\
+                 task: {{query: q}}\nschedule: {{interval: 1h}}"
+            );
+            crate::AgentManifest::from_yaml(&text).unwrap().validate().unwrap()
+        };
+        let p = OperatorPolicy {
+            secrets: vec!["OPENAI_API_KEY".into()],
+            namespace_secrets: BTreeMap::from([("team-a".into(), vec!["TEAM_A_*".into()])]),
+            ..Default::default()
+        };
+        assert!(p.refusals(&yaml("team-a", "TEAM_A_OPENAI")).is_empty());
+        let shared = p.refusals(&yaml("team-a", "OPENAI_API_KEY"));
+        assert!(shared[0].message.contains("allow.namespace_secrets.team-a"), "{shared:?}");
+        assert!(p.refusals(&yaml("team-b", "OPENAI_API_KEY")).is_empty(), "no entry: the shared list");
+        assert_eq!(p.refusals(&yaml("team-b", "TEAM_A_OPENAI")).len(), 1, "another tenant's key");
     }
 }

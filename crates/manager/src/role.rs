@@ -86,6 +86,7 @@ impl ManagerRole {
                 .data(serde_json::json!({
                     "principal": r.principal,
                     "role": r.role,
+                    "namespaces": r.namespaces,
                     "method": r.method,
                     "code": format!("{:?}", r.code),
                 }))

@@ -55,6 +55,8 @@ pub struct AuditRecord {
     pub principal: String,
     /// Its role.
     pub role: String,
+    /// The namespaces it acts in (`*` or names joined with ',').
+    pub namespaces: String,
     /// The gRPC path.
     pub method: String,
     /// The gRPC status code of the answer.
@@ -182,17 +184,20 @@ where
                 Ok(admitted) => admitted,
                 Err(status) => return Ok(status.into_http()),
             };
-            let who = permission.mutates().then(|| (principal.name.clone(), principal.role));
+            let who = permission
+                .mutates()
+                .then(|| (principal.name.clone(), principal.role, principal.namespaces.to_string()));
             req.extensions_mut().insert(principal);
             let res = inner.call(req).await;
-            if let Some((name, role)) = who {
+            if let Some((name, role, namespaces)) = who {
                 let code = match &res {
                     Ok(r) => crate::metrics::status_of(r.headers()),
                     Err(_) => tonic::Code::Internal,
                 };
-                tracing::info!(target: "nightshift::audit", principal = %name, role = %role, method = %path, code = ?code, "call");
+                tracing::info!(target: "nightshift::audit", principal = %name, role = %role, namespaces = %namespaces,
+                    method = %path, code = ?code, "call");
                 if let Some(sink) = &audit {
-                    sink(AuditRecord { principal: name, role: role.to_string(), method: path, code });
+                    sink(AuditRecord { principal: name, role: role.to_string(), namespaces, method: path, code });
                 }
             }
             res
