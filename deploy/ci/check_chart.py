@@ -16,7 +16,7 @@ import yaml
 KUBE_VERSION = "v1.30.0"
 RELEASE, NAMESPACE = "nightshift", "nightshift"
 # Kinds without a schema in kubernetes-validate (CRDs); everything else must be core Kubernetes.
-CRD_KINDS = {"ServiceMonitor", "GRPCRoute"}
+CRD_KINDS = {"ServiceMonitor", "GRPCRoute", "Certificate"}
 GRPC_SERVICES = {
     "manager": "nightshift.v1.ManagerService",
     "scheduler": "nightshift.v1.SchedulerService",
@@ -33,6 +33,8 @@ def fail(errors: list[str], msg: str) -> None:
 
 
 def check_manifests(label: str, docs: list[dict], values: dict, errors: list[str]) -> None:
+    tls = bool(values.get("tls", {}).get("enabled"))
+    scheme = "https" if tls else "http"
     kinds: dict[str, list[dict]] = {}
     for d in docs:
         kinds.setdefault(d["kind"], []).append(d)
@@ -47,11 +49,16 @@ def check_manifests(label: str, docs: list[dict], values: dict, errors: list[str
         port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
         if c["command"] != [f"nightshift-{comp}"]:
             fail(errors, f"{label}: {comp} runs {c['command']}")
+        # The kubelet's gRPC probe speaks no TLS: with TLS on, the probes open the port.
+        kind = "tcpSocket" if tls else "grpc"
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-            if c.get(probe, {}).get("grpc", {}).get("port") != port:
-                fail(errors, f"{label}: {comp} {probe} is not a gRPC probe on {port}")
-        if c.get("readinessProbe", {}).get("grpc", {}).get("service") != GRPC_SERVICES[comp]:
+            if c.get(probe, {}).get(kind, {}).get("port") != port:
+                fail(errors, f"{label}: {comp} {probe} is not a {kind} probe on {port}")
+        if not tls and c.get("readinessProbe", {}).get("grpc", {}).get("service") != GRPC_SERVICES[comp]:
             fail(errors, f"{label}: {comp} readiness probe does not name {GRPC_SERVICES[comp]}")
+        mounts = [m["mountPath"] for m in c.get("volumeMounts", [])]
+        if tls != ("/etc/nightshift/tls" in mounts):
+            fail(errors, f"{label}: {comp} mounts {mounts} with tls.enabled={tls}")
         res = c.get("resources", {})
         if not res.get("requests") or not res.get("limits"):
             fail(errors, f"{label}: {comp} lacks resource requests/limits")
@@ -70,7 +77,10 @@ def check_manifests(label: str, docs: list[dict], values: dict, errors: list[str
             if refs != wanted:
                 fail(errors, f"{label}: worker envFrom secretRefs {refs} != worker.apiKeysSecrets {wanted}")
     for cm in kinds.get("ConfigMap", []):
-        for k, v in (cm.get("data") or {}).items():
+        data = cm.get("data") or {}
+        if tls and not any(k.endswith("_TLS__CERT_FILE") for k in data):
+            fail(errors, f"{label}: ConfigMap {cm['metadata']['name']} has no TLS settings with tls.enabled")
+        for k, v in data.items():
             if k.endswith(SECRET_KEYS) or "password" in str(v).lower():
                 fail(errors, f"{label}: ConfigMap {cm['metadata']['name']} holds a secret-looking key {k}")
     # The workers reach the memory service through the chart-wired memory_endpoint.
@@ -82,7 +92,7 @@ def check_manifests(label: str, docs: list[dict], values: dict, errors: list[str
             fail(errors, f"{label}: memory.enabled but no memory Deployment/Service")
         else:
             svc = services["memory"]["metadata"]
-            wanted = f"http://{svc['name']}.{svc['namespace']}.svc:{values['memory']['port']}"
+            wanted = f"{scheme}://{svc['name']}.{svc['namespace']}.svc:{values['memory']['port']}"
             if memory_endpoint != wanted:
                 fail(errors, f"{label}: worker NIGHTSHIFT_WORKER_MEMORY_ENDPOINT={memory_endpoint!r}, want {wanted!r}")
             (wc,) = deployments["worker"]["spec"]["template"]["spec"]["containers"]

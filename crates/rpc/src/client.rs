@@ -42,6 +42,9 @@ impl ClientOptions {
                 .map_err(|e| BadEndpoint::of(field)(format!("tls.ca_file {}: {e}", self.tls.ca_file)))?;
             tls.ca_certificate(Certificate::from_pem(pem))
         };
+        if !self.tls.server_name.is_empty() {
+            tls = tls.domain_name(self.tls.server_name.clone());
+        }
         if !self.tls.cert_file.is_empty() {
             let read = |path: &str| {
                 std::fs::read(path).map_err(|e| BadEndpoint::of(field)(format!("client certificate {path}: {e}")))

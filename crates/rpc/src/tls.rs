@@ -41,6 +41,11 @@ pub struct TlsOptions {
     /// PEM CA bundle that the servers this process calls over `https://` must chain to; empty =
     /// the system's roots.
     pub ca_file: String,
+    /// The name the servers this process calls must present in their certificates, instead of
+    /// the host it dials; empty = that host. For replicas reached at addresses no certificate
+    /// can name in advance (scaled workers advertise their container or pod name): give every
+    /// service a certificate for one shared name (`nightshift`) and set it here.
+    pub server_name: String,
 }
 
 /// Why TLS could not be set up.

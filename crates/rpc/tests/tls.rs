@@ -102,7 +102,7 @@ async fn mutual_tls_admits_only_callers_with_a_certificate_of_the_client_ca() {
         cert_file: server.cert_file.display().to_string(),
         key_file: server.key_file.display().to_string(),
         client_ca_file: trust.display().to_string(),
-        ca_file: String::new(),
+        ..TlsOptions::default()
     };
     let endpoint = serve(&tls).await;
 
@@ -122,6 +122,29 @@ async fn mutual_tls_admits_only_callers_with_a_certificate_of_the_client_ca() {
     member.tls.cert_file = worker.cert_file.display().to_string();
     member.tls.key_file = worker.key_file.display().to_string();
     assert_eq!(check(&endpoint, &member).await, Ok(SERVING));
+}
+
+/// Scaled replicas share one certificate for a common name: a client that expects that name
+/// (`server_name`) accepts it whatever host it dials, and one that does not, refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_server_name_stands_in_for_the_host_dialed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("services CA");
+    let trust = ca.write_cert(&dir.path().join("ca.crt"));
+    let shared = ca.issue(dir.path(), "shared", &["nightshift"]);
+    let tls = TlsOptions {
+        cert_file: shared.cert_file.display().to_string(),
+        key_file: shared.key_file.display().to_string(),
+        ..TlsOptions::default()
+    };
+    let endpoint = serve(&tls).await;
+    let refused = check(&endpoint, &trusting(&trust)).await;
+    assert!(refused.is_err(), "a certificate not naming localhost was accepted for it: {refused:?}");
+    let mut expecting = trusting(&trust);
+    expecting.tls.server_name = "nightshift".into();
+    assert_eq!(check(&endpoint, &expecting).await, Ok(SERVING));
+    expecting.tls.server_name = "other".into();
+    assert!(check(&endpoint, &expecting).await.is_err(), "the expected name is checked, not ignored");
 }
 
 #[tokio::test]

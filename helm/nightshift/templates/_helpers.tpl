@@ -75,7 +75,18 @@ app.kubernetes.io/part-of: nightshift
 {{- define "nightshift.endpoint" -}}
 {{- $c := index .root.Values .component -}}
 {{- if $c.enabled -}}
-http://{{ include "nightshift.componentName" . }}.{{ .root.Release.Namespace }}.svc:{{ $c.port }}
+{{ ternary "https" "http" .root.Values.tls.enabled }}://{{ include "nightshift.componentName" . }}.{{ .root.Release.Namespace }}.svc:{{ $c.port }}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the services' certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "nightshift.tlsSecretName" -}}
+{{- if .Values.tls.existingSecret -}}
+{{- .Values.tls.existingSecret -}}
+{{- else if .Values.tls.certManager.issuerRef.name -}}
+{{- printf "%s-tls" (include "nightshift.fullname" .) -}}
+{{- else -}}
+{{- fail "tls.enabled needs tls.existingSecret or tls.certManager.issuerRef.name" -}}
 {{- end -}}
 {{- end -}}
 
@@ -157,6 +168,10 @@ Call with (dict "root" $ "component" NAME).
 {{- else -}}
 {{- $own := ternary "worker.key" "service.key" (eq $name "worker") -}}
 {{- $_ := set $wired "auth" (dict "verify_endpoint" $manager "api_key_file" (printf "%s/%s" $keys $own)) -}}
+{{- end -}}
+{{- if $root.Values.tls.enabled -}}
+{{- $dir := "/etc/nightshift/tls" -}}
+{{- $_ := set $wired "tls" (dict "cert_file" (printf "%s/tls.crt" $dir) "key_file" (printf "%s/tls.key" $dir) "ca_file" (printf "%s/ca.crt" $dir) "server_name" $root.Values.tls.serverName) -}}
 {{- end -}}
 {{- if eq $name "manager" -}}
 {{- $_ := set $wired "queue_url" $queue -}}
