@@ -44,6 +44,22 @@ fn until_after(until: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     (until - now).to_std().unwrap_or_default()
 }
 
+/// How long after its run ended a lease token still vouches for the worker that held it: long
+/// enough to leave notes for a retry and forget the run's working memory, short enough that a
+/// worker does not keep an agent's memory open for good.
+pub const LEASE_AFTERLIFE: Duration = Duration::from_secs(600);
+
+/// Whether a run's latest lease token (the one presented matched it) still vouches for its
+/// holder: while the run is not terminal (running, or queued for the retry the holder may leave
+/// notes for, until the next StartRun replaces the token), and for [`LEASE_AFTERLIFE`] after it
+/// ended.
+pub fn lease_vouches(status: RunStatus, finished_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    if !status.is_terminal() {
+        return true;
+    }
+    finished_at.is_some_and(|at| now < lease_until(at, LEASE_AFTERLIFE))
+}
+
 /// The facts about one run that StartRun decides on, read under the agent's lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StartFacts {
@@ -324,6 +340,17 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         from_millis(NOW)
+    }
+
+    #[test]
+    fn a_lease_token_vouches_until_a_while_after_its_run_ended() {
+        assert!(lease_vouches(RunStatus::Running, None, now()));
+        assert!(lease_vouches(RunStatus::Queued, None, now()), "a retry is pending: notes for it");
+        let ended = now() - chrono::Duration::seconds(60);
+        assert!(lease_vouches(RunStatus::Failed, Some(ended), now()));
+        let long_ago = now() - chrono::Duration::seconds(601);
+        assert!(!lease_vouches(RunStatus::Succeeded, Some(long_ago), now()));
+        assert!(!lease_vouches(RunStatus::Cancelled, None, now()));
     }
 
     fn facts(status: RunStatus) -> StartFacts {

@@ -69,6 +69,16 @@ impl Egress {
     pub fn resolver(&self) -> Arc<PolicyResolver> {
         Arc::new(PolicyResolver { policy: self.policy.clone() })
     }
+
+    /// An HTTP client whose every connection goes through [`Self::resolver`], following no
+    /// redirect (a redirect to an IP literal would skip the resolver): for MCP servers over HTTP.
+    pub fn http_client(&self) -> Result<reqwest::Client, EgressError> {
+        reqwest::Client::builder()
+            .dns_resolver(self.resolver())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| EgressError::Refused(format!("HTTP client: {e}")))
+    }
 }
 
 async fn resolve_checked(policy: &OperatorPolicy, host: &str, port: u16) -> Result<Vec<SocketAddr>, EgressError> {

@@ -198,8 +198,10 @@ impl pb::manager_service_server::ManagerService for ManagerService {
     ) -> Result<Response<pb::CreateAgentResponse>, Status> {
         let scope = scope::caller(&req);
         let req = req.into_inner();
-        let spec = self.admitted(spec_of(req.spec.as_ref(), &req.manifest_yaml)?).await?;
+        // The namespace before the worker policy: a caller outside it learns nothing of the policy.
+        let spec = spec_of(req.spec.as_ref(), &req.manifest_yaml)?;
         scope::require(&scope, &spec.namespace)?;
+        let spec = self.admitted(spec).await?;
         let state = if req.paused { AgentState::Paused } else { AgentState::Active };
         let rec = self.store.create_agent(&spec, state).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, id = %rec.id, "agent created");
@@ -214,8 +216,10 @@ impl pb::manager_service_server::ManagerService for ManagerService {
     ) -> Result<Response<pb::ApplyAgentResponse>, Status> {
         let scope = scope::caller(&req);
         let req = req.into_inner();
-        let spec = self.admitted(spec_of(req.spec.as_ref(), &req.manifest_yaml)?).await?;
+        // The namespace before the worker policy: a caller outside it learns nothing of the policy.
+        let spec = spec_of(req.spec.as_ref(), &req.manifest_yaml)?;
         scope::require(&scope, &spec.namespace)?;
+        let spec = self.admitted(spec).await?;
         let (rec, outcome) = self.store.apply_agent(&spec).await.map_err(status_from_store)?;
         use pb::apply_agent_response::Outcome;
         let outcome = match outcome {
@@ -268,7 +272,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
     ) -> Result<Response<pb::UpdateAgentResponse>, Status> {
         let scope = scope::caller(&req);
         let req = req.into_inner();
-        let spec = self.admitted(spec_of(req.spec.as_ref(), &req.manifest_yaml)?).await?;
+        let spec = spec_of(req.spec.as_ref(), &req.manifest_yaml)?;
         let current = self.resolve(&scope, req.agent.as_ref()).await?;
         if spec.namespace != current.spec.namespace {
             return Err(Status::invalid_argument(format!(
@@ -276,6 +280,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
                 current.spec.name, current.spec.namespace
             )));
         }
+        let spec = self.admitted(spec).await?;
         let (rec, changed) =
             self.store.update_agent(&current.id, &spec, req.expected_version).await.map_err(status_from_store)?;
         if changed {

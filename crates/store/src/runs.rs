@@ -2,10 +2,10 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use nightshift_core::{AgentId, RunId, RunStatus, time};
+use nightshift_core::{AgentId, RunId, RunStatus, lifecycle, time};
 use sqlx::Row;
 
-use crate::db::{RUN_COLUMNS, STEPS_SQL, Store, run_from_row, step_from_row, u64_col};
+use crate::db::{RUN_COLUMNS, STEPS_SQL, Store, run_from_row, step_from_row, time_col, u64_col};
 use crate::error::StoreError;
 use crate::model::{AgentStats, NewRun, Page, RunFilter, RunRecord, StepRecord};
 
@@ -47,18 +47,25 @@ impl Store {
     }
 
     /// The agent and spec version of a run whose latest attempt was granted `lease_token`;
-    /// `None` if the token is not that attempt's (compared in constant time). The token outlives
-    /// the attempt's FinishRun (fenced calls also need the run `running`), so the worker can
-    /// still leave notes for the next attempt and clean up; the next StartRun replaces it. What
-    /// the memory service lets a worker touch hangs on this.
+    /// `None` if the token is not that attempt's (compared in constant time) or no longer
+    /// vouches ([`lifecycle::lease_vouches`]). The token outlives the attempt's FinishRun (fenced
+    /// calls also need the run `running`), so the worker can still leave notes for the next
+    /// attempt and clean up; the next StartRun replaces it. What the memory service lets a
+    /// worker touch hangs on this.
     pub async fn held_run_agent(&self, id: &RunId, lease_token: &str) -> Result<Option<(AgentId, u64)>, StoreError> {
-        let row = sqlx::query("SELECT agent_id, agent_version, lease_token FROM runs WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT agent_id, agent_version, lease_token, status, finished_at FROM runs WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
         let Some(row) = row else { return Ok(None) };
         let token: Option<String> = row.try_get("lease_token")?;
         if !token.is_some_and(|t| nightshift_core::auth::constant_time_eq(t.as_bytes(), lease_token.as_bytes())) {
+            return Ok(None);
+        }
+        let status: String = row.try_get("status")?;
+        let status = RunStatus::from_str(&status).map_err(StoreError::Corrupt)?;
+        if !lifecycle::lease_vouches(status, time_col(&row, "finished_at")?, self.clock.now()) {
             return Ok(None);
         }
         Ok(Some((AgentId::from_string(row.try_get::<String, _>("agent_id")?), u64_col(&row, "agent_version")?)))

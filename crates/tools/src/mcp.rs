@@ -77,11 +77,15 @@ pub(crate) struct McpSettings {
     backoff: Duration,
     max_backoff: Duration,
     inherit_env: Vec<String>,
+    /// The client of MCP servers over HTTP (the worker's, checking every connection against its
+    /// egress policy); `None`: rmcp's default client.
+    http: Option<reqwest::Client>,
 }
 
 impl McpSettings {
-    pub(crate) fn from_config(c: &ToolsConfig) -> Self {
+    pub(crate) fn from_config(c: &ToolsConfig, http: Option<reqwest::Client>) -> Self {
         Self {
+            http,
             start_timeout: c.mcp_start_timeout,
             max_restarts: c.mcp_max_restarts,
             backoff: c.mcp_restart_backoff,
@@ -211,8 +215,13 @@ impl McpClient {
                 let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
                     .custom_headers(custom)
                     .reinit_on_expired_session(true);
-                let transport = StreamableHttpClientTransport::from_config(config);
-                let service = client_config().serve(transport).await.map_err(|e| format!("initialize failed: {e}"))?;
+                let service = match &self.settings.http {
+                    Some(client) => {
+                        client_config().serve(StreamableHttpClientTransport::with_client(client.clone(), config)).await
+                    }
+                    None => client_config().serve(StreamableHttpClientTransport::from_config(config)).await,
+                }
+                .map_err(|e| format!("initialize failed: {e}"))?;
                 Ok((service, None))
             }
         }

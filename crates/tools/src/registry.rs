@@ -54,6 +54,16 @@ impl ToolRegistry {
     /// are started (concurrently) and asked for their tools. If any server fails to start, the
     /// ones already started are shut down and the error names the server.
     pub async fn new(spec: &ToolsSpec, config: &ToolsConfig) -> Result<Self, RegistryError> {
+        Self::with_http(spec, config, None).await
+    }
+
+    /// [`Self::new`], reaching MCP servers over HTTP with `http` (a client that checks where it
+    /// connects; `None`: rmcp's default).
+    pub async fn with_http(
+        spec: &ToolsSpec,
+        config: &ToolsConfig,
+        http: Option<reqwest::Client>,
+    ) -> Result<Self, RegistryError> {
         let mut reg = Self {
             defs: Vec::new(),
             entries: HashMap::new(),
@@ -74,7 +84,7 @@ impl ToolRegistry {
             };
             reg.register(tool, config.timeout_of(name))?;
         }
-        let settings = McpSettings::from_config(config);
+        let settings = McpSettings::from_config(config, http);
         let started = join_all(spec.mcp.iter().map(|s| McpClient::start(s.clone(), settings.clone()))).await;
         let mut failure = None;
         let mut clients = Vec::new();

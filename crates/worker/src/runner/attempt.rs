@@ -73,7 +73,16 @@ impl Worker {
             // bad base URL): no retry can fix that.
             Err(e) => return (AttemptEnd::Failed(format!("model: {e}"), Failure::Permanent, zero), unread),
         };
-        let tools = match ToolRegistry::new(&spec.tools, &self.inner.cfg.tools).await {
+        // MCP servers over HTTP connect through the egress policy's resolver, every connection.
+        let http =
+            match spec.tools.mcp.iter().any(|s| matches!(s.transport, nightshift_core::McpTransport::Http { .. })) {
+                true => match self.inner.egress.http_client() {
+                    Ok(c) => Some(c),
+                    Err(e) => return (AttemptEnd::Failed(format!("tools: {e}"), Failure::Retryable, zero), unread),
+                },
+                false => None,
+            };
+        let tools = match ToolRegistry::with_http(&spec.tools, &self.inner.cfg.tools, http).await {
             Ok(t) => t,
             // An MCP server may be down for now: the retry policy decides.
             Err(e) => return (AttemptEnd::Failed(format!("tools: {e}"), Failure::Retryable, zero), unread),
