@@ -21,7 +21,50 @@ use crate::schedule::create_agents;
 use crate::stats::Row;
 use crate::{Scenario, sys};
 
-type Client = pb::manager_service_client::ManagerServiceClient<tonic::transport::Channel>;
+type Client = pb::manager_service_client::ManagerServiceClient<nightshift_rpc::CallChannel>;
+
+/// The trust boundary of a secure stack: TLS on the one port (a throw-away CA), and the keys of
+/// the harness (admin) and of the worker, from files as a deployment's secrets provide them.
+struct Secure {
+    _dir: tempfile::TempDir,
+    tls: nightshift_rpc::TlsOptions,
+    ca_file: String,
+    admin_key: String,
+    admin_file: String,
+    worker_file: String,
+}
+
+impl Secure {
+    fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ca = nightshift_testkit::tls::TestCa::new("bench CA");
+        let ca_file = ca.write_cert(&dir.path().join("ca.crt")).display().to_string();
+        let cert = ca.issue(dir.path(), "stack", &["localhost"]);
+        let tls = nightshift_rpc::TlsOptions {
+            cert_file: cert.cert_file.display().to_string(),
+            key_file: cert.key_file.display().to_string(),
+            ..Default::default()
+        };
+        let write = |name: &str| -> anyhow::Result<(String, String)> {
+            let key: String = (0..4).map(|_| format!("{:016x}", rand::random::<u64>())).collect();
+            let path = dir.path().join(name);
+            std::fs::write(&path, &key)?;
+            Ok((key, path.display().to_string()))
+        };
+        let (admin_key, admin_file) = write("admin.key")?;
+        let (_, worker_file) = write("worker.key")?;
+        Ok(Self { _dir: dir, tls, ca_file, admin_key, admin_file, worker_file })
+    }
+
+    /// The server options of a role on this stack: its TLS, authentication required, `own`
+    /// key file as its credential.
+    fn server(&self, own: &str) -> nightshift_rpc::ServerOptions {
+        let mut s = nightshift_rpc::ServerOptions::listening_on("127.0.0.1:0");
+        s.tls = nightshift_rpc::TlsOptions { ca_file: self.ca_file.clone(), ..self.tls.clone() };
+        s.auth.api_key_file = own.to_owned();
+        s
+    }
+}
 
 /// When the worker reported a run started and ended.
 #[derive(Default, Clone, Copy)]
@@ -52,15 +95,24 @@ pub(crate) struct Stack {
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     llm: ScriptedLlm,
+    /// Keeps the secure stack's certificate and key files.
+    _secure: Option<Secure>,
 }
 
 impl Stack {
-    pub(crate) async fn start(kind: BackendKind, worker_concurrency: u32) -> anyhow::Result<Self> {
+    /// The stack; with `secure`, TLS on its port and every call authenticated (the manager
+    /// verifying the worker's and the harness's keys), as a production deployment runs.
+    pub(crate) async fn start(kind: BackendKind, worker_concurrency: u32, secure: bool) -> anyhow::Result<Self> {
         let llm = ScriptedLlm::spawn().await?;
         let backends = Backends::open(kind).await?;
         let (stop, mut stop_rx) = watch::channel(false);
         let listener = GrpcServer::bind("127.0.0.1:0").await?;
-        let endpoint = format!("http://{}", listener.local_addr()?);
+        let port = listener.local_addr()?.port();
+        let secure = secure.then(Secure::new).transpose()?;
+        let endpoint = match &secure {
+            Some(_) => format!("https://localhost:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        };
         let queue = backends.queue_settings();
 
         let deps = SchedulerDeps { store: backends.store.clone(), clock: Arc::new(SystemClock) };
@@ -95,14 +147,26 @@ impl Stack {
             concurrency: worker_concurrency,
             queue: queue.clone(),
             manager_endpoint: endpoint.clone(),
+            server: secure.as_ref().map(|s| s.server(&s.worker_file)).unwrap_or_default(),
             ..WorkerConfig::default()
         };
         let worker = WorkerRole::build(wcfg, WorkerDeps { events: Some(event_fn) }).await?;
         let deps = ManagerDeps { store: backends.store.clone(), observer: None };
         // The scripted LLM runs on loopback: the harness is the operator.
         let worker_allow = nightshift_core::operator_policy::OperatorPolicy::trusting();
-        let manager =
-            ManagerRole::build(ManagerConfig { queue, worker_allow, ..ManagerConfig::default() }, deps).await?;
+        let mut mcfg = ManagerConfig { queue, worker_allow, ..ManagerConfig::default() };
+        if let Some(s) = &secure {
+            mcfg.server = s.server(&s.admin_file);
+            mcfg.server.auth.bootstrap_admin_key_file = s.admin_file.clone();
+            mcfg.server.auth.worker_key_file = s.worker_file.clone();
+        }
+        let manager = ManagerRole::build(mcfg, deps).await?;
+        let listener = match &secure {
+            Some(s) => nightshift_rpc::Listener::from(listener)
+                .with_tls(nightshift_rpc::ServerTls::load(&s.tls)?)
+                .with_guard(manager.guard()),
+            None => nightshift_rpc::Listener::from(listener),
+        };
         let roles: Vec<Box<dyn Role>> = vec![Box::new(manager), Box::new(scheduler), Box::new(worker)];
         let shutdown = async move {
             let _ = stop_rx.wait_for(|s| *s).await;
@@ -112,8 +176,16 @@ impl Stack {
                 eprintln!("benchmark stack failed: {e:#}");
             }
         })];
-        let client = Client::connect(endpoint).await.context("connecting to the manager")?;
-        Ok(Self { backends, client, events, stop, tasks, llm })
+        let options = nightshift_rpc::ClientOptions {
+            tls: nightshift_rpc::TlsOptions {
+                ca_file: secure.as_ref().map(|s| s.ca_file.clone()).unwrap_or_default(),
+                ..Default::default()
+            },
+            api_key: secure.as_ref().map(|s| s.admin_key.clone()).unwrap_or_default(),
+        };
+        let channel = options.endpoint("endpoint", &endpoint)?.connect().await.context("connecting to the manager")?;
+        let client = Client::new(options.wrap(channel));
+        Ok(Self { backends, client, events, stop, tasks, llm, _secure: secure })
     }
 
     fn spec(&self, name: &str, overlap: &str) -> anyhow::Result<AgentSpec> {
@@ -166,12 +238,17 @@ pub struct DispatchArgs {
     pub warmup: usize,
     #[arg(long, value_enum, default_value_t = BackendKind::Embedded)]
     pub backend: BackendKind,
+    /// TLS on the stack's port and every call authenticated (the worker's and the harness's API
+    /// keys verified by the manager), as a production deployment runs.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 pub async fn dispatch_latency(args: &DispatchArgs) -> anyhow::Result<Scenario> {
-    let name = format!("dispatch-latency {}", args.backend.label());
+    let tls = if args.secure { ", TLS + API keys" } else { "" };
+    let name = format!("dispatch-latency {}{tls}", args.backend.label());
     eprintln!("== {name}: {} runs", args.runs);
-    let stack = Stack::start(args.backend, WorkerConfig::default().concurrency).await?;
+    let stack = Stack::start(args.backend, WorkerConfig::default().concurrency, args.secure).await?;
     let spec = stack.spec("dispatch", "skip")?;
     create_agents(&stack.backends.store, 1, |_| Ok(spec.clone())).await?;
     let (mut rpc, mut start, mut done) = (vec![], vec![], vec![]);
@@ -233,7 +310,7 @@ pub async fn run_overhead(args: &OverheadArgs) -> anyhow::Result<Scenario> {
     use std::sync::atomic::Ordering;
     let name = format!("run-overhead {}", args.backend.label());
     eprintln!("== {name}: {} rounds of {} runs", args.rounds, args.runs);
-    let stack = Stack::start(args.backend, args.worker_concurrency).await?;
+    let stack = Stack::start(args.backend, args.worker_concurrency, false).await?;
     let specs: Vec<AgentSpec> =
         (0..args.agents).map(|i| stack.spec(&format!("ovh-{i:04}"), "allow_all")).collect::<anyhow::Result<_>>()?;
     create_agents(&stack.backends.store, args.agents, |i| Ok(specs[i].clone())).await?;

@@ -70,7 +70,7 @@ pub async fn llm_real(args: &LlmRealArgs) -> anyhow::Result<Scenario> {
     };
     let name = name.to_owned();
     eprintln!("== {name}: {} runs", args.runs);
-    let stack = Stack::start(BackendKind::Embedded, 4).await?;
+    let stack = Stack::start(BackendKind::Embedded, 4, false).await?;
     let spec = AgentSpec::from_yaml(&format!(
         "name: real\nmodel: {model}, tool_call_mode: structured, \
          temperature: 0, max_tokens: 256, request_timeout: 120s}}\n\

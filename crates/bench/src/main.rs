@@ -173,8 +173,10 @@ async fn all(a: &AllArgs, out: &mut Vec<Scenario>) -> anyhow::Result<()> {
     for &backend in &backends[..backends.len().min(2)] {
         out.push(schedule::fire_breakdown(&schedule::BreakdownArgs { agents: 10_000, rounds: 5, backend }).await?);
     }
-    let args = dispatch::DispatchArgs { runs: 300, warmup: 20, backend: BackendKind::Embedded };
-    out.push(dispatch::dispatch_latency(&args).await?);
+    for secure in [false, true] {
+        let args = dispatch::DispatchArgs { runs: 300, warmup: 20, backend: BackendKind::Embedded, secure };
+        out.push(dispatch::dispatch_latency(&args).await?);
+    }
     for &backend in &backends[..backends.len().min(2)] {
         let args = dispatch::OverheadArgs {
             agents: 100,
