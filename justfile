@@ -17,9 +17,11 @@ lint:
 fmt:
     cargo fmt --all
 
-# Every benchmark scenario (release build; ~11 minutes on 2 cores); see docs/benchmarks.md.
+# Every benchmark scenario (release build; ~13 minutes on 2 cores); see docs/benchmarks.md.
+# `e2e` runs the release `nightshift` binary next to the bench's.
 bench:
-    cargo run --release -p nightshift-bench -- --json target/nightshift-bench.json all
+    cargo build --release -p nightshift-cli -p nightshift-bench
+    target/release/nightshift-bench --json target/nightshift-bench.json all
 
 # Vector index latency of the memory service (in-process, pgvector, Chroma, Qdrant at 10k and 100k items).
 bench-memory:

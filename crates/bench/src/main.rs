@@ -10,6 +10,7 @@
 
 mod backend;
 mod dispatch;
+mod e2e;
 mod events;
 mod llm;
 mod llm_embedded;
@@ -44,6 +45,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// What users run: `nightshift dev` with N agents at 1 s, default settings (memory on), an
+    /// instant LLM; completed runs/s, due → start / end lag, CPU per run, RSS, a CPU profile.
+    E2e(e2e::E2eArgs),
     /// N agents at `interval: 1s`: fire lag, fired runs/s, missed/duplicates, RSS, CPU.
     ScheduleScale(schedule::ScaleArgs),
     /// Times the steps of one scheduler firing pass (plan, store transaction, publish, mark).
@@ -128,6 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     eprintln!("{command}");
     let mut scenarios = Vec::new();
     match cli.command {
+        Command::E2e(a) => scenarios.push(e2e::e2e(&a).await?),
         Command::ScheduleScale(a) => scenarios.push(schedule::schedule_scale(&a).await?),
         Command::FireBreakdown(a) => scenarios.push(schedule::fire_breakdown(&a).await?),
         Command::DispatchLatency(a) => scenarios.push(dispatch::dispatch_latency(&a).await?),
@@ -163,6 +168,11 @@ async fn all(a: &AllArgs, out: &mut Vec<Scenario>) -> anyhow::Result<()> {
     let mut backends = vec![BackendKind::Embedded];
     if !a.embedded_only {
         backends.extend([BackendKind::PostgresNats, BackendKind::PostgresRedis]);
+    }
+    // What users run first: the whole `nightshift dev` process.
+    for agents in [100, 500, 2_000] {
+        let args = e2e::E2eArgs { agents, secs: a.secs, warmup: 5, profile: false, nightshift: None };
+        out.push(e2e::e2e(&args).await?);
     }
     for &backend in &backends {
         for agents in [500, 10_000] {

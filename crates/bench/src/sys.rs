@@ -73,10 +73,25 @@ pub fn rss_mib_of(name: &str) -> Option<f64> {
         .and_then(|status| status_mib(&status, "VmRSS:"))
 }
 
+/// Resident memory of process `pid`, in MiB.
+pub fn rss_mib_of_pid(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_mib(&status, "VmRSS:")
+}
+
 /// CPU time (user + system) used by this process so far.
 pub fn cpu_time() -> Duration {
-    // Fields 14 and 15 of /proc/self/stat, counted after the `(comm)` field, which may hold spaces.
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_time_at("/proc/self/stat")
+}
+
+/// CPU time (user + system) used by process `pid` so far.
+pub fn cpu_time_of(pid: u32) -> Duration {
+    cpu_time_at(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_time_at(path: &str) -> Duration {
+    // Fields 14 and 15 of /proc/PID/stat, counted after the `(comm)` field, which may hold spaces.
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = after.split_whitespace().collect();
     // `after` starts at field 3 (state), so utime (14) is index 11 and stime (15) index 12.

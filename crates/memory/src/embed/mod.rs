@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use crate::config::{EmbedderConfig, EmbedderKind};
 use crate::error::MemoryError;
 
+pub mod cached;
 pub mod minilm;
 pub mod openai;
 
@@ -24,9 +25,14 @@ pub trait Embedder: Send + Sync + std::fmt::Debug {
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, MemoryError>;
 }
 
-/// Builds the embedder `e` configures (loading the MiniLM model from disk); `None` for
-/// `kind = none`.
+/// Builds the embedder `e` configures (loading the MiniLM model from disk), with its recent
+/// vectors cached ([`cached::Cached`]); `None` for `kind = none`.
 pub async fn connect(e: &EmbedderConfig) -> Result<Option<Arc<dyn Embedder>>, MemoryError> {
+    let embedder = build(e).await?;
+    Ok(embedder.map(|inner| Arc::new(cached::Cached::new(inner)) as Arc<dyn Embedder>))
+}
+
+async fn build(e: &EmbedderConfig) -> Result<Option<Arc<dyn Embedder>>, MemoryError> {
     match e.kind {
         EmbedderKind::None => Ok(None),
         EmbedderKind::MiniLm => {

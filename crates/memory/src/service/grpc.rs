@@ -104,6 +104,11 @@ impl pb::memory_service_server::MemoryService for MemoryService {
             return Err(invalid("type", format!("{kind} memory is not indexed for search (see index_types)")));
         }
         let started = std::time::Instant::now();
+        // A scope holding nothing of this type has nothing to find: no embedding, no index query
+        // (most agents never write long-term facts, and every run of theirs searches).
+        if self.store(kind).count(Some(&scope), kind).await.map_err(status_from_memory)? == 0 {
+            return Ok(Response::new(pb::SearchMemoryResponse { hits: Vec::new() }));
+        }
         let query = embedder.embed(std::slice::from_ref(&req.query)).await.map_err(status_from_memory)?;
         let query = query.into_iter().next().ok_or_else(|| Status::internal("embedder returned no vector"))?;
         let filter = vector_filter(&scope, kind, &req.metadata_filter);
