@@ -34,12 +34,17 @@ pub enum EgressError {
 #[derive(Debug, Clone)]
 pub struct Egress {
     policy: Arc<OperatorPolicy>,
+    /// The one HTTP client of every model and MCP server under this policy (built on first use).
+    client: Arc<std::sync::OnceLock<reqwest::Client>>,
 }
+
+/// How long a connection may take to set up (a call's own timeout may end it sooner).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Egress {
     /// Enforces `policy`.
     pub fn new(policy: OperatorPolicy) -> Self {
-        Self { policy: Arc::new(policy) }
+        Self { policy: Arc::new(policy), client: Arc::default() }
     }
 
     /// Checks `url` now: an IP host against the policy, a name after resolving it (at apply time,
@@ -70,14 +75,23 @@ impl Egress {
         Arc::new(PolicyResolver { policy: self.policy.clone() })
     }
 
-    /// An HTTP client whose every connection goes through [`Self::resolver`], following no
-    /// redirect (a redirect to an IP literal would skip the resolver): for MCP servers over HTTP.
+    /// The HTTP client of every model provider and MCP server under this policy: every
+    /// connection goes through [`Self::resolver`], and it follows no redirect (a redirect to an IP
+    /// literal would skip the resolver; one to another host would carry API-key headers along).
+    /// One client for all: building one loads the system's root certificates and holds its own
+    /// connection pool, which per agent cost milliseconds of CPU and megabytes each
+    /// (`nightshift-bench e2e --profile`).
     pub fn http_client(&self) -> Result<reqwest::Client, EgressError> {
-        reqwest::Client::builder()
+        if let Some(c) = self.client.get() {
+            return Ok(c.clone());
+        }
+        let built = reqwest::Client::builder()
             .dns_resolver(self.resolver())
+            .connect_timeout(CONNECT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| EgressError::Refused(format!("HTTP client: {e}")))
+            .map_err(|e| EgressError::Refused(format!("HTTP client: {e}")))?;
+        Ok(self.client.get_or_init(|| built).clone())
     }
 }
 

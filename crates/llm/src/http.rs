@@ -65,20 +65,22 @@ impl Transport {
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
             .ok_or_else(|| LlmError::Config("model.base_url is not a valid http(s) URL".into()))?;
-        let mut builder = reqwest::Client::builder();
-        if let Some(egress) = egress {
-            egress.check_literal(&endpoint).map_err(|e| LlmError::Config(format!("model.base_url: {e}")))?;
-            // Names are checked when they are resolved, on every connection.
-            builder = builder.dns_resolver(egress.resolver());
-        }
-        let client = builder
-            .connect_timeout(CONNECT_TIMEOUT.min(timeout))
-            // No redirects: a redirect to another host would carry our `x-api-key` header along
-            // (reqwest strips only `Authorization` on cross-host redirects), and API endpoints do
-            // not redirect POSTs anyway.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| LlmError::Config(format!("cannot build the HTTP client: {}", error_chain(&e))))?;
+        let client = match egress {
+            Some(egress) => {
+                egress.check_literal(&endpoint).map_err(|e| LlmError::Config(format!("model.base_url: {e}")))?;
+                // The worker's one client: names are checked when they are resolved, on every
+                // connection, and it follows no redirect.
+                egress.http_client().map_err(|e| LlmError::Config(format!("cannot build the HTTP client: {e}")))?
+            }
+            None => reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+                // No redirects: a redirect to another host would carry our `x-api-key` header
+                // along (reqwest strips only `Authorization` on cross-host redirects), and API
+                // endpoints do not redirect POSTs anyway.
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| LlmError::Config(format!("cannot build the HTTP client: {}", error_chain(&e))))?,
+        };
         Ok(Self { client, endpoint, api_key, auth, extra_headers, timeout, retry: RetryPolicy::default() })
     }
 

@@ -44,6 +44,8 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
         std::fs::create_dir_all(&root).with_context(|| format!("creating the file tools' root {}", root.display()))?;
     }
     let database_url = cfg.database_url();
+    // Decided before the database file exists: a new data directory gets memory.db.
+    let memory_database_url = cfg.memory_database_url();
     let store = Store::connect(&database_url).await.context("opening the database")?;
 
     // Manifests given with --apply go through the same validation as ApplyAgent.
@@ -79,6 +81,7 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
     let addr = tcp.local_addr()?;
     let wiring = DevWiring {
         database_url: database_url.clone(),
+        memory_database_url,
         // One in-process queue shared by the scheduler, the manager (manual triggers) and the worker.
         queue_url: format!("memory://dev-{}", std::process::id()),
         endpoint: format!("{}://{addr}", if cfg.server.tls.serves_tls() { "https" } else { "http" }),
