@@ -87,8 +87,11 @@ impl ManagerService {
         self
     }
 
-    /// The spec of a create/apply/update request, if the worker policy admits it.
-    async fn admitted(&self, spec: AgentSpec) -> Result<AgentSpec, Status> {
+    /// The spec of a create/apply/update request, if the caller holds its namespace and the
+    /// worker policy admits it (in that order: a caller outside the namespace learns nothing of
+    /// the policy).
+    async fn admitted(&self, scope: &nightshift_core::Namespaces, spec: AgentSpec) -> Result<AgentSpec, Status> {
+        scope::require(scope, &spec.namespace)?;
         if let Some(admission) = &self.admission {
             admission.check(&spec).await?;
         }
@@ -198,10 +201,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
     ) -> Result<Response<pb::CreateAgentResponse>, Status> {
         let scope = scope::caller(&req);
         let req = req.into_inner();
-        // The namespace before the worker policy: a caller outside it learns nothing of the policy.
-        let spec = spec_of(req.spec.as_ref(), &req.manifest_yaml)?;
-        scope::require(&scope, &spec.namespace)?;
-        let spec = self.admitted(spec).await?;
+        let spec = self.admitted(&scope, spec_of(req.spec.as_ref(), &req.manifest_yaml)?).await?;
         let state = if req.paused { AgentState::Paused } else { AgentState::Active };
         let rec = self.store.create_agent(&spec, state).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, id = %rec.id, "agent created");
@@ -216,10 +216,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
     ) -> Result<Response<pb::ApplyAgentResponse>, Status> {
         let scope = scope::caller(&req);
         let req = req.into_inner();
-        // The namespace before the worker policy: a caller outside it learns nothing of the policy.
-        let spec = spec_of(req.spec.as_ref(), &req.manifest_yaml)?;
-        scope::require(&scope, &spec.namespace)?;
-        let spec = self.admitted(spec).await?;
+        let spec = self.admitted(&scope, spec_of(req.spec.as_ref(), &req.manifest_yaml)?).await?;
         let (rec, outcome) = self.store.apply_agent(&spec).await.map_err(status_from_store)?;
         use pb::apply_agent_response::Outcome;
         let outcome = match outcome {
@@ -280,7 +277,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
                 current.spec.name, current.spec.namespace
             )));
         }
-        let spec = self.admitted(spec).await?;
+        let spec = self.admitted(&scope, spec).await?;
         let (rec, changed) =
             self.store.update_agent(&current.id, &spec, req.expected_version).await.map_err(status_from_store)?;
         if changed {
