@@ -172,6 +172,10 @@ pub fn describe_metrics() {
         "LLM call latency, by the model the server answered with (\"error\" for failed calls)."
     );
     describe_counter!("nightshift_memory_records_stored_total", "Memory records stored, by memory type.");
+    describe_counter!(
+        "nightshift_memory_embed_cache_total",
+        "Texts the memory service's embedder was asked for, by result: hit (from the cache) or miss (embedded)."
+    );
     describe_histogram!(
         "nightshift_memory_search_duration_seconds",
         Unit::Seconds,
