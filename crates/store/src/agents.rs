@@ -193,14 +193,11 @@ impl Store {
             sql.push_str(&format!(" AND (namespace > ${n} OR (namespace = ${n} AND name > ${m}))"));
         }
         if let Some(namespaces) = &filter.namespaces {
-            let mut marks = Vec::new();
+            // A leading NULL matches nothing and keeps an empty list valid SQL (`IN ()` is not).
+            let mut marks = vec!["NULL".to_owned()];
             for ns in namespaces {
                 binds.push(ns.to_string());
                 marks.push(format!("${}", binds.len()));
-            }
-            // An empty list matches nothing (and `IN ()` is not SQL).
-            if marks.is_empty() {
-                marks.push("NULL".into());
             }
             sql.push_str(&format!(" AND namespace IN ({})", marks.join(", ")));
         }

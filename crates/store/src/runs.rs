@@ -91,6 +91,7 @@ impl Store {
             sql.push_str(&format!(" AND r.agent_id = ${}", binds.len()));
         }
         if let Some(namespaces) = &filter.namespaces {
+            // A leading NULL matches nothing and keeps an empty list valid SQL (`IN ()` is not).
             let mut marks = vec!["NULL".to_owned()];
             for ns in namespaces {
                 binds.push(B::S(ns.to_string()));

@@ -30,24 +30,26 @@ pub type MemoryClient = pb::memory_service_client::MemoryServiceClient<nightshif
 #[derive(Clone)]
 pub struct RunMemory {
     client: MemoryClient,
-    run_id: String,
-    lease_token: String,
+    /// The run and lease headers, made once per attempt (every memory call of it sends them).
+    headers: [(&'static str, Option<tonic::metadata::AsciiMetadataValue>); 2],
 }
 
 impl RunMemory {
     /// Calls of `run_id`'s attempt holding `lease_token`, through `client`.
     pub fn new(client: &MemoryClient, run_id: &str, lease_token: &str) -> Self {
-        Self { client: client.clone(), run_id: run_id.to_owned(), lease_token: lease_token.to_owned() }
+        let headers = [
+            (nightshift_rpc::RUN_HEADER, run_id.parse().ok()),
+            (nightshift_rpc::LEASE_HEADER, lease_token.parse().ok()),
+        ];
+        Self { client: client.clone(), headers }
     }
 
     /// `message` as a call of this run.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
-        for (name, value) in
-            [(nightshift_rpc::RUN_HEADER, &self.run_id), (nightshift_rpc::LEASE_HEADER, &self.lease_token)]
-        {
-            if let Ok(v) = value.parse() {
-                req.metadata_mut().insert(name, v);
+        for (name, value) in &self.headers {
+            if let Some(v) = value {
+                req.metadata_mut().insert(*name, v.clone());
             }
         }
         req
