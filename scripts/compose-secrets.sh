@@ -33,4 +33,7 @@ if [ ! -s "$dir/tls.crt" ]; then
   rm -f "$dir/tls.csr" "$dir/ca.srl" "$dir/ca.key"
   echo "created $dir/ca.crt and $dir/tls.crt (services' certificate)"
 fi
+# openssl writes private keys 0600; the services run as uid 10001 and read it through the mount
+# (this also mends a directory made before this line existed).
+chmod 0644 "$dir/tls.key"
 echo "use: nightshift --endpoint https://127.0.0.1:50051 --tls-ca $dir/ca.crt --api-key \"\$(cat $dir/admin.key)\" agent list"
