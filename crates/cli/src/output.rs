@@ -211,6 +211,9 @@ pub(crate) struct RunView {
     trigger: String,
     attempt: u32,
     retries: u32,
+    /// The tick a scheduled run is for (milliseconds: ticks of one agent are told apart by it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduled_for: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     created_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -245,6 +248,11 @@ impl RunView {
             trigger: trigger.into(),
             attempt: r.attempt,
             retries: r.retries,
+            scheduled_for: r
+                .scheduled_for
+                .as_ref()
+                .and_then(time::from_pb)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
             created_at: ts(&r.created_at),
             started_at: ts(&r.started_at),
             finished_at: ts(&r.finished_at),

@@ -16,12 +16,16 @@ struct Args {
     config: Option<PathBuf>,
 }
 
+fn main() -> std::process::ExitCode {
+    nightshift_rpc::exit_code("nightshift-manager", run())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg: ManagerConfig = nightshift_core::config::load(args.config.as_deref(), "NIGHTSHIFT_MANAGER")?;
     init_process(&cfg.server).await?;
-    let store = Store::connect(&cfg.database_url).await.context("connecting to the database")?;
+    let store = Store::connect(&cfg.database_url).await.context("database_url: connecting to the database")?;
     let server = cfg.server.clone();
     let role = ManagerRole::build(cfg, ManagerDeps { store: store.clone(), observer: None }).await?;
     // Bound once the role is built, so that a port that answers is a role that is ready.

@@ -15,8 +15,12 @@ struct Args {
     config: Option<PathBuf>,
 }
 
+fn main() -> std::process::ExitCode {
+    nightshift_rpc::exit_code("nightshift-memory", run())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg: MemoryConfig = nightshift_core::config::load(args.config.as_deref(), "NIGHTSHIFT_MEMORY")?;
     init_process(&cfg.server).await?;

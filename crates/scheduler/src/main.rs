@@ -19,15 +19,19 @@ struct Args {
     config: Option<PathBuf>,
 }
 
+fn main() -> std::process::ExitCode {
+    nightshift_rpc::exit_code("nightshift-scheduler", run())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg: SchedulerConfig = nightshift_core::config::load(args.config.as_deref(), "NIGHTSHIFT_SCHEDULER")?;
     init_process(&cfg.server).await?;
     if cfg.queue.url.starts_with("memory:") {
         tracing::warn!("queue_url is memory://: runs only reach workers in this process");
     }
-    let store = Store::connect(&cfg.database_url).await.context("connecting to the database")?;
+    let store = Store::connect(&cfg.database_url).await.context("database_url: connecting to the database")?;
     let server = cfg.server.clone();
     let deps = SchedulerDeps { store: store.clone(), clock: Arc::new(SystemClock) };
     let role = SchedulerRole::build(cfg, deps).await?;

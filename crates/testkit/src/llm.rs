@@ -36,6 +36,24 @@ pub struct Script {
     /// The system message of every first turn, in arrival order (what the runtime put into the
     /// prompt, e.g. recalled memory).
     pub systems: Mutex<Vec<String>>,
+    /// When set, a first turn whose task (last user message) has lines `call NAME ARGS_JSON`
+    /// calls those tools instead of [`Script::calls`]: one server, several agents each with
+    /// its own script (the compose test's container serves every agent of the stack).
+    pub calls_from_task: AtomicBool,
+}
+
+/// The `call NAME ARGS_JSON` lines of the conversation's last user message.
+fn calls_in_task(body: &Value) -> Vec<(String, String)> {
+    let task = body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default();
+    task.lines()
+        .filter_map(|l| l.trim().strip_prefix("call "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, args)| (name.to_owned(), args.trim().to_owned()))
+        .collect()
 }
 
 async fn chat(State(s): State<Arc<Script>>, Json(body): Json<Value>) -> axum::response::Response {
@@ -63,6 +81,9 @@ async fn chat(State(s): State<Arc<Script>>, Json(body): Json<Value>) -> axum::re
         s.systems.lock().unwrap().push(system.to_owned());
         s.first_turns.fetch_add(1, Ordering::SeqCst);
         let mut wanted = s.calls.lock().unwrap().clone();
+        if s.calls_from_task.load(Ordering::SeqCst) {
+            wanted = calls_in_task(&body);
+        }
         if wanted.is_empty() {
             wanted.push(("calculate_area".into(), r#"{"shape": "rectangle", "width": 3, "height": 4}"#.into()));
         }
@@ -116,10 +137,15 @@ fn tool_calls(body: &Value, wanted: &[(String, String)], first_id: usize) -> axu
     .into_response()
 }
 
+/// The server's routes (`POST /v1/chat/completions`) over `script`.
+pub fn router(script: Arc<Script>) -> axum::Router {
+    axum::Router::new().route("/v1/chat/completions", axum::routing::post(chat)).with_state(script)
+}
+
 /// Starts the server on 127.0.0.1:0; returns its base URL (`http://…/v1`) and the script.
 pub async fn scripted_llm() -> (String, Arc<Script>) {
     let script = Arc::new(Script::default());
-    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(chat)).with_state(script.clone());
+    let app = router(script.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

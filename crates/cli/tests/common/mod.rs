@@ -11,13 +11,14 @@ use nightshift_core::pb;
 use nightshift_core::pb::manager_service_client::ManagerServiceClient;
 use tonic::transport::Channel;
 
-/// The service binaries these tests spawn, by package.
-const SERVICE_BINARIES: [(&str, &str); 5] = [
+/// The binaries these tests spawn, by package: the services, and the scripted LLM server.
+const SPAWNED_BINARIES: [(&str, &str); 6] = [
     ("nightshift-manager", "nightshift-manager"),
     ("nightshift-scheduler", "nightshift-scheduler"),
     ("nightshift-worker", "nightshift-worker"),
     ("nightshift-events", "nightshift-events"),
     ("nightshift-memory", "nightshift-memory"),
+    ("nightshift-testkit", "nightshift-scripted-llm"),
 ];
 
 /// The path of service binary `name`, built from the current sources first (once per test
@@ -29,7 +30,7 @@ pub fn bin(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet"]).current_dir(env!("CARGO_MANIFEST_DIR"));
-        for (package, binary) in SERVICE_BINARIES {
+        for (package, binary) in SPAWNED_BINARIES {
             cmd.args(["-p", package, "--bin", binary]);
         }
         let out = cmd.output().expect("running cargo build for the service binaries");
