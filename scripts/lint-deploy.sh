@@ -56,6 +56,9 @@ case "$last_user" in
   "" | root | root:* | 0 | 0:*) echo "deploy/Dockerfile: the runtime stage must run as a non-root USER" >&2; exit 1 ;;
 esac
 echo "ok (runtime user $last_user)"
+step "hadolint deploy/local/Dockerfile (local stand-ins of the backing servers)"
+hadolint --config deploy/.hadolint.yaml deploy/local/Dockerfile
+echo "ok"
 
 # ---------------------------------------------------------------- 2. compose
 step "docker-compose -f docker-compose.yml config"
@@ -72,6 +75,34 @@ if grep -qi 'warn' "$work/compose.err"; then
 fi
 docker-compose -f docker-compose.yml config --services | tr '\n' ' '
 echo
+echo "ok"
+
+step "deploy/compose.local.yml only swaps images and drops services"
+docker-compose -f docker-compose.yml -f deploy/compose.local.yml config -q
+python3 - <<'EOF'
+import yaml
+base = yaml.safe_load(open("docker-compose.yml"))["services"]
+local = yaml.safe_load(open("deploy/compose.local.yml"))
+bad = [f"top-level key {k}" for k in local if k != "services"]
+for name, svc in local.get("services", {}).items():
+    if name not in base:
+        bad.append(f"{name}: not a service of docker-compose.yml")
+        continue
+    extra = set(svc) - {"image", "profiles"}
+    if extra:
+        bad.append(f"{name}: changes {sorted(extra)} (only image or profiles may change)")
+    if "image" in svc and "image" not in base[name]:
+        bad.append(f"{name}: swaps an image it does not have")
+    if "profiles" in svc and svc["profiles"] != ["not-local"]:
+        bad.append(f"{name}: profiles must be [not-local] (a profile nobody starts)")
+    if "image" in svc and "profiles" in svc:
+        bad.append(f"{name}: both swapped and dropped")
+if bad:
+    raise SystemExit("deploy/compose.local.yml: " + "; ".join(bad))
+swapped = sorted(n for n, s in local["services"].items() if "image" in s)
+dropped = sorted(n for n, s in local["services"].items() if "profiles" in s)
+print(f"swapped: {' '.join(swapped)}; dropped: {' '.join(dropped)}")
+EOF
 echo "ok"
 
 # ---------------------------------------------------------------- 3. Prometheus + Grafana
