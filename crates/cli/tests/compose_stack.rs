@@ -14,6 +14,7 @@
 //! worker container killed in a slow tool call; four workers under 50 agents at 1 s with the
 //! scheduler SIGKILLed; `down` then `up` keeping volumes; a bad setting. `down --volumes` at the
 //! end, whatever happened.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -206,8 +207,11 @@ fn container_of(run: &Value) -> String {
 
 #[test]
 fn the_compose_stack_runs_agents_survives_kills_scales_and_keeps_its_data() {
+    let started = Instant::now();
+    let phase = |what: &str| eprintln!("[{:>5.1} s] {what}", started.elapsed().as_secs_f64());
     let mut stack = Stack::up();
     stack.start_llm();
+    phase("stack up, scripted LLM container started");
 
     // 1. A run through the containers: a tool call, its events, its episode.
     stack.apply(
@@ -243,6 +247,8 @@ fn the_compose_stack_runs_agents_survives_kills_scales_and_keeps_its_data() {
         "the memory service has no episode of the run: {episodes:#}"
     );
 
+    phase("a run through the containers: ok");
+
     // 2. `docker kill` of the worker container in a slow tool call: the run is redelivered to the
     // other worker and succeeds, once.
     stack.apply(
@@ -275,6 +281,8 @@ fn the_compose_stack_runs_agents_survives_kills_scales_and_keeps_its_data() {
         .filter(|r| r["agent"].as_str().is_some_and(|a| a.starts_with("compose-")))
         .collect();
     assert!(running.is_empty(), "runs left running or queued: {running:#?}");
+
+    phase("worker container killed in a slow tool call: the run finished once elsewhere");
 
     // 3. Four workers under 50 agents at 1 s, and the scheduler SIGKILLed (restarted by its
     // policy): every worker takes runs, and every tick fires exactly once.
@@ -344,6 +352,8 @@ fn the_compose_stack_runs_agents_survives_kills_scales_and_keeps_its_data() {
         assert!(took_runs.contains(w), "worker {w} took no run; runs went to {took_runs:?}");
     }
 
+    phase("four workers took runs; scheduler SIGKILL lost and doubled no tick");
+
     // 4. `down` then `up`, volumes kept: agents, runs and memory are still there.
     let _ = stack.run("docker", &["rm", "-f", LLM_CONTAINER]);
     let out = Stack::script(&["down"]);
@@ -361,6 +371,8 @@ fn the_compose_stack_runs_agents_survives_kills_scales_and_keeps_its_data() {
         "the episode is gone after down/up: {episodes:#}"
     );
 
+    phase("down/up kept agents, runs and memory");
+
     // 5. A bad setting: the service exits 1 with one line naming it, no stack trace.
     let out = stack.compose(&[
         "run",
@@ -377,4 +389,5 @@ fn the_compose_stack_runs_agents_survives_kills_scales_and_keeps_its_data() {
     assert_eq!(errors.len(), 1, "one error line expected: {said}");
     assert!(errors[0].starts_with("nightshift-manager: database_url: "), "{said}");
     assert!(!said.contains("panicked") && !said.contains("Caused by") && !said.contains("backtrace"), "{said}");
+    phase("a bad setting: one error line, exit code 1");
 }
