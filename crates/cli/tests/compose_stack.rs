@@ -58,7 +58,11 @@ impl Stack {
 
     fn up() -> Stack {
         let out = Stack::script(&["up", "--debug"]);
-        assert!(out.status.success(), "scripts/compose-local.sh up failed:\n{}", text(&out));
+        if !out.status.success() {
+            // No Stack yet to drop: leave nothing half up behind.
+            let down = Stack::script(&["down", "--volumes"]);
+            panic!("scripts/compose-local.sh up failed:\n{}\ndown --volumes: {}", text(&out), text(&down));
+        }
         let env = Stack::script(&["env"]);
         assert!(env.status.success(), "compose-local.sh env: {}", text(&env));
         let env = String::from_utf8_lossy(&env.stdout)

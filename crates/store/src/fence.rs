@@ -37,9 +37,14 @@ impl Fence {
 
     /// The SQL condition that fences an update of `runs` (attempt `$n-1`, token `$n`).
     pub(crate) fn condition(&self, n: usize) -> String {
+        self.condition_at(n - 1, n)
+    }
+
+    /// The same condition with the attempt in parameter `$attempt` and the token in `$token`.
+    pub(crate) fn condition_at(&self, attempt: usize, token: usize) -> String {
         match self.token {
-            Some(_) => format!("attempt = ${} AND lease_token = ${n} AND status = 'running'", n - 1),
-            None => format!("attempt = ${} AND status = 'running'", n - 1),
+            Some(_) => format!("attempt = ${attempt} AND lease_token = ${token} AND status = 'running'"),
+            None => format!("attempt = ${attempt} AND status = 'running'"),
         }
     }
 }

@@ -11,6 +11,7 @@
 
 mod agents;
 mod api_keys;
+mod checkpoint;
 mod db;
 mod error;
 mod fence;

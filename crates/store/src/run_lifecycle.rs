@@ -13,7 +13,7 @@ use nightshift_core::{AgentId, AgentSpec, AgentState, RunId, RunOutcome, RunStat
 use sqlx::{Any, Row, Transaction};
 
 use crate::agents::{decode_spec, lock_agent};
-use crate::db::{RUN_COLUMNS, STEPS_SQL, Store, run_from_row, step_from_row, u32_col};
+use crate::db::{RUN_COLUMNS, STEPS_SQL, Store, run_from_row, step_from_row};
 use crate::error::StoreError;
 pub use crate::fence::Fence;
 use crate::fence::{fenced, new_lease_token};
@@ -226,7 +226,7 @@ async fn skip(
 }
 
 /// `now_ms + d` in unix ms, saturating (lease expiries, retry backoff ends).
-fn ms_after(now_ms: i64, d: Duration) -> i64 {
+pub(crate) fn ms_after(now_ms: i64, d: Duration) -> i64 {
     time::to_millis(lifecycle::lease_until(time::from_millis(now_ms), d))
 }
 
@@ -429,70 +429,6 @@ impl Store {
             return Err(fenced(self.get_run(id).await?, id, fence.attempt));
         }
         Ok(time::from_millis(until))
-    }
-
-    /// Appends a checkpoint (fenced) and optionally extends the lease. Writing a `seq` that
-    /// exists already from the same attempt is a no-op, so a retried call is harmless.
-    pub async fn checkpoint(
-        &self,
-        id: &RunId,
-        fence: impl Into<Fence>,
-        step: &StepInput,
-        ttl: Option<Duration>,
-    ) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let fence = fence.into();
-        let attempt = fence.attempt;
-        let now = self.now_ms();
-        let until = ttl.map(|t| ms_after(now, t));
-        let mut tx = self.pool.begin().await?;
-        // The fenced write comes first: it both checks the token and takes the row lock, so a
-        // concurrent takeover cannot slip in between the check and the insert.
-        let sql = format!(
-            "UPDATE runs SET lease_expires_at = COALESCE($1, lease_expires_at) WHERE id = $2 AND {}",
-            fence.condition(4)
-        );
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(until).bind(id.as_str()).bind(i64::from(attempt));
-        let done = fence.bind_token(done).execute(&mut *tx).await?;
-        if done.rows_affected() == 0 {
-            drop(tx);
-            return Err(fenced(self.get_run(id).await?, id, attempt));
-        }
-        let next: i64 =
-            sqlx::query("SELECT CAST(COALESCE(MAX(seq) + 1, 0) AS BIGINT) AS next FROM run_steps WHERE run_id = $1")
-                .bind(id.as_str())
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("next")?;
-        let seq = i64::from(step.seq);
-        if seq < next {
-            let existing = sqlx::query("SELECT attempt FROM run_steps WHERE run_id = $1 AND seq = $2")
-                .bind(id.as_str())
-                .bind(seq)
-                .fetch_one(&mut *tx)
-                .await?;
-            let by = u32_col(&existing, "attempt")?;
-            if by != attempt {
-                return Err(StoreError::FailedPrecondition(format!(
-                    "step {seq} of run {id} was already recorded by attempt {by}; continue at step {next}"
-                )));
-            }
-        } else if seq > next {
-            return Err(StoreError::FailedPrecondition(format!(
-                "step {seq} of run {id} would leave a gap; the next step is {next}"
-            )));
-        } else {
-            sqlx::query("INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(id.as_str())
-                .bind(seq)
-                .bind(i64::from(attempt))
-                .bind(step.kind.as_str())
-                .bind(step.payload.clone())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(until.map(time::from_millis))
     }
 
     /// Ends an attempt (fenced). A failure or timeout with retries left puts the run back in the

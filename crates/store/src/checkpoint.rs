@@ -1,0 +1,144 @@
+//! Checkpoint: appends one step of a running attempt (fenced) and optionally extends its lease.
+//!
+//! Every run writes a checkpoint per LLM answer and per tool result, so this is the busiest write
+//! of the run path. The usual case — the attempt still holds the run and the step is the next one
+//! — takes one statement on Postgres (a data-modifying CTE: the fenced lease update and the
+//! insert commit together, with no BEGIN/COMMIT round trips) and two inside one transaction on
+//! SQLite. Anything else (a refused fence, a step sent twice, a gap) falls through to the full
+//! check, which says exactly what is wrong.
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use nightshift_core::{RunId, time};
+use sqlx::Row;
+
+use crate::db::{Backend, Store, u32_col};
+use crate::error::StoreError;
+use crate::fence::{Fence, fenced};
+use crate::run_lifecycle::{StepInput, ms_after};
+
+/// Inserts the step only if it is the run's next one (`$1` run, `$2` seq).
+const INSERT_IF_NEXT: &str = "INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) \
+     SELECT $1, $2, $3, $4, $5, $6 WHERE $2 = (SELECT COALESCE(MAX(seq) + 1, 0) FROM run_steps WHERE run_id = $1)";
+
+impl Store {
+    /// Appends a checkpoint (fenced) and optionally extends the lease. Writing a `seq` that
+    /// exists already from the same attempt is a no-op, so a retried call is harmless.
+    pub async fn checkpoint(
+        &self,
+        id: &RunId,
+        fence: impl Into<Fence>,
+        step: &StepInput,
+        ttl: Option<Duration>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let fence = fence.into();
+        let now = self.now_ms();
+        let until = ttl.map(|t| ms_after(now, t));
+        // Postgres: the usual case in one statement. Anything else (two copies of one step
+        // racing into a unique violation, a refused fence, a gap) goes to the full check.
+        if self.backend == Backend::Postgres {
+            match self.append_in_one_statement(id, &fence, step, until, now).await {
+                Ok(true) => return Ok(until.map(time::from_millis)),
+                Ok(false) => {}
+                // The full check below runs in a transaction and reports what matters.
+                Err(e) => tracing::debug!(run = %id, error = %e, "one-statement checkpoint failed; checking in full"),
+            }
+        }
+        self.append_checked(id, &fence, step, until, now).await?;
+        Ok(until.map(time::from_millis))
+    }
+
+    /// The fenced lease update and the insert of the next step as one Postgres statement; false
+    /// when it did nothing (fence refused, or not the next step).
+    async fn append_in_one_statement(
+        &self,
+        id: &RunId,
+        fence: &Fence,
+        step: &StepInput,
+        until: Option<i64>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "WITH fenced AS (UPDATE runs SET lease_expires_at = COALESCE($7, lease_expires_at) \
+             WHERE id = $1 AND {} RETURNING id) \
+             INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) \
+             SELECT id, $2, $3, $4, $5, $6 FROM fenced \
+             WHERE $2 = (SELECT COALESCE(MAX(seq) + 1, 0) FROM run_steps WHERE run_id = $1)",
+            // The attempt is $3 (also the step's), the token (bound last) $8.
+            fence.condition_at(3, 8)
+        );
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .bind(i64::from(step.seq))
+            .bind(i64::from(fence.attempt))
+            .bind(step.kind.as_str())
+            .bind(step.payload.clone())
+            .bind(now)
+            .bind(until);
+        let done = fence.bind_token(query).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The fenced lease update, then the step: inserted if it is the next one, else checked
+    /// (a copy from the same attempt is a no-op; another attempt's step or a gap is refused).
+    async fn append_checked(
+        &self,
+        id: &RunId,
+        fence: &Fence,
+        step: &StepInput,
+        until: Option<i64>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let attempt = fence.attempt;
+        let mut tx = self.pool.begin().await?;
+        // The fenced write comes first: it both checks the token and takes the row lock, so a
+        // concurrent takeover cannot slip in between the check and the insert.
+        let sql = format!(
+            "UPDATE runs SET lease_expires_at = COALESCE($1, lease_expires_at) WHERE id = $2 AND {}",
+            fence.condition(4)
+        );
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(until).bind(id.as_str()).bind(i64::from(attempt));
+        let done = fence.bind_token(done).execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            drop(tx);
+            return Err(fenced(self.get_run(id).await?, id, attempt));
+        }
+        let seq = i64::from(step.seq);
+        let inserted = sqlx::query(INSERT_IF_NEXT)
+            .bind(id.as_str())
+            .bind(seq)
+            .bind(i64::from(attempt))
+            .bind(step.kind.as_str())
+            .bind(step.payload.clone())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        if inserted.rows_affected() == 0 {
+            let next: i64 = sqlx::query(
+                "SELECT CAST(COALESCE(MAX(seq) + 1, 0) AS BIGINT) AS next FROM run_steps WHERE run_id = $1",
+            )
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("next")?;
+            if seq > next {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "step {seq} of run {id} would leave a gap; the next step is {next}"
+                )));
+            }
+            let existing = sqlx::query("SELECT attempt FROM run_steps WHERE run_id = $1 AND seq = $2")
+                .bind(id.as_str())
+                .bind(seq)
+                .fetch_one(&mut *tx)
+                .await?;
+            let by = u32_col(&existing, "attempt")?;
+            if by != attempt {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "step {seq} of run {id} was already recorded by attempt {by}; continue at step {next}"
+                )));
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
