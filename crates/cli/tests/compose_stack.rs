@@ -394,4 +394,17 @@ fn the_compose_stack_runs_agents_survives_kills_scales_and_keeps_its_data() {
     assert!(errors[0].starts_with("nightshift-manager: database_url: "), "{said}");
     assert!(!said.contains("panicked") && !said.contains("Caused by") && !said.contains("backtrace"), "{said}");
     phase("a bad setting: one error line, exit code 1");
+
+    // 6. `down --volumes` leaves no container, volume or network of the project behind.
+    let out = Stack::script(&["down", "--volumes"]);
+    assert!(out.status.success(), "compose-local.sh down --volumes: {}", text(&out));
+    let project = stack.env.iter().find(|(k, _)| k == "COMPOSE_PROJECT_NAME").map(|(_, v)| v.clone()).unwrap();
+    let label = format!("label=com.docker.compose.project={project}");
+    for list in [&["container", "ls", "-a"][..], &["volume", "ls"], &["network", "ls"]] {
+        let mut args = list.to_vec();
+        args.extend(["-q", "--filter", &label]);
+        let left = stack.docker(&args);
+        assert!(left.is_empty(), "{} left behind by down --volumes: {left}", list[0]);
+    }
+    phase("down --volumes left nothing behind");
 }

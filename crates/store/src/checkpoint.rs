@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use nightshift_core::{RunId, time};
-use sqlx::Row;
+use sqlx::{Any, Row};
 
 use crate::db::{Backend, Store, u32_col};
 use crate::error::StoreError;
@@ -20,6 +20,23 @@ use crate::run_lifecycle::{StepInput, ms_after};
 /// Inserts the step only if it is the run's next one (`$1` run, `$2` seq).
 const INSERT_IF_NEXT: &str = "INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) \
      SELECT $1, $2, $3, $4, $5, $6 WHERE $2 = (SELECT COALESCE(MAX(seq) + 1, 0) FROM run_steps WHERE run_id = $1)";
+
+/// Binds `$1`–`$6` of both step inserts: run, seq, attempt, kind, payload, time.
+fn bind_step<'q>(
+    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    id: &RunId,
+    step: &StepInput,
+    attempt: u32,
+    now: i64,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    query
+        .bind(id.as_str().to_owned())
+        .bind(i64::from(step.seq))
+        .bind(i64::from(attempt))
+        .bind(step.kind.clone())
+        .bind(step.payload.clone())
+        .bind(now)
+}
 
 impl Store {
     /// Appends a checkpoint (fenced) and optionally extends the lease. Writing a `seq` that
@@ -67,14 +84,7 @@ impl Store {
             // The attempt is $3 (also the step's), the token (bound last) $8.
             fence.condition_at(3, 8)
         );
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id.as_str())
-            .bind(i64::from(step.seq))
-            .bind(i64::from(fence.attempt))
-            .bind(step.kind.as_str())
-            .bind(step.payload.clone())
-            .bind(now)
-            .bind(until);
+        let query = bind_step(sqlx::query(sqlx::AssertSqlSafe(sql)), id, step, fence.attempt, now).bind(until);
         let done = fence.bind_token(query).execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)
     }
@@ -104,15 +114,7 @@ impl Store {
             return Err(fenced(self.get_run(id).await?, id, attempt));
         }
         let seq = i64::from(step.seq);
-        let inserted = sqlx::query(INSERT_IF_NEXT)
-            .bind(id.as_str())
-            .bind(seq)
-            .bind(i64::from(attempt))
-            .bind(step.kind.as_str())
-            .bind(step.payload.clone())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let inserted = bind_step(sqlx::query(INSERT_IF_NEXT), id, step, attempt, now).execute(&mut *tx).await?;
         if inserted.rows_affected() == 0 {
             let next: i64 = sqlx::query(
                 "SELECT CAST(COALESCE(MAX(seq) + 1, 0) AS BIGINT) AS next FROM run_steps WHERE run_id = $1",
