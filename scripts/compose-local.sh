@@ -154,14 +154,14 @@ unhealthy_logs() {
 
 # 4. Wait until every running service is healthy (the one-shot `agents` must exit 0).
 wait_healthy() {
-  local deadline=$((SECONDS + UP_TIMEOUT)) pending id line name status health
+  local deadline=$((SECONDS + UP_TIMEOUT)) pending id line name service status health code
   while :; do
     pending=()
     for id in $(compose ps -q); do
-      line=$(docker inspect -f '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.State.ExitCode}}' "$id")
-      read -r name status health code <<<"$line"
+      line=$(docker inspect -f '{{.Name}} {{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.State.ExitCode}}' "$id")
+      read -r name service status health code <<<"$line"
       name=${name#/}
-      if [[ "$name" == *_agents_* ]]; then
+      if [ "$service" = agents ]; then
         if [ "$status" != exited ]; then
           pending+=("$name:$status")
         elif [ "$code" != 0 ]; then
