@@ -31,9 +31,14 @@ def sh(*args, check=True):
     return out.stdout
 
 
-def cli(*args):
-    return json.loads(sh(CLI, "--endpoint", "https://127.0.0.1:50051", "--tls-ca", "deploy/secrets/ca.crt",
-                         "--api-key-file", "deploy/secrets/admin.key", "-o", "json", *args))
+def cli(*args, check=True):
+    """The CLI against the stack's published manager port, as its admin; its JSON output."""
+    out = sh(CLI, "--endpoint", "https://127.0.0.1:50051", "--tls-ca", "deploy/secrets/ca.crt",
+             "--api-key-file", "deploy/secrets/admin.key", "-o", "json", *args, check=check)
+    try:
+        return json.loads(out)
+    except ValueError:  # a command that prints no JSON (or failed, with check=False)
+        return out
 
 
 def ts(s):
@@ -106,8 +111,7 @@ def main():
         print("memory after the window:\n" + mem)
     finally:
         for n in names:
-            sh(CLI, "--endpoint", "https://127.0.0.1:50051", "--tls-ca", "deploy/secrets/ca.crt", "--api-key-file",
-               "deploy/secrets/admin.key", "agent", "delete", n, check=False)
+            cli("agent", "delete", n, check=False)
         sh("docker", "rm", "-f", LLM, check=False)
 
 

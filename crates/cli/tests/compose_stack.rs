@@ -159,7 +159,7 @@ impl Stack {
     fn start_llm(&mut self) {
         let _ = self.run("docker", &["rm", "-f", LLM_CONTAINER]);
         let binary = common::bin("nightshift-scripted-llm");
-        let project = self.env.iter().find(|(k, _)| k == "COMPOSE_PROJECT_NAME").map(|(_, v)| v.clone()).unwrap();
+        let project = self.project();
         self.docker(&[
             "run",
             "-d",
@@ -183,6 +183,11 @@ impl Stack {
             assert!(Instant::now() < deadline, "the scripted LLM container does not answer on {}", self.llm);
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The compose project's name (its network is `<project>_default`).
+    fn project(&self) -> String {
+        self.env.iter().find(|(k, _)| k == "COMPOSE_PROJECT_NAME").map(|(_, v)| v.clone()).unwrap()
     }
 
     /// Container ids (12 characters, the containers' host names) of a service's running replicas.
@@ -398,8 +403,7 @@ fn the_compose_stack_runs_agents_survives_kills_scales_and_keeps_its_data() {
     // 6. `down --volumes` leaves no container, volume or network of the project behind.
     let out = Stack::script(&["down", "--volumes"]);
     assert!(out.status.success(), "compose-local.sh down --volumes: {}", text(&out));
-    let project = stack.env.iter().find(|(k, _)| k == "COMPOSE_PROJECT_NAME").map(|(_, v)| v.clone()).unwrap();
-    let label = format!("label=com.docker.compose.project={project}");
+    let label = format!("label=com.docker.compose.project={}", stack.project());
     for list in [&["container", "ls", "-a"][..], &["volume", "ls"], &["network", "ls"]] {
         let mut args = list.to_vec();
         args.extend(["-q", "--filter", &label]);

@@ -1,4 +1,4 @@
-//! Validation errors that name the offending field.
+//! Validation errors that name the offending field, and the one-line form of any error chain.
 use std::fmt;
 
 /// One invalid field: `field` is a dotted path such as `schedule.cron.expression` or
@@ -84,5 +84,47 @@ impl Errors {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// `error` and its sources joined by `: `, each said once: a message that already quotes its
+/// source (`tls.key_file x: Permission denied` over `Permission denied`) is not followed by it
+/// again. For errors shown to a person in one line: a binary's exit, a tool's result.
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        next = e.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod one_line_tests {
+    use super::one_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{field}: {source}")]
+    struct Quoting {
+        field: &'static str,
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("starting the worker")]
+    struct Outer(#[source] Quoting);
+
+    #[test]
+    fn a_source_already_quoted_is_not_repeated_and_others_are_joined() {
+        let inner = Quoting { field: "tls.key_file", source: std::io::Error::other("Permission denied") };
+        assert_eq!(one_line(&inner), "tls.key_file: Permission denied");
+        assert_eq!(one_line(&Outer(inner)), "starting the worker: tls.key_file: Permission denied");
     }
 }

@@ -27,7 +27,7 @@ pub mod spec;
 pub mod time;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{ValidationError, ValidationErrors};
+pub use error::{ValidationError, ValidationErrors, one_line};
 pub use event::EventType;
 pub use ids::{AgentId, AgentName, RunId, WorkerId};
 pub use manifest::AgentManifest;

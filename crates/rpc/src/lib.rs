@@ -27,7 +27,7 @@ pub use auth::{
 };
 pub use auth_options::{AuthConfigError, AuthMode, AuthOptions, LOCAL_CACHE, REMOTE_CACHE, is_loopback};
 pub use client::{CallChannel, CallContext, ClientOptions, traced};
-pub use exit::{exit_code, one_line};
+pub use exit::exit_code;
 pub use memory_authority::{LEASE_HEADER, MemoryAuthority, RUN_HEADER, RemoteMemoryAuthority};
 pub use oidc::{Oidc, OidcConfigError, OidcOptions, WithOidc};
 pub use options::{ServerOptions, hostname};

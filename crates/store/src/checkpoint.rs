@@ -144,3 +144,56 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is the test's verdict
+    use nightshift_core::{AgentSpec, AgentState, TriggerKind, WorkerId};
+    use nightshift_testkit::{Db, database};
+
+    use super::*;
+    use crate::{NewRun, StartInput, StartOutcome};
+
+    /// The one-statement path itself on real Postgres (the tests through `checkpoint` would pass
+    /// on the full check alone): it stores the usual step and does nothing for the rest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_statement_stores_the_next_step_and_nothing_else() {
+        let (url, _guard) = database(Db::Postgres).await;
+        let store = Store::connect(&url).await.unwrap();
+        let spec = AgentSpec::from_yaml(
+            "name: c\nmodel: {provider: openai, model: m}\ntask: {query: q}\nschedule: {manual: true}",
+        );
+        let agent = store.create_agent(&spec.unwrap(), AgentState::Active).await.unwrap();
+        let run = RunId::generate();
+        let new = NewRun {
+            id: run.clone(),
+            agent_id: agent.id.clone(),
+            trigger: TriggerKind::Manual,
+            scheduled_for: None,
+            query_override: None,
+        };
+        store.insert_run(&new).await.unwrap();
+        let input = StartInput {
+            run_id: run.clone(),
+            agent_id: agent.id,
+            worker_id: WorkerId::from_string("w"),
+            worker_endpoint: None,
+            lease_ttl: Duration::from_secs(30),
+        };
+        let StartOutcome::Started { lease_token, .. } = store.start_run(&input).await.unwrap() else {
+            panic!("not started")
+        };
+        let held = Fence { attempt: 1, token: Some(lease_token.clone()) };
+        let step = |seq| StepInput { seq, kind: "llm_response".into(), payload: vec![1] };
+        let now = store.now_ms();
+        let until = Some(now + 60_000);
+
+        assert!(store.append_in_one_statement(&run, &held, &step(0), until, now).await.unwrap(), "the usual step");
+        assert_eq!(store.get_run(&run).await.unwrap().unwrap().lease_expires_at, Some(time::from_millis(now + 60_000)));
+        assert!(!store.append_in_one_statement(&run, &held, &step(0), None, now).await.unwrap(), "a repeat");
+        assert!(!store.append_in_one_statement(&run, &held, &step(2), None, now).await.unwrap(), "a gap");
+        let forged = Fence { attempt: 1, token: Some("0".repeat(lease_token.len())) };
+        assert!(!store.append_in_one_statement(&run, &forged, &step(1), None, now).await.unwrap(), "a wrong token");
+        assert_eq!(store.run_steps(&run).await.unwrap().len(), 1);
+    }
+}

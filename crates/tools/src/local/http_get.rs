@@ -148,22 +148,6 @@ struct Args {
     max_bytes: Option<usize>,
 }
 
-/// An error with its sources, since reqwest puts the useful part (refused redirect, timeout)
-/// in the chain.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        src = s.source();
-    }
-    out
-}
-
 #[async_trait]
 impl Tool for HttpGet {
     fn definition(&self) -> ToolDef {
@@ -197,9 +181,9 @@ impl Tool for HttpGet {
             if e.is_timeout() {
                 ToolError::Timeout(self.timeout)
             } else if e.is_redirect() {
-                ToolError::Denied(chain(&e))
+                ToolError::Denied(nightshift_core::one_line(&e))
             } else {
-                ToolError::Failed(format!("GET {} failed: {}", redact(&url), chain(&e)))
+                ToolError::Failed(format!("GET {} failed: {}", redact(&url), nightshift_core::one_line(&e)))
             }
         })?;
         let status = resp.status();
@@ -216,7 +200,11 @@ impl Tool for HttpGet {
         // Read chunk by chunk and stop at the limit, so a huge body never sits in memory whole.
         loop {
             let chunk = resp.chunk().await.map_err(|e| {
-                if e.is_timeout() { ToolError::Timeout(self.timeout) } else { ToolError::Failed(chain(&e)) }
+                if e.is_timeout() {
+                    ToolError::Timeout(self.timeout)
+                } else {
+                    ToolError::Failed(nightshift_core::one_line(&e))
+                }
             })?;
             let Some(chunk) = chunk else { break };
             let room = limit - body.len();
