@@ -15,6 +15,10 @@ fi
 if ! command -v promtool >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null
 fi
+# Chromium for the console's browser test (crates/cli/tests/console.rs), from Debian's package.
+if ! command -v chromium >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+fi
 # The real-LLM test's llama.cpp server and SmolLM2 model (compiled once, ~10 min on 2 cores, then
 # cached under ~/.cache/nightshift-test): installed before the tests so no test waits on a build.
 scripts/llm.sh install

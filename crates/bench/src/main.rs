@@ -9,6 +9,7 @@
 #![allow(clippy::print_stdout)]
 
 mod backend;
+mod console;
 mod dispatch;
 mod e2e;
 mod events;
@@ -64,6 +65,8 @@ enum Command {
     LlmEmbedded(llm_embedded::LlmEmbeddedArgs),
     /// Memory vector indexes (in-process, pgvector, ChromaDB, Qdrant): Store and top-10 Search latency.
     MemorySearch(memory::MemoryArgs),
+    /// The console's pages with many agents: the agents list (first page, deep page, search) and an agent's page.
+    Console(console::ConsoleArgs),
     /// The trust boundary's cost: admitting a call with a cached key, and a unary call with and without TLS and auth.
     Security(security::SecurityArgs),
     /// Every scenario at the sizes docs/benchmarks.md reports (under 15 minutes on 2 cores).
@@ -142,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LlmEmbedded(a) => scenarios.extend(llm_embedded::llm_embedded(&a).await?),
         Command::MemorySearch(a) => scenarios.extend(memory::memory_search(&a).await?),
         Command::Security(a) => scenarios.push(security::security(&a).await?),
+        Command::Console(a) => scenarios.push(console::console(&a).await?),
         Command::All(a) => all(&a, &mut scenarios).await?,
         Command::ScriptedLlm { .. } => unreachable!("handled before the runtime starts"),
     }
@@ -199,6 +203,7 @@ async fn all(a: &AllArgs, out: &mut Vec<Scenario>) -> anyhow::Result<()> {
         out.push(dispatch::run_overhead(&args).await?);
     }
     out.push(security::security(&security::SecurityArgs::default()).await?);
+    out.push(console::console(&console::ConsoleArgs::default()).await?);
     let fanout_backend = if a.embedded_only { events::FanoutBackend::Memory } else { events::FanoutBackend::All };
     out.extend(events::event_fanout(&events::FanoutArgs { backend: fanout_backend, ..Default::default() }).await?);
     let index = if a.embedded_only { memory::IndexKind::Inprocess } else { memory::IndexKind::All };

@@ -147,6 +147,7 @@ pub(crate) async fn run(server: &Server, out: Output, cmd: AgentCommand) -> anyh
                         label_selector: labels.iter().cloned().collect(),
                         state: state as i32,
                         namespace: server.namespace().to_owned(),
+                        ..Default::default()
                     })
                     .await?
                     .into_inner();

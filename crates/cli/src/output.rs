@@ -45,20 +45,6 @@ fn status_name(v: i32) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// A one-line summary of a schedule.
-fn schedule_summary(s: Option<&pb::ScheduleSpec>) -> String {
-    use pb::schedule_spec::Trigger as T;
-    match s.and_then(|s| s.trigger.as_ref()) {
-        Some(T::Interval(d)) => format!("every {}", duration::format_pb(d)),
-        Some(T::Cron(c)) => {
-            let tz = if c.timezone.is_empty() { "UTC" } else { &c.timezone };
-            format!("cron {} ({tz})", c.expression)
-        }
-        Some(T::OnceAt(t)) => format!("once at {}", ts(&Some(*t)).unwrap_or_default()),
-        Some(T::Manual(_)) | None => "manual".into(),
-    }
-}
-
 #[derive(Serialize)]
 pub(crate) struct AgentView {
     id: String,
@@ -81,7 +67,7 @@ impl AgentView {
             name: spec.name.clone(),
             version: a.version,
             state: state_name(a.state),
-            schedule: schedule_summary(spec.schedule.as_ref()),
+            schedule: nightshift_core::schedule::summary(spec.schedule.as_ref()),
             created_at: ts(&a.created_at),
             updated_at: ts(&a.updated_at),
             spec: AgentManifest::from_proto(&spec),

@@ -28,6 +28,10 @@ fn example_configs_load() {
         nightshift_core::config::load(Some(&example("dev.toml")), "NIGHTSHIFT_TEST_UNUSED").unwrap();
     assert_eq!(dev.worker.concurrency, 4);
     assert_eq!(dev.worker.tools.http_allow, ["https://api.github.com/"]);
+    let console: nightshift_console::ConsoleConfig =
+        nightshift_core::config::load(Some(&example("console.toml")), "NIGHTSHIFT_TEST_UNUSED").unwrap();
+    assert_eq!(console.events_endpoint, "https://events:50055");
+    assert!(console.trace_url.contains("{run_id}"));
 }
 
 #[test]

@@ -10,6 +10,24 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Errors, ValidationError};
 use crate::{duration, pb, time};
 
+/// A schedule in a few words (`every 1m`, `cron 0 9 * * * (Europe/Berlin)`, `manual`), for
+/// tables and pages.
+pub fn summary(s: Option<&pb::ScheduleSpec>) -> String {
+    use pb::schedule_spec::Trigger as T;
+    match s.and_then(|s| s.trigger.as_ref()) {
+        Some(T::Interval(d)) => format!("every {}", duration::format_pb(d)),
+        Some(T::Cron(c)) => {
+            let tz = if c.timezone.is_empty() { "UTC" } else { &c.timezone };
+            format!("cron {} ({tz})", c.expression)
+        }
+        Some(T::OnceAt(t)) => match time::from_pb(t) {
+            Some(t) => format!("once at {}", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            None => "once".into(),
+        },
+        Some(T::Manual(_)) | None => "manual".into(),
+    }
+}
+
 /// The shortest interval accepted.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Default bound of ticks fired by [`MisfirePolicy::CatchUp`].

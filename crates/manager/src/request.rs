@@ -35,6 +35,17 @@ pub(crate) fn token(t: &str) -> Option<String> {
     (!t.is_empty()).then(|| t.to_owned())
 }
 
+/// ListAgents' `name_contains`: no longer than a name can be.
+pub(crate) fn name_contains(text: &str) -> Result<Option<String>, Status> {
+    match text.trim() {
+        "" => Ok(None),
+        t if t.chars().count() > 63 => {
+            Err(Status::invalid_argument("name_contains: at most 63 characters (an agent name's length)"))
+        }
+        t => Ok(Some(t.to_owned())),
+    }
+}
+
 /// The fence of a worker's call: its attempt and the lease token StartRun gave it (required).
 pub(crate) fn fence(attempt: u32, token: String) -> Result<Fence, Status> {
     if token.is_empty() || token.len() > 64 {

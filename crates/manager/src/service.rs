@@ -18,7 +18,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use crate::error::{invalid, status_from_store};
-use crate::request::{MAX_ERROR, MAX_RESULT, MAX_STEP, fence, page_size, spec_of, token};
+use crate::request::{MAX_ERROR, MAX_RESULT, MAX_STEP, fence, name_contains, page_size, spec_of, token};
 use crate::{convert, scope};
 
 const MIN_LEASE: Duration = Duration::from_secs(1);
@@ -253,6 +253,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
             namespaces,
             labels: req.label_selector.into_iter().collect::<BTreeMap<_, _>>(),
             state,
+            name_contains: name_contains(&req.name_contains)?,
             limit: page_size(req.page_size)?,
             page_token: token(&req.page_token),
         };

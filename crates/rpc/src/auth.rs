@@ -141,12 +141,14 @@ pub async fn admit(guard: &Guard, path: &str, credential: Option<&str>) -> Resul
 pub(crate) struct AuthLayer {
     pub(crate) guard: Guard,
     pub(crate) audit: Option<AuditSink>,
+    /// Web pages are mounted: their paths pass unauthenticated (they sign users in themselves).
+    pub(crate) pages: bool,
 }
 
 impl<S> tower_layer::Layer<S> for AuthLayer {
     type Service = Authorized<S>;
     fn layer(&self, inner: S) -> Authorized<S> {
-        Authorized { inner, guard: self.guard.clone(), audit: self.audit.clone() }
+        Authorized { inner, guard: self.guard.clone(), audit: self.audit.clone(), pages: self.pages }
     }
 }
 
@@ -155,6 +157,7 @@ pub(crate) struct Authorized<S> {
     inner: S,
     guard: Guard,
     audit: Option<AuditSink>,
+    pages: bool,
 }
 
 impl<S, B, R> Service<http::Request<B>> for Authorized<S>
@@ -176,9 +179,13 @@ where
         // The clone that was polled ready serves this call; the fresh clone the next one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let (guard, audit) = (self.guard.clone(), self.audit.clone());
+        let (guard, audit, pages) = (self.guard.clone(), self.audit.clone(), self.pages);
         Box::pin(async move {
             let path = req.uri().path().to_owned();
+            if pages && !crate::server::is_grpc_path(&path) {
+                // Routed to the pages, never to a gRPC service (GrpcServer::pages).
+                return inner.call(req).await;
+            }
             let credential = bearer(&req).map(str::to_owned);
             let (principal, permission) = match admit(&guard, &path, credential.as_deref()).await {
                 Ok(admitted) => admitted,

@@ -32,7 +32,7 @@ pub use memory_authority::{LEASE_HEADER, MemoryAuthority, RUN_HEADER, RemoteMemo
 pub use oidc::{Oidc, OidcConfigError, OidcOptions, WithOidc};
 pub use options::{ServerOptions, hostname};
 pub use role::{BadEndpoint, Role, RoleError, init_process, serve_roles};
-pub use server::{GrpcServer, Listener, ServeError};
+pub use server::{GrpcServer, Listener, ServeError, is_grpc_path};
 pub use shutdown::shutdown_signal;
 pub use tls::{ServerTls, TlsError, TlsOptions};
 pub use tokio_util::sync::CancellationToken;

@@ -56,6 +56,10 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let res = fut.await;
+            if !crate::server::is_grpc_path(&method) {
+                // A web page (GrpcServer::pages), not a call: its paths would be unbounded labels.
+                return res;
+            }
             let code = match &res {
                 Ok(r) => status_of(r.headers()),
                 Err(_) => Code::Internal,

@@ -56,6 +56,15 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     health: HealthReporter,
     names: Vec<&'static str>,
+    pages: Option<axum::Router>,
+}
+
+/// Whether `path` can name a gRPC method: `/<package>.<Service>/<Method>`, the first segment
+/// always holding a dot. Every other path is a web page ([`GrpcServer::pages`]), which the
+/// gRPC auth layer leaves to the page handlers (they sign their users in themselves) and which
+/// can never reach a gRPC service, so that no call bypasses the auth layer by its path.
+pub fn is_grpc_path(path: &str) -> bool {
+    path.strip_prefix('/').and_then(|p| p.split('/').next()).is_some_and(|service| service.contains('.'))
 }
 
 impl GrpcServer {
@@ -66,7 +75,7 @@ impl GrpcServer {
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut routes = RoutesBuilder::default();
         routes.add_service(health_service);
-        Self { routes, health, names: Vec::new() }
+        Self { routes, health, names: Vec::new(), pages: None }
     }
 
     fn reflection(&self) -> tonic_reflection::server::Builder<'static> {
@@ -85,6 +94,14 @@ impl GrpcServer {
     /// The routes, to add application services to.
     pub fn routes(&mut self) -> &mut RoutesBuilder {
         &mut self.routes
+    }
+
+    /// Serves `pages` (HTTP/1.1 and HTTP/2) on the same port for every path that is not a gRPC
+    /// path ([`is_grpc_path`]): the console in `nightshift dev`. The pages authenticate their
+    /// own users; the gRPC auth layer does not see them.
+    pub fn pages(&mut self, pages: axum::Router) -> &mut Self {
+        self.pages = Some(pages);
+        self
     }
 
     /// Declares a mounted service (by its full gRPC name) for health checks.
@@ -139,16 +156,25 @@ impl GrpcServer {
         for name in &self.names {
             self.health.set_service_status(*name, ServingStatus::Serving).await;
         }
-        tracing::info!(addr = ?local, tls = tls.is_some(), services = ?self.names, "gRPC server listening");
+        tracing::info!(addr = ?local, tls = tls.is_some(), services = ?self.names, pages = self.pages.is_some(),
+            "gRPC server listening");
+        let pages = self.pages.is_some();
+        let mut routes = self.routes.routes();
+        if let Some(http) = self.pages {
+            // A path no gRPC service claims goes to the pages instead of UNIMPLEMENTED.
+            routes = tonic::service::Routes::from(routes.into_axum_router().fallback_service(http));
+        }
         let router = tonic::transport::Server::builder()
+            // Browsers speak HTTP/1.1 to a plaintext port.
+            .accept_http1(pages)
             // One span per call, named by its gRPC method: exported over OTLP when telemetry
             // is configured to (see nightshift_telemetry::init).
             .trace_fn(crate::trace::server_span)
             // Requests and latency by method and status code, on every server's /metrics.
             .layer(crate::metrics::MetricsLayer)
             // Inside the metrics layer, so that refused calls are counted too.
-            .layer(AuthLayer { guard, audit })
-            .add_routes(self.routes.routes());
+            .layer(AuthLayer { guard, audit, pages })
+            .add_routes(routes);
         match tls {
             Some(tls) => router.serve_with_incoming_shutdown(crate::tls::incoming(tcp, tls), shutdown).await?,
             None => {

@@ -205,6 +205,12 @@ impl Store {
             binds.push(state.as_str().to_owned());
             sql.push_str(&format!(" AND state = ${}", binds.len()));
         }
+        if let Some(text) = filter.name_contains.as_deref().filter(|t| !t.is_empty()) {
+            // LIKE's wildcards in the text are matched literally (the same ESCAPE on both backends).
+            let escaped = text.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            binds.push(format!("%{escaped}%"));
+            sql.push_str(&format!(" AND name LIKE ${} ESCAPE '\\'", binds.len()));
+        }
         for (k, v) in &filter.labels {
             binds.push(k.clone());
             binds.push(v.clone());

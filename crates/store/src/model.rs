@@ -51,6 +51,8 @@ pub struct AgentFilter {
     pub labels: BTreeMap<String, String>,
     /// Only this state.
     pub state: Option<AgentState>,
+    /// Only names containing this text (names are lowercase; the text is matched lowercased).
+    pub name_contains: Option<String>,
     /// Page size (1..=1000).
     pub limit: u32,
     /// Token from a previous page.

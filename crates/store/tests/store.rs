@@ -174,6 +174,13 @@ async fn list_pages_and_filters_by_label(kind: Db) {
     let ops = e.store.list_agents(&AgentFilter { limit: 100, labels, ..Default::default() }).await.unwrap();
     assert_eq!(ops.items.len(), 4);
     assert!(ops.items.iter().all(|a| a.spec.labels["team"] == "ops"));
+    // Name search: contains, case-insensitive, LIKE's wildcards taken literally.
+    let named = |text: &str| AgentFilter { limit: 100, name_contains: Some(text.into()), ..Default::default() };
+    let found = e.store.list_agents(&named("NT-3")).await.unwrap();
+    assert_eq!(found.items.iter().map(|a| a.spec.name.to_string()).collect::<Vec<_>>(), ["agent-3"]);
+    assert_eq!(e.store.list_agents(&named("agent")).await.unwrap().items.len(), 7);
+    assert!(e.store.list_agents(&named("a%t")).await.unwrap().items.is_empty());
+    assert!(e.store.list_agents(&named("agent_")).await.unwrap().items.is_empty());
 }
 
 async fn concurrent_start_with_skip_policy_starts_exactly_one(kind: Db) {

@@ -5,6 +5,7 @@
 //! configure, a dev user can too.
 use std::path::{Path, PathBuf};
 
+use nightshift_console::ConsoleConfig;
 use nightshift_core::operator_policy::OperatorPolicy;
 use nightshift_events::EventsConfig;
 use nightshift_manager::ManagerConfig;
@@ -43,6 +44,8 @@ pub struct DevConfig {
     /// The event service's options (`backend_url`, retention, the `[events.alerts]` webhook and
     /// the `[events.sink]` file, …).
     pub events: EventsConfig,
+    /// The console's options (`session_ttl`, `trace_url`, …); it is served on the one port.
+    pub console: ConsoleConfig,
 }
 
 impl Default for DevConfig {
@@ -62,6 +65,7 @@ impl Default for DevConfig {
             worker: WorkerConfig::default(),
             memory: MemoryConfig::default(),
             events: EventsConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -90,13 +94,14 @@ impl DevConfig {
             }
         };
         let (m, s, w) = (ManagerConfig::default(), SchedulerConfig::default(), WorkerConfig::default());
-        let (mem, ev) = (MemoryConfig::default(), EventsConfig::default());
+        let (mem, ev, con) = (MemoryConfig::default(), EventsConfig::default(), ConsoleConfig::default());
         for (section, server, default) in [
             ("manager", &self.manager.server, &m.server),
             ("scheduler", &self.scheduler.server, &s.server),
             ("worker", &self.worker.server, &w.server),
             ("memory", &self.memory.server, &mem.server),
             ("events", &self.events.server, &ev.server),
+            ("console", &self.console.server, &con.server),
         ] {
             check(section, "listen, metrics_listen or log_format (set them at the top level)", server != default);
         }
@@ -114,6 +119,8 @@ impl DevConfig {
             ("worker", &self.worker.events_endpoint, &w.events_endpoint),
             ("worker", &self.worker.manager_endpoint, &w.manager_endpoint),
             ("worker", &self.worker.memory_endpoint, &w.memory_endpoint),
+            ("console", &self.console.manager_endpoint, &con.manager_endpoint),
+            ("console", &self.console.events_endpoint, &con.events_endpoint),
         ] {
             check(section, "*_endpoint", value != default);
         }
@@ -222,6 +229,16 @@ impl DevConfig {
             advertise_endpoint: w.endpoint.clone(),
             allow: self.worker_allow(),
             ..self.worker.clone()
+        }
+    }
+
+    /// The console's options: the manager and the event service on this port.
+    pub fn console_options(&self, w: &DevWiring) -> ConsoleConfig {
+        ConsoleConfig {
+            server: self.server(),
+            manager_endpoint: w.endpoint.clone(),
+            events_endpoint: w.endpoint.clone(),
+            ..self.console.clone()
         }
     }
 

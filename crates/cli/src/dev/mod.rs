@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use nightshift_console::ConsoleRole;
 use nightshift_core::{AgentId, AgentManifest, SystemClock};
 use nightshift_events::EventsRole;
 use nightshift_manager::{ManagerDeps, ManagerRole, ScheduleObserver};
@@ -104,15 +105,23 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
         .await
         .context("starting the memory service")?
         .with_authority(Some(manager.memory_authority()));
+    let console = ConsoleRole::build(&cfg.console_options(&wiring)).context("starting the console")?;
     let mut listener = Listener::from(tcp).with_tls(ServerTls::load(&cfg.server.tls)?).with_guard(manager.guard());
     if let Some(audit) = manager.audit_sink() {
         listener = listener.with_audit(audit);
     }
-    let roles: Vec<Box<dyn Role>> =
-        vec![Box::new(manager), Box::new(scheduler), Box::new(worker), Box::new(events), Box::new(memory)];
+    let roles: Vec<Box<dyn Role>> = vec![
+        Box::new(manager),
+        Box::new(scheduler),
+        Box::new(worker),
+        Box::new(events),
+        Box::new(memory),
+        Box::new(console),
+    ];
 
     // Printed on stdout (not the log) so scripts and tests can read the bound address.
     println!("nightshift dev listening on {addr} (database {})", nightshift_store::redact(&database_url));
+    println!("console: {}/", wiring.endpoint);
     serve_roles(roles, listener, shutdown_signal()).await?;
     store.close().await;
     nightshift_telemetry::shutdown();

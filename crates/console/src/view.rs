@@ -1,0 +1,199 @@
+//! The page shell and the small pieces every page uses: times (rendered in UTC, shown in the
+//! browser's zone by the script, UTC on hover), run states, durations and token counts.
+use maud::{DOCTYPE, Markup, html};
+use nightshift_core::RunStatus;
+use nightshift_proto::v1 as pb;
+use prost_types::Timestamp;
+
+use crate::session::Session;
+
+/// The navigation entries; the current one is marked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Nav {
+    Agents,
+    Runs,
+    Events,
+}
+
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            meta name="color-scheme" content="light dark";
+            title { (title) " · Nightshift" }
+            link rel="stylesheet" href="/static/console.css";
+            script src="/static/console.js" defer {}
+        }
+    }
+}
+
+/// A page of the signed-in console.
+pub(crate) fn page(title: &str, s: &Session, nav: Nav, body: Markup) -> Markup {
+    let item = |n: Nav, href: &str, label: &str| {
+        html! { a href=(href) aria-current=[(n == nav).then_some("page")] { (label) } }
+    };
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title))
+            body {
+                header.top {
+                    a.brand href="/agents" { "Nightshift" }
+                    nav aria-label="Main" {
+                        (item(Nav::Agents, "/agents", "Agents"))
+                        (item(Nav::Runs, "/runs", "Runs"))
+                        (item(Nav::Events, "/events", "Events"))
+                    }
+                    div.who {
+                        span title=(format!("namespaces: {}", s.namespaces)) { (s.name) " · " (s.role) }
+                        @if s.credential.is_some() {
+                            form method="post" action="/logout" {
+                                (csrf(s))
+                                button.link type="submit" { "Sign out" }
+                            }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// A page outside a session (sign-in, errors).
+pub(crate) fn bare(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title))
+            body {
+                header.top { a.brand href="/agents" { "Nightshift" } }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// The hidden CSRF field of every form.
+pub(crate) fn csrf(s: &Session) -> Markup {
+    html! { input type="hidden" name="csrf" value=(s.csrf); }
+}
+
+/// A time: UTC text in a `<time>` the script turns into the browser's zone (UTC on hover).
+pub(crate) fn time(t: Option<&Timestamp>) -> Markup {
+    match t.and_then(nightshift_core::time::from_pb) {
+        Some(t) => {
+            let iso = t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let text = t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+            html! { time datetime=(iso) title=(text) { (text) } }
+        }
+        None => html! { span.muted { "—" } },
+    }
+}
+
+/// A run state's name (`succeeded`, …).
+pub(crate) fn status_name(status: i32) -> &'static str {
+    pb::RunStatus::try_from(status).ok().and_then(RunStatus::from_pb).map_or("unknown", |s| s.as_str())
+}
+
+/// Whether a run is over.
+pub(crate) fn is_terminal(status: i32) -> bool {
+    pb::RunStatus::try_from(status).ok().and_then(RunStatus::from_pb).is_some_and(|s| s.is_terminal())
+}
+
+/// A run state as a badge.
+pub(crate) fn status(status: i32) -> Markup {
+    let name = status_name(status);
+    html! { span class={ "badge " (name) } { (name) } }
+}
+
+/// An agent state as a badge.
+pub(crate) fn agent_state(state: i32) -> Markup {
+    let name = match pb::AgentState::try_from(state) {
+        Ok(pb::AgentState::Active) => "active",
+        Ok(pb::AgentState::Paused) => "paused",
+        _ => "unknown",
+    };
+    html! { span class={ "badge " (name) } { (name) } }
+}
+
+/// A protobuf duration in words (`1.2 s`, `35 ms`).
+pub(crate) fn duration(d: Option<&prost_types::Duration>) -> String {
+    match d {
+        Some(d) => millis(d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1e6),
+        None => "—".into(),
+    }
+}
+
+/// Milliseconds in words.
+pub(crate) fn millis(ms: f64) -> String {
+    if ms >= 60_000.0 {
+        format!("{:.1} min", ms / 60_000.0)
+    } else if ms >= 1000.0 {
+        format!("{:.1} s", ms / 1000.0)
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
+/// Token usage (`in 80 · out 12`).
+pub(crate) fn usage(u: Option<&pb::TokenUsage>) -> String {
+    let u = u.copied().unwrap_or_default();
+    format!("in {} · out {}", u.input_tokens, u.output_tokens)
+}
+
+/// The wall-clock time between two timestamps, if both are set.
+pub(crate) fn elapsed(from: Option<&Timestamp>, to: Option<&Timestamp>) -> Option<f64> {
+    let (from, to) = (nightshift_core::time::from_pb(from?)?, nightshift_core::time::from_pb(to?)?);
+    Some((to - from).num_milliseconds() as f64)
+}
+
+/// A URL query value, percent-encoded.
+pub(crate) fn encode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Text clipped to `max` characters, with an ellipsis when clipped.
+pub(crate) fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// JSON text pretty-printed when it parses, as given otherwise.
+pub(crate) fn pretty_json(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_for_times_and_sizes() {
+        assert_eq!(millis(35.0), "35 ms");
+        assert_eq!(millis(1234.0), "1.2 s");
+        assert_eq!(millis(90_000.0), "1.5 min");
+        assert_eq!(encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+        assert_eq!(clip("abcdef", 3), "abc…");
+        assert_eq!(clip("abc", 3), "abc");
+        assert_eq!(pretty_json("{\"a\":1}"), "{\n  \"a\": 1\n}");
+        assert_eq!(pretty_json("not json"), "not json");
+        let t = Timestamp { seconds: 1_700_000_000, nanos: 0 };
+        let html = time(Some(&t)).into_string();
+        assert!(html.contains("datetime=\"2023-11-14T22:13:20.000Z\""), "{html}");
+        assert!(html.contains("2023-11-14 22:13:20 UTC"), "{html}");
+    }
+}
