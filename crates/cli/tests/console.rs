@@ -52,6 +52,13 @@ async fn model() -> (String, Arc<nightshift_testkit::llm::Script>) {
     (format!("http://{addr}"), script)
 }
 
+fn manifest(name: &str, schedule: &str, query: &str, llm: &str) -> String {
+    format!(
+        "name: {name}\nlabels: {{team: data}}\nmodel: {{provider: openai, model: scripted, base_url: '{llm}/v1'}}\n\
+         task: {{query: '{query}'}}\nschedule: {{{schedule}}}\ntools: {{local: [http_get]}}\npolicy: {{max_retries: 0}}"
+    )
+}
+
 async fn eval<T: serde::de::DeserializeOwned>(page: &Page, js: &str) -> T {
     page.evaluate(js).await.unwrap_or_else(|e| panic!("{js}: {e}")).into_value().unwrap()
 }
@@ -87,10 +94,6 @@ async fn sign_in(page: &Page, base: &str, key: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_a_real_browser() {
-    assert!(
-        std::path::Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium package"
-    );
     let (llm, script) = model().await;
     script.delay_ms.store(1500, Ordering::SeqCst);
     script.calls.lock().unwrap().push(("http_get".into(), format!("{{\"url\":\"{llm}/slow\"}}")));
@@ -118,11 +121,7 @@ async fn the_console_in_a_real_browser() {
     let viewer = key("watcher", "viewer").await;
     let mut manager: ManagerServiceClient<CallChannel> = ManagerServiceClient::new(channel(&base, &admin).await);
     for (name, schedule) in [("console-demo", "manual: true"), ("nightly-report", "cron: '0 3 * * *'")] {
-        let yaml = format!(
-            "name: {name}\nlabels: {{team: data}}\nmodel: {{provider: openai, model: scripted, base_url: '{llm}/v1'}}\n\
-             task: {{query: 'Fetch the slow page and report'}}\nschedule: {{{schedule}}}\n\
-             tools: {{local: [http_get]}}\npolicy: {{max_retries: 0}}"
-        );
+        let yaml = manifest(name, schedule, "Fetch the slow page and report", &llm);
         manager.apply_agent(pb::ApplyAgentRequest { spec: None, manifest_yaml: yaml }).await.unwrap();
     }
     let runs_of = async |m: &mut ManagerServiceClient<CallChannel>| {
@@ -131,24 +130,7 @@ async fn the_console_in_a_real_browser() {
     };
 
     let profile = tempfile::tempdir().unwrap();
-    let config = BrowserConfig::builder()
-        .chrome_executable(CHROMIUM)
-        .no_sandbox()
-        .user_data_dir(profile.path())
-        .window_size(1280, 900)
-        .viewport(None)
-        .args([
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .build()
-        .unwrap();
-    let (mut browser, mut handler) = Browser::launch(config).await.expect("launching Chromium");
-    let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    let (mut browser, events) = launch(profile.path()).await;
     let page = browser.new_page("about:blank").await.unwrap();
 
     // 1. Signing in: a wrong key is refused; the operator's key opens the agents page.
@@ -205,6 +187,23 @@ async fn the_console_in_a_real_browser() {
     shot(&page, "run.png").await;
     assert_eq!(runs_of(&mut manager).await.len(), 1);
 
+    // The run's episode, on the agent's memory page.
+    page.goto(format!("{base}/agents/default/console-demo/memory")).await.unwrap();
+    until(&page, "!!document.querySelector('li[data-memory-type=episodic]')", "the run's episode").await;
+    let episode: String = eval(&page, "document.querySelector('li[data-memory-type=episodic] pre').textContent").await;
+    assert!(episode.contains("The area is 12"), "{episode}");
+
+    // The worker that ran it, and the scheduler's schedules.
+    page.goto(format!("{base}/workers")).await.unwrap();
+    until(&page, "!!document.querySelector('section.worker dd[data-active]')", "the worker's state").await;
+    let worker: String = eval(&page, "document.querySelector('section.worker h2').textContent").await;
+    assert!(worker.contains("taking runs"), "{worker}");
+    let completed: String = eval(&page, "document.querySelectorAll('section.worker dd')[1].textContent").await;
+    assert_eq!(completed, "1", "runs the worker completed");
+    let scheduled: String = eval(&page, "document.querySelector('table.schedules tbody').textContent").await;
+    assert!(scheduled.contains("nightly-report") && scheduled.contains("cron 0 3 * * * (UTC)"), "{scheduled}");
+    shot(&page, "workers.png").await;
+
     // 3. Pause from the agents list; the services agree.
     page.goto(format!("{base}/agents")).await.unwrap();
     until(&page, "!!document.querySelector('tr[data-agent=console-demo] form[action$=\"/pause\"] button')", "pause")
@@ -245,7 +244,20 @@ async fn the_console_in_a_real_browser() {
     shot(&page, "events.png").await;
     manager.resume_agent(pb::ResumeAgentRequest { agent: by_name() }).await.unwrap();
 
-    // 5. A viewer sees the agent but its trigger button is disabled, and a forged POST is refused.
+    // 5. A new version: the agent's history lists both, and the diff shows what changed.
+    let v2 = manifest("console-demo", "manual: true", "Fetch the slow page twice", &llm);
+    manager.apply_agent(pb::ApplyAgentRequest { spec: None, manifest_yaml: v2 }).await.unwrap();
+    page.goto(format!("{base}/agents/default/console-demo")).await.unwrap();
+    until(&page, "document.querySelectorAll('table.versions tr[data-version]').length === 2", "two versions").await;
+    click(&page, "tr[data-version='2'] a").await;
+    until(&page, "!!document.querySelector('pre.diff')", "the diff").await;
+    let changed: Vec<String> =
+        eval(&page, "Array.from(document.querySelectorAll('pre.diff .ins, pre.diff .del')).map(s => s.textContent)")
+            .await;
+    assert_eq!(changed, ["-   query: Fetch the slow page and report", "+   query: Fetch the slow page twice"]);
+    shot(&page, "diff.png").await;
+
+    // 6. A viewer sees the agent but its trigger button is disabled, and a forged POST is refused.
     click(&page, "header.top form[action='/logout'] button").await;
     until(&page, "location.pathname === '/login'", "signed out").await;
     sign_in(&page, &base, &viewer).await;
@@ -253,6 +265,11 @@ async fn the_console_in_a_real_browser() {
     until(&page, "!!document.querySelector('form[action$=\"/trigger\"] button')", "the agent page").await;
     assert!(eval::<bool>(&page, "document.querySelector('form[action$=\"/trigger\"] button').disabled").await);
     assert!(eval::<bool>(&page, "!document.querySelector('form[action$=\"/delete\"]')").await);
+    page.goto(format!("{base}/agents/default/console-demo/memory")).await.unwrap();
+    until(&page, "document.querySelector('p.error')?.textContent.includes('operator or admin') === true", "no memory")
+        .await;
+    page.goto(format!("{base}/agents/default/console-demo")).await.unwrap();
+    until(&page, "!!document.querySelector('input[name=csrf]')", "the agent page").await;
     // With the session's own CSRF token the console passes the call on; the manager refuses it.
     let status: u16 = eval(
         &page,
@@ -278,6 +295,17 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(forged.status(), 403);
     assert_eq!(runs_of(&mut manager).await.len(), 1, "no refused action started a run");
 
+    // 7. The overview, from the process's own metrics: an admin (every namespace) sees the one
+    // run that ended; the operator (namespace default) is told it spans every namespace.
+    click(&page, "header.top form[action='/logout'] button").await;
+    until(&page, "location.pathname === '/login'", "signed out").await;
+    sign_in(&page, &base, &admin).await;
+    page.goto(format!("{base}/")).await.unwrap();
+    until(&page, "!!document.querySelector('dd[data-figure=runs]')", "the overview").await;
+    let ended: String = eval(&page, "document.querySelector('dd[data-figure=runs]').textContent").await;
+    assert_eq!(ended, "1", "runs ended since the start");
+    shot(&page, "overview.png").await;
+
     browser.close().await.unwrap();
     let _ = browser.wait().await;
     events.abort();
@@ -297,4 +325,155 @@ async fn operator_session(base: &str, key: &str) -> String {
     assert_eq!(res.status(), 303, "signing in");
     let cookie = res.headers().get("set-cookie").unwrap().to_str().unwrap();
     cookie.split(';').next().unwrap().to_owned()
+}
+
+/// A stand-in OpenID Connect provider (no real one is reachable here): discovery, an authorize
+/// endpoint that signs "alice" in at once (checking the PKCE challenge method and the redirect),
+/// and a token endpoint that checks the code verifier against the challenge and returns an ID
+/// token signed with a key made for the test, whose public half the manager trusts.
+struct Provider {
+    issuer: String,
+    jwks: PathBuf,
+    /// Token requests the provider answered.
+    exchanged: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn provider(dir: &std::path::Path) -> Provider {
+    use axum::extract::{Form, Query, State};
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    let key = EncodingKey::from_ec_der(&rcgen::KeyPair::generate().unwrap().serialize_der());
+    let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, serde_json::to_vec(&JwkSet { keys: vec![jwk] }).unwrap()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+
+    /// What an issued code was for: its PKCE challenge, nonce and redirect URI.
+    struct Grant {
+        challenge: String,
+        nonce: String,
+        redirect: String,
+    }
+    #[derive(Clone)]
+    struct Idp {
+        issuer: String,
+        key: Arc<EncodingKey>,
+        codes: Arc<Mutex<HashMap<String, Grant>>>,
+        exchanged: Arc<std::sync::atomic::AtomicUsize>,
+    }
+    let exchanged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let idp = Idp { issuer: issuer.clone(), key: Arc::new(key), codes: Arc::default(), exchanged: exchanged.clone() };
+    let discovery = |State(i): State<Idp>| async move {
+        axum::Json(serde_json::json!({
+            "issuer": i.issuer, "authorization_endpoint": format!("{}/authorize", i.issuer),
+            "token_endpoint": format!("{}/token", i.issuer), "jwks_uri": format!("{}/jwks", i.issuer),
+        }))
+    };
+    let authorize = |State(i): State<Idp>, Query(q): Query<HashMap<String, String>>| async move {
+        assert_eq!(q["response_type"], "code");
+        assert_eq!(q["client_id"], "nightshift-console");
+        assert_eq!(q["code_challenge_method"], "S256");
+        assert!(q["scope"].split(' ').any(|s| s == "openid"), "{}", q["scope"]);
+        let code = format!("code-{}", rand::random::<u64>());
+        let redirect = q["redirect_uri"].clone();
+        let grant =
+            Grant { challenge: q["code_challenge"].clone(), nonce: q["nonce"].clone(), redirect: redirect.clone() };
+        i.codes.lock().unwrap().insert(code.clone(), grant);
+        axum::response::Redirect::to(&format!("{redirect}?code={code}&state={}", q["state"]))
+    };
+    let token = |State(i): State<Idp>, Form(f): Form<HashMap<String, String>>| async move {
+        use base64::Engine;
+        use sha2::Digest;
+        let Grant { challenge, nonce, redirect } =
+            i.codes.lock().unwrap().remove(&f["code"]).expect("a code it issued, once");
+        let derived = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(f["code_verifier"].as_bytes()));
+        assert_eq!(derived, challenge, "the PKCE verifier matches the challenge");
+        assert_eq!(f["redirect_uri"], redirect);
+        assert_eq!(f["grant_type"], "authorization_code");
+        i.exchanged.fetch_add(1, Ordering::SeqCst);
+        let exp = chrono::Utc::now().timestamp() + 600;
+        let claims = serde_json::json!({"iss": i.issuer, "aud": "nightshift-console", "sub": "alice", "exp": exp,
+            "nonce": nonce, "nightshift_role": "operator"});
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("k1".into());
+        axum::Json(serde_json::json!({"id_token": jsonwebtoken::encode(&header, &claims, &i.key).unwrap(),
+            "access_token": "opaque", "token_type": "Bearer"}))
+    };
+    let app = axum::Router::new()
+        .route("/.well-known/openid-configuration", axum::routing::get(discovery))
+        .route("/authorize", axum::routing::get(authorize))
+        .route("/token", axum::routing::post(token))
+        .with_state(idp);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Provider { issuer, jwks, exchanged }
+}
+
+async fn launch(profile: &std::path::Path) -> (Browser, tokio::task::JoinHandle<()>) {
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium package"
+    );
+    let config = BrowserConfig::builder()
+        .chrome_executable(CHROMIUM)
+        .no_sandbox()
+        .user_data_dir(profile)
+        .window_size(1280, 900)
+        .viewport(None)
+        .args([
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .build()
+        .unwrap();
+    let (browser, mut handler) = Browser::launch(config).await.expect("launching Chromium");
+    let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    (browser, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_through_an_oidc_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = provider(dir.path()).await;
+    let admin = format!("{:064x}", rand::random::<u128>());
+    let admin_file = dir.path().join("admin.key");
+    std::fs::write(&admin_file, &admin).unwrap();
+    // The manager trusts the provider's tokens for the console's client id; the console sends
+    // users there (its callback is its own address, as the browser reaches it).
+    let config = format!(
+        "[auth]\nmode = \"required\"\nbootstrap_admin_key_file = \"{}\"\n\
+         [auth.oidc]\nissuer = \"{issuer}\"\naudience = \"nightshift-console\"\njwks = \"{}\"\n\
+         [console.oidc]\nissuer = \"{issuer}\"\nclient_id = \"nightshift-console\"\nlabel = \"Sign in with Test IdP\"\n",
+        admin_file.display(),
+        idp.jwks.display(),
+        issuer = idp.issuer,
+    );
+    let dev = Dev::start(Some(&config));
+    let base = dev.endpoint.clone();
+    let (mut browser, events) = launch(&dir.path().join("profile")).await;
+    let page = browser.new_page("about:blank").await.unwrap();
+    page.goto(format!("{base}/runs")).await.unwrap();
+    until(&page, "document.querySelector('#oidc')?.textContent === 'Sign in with Test IdP'", "the provider's button")
+        .await;
+    click(&page, "#oidc").await;
+    // Back from the provider, signed in as the token's subject, on the page asked for first.
+    until(&page, "location.pathname === '/runs' && !!document.querySelector('header.top .who')", "signed in").await;
+    let who: String = eval(&page, "document.querySelector('header.top .who span').textContent").await;
+    assert_eq!(who, "oidc:alice · operator");
+    assert_eq!(idp.exchanged.load(Ordering::SeqCst), 1, "one code exchanged");
+    // A replayed callback (the same state again) signs nobody in.
+    let replay = reqwest::get(format!("{base}/login/oidc/callback?code=code-1&state=used")).await.unwrap();
+    assert_eq!(replay.status(), 400);
+    browser.close().await.unwrap();
+    let _ = browser.wait().await;
+    events.abort();
 }

@@ -5,6 +5,9 @@ use nightshift_rpc::{CallChannel, ClientOptions};
 use pb::auth_service_client::AuthServiceClient;
 use pb::event_service_client::EventServiceClient;
 use pb::manager_service_client::ManagerServiceClient;
+use pb::memory_service_client::MemoryServiceClient;
+use pb::scheduler_service_client::SchedulerServiceClient;
+use pb::worker_service_client::WorkerServiceClient;
 use tonic::transport::Channel;
 
 use crate::config::ConsoleConfig;
@@ -17,6 +20,10 @@ pub(crate) struct Backends {
     client: ClientOptions,
     manager: Channel,
     events: Channel,
+    scheduler: Channel,
+    memory: Channel,
+    /// Each configured worker: its endpoint as configured, and a channel to it.
+    workers: Vec<(String, Channel)>,
 }
 
 impl Backends {
@@ -26,9 +33,17 @@ impl Backends {
         let channel = |field, uri: &str| -> Result<Channel, ConsoleError> {
             Ok(client.endpoint(field, uri)?.timeout(cfg.call_timeout).connect_lazy())
         };
+        let workers = cfg
+            .worker_endpoints
+            .iter()
+            .map(|uri| Ok((uri.clone(), channel("worker_endpoints", uri)?)))
+            .collect::<Result<_, ConsoleError>>()?;
         Ok(Self {
             manager: channel("manager_endpoint", &cfg.manager_endpoint)?,
             events: channel("events_endpoint", &cfg.events_endpoint)?,
+            scheduler: channel("scheduler_endpoint", &cfg.scheduler_endpoint)?,
+            memory: channel("memory_endpoint", &cfg.memory_endpoint)?,
+            workers,
             client,
         })
     }
@@ -47,6 +62,24 @@ impl Backends {
     /// applies to the stream itself, only to connecting.
     pub fn events(&self, s: &Session) -> EventServiceClient<CallChannel> {
         EventServiceClient::new(self.wrap(&self.events, s.credential.as_deref()))
+    }
+
+    /// The scheduler, as the session's user.
+    pub fn scheduler(&self, s: &Session) -> SchedulerServiceClient<CallChannel> {
+        SchedulerServiceClient::new(self.wrap(&self.scheduler, s.credential.as_deref()))
+    }
+
+    /// The memory service, as the session's user.
+    pub fn memory(&self, s: &Session) -> MemoryServiceClient<CallChannel> {
+        MemoryServiceClient::new(self.wrap(&self.memory, s.credential.as_deref()))
+    }
+
+    /// Each configured worker (its endpoint and a client), as the session's user.
+    pub fn workers(&self, s: &Session) -> Vec<(String, WorkerServiceClient<CallChannel>)> {
+        self.workers
+            .iter()
+            .map(|(uri, ch)| (uri.clone(), WorkerServiceClient::new(self.wrap(ch, s.credential.as_deref()))))
+            .collect()
     }
 
     /// The manager's auth service with `credential` (signing in).

@@ -14,11 +14,13 @@ mod backend;
 mod config;
 mod error;
 mod live;
+mod metrics;
+mod oidc;
 mod pages;
 mod role;
 mod session;
 mod view;
 
-pub use config::ConsoleConfig;
+pub use config::{ConsoleConfig, OidcLogin};
 pub use error::ConsoleError;
 pub use role::ConsoleRole;

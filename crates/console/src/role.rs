@@ -37,6 +37,8 @@ impl ConsoleRole {
             secure: cfg.server.tls.serves_tls(),
             trace_url: cfg.trace_url.clone(),
             closing: CancellationToken::new(),
+            oidc: crate::oidc::OidcClient::new(&cfg.oidc)?,
+            metrics: crate::pages::Sources::new(cfg)?,
         };
         Ok(Self { app: Arc::new(app) })
     }

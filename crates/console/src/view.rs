@@ -10,9 +10,11 @@ use crate::session::Session;
 /// The navigation entries; the current one is marked.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Nav {
+    Overview,
     Agents,
     Runs,
     Events,
+    Workers,
 }
 
 fn head(title: &str) -> Markup {
@@ -41,9 +43,11 @@ pub(crate) fn page(title: &str, s: &Session, nav: Nav, body: Markup) -> Markup {
                 header.top {
                     a.brand href="/agents" { "Nightshift" }
                     nav aria-label="Main" {
+                        (item(Nav::Overview, "/", "Overview"))
                         (item(Nav::Agents, "/agents", "Agents"))
                         (item(Nav::Runs, "/runs", "Runs"))
                         (item(Nav::Events, "/events", "Events"))
+                        (item(Nav::Workers, "/workers", "Workers"))
                     }
                     div.who {
                         span title=(format!("namespaces: {}", s.namespaces)) { (s.name) " · " (s.role) }
@@ -104,7 +108,11 @@ pub(crate) fn is_terminal(status: i32) -> bool {
 
 /// A run state as a badge.
 pub(crate) fn status(status: i32) -> Markup {
-    let name = status_name(status);
+    status_badge_name(status_name(status))
+}
+
+/// A run state, by name, as a badge.
+pub(crate) fn status_badge_name(name: &str) -> Markup {
     html! { span class={ "badge " (name) } { (name) } }
 }
 

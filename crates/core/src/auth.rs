@@ -125,7 +125,7 @@ pub fn permission_for(path: &str) -> Option<Permission> {
         | ("grpc.reflection.v1alpha.ServerReflection", _) => Public,
         ("nightshift.v1.ManagerService", m) => match m {
             "CreateAgent" | "ApplyAgent" | "UpdateAgent" | "DeleteAgent" => Write,
-            "GetAgent" | "ListAgents" | "GetAgentStatus" | "ListRuns" | "GetRun" => Read,
+            "GetAgent" | "ListAgents" | "GetAgentStatus" | "ListAgentVersions" | "ListRuns" | "GetRun" => Read,
             "PauseAgent" | "ResumeAgent" | "TriggerAgent" | "CancelRun" => Control,
             "EnqueueRun" => Sync,
             "StartRun" | "Heartbeat" | "Checkpoint" | "FinishRun" => Execute,

@@ -13,6 +13,7 @@ mod run_end;
 mod schedule_observer;
 mod scope;
 mod service;
+mod versions;
 
 pub use auth_service::{AUTH_SERVICE_NAME, AuthApi, StoreKeys};
 pub use config::ManagerConfig;

@@ -386,6 +386,13 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         Ok(Response::new(self.status_of(&rec).await?))
     }
 
+    async fn list_agent_versions(
+        &self,
+        req: Request<pb::ListAgentVersionsRequest>,
+    ) -> Result<Response<pb::ListAgentVersionsResponse>, Status> {
+        self.agent_versions(req).await
+    }
+
     async fn list_runs(&self, req: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
         let scope = scope::caller(&req);
         let namespaces = scope::visible(&scope, &req.get_ref().namespace)?;

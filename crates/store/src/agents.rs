@@ -8,7 +8,7 @@ use sqlx::{Any, Row, Transaction};
 
 use crate::db::{Store, time_col, u64_col};
 use crate::error::{StoreError, is_unique_violation};
-use crate::model::{AgentFilter, AgentRecord, ApplyOutcome, Page};
+use crate::model::{AgentFilter, AgentRecord, AgentVersion, ApplyOutcome, Page};
 
 const AGENT_COLUMNS: &str = "id, name, version, state, spec, created_at, updated_at";
 
@@ -174,6 +174,33 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("agent {id} version {version}")))?;
         decode_spec(&row.try_get::<Vec<u8>, _>("spec")?)
+    }
+
+    /// An agent's versions, newest first: at most `limit`, older than `before` when given.
+    pub async fn list_agent_versions(
+        &self,
+        id: &AgentId,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<AgentVersion>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT version, spec, created_at FROM agent_versions WHERE agent_id = $1 AND version < $2 \
+             ORDER BY version DESC LIMIT $3",
+        )
+        .bind(id.as_str())
+        .bind(before.map_or(i64::MAX, |v| v.min(i64::MAX as u64) as i64))
+        .bind(i64::from(limit.clamp(1, 1000)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AgentVersion {
+                    version: u64_col(r, "version")?,
+                    created_at: time_col(r, "created_at")?.unwrap_or_default(),
+                    spec: decode_spec(&r.try_get::<Vec<u8>, _>("spec")?)?,
+                })
+            })
+            .collect()
     }
 
     /// Agents ordered by namespace and name, filtered by namespaces, labels and state, one page

@@ -25,6 +25,8 @@ pub use api_keys::{ApiKeyRecord, KEY_PREFIX, KeyRefused, parse_key};
 pub use db::{Backend, Store, redact};
 pub use error::{StoreError, status_from_store};
 pub use lease_recovery::Recovered;
-pub use model::{AgentFilter, AgentRecord, AgentStats, ApplyOutcome, NewRun, Page, RunFilter, RunRecord, StepRecord};
+pub use model::{
+    AgentFilter, AgentRecord, AgentStats, AgentVersion, ApplyOutcome, NewRun, Page, RunFilter, RunRecord, StepRecord,
+};
 pub use run_lifecycle::{Fence, FinishInput, StartInput, StartOutcome, StepInput, WaitingRun};
 pub use schedules::{ScheduledAgent, StaleRun, TickFire, TickOutcome};

@@ -22,6 +22,17 @@ pub struct AgentRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+/// One recorded version of an agent's spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentVersion {
+    /// Its number (1 on creation).
+    pub version: u64,
+    /// When it was recorded.
+    pub created_at: DateTime<Utc>,
+    /// The spec as it was.
+    pub spec: AgentSpec,
+}
+
 /// What ApplyAgent did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyOutcome {

@@ -143,6 +143,14 @@ async fn apply_is_idempotent(kind: Db) {
     assert_eq!((o, b.version, &b.id), (ApplyOutcome::Unchanged, 1, &a.id));
     let (c, o) = e.store.apply_agent(&spec("beta", "labels: {team: x}")).await.unwrap();
     assert_eq!((o, c.version), (ApplyOutcome::Updated, 2));
+    // The history, newest first, a page at a time; each version keeps its own spec.
+    let history = e.store.list_agent_versions(&a.id, None, 10).await.unwrap();
+    assert_eq!(history.iter().map(|v| v.version).collect::<Vec<_>>(), [2, 1]);
+    assert_eq!(history[0].spec.labels.get("team").map(String::as_str), Some("x"));
+    assert!(history[1].spec.labels.is_empty());
+    let older = e.store.list_agent_versions(&a.id, Some(2), 10).await.unwrap();
+    assert_eq!(older.iter().map(|v| v.version).collect::<Vec<_>>(), [1]);
+    assert_eq!(e.store.list_agent_versions(&a.id, None, 1).await.unwrap().len(), 1);
 }
 
 async fn list_pages_and_filters_by_label(kind: Db) {

@@ -115,6 +115,9 @@ pub enum MetricsError {
     },
 }
 
+/// The handle of the process's Prometheus recorder (its text: `render()`).
+pub use metrics_exporter_prometheus::PrometheusHandle;
+
 static PROMETHEUS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder (once) and returns its handle.

@@ -112,6 +112,7 @@ impl DevConfig {
         check("scheduler", "queue_* (dev uses [worker]'s)", self.scheduler.queue != s.queue);
         check("worker", "queue_url", self.worker.queue.url != w.queue.url);
         check("manager", "scheduler_endpoint", self.manager.scheduler_endpoint != m.scheduler_endpoint);
+        check("console", "worker_endpoints", self.console.worker_endpoints != con.worker_endpoints);
         check("manager", "worker_allow (dev uses [worker.allow])", self.manager.worker_allow != m.worker_allow);
         for (section, value, default) in [
             ("manager", &self.manager.events_endpoint, &m.events_endpoint),
@@ -121,6 +122,8 @@ impl DevConfig {
             ("worker", &self.worker.memory_endpoint, &w.memory_endpoint),
             ("console", &self.console.manager_endpoint, &con.manager_endpoint),
             ("console", &self.console.events_endpoint, &con.events_endpoint),
+            ("console", &self.console.scheduler_endpoint, &con.scheduler_endpoint),
+            ("console", &self.console.memory_endpoint, &con.memory_endpoint),
         ] {
             check(section, "*_endpoint", value != default);
         }
@@ -238,6 +241,11 @@ impl DevConfig {
             server: self.server(),
             manager_endpoint: w.endpoint.clone(),
             events_endpoint: w.endpoint.clone(),
+            scheduler_endpoint: w.endpoint.clone(),
+            memory_endpoint: w.endpoint.clone(),
+            worker_endpoints: vec![w.endpoint.clone()],
+            // Every role shares this process's recorder.
+            metrics_local: true,
             ..self.console.clone()
         }
     }

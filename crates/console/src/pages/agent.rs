@@ -9,6 +9,7 @@ use nightshift_proto::v1 as pb;
 
 use super::agents::{actions, agent_path};
 use super::runs::runs_table;
+use super::versions::{LISTED, history};
 use super::{App, Signed};
 use crate::error::PageError;
 use crate::view::{self, Nav};
@@ -27,13 +28,15 @@ pub(super) async fn show(
     let agent =
         manager.get_agent(pb::GetAgentRequest { agent: agent_ref() }).await?.into_inner().agent.unwrap_or_default();
     let by_id = || Some(pb::AgentRef::by_id(agent.id.clone()));
-    let mut m2 = manager.clone();
-    let (status, runs) = tokio::join!(
+    let (mut m2, mut m3) = (manager.clone(), manager.clone());
+    let (status, runs, versions) = tokio::join!(
         manager.get_agent_status(pb::GetAgentStatusRequest { agent: by_id() }),
         m2.list_runs(pb::ListRunsRequest { agent: by_id(), page_size: RECENT_RUNS, ..Default::default() }),
+        m3.list_agent_versions(pb::ListAgentVersionsRequest { agent: by_id(), page_size: LISTED, before_version: 0 }),
     );
     let status = status?.into_inner();
     let runs = runs?.into_inner().runs;
+    let versions = versions?.into_inner().versions;
     let spec = agent.spec.clone().unwrap_or_default();
     let path = agent_path(Some(&spec));
     let paused = agent.state == pb::AgentState::Paused as i32;
@@ -71,11 +74,19 @@ pub(super) async fn show(
             h2 { "Recent runs" }
             (chart(&runs))
             (runs_table(&runs, false))
-            p { a href={ "/runs?agent=" (view::encode(&spec.name)) "&ns=" (view::encode(&spec.namespace)) } { "All runs of " (spec.name) " »" } }
+            p {
+                a href={ "/runs?agent=" (view::encode(&spec.name)) "&ns=" (view::encode(&spec.namespace)) } { "All runs of " (spec.name) " »" }
+                " · " a href={ (path) "/memory" } { "Memory »" }
+                " · " a href={ "/events?agent=" (view::encode(&spec.name)) "&ns=" (view::encode(&spec.namespace)) } { "Events »" }
+            }
         }
         section aria-label="Manifest" {
             h2 { "Manifest" }
             pre.code { code { (manifest) } }
+        }
+        section aria-label="Versions" {
+            h2 { "Versions" }
+            (history(&path, &versions))
         }
         @if may {
             section.danger aria-label="Delete" {

@@ -4,7 +4,11 @@ mod agent;
 mod agents;
 mod auth;
 mod events;
+mod fleet;
+mod memory;
+mod overview;
 mod runs;
+mod versions;
 
 use std::sync::Arc;
 
@@ -19,6 +23,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 pub(crate) use events::{Filter as EventsFilter, row as event_row};
+pub(crate) use overview::Sources;
 pub(crate) use runs::run_section;
 
 use crate::backend::Backends;
@@ -35,6 +40,10 @@ pub(crate) struct App {
     pub trace_url: String,
     /// Cancelled when the process shuts down: live streams end, so that serving can stop.
     pub closing: CancellationToken,
+    /// Signing in through an OIDC provider, when `[oidc]` names one.
+    pub oidc: Option<crate::oidc::OidcClient>,
+    /// Where the overview reads metrics, and its recent readings.
+    pub metrics: overview::Sources,
 }
 
 pub(crate) type AppState = State<Arc<App>>;
@@ -42,9 +51,11 @@ pub(crate) type AppState = State<Arc<App>>;
 /// Every route of the console.
 pub(crate) fn router(app: Arc<App>) -> Router {
     let signed_in = Router::new()
-        .route("/", get(|| async { Redirect::to("/agents") }))
+        .route("/", get(overview::show))
         .route("/agents", get(agents::list))
         .route("/agents/{namespace}/{name}", get(agent::show))
+        .route("/agents/{namespace}/{name}/diff", get(versions::diff))
+        .route("/agents/{namespace}/{name}/memory", get(memory::show))
         .route("/agents/{namespace}/{name}/{action}", post(agents::act))
         .route("/runs", get(runs::list))
         .route("/runs/{id}", get(runs::show))
@@ -52,11 +63,14 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/runs/{id}/cancel", post(runs::cancel))
         .route("/events", get(events::show))
         .route("/events/live", get(crate::live::events))
+        .route("/workers", get(fleet::show))
         .route("/logout", post(auth::logout))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), require_session));
     Router::new()
         .merge(signed_in)
         .route("/login", get(auth::form).post(auth::login))
+        .route("/login/oidc", get(auth::oidc_start))
+        .route("/login/oidc/callback", get(auth::oidc_callback))
         .route(
             "/static/console.css",
             get(|| asset("text/css; charset=utf-8", include_str!("../../assets/console.css"))),

@@ -193,6 +193,23 @@ impl SessionScope {
             },
         }
     }
+
+    /// The memory service's session of this scope for an agent in `namespace` and a run:
+    /// `agent`, `run:<run id>`, or `fixed:<id>` (stored as `fixed:<namespace>/<id>` outside
+    /// `default`, so that two tenants never share it).
+    pub fn session_key(&self, namespace: &crate::Namespace, run_id: &str) -> String {
+        match self {
+            SessionScope::Agent => "agent".to_owned(),
+            SessionScope::Run => run_session(run_id),
+            SessionScope::Fixed(id) => crate::namespace::fixed_session(namespace, id),
+        }
+    }
+}
+
+/// The session of a run's own scope, `run:<run id>`: the session scope of a `memory.session:
+/// run` agent, and every run's working-memory scope.
+pub fn run_session(run_id: &str) -> String {
+    format!("run:{run_id}")
 }
 
 impl fmt::Display for SessionScope {

@@ -93,24 +93,13 @@ const MEMORY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The agent id is sent for a `fixed:<id>` scope too; the service ignores it there, so that every
 /// agent naming the scope reads and writes the same records.
 pub fn scope(spec: &AgentSpec, agent_id: &str, run_id: &str) -> pb::MemoryScope {
-    let session = match &spec.memory.session {
-        SessionScope::Agent => "agent".to_owned(),
-        SessionScope::Run => run_session(run_id),
-        SessionScope::Fixed(id) => nightshift_core::namespace::fixed_session(&spec.namespace, id),
-    };
-    pb::MemoryScope { agent_id: agent_id.to_owned(), session }
+    pb::MemoryScope { agent_id: agent_id.to_owned(), session: spec.memory.session.session_key(&spec.namespace, run_id) }
 }
 
 /// The id of the episode a run stores: deterministic, so that a run redelivered after its
 /// worker died overwrites its own episode instead of adding a second one.
 pub fn episode_id(run_id: &str) -> String {
     format!("episode-{run_id}")
-}
-
-/// The session of a run's own scope, `run:<run id>`: the session scope of a `memory.session:
-/// run` agent, and every run's working-memory scope.
-fn run_session(run_id: &str) -> String {
-    format!("run:{run_id}")
 }
 
 fn failed(op: &'static str, s: &tonic::Status) {

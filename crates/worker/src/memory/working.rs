@@ -17,8 +17,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use nightshift_core::pb;
+use nightshift_core::spec::run_session;
 
-use super::{MEMORY_TIMEOUT, RunMemory, clip, failed, run_session};
+use super::{MEMORY_TIMEOUT, RunMemory, clip, failed};
 
 /// Longest note quoted into the prompt.
 const MAX_NOTE_CHARS: usize = 500;
