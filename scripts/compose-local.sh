@@ -30,7 +30,7 @@ export NIGHTSHIFT_IMAGE=${NIGHTSHIFT_IMAGE:-nightshift:local}
 export OTEL_EXPORTER_OTLP_ENDPOINT=""
 # docker-compose.yml requires it for Grafana, which the local stack does not start.
 export GRAFANA_ADMIN_PASSWORD=${GRAFANA_ADMIN_PASSWORD:-grafana-is-not-started-locally}
-BINARIES=(nightshift nightshift-manager nightshift-scheduler nightshift-worker nightshift-events nightshift-memory)
+BINARIES=(nightshift nightshift-manager nightshift-scheduler nightshift-worker nightshift-events nightshift-memory nightshift-console)
 UP_TIMEOUT=${NIGHTSHIFT_COMPOSE_UP_TIMEOUT:-240}
 
 log() { echo "compose-local: $*" >&2; }
@@ -208,6 +208,7 @@ up() {
   cat >&2 <<EOF
 compose-local: endpoints (TLS, certificate for "nightshift", "localhost" and 127.0.0.1):
   manager https://127.0.0.1:50051   memory https://127.0.0.1:50054   events https://127.0.0.1:50055
+  console https://localhost:50056/ (trust deploy/secrets/ca.crt; sign in with deploy/secrets/admin.key)
   nightshift --endpoint https://127.0.0.1:50051 --tls-ca deploy/secrets/ca.crt --api-key-file deploy/secrets/admin.key agent list
   grpcurl -cacert deploy/secrets/ca.crt -H "authorization: Bearer \$(cat deploy/secrets/admin.key)" 127.0.0.1:50051 list
   $(engine_answers && [ -n "${DOCKER_HOST:-}" ] && echo "engine: export DOCKER_HOST=$DOCKER_HOST")

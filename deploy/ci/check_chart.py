@@ -40,13 +40,15 @@ def check_manifests(label: str, docs: list[dict], values: dict, errors: list[str
         kinds.setdefault(d["kind"], []).append(d)
     deployments = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in kinds.get("Deployment", [])}
     services = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in kinds.get("Service", [])}
-    for comp in ("manager", "scheduler", "worker", "events"):
+    for comp in ("manager", "scheduler", "worker", "events", "console"):
         if comp not in deployments:
             fail(errors, f"{label}: no Deployment for {comp}")
     for comp, dep in deployments.items():
         spec = dep["spec"]["template"]["spec"]
         (c,) = spec["containers"]
-        port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
+        # The console's port serves its pages (and gRPC health): named http.
+        port_name = "http" if comp == "console" else "grpc"
+        port = next(p["containerPort"] for p in c["ports"] if p["name"] == port_name)
         if c["command"] != [f"nightshift-{comp}"]:
             fail(errors, f"{label}: {comp} runs {c['command']}")
         # The kubelet's gRPC probe speaks no TLS: with TLS on, the probes open the port.
@@ -54,7 +56,7 @@ def check_manifests(label: str, docs: list[dict], values: dict, errors: list[str
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
             if c.get(probe, {}).get(kind, {}).get("port") != port:
                 fail(errors, f"{label}: {comp} {probe} is not a {kind} probe on {port}")
-        if not tls and c.get("readinessProbe", {}).get("grpc", {}).get("service") != GRPC_SERVICES[comp]:
+        if not tls and c.get("readinessProbe", {}).get("grpc", {}).get("service") != GRPC_SERVICES.get(comp):
             fail(errors, f"{label}: {comp} readiness probe does not name {GRPC_SERVICES[comp]}")
         mounts = [m["mountPath"] for m in c.get("volumeMounts", [])]
         if tls != ("/etc/nightshift/tls" in mounts):
@@ -68,9 +70,10 @@ def check_manifests(label: str, docs: list[dict], values: dict, errors: list[str
         if svc is None:
             fail(errors, f"{label}: no Service for {comp}")
         else:
-            grpc_ports = [p for p in svc["spec"]["ports"] if p["name"] == "grpc"]
-            if not grpc_ports or grpc_ports[0].get("appProtocol") not in ("grpc", "kubernetes.io/h2c"):
-                fail(errors, f"{label}: Service {comp} has no gRPC appProtocol")
+            grpc_ports = [p for p in svc["spec"]["ports"] if p["name"] == port_name]
+            wanted = ("https" if tls else "http",) if comp == "console" else ("grpc", "kubernetes.io/h2c")
+            if not grpc_ports or grpc_ports[0].get("appProtocol") not in wanted:
+                fail(errors, f"{label}: Service {comp} has no {'/'.join(wanted)} appProtocol")
         if comp == "worker":
             refs = [e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e]
             wanted = [s["name"] for s in values["worker"]["apiKeysSecrets"]]

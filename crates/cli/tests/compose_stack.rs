@@ -210,6 +210,45 @@ impl Drop for Stack {
 }
 
 /// The container (host name) a run's worker ran in: worker ids are `HOSTNAME-SUFFIX`.
+/// Signs in to the console container (published on 50056) and reads the run's page.
+fn console_shows_the_run(stack: &Stack, run: &str) {
+    let secrets = stack.root.join("deploy/secrets");
+    let ca = std::fs::read(secrets.join("ca.crt")).unwrap();
+    let admin = std::fs::read_to_string(secrets.join("admin.key")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .resolve("nightshift", "127.0.0.1:50056".parse().unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let base = "https://nightshift:50056";
+        let signed_in = http
+            .post(format!("{base}/login"))
+            .header("origin", base)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("credential={}&next=%2Fagents", admin.trim()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(signed_in.status(), 303, "signing in to the console");
+        let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().to_owned();
+        assert!(cookie.contains("Secure") && cookie.contains("HttpOnly"), "{cookie}");
+        let page = http
+            .get(format!("{base}/runs/{run}"))
+            .header("cookie", cookie.split(';').next().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        let html = page.text().await.unwrap();
+        for wanted in ["succeeded", "data-step=\"tool\"", "calculate_area", "data-step=\"answer\""] {
+            assert!(html.contains(wanted), "the console's run page lacks {wanted}: {html}");
+        }
+    });
+}
+
 fn container_of(run: &Value) -> String {
     run["worker"].as_str().unwrap_or_default().split('-').next().unwrap_or_default().to_owned()
 }
@@ -257,6 +296,11 @@ fn the_compose_stack_runs_agents_survives_kills_scales_and_keeps_its_data() {
     );
 
     phase("a run through the containers: ok");
+
+    // The console container, over HTTPS with the stack's certificate: signing in with the admin
+    // key, the run's page shows its timeline (the tool call between the two LLM turns).
+    console_shows_the_run(&stack, &basic);
+    phase("the console container shows the run");
 
     // 2. `docker kill` of the worker container in a slow tool call: the run is redelivered to the
     // other worker and succeeds, once.

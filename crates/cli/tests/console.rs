@@ -177,9 +177,19 @@ async fn the_console_in_a_real_browser() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(eval::<bool>(&page, "window.__notReloaded === true").await, "the page was reloaded");
-    // Each state the page showed is the one before plus what came next: LLM, then tool, then answer.
-    let expected = ["pending", "llm,pending", "llm,tool,pending", "llm,tool,llm,answer"];
-    assert_eq!(seen, expected, "the timeline's states, in order");
+    // Each state the page showed is the one before plus what came next: LLM, then tool, then the
+    // answer. The slow parts (a 1.5 s LLM turn, the 2.5 s tool) are always seen on their own; the
+    // moment between the last step and the run's end may be seen or not.
+    assert_eq!(seen.first().map(String::as_str), Some("pending"), "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("llm,tool,llm,answer"), "{seen:?}");
+    for wanted in ["llm,pending", "llm,tool,pending"] {
+        assert!(seen.iter().any(|s| s == wanted), "the page never showed {wanted}: {seen:?}");
+    }
+    let steps = |s: &str| s.split(',').filter(|k| *k != "pending").map(str::to_owned).collect::<Vec<_>>();
+    for pair in seen.windows(2) {
+        let (before, after) = (steps(&pair[0]), steps(&pair[1]));
+        assert!(after.starts_with(&before) && after.len() > before.len(), "steps went back or stood still: {seen:?}");
+    }
     let badge: String = eval(&page, "document.querySelector('h1 .badge').textContent").await;
     assert_eq!(badge, "succeeded");
     let query: String = eval(&page, "document.querySelector('q').textContent").await;
@@ -202,12 +212,23 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(completed, "1", "runs the worker completed");
     let scheduled: String = eval(&page, "document.querySelector('table.schedules tbody').textContent").await;
     assert!(scheduled.contains("nightly-report") && scheduled.contains("cron 0 3 * * * (UTC)"), "{scheduled}");
+    let held: u32 =
+        eval(&page, "Number(document.querySelector('table.schedulers td[data-shards]').dataset.shards)").await;
+    assert_eq!(held, 64, "the one scheduler holds every shard");
     shot(&page, "workers.png").await;
 
-    // 3. Pause from the agents list; the services agree.
+    // 3. Pause from the agents list (where the last 24 hours show the run); the services agree.
     page.goto(format!("{base}/agents")).await.unwrap();
     until(&page, "!!document.querySelector('tr[data-agent=console-demo] form[action$=\"/pause\"] button')", "pause")
         .await;
+    let day: Vec<String> = eval(
+        &page,
+        "(() => { const d = document.querySelector('tr[data-agent=console-demo] span.day'); \
+         return [d.dataset.ended, d.dataset.succeeded, d.querySelector('.rate').textContent]; })()",
+    )
+    .await;
+    assert_eq!(day[..2], ["1", "1"], "{day:?}");
+    assert!(day[2].starts_with("100 % of 1 · "), "{day:?}");
     click(&page, "tr[data-agent=console-demo] form[action$='/pause'] button").await;
     until(&page, "document.querySelector('tr[data-agent=console-demo] .badge')?.textContent === 'paused'", "paused")
         .await;

@@ -45,8 +45,8 @@ pub(crate) async fn run(
         tokio::spawn(async move {
             let options = TailOptions {
                 filter: EventFilter { run_ids: vec![id], ..EventFilter::default() },
+                from: TailFrom::Since(chrono::Utc::now()),
                 follow: true,
-                ..TailOptions::default()
             };
             let mut events = app.backends.events(&s);
             let ended = tail(&mut events, options, |_| {

@@ -126,6 +126,57 @@ pub(crate) fn agent_state(state: i32) -> Markup {
     html! { span class={ "badge " (name) } { (name) } }
 }
 
+/// The last 24 hours of an agent's runs (`GetAgentStatus.last_24h`): a bar per hour, its
+/// height the runs created in it, stacked succeeded / failed / the rest; then the share that
+/// succeeded of those that ended and their mean duration. `data-ended` / `data-succeeded` carry
+/// the numbers.
+pub(crate) fn day_chart(hours: &[pb::HourOfRuns]) -> Markup {
+    let total = |h: &pb::HourOfRuns| h.succeeded + h.failed + h.other;
+    let most = hours.iter().map(total).max().unwrap_or(0).max(1) as f64;
+    let (succeeded, failed): (u64, u64) = hours.iter().fold((0, 0), |(s, f), h| (s + h.succeeded, f + h.failed));
+    let weighted: f64 = hours
+        .iter()
+        .filter_map(|h| {
+            h.mean_duration
+                .as_ref()
+                .map(|d| (d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1e6) * h.succeeded as f64)
+        })
+        .sum();
+    let (w, height) = (4usize, 20.0_f64);
+    // Each hour's bars, stacked from the bottom: (x, y, height, class, runs).
+    let mut bars = Vec::new();
+    for (i, h) in hours.iter().enumerate() {
+        let mut top = height;
+        for (class, n) in [("succeeded", h.succeeded), ("failed", h.failed), ("other", h.other)] {
+            if n > 0 {
+                let bar = (n as f64 / most * height).max(1.0);
+                top -= bar;
+                bars.push((i * w, top, bar, class, n));
+            }
+        }
+    }
+    html! {
+        span.day data-ended=(succeeded + failed) data-succeeded=(succeeded) {
+            svg.chart width=(hours.len() * w) height=(height as u32) role="img" aria-label="Runs per hour, last 24 hours" {
+                @for (x, y, bar, class, n) in &bars {
+                    rect class=(class) x=(x) y=(format!("{y:.1}")) width=(w - 1) height=(format!("{bar:.1}")) {
+                        title { (n) " " (class) }
+                    }
+                }
+            }
+            " "
+            @if succeeded + failed == 0 {
+                span.rate.muted { "no run ended" }
+            } @else {
+                span.rate {
+                    (format!("{:.0} %", succeeded as f64 * 100.0 / (succeeded + failed) as f64)) " of " (succeeded + failed)
+                    @if succeeded > 0 { " · " (millis(weighted / succeeded as f64)) }
+                }
+            }
+        }
+    }
+}
+
 /// A protobuf duration in words (`1.2 s`, `35 ms`).
 pub(crate) fn duration(d: Option<&prost_types::Duration>) -> String {
     match d {

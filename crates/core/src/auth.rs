@@ -133,7 +133,7 @@ pub fn permission_for(path: &str) -> Option<Permission> {
         },
         ("nightshift.v1.SchedulerService", m) => match m {
             "UpsertSchedule" | "RemoveSchedule" | "PauseSchedule" | "ResumeSchedule" => Sync,
-            "GetSchedule" | "ListSchedules" => Read,
+            "GetSchedule" | "ListSchedules" | "GetSchedulerStatus" => Read,
             _ => return None,
         },
         ("nightshift.v1.WorkerService", m) => match m {

@@ -65,3 +65,52 @@ pub(crate) fn step_kind(step: &pb::RunStep) -> Option<&'static str> {
 pub(crate) fn opt_duration(d: Option<std::time::Duration>) -> Option<prost_types::Duration> {
     d.map(duration::to_pb)
 }
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// The start of the oldest of the last 24 UTC hours up to the one holding `now`.
+pub(crate) fn last_day_start(now: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    time::from_millis((time::to_millis(now).div_euclid(HOUR_MS) - 23) * HOUR_MS)
+}
+
+/// The last 24 UTC hours up to the one holding `now`, oldest first, each with its runs from
+/// `hours` (the store leaves hours without runs out).
+pub(crate) fn last_day(
+    now: chrono::DateTime<chrono::Utc>,
+    hours: &[nightshift_store::HourRuns],
+) -> Vec<pb::HourOfRuns> {
+    let current = time::to_millis(now).div_euclid(HOUR_MS);
+    (current - 23..=current)
+        .map(|h| {
+            let start = time::from_millis(h * HOUR_MS);
+            let found = hours.iter().find(|r| r.hour == start);
+            pb::HourOfRuns {
+                hour: Some(time::to_pb(start)),
+                succeeded: found.map_or(0, |r| r.succeeded),
+                failed: found.map_or(0, |r| r.failed),
+                other: found.map_or(0, |r| r.other),
+                mean_duration: opt_duration(found.and_then(|r| r.mean_duration)),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_day_has_24_hours_ending_with_the_current_one() {
+        let now = time::from_millis(1_700_000_000_000); // 22:13:20 UTC
+        let hour =
+            |ms: i64| nightshift_store::HourRuns { hour: time::from_millis(ms), succeeded: 3, ..Default::default() };
+        let day = last_day(now, &[hour(1_699_999_200_000), hour(1_699_920_000_000)]);
+        assert_eq!(day.len(), 24);
+        assert_eq!(day[23].hour, Some(time::to_pb(time::from_millis(1_699_999_200_000))), "the current hour last");
+        assert_eq!(day[23].succeeded, 3);
+        assert_eq!(day[0].hour, Some(time::to_pb(time::from_millis(1_699_916_400_000))));
+        assert_eq!(day[1].succeeded, 3, "22 hours before the current one");
+        assert_eq!(day.iter().map(|h| h.succeeded).sum::<u64>(), 6);
+        assert_eq!(last_day_start(now), time::from_millis(1_699_916_400_000));
+    }
+}

@@ -165,8 +165,10 @@ impl ManagerService {
 
     async fn status_of(&self, a: &AgentRecord) -> Result<pb::GetAgentStatusResponse, Status> {
         let s = self.store.agent_stats(&a.id).await.map_err(status_from_store)?;
+        let now = self.clock.now();
+        let day = self.store.runs_by_hour(&a.id, convert::last_day_start(now)).await.map_err(status_from_store)?;
         let next_run_at = match a.state {
-            AgentState::Active => a.spec.schedule.next_after(self.clock.now()).map(time::to_pb),
+            AgentState::Active => a.spec.schedule.next_after(now).map(time::to_pb),
             AgentState::Paused => None,
         };
         Ok(pb::GetAgentStatusResponse {
@@ -189,6 +191,7 @@ impl ManagerService {
             mean_duration: convert::opt_duration(s.mean_duration),
             total_usage: Some(pb::TokenUsage { input_tokens: s.input_tokens, output_tokens: s.output_tokens }),
             version: a.version,
+            last_24h: convert::last_day(now, &day),
         })
     }
 }

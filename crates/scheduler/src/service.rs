@@ -154,4 +154,26 @@ impl pb::scheduler_service_server::SchedulerService for SchedulerApi {
             next_page_token,
         }))
     }
+
+    async fn get_scheduler_status(
+        &self,
+        _: Request<pb::GetSchedulerStatusRequest>,
+    ) -> Result<Response<pb::GetSchedulerStatusResponse>, Status> {
+        let shard_count = self.scheduler.shard_count();
+        let view = self.scheduler.store().scheduler_view(shard_count).await.map_err(status_from_store)?;
+        Ok(Response::new(pb::GetSchedulerStatusResponse {
+            member_id: self.scheduler.member_id().to_owned(),
+            shard_count,
+            members: view
+                .members
+                .into_iter()
+                .map(|(member_id, at, shards)| pb::SchedulerMember {
+                    member_id,
+                    heartbeat_at: (at.timestamp_millis() > 0).then(|| time::to_pb(at)),
+                    shards,
+                })
+                .collect(),
+            unowned_shards: view.unowned,
+        }))
+    }
 }

@@ -26,7 +26,8 @@ pub use db::{Backend, Store, redact};
 pub use error::{StoreError, status_from_store};
 pub use lease_recovery::Recovered;
 pub use model::{
-    AgentFilter, AgentRecord, AgentStats, AgentVersion, ApplyOutcome, NewRun, Page, RunFilter, RunRecord, StepRecord,
+    AgentFilter, AgentRecord, AgentStats, AgentVersion, ApplyOutcome, HourRuns, NewRun, Page, RunFilter, RunRecord,
+    SchedulerView, StepRecord,
 };
 pub use run_lifecycle::{Fence, FinishInput, StartInput, StartOutcome, StepInput, WaitingRun};
 pub use schedules::{ScheduledAgent, StaleRun, TickFire, TickOutcome};

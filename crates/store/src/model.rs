@@ -33,6 +33,31 @@ pub struct AgentVersion {
     pub spec: AgentSpec,
 }
 
+/// The runs of an agent created in one hour.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HourRuns {
+    /// The start of the hour (UTC).
+    pub hour: DateTime<Utc>,
+    /// Succeeded.
+    pub succeeded: u64,
+    /// Failed or timed out.
+    pub failed: u64,
+    /// Queued, running, skipped or cancelled.
+    pub other: u64,
+    /// Mean wall-clock duration of the succeeded ones.
+    pub mean_duration: Option<Duration>,
+}
+
+/// The scheduler replicas and who holds which shard, as the database has them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SchedulerView {
+    /// Each member that heartbeats, with its last heartbeat and the shards it holds a live
+    /// lease on (ascending).
+    pub members: Vec<(String, DateTime<Utc>, Vec<u32>)>,
+    /// Shards below the shard count without a live lease.
+    pub unowned: Vec<u32>,
+}
+
 /// What ApplyAgent did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyOutcome {

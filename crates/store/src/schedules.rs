@@ -10,6 +10,7 @@ use sqlx::any::AnyRow;
 use crate::agents::decode_spec;
 use crate::db::{Store, u32_col, u64_col};
 use crate::error::StoreError;
+use crate::model::SchedulerView;
 
 /// An agent as the scheduler sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -355,6 +356,42 @@ impl Store {
             sqlx::query("SELECT COUNT(*) AS n FROM scheduler_members").fetch_one(&mut *tx).await?.try_get("n")?;
         tx.commit().await?;
         Ok(u32::try_from(n.max(1)).unwrap_or(u32::MAX))
+    }
+
+    /// The members that heartbeat and the live shard leases, for `shard_count` shards.
+    pub async fn scheduler_view(&self, shard_count: u32) -> Result<SchedulerView, StoreError> {
+        let now = self.now_ms();
+        let members = sqlx::query("SELECT member_id, heartbeat_at FROM scheduler_members ORDER BY member_id")
+            .fetch_all(&self.pool)
+            .await?;
+        let leases = sqlx::query(
+            "SELECT shard, owner FROM scheduler_shards WHERE owner IS NOT NULL AND lease_expires_at >= $1 AND shard < $2 \
+             ORDER BY shard",
+        )
+        .bind(now)
+        .bind(i64::from(shard_count))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut view = SchedulerView::default();
+        for m in &members {
+            let at: i64 = m.try_get("heartbeat_at")?;
+            view.members.push((m.try_get("member_id")?, time::from_millis(at), Vec::new()));
+        }
+        let mut owned = vec![false; shard_count as usize];
+        for l in &leases {
+            let shard = u32::try_from(l.try_get::<i64, _>("shard")?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let owner: String = l.try_get("owner")?;
+            if let Some(slot) = owned.get_mut(shard as usize) {
+                *slot = true;
+            }
+            match view.members.iter_mut().find(|(id, _, _)| *id == owner) {
+                Some((_, _, shards)) => shards.push(shard),
+                // A lease of a member whose heartbeat lapsed: still live until it expires.
+                None => view.members.push((owner, time::from_millis(0), vec![shard])),
+            }
+        }
+        view.unowned = (0..shard_count).filter(|s| !owned[*s as usize]).collect();
+        Ok(view)
     }
 
     /// Removes a replica on clean shutdown and frees its shards at once.

@@ -540,6 +540,14 @@ async fn stats_aggregate_runs(kind: Db) {
     assert_eq!(s.mean_duration, Some(Duration::from_secs(2)));
     assert_eq!(s.last_error.as_ref().map(|(e, _)| e.as_str()), Some("boom"));
     assert_eq!(s.last_run.unwrap().status, RunStatus::Failed);
+    // By the hour they were created in (the console's last 24 hours).
+    let day = e.store.runs_by_hour(&a.id, e.clock.now() - chrono::Duration::hours(1)).await.unwrap();
+    let sum = |f: fn(&nightshift_store::HourRuns) -> u64| day.iter().map(f).sum::<u64>();
+    assert_eq!((sum(|h| h.succeeded), sum(|h| h.failed), sum(|h| h.other)), (2, 1, 0));
+    assert!(day.iter().all(|h| h.hour.timestamp() % 3600 == 0), "hours start on the hour");
+    assert!(day.iter().filter(|h| h.succeeded > 0).all(|h| h.mean_duration == Some(Duration::from_secs(2))));
+    let later = e.store.runs_by_hour(&a.id, e.clock.now() + chrono::Duration::hours(1)).await.unwrap();
+    assert!(later.is_empty());
 }
 
 async fn enqueue_is_idempotent_per_tick(kind: Db) {

@@ -23,7 +23,7 @@
 
 {{/* The components, in a fixed order. */}}
 {{- define "nightshift.components" -}}
-manager scheduler worker events memory
+manager scheduler worker events memory console
 {{- end -}}
 
 {{/* Binary, env prefix and gRPC service of a component. */}}
@@ -31,7 +31,7 @@ manager scheduler worker events memory
 {{- define "nightshift.envPrefix" -}}NIGHTSHIFT_{{ upper . }}_{{- end -}}
 {{- define "nightshift.grpcService" -}}
 {{- $m := dict "manager" "ManagerService" "scheduler" "SchedulerService" "worker" "WorkerService" "events" "EventService" "memory" "MemoryService" -}}
-nightshift.v1.{{ get $m . }}
+{{- if hasKey $m . -}}nightshift.v1.{{ get $m . }}{{- end -}}
 {{- end -}}
 
 {{/* Labels. Call with (dict "root" $ "component" NAME). */}}
@@ -160,7 +160,9 @@ Call with (dict "root" $ "component" NAME).
 {{- $events := include "nightshift.endpoint" (dict "root" $root "component" "events") -}}
 {{- $keys := "/etc/nightshift/auth" -}}
 {{- $manager := include "nightshift.endpoint" (dict "root" $root "component" "manager") -}}
-{{- if eq $name "manager" -}}
+{{- if eq $name "console" -}}
+{{- /* The console signs its users in and calls the services with their credentials: no key of its own. */ -}}
+{{- else if eq $name "manager" -}}
 {{- $_ := set $wired "auth" (dict "bootstrap_admin_key_file" (printf "%s/admin.key" $keys) "service_key_file" (printf "%s/service.key" $keys) "worker_key_file" (printf "%s/worker.key" $keys) "api_key_file" (printf "%s/service.key" $keys)) -}}
 {{- with (($root.Values.worker.config | default dict).allow) -}}
 {{- $_ := set $wired "worker_allow" . -}}
@@ -188,6 +190,19 @@ Call with (dict "root" $ "component" NAME).
 {{- if $c.dataVolume.enabled -}}
 {{- $_ := set $wired "tools" (dict "file_root" $c.dataVolume.mountPath) -}}
 {{- end -}}
+{{- else if eq $name "console" -}}
+{{- $_ := set $wired "manager_endpoint" (required "the console needs the manager (manager.enabled)" $manager) -}}
+{{- $_ := set $wired "events_endpoint" $events -}}
+{{- $_ := set $wired "scheduler_endpoint" (include "nightshift.endpoint" (dict "root" $root "component" "scheduler")) -}}
+{{- $_ := set $wired "memory_endpoint" (include "nightshift.endpoint" (dict "root" $root "component" "memory")) -}}
+{{- $urls := list -}}
+{{- range $other := list "manager" "scheduler" "events" "memory" -}}
+{{- $o := index $root.Values $other -}}
+{{- if and $o.enabled $o.metrics.enabled -}}
+{{- $urls = append $urls (printf "http://%s.%s.svc:%v/metrics" (include "nightshift.componentName" (dict "root" $root "component" $other)) $root.Release.Namespace $o.metrics.port) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $wired "metrics_urls" $urls -}}
 {{- else if eq $name "events" -}}
 {{- $_ := set $wired "backend_url" (include "nightshift.backendUrl" (dict "root" $root "backend" $root.Values.eventLog.backend)) -}}
 {{- else if eq $name "memory" -}}

@@ -119,9 +119,16 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
         Box::new(console),
     ];
 
-    // Printed on stdout (not the log) so scripts and tests can read the bound address.
-    println!("nightshift dev listening on {addr} (database {})", nightshift_store::redact(&database_url));
-    println!("console: {}/", wiring.endpoint);
+    // Printed on stdout (not the log) so scripts and tests can read the bound address. A reader
+    // that stops after the first line (tests do) must not make the second write kill the process.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ =
+            writeln!(out, "nightshift dev listening on {addr} (database {})", nightshift_store::redact(&database_url));
+        let _ = writeln!(out, "console: {}/", wiring.endpoint);
+        let _ = out.flush();
+    }
     serve_roles(roles, listener, shutdown_signal()).await?;
     store.close().await;
     nightshift_telemetry::shutdown();

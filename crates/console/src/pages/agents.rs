@@ -120,7 +120,7 @@ pub(super) async fn list(
             table.agents {
                 thead { tr {
                     th { "Name" } th { "Namespace" } th { "State" } th { "Schedule" } th { "Last run" }
-                    th { "Next run" } th { "Succeeded" } th { "Labels" } th { span.sr { "Actions" } }
+                    th { "Next run" } th { "Last 24 h" } th { "Labels" } th { span.sr { "Actions" } }
                 } }
                 tbody {
                     @for (agent, status) in page.agents.iter().zip(&statuses) {
@@ -159,19 +159,10 @@ fn row(s: &Session, agent: &pb::Agent, status: Option<&pb::GetAgentStatusRespons
                 }
             }
             td { (view::time(status.and_then(|st| st.next_run_at.as_ref()))) }
-            td { (status.map(success_rate).unwrap_or_default()) }
+            td { @if let Some(st) = status { (view::day_chart(&st.last_24h)) } }
             td { @for (k, v) in spec.map(|s| &s.labels).into_iter().flatten() { span.label { (k) "=" (v) } " " } }
             td.actions { (actions(s, &path, paused, false, back)) }
         }
-    }
-}
-
-fn success_rate(st: &pb::GetAgentStatusResponse) -> String {
-    let ended = st.succeeded + st.failed + st.timed_out;
-    if ended == 0 {
-        "—".into()
-    } else {
-        format!("{} / {} ({:.0} %)", st.succeeded, ended, st.succeeded as f64 * 100.0 / ended as f64)
     }
 }
 

@@ -27,7 +27,7 @@ pub(crate) struct Filter {
     /// An event type (`TOOL_CALL`, …).
     #[serde(default, rename = "type")]
     pub kind: String,
-    /// Replay from: RFC 3339, or a duration ago (`15m`); empty = only new events.
+    /// Replay from: RFC 3339, or a duration ago (`15m`); empty = events from now on.
     #[serde(default)]
     pub since: String,
 }
@@ -49,7 +49,9 @@ impl Filter {
     pub fn from(&self, now: DateTime<Utc>) -> Result<TailFrom, PageError> {
         let since = self.since.trim();
         if since.is_empty() {
-            return Ok(TailFrom::Now);
+            // From the moment the page asked, not from when the subscription is up: an event
+            // published in between is not lost.
+            return Ok(TailFrom::Since(now));
         }
         if let Ok(t) = nightshift_core::time::parse_rfc3339(since) {
             return Ok(TailFrom::Since(t));

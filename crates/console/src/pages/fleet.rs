@@ -1,6 +1,7 @@
 //! The workers and schedules page: each configured worker's capacity, active runs, draining
-//! state and tools (`WorkerService.GetWorkerStatus`), and the scheduler's view of every
-//! schedule (`SchedulerService.ListSchedules`: next fire, fired and missed ticks).
+//! state and tools (`WorkerService.GetWorkerStatus`), the scheduler replicas and the shards each
+//! holds (`GetSchedulerStatus`), and every schedule (`ListSchedules`: next fire, fired and missed
+//! ticks).
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -22,6 +23,21 @@ pub(super) struct Paging {
     page: String,
 }
 
+/// Shard numbers as ranges (`0-31, 40`).
+fn shard_ranges(shards: &[u32]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < shards.len() {
+        let mut j = i;
+        while j + 1 < shards.len() && shards[j + 1] == shards[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j { shards[i].to_string() } else { format!("{}-{}", shards[i], shards[j]) });
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
 /// `GET /workers`.
 pub(super) async fn show(
     State(app): State<Arc<App>>,
@@ -33,11 +49,10 @@ pub(super) async fn show(
         (uri, status.map(|r| r.into_inner()))
     }))
     .await;
-    let schedules = app
-        .backends
-        .scheduler(&s)
-        .list_schedules(pb::ListSchedulesRequest { page_size: PAGE, page_token: p.page.clone() })
-        .await;
+    let mut scheduler = app.backends.scheduler(&s);
+    let members = scheduler.get_scheduler_status(pb::GetSchedulerStatusRequest {}).await.map(|r| r.into_inner());
+    let schedules =
+        scheduler.list_schedules(pb::ListSchedulesRequest { page_size: PAGE, page_token: p.page.clone() }).await;
     let body = html! {
         h1 { "Workers" }
         @if workers.is_empty() {
@@ -72,6 +87,26 @@ pub(super) async fn show(
                 }
             }
         }
+        h1 { "Schedulers" }
+        @match &members {
+            Ok(st) => {
+                p.muted { (st.shard_count) " shards; answered by " code { (st.member_id) } }
+                div.scroll { table.schedulers {
+                    thead { tr { th { "Member" } th { "Last heartbeat" } th { "Shards held" } } }
+                    tbody {
+                        @for m in &st.members { tr data-member=(m.member_id) {
+                            td { code { (m.member_id) } }
+                            td { (view::time(m.heartbeat_at.as_ref())) }
+                            td data-shards=(m.shards.len()) { (m.shards.len()) @if !m.shards.is_empty() { " (" (shard_ranges(&m.shards)) ")" } }
+                        } }
+                    }
+                } }
+                @if !st.unowned_shards.is_empty() {
+                    p.error { (st.unowned_shards.len()) " shards held by nobody (" (shard_ranges(&st.unowned_shards)) "): their schedules fire once a member claims them." }
+                }
+            }
+            Err(e) => p.error { "The scheduler did not answer: " (format!("{:?}", e.code())) ": " (e.message()) },
+        }
         h1 { "Schedules" }
         @match &schedules {
             Ok(page) => {
@@ -99,4 +134,13 @@ pub(super) async fn show(
         }
     };
     Ok(view::page("Workers and schedules", &s, Nav::Workers, body))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shards_read_as_ranges() {
+        assert_eq!(super::shard_ranges(&[0, 1, 2, 3, 7, 9, 10]), "0-3, 7, 9-10");
+        assert_eq!(super::shard_ranges(&[]), "");
+    }
 }

@@ -84,6 +84,11 @@ impl Scheduler {
         &self.inner.member
     }
 
+    /// The number of shards the schedules are split into.
+    pub fn shard_count(&self) -> u32 {
+        self.inner.cfg.shard_count
+    }
+
     /// The store it works on.
     pub fn store(&self) -> &Store {
         &self.inner.store
