@@ -220,6 +220,25 @@ pub(crate) fn encode(v: &str) -> String {
     out
 }
 
+/// `?k=v&…` of the pairs whose value is not empty (values percent-encoded); empty without any.
+pub(crate) fn query(pairs: &[(&str, &str)]) -> String {
+    let parts: Vec<String> =
+        pairs.iter().filter(|(_, v)| !v.trim().is_empty()).map(|(k, v)| format!("{k}={}", encode(v.trim()))).collect();
+    if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
+}
+
+/// A filter's drop-down: "any" (empty) or one of `options`, `current` selected.
+pub(crate) fn choice(label: &str, name: &str, current: &str, options: &[&str]) -> Markup {
+    html! {
+        label { (label) " "
+            select name=(name) {
+                option value="" selected[current.is_empty()] { "any" }
+                @for o in options { option value=(o) selected[current == *o] { (o) } }
+            }
+        }
+    }
+}
+
 /// Text clipped to `max` characters, with an ellipsis when clipped.
 pub(crate) fn clip(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
@@ -246,6 +265,8 @@ mod tests {
         assert_eq!(millis(1234.0), "1.2 s");
         assert_eq!(millis(90_000.0), "1.5 min");
         assert_eq!(encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+        assert_eq!(query(&[("q", "a b"), ("state", ""), ("page", "x/y")]), "?q=a%20b&page=x%2Fy");
+        assert_eq!(query(&[("q", " ")]), "");
         assert_eq!(clip("abcdef", 3), "abc…");
         assert_eq!(clip("abc", 3), "abc");
         assert_eq!(pretty_json("{\"a\":1}"), "{\n  \"a\": 1\n}");

@@ -64,16 +64,9 @@ impl Filter {
 
     /// The query string of this filter on another page.
     fn with_page(&self, page: &str) -> String {
-        let mut parts = Vec::new();
-        for (k, v) in [("q", &self.q), ("state", &self.state), ("label", &self.label), ("ns", &self.ns)] {
-            if !v.is_empty() {
-                parts.push(format!("{k}={}", view::encode(v)));
-            }
-        }
-        if !page.is_empty() {
-            parts.push(format!("page={}", view::encode(page)));
-        }
-        format!("/agents?{}", parts.join("&"))
+        let pairs =
+            [("q", self.q.as_str()), ("state", &self.state), ("label", &self.label), ("ns", &self.ns), ("page", page)];
+        format!("/agents{}", view::query(&pairs))
     }
 }
 
@@ -105,13 +98,7 @@ pub(super) async fn list(
         h1 { "Agents" }
         form.filters method="get" action="/agents" role="search" {
             label { "Name " input type="search" name="q" value=(filter.q) placeholder="contains…"; }
-            label { "State "
-                select name="state" {
-                    option value="" selected[filter.state.is_empty()] { "any" }
-                    option value="active" selected[filter.state == "active"] { "active" }
-                    option value="paused" selected[filter.state == "paused"] { "paused" }
-                }
-            }
+            (view::choice("State", "state", &filter.state, &["active", "paused"]))
             label { "Label " input type="text" name="label" value=(filter.label) placeholder="key=value"; }
             label { "Namespace " input type="text" name="ns" value=(filter.ns) placeholder="all mine"; }
             button type="submit" { "Filter" }

@@ -34,15 +34,13 @@ pub(crate) struct Filter {
 
 impl Filter {
     fn query(&self) -> String {
-        let mut parts = Vec::new();
-        for (k, v) in
-            [("agent", &self.agent), ("ns", &self.ns), ("run", &self.run), ("type", &self.kind), ("since", &self.since)]
-        {
-            if !v.trim().is_empty() {
-                parts.push(format!("{k}={}", view::encode(v.trim())));
-            }
-        }
-        parts.join("&")
+        view::query(&[
+            ("agent", &self.agent),
+            ("ns", &self.ns),
+            ("run", &self.run),
+            ("type", &self.kind),
+            ("since", &self.since),
+        ])
     }
 
     /// Where the tail starts.
@@ -118,12 +116,7 @@ pub(super) async fn show(
             label { "Agent " input type="text" name="agent" value=(f.agent) placeholder="name"; }
             label { "Namespace " input type="text" name="ns" value=(f.ns) placeholder="all mine"; }
             label { "Run " input type="text" name="run" value=(f.run) placeholder="run id"; }
-            label { "Type "
-                select name="type" {
-                    option value="" selected[f.kind.is_empty()] { "any" }
-                    @for t in types { option value=(t) selected[f.kind == t] { (t) } }
-                }
-            }
+            (view::choice("Type", "type", &f.kind, &types))
             label { "Replay from " input type="text" name="since" value=(f.since) placeholder="15m or 2026-12-05T10:00:00Z"; }
             button type="submit" { "Apply" }
         }
@@ -132,7 +125,7 @@ pub(super) async fn show(
             " " span #tail-state role="status" { "Connecting…" }
         }
         div.scroll {
-            table.events data-live-events={ "/events/live?" (f.query()) } {
+            table.events data-live-events={ "/events/live" (f.query()) } {
                 thead { tr { th { "Time" } th { "Type" } th { "Agent" } th { "Run" } th { "Data" } } }
                 tbody {}
             }

@@ -37,13 +37,8 @@ pub(super) struct Filter {
 
 impl Filter {
     fn query(&self, page: &str) -> String {
-        let mut parts = Vec::new();
-        for (k, v) in [("agent", &self.agent), ("ns", &self.ns), ("status", &self.status), ("page", &page.to_owned())] {
-            if !v.is_empty() {
-                parts.push(format!("{k}={}", view::encode(v)));
-            }
-        }
-        format!("/runs?{}", parts.join("&"))
+        let pairs = [("agent", self.agent.as_str()), ("ns", &self.ns), ("status", &self.status), ("page", page)];
+        format!("/runs{}", view::query(&pairs))
     }
 }
 
@@ -78,12 +73,7 @@ pub(super) async fn list(
         form.filters method="get" action="/runs" role="search" {
             label { "Agent " input type="text" name="agent" value=(f.agent) placeholder="name"; }
             label { "Namespace " input type="text" name="ns" value=(f.ns) placeholder="all mine"; }
-            label { "State "
-                select name="status" {
-                    option value="" selected[f.status.is_empty()] { "any" }
-                    @for st in states { option value=(st) selected[f.status == st] { (st) } }
-                }
-            }
+            (view::choice("State", "status", &f.status, &states))
             button type="submit" { "Filter" }
         }
         (runs_table(&page.runs, true))
