@@ -95,6 +95,25 @@ async fn pages_share_the_port_and_grpc_calls_stay_guarded() {
         assert_eq!(status.as_deref(), Some("16"), "{content_type}: UNAUTHENTICATED");
         assert_ne!(body, "reached", "{content_type}");
     }
+    // Paths that are not gRPC paths by their first segment never reach a gRPC service either,
+    // sent as raw bytes (an HTTP client would normalize the dot segments away).
+    for path in [
+        "//nightshift.v1.ManagerService/TriggerAgent",
+        "/./nightshift.v1.ManagerService/TriggerAgent",
+        "/agents/../nightshift.v1.ManagerService/TriggerAgent",
+        "/nightshift%2Ev1%2EManagerService/TriggerAgent",
+    ] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/grpc\r\ncontent-length: 1\r\nconnection: close\r\n\r\nx"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 "), "{path}: {answer}");
+        assert!(!answer.contains("reached"), "{path} reached the service without the auth layer: {answer}");
+    }
     let (status, body) = call(Some("viewer-key"), "text/plain").await;
     assert_eq!((status.as_deref(), body.as_str()), (Some("7"), ""), "a viewer may not trigger");
     let (status, body) = call(Some("admin-key"), "application/grpc").await;
