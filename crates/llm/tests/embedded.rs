@@ -117,15 +117,30 @@ async fn a_request_without_tools_is_answered_in_plain_text_even_when_cut_off() {
     assert!(resp.tool_calls.is_empty());
 }
 
-/// The forward pass is the model's: asked a question any instruct model knows, greedy decoding
-/// answers it (a wrong attention mask, rotary embedding or weight layout gives noise instead).
+/// The forward pass is the model's: asked questions any instruct model knows, greedy decoding
+/// answers them (a wrong attention mask, rotary embedding or weight layout gives noise instead).
+/// Three of four must be right, not all: a 135M model's top two tokens can lie closer together
+/// than the float summation order differs between CPUs (AVX2 vs AVX-512 kernels), so one answer
+/// may turn on the machine ("What is the capital of France?" gave "Paris" on one and
+/// "L'Étoile, la Cité, …" on another, with every other answer the same).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greedy_decoding_answers_what_the_model_knows() {
     let path = model_file().await;
     let model = EmbeddedChat::from_config(&config(&path, 1, 0.0)).unwrap();
-    let req = ChatRequest { max_tokens: Some(24), ..ChatRequest::new("", "What is the capital of France?") };
-    let resp = model.chat(&req).await.unwrap();
-    assert!(resp.content.contains("Paris"), "{:?}", resp.content);
+    let probes = [
+        ("What is the capital of Germany?", "Berlin"),
+        ("What is 2 + 2?", "4"),
+        ("What color is the sky on a clear day?", "blue"),
+        ("What is the capital of France? Answer in one word.", "Paris"),
+    ];
+    let mut answers = Vec::new();
+    for (question, expected) in probes {
+        let req = ChatRequest { max_tokens: Some(24), ..ChatRequest::new("", question) };
+        let content = model.chat(&req).await.unwrap().content;
+        answers.push((question, content.contains(expected), content));
+    }
+    let right = answers.iter().filter(|(_, ok, _)| *ok).count();
+    assert!(right >= 3, "{right} of {} answered right: {answers:#?}", probes.len());
 }
 
 /// `pull_url`: a GGUF served over HTTP lands in the cache under its name, with its checksum
