@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use nightshift_console::{ConsoleConfig, ConsoleRole};
-use nightshift_core::{AgentManifest, RunId, TriggerKind};
+use nightshift_core::{AgentManifest, RunId};
 use nightshift_manager::{ManagerConfig, ManagerDeps, ManagerRole};
 use nightshift_rpc::{AuthMode, GrpcServer, Listener, Role, ServerOptions, serve_roles};
 use nightshift_store::{NewRun, Store};
@@ -51,13 +51,7 @@ pub async fn console(args: &ConsoleArgs) -> anyhow::Result<Scenario> {
         let spec = AgentManifest::from_yaml(&manifest(i)).and_then(|m| m.validate()).map_err(anyhow::Error::msg)?;
         let (rec, _) = store.apply_agent(&spec).await?;
         for r in 0..args.runs_per_agent {
-            let run = NewRun {
-                id: RunId::for_tick(&rec.id, r as i64 * 3_600_000),
-                agent_id: rec.id.clone(),
-                trigger: TriggerKind::Manual,
-                scheduled_for: None,
-                query_override: None,
-            };
+            let run = NewRun::manual(RunId::for_tick(&rec.id, r as i64 * 3_600_000), rec.id.clone());
             store.insert_run(&run).await?;
         }
     }

@@ -148,7 +148,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // a failed unwrap is the test's verdict
-    use nightshift_core::{AgentSpec, AgentState, TriggerKind, WorkerId};
+    use nightshift_core::{AgentSpec, AgentState, WorkerId};
     use nightshift_testkit::{Db, database};
 
     use super::*;
@@ -165,13 +165,7 @@ mod tests {
         );
         let agent = store.create_agent(&spec.unwrap(), AgentState::Active).await.unwrap();
         let run = RunId::generate();
-        let new = NewRun {
-            id: run.clone(),
-            agent_id: agent.id.clone(),
-            trigger: TriggerKind::Manual,
-            scheduled_for: None,
-            query_override: None,
-        };
+        let new = NewRun::manual(run.clone(), agent.id.clone());
         store.insert_run(&new).await.unwrap();
         let input = StartInput {
             run_id: run.clone(),

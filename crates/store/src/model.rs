@@ -125,6 +125,13 @@ pub struct NewRun {
     pub query_override: Option<String>,
 }
 
+impl NewRun {
+    /// A manually triggered run of `agent_id`, with the agent's own task.
+    pub fn manual(id: RunId, agent_id: AgentId) -> Self {
+        Self { id, agent_id, trigger: TriggerKind::Manual, scheduled_for: None, query_override: None }
+    }
+}
+
 /// A stored run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRecord {

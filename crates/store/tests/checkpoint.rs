@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeZone;
-use nightshift_core::{AgentSpec, AgentState, ManualClock, RunId, TriggerKind, WorkerId};
+use nightshift_core::{AgentSpec, AgentState, ManualClock, RunId, WorkerId};
 use nightshift_store::{Fence, NewRun, StartInput, StartOutcome, StepInput, Store, StoreError};
 use nightshift_testkit::{Db, database};
 
@@ -41,13 +41,7 @@ async fn token_fenced_checkpoints_store_the_next_step_and_refuse_the_rest(kind: 
     .unwrap();
     let agent = store.create_agent(&spec, AgentState::Active).await.unwrap();
     let run = RunId::generate();
-    let new = NewRun {
-        id: run.clone(),
-        agent_id: agent.id.clone(),
-        trigger: TriggerKind::Manual,
-        scheduled_for: None,
-        query_override: None,
-    };
+    let new = NewRun::manual(run.clone(), agent.id.clone());
     store.insert_run(&new).await.unwrap();
     let (attempt, token) = start(&store, &run, &agent.id, "w1").await;
     let held = Fence { attempt, token: Some(token.clone()) };

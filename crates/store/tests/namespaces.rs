@@ -3,7 +3,7 @@
 //! that vouches for a worker's memory access; and a SQLite database made before namespaces
 //! existed upgraded in place without losing an agent or a run.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
-use nightshift_core::{AgentSpec, AgentState, Namespace, RunId, TriggerKind, WorkerId};
+use nightshift_core::{AgentSpec, AgentState, Namespace, RunId, WorkerId};
 use nightshift_store::{AgentFilter, NewRun, RunFilter, StartInput, StartOutcome, Store, StoreError};
 use nightshift_testkit::{Db, database};
 use prost::Message;
@@ -68,13 +68,7 @@ async fn lists_and_runs_are_confined(kind: Db) {
     assert!(store.list_agents(&none).await.unwrap().items.is_empty(), "an empty list matches nothing");
 
     for id in &ids {
-        let new = NewRun {
-            id: RunId::generate(),
-            agent_id: id.clone(),
-            trigger: TriggerKind::Manual,
-            scheduled_for: None,
-            query_override: None,
-        };
+        let new = NewRun::manual(RunId::generate(), id.clone());
         store.insert_run(&new).await.unwrap();
     }
     let runs = store.list_runs(&RunFilter { namespaces: only(&["team-b"]), limit: 100, ..Default::default() }).await;
@@ -90,13 +84,7 @@ async fn lease_tokens_vouch_for_runs(kind: Db) {
     let store = Store::connect(&url).await.unwrap();
     let agent = store.create_agent(&spec("team-a", "x"), AgentState::Active).await.unwrap();
     let run = RunId::generate();
-    let new = NewRun {
-        id: run.clone(),
-        agent_id: agent.id.clone(),
-        trigger: TriggerKind::Manual,
-        scheduled_for: None,
-        query_override: None,
-    };
+    let new = NewRun::manual(run.clone(), agent.id.clone());
     store.insert_run(&new).await.unwrap();
     assert_eq!(store.held_run_agent(&run, "anything").await.unwrap(), None, "a queued run vouches for no one");
     let input = StartInput {

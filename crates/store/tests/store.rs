@@ -119,16 +119,7 @@ async fn agent_lifecycle(kind: Db) {
     assert!(!e.store.set_agent_state(&a.id, AgentState::Paused).await.unwrap().1);
 
     let run = RunId::generate();
-    e.store
-        .insert_run(&NewRun {
-            id: run.clone(),
-            agent_id: a.id.clone(),
-            trigger: TriggerKind::Manual,
-            scheduled_for: None,
-            query_override: None,
-        })
-        .await
-        .unwrap();
+    e.store.insert_run(&NewRun::manual(run.clone(), a.id.clone())).await.unwrap();
     e.store.delete_agent(&a.id).await.unwrap();
     assert!(e.store.get_agent(&a.id).await.unwrap().is_none());
     assert!(e.store.get_run(&run).await.unwrap().is_none(), "runs go with their agent");
@@ -365,13 +356,7 @@ async fn a_run_starts_with_the_version_it_was_queued_at(kind: Db) {
         .await
         .unwrap();
     let queued = RunId::generate();
-    let new = |id: &RunId| NewRun {
-        id: id.clone(),
-        agent_id: a.id.clone(),
-        trigger: TriggerKind::Manual,
-        scheduled_for: None,
-        query_override: None,
-    };
+    let new = |id: &RunId| NewRun::manual(id.clone(), a.id.clone());
     e.store.insert_run(&new(&queued)).await.unwrap();
     e.store
         .update_agent(&a.id, &spec("theta", "description: second\npolicy: {overlap: allow_all}"), None)
