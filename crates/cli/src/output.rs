@@ -264,6 +264,7 @@ fn step_view(s: &pb::RunStep) -> StepView {
         Some(Payload::ToolResult(t)) => {
             ("tool_result", format!("{}{}: {}", t.tool_name, if t.is_error { " (error)" } else { "" }, t.output))
         }
+        Some(Payload::ToolStarted(t)) => ("tool_started", format!("{} {}", t.tool_name, t.arguments_json)),
         None => ("unknown", String::new()),
     };
     StepView { seq: s.seq, attempt: s.attempt, kind, summary: summary.chars().take(200).collect() }

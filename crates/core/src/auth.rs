@@ -48,7 +48,7 @@ impl Role {
         match permission {
             Public => true,
             Read => matches!(self, Role::Admin | Role::Operator | Role::Viewer),
-            Write | Control => matches!(self, Role::Admin | Role::Operator),
+            Write | Control | Approve => matches!(self, Role::Admin | Role::Operator),
             Execute => matches!(self, Role::Admin | Role::Worker),
             Publish => matches!(self, Role::Admin | Role::Worker | Role::Service),
             AgentMemory => matches!(self, Role::Admin | Role::Operator | Role::Worker | Role::Service),
@@ -88,7 +88,9 @@ pub enum Permission {
     Write,
     /// Trigger, pause, resume, cancel; drain a worker.
     Control,
-    /// The run lifecycle of a worker: StartRun, Heartbeat, Checkpoint, FinishRun.
+    /// Approve or deny a tool call a run waits on.
+    Approve,
+    /// The run lifecycle of a worker: StartRun, Heartbeat, Checkpoint, FinishRun, RequestApproval.
     Execute,
     /// Publish events.
     Publish,
@@ -109,7 +111,7 @@ pub enum Permission {
 impl Permission {
     /// Whether a call needing this permission changes state (and is audited).
     pub fn mutates(self) -> bool {
-        matches!(self, Permission::Write | Permission::Control | Permission::Manage)
+        matches!(self, Permission::Write | Permission::Control | Permission::Approve | Permission::Manage)
     }
 }
 
@@ -125,10 +127,12 @@ pub fn permission_for(path: &str) -> Option<Permission> {
         | ("grpc.reflection.v1alpha.ServerReflection", _) => Public,
         ("nightshift.v1.ManagerService", m) => match m {
             "CreateAgent" | "ApplyAgent" | "UpdateAgent" | "DeleteAgent" => Write,
-            "GetAgent" | "ListAgents" | "GetAgentStatus" | "ListAgentVersions" | "ListRuns" | "GetRun" => Read,
+            "GetAgent" | "ListAgents" | "GetAgentStatus" | "ListAgentVersions" | "ListRuns" | "GetRun"
+            | "ListApprovals" => Read,
+            "ApproveToolCall" | "DenyToolCall" => Approve,
             "PauseAgent" | "ResumeAgent" | "TriggerAgent" | "CancelRun" => Control,
             "EnqueueRun" => Sync,
-            "StartRun" | "Heartbeat" | "Checkpoint" | "FinishRun" => Execute,
+            "StartRun" | "Heartbeat" | "Checkpoint" | "FinishRun" | "RequestApproval" => Execute,
             _ => return None,
         },
         ("nightshift.v1.SchedulerService", m) => match m {

@@ -45,11 +45,15 @@ pub enum EventType {
     ScheduleMissed,
     /// A mutating call: who (principal, role), what (method), with what result (code).
     Audit,
+    /// A run parked for a person's approval of a tool call.
+    ApprovalRequested,
+    /// A person approved or denied a call, or its approval expired.
+    ApprovalDecided,
 }
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 18] = [
+    pub const ALL: [EventType; 20] = [
         Self::BackgroundTaskStarted,
         Self::BackgroundTaskCompleted,
         Self::BackgroundTaskError,
@@ -68,6 +72,8 @@ impl EventType {
         Self::ScheduleFired,
         Self::ScheduleMissed,
         Self::Audit,
+        Self::ApprovalRequested,
+        Self::ApprovalDecided,
     ];
 
     /// To the proto enum.
@@ -92,6 +98,8 @@ impl EventType {
             Self::ScheduleFired => P::ScheduleFired,
             Self::ScheduleMissed => P::ScheduleMissed,
             Self::Audit => P::Audit,
+            Self::ApprovalRequested => P::ApprovalRequested,
+            Self::ApprovalDecided => P::ApprovalDecided,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod config;
 pub mod duration;
 pub mod error;
 pub mod event;
+pub mod governance;
 pub mod ids;
 pub mod lifecycle;
 pub mod manifest;

@@ -98,12 +98,15 @@ pub enum StartDecision {
     },
     /// Queued and due: the agent's overlap policy decides ([`decide_overlap`]).
     ApplyOverlap,
+    /// Parked for a person's approval: drop the delivery (the decision publishes the run again).
+    AwaitingApproval,
 }
 
 /// Decides what StartRun does with a run, from its facts at `now`.
 pub fn decide_start(facts: &StartFacts, now: DateTime<Utc>) -> StartDecision {
     match facts.status {
         s if s.is_terminal() => StartDecision::AlreadyFinished,
+        RunStatus::AwaitingApproval => StartDecision::AwaitingApproval,
         RunStatus::Running => match lease_state(facts.lease_expires_at, now) {
             LeaseState::Live { remaining } => StartDecision::LeasedElsewhere { retry_after: remaining },
             LeaseState::Expired => StartDecision::TakeOver,

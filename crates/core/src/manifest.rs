@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Errors, ValidationError, ValidationErrors};
+use crate::governance::manifest::GovernanceManifest;
 use crate::spec::AgentSpec;
 use crate::{duration, pb, time};
 
@@ -49,6 +50,9 @@ pub struct AgentManifest {
     /// Memory behaviour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryManifest>,
+    /// Tool policy: allowed, denied and approval-gated tools, effect classes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governance: Option<GovernanceManifest>,
 }
 
 /// A duration as written: `30s`, `5m`, `1h30m`, or a number of seconds.
@@ -62,7 +66,7 @@ pub enum DurationText {
 }
 
 impl DurationText {
-    fn to_pb(&self, field: &str) -> Result<prost_types::Duration, ValidationError> {
+    pub(crate) fn to_pb(&self, field: &str) -> Result<prost_types::Duration, ValidationError> {
         match self {
             Self::Seconds(s) => Ok(prost_types::Duration { seconds: *s, nanos: 0 }),
             Self::Text(t) => {
@@ -71,7 +75,7 @@ impl DurationText {
         }
     }
 
-    fn from_pb(d: &prost_types::Duration) -> Self {
+    pub(crate) fn from_pb(d: &prost_types::Duration) -> Self {
         Self::Text(duration::format_pb(d).replace(' ', ""))
     }
 }
@@ -255,7 +259,7 @@ fn yaml_error(e: serde_norway::Error) -> ValidationError {
 }
 
 /// Looks an enum spelling up in `(text, value)` pairs.
-fn pick<T: Copy + Into<i32>>(errs: &mut Errors, field: &str, v: &Option<String>, options: &[(&str, T)]) -> i32 {
+pub(crate) fn pick<T: Copy + Into<i32>>(errs: &mut Errors, field: &str, v: &Option<String>, options: &[(&str, T)]) -> i32 {
     let Some(v) = v else { return 0 };
     match options.iter().find(|(s, _)| s.eq_ignore_ascii_case(v.trim())) {
         Some((_, t)) => (*t).into(),
@@ -267,7 +271,7 @@ fn pick<T: Copy + Into<i32>>(errs: &mut Errors, field: &str, v: &Option<String>,
     }
 }
 
-fn spelling<T: Copy + PartialEq>(options: &[(&str, T)], v: T) -> Option<String> {
+pub(crate) fn spelling<T: Copy + PartialEq>(options: &[(&str, T)], v: T) -> Option<String> {
     options.iter().find(|(_, t)| *t == v).map(|(s, _)| (*s).to_owned())
 }
 
@@ -429,6 +433,7 @@ impl AgentManifest {
             semantic_top_k: m.semantic_top_k,
             store_results: m.store_results,
         });
+        let governance = self.governance.as_ref().map(|g| g.to_pb(&mut errs, "governance"));
         let spec = pb::AgentSpec {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
@@ -441,6 +446,7 @@ impl AgentManifest {
             policy,
             tools,
             memory,
+            governance,
         };
         errs.finish(|| spec)
     }
@@ -541,6 +547,7 @@ impl AgentManifest {
                 semantic_top_k: m.semantic_top_k,
                 store_results: m.store_results,
             }),
+            governance: p.governance.as_ref().map(GovernanceManifest::from_pb),
         }
     }
 }

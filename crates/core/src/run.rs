@@ -10,7 +10,8 @@ use crate::pb;
 ///
 /// `queued → running → succeeded | failed | timed_out | cancelled`, `queued → skipped |
 /// cancelled`, and `running → queued` when a failed attempt is retried or a worker hands the run
-/// back.
+/// back; `running → awaiting_approval → queued | failed | cancelled` when a tool call waits for
+/// a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
@@ -28,16 +29,26 @@ pub enum RunStatus {
     Cancelled,
     /// Exceeded the policy timeout on its last attempt.
     TimedOut,
+    /// Parked until a person decides on a tool call; no worker holds it.
+    AwaitingApproval,
 }
 
 impl RunStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [RunStatus; 7] =
-        [Self::Queued, Self::Running, Self::Succeeded, Self::Failed, Self::Skipped, Self::Cancelled, Self::TimedOut];
+    pub const ALL: [RunStatus; 8] = [
+        Self::Queued,
+        Self::Running,
+        Self::AwaitingApproval,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Skipped,
+        Self::Cancelled,
+        Self::TimedOut,
+    ];
 
     /// True once the run can no longer change.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Self::Queued | Self::Running)
+        !matches!(self, Self::Queued | Self::Running | Self::AwaitingApproval)
     }
 
     /// Storage / CLI spelling.
@@ -50,6 +61,7 @@ impl RunStatus {
             Self::Skipped => "skipped",
             Self::Cancelled => "cancelled",
             Self::TimedOut => "timed_out",
+            Self::AwaitingApproval => "awaiting_approval",
         }
     }
 
@@ -63,6 +75,7 @@ impl RunStatus {
             Self::Skipped => pb::RunStatus::Skipped,
             Self::Cancelled => pb::RunStatus::Cancelled,
             Self::TimedOut => pb::RunStatus::TimedOut,
+            Self::AwaitingApproval => pb::RunStatus::AwaitingApproval,
         }
     }
 
@@ -77,6 +90,7 @@ impl RunStatus {
             pb::RunStatus::Skipped => Self::Skipped,
             pb::RunStatus::Cancelled => Self::Cancelled,
             pb::RunStatus::TimedOut => Self::TimedOut,
+            pb::RunStatus::AwaitingApproval => Self::AwaitingApproval,
         })
     }
 }

@@ -30,6 +30,9 @@ pub struct ManagerConfig {
     /// The workers' `[allow]` policy (keep it equal to theirs): agents that ask for another
     /// program, secret or private address are refused when applied.
     pub worker_allow: nightshift_core::operator_policy::OperatorPolicy,
+    /// The operator's tool policy per namespace (`[governance.NAMESPACE]`, the shape of an
+    /// agent's `governance:`): an agent's own policy can only tighten it.
+    pub governance: std::collections::BTreeMap<String, nightshift_core::governance::manifest::GovernanceManifest>,
 }
 
 impl Default for ManagerConfig {
@@ -42,6 +45,7 @@ impl Default for ManagerConfig {
             queue: QueueSettings::at(""),
             events_endpoint: String::new(),
             worker_allow: Default::default(),
+            governance: Default::default(),
         }
     }
 }

@@ -58,6 +58,7 @@ pub(crate) fn step_kind(step: &pb::RunStep) -> Option<&'static str> {
     match step.payload {
         Some(pb::run_step::Payload::LlmResponse(_)) => Some("llm_response"),
         Some(pb::run_step::Payload::ToolResult(_)) => Some("tool_result"),
+        Some(pb::run_step::Payload::ToolStarted(_)) => Some("tool_started"),
         None => None,
     }
 }
@@ -112,5 +113,28 @@ mod tests {
         assert_eq!(day[1].succeeded, 3, "22 hours before the current one");
         assert_eq!(day.iter().map(|h| h.succeeded).sum::<u64>(), 6);
         assert_eq!(last_day_start(now), time::from_millis(1_699_916_400_000));
+    }
+}
+
+pub(crate) fn approval(a: &nightshift_store::ApprovalRecord) -> pb::Approval {
+    pb::Approval {
+        id: a.id.clone(),
+        run_id: a.run_id.to_string(),
+        agent_id: a.agent_id.to_string(),
+        agent_name: a.agent_name.clone(),
+        namespace: a.namespace.to_string(),
+        call_id: a.call_id.clone(),
+        tool_name: a.tool_name.clone(),
+        arguments_json: a.arguments_json.clone(),
+        call_hash: a.call_hash.clone(),
+        effect: a.effect.to_pb() as i32,
+        status: a.status.to_pb() as i32,
+        requested_at: Some(time::to_pb(a.requested_at)),
+        expires_at: Some(time::to_pb(a.expires_at)),
+        on_timeout: a.on_timeout.to_pb() as i32,
+        decided_at: a.decided_at.map(time::to_pb),
+        decided_by: a.decided_by.clone().unwrap_or_default(),
+        reason: a.reason.clone().unwrap_or_default(),
+        approved_arguments_json: a.approved_arguments_json.clone(),
     }
 }

@@ -3,6 +3,7 @@
 //! store and hands out run leases fenced by the attempt number.
 
 mod admission;
+mod approvals;
 mod auth_service;
 mod config;
 mod convert;

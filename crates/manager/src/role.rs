@@ -32,6 +32,9 @@ pub enum ManagerBuildError {
     /// The `[auth]` section cannot be used.
     #[error("auth: {0}")]
     Auth(#[from] AuthConfigError),
+    /// A `[governance.NAMESPACE]` section does not validate.
+    #[error("{0}")]
+    Governance(String),
 }
 
 /// The built manager role.
@@ -55,7 +58,8 @@ impl ManagerRole {
         let client = config.server.client()?;
         let mut service = ManagerService::new(deps.store, config.default_lease_ttl)
             .with_client(client.clone())
-            .with_worker_policy(config.worker_allow.clone());
+            .with_worker_policy(config.worker_allow.clone())
+            .with_governance(crate::approvals::namespace_policies(&config.governance)?);
         let observer = match deps.observer {
             Some(observer) => Some(observer),
             None if !config.scheduler_endpoint.is_empty() => {

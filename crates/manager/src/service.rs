@@ -39,6 +39,8 @@ pub struct ManagerService {
     /// The workers' `[allow]` policy, checked when agents are applied (`None`: not checked,
     /// for in-process harnesses; every manager process sets it from `[worker_allow]`).
     admission: Option<crate::admission::Admission>,
+    /// The operator's tool policy per namespace, handed to workers with each started run.
+    governance: Arc<BTreeMap<nightshift_core::Namespace, pb::GovernanceSpec>>,
 }
 
 impl ManagerService {
@@ -53,6 +55,7 @@ impl ManagerService {
             events: None,
             client: Default::default(),
             admission: None,
+            governance: Arc::default(),
         }
     }
 
@@ -104,6 +107,16 @@ impl ManagerService {
 
     pub(crate) fn client(&self) -> &nightshift_rpc::ClientOptions {
         &self.client
+    }
+
+    /// Hands `policies` (the operator's tool policy per namespace) to workers with every run.
+    pub fn with_governance(mut self, policies: BTreeMap<nightshift_core::Namespace, pb::GovernanceSpec>) -> Self {
+        self.governance = Arc::new(policies);
+        self
+    }
+
+    pub(crate) fn namespace_policy(&self, ns: &nightshift_core::Namespace) -> Option<&pb::GovernanceSpec> {
+        self.governance.get(ns)
     }
 
     pub(crate) fn queue(&self) -> Option<&Arc<dyn WorkQueue>> {
@@ -486,8 +499,10 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let outcome = self.store.start_run(&input).await.map_err(status_from_store)?;
         let mut resp = pb::StartRunResponse::default();
         let (decision, run) = match outcome {
-            StartOutcome::Started { run, lease_token, spec, steps, cancelled } => {
+            StartOutcome::Started { run, lease_token, spec, steps, approvals, cancelled } => {
                 resp.lease_token = lease_token;
+                resp.approvals = approvals.iter().map(convert::approval).collect();
+                resp.namespace_governance = self.namespace_policy(&run.namespace).cloned();
                 for other in &cancelled {
                     tracing::info!(run = %other.id, by = %run.id, "run cancelled by overlap policy cancel_other");
                     if let Some(p) = &self.events {
@@ -528,6 +543,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
                 resp.retry_after = Some(duration::to_pb(retry_after));
                 (pb::StartDecision::NotYet, run)
             }
+            StartOutcome::AwaitingApproval { run } => (pb::StartDecision::AwaitingApproval, run),
         };
         resp.decision = decision as i32;
         resp.run = Some(convert::run(&run));
@@ -593,5 +609,38 @@ impl pb::manager_service_server::ManagerService for ManagerService {
             run: Some(convert::run(&run)),
             retry_after: convert::opt_duration(retry_after),
         }))
+    }
+
+    async fn request_approval(
+        &self,
+        req: Request<pb::RequestApprovalRequest>,
+    ) -> Result<Response<pb::RequestApprovalResponse>, Status> {
+        self.park_for_approval(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_approvals(
+        &self,
+        req: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        let scope = scope::caller(&req);
+        self.approvals_page(&scope, req.into_inner()).await.map(Response::new)
+    }
+
+    async fn approve_tool_call(
+        &self,
+        req: Request<pb::ApproveToolCallRequest>,
+    ) -> Result<Response<pb::ApproveToolCallResponse>, Status> {
+        let (scope, by, req) = (scope::caller(&req), nightshift_rpc::caller_name(&req), req.into_inner());
+        let approval = self.decide(&scope, by, &req.approval_id, true, req.reason, req.arguments_json).await?;
+        Ok(Response::new(pb::ApproveToolCallResponse { approval: Some(approval) }))
+    }
+
+    async fn deny_tool_call(
+        &self,
+        req: Request<pb::DenyToolCallRequest>,
+    ) -> Result<Response<pb::DenyToolCallResponse>, Status> {
+        let (scope, by, req) = (scope::caller(&req), nightshift_rpc::caller_name(&req), req.into_inner());
+        let approval = self.decide(&scope, by, &req.approval_id, false, req.reason, None).await?;
+        Ok(Response::new(pb::DenyToolCallResponse { approval: Some(approval) }))
     }
 }

@@ -42,6 +42,12 @@ pub fn caller_namespaces<T>(req: &tonic::Request<T>) -> Namespaces {
     req.extensions().get::<Principal>().map_or(Namespaces::All, |p| p.namespaces.clone())
 }
 
+/// Who made a call, for the record (who approved what): its credential's name, or `anonymous`
+/// when the server runs without authentication.
+pub fn caller_name<T>(req: &tonic::Request<T>) -> String {
+    req.extensions().get::<Principal>().map_or_else(|| "anonymous".to_owned(), |p| p.name.clone())
+}
+
 /// What a call asking for `requested` namespaces (empty = all the caller holds) may see;
 /// PERMISSION_DENIED for a namespace the caller does not hold.
 pub fn visible_namespaces(scope: &Namespaces, requested: &[Namespace]) -> Result<Visible, Status> {

@@ -23,7 +23,7 @@ mod trace;
 
 pub use auth::{
     AuditRecord, AuditSink, AuthFailure, Authenticator, Cached, Guard, MAX_CREDENTIAL, StaticKeys, WithStaticKeys,
-    admit, caller_namespaces, visible_namespaces,
+    admit, caller_name, caller_namespaces, visible_namespaces,
 };
 pub use auth_options::{AuthConfigError, AuthMode, AuthOptions, LOCAL_CACHE, REMOTE_CACHE, is_loopback};
 pub use client::{CallChannel, CallContext, ClientOptions, traced};

@@ -10,6 +10,7 @@
 //! are serialized without `SELECT ... FOR UPDATE`, which SQLite lacks.
 
 mod agents;
+mod approvals;
 mod api_keys;
 mod checkpoint;
 mod db;
@@ -21,6 +22,7 @@ mod run_lifecycle;
 mod runs;
 mod schedules;
 
+pub use approvals::{ApprovalCall, ApprovalFilter, ApprovalRecord, Decided, ParkInput, Verdict};
 pub use api_keys::{ApiKeyRecord, KEY_PREFIX, KeyRefused, parse_key};
 pub use db::{Backend, Store, redact};
 pub use error::{StoreError, status_from_store};

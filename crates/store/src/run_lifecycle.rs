@@ -49,6 +49,8 @@ pub enum StartOutcome {
         spec: Box<AgentSpec>,
         /// Earlier checkpoints.
         steps: Vec<StepRecord>,
+        /// The run's approvals (a run resuming after a person's say).
+        approvals: Vec<crate::approvals::ApprovalRecord>,
         /// Runs the overlap policy `cancel_other` cancelled in favour of this one, as they were
         /// (their workers are to be told).
         cancelled: Vec<RunRecord>,
@@ -83,6 +85,11 @@ pub enum StartOutcome {
         run: RunRecord,
         /// Remaining lease.
         retry_after: Duration,
+    },
+    /// Parked until a person decides on a tool call: drop the delivery.
+    AwaitingApproval {
+        /// The run.
+        run: RunRecord,
     },
     /// Waiting for the retry backoff.
     NotYet {
@@ -272,6 +279,7 @@ impl Store {
         };
         let outcome = match lifecycle::decide_start(&facts, time::from_millis(now)) {
             StartDecision::AlreadyFinished => StartOutcome::AlreadyFinished { run },
+            StartDecision::AwaitingApproval => StartOutcome::AwaitingApproval { run },
             StartDecision::LeasedElsewhere { retry_after } => StartOutcome::LeasedElsewhere { retry_after, run },
             StartDecision::NotYet { retry_after } => StartOutcome::NotYet { retry_after, run },
             StartDecision::Skip { reason } => skip(&mut tx, run, reason, now).await?,
@@ -335,8 +343,8 @@ impl Store {
                     cancelled.extend(run_in_tx(tx, other).await?);
                 }
                 match self.grant(tx, run, input, current, now).await? {
-                    StartOutcome::Started { run, lease_token, spec, steps, .. } => {
-                        Ok(StartOutcome::Started { run, lease_token, spec, steps, cancelled })
+                    StartOutcome::Started { run, lease_token, spec, steps, approvals, .. } => {
+                        Ok(StartOutcome::Started { run, lease_token, spec, steps, approvals, cancelled })
                     }
                     other => Ok(other),
                 }
@@ -395,14 +403,23 @@ impl Store {
                 .await?;
             decode_spec(&spec_row.try_get::<Vec<u8>, _>("spec")?)?
         };
-        // Steps are only written by a granted attempt, so a first attempt has none to resume.
-        let steps = if run.attempt > 1 {
+        // Steps and approvals are only written by a granted attempt, so a first attempt has none
+        // to resume with.
+        let (steps, approvals) = if run.attempt > 1 {
             let rows = sqlx::query(STEPS_SQL).bind(run.id.as_str()).fetch_all(&mut **tx).await?;
-            rows.iter().map(step_from_row).collect::<Result<Vec<_>, StoreError>>()?
+            let steps = rows.iter().map(step_from_row).collect::<Result<Vec<_>, StoreError>>()?;
+            (steps, crate::approvals::of_run_in_tx(tx, &run.id).await?)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
-        Ok(StartOutcome::Started { run, lease_token, spec: Box::new(spec), steps, cancelled: Vec::new() })
+        Ok(StartOutcome::Started {
+            run,
+            lease_token,
+            spec: Box::new(spec),
+            steps,
+            approvals,
+            cancelled: Vec::new(),
+        })
     }
 
     /// The agent's first run waiting behind its running ones (overlap policy `buffer_one` /

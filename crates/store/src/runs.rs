@@ -141,15 +141,26 @@ impl Store {
     /// call (FAILED_PRECONDITION). `FailedPrecondition` if the run already ended.
     pub async fn cancel_run(&self, id: &RunId, reason: &str) -> Result<RunRecord, StoreError> {
         let now = self.now_ms();
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE runs SET status = 'cancelled', reason = $1, finished_at = $2, lease_expires_at = NULL \
-             WHERE id = $3 AND status IN ('queued', 'running')",
+             WHERE id = $3 AND status IN ('queued', 'running', 'awaiting_approval')",
         )
         .bind(reason)
         .bind(now)
         .bind(id.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        // Nothing is left to decide for a cancelled run.
+        sqlx::query(
+            "UPDATE approvals SET status = 'expired', decided_at = $1, reason = 'the run was cancelled' \
+             WHERE run_id = $2 AND status = 'pending'",
+        )
+        .bind(now)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         let run = self.get_run(id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
         if done.rows_affected() == 0 {
             return Err(StoreError::FailedPrecondition(format!("run {id} already ended ({})", run.status)));

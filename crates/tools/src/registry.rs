@@ -9,6 +9,8 @@ use serde_json::Value;
 
 use crate::mcp::{McpClient, McpServerStatus, McpSettings, mcp_tool_name};
 use crate::schema::ArgSchema;
+use nightshift_core::governance::Hints;
+
 use crate::{RegistryError, Tool, ToolDef, ToolError, ToolOutput, ToolSource, ToolsConfig, local};
 
 /// Longest schema text quoted back to the model after a validation failure.
@@ -129,17 +131,24 @@ impl ToolRegistry {
                 None
             }
         };
-        // Annotations are hints from the server; trusting "read-only" or "idempotent" only decides
-        // whether an interrupted call may be repeated after a crash.
-        let idempotent =
-            t.annotations.as_ref().is_some_and(|a| a.read_only_hint == Some(true) || a.idempotent_hint == Some(true));
+        // Annotations are hints from the server. Trusting "read-only" or "idempotent" decides
+        // whether an interrupted call may be repeated after a crash, and rules of the agent's tool
+        // policy may select by them; an operator who does not trust a server sets effects and
+        // actions by name instead.
+        let hints = t.annotations.as_ref().map_or_else(Hints::default, |a| Hints {
+            read_only: a.read_only_hint == Some(true),
+            // MCP's default for destructiveHint is true (when not read-only).
+            destructive: a.destructive_hint.unwrap_or(a.read_only_hint != Some(true)),
+            idempotent: a.idempotent_hint == Some(true),
+            open_world: a.open_world_hint.unwrap_or(true),
+        });
         let description = t.description.as_deref().map(str::to_owned).or_else(|| t.title.clone()).unwrap_or_default();
         let def = ToolDef {
             name: name.clone(),
             description,
             input_schema,
             source: ToolSource::Mcp { server: client.name().to_owned(), tool: t.name.to_string() },
-            idempotent,
+            hints,
         };
         self.defs.push(def);
         self.entries.insert(

@@ -3,6 +3,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use nightshift_core::governance::Hints;
+
 use crate::ToolError;
 
 /// Where a tool runs.
@@ -32,10 +34,12 @@ pub struct ToolDef {
     pub input_schema: Value,
     /// Where it runs.
     pub source: ToolSource,
-    /// Whether running it twice with the same arguments has the same effect as once. A durable
-    /// run may repeat an interrupted idempotent call; a non-idempotent one is reported as
-    /// interrupted instead.
-    pub idempotent: bool,
+    /// Its annotations (MCP `ToolAnnotations`; local tools declare theirs). They imply its
+    /// effect class (a durable run may repeat an interrupted read or idempotent call; an
+    /// irreversible one is reported as of unknown outcome instead) and rules of the agent's tool
+    /// policy may select by them.
+    #[serde(skip)]
+    pub hints: Hints,
 }
 
 /// The result of a call, as it goes back to the model.

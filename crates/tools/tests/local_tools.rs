@@ -38,13 +38,13 @@ async fn builtin_tools_are_exactly_the_ones_core_knows() {
     assert_eq!(names, core);
 
     // Each builds, names itself as listed, has an object schema that compiles (the registry
-    // compiles every schema) and is idempotent.
+    // compiles every schema) and only reads (effect class read: safe to repeat after a crash).
     let reg = registry(BUILTIN_LOCAL_TOOLS, &ToolsConfig::default()).await;
     let defs: Vec<&str> = reg.definitions().iter().map(|d| d.name.as_str()).collect();
     assert_eq!(defs, BUILTIN_LOCAL_TOOLS);
     for d in reg.definitions() {
         assert_eq!(d.source, ToolSource::Local);
-        assert!(d.idempotent, "{} should be idempotent", d.name);
+        assert_eq!(d.hints.effect(), nightshift_core::governance::Effect::Read, "{} should only read", d.name);
         assert_eq!(d.input_schema["type"], "object", "{}", d.name);
         assert!(!d.description.is_empty());
     }

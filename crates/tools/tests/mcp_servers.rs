@@ -50,8 +50,12 @@ async fn filesystem_server_over_stdio() {
     let read = reg.definition("fs__read_text_file").unwrap();
     assert_eq!(read.source, ToolSource::Mcp { server: "fs".into(), tool: "read_text_file".into() });
     assert_eq!(read.input_schema["properties"]["path"]["type"], "string");
-    assert!(read.idempotent, "read-only tools are idempotent");
-    assert!(!reg.definition("fs__edit_file").unwrap().idempotent, "edit_file is not idempotent");
+    // The server's own annotations decide the effect class: readOnlyHint → read; edit_file
+    // says nothing of the kind → irreversible (never repeated after a crash).
+    use nightshift_core::governance::Effect;
+    assert_eq!(read.hints.effect(), Effect::Read, "{:?}", read.hints);
+    let edit = reg.definition("fs__edit_file").unwrap();
+    assert_eq!(edit.hints.effect(), Effect::Irreversible, "{:?}", edit.hints);
 
     let notes = root.join("notes.txt").display().to_string();
     let out = reg.call("fs__read_text_file", &json!({ "path": notes }).to_string()).await;

@@ -42,7 +42,7 @@ impl Tool for Probe {
             description: "test probe".into(),
             input_schema: self.schema.clone(),
             source: ToolSource::Local,
-            idempotent: false,
+            hints: Default::default(),
         }
     }
 
@@ -140,7 +140,7 @@ async fn registration_rules() {
     bad.schema = json!({"type": "no-such-type"});
     assert!(matches!(reg.register_default(Arc::new(bad)), Err(RegistryError::InvalidSchema { .. })));
     assert_eq!(reg.definitions().len(), 1);
-    assert!(!reg.definition("probe").unwrap().idempotent);
+    assert_eq!(reg.definition("probe").unwrap().hints.effect(), nightshift_core::governance::Effect::Irreversible);
 
     let spec = ToolsSpec { local: vec!["rm_rf".into()], mcp: vec![] };
     let err = ToolRegistry::new(&spec, &ToolsConfig::default()).await.unwrap_err();

@@ -1,14 +1,19 @@
 //! The agent loop: system instruction + task → LLM → tool calls (in parallel) → … → final
 //! answer, checkpointing every LLM response and tool result, and resuming from earlier
 //! checkpoints so that completed LLM calls are not paid again and completed tool calls are not
-//! run again.
+//! run again. Each call goes through the tool policy first (`crate::governed`): it runs, is
+//! refused, or parks the run until a person approves it; an irreversible call is marked as
+//! started before it runs, so that a crash never repeats it.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use nightshift_core::lifecycle::Failure;
 use nightshift_core::pb;
 use nightshift_llm::{ChatModel, ChatRequest, LlmError, Message, ToolCall, ToolSpec, Usage};
+use nightshift_core::governance::Effect;
 use nightshift_tools::{ToolOutput, ToolRegistry};
+
+use crate::governed::{self, Governance, Plan, Resumed};
 
 /// Retries of an LLM answer the runtime could not understand (malformed structured output).
 const INVALID_RESPONSE_RETRIES: u32 = 2;
@@ -39,6 +44,10 @@ pub enum LoopError {
     /// A checkpoint could not be written (manager unreachable).
     #[error("checkpoint failed: {0}")]
     Checkpoint(String),
+    /// Calls that need a person's approval, not decided yet: the run parks (every other call
+    /// of the turn has its result checkpointed).
+    #[error("waiting for approval of {} tool call(s)", .0.len())]
+    Park(Vec<(ToolCall, Effect)>),
 }
 
 impl LoopError {
@@ -99,6 +108,8 @@ pub struct AgentLoop<'a> {
     pub step_counter: Arc<AtomicU32>,
     /// Tokens spent, whatever the outcome.
     pub spent: Arc<Spent>,
+    /// Tool policies and the run's approvals.
+    pub governance: Governance,
 }
 
 /// Whether the latest turn of `messages` asked only for calls an earlier turn already made (same
@@ -132,6 +143,7 @@ impl AgentLoop<'_> {
         let mut llm_turns = 0u32;
         let mut last_llm: Option<pb::LlmResponse> = None;
         let mut answered: std::collections::HashSet<String> = Default::default();
+        let mut started: std::collections::HashSet<String> = Default::default();
         for step in &self.prior {
             seq = seq.max(step.seq + 1);
             match &step.payload {
@@ -139,7 +151,11 @@ impl AgentLoop<'_> {
                     messages.push(Message::from(r));
                     llm_turns += 1;
                     answered.clear();
+                    started.clear();
                     last_llm = Some(r.clone());
+                }
+                Some(pb::run_step::Payload::ToolStarted(s)) => {
+                    started.insert(s.call_id.clone());
                 }
                 Some(pb::run_step::Payload::ToolResult(t)) => {
                     messages.push(Message::from(t));
@@ -154,9 +170,13 @@ impl AgentLoop<'_> {
             .as_ref()
             .map(|r| r.tool_calls.iter().filter(|c| !answered.contains(&c.id)).map(Into::into).collect())
             .unwrap_or_default();
-        // Only the turn a crash interrupted can hold calls that may have run without their
-        // result being checkpointed; every later call of this attempt runs normally.
-        let mut resumed_mid_turn = !pending.is_empty();
+        // Only the turn a crash (or a park) interrupted can hold calls that may have run without
+        // their result being checkpointed; every later call of this attempt runs normally.
+        let mut resumed = Resumed {
+            resumed: !pending.is_empty(),
+            started,
+            intents_recorded: last_llm.as_ref().is_none_or(|r| r.intents_recorded),
+        };
         if let Some(r) = &last_llm
             && r.tool_calls.is_empty()
         {
@@ -166,9 +186,35 @@ impl AgentLoop<'_> {
         let specs = tool_specs(self.tools);
         loop {
             if !pending.is_empty() {
-                let interrupted = resumed_mid_turn && seq > 0 && llm_turns > 0;
-                let results = futures::future::join_all(pending.iter().map(|c| self.call_tool(c, interrupted))).await;
-                for (call, (out, elapsed)) in pending.iter().zip(results) {
+                let plans: Vec<Plan> =
+                    pending.iter().map(|c| governed::plan(&self.governance, self.tools, c, &resumed)).collect();
+                // Irreversible calls are marked as started before any of them runs.
+                for (call, plan) in pending.iter().zip(&plans) {
+                    if let Plan::Run { arguments, mark: true } = plan {
+                        let started = pb::ToolCallStarted {
+                            call_id: call.id.clone(),
+                            tool_name: call.name.clone(),
+                            arguments_json: arguments.clone(),
+                        };
+                        sink.checkpoint(pb::RunStep {
+                            seq,
+                            payload: Some(pb::run_step::Payload::ToolStarted(started)),
+                            ..Default::default()
+                        })
+                        .await?;
+                        seq += 1;
+                    }
+                }
+                let results =
+                    futures::future::join_all(pending.iter().zip(&plans).map(|(c, p)| self.call_tool(c, p))).await;
+                let mut waiting = Vec::new();
+                for ((call, plan), result) in pending.iter().zip(&plans).zip(results) {
+                    let Some((out, elapsed)) = result else {
+                        if let Plan::Wait(effect) = plan {
+                            waiting.push((call.clone(), *effect));
+                        }
+                        continue;
+                    };
                     let result = pb::ToolResult {
                         call_id: call.id.clone(),
                         tool_name: call.name.clone(),
@@ -187,7 +233,10 @@ impl AgentLoop<'_> {
                     messages.push(Message::from(&result));
                 }
                 pending.clear();
-                resumed_mid_turn = false;
+                resumed = Resumed::default();
+                if !waiting.is_empty() {
+                    return Err(LoopError::Park(waiting));
+                }
             }
             if llm_turns >= self.max_steps {
                 return Err(LoopError::MaxSteps(self.max_steps));
@@ -203,7 +252,7 @@ impl AgentLoop<'_> {
             };
             let resp = self.chat(&req).await?;
             self.spent.add(&resp.usage);
-            let record = pb::LlmResponse::from(&resp);
+            let record = pb::LlmResponse { intents_recorded: true, ..pb::LlmResponse::from(&resp) };
             sink.checkpoint(pb::RunStep {
                 seq,
                 payload: Some(pb::run_step::Payload::LlmResponse(record.clone())),
@@ -243,22 +292,16 @@ impl AgentLoop<'_> {
         }
     }
 
-    /// Calls one tool. When resuming a turn whose results were not all checkpointed, a
-    /// non-idempotent tool may already have run: it is reported to the model as interrupted
-    /// instead of being run a second time.
-    async fn call_tool(&self, call: &ToolCall, interrupted: bool) -> (ToolOutput, std::time::Duration) {
+    /// Carries out one call's plan: its output and duration, or `None` while it waits for a
+    /// person.
+    async fn call_tool(&self, call: &ToolCall, plan: &Plan) -> Option<(ToolOutput, std::time::Duration)> {
         let started = std::time::Instant::now();
-        let idempotent = self.tools.definition(&call.name).is_none_or(|d| d.idempotent);
-        let out = if interrupted && !idempotent {
-            ToolOutput::error(format!(
-                "the call to {} was interrupted by a worker failure and may or may not have taken effect; \
-                 it was not repeated because the tool is not idempotent. Check its effect before calling it again.",
-                call.name
-            ))
-        } else {
-            self.tools.call(&call.name, &call.arguments).await
+        let out = match plan {
+            Plan::Run { arguments, .. } => self.tools.call(&call.name, arguments).await,
+            Plan::Refuse(message) => ToolOutput::error(message.clone()),
+            Plan::Wait(_) => return None,
         };
-        (out, started.elapsed())
+        Some((out, started.elapsed()))
     }
 }
 
@@ -288,7 +331,7 @@ mod tests {
                 description: "Sends a mail".into(),
                 input_schema: serde_json::json!({"type": "object"}),
                 source: ToolSource::Local,
-                idempotent: false,
+                hints: Default::default(),
             }
         }
 
@@ -358,6 +401,7 @@ mod tests {
             prior,
             step_counter: Arc::default(),
             spent: Arc::default(),
+            governance: Governance::default(),
         }
         .run(&steps)
         .await
@@ -397,6 +441,7 @@ mod tests {
             prior: Vec::new(),
             step_counter: Arc::default(),
             spent: spent.clone(),
+            governance: Governance::default(),
         }
         .run(&Steps::default())
         .await

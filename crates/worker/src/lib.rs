@@ -18,6 +18,7 @@
 pub mod agent;
 pub mod config;
 pub mod events;
+pub mod governed;
 pub mod memory;
 mod role;
 mod runner;

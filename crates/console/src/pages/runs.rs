@@ -222,6 +222,15 @@ fn step_item(step: &pb::RunStep) -> Markup {
                 pre.text { (view::clip(&view::pretty_json(&t.output), MAX_STEP_TEXT)) }
             }
         },
+        Some(Payload::ToolStarted(t)) => html! {
+            li.step.started data-step="started" {
+                div.what {
+                    strong { "Started" } " " code { (t.tool_name) } " · irreversible: not repeated after a crash · "
+                    (view::time(step.created_at.as_ref()))
+                }
+                pre.json { (view::clip(&view::pretty_json(&t.arguments_json), MAX_STEP_TEXT)) }
+            }
+        },
         None => html! {},
     }
 }

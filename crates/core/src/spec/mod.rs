@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::error::{Errors, ValidationError, ValidationErrors};
 use crate::ids::AgentName;
 use crate::namespace::Namespace;
+use crate::governance::ToolPolicy;
 use crate::policy::{Backoff, OverlapPolicy, RunPolicy};
 use crate::schedule::Schedule;
 use crate::{duration, pb};
@@ -53,6 +54,8 @@ pub struct AgentSpec {
     pub tools: ToolsSpec,
     /// Memory behaviour.
     pub memory: MemoryConfig,
+    /// Tool policy (`governance:`).
+    pub governance: ToolPolicy,
 }
 
 /// A reference to a secret; the value is resolved where it is used and never stored.
@@ -334,6 +337,7 @@ impl AgentSpec {
         let policy = Self::policy_from_pb(&mut errs, p.policy.as_ref());
         let tools = Self::tools_from_pb(&mut errs, p.tools.as_ref(), origin);
         let memory = Self::memory_from_pb(&mut errs, p.memory.as_ref());
+        let governance = ToolPolicy::from_pb_into(&mut errs, "governance", p.governance.as_ref());
         let (Some(name), Some(namespace), Some(model), Some(schedule)) = (name, namespace, model, schedule) else {
             return Err(ValidationErrors(errs.into_vec()));
         };
@@ -349,6 +353,7 @@ impl AgentSpec {
             policy,
             tools,
             memory,
+            governance,
         })
     }
 
@@ -516,6 +521,8 @@ impl AgentSpec {
                 semantic_top_k: Some(self.memory.semantic_top_k),
                 store_results: Some(self.memory.store_results),
             }),
+            // None for the default: specs stored before governance existed stay unchanged.
+            governance: (!self.governance.is_default()).then(|| self.governance.to_pb()),
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::SchedulerConfig;
 
+mod approvals;
 mod changes;
 mod fire;
 mod index;
@@ -131,6 +132,7 @@ impl Scheduler {
                 _ = republish.tick() => {
                     // Recovery first: the runs it resumes are published by the outbox sweep.
                     self.log_err("lease recovery", self.recover_lost_leases().await);
+                    self.log_err("approval expiry", self.expire_approvals().await);
                     self.log_err("republish", self.republish_stale().await);
                     self.report_queue_depth().await;
                 }

@@ -4,6 +4,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::parse_args;
+use nightshift_core::governance::Hints;
+
 use crate::{Tool, ToolDef, ToolError, ToolSource};
 
 /// Computes areas of simple shapes from validated, positive, finite dimensions.
@@ -60,7 +62,7 @@ impl Tool for CalculateArea {
                 "additionalProperties": false,
             }),
             source: ToolSource::Local,
-            idempotent: true,
+            hints: Hints { read_only: true, ..Hints::default() },
         }
     }
 

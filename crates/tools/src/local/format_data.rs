@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Value, json};
 
 use super::parse_args;
+use nightshift_core::governance::Hints;
+
 use crate::{Tool, ToolDef, ToolError, ToolSource};
 
 /// Formats JSON data (a list of records, a list of rows, a list of values or one object).
@@ -44,7 +46,7 @@ impl Tool for FormatData {
                 "additionalProperties": false,
             }),
             source: ToolSource::Local,
-            idempotent: true,
+            hints: Hints { read_only: true, ..Hints::default() },
         }
     }
 

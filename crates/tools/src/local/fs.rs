@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::parse_args;
+use nightshift_core::governance::Hints;
+
 use crate::{Tool, ToolDef, ToolError, ToolSource, ToolsConfig};
 
 /// The directory file tools are confined to.
@@ -124,7 +126,7 @@ impl Tool for ReadFile {
                 "additionalProperties": false,
             }),
             source: ToolSource::Local,
-            idempotent: true,
+            hints: Hints { read_only: true, ..Hints::default() },
         }
     }
 
@@ -210,7 +212,7 @@ impl Tool for ListDir {
                 "additionalProperties": false,
             }),
             source: ToolSource::Local,
-            idempotent: true,
+            hints: Hints { read_only: true, ..Hints::default() },
         }
     }
 

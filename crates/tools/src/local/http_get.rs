@@ -8,6 +8,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::parse_args;
+use nightshift_core::governance::Hints;
+
 use crate::{Tool, ToolDef, ToolError, ToolSource, ToolsConfig};
 
 /// Most redirects followed (each hop is checked against the allow-list).
@@ -168,7 +170,7 @@ impl Tool for HttpGet {
                 "additionalProperties": false,
             }),
             source: ToolSource::Local,
-            idempotent: true,
+            hints: Hints { read_only: true, open_world: true, ..Hints::default() },
         }
     }
 

@@ -8,6 +8,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::parse_args;
+use nightshift_core::governance::Hints;
+
 use crate::{Tool, ToolDef, ToolError, ToolSource};
 
 /// Reports CPU count, load average, memory, disk usage of a path, uptime, hostname and OS.
@@ -40,7 +42,7 @@ impl Tool for GetSystemInfo {
                 "additionalProperties": false,
             }),
             source: ToolSource::Local,
-            idempotent: true,
+            hints: Hints { read_only: true, ..Hints::default() },
         }
     }
 

@@ -27,6 +27,8 @@ pub(super) enum AttemptEnd {
     Stopped(StopReason, nightshift_llm::Usage),
     /// The manager refused a fenced call: cancelled there or taken over by another worker.
     Lost(String),
+    /// Tool calls wait for a person's approval: the run is to be parked.
+    Parked(Vec<(nightshift_llm::ToolCall, nightshift_core::governance::Effect)>, nightshift_llm::Usage),
 }
 
 impl Worker {
@@ -58,6 +60,7 @@ impl Worker {
         reason: &Arc<Mutex<Option<StopReason>>>,
         step: Arc<AtomicU32>,
         events: &RunEvents,
+        governance: crate::governed::Governance,
     ) -> (AttemptEnd, bool) {
         let zero = nightshift_llm::Usage::default();
         // Until the notes are read: an earlier attempt may have left some.
@@ -121,6 +124,7 @@ impl Worker {
             prior,
             step_counter: step.clone(),
             spent: spent.clone(),
+            governance,
         };
         let fut = agent.run(&sink);
         tokio::pin!(fut);
@@ -137,6 +141,7 @@ impl Worker {
                 r = &mut fut => break match r {
                     Ok(out) => AttemptEnd::Succeeded(out.answer, spent.usage()),
                     Err(LoopError::Fenced(m)) => AttemptEnd::Lost(m),
+                    Err(LoopError::Park(calls)) => AttemptEnd::Parked(calls, spent.usage()),
                     Err(e) => AttemptEnd::Failed(e.to_string(), e.failure(), spent.usage()),
                 },
                 () = &mut timeout => break AttemptEnd::TimedOut(spent.usage()),

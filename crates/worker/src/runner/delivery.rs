@@ -126,7 +126,8 @@ impl Worker {
                 ack(d).await;
                 return;
             }
-            pb::StartDecision::AlreadyFinished | pb::StartDecision::Unspecified => {
+            // Parked for a person: the decision publishes the run again.
+            pb::StartDecision::AlreadyFinished | pb::StartDecision::AwaitingApproval | pb::StartDecision::Unspecified => {
                 ack(d).await;
                 return;
             }
@@ -176,7 +177,13 @@ impl Worker {
         events.emit(EventType::BackgroundTaskStarted, json!({"attempt": run.attempt, "worker": self.inner.id, "trigger": if run.trigger() == pb::TriggerKind::Manual { "manual" } else { "schedule" }}));
         events.emit(EventType::BackgroundAgentStatus, json!({"status": "running"}));
         let began = std::time::Instant::now();
-        let (end, notes) = self.execute(&run, &spec, start.steps, &d, &cancel, &reason, step.clone(), &events).await;
+        let governance = crate::governed::Governance::new(
+            spec.governance.clone(),
+            start.namespace_governance.as_ref(),
+            start.approvals,
+        );
+        let (end, notes) =
+            self.execute(&run, &spec, start.steps, &d, &cancel, &reason, step.clone(), &events, governance).await;
         let turns = step.load(Ordering::Relaxed);
         self.settle(d, &run, end, &events, began.elapsed(), turns, notes).await;
         events.emit(EventType::BackgroundAgentStatus, json!({"status": "idle"}));

@@ -94,6 +94,11 @@ impl Ending {
             AttemptEnd::Lost(why) => {
                 ("lost", format!("Attempt {n} lost the run after {turns} LLM turns in all: {why}"))
             }
+            AttemptEnd::Parked(calls, _) => {
+                let tools: Vec<&str> = calls.iter().map(|(c, _)| c.name.as_str()).collect();
+                let tools = tools.join(", ");
+                ("parked", format!("Attempt {n} parked the run for a person's approval of {tools} after {turns} LLM turns in all."))
+            }
         };
         Self { outcome, text, turns }
     }
@@ -138,6 +143,7 @@ impl Worker {
             AttemptEnd::Stopped(StopReason::Cancelled, _) => "cancelled",
             AttemptEnd::Stopped(StopReason::Released, _) => "released",
             AttemptEnd::Lost(..) => "lost",
+            AttemptEnd::Parked(..) => "parked",
         };
         metrics::counter!("nightshift_worker_runs_total", "status" => status).increment(1);
         metrics::histogram!("nightshift_run_duration_seconds", "status" => status).record(took.as_secs_f64());
@@ -198,7 +204,45 @@ impl Worker {
                 tracing::info!(run = %run.id, %why, "run no longer ours; stopping without finishing it");
                 ack(d).await;
             }
+            AttemptEnd::Parked(calls, usage) => match self.park(run, &calls, usage).await {
+                Recorded::No => self.redeliver_later(d, run, &ending).await,
+                // Parked (the slot is free once this returns), or refused: cancelled there or
+                // taken over.
+                Recorded::Yes(_) | Recorded::Refused => {
+                    self.note(run, &ending).await;
+                    ack(d).await;
+                }
+            },
         }
+    }
+
+    /// RequestApproval: parks the run on `calls`, tried a few times like FinishRun.
+    async fn park(
+        &self,
+        run: &Held,
+        calls: &[(nightshift_llm::ToolCall, nightshift_core::governance::Effect)],
+        usage: nightshift_llm::Usage,
+    ) -> Recorded {
+        let req = pb::RequestApprovalRequest {
+            run_id: run.id.clone(),
+            attempt: run.attempt,
+            lease_token: run.lease_token.clone(),
+            calls: calls
+                .iter()
+                .map(|(c, effect)| pb::ToolCallForApproval {
+                    call_id: c.id.clone(),
+                    tool_name: c.name.clone(),
+                    arguments_json: c.arguments.clone(),
+                    effect: effect.to_pb() as i32,
+                })
+                .collect(),
+            usage: Some(pb::TokenUsage { input_tokens: usage.input_tokens, output_tokens: usage.output_tokens }),
+        };
+        self.with_retries("RequestApproval", &run.id, |mut m| {
+            let req = req.clone();
+            async move { m.request_approval(req).await.map(|_| None) }
+        })
+        .await
     }
 
     async fn fail(
@@ -274,18 +318,32 @@ impl Worker {
             permanent: report.failure == Failure::Permanent,
         };
         // A few tries: losing FinishRun would leave the run to a lease takeover.
+        self.with_retries("FinishRun", &run.id, |mut m| {
+            let req = req.clone();
+            async move {
+                let r = m.finish_run(req).await?;
+                Ok(r.into_inner().retry_after.and_then(|d| nightshift_core::duration::from_pb(&d).ok()))
+            }
+        })
+        .await
+    }
+
+    /// An attempt-ending call (`what`), tried a few times: recorded (with the retry delay it
+    /// returned), refused (fenced), or not reached.
+    async fn with_retries<F, Fut>(&self, what: &str, run: &str, call: F) -> Recorded
+    where
+        F: Fn(super::Manager) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Duration>, tonic::Status>>,
+    {
         for attempt in 0..3 {
-            match self.inner.manager.clone().finish_run(req.clone()).await {
-                Ok(r) => {
-                    let retry = r.into_inner().retry_after.and_then(|d| nightshift_core::duration::from_pb(&d).ok());
-                    return Recorded::Yes(retry);
-                }
+            match call(self.inner.manager.clone()).await {
+                Ok(retry) => return Recorded::Yes(retry),
                 Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
-                    tracing::info!(run = %run.id, error = %s.message(), "FinishRun refused");
+                    tracing::info!(run = %run, error = %s.message(), "{what} refused");
                     return Recorded::Refused;
                 }
                 Err(s) => {
-                    tracing::warn!(run = %run.id, error = %s, attempt, "FinishRun failed; retrying");
+                    tracing::warn!(run = %run, error = %s, attempt, "{what} failed; retrying");
                     tokio::time::sleep(backoff::exponential(
                         Duration::from_millis(500),
                         attempt,

@@ -1,0 +1,122 @@
+//! What the agent loop does with each tool call the model asks for, under the agent's tool
+//! policy and the operator's for its namespace (`nightshift_core::governance`): run it (marking
+//! an irreversible call as started first), refuse it (denied by policy or by a person, expired,
+//! or interrupted mid-call and not repeatable), or wait for a person's approval (the run parks).
+use std::collections::{HashMap, HashSet};
+
+use nightshift_core::governance::{
+    self, ApprovalStatus, Decision, Effect, Resolution, ToolFacts, ToolPolicy, Verdict,
+};
+use nightshift_core::pb;
+use nightshift_llm::ToolCall;
+use nightshift_tools::{ToolRegistry, ToolSource};
+
+/// The policies and decisions a run's calls are judged by.
+#[derive(Debug, Clone, Default)]
+pub struct Governance {
+    /// The agent's `governance:`.
+    pub agent: ToolPolicy,
+    /// The operator's policy of the agent's namespace.
+    pub namespace: Option<ToolPolicy>,
+    /// The run's approvals so far, by call id.
+    pub approvals: HashMap<String, pb::Approval>,
+}
+
+impl Governance {
+    /// From what StartRun handed over; a namespace policy that does not validate here (a newer
+    /// manager's) is applied as "everything needs approval" rather than ignored.
+    pub fn new(agent: ToolPolicy, namespace: Option<&pb::GovernanceSpec>, approvals: Vec<pb::Approval>) -> Self {
+        let namespace = namespace.map(|p| {
+            ToolPolicy::from_pb("namespace_governance", p).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the namespace's tool policy does not validate here; every call needs approval");
+                ToolPolicy::approve_everything()
+            })
+        });
+        Self { agent, namespace, approvals: approvals.into_iter().map(|a| (a.call_id.clone(), a)).collect() }
+    }
+
+    /// The verdict on calling `name` (unknown tools are left to the registry, which refuses
+    /// them without running anything).
+    pub fn verdict(&self, tools: &ToolRegistry, name: &str) -> Verdict {
+        let Some(def) = tools.definition(name) else {
+            return Verdict { action: governance::Action::Allow, effect: Effect::Read };
+        };
+        let qualified = match &def.source {
+            ToolSource::Mcp { server, tool } => Some(format!("{server}.{tool}")),
+            ToolSource::Local => None,
+        };
+        let facts = ToolFacts { name, qualified: qualified.as_deref(), hints: def.hints };
+        governance::judge(&self.agent, self.namespace.as_ref(), &facts)
+    }
+}
+
+/// What becomes of one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Run it with these arguments; `mark`: checkpoint a `ToolCallStarted` first (irreversible).
+    Run {
+        /// Arguments JSON.
+        arguments: String,
+        /// Mark it as started before it runs.
+        mark: bool,
+    },
+    /// Do not run it; the model reads this error.
+    Refuse(String),
+    /// Park the run until a person decides.
+    Wait(Effect),
+}
+
+/// How the calls of a turn resumed after a crash or a park may have got: which started without
+/// a result (a `ToolCallStarted` step), and whether the turn recorded such marks at all (an
+/// older worker's turn did not: then any unanswered irreversible call may have run).
+#[derive(Debug, Clone, Default)]
+pub struct Resumed {
+    /// Call ids with a `ToolCallStarted` step.
+    pub started: HashSet<String>,
+    /// The turn's `LlmResponse.intents_recorded`.
+    pub intents_recorded: bool,
+    /// Whether these calls are the turn an earlier attempt left (else a fresh turn).
+    pub resumed: bool,
+}
+
+fn unknown_outcome(tool: &str) -> String {
+    format!(
+        "the call to {tool} was interrupted by a worker failure and may or may not have taken effect; \
+         it was not repeated because it is irreversible. Check its effect before calling it again."
+    )
+}
+
+/// The plan for `call`.
+pub fn plan(gov: &Governance, tools: &ToolRegistry, call: &ToolCall, resumed: &Resumed) -> Plan {
+    let verdict = gov.verdict(tools, &call.name);
+    let irreversible = !verdict.effect.repeatable();
+    if resumed.resumed && irreversible {
+        let may_have_run =
+            resumed.started.contains(&call.id) || (!resumed.intents_recorded && !gov.approvals.contains_key(&call.id));
+        if may_have_run {
+            return Plan::Refuse(unknown_outcome(&call.name));
+        }
+    }
+    let run = |arguments: String| Plan::Run { arguments, mark: irreversible };
+    match verdict.action {
+        governance::Action::Allow => run(call.arguments.clone()),
+        governance::Action::Deny => Plan::Refuse(governance::denied_by_policy(&call.name)),
+        governance::Action::RequireApproval => {
+            let approval = gov.approvals.get(&call.id);
+            let decision = approval.and_then(|a| {
+                Some(Decision {
+                    status: ApprovalStatus::from_pb(a.status())?,
+                    call_hash: &a.call_hash,
+                    approved_arguments: a.approved_arguments_json.as_deref(),
+                    reason: &a.reason,
+                    decided_by: &a.decided_by,
+                })
+            });
+            match governance::resolve(&call.name, &call.arguments, decision.as_ref()) {
+                Resolution::Run { arguments_json } => run(arguments_json),
+                Resolution::Refuse { message } => Plan::Refuse(message),
+                Resolution::Wait => Plan::Wait(verdict.effect),
+            }
+        }
+    }
+}
