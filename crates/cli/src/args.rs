@@ -68,6 +68,9 @@ pub enum Command {
     /// Inspect and cancel runs.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Tool calls waiting for a person: list, approve (optionally with edited arguments), deny.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// Read the event stream.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -256,6 +259,39 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ApprovalsCommand {
+    /// Approval requests, newest first (pending ones unless --status says otherwise).
+    List {
+        /// Only these states (repeatable).
+        #[arg(long, value_parser = ["pending", "approved", "denied", "expired"])]
+        status: Vec<String>,
+        /// Only this run's.
+        #[arg(long)]
+        run: Option<String>,
+        /// Maximum requests shown.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Approve a pending call; the run resumes on any worker and runs exactly this call.
+    Approve {
+        id: String,
+        /// Run the call with these arguments (a JSON object) instead of the model's.
+        #[arg(long)]
+        args: Option<String>,
+        /// Why (recorded).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Deny a pending call; the model is told, with the reason.
+    Deny {
+        id: String,
+        /// Why (told to the model).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum RunsCommand {
     /// List runs, newest first.
     List {
@@ -263,7 +299,7 @@ pub enum RunsCommand {
         #[arg(long)]
         agent: Option<String>,
         /// Only runs in this status (repeatable).
-        #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "skipped", "cancelled", "timed_out"])]
+        #[arg(long, value_parser = ["queued", "running", "awaiting_approval", "succeeded", "failed", "skipped", "cancelled", "timed_out"])]
         status: Vec<String>,
         /// Maximum runs shown.
         #[arg(long, default_value_t = 50)]

@@ -14,6 +14,7 @@ mod events;
 mod models;
 mod output;
 mod runs;
+mod approvals;
 
 pub use args::Cli;
 pub use dev::{DevConfig, DevWiring};
@@ -29,6 +30,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(dev) => dev::run(dev, cli.log_format).await,
         Command::Agent(cmd) => agent::run(&server, cli.output, cmd).await,
         Command::Runs(cmd) => runs::run(&server, cli.output, cmd).await,
+        Command::Approvals(cmd) => approvals::run(&server, cli.output, cmd).await,
         Command::Events(cmd) => events::run(&server, cli.output, cmd).await,
         Command::Auth(cmd) => auth::run(&server, cli.output, cmd).await,
         Command::Models(cmd) => models::run(cli.output, cmd).await,

@@ -13,7 +13,7 @@ pub const MAX_RULES: usize = 64;
 pub const MAX_NAMES: usize = 64;
 /// Bytes per name or glob.
 const MAX_NAME: usize = 128;
-const MIN_TIMEOUT: Duration = Duration::from_secs(60);
+const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Hint {
@@ -113,7 +113,7 @@ impl ToolPolicy {
         let approval_timeout =
             crate::spec::opt_duration(errs, &format!("{prefix}.approval_timeout"), &p.approval_timeout, d.approval_timeout);
         if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&approval_timeout) {
-            errs.push(format!("{prefix}.approval_timeout"), "must be between 1m and 30d");
+            errs.push(format!("{prefix}.approval_timeout"), "must be between 1s and 30d");
         }
         let on_timeout = match p.on_approval_timeout() {
             pb::ApprovalTimeoutAction::Fail => OnTimeout::Fail,

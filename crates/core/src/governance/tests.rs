@@ -110,7 +110,7 @@ governance:
     let again = AgentManifest::from_proto(&spec.to_proto()).validate().unwrap();
     assert_eq!(again, spec);
 
-    let bad = yaml.replace("hint: read_only", "hint: read_only\n      tools: [x]").replace("2h", "5s");
+    let bad = yaml.replace("hint: read_only", "hint: read_only\n      tools: [x]").replace("2h", "31d");
     let err = crate::AgentSpec::from_yaml(&bad).unwrap_err();
     let fields: Vec<&str> = err.fields().collect();
     assert!(fields.contains(&"governance.tools[1]"), "{err}");

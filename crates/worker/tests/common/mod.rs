@@ -21,7 +21,7 @@ pub struct Env {
     pub queue_url: String,
     pub queue_name: String,
     pub store: Store,
-    _db: nightshift_testkit::SqliteDb,
+    _db: Option<nightshift_testkit::SqliteDb>,
 }
 
 /// The test's queue: redelivery after 2 s.
@@ -47,8 +47,19 @@ pub async fn env_with(model: &str, queue: &str, extra: &str) -> (Env, pb::Agent)
 /// Like [`env_with`], with the queue's redelivery deadline (a named in-process queue keeps the
 /// settings of its first `connect`, which is this one).
 pub async fn env_with_ack_wait(model: &str, queue: &str, extra: &str, ack_wait: Duration) -> (Env, pb::Agent) {
-    let db = nightshift_testkit::sqlite_db();
-    let store = Store::connect(&db.url).await.unwrap();
+    env_on_db(nightshift_testkit::Db::Sqlite, model, queue, extra, ack_wait).await
+}
+
+/// Like [`env_with_ack_wait`] on a database of the given kind.
+pub async fn env_on_db(
+    kind: nightshift_testkit::Db,
+    model: &str,
+    queue: &str,
+    extra: &str,
+    ack_wait: Duration,
+) -> (Env, pb::Agent) {
+    let (url, db) = nightshift_testkit::database(kind).await;
+    let store = Store::connect(&url).await.unwrap();
     let queue_name = format!("worker-test-{}", uuid::Uuid::new_v4().simple());
     let queue_url = if queue == "memory://" { format!("memory://{queue_name}") } else { queue.to_owned() };
     let queue = QueueSettings { ack_wait, ..queue_settings(&queue_url, &queue_name) };
@@ -106,7 +117,20 @@ pub async fn start_worker_allowing(
     memory_endpoint: Option<&str>,
     allow: nightshift_core::operator_policy::OperatorPolicy,
 ) -> (Events, tokio::task::JoinHandle<()>) {
-    let cfg = WorkerConfig {
+    start_worker_configured(endpoint, queue_url, queue_name, lease, memory_endpoint, allow, |_| {}).await
+}
+
+/// [`start_worker_allowing`] with its options changed by `configure` (its concurrency, say).
+pub async fn start_worker_configured(
+    endpoint: &str,
+    queue_url: &str,
+    queue_name: &str,
+    lease: Duration,
+    memory_endpoint: Option<&str>,
+    allow: nightshift_core::operator_policy::OperatorPolicy,
+    configure: impl FnOnce(&mut WorkerConfig),
+) -> (Events, tokio::task::JoinHandle<()>) {
+    let mut cfg = WorkerConfig {
         allow,
         concurrency: 4,
         lease_ttl: lease,
@@ -115,6 +139,7 @@ pub async fn start_worker_allowing(
         memory_endpoint: memory_endpoint.unwrap_or_default().to_owned(),
         ..WorkerConfig::default()
     };
+    configure(&mut cfg);
     let events: Events = Arc::default();
     let sink = events.clone();
     let deps = WorkerDeps { events: Some(Arc::new(move |e| sink.lock().unwrap().push(e))) };
@@ -183,13 +208,22 @@ pub async fn wait_for_second_turn(script: &nightshift_testkit::llm::Script) {
 
 /// A scheduler replica on the test's store and queue, with fast coordination.
 pub async fn start_scheduler(env: &Env) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let cfg = nightshift_scheduler::SchedulerConfig {
+    start_scheduler_with(env, |_| {}).await
+}
+
+/// [`start_scheduler`] with its options changed by `configure`.
+pub async fn start_scheduler_with(
+    env: &Env,
+    configure: impl FnOnce(&mut nightshift_scheduler::SchedulerConfig),
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let mut cfg = nightshift_scheduler::SchedulerConfig {
         shard_count: 1,
         coordination_interval: Duration::from_millis(200),
         sync_interval: Duration::from_millis(200),
         queue: queue_settings(&env.queue_url, &env.queue_name),
         ..Default::default()
     };
+    configure(&mut cfg);
     let deps =
         nightshift_scheduler::SchedulerDeps { store: env.store.clone(), clock: Arc::new(nightshift_core::SystemClock) };
     let role = Box::new(nightshift_scheduler::SchedulerRole::build(cfg, deps).await.unwrap());
