@@ -41,6 +41,9 @@ pub struct AlertPolicy {
     pub on_task_error: bool,
     /// Alert once when an agent failed this many runs in a row (0 = off).
     pub consecutive_failures: u32,
+    /// Alert on every tool call that waits for a person's approval (not rate limited: each one
+    /// needs someone).
+    pub on_approval_requested: bool,
     /// At most one `on_task_error` alert per agent within this interval.
     #[serde(with = "nightshift_core::config::duration_text")]
     pub min_interval: Duration,
@@ -61,6 +64,7 @@ impl std::fmt::Debug for AlertPolicy {
             .field("webhook_url", &"<redacted>")
             .field("on_task_error", &self.on_task_error)
             .field("consecutive_failures", &self.consecutive_failures)
+            .field("on_approval_requested", &self.on_approval_requested)
             .field("min_interval", &self.min_interval)
             .field("max_attempts", &self.max_attempts)
             .field("retry_backoff", &self.retry_backoff)
@@ -75,6 +79,7 @@ impl Default for AlertPolicy {
             webhook_url: String::new(),
             on_task_error: true,
             consecutive_failures: 3,
+            on_approval_requested: true,
             min_interval: Duration::from_secs(300),
             max_attempts: 4,
             retry_backoff: Duration::from_millis(500),
@@ -90,6 +95,8 @@ pub enum AlertReason {
     TaskError,
     /// This many runs failed in a row.
     ConsecutiveFailures(u32),
+    /// A tool call waits for a person's approval.
+    ApprovalRequested,
 }
 
 /// One alert to deliver.
@@ -143,6 +150,9 @@ impl AlertRules {
         let failed = match pb::EventType::try_from(e.r#type).ok().and_then(EventType::from_pb)? {
             EventType::BackgroundTaskError => true,
             EventType::BackgroundTaskCompleted => false,
+            EventType::ApprovalRequested if self.policy.on_approval_requested => {
+                return self.first_sight(&e.id).then(|| approval_requested(e));
+            }
             _ => return None,
         };
         if !self.first_sight(&e.id) {
@@ -205,16 +215,32 @@ impl AlertRules {
             .and_then(|d| d.get("error").and_then(|v| v.as_str()).map(str::to_owned))
             .unwrap_or_else(|| "no error message".into());
         let mut text = match reason {
-            AlertReason::TaskError => format!(":rotating_light: Agent *{agent}*: run `{}` failed: {error}", e.run_id),
             AlertReason::ConsecutiveFailures(n) => {
                 format!(":rotating_light: Agent *{agent}* failed {n} runs in a row (last run `{}`: {error})", e.run_id)
             }
+            _ => format!(":rotating_light: Agent *{agent}*: run `{}` failed: {error}", e.run_id),
         };
         if suppressed > 0 {
             text.push_str(&format!(" ({suppressed} more failure(s) since the last alert)"));
         }
         Some(Alert { reason, agent_id: e.agent_id.clone(), run_id: e.run_id.clone(), text })
     }
+}
+
+/// The alert for an `APPROVAL_REQUESTED` event: who waits for what, and the command that decides.
+fn approval_requested(e: &pb::Event) -> Alert {
+    let data = e.data.as_ref().map(struct_to_json).unwrap_or_default();
+    let field = |k: &str| data.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let agent = if e.agent_name.is_empty() { &e.agent_id } else { &e.agent_name };
+    let text = format!(
+        ":raised_hand: Agent *{agent}*: run `{}` waits for approval of `{}` with `{}`. \
+         `nightshift approvals approve {id}` or `nightshift approvals deny {id} --reason ...`",
+        e.run_id,
+        field("tool"),
+        field("arguments"),
+        id = field("approval_id"),
+    );
+    Alert { reason: AlertReason::ApprovalRequested, agent_id: e.agent_id.clone(), run_id: e.run_id.clone(), text }
 }
 
 /// Why an alert could not be delivered.
@@ -297,7 +323,7 @@ pub(crate) fn parse_webhook_url(url: &str) -> Result<reqwest::Url, String> {
 /// The events the alert rules look at.
 pub(crate) fn alert_filter() -> EventFilter {
     EventFilter {
-        types: vec![EventType::BackgroundTaskError, EventType::BackgroundTaskCompleted],
+        types: vec![EventType::BackgroundTaskError, EventType::BackgroundTaskCompleted, EventType::ApprovalRequested],
         ..Default::default()
     }
 }
@@ -399,6 +425,30 @@ mod tests {
             AlertReason::ConsecutiveFailures(3)
         );
         assert_eq!(rules.observe(&ev(ToolCall, "a", "r9")), None);
+    }
+
+    #[test]
+    fn every_approval_request_alerts_once_unless_turned_off() {
+        let clock = ManualClock::new(Utc::now());
+        let data = serde_json::json!({"approval_id": "ap1", "tool": "send_mail", "arguments": "{\"to\":\"a\"}"});
+        let asked = |id: &str| pb::Event {
+            id: id.into(),
+            r#type: EventType::ApprovalRequested.to_pb() as i32,
+            agent_id: "a".into(),
+            agent_name: "mailer".into(),
+            run_id: "r1".into(),
+            data: Some(nightshift_events_client::json_to_struct(data.clone())),
+            ..Default::default()
+        };
+        let mut rules = AlertRules::new(AlertPolicy::default(), Arc::new(clock.clone()));
+        let alert = rules.observe(&asked("e1")).unwrap();
+        assert_eq!(alert.reason, AlertReason::ApprovalRequested);
+        assert!(alert.text.contains("*mailer*") && alert.text.contains("send_mail"), "{}", alert.text);
+        assert!(alert.text.contains("nightshift approvals approve ap1"), "{}", alert.text);
+        assert!(rules.observe(&asked("e2")).is_some(), "not rate limited: each request needs someone");
+        assert_eq!(rules.observe(&asked("e2")), None, "the same event again");
+        let off = AlertPolicy { on_approval_requested: false, ..AlertPolicy::default() };
+        assert_eq!(AlertRules::new(off, Arc::new(clock)).observe(&asked("e3")), None);
     }
 
     #[test]

@@ -96,10 +96,11 @@ impl EventsConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(a) = &self.alerts {
             parse_webhook_url(&a.webhook_url).map_err(|message| invalid("alerts.webhook_url", message))?;
-            if !a.on_task_error && a.consecutive_failures == 0 {
+            if !a.on_task_error && a.consecutive_failures == 0 && !a.on_approval_requested {
                 return Err(invalid(
                     "alerts.on_task_error",
-                    "is false and consecutive_failures is 0: no rule could ever alert (remove [alerts] to turn alerts off)",
+                    "is false, consecutive_failures is 0 and on_approval_requested is false: no rule could ever \
+                     alert (remove [alerts] to turn alerts off)",
                 ));
             }
             if a.max_attempts == 0 {
@@ -174,7 +175,7 @@ mod tests {
             ("[alerts]\nwebhook_url = \"hooks.example/secret\"\n", "alerts.webhook_url", "not a URL"),
             ("[alerts]\nwebhook_url = \"ftp://hooks.example/secret\"\n", "alerts.webhook_url", "http"),
             (
-                "[alerts]\nwebhook_url = \"http://h/secret\"\non_task_error = false\nconsecutive_failures = 0\n",
+                "[alerts]\nwebhook_url = \"http://h/secret\"\non_task_error = false\nconsecutive_failures = 0\non_approval_requested = false\n",
                 "alerts.on_task_error",
                 "no rule",
             ),

@@ -57,6 +57,7 @@
 //! min_interval = "5m"
 //! # the N-th failed run in a row of an agent, once per streak (0 = off)
 //! consecutive_failures = 3
+//! on_approval_requested = true
 //! # delivery: connection errors, 429 and 5xx are retried, backoff doubling up to 60 s
 //! max_attempts = 4
 //! retry_backoff = "500ms"

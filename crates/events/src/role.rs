@@ -61,6 +61,7 @@ impl EventsRole {
                 tracing::info!(
                     on_task_error = a.on_task_error,
                     consecutive_failures = a.consecutive_failures,
+                    on_approval_requested = a.on_approval_requested,
                     "alert webhook on"
                 );
                 Some((follower, consumer, delivery))
