@@ -13,6 +13,7 @@ mod console;
 mod dispatch;
 mod e2e;
 mod events;
+mod governance;
 mod llm;
 mod llm_embedded;
 mod llm_real;
@@ -69,6 +70,8 @@ enum Command {
     Console(console::ConsoleArgs),
     /// The trust boundary's cost: admitting a call with a cached key, and a unary call with and without TLS and auth.
     Security(security::SecurityArgs),
+    /// The tool policy's cost per tool call (the worker's whole check, with realistic policies).
+    Governance(governance::GovernanceArgs),
     /// Every scenario at the sizes docs/benchmarks.md reports (under 15 minutes on 2 cores).
     All(AllArgs),
     /// The instant scripted OpenAI-compatible LLM (started by the scenarios as a child process).
@@ -145,6 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LlmEmbedded(a) => scenarios.extend(llm_embedded::llm_embedded(&a).await?),
         Command::MemorySearch(a) => scenarios.extend(memory::memory_search(&a).await?),
         Command::Security(a) => scenarios.push(security::security(&a).await?),
+        Command::Governance(a) => scenarios.push(governance::governance(&a).await?),
         Command::Console(a) => scenarios.push(console::console(&a).await?),
         Command::All(a) => all(&a, &mut scenarios).await?,
         Command::ScriptedLlm { .. } => unreachable!("handled before the runtime starts"),
@@ -203,6 +207,7 @@ async fn all(a: &AllArgs, out: &mut Vec<Scenario>) -> anyhow::Result<()> {
         out.push(dispatch::run_overhead(&args).await?);
     }
     out.push(security::security(&security::SecurityArgs::default()).await?);
+    out.push(governance::governance(&governance::GovernanceArgs::default()).await?);
     out.push(console::console(&console::ConsoleArgs::default()).await?);
     let fanout_backend = if a.embedded_only { events::FanoutBackend::Memory } else { events::FanoutBackend::All };
     out.extend(events::event_fanout(&events::FanoutArgs { backend: fanout_backend, ..Default::default() }).await?);

@@ -79,7 +79,9 @@ pub(crate) async fn run(server: &Server, out: Output, cmd: ApprovalsCommand) -> 
             let statuses = status
                 .iter()
                 .map(|s| {
-                    ApprovalStatus::parse(s).map(|s| s.to_pb() as i32).ok_or_else(|| anyhow::anyhow!("unknown status {s}"))
+                    ApprovalStatus::parse(s)
+                        .map(|s| s.to_pb() as i32)
+                        .ok_or_else(|| anyhow::anyhow!("unknown status {s}"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let resp = client

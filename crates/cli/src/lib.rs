@@ -7,6 +7,7 @@
 #![allow(clippy::print_stdout)]
 
 mod agent;
+mod approvals;
 mod args;
 mod auth;
 mod dev;
@@ -14,7 +15,6 @@ mod events;
 mod models;
 mod output;
 mod runs;
-mod approvals;
 
 pub use args::Cli;
 pub use dev::{DevConfig, DevWiring};

@@ -13,27 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chromiumoxide::browser::{Browser, BrowserConfig};
-use chromiumoxide::page::{Page, ScreenshotParams};
 use common::Dev;
-use futures::StreamExt;
+use common::browser::*;
 use nightshift_core::pb;
-use nightshift_rpc::{CallChannel, ClientOptions};
+use nightshift_rpc::CallChannel;
 use pb::manager_service_client::ManagerServiceClient;
-use tonic::transport::Channel;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn screenshots() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-async fn channel(endpoint: &str, key: &str) -> CallChannel {
-    let ch = Channel::from_shared(endpoint.to_owned()).unwrap().connect().await.unwrap();
-    ClientOptions { api_key: key.to_owned(), ..ClientOptions::default() }.wrap(ch)
-}
 
 /// The scripted model, plus `GET /slow` (answers after 2.5 s): the agent's slow tool call.
 async fn model() -> (String, Arc<nightshift_testkit::llm::Script>) {
@@ -57,39 +41,6 @@ fn manifest(name: &str, schedule: &str, query: &str, llm: &str) -> String {
         "name: {name}\nlabels: {{team: data}}\nmodel: {{provider: openai, model: scripted, base_url: '{llm}/v1'}}\n\
          task: {{query: '{query}'}}\nschedule: {{{schedule}}}\ntools: {{local: [http_get]}}\npolicy: {{max_retries: 0}}"
     )
-}
-
-async fn eval<T: serde::de::DeserializeOwned>(page: &Page, js: &str) -> T {
-    page.evaluate(js).await.unwrap_or_else(|e| panic!("{js}: {e}")).into_value().unwrap()
-}
-
-/// Waits until `js` is true in the page.
-async fn until(page: &Page, js: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if page.evaluate(js).await.ok().and_then(|v| v.into_value::<bool>().ok()) == Some(true) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what} ({js})");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn shot(page: &Page, name: &str) {
-    let png = page.screenshot(ScreenshotParams::builder().full_page(true).build()).await.unwrap();
-    std::fs::write(screenshots().join(name), png).unwrap();
-}
-
-async fn click(page: &Page, selector: &str) {
-    page.find_element(selector).await.unwrap_or_else(|e| panic!("{selector}: {e}")).click().await.unwrap();
-}
-
-async fn sign_in(page: &Page, base: &str, key: &str) {
-    page.goto(format!("{base}/agents")).await.unwrap();
-    until(page, "location.pathname === '/login' && !!document.querySelector('#credential')", "the sign-in page").await;
-    page.find_element("#credential").await.unwrap().click().await.unwrap().type_str(key).await.unwrap();
-    click(page, "section.signin button[type=submit]").await;
-    until(page, "location.pathname === '/agents' && !!document.querySelector('table.agents')", "the agents page").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,32 +384,6 @@ async fn provider(dir: &std::path::Path) -> Provider {
         .with_state(idp);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Provider { issuer, jwks, exchanged }
-}
-
-async fn launch(profile: &std::path::Path) -> (Browser, tokio::task::JoinHandle<()>) {
-    assert!(
-        std::path::Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium package"
-    );
-    let config = BrowserConfig::builder()
-        .chrome_executable(CHROMIUM)
-        .no_sandbox()
-        .user_data_dir(profile)
-        .window_size(1280, 900)
-        .viewport(None)
-        .args([
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .build()
-        .unwrap();
-    let (browser, mut handler) = Browser::launch(config).await.expect("launching Chromium");
-    let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
-    (browser, events)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

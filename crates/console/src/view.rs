@@ -13,6 +13,7 @@ pub(crate) enum Nav {
     Overview,
     Agents,
     Runs,
+    Approvals,
     Events,
     Workers,
 }
@@ -46,6 +47,7 @@ pub(crate) fn page(title: &str, s: &Session, nav: Nav, body: Markup) -> Markup {
                         (item(Nav::Overview, "/", "Overview"))
                         (item(Nav::Agents, "/agents", "Agents"))
                         (item(Nav::Runs, "/runs", "Runs"))
+                        (item(Nav::Approvals, "/approvals", "Approvals"))
                         (item(Nav::Events, "/events", "Events"))
                         (item(Nav::Workers, "/workers", "Workers"))
                     }
@@ -114,6 +116,11 @@ pub(crate) fn status(status: i32) -> Markup {
 /// A run state, by name, as a badge.
 pub(crate) fn status_badge_name(name: &str) -> Markup {
     html! { span class={ "badge " (name) } { (name) } }
+}
+
+/// An approval's state, by name.
+pub(crate) fn approval_status(status: pb::ApprovalStatus) -> &'static str {
+    nightshift_core::governance::ApprovalStatus::from_pb(status).map_or("unknown", |s| s.as_str())
 }
 
 /// An agent state as a badge.

@@ -259,7 +259,12 @@ fn yaml_error(e: serde_norway::Error) -> ValidationError {
 }
 
 /// Looks an enum spelling up in `(text, value)` pairs.
-pub(crate) fn pick<T: Copy + Into<i32>>(errs: &mut Errors, field: &str, v: &Option<String>, options: &[(&str, T)]) -> i32 {
+pub(crate) fn pick<T: Copy + Into<i32>>(
+    errs: &mut Errors,
+    field: &str,
+    v: &Option<String>,
+    options: &[(&str, T)],
+) -> i32 {
     let Some(v) = v else { return 0 };
     match options.iter().find(|(s, _)| s.eq_ignore_ascii_case(v.trim())) {
         Some((_, t)) => (*t).into(),

@@ -110,13 +110,17 @@ impl ManagerService {
         tracing::info!(run = %id, status = %run.status, calls = calls.len(), "run parked for approval");
         for a in approvals.iter().filter(|a| a.status == ApprovalStatus::Pending) {
             metrics::counter!("nightshift_approvals_requested_total").increment(1);
-            self.emit_approval(EventType::ApprovalRequested, a, json!({
-                "approval_id": a.id,
-                "tool": a.tool_name,
-                "arguments": a.arguments_json,
-                "effect": a.effect.as_str(),
-                "expires_at": time::to_pb(a.expires_at).seconds,
-            }));
+            self.emit_approval(
+                EventType::ApprovalRequested,
+                a,
+                json!({
+                    "approval_id": a.id,
+                    "tool": a.tool_name,
+                    "arguments": a.arguments_json,
+                    "effect": a.effect.as_str(),
+                    "expires_at": time::to_pb(a.expires_at).seconds,
+                }),
+            );
         }
         // Decided while the attempt ran: queued again at once.
         self.publish_requeued(&run).await;
@@ -192,14 +196,18 @@ impl ManagerService {
         metrics::counter!("nightshift_approvals_total", "decision" => decision).increment(1);
         tracing::info!(approval = %a.id, run = %a.run_id, tool = %a.tool_name, decision, by = %verdict.by,
             "approval decided");
-        self.emit_approval(EventType::ApprovalDecided, a, json!({
-            "approval_id": a.id,
-            "tool": a.tool_name,
-            "decision": decision,
-            "by": verdict.by,
-            "reason": verdict.reason,
-            "edited_arguments": a.approved_arguments_json.is_some(),
-        }));
+        self.emit_approval(
+            EventType::ApprovalDecided,
+            a,
+            json!({
+                "approval_id": a.id,
+                "tool": a.tool_name,
+                "decision": decision,
+                "by": verdict.by,
+                "reason": verdict.reason,
+                "edited_arguments": a.approved_arguments_json.is_some(),
+            }),
+        );
         if let Some(run) = &decided.run {
             self.publish_requeued(run).await;
         }
@@ -243,7 +251,9 @@ impl ManagerService {
                     tracing::warn!(run = %run.id, error = %e, "marking a run as published failed");
                 }
             }
-            Err(e) => tracing::warn!(run = %run.id, error = %e, "publishing an approved run failed; it will be republished"),
+            Err(e) => {
+                tracing::warn!(run = %run.id, error = %e, "publishing an approved run failed; it will be republished")
+            }
         }
     }
 }

@@ -96,26 +96,6 @@ pub(crate) fn last_day(
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_last_day_has_24_hours_ending_with_the_current_one() {
-        let now = time::from_millis(1_700_000_000_000); // 22:13:20 UTC
-        let hour =
-            |ms: i64| nightshift_store::HourRuns { hour: time::from_millis(ms), succeeded: 3, ..Default::default() };
-        let day = last_day(now, &[hour(1_699_999_200_000), hour(1_699_920_000_000)]);
-        assert_eq!(day.len(), 24);
-        assert_eq!(day[23].hour, Some(time::to_pb(time::from_millis(1_699_999_200_000))), "the current hour last");
-        assert_eq!(day[23].succeeded, 3);
-        assert_eq!(day[0].hour, Some(time::to_pb(time::from_millis(1_699_916_400_000))));
-        assert_eq!(day[1].succeeded, 3, "22 hours before the current one");
-        assert_eq!(day.iter().map(|h| h.succeeded).sum::<u64>(), 6);
-        assert_eq!(last_day_start(now), time::from_millis(1_699_916_400_000));
-    }
-}
-
 pub(crate) fn approval(a: &nightshift_store::ApprovalRecord) -> pb::Approval {
     pb::Approval {
         id: a.id.clone(),
@@ -136,5 +116,25 @@ pub(crate) fn approval(a: &nightshift_store::ApprovalRecord) -> pb::Approval {
         decided_by: a.decided_by.clone().unwrap_or_default(),
         reason: a.reason.clone().unwrap_or_default(),
         approved_arguments_json: a.approved_arguments_json.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_day_has_24_hours_ending_with_the_current_one() {
+        let now = time::from_millis(1_700_000_000_000); // 22:13:20 UTC
+        let hour =
+            |ms: i64| nightshift_store::HourRuns { hour: time::from_millis(ms), succeeded: 3, ..Default::default() };
+        let day = last_day(now, &[hour(1_699_999_200_000), hour(1_699_920_000_000)]);
+        assert_eq!(day.len(), 24);
+        assert_eq!(day[23].hour, Some(time::to_pb(time::from_millis(1_699_999_200_000))), "the current hour last");
+        assert_eq!(day[23].succeeded, 3);
+        assert_eq!(day[0].hour, Some(time::to_pb(time::from_millis(1_699_916_400_000))));
+        assert_eq!(day[1].succeeded, 3, "22 hours before the current one");
+        assert_eq!(day.iter().map(|h| h.succeeded).sum::<u64>(), 6);
+        assert_eq!(last_day_start(now), time::from_millis(1_699_916_400_000));
     }
 }

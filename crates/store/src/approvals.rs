@@ -160,7 +160,10 @@ async fn approval_in_tx(tx: &mut Transaction<'_, Any>, id: &str) -> Result<Optio
 }
 
 /// Every approval of a run (the decisions a resumed attempt reads), oldest first.
-pub(crate) async fn of_run_in_tx(tx: &mut Transaction<'_, Any>, run: &RunId) -> Result<Vec<ApprovalRecord>, StoreError> {
+pub(crate) async fn of_run_in_tx(
+    tx: &mut Transaction<'_, Any>,
+    run: &RunId,
+) -> Result<Vec<ApprovalRecord>, StoreError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM approvals p JOIN agents a ON a.id = p.agent_id WHERE p.run_id = $1 \
          ORDER BY p.requested_at, p.call_id"
@@ -305,7 +308,11 @@ impl Store {
                 .ok_or_else(|| StoreError::Invalid("page_token: not a token from a previous page".into()))?;
             binds.push(id);
             let i = binds.len();
-            sql.push_str(&format!(" AND (p.requested_at < ${} OR (p.requested_at = ${} AND p.id < ${i}))", i + 1, i + 1));
+            sql.push_str(&format!(
+                " AND (p.requested_at < ${} OR (p.requested_at = ${} AND p.id < ${i}))",
+                i + 1,
+                i + 1
+            ));
             after_ms = Some(ms);
         }
         sql.push_str(&format!(" ORDER BY p.requested_at DESC, p.id DESC LIMIT {}", limit + 1));
@@ -361,7 +368,8 @@ impl Store {
             return Err(StoreError::FailedPrecondition(format!("approval {id} is {current}, not pending")));
         }
         let run = requeue_if_settled(&mut tx, &found.run_id).await?;
-        let approval = approval_in_tx(&mut tx, id).await?.ok_or_else(|| StoreError::NotFound(format!("approval {id}")))?;
+        let approval =
+            approval_in_tx(&mut tx, id).await?.ok_or_else(|| StoreError::NotFound(format!("approval {id}")))?;
         tx.commit().await?;
         Ok(Decided { approval, run })
     }
@@ -421,7 +429,8 @@ impl Store {
                 if failed.rows_affected() == 1 { run_in_tx(&mut tx, &found.run_id).await? } else { None }
             }
         };
-        let approval = approval_in_tx(&mut tx, id).await?.ok_or_else(|| StoreError::NotFound(format!("approval {id}")))?;
+        let approval =
+            approval_in_tx(&mut tx, id).await?.ok_or_else(|| StoreError::NotFound(format!("approval {id}")))?;
         tx.commit().await?;
         Ok(Some(Decided { approval, run }))
     }

@@ -10,8 +10,8 @@
 //! are serialized without `SELECT ... FOR UPDATE`, which SQLite lacks.
 
 mod agents;
-mod approvals;
 mod api_keys;
+mod approvals;
 mod checkpoint;
 mod db;
 mod error;
@@ -22,8 +22,8 @@ mod run_lifecycle;
 mod runs;
 mod schedules;
 
-pub use approvals::{ApprovalCall, ApprovalFilter, ApprovalRecord, Decided, ParkInput, Verdict};
 pub use api_keys::{ApiKeyRecord, KEY_PREFIX, KeyRefused, parse_key};
+pub use approvals::{ApprovalCall, ApprovalFilter, ApprovalRecord, Decided, ParkInput, Verdict};
 pub use db::{Backend, Store, redact};
 pub use error::{StoreError, status_from_store};
 pub use lease_recovery::Recovered;

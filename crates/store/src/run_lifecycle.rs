@@ -412,14 +412,7 @@ impl Store {
         } else {
             (Vec::new(), Vec::new())
         };
-        Ok(StartOutcome::Started {
-            run,
-            lease_token,
-            spec: Box::new(spec),
-            steps,
-            approvals,
-            cancelled: Vec::new(),
-        })
+        Ok(StartOutcome::Started { run, lease_token, spec: Box::new(spec), steps, approvals, cancelled: Vec::new() })
     }
 
     /// The agent's first run waiting behind its running ones (overlap policy `buffer_one` /

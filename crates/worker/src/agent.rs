@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use nightshift_core::governance::Effect;
 use nightshift_core::lifecycle::Failure;
 use nightshift_core::pb;
 use nightshift_llm::{ChatModel, ChatRequest, LlmError, Message, ToolCall, ToolSpec, Usage};
-use nightshift_core::governance::Effect;
 use nightshift_tools::{ToolOutput, ToolRegistry};
 
 use crate::governed::{self, Governance, Plan, Resumed};

@@ -4,9 +4,7 @@
 //! or interrupted mid-call and not repeatable), or wait for a person's approval (the run parks).
 use std::collections::{HashMap, HashSet};
 
-use nightshift_core::governance::{
-    self, ApprovalStatus, Decision, Effect, Resolution, ToolFacts, ToolPolicy, Verdict,
-};
+use nightshift_core::governance::{self, ApprovalStatus, Decision, Effect, Resolution, ToolFacts, ToolPolicy, Verdict};
 use nightshift_core::pb;
 use nightshift_llm::ToolCall;
 use nightshift_tools::{ToolRegistry, ToolSource};

@@ -84,7 +84,11 @@ async fn one_slot_worker(env: &Env) -> (Events, tokio::task::JoinHandle<()>) {
 }
 
 /// A worker with one slot whose `http_get` may reach this machine.
-async fn one_slot_worker_at(endpoint: &str, queue_url: &str, queue_name: &str) -> (Events, tokio::task::JoinHandle<()>) {
+async fn one_slot_worker_at(
+    endpoint: &str,
+    queue_url: &str,
+    queue_name: &str,
+) -> (Events, tokio::task::JoinHandle<()>) {
     let allow = nightshift_core::operator_policy::OperatorPolicy::trusting();
     start_worker_configured(endpoint, queue_url, queue_name, Duration::from_secs(2), None, allow, |c| {
         c.concurrency = 1;
@@ -138,7 +142,10 @@ async fn approve_with_edited_arguments(db: Db) {
     let other = trigger(&s.env).await;
     let done = wait_for_status(&s.env, &other.id, pb::RunStatus::Succeeded).await;
     assert!(done.result.contains("12"), "{}", done.result);
-    assert_eq!(wait_for_status(&s.env, &run.id, pb::RunStatus::AwaitingApproval).await.status(), pb::RunStatus::AwaitingApproval);
+    assert_eq!(
+        wait_for_status(&s.env, &run.id, pb::RunStatus::AwaitingApproval).await.status(),
+        pb::RunStatus::AwaitingApproval
+    );
 
     let asked = pending(&s.env, &run.id).await;
     assert_eq!(asked.len(), 1, "{asked:#?}");
@@ -148,12 +155,20 @@ async fn approve_with_edited_arguments(db: Db) {
     assert_eq!(a.effect(), pb::ToolEffect::Irreversible);
 
     // Edited arguments must be a JSON object.
-    let bad = pb::ApproveToolCallRequest { approval_id: a.id.clone(), arguments_json: Some("[1]".into()), reason: String::new() };
+    let bad = pb::ApproveToolCallRequest {
+        approval_id: a.id.clone(),
+        arguments_json: Some("[1]".into()),
+        reason: String::new(),
+    };
     let err = s.env.manager.clone().approve_tool_call(bad).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
 
     let edited = format!(r#"{{"url": "{}?to=b"}}"#, s.outbox.url);
-    let ok = pb::ApproveToolCallRequest { approval_id: a.id.clone(), arguments_json: Some(edited), reason: "b, not a".into() };
+    let ok = pb::ApproveToolCallRequest {
+        approval_id: a.id.clone(),
+        arguments_json: Some(edited),
+        reason: "b, not a".into(),
+    };
     let decided = s.env.manager.clone().approve_tool_call(ok.clone()).await.unwrap().into_inner().approval.unwrap();
     assert_eq!(decided.status(), pb::ApprovalStatus::Approved);
     assert_eq!(decided.decided_by, "anonymous (auth off)", "no auth in this harness: recorded as such");

@@ -11,6 +11,8 @@ use nightshift_core::pb;
 use nightshift_core::pb::manager_service_client::ManagerServiceClient;
 use tonic::transport::Channel;
 
+pub mod browser;
+
 /// The binaries these tests spawn, by package: the services, and the scripted LLM server.
 const SPAWNED_BINARIES: [(&str, &str); 6] = [
     ("nightshift-manager", "nightshift-manager"),

@@ -2,6 +2,7 @@
 //! CSRF token and the same origin), the live streams and the embedded assets.
 mod agent;
 mod agents;
+mod approvals;
 mod auth;
 mod events;
 mod fleet;
@@ -61,6 +62,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/runs/{id}", get(runs::show))
         .route("/runs/{id}/live", get(crate::live::run))
         .route("/runs/{id}/cancel", post(runs::cancel))
+        .route("/approvals", get(approvals::list))
+        .route("/approvals/{id}/{verb}", post(approvals::decide))
         .route("/events", get(events::show))
         .route("/events/live", get(crate::live::events))
         .route("/workers", get(fleet::show))

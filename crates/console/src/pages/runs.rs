@@ -160,6 +160,12 @@ pub(crate) fn run_section(s: &Session, run: &pb::Run, trace_url: &str) -> Markup
             @if let Some(q) = &run.query_override { p { "Query for this run: " q { (q) } } }
             @if !run.reason.is_empty() { p { "Reason: " (run.reason) } }
             @if !run.error.is_empty() { p.error { "Error: " (view::clip(&run.error, 2000)) } }
+            @if run.status == pb::RunStatus::AwaitingApproval as i32 {
+                p.waiting { "Waiting for a person's approval of a tool call: "
+                    a href={ "/approvals" (view::query(&[("run", &run.id)])) } { "decide" } }
+            } @else if run.attempt > 1 {
+                p { a href={ "/approvals" (view::query(&[("run", &run.id)])) } { "Approvals of this run" } }
+            }
         }
         section.actions aria-label="Actions" {
             @if !terminal && s.may_control() {

@@ -92,7 +92,12 @@ impl GovernanceManifest {
         pb::GovernanceSpec {
             tools,
             approval_timeout,
-            on_approval_timeout: pick(errs, &format!("{prefix}.on_approval_timeout"), &self.on_approval_timeout, ON_TIMEOUT),
+            on_approval_timeout: pick(
+                errs,
+                &format!("{prefix}.on_approval_timeout"),
+                &self.on_approval_timeout,
+                ON_TIMEOUT,
+            ),
         }
     }
 

@@ -402,9 +402,9 @@ pub fn resolve(tool: &str, arguments_json: &str, decision: Option<&Decision<'_>>
             let by = if d.decided_by.is_empty() { "a person".to_owned() } else { d.decided_by.to_owned() };
             Resolution::Refuse { message: format!("{by} denied the call to {tool}{why}. It was not run.") }
         }
-        ApprovalStatus::Expired => Resolution::Refuse {
-            message: format!("nobody approved the call to {tool} in time; it was not run."),
-        },
+        ApprovalStatus::Expired => {
+            Resolution::Refuse { message: format!("nobody approved the call to {tool} in time; it was not run.") }
+        }
     }
 }
 

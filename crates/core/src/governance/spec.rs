@@ -104,14 +104,21 @@ impl ToolPolicy {
             let action = Action::from_pb(r.action());
             let effect = Effect::from_pb(r.effect());
             if action.is_none() && effect.is_none() {
-                errs.push(&f, "set an action (allow, require_approval, deny) or an effect (read, idempotent, irreversible)");
+                errs.push(
+                    &f,
+                    "set an action (allow, require_approval, deny) or an effect (read, idempotent, irreversible)",
+                );
             }
             if let Some(selector) = selector {
                 rules.push(Rule { selector, action, effect });
             }
         }
-        let approval_timeout =
-            crate::spec::opt_duration(errs, &format!("{prefix}.approval_timeout"), &p.approval_timeout, d.approval_timeout);
+        let approval_timeout = crate::spec::opt_duration(
+            errs,
+            &format!("{prefix}.approval_timeout"),
+            &p.approval_timeout,
+            d.approval_timeout,
+        );
         if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&approval_timeout) {
             errs.push(format!("{prefix}.approval_timeout"), "must be between 1s and 30d");
         }

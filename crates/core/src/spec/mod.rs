@@ -8,9 +8,9 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::error::{Errors, ValidationError, ValidationErrors};
+use crate::governance::ToolPolicy;
 use crate::ids::AgentName;
 use crate::namespace::Namespace;
-use crate::governance::ToolPolicy;
 use crate::policy::{Backoff, OverlapPolicy, RunPolicy};
 use crate::schedule::Schedule;
 use crate::{duration, pb};

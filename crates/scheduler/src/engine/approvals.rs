@@ -19,7 +19,9 @@ impl Scheduler {
             match self.inner.store.expire_approval(&id).await {
                 Ok(Some(decided)) => self.report_expired(&decided),
                 Ok(None) => {} // decided first
-                Err(e) => tracing::warn!(approval = %id, error = %e, "expiring an approval failed; the next sweep retries"),
+                Err(e) => {
+                    tracing::warn!(approval = %id, error = %e, "expiring an approval failed; the next sweep retries")
+                }
             }
         }
         Ok(())

@@ -127,7 +127,9 @@ impl Worker {
                 return;
             }
             // Parked for a person: the decision publishes the run again.
-            pb::StartDecision::AlreadyFinished | pb::StartDecision::AwaitingApproval | pb::StartDecision::Unspecified => {
+            pb::StartDecision::AlreadyFinished
+            | pb::StartDecision::AwaitingApproval
+            | pb::StartDecision::Unspecified => {
                 ack(d).await;
                 return;
             }

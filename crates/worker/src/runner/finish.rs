@@ -97,7 +97,12 @@ impl Ending {
             AttemptEnd::Parked(calls, _) => {
                 let tools: Vec<&str> = calls.iter().map(|(c, _)| c.name.as_str()).collect();
                 let tools = tools.join(", ");
-                ("parked", format!("Attempt {n} parked the run for a person's approval of {tools} after {turns} LLM turns in all."))
+                (
+                    "parked",
+                    format!(
+                        "Attempt {n} parked the run for a person's approval of {tools} after {turns} LLM turns in all."
+                    ),
+                )
             }
         };
         Self { outcome, text, turns }
