@@ -138,6 +138,7 @@ impl StatusView {
             counts: BTreeMap::from([
                 ("total", s.total_runs),
                 ("queued", s.queued),
+                ("awaiting_approval", s.awaiting_approval),
                 ("succeeded", s.succeeded),
                 ("failed", s.failed),
                 ("skipped", s.skipped),

@@ -15,6 +15,7 @@ mod schedule_observer;
 mod scope;
 mod service;
 mod versions;
+mod worker_calls;
 
 pub use auth_service::{AUTH_SERVICE_NAME, AuthApi, StoreKeys};
 pub use config::ManagerConfig;

@@ -3,22 +3,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nightshift_core::lifecycle::Failure;
 use nightshift_core::{
-    AgentId, AgentSpec, AgentState, Clock, EventType, RunId, RunOutcome, RunStatus, SystemClock, TriggerKind,
-    ValidationError, WorkerId, duration, pb, time,
+    AgentId, AgentSpec, AgentState, Clock, EventType, RunId, RunStatus, SystemClock, TriggerKind, ValidationError,
+    duration, pb, time,
 };
 use nightshift_events_client::EventPublisher;
 use nightshift_queue::{RunRequest, WorkQueue};
-use nightshift_store::{
-    AgentFilter, AgentRecord, ApplyOutcome, FinishInput, NewRun, RunFilter, StartInput, StartOutcome, StepInput, Store,
-};
-use prost::Message;
+use nightshift_store::{AgentFilter, AgentRecord, ApplyOutcome, NewRun, RunFilter, Store};
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use crate::error::{invalid, status_from_store};
-use crate::request::{MAX_ERROR, MAX_RESULT, MAX_STEP, fence, name_contains, page_size, spec_of, token};
+use crate::request::{fence, name_contains, page_size, spec_of, token};
 use crate::{convert, scope};
 
 const MIN_LEASE: Duration = Duration::from_secs(1);
@@ -164,7 +160,7 @@ impl ManagerService {
         pb::manager_service_server::ManagerServiceServer::new(self).max_decoding_message_size(4 << 20)
     }
 
-    fn lease_ttl(&self, field: &str, d: Option<&prost_types::Duration>) -> Result<Duration, Status> {
+    pub(crate) fn lease_ttl(&self, field: &str, d: Option<&prost_types::Duration>) -> Result<Duration, Status> {
         let Some(d) = d else { return Ok(self.default_lease_ttl) };
         let ttl = duration::from_pb(d).map_err(|e| invalid(ValidationError::new(field, e)))?;
         if !(MIN_LEASE..=MAX_LEASE).contains(&ttl) {
@@ -196,6 +192,7 @@ impl ManagerService {
             cancelled: s.count(RunStatus::Cancelled),
             timed_out: s.count(RunStatus::TimedOut),
             queued: s.count(RunStatus::Queued),
+            awaiting_approval: s.count(RunStatus::AwaitingApproval),
             last_run: s.last_run.as_ref().map(convert::run),
             last_error: s.last_error.as_ref().map(|(e, _)| e.clone()).unwrap_or_default(),
             last_error_at: s.last_error.as_ref().map(|(_, t)| time::to_pb(*t)),
@@ -487,67 +484,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
     }
 
     async fn start_run(&self, req: Request<pb::StartRunRequest>) -> Result<Response<pb::StartRunResponse>, Status> {
-        let req = req.into_inner();
-        let input = StartInput {
-            run_id: RunId::parse("run_id", &req.run_id).map_err(invalid)?,
-            agent_id: AgentId::parse("agent_id", &req.agent_id).map_err(invalid)?,
-            worker_id: WorkerId::parse("worker_id", &req.worker_id).map_err(invalid)?,
-            worker_endpoint: crate::run_end::check_worker_endpoint(&req.worker_endpoint)
-                .map_err(Status::invalid_argument)?,
-            lease_ttl: self.lease_ttl("lease_ttl", req.lease_ttl.as_ref())?,
-        };
-        let outcome = self.store.start_run(&input).await.map_err(status_from_store)?;
-        let mut resp = pb::StartRunResponse::default();
-        let (decision, run) = match outcome {
-            StartOutcome::Started { run, lease_token, spec, steps, approvals, cancelled } => {
-                resp.lease_token = lease_token;
-                resp.approvals = approvals.iter().map(convert::approval).collect();
-                resp.namespace_governance = self.namespace_policy(&run.namespace).cloned();
-                for other in &cancelled {
-                    tracing::info!(run = %other.id, by = %run.id, "run cancelled by overlap policy cancel_other");
-                    if let Some(p) = &self.events {
-                        p.event(EventType::RunCancelled)
-                            .agent(&other.agent_id)
-                            .agent_name(other.agent_name.clone())
-                            .namespace(&other.namespace)
-                            .run(&other.id)
-                            .data(json!({"reason": other.reason.clone().unwrap_or_default(), "by_run": run.id.to_string()}))
-                            .emit();
-                    }
-                }
-                self.deliver_cancellations(&cancelled);
-                resp.spec = Some(spec.to_proto());
-                resp.steps = steps.iter().map(convert::step).collect();
-                tracing::debug!(run = %run.id, attempt = run.attempt, worker = %input.worker_id, "run started");
-                (pb::StartDecision::Started, run)
-            }
-            StartOutcome::Skipped { run, reason } => {
-                tracing::info!(run = %run.id, %reason, "run skipped");
-                resp.reason = reason;
-                (pb::StartDecision::Skipped, run)
-            }
-            StartOutcome::Deferred { run, retry_after, reason, due_ahead } => {
-                if let Some(ahead) = due_ahead {
-                    self.publish_waiting(&run.agent_id, &ahead, &format!("ahead-of-{}", run.id)).await;
-                }
-                resp.retry_after = Some(duration::to_pb(retry_after));
-                resp.reason = reason;
-                (pb::StartDecision::Deferred, run)
-            }
-            StartOutcome::AlreadyFinished { run } => (pb::StartDecision::AlreadyFinished, run),
-            StartOutcome::LeasedElsewhere { run, retry_after } => {
-                resp.retry_after = Some(duration::to_pb(retry_after));
-                (pb::StartDecision::LeasedElsewhere, run)
-            }
-            StartOutcome::NotYet { run, retry_after } => {
-                resp.retry_after = Some(duration::to_pb(retry_after));
-                (pb::StartDecision::NotYet, run)
-            }
-            StartOutcome::AwaitingApproval { run } => (pb::StartDecision::AwaitingApproval, run),
-        };
-        resp.decision = decision as i32;
-        resp.run = Some(convert::run(&run));
-        Ok(Response::new(resp))
+        self.start(req.into_inner()).await.map(Response::new)
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
@@ -563,52 +500,11 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         &self,
         req: Request<pb::CheckpointRequest>,
     ) -> Result<Response<pb::CheckpointResponse>, Status> {
-        let req = req.into_inner();
-        let id = RunId::parse("run_id", &req.run_id).map_err(invalid)?;
-        let step = req.step.ok_or_else(|| Status::invalid_argument("step: is required"))?;
-        let kind = convert::step_kind(&step)
-            .ok_or_else(|| Status::invalid_argument("step.payload: set llm_response or tool_result"))?;
-        let ttl = req.lease_ttl.as_ref().map(|d| self.lease_ttl("lease_ttl", Some(d))).transpose()?;
-        let payload = step.encode_to_vec();
-        if payload.len() > MAX_STEP {
-            return Err(Status::invalid_argument(format!("step: at most {} KiB encoded", MAX_STEP >> 10)));
-        }
-        let input = StepInput { seq: step.seq, kind: kind.to_owned(), payload };
-        let fence = fence(req.attempt, req.lease_token)?;
-        let until = self.store.checkpoint(&id, fence, &input, ttl).await.map_err(status_from_store)?;
-        Ok(Response::new(pb::CheckpointResponse { lease_expires_at: until.map(time::to_pb) }))
+        self.append_step(req.into_inner()).await.map(Response::new)
     }
 
     async fn finish_run(&self, req: Request<pb::FinishRunRequest>) -> Result<Response<pb::FinishRunResponse>, Status> {
-        let req = req.into_inner();
-        let id = RunId::parse("run_id", &req.run_id).map_err(invalid)?;
-        let outcome = RunOutcome::from_pb(req.outcome()).ok_or_else(|| {
-            Status::invalid_argument("outcome: is required (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED or RELEASED)")
-        })?;
-        if req.result.len() > MAX_RESULT || req.error.len() > MAX_ERROR {
-            return Err(Status::invalid_argument(format!(
-                "result: at most {} KiB, error: at most {} KiB",
-                MAX_RESULT >> 10,
-                MAX_ERROR >> 10
-            )));
-        }
-        let usage = req.usage.unwrap_or_default();
-        let input = FinishInput {
-            outcome,
-            result: Some(req.result).filter(|s| !s.is_empty()),
-            error: Some(req.error).filter(|s| !s.is_empty()),
-            input_tokens: usage.input_tokens,
-            output_tokens: usage.output_tokens,
-            failure: if req.permanent { Failure::Permanent } else { Failure::Retryable },
-        };
-        let fence = fence(req.attempt, req.lease_token)?;
-        let (run, retry_after) = self.store.finish_run(&id, fence, &input).await.map_err(status_from_store)?;
-        tracing::info!(run = %id, status = %run.status, retry_in = ?retry_after, "attempt finished");
-        self.wake_waiting(&run.agent_id, &id);
-        Ok(Response::new(pb::FinishRunResponse {
-            run: Some(convert::run(&run)),
-            retry_after: convert::opt_duration(retry_after),
-        }))
+        self.finish(req.into_inner()).await.map(Response::new)
     }
 
     async fn request_approval(

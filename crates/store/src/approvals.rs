@@ -212,14 +212,17 @@ impl Store {
     ) -> Result<(RunRecord, Vec<ApprovalRecord>), StoreError> {
         let fence = fence.into();
         let now = self.now_ms();
-        let mut tx = self.pool.begin().await?;
+        // The agent's lock is the transaction's first statement: on SQLite a transaction that
+        // reads first and writes later fails at once (not after the busy timeout) when another
+        // writer committed in between.
         let agent = sqlx::query("SELECT agent_id FROM runs WHERE id = $1")
             .bind(id.as_str())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("run {id}")))?
             .try_get::<String, _>("agent_id")?;
         let agent = AgentId::from_string(agent);
+        let mut tx = self.pool.begin().await?;
         lock_agent(&mut tx, &agent).await?;
         let sql = format!(
             "UPDATE runs SET status = 'awaiting_approval', lease_expires_at = NULL, \
@@ -339,9 +342,12 @@ impl Store {
     /// run no longer waits (cancelled).
     pub async fn decide_approval(&self, id: &str, verdict: &Verdict) -> Result<Decided, StoreError> {
         let now = self.now_ms();
+        let agent =
+            self.get_approval(id).await?.ok_or_else(|| StoreError::NotFound(format!("approval {id}")))?.agent_id;
         let mut tx = self.pool.begin().await?;
+        // First (see park_for_approval), then the approval as it is under the lock.
+        lock_agent(&mut tx, &agent).await?;
         let found = approval_in_tx(&mut tx, id).await?.ok_or_else(|| StoreError::NotFound(format!("approval {id}")))?;
-        lock_agent(&mut tx, &found.agent_id).await?;
         let run = run_in_tx(&mut tx, &found.run_id).await?;
         if run.as_ref().is_none_or(|r| r.status != RunStatus::AwaitingApproval) {
             let status = run.map_or_else(|| "gone".to_owned(), |r| r.status.to_string());
@@ -391,9 +397,11 @@ impl Store {
     /// when someone decided first.
     pub async fn expire_approval(&self, id: &str) -> Result<Option<Decided>, StoreError> {
         let now = self.now_ms();
+        let Some(agent) = self.get_approval(id).await?.map(|a| a.agent_id) else { return Ok(None) };
         let mut tx = self.pool.begin().await?;
+        // First (see park_for_approval), then the approval as it is under the lock.
+        lock_agent(&mut tx, &agent).await?;
         let Some(found) = approval_in_tx(&mut tx, id).await? else { return Ok(None) };
-        lock_agent(&mut tx, &found.agent_id).await?;
         let done = sqlx::query(
             "UPDATE approvals SET status = 'expired', decided_at = $1 WHERE id = $2 AND status = 'pending' AND expires_at <= $1",
         )

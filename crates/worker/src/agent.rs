@@ -423,6 +423,83 @@ mod tests {
         assert!(!results[1].is_error && results[1].output == "sent", "{:?}", results[1]);
     }
 
+    fn governed(yaml: &str) -> Governance {
+        let spec = nightshift_core::AgentSpec::from_yaml(&format!(
+            "name: a\nmodel: {{provider: openai, model: m}}\ntask: {{query: q}}\ngovernance: {{{yaml}}}\n"
+        ))
+        .unwrap();
+        Governance::new(spec.governance, None, Vec::new())
+    }
+
+    fn call(id: &str, name: &str) -> ToolCall {
+        ToolCall { id: id.into(), name: name.into(), arguments: "{}".into() }
+    }
+
+    #[tokio::test]
+    async fn a_denied_call_is_refused_and_an_allowed_one_runs_before_the_run_parks() {
+        let sent = Arc::new(AtomicUsize::new(0));
+        let mut tools = ToolRegistry::new(&Default::default(), &ToolsConfig::default()).await.unwrap();
+        tools.register(Arc::new(SendMail(sent.clone())), Duration::from_secs(5)).unwrap();
+        let mut turn = response(&[], "");
+        turn.tool_calls = vec![call("c1", "send_mail"), call("c2", "get_system_info")];
+        turn.finish_reason = FinishReason::ToolCalls;
+        let run = |governance: Governance, turn: ChatResponse| {
+            let tools = &tools;
+            async move {
+                let steps = Steps::default();
+                let model = Scripted(Mutex::new(vec![turn, response(&[], "done")]));
+                let out = AgentLoop {
+                    model: Arc::new(model),
+                    tools,
+                    system: "s".into(),
+                    query: "q".into(),
+                    max_steps: 5,
+                    prior: Vec::new(),
+                    step_counter: Arc::default(),
+                    spent: Arc::default(),
+                    governance,
+                }
+                .run(&steps)
+                .await;
+                (out, steps.0.into_inner().unwrap())
+            }
+        };
+        // Denied by policy: not run; the model reads why (get_system_info is not registered here,
+        // so the registry refuses it as an unknown tool, without running anything either).
+        let (out, steps) = run(governed("tools: [{tools: [send_mail], action: deny}]"), turn.clone()).await;
+        assert_eq!(out.unwrap().answer, "done");
+        assert_eq!(sent.load(Ordering::SeqCst), 0);
+        let told: Vec<String> = steps
+            .iter()
+            .filter_map(|s| match &s.payload {
+                Some(pb::run_step::Payload::ToolResult(t)) if t.call_id == "c1" => Some(t.output.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(told[0].contains("denied by this agent's tool policy"), "{told:?}");
+
+        // One call needs approval, the other is allowed: the allowed one's result is checkpointed
+        // (here the registry's refusal of a tool it does not have), then the loop stops to park
+        // on the first, which has not run.
+        let policy = "tools: [{tools: [send_mail], action: require_approval}]";
+        let (out, steps) = run(governed(policy), turn).await;
+        let Err(LoopError::Park(waiting)) = out else { panic!("must park: {out:?}") };
+        assert_eq!(
+            waiting.iter().map(|(c, e)| (c.id.as_str(), *e)).collect::<Vec<_>>(),
+            [("c1", Effect::Irreversible)]
+        );
+        assert_eq!(sent.load(Ordering::SeqCst), 0, "send_mail waits");
+        let kinds: Vec<(&str, String)> = steps
+            .iter()
+            .map(|s| match &s.payload {
+                Some(pb::run_step::Payload::LlmResponse(_)) => ("llm", String::new()),
+                Some(pb::run_step::Payload::ToolResult(t)) => ("tool", t.call_id.clone()),
+                _ => ("other", String::new()),
+            })
+            .collect();
+        assert_eq!(kinds, [("llm", String::new()), ("tool", "c2".to_owned())]);
+    }
+
     #[tokio::test]
     async fn tokens_of_a_failed_attempt_are_counted() {
         let tools = ToolRegistry::new(&Default::default(), &ToolsConfig::default()).await.unwrap();
