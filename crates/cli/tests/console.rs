@@ -49,27 +49,11 @@ async fn the_console_in_a_real_browser() {
     script.delay_ms.store(1500, Ordering::SeqCst);
     script.calls.lock().unwrap().push(("http_get".into(), format!("{{\"url\":\"{llm}/slow\"}}")));
 
-    let keys = tempfile::tempdir().unwrap();
-    let admin = format!("{:064x}", rand::random::<u128>());
-    let admin_file = keys.path().join("admin.key");
-    std::fs::write(&admin_file, &admin).unwrap();
-    let config = format!(
-        "[auth]\nmode = \"required\"\nbootstrap_admin_key_file = \"{}\"\n\
-         [worker.tools]\nhttp_allow = [\"{llm}/\"]\n[worker.allow]\nprivate_egress = [\"127.0.0.1\"]\n",
-        admin_file.display()
-    );
-    let dev = Dev::start(Some(&config));
+    // With keys for an operator and a viewer; the demo agent (manual trigger) and a scheduled one.
+    let secured = secured_dev(&llm, "").await;
+    let dev = &secured.dev;
+    let (admin, operator, viewer) = (secured.admin.clone(), secured.operator.clone(), secured.viewer.clone());
     let base = dev.endpoint.clone();
-
-    // Keys for an operator and a viewer; the demo agent (manual trigger) and a scheduled one.
-    let mut auth = pb::auth_service_client::AuthServiceClient::new(channel(&base, &admin).await);
-    let mut key = async |name: &str, role: &str| {
-        let req =
-            pb::CreateApiKeyRequest { name: name.into(), role: role.into(), ttl_seconds: 3600, namespaces: vec![] };
-        auth.create_api_key(req).await.unwrap().into_inner().secret
-    };
-    let operator = key("ops", "operator").await;
-    let viewer = key("watcher", "viewer").await;
     let mut manager: ManagerServiceClient<CallChannel> = ManagerServiceClient::new(channel(&base, &admin).await);
     for (name, schedule) in [("console-demo", "manual: true"), ("nightly-report", "cron: '0 3 * * *'")] {
         let yaml = manifest(name, schedule, "Fetch the slow page and report", &llm);

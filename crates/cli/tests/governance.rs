@@ -90,26 +90,11 @@ fn field(e: &pb::Event, key: &str) -> String {
 async fn a_call_the_operator_gates_waits_for_a_person_who_approves_it_in_the_console() {
     let (llm, script, seen) = model_and_outbox().await;
     script.calls.lock().unwrap().push(("http_get".into(), format!("{{\"url\":\"{llm}/send?to=a\"}}")));
-    let keys = tempfile::tempdir().unwrap();
-    let admin = format!("{:064x}", rand::random::<u128>());
-    let admin_file = keys.path().join("admin.key");
-    std::fs::write(&admin_file, &admin).unwrap();
-    let config = format!(
-        "[auth]\nmode = \"required\"\nbootstrap_admin_key_file = \"{}\"\n\
-         [worker.tools]\nhttp_allow = [\"{llm}/\"]\n[worker.allow]\nprivate_egress = [\"127.0.0.1\"]\n\
-         [manager.governance.default]\ntools = [{{ tools = [\"http_get\"], action = \"require_approval\" }}]\n",
-        admin_file.display()
-    );
-    let dev = Dev::start(Some(&config));
+    let policy = "[manager.governance.default]\ntools = [{ tools = [\"http_get\"], action = \"require_approval\" }]\n";
+    let secured = secured_dev(&llm, policy).await;
+    let dev = &secured.dev;
+    let (admin, operator, viewer) = (secured.admin.clone(), secured.operator.clone(), secured.viewer.clone());
     let base = dev.endpoint.clone();
-    let mut auth = pb::auth_service_client::AuthServiceClient::new(channel(&base, &admin).await);
-    let mut key = async |name: &str, role: &str| {
-        let req =
-            pb::CreateApiKeyRequest { name: name.into(), role: role.into(), ttl_seconds: 3600, namespaces: vec![] };
-        auth.create_api_key(req).await.unwrap().into_inner().secret
-    };
-    let operator = key("ops", "operator").await;
-    let viewer = key("watcher", "viewer").await;
 
     // An agent whose manifest has no governance section: the operator's policy still applies.
     let mut manager = ManagerServiceClient::new(channel(&base, &operator).await);
@@ -124,7 +109,7 @@ async fn a_call_the_operator_gates_waits_for_a_person_who_approves_it_in_the_con
     assert!(seen.lock().unwrap().is_empty(), "nothing sent before approval");
 
     // The CLI lists it; the event says what waits; a viewer may see it but not decide.
-    let listed = approvals_cli(&dev, &viewer, &["list"]);
+    let listed = approvals_cli(dev, &viewer, &["list"]);
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 1, "{listed:#?}");
     assert_eq!((listed[0]["tool"].as_str(), listed[0]["status"].as_str()), (Some("http_get"), Some("pending")));
@@ -163,7 +148,7 @@ async fn a_call_the_operator_gates_waits_for_a_person_who_approves_it_in_the_con
     let done = wait_status(&mut manager, &run.id, pb::RunStatus::Succeeded).await;
     assert_eq!(*seen.lock().unwrap(), ["/send?to=b"], "the call ran once, with the edited arguments");
     assert!(done.result.contains("sent"), "{}", done.result);
-    let decided = approvals_cli(&dev, &operator, &["list", "--status", "approved"]);
+    let decided = approvals_cli(dev, &operator, &["list", "--status", "approved"]);
     let decided = &decided.as_array().unwrap()[0];
     // The principal: the key's id and name.
     let by = decided["decided_by"].as_str().unwrap().to_owned();

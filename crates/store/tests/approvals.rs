@@ -2,29 +2,17 @@
 //! until every call is decided, is queued again by the last decision, and its next attempt gets
 //! the decisions; expiry per policy; a cancel closes what is pending; a decision is final.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
-use std::sync::Arc;
+
+mod common;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use common::env;
 use nightshift_core::governance::{ApprovalStatus, Effect, OnTimeout};
-use nightshift_core::{AgentSpec, AgentState, ManualClock, RunStatus, WorkerId};
+use nightshift_core::{AgentSpec, AgentState, RunStatus, WorkerId};
 use nightshift_store::{
     ApprovalCall, ApprovalFilter, NewRun, ParkInput, RunRecord, StartInput, StartOutcome, Store, StoreError, Verdict,
 };
-use nightshift_testkit::{Db, database};
-
-struct Env {
-    store: Store,
-    clock: ManualClock,
-    _guard: Option<nightshift_testkit::SqliteDb>,
-}
-
-async fn env(kind: Db) -> Env {
-    let (url, guard) = database(kind).await;
-    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap());
-    let store = Store::connect_with_clock(&url, Arc::new(clock.clone())).await.unwrap();
-    Env { store, clock, _guard: guard }
-}
+use nightshift_testkit::Db;
 
 fn call(id: &str, tool: &str) -> ApprovalCall {
     ApprovalCall {

@@ -1,36 +1,25 @@
 //! Store contract tests, run against both backends: an embedded SQLite file and the real
 //! Postgres server (a fresh database per test).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
+
+mod common;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use nightshift_core::{AgentSpec, AgentState, Clock, ManualClock, RunId, RunOutcome, RunStatus, TriggerKind, WorkerId};
+use common::env;
+use nightshift_core::{AgentSpec, AgentState, Clock, RunId, RunOutcome, RunStatus, TriggerKind, WorkerId};
 use nightshift_store::{
     AgentFilter, ApplyOutcome, FinishInput, NewRun, Recovered, RunFilter, StartInput, StartOutcome, StepInput, Store,
     StoreError, TickFire, TickOutcome,
 };
-use nightshift_testkit::{Db, database};
+use nightshift_testkit::Db;
 
 fn spec(name: &str, extra: &str) -> AgentSpec {
     AgentSpec::from_yaml(&format!(
         "name: {name}\nmodel: {{provider: openai, model: m}}\ntask: {{query: q}}\nschedule: {{interval: 60s}}\n{extra}"
     ))
     .unwrap()
-}
-
-struct Env {
-    store: Store,
-    clock: ManualClock,
-    _guard: Option<nightshift_testkit::SqliteDb>,
-}
-
-async fn env(kind: Db) -> Env {
-    let (url, guard) = database(kind).await;
-    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap());
-    let store = Store::connect_with_clock(&url, Arc::new(clock.clone())).await.unwrap();
-    Env { store, clock, _guard: guard }
 }
 
 fn start_input(run: &RunId, agent: &nightshift_core::AgentId, worker: &str) -> StartInput {

@@ -80,3 +80,40 @@ pub async fn launch(profile: &std::path::Path) -> (Browser, tokio::task::JoinHan
     let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
     (browser, events)
 }
+
+/// `nightshift dev` with authentication required (a bootstrap admin key) and `http_get` allowed
+/// to reach `llm`, plus `extra` config; an operator key (`ops`) and a viewer key (`watcher`).
+pub struct SecuredDev {
+    pub dev: super::Dev,
+    pub admin: String,
+    pub operator: String,
+    pub viewer: String,
+    _keys: tempfile::TempDir,
+}
+
+pub async fn secured_dev(llm: &str, extra: &str) -> SecuredDev {
+    let keys = tempfile::tempdir().unwrap();
+    let admin = format!("{:064x}", rand::random::<u128>());
+    let admin_file = keys.path().join("admin.key");
+    std::fs::write(&admin_file, &admin).unwrap();
+    let config = format!(
+        "[auth]\nmode = \"required\"\nbootstrap_admin_key_file = \"{}\"\n\
+         [worker.tools]\nhttp_allow = [\"{llm}/\"]\n[worker.allow]\nprivate_egress = [\"127.0.0.1\"]\n{extra}",
+        admin_file.display()
+    );
+    let dev = super::Dev::start(Some(&config));
+    let mut auth =
+        nightshift_core::pb::auth_service_client::AuthServiceClient::new(channel(&dev.endpoint, &admin).await);
+    let mut key = async |name: &str, role: &str| {
+        let req = nightshift_core::pb::CreateApiKeyRequest {
+            name: name.into(),
+            role: role.into(),
+            ttl_seconds: 3600,
+            namespaces: vec![],
+        };
+        auth.create_api_key(req).await.unwrap().into_inner().secret
+    };
+    let operator = key("ops", "operator").await;
+    let viewer = key("watcher", "viewer").await;
+    SecuredDev { dev, admin, operator, viewer, _keys: keys }
+}
