@@ -106,3 +106,68 @@ pub(crate) async fn run(server: &Server, out: Output, cmd: ApprovalsCommand) -> 
     };
     output::print(out, &rows, |r| table(r))
 }
+
+/// One row of `nightshift costs`.
+#[derive(Debug, Serialize)]
+struct CostView {
+    key: String,
+    calls: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_usd: String,
+    cost_micro_usd: u64,
+    unpriced_calls: u64,
+}
+
+/// `nightshift costs --by agent|model|namespace [--since 7d]`.
+pub(crate) async fn costs(server: &Server, out: Output, by: &str, since: Option<&str>) -> anyhow::Result<()> {
+    let group_by = match by {
+        "model" => pb::CostGrouping::Model,
+        "namespace" => pb::CostGrouping::Namespace,
+        _ => pb::CostGrouping::Agent,
+    };
+    let since = since
+        .map(|s| {
+            let d = nightshift_core::duration::parse_signed(s)
+                .ok()
+                .filter(|d| !d.negative)
+                .ok_or_else(|| anyhow::anyhow!("--since {s}: not a duration (e.g. 7d, 24h, 30m)"))?;
+            let back = chrono::Duration::from_std(d.abs).map_err(|e| anyhow::anyhow!("--since {s}: {e}"))?;
+            Ok::<_, anyhow::Error>(time::to_pb(chrono::Utc::now() - back))
+        })
+        .transpose()?;
+    let req = pb::GetCostsRequest { group_by: group_by as i32, since, namespace: server.namespace().to_owned() };
+    let rows: Vec<CostView> = server
+        .manager()
+        .await?
+        .get_costs(req)
+        .await?
+        .into_inner()
+        .rows
+        .into_iter()
+        .map(|r| CostView {
+            cost_usd: nightshift_core::cost::format_usd(r.cost_micro_usd),
+            key: r.key,
+            calls: r.calls,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            cost_micro_usd: r.cost_micro_usd,
+            unpriced_calls: r.unpriced_calls,
+        })
+        .collect();
+    output::print(out, &rows, |rows| {
+        let mut t =
+            output::new_table(&[by.to_uppercase().as_str(), "CALLS", "INPUT", "OUTPUT", "COST", "UNPRICED CALLS"]);
+        for r in rows {
+            t.add_row(vec![
+                r.key.clone(),
+                r.calls.to_string(),
+                r.input_tokens.to_string(),
+                r.output_tokens.to_string(),
+                r.cost_usd.clone(),
+                r.unpriced_calls.to_string(),
+            ]);
+        }
+        format!("{t}\n")
+    })
+}

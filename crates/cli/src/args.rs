@@ -71,6 +71,15 @@ pub enum Command {
     /// Tool calls waiting for a person: list, approve (optionally with edited arguments), deny.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
+    /// What LLM calls cost (the ledger), summed by agent, model or namespace.
+    Costs {
+        /// What to sum by.
+        #[arg(long, value_parser = ["agent", "model", "namespace"], default_value = "agent")]
+        by: String,
+        /// Only calls within this long before now (`7d`, `24h`, `30m`); all when absent.
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Read the event stream.
     #[command(subcommand)]
     Events(EventsCommand),

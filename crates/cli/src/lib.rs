@@ -31,6 +31,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(cmd) => agent::run(&server, cli.output, cmd).await,
         Command::Runs(cmd) => runs::run(&server, cli.output, cmd).await,
         Command::Approvals(cmd) => approvals::run(&server, cli.output, cmd).await,
+        Command::Costs { by, since } => approvals::costs(&server, cli.output, &by, since.as_deref()).await,
         Command::Events(cmd) => events::run(&server, cli.output, cmd).await,
         Command::Auth(cmd) => auth::run(&server, cli.output, cmd).await,
         Command::Models(cmd) => models::run(cli.output, cmd).await,

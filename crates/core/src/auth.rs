@@ -128,7 +128,7 @@ pub fn permission_for(path: &str) -> Option<Permission> {
         ("nightshift.v1.ManagerService", m) => match m {
             "CreateAgent" | "ApplyAgent" | "UpdateAgent" | "DeleteAgent" => Write,
             "GetAgent" | "ListAgents" | "GetAgentStatus" | "ListAgentVersions" | "ListRuns" | "GetRun"
-            | "ListApprovals" => Read,
+            | "ListApprovals" | "GetCosts" => Read,
             "ApproveToolCall" | "DenyToolCall" => Approve,
             "PauseAgent" | "ResumeAgent" | "TriggerAgent" | "CancelRun" => Control,
             "EnqueueRun" => Sync,

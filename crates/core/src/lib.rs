@@ -11,6 +11,7 @@ pub mod auth;
 pub mod backoff;
 pub mod clock;
 pub mod config;
+pub mod cost;
 pub mod duration;
 pub mod error;
 pub mod event;

@@ -405,6 +405,20 @@ mod tests {
     }
 
     #[test]
+    fn a_parked_run_is_started_by_no_delivery() {
+        let mut f = facts(RunStatus::AwaitingApproval);
+        assert_eq!(decide_start(&f, now()), StartDecision::AwaitingApproval);
+        f.agent_state = AgentState::Paused;
+        f.lease_expires_at = Some(from_millis(NOW - 1));
+        assert_eq!(decide_start(&f, now()), StartDecision::AwaitingApproval, "not a takeover, not a skip");
+        assert!(!RunStatus::AwaitingApproval.is_terminal());
+        assert!(
+            lease_vouches(RunStatus::AwaitingApproval, None, now()),
+            "its notes stay readable for the next attempt"
+        );
+    }
+
+    #[test]
     fn lost_leases_resume_until_the_crash_loop_limit() {
         assert_eq!(decide_lost_lease(0), LostLease::Resume { lost: 1 });
         assert_eq!(decide_lost_lease(MAX_LOST_LEASES - 1), LostLease::Resume { lost: MAX_LOST_LEASES });

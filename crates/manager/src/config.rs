@@ -33,6 +33,10 @@ pub struct ManagerConfig {
     /// The operator's tool policy per namespace (`[governance.NAMESPACE]`, the shape of an
     /// agent's `governance:`): an agent's own policy can only tighten it.
     pub governance: std::collections::BTreeMap<String, nightshift_core::governance::manifest::GovernanceManifest>,
+    /// The price of each model in USD per million tokens (`[prices."gpt-4o-mini"]`, `input`,
+    /// `output`): the cost ledger prices every LLM call with it (a model is priced by its name
+    /// or the longest configured prefix of it; an unpriced call costs nothing and is counted).
+    pub prices: nightshift_core::cost::PriceTable,
 }
 
 impl Default for ManagerConfig {
@@ -46,6 +50,7 @@ impl Default for ManagerConfig {
             events_endpoint: String::new(),
             worker_allow: Default::default(),
             governance: Default::default(),
+            prices: Default::default(),
         }
     }
 }

@@ -7,6 +7,7 @@ mod approvals;
 mod auth_service;
 mod config;
 mod convert;
+mod costs;
 mod error;
 mod request;
 mod role;

@@ -32,7 +32,7 @@ pub enum ManagerBuildError {
     /// The `[auth]` section cannot be used.
     #[error("auth: {0}")]
     Auth(#[from] AuthConfigError),
-    /// A `[governance.NAMESPACE]` section does not validate.
+    /// A `[governance.NAMESPACE]` or `[prices]` section does not validate.
     #[error("{0}")]
     Governance(String),
 }
@@ -59,7 +59,8 @@ impl ManagerRole {
         let mut service = ManagerService::new(deps.store, config.default_lease_ttl)
             .with_client(client.clone())
             .with_worker_policy(config.worker_allow.clone())
-            .with_governance(crate::approvals::namespace_policies(&config.governance)?);
+            .with_governance(crate::approvals::namespace_policies(&config.governance)?)
+            .with_prices(crate::costs::checked(&config.prices)?);
         let observer = match deps.observer {
             Some(observer) => Some(observer),
             None if !config.scheduler_endpoint.is_empty() => {

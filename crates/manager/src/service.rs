@@ -37,6 +37,8 @@ pub struct ManagerService {
     admission: Option<crate::admission::Admission>,
     /// The operator's tool policy per namespace, handed to workers with each started run.
     governance: Arc<BTreeMap<nightshift_core::Namespace, pb::GovernanceSpec>>,
+    /// The price table of the cost ledger.
+    prices: Arc<nightshift_core::cost::PriceTable>,
 }
 
 impl ManagerService {
@@ -52,6 +54,7 @@ impl ManagerService {
             client: Default::default(),
             admission: None,
             governance: Arc::default(),
+            prices: Arc::default(),
         }
     }
 
@@ -109,6 +112,16 @@ impl ManagerService {
     pub fn with_governance(mut self, policies: BTreeMap<nightshift_core::Namespace, pb::GovernanceSpec>) -> Self {
         self.governance = Arc::new(policies);
         self
+    }
+
+    /// Prices every checkpointed LLM call with `prices` (the cost ledger).
+    pub fn with_prices(mut self, prices: nightshift_core::cost::PriceTable) -> Self {
+        self.prices = Arc::new(prices);
+        self
+    }
+
+    pub(crate) fn prices(&self) -> &nightshift_core::cost::PriceTable {
+        &self.prices
     }
 
     pub(crate) fn namespace_policy(&self, ns: &nightshift_core::Namespace) -> Option<&pb::GovernanceSpec> {
@@ -193,6 +206,7 @@ impl ManagerService {
             timed_out: s.count(RunStatus::TimedOut),
             queued: s.count(RunStatus::Queued),
             awaiting_approval: s.count(RunStatus::AwaitingApproval),
+            cost_micro_usd: s.cost_micros,
             last_run: s.last_run.as_ref().map(convert::run),
             last_error: s.last_error.as_ref().map(|(e, _)| e.clone()).unwrap_or_default(),
             last_error_at: s.last_error.as_ref().map(|(_, t)| time::to_pb(*t)),
@@ -512,6 +526,11 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         req: Request<pb::RequestApprovalRequest>,
     ) -> Result<Response<pb::RequestApprovalResponse>, Status> {
         self.park_for_approval(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_costs(&self, req: Request<pb::GetCostsRequest>) -> Result<Response<pb::GetCostsResponse>, Status> {
+        let scope = scope::caller(&req);
+        self.costs_report(&scope, req.into_inner()).await.map(Response::new)
     }
 
     async fn list_approvals(

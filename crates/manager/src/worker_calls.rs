@@ -89,7 +89,10 @@ impl ManagerService {
         if payload.len() > MAX_STEP {
             return Err(Status::invalid_argument(format!("step: at most {} KiB encoded", MAX_STEP >> 10)));
         }
-        let input = StepInput { seq: step.seq, kind: kind.to_owned(), payload };
+        let mut input = StepInput::new(step.seq, kind, payload);
+        if let Some(pb::run_step::Payload::LlmResponse(r)) = &step.payload {
+            input.call = Some(self.ledger_entry(r));
+        }
         let fence = fence(req.attempt, req.lease_token)?;
         let until = self.store().checkpoint(&id, fence, &input, ttl).await.map_err(status_from_store)?;
         Ok(pb::CheckpointResponse { lease_expires_at: until.map(time::to_pb) })

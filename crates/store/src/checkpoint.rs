@@ -15,7 +15,7 @@ use sqlx::{Any, Row};
 use crate::db::{Backend, Store, u32_col};
 use crate::error::StoreError;
 use crate::fence::{Fence, fenced};
-use crate::run_lifecycle::{StepInput, ms_after};
+use crate::run_lifecycle::{LlmCall, StepInput, ms_after};
 
 /// Inserts the step only if it is the run's next one (`$1` run, `$2` seq).
 const INSERT_IF_NEXT: &str = "INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) \
@@ -36,6 +36,15 @@ fn bind_step<'q>(
         .bind(step.kind.clone())
         .bind(step.payload.clone())
         .bind(now)
+}
+
+/// Binds a ledger row's model, tokens and cost (4 parameters).
+fn bind_call<'q>(
+    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    call: &LlmCall,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    query.bind(call.model.clone()).bind(n(call.input_tokens)).bind(n(call.output_tokens)).bind(call.cost_micros.map(n))
 }
 
 impl Store {
@@ -75,18 +84,39 @@ impl Store {
         until: Option<i64>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let sql = format!(
+        // The attempt is $3 (also the step's), the token (when there is one) $8, the ledger's
+        // values after it.
+        let fenced = format!(
             "WITH fenced AS (UPDATE runs SET lease_expires_at = COALESCE($7, lease_expires_at) \
-             WHERE id = $1 AND {} RETURNING id) \
-             INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) \
-             SELECT id, $2, $3, $4, $5, $6 FROM fenced \
-             WHERE $2 = (SELECT COALESCE(MAX(seq) + 1, 0) FROM run_steps WHERE run_id = $1)",
-            // The attempt is $3 (also the step's), the token (bound last) $8.
+             WHERE id = $1 AND {} RETURNING id, agent_id)",
             fence.condition_at(3, 8)
         );
+        let insert_step = "INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) \
+             SELECT id, $2, $3, $4, $5, $6 FROM fenced \
+             WHERE $2 = (SELECT COALESCE(MAX(seq) + 1, 0) FROM run_steps WHERE run_id = $1)";
+        let sql = match &step.call {
+            None => format!("{fenced} {insert_step}"),
+            // The call's ledger row is inserted by the same statement, only if the step was.
+            Some(_) => {
+                let m = if fence.token.is_some() { 9 } else { 8 };
+                format!(
+                    "{fenced}, step AS ({insert_step} RETURNING run_id) \
+                     INSERT INTO llm_calls (run_id, seq, attempt, agent_id, model, input_tokens, output_tokens, \
+                     cost_micros, created_at) SELECT f.id, $2, $3, f.agent_id, ${m}, ${}, ${}, ${}, $6 \
+                     FROM step s JOIN fenced f ON f.id = s.run_id",
+                    m + 1,
+                    m + 2,
+                    m + 3
+                )
+            }
+        };
         let query = bind_step(sqlx::query(sqlx::AssertSqlSafe(sql)), id, step, fence.attempt, now).bind(until);
-        let done = fence.bind_token(query).execute(&self.pool).await?;
-        Ok(done.rows_affected() == 1)
+        let query = fence.bind_token(query);
+        let query = match &step.call {
+            Some(c) => bind_call(query, c),
+            None => query,
+        };
+        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
     }
 
     /// The fenced lease update, then the step: inserted if it is the next one, else checked
@@ -115,6 +145,18 @@ impl Store {
         }
         let seq = i64::from(step.seq);
         let inserted = bind_step(sqlx::query(INSERT_IF_NEXT), id, step, attempt, now).execute(&mut *tx).await?;
+        if inserted.rows_affected() == 1
+            && let Some(call) = &step.call
+        {
+            let ledger = sqlx::query(
+                "INSERT INTO llm_calls (run_id, seq, attempt, agent_id, model, input_tokens, output_tokens, \
+                 cost_micros, created_at) SELECT $1, $2, $3, agent_id, $4, $5, $6, $7, $8 FROM runs WHERE id = $1",
+            )
+            .bind(id.as_str().to_owned())
+            .bind(seq)
+            .bind(i64::from(attempt));
+            bind_call(ledger, call).bind(now).execute(&mut *tx).await?;
+        }
         if inserted.rows_affected() == 0 {
             let next: i64 = sqlx::query(
                 "SELECT CAST(COALESCE(MAX(seq) + 1, 0) AS BIGINT) AS next FROM run_steps WHERE run_id = $1",
@@ -178,7 +220,7 @@ mod tests {
             panic!("not started")
         };
         let held = Fence { attempt: 1, token: Some(lease_token.clone()) };
-        let step = |seq| StepInput { seq, kind: "llm_response".into(), payload: vec![1] };
+        let step = |seq| StepInput::new(seq, "llm_response", vec![1]);
         let now = store.now_ms();
         let until = Some(now + 60_000);
 
@@ -189,5 +231,21 @@ mod tests {
         let forged = Fence { attempt: 1, token: Some("0".repeat(lease_token.len())) };
         assert!(!store.append_in_one_statement(&run, &forged, &step(1), None, now).await.unwrap(), "a wrong token");
         assert_eq!(store.run_steps(&run).await.unwrap().len(), 1);
+
+        // An LLM answer's ledger row goes with its step, in the same statement, once.
+        let call = LlmCall { model: "m-1".into(), input_tokens: 50, output_tokens: 10, cost_micros: Some(180) };
+        let answer = StepInput { call: Some(call), ..step(1) };
+        assert!(store.append_in_one_statement(&run, &held, &answer, None, now).await.unwrap(), "step and ledger row");
+        assert!(!store.append_in_one_statement(&run, &held, &answer, None, now).await.unwrap(), "a repeat");
+        let unpriced =
+            StepInput { call: Some(LlmCall { cost_micros: None, ..answer.call.clone().unwrap() }), ..step(2) };
+        assert!(!store.append_in_one_statement(&run, &forged, &unpriced, None, now).await.unwrap(), "a wrong token");
+        assert!(store.append_in_one_statement(&run, &held, &unpriced, None, now).await.unwrap());
+        let rows = store.costs(crate::CostGroup::Model, None, None).await.unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(
+            (rows[0].calls, rows[0].input_tokens, rows[0].cost_micros, rows[0].unpriced_calls),
+            (2, 100, 180, 1)
+        );
     }
 }

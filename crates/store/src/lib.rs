@@ -13,6 +13,7 @@ mod agents;
 mod api_keys;
 mod approvals;
 mod checkpoint;
+mod costs;
 mod db;
 mod error;
 mod fence;
@@ -24,6 +25,7 @@ mod schedules;
 
 pub use api_keys::{ApiKeyRecord, KEY_PREFIX, KeyRefused, parse_key};
 pub use approvals::{ApprovalCall, ApprovalFilter, ApprovalRecord, Decided, ParkInput, Verdict};
+pub use costs::{CostGroup, CostRow};
 pub use db::{Backend, Store, redact};
 pub use error::{StoreError, status_from_store};
 pub use lease_recovery::Recovered;
@@ -31,5 +33,5 @@ pub use model::{
     AgentFilter, AgentRecord, AgentStats, AgentVersion, ApplyOutcome, HourRuns, NewRun, Page, RunFilter, RunRecord,
     SchedulerView, StepRecord,
 };
-pub use run_lifecycle::{Fence, FinishInput, StartInput, StartOutcome, StepInput, WaitingRun};
+pub use run_lifecycle::{Fence, FinishInput, LlmCall, StartInput, StartOutcome, StepInput, WaitingRun};
 pub use schedules::{ScheduledAgent, StaleRun, TickFire, TickOutcome};

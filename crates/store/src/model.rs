@@ -215,6 +215,8 @@ pub struct AgentStats {
     pub last_run: Option<RunRecord>,
     /// Most recent run with an error.
     pub last_error: Option<(String, DateTime<Utc>)>,
+    /// What its LLM calls cost (the ledger), micro-USD.
+    pub cost_micros: u64,
 }
 
 impl AgentStats {

@@ -109,6 +109,28 @@ pub struct StepInput {
     pub kind: String,
     /// Encoded step.
     pub payload: Vec<u8>,
+    /// For an LLM answer: the call, for the cost ledger (written with the step, so once).
+    pub call: Option<LlmCall>,
+}
+
+impl StepInput {
+    /// A step that is not an LLM call (or whose call is not to be ledgered).
+    pub fn new(seq: u32, kind: impl Into<String>, payload: Vec<u8>) -> Self {
+        Self { seq, kind: kind.into(), payload, call: None }
+    }
+}
+
+/// One LLM call of the cost ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlmCall {
+    /// The model as the provider named it.
+    pub model: String,
+    /// Prompt tokens the provider reported.
+    pub input_tokens: u64,
+    /// Completion tokens the provider reported.
+    pub output_tokens: u64,
+    /// Its cost in micro-USD; `None` when the model has no price.
+    pub cost_micros: Option<u64>,
 }
 
 /// The end of an attempt.

@@ -194,6 +194,13 @@ impl Store {
         .await?
         .try_get("mean_ms")?;
         stats.mean_duration = mean.filter(|m| m.is_finite() && *m >= 0.0).map(|m| Duration::from_secs_f64(m / 1000.0));
+        let cost = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS cost FROM llm_calls WHERE agent_id = $1",
+        )
+        .bind(agent.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        stats.cost_micros = u64_col(&cost, "cost")?;
         let last = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RUN_COLUMNS} FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.agent_id = $1 \
              ORDER BY r.created_at DESC, r.id DESC LIMIT 1"

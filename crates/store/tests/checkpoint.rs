@@ -14,7 +14,7 @@ use nightshift_testkit::{Db, database};
 nightshift_testkit::both_backends!(token_fenced_checkpoints_store_the_next_step_and_refuse_the_rest);
 
 fn step(seq: u32, payload: u8) -> StepInput {
-    StepInput { seq, kind: "llm_response".into(), payload: vec![payload] }
+    StepInput::new(seq, "llm_response", vec![payload])
 }
 
 async fn start(store: &Store, run: &RunId, agent: &nightshift_core::AgentId, worker: &str) -> (u32, String) {

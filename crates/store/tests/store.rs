@@ -235,7 +235,7 @@ async fn stale_fencing_token_is_refused_after_takeover(kind: Db) {
     assert_eq!(r1.attempt, 1);
     // What StartRun answers is what the store holds (it is not read back from the row).
     assert_eq!(Some(&r1), e.store.get_run(&run).await.unwrap().as_ref());
-    let step = StepInput { seq: 0, kind: "llm_response".into(), payload: vec![1, 2, 3] };
+    let step = StepInput::new(0, "llm_response", vec![1, 2, 3]);
     e.store.checkpoint(&run, 1, &step, Some(Duration::from_secs(30))).await.unwrap();
     // w1 goes silent; its lease runs out and w2 takes over with attempt 2 and w1's step.
     e.clock.advance(chrono::Duration::seconds(31));
@@ -249,7 +249,7 @@ async fn stale_fencing_token_is_refused_after_takeover(kind: Db) {
     assert_eq!(steps[0].payload, vec![1, 2, 3]);
     // Every fenced call of the old attempt is refused.
     assert!(matches!(e.store.heartbeat(&run, 1, Duration::from_secs(30)).await, Err(StoreError::Fenced(_))));
-    let step1 = StepInput { seq: 1, kind: "tool_result".into(), payload: vec![9] };
+    let step1 = StepInput::new(1, "tool_result", vec![9]);
     assert!(matches!(e.store.checkpoint(&run, 1, &step1, None).await, Err(StoreError::Fenced(_))));
     assert!(matches!(e.store.finish_run(&run, 1, &finish(RunOutcome::Succeeded)).await, Err(StoreError::Fenced(_))));
     // The new holder proceeds.
@@ -275,7 +275,7 @@ async fn lost_leases_are_recovered_resumed_then_failed(kind: Db) {
     let StartOutcome::Started { .. } = start(&e.store, &start_input(&run, &a.id, "w1")).await.unwrap() else {
         panic!("first start")
     };
-    let step = StepInput { seq: 0, kind: "llm_response".into(), payload: vec![7] };
+    let step = StepInput::new(0, "llm_response", vec![7]);
     e.store.checkpoint(&run, 1, &step, None).await.unwrap();
     e.store.mark_published(std::slice::from_ref(&run)).await.unwrap();
 
@@ -367,10 +367,10 @@ async fn checkpoints_are_idempotent_and_gapless(kind: Db) {
     let a = e.store.create_agent(&spec("zeta", ""), AgentState::Active).await.unwrap();
     let run = RunId::generate();
     start(&e.store, &start_input(&run, &a.id, "w1")).await.unwrap();
-    let s0 = StepInput { seq: 0, kind: "llm_response".into(), payload: vec![0] };
+    let s0 = StepInput::new(0, "llm_response", vec![0]);
     e.store.checkpoint(&run, 1, &s0, None).await.unwrap();
     e.store.checkpoint(&run, 1, &s0, None).await.unwrap();
-    let gap = StepInput { seq: 5, kind: "llm_response".into(), payload: vec![5] };
+    let gap = StepInput::new(5, "llm_response", vec![5]);
     assert!(matches!(e.store.checkpoint(&run, 1, &gap, None).await, Err(StoreError::FailedPrecondition(_))));
     assert_eq!(e.store.run_steps(&run).await.unwrap().len(), 1);
 }

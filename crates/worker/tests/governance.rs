@@ -71,7 +71,12 @@ async fn setup(db: Db, approval: &str, outbox_delay: Duration) -> Setup {
     let (llm, script) = nightshift_testkit::llm::scripted_llm().await;
     script.calls_from_task.store(true, Ordering::SeqCst);
     let model = format!("{{provider: openai, model: scripted, base_url: '{llm}'}}");
-    let (env, _) = env_on_db(db, &model, "memory://", "", Duration::from_secs(2)).await;
+    // The scripted model's name is priced: $2 per million prompt tokens, $8 per million completion.
+    let prices = |c: &mut nightshift_manager::ManagerConfig| {
+        let price = nightshift_core::cost::Price { input: 2.0, output: 8.0 };
+        c.prices.0.insert("scripted".into(), price);
+    };
+    let (env, _) = env_on_db(db, &model, "memory://", "", Duration::from_secs(2), prices).await;
     let outbox = outbox(outbox_delay).await;
     let apply = pb::ApplyAgentRequest { spec: None, manifest_yaml: mailer(&llm, &outbox.url, "a", approval) };
     env.manager.clone().apply_agent(apply).await.unwrap();
@@ -192,6 +197,51 @@ async fn an_approved_call_runs_once_with_edited_arguments_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_approved_call_runs_once_with_edited_arguments_postgres() {
     approve_with_edited_arguments(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cost_ledger_sums_to_the_providers_reported_usage() {
+    let s = setup(Db::Sqlite, "", Duration::ZERO).await;
+    let (_, worker) = one_slot_worker(&s.env).await;
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let run = trigger(&s.env).await;
+        runs.push(wait_for_status(&s.env, &run.id, pb::RunStatus::Succeeded).await);
+    }
+    // The scripted model reports 50 + 10 tokens for the turn that calls the tool and 80 + 12 for
+    // the answer: the runs' usage is what the provider reported, and the ledger matches it.
+    let (input, output): (u64, u64) =
+        runs.iter().map(|r| r.usage.unwrap()).fold((0, 0), |(i, o), u| (i + u.input_tokens, o + u.output_tokens));
+    assert_eq!((input, output), (3 * 130, 3 * 22));
+    let cost = |group_by: pb::CostGrouping| {
+        let req = pb::GetCostsRequest { group_by: group_by as i32, ..Default::default() };
+        let mut m = s.env.manager.clone();
+        async move { m.get_costs(req).await.unwrap().into_inner().rows }
+    };
+    let by_agent = cost(pb::CostGrouping::Agent).await;
+    assert_eq!(by_agent.len(), 1, "{by_agent:#?}");
+    let row = &by_agent[0];
+    assert_eq!(row.key, "default/area");
+    assert_eq!((row.calls, row.input_tokens, row.output_tokens, row.unpriced_calls), (6, input, output, 0));
+    // micro-USD = tokens × USD per million tokens.
+    assert_eq!(row.cost_micro_usd, input * 2 + output * 8);
+    let by_model = cost(pb::CostGrouping::Model).await;
+    assert_eq!((by_model[0].key.as_str(), by_model[0].cost_micro_usd), ("scripted", row.cost_micro_usd));
+    let status = s
+        .env
+        .manager
+        .clone()
+        .get_agent_status(pb::GetAgentStatusRequest { agent: by_name("area") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.cost_micro_usd, row.cost_micro_usd);
+    let since = pb::GetCostsRequest {
+        since: Some(nightshift_core::time::to_pb(chrono::Utc::now() + chrono::Duration::minutes(1))),
+        ..Default::default()
+    };
+    assert!(s.env.manager.clone().get_costs(since).await.unwrap().into_inner().rows.is_empty(), "nothing after now");
+    worker.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

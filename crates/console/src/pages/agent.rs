@@ -65,6 +65,7 @@ pub(super) async fn show(
                 div { dt { "Queued" } dd { (status.queued) } }
                 div { dt { "Mean duration" } dd { (view::duration(status.mean_duration.as_ref())) } }
                 div { dt { "Tokens" } dd { (view::usage(status.total_usage.as_ref())) } }
+                div { dt { "Cost" } dd title="LLM calls priced at the manager's [prices] table" { (nightshift_core::cost::format_usd(status.cost_micro_usd)) } }
                 div { dt { "Last 24 h" } dd { (view::day_chart(&status.last_24h)) } }
             }
             @if !status.last_error.is_empty() {

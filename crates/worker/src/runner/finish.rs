@@ -211,12 +211,14 @@ impl Worker {
             }
             AttemptEnd::Parked(calls, usage) => match self.park(run, &calls, usage).await {
                 Recorded::No => self.redeliver_later(d, run, &ending).await,
-                // Parked (the slot is free once this returns), or refused: cancelled there or
-                // taken over.
-                Recorded::Yes(_) | Recorded::Refused => {
+                // Parked: the attempt after the decision reads how this one ended. The slot is
+                // free once this returns.
+                Recorded::Yes(_) => {
                     self.note(run, &ending).await;
                     ack(d).await;
                 }
+                // Cancelled there or taken over: no attempt follows from this one.
+                Recorded::Refused => ack(d).await,
             },
         }
     }

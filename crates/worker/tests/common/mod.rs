@@ -47,7 +47,7 @@ pub async fn env_with(model: &str, queue: &str, extra: &str) -> (Env, pb::Agent)
 /// Like [`env_with`], with the queue's redelivery deadline (a named in-process queue keeps the
 /// settings of its first `connect`, which is this one).
 pub async fn env_with_ack_wait(model: &str, queue: &str, extra: &str, ack_wait: Duration) -> (Env, pb::Agent) {
-    env_on_db(nightshift_testkit::Db::Sqlite, model, queue, extra, ack_wait).await
+    env_on_db(nightshift_testkit::Db::Sqlite, model, queue, extra, ack_wait, |_| {}).await
 }
 
 /// Like [`env_with_ack_wait`] on a database of the given kind.
@@ -57,6 +57,7 @@ pub async fn env_on_db(
     queue: &str,
     extra: &str,
     ack_wait: Duration,
+    configure: impl FnOnce(&mut ManagerConfig),
 ) -> (Env, pb::Agent) {
     let (url, db) = nightshift_testkit::database(kind).await;
     let store = Store::connect(&url).await.unwrap();
@@ -65,7 +66,8 @@ pub async fn env_on_db(
     let queue = QueueSettings { ack_wait, ..queue_settings(&queue_url, &queue_name) };
     // The scripted LLM and MCP servers run on loopback: the harness is the operator.
     let worker_allow = nightshift_core::operator_policy::OperatorPolicy::trusting();
-    let cfg = ManagerConfig { queue, worker_allow, ..ManagerConfig::default() };
+    let mut cfg = ManagerConfig { queue, worker_allow, ..ManagerConfig::default() };
+    configure(&mut cfg);
     let manager = ManagerRole::build(cfg, ManagerDeps { store: store.clone(), observer: None }).await.unwrap();
     let listener = GrpcServer::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
