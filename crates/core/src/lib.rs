@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod backoff;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod cost;

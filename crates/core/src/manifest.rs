@@ -53,6 +53,9 @@ pub struct AgentManifest {
     /// Tool policy: allowed, denied and approval-gated tools, effect classes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub governance: Option<GovernanceManifest>,
+    /// Spending limits per run, day and month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::budget::BudgetManifest>,
 }
 
 /// A duration as written: `30s`, `5m`, `1h30m`, or a number of seconds.
@@ -452,6 +455,7 @@ impl AgentManifest {
             tools,
             memory,
             governance,
+            budget: self.budget.as_ref().map(crate::budget::BudgetManifest::to_pb),
         };
         errs.finish(|| spec)
     }
@@ -553,6 +557,7 @@ impl AgentManifest {
                 store_results: m.store_results,
             }),
             governance: p.governance.as_ref().map(GovernanceManifest::from_pb),
+            budget: p.budget.as_ref().map(crate::budget::BudgetManifest::from_pb),
         }
     }
 }

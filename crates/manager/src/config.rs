@@ -37,6 +37,9 @@ pub struct ManagerConfig {
     /// `output`): the cost ledger prices every LLM call with it (a model is priced by its name
     /// or the longest configured prefix of it; an unpriced call costs nothing and is counted).
     pub prices: nightshift_core::cost::PriceTable,
+    /// The operator's budget per namespace (`[budgets.NAMESPACE]`, the shape of an agent's
+    /// `budget:`), checked with every agent's own.
+    pub budgets: std::collections::BTreeMap<String, nightshift_core::budget::BudgetManifest>,
 }
 
 impl Default for ManagerConfig {
@@ -51,6 +54,7 @@ impl Default for ManagerConfig {
             worker_allow: Default::default(),
             governance: Default::default(),
             prices: Default::default(),
+            budgets: Default::default(),
         }
     }
 }

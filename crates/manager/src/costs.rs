@@ -64,3 +64,22 @@ pub(crate) fn checked(prices: &PriceTable) -> Result<PriceTable, crate::role::Ma
     prices.validate().map_err(crate::role::ManagerBuildError::Governance)?;
     Ok(prices.clone())
 }
+
+/// The operator's namespace budgets (`[budgets.NAMESPACE]`), validated.
+pub(crate) fn namespace_budgets(
+    sections: &std::collections::BTreeMap<String, nightshift_core::budget::BudgetManifest>,
+) -> Result<
+    std::collections::BTreeMap<nightshift_core::Namespace, nightshift_core::budget::Budget>,
+    crate::role::ManagerBuildError,
+> {
+    let mut out = std::collections::BTreeMap::new();
+    for (ns, section) in sections {
+        let prefix = format!("budgets.{ns}");
+        let bad = |e: String| crate::role::ManagerBuildError::Governance(format!("[{prefix}]: {e}"));
+        let namespace = nightshift_core::Namespace::parse(&prefix, ns).map_err(|e| bad(e.to_string()))?;
+        let budget =
+            nightshift_core::budget::Budget::from_pb(&prefix, &section.to_pb()).map_err(|e| bad(e.to_string()))?;
+        out.insert(namespace, budget);
+    }
+    Ok(out)
+}

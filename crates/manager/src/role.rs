@@ -60,7 +60,8 @@ impl ManagerRole {
             .with_client(client.clone())
             .with_worker_policy(config.worker_allow.clone())
             .with_governance(crate::approvals::namespace_policies(&config.governance)?)
-            .with_prices(crate::costs::checked(&config.prices)?);
+            .with_prices(crate::costs::checked(&config.prices)?)
+            .with_budgets(crate::costs::namespace_budgets(&config.budgets)?);
         let observer = match deps.observer {
             Some(observer) => Some(observer),
             None if !config.scheduler_endpoint.is_empty() => {

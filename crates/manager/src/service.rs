@@ -39,6 +39,8 @@ pub struct ManagerService {
     governance: Arc<BTreeMap<nightshift_core::Namespace, pb::GovernanceSpec>>,
     /// The price table of the cost ledger.
     prices: Arc<nightshift_core::cost::PriceTable>,
+    /// The operator's budget per namespace.
+    budgets: Arc<BTreeMap<nightshift_core::Namespace, nightshift_core::budget::Budget>>,
 }
 
 impl ManagerService {
@@ -55,6 +57,7 @@ impl ManagerService {
             admission: None,
             governance: Arc::default(),
             prices: Arc::default(),
+            budgets: Arc::default(),
         }
     }
 
@@ -122,6 +125,20 @@ impl ManagerService {
 
     pub(crate) fn prices(&self) -> &nightshift_core::cost::PriceTable {
         &self.prices
+    }
+
+    /// Checks every run's first start against `budgets` (the operator's, per namespace) as well
+    /// as its agent's own.
+    pub fn with_budgets(
+        mut self,
+        budgets: BTreeMap<nightshift_core::Namespace, nightshift_core::budget::Budget>,
+    ) -> Self {
+        self.budgets = Arc::new(budgets);
+        self
+    }
+
+    pub(crate) fn budgets(&self) -> &Arc<BTreeMap<nightshift_core::Namespace, nightshift_core::budget::Budget>> {
+        &self.budgets
     }
 
     pub(crate) fn namespace_policy(&self, ns: &nightshift_core::Namespace) -> Option<&pb::GovernanceSpec> {

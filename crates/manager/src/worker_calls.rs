@@ -23,6 +23,7 @@ impl ManagerService {
             worker_endpoint: crate::run_end::check_worker_endpoint(&req.worker_endpoint)
                 .map_err(Status::invalid_argument)?,
             lease_ttl: self.lease_ttl("lease_ttl", req.lease_ttl.as_ref())?,
+            budgets: self.budgets().clone(),
         };
         let outcome = self.store().start_run(&input).await.map_err(status_from_store)?;
         let mut resp = pb::StartRunResponse::default();
@@ -31,6 +32,9 @@ impl ManagerService {
                 resp.lease_token = lease_token;
                 resp.approvals = approvals.iter().map(convert::approval).collect();
                 resp.namespace_governance = self.namespace_policy(&run.namespace).cloned();
+                resp.namespace_budget = self.budgets().get(&run.namespace).and_then(|b| b.to_pb());
+                resp.model_price =
+                    self.prices().price(&spec.model.model).map(|p| pb::ModelPrice { input: p.input, output: p.output });
                 for other in &cancelled {
                     tracing::info!(run = %other.id, by = %run.id, "run cancelled by overlap policy cancel_other");
                     if let Some(p) = self.events() {

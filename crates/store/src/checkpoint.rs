@@ -215,6 +215,7 @@ mod tests {
             worker_id: WorkerId::from_string("w"),
             worker_endpoint: None,
             lease_ttl: Duration::from_secs(30),
+            budgets: Default::default(),
         };
         let StartOutcome::Started { lease_token, .. } = store.start_run(&input).await.unwrap() else {
             panic!("not started")

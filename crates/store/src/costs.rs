@@ -1,11 +1,14 @@
 //! The cost ledger's sums (`llm_calls`, written with each LLM step by `checkpoint.rs`): by
-//! agent, model or namespace since an instant, within namespaces.
+//! agent, model or namespace since an instant, within namespaces; and what StartRun's budget
+//! admission reads from it.
 use chrono::{DateTime, Utc};
-use nightshift_core::{Namespace, time};
-use sqlx::Row;
+use nightshift_core::budget::{self, Budget, Spend, Spending};
+use nightshift_core::{AgentSpec, Namespace, time};
+use sqlx::{Any, Row, Transaction};
 
 use crate::db::{Store, u64_col};
 use crate::error::StoreError;
+use crate::model::RunRecord;
 
 /// What the ledger is summed by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,4 +91,64 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Tokens and money of the ledger rows a query sums (`t`, `c` or the given columns).
+fn spend(row: &sqlx::any::AnyRow, tokens: &str, micros: &str) -> Result<Spend, StoreError> {
+    Ok(Spend { tokens: u64_col(row, tokens)?, micros: u64_col(row, micros)? })
+}
+
+/// What `filter` (over `llm_calls c JOIN agents a`) spent this UTC day and month.
+async fn period_spend(
+    tx: &mut Transaction<'_, Any>,
+    filter: &str,
+    key: &str,
+    day: i64,
+    month: i64,
+) -> Result<(Spend, Spend), StoreError> {
+    let sql = format!(
+        "SELECT CAST(COALESCE(SUM(CASE WHEN c.created_at >= $2 THEN c.input_tokens + c.output_tokens ELSE 0 END), 0) AS BIGINT) AS dt, \
+         CAST(COALESCE(SUM(CASE WHEN c.created_at >= $2 THEN c.cost_micros ELSE 0 END), 0) AS BIGINT) AS dc, \
+         CAST(COALESCE(SUM(c.input_tokens + c.output_tokens), 0) AS BIGINT) AS mt, \
+         CAST(COALESCE(SUM(c.cost_micros), 0) AS BIGINT) AS mc \
+         FROM llm_calls c JOIN agents a ON a.id = c.agent_id WHERE {filter} = $1 AND c.created_at >= $3"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(key).bind(day).bind(month).fetch_one(&mut **tx).await?;
+    Ok((spend(&row, "dt", "dc")?, spend(&row, "mt", "mc")?))
+}
+
+/// Admission of a run's first start against its agent's and namespace's period budgets
+/// (`nightshift_core::budget::admit`): the reason to skip it, if over. Reads the ledger only
+/// when a day or month limit is set.
+pub(crate) async fn over_budget(
+    tx: &mut Transaction<'_, Any>,
+    run: &RunRecord,
+    spec: &AgentSpec,
+    namespace: &Budget,
+    now: i64,
+) -> Result<Option<String>, StoreError> {
+    if !spec.budget.limits_periods() && !namespace.limits_periods() {
+        return Ok(None);
+    }
+    let (day, month) = budget::periods(time::from_millis(now));
+    let (day, month) = (time::to_millis(day), time::to_millis(month));
+    let mut spending = Spending::default();
+    if spec.budget.limits_periods() {
+        (spending.agent_day, spending.agent_month) =
+            period_spend(tx, "c.agent_id", run.agent_id.as_str(), day, month).await?;
+    }
+    if namespace.limits_periods() {
+        (spending.namespace_day, spending.namespace_month) =
+            period_spend(tx, "a.namespace", run.namespace.as_str(), day, month).await?;
+    }
+    // The agent's last runs (by their latest call) project the next one.
+    let rows = sqlx::query(
+        "SELECT CAST(SUM(input_tokens + output_tokens) AS BIGINT) AS t, CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS c \
+         FROM llm_calls WHERE agent_id = $1 GROUP BY run_id ORDER BY MAX(created_at) DESC LIMIT 20",
+    )
+    .bind(run.agent_id.as_str())
+    .fetch_all(&mut **tx)
+    .await?;
+    let recent = rows.iter().map(|r| spend(r, "t", "c")).collect::<Result<Vec<_>, _>>()?;
+    Ok(budget::admit(&spec.budget, namespace, &spending, budget::projection(&recent)))
 }

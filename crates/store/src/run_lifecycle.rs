@@ -32,6 +32,10 @@ pub struct StartInput {
     pub worker_endpoint: Option<String>,
     /// Lease length.
     pub lease_ttl: Duration,
+    /// The operator's budgets per namespace (admission checks the agent's namespace's with the
+    /// agent's own).
+    pub budgets:
+        std::sync::Arc<std::collections::BTreeMap<nightshift_core::Namespace, nightshift_core::budget::Budget>>,
 }
 
 /// The manager's answer to StartRun.
@@ -314,6 +318,15 @@ impl Store {
                     StartOutcome::AlreadyFinished { run: fail_lost_lease(&mut tx, run, error, now).await? }
                 }
             },
+            // A run's first start is admitted against its budgets; a retry or a resume is not
+            // stopped halfway by them (the per-run limit stops it between LLM calls).
+            StartDecision::ApplyOverlap if run.attempt == 0 => {
+                let namespace = input.budgets.get(&run.namespace).copied().unwrap_or_default();
+                match crate::costs::over_budget(&mut tx, &run, &current.spec, &namespace, now).await? {
+                    Some(reason) => skip(&mut tx, run, reason, now).await?,
+                    None => self.apply_overlap(&mut tx, run, input, &current, now).await?,
+                }
+            }
             StartDecision::ApplyOverlap => self.apply_overlap(&mut tx, run, input, &current, now).await?,
         };
         tx.commit().await?;

@@ -46,6 +46,7 @@ async fn running(store: &Store, name: &str) -> (RunRecord, String) {
         worker_id: WorkerId::from_string("w1"),
         worker_endpoint: None,
         lease_ttl: Duration::from_secs(30),
+        budgets: Default::default(),
     };
     match store.start_run(&input).await.unwrap() {
         StartOutcome::Started { run, lease_token, .. } => (run, lease_token),
@@ -81,6 +82,7 @@ async fn parks_until_every_call_is_decided(kind: Db) {
         worker_id: WorkerId::from_string("w2"),
         worker_endpoint: None,
         lease_ttl: Duration::from_secs(30),
+        budgets: Default::default(),
     };
     assert!(matches!(e.store.start_run(&again).await.unwrap(), StartOutcome::AwaitingApproval { .. }));
 

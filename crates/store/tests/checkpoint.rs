@@ -24,6 +24,7 @@ async fn start(store: &Store, run: &RunId, agent: &nightshift_core::AgentId, wor
         worker_id: WorkerId::from_string(worker),
         worker_endpoint: None,
         lease_ttl: Duration::from_secs(30),
+        budgets: Default::default(),
     };
     match store.start_run(&input).await.unwrap() {
         StartOutcome::Started { run, lease_token, .. } => (run.attempt, lease_token),

@@ -27,6 +27,7 @@ async fn running(store: &Store, ns: &str, name: &str) -> (RunId, Fence) {
         worker_id: WorkerId::from_string("w"),
         worker_endpoint: None,
         lease_ttl: Duration::from_secs(30),
+        budgets: Default::default(),
     };
     let StartOutcome::Started { run: r, lease_token, .. } = store.start_run(&input).await.unwrap() else { panic!() };
     (run, Fence { attempt: r.attempt, token: Some(lease_token) })

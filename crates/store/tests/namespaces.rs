@@ -93,6 +93,7 @@ async fn lease_tokens_vouch_for_runs(kind: Db) {
         worker_id: WorkerId::from_string("w1"),
         worker_endpoint: None,
         lease_ttl: std::time::Duration::from_secs(30),
+        budgets: Default::default(),
     };
     let StartOutcome::Started { lease_token, .. } = store.start_run(&input).await.unwrap() else {
         panic!("not started")

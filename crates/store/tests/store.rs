@@ -29,6 +29,7 @@ fn start_input(run: &RunId, agent: &nightshift_core::AgentId, worker: &str) -> S
         worker_id: WorkerId::from_string(worker),
         worker_endpoint: Some(format!("http://{worker}:50053")),
         lease_ttl: Duration::from_secs(30),
+        budgets: Default::default(),
     }
 }
 

@@ -48,6 +48,9 @@ pub enum LoopError {
     /// of the turn has its result checkpointed).
     #[error("waiting for approval of {} tool call(s)", .0.len())]
     Park(Vec<(ToolCall, Effect)>),
+    /// The next LLM call would take the run past its per-run budget.
+    #[error("{0}")]
+    Budget(String),
 }
 
 impl LoopError {
@@ -57,6 +60,8 @@ impl LoopError {
     pub fn failure(&self) -> Failure {
         match self {
             Self::Llm(e) if !e.is_retryable() => Failure::Permanent,
+            // Another attempt would spend the same budget again.
+            Self::Budget(_) => Failure::Permanent,
             _ => Failure::Retryable,
         }
     }
@@ -108,7 +113,7 @@ pub struct AgentLoop<'a> {
     pub step_counter: Arc<AtomicU32>,
     /// Tokens spent, whatever the outcome.
     pub spent: Arc<Spent>,
-    /// Tool policies and the run's approvals.
+    /// Tool policies, the run's approvals and its per-run budget.
     pub governance: Governance,
 }
 
@@ -241,6 +246,8 @@ impl AgentLoop<'_> {
             if llm_turns >= self.max_steps {
                 return Err(LoopError::MaxSteps(self.max_steps));
             }
+            let last = last_llm.as_ref().and_then(|r| r.usage).map(|u| Usage::from(&u)).unwrap_or_default();
+            self.governance.budget.next_call(self.spent.usage(), last).map_err(LoopError::Budget)?;
             let req = ChatRequest {
                 system: Some(self.system.clone()),
                 messages: messages.clone(),
@@ -253,6 +260,7 @@ impl AgentLoop<'_> {
             let resp = self.chat(&req).await?;
             self.spent.add(&resp.usage);
             let record = pb::LlmResponse { intents_recorded: true, ..pb::LlmResponse::from(&resp) };
+            last_llm = Some(record.clone());
             sink.checkpoint(pb::RunStep {
                 seq,
                 payload: Some(pb::run_step::Payload::LlmResponse(record.clone())),

@@ -18,6 +18,8 @@ pub struct Governance {
     pub namespace: Option<ToolPolicy>,
     /// The run's approvals so far, by call id.
     pub approvals: HashMap<String, pb::Approval>,
+    /// Its per-run budget.
+    pub budget: RunBudget,
 }
 
 impl Governance {
@@ -30,7 +32,8 @@ impl Governance {
                 ToolPolicy::approve_everything()
             })
         });
-        Self { agent, namespace, approvals: approvals.into_iter().map(|a| (a.call_id.clone(), a)).collect() }
+        let approvals = approvals.into_iter().map(|a| (a.call_id.clone(), a)).collect();
+        Self { agent, namespace, approvals, budget: RunBudget::default() }
     }
 
     /// The verdict on calling `name` (unknown tools are left to the registry, which refuses
@@ -116,5 +119,43 @@ pub fn plan(gov: &Governance, tools: &ToolRegistry, call: &ToolCall, resumed: &R
                 Resolution::Wait => Plan::Wait(verdict.effect),
             }
         }
+    }
+}
+
+/// A run's per-run budget as the loop checks it before each LLM call
+/// (`nightshift_core::budget::next_call`).
+#[derive(Debug, Clone, Default)]
+pub struct RunBudget {
+    /// The agent's `budget:`.
+    pub agent: nightshift_core::budget::Budget,
+    /// The operator's budget of its namespace.
+    pub namespace: nightshift_core::budget::Budget,
+    /// The model's price, to count money (`None`: the run's money is not counted).
+    pub price: Option<nightshift_core::cost::Price>,
+    /// What the run's earlier attempts spent (tokens only: their money is counted below).
+    pub prior: nightshift_llm::Usage,
+}
+
+impl RunBudget {
+    /// `usage` as tokens and money at the model's price.
+    pub fn spend(&self, usage: nightshift_llm::Usage) -> nightshift_core::budget::Spend {
+        let micros = self.price.map_or(0, |p| {
+            let m = usage.input_tokens as f64 * p.input + usage.output_tokens as f64 * p.output;
+            m.round().max(0.0) as u64
+        });
+        nightshift_core::budget::Spend { tokens: usage.input_tokens.saturating_add(usage.output_tokens), micros }
+    }
+
+    /// Whether the run may make another LLM call, having spent `attempt` in this attempt and
+    /// `last` on its last call.
+    pub fn next_call(&self, attempt: nightshift_llm::Usage, last: nightshift_llm::Usage) -> Result<(), String> {
+        if !self.agent.per_run.is_set() && !self.namespace.per_run.is_set() {
+            return Ok(());
+        }
+        let spent = self.spend(nightshift_llm::Usage {
+            input_tokens: self.prior.input_tokens.saturating_add(attempt.input_tokens),
+            output_tokens: self.prior.output_tokens.saturating_add(attempt.output_tokens),
+        });
+        nightshift_core::budget::next_call(&self.agent, &self.namespace, spent, self.spend(last))
     }
 }

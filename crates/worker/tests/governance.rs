@@ -245,6 +245,33 @@ async fn the_cost_ledger_sums_to_the_providers_reported_usage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budgets_skip_a_run_over_the_daily_limit_and_stop_one_over_its_own() {
+    let s = setup(Db::Sqlite, "", Duration::ZERO).await;
+    let (_, worker) = one_slot_worker(&s.env).await;
+    let policy = "{max_retries: 0, timeout: 60s}";
+    // Each run of `area` costs 130 × $2 + 22 × $8 per million tokens = 436 micro-USD: with $0.001 a
+    // day, two runs fit (436, then 436 + a projected 436 = 872) and the third does not.
+    set_spec(&s.env, format!("{}budget: {{per_day: {{usd: 0.001}}}}\n", area_spec(&s.llm, policy))).await;
+    for _ in 0..2 {
+        let run = trigger(&s.env).await;
+        wait_for_status(&s.env, &run.id, pb::RunStatus::Succeeded).await;
+    }
+    let third = trigger(&s.env).await;
+    let skipped = wait_for_status(&s.env, &third.id, pb::RunStatus::Skipped).await;
+    assert!(skipped.reason.starts_with("budget: the agent's daily budget of $0.001000"), "{}", skipped.reason);
+    assert_eq!(s.script.first_turns.load(Ordering::SeqCst), 2, "the skipped run called no model");
+
+    // 100 tokens a run: the first turn spends 60, and a second like it would pass 100.
+    set_spec(&s.env, format!("{}budget: {{per_run: {{tokens: 100}}}}\n", area_spec(&s.llm, policy))).await;
+    let run = trigger(&s.env).await;
+    let failed = wait_for_status(&s.env, &run.id, pb::RunStatus::Failed).await;
+    assert!(failed.error.contains("budget: the run's budget of 100 tokens"), "{}", failed.error);
+    assert_eq!(failed.usage.unwrap().input_tokens + failed.usage.unwrap().output_tokens, 60, "one LLM call, paid");
+    assert_eq!(s.script.second_turns.load(Ordering::SeqCst), 2, "no second turn for the stopped run");
+    worker.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_denied_call_is_not_run_and_the_model_is_told_why() {
     let s = setup(Db::Sqlite, "", Duration::ZERO).await;
     let (_, worker) = one_slot_worker(&s.env).await;

@@ -56,6 +56,8 @@ pub struct AgentSpec {
     pub memory: MemoryConfig,
     /// Tool policy (`governance:`).
     pub governance: ToolPolicy,
+    /// Spending limits (`budget:`).
+    pub budget: crate::budget::Budget,
 }
 
 /// A reference to a secret; the value is resolved where it is used and never stored.
@@ -338,6 +340,7 @@ impl AgentSpec {
         let tools = Self::tools_from_pb(&mut errs, p.tools.as_ref(), origin);
         let memory = Self::memory_from_pb(&mut errs, p.memory.as_ref());
         let governance = ToolPolicy::from_pb_into(&mut errs, "governance", p.governance.as_ref());
+        let budget = crate::budget::Budget::from_pb_into(&mut errs, "budget", p.budget.as_ref());
         let (Some(name), Some(namespace), Some(model), Some(schedule)) = (name, namespace, model, schedule) else {
             return Err(ValidationErrors(errs.into_vec()));
         };
@@ -354,6 +357,7 @@ impl AgentSpec {
             tools,
             memory,
             governance,
+            budget,
         })
     }
 
@@ -523,6 +527,7 @@ impl AgentSpec {
             }),
             // None for the default: specs stored before governance existed stay unchanged.
             governance: (!self.governance.is_default()).then(|| self.governance.to_pb()),
+            budget: self.budget.to_pb(),
         }
     }
 }

@@ -179,11 +179,23 @@ impl Worker {
         events.emit(EventType::BackgroundTaskStarted, json!({"attempt": run.attempt, "worker": self.inner.id, "trigger": if run.trigger() == pb::TriggerKind::Manual { "manual" } else { "schedule" }}));
         events.emit(EventType::BackgroundAgentStatus, json!({"status": "running"}));
         let began = std::time::Instant::now();
-        let governance = crate::governed::Governance::new(
+        let mut governance = crate::governed::Governance::new(
             spec.governance.clone(),
             start.namespace_governance.as_ref(),
             start.approvals,
         );
+        governance.budget = crate::governed::RunBudget {
+            agent: spec.budget,
+            // A budget a newer manager wrote that does not validate here limits nothing more
+            // than the agent's own (the manager's admission still applies it).
+            namespace: start
+                .namespace_budget
+                .as_ref()
+                .and_then(|b| nightshift_core::budget::Budget::from_pb("namespace_budget", b).ok())
+                .unwrap_or_default(),
+            price: start.model_price.map(|p| nightshift_core::cost::Price { input: p.input, output: p.output }),
+            prior: run.usage.as_ref().map(nightshift_llm::Usage::from).unwrap_or_default(),
+        };
         let (end, notes) =
             self.execute(&run, &spec, start.steps, &d, &cancel, &reason, step.clone(), &events, governance).await;
         let turns = step.load(Ordering::Relaxed);
