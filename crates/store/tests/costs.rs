@@ -14,23 +14,39 @@ use nightshift_testkit::Db;
 
 /// A started run of agent `ns/name`: (run, its fence).
 async fn running(store: &Store, ns: &str, name: &str) -> (RunId, Fence) {
+    running_with(store, ns, name, "").await
+}
+
+/// [`running`] of an agent whose manifest ends with `extra`.
+async fn running_with(store: &Store, ns: &str, name: &str, extra: &str) -> (RunId, Fence) {
     let spec = AgentSpec::from_yaml(&format!(
-        "namespace: {ns}\nname: {name}\nmodel: {{provider: openai, model: m}}\ntask: {{query: q}}\nschedule: {{manual: true}}\n"
+        "namespace: {ns}\nname: {name}\nmodel: {{provider: openai, model: m}}\ntask: {{query: q}}\nschedule: {{manual: true}}\n{extra}"
     ))
     .unwrap();
     let agent = store.create_agent(&spec, AgentState::Active).await.unwrap();
+    let StartOutcome::Started { run, lease_token, .. } = start_new(store, &agent.id, Default::default()).await else {
+        panic!()
+    };
+    (run.id, Fence { attempt: run.attempt, token: Some(lease_token) })
+}
+
+/// Records a new manual run of `agent` and asks StartRun for it.
+async fn start_new(
+    store: &Store,
+    agent: &nightshift_core::AgentId,
+    budgets: std::collections::BTreeMap<Namespace, nightshift_core::budget::Budget>,
+) -> StartOutcome {
     let run = RunId::generate();
-    store.insert_run(&NewRun::manual(run.clone(), agent.id.clone())).await.unwrap();
+    store.insert_run(&NewRun::manual(run.clone(), agent.clone())).await.unwrap();
     let input = StartInput {
-        run_id: run.clone(),
-        agent_id: agent.id,
+        run_id: run,
+        agent_id: agent.clone(),
         worker_id: WorkerId::from_string("w"),
         worker_endpoint: None,
         lease_ttl: Duration::from_secs(30),
-        budgets: Default::default(),
+        budgets: std::sync::Arc::new(budgets),
     };
-    let StartOutcome::Started { run: r, lease_token, .. } = store.start_run(&input).await.unwrap() else { panic!() };
-    (run, Fence { attempt: r.attempt, token: Some(lease_token) })
+    store.start_run(&input).await.unwrap()
 }
 
 fn answer(seq: u32, model: &str, tokens: (u64, u64), cost: Option<u64>) -> StepInput {
@@ -70,6 +86,47 @@ async fn ledger(kind: Db) {
     assert!(e.store.costs(CostGroup::Agent, None, Some(&[])).await.unwrap().is_empty(), "no namespace, no rows");
     let a_agent = e.store.get_run(&a).await.unwrap().unwrap().agent_id;
     assert_eq!(e.store.agent_stats(&a_agent).await.unwrap().cost_micros, 900);
+}
+
+/// StartRun's admission against the agent's and the namespace's daily budgets, from the ledger.
+async fn admission(kind: Db) {
+    let e = env(kind).await;
+    let (run, fence) = running_with(&e.store, "default", "spender", "budget: {per_day: {usd: 0.001}}\n").await;
+    e.store.checkpoint(&run, fence, &answer(0, "m", (100, 20), Some(600)), None).await.unwrap();
+    let agent = e.store.get_run(&run).await.unwrap().unwrap().agent_id;
+    // 600 spent today, and the next run projected at 600 (the p90 of one run): over $0.001.
+    match start_new(&e.store, &agent, Default::default()).await {
+        StartOutcome::Skipped { reason, .. } => {
+            assert!(reason.starts_with("budget: the agent's daily budget of $0.001000"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // A new UTC day: the budget is fresh again.
+    e.clock.advance(chrono::Duration::days(1));
+    assert!(matches!(start_new(&e.store, &agent, Default::default()).await, StartOutcome::Started { .. }));
+    // The namespace's budget applies to an agent without one of its own.
+    let (run, fence) = running(&e.store, "team-c", "free").await;
+    e.store.checkpoint(&run, fence, &answer(0, "m", (1000, 0), None), None).await.unwrap();
+    let free = e.store.get_run(&run).await.unwrap().unwrap().agent_id;
+    let ns = Namespace::parse("namespace", "team-c").unwrap();
+    let tight = nightshift_core::budget::Budget {
+        per_month: nightshift_core::budget::Limit { tokens: Some(1500), micros: None },
+        ..Default::default()
+    };
+    match start_new(&e.store, &free, [(ns, tight)].into()).await {
+        StartOutcome::Skipped { reason, .. } => assert!(reason.contains("namespace's monthly budget"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn admission_sqlite() {
+    admission(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn admission_postgres() {
+    admission(Db::Postgres).await;
 }
 
 #[tokio::test]
