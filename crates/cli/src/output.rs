@@ -124,6 +124,8 @@ pub(crate) struct StatusView {
     mean_duration: Option<String>,
     input_tokens: u64,
     output_tokens: u64,
+    /// The cost ledger's total, micro-USD.
+    cost_micro_usd: u64,
 }
 
 impl StatusView {
@@ -153,6 +155,7 @@ impl StatusView {
             mean_duration: s.mean_duration.as_ref().map(duration::format_pb),
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
+            cost_micro_usd: s.cost_micro_usd,
         }
     }
 }
@@ -179,6 +182,7 @@ pub(crate) fn status_table(s: &StatusView) -> String {
     row("tools", if s.tools.is_empty() { "-".into() } else { s.tools.join(", ") });
     row("mean duration", s.mean_duration.clone().unwrap_or_else(|| "-".into()));
     row("tokens", format!("in={} out={}", s.input_tokens, s.output_tokens));
+    row("cost", nightshift_core::cost::format_usd(s.cost_micro_usd));
     format!("{t}\n")
 }
 
