@@ -308,7 +308,7 @@ pub enum RunsCommand {
         #[arg(long)]
         agent: Option<String>,
         /// Only runs in this status (repeatable).
-        #[arg(long, value_parser = ["queued", "running", "awaiting_approval", "succeeded", "failed", "skipped", "cancelled", "timed_out"])]
+        #[arg(long, value_parser = ["queued", "running", "awaiting_approval", "awaiting_budget", "succeeded", "failed", "skipped", "cancelled", "timed_out"])]
         status: Vec<String>,
         /// Maximum runs shown.
         #[arg(long, default_value_t = 50)]

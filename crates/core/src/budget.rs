@@ -35,6 +35,9 @@ pub struct Budget {
     pub per_day: Limit,
     /// A UTC month.
     pub per_month: Limit,
+    /// A run a period has no room for waits for the next period (`awaiting_budget`) instead of
+    /// being skipped.
+    pub wait: bool,
 }
 
 impl Budget {
@@ -105,19 +108,42 @@ pub struct Spending {
     pub namespace_month: Spend,
 }
 
-/// The admission rule: `None` when a run projected to cost `projected` may start, else why not
-/// (a reason starting with `budget:`).
-pub fn admit(agent: &Budget, namespace: &Budget, spending: &Spending, projected: Spend) -> Option<String> {
+/// A run a budget has no room for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overrun {
+    /// Why, starting with `budget:`.
+    pub reason: String,
+    /// When the exhausted period ends (the next UTC day or month): a waiting run is admitted
+    /// again then.
+    pub until: DateTime<Utc>,
+}
+
+/// The admission rule at `now`: `None` when a run projected to cost `projected` may start, else
+/// the first limit it would pass.
+pub fn admit(
+    agent: &Budget,
+    namespace: &Budget,
+    spending: &Spending,
+    projected: Spend,
+    now: DateTime<Utc>,
+) -> Option<Overrun> {
+    let (day, month) = next_periods(now);
     let checks = [
-        ("the agent's daily budget", &agent.per_day, spending.agent_day),
-        ("the agent's monthly budget", &agent.per_month, spending.agent_month),
-        ("the namespace's daily budget", &namespace.per_day, spending.namespace_day),
-        ("the namespace's monthly budget", &namespace.per_month, spending.namespace_month),
+        ("the agent's daily budget", &agent.per_day, spending.agent_day, day),
+        ("the agent's monthly budget", &agent.per_month, spending.agent_month, month),
+        ("the namespace's daily budget", &namespace.per_day, spending.namespace_day, day),
+        ("the namespace's monthly budget", &namespace.per_month, spending.namespace_month, month),
     ];
-    checks
-        .into_iter()
-        .find_map(|(what, limit, spent)| exceeded(what, limit, spent, projected))
-        .map(|why| format!("budget: {why}"))
+    checks.into_iter().find_map(|(what, limit, spent, until)| {
+        exceeded(what, limit, spent, projected).map(|why| Overrun { reason: format!("budget: {why}"), until })
+    })
+}
+
+/// The start of the UTC day and month after `now`'s.
+fn next_periods(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let (day, month) = periods(now);
+    let next_month = month.checked_add_months(chrono::Months::new(1)).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    (day + chrono::Duration::days(1), next_month)
 }
 
 /// The rule before each LLM call of a run: `Err(reason)` when a call like the last one would take
@@ -186,6 +212,7 @@ impl Budget {
             per_run: Limit::from_pb(errs, &format!("{prefix}.per_run"), p.per_run.as_ref()),
             per_day: Limit::from_pb(errs, &format!("{prefix}.per_day"), p.per_day.as_ref()),
             per_month: Limit::from_pb(errs, &format!("{prefix}.per_month"), p.per_month.as_ref()),
+            wait: p.on_exceeded() == pb::BudgetOverrun::Wait,
         }
     }
 
@@ -202,6 +229,7 @@ impl Budget {
             per_run: self.per_run.to_pb(),
             per_day: self.per_day.to_pb(),
             per_month: self.per_month.to_pb(),
+            on_exceeded: if self.wait { pb::BudgetOverrun::Wait } else { pb::BudgetOverrun::Skip } as i32,
         })
     }
 }
@@ -219,6 +247,9 @@ pub struct BudgetManifest {
     /// A UTC month.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_month: Option<LimitManifest>,
+    /// `skip` (default) or `wait`: what becomes of a run a day or month has no room for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_exceeded: Option<String>,
 }
 
 /// `{tokens: N, usd: X}`.
@@ -234,22 +265,38 @@ pub struct LimitManifest {
 }
 
 impl BudgetManifest {
-    /// The proto form (no rule applied here).
-    pub fn to_pb(&self) -> pb::BudgetSpec {
+    /// The proto form; `prefix` names the section in errors (only `on_exceeded` is parsed here).
+    pub(crate) fn to_pb(&self, errs: &mut crate::error::Errors, prefix: &str) -> pb::BudgetSpec {
         let limit = |l: &Option<LimitManifest>| l.map(|l| pb::BudgetLimit { tokens: l.tokens, usd: l.usd });
         pb::BudgetSpec {
             per_run: limit(&self.per_run),
             per_day: limit(&self.per_day),
             per_month: limit(&self.per_month),
+            on_exceeded: crate::manifest::pick(errs, &format!("{prefix}.on_exceeded"), &self.on_exceeded, OVERRUNS),
         }
+    }
+
+    /// Validated on its own (the operator's namespace budgets); `prefix` names it in errors.
+    pub fn to_budget(&self, prefix: &str) -> Result<Budget, crate::ValidationErrors> {
+        let mut errs = crate::error::Errors::default();
+        let p = self.to_pb(&mut errs, prefix);
+        errs.finish(|| ())?;
+        Budget::from_pb(prefix, &p)
     }
 
     /// From the proto form.
     pub fn from_pb(p: &pb::BudgetSpec) -> Self {
         let limit = |l: &Option<pb::BudgetLimit>| l.map(|l| LimitManifest { tokens: l.tokens, usd: l.usd });
-        Self { per_run: limit(&p.per_run), per_day: limit(&p.per_day), per_month: limit(&p.per_month) }
+        Self {
+            per_run: limit(&p.per_run),
+            per_day: limit(&p.per_day),
+            per_month: limit(&p.per_month),
+            on_exceeded: crate::manifest::spelling(OVERRUNS, p.on_exceeded()),
+        }
     }
 }
+
+const OVERRUNS: &[(&str, pb::BudgetOverrun)] = &[("skip", pb::BudgetOverrun::Skip), ("wait", pb::BudgetOverrun::Wait)];
 
 #[cfg(test)]
 mod tests {
@@ -268,12 +315,16 @@ mod tests {
             namespace_month: Spend { tokens: 9000, micros: 0 },
             ..Spending::default()
         };
-        assert_eq!(admit(&agent, &ns, &spent, Spend { tokens: 100, micros: 400 }), None, "exactly at the limit");
-        let why = admit(&agent, &ns, &spent, Spend { tokens: 100, micros: 401 }).unwrap();
-        assert!(why.starts_with("budget: the agent's daily budget of $0.001000"), "{why}");
-        let why = admit(&agent, &ns, &spent, Spend { tokens: 1001, micros: 0 }).unwrap();
-        assert!(why.contains("namespace's monthly budget of 10000 tokens"), "{why}");
-        assert_eq!(admit(&Budget::default(), &Budget::default(), &spent, Spend { tokens: u64::MAX, micros: 1 }), None);
+        let now = Utc.with_ymd_and_hms(2026, 12, 31, 17, 0, 0).unwrap();
+        assert_eq!(admit(&agent, &ns, &spent, Spend { tokens: 100, micros: 400 }, now), None, "exactly at the limit");
+        let over = admit(&agent, &ns, &spent, Spend { tokens: 100, micros: 401 }, now).unwrap();
+        assert!(over.reason.starts_with("budget: the agent's daily budget of $0.001000"), "{}", over.reason);
+        assert_eq!(over.until, Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap(), "the next UTC day");
+        let over = admit(&agent, &ns, &spent, Spend { tokens: 1001, micros: 0 }, now).unwrap();
+        assert!(over.reason.contains("namespace's monthly budget of 10000 tokens"), "{}", over.reason);
+        assert_eq!(over.until, Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap(), "the next UTC month");
+        let none = Budget::default();
+        assert_eq!(admit(&none, &none, &spent, Spend { tokens: u64::MAX, micros: 1 }, now), None);
     }
 
     #[test]
@@ -299,11 +350,12 @@ mod tests {
     #[test]
     fn the_manifest_section_round_trips_and_bad_values_are_named() {
         let yaml = "name: a\nmodel: {provider: openai, model: m}\ntask: {query: q}\n\
-                    budget: {per_run: {tokens: 20000, usd: 0.5}, per_day: {usd: 5}}\n";
+                    budget: {per_run: {tokens: 20000, usd: 0.5}, per_day: {usd: 5}, on_exceeded: wait}\n";
         let spec = crate::AgentSpec::from_yaml(yaml).unwrap();
         assert_eq!(spec.budget.per_run, Limit { tokens: Some(20_000), micros: Some(500_000) });
         assert_eq!(spec.budget.per_day.micros, Some(5_000_000));
         assert!(!spec.budget.per_month.is_set());
+        assert!(spec.budget.wait);
         assert_eq!(crate::AgentManifest::from_proto(&spec.to_proto()).validate().unwrap(), spec);
         let bad = yaml.replace("usd: 5", "usd: -1").replace("tokens: 20000", "tokens: 0");
         let err = crate::AgentSpec::from_yaml(&bad).unwrap_err();

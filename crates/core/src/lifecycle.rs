@@ -100,6 +100,9 @@ pub enum StartDecision {
     ApplyOverlap,
     /// Parked for a person's approval: drop the delivery (the decision publishes the run again).
     AwaitingApproval,
+    /// Waiting for its budget's next period: drop the delivery (the scheduler's sweep queues and
+    /// publishes it again then).
+    AwaitingBudget,
 }
 
 /// Decides what StartRun does with a run, from its facts at `now`.
@@ -107,6 +110,7 @@ pub fn decide_start(facts: &StartFacts, now: DateTime<Utc>) -> StartDecision {
     match facts.status {
         s if s.is_terminal() => StartDecision::AlreadyFinished,
         RunStatus::AwaitingApproval => StartDecision::AwaitingApproval,
+        RunStatus::AwaitingBudget => StartDecision::AwaitingBudget,
         RunStatus::Running => match lease_state(facts.lease_expires_at, now) {
             LeaseState::Live { remaining } => StartDecision::LeasedElsewhere { retry_after: remaining },
             LeaseState::Expired => StartDecision::TakeOver,
@@ -416,6 +420,8 @@ mod tests {
             lease_vouches(RunStatus::AwaitingApproval, None, now()),
             "its notes stay readable for the next attempt"
         );
+        assert_eq!(decide_start(&facts(RunStatus::AwaitingBudget), now()), StartDecision::AwaitingBudget);
+        assert!(!RunStatus::AwaitingBudget.is_terminal());
     }
 
     #[test]

@@ -455,7 +455,7 @@ impl AgentManifest {
             tools,
             memory,
             governance,
-            budget: self.budget.as_ref().map(crate::budget::BudgetManifest::to_pb),
+            budget: self.budget.as_ref().map(|b| b.to_pb(&mut errs, "budget")),
         };
         errs.finish(|| spec)
     }

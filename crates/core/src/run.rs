@@ -31,14 +31,17 @@ pub enum RunStatus {
     TimedOut,
     /// Parked until a person decides on a tool call; no worker holds it.
     AwaitingApproval,
+    /// Not started: its budget's period is spent; queued again when it ends.
+    AwaitingBudget,
 }
 
 impl RunStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [RunStatus; 8] = [
+    pub const ALL: [RunStatus; 9] = [
         Self::Queued,
         Self::Running,
         Self::AwaitingApproval,
+        Self::AwaitingBudget,
         Self::Succeeded,
         Self::Failed,
         Self::Skipped,
@@ -48,7 +51,7 @@ impl RunStatus {
 
     /// True once the run can no longer change.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Self::Queued | Self::Running | Self::AwaitingApproval)
+        !matches!(self, Self::Queued | Self::Running | Self::AwaitingApproval | Self::AwaitingBudget)
     }
 
     /// Storage / CLI spelling.
@@ -62,6 +65,7 @@ impl RunStatus {
             Self::Cancelled => "cancelled",
             Self::TimedOut => "timed_out",
             Self::AwaitingApproval => "awaiting_approval",
+            Self::AwaitingBudget => "awaiting_budget",
         }
     }
 
@@ -76,6 +80,7 @@ impl RunStatus {
             Self::Cancelled => pb::RunStatus::Cancelled,
             Self::TimedOut => pb::RunStatus::TimedOut,
             Self::AwaitingApproval => pb::RunStatus::AwaitingApproval,
+            Self::AwaitingBudget => pb::RunStatus::AwaitingBudget,
         }
     }
 
@@ -91,6 +96,7 @@ impl RunStatus {
             pb::RunStatus::Cancelled => Self::Cancelled,
             pb::RunStatus::TimedOut => Self::TimedOut,
             pb::RunStatus::AwaitingApproval => Self::AwaitingApproval,
+            pb::RunStatus::AwaitingBudget => Self::AwaitingBudget,
         })
     }
 }

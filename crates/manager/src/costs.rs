@@ -77,8 +77,7 @@ pub(crate) fn namespace_budgets(
         let prefix = format!("budgets.{ns}");
         let bad = |e: String| crate::role::ManagerBuildError::Governance(format!("[{prefix}]: {e}"));
         let namespace = nightshift_core::Namespace::parse(&prefix, ns).map_err(|e| bad(e.to_string()))?;
-        let budget =
-            nightshift_core::budget::Budget::from_pb(&prefix, &section.to_pb()).map_err(|e| bad(e.to_string()))?;
+        let budget = section.to_budget(&prefix).map_err(|e| bad(e.to_string()))?;
         out.insert(namespace, budget);
     }
     Ok(out)

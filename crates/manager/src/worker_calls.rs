@@ -76,6 +76,10 @@ impl ManagerService {
                 (pb::StartDecision::NotYet, run)
             }
             StartOutcome::AwaitingApproval { run } => (pb::StartDecision::AwaitingApproval, run),
+            StartOutcome::AwaitingBudget { run } => {
+                resp.reason = run.reason.clone().unwrap_or_default();
+                (pb::StartDecision::AwaitingBudget, run)
+            }
         };
         resp.decision = decision as i32;
         resp.run = Some(convert::run(&run));

@@ -2,7 +2,7 @@
 //! agent, model or namespace since an instant, within namespaces; and what StartRun's budget
 //! admission reads from it.
 use chrono::{DateTime, Utc};
-use nightshift_core::budget::{self, Budget, Spend, Spending};
+use nightshift_core::budget::{self, Budget, Overrun, Spend, Spending};
 use nightshift_core::{AgentSpec, Namespace, time};
 use sqlx::{Any, Row, Transaction};
 
@@ -118,15 +118,15 @@ async fn period_spend(
 }
 
 /// Admission of a run's first start against its agent's and namespace's period budgets
-/// (`nightshift_core::budget::admit`): the reason to skip it, if over. Reads the ledger only
-/// when a day or month limit is set.
+/// (`nightshift_core::budget::admit`): the overrun, if any. Reads the ledger only when a day or
+/// month limit is set.
 pub(crate) async fn over_budget(
     tx: &mut Transaction<'_, Any>,
     run: &RunRecord,
     spec: &AgentSpec,
     namespace: &Budget,
     now: i64,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<Overrun>, StoreError> {
     if !spec.budget.limits_periods() && !namespace.limits_periods() {
         return Ok(None);
     }
@@ -150,5 +150,41 @@ pub(crate) async fn over_budget(
     .fetch_all(&mut **tx)
     .await?;
     let recent = rows.iter().map(|r| spend(r, "t", "c")).collect::<Result<Vec<_>, _>>()?;
-    Ok(budget::admit(&spec.budget, namespace, &spending, budget::projection(&recent)))
+    Ok(budget::admit(&spec.budget, namespace, &spending, budget::projection(&recent), time::from_millis(now)))
+}
+
+/// Parks `run` as `awaiting_budget` until `overrun.until` (its agent's policy is to wait).
+pub(crate) async fn wait_for_budget(
+    tx: &mut Transaction<'_, Any>,
+    run: RunRecord,
+    overrun: Overrun,
+) -> Result<RunRecord, StoreError> {
+    let until = time::to_millis(overrun.until);
+    sqlx::query("UPDATE runs SET status = 'awaiting_budget', not_before = $1, reason = $2, deferred = 0 WHERE id = $3")
+        .bind(until)
+        .bind(&overrun.reason)
+        .bind(run.id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(RunRecord {
+        status: nightshift_core::RunStatus::AwaitingBudget,
+        not_before: Some(overrun.until),
+        reason: Some(overrun.reason),
+        ..run
+    })
+}
+
+impl Store {
+    /// Queues again (unpublished: the outbox sweep publishes them) the runs waiting for a budget
+    /// period that has ended; StartRun admits them afresh. Returns how many.
+    pub async fn release_budget_waits(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'queued', published = 0, not_before = NULL \
+             WHERE status = 'awaiting_budget' AND not_before <= $1",
+        )
+        .bind(self.now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
 }

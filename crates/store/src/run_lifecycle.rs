@@ -95,6 +95,11 @@ pub enum StartOutcome {
         /// The run.
         run: RunRecord,
     },
+    /// Waiting for its budget's next period (`run.not_before`): drop the delivery.
+    AwaitingBudget {
+        /// The run.
+        run: RunRecord,
+    },
     /// Waiting for the retry backoff.
     NotYet {
         /// The run.
@@ -306,6 +311,7 @@ impl Store {
         let outcome = match lifecycle::decide_start(&facts, time::from_millis(now)) {
             StartDecision::AlreadyFinished => StartOutcome::AlreadyFinished { run },
             StartDecision::AwaitingApproval => StartOutcome::AwaitingApproval { run },
+            StartDecision::AwaitingBudget => StartOutcome::AwaitingBudget { run },
             StartDecision::LeasedElsewhere { retry_after } => StartOutcome::LeasedElsewhere { retry_after, run },
             StartDecision::NotYet { retry_after } => StartOutcome::NotYet { retry_after, run },
             StartDecision::Skip { reason } => skip(&mut tx, run, reason, now).await?,
@@ -323,7 +329,10 @@ impl Store {
             StartDecision::ApplyOverlap if run.attempt == 0 => {
                 let namespace = input.budgets.get(&run.namespace).copied().unwrap_or_default();
                 match crate::costs::over_budget(&mut tx, &run, &current.spec, &namespace, now).await? {
-                    Some(reason) => skip(&mut tx, run, reason, now).await?,
+                    Some(overrun) if current.spec.budget.wait || namespace.wait => StartOutcome::AwaitingBudget {
+                        run: crate::costs::wait_for_budget(&mut tx, run, overrun).await?,
+                    },
+                    Some(overrun) => skip(&mut tx, run, overrun.reason, now).await?,
                     None => self.apply_overlap(&mut tx, run, input, &current, now).await?,
                 }
             }

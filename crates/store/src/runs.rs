@@ -144,7 +144,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE runs SET status = 'cancelled', reason = $1, finished_at = $2, lease_expires_at = NULL \
-             WHERE id = $3 AND status IN ('queued', 'running', 'awaiting_approval')",
+             WHERE id = $3 AND status IN ('queued', 'running', 'awaiting_approval', 'awaiting_budget')",
         )
         .bind(reason)
         .bind(now)

@@ -119,6 +119,47 @@ async fn admission(kind: Db) {
     }
 }
 
+/// `on_exceeded: wait`: the run parks as awaiting_budget until the next UTC day, when the sweep
+/// queues it again and StartRun admits it afresh.
+async fn waiting_for_the_next_day(kind: Db) {
+    let e = env(kind).await;
+    let budget = "budget: {per_day: {usd: 0.001}, on_exceeded: wait}\n";
+    let (run, fence) = running_with(&e.store, "default", "patient", budget).await;
+    e.store.checkpoint(&run, fence, &answer(0, "m", (100, 20), Some(600)), None).await.unwrap();
+    let agent = e.store.get_run(&run).await.unwrap().unwrap().agent_id;
+    let StartOutcome::AwaitingBudget { run: waiting } = start_new(&e.store, &agent, Default::default()).await else {
+        panic!("must wait")
+    };
+    assert_eq!(waiting.status, nightshift_core::RunStatus::AwaitingBudget);
+    assert!(waiting.reason.clone().unwrap_or_default().starts_with("budget: the agent's daily budget"));
+    let midnight = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 3, 2, 0, 0, 0).unwrap();
+    assert_eq!(waiting.not_before, Some(midnight), "the next UTC day");
+    assert_eq!(e.store.release_budget_waits().await.unwrap(), 0, "not yet");
+    // A delivery meanwhile does not start it.
+    let again = StartInput {
+        run_id: waiting.id.clone(),
+        agent_id: agent.clone(),
+        worker_id: WorkerId::from_string("w"),
+        worker_endpoint: None,
+        lease_ttl: Duration::from_secs(30),
+        budgets: Default::default(),
+    };
+    assert!(matches!(e.store.start_run(&again).await.unwrap(), StartOutcome::AwaitingBudget { .. }));
+    e.clock.advance(chrono::Duration::hours(12));
+    assert_eq!(e.store.release_budget_waits().await.unwrap(), 1);
+    assert!(matches!(e.store.start_run(&again).await.unwrap(), StartOutcome::Started { .. }), "a fresh day");
+}
+
+#[tokio::test]
+async fn waiting_for_the_next_day_sqlite() {
+    waiting_for_the_next_day(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn waiting_for_the_next_day_postgres() {
+    waiting_for_the_next_day(Db::Postgres).await;
+}
+
 #[tokio::test]
 async fn admission_sqlite() {
     admission(Db::Sqlite).await;

@@ -67,7 +67,17 @@ pub(super) async fn list(
         namespace: if f.agent.trim().is_empty() { f.ns.trim().to_owned() } else { String::new() },
     };
     let page = app.backends.manager(&s).list_runs(req).await?.into_inner();
-    let states = ["queued", "running", "awaiting_approval", "succeeded", "failed", "skipped", "cancelled", "timed_out"];
+    let states = [
+        "queued",
+        "running",
+        "awaiting_approval",
+        "awaiting_budget",
+        "succeeded",
+        "failed",
+        "skipped",
+        "cancelled",
+        "timed_out",
+    ];
     let body = html! {
         h1 { "Runs" }
         form.filters method="get" action="/runs" role="search" {

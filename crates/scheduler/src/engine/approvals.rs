@@ -1,4 +1,7 @@
-//! Approval expiry: requests nobody decided within the agent's `approval_timeout`. The store
+//! Runs parked by governance, released by the sweep: budget waits whose period ended, and
+//! approval requests nobody decided within the agent's `approval_timeout` (expired).
+//!
+//! Approval expiry: The store
 //! decides and records (the call denied and the run queued again, or the run failed, per the
 //! agent's `on_approval_timeout`); the outbox sweep that follows publishes a queued run. Any
 //! replica may expire any request: the store's conditional update makes a second try a no-op,
@@ -13,6 +16,16 @@ use super::Scheduler;
 const BATCH: u32 = 500;
 
 impl Scheduler {
+    /// Queues again the runs whose budget period has ended (the outbox sweep that follows
+    /// publishes them). Idempotent: any replica may do it.
+    pub(super) async fn release_budget_waits(&self) -> Result<(), StoreError> {
+        let n = self.inner.store.release_budget_waits().await?;
+        if n > 0 {
+            tracing::info!(runs = n, "runs waiting for their budget's next period queued again");
+        }
+        Ok(())
+    }
+
     /// Expires the approval requests whose time ran out.
     pub(super) async fn expire_approvals(&self) -> Result<(), StoreError> {
         for id in self.inner.store.expired_approvals(BATCH).await? {

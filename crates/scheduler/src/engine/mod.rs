@@ -133,6 +133,7 @@ impl Scheduler {
                     // Recovery first: the runs it resumes are published by the outbox sweep.
                     self.log_err("lease recovery", self.recover_lost_leases().await);
                     self.log_err("approval expiry", self.expire_approvals().await);
+                    self.log_err("budget waits", self.release_budget_waits().await);
                     self.log_err("republish", self.republish_stale().await);
                     self.report_queue_depth().await;
                 }

@@ -129,6 +129,7 @@ impl Worker {
             // Parked for a person: the decision publishes the run again.
             pb::StartDecision::AlreadyFinished
             | pb::StartDecision::AwaitingApproval
+            | pb::StartDecision::AwaitingBudget
             | pb::StartDecision::Unspecified => {
                 ack(d).await;
                 return;
