@@ -258,6 +258,8 @@ fn parse_message(body: Value, names: &ToolNames, requested_model: &str) -> Resul
                 + u.cache_creation_input_tokens.unwrap_or(0)
                 + u.cache_read_input_tokens.unwrap_or(0),
             output_tokens: u.output_tokens.unwrap_or(0),
+            // Cache writes are priced as input (Anthropic charges them a little more).
+            cached_input_tokens: u.cache_read_input_tokens.unwrap_or(0),
         })
         .unwrap_or_default();
     Ok(ChatResponse {
@@ -367,7 +369,7 @@ mod tests {
         assert_eq!(r.content, "Let me read.");
         assert_eq!(r.tool_calls, [ToolCall::new("toolu_1", "fs.read", r#"{"path":"/a"}"#)]);
         assert_eq!(r.finish_reason, FinishReason::ToolCalls);
-        assert_eq!(r.usage, Usage { input_tokens: 110, output_tokens: 5 });
+        assert_eq!(r.usage, Usage { input_tokens: 110, output_tokens: 5, cached_input_tokens: 100 });
         assert_eq!(r.model, "claude-x");
         assert!(parse_message(json!({"type": "message"}), &names, "m").is_err());
     }

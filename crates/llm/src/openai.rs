@@ -252,6 +252,14 @@ struct CompletionUsage {
     prompt_tokens: Option<u64>,
     #[serde(default)]
     completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
 }
 
 fn parse_completion(body: Value, names: &ToolNames, requested_model: &str) -> Result<ChatResponse, LlmError> {
@@ -296,7 +304,11 @@ fn parse_completion(body: Value, names: &ToolNames, requested_model: &str) -> Re
     }
     let usage = completion
         .usage
-        .map(|u| Usage { input_tokens: u.prompt_tokens.unwrap_or(0), output_tokens: u.completion_tokens.unwrap_or(0) })
+        .map(|u| Usage {
+            input_tokens: u.prompt_tokens.unwrap_or(0),
+            output_tokens: u.completion_tokens.unwrap_or(0),
+            cached_input_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+        })
         .unwrap_or_default();
     Ok(ChatResponse {
         content,
@@ -413,7 +425,8 @@ mod tests {
                     {"id": "x", "type": "function", "function": {"name": "fs_read", "arguments": "{\"p\":1}"}},
                     {"function": {"name": "other", "arguments": {"a": 2}}}
                 ]}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}
+                "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15,
+                          "prompt_tokens_details": {"cached_tokens": 8}}
             }),
             &names,
             "gpt-test",
@@ -422,7 +435,7 @@ mod tests {
         assert_eq!(r.model, "served-model");
         assert_eq!(r.content, "");
         assert_eq!(r.finish_reason, FinishReason::ToolCalls);
-        assert_eq!(r.usage, Usage { input_tokens: 11, output_tokens: 4 });
+        assert_eq!(r.usage, Usage { input_tokens: 11, output_tokens: 4, cached_input_tokens: 8 });
         assert_eq!(r.tool_calls[0], ToolCall::new("x", "fs.read", r#"{"p":1}"#));
         assert_eq!(r.tool_calls[1].name, "other");
         assert_eq!(r.tool_calls[1].arguments, r#"{"a":2}"#);

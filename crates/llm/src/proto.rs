@@ -10,13 +10,21 @@ use crate::{ChatResponse, FinishReason, Message, ToolCall, Usage};
 
 impl From<Usage> for pb::TokenUsage {
     fn from(u: Usage) -> Self {
-        Self { input_tokens: u.input_tokens, output_tokens: u.output_tokens }
+        Self {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cached_input_tokens: u.cached_input_tokens,
+        }
     }
 }
 
 impl From<&pb::TokenUsage> for Usage {
     fn from(u: &pb::TokenUsage) -> Self {
-        Self { input_tokens: u.input_tokens, output_tokens: u.output_tokens }
+        Self {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cached_input_tokens: u.cached_input_tokens,
+        }
     }
 }
 
@@ -98,7 +106,7 @@ mod tests {
         let r = ChatResponse {
             content: "thinking".into(),
             tool_calls: vec![ToolCall::new("c1", "fs.read", r#"{"path":"/x"}"#)],
-            usage: Usage { input_tokens: 12, output_tokens: 3 },
+            usage: Usage { input_tokens: 12, output_tokens: 3, cached_input_tokens: 2 },
             finish_reason: FinishReason::ToolCalls,
             model: "m".into(),
             latency: Duration::from_millis(1234),
@@ -107,7 +115,7 @@ mod tests {
         let p = pb::LlmResponse::from(&r);
         assert_eq!(p.finish_reason, "tool_calls");
         assert_eq!(p.tool_calls[0].arguments_json, r#"{"path":"/x"}"#);
-        assert_eq!(p.usage, Some(pb::TokenUsage { input_tokens: 12, output_tokens: 3 }));
+        assert_eq!(p.usage, Some(pb::TokenUsage { input_tokens: 12, output_tokens: 3, cached_input_tokens: 2 }));
         assert_eq!(p.latency, Some(prost_types::Duration { seconds: 1, nanos: 234_000_000 }));
         assert_eq!(ChatResponse::from(&p), ChatResponse { attempts: 0, ..r.clone() });
         assert_eq!(Message::from(&p), r.to_message());

@@ -65,7 +65,7 @@ async fn tool_use_then_final_answer_with_tool_results_sent_back() {
     assert_eq!(first.tool_calls[0].id, "toolu_1");
     assert_eq!(first.tool_calls[1].name, "time.get_current_time");
     assert_eq!(first.tool_calls[1].arguments_value().unwrap(), json!({"timezone": "UTC"}));
-    assert_eq!(first.usage, Usage { input_tokens: 1300, output_tokens: 40 });
+    assert_eq!(first.usage, Usage { input_tokens: 1300, output_tokens: 40, cached_input_tokens: 1000 });
     assert_eq!(first.model, "claude-scripted");
 
     req.messages.push(first.to_message());

@@ -78,7 +78,7 @@ async fn tool_calls_then_final_answer_with_tool_results_sent_back() {
     assert_eq!(first.tool_calls[0].arguments_value().unwrap(), json!({"shape": "circle", "radius": 2}));
     // The alias is mapped back to the agent's own name.
     assert_eq!(first.tool_calls[1].name, "fs.read_file");
-    assert_eq!(first.usage, Usage { input_tokens: 50, output_tokens: 20 });
+    assert_eq!(first.usage, Usage::new(50, 20));
     assert_eq!(first.model, "scripted-model");
     assert_eq!(first.attempts, 1);
 
@@ -132,7 +132,7 @@ async fn tool_calls_then_final_answer_with_tool_results_sent_back() {
     let p = pb::LlmResponse::from(&first);
     assert_eq!(p.tool_calls[1].name, "fs.read_file");
     assert_eq!(p.finish_reason, "tool_calls");
-    assert_eq!(p.usage, Some(pb::TokenUsage { input_tokens: 50, output_tokens: 20 }));
+    assert_eq!(p.usage, Some(pb::TokenUsage { input_tokens: 50, output_tokens: 20, cached_input_tokens: 0 }));
     assert!(p.latency.is_some());
 }
 
@@ -371,7 +371,7 @@ async fn structured_mode_tool_call_then_final() {
     assert_eq!(call.name, "calculate_area");
     assert_eq!(call.arguments_value().unwrap(), json!({"shape": "circle", "radius": 2}));
     assert!(!call.id.is_empty());
-    assert_eq!(first.usage, Usage { input_tokens: 120, output_tokens: 18 });
+    assert_eq!(first.usage, Usage::new(120, 18));
 
     req.messages.push(first.to_message());
     req.messages.push(Message::tool_result(call.id.clone(), "calculate_area", "12.566"));

@@ -35,7 +35,11 @@ pub(crate) fn run(r: &RunRecord) -> pb::Run {
         result: r.result.clone().unwrap_or_default(),
         error: r.error.clone().unwrap_or_default(),
         reason: r.reason.clone().unwrap_or_default(),
-        usage: Some(pb::TokenUsage { input_tokens: r.input_tokens, output_tokens: r.output_tokens }),
+        usage: Some(pb::TokenUsage {
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            ..Default::default()
+        }),
         steps: Vec::new(),
         not_before: r.not_before.map(time::to_pb),
     }

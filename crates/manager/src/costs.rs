@@ -14,13 +14,15 @@ impl ManagerService {
     /// The ledger row of a checkpointed LLM answer (the tokens its provider reported).
     pub(crate) fn ledger_entry(&self, r: &pb::LlmResponse) -> LlmCall {
         let usage = r.usage.unwrap_or_default();
-        let cost_micros = self.prices().cost_micros(&r.model, usage.input_tokens, usage.output_tokens);
+        let cost_micros =
+            self.prices().cost_micros(&r.model, usage.input_tokens, usage.cached_input_tokens, usage.output_tokens);
         if let Some(cost) = cost_micros {
             metrics::counter!("nightshift_llm_cost_micro_usd_total", "model" => r.model.clone()).increment(cost);
         }
         LlmCall {
             model: r.model.clone(),
             input_tokens: usage.input_tokens,
+            cached_input_tokens: usage.cached_input_tokens,
             output_tokens: usage.output_tokens,
             cost_micros,
         }

@@ -230,7 +230,11 @@ impl ManagerService {
             next_run_at,
             tools: a.spec.tools.names(),
             mean_duration: convert::opt_duration(s.mean_duration),
-            total_usage: Some(pb::TokenUsage { input_tokens: s.input_tokens, output_tokens: s.output_tokens }),
+            total_usage: Some(pb::TokenUsage {
+                input_tokens: s.input_tokens,
+                output_tokens: s.output_tokens,
+                ..Default::default()
+            }),
             version: a.version,
             last_24h: convert::last_day(now, &day),
         })

@@ -33,8 +33,11 @@ impl ManagerService {
                 resp.approvals = approvals.iter().map(convert::approval).collect();
                 resp.namespace_governance = self.namespace_policy(&run.namespace).cloned();
                 resp.namespace_budget = self.budgets().get(&run.namespace).and_then(|b| b.to_pb());
-                resp.model_price =
-                    self.prices().price(&spec.model.model).map(|p| pb::ModelPrice { input: p.input, output: p.output });
+                resp.model_price = self.prices().price(&spec.model.model).map(|p| pb::ModelPrice {
+                    input: p.input,
+                    output: p.output,
+                    cached_input: p.cached_input,
+                });
                 for other in &cancelled {
                     tracing::info!(run = %other.id, by = %run.id, "run cancelled by overlap policy cancel_other");
                     if let Some(p) = self.events() {

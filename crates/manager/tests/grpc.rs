@@ -238,7 +238,7 @@ async fn worker_protocol_end_to_end(kind: Db) {
                 name: "get_system_info".into(),
                 arguments_json: "{}".into(),
             }],
-            usage: Some(pb::TokenUsage { input_tokens: 12, output_tokens: 3 }),
+            usage: Some(pb::TokenUsage { input_tokens: 12, output_tokens: 3, ..Default::default() }),
             ..Default::default()
         })),
         ..Default::default()
@@ -272,7 +272,7 @@ async fn worker_protocol_end_to_end(kind: Db) {
             lease_token: token.clone(),
             outcome: pb::RunOutcome::Succeeded as i32,
             result: "all fine".into(),
-            usage: Some(pb::TokenUsage { input_tokens: 20, output_tokens: 8 }),
+            usage: Some(pb::TokenUsage { input_tokens: 20, output_tokens: 8, ..Default::default() }),
             ..Default::default()
         })
         .await

@@ -38,13 +38,18 @@ fn bind_step<'q>(
         .bind(now)
 }
 
-/// Binds a ledger row's model, tokens and cost (4 parameters).
+/// Binds a ledger row's model, tokens (input, cached input, output) and cost (5 parameters).
 fn bind_call<'q>(
     query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
     call: &LlmCall,
 ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    query.bind(call.model.clone()).bind(n(call.input_tokens)).bind(n(call.output_tokens)).bind(call.cost_micros.map(n))
+    query
+        .bind(call.model.clone())
+        .bind(n(call.input_tokens))
+        .bind(n(call.cached_input_tokens))
+        .bind(n(call.output_tokens))
+        .bind(call.cost_micros.map(n))
 }
 
 impl Store {
@@ -101,12 +106,13 @@ impl Store {
                 let m = if fence.token.is_some() { 9 } else { 8 };
                 format!(
                     "{fenced}, step AS ({insert_step} RETURNING run_id) \
-                     INSERT INTO llm_calls (run_id, seq, attempt, agent_id, model, input_tokens, output_tokens, \
-                     cost_micros, created_at) SELECT f.id, $2, $3, f.agent_id, ${m}, ${}, ${}, ${}, $6 \
+                     INSERT INTO llm_calls (run_id, seq, attempt, agent_id, model, input_tokens, cached_input_tokens, \
+                     output_tokens, cost_micros, created_at) SELECT f.id, $2, $3, f.agent_id, ${m}, ${}, ${}, ${}, ${}, $6 \
                      FROM step s JOIN fenced f ON f.id = s.run_id",
                     m + 1,
                     m + 2,
-                    m + 3
+                    m + 3,
+                    m + 4
                 )
             }
         };
@@ -149,8 +155,9 @@ impl Store {
             && let Some(call) = &step.call
         {
             let ledger = sqlx::query(
-                "INSERT INTO llm_calls (run_id, seq, attempt, agent_id, model, input_tokens, output_tokens, \
-                 cost_micros, created_at) SELECT $1, $2, $3, agent_id, $4, $5, $6, $7, $8 FROM runs WHERE id = $1",
+                "INSERT INTO llm_calls (run_id, seq, attempt, agent_id, model, input_tokens, cached_input_tokens, \
+                 output_tokens, cost_micros, created_at) SELECT $1, $2, $3, agent_id, $4, $5, $6, $7, $8, $9 \
+                 FROM runs WHERE id = $1",
             )
             .bind(id.as_str().to_owned())
             .bind(seq)
@@ -234,7 +241,13 @@ mod tests {
         assert_eq!(store.run_steps(&run).await.unwrap().len(), 1);
 
         // An LLM answer's ledger row goes with its step, in the same statement, once.
-        let call = LlmCall { model: "m-1".into(), input_tokens: 50, output_tokens: 10, cost_micros: Some(180) };
+        let call = LlmCall {
+            model: "m-1".into(),
+            input_tokens: 50,
+            cached_input_tokens: 20,
+            output_tokens: 10,
+            cost_micros: Some(180),
+        };
         let answer = StepInput { call: Some(call), ..step(1) };
         assert!(store.append_in_one_statement(&run, &held, &answer, None, now).await.unwrap(), "step and ledger row");
         assert!(!store.append_in_one_statement(&run, &held, &answer, None, now).await.unwrap(), "a repeat");

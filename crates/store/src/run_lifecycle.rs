@@ -136,6 +136,8 @@ pub struct LlmCall {
     pub model: String,
     /// Prompt tokens the provider reported.
     pub input_tokens: u64,
+    /// Of those, the ones read from its prompt cache.
+    pub cached_input_tokens: u64,
     /// Completion tokens the provider reported.
     pub output_tokens: u64,
     /// Its cost in micro-USD; `None` when the model has no price.

@@ -50,7 +50,13 @@ async fn start_new(
 }
 
 fn answer(seq: u32, model: &str, tokens: (u64, u64), cost: Option<u64>) -> StepInput {
-    let call = LlmCall { model: model.into(), input_tokens: tokens.0, output_tokens: tokens.1, cost_micros: cost };
+    let call = LlmCall {
+        model: model.into(),
+        input_tokens: tokens.0,
+        cached_input_tokens: 0,
+        output_tokens: tokens.1,
+        cost_micros: cost,
+    };
     StepInput { call: Some(call), ..StepInput::new(seq, "llm_response", vec![seq as u8]) }
 }
 

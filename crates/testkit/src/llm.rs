@@ -107,7 +107,10 @@ async fn chat(State(s): State<Arc<Script>>, Json(body): Json<Value>) -> axum::re
         "id": "c2", "object": "chat.completion", "model": "scripted",
         "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
             "content": format!("The area is 12. Tool said: {}", tool_output.unwrap_or_default())}}],
-        "usage": {"prompt_tokens": 80, "completion_tokens": 12, "total_tokens": 92}
+        // The answer's prompt repeats the first turn's: a provider with a prompt cache reads part
+        // of it from there.
+        "usage": {"prompt_tokens": 80, "completion_tokens": 12, "total_tokens": 92,
+                  "prompt_tokens_details": {"cached_tokens": 40}}
     }))
     .into_response()
 }

@@ -91,7 +91,7 @@ impl Spent {
 
     /// The tokens of every LLM call this attempt made so far.
     pub fn usage(&self) -> Usage {
-        Usage { input_tokens: self.input.load(Ordering::Relaxed), output_tokens: self.output.load(Ordering::Relaxed) }
+        Usage::new(self.input.load(Ordering::Relaxed), self.output.load(Ordering::Relaxed))
     }
 }
 
@@ -512,7 +512,7 @@ mod tests {
     async fn tokens_of_a_failed_attempt_are_counted() {
         let tools = ToolRegistry::new(&Default::default(), &ToolsConfig::default()).await.unwrap();
         let mut ask = response(&["call-1"], "");
-        ask.usage = Usage { input_tokens: 30, output_tokens: 7 };
+        ask.usage = Usage::new(30, 7);
         // One turn asks for a tool the agent does not have (a tool error, not a loop error); the
         // second turn would be the answer, but max_steps = 1 stops the loop first.
         let model = Scripted(Mutex::new(vec![ask]));
@@ -532,7 +532,7 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(err, LoopError::MaxSteps(1)), "{err}");
-        assert_eq!(spent.usage(), Usage { input_tokens: 30, output_tokens: 7 });
+        assert_eq!(spent.usage(), Usage::new(30, 7));
     }
 
     #[test]

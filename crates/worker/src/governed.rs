@@ -139,10 +139,8 @@ pub struct RunBudget {
 impl RunBudget {
     /// `usage` as tokens and money at the model's price.
     pub fn spend(&self, usage: nightshift_llm::Usage) -> nightshift_core::budget::Spend {
-        let micros = self.price.map_or(0, |p| {
-            let m = usage.input_tokens as f64 * p.input + usage.output_tokens as f64 * p.output;
-            m.round().max(0.0) as u64
-        });
+        let micros =
+            self.price.map_or(0, |p| p.cost_micros(usage.input_tokens, usage.cached_input_tokens, usage.output_tokens));
         nightshift_core::budget::Spend { tokens: usage.input_tokens.saturating_add(usage.output_tokens), micros }
     }
 
@@ -152,10 +150,9 @@ impl RunBudget {
         if !self.agent.per_run.is_set() && !self.namespace.per_run.is_set() {
             return Ok(());
         }
-        let spent = self.spend(nightshift_llm::Usage {
-            input_tokens: self.prior.input_tokens.saturating_add(attempt.input_tokens),
-            output_tokens: self.prior.output_tokens.saturating_add(attempt.output_tokens),
-        });
+        let mut total = self.prior;
+        total += attempt;
+        let spent = self.spend(total);
         nightshift_core::budget::next_call(&self.agent, &self.namespace, spent, self.spend(last))
     }
 }

@@ -71,9 +71,10 @@ async fn setup(db: Db, approval: &str, outbox_delay: Duration) -> Setup {
     let (llm, script) = nightshift_testkit::llm::scripted_llm().await;
     script.calls_from_task.store(true, Ordering::SeqCst);
     let model = format!("{{provider: openai, model: scripted, base_url: '{llm}'}}");
-    // The scripted model's name is priced: $2 per million prompt tokens, $8 per million completion.
+    // The scripted model's name is priced: $2 per million prompt tokens ($0.50 read from the
+    // prompt cache), $8 per million completion tokens.
     let prices = |c: &mut nightshift_manager::ManagerConfig| {
-        let price = nightshift_core::cost::Price { input: 2.0, output: 8.0 };
+        let price = nightshift_core::cost::Price { input: 2.0, output: 8.0, cached_input: Some(0.5) };
         c.prices.0.insert("scripted".into(), price);
     };
     let (env, _) = env_on_db(db, &model, "memory://", "", Duration::from_secs(2), prices).await;
@@ -208,8 +209,9 @@ async fn the_cost_ledger_sums_to_the_providers_reported_usage() {
         let run = trigger(&s.env).await;
         runs.push(wait_for_status(&s.env, &run.id, pb::RunStatus::Succeeded).await);
     }
-    // The scripted model reports 50 + 10 tokens for the turn that calls the tool and 80 + 12 for
-    // the answer: the runs' usage is what the provider reported, and the ledger matches it.
+    // The scripted model reports 50 + 10 tokens for the turn that calls the tool and 80 (40 of
+    // them cached) + 12 for the answer: the runs' usage is what the provider reported, and the
+    // ledger matches it.
     let (input, output): (u64, u64) =
         runs.iter().map(|r| r.usage.unwrap()).fold((0, 0), |(i, o), u| (i + u.input_tokens, o + u.output_tokens));
     assert_eq!((input, output), (3 * 130, 3 * 22));
@@ -223,8 +225,8 @@ async fn the_cost_ledger_sums_to_the_providers_reported_usage() {
     let row = &by_agent[0];
     assert_eq!(row.key, "default/area");
     assert_eq!((row.calls, row.input_tokens, row.output_tokens, row.unpriced_calls), (6, input, output, 0));
-    // micro-USD = tokens × USD per million tokens.
-    assert_eq!(row.cost_micro_usd, input * 2 + output * 8);
+    // micro-USD = tokens × USD per million tokens: 3 × (50 × 2 + 10 × 8 + 40 × 2 + 40 × 0.5 + 12 × 8).
+    assert_eq!(row.cost_micro_usd, 3 * (100 + 80 + 80 + 20 + 96));
     let by_model = cost(pb::CostGrouping::Model).await;
     assert_eq!((by_model[0].key.as_str(), by_model[0].cost_micro_usd), ("scripted", row.cost_micro_usd));
     let status = s
@@ -249,8 +251,8 @@ async fn budgets_skip_a_run_over_the_daily_limit_and_stop_one_over_its_own() {
     let s = setup(Db::Sqlite, "", Duration::ZERO).await;
     let (_, worker) = one_slot_worker(&s.env).await;
     let policy = "{max_retries: 0, timeout: 60s}";
-    // Each run of `area` costs 130 × $2 + 22 × $8 per million tokens = 436 micro-USD: with $0.001 a
-    // day, two runs fit (436, then 436 + a projected 436 = 872) and the third does not.
+    // Each run of `area` costs 376 micro-USD (the ledger test above): with $0.001 a day, two runs
+    // fit (376, then 376 + a projected 376 = 752) and the third does not (752 + 376).
     set_spec(&s.env, format!("{}budget: {{per_day: {{usd: 0.001}}}}\n", area_spec(&s.llm, policy))).await;
     for _ in 0..2 {
         let run = trigger(&s.env).await;

@@ -208,10 +208,7 @@ impl ChatModel for EmbeddedChat {
         let resp = ChatResponse {
             content: generated.text,
             tool_calls: Vec::new(),
-            usage: Usage {
-                input_tokens: generated.prompt_tokens as u64,
-                output_tokens: generated.completion_tokens as u64,
-            },
+            usage: Usage::new(generated.prompt_tokens as u64, generated.completion_tokens as u64),
             finish_reason: generated.finish,
             model: self.defaults.model.clone(),
             latency: started.elapsed(),

@@ -8,6 +8,7 @@ CREATE TABLE llm_calls (
     agent_id      TEXT NOT NULL,
     model         TEXT NOT NULL,
     input_tokens  BIGINT NOT NULL,
+    cached_input_tokens BIGINT NOT NULL DEFAULT 0,
     output_tokens BIGINT NOT NULL,
     cost_micros   BIGINT,
     created_at    BIGINT NOT NULL,

@@ -194,7 +194,11 @@ impl Worker {
                 .as_ref()
                 .and_then(|b| nightshift_core::budget::Budget::from_pb("namespace_budget", b).ok())
                 .unwrap_or_default(),
-            price: start.model_price.map(|p| nightshift_core::cost::Price { input: p.input, output: p.output }),
+            price: start.model_price.map(|p| nightshift_core::cost::Price {
+                input: p.input,
+                output: p.output,
+                cached_input: p.cached_input,
+            }),
             prior: run.usage.as_ref().map(nightshift_llm::Usage::from).unwrap_or_default(),
         };
         let (end, notes) =

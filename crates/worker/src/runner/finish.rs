@@ -243,7 +243,7 @@ impl Worker {
                     effect: effect.to_pb() as i32,
                 })
                 .collect(),
-            usage: Some(pb::TokenUsage { input_tokens: usage.input_tokens, output_tokens: usage.output_tokens }),
+            usage: Some(usage.into()),
         };
         self.with_retries("RequestApproval", &run.id, |mut m| {
             let req = req.clone();
@@ -321,7 +321,7 @@ impl Worker {
             outcome: report.outcome as i32,
             result: report.result.to_owned(),
             error: report.error.to_owned(),
-            usage: Some(pb::TokenUsage { input_tokens: usage.input_tokens, output_tokens: usage.output_tokens }),
+            usage: Some(usage.into()),
             permanent: report.failure == Failure::Permanent,
         };
         // A few tries: losing FinishRun would leave the run to a lease takeover.
