@@ -297,13 +297,7 @@ async fn a_failed_attempt_is_retried_with_backoff() {
     let pos = |n: &str| names.iter().position(|x| x == n).unwrap_or_else(|| panic!("{n} missing in {names:?}"));
     assert!(pos("BACKGROUND_TASK_ERROR") < pos("RUN_RETRYING"));
     assert!(pos("RUN_RETRYING") < pos("BACKGROUND_TASK_COMPLETED"));
-    let st = env
-        .manager
-        .clone()
-        .get_agent_status(pb::GetAgentStatusRequest { agent: by_name("area") })
-        .await
-        .unwrap()
-        .into_inner();
+    let st = area_status(&env).await;
     assert_eq!((st.total_runs, st.succeeded, st.failed), (1, 1, 0));
     assert!(st.last_error.contains("scripted failure"));
 }

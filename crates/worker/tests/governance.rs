@@ -95,8 +95,9 @@ async fn one_slot_worker_at(
     queue_url: &str,
     queue_name: &str,
 ) -> (Events, tokio::task::JoinHandle<()>) {
-    let allow = nightshift_core::operator_policy::OperatorPolicy::trusting();
-    start_worker_configured(endpoint, queue_url, queue_name, Duration::from_secs(2), None, allow, |c| {
+    start_worker_configured(endpoint, queue_url, queue_name, Duration::from_secs(2), None, |c| {
+        // The HTTP endpoint runs on loopback: the harness is the operator.
+        c.allow = nightshift_core::operator_policy::OperatorPolicy::trusting();
         c.concurrency = 1;
         c.tools.http_allow = vec!["127.0.0.1".into()];
     })
@@ -229,15 +230,7 @@ async fn the_cost_ledger_sums_to_the_providers_reported_usage() {
     assert_eq!(row.cost_micro_usd, 3 * (100 + 80 + 80 + 20 + 96));
     let by_model = cost(pb::CostGrouping::Model).await;
     assert_eq!((by_model[0].key.as_str(), by_model[0].cost_micro_usd), ("scripted", row.cost_micro_usd));
-    let status = s
-        .env
-        .manager
-        .clone()
-        .get_agent_status(pb::GetAgentStatusRequest { agent: by_name("area") })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(status.cost_micro_usd, row.cost_micro_usd);
+    assert_eq!(area_status(&s.env).await.cost_micro_usd, row.cost_micro_usd);
     let since = pb::GetCostsRequest {
         since: Some(nightshift_core::time::to_pb(chrono::Utc::now() + chrono::Duration::minutes(1))),
         ..Default::default()

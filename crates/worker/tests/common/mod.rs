@@ -119,21 +119,19 @@ pub async fn start_worker_allowing(
     memory_endpoint: Option<&str>,
     allow: nightshift_core::operator_policy::OperatorPolicy,
 ) -> (Events, tokio::task::JoinHandle<()>) {
-    start_worker_configured(endpoint, queue_url, queue_name, lease, memory_endpoint, allow, |_| {}).await
+    start_worker_configured(endpoint, queue_url, queue_name, lease, memory_endpoint, |c| c.allow = allow).await
 }
 
-/// [`start_worker_allowing`] with its options changed by `configure` (its concurrency, say).
+/// A worker with its options (`[allow]`, concurrency, tools …) changed by `configure`.
 pub async fn start_worker_configured(
     endpoint: &str,
     queue_url: &str,
     queue_name: &str,
     lease: Duration,
     memory_endpoint: Option<&str>,
-    allow: nightshift_core::operator_policy::OperatorPolicy,
     configure: impl FnOnce(&mut WorkerConfig),
 ) -> (Events, tokio::task::JoinHandle<()>) {
     let mut cfg = WorkerConfig {
-        allow,
         concurrency: 4,
         lease_ttl: lease,
         queue: queue_settings(queue_url, queue_name),
@@ -190,6 +188,12 @@ pub fn event_names(events: &Events) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// The `area` agent's status.
+pub async fn area_status(env: &Env) -> pb::GetAgentStatusResponse {
+    let req = pb::GetAgentStatusRequest { agent: by_name("area") };
+    env.manager.clone().get_agent_status(req).await.unwrap().into_inner()
 }
 
 /// Triggers the `area` agent and returns the queued run.
