@@ -113,7 +113,7 @@ pub async fn llm_real(args: &LlmRealArgs) -> anyhow::Result<Scenario> {
                     n += 1.0;
                 }
                 Some(pb::run_step::Payload::ToolResult(r)) => tl += duration_ms(r.duration.as_ref()),
-                Some(pb::run_step::Payload::ToolStarted(_)) | None => {}
+                Some(pb::run_step::Payload::ToolStarted(_) | pb::run_step::Payload::MemoryStored(_)) | None => {}
             }
         }
         let whole = (done - t).as_secs_f64() * 1e3;

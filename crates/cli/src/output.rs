@@ -270,6 +270,9 @@ fn step_view(s: &pb::RunStep) -> StepView {
             ("tool_result", format!("{}{}: {}", t.tool_name, if t.is_error { " (error)" } else { "" }, t.output))
         }
         Some(Payload::ToolStarted(t)) => ("tool_started", format!("{} {}", t.tool_name, t.arguments_json)),
+        Some(Payload::MemoryStored(m)) => {
+            ("memory_stored", if m.error.is_empty() { m.record_id.clone() } else { format!("failed: {}", m.error) })
+        }
         None => ("unknown", String::new()),
     };
     StepView { seq: s.seq, attempt: s.attempt, kind, summary: summary.chars().take(200).collect() }

@@ -209,9 +209,30 @@ impl Drop for Stack {
     }
 }
 
-/// The container (host name) a run's worker ran in: worker ids are `HOSTNAME-SUFFIX`.
 /// Signs in to the console container (published on 50056) and reads the run's page.
 fn console_shows_the_run(stack: &Stack, run: &str) {
+    let html = console_page(stack, &format!("/runs/{run}"));
+    for wanted in ["succeeded", "data-step=\"tool\"", "calculate_area", "data-step=\"answer\""] {
+        assert!(html.contains(wanted), "the console's run page lacks {wanted}: {html}");
+    }
+}
+
+/// The console's workers page lists every worker container: it finds them through the compose
+/// service's name (`worker_discovery`), which Docker's DNS resolves to each replica.
+fn console_lists_the_workers(stack: &Stack, containers: &BTreeSet<String>) {
+    let html = console_page(stack, "/workers");
+    let sections = html.matches("<section class=\"worker\"").count();
+    assert_eq!(sections, containers.len(), "{html}");
+    for c in containers {
+        // Worker ids are `HOSTNAME-SUFFIX`, and a container's host name is its short id.
+        assert!(html.contains(&format!("<code>{c}-")), "the workers page lacks container {c}: {html}");
+    }
+    assert!(!html.contains("unreachable"), "{html}");
+}
+
+/// Signs in to the console container (published on 50056) as admin, over HTTPS with the stack's
+/// CA, and reads `path`.
+fn console_page(stack: &Stack, path: &str) -> String {
     let secrets = stack.root.join("deploy/secrets");
     let ca = std::fs::read(secrets.join("ca.crt")).unwrap();
     let admin = std::fs::read_to_string(secrets.join("admin.key")).unwrap();
@@ -235,20 +256,14 @@ fn console_shows_the_run(stack: &Stack, run: &str) {
         assert_eq!(signed_in.status(), 303, "signing in to the console");
         let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().to_owned();
         assert!(cookie.contains("Secure") && cookie.contains("HttpOnly"), "{cookie}");
-        let page = http
-            .get(format!("{base}/runs/{run}"))
-            .header("cookie", cookie.split(';').next().unwrap())
-            .send()
-            .await
-            .unwrap();
+        let page =
+            http.get(format!("{base}{path}")).header("cookie", cookie.split(';').next().unwrap()).send().await.unwrap();
         assert_eq!(page.status(), 200);
-        let html = page.text().await.unwrap();
-        for wanted in ["succeeded", "data-step=\"tool\"", "calculate_area", "data-step=\"answer\""] {
-            assert!(html.contains(wanted), "the console's run page lacks {wanted}: {html}");
-        }
-    });
+        page.text().await.unwrap()
+    })
 }
 
+/// The container (host name) a run's worker ran in: worker ids are `HOSTNAME-SUFFIX`.
 fn container_of(run: &Value) -> String {
     run["worker"].as_str().unwrap_or_default().split('-').next().unwrap_or_default().to_owned()
 }
@@ -343,6 +358,7 @@ fn the_compose_stack_runs_agents_survives_kills_scales_and_keeps_its_data() {
     assert!(out.status.success(), "scaling to 4 workers: {}", text(&out));
     let workers = stack.replicas("worker");
     assert_eq!(workers.len(), 4, "{workers:?}");
+    console_lists_the_workers(&stack, &workers);
     let mut manifests = String::new();
     for i in 0..LOAD_AGENTS {
         // catch_up: ticks missed while the scheduler is down fire when it is back (run_once would

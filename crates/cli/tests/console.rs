@@ -38,7 +38,7 @@ async fn model() -> (String, Arc<nightshift_testkit::llm::Script>) {
 
 fn manifest(name: &str, schedule: &str, query: &str, llm: &str) -> String {
     format!(
-        "name: {name}\nlabels: {{team: data}}\nmodel: {{provider: openai, model: scripted, base_url: '{llm}/v1'}}\n\
+        "name: {name}\nlabels: {{team: data}}\nsystem_instruction: Report briefly.\nmodel: {{provider: openai, model: scripted, base_url: '{llm}/v1'}}\n\
          task: {{query: '{query}'}}\nschedule: {{{schedule}}}\ntools: {{local: [http_get]}}\npolicy: {{max_retries: 0}}"
     )
 }
@@ -50,7 +50,8 @@ async fn the_console_in_a_real_browser() {
     script.calls.lock().unwrap().push(("http_get".into(), format!("{{\"url\":\"{llm}/slow\"}}")));
 
     // With keys for an operator and a viewer; the demo agent (manual trigger) and a scheduled one.
-    let secured = secured_dev(&llm, "").await;
+    // A price for the scripted model (USD per million tokens), so that the run shows its cost.
+    let secured = secured_dev(&llm, "[manager.prices.scripted]\ninput = 1.0\noutput = 2.0\n").await;
     let dev = &secured.dev;
     let (admin, operator, viewer) = (secured.admin.clone(), secured.operator.clone(), secured.viewer.clone());
     let base = dev.endpoint.clone();
@@ -116,8 +117,10 @@ async fn the_console_in_a_real_browser() {
     // answer. The slow parts (a 1.5 s LLM turn, the 2.5 s tool) are always seen on their own; the
     // moment between the last step and the run's end may be seen or not.
     assert_eq!(seen.first().map(String::as_str), Some("pending"), "{seen:?}");
-    assert_eq!(seen.last().map(String::as_str), Some("llm,tool,llm,answer"), "{seen:?}");
-    for wanted in ["llm,pending", "llm,tool,pending"] {
+    // With memory on (dev's default): what was recalled comes with the first LLM call, and the
+    // stored episode with the run's end.
+    assert_eq!(seen.last().map(String::as_str), Some("recall,llm,tool,llm,memory,answer"), "{seen:?}");
+    for wanted in ["recall,llm,pending", "recall,llm,tool,pending"] {
         assert!(seen.iter().any(|s| s == wanted), "the page never showed {wanted}: {seen:?}");
     }
     let steps = |s: &str| s.split(',').filter(|k| *k != "pending").map(str::to_owned).collect::<Vec<_>>();
@@ -129,8 +132,33 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(badge, "succeeded");
     let query: String = eval(&page, "document.querySelector('q').textContent").await;
     assert_eq!(query, "Fetch it now");
-    shot(&page, "run.png").await;
     assert_eq!(runs_of(&mut manager).await.len(), 1);
+    let run_id: String = eval(&page, "location.pathname.split('/').pop()").await;
+    // What the first call was sent is what the model received (the scripted server keeps the
+    // system message of each first turn); the second call says it sent the same plus the steps.
+    let sent: Vec<String> =
+        eval(&page, "Array.from(document.querySelectorAll('li.llm details.prompt')).map(d => d.textContent)").await;
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let system = script.systems.lock().unwrap().last().cloned().unwrap();
+    let shown_system: String =
+        eval(&page, "document.querySelector('li.llm details.prompt div.call pre').textContent").await;
+    assert_eq!(shown_system, system);
+    assert!(sent[0].starts_with("Sent: system prompt, 1 message · ") && sent[0].contains("Fetch it now"), "{sent:?}");
+    assert!(sent[1].starts_with("Sent: the system prompt and task above, then 3 messages"), "{sent:?}");
+    let recalled: String = eval(&page, "document.querySelector('li[data-step=recall]').textContent").await;
+    assert!(recalled.contains("0 episodes · 0 facts · 0 notes"), "the agent's first run: {recalled}");
+    let stored: String = eval(&page, "document.querySelector('li[data-step=memory]').textContent").await;
+    assert!(stored.contains(&format!("episode-{run_id}")) && !stored.contains("Not stored"), "{stored}");
+    // The cost of each call and of the run, at the price above and the tokens the provider
+    // reported: 50 in + 10 out, then 80 in + 12 out.
+    let costs: Vec<String> =
+        eval(&page, "Array.from(document.querySelectorAll('li.llm span.cost')).map(d => d.textContent)").await;
+    let usd = nightshift_core::cost::format_usd;
+    assert_eq!(costs, [usd(50 + 10 * 2), usd(80 + 12 * 2)]);
+    let total: String =
+        eval(&page, "document.querySelector('dd[title^=\"LLM calls priced\"]').textContent.trim()").await;
+    assert_eq!(total, usd(50 + 10 * 2 + 80 + 12 * 2));
+    shot(&page, "run.png").await;
 
     // The run's episode, on the agent's memory page.
     page.goto(format!("{base}/agents/default/console-demo/memory")).await.unwrap();

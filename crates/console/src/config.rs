@@ -23,6 +23,10 @@ pub struct ConsoleConfig {
     pub scheduler_endpoint: String,
     /// The workers whose state the workers page shows (each worker's own `listen` address).
     pub worker_endpoints: Vec<String>,
+    /// Names that stand for every worker (`https://worker:50053`: a compose service scaled to N,
+    /// a Kubernetes headless Service): the workers page resolves each to all its addresses at
+    /// every visit and asks each address, so replicas that come and go are listed as they are.
+    pub worker_discovery: Vec<String>,
     /// How long a call to a service may take.
     #[serde(with = "nightshift_core::config::duration_text")]
     pub call_timeout: Duration,
@@ -73,6 +77,7 @@ impl Default for ConsoleConfig {
             scheduler_endpoint: "http://127.0.0.1:50052".into(),
             memory_endpoint: "http://127.0.0.1:50054".into(),
             worker_endpoints: Vec::new(),
+            worker_discovery: Vec::new(),
             call_timeout: Duration::from_secs(10),
             session_ttl: Duration::from_secs(12 * 3600),
             max_sessions: 10_000,

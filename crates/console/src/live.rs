@@ -36,7 +36,7 @@ pub(crate) async fn run(
 ) -> Result<EventStream, PageError> {
     // The first read answers the request: a run the user may not see fails here, as a page.
     let mut manager = app.backends.manager(&s);
-    let first = manager.get_run(pb::GetRunRequest { run_id: id.clone() }).await?.into_inner().run.unwrap_or_default();
+    let first = manager.get_run(pb::GetRunRequest { run_id: id.clone() }).await?.into_inner();
     let (tx, rx) = mpsc::channel(8);
     // The run's events wake the loop at once; the poll is the floor.
     let changed = Arc::new(Notify::new());
@@ -71,7 +71,7 @@ pub(crate) async fn run(
                 }
                 last = html;
             }
-            if view::is_terminal(run.status) {
+            if view::is_terminal(run.run.as_ref().map_or(0, |r| r.status)) {
                 let _ = tx.send(Ok(Event::default().event("end").data(""))).await;
                 break;
             }
@@ -82,7 +82,7 @@ pub(crate) async fn run(
                 () = closing.cancelled() => break,
             }
             match manager.get_run(pb::GetRunRequest { run_id: id.clone() }).await {
-                Ok(r) => run = r.into_inner().run.unwrap_or_default(),
+                Ok(r) => run = r.into_inner(),
                 Err(e) => {
                     tracing::debug!(error = %e, run = %id, "live run: reading the run failed");
                     let _ = tx.send(Ok(Event::default().event("error").data(e.message()))).await;

@@ -49,8 +49,9 @@ impl From<&ChatResponse> for pb::LlmResponse {
             usage: Some(r.usage.into()),
             finish_reason: r.finish_reason.as_str().to_owned(),
             latency: Some(duration::to_pb(r.latency)),
-            // The agent loop sets it on what it checkpoints.
+            // The agent loop sets these on what it checkpoints.
             intents_recorded: false,
+            prompt: None,
         }
     }
 }

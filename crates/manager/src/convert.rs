@@ -63,6 +63,7 @@ pub(crate) fn step_kind(step: &pb::RunStep) -> Option<&'static str> {
         Some(pb::run_step::Payload::LlmResponse(_)) => Some("llm_response"),
         Some(pb::run_step::Payload::ToolResult(_)) => Some("tool_result"),
         Some(pb::run_step::Payload::ToolStarted(_)) => Some("tool_started"),
+        Some(pb::run_step::Payload::MemoryStored(_)) => Some("memory_stored"),
         None => None,
     }
 }

@@ -56,6 +56,8 @@ pub(crate) fn fence(attempt: u32, token: String) -> Result<Fence, Status> {
 
 /// Largest final answer FinishRun records.
 pub(crate) const MAX_RESULT: usize = 1 << 20;
+/// Most steps one FinishRun records with the end.
+pub(crate) const MAX_FINISH_STEPS: usize = 4;
 /// Largest error text FinishRun records.
 pub(crate) const MAX_ERROR: usize = 64 << 10;
 /// Largest checkpointed step (an LLM response or a tool result, encoded).

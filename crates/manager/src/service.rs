@@ -472,10 +472,15 @@ impl pb::manager_service_server::ManagerService for ManagerService {
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::GetRunResponse>, Status> {
         let id = RunId::parse("run_id", &req.get_ref().run_id).map_err(invalid)?;
         let run = self.visible_run(&scope::caller(&req), &id).await?;
-        let steps = self.store.run_steps(&id).await.map_err(status_from_store)?;
+        let (steps, costs) =
+            tokio::try_join!(self.store.run_steps(&id), self.store.run_costs(&id)).map_err(status_from_store)?;
         let mut out = convert::run(&run);
         out.steps = steps.iter().map(convert::step).collect();
-        Ok(Response::new(pb::GetRunResponse { run: Some(out) }))
+        let costs = costs
+            .into_iter()
+            .map(|c| pb::StepCost { seq: c.seq, model: c.model, cost_micro_usd: c.cost_micros })
+            .collect();
+        Ok(Response::new(pb::GetRunResponse { run: Some(out), costs }))
     }
 
     async fn cancel_run(&self, req: Request<pb::CancelRunRequest>) -> Result<Response<pb::CancelRunResponse>, Status> {

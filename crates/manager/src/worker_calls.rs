@@ -10,7 +10,7 @@ use tonic::Status;
 
 use crate::convert;
 use crate::error::{invalid, status_from_store};
-use crate::request::{MAX_ERROR, MAX_RESULT, MAX_STEP, fence};
+use crate::request::{MAX_ERROR, MAX_FINISH_STEPS, MAX_RESULT, MAX_STEP, fence};
 use crate::service::ManagerService;
 
 impl ManagerService {
@@ -93,20 +93,27 @@ impl ManagerService {
     pub(crate) async fn append_step(&self, req: pb::CheckpointRequest) -> Result<pb::CheckpointResponse, Status> {
         let id = RunId::parse("run_id", &req.run_id).map_err(invalid)?;
         let step = req.step.ok_or_else(|| Status::invalid_argument("step: is required"))?;
-        let kind = convert::step_kind(&step)
-            .ok_or_else(|| Status::invalid_argument("step.payload: set llm_response or tool_result"))?;
+        let input = self.step_input("step", &step)?;
         let ttl = req.lease_ttl.as_ref().map(|d| self.lease_ttl("lease_ttl", Some(d))).transpose()?;
+        let fence = fence(req.attempt, req.lease_token)?;
+        let until = self.store().checkpoint(&id, fence, &input, ttl).await.map_err(status_from_store)?;
+        Ok(pb::CheckpointResponse { lease_expires_at: until.map(time::to_pb) })
+    }
+
+    /// A step to checkpoint, checked (`field` names it in errors), with its ledger entry when it
+    /// is an LLM call.
+    fn step_input(&self, field: &str, step: &pb::RunStep) -> Result<StepInput, Status> {
+        let kind = convert::step_kind(step)
+            .ok_or_else(|| Status::invalid_argument(format!("{field}.payload: is required")))?;
         let payload = step.encode_to_vec();
         if payload.len() > MAX_STEP {
-            return Err(Status::invalid_argument(format!("step: at most {} KiB encoded", MAX_STEP >> 10)));
+            return Err(Status::invalid_argument(format!("{field}: at most {} KiB encoded", MAX_STEP >> 10)));
         }
         let mut input = StepInput::new(step.seq, kind, payload);
         if let Some(pb::run_step::Payload::LlmResponse(r)) = &step.payload {
             input.call = Some(self.ledger_entry(r));
         }
-        let fence = fence(req.attempt, req.lease_token)?;
-        let until = self.store().checkpoint(&id, fence, &input, ttl).await.map_err(status_from_store)?;
-        Ok(pb::CheckpointResponse { lease_expires_at: until.map(time::to_pb) })
+        Ok(input)
     }
 
     /// FinishRun.
@@ -122,6 +129,12 @@ impl ManagerService {
                 MAX_ERROR >> 10
             )));
         }
+        if req.steps.len() > MAX_FINISH_STEPS {
+            return Err(Status::invalid_argument(format!("steps: at most {MAX_FINISH_STEPS}")));
+        }
+        let steps = (req.steps.iter().enumerate())
+            .map(|(i, step)| self.step_input(&format!("steps[{i}]"), step))
+            .collect::<Result<Vec<_>, _>>()?;
         let usage = req.usage.unwrap_or_default();
         let input = FinishInput {
             outcome,
@@ -132,6 +145,11 @@ impl ManagerService {
             failure: if req.permanent { Failure::Permanent } else { Failure::Retryable },
         };
         let fence = fence(req.attempt, req.lease_token)?;
+        // Checkpoints are idempotent per seq: a FinishRun retried after its steps were written
+        // (and its end was not) writes them again harmlessly.
+        for step in &steps {
+            self.store().checkpoint(&id, fence.clone(), step, None).await.map_err(status_from_store)?;
+        }
         let (run, retry_after) = self.store().finish_run(&id, fence, &input).await.map_err(status_from_store)?;
         tracing::info!(run = %id, status = %run.status, retry_in = ?retry_after, "attempt finished");
         self.wake_waiting(&run.agent_id, &id);

@@ -178,6 +178,18 @@ async fn malformed_requests_get_proper_codes(kind: Db) {
         Code::InvalidArgument,
         "outcome",
     );
+    let stored = pb::RunStep {
+        payload: Some(pb::run_step::Payload::MemoryStored(pb::MemoryStored::default())),
+        ..Default::default()
+    };
+    let end = |steps: Vec<pb::RunStep>| pb::FinishRunRequest {
+        run_id: "r1".into(),
+        outcome: pb::RunOutcome::Succeeded as i32,
+        steps,
+        ..Default::default()
+    };
+    assert_code(c.finish_run(end(vec![stored; 5])).await, Code::InvalidArgument, "steps: at most 4");
+    assert_code(c.finish_run(end(vec![pb::RunStep::default()])).await, Code::InvalidArgument, "steps[0].payload");
 }
 
 async fn worker_protocol_end_to_end(kind: Db) {

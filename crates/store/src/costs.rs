@@ -93,6 +93,36 @@ impl Store {
     }
 }
 
+/// One LLM call of a run in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepCost {
+    /// The step's seq.
+    pub seq: u32,
+    /// The model as the provider named it.
+    pub model: String,
+    /// Micro-USD; `None` when the model had no price.
+    pub cost_micros: Option<i64>,
+}
+
+impl Store {
+    /// The ledger rows of run `id`, by seq.
+    pub async fn run_costs(&self, id: &nightshift_core::RunId) -> Result<Vec<StepCost>, StoreError> {
+        let rows = sqlx::query("SELECT seq, model, cost_micros FROM llm_calls WHERE run_id = $1 ORDER BY seq")
+            .bind(id.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StepCost {
+                    seq: u32::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(u32::MAX),
+                    model: r.try_get("model")?,
+                    cost_micros: r.try_get("cost_micros")?,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Tokens and money of the ledger rows a query sums (`t`, `c` or the given columns).
 fn spend(row: &sqlx::any::AnyRow, tokens: &str, micros: &str) -> Result<Spend, StoreError> {
     Ok(Spend { tokens: u64_col(row, tokens)?, micros: u64_col(row, micros)? })

@@ -25,7 +25,7 @@ mod schedules;
 
 pub use api_keys::{ApiKeyRecord, KEY_PREFIX, KeyRefused, parse_key};
 pub use approvals::{ApprovalCall, ApprovalFilter, ApprovalRecord, Decided, ParkInput, Verdict};
-pub use costs::{CostGroup, CostRow};
+pub use costs::{CostGroup, CostRow, StepCost};
 pub use db::{Backend, Store, redact};
 pub use error::{StoreError, status_from_store};
 pub use lease_recovery::Recovered;

@@ -73,6 +73,8 @@ impl LoopError {
 pub struct LoopOutcome {
     /// Final answer text.
     pub answer: String,
+    /// The seq a step after the answer takes.
+    pub next_seq: u32,
 }
 
 /// The tokens an attempt has spent so far. Shared with the attempt, which reads it however the
@@ -105,6 +107,8 @@ pub struct AgentLoop<'a> {
     pub system: String,
     /// The task of this run.
     pub query: String,
+    /// What memory was recalled into `system` (None: the worker has no memory service).
+    pub recall: Option<pb::MemoryRecall>,
     /// `policy.max_steps`.
     pub max_steps: u32,
     /// Steps checkpointed by earlier attempts.
@@ -166,7 +170,7 @@ impl AgentLoop<'_> {
                     messages.push(Message::from(t));
                     answered.insert(t.call_id.clone());
                 }
-                None => {}
+                Some(pb::run_step::Payload::MemoryStored(_)) | None => {}
             }
         }
         self.step_counter.store(llm_turns, Ordering::Relaxed);
@@ -186,9 +190,10 @@ impl AgentLoop<'_> {
             && r.tool_calls.is_empty()
         {
             // Crashed after the final answer was checkpointed: it is the answer.
-            return Ok(LoopOutcome { answer: r.content.clone() });
+            return Ok(LoopOutcome { answer: r.content.clone(), next_seq: seq });
         }
         let specs = tool_specs(self.tools);
+        let mut first_call = true;
         loop {
             if !pending.is_empty() {
                 let plans: Vec<Plan> =
@@ -259,7 +264,10 @@ impl AgentLoop<'_> {
             };
             let resp = self.chat(&req).await?;
             self.spent.add(&resp.usage);
-            let record = pb::LlmResponse { intents_recorded: true, ..pb::LlmResponse::from(&resp) };
+            let prompt = self.prompt_sent(&req, first_call);
+            first_call = false;
+            let record =
+                pb::LlmResponse { intents_recorded: true, prompt: Some(prompt), ..pb::LlmResponse::from(&resp) };
             last_llm = Some(record.clone());
             sink.checkpoint(pb::RunStep {
                 seq,
@@ -273,10 +281,28 @@ impl AgentLoop<'_> {
             sink.llm_called(&record);
             messages.push(resp.to_message());
             if resp.is_final() {
-                return Ok(LoopOutcome { answer: resp.content });
+                return Ok(LoopOutcome { answer: resp.content, next_seq: seq });
             }
             pending = resp.tool_calls;
         }
+    }
+
+    /// What `req` sent, for the record: the texts and the recall only with the attempt's first
+    /// call (every later call sends the same ones).
+    fn prompt_sent(&self, req: &ChatRequest, first_call: bool) -> pb::PromptSent {
+        let mut sent = pb::PromptSent {
+            messages: req.messages.len() as u32,
+            final_only: req.final_only,
+            tools: req.tools.len() as u32,
+            ..Default::default()
+        };
+        if first_call {
+            sent.first = true;
+            sent.system = req.system.clone().unwrap_or_default();
+            sent.user = self.query.clone();
+            sent.recall = self.recall;
+        }
+        sent
     }
 
     async fn chat(&self, req: &ChatRequest) -> Result<nightshift_llm::ChatResponse, LlmError> {
@@ -405,6 +431,7 @@ mod tests {
             tools: &tools,
             system: "s".into(),
             query: "q".into(),
+            recall: None,
             max_steps: 5,
             prior,
             step_counter: Arc::default(),
@@ -461,6 +488,7 @@ mod tests {
                     tools,
                     system: "s".into(),
                     query: "q".into(),
+                    recall: None,
                     max_steps: 5,
                     prior: Vec::new(),
                     step_counter: Arc::default(),
@@ -522,6 +550,7 @@ mod tests {
             tools: &tools,
             system: "s".into(),
             query: "q".into(),
+            recall: None,
             max_steps: 1,
             prior: Vec::new(),
             step_counter: Arc::default(),

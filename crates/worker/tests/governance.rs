@@ -122,6 +122,7 @@ fn kinds(run: &pb::Run) -> Vec<&'static str> {
             Some(Payload::LlmResponse(_)) => "llm",
             Some(Payload::ToolStarted(_)) => "started",
             Some(Payload::ToolResult(_)) => "tool",
+            Some(Payload::MemoryStored(_)) => "memory",
             None => "none",
         })
         .collect()

@@ -60,8 +60,33 @@ async fn runs_recall_memory_and_store_their_result_as_an_episode() {
         .await
         .unwrap();
     let second = trigger(&env).await;
-    wait_for_status(&env, &second.id, pb::RunStatus::Succeeded).await;
+    let second = wait_for_status(&env, &second.id, pb::RunStatus::Succeeded).await;
     let systems = script.systems.lock().unwrap().clone();
+    // The run's steps record what was recalled and sent (the first call of the attempt), and,
+    // last, the episode stored with its end.
+    let llm: Vec<&pb::LlmResponse> = second
+        .steps
+        .iter()
+        .filter_map(|s| match &s.payload {
+            Some(pb::run_step::Payload::LlmResponse(r)) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let sent = llm[0].prompt.as_ref().unwrap();
+    assert_eq!(
+        (sent.first, sent.system.as_str(), sent.user.as_str()),
+        (true, systems[1].as_str(), "Area of a 3x4 rectangle?")
+    );
+    let recalled = sent.recall.unwrap();
+    assert_eq!((recalled.episodes, recalled.notes, recalled.facts, recalled.errors), (1, 1, 0, 0));
+    let later = llm[1].prompt.as_ref().unwrap();
+    assert_eq!((later.first, later.system.as_str(), later.messages), (false, "", 3), "task, call, result");
+    match &second.steps.last().unwrap().payload {
+        Some(pb::run_step::Payload::MemoryStored(m)) => {
+            assert_eq!((m.record_id.clone(), m.error.as_str()), (format!("episode-{}", second.id), ""));
+        }
+        other => panic!("the last step is the stored episode: {other:?}"),
+    }
     assert_eq!(systems.len(), 2);
     assert!(!systems[0].contains("## Your memory") && !systems[0].contains("no memory"), "{}", systems[0]);
     assert!(systems[1].starts_with("You compute areas.\n\n## Your memory"), "{}", systems[1]);

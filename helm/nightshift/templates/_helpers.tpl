@@ -195,6 +195,10 @@ Call with (dict "root" $ "component" NAME).
 {{- $_ := set $wired "events_endpoint" $events -}}
 {{- $_ := set $wired "scheduler_endpoint" (include "nightshift.endpoint" (dict "root" $root "component" "scheduler")) -}}
 {{- $_ := set $wired "memory_endpoint" (include "nightshift.endpoint" (dict "root" $root "component" "memory")) -}}
+{{- /* The worker Service is headless: its name resolves to every worker pod. */ -}}
+{{- with (include "nightshift.endpoint" (dict "root" $root "component" "worker")) -}}
+{{- $_ := set $wired "worker_discovery" (list .) -}}
+{{- end -}}
 {{- $urls := list -}}
 {{- range $other := list "manager" "scheduler" "events" "memory" -}}
 {{- $o := index $root.Values $other -}}

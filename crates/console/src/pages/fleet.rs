@@ -44,9 +44,12 @@ pub(super) async fn show(
     Signed(s): Signed,
     Query(p): Query<Paging>,
 ) -> Result<Markup, PageError> {
-    let workers = join_all(app.backends.workers(&s).into_iter().map(|(uri, mut client)| async move {
-        let status = client.get_worker_status(pb::GetWorkerStatusRequest {}).await;
-        (uri, status.map(|r| r.into_inner()))
+    let workers = join_all(app.backends.workers(&s).await.into_iter().map(|(uri, client)| async move {
+        let status = match client {
+            Ok(mut c) => c.get_worker_status(pb::GetWorkerStatusRequest {}).await.map(|r| r.into_inner()),
+            Err(e) => Err(tonic::Status::unavailable(e)),
+        };
+        (uri, status)
     }))
     .await;
     let mut scheduler = app.backends.scheduler(&s);
@@ -56,7 +59,7 @@ pub(super) async fn show(
     let body = html! {
         h1 { "Workers" }
         @if workers.is_empty() {
-            p.muted { "No worker is configured (" code { "worker_endpoints" } " of the console)." }
+            p.muted { "No worker is configured (" code { "worker_endpoints" } " or " code { "worker_discovery" } " of the console)." }
         }
         @for (uri, status) in &workers {
             section.worker aria-label={ "Worker " (uri) } {

@@ -1,6 +1,7 @@
 //! The runs page and a run's page: its header, and the timeline of its attempts and steps
 //! (each LLM answer with its tool calls, each tool result), which `live.rs` keeps current while
 //! the run runs.
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -136,18 +137,22 @@ pub(super) async fn show(
     Signed(s): Signed,
     Path(id): Path<String>,
 ) -> Result<Markup, PageError> {
-    let run = app.backends.manager(&s).get_run(pb::GetRunRequest { run_id: id.clone() }).await?.into_inner();
-    let run = run.run.unwrap_or_default();
-    let live = (!view::is_terminal(run.status)).then(|| format!("/runs/{}/live", view::encode(&id)));
+    let got = app.backends.manager(&s).get_run(pb::GetRunRequest { run_id: id.clone() }).await?.into_inner();
+    let terminal = view::is_terminal(got.run.as_ref().map_or(0, |r| r.status));
+    let live = (!terminal).then(|| format!("/runs/{}/live", view::encode(&id)));
     let body = html! {
-        div #run data-live-run=[live] aria-live="polite" { (run_section(&s, &run, &app.trace_url)) }
+        div #run data-live-run=[live] aria-live="polite" { (run_section(&s, &got, &app.trace_url)) }
     };
     Ok(view::page(&format!("Run {}", view::clip(&id, 40)), &s, Nav::Runs, body))
 }
 
 /// A run's header and timeline: the part of its page the live stream replaces.
-pub(crate) fn run_section(s: &Session, run: &pb::Run, trace_url: &str) -> Markup {
+pub(crate) fn run_section(s: &Session, got: &pb::GetRunResponse, trace_url: &str) -> Markup {
+    let default = pb::Run::default();
+    let run = got.run.as_ref().unwrap_or(&default);
     let terminal = view::is_terminal(run.status);
+    let costs: HashMap<u32, Option<i64>> = got.costs.iter().map(|c| (c.seq, c.cost_micro_usd)).collect();
+    let priced: Vec<i64> = costs.values().flatten().copied().collect();
     let agent = pb::AgentSpec { name: run.agent_name.clone(), namespace: run.namespace.clone(), ..Default::default() };
     html! {
         header.title {
@@ -166,6 +171,9 @@ pub(crate) fn run_section(s: &Session, run: &pb::Run, trace_url: &str) -> Markup
                 div { dt { "Finished" } dd { (view::time(run.finished_at.as_ref())) } }
                 div { dt { "Duration" } dd { (view::elapsed(run.started_at.as_ref(), run.finished_at.as_ref()).map(view::millis).unwrap_or_else(|| "—".into())) } }
                 div { dt { "Tokens" } dd { (view::usage(run.usage.as_ref())) } }
+                div { dt { "Cost" } dd title="LLM calls priced at the manager's [prices] table" {
+                    (cost(priced.iter().sum::<i64>(), costs.len() - priced.len()))
+                } }
             }
             @if let Some(q) = &run.query_override { p { "Query for this run: " q { (q) } } }
             @if !run.reason.is_empty() { p { "Reason: " (run.reason) } }
@@ -190,19 +198,33 @@ pub(crate) fn run_section(s: &Session, run: &pb::Run, trace_url: &str) -> Markup
         }
         section aria-label="Timeline" {
             h2 { "Timeline" }
-            ol.timeline { (timeline(run, terminal)) }
+            ol.timeline { (timeline(run, &costs, terminal)) }
         }
     }
 }
 
+/// Money in USD, and how many calls had no price ("—" when none was priced).
+fn cost(micros: i64, unpriced: usize) -> String {
+    let usd = |m: i64| nightshift_core::cost::format_usd(u64::try_from(m).unwrap_or(0));
+    match (micros, unpriced) {
+        (0, 0) => "—".into(),
+        (m, 0) => usd(m),
+        (m, n) => format!("{} + {n} unpriced call{}", usd(m), if n == 1 { "" } else { "s" }),
+    }
+}
+
 /// The steps of every attempt in order, then the answer (or a "running" mark while it runs).
-fn timeline(run: &pb::Run, terminal: bool) -> Markup {
+fn timeline(run: &pb::Run, costs: &HashMap<u32, Option<i64>>, terminal: bool) -> Markup {
     html! {
         @for (i, step) in run.steps.iter().enumerate() {
             @if i == 0 || run.steps[i - 1].attempt != step.attempt {
                 li.attempt { "Attempt " (step.attempt) }
             }
-            (step_item(step))
+            @if let Some(Payload::LlmResponse(r)) = &step.payload
+                && let Some(recall) = r.prompt.as_ref().and_then(|p| p.recall.as_ref()) {
+                (recall_item(recall))
+            }
+            (step_item(step, costs.get(&step.seq).copied()))
         }
         @if run.status == pb::RunStatus::Succeeded as i32 {
             li.step.answer data-step="answer" {
@@ -215,14 +237,47 @@ fn timeline(run: &pb::Run, terminal: bool) -> Markup {
     }
 }
 
-fn step_item(step: &pb::RunStep) -> Markup {
+/// What memory an attempt's prompt was given.
+fn recall_item(r: &pb::MemoryRecall) -> Markup {
+    html! {
+        li.step.memory data-step="recall" {
+            div.what {
+                strong { "Memory recalled" } " · " (r.episodes) " episodes · " (r.facts) " facts · " (r.notes) " notes"
+                @if r.working { " · notes of earlier attempts" }
+                " · " (view::duration(r.latency.as_ref()))
+                @if r.errors > 0 { " · " span.error { (r.errors) " memory calls failed (the run went on without them)" } }
+            }
+        }
+    }
+}
+
+/// What an LLM call was sent: the whole prompt for an attempt's first call, else what it added.
+fn prompt_sent(p: &pb::PromptSent) -> Markup {
+    html! {
+        details.prompt {
+            summary {
+                "Sent: " @if p.first { "system prompt, " } @else { "the system prompt and task above, then " }
+                (p.messages) " message" @if p.messages != 1 { "s" } " · " (p.tools) " tool" @if p.tools != 1 { "s" } " offered"
+                @if p.final_only { " · asked for a final answer (no more tool calls)" }
+            }
+            @if p.first {
+                div.call { "system" pre.text { (view::clip(&p.system, MAX_STEP_TEXT)) } }
+                div.call { "user" pre.text { (view::clip(&p.user, MAX_STEP_TEXT)) } }
+            }
+        }
+    }
+}
+
+fn step_item(step: &pb::RunStep, cost_micros: Option<Option<i64>>) -> Markup {
     match &step.payload {
         Some(Payload::LlmResponse(r)) => html! {
             li.step.llm data-step="llm" {
                 div.what {
                     strong { "LLM" } " " code { (r.model) } " · " (view::usage(r.usage.as_ref()))
+                    @match cost_micros { Some(Some(m)) => { " · " span.cost { (cost(m, 0)) } } Some(None) => { " · " span.cost { "unpriced" } } None => {} }
                     " · " (view::duration(r.latency.as_ref())) " · " (r.finish_reason) " · " (view::time(step.created_at.as_ref()))
                 }
+                @if let Some(p) = &r.prompt { (prompt_sent(p)) }
                 @if !r.content.is_empty() { pre.text { (view::clip(&r.content, MAX_STEP_TEXT)) } }
                 @for call in &r.tool_calls {
                     div.call { "calls " code { (call.name) } pre.json { (view::clip(&view::pretty_json(&call.arguments_json), MAX_STEP_TEXT)) } }
@@ -245,6 +300,15 @@ fn step_item(step: &pb::RunStep) -> Markup {
                     (view::time(step.created_at.as_ref()))
                 }
                 pre.json { (view::clip(&view::pretty_json(&t.arguments_json), MAX_STEP_TEXT)) }
+            }
+        },
+        Some(Payload::MemoryStored(m)) => html! {
+            li class={ "step memory" @if !m.error.is_empty() { " failed" } } data-step="memory" {
+                div.what {
+                    strong { "Memory stored" } " episode " code { (m.record_id) } " · " (view::duration(m.latency.as_ref()))
+                    " · " (view::time(step.created_at.as_ref()))
+                }
+                @if !m.error.is_empty() { p.error { "Not stored: " (m.error) } }
             }
         },
         None => html! {},

@@ -107,23 +107,39 @@ fn failed(op: &'static str, s: &tonic::Status) {
     tracing::warn!(op, code = ?s.code(), error = %s.message(), "memory service call failed; the run goes on without it");
 }
 
-/// What was recalled for a run, rendered as a section of the system prompt ("" = nothing).
-/// Gives up (with what it has: nothing) after [`MEMORY_TIMEOUT`].
+/// What was recalled for a run, rendered as a section of the system prompt ("" = nothing), and
+/// how much of each type (the run's timeline shows it). Gives up (with what it has: nothing)
+/// after [`MEMORY_TIMEOUT`].
 #[tracing::instrument(name = "memory.recall", skip_all)]
-pub async fn recall(client: &RunMemory, spec: &AgentSpec, scope: &pb::MemoryScope, query: &str) -> String {
+pub async fn recall(
+    client: &RunMemory,
+    spec: &AgentSpec,
+    scope: &pb::MemoryScope,
+    query: &str,
+) -> (String, pb::MemoryRecall) {
     match tokio::time::timeout(MEMORY_TIMEOUT, recall_all(client, spec, scope, query)).await {
-        Ok(section) => section,
+        Ok(recalled) => recalled,
         Err(_) => {
             failed("recall", &tonic::Status::deadline_exceeded("memory recall took too long"));
-            String::new()
+            (String::new(), pb::MemoryRecall { errors: 1, ..Default::default() })
         }
     }
 }
 
-async fn recall_all(client: &RunMemory, spec: &AgentSpec, scope: &pb::MemoryScope, query: &str) -> String {
+async fn recall_all(
+    client: &RunMemory,
+    spec: &AgentSpec,
+    scope: &pb::MemoryScope,
+    query: &str,
+) -> (String, pb::MemoryRecall) {
     let mut episodes = Vec::new();
     let mut notes = Vec::new();
     let mut facts = Vec::new();
+    let mut errors = 0;
+    let mut failure = |op, s: &tonic::Status| {
+        errors += 1;
+        failed(op, s);
+    };
     let recall = |kind: pb::MemoryType, limit: u32| {
         let c = client.clone();
         let req = pb::RecallRequest {
@@ -138,12 +154,12 @@ async fn recall_all(client: &RunMemory, spec: &AgentSpec, scope: &pb::MemoryScop
     if spec.memory.recall_recent > 0 {
         match recall(pb::MemoryType::Episodic, spec.memory.recall_recent).await {
             Ok(r) => episodes = r.into_inner().records,
-            Err(s) => failed("recall", &s),
+            Err(s) => failure("recall", &s),
         }
     }
     match recall(pb::MemoryType::Procedural, PROCEDURAL_RECALL).await {
         Ok(r) => notes = r.into_inner().records,
-        Err(s) => failed("recall", &s),
+        Err(s) => failure("recall", &s),
     }
     if spec.memory.semantic_top_k > 0 {
         let req = pb::SearchMemoryRequest {
@@ -160,10 +176,17 @@ async fn recall_all(client: &RunMemory, spec: &AgentSpec, scope: &pb::MemoryScop
             Err(s) if s.code() == Code::FailedPrecondition => {
                 tracing::debug!(error = %s.message(), "semantic memory search is not configured")
             }
-            Err(s) => failed("search", &s),
+            Err(s) => failure("search", &s),
         }
     }
-    render(&episodes, &notes, &facts, matches!(spec.memory.session, SessionScope::Fixed(_)))
+    let counts = pb::MemoryRecall {
+        episodes: episodes.len() as u32,
+        facts: facts.len() as u32,
+        notes: notes.len() as u32,
+        errors,
+        ..Default::default()
+    };
+    (render(&episodes, &notes, &facts, matches!(spec.memory.session, SessionScope::Fixed(_))), counts)
 }
 
 fn clip(s: &str, max: usize) -> String {
@@ -224,7 +247,8 @@ fn render(
 }
 
 /// Stores the episode of a successful attempt (idempotent per run). It names the agent that ran
-/// (`agent`: its name, `agent_id`), which tells the members of a shared scope apart.
+/// (`agent`: its name, `agent_id`), which tells the members of a shared scope apart. Returns
+/// what became of it, for the run's timeline.
 #[tracing::instrument(name = "memory.store_episode", skip_all)]
 pub async fn store_episode(
     client: &RunMemory,
@@ -234,7 +258,8 @@ pub async fn store_episode(
     query: &str,
     answer: &str,
     steps: u32,
-) {
+) -> pb::MemoryStored {
+    let started = std::time::Instant::now();
     let metadata = BTreeMap::from([
         ("outcome".to_owned(), "succeeded".to_owned()),
         ("attempt".to_owned(), run.attempt.to_string()),
@@ -253,10 +278,28 @@ pub async fn store_episode(
         ttl: None,
         summary: false,
     };
-    match tokio::time::timeout(MEMORY_TIMEOUT, client.store(pb::StoreMemoryRequest { records: vec![record] })).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(s)) => failed("store", &s),
-        Err(_) => failed("store", &tonic::Status::deadline_exceeded("storing the episode took too long")),
+    let id = record.id.clone();
+    let error = match tokio::time::timeout(
+        MEMORY_TIMEOUT,
+        client.store(pb::StoreMemoryRequest { records: vec![record] }),
+    )
+    .await
+    {
+        Ok(Ok(_)) => String::new(),
+        Ok(Err(s)) => {
+            failed("store", &s);
+            s.message().to_owned()
+        }
+        Err(_) => {
+            let s = tonic::Status::deadline_exceeded("storing the episode took too long");
+            failed("store", &s);
+            s.message().to_owned()
+        }
+    };
+    pb::MemoryStored {
+        record_id: id,
+        latency: Some(nightshift_core::duration::to_pb(started.elapsed())),
+        error: clip(&error, 1_000),
     }
 }
 

@@ -21,7 +21,8 @@ use crate::memory::{self, RunMemory};
 
 /// Outcome of one attempt, as reported to the manager.
 pub(super) enum AttemptEnd {
-    Succeeded(String, nightshift_llm::Usage),
+    /// The answer, the tokens, and the steps to record with the end (the episode stored).
+    Succeeded(String, nightshift_llm::Usage, Vec<pb::RunStep>),
     Failed(String, Failure, nightshift_llm::Usage),
     TimedOut(nightshift_llm::Usage),
     Stopped(StopReason, nightshift_llm::Usage),
@@ -104,14 +105,17 @@ impl Worker {
             .memory
             .get()
             .map(|c| (RunMemory::new(c, &run.id, &run.lease_token), memory::scope(spec, &run.agent_id, &run.id)));
-        let (recalled, notes) = match &memory {
+        let (recalled, notes, recall) = match &memory {
             Some((client, scope)) => {
-                let (recalled, (so_far, notes)) =
+                let started = std::time::Instant::now();
+                let ((recalled, mut counts), (so_far, notes)) =
                     tokio::join!(memory::recall(client, spec, scope, &query), memory::working::recall(client, run));
+                counts.working = !so_far.is_empty();
+                counts.latency = Some(nightshift_core::duration::to_pb(started.elapsed()));
                 let section = [recalled, so_far].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>();
-                (section.join("\n\n"), notes)
+                (section.join("\n\n"), notes, Some(counts))
             }
-            None => (String::new(), false),
+            None => (String::new(), false, None),
         };
         // Whatever way the attempt ends, the tokens it spent are recorded with its end.
         let spent = Arc::new(Spent::default());
@@ -120,6 +124,7 @@ impl Worker {
             tools: &tools,
             system: system_prompt(spec, memory.is_some(), &recalled),
             query: query.clone(),
+            recall,
             max_steps: spec.policy.max_steps,
             prior,
             step_counter: step.clone(),
@@ -136,10 +141,15 @@ impl Worker {
         let beat = self.inner.cfg.lease_ttl.min(self.inner.cfg.queue.ack_wait) / 3;
         let mut heartbeat = tokio::time::interval(beat.max(std::time::Duration::from_millis(100)));
         heartbeat.tick().await;
+        // The seq after the loop's last step (the answer's).
+        let mut next_seq = 0;
         let end = loop {
             tokio::select! {
                 r = &mut fut => break match r {
-                    Ok(out) => AttemptEnd::Succeeded(out.answer, spent.usage()),
+                    Ok(out) => {
+                        next_seq = out.next_seq;
+                        AttemptEnd::Succeeded(out.answer, spent.usage(), Vec::new())
+                    }
                     Err(LoopError::Fenced(m)) => AttemptEnd::Lost(m),
                     Err(LoopError::Park(calls)) => AttemptEnd::Parked(calls, spent.usage()),
                     Err(e) => AttemptEnd::Failed(e.to_string(), e.failure(), spent.usage()),
@@ -171,12 +181,19 @@ impl Worker {
             }
         };
         tools.shutdown().await;
-        if let (AttemptEnd::Succeeded(answer, _), Some((client, scope))) = (&end, &memory)
+        let mut end = end;
+        if let (AttemptEnd::Succeeded(answer, _, record), Some((client, scope))) = (&mut end, &memory)
             && spec.memory.store_results
         {
-            // Before FinishRun: a run that reads as succeeded has its episode stored.
-            let steps = step.load(Ordering::Relaxed);
-            memory::store_episode(client, scope, run, spec.name.as_str(), &query, answer, steps).await;
+            // Before FinishRun: a run that reads as succeeded has its episode stored, and the
+            // end records that it was (as the run's last step).
+            let turns = step.load(Ordering::Relaxed);
+            let stored = memory::store_episode(client, scope, run, spec.name.as_str(), &query, answer, turns).await;
+            record.push(pb::RunStep {
+                seq: next_seq,
+                payload: Some(pb::run_step::Payload::MemoryStored(stored)),
+                ..Default::default()
+            });
         }
         (end, notes)
     }

@@ -28,6 +28,8 @@ pub(super) struct Report<'a> {
     pub(super) failure: Failure,
     /// Tokens the attempt spent.
     pub(super) usage: nightshift_llm::Usage,
+    /// Steps recorded with the end (the episode stored).
+    pub(super) steps: Vec<pb::RunStep>,
 }
 
 impl<'a> Report<'a> {
@@ -38,7 +40,7 @@ impl<'a> Report<'a> {
         error: &'a str,
         usage: nightshift_llm::Usage,
     ) -> Self {
-        Self { outcome, result, error, failure: Failure::Retryable, usage }
+        Self { outcome, result, error, failure: Failure::Retryable, usage, steps: Vec::new() }
     }
 
     /// A failed or timed-out attempt.
@@ -48,7 +50,7 @@ impl<'a> Report<'a> {
         failure: Failure,
         usage: nightshift_llm::Usage,
     ) -> Self {
-        Self { outcome, result: "", error, failure, usage }
+        Self { outcome, result: "", error, failure, usage, steps: Vec::new() }
     }
 }
 
@@ -154,12 +156,13 @@ impl Worker {
         metrics::histogram!("nightshift_run_duration_seconds", "status" => status).record(took.as_secs_f64());
         let ending = Ending::of(&end, run, turns);
         match end {
-            AttemptEnd::Succeeded(answer, usage) => {
+            AttemptEnd::Succeeded(answer, usage, steps) => {
                 let completed = || {
                     let result = truncate(&answer, 2000);
                     events.emit(EventType::BackgroundTaskCompleted, json!({"attempt": run.attempt, "result": result}));
                 };
-                match self.finish(run, Report::ended(pb::RunOutcome::Succeeded, &answer, "", usage)).await {
+                let report = Report { steps, ..Report::ended(pb::RunOutcome::Succeeded, &answer, "", usage) };
+                match self.finish(run, report).await {
                     Recorded::No => self.redeliver_later(d, run, &ending).await,
                     Recorded::Yes(_) => {
                         completed();
@@ -323,6 +326,7 @@ impl Worker {
             error: report.error.to_owned(),
             usage: Some(usage.into()),
             permanent: report.failure == Failure::Permanent,
+            steps: report.steps,
         };
         // A few tries: losing FinishRun would leave the run to a lease takeover.
         self.with_retries("FinishRun", &run.id, |mut m| {
