@@ -316,6 +316,13 @@ pub enum RunsCommand {
     },
     /// Show a run with its steps.
     Get { id: String },
+    /// Follow a run live: each step as it is checkpointed, its state changes, until it ends.
+    Watch {
+        id: String,
+        /// Resume after this cursor (`-o json` prints each item's).
+        #[arg(long, default_value = "")]
+        cursor: String,
+    },
     /// Cancel a queued or running run.
     Cancel {
         id: String,

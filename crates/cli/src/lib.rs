@@ -15,6 +15,7 @@ mod events;
 mod models;
 mod output;
 mod runs;
+mod watch;
 
 pub use args::Cli;
 pub use dev::{DevConfig, DevWiring};

@@ -31,6 +31,7 @@ pub(crate) async fn run(server: &Server, out: Output, cmd: RunsCommand) -> anyho
             let r = client.get_run(pb::GetRunRequest { run_id: id }).await?.into_inner();
             output::print(out, &RunView::from_pb(&r.run.unwrap_or_default()), output::run_table)?;
         }
+        RunsCommand::Watch { id, cursor } => crate::watch::watch(server, out, id, cursor).await?,
         RunsCommand::Cancel { id, reason } => {
             let r = client
                 .cancel_run(pb::CancelRunRequest { run_id: id, reason: reason.unwrap_or_default() })

@@ -127,7 +127,7 @@ pub fn permission_for(path: &str) -> Option<Permission> {
         | ("grpc.reflection.v1alpha.ServerReflection", _) => Public,
         ("nightshift.v1.ManagerService", m) => match m {
             "CreateAgent" | "ApplyAgent" | "UpdateAgent" | "DeleteAgent" => Write,
-            "GetAgent" | "ListAgents" | "GetAgentStatus" | "ListAgentVersions" | "ListRuns" | "GetRun"
+            "GetAgent" | "ListAgents" | "GetAgentStatus" | "ListAgentVersions" | "ListRuns" | "GetRun" | "WatchRun"
             | "ListApprovals" | "GetCosts" => Read,
             "ApproveToolCall" | "DenyToolCall" => Approve,
             "PauseAgent" | "ResumeAgent" | "TriggerAgent" | "CancelRun" => Control,

@@ -107,6 +107,7 @@ impl ManagerService {
             ParkInput { input_tokens: usage.input_tokens, output_tokens: usage.output_tokens, timeout, on_timeout };
         let (run, approvals) =
             self.store().park_for_approval(&id, fence, &calls, &input).await.map_err(status_from_store)?;
+        self.watchers().changed(&id);
         tracing::info!(run = %id, status = %run.status, calls = calls.len(), "run parked for approval");
         for a in approvals.iter().filter(|a| a.status == ApprovalStatus::Pending) {
             metrics::counter!("nightshift_approvals_requested_total").increment(1);

@@ -16,6 +16,7 @@ mod schedule_observer;
 mod scope;
 mod service;
 mod versions;
+mod watch;
 mod worker_calls;
 
 pub use auth_service::{AUTH_SERVICE_NAME, AuthApi, StoreKeys};

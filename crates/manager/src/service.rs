@@ -41,6 +41,8 @@ pub struct ManagerService {
     prices: Arc<nightshift_core::cost::PriceTable>,
     /// The operator's budget per namespace.
     budgets: Arc<BTreeMap<nightshift_core::Namespace, nightshift_core::budget::Budget>>,
+    /// Runs being watched (WatchRun) through this manager.
+    watchers: Arc<crate::watch::Watchers>,
 }
 
 impl ManagerService {
@@ -58,6 +60,7 @@ impl ManagerService {
             governance: Arc::default(),
             prices: Arc::default(),
             budgets: Arc::default(),
+            watchers: Arc::default(),
         }
     }
 
@@ -151,6 +154,11 @@ impl ManagerService {
 
     pub(crate) fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The runs being watched through this manager; tell it of every change of a run.
+    pub(crate) fn watchers(&self) -> &Arc<crate::watch::Watchers> {
+        &self.watchers
     }
 
     pub(crate) fn clock(&self) -> &dyn Clock {
@@ -483,6 +491,13 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         Ok(Response::new(pb::GetRunResponse { run: Some(out), costs }))
     }
 
+    type WatchRunStream = crate::watch::WatchStream;
+
+    async fn watch_run(&self, req: Request<pb::WatchRunRequest>) -> Result<Response<Self::WatchRunStream>, Status> {
+        let scope = scope::caller(&req);
+        self.watch(&scope, req.into_inner()).await.map(Response::new)
+    }
+
     async fn cancel_run(&self, req: Request<pb::CancelRunRequest>) -> Result<Response<pb::CancelRunResponse>, Status> {
         let scope = scope::caller(&req);
         let req = req.into_inner();
@@ -490,6 +505,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         self.visible_run(&scope, &id).await?;
         let reason = if req.reason.trim().is_empty() { "cancelled by request".to_owned() } else { req.reason };
         let run = self.store.cancel_run(&id, &reason).await.map_err(status_from_store)?;
+        self.watchers.changed(&id);
         tracing::info!(run = %id, "run cancelled");
         // A run that ever started names its (last) worker; if that worker no longer holds it,
         // it answers `found: false`.

@@ -26,6 +26,7 @@ impl ManagerService {
             budgets: self.budgets().clone(),
         };
         let outcome = self.store().start_run(&input).await.map_err(status_from_store)?;
+        self.watchers().changed(&input.run_id);
         let mut resp = pb::StartRunResponse::default();
         let (decision, run) = match outcome {
             StartOutcome::Started { run, lease_token, spec, steps, approvals, cancelled } => {
@@ -97,6 +98,7 @@ impl ManagerService {
         let ttl = req.lease_ttl.as_ref().map(|d| self.lease_ttl("lease_ttl", Some(d))).transpose()?;
         let fence = fence(req.attempt, req.lease_token)?;
         let until = self.store().checkpoint(&id, fence, &input, ttl).await.map_err(status_from_store)?;
+        self.watchers().changed(&id);
         Ok(pb::CheckpointResponse { lease_expires_at: until.map(time::to_pb) })
     }
 
@@ -150,7 +152,9 @@ impl ManagerService {
         for step in &steps {
             self.store().checkpoint(&id, fence.clone(), step, None).await.map_err(status_from_store)?;
         }
-        let (run, retry_after) = self.store().finish_run(&id, fence, &input).await.map_err(status_from_store)?;
+        let ended = self.store().finish_run(&id, fence, &input).await;
+        self.watchers().changed(&id);
+        let (run, retry_after) = ended.map_err(status_from_store)?;
         tracing::info!(run = %id, status = %run.status, retry_in = ?retry_after, "attempt finished");
         self.wake_waiting(&run.agent_id, &id);
         Ok(pb::FinishRunResponse { run: Some(convert::run(&run)), retry_after: convert::opt_duration(retry_after) })

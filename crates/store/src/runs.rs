@@ -78,6 +78,18 @@ impl Store {
         rows.iter().map(step_from_row).collect()
     }
 
+    /// The checkpointed steps of a run from `seq` on, in order.
+    pub async fn run_steps_from(&self, id: &RunId, seq: u32) -> Result<Vec<StepRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, attempt, kind, payload, created_at FROM run_steps WHERE run_id = $1 AND seq >= $2 ORDER BY seq",
+        )
+        .bind(id.as_str())
+        .bind(i64::from(seq))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(step_from_row).collect()
+    }
+
     /// Runs, newest first.
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Page<RunRecord>, StoreError> {
         let limit = filter.limit.clamp(1, 1000);

@@ -1,0 +1,150 @@
+//! Watching a run live (`WatchRun`, `nightshift runs watch`), with the binaries as separate
+//! processes (Postgres, Redis queue): a watcher joined mid-run sees each step as it is
+//! checkpointed, across a worker SIGKILL and the next worker's resumed attempt, and what it saw
+//! equals the run's checkpointed steps; a watcher that disconnects resumes from its cursor with
+//! no gap and no repeat. The model is the testkit's scripted OpenAI-compatible server (its second
+//! turn held until the test lets it go, for a deterministic point to kill the worker at).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Deployment, bin, free_port, spawn_workers, start_hanging_run, wait_port, wait_succeeded};
+use nightshift_core::pb;
+use nightshift_core::pb::manager_service_client::ManagerServiceClient;
+use pb::watch_run_response::Item;
+use tonic::transport::Channel;
+
+type Seen = Arc<Mutex<Vec<pb::WatchRunResponse>>>;
+
+/// Follows `run` from `cursor` into `seen` until the stream ends.
+fn watcher(m: &ManagerServiceClient<Channel>, run: &str, cursor: &str) -> (Seen, tokio::task::JoinHandle<()>) {
+    let (mut m, seen) = (m.clone(), Seen::default());
+    let req = pb::WatchRunRequest { run_id: run.to_owned(), cursor: cursor.to_owned() };
+    let into = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut stream = m.watch_run(req).await.unwrap().into_inner();
+        while let Some(item) = stream.message().await.unwrap() {
+            into.lock().unwrap().push(item);
+        }
+    });
+    (seen, task)
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn steps(seen: &[pb::WatchRunResponse]) -> Vec<pb::RunStep> {
+    seen.iter()
+        .filter_map(|r| match &r.item {
+            Some(Item::Step(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (attempt, status) of each run item.
+fn states(seen: &[pb::WatchRunResponse]) -> Vec<(u32, pb::RunStatus)> {
+    seen.iter()
+        .filter_map(|r| match &r.item {
+            Some(Item::Run(run)) => Some((run.attempt, run.status())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watcher_sees_each_step_across_a_worker_kill_and_a_dropped_stream_resumes_from_its_cursor() {
+    let (llm, script) = nightshift_testkit::llm::scripted_llm().await;
+    let (pm, ps) = (free_port(), free_port());
+    let deployment = Deployment {
+        db: nightshift_testkit::postgres_url().await,
+        queue_url: nightshift_testkit::redis_url(),
+        queue_name: format!("watch-{}", uuid::Uuid::new_v4().simple()),
+        // The killed worker's delivery comes back soon after its 3 s lease.
+        ack_wait: "4s".into(),
+        events: String::new(),
+    };
+    let _manager = deployment.spawn_manager(pm, ps);
+    let _scheduler = deployment.spawn_scheduler("scheduler", ps, &[]);
+    let mut w0 = spawn_workers(1, &deployment.role_env("WORKER"), pm, &[]);
+    wait_port(pm).await;
+    let mut m = ManagerServiceClient::connect(format!("http://127.0.0.1:{pm}")).await.unwrap();
+
+    // The run has checkpointed its first LLM turn and the tool's result, and waits in its second
+    // LLM call: a watcher joins now, from the start.
+    let (run, _) = start_hanging_run(&mut m, &llm, &script).await;
+    let (all, all_done) = watcher(&m, &run.id, "");
+    until("the steps so far and the run's state", || all.lock().unwrap().len() >= 3).await;
+    {
+        let seen = all.lock().unwrap();
+        assert_eq!(steps(&seen).iter().map(|s| (s.seq, s.attempt)).collect::<Vec<_>>(), [(0, 1), (1, 1)]);
+        assert_eq!(states(&seen), [(1, pb::RunStatus::Running)]);
+    }
+    // A second watcher takes the first two items and hangs up.
+    let (early, early_task) = watcher(&m, &run.id, "");
+    until("the second watcher's first items", || early.lock().unwrap().len() >= 2).await;
+    early_task.abort();
+    let early: Vec<pb::WatchRunResponse> = early.lock().unwrap().drain(..2).collect();
+
+    // SIGKILL the worker inside the LLM call; the next worker takes the expired lease over and
+    // resumes: the watcher sees the new attempt and its steps as they come.
+    drop(w0.remove(0));
+    script.hang_second_turn.store(false, Ordering::SeqCst);
+    let _w1 = spawn_workers(1, &deployment.role_env("WORKER"), pm, &[("NIGHTSHIFT_WORKER_WORKER_ID", "w1")]);
+    let done = wait_succeeded(&mut m, &run.id).await;
+    tokio::time::timeout(Duration::from_secs(10), all_done).await.expect("the stream ends with the run").unwrap();
+    assert_eq!(done.attempt, 2, "taken over");
+
+    // What the watcher saw is what was checkpointed, in order, each step once.
+    let seen = all.lock().unwrap().clone();
+    let got = m.get_run(pb::GetRunRequest { run_id: run.id.clone() }).await.unwrap().into_inner().run.unwrap();
+    assert_eq!(steps(&seen), got.steps);
+    assert_eq!(got.steps.iter().map(|s| (s.seq, s.attempt)).collect::<Vec<_>>(), [(0, 1), (1, 1), (2, 2)]);
+    let states = states(&seen);
+    assert_eq!(states.first(), Some(&(1, pb::RunStatus::Running)));
+    assert!(states.contains(&(2, pb::RunStatus::Running)), "the second attempt's start: {states:?}");
+    assert_eq!(states.last(), Some(&(2, pb::RunStatus::Succeeded)), "the end is the last item: {states:?}");
+    assert!(matches!(&seen.last().unwrap().item, Some(Item::Run(r)) if r.result == done.result));
+
+    // The watcher that hung up resumes after its second item: the rest of the run's steps, none
+    // twice, none missing.
+    let (rest, rest_done) = watcher(&m, &run.id, &early[1].cursor);
+    tokio::time::timeout(Duration::from_secs(10), rest_done).await.expect("the resumed stream ends").unwrap();
+    let rest = rest.lock().unwrap().clone();
+    let mut joined = steps(&early);
+    joined.extend(steps(&rest));
+    assert_eq!(joined, got.steps);
+
+    // A cursor that WatchRun did not hand out is refused.
+    let bad = m.watch_run(pb::WatchRunRequest { run_id: run.id.clone(), cursor: "junk".into() }).await;
+    assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+    // `nightshift runs watch` renders the ended run, a line per step, and returns.
+    let out = Command::new(bin("nightshift"))
+        .args(["--endpoint", &format!("http://127.0.0.1:{pm}"), "runs", "watch", &run.id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "three steps and the end: {text}");
+    assert!(
+        lines[0].starts_with("[1/0] llm scripted · in 50 · out 10 ·") && lines[0].contains("→ calls calculate_area"),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("[1/1] tool calculate_area ·") && lines[1].contains(" ok: "), "{text}");
+    assert!(
+        lines[2].starts_with("[2/2] llm scripted · in 80 · out 12 ·") && lines[2].contains("→ answer: The area is 12"),
+        "{text}"
+    );
+    assert!(lines[3].starts_with(&format!("run {} succeeded (attempt 2) · answer: The area is 12", run.id)), "{text}");
+}
