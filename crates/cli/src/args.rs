@@ -323,6 +323,36 @@ pub enum RunsCommand {
         #[arg(long, default_value = "")]
         cursor: String,
     },
+    /// Re-run an ended run as a new run linked to it: its steps before --from-step are reused
+    /// (not paid again), the rest runs with --agent-version / --model; tools are served from
+    /// the original's recording (frozen, the default) or run again (live).
+    Replay {
+        id: String,
+        /// Reuse the original's steps below this seq (0 = start over).
+        #[arg(long, default_value_t = 0)]
+        from_step: u32,
+        /// Run this version of the agent (default: the original's).
+        #[arg(long, default_value_t = 0)]
+        agent_version: u64,
+        /// Ask this model instead (same provider).
+        #[arg(long, default_value = "")]
+        model: String,
+        /// frozen: tool calls answered from the original's recording, others refused; live: run them.
+        #[arg(long, default_value = "frozen", value_parser = ["frozen", "live"])]
+        tools: String,
+        /// Frozen: let calls not in the recording run live when their tool is read-only or idempotent.
+        #[arg(long)]
+        live_reads: bool,
+        /// Store the replay's result as an episode in the agent's memory.
+        #[arg(long)]
+        store_memory: bool,
+        /// Follow the replay until it ends (like `runs watch`).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Compare two runs: answers, tool calls (same, changed arguments, removed, added), tokens,
+    /// cost and duration.
+    Diff { a: String, b: String },
     /// Cancel a queued or running run.
     Cancel {
         id: String,

@@ -14,6 +14,7 @@ mod dev;
 mod events;
 mod models;
 mod output;
+mod replay;
 mod runs;
 mod watch;
 

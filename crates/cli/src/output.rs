@@ -213,6 +213,9 @@ pub(crate) struct RunView {
     finished_at: Option<String>,
     #[serde(skip_serializing_if = "String::is_empty")]
     worker: String,
+    /// The run this one replays.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    replay_of: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     result: String,
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -248,6 +251,7 @@ impl RunView {
             started_at: ts(&r.started_at),
             finished_at: ts(&r.finished_at),
             worker: r.worker_id.clone(),
+            replay_of: r.replay_of.clone(),
             result: r.result.clone(),
             error: r.error.clone(),
             reason: r.reason.clone(),

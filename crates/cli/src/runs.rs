@@ -4,6 +4,7 @@ use nightshift_core::{RunStatus, pb};
 use crate::Server;
 use crate::args::{Output, RunsCommand};
 use crate::output::{self, RunView};
+use crate::replay::ReplayArgs;
 
 pub(crate) async fn run(server: &Server, out: Output, cmd: RunsCommand) -> anyhow::Result<()> {
     let mut client = server.manager().await?;
@@ -32,6 +33,11 @@ pub(crate) async fn run(server: &Server, out: Output, cmd: RunsCommand) -> anyho
             output::print(out, &RunView::from_pb(&r.run.unwrap_or_default()), output::run_table)?;
         }
         RunsCommand::Watch { id, cursor } => crate::watch::watch(server, out, id, cursor).await?,
+        RunsCommand::Replay { id, from_step, agent_version, model, tools, live_reads, store_memory, watch } => {
+            let args = ReplayArgs { id, from_step, agent_version, model, tools, live_reads, store_memory, watch };
+            crate::replay::replay(server, out, args).await?
+        }
+        RunsCommand::Diff { a, b } => crate::replay::diff(server, out, a, b).await?,
         RunsCommand::Cancel { id, reason } => {
             let r = client
                 .cancel_run(pb::CancelRunRequest { run_id: id, reason: reason.unwrap_or_default() })

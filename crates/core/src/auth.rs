@@ -130,7 +130,7 @@ pub fn permission_for(path: &str) -> Option<Permission> {
             "GetAgent" | "ListAgents" | "GetAgentStatus" | "ListAgentVersions" | "ListRuns" | "GetRun" | "WatchRun"
             | "ListApprovals" | "GetCosts" => Read,
             "ApproveToolCall" | "DenyToolCall" => Approve,
-            "PauseAgent" | "ResumeAgent" | "TriggerAgent" | "CancelRun" => Control,
+            "PauseAgent" | "ResumeAgent" | "TriggerAgent" | "CancelRun" | "ReplayRun" => Control,
             "EnqueueRun" => Sync,
             "StartRun" | "Heartbeat" | "Checkpoint" | "FinishRun" | "RequestApproval" => Execute,
             _ => return None,

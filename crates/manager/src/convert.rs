@@ -42,6 +42,7 @@ pub(crate) fn run(r: &RunRecord) -> pb::Run {
         }),
         steps: Vec::new(),
         not_before: r.not_before.map(time::to_pb),
+        replay_of: r.replay_of.as_ref().map(ToString::to_string).unwrap_or_default(),
     }
 }
 

@@ -9,6 +9,7 @@ mod config;
 mod convert;
 mod costs;
 mod error;
+mod replays;
 mod request;
 mod role;
 mod run_end;

@@ -9,7 +9,7 @@ use nightshift_core::{
 };
 use nightshift_events_client::EventPublisher;
 use nightshift_queue::{RunRequest, WorkQueue};
-use nightshift_store::{AgentFilter, AgentRecord, ApplyOutcome, NewRun, RunFilter, Store};
+use nightshift_store::{AgentFilter, AgentRecord, ApplyOutcome, NewRun, RunFilter, RunRecord, Store};
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
@@ -165,13 +165,37 @@ impl ManagerService {
         &*self.clock
     }
 
+    /// Publishes a run just recorded by a call (trigger, replay) to the queue; if that fails, the
+    /// scheduler's outbox sweep publishes it.
+    pub(crate) async fn publish_manual(&self, run: &RunRecord) {
+        let Some(q) = &self.queue else { return };
+        let req = RunRequest {
+            run_id: run.id.to_string(),
+            agent_id: run.agent_id.to_string(),
+            trigger: TriggerKind::Manual.to_pb() as i32,
+            scheduled_for: None,
+            enqueued_at: Some(time::to_pb(self.clock.now())),
+            // The worker's run span continues this call's trace (the `grpc.server` span).
+            trace_context: nightshift_telemetry::context_map(&tracing::Span::current()),
+            redelivery: String::new(),
+        };
+        match q.publish(&req, None).await {
+            Ok(_) => {
+                if let Err(e) = self.store.mark_published(std::slice::from_ref(&run.id)).await {
+                    tracing::warn!(run = %run.id, error = %e, "marking a run as published failed");
+                }
+            }
+            Err(e) => tracing::warn!(run = %run.id, error = %e, "publishing a new run failed; it will be republished"),
+        }
+    }
+
     fn changed(&self, id: &AgentId) {
         if let Some(o) = &self.observer {
             o.agent_changed(id);
         }
     }
 
-    fn emit(&self, ty: EventType, agent: &AgentRecord, run: Option<&RunId>, data: serde_json::Value) {
+    pub(crate) fn emit(&self, ty: EventType, agent: &AgentRecord, run: Option<&RunId>, data: serde_json::Value) {
         if let Some(p) = &self.events {
             let mut b = p
                 .event(ty)
@@ -408,30 +432,13 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         let (run, _) = self.store.insert_run(&new).await.map_err(status_from_store)?;
         tracing::info!(agent = %rec.spec.name, run = %run.id, "run triggered");
         self.emit(EventType::RunQueued, &rec, Some(&run.id), json!({"trigger": "manual"}));
-        if let Some(q) = &self.queue {
-            let req = RunRequest {
-                run_id: run.id.to_string(),
-                agent_id: run.agent_id.to_string(),
-                trigger: TriggerKind::Manual.to_pb() as i32,
-                scheduled_for: None,
-                enqueued_at: Some(time::to_pb(self.clock.now())),
-                // The worker's run span continues this call's trace (the `grpc.server` span).
-                trace_context: nightshift_telemetry::context_map(&tracing::Span::current()),
-                redelivery: String::new(),
-            };
-            // The run is recorded; if this publish fails the scheduler's sweep publishes it.
-            match q.publish(&req, None).await {
-                Ok(_) => {
-                    if let Err(e) = self.store.mark_published(std::slice::from_ref(&run.id)).await {
-                        tracing::warn!(run = %run.id, error = %e, "marking a run as published failed");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(run = %run.id, error = %e, "publishing a triggered run failed; it will be republished")
-                }
-            }
-        }
+        self.publish_manual(&run).await;
         Ok(Response::new(pb::TriggerAgentResponse { run: Some(convert::run(&run)) }))
+    }
+
+    async fn replay_run(&self, req: Request<pb::ReplayRunRequest>) -> Result<Response<pb::ReplayRunResponse>, Status> {
+        let scope = scope::caller(&req);
+        self.replay(&scope, req.into_inner()).await.map(Response::new)
     }
 
     async fn get_agent_status(

@@ -29,7 +29,10 @@ impl ManagerService {
         self.watchers().changed(&input.run_id);
         let mut resp = pb::StartRunResponse::default();
         let (decision, run) = match outcome {
-            StartOutcome::Started { run, lease_token, spec, steps, approvals, cancelled } => {
+            StartOutcome::Started { run, lease_token, mut spec, steps, approvals, cancelled } => {
+                if run.replay_of.is_some() {
+                    resp.replay = self.replay_of(&run.id, &mut spec).await?;
+                }
                 resp.lease_token = lease_token;
                 resp.approvals = approvals.iter().map(convert::approval).collect();
                 resp.namespace_governance = self.namespace_policy(&run.namespace).cloned();

@@ -105,7 +105,7 @@ pub use nightshift_core::redact_url as redact;
 pub(crate) const RUN_COLUMNS: &str = "r.id, r.agent_id, a.name AS agent_name, a.namespace AS agent_namespace, r.agent_version, r.status, \
     r.trigger_kind, r.scheduled_for, r.query_override, r.attempt, r.retries, r.worker_id, \
     r.lease_expires_at, r.not_before, r.created_at, r.started_at, r.finished_at, r.result, \
-    r.error, r.reason, r.input_tokens, r.output_tokens, r.lost_leases, r.worker_endpoint";
+    r.error, r.reason, r.input_tokens, r.output_tokens, r.lost_leases, r.worker_endpoint, r.replay_of";
 
 pub(crate) const STEPS_SQL: &str =
     "SELECT seq, attempt, kind, payload, created_at FROM run_steps WHERE run_id = $1 ORDER BY seq";
@@ -168,5 +168,6 @@ pub(crate) fn run_from_row(row: &AnyRow) -> Result<RunRecord, StoreError> {
         output_tokens: u64_col(row, "output_tokens")?,
         lost_leases: u32_col(row, "lost_leases")?,
         worker_endpoint: row.try_get("worker_endpoint")?,
+        replay_of: row.try_get::<Option<String>, _>("replay_of")?.map(RunId::from_string),
     })
 }

@@ -19,6 +19,7 @@ mod error;
 mod fence;
 mod lease_recovery;
 mod model;
+mod replays;
 mod run_lifecycle;
 mod runs;
 mod schedules;
@@ -33,5 +34,6 @@ pub use model::{
     AgentFilter, AgentRecord, AgentStats, AgentVersion, ApplyOutcome, HourRuns, NewRun, Page, RunFilter, RunRecord,
     SchedulerView, StepRecord,
 };
+pub use replays::NewReplay;
 pub use run_lifecycle::{Fence, FinishInput, LlmCall, StartInput, StartOutcome, StepInput, WaitingRun};
 pub use schedules::{ScheduledAgent, StaleRun, TickFire, TickOutcome};

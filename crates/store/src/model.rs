@@ -183,6 +183,8 @@ pub struct RunRecord {
     pub lost_leases: u32,
     /// Where the worker holding (or last holding) it listens, if it said so.
     pub worker_endpoint: Option<String>,
+    /// The run this one replays (ReplayRun).
+    pub replay_of: Option<RunId>,
 }
 
 /// A stored checkpoint.

@@ -450,8 +450,8 @@ impl Store {
             decode_spec(&spec_row.try_get::<Vec<u8>, _>("spec")?)?
         };
         // Steps and approvals are only written by a granted attempt, so a first attempt has none
-        // to resume with.
-        let (steps, approvals) = if run.attempt > 1 {
+        // to resume with — but a replay's, which starts with the original's first steps.
+        let (steps, approvals) = if run.attempt > 1 || run.replay_of.is_some() {
             let rows = sqlx::query(STEPS_SQL).bind(run.id.as_str()).fetch_all(&mut **tx).await?;
             let steps = rows.iter().map(step_from_row).collect::<Result<Vec<_>, StoreError>>()?;
             (steps, crate::approvals::of_run_in_tx(tx, &run.id).await?)

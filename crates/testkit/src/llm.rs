@@ -40,6 +40,8 @@ pub struct Script {
     /// calls those tools instead of [`Script::calls`]: one server, several agents each with
     /// its own script (the compose test's container serves every agent of the stack).
     pub calls_from_task: AtomicBool,
+    /// The model each request named, in arrival order.
+    pub models: Mutex<Vec<String>>,
 }
 
 /// The `call NAME ARGS_JSON` lines of the conversation's last user message.
@@ -71,6 +73,7 @@ async fn chat(State(s): State<Arc<Script>>, Json(body): Json<Value>) -> axum::re
         let err = json!({"error": {"message": "scripted failure", "type": "invalid_request_error"}});
         return (status, Json(err)).into_response();
     }
+    s.models.lock().unwrap().push(body["model"].as_str().unwrap_or_default().to_owned());
     let has_tool_result = body["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
     if !has_tool_result {
         let system = body["messages"]

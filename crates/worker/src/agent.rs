@@ -333,6 +333,7 @@ impl AgentLoop<'_> {
         let out = match plan {
             Plan::Run { arguments, .. } => self.tools.call(&call.name, arguments).await,
             Plan::Refuse(message) => ToolOutput::error(message.clone()),
+            Plan::Recorded(out) => out.clone(),
             Plan::Wait(_) => return None,
         };
         Some((out, started.elapsed()))

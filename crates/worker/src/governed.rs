@@ -20,6 +20,8 @@ pub struct Governance {
     pub approvals: HashMap<String, pb::Approval>,
     /// Its per-run budget.
     pub budget: RunBudget,
+    /// A replay's tool rules (ReplayRun).
+    pub replay: Option<std::sync::Arc<crate::replay::Replay>>,
 }
 
 impl Governance {
@@ -33,7 +35,7 @@ impl Governance {
             })
         });
         let approvals = approvals.into_iter().map(|a| (a.call_id.clone(), a)).collect();
-        Self { agent, namespace, approvals, budget: RunBudget::default() }
+        Self { agent, namespace, approvals, budget: RunBudget::default(), replay: None }
     }
 
     /// The verdict on calling `name` (unknown tools are left to the registry, which refuses
@@ -65,6 +67,8 @@ pub enum Plan {
     Refuse(String),
     /// Park the run until a person decides.
     Wait(Effect),
+    /// A frozen replay's recorded result: nothing runs.
+    Recorded(nightshift_tools::ToolOutput),
 }
 
 /// How the calls of a turn resumed after a crash or a park may have got: which started without
@@ -90,6 +94,16 @@ fn unknown_outcome(tool: &str) -> String {
 /// The plan for `call`.
 pub fn plan(gov: &Governance, tools: &ToolRegistry, call: &ToolCall, resumed: &Resumed) -> Plan {
     let verdict = gov.verdict(tools, &call.name);
+    // A frozen replay answers from its recording (touching nothing, so no approval is needed)
+    // and refuses anything else, unless it may run reads live.
+    if let Some(replay) = gov.replay.as_deref().filter(|r| r.frozen) {
+        if let Some(out) = replay.recorded(&call.name, &call.arguments) {
+            return Plan::Recorded(out);
+        }
+        if !(replay.live_reads && verdict.effect.repeatable()) {
+            return Plan::Refuse(replay.refusal(&call.name));
+        }
+    }
     let irreversible = !verdict.effect.repeatable();
     if resumed.resumed && irreversible {
         let may_have_run =

@@ -8,6 +8,8 @@
 //! - `runner` — the [`Worker`]: queue loop, `StartRun` and ack/nack per delivery, one attempt
 //!   under heartbeats and the timeout, checkpoints, `FinishRun`, cancel and drain;
 //! - [`agent`] — the agent loop itself (LLM → tools → …, resumed from checkpoints);
+//! - [`governed`] — tool policy, approvals and budget per call; [`replay`] — a replay's frozen
+//!   tools;
 //! - [`memory`] — recall before a run, the episode stored after it, and the run's working-memory
 //!   notes from one attempt to the next, via the memory service;
 //! - [`events`] — the run lifecycle events;
@@ -20,6 +22,7 @@ pub mod config;
 pub mod events;
 pub mod governed;
 pub mod memory;
+pub mod replay;
 mod role;
 mod runner;
 pub mod service;

@@ -161,6 +161,9 @@ pub(crate) fn run_section(s: &Session, got: &pb::GetRunResponse, trace_url: &str
                 "agent " a href=(agent_path(Some(&agent))) { (run.agent_name) } " v" (run.agent_version)
                 " · " (trigger(run.trigger)) " · attempt " (run.attempt) " · retries " (run.retries)
                 @if !run.worker_id.is_empty() { " · worker " code { (run.worker_id) } }
+                @if !run.replay_of.is_empty() {
+                    " · replay of " a href={ "/runs/" (view::encode(&run.replay_of)) } { code { (view::clip(&run.replay_of, 40)) } }
+                }
             }
         }
         section.stats aria-label="Run" {
@@ -218,7 +221,11 @@ fn timeline(run: &pb::Run, costs: &HashMap<u32, Option<i64>>, terminal: bool) ->
     html! {
         @for (i, step) in run.steps.iter().enumerate() {
             @if i == 0 || run.steps[i - 1].attempt != step.attempt {
-                li.attempt { "Attempt " (step.attempt) }
+                @if step.attempt == 0 {
+                    li.attempt { "Reused from run " a href={ "/runs/" (view::encode(&run.replay_of)) } { code { (view::clip(&run.replay_of, 40)) } } }
+                } @else {
+                    li.attempt { "Attempt " (step.attempt) }
+                }
             }
             @if let Some(Payload::LlmResponse(r)) = &step.payload
                 && let Some(recall) = r.prompt.as_ref().and_then(|p| p.recall.as_ref()) {

@@ -117,6 +117,8 @@ impl Worker {
             }
             None => (String::new(), false, None),
         };
+        // A replay stores an episode only when asked to.
+        let store_episode = spec.memory.store_results && governance.replay.as_ref().is_none_or(|r| r.store_memory);
         // Whatever way the attempt ends, the tokens it spent are recorded with its end.
         let spent = Arc::new(Spent::default());
         let agent = AgentLoop {
@@ -183,7 +185,7 @@ impl Worker {
         tools.shutdown().await;
         let mut end = end;
         if let (AttemptEnd::Succeeded(answer, _, record), Some((client, scope))) = (&mut end, &memory)
-            && spec.memory.store_results
+            && store_episode
         {
             // Before FinishRun: a run that reads as succeeded has its episode stored, and the
             // end records that it was (as the run's last step).

@@ -201,6 +201,7 @@ impl Worker {
             }),
             prior: run.usage.as_ref().map(nightshift_llm::Usage::from).unwrap_or_default(),
         };
+        governance.replay = start.replay.map(|r| std::sync::Arc::new(crate::replay::Replay::from_pb(r)));
         let (end, notes) =
             self.execute(&run, &spec, start.steps, &d, &cancel, &reason, step.clone(), &events, governance).await;
         let turns = step.load(Ordering::Relaxed);

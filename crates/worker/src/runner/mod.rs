@@ -74,6 +74,8 @@ pub struct Worker {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// A model client's cache key: agent id, spec version, model name.
+type ModelKey = (String, u64, String);
 pub(crate) struct Inner {
     pub(crate) id: String,
     /// Where this worker's WorkerService is reached (sent with StartRun; may be empty).
@@ -90,9 +92,9 @@ pub(crate) struct Inner {
     stop: CancellationToken,
     /// The memory service, if this worker has one.
     memory: OnceLock<MemoryClient>,
-    /// Model clients by (agent, spec version): one HTTP client (connection pool, TLS roots) per
-    /// agent version instead of one per run.
-    models: Mutex<HashMap<(String, u64), Arc<dyn ChatModel>>>,
+    /// Model clients by (agent, spec version, model name — a replay may ask another): one HTTP
+    /// client (connection pool, TLS roots) per agent version instead of one per run.
+    models: Mutex<HashMap<ModelKey, Arc<dyn ChatModel>>>,
     /// Where model and MCP HTTP clients may connect (`[allow] private_egress`).
     egress: nightshift_egress::Egress,
 }
@@ -144,7 +146,8 @@ impl Worker {
 
     /// The model client of an agent version, built once.
     fn model(&self, run: &pb::Run, spec: &AgentSpec) -> Result<Arc<dyn ChatModel>, nightshift_llm::LlmError> {
-        let key = (run.agent_id.clone(), run.agent_version);
+        // The model's name too: a replay may ask another model of the same version.
+        let key = (run.agent_id.clone(), run.agent_version, spec.model.model.clone());
         let mut models = self.inner.models.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(m) = models.get(&key) {
             return Ok(m.clone());

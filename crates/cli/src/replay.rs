@@ -1,0 +1,258 @@
+//! `nightshift runs replay` and `nightshift runs diff`: re-run a past run (its first steps
+//! reused, tools frozen by default), and compare two runs side by side.
+use nightshift_core::pb;
+use pb::run_step::Payload;
+use serde::Serialize;
+
+use crate::Server;
+use crate::args::Output;
+use crate::output::{self, RunView, new_table};
+
+/// What `runs replay` asks for.
+pub(crate) struct ReplayArgs {
+    pub id: String,
+    pub from_step: u32,
+    pub agent_version: u64,
+    pub model: String,
+    pub tools: String,
+    pub live_reads: bool,
+    pub store_memory: bool,
+    pub watch: bool,
+}
+
+/// `runs replay`: queues the replay, prints it, and follows it with `--watch`.
+pub(crate) async fn replay(server: &Server, out: Output, a: ReplayArgs) -> anyhow::Result<()> {
+    let tools = match a.tools.as_str() {
+        "frozen" => pb::ReplayTools::Frozen,
+        "live" => pb::ReplayTools::Live,
+        other => anyhow::bail!("--tools: '{other}' is not frozen or live"),
+    };
+    let req = pb::ReplayRunRequest {
+        run_id: a.id,
+        from_step: a.from_step,
+        agent_version: a.agent_version,
+        model: a.model,
+        tools: tools as i32,
+        live_reads: a.live_reads,
+        store_memory: a.store_memory,
+    };
+    let run = server.manager().await?.replay_run(req).await?.into_inner().run.unwrap_or_default();
+    if a.watch {
+        if out == Output::Table {
+            println!("replay {} of {}", run.id, run.replay_of);
+        }
+        return crate::watch::watch(server, out, run.id, String::new()).await;
+    }
+    output::print(out, &RunView::from_pb(&run), |r| output::runs_table(std::slice::from_ref(r)))
+}
+
+/// One run's side of a diff.
+#[derive(Serialize)]
+struct Side {
+    run: String,
+    status: String,
+    models: Vec<String>,
+    /// LLM calls this run made (steps reused from another run not counted).
+    llm_calls: usize,
+    reused_steps: usize,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_micro_usd: i64,
+    unpriced_calls: usize,
+    duration_ms: Option<i64>,
+    answer: String,
+}
+
+/// A tool call of one run against the other's at the same place.
+#[derive(Serialize, Debug, PartialEq, Eq)]
+struct CallDiff {
+    /// `same`, `changed` (arguments), `removed` (only in A) or `added` (only in B).
+    change: &'static str,
+    tool: String,
+    a: Option<String>,
+    b: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Diff {
+    a: Side,
+    b: Side,
+    same_answer: bool,
+    tool_calls: Vec<CallDiff>,
+}
+
+/// Every tool call a run's model asked for, in order: (tool, arguments).
+fn calls(run: &pb::Run) -> Vec<(String, String)> {
+    run.steps
+        .iter()
+        .filter_map(|s| match &s.payload {
+            Some(Payload::LlmResponse(r)) => {
+                Some(r.tool_calls.iter().map(|c| (c.name.clone(), c.arguments_json.clone())))
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn same_json(a: &str, b: &str) -> bool {
+    match (serde_json::from_str::<serde_json::Value>(a), serde_json::from_str::<serde_json::Value>(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// The calls of A and B aligned in order: the same tool at the same place is the same call
+/// (changed if its arguments differ); a tool the other run does not call there is removed from
+/// (or added to) the sequence.
+fn align(a: &[(String, String)], b: &[(String, String)]) -> Vec<CallDiff> {
+    let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    let (na, nb) = (names(a), names(b));
+    let ops = similar::capture_diff_slices(similar::Algorithm::Myers, &na, &nb);
+    let mut out = Vec::new();
+    for op in ops {
+        for change in op.iter_changes(&na, &nb) {
+            let (ia, ib) = (change.old_index(), change.new_index());
+            let entry = match (ia, ib) {
+                (Some(i), Some(j)) => CallDiff {
+                    change: if same_json(&a[i].1, &b[j].1) { "same" } else { "changed" },
+                    tool: a[i].0.clone(),
+                    a: Some(a[i].1.clone()),
+                    b: Some(b[j].1.clone()),
+                },
+                (Some(i), None) => {
+                    CallDiff { change: "removed", tool: a[i].0.clone(), a: Some(a[i].1.clone()), b: None }
+                }
+                (None, Some(j)) => CallDiff { change: "added", tool: b[j].0.clone(), a: None, b: Some(b[j].1.clone()) },
+                (None, None) => continue,
+            };
+            out.push(entry);
+        }
+    }
+    out
+}
+
+fn side(got: &pb::GetRunResponse) -> Side {
+    let run = got.run.clone().unwrap_or_default();
+    let mut models: Vec<String> = Vec::new();
+    let mut llm_calls = 0;
+    for s in run.steps.iter().filter(|s| s.attempt > 0) {
+        if let Some(Payload::LlmResponse(r)) = &s.payload {
+            llm_calls += 1;
+            if !models.contains(&r.model) {
+                models.push(r.model.clone());
+            }
+        }
+    }
+    let duration_ms = match (&run.started_at, &run.finished_at) {
+        (Some(a), Some(b)) => Some((b.seconds - a.seconds) * 1000 + i64::from(b.nanos - a.nanos) / 1_000_000),
+        _ => None,
+    };
+    let usage = run.usage.unwrap_or_default();
+    Side {
+        run: run.id.clone(),
+        status: nightshift_core::RunStatus::from_pb(run.status()).map_or("unknown", |s| s.as_str()).to_owned(),
+        models,
+        llm_calls,
+        reused_steps: run.steps.iter().filter(|s| s.attempt == 0).count(),
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cost_micro_usd: got.costs.iter().filter_map(|c| c.cost_micro_usd).sum(),
+        unpriced_calls: got.costs.iter().filter(|c| c.cost_micro_usd.is_none()).count(),
+        duration_ms,
+        answer: run.result.clone(),
+    }
+}
+
+/// `runs diff A B`.
+pub(crate) async fn diff(server: &Server, out: Output, a: String, b: String) -> anyhow::Result<()> {
+    let mut m = server.manager().await?;
+    let ra = m.get_run(pb::GetRunRequest { run_id: a }).await?.into_inner();
+    let rb = m.get_run(pb::GetRunRequest { run_id: b }).await?.into_inner();
+    let default = pb::Run::default();
+    let (runa, runb) = (ra.run.as_ref().unwrap_or(&default), rb.run.as_ref().unwrap_or(&default));
+    let d = Diff {
+        same_answer: runa.result == runb.result,
+        tool_calls: align(&calls(runa), &calls(runb)),
+        a: side(&ra),
+        b: side(&rb),
+    };
+    output::print(out, &d, diff_table)
+}
+
+fn diff_table(d: &Diff) -> String {
+    let usd = |m: i64| nightshift_core::cost::format_usd(u64::try_from(m).unwrap_or(0));
+    let cost = |s: &Side| match s.unpriced_calls {
+        0 => usd(s.cost_micro_usd),
+        n => format!("{} + {n} unpriced", usd(s.cost_micro_usd)),
+    };
+    let ms = |s: &Side| s.duration_ms.map(|m| format!("{:.1} s", m as f64 / 1000.0)).unwrap_or_else(|| "—".into());
+    let mut t = new_table(&["", "A", "B"]);
+    let rows: Vec<(&str, String, String)> = vec![
+        ("run", d.a.run.clone(), d.b.run.clone()),
+        ("status", d.a.status.clone(), d.b.status.clone()),
+        ("models", d.a.models.join(", "), d.b.models.join(", ")),
+        ("llm calls", d.a.llm_calls.to_string(), d.b.llm_calls.to_string()),
+        ("reused steps", d.a.reused_steps.to_string(), d.b.reused_steps.to_string()),
+        (
+            "tokens",
+            format!("in {} · out {}", d.a.input_tokens, d.a.output_tokens),
+            format!("in {} · out {}", d.b.input_tokens, d.b.output_tokens),
+        ),
+        ("cost", cost(&d.a), cost(&d.b)),
+        ("duration", ms(&d.a), ms(&d.b)),
+    ];
+    for (k, a, b) in rows {
+        t.add_row(vec![k.to_owned(), a, b]);
+    }
+    let mut s = format!("{t}\n\ntool calls:\n");
+    for c in &d.tool_calls {
+        let mark = match c.change {
+            "same" => "=",
+            "changed" => "~",
+            "removed" => "-",
+            _ => "+",
+        };
+        let args = match (&c.a, &c.b) {
+            (Some(a), Some(b)) if c.change == "changed" => format!("{a} → {b}"),
+            (Some(a), _) => a.clone(),
+            (None, Some(b)) => b.clone(),
+            (None, None) => String::new(),
+        };
+        s.push_str(&format!("  {mark} {} {args}\n", c.tool));
+    }
+    if d.tool_calls.is_empty() {
+        s.push_str("  (none)\n");
+    }
+    if d.same_answer {
+        s.push_str(&format!("\nanswer (same): {}\n", d.a.answer));
+    } else {
+        s.push_str(&format!("\nanswer A: {}\nanswer B: {}\n", d.a.answer, d.b.answer));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(tool: &str, args: &str) -> (String, String) {
+        (tool.into(), args.into())
+    }
+
+    #[test]
+    fn calls_are_aligned_by_tool_in_order() {
+        let a = [c("search", r#"{"q":"x"}"#), c("fetch", r#"{"u":1}"#), c("mail", "{}")];
+        let b = [c("search", r#"{ "q": "x" }"#), c("fetch", r#"{"u":2}"#), c("save", "{}")];
+        let got: Vec<(&str, String)> = align(&a, &b).into_iter().map(|d| (d.change, d.tool)).collect();
+        assert_eq!(
+            got,
+            [
+                ("same", "search".into()),
+                ("changed", "fetch".into()),
+                ("removed", "mail".into()),
+                ("added", "save".into())
+            ]
+        );
+    }
+}
