@@ -22,6 +22,7 @@ mod schedule;
 mod security;
 mod stats;
 mod sys;
+mod watch;
 
 use std::io::Write;
 
@@ -72,6 +73,8 @@ enum Command {
     Security(security::SecurityArgs),
     /// The tool policy's cost per tool call (the worker's whole check, with realistic policies).
     Governance(governance::GovernanceArgs),
+    /// Watching a run live: a watcher's cost to the run's checkpoints (0, 1, 10 watchers) and step delivery latency.
+    Watch(watch::WatchArgs),
     /// Every scenario at the sizes docs/benchmarks.md reports (under 15 minutes on 2 cores).
     All(AllArgs),
     /// The instant scripted OpenAI-compatible LLM (started by the scenarios as a child process).
@@ -150,6 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Security(a) => scenarios.push(security::security(&a).await?),
         Command::Governance(a) => scenarios.push(governance::governance(&a).await?),
         Command::Console(a) => scenarios.push(console::console(&a).await?),
+        Command::Watch(a) => scenarios.push(watch::watch(&a).await?),
         Command::All(a) => all(&a, &mut scenarios).await?,
         Command::ScriptedLlm { .. } => unreachable!("handled before the runtime starts"),
     }
@@ -209,6 +213,7 @@ async fn all(a: &AllArgs, out: &mut Vec<Scenario>) -> anyhow::Result<()> {
     out.push(security::security(&security::SecurityArgs::default()).await?);
     out.push(governance::governance(&governance::GovernanceArgs::default()).await?);
     out.push(console::console(&console::ConsoleArgs::default()).await?);
+    out.push(watch::watch(&watch::WatchArgs::default()).await?);
     let fanout_backend = if a.embedded_only { events::FanoutBackend::Memory } else { events::FanoutBackend::All };
     out.extend(events::event_fanout(&events::FanoutArgs { backend: fanout_backend, ..Default::default() }).await?);
     let index = if a.embedded_only { memory::IndexKind::Inprocess } else { memory::IndexKind::All };

@@ -30,9 +30,10 @@ fn millis(d: Option<&prost_types::Duration>) -> String {
     d.map(|d| format!("{:.1} s", d.seconds as f64 + f64::from(d.nanos) / 1e9)).unwrap_or_else(|| "—".into())
 }
 
-/// The lines one item prints.
+/// The lines one item prints (a delta prints its text as it comes instead).
 pub(crate) fn lines(item: &Item) -> Vec<String> {
     match item {
+        Item::Delta(d) => vec![format!("[{}/{}] llm … {}", d.attempt, d.seq, d.text)],
         Item::Run(r) => {
             let status = nightshift_core::RunStatus::from_pb(r.status()).map_or("unknown", |s| s.as_str());
             let mut line = format!("run {} {status} (attempt {})", r.id, r.attempt);
@@ -113,10 +114,13 @@ pub(crate) async fn watch(server: &Server, out: Output, run_id: String, mut curs
         };
         let mut tick = tokio::time::interval(Duration::from_millis(120));
         let mut frame = 0usize;
+        // The step whose text is being printed as it comes, and the next step not yet shown.
+        let mut streaming: Option<u32> = None;
+        let mut next_seq = 0u32;
         loop {
             let next = tokio::select! {
                 m = stream.message() => m,
-                _ = tick.tick(), if spinner => {
+                _ = tick.tick(), if spinner && streaming.is_none() => {
                     frame += 1;
                     print!("\r{} working…", ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'][frame % 10]);
                     let _ = std::io::stdout().flush();
@@ -126,8 +130,31 @@ pub(crate) async fn watch(server: &Server, out: Output, run_id: String, mut curs
             match next {
                 Ok(Some(resp)) => {
                     failures = 0;
-                    cursor = resp.cursor.clone();
+                    if !resp.cursor.is_empty() {
+                        cursor = resp.cursor.clone();
+                    }
                     let Some(item) = resp.item else { continue };
+                    if let Item::Delta(d) = &item {
+                        // Text of a step already shown (the relay can lag the store) is dropped.
+                        if d.seq < next_seq {
+                            continue;
+                        }
+                        if out == Output::Table {
+                            if streaming != Some(d.seq) {
+                                print!("{}[{}/{}] llm … ", if spinner { "\r\x1b[2K" } else { "" }, d.attempt, d.seq);
+                                streaming = Some(d.seq);
+                            }
+                            print!("{}", d.text);
+                            let _ = std::io::stdout().flush();
+                            continue;
+                        }
+                    }
+                    if let Item::Step(s) = &item {
+                        next_seq = s.seq + 1;
+                    }
+                    if out == Output::Table && streaming.take().is_some() {
+                        println!();
+                    }
                     ended = matches!(&item, Item::Run(r) if nightshift_core::RunStatus::from_pb(r.status()).is_some_and(|s| s.is_terminal()));
                     match out {
                         Output::Table => {
@@ -171,6 +198,7 @@ fn item_json(cursor: &str, item: &Item) -> serde_json::Value {
     let kind = match item {
         Item::Run(_) => "run",
         Item::Step(_) => "step",
+        Item::Delta(_) => "delta",
     };
     serde_json::json!({"cursor": cursor, "kind": kind, "lines": lines(item)})
 }

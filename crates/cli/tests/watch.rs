@@ -61,23 +61,36 @@ fn states(seen: &[pb::WatchRunResponse]) -> Vec<(u32, pb::RunStatus)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_watcher_sees_each_step_across_a_worker_kill_and_a_dropped_stream_resumes_from_its_cursor() {
-    let (llm, script) = nightshift_testkit::llm::scripted_llm().await;
+/// A manager, a scheduler and one worker on Postgres and a Redis queue.
+struct Stack {
+    deployment: Deployment,
+    pm: u16,
+    _roles: [common::Proc; 2],
+    worker: Vec<common::Proc>,
+    m: ManagerServiceClient<Channel>,
+}
+
+async fn stack() -> Stack {
     let (pm, ps) = (free_port(), free_port());
     let deployment = Deployment {
         db: nightshift_testkit::postgres_url().await,
         queue_url: nightshift_testkit::redis_url(),
         queue_name: format!("watch-{}", uuid::Uuid::new_v4().simple()),
-        // The killed worker's delivery comes back soon after its 3 s lease.
+        // A killed worker's delivery comes back soon after its 3 s lease.
         ack_wait: "4s".into(),
         events: String::new(),
     };
-    let _manager = deployment.spawn_manager(pm, ps);
-    let _scheduler = deployment.spawn_scheduler("scheduler", ps, &[]);
-    let mut w0 = spawn_workers(1, &deployment.role_env("WORKER"), pm, &[]);
+    let roles = [deployment.spawn_manager(pm, ps), deployment.spawn_scheduler("scheduler", ps, &[])];
+    let worker = spawn_workers(1, &deployment.role_env("WORKER"), pm, &[]);
     wait_port(pm).await;
-    let mut m = ManagerServiceClient::connect(format!("http://127.0.0.1:{pm}")).await.unwrap();
+    let m = ManagerServiceClient::connect(format!("http://127.0.0.1:{pm}")).await.unwrap();
+    Stack { deployment, pm, _roles: roles, worker, m }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watcher_sees_each_step_across_a_worker_kill_and_a_dropped_stream_resumes_from_its_cursor() {
+    let (llm, script) = nightshift_testkit::llm::scripted_llm().await;
+    let Stack { deployment, pm, _roles, worker: mut w0, mut m } = stack().await;
 
     // The run has checkpointed its first LLM turn and the tool's result, and waits in its second
     // LLM call: a watcher joins now, from the start.
@@ -147,4 +160,59 @@ async fn a_watcher_sees_each_step_across_a_worker_kill_and_a_dropped_stream_resu
         "{text}"
     );
     assert!(lines[3].starts_with(&format!("run {} succeeded (attempt 2) · answer: The area is 12", run.id)), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn llm_text_streams_to_a_watcher_and_the_model_is_not_asked_to_stream_when_nobody_watches() {
+    let (llm, script) = nightshift_testkit::llm::scripted_llm().await;
+    let Stack { m, .. } = &mut stack().await;
+    let manifest = format!(
+        "name: streamer\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: area}}\n\
+         schedule: {{manual: true}}\npolicy: {{max_retries: 0}}\ntools: {{local: [calculate_area]}}"
+    );
+    m.apply_agent(pb::ApplyAgentRequest { spec: None, manifest_yaml: manifest }).await.unwrap();
+    let trigger = async |m: &mut ManagerServiceClient<Channel>| {
+        let agent = Some(pb::AgentRef::by_name("streamer"));
+        m.trigger_agent(pb::TriggerAgentRequest { agent, query_override: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .run
+            .unwrap()
+    };
+    // Nobody watches: the model is asked for whole answers.
+    let quiet = trigger(m).await;
+    wait_succeeded(m, &quiet.id).await;
+    assert_eq!(script.streamed.load(Ordering::SeqCst), 0);
+
+    // A watcher joins while the first turn is slow: the answer after the tool is streamed to
+    // it a word at a time, before the step is checkpointed.
+    script.delay_ms.store(1500, Ordering::SeqCst);
+    script.stream_gap_ms.store(100, Ordering::SeqCst);
+    let run = trigger(m).await;
+    let (seen, done) = watcher(m, &run.id, "");
+    tokio::time::timeout(Duration::from_secs(30), done).await.expect("the stream ends with the run").unwrap();
+    let seen = seen.lock().unwrap().clone();
+    // The answer's turn was asked while the watcher listened; the first turn may have been too
+    // (the watcher can join before the worker takes the run), and has no text.
+    let streamed = script.streamed.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&streamed), "{streamed}");
+    let answer = steps(&seen).into_iter().find(|s| s.seq == 2).expect("the answer's step");
+    let Some(pb::run_step::Payload::LlmResponse(answer_step)) = &answer.payload else { panic!("{answer:?}") };
+    let deltas: Vec<(usize, &pb::LlmDelta)> = seen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match &r.item {
+            Some(Item::Delta(d)) => Some((i, d)),
+            _ => None,
+        })
+        .collect();
+    assert!(deltas.len() > 3, "a word at a time: {deltas:?}");
+    assert!(deltas.iter().all(|(_, d)| (d.attempt, d.seq) == (1, 2) && !seen[0].cursor.is_empty()));
+    let text: String = deltas.iter().map(|(_, d)| d.text.as_str()).collect();
+    assert_eq!(text, answer_step.content);
+    let step_at = seen.iter().position(|r| matches!(&r.item, Some(Item::Step(s)) if s.seq == 2)).unwrap();
+    assert!(deltas.iter().all(|(i, _)| *i < step_at), "the text comes before its step");
+    let got = m.get_run(pb::GetRunRequest { run_id: run.id.clone() }).await.unwrap().into_inner().run.unwrap();
+    assert_eq!(steps(&seen), got.steps);
 }

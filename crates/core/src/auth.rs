@@ -143,8 +143,9 @@ pub fn permission_for(path: &str) -> Option<Permission> {
         ("nightshift.v1.WorkerService", m) => match m {
             "GetWorkerStatus" => Read,
             "Drain" => Control,
-            // The manager forwarding a cancellation to the worker that holds the run.
-            "CancelRun" => Sync,
+            // The manager forwarding a cancellation to the worker that holds the run, and
+            // relaying its LLM text to WatchRun.
+            "CancelRun" | "WatchRunDeltas" => Sync,
             _ => return None,
         },
         ("nightshift.v1.MemoryService", "Store" | "Recall" | "Search" | "Summarize" | "Forget" | "Stats") => {

@@ -102,9 +102,34 @@ impl Transport {
         result.map(|body| Posted { body, attempts, latency: started.elapsed() })
     }
 
+    /// POSTs `body` asking for a stream of Server-Sent Events, with retries of transient
+    /// failures; `on_event` sees each event's JSON as it arrives, and the result's body is the
+    /// array of all of them (a retried attempt's events are seen again).
+    pub(crate) async fn post_sse<B: Serialize + ?Sized>(
+        &self,
+        what: &str,
+        body: &B,
+        on_event: &(dyn Fn(&Value) + Send + Sync),
+    ) -> Result<Posted, LlmError> {
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| LlmError::Config(format!("cannot serialize the request body: {e}")))?;
+        let started = Instant::now();
+        let (result, attempts) = self.retry.run(what, |_| self.post_once_with(bytes.clone(), Some(on_event))).await;
+        result.map(|body| Posted { body, attempts, latency: started.elapsed() })
+    }
+
     /// One attempt. The key is resolved here, per attempt, so that a rotated variable takes
     /// effect without rebuilding the provider.
     async fn post_once(&self, body: Vec<u8>) -> Result<Value, LlmError> {
+        self.post_once_with(body, None).await
+    }
+
+    /// One attempt; with `on_event`, the answer is an event stream (see [`Transport::post_sse`]).
+    async fn post_once_with(
+        &self,
+        body: Vec<u8>,
+        on_event: Option<&(dyn Fn(&Value) + Send + Sync)>,
+    ) -> Result<Value, LlmError> {
         let key = self.resolve_key()?;
         let mut headers = self.extra_headers.clone();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -134,6 +159,7 @@ impl Transport {
             // streams without end must not fill the worker's memory.
             let mut resp = resp;
             let mut bytes = Vec::new();
+            let mut events = Sse::default();
             while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(&e))? {
                 if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
                     return Err(LlmError::InvalidResponse(format!(
@@ -142,9 +168,15 @@ impl Transport {
                     )));
                 }
                 bytes.extend_from_slice(&chunk);
+                if let Some(on_event) = on_event.filter(|_| status.is_success()) {
+                    events.feed(&bytes, on_event)?;
+                }
             }
             if !status.is_success() {
                 return Err(status_error(status, retry_after, &bytes, key.as_deref()));
+            }
+            if on_event.is_some() {
+                return Ok(Value::Array(events.all));
             }
             serde_json::from_slice::<Value>(&bytes).map_err(|e| {
                 LlmError::InvalidResponse(format!("body is not JSON ({e}): {}", excerpt(&bytes, key.as_deref())))
@@ -168,6 +200,36 @@ impl Transport {
             return LlmError::Timeout(self.timeout);
         }
         LlmError::Connection(format!("{}: {}", display_url(&self.endpoint), error_chain(e)))
+    }
+}
+
+/// An event stream read so far: the events parsed from its complete lines.
+#[derive(Default)]
+struct Sse {
+    /// Bytes of the body already split into lines.
+    consumed: usize,
+    all: Vec<Value>,
+}
+
+impl Sse {
+    /// Parses the complete lines of `body` past what was read before; each `data:` line holds
+    /// one JSON event (`[DONE]` ends the stream, other lines are comments or fields we ignore).
+    fn feed(&mut self, body: &[u8], on_event: &(dyn Fn(&Value) + Send + Sync)) -> Result<(), LlmError> {
+        while let Some(end) = body[self.consumed..].iter().position(|b| *b == b'\n') {
+            let line = &body[self.consumed..self.consumed + end];
+            self.consumed += end + 1;
+            let line = String::from_utf8_lossy(line);
+            let Some(data) = line.trim_end_matches('\r').strip_prefix("data:") else { continue };
+            let data = data.trim();
+            if data.is_empty() || data == "[DONE]" {
+                continue;
+            }
+            let event: Value = serde_json::from_str(data)
+                .map_err(|e| LlmError::InvalidResponse(format!("a streamed event is not JSON ({e})")))?;
+            on_event(&event);
+            self.all.push(event);
+        }
+        Ok(())
     }
 }
 
@@ -272,6 +334,21 @@ pub(crate) fn redact(text: &str, key: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_streams_are_parsed_line_by_line_across_chunks() {
+        let seen = std::sync::Mutex::new(Vec::new());
+        let on_event = |v: &Value| seen.lock().unwrap().push(v["n"].as_i64().unwrap_or(-1));
+        let mut sse = Sse::default();
+        let mut body = b": comment\ndata: {\"n\": 1}\n\ndata: {\"n\"".to_vec();
+        sse.feed(&body, &on_event).unwrap();
+        assert_eq!(*seen.lock().unwrap(), [1]);
+        body.extend_from_slice(b": 2}\r\n\ndata: [DONE]\n\n");
+        sse.feed(&body, &on_event).unwrap();
+        assert_eq!(*seen.lock().unwrap(), [1, 2]);
+        assert_eq!(sse.all.len(), 2);
+        assert!(Sse::default().feed(b"data: nope\n", &on_event).is_err());
+    }
 
     #[test]
     fn statuses_are_classified() {

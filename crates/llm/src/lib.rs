@@ -45,4 +45,15 @@ pub use types::{ChatRequest, ChatResponse, FinishReason, Message, ResponseMode, 
 pub trait ChatModel: Send + Sync {
     /// Sends `req` and returns the model's answer.
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, LlmError>;
+
+    /// Like [`ChatModel::chat`], telling `on_text` each piece of the answer's text as the model
+    /// produces it. A provider that cannot stream answers whole, without pieces (the default).
+    async fn chat_streaming(
+        &self,
+        req: &ChatRequest,
+        on_text: &(dyn for<'t> Fn(&'t str) + Send + Sync),
+    ) -> Result<ChatResponse, LlmError> {
+        let _ = on_text;
+        self.chat(req).await
+    }
 }

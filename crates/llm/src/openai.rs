@@ -108,6 +108,7 @@ impl OpenAiChat {
             stop: &self.defaults.sampling.stop,
             response_format,
             stream: false,
+            stream_options: None,
         }
     }
 }
@@ -137,6 +138,85 @@ impl ChatModel for OpenAiChat {
         );
         Ok(resp)
     }
+
+    /// Streams in native-tools mode (the text is the answer); structured mode's text is JSON
+    /// for the parser, so it is answered whole.
+    #[tracing::instrument(name = "llm.chat", skip_all, fields(provider = "openai", model = %self.defaults.model, stream = true))]
+    async fn chat_streaming(
+        &self,
+        req: &ChatRequest,
+        on_text: &(dyn for<'t> Fn(&'t str) + Send + Sync),
+    ) -> Result<ChatResponse, LlmError> {
+        if self.defaults.settings(req).2 == ResponseMode::Structured {
+            return self.chat(req).await;
+        }
+        let names = ToolNames::for_request(req);
+        let mut body = self.body(req, &names);
+        body.stream = true;
+        body.stream_options = Some(json!({"include_usage": true}));
+        let on_event: &(dyn Fn(&Value) + Send + Sync) = &|e: &Value| {
+            if let Some(text) = e.pointer("/choices/0/delta/content").and_then(Value::as_str).filter(|t| !t.is_empty())
+            {
+                on_text(text);
+            }
+        };
+        let posted = self.transport.post_sse("openai.chat_completions", &body, on_event).await?;
+        let events = posted.body.as_array().map(Vec::as_slice).unwrap_or_default();
+        let mut resp = parse_completion(assemble(events), &names, &self.defaults.model)?;
+        resp.latency = posted.latency;
+        resp.attempts = posted.attempts;
+        Ok(resp)
+    }
+}
+
+/// The completion a stream of chunks adds up to (the same shape as an answer sent whole):
+/// content and each tool call's arguments concatenated, tool calls by their `index`, the last
+/// finish reason, and the usage of the last event that reports one.
+fn assemble(events: &[Value]) -> Value {
+    let mut content = String::new();
+    let mut calls: std::collections::BTreeMap<u64, (String, String, String)> = Default::default();
+    let (mut finish, mut usage, mut model) = (Value::Null, Value::Null, Value::Null);
+    for e in events {
+        if let Some(err) = e.get("error") {
+            return json!({"error": err});
+        }
+        if let Some(m) = e.get("model").filter(|m| m.is_string()) {
+            model = m.clone();
+        }
+        if let Some(u) = e.get("usage").filter(|u| u.is_object()) {
+            usage = u.clone();
+        }
+        let Some(choice) = e.pointer("/choices/0") else { continue };
+        if let Some(t) = choice.pointer("/delta/content").and_then(Value::as_str) {
+            content.push_str(t);
+        }
+        for c in choice.pointer("/delta/tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            let entry = calls.entry(c["index"].as_u64().unwrap_or(0)).or_default();
+            if let Some(id) = c["id"].as_str() {
+                entry.0 = id.to_owned();
+            }
+            if let Some(name) = c.pointer("/function/name").and_then(Value::as_str) {
+                entry.1.push_str(name);
+            }
+            if let Some(args) = c.pointer("/function/arguments").and_then(Value::as_str) {
+                entry.2.push_str(args);
+            }
+        }
+        if let Some(f) = choice.get("finish_reason").filter(|f| f.is_string()) {
+            finish = f.clone();
+        }
+    }
+    let mut message = json!({"role": "assistant", "content": content});
+    if !calls.is_empty() {
+        let calls: Vec<Value> = calls
+            .into_values()
+            .map(
+                |(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}}),
+            )
+            .collect();
+        message["tool_calls"] = Value::Array(calls);
+    }
+    json!({"model": model, "choices": [{"index": 0, "finish_reason": finish, "message": message}], "usage": usage})
 }
 
 #[derive(Serialize)]
@@ -161,6 +241,9 @@ struct Body<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<ResponseFormat>,
     stream: bool,
+    /// `{"include_usage": true}` when streaming: the last event then reports the tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<Value>,
 }
 
 #[derive(Serialize)]
@@ -327,6 +410,30 @@ mod tests {
     use crate::ToolSpec;
     use nightshift_core::{ModelProvider, ToolCallMode};
     use std::time::Duration;
+
+    #[test]
+    fn streamed_chunks_add_up_to_the_completion() {
+        let chunk = |delta: Value, finish: Value| json!({"model": "m-1", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        let events = [
+            chunk(json!({"role": "assistant", "content": "The area"}), Value::Null),
+            chunk(json!({"content": " is 12."}), Value::Null),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "area", "arguments": "{\"w\":"}}]}),
+                Value::Null,
+            ),
+            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "3}"}}]}), json!("tool_calls")),
+            json!({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 7}}),
+        ];
+        let names = ToolNames::for_request(&ChatRequest::default());
+        let r = parse_completion(assemble(&events), &names, "asked").unwrap();
+        assert_eq!((r.content.as_str(), r.model.as_str()), ("The area is 12.", "m-1"));
+        assert_eq!((r.tool_calls[0].id.as_str(), r.tool_calls[0].name.as_str()), ("c1", "area"));
+        assert_eq!(r.tool_calls[0].arguments, "{\"w\":3}");
+        assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (5, 7));
+        assert_eq!(r.finish_reason, FinishReason::ToolCalls);
+        let failed = parse_completion(assemble(&[json!({"error": {"message": "overloaded"}})]), &names, "m");
+        assert!(failed.unwrap_err().to_string().contains("overloaded"));
+    }
 
     fn cfg() -> ModelConfig {
         ModelConfig {

@@ -107,6 +107,49 @@ impl Cursor {
     }
 }
 
+/// The LLM text of one attempt, relayed from the worker executing it (WatchRunDeltas) into a
+/// watcher's stream; stopped when dropped.
+struct Relay(tokio::task::JoinHandle<()>);
+
+impl Relay {
+    fn start(
+        client: &nightshift_rpc::ClientOptions,
+        endpoint: &str,
+        run: &RunId,
+        tx: mpsc::Sender<Result<pb::WatchRunResponse, Status>>,
+    ) -> Self {
+        let (client, endpoint, run_id) = (client.clone(), endpoint.to_owned(), run.to_string());
+        Self(tokio::spawn(async move {
+            let stream = async {
+                let channel = client.endpoint("worker_endpoint", &endpoint).map_err(|e| e.to_string())?;
+                let channel = channel.connect().await.map_err(|e| e.to_string())?;
+                let mut worker = pb::worker_service_client::WorkerServiceClient::new(client.wrap(channel));
+                let req = pb::WatchRunDeltasRequest { run_id: run_id.clone() };
+                worker.watch_run_deltas(req).await.map(|r| r.into_inner()).map_err(|s| s.message().to_owned())
+            };
+            let mut stream = match stream.await {
+                Ok(s) => s,
+                // The steps still come from the store: only the live text is missing.
+                Err(e) => {
+                    return tracing::debug!(run = %run_id, %endpoint, error = %e, "no live LLM text from the worker");
+                }
+            };
+            while let Ok(Some(delta)) = stream.message().await {
+                let item = pb::watch_run_response::Item::Delta(delta);
+                if tx.send(Ok(pb::WatchRunResponse { cursor: String::new(), item: Some(item) })).await.is_err() {
+                    return;
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl ManagerService {
     /// WatchRun.
     pub(crate) async fn watch(
@@ -119,8 +162,11 @@ impl ManagerService {
         self.visible_run(scope, &id).await?;
         let mut watching = self.watchers().subscribe(&id)?;
         let store = self.store().clone();
-        let (tx, rx) = mpsc::channel(16);
+        let client = self.client().clone();
+        let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
+            // The attempt whose LLM text is being relayed from its worker.
+            let mut relay: Option<(u32, Relay)> = None;
             loop {
                 // The run first, then its steps: a run read as ended had all its steps written
                 // (FinishRun records its steps before the end), so none is missed.
@@ -148,6 +194,12 @@ impl ManagerService {
                     if tx.send(Ok(pb::WatchRunResponse { cursor: cursor.text(), item: Some(item) })).await.is_err() {
                         return;
                     }
+                }
+                if run.status == RunStatus::Running
+                    && relay.as_ref().is_none_or(|(attempt, _)| *attempt != run.attempt)
+                    && let Some(endpoint) = &run.worker_endpoint
+                {
+                    relay = Some((run.attempt, Relay::start(&client, endpoint, &id, tx.clone())));
                 }
                 let state = (run.attempt, run.status);
                 if cursor.seen != Some(state) {

@@ -42,6 +42,10 @@ pub struct Script {
     pub calls_from_task: AtomicBool,
     /// The model each request named, in arrival order.
     pub models: Mutex<Vec<String>>,
+    /// A streamed answer's pieces come this far apart (ms).
+    pub stream_gap_ms: AtomicU64,
+    /// Requests that asked for a stream.
+    pub streamed: AtomicUsize,
 }
 
 /// The `call NAME ARGS_JSON` lines of the conversation's last user message.
@@ -58,7 +62,73 @@ fn calls_in_task(body: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A request that asks `stream: true` gets the same answer as Server-Sent Events, as OpenAI
+/// sends them: the text a word at a time ([`Script::stream_gap_ms`] apart), tool calls in one
+/// chunk, the finish reason, the usage, `[DONE]`.
 async fn chat(State(s): State<Arc<Script>>, Json(body): Json<Value>) -> axum::response::Response {
+    let stream = body["stream"] == true;
+    let resp = answer(&s, body).await;
+    if !stream || !resp.status().is_success() {
+        return resp;
+    }
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap_or_default();
+    let whole: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    sse(&whole, Duration::from_millis(s.stream_gap_ms.load(Ordering::SeqCst)))
+}
+
+/// `whole` (a chat completion) as a stream of chunks.
+fn sse(whole: &Value, gap: Duration) -> axum::response::Response {
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": whole["id"], "object": "chat.completion.chunk", "model": whole["model"],
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let message = &whole["choices"][0]["message"];
+    let mut events = vec![chunk(json!({"role": "assistant"}), Value::Null)];
+    let text = message["content"].as_str().unwrap_or_default();
+    let mut piece = String::new();
+    for c in text.chars() {
+        piece.push(c);
+        if c == ' ' {
+            events.push(chunk(json!({"content": std::mem::take(&mut piece)}), Value::Null));
+        }
+    }
+    if !piece.is_empty() {
+        events.push(chunk(json!({"content": piece}), Value::Null));
+    }
+    if let Some(calls) = message["tool_calls"].as_array() {
+        let calls: Vec<Value> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| json!({"index": i, "id": c["id"], "type": "function", "function": c["function"]}))
+            .collect();
+        events.push(chunk(json!({"tool_calls": calls}), Value::Null));
+    }
+    events.push(chunk(json!({}), whole["choices"][0]["finish_reason"].clone()));
+    events.push(json!({"id": whole["id"], "object": "chat.completion.chunk", "model": whole["model"], "choices": [], "usage": whole["usage"]}));
+    let mut lines: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    lines.push("data: [DONE]\n\n".into());
+    let stream = async_stream(lines, gap);
+    axum::response::Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(axum::body::Body::from_stream(stream))
+        .unwrap_or_default()
+}
+
+/// `lines`, one every `gap`.
+fn async_stream(
+    lines: Vec<String>,
+    gap: Duration,
+) -> impl futures::Stream<Item = Result<String, std::convert::Infallible>> + Send {
+    futures::stream::unfold(lines.into_iter(), move |mut rest| async move {
+        let line = rest.next()?;
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        Some((Ok(line), rest))
+    })
+}
+
+async fn answer(s: &Script, body: Value) -> axum::response::Response {
     use axum::response::IntoResponse;
     let delay = s.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
@@ -74,6 +144,9 @@ async fn chat(State(s): State<Arc<Script>>, Json(body): Json<Value>) -> axum::re
         return (status, Json(err)).into_response();
     }
     s.models.lock().unwrap().push(body["model"].as_str().unwrap_or_default().to_owned());
+    if body["stream"] == true {
+        s.streamed.fetch_add(1, Ordering::SeqCst);
+    }
     let has_tool_result = body["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
     if !has_tool_result {
         let system = body["messages"]

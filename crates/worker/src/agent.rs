@@ -119,6 +119,9 @@ pub struct AgentLoop<'a> {
     pub spent: Arc<Spent>,
     /// Tool policies, the run's approvals and its per-run budget.
     pub governance: Governance,
+    /// Where the LLM's text goes as it is produced (the attempt's number and a channel): the
+    /// model is asked to stream only while the channel has a receiver.
+    pub deltas: Option<(u32, tokio::sync::broadcast::Sender<pb::LlmDelta>)>,
 }
 
 /// Whether the latest turn of `messages` asked only for calls an earlier turn already made (same
@@ -262,7 +265,7 @@ impl AgentLoop<'_> {
                 final_only: (self.max_steps > 1 && llm_turns + 1 >= self.max_steps) || repeats_earlier_calls(&messages),
                 ..Default::default()
             };
-            let resp = self.chat(&req).await?;
+            let resp = self.chat(&req, seq).await?;
             self.spent.add(&resp.usage);
             let prompt = self.prompt_sent(&req, first_call);
             first_call = false;
@@ -305,11 +308,21 @@ impl AgentLoop<'_> {
         sent
     }
 
-    async fn chat(&self, req: &ChatRequest) -> Result<nightshift_llm::ChatResponse, LlmError> {
+    /// The model's answer to `req`, which becomes step `seq`; streamed to the attempt's delta
+    /// channel while someone listens.
+    async fn chat(&self, req: &ChatRequest, seq: u32) -> Result<nightshift_llm::ChatResponse, LlmError> {
         let mut attempt = 0;
         loop {
             let started = std::time::Instant::now();
-            let result = self.model.chat(req).await;
+            let result = match &self.deltas {
+                Some((run_attempt, tx)) if tx.receiver_count() > 0 => {
+                    let on_text = |text: &str| {
+                        let _ = tx.send(pb::LlmDelta { attempt: *run_attempt, seq, text: text.to_owned() });
+                    };
+                    self.model.chat_streaming(req, &on_text).await
+                }
+                _ => self.model.chat(req).await,
+            };
             let model = result.as_ref().map_or("error", |r| r.model.as_str()).to_owned();
             metrics::histogram!("nightshift_llm_request_duration_seconds", "model" => model)
                 .record(started.elapsed().as_secs_f64());
@@ -438,6 +451,7 @@ mod tests {
             step_counter: Arc::default(),
             spent: Arc::default(),
             governance: Governance::default(),
+            deltas: None,
         }
         .run(&steps)
         .await
@@ -495,6 +509,7 @@ mod tests {
                     step_counter: Arc::default(),
                     spent: Arc::default(),
                     governance,
+                    deltas: None,
                 }
                 .run(&steps)
                 .await;
@@ -557,6 +572,7 @@ mod tests {
             step_counter: Arc::default(),
             spent: spent.clone(),
             governance: Governance::default(),
+            deltas: None,
         }
         .run(&Steps::default())
         .await

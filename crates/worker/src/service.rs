@@ -3,6 +3,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use nightshift_core::{pb, time};
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::Worker;
@@ -39,8 +40,26 @@ impl WorkerApi {
     }
 }
 
+/// The stream WatchRunDeltas answers with.
+pub type DeltaStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LlmDelta, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::worker_service_server::WorkerService for WorkerApi {
+    type WatchRunDeltasStream = DeltaStream;
+
+    async fn watch_run_deltas(
+        &self,
+        req: Request<pb::WatchRunDeltasRequest>,
+    ) -> Result<Response<Self::WatchRunDeltasStream>, Status> {
+        let run_id = req.into_inner().run_id;
+        let rx = (self.worker.active().get(&run_id).map(|r| r.deltas.subscribe()))
+            .ok_or_else(|| Status::not_found(format!("run {run_id} is not executing on this worker")))?;
+        // Ends when the attempt does (its sender is dropped). A listener too slow for the
+        // buffer skips what it missed: the checkpointed step carries the whole text anyway.
+        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|d| d.ok()).map(Ok::<_, Status>);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn get_worker_status(
         &self,
         _req: Request<pb::GetWorkerStatusRequest>,

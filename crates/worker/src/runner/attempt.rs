@@ -62,6 +62,7 @@ impl Worker {
         step: Arc<AtomicU32>,
         events: &RunEvents,
         governance: crate::governed::Governance,
+        deltas: tokio::sync::broadcast::Sender<pb::LlmDelta>,
     ) -> (AttemptEnd, bool) {
         let zero = nightshift_llm::Usage::default();
         // Until the notes are read: an earlier attempt may have left some.
@@ -132,6 +133,7 @@ impl Worker {
             step_counter: step.clone(),
             spent: spent.clone(),
             governance,
+            deltas: Some((run.attempt, deltas)),
         };
         let fut = agent.run(&sink);
         tokio::pin!(fut);

@@ -165,9 +165,11 @@ impl Worker {
         let cancel = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
         let step = Arc::new(AtomicU32::new(0));
+        let (deltas, _) = tokio::sync::broadcast::channel(super::DELTA_BUFFER);
         self.active().insert(
             run.id.clone(),
             ActiveRun {
+                deltas: deltas.clone(),
                 agent_id: run.agent_id.clone(),
                 agent_name: spec.name.to_string(),
                 attempt: run.attempt,
@@ -202,8 +204,9 @@ impl Worker {
             prior: run.usage.as_ref().map(nightshift_llm::Usage::from).unwrap_or_default(),
         };
         governance.replay = start.replay.map(|r| std::sync::Arc::new(crate::replay::Replay::from_pb(r)));
-        let (end, notes) =
-            self.execute(&run, &spec, start.steps, &d, &cancel, &reason, step.clone(), &events, governance).await;
+        let (end, notes) = self
+            .execute(&run, &spec, start.steps, &d, &cancel, &reason, step.clone(), &events, governance, deltas)
+            .await;
         let turns = step.load(Ordering::Relaxed);
         self.settle(d, &run, end, &events, began.elapsed(), turns, notes).await;
         events.emit(EventType::BackgroundAgentStatus, json!({"status": "idle"}));
