@@ -351,8 +351,28 @@ pub enum RunsCommand {
         watch: bool,
     },
     /// Compare two runs: answers, tool calls (same, changed arguments, removed, added), tokens,
-    /// cost and duration.
-    Diff { a: String, b: String },
+    /// cost and duration. With --agent and --last N instead: replay the agent's last N ended runs
+    /// (from the start, tools frozen) with --agent-version / --model, and summarize what changed.
+    Diff {
+        /// The first run (A).
+        #[arg(required_unless_present = "agent")]
+        a: Option<String>,
+        /// The second run (B).
+        #[arg(required_unless_present = "agent")]
+        b: Option<String>,
+        /// The agent whose last runs are replayed.
+        #[arg(long, conflicts_with_all = ["a", "b"], requires = "last")]
+        agent: Option<String>,
+        /// How many of its last ended runs.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        last: Option<u32>,
+        /// The version the replays run (default: each run's own).
+        #[arg(long, default_value_t = 0)]
+        agent_version: u64,
+        /// The model the replays ask (default: the version's).
+        #[arg(long, default_value = "")]
+        model: String,
+    },
     /// Cancel a queued or running run.
     Cancel {
         id: String,

@@ -164,20 +164,154 @@ fn side(got: &pb::GetRunResponse) -> Side {
     }
 }
 
+/// The diff of two runs as `GetRun` returned them.
+fn diff_of(ra: &pb::GetRunResponse, rb: &pb::GetRunResponse) -> Diff {
+    let default = pb::Run::default();
+    let (runa, runb) = (ra.run.as_ref().unwrap_or(&default), rb.run.as_ref().unwrap_or(&default));
+    Diff {
+        same_answer: runa.result == runb.result,
+        tool_calls: align(&calls(runa), &calls(runb)),
+        a: side(ra),
+        b: side(rb),
+    }
+}
+
 /// `runs diff A B`.
 pub(crate) async fn diff(server: &Server, out: Output, a: String, b: String) -> anyhow::Result<()> {
     let mut m = server.manager().await?;
     let ra = m.get_run(pb::GetRunRequest { run_id: a }).await?.into_inner();
     let rb = m.get_run(pb::GetRunRequest { run_id: b }).await?.into_inner();
-    let default = pb::Run::default();
-    let (runa, runb) = (ra.run.as_ref().unwrap_or(&default), rb.run.as_ref().unwrap_or(&default));
-    let d = Diff {
-        same_answer: runa.result == runb.result,
-        tool_calls: align(&calls(runa), &calls(runb)),
-        a: side(&ra),
-        b: side(&rb),
+    output::print(out, &diff_of(&ra, &rb), diff_table)
+}
+
+/// One original and its replay in a `--last N` summary.
+#[derive(Serialize)]
+struct Pair {
+    original: String,
+    replay: String,
+    status: String,
+    answer_changed: bool,
+    tool_calls_changed: usize,
+    cost_delta_micro_usd: i64,
+    tokens_delta: i64,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    runs: usize,
+    answers_changed: usize,
+    runs_with_tool_calls_changed: usize,
+    cost_delta_micro_usd: i64,
+    pairs: Vec<Pair>,
+}
+
+/// `runs diff --agent NAME --last N`: replays the agent's last `last` ended runs (from the
+/// start, tools frozen) and summarizes what changed.
+pub(crate) async fn diff_last(
+    server: &Server,
+    out: Output,
+    agent: &str,
+    last: u32,
+    agent_version: u64,
+    model: String,
+) -> anyhow::Result<()> {
+    use nightshift_core::RunStatus;
+    let mut m = server.manager().await?;
+    let ended: Vec<i32> =
+        [RunStatus::Succeeded, RunStatus::Failed, RunStatus::TimedOut].iter().map(|s| s.to_pb() as i32).collect();
+    let req = pb::ListRunsRequest {
+        agent: server.agent(agent),
+        statuses: ended,
+        // Replays are runs of the agent too: only runs that are not replays are compared, among
+        // the newest thousand ended ones.
+        page_size: 1000,
+        page_token: String::new(),
+        namespace: String::new(),
     };
-    output::print(out, &d, diff_table)
+    let originals: Vec<pb::Run> = (m.list_runs(req).await?.into_inner().runs.into_iter())
+        .filter(|r| r.replay_of.is_empty())
+        .take(last as usize)
+        .collect();
+    anyhow::ensure!(!originals.is_empty(), "agent '{agent}' has no ended run to replay");
+    let mut replays = Vec::new();
+    for r in &originals {
+        let req = pb::ReplayRunRequest {
+            run_id: r.id.clone(),
+            agent_version,
+            model: model.clone(),
+            tools: pb::ReplayTools::Frozen as i32,
+            ..Default::default()
+        };
+        replays.push(m.replay_run(req).await?.into_inner().run.unwrap_or_default().id);
+    }
+    let mut pairs = Vec::new();
+    for (original, replay) in originals.iter().zip(&replays) {
+        let rb = wait_ended(&mut m, replay).await?;
+        let ra = m.get_run(pb::GetRunRequest { run_id: original.id.clone() }).await?.into_inner();
+        let d = diff_of(&ra, &rb);
+        let tokens = |s: &Side| (s.input_tokens + s.output_tokens) as i64;
+        pairs.push(Pair {
+            original: original.id.clone(),
+            replay: replay.clone(),
+            status: d.b.status.clone(),
+            answer_changed: !d.same_answer,
+            tool_calls_changed: d.tool_calls.iter().filter(|c| c.change != "same").count(),
+            cost_delta_micro_usd: d.b.cost_micro_usd - d.a.cost_micro_usd,
+            tokens_delta: tokens(&d.b) - tokens(&d.a),
+        });
+    }
+    let summary = Summary {
+        runs: pairs.len(),
+        answers_changed: pairs.iter().filter(|p| p.answer_changed).count(),
+        runs_with_tool_calls_changed: pairs.iter().filter(|p| p.tool_calls_changed > 0).count(),
+        cost_delta_micro_usd: pairs.iter().map(|p| p.cost_delta_micro_usd).sum(),
+        pairs,
+    };
+    output::print(out, &summary, summary_table)
+}
+
+/// Waits (up to 10 minutes) for run `id` to end; returns it with its costs.
+async fn wait_ended(
+    m: &mut pb::manager_service_client::ManagerServiceClient<nightshift_rpc::CallChannel>,
+    id: &str,
+) -> anyhow::Result<pb::GetRunResponse> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let got = m.get_run(pb::GetRunRequest { run_id: id.to_owned() }).await?.into_inner();
+        let status = got.run.as_ref().and_then(|r| nightshift_core::RunStatus::from_pb(r.status()));
+        if status.is_some_and(|s| s.is_terminal()) {
+            return Ok(got);
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "replay {id} did not end within 10 minutes");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
+fn signed_usd(m: i64) -> String {
+    let usd = nightshift_core::cost::format_usd(m.unsigned_abs());
+    if m < 0 { format!("-{usd}") } else { format!("+{usd}") }
+}
+
+fn summary_table(s: &Summary) -> String {
+    let mut t = new_table(&["ORIGINAL", "REPLAY", "STATUS", "ANSWER", "TOOL CALLS CHANGED", "TOKENS Δ", "COST Δ"]);
+    for p in &s.pairs {
+        t.add_row(vec![
+            p.original.clone(),
+            p.replay.clone(),
+            p.status.clone(),
+            (if p.answer_changed { "changed" } else { "same" }).to_owned(),
+            p.tool_calls_changed.to_string(),
+            format!("{:+}", p.tokens_delta),
+            signed_usd(p.cost_delta_micro_usd),
+        ]);
+    }
+    format!(
+        "{t}\n\n{} runs replayed: {} answers changed, {} with tool calls changed, cost {}\n",
+        s.runs,
+        s.answers_changed,
+        s.runs_with_tool_calls_changed,
+        signed_usd(s.cost_delta_micro_usd)
+    )
 }
 
 fn diff_table(d: &Diff) -> String {

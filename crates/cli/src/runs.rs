@@ -37,7 +37,11 @@ pub(crate) async fn run(server: &Server, out: Output, cmd: RunsCommand) -> anyho
             let args = ReplayArgs { id, from_step, agent_version, model, tools, live_reads, store_memory, watch };
             crate::replay::replay(server, out, args).await?
         }
-        RunsCommand::Diff { a, b } => crate::replay::diff(server, out, a, b).await?,
+        RunsCommand::Diff { a: Some(a), b: Some(b), .. } => crate::replay::diff(server, out, a, b).await?,
+        RunsCommand::Diff { agent: Some(agent), last: Some(last), agent_version, model, .. } => {
+            crate::replay::diff_last(server, out, &agent, last, agent_version, model).await?
+        }
+        RunsCommand::Diff { .. } => anyhow::bail!("runs diff: give two runs, or --agent and --last"),
         RunsCommand::Cancel { id, reason } => {
             let r = client
                 .cancel_run(pb::CancelRunRequest { run_id: id, reason: reason.unwrap_or_default() })

@@ -148,6 +148,30 @@ async fn a_replay_reuses_paid_steps_serves_frozen_tools_from_the_recording_and_d
     let table = cli(&["runs", "diff", &original.id, &r2.id]);
     assert!(table.contains("= http_get"), "{table}");
     assert!(table.contains("reused steps"), "{table}");
+    // The batch form: the agent's last run (the original; replays are not replayed) against
+    // another model — the model now asks for the other URL, so the call changed, and the answer.
+    let summary: serde_json::Value = serde_json::from_str(&cli(&[
+        "-o",
+        "json",
+        "runs",
+        "diff",
+        "--agent",
+        "replayed",
+        "--last",
+        "3",
+        "--model",
+        "scripted-v3",
+    ]))
+    .unwrap();
+    assert_eq!(summary["runs"], 1, "{summary:#}");
+    assert_eq!(summary["pairs"][0]["original"], original.id.as_str());
+    assert_eq!(
+        (summary["answers_changed"].as_u64(), summary["runs_with_tool_calls_changed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(script.models.lock().unwrap().last().map(String::as_str), Some("scripted-v3"));
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "frozen: nothing hit");
+
     *script.calls.lock().unwrap() = vec![("http_get".into(), format!("{{\"url\":\"{url}\"}}"))];
     let watched = cli(&["runs", "replay", &original.id, "--from-step", "1", "--watch"]);
     assert!(watched.lines().any(|l| l.contains("succeeded (attempt 1)")), "{watched}");

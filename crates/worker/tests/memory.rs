@@ -167,6 +167,32 @@ async fn a_real_small_llm_calls_a_local_tool_in_structured_mode() {
     );
 }
 
+/// A replay (ReplayRun) stores no episode in the agent's memory unless it is asked to: replays
+/// are for trying a version or a model out, not for what the agent remembers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_stores_no_episode_unless_asked() {
+    let (llm, _script) = scripted_llm().await;
+    let (env, agent) = env(&llm).await;
+    let (memory, _worker) = start_worker_with_memory(&env, Duration::from_secs(10)).await;
+    let scope = pb::MemoryScope { agent_id: agent.id.clone(), session: "agent".into() };
+    let first = trigger(&env).await;
+    wait_for_status(&env, &first.id, pb::RunStatus::Succeeded).await;
+    assert_eq!(recall_in(&memory, scope.clone(), pb::MemoryType::Episodic).await.len(), 1);
+    let replay = async |store_memory: bool| {
+        let req = pb::ReplayRunRequest { run_id: first.id.clone(), store_memory, ..Default::default() };
+        let run = env.manager.clone().replay_run(req).await.unwrap().into_inner().run.unwrap();
+        wait_for_status(&env, &run.id, pb::RunStatus::Succeeded).await
+    };
+    let quiet = replay(false).await;
+    assert_eq!(quiet.replay_of, first.id);
+    assert!(!quiet.steps.iter().any(|s| matches!(s.payload, Some(pb::run_step::Payload::MemoryStored(_)))));
+    assert_eq!(recall_in(&memory, scope.clone(), pb::MemoryType::Episodic).await.len(), 1, "no episode");
+    let kept = replay(true).await;
+    let episodes = recall_in(&memory, scope, pb::MemoryType::Episodic).await;
+    assert_eq!(episodes.len(), 2, "asked to: stored");
+    assert_eq!(episodes[0].id, format!("episode-{}", kept.id));
+}
+
 type MemoryClient = pb::memory_service_client::MemoryServiceClient<tonic::transport::Channel>;
 
 /// A memory role and a worker using it; returns a client of the memory service.
