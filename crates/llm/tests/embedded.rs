@@ -143,6 +143,21 @@ async fn greedy_decoding_answers_what_the_model_knows() {
     assert!(right >= 3, "{right} of {} answered right: {answers:#?}", probes.len());
 }
 
+/// A plain-text answer streams as it is generated (WatchRun's live text): several pieces, which
+/// add up to the answer the call returns — the same answer greedy decoding gives unstreamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_answer_streams_piece_by_piece_and_adds_up_to_the_answer() {
+    let path = model_file().await;
+    let model = EmbeddedChat::from_config(&config(&path, 1, 0.0)).unwrap();
+    let req = ChatRequest { max_tokens: Some(24), ..ChatRequest::new("", "What is the capital of Germany?") };
+    let pieces = std::sync::Mutex::new(Vec::<String>::new());
+    let streamed = model.chat_streaming(&req, &|t: &str| pieces.lock().unwrap().push(t.to_owned())).await.unwrap();
+    let pieces = pieces.into_inner().unwrap();
+    assert!(pieces.len() > 3, "{pieces:?}");
+    assert_eq!(pieces.concat(), streamed.content);
+    assert_eq!(model.chat(&req).await.unwrap().content, streamed.content);
+}
+
 /// `pull_url`: a GGUF served over HTTP lands in the cache under its name, with its checksum
 /// recorded; agents resolve the name to it; `list` shows it; a wrong checksum, a file that is
 /// not GGUF and a name already taken by another URL are refused.

@@ -47,6 +47,8 @@ pub(crate) struct Job {
     pub stop: Vec<String>,
     /// Set when the caller gave up (timeout, cancelled run): the generation stops at the next token.
     pub abandoned: Arc<AtomicBool>,
+    /// Gets the answer's text piece by piece as it is generated (plain-text answers only).
+    pub on_text: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// What one generation produced.
@@ -220,6 +222,8 @@ fn generate(model: &Model, job: &Job) -> Result<Generated, LlmError> {
     model.prefix_cache.store(prompt_ids, &cache);
     let prefilled = started.elapsed();
     let mut out: Vec<u32> = Vec::new();
+    // Bytes of the decoded answer already handed to `on_text`.
+    let mut told = 0;
     let finish = loop {
         if job.abandoned.load(Ordering::Relaxed) {
             return Err(LlmError::Engine("abandoned by the caller".into()));
@@ -251,6 +255,14 @@ fn generate(model: &Model, job: &Job) -> Result<Generated, LlmError> {
             c.consume(token)?;
         }
         out.push(token);
+        if let Some(tx) = job.on_text.as_ref().filter(|_| constraint.is_none()) {
+            let text = model.tokenizer.decode(&out, true).map_err(engine_err)?;
+            // A character split across tokens decodes as U+FFFD until its last byte arrives.
+            if text.len() > told && !text.ends_with('\u{FFFD}') && text.is_char_boundary(told) {
+                let _ = tx.send(text[told..].to_owned());
+                told = text.len();
+            }
+        }
         if constraint.as_ref().is_some_and(|c| c.done()) {
             break FinishReason::Stop;
         }

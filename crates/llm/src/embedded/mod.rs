@@ -174,6 +174,27 @@ fn template_messages(req: &ChatRequest, plain: bool) -> Vec<TemplateMessage> {
 impl ChatModel for EmbeddedChat {
     #[tracing::instrument(name = "llm.chat", skip_all, fields(provider = "embedded", model = %self.defaults.model))]
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        self.answer(req, None).await
+    }
+
+    /// Plain-text answers stream as they are generated; a structured answer (JSON for the
+    /// parser, when tools are declared) comes whole.
+    #[tracing::instrument(name = "llm.chat", skip_all, fields(provider = "embedded", model = %self.defaults.model, stream = true))]
+    async fn chat_streaming(
+        &self,
+        req: &ChatRequest,
+        on_text: &(dyn for<'t> Fn(&'t str) + Send + Sync),
+    ) -> Result<ChatResponse, LlmError> {
+        self.answer(req, Some(on_text)).await
+    }
+}
+
+impl EmbeddedChat {
+    async fn answer(
+        &self,
+        req: &ChatRequest,
+        on_text: Option<&(dyn for<'t> Fn(&'t str) + Send + Sync)>,
+    ) -> Result<ChatResponse, LlmError> {
         let started = Instant::now();
         let engine = engine_for(&self.path).await?;
         let (temperature, max_tokens, _) = self.defaults.settings(req);
@@ -196,11 +217,22 @@ impl ChatModel for EmbeddedChat {
             seed: self.defaults.sampling.seed.unwrap_or_else(rand::random),
             stop: self.defaults.sampling.stop.clone(),
             abandoned: abandoned.clone(),
+            on_text: None,
         };
+        let (pieces_tx, mut pieces) = tokio::sync::mpsc::unbounded_channel();
+        let job = Job { on_text: (plain && on_text.is_some()).then_some(pieces_tx), ..job };
         let reply = engine.submit(job)?;
         // Dropped on timeout or when the run is cancelled: the thread stops at its next token.
         let _abandon = AbandonOnDrop(abandoned);
-        let generated = match tokio::time::timeout(self.timeout, reply).await {
+        let relay = async {
+            while let Some(piece) = pieces.recv().await {
+                if let Some(f) = on_text {
+                    f(&piece);
+                }
+            }
+        };
+        // The pieces end when the job does (its sender goes with it); the answer comes after.
+        let generated = match tokio::time::timeout(self.timeout, async { tokio::join!(relay, reply).1 }).await {
             Ok(Ok(result)) => result?,
             Ok(Err(_)) => return Err(LlmError::Engine("the inference thread stopped".into())),
             Err(_) => return Err(LlmError::Timeout(self.timeout)),
