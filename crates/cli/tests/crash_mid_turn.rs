@@ -10,9 +10,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Deployment, free_port, spawn_workers, wait_port, wait_succeeded};
+use common::{Deployment, Started, spawn_workers, wait_succeeded};
 use nightshift_core::pb;
-use nightshift_core::pb::manager_service_client::ManagerServiceClient;
 
 fn journal(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
@@ -27,20 +26,8 @@ async fn an_interrupted_side_effect_is_not_repeated_and_later_calls_run() {
     *script.calls.lock().unwrap() = vec![("journal".into(), r#"{"label": "first", "seconds": 60}"#.into())];
     *script.then_calls.lock().unwrap() = vec![("journal".into(), r#"{"label": "second"}"#.into())];
 
-    let (pm, ps) = (free_port(), free_port());
-    let deployment = Deployment {
-        db: nightshift_testkit::postgres_url().await,
-        queue_url: nightshift_testkit::redis_url(),
-        queue_name: format!("crash-{}", uuid::Uuid::new_v4().simple()),
-        // The killed worker's delivery comes back soon after its 3 s lease.
-        ack_wait: "4s".into(),
-        events: String::new(),
-    };
-    let _manager = deployment.spawn_manager(pm, ps);
-    let _scheduler = deployment.spawn_scheduler("scheduler", ps, &[]);
-    let mut w0 = spawn_workers(1, &deployment.role_env("WORKER"), pm, &[]);
-    wait_port(pm).await;
-    let mut m = ManagerServiceClient::connect(format!("http://127.0.0.1:{pm}")).await.unwrap();
+    let deployment = Deployment::on_postgres_and_redis("crash").await;
+    let Started { port: pm, manager: mut m, roles: _roles, workers: mut w0 } = deployment.start(1, &[]).await;
     let manifest = format!(
         "name: journaler\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: log it}}\n\
          schedule: {{manual: true}}\npolicy: {{max_retries: 0, timeout: 120s}}\n\

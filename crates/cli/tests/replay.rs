@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Deployment, bin, free_port, spawn_workers, wait_port, wait_succeeded};
+use common::{Deployment, Started, bin, wait_succeeded};
 use nightshift_core::pb;
 use nightshift_core::pb::manager_service_client::ManagerServiceClient;
 use nightshift_testkit::llm::Script;
@@ -56,20 +56,10 @@ async fn a_replay_reuses_paid_steps_serves_frozen_tools_from_the_recording_and_d
     let (base, script, hits) = model_and_counter().await;
     let url = format!("{base}/hit");
     *script.calls.lock().unwrap() = vec![("http_get".into(), format!("{{\"url\":\"{url}\"}}"))];
-    let (pm, ps) = (free_port(), free_port());
-    let deployment = Deployment {
-        db: nightshift_testkit::postgres_url().await,
-        queue_url: nightshift_testkit::redis_url(),
-        queue_name: format!("replay-{}", uuid::Uuid::new_v4().simple()),
-        ack_wait: "4s".into(),
-        events: String::new(),
-    };
-    let _manager = deployment.spawn_manager(pm, ps);
-    let _scheduler = deployment.spawn_scheduler("scheduler", ps, &[]);
+    let deployment = Deployment::on_postgres_and_redis("replay").await;
     let allow = format!("[\"{base}/\"]");
-    let _w0 = spawn_workers(1, &deployment.role_env("WORKER"), pm, &[("NIGHTSHIFT_WORKER_TOOLS__HTTP_ALLOW", &allow)]);
-    wait_port(pm).await;
-    let mut m = ManagerServiceClient::connect(format!("http://127.0.0.1:{pm}")).await.unwrap();
+    let Started { port: pm, manager: mut m, roles: _roles, workers: _w0 } =
+        deployment.start(1, &[("NIGHTSHIFT_WORKER_TOOLS__HTTP_ALLOW", &allow)]).await;
     let manifest = format!(
         "name: replayed\nmodel: {{provider: openai, model: scripted, base_url: '{base}/v1'}}\ntask: {{query: fetch it}}\n\
          schedule: {{manual: true}}\npolicy: {{max_retries: 0}}\ntools: {{local: [http_get]}}"

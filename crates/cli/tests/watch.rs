@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Deployment, bin, free_port, spawn_workers, start_hanging_run, wait_port, wait_succeeded};
+use common::{Deployment, Started, bin, spawn_workers, start_hanging_run, wait_succeeded};
 use nightshift_core::pb;
 use nightshift_core::pb::manager_service_client::ManagerServiceClient;
 use pb::watch_run_response::Item;
@@ -61,36 +61,11 @@ fn states(seen: &[pb::WatchRunResponse]) -> Vec<(u32, pb::RunStatus)> {
         .collect()
 }
 
-/// A manager, a scheduler and one worker on Postgres and a Redis queue.
-struct Stack {
-    deployment: Deployment,
-    pm: u16,
-    _roles: [common::Proc; 2],
-    worker: Vec<common::Proc>,
-    m: ManagerServiceClient<Channel>,
-}
-
-async fn stack() -> Stack {
-    let (pm, ps) = (free_port(), free_port());
-    let deployment = Deployment {
-        db: nightshift_testkit::postgres_url().await,
-        queue_url: nightshift_testkit::redis_url(),
-        queue_name: format!("watch-{}", uuid::Uuid::new_v4().simple()),
-        // A killed worker's delivery comes back soon after its 3 s lease.
-        ack_wait: "4s".into(),
-        events: String::new(),
-    };
-    let roles = [deployment.spawn_manager(pm, ps), deployment.spawn_scheduler("scheduler", ps, &[])];
-    let worker = spawn_workers(1, &deployment.role_env("WORKER"), pm, &[]);
-    wait_port(pm).await;
-    let m = ManagerServiceClient::connect(format!("http://127.0.0.1:{pm}")).await.unwrap();
-    Stack { deployment, pm, _roles: roles, worker, m }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watcher_sees_each_step_across_a_worker_kill_and_a_dropped_stream_resumes_from_its_cursor() {
     let (llm, script) = nightshift_testkit::llm::scripted_llm().await;
-    let Stack { deployment, pm, _roles, worker: mut w0, mut m } = stack().await;
+    let deployment = Deployment::on_postgres_and_redis("watch").await;
+    let Started { port: pm, manager: mut m, roles: _roles, workers: mut w0 } = deployment.start(1, &[]).await;
 
     // The run has checkpointed its first LLM turn and the tool's result, and waits in its second
     // LLM call: a watcher joins now, from the start.
@@ -165,7 +140,8 @@ async fn a_watcher_sees_each_step_across_a_worker_kill_and_a_dropped_stream_resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn llm_text_streams_to_a_watcher_and_the_model_is_not_asked_to_stream_when_nobody_watches() {
     let (llm, script) = nightshift_testkit::llm::scripted_llm().await;
-    let Stack { m, .. } = &mut stack().await;
+    let deployment = Deployment::on_postgres_and_redis("watch").await;
+    let Started { manager: m, .. } = &mut deployment.start(1, &[]).await;
     let manifest = format!(
         "name: streamer\nmodel: {{provider: openai, model: scripted, base_url: '{llm}'}}\ntask: {{query: area}}\n\
          schedule: {{manual: true}}\npolicy: {{max_retries: 0}}\ntools: {{local: [calculate_area]}}"

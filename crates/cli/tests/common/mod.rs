@@ -255,7 +255,40 @@ pub struct Deployment {
     pub events: String,
 }
 
+/// A deployment's manager (on `port`), scheduler and workers, as [`Deployment::start`] left them.
+pub struct Started {
+    pub port: u16,
+    pub manager: ManagerServiceClient<Channel>,
+    /// The manager and the scheduler.
+    pub roles: Vec<Proc>,
+    pub workers: Vec<Proc>,
+}
+
 impl Deployment {
+    /// A fresh Postgres database and a Redis queue named `{prefix}-…` (redelivery after 4 s, soon
+    /// after a killed worker's 3 s lease), without an event service.
+    pub async fn on_postgres_and_redis(prefix: &str) -> Self {
+        Self {
+            db: nightshift_testkit::postgres_url().await,
+            queue_url: nightshift_testkit::redis_url(),
+            queue_name: format!("{prefix}-{}", uuid::Uuid::new_v4().simple()),
+            ack_wait: "4s".into(),
+            events: String::new(),
+        }
+    }
+
+    /// A manager, a scheduler and `workers` workers (with `extra` settings); returns once the
+    /// manager answers.
+    pub async fn start(&self, workers: usize, extra: &[(&str, &str)]) -> Started {
+        let (port, scheduler_port) = (free_port(), free_port());
+        let roles =
+            vec![self.spawn_manager(port, scheduler_port), self.spawn_scheduler("scheduler", scheduler_port, &[])];
+        let workers = spawn_workers(workers, &self.role_env("WORKER"), port, extra);
+        wait_port(port).await;
+        let manager = ManagerServiceClient::connect(format!("http://127.0.0.1:{port}")).await.unwrap();
+        Started { port, manager, roles, workers }
+    }
+
     /// The shared settings as `role`'s environment (`MANAGER`, `SCHEDULER`, `WORKER`).
     pub fn role_env(&self, role: &str) -> Vec<(String, String)> {
         let p = format!("NIGHTSHIFT_{role}_");
