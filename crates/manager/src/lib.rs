@@ -9,6 +9,7 @@ mod config;
 mod convert;
 mod costs;
 mod error;
+mod publish;
 mod replays;
 mod request;
 mod role;

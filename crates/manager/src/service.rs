@@ -8,8 +8,8 @@ use nightshift_core::{
     duration, pb, time,
 };
 use nightshift_events_client::EventPublisher;
-use nightshift_queue::{RunRequest, WorkQueue};
-use nightshift_store::{AgentFilter, AgentRecord, ApplyOutcome, NewRun, RunFilter, RunRecord, Store};
+use nightshift_queue::WorkQueue;
+use nightshift_store::{AgentFilter, AgentRecord, ApplyOutcome, NewRun, RunFilter, Store};
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
@@ -163,30 +163,6 @@ impl ManagerService {
 
     pub(crate) fn clock(&self) -> &dyn Clock {
         &*self.clock
-    }
-
-    /// Publishes a run just recorded by a call (trigger, replay) to the queue; if that fails, the
-    /// scheduler's outbox sweep publishes it.
-    pub(crate) async fn publish_manual(&self, run: &RunRecord) {
-        let Some(q) = &self.queue else { return };
-        let req = RunRequest {
-            run_id: run.id.to_string(),
-            agent_id: run.agent_id.to_string(),
-            trigger: TriggerKind::Manual.to_pb() as i32,
-            scheduled_for: None,
-            enqueued_at: Some(time::to_pb(self.clock.now())),
-            // The worker's run span continues this call's trace (the `grpc.server` span).
-            trace_context: nightshift_telemetry::context_map(&tracing::Span::current()),
-            redelivery: String::new(),
-        };
-        match q.publish(&req, None).await {
-            Ok(_) => {
-                if let Err(e) = self.store.mark_published(std::slice::from_ref(&run.id)).await {
-                    tracing::warn!(run = %run.id, error = %e, "marking a run as published failed");
-                }
-            }
-            Err(e) => tracing::warn!(run = %run.id, error = %e, "publishing a new run failed; it will be republished"),
-        }
     }
 
     fn changed(&self, id: &AgentId) {
