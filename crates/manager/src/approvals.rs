@@ -192,6 +192,9 @@ impl ManagerService {
         }
         let verdict = Verdict { approve, by, reason, arguments_json };
         let decided = self.store().decide_approval(id, &verdict).await.map_err(status_from_store)?;
+        if let Some(run) = &decided.run {
+            self.watchers().changed(&run.id);
+        }
         let a = &decided.approval;
         let decision = a.status.as_str();
         metrics::counter!("nightshift_approvals_total", "decision" => decision).increment(1);

@@ -3,8 +3,9 @@
 //!
 //! The stream reads the store (steps are durable and ordered by seq, so the cursor is the next
 //! seq plus the run state last sent). It reads again when this manager records a change of the
-//! run (checkpoint, start, end, cancel: [`Watchers::changed`]) and at least every
-//! [`POLL`], which covers changes recorded by another manager replica. A run nobody watches pays
+//! run (checkpoint, start, end, park, cancel: [`Watchers::changed`]) and at least every
+//! [`POLL`] (every [`WAITING_POLL`] while the run waits), which covers changes recorded by
+//! another manager replica. A run nobody watches pays
 //! one atomic load per change.
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -20,8 +21,10 @@ use tonic::Status;
 use crate::convert;
 use crate::service::ManagerService;
 
-/// The longest a watcher waits before reading the store again.
+/// The longest a watcher of a running run waits before reading the store again...
 const POLL: Duration = Duration::from_millis(500);
+/// ...and of a run that waits (queued, for a person, for its budget), which can take days.
+const WAITING_POLL: Duration = Duration::from_secs(5);
 /// Streams one manager serves at once.
 const MAX_WATCHERS: usize = 10_000;
 
@@ -214,7 +217,7 @@ impl ManagerService {
                 }
                 tokio::select! {
                     r = watching.rx.changed() => if r.is_err() { return },
-                    () = tokio::time::sleep(POLL) => {}
+                    () = tokio::time::sleep(if run.status == RunStatus::Running { POLL } else { WAITING_POLL }) => {}
                     () = tx.closed() => return,
                 }
             }
