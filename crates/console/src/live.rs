@@ -20,6 +20,16 @@ use crate::view;
 /// How often a running run is read again when no event announces a change (events can be off
 /// or lag; a step is visible within this).
 const RUN_POLL: Duration = Duration::from_secs(1);
+/// The same floor for a run that waits (queued, for a person, for its budget), which can take
+/// days: its events still wake the page at once.
+const WAITING_POLL: Duration = Duration::from_secs(10);
+
+fn poll_of(run: &pb::GetRunResponse) -> Duration {
+    match run.run.as_ref().map(|r| r.status()) {
+        Some(pb::RunStatus::Running) => RUN_POLL,
+        _ => WAITING_POLL,
+    }
+}
 
 type EventStream = Sse<axum::response::sse::KeepAliveStream<ReceiverStream<Result<Event, Infallible>>>>;
 
@@ -77,7 +87,7 @@ pub(crate) async fn run(
             }
             tokio::select! {
                 () = changed.notified() => {}
-                () = tokio::time::sleep(RUN_POLL) => {}
+                () = tokio::time::sleep(poll_of(&run)) => {}
                 () = tx.closed() => break,
                 () = closing.cancelled() => break,
             }
