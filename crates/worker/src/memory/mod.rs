@@ -132,14 +132,6 @@ async fn recall_all(
     scope: &pb::MemoryScope,
     query: &str,
 ) -> (String, pb::MemoryRecall) {
-    let mut episodes = Vec::new();
-    let mut notes = Vec::new();
-    let mut facts = Vec::new();
-    let mut errors = 0;
-    let mut failure = |op, s: &tonic::Status| {
-        errors += 1;
-        failed(op, s);
-    };
     let recall = |kind: pb::MemoryType, limit: u32| {
         let c = client.clone();
         let req = pb::RecallRequest {
@@ -149,19 +141,17 @@ async fn recall_all(
             before: None,
             metadata_filter: BTreeMap::new(),
         };
-        async move { c.recall(req).await }
-    };
-    if spec.memory.recall_recent > 0 {
-        match recall(pb::MemoryType::Episodic, spec.memory.recall_recent).await {
-            Ok(r) => episodes = r.into_inner().records,
-            Err(s) => failure("recall", &s),
+        async move {
+            match limit {
+                0 => Ok(Vec::new()),
+                _ => c.recall(req).await.map(|r| r.into_inner().records),
+            }
         }
-    }
-    match recall(pb::MemoryType::Procedural, PROCEDURAL_RECALL).await {
-        Ok(r) => notes = r.into_inner().records,
-        Err(s) => failure("recall", &s),
-    }
-    if spec.memory.semantic_top_k > 0 {
+    };
+    let search = async {
+        if spec.memory.semantic_top_k == 0 {
+            return Ok(Vec::new());
+        }
         let req = pb::SearchMemoryRequest {
             scope: Some(scope.clone()),
             query: query.to_owned(),
@@ -171,14 +161,25 @@ async fn recall_all(
             min_score: None,
         };
         match client.search(req).await {
-            Ok(r) => facts = r.into_inner().hits,
+            Ok(r) => Ok(r.into_inner().hits),
             // A deployment without a vector index: recall works, search does not. Not an error.
             Err(s) if s.code() == Code::FailedPrecondition => {
-                tracing::debug!(error = %s.message(), "semantic memory search is not configured")
+                tracing::debug!(error = %s.message(), "semantic memory search is not configured");
+                Ok(Vec::new())
             }
-            Err(s) => failure("search", &s),
+            Err(s) => Err(s),
         }
-    }
+    };
+    // The three reads at once: a run waits for the slowest, not for their sum.
+    let (episodes, notes, facts) = tokio::join!(
+        recall(pb::MemoryType::Episodic, spec.memory.recall_recent),
+        recall(pb::MemoryType::Procedural, PROCEDURAL_RECALL),
+        search
+    );
+    let mut errors = 0;
+    let episodes = kept("recall", episodes, &mut errors);
+    let notes = kept("recall", notes, &mut errors);
+    let facts = kept("search", facts, &mut errors);
     let counts = pb::MemoryRecall {
         episodes: episodes.len() as u32,
         facts: facts.len() as u32,
@@ -187,6 +188,15 @@ async fn recall_all(
         ..Default::default()
     };
     (render(&episodes, &notes, &facts, matches!(spec.memory.session, SessionScope::Fixed(_))), counts)
+}
+
+/// What a memory read returned, or nothing (counted in `errors`, and said) when it failed.
+fn kept<T>(op: &'static str, read: Result<Vec<T>, tonic::Status>, errors: &mut u32) -> Vec<T> {
+    read.unwrap_or_else(|s| {
+        *errors += 1;
+        failed(op, &s);
+        Vec::new()
+    })
 }
 
 fn clip(s: &str, max: usize) -> String {
