@@ -37,7 +37,7 @@ fn state_name(v: i32) -> String {
     }
 }
 
-fn status_name(v: i32) -> String {
+pub(crate) fn status_name(v: i32) -> String {
     pb::RunStatus::try_from(v)
         .ok()
         .and_then(RunStatus::from_pb)

@@ -144,14 +144,12 @@ fn side(got: &pb::GetRunResponse) -> Side {
             }
         }
     }
-    let duration_ms = match (&run.started_at, &run.finished_at) {
-        (Some(a), Some(b)) => Some((b.seconds - a.seconds) * 1000 + i64::from(b.nanos - a.nanos) / 1_000_000),
-        _ => None,
-    };
+    let at = |t: &Option<prost_types::Timestamp>| t.as_ref().and_then(nightshift_core::time::from_pb);
+    let duration_ms = at(&run.started_at).zip(at(&run.finished_at)).map(|(a, b)| (b - a).num_milliseconds());
     let usage = run.usage.unwrap_or_default();
     Side {
         run: run.id.clone(),
-        status: nightshift_core::RunStatus::from_pb(run.status()).map_or("unknown", |s| s.as_str()).to_owned(),
+        status: output::status_name(run.status),
         models,
         llm_calls,
         reused_steps: run.steps.iter().filter(|s| s.attempt == 0).count(),

@@ -27,7 +27,7 @@ fn clip(text: &str) -> String {
 }
 
 fn millis(d: Option<&prost_types::Duration>) -> String {
-    d.map(|d| format!("{:.1} s", d.seconds as f64 + f64::from(d.nanos) / 1e9)).unwrap_or_else(|| "—".into())
+    d.map(nightshift_core::duration::format_pb).unwrap_or_else(|| "—".into())
 }
 
 /// The lines one item prints (a delta prints its text as it comes instead).
@@ -35,8 +35,7 @@ pub(crate) fn lines(item: &Item) -> Vec<String> {
     match item {
         Item::Delta(d) => vec![format!("[{}/{}] llm … {}", d.attempt, d.seq, d.text)],
         Item::Run(r) => {
-            let status = nightshift_core::RunStatus::from_pb(r.status()).map_or("unknown", |s| s.as_str());
-            let mut line = format!("run {} {status} (attempt {})", r.id, r.attempt);
+            let mut line = format!("run {} {} (attempt {})", r.id, crate::output::status_name(r.status), r.attempt);
             for (label, text) in [("answer", &r.result), ("error", &r.error), ("reason", &r.reason)] {
                 if !text.is_empty() {
                     line.push_str(&format!(" · {label}: {}", clip(text)));

@@ -184,7 +184,8 @@ async fn llm_text_streams_to_a_watcher_and_the_model_is_not_asked_to_stream_when
         })
         .collect();
     assert!(deltas.len() > 3, "a word at a time: {deltas:?}");
-    assert!(deltas.iter().all(|(_, d)| (d.attempt, d.seq) == (1, 2) && !seen[0].cursor.is_empty()));
+    // Each piece belongs to the answer's step and carries no cursor (resuming is by steps).
+    assert!(deltas.iter().all(|(i, d)| (d.attempt, d.seq) == (1, 2) && seen[*i].cursor.is_empty()), "{deltas:?}");
     let text: String = deltas.iter().map(|(_, d)| d.text.as_str()).collect();
     assert_eq!(text, answer_step.content);
     let step_at = seen.iter().position(|r| matches!(&r.item, Some(Item::Step(s)) if s.seq == 2)).unwrap();
