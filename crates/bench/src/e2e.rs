@@ -56,7 +56,8 @@ impl Dev {
         let mut child = tokio::process::Command::new(binary)
             .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
-            .env("RUST_LOG", "warn")
+            // `NIGHTSHIFT_BENCH_DEV_LOG` (a RUST_LOG filter) looks inside, e.g. `sqlx::query=debug`.
+            .env("RUST_LOG", std::env::var("NIGHTSHIFT_BENCH_DEV_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .stdin(Stdio::null())

@@ -4,7 +4,7 @@ use std::str::FromStr;
 use nightshift_core::{AgentId, AgentSpec, AgentState, Namespace, pb, time};
 use prost::Message;
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AnyConnection, Row};
 
 use crate::db::{Store, time_col, u64_col};
 use crate::error::{StoreError, is_unique_violation};
@@ -37,10 +37,24 @@ fn agent_from_row(row: &AnyRow) -> Result<AgentRecord, StoreError> {
 }
 
 /// Takes the agent's lock for the rest of the transaction (see the crate docs).
-pub(crate) async fn lock_agent(tx: &mut Transaction<'_, Any>, id: &AgentId) -> Result<(), StoreError> {
+/// The agent's spec at `version`.
+pub(crate) async fn spec_at<'c, E>(db: E, id: &AgentId, version: u64) -> Result<AgentSpec, StoreError>
+where
+    E: sqlx::Executor<'c, Database = Any>,
+{
+    let row = sqlx::query("SELECT spec FROM agent_versions WHERE agent_id = $1 AND version = $2")
+        .bind(id.as_str())
+        .bind(version as i64)
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("agent {id} version {version}")))?;
+    decode_spec(&row.try_get::<Vec<u8>, _>("spec")?)
+}
+
+pub(crate) async fn lock_agent(tx: &mut AnyConnection, id: &AgentId) -> Result<(), StoreError> {
     let done = sqlx::query("UPDATE agents SET lock_seq = lock_seq + 1 WHERE id = $1")
         .bind(id.as_str())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound(format!("agent {id}")));
@@ -48,21 +62,21 @@ pub(crate) async fn lock_agent(tx: &mut Transaction<'_, Any>, id: &AgentId) -> R
     Ok(())
 }
 
-async fn write_labels(tx: &mut Transaction<'_, Any>, id: &AgentId, spec: &AgentSpec) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM agent_labels WHERE agent_id = $1").bind(id.as_str()).execute(&mut **tx).await?;
+async fn write_labels(tx: &mut AnyConnection, id: &AgentId, spec: &AgentSpec) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM agent_labels WHERE agent_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
     for (k, v) in &spec.labels {
         sqlx::query("INSERT INTO agent_labels (agent_id, key, value) VALUES ($1, $2, $3)")
             .bind(id.as_str())
             .bind(k.as_str())
             .bind(v.as_str())
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
     }
     Ok(())
 }
 
 async fn write_version(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     id: &AgentId,
     version: u64,
     spec: &[u8],
@@ -73,7 +87,7 @@ async fn write_version(
         .bind(version as i64)
         .bind(spec.to_vec())
         .bind(now)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     Ok(())
 }
@@ -167,13 +181,7 @@ impl Store {
 
     /// The spec an agent had at `version` (runs execute the version they were created with).
     pub async fn get_agent_version(&self, id: &AgentId, version: u64) -> Result<AgentSpec, StoreError> {
-        let row = sqlx::query("SELECT spec FROM agent_versions WHERE agent_id = $1 AND version = $2")
-            .bind(id.as_str())
-            .bind(version as i64)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("agent {id} version {version}")))?;
-        decode_spec(&row.try_get::<Vec<u8>, _>("spec")?)
+        spec_at(&self.pool, id, version).await
     }
 
     /// An agent's versions, newest first: at most `limit`, older than `before` when given.

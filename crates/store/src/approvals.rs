@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use nightshift_core::governance::{ApprovalStatus, Effect, OnTimeout};
 use nightshift_core::{AgentId, Namespace, RunId, RunStatus, time};
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{AnyConnection, Row};
 
 use crate::agents::lock_agent;
 use crate::db::{Store, time_col};
@@ -153,36 +153,33 @@ fn from_row(r: &AnyRow) -> Result<ApprovalRecord, StoreError> {
     })
 }
 
-async fn approval_in_tx(tx: &mut Transaction<'_, Any>, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+async fn approval_in_tx(tx: &mut AnyConnection, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM approvals p JOIN agents a ON a.id = p.agent_id WHERE p.id = $1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&mut **tx).await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&mut *tx).await?;
     row.as_ref().map(from_row).transpose()
 }
 
 /// Every approval of a run (the decisions a resumed attempt reads), oldest first.
-pub(crate) async fn of_run_in_tx(
-    tx: &mut Transaction<'_, Any>,
-    run: &RunId,
-) -> Result<Vec<ApprovalRecord>, StoreError> {
+pub(crate) async fn of_run_in_tx(tx: &mut AnyConnection, run: &RunId) -> Result<Vec<ApprovalRecord>, StoreError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM approvals p JOIN agents a ON a.id = p.agent_id WHERE p.run_id = $1 \
          ORDER BY p.requested_at, p.call_id"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run.as_str()).fetch_all(&mut **tx).await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run.as_str()).fetch_all(&mut *tx).await?;
     rows.iter().map(from_row).collect()
 }
 
-async fn pending_of_run(tx: &mut Transaction<'_, Any>, run: &RunId) -> Result<i64, StoreError> {
+async fn pending_of_run(tx: &mut AnyConnection, run: &RunId) -> Result<i64, StoreError> {
     Ok(sqlx::query("SELECT COUNT(*) AS n FROM approvals WHERE run_id = $1 AND status = 'pending'")
         .bind(run.as_str())
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await?
         .try_get::<i64, _>("n")?)
 }
 
 /// Queues a parked run again once none of its calls is pending (unpublished: the manager
 /// publishes it, and the outbox sweep does if that publish is lost).
-async fn requeue_if_settled(tx: &mut Transaction<'_, Any>, run: &RunId) -> Result<Option<RunRecord>, StoreError> {
+async fn requeue_if_settled(tx: &mut AnyConnection, run: &RunId) -> Result<Option<RunRecord>, StoreError> {
     if pending_of_run(tx, run).await? > 0 {
         return Ok(None);
     }
@@ -190,12 +187,12 @@ async fn requeue_if_settled(tx: &mut Transaction<'_, Any>, run: &RunId) -> Resul
         "UPDATE runs SET status = 'queued', published = 0, not_before = NULL WHERE id = $1 AND status = 'awaiting_approval'",
     )
     .bind(run.as_str())
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 0 {
         return Ok(None);
     }
-    run_in_tx(tx, run).await
+    run_in_tx(&mut *tx, run).await
 }
 
 impl Store {
@@ -261,7 +258,7 @@ impl Store {
         }
         let run = match requeue_if_settled(&mut tx, id).await? {
             Some(run) => run,
-            None => run_in_tx(&mut tx, id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?,
+            None => run_in_tx(&mut *tx, id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?,
         };
         let wanted: Vec<&str> = calls.iter().map(|c| c.call_id.as_str()).collect();
         let mut approvals = of_run_in_tx(&mut tx, id).await?;
@@ -348,7 +345,7 @@ impl Store {
         // First (see park_for_approval), then the approval as it is under the lock.
         lock_agent(&mut tx, &agent).await?;
         let found = approval_in_tx(&mut tx, id).await?.ok_or_else(|| StoreError::NotFound(format!("approval {id}")))?;
-        let run = run_in_tx(&mut tx, &found.run_id).await?;
+        let run = run_in_tx(&mut *tx, &found.run_id).await?;
         if run.as_ref().is_none_or(|r| r.status != RunStatus::AwaitingApproval) {
             let status = run.map_or_else(|| "gone".to_owned(), |r| r.status.to_string());
             return Err(StoreError::FailedPrecondition(format!(
@@ -434,7 +431,7 @@ impl Store {
                 .bind(found.run_id.as_str())
                 .execute(&mut *tx)
                 .await?;
-                if failed.rows_affected() == 1 { run_in_tx(&mut tx, &found.run_id).await? } else { None }
+                if failed.rows_affected() == 1 { run_in_tx(&mut *tx, &found.run_id).await? } else { None }
             }
         };
         let approval =

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use nightshift_core::{RunId, time};
-use sqlx::{Any, Row};
+use sqlx::{Any, AnyConnection, Row};
 
 use crate::db::{Backend, Store, u32_col};
 use crate::error::StoreError;
@@ -75,7 +75,12 @@ impl Store {
                 Err(e) => tracing::debug!(run = %id, error = %e, "one-statement checkpoint failed; checking in full"),
             }
         }
-        self.append_checked(id, &fence, step, until, now).await?;
+        let (id, step) = (id.clone(), std::sync::Arc::new(step.clone()));
+        self.transaction(Box::new(move |tx| {
+            let (id, fence, step) = (id.clone(), fence.clone(), step.clone());
+            Box::pin(async move { append_checked(tx, &id, &fence, &step, until, now).await })
+        }))
+        .await?;
         Ok(until.map(time::from_millis))
     }
 
@@ -124,74 +129,71 @@ impl Store {
         };
         Ok(query.execute(&self.pool).await?.rows_affected() == 1)
     }
+}
 
-    /// The fenced lease update, then the step: inserted if it is the next one, else checked
-    /// (a copy from the same attempt is a no-op; another attempt's step or a gap is refused).
-    async fn append_checked(
-        &self,
-        id: &RunId,
-        fence: &Fence,
-        step: &StepInput,
-        until: Option<i64>,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let attempt = fence.attempt;
-        let mut tx = self.pool.begin().await?;
-        // The fenced write comes first: it both checks the token and takes the row lock, so a
-        // concurrent takeover cannot slip in between the check and the insert.
-        let sql = format!(
-            "UPDATE runs SET lease_expires_at = COALESCE($1, lease_expires_at) WHERE id = $2 AND {}",
-            fence.condition(4)
-        );
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(until).bind(id.as_str()).bind(i64::from(attempt));
-        let done = fence.bind_token(done).execute(&mut *tx).await?;
-        if done.rows_affected() == 0 {
-            drop(tx);
-            return Err(fenced(self.get_run(id).await?, id, attempt));
-        }
-        let seq = i64::from(step.seq);
-        let inserted = bind_step(sqlx::query(INSERT_IF_NEXT), id, step, attempt, now).execute(&mut *tx).await?;
-        if inserted.rows_affected() == 1
-            && let Some(call) = &step.call
-        {
-            let ledger = sqlx::query(
-                "INSERT INTO llm_calls (run_id, seq, attempt, agent_id, model, input_tokens, cached_input_tokens, \
+/// The fenced lease update, then the step, in the caller's transaction: inserted if it is the
+/// next one, else checked (a copy from the same attempt is a no-op; another attempt's step or a
+/// gap is refused).
+async fn append_checked(
+    tx: &mut AnyConnection,
+    id: &RunId,
+    fence: &Fence,
+    step: &StepInput,
+    until: Option<i64>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let attempt = fence.attempt;
+    // The fenced write comes first: it both checks the token and takes the row lock, so a
+    // concurrent takeover cannot slip in between the check and the insert.
+    let sql = format!(
+        "UPDATE runs SET lease_expires_at = COALESCE($1, lease_expires_at) WHERE id = $2 AND {}",
+        fence.condition(4)
+    );
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(until).bind(id.as_str()).bind(i64::from(attempt));
+    let done = fence.bind_token(done).execute(&mut *tx).await?;
+    if done.rows_affected() == 0 {
+        return Err(fenced(crate::run_lifecycle::run_in_tx(&mut *tx, id).await?, id, attempt));
+    }
+    let seq = i64::from(step.seq);
+    let inserted = bind_step(sqlx::query(INSERT_IF_NEXT), id, step, attempt, now).execute(&mut *tx).await?;
+    if inserted.rows_affected() == 1
+        && let Some(call) = &step.call
+    {
+        let ledger = sqlx::query(
+            "INSERT INTO llm_calls (run_id, seq, attempt, agent_id, model, input_tokens, cached_input_tokens, \
                  output_tokens, cost_micros, created_at) SELECT $1, $2, $3, agent_id, $4, $5, $6, $7, $8, $9 \
                  FROM runs WHERE id = $1",
-            )
-            .bind(id.as_str().to_owned())
-            .bind(seq)
-            .bind(i64::from(attempt));
-            bind_call(ledger, call).bind(now).execute(&mut *tx).await?;
-        }
-        if inserted.rows_affected() == 0 {
-            let next: i64 = sqlx::query(
-                "SELECT CAST(COALESCE(MAX(seq) + 1, 0) AS BIGINT) AS next FROM run_steps WHERE run_id = $1",
-            )
-            .bind(id.as_str())
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("next")?;
-            if seq > next {
-                return Err(StoreError::FailedPrecondition(format!(
-                    "step {seq} of run {id} would leave a gap; the next step is {next}"
-                )));
-            }
-            let existing = sqlx::query("SELECT attempt FROM run_steps WHERE run_id = $1 AND seq = $2")
-                .bind(id.as_str())
-                .bind(seq)
-                .fetch_one(&mut *tx)
-                .await?;
-            let by = u32_col(&existing, "attempt")?;
-            if by != attempt {
-                return Err(StoreError::FailedPrecondition(format!(
-                    "step {seq} of run {id} was already recorded by attempt {by}; continue at step {next}"
-                )));
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        )
+        .bind(id.as_str().to_owned())
+        .bind(seq)
+        .bind(i64::from(attempt));
+        bind_call(ledger, call).bind(now).execute(&mut *tx).await?;
     }
+    if inserted.rows_affected() == 0 {
+        let next: i64 =
+            sqlx::query("SELECT CAST(COALESCE(MAX(seq) + 1, 0) AS BIGINT) AS next FROM run_steps WHERE run_id = $1")
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("next")?;
+        if seq > next {
+            return Err(StoreError::FailedPrecondition(format!(
+                "step {seq} of run {id} would leave a gap; the next step is {next}"
+            )));
+        }
+        let existing = sqlx::query("SELECT attempt FROM run_steps WHERE run_id = $1 AND seq = $2")
+            .bind(id.as_str())
+            .bind(seq)
+            .fetch_one(&mut *tx)
+            .await?;
+        let by = u32_col(&existing, "attempt")?;
+        if by != attempt {
+            return Err(StoreError::FailedPrecondition(format!(
+                "step {seq} of run {id} was already recorded by attempt {by}; continue at step {next}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use nightshift_core::budget::{self, Budget, Overrun, Spend, Spending};
 use nightshift_core::{AgentSpec, Namespace, time};
-use sqlx::{Any, Row, Transaction};
+use sqlx::{AnyConnection, Row};
 
 use crate::db::{Store, u64_col};
 use crate::error::StoreError;
@@ -130,7 +130,7 @@ fn spend(row: &sqlx::any::AnyRow, tokens: &str, micros: &str) -> Result<Spend, S
 
 /// What `filter` (over `llm_calls c JOIN agents a`) spent this UTC day and month.
 async fn period_spend(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     filter: &str,
     key: &str,
     day: i64,
@@ -143,7 +143,7 @@ async fn period_spend(
          CAST(COALESCE(SUM(c.cost_micros), 0) AS BIGINT) AS mc \
          FROM llm_calls c JOIN agents a ON a.id = c.agent_id WHERE {filter} = $1 AND c.created_at >= $3"
     );
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(key).bind(day).bind(month).fetch_one(&mut **tx).await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(key).bind(day).bind(month).fetch_one(&mut *tx).await?;
     Ok((spend(&row, "dt", "dc")?, spend(&row, "mt", "mc")?))
 }
 
@@ -151,7 +151,7 @@ async fn period_spend(
 /// (`nightshift_core::budget::admit`): the overrun, if any. Reads the ledger only when a day or
 /// month limit is set.
 pub(crate) async fn over_budget(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     run: &RunRecord,
     spec: &AgentSpec,
     namespace: &Budget,
@@ -177,7 +177,7 @@ pub(crate) async fn over_budget(
          FROM llm_calls WHERE agent_id = $1 GROUP BY run_id ORDER BY MAX(created_at) DESC LIMIT 20",
     )
     .bind(run.agent_id.as_str())
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     let recent = rows.iter().map(|r| spend(r, "t", "c")).collect::<Result<Vec<_>, _>>()?;
     Ok(budget::admit(&spec.budget, namespace, &spending, budget::projection(&recent), time::from_millis(now)))
@@ -185,7 +185,7 @@ pub(crate) async fn over_budget(
 
 /// Parks `run` as `awaiting_budget` until `overrun.until` (its agent's policy is to wait).
 pub(crate) async fn wait_for_budget(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     run: RunRecord,
     overrun: Overrun,
 ) -> Result<RunRecord, StoreError> {
@@ -194,7 +194,7 @@ pub(crate) async fn wait_for_budget(
         .bind(until)
         .bind(&overrun.reason)
         .bind(run.id.as_str())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     Ok(RunRecord {
         status: nightshift_core::RunStatus::AwaitingBudget,

@@ -26,6 +26,8 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) pool: AnyPool,
+    /// SQLite: the one writer of the run path's writes, which commits them in batches.
+    pub(crate) group: Option<crate::group_commit::GroupCommit>,
     pub(crate) backend: Backend,
     pub(crate) clock: Arc<dyn Clock>,
 }
@@ -51,31 +53,21 @@ impl Store {
                 redact(url)
             )));
         };
-        let options = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
-            .acquire_timeout(Duration::from_secs(30));
-        let options = if backend == Backend::Sqlite {
-            options.after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    // WAL lets readers proceed during a write; the busy timeout makes writers
-                    // queue for the lock instead of failing with SQLITE_BUSY.
-                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA busy_timeout = 30000").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
-                    Ok(())
-                })
-            })
-        } else {
-            options
-        };
-        let pool = options.connect(&url).await?;
+        let pool = pool_options(backend, if backend == Backend::Sqlite { 4 } else { 16 }).connect(&url).await?;
         match backend {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
+        // SQLite's run-path writes go through one connection of their own (group_commit.rs);
+        // Postgres locks rows, so its writers proceed side by side.
+        let group = match backend {
+            Backend::Sqlite => {
+                Some(crate::group_commit::GroupCommit::start(pool_options(backend, 1).connect(&url).await?))
+            }
+            Backend::Postgres => None,
+        };
         tracing::info!(backend = ?backend, "store ready");
-        Ok(Self { pool, backend, clock })
+        Ok(Self { pool, group, backend, clock })
     }
 
     /// The backend in use.
@@ -92,10 +84,32 @@ impl Store {
     /// Closes every connection.
     pub async fn close(&self) {
         self.pool.close().await;
+        if let Some(group) = &self.group {
+            group.close().await;
+        }
     }
 
     pub(crate) fn now_ms(&self) -> i64 {
         time::to_millis(self.clock.now())
+    }
+}
+
+/// A pool of at most `max` connections; SQLite's set up for concurrent use.
+fn pool_options(backend: Backend, max: u32) -> AnyPoolOptions {
+    let options = AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30));
+    match backend {
+        Backend::Sqlite => options.after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // WAL lets readers proceed during a write; the busy timeout makes writers
+                // queue for the lock instead of failing with SQLITE_BUSY.
+                sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                sqlx::query("PRAGMA busy_timeout = 30000").execute(&mut *conn).await?;
+                sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                Ok(())
+            })
+        }),
+        Backend::Postgres => options,
     }
 }
 

@@ -17,6 +17,7 @@ mod costs;
 mod db;
 mod error;
 mod fence;
+mod group_commit;
 mod lease_recovery;
 mod model;
 mod replays;
@@ -29,6 +30,7 @@ pub use approvals::{ApprovalCall, ApprovalFilter, ApprovalRecord, Decided, ParkI
 pub use costs::{CostGroup, CostRow, StepCost};
 pub use db::{Backend, Store, redact};
 pub use error::{StoreError, status_from_store};
+pub use group_commit::GroupCommitStats;
 pub use lease_recovery::Recovered;
 pub use model::{
     AgentFilter, AgentRecord, AgentStats, AgentVersion, ApplyOutcome, HourRuns, NewRun, Page, RunFilter, RunRecord,

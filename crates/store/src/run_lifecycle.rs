@@ -10,9 +10,9 @@ use nightshift_core::lifecycle::{
     self, Failure, FinishDecision, LostLease, OverlapDecision, StartDecision, StartFacts,
 };
 use nightshift_core::{AgentId, AgentSpec, AgentState, RunId, RunOutcome, RunStatus, WorkerId, time};
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AnyConnection, Row};
 
-use crate::agents::{decode_spec, lock_agent};
+use crate::agents::{decode_spec, lock_agent, spec_at};
 use crate::db::{RUN_COLUMNS, STEPS_SQL, Store, run_from_row, step_from_row};
 use crate::error::StoreError;
 pub use crate::fence::Fence;
@@ -161,18 +161,22 @@ pub struct FinishInput {
     pub failure: Failure,
 }
 
-pub(crate) async fn run_in_tx(tx: &mut Transaction<'_, Any>, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
+/// The run `id` as `db` sees it (a pool, or a connection inside a transaction).
+pub(crate) async fn run_in_tx<'c, E>(db: E, id: &RunId) -> Result<Option<RunRecord>, StoreError>
+where
+    E: sqlx::Executor<'c, Database = Any>,
+{
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {RUN_COLUMNS} FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.id = $1"
     )))
     .bind(id.as_str())
-    .fetch_optional(&mut **tx)
+    .fetch_optional(db)
     .await?;
     row.as_ref().map(run_from_row).transpose()
 }
 
 async fn set_terminal(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     id: &RunId,
     status: RunStatus,
     reason: &str,
@@ -183,7 +187,7 @@ async fn set_terminal(
         .bind(reason)
         .bind(now)
         .bind(id.as_str())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     Ok(())
 }
@@ -224,7 +228,7 @@ where
 
 /// Fails a run that lost its worker too often ([`LostLease::Fail`]) and returns it as recorded.
 pub(crate) async fn fail_lost_lease(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     run: RunRecord,
     error: String,
     now: i64,
@@ -236,7 +240,7 @@ pub(crate) async fn fail_lost_lease(
     .bind(error.as_str())
     .bind(now)
     .bind(run.id.as_str())
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(RunRecord {
         status: RunStatus::Failed,
@@ -249,12 +253,7 @@ pub(crate) async fn fail_lost_lease(
 }
 
 /// Records `run` as skipped for `reason` and returns the outcome.
-async fn skip(
-    tx: &mut Transaction<'_, Any>,
-    run: RunRecord,
-    reason: String,
-    now: i64,
-) -> Result<StartOutcome, StoreError> {
+async fn skip(tx: &mut AnyConnection, run: RunRecord, reason: String, now: i64) -> Result<StartOutcome, StoreError> {
     set_terminal(tx, &run.id, RunStatus::Skipped, &reason, now).await?;
     let run = RunRecord {
         status: RunStatus::Skipped,
@@ -280,8 +279,16 @@ impl Store {
     /// Applies the agent's overlap policy and, if the run may start, grants a lease. The whole
     /// decision runs under the agent's lock, so concurrent callers for one agent are serialized.
     pub async fn start_run(&self, input: &StartInput) -> Result<StartOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        lock_agent(&mut tx, &input.agent_id).await?;
+        let (this, input) = (self.clone(), std::sync::Arc::new(input.clone()));
+        self.transaction(Box::new(move |tx| {
+            let (this, input) = (this.clone(), input.clone());
+            Box::pin(async move { this.start_in(tx, &input).await })
+        }))
+        .await
+    }
+
+    async fn start_in(&self, tx: &mut AnyConnection, input: &StartInput) -> Result<StartOutcome, StoreError> {
+        lock_agent(tx, &input.agent_id).await?;
         let now = self.now_ms();
         let agent = sqlx::query("SELECT state, spec, version FROM agents WHERE id = $1")
             .bind(input.agent_id.as_str())
@@ -294,7 +301,7 @@ impl Store {
         };
 
         // Only runs the manager recorded start: a worker cannot make up runs.
-        let run = run_in_tx(&mut tx, &input.run_id)
+        let run = run_in_tx(&mut *tx, &input.run_id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("run {}", input.run_id)))?;
         if run.agent_id != input.agent_id {
@@ -316,37 +323,36 @@ impl Store {
             StartDecision::AwaitingBudget => StartOutcome::AwaitingBudget { run },
             StartDecision::LeasedElsewhere { retry_after } => StartOutcome::LeasedElsewhere { retry_after, run },
             StartDecision::NotYet { retry_after } => StartOutcome::NotYet { retry_after, run },
-            StartDecision::Skip { reason } => skip(&mut tx, run, reason, now).await?,
+            StartDecision::Skip { reason } => skip(tx, run, reason, now).await?,
             StartDecision::TakeOver => match lifecycle::decide_lost_lease(run.lost_leases) {
                 // `grant` writes the new count with the lease.
                 LostLease::Resume { lost } => {
-                    self.grant(&mut tx, RunRecord { lost_leases: lost, ..run }, input, &current, now).await?
+                    self.grant(tx, RunRecord { lost_leases: lost, ..run }, input, &current, now).await?
                 }
                 LostLease::Fail { error } => {
-                    StartOutcome::AlreadyFinished { run: fail_lost_lease(&mut tx, run, error, now).await? }
+                    StartOutcome::AlreadyFinished { run: fail_lost_lease(tx, run, error, now).await? }
                 }
             },
             // A run's first start is admitted against its budgets; a retry or a resume is not
             // stopped halfway by them (the per-run limit stops it between LLM calls).
             StartDecision::ApplyOverlap if run.attempt == 0 => {
                 let namespace = input.budgets.get(&run.namespace).copied().unwrap_or_default();
-                match crate::costs::over_budget(&mut tx, &run, &current.spec, &namespace, now).await? {
-                    Some(overrun) if current.spec.budget.wait || namespace.wait => StartOutcome::AwaitingBudget {
-                        run: crate::costs::wait_for_budget(&mut tx, run, overrun).await?,
-                    },
-                    Some(overrun) => skip(&mut tx, run, overrun.reason, now).await?,
-                    None => self.apply_overlap(&mut tx, run, input, &current, now).await?,
+                match crate::costs::over_budget(tx, &run, &current.spec, &namespace, now).await? {
+                    Some(overrun) if current.spec.budget.wait || namespace.wait => {
+                        StartOutcome::AwaitingBudget { run: crate::costs::wait_for_budget(tx, run, overrun).await? }
+                    }
+                    Some(overrun) => skip(tx, run, overrun.reason, now).await?,
+                    None => self.apply_overlap(tx, run, input, &current, now).await?,
                 }
             }
-            StartDecision::ApplyOverlap => self.apply_overlap(&mut tx, run, input, &current, now).await?,
+            StartDecision::ApplyOverlap => self.apply_overlap(tx, run, input, &current, now).await?,
         };
-        tx.commit().await?;
         Ok(outcome)
     }
 
     async fn apply_overlap(
         &self,
-        tx: &mut Transaction<'_, Any>,
+        tx: &mut AnyConnection,
         run: RunRecord,
         input: &StartInput,
         current: &Current,
@@ -361,13 +367,13 @@ impl Store {
         .bind(input.agent_id.as_str())
         .bind(run.id.as_str())
         .bind(now)
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await?
         .iter()
         .map(|r| r.try_get::<String, _>("id").map(RunId::from_string))
         .collect::<Result<_, _>>()?;
         let first = if policy.needs_waiting_run() {
-            first_waiting(&mut **tx, &input.agent_id, Some(&run.id)).await?
+            first_waiting(&mut *tx, &input.agent_id, Some(&run.id)).await?
         } else {
             None
         };
@@ -386,7 +392,7 @@ impl Store {
                 let mut cancelled = Vec::with_capacity(others.len());
                 for other in &others {
                     set_terminal(tx, other, RunStatus::Cancelled, &reason, now).await?;
-                    cancelled.extend(run_in_tx(tx, other).await?);
+                    cancelled.extend(run_in_tx(&mut *tx, other).await?);
                 }
                 match self.grant(tx, run, input, current, now).await? {
                     StartOutcome::Started { run, lease_token, spec, steps, approvals, .. } => {
@@ -398,7 +404,7 @@ impl Store {
             OverlapDecision::Defer { retry_after, reason } => {
                 sqlx::query("UPDATE runs SET deferred = 1 WHERE id = $1")
                     .bind(run.id.as_str())
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
                 Ok(StartOutcome::Deferred { run, retry_after, reason, due_ahead })
             }
@@ -407,7 +413,7 @@ impl Store {
 
     async fn grant(
         &self,
-        tx: &mut Transaction<'_, Any>,
+        tx: &mut AnyConnection,
         mut run: RunRecord,
         input: &StartInput,
         current: &Current,
@@ -427,7 +433,7 @@ impl Store {
         .bind(input.worker_endpoint.clone())
         .bind(i64::from(run.lost_leases))
         .bind(&lease_token)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
         // The row is locked by this transaction: apply the same update to the record read in it
         // instead of reading it back (this is the hot path of every run).
@@ -442,19 +448,14 @@ impl Store {
         let spec = if run.agent_version == current.version {
             current.spec.clone()
         } else {
-            let spec_row = sqlx::query("SELECT spec FROM agent_versions WHERE agent_id = $1 AND version = $2")
-                .bind(run.agent_id.as_str())
-                .bind(run.agent_version as i64)
-                .fetch_one(&mut **tx)
-                .await?;
-            decode_spec(&spec_row.try_get::<Vec<u8>, _>("spec")?)?
+            spec_at(&mut *tx, &run.agent_id, run.agent_version).await?
         };
         // Steps and approvals are only written by a granted attempt, so a first attempt has none
         // to resume with — but a replay's, which starts with the original's first steps.
         let (steps, approvals) = if run.attempt > 1 || run.replay_of.is_some() {
-            let rows = sqlx::query(STEPS_SQL).bind(run.id.as_str()).fetch_all(&mut **tx).await?;
+            let rows = sqlx::query(STEPS_SQL).bind(run.id.as_str()).fetch_all(&mut *tx).await?;
             let steps = rows.iter().map(step_from_row).collect::<Result<Vec<_>, StoreError>>()?;
-            (steps, crate::approvals::of_run_in_tx(tx, &run.id).await?)
+            (steps, crate::approvals::of_run_in_tx(&mut *tx, &run.id).await?)
         } else {
             (Vec::new(), Vec::new())
         };
@@ -475,16 +476,22 @@ impl Store {
         fence: impl Into<Fence>,
         ttl: Duration,
     ) -> Result<DateTime<Utc>, StoreError> {
-        let fence = fence.into();
-        let now = self.now_ms();
-        let until = ms_after(now, ttl);
-        let sql = format!("UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND {}", fence.condition(4));
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(until).bind(id.as_str()).bind(i64::from(fence.attempt));
-        let done = fence.bind_token(done).execute(&self.pool).await?;
-        if done.rows_affected() == 0 {
-            return Err(fenced(self.get_run(id).await?, id, fence.attempt));
-        }
-        Ok(time::from_millis(until))
+        let (this, id, fence) = (self.clone(), id.clone(), fence.into());
+        self.statements(Box::new(move |conn| {
+            let (this, id, fence) = (this.clone(), id.clone(), fence.clone());
+            Box::pin(async move {
+                let until = ms_after(this.now_ms(), ttl);
+                let sql = format!("UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND {}", fence.condition(4));
+                let done =
+                    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(until).bind(id.as_str()).bind(i64::from(fence.attempt));
+                let done = fence.bind_token(done).execute(&mut *conn).await?;
+                if done.rows_affected() == 0 {
+                    return Err(fenced(run_in_tx(&mut *conn, &id).await?, &id, fence.attempt));
+                }
+                Ok(time::from_millis(until))
+            })
+        }))
+        .await
     }
 
     /// Ends an attempt (fenced). A failure or timeout with retries left puts the run back in the
@@ -496,16 +503,30 @@ impl Store {
         fence: impl Into<Fence>,
         input: &FinishInput,
     ) -> Result<(RunRecord, Option<Duration>), StoreError> {
-        let fence = fence.into();
+        let (this, id, fence, input) = (self.clone(), id.clone(), fence.into(), std::sync::Arc::new(input.clone()));
+        self.statements(Box::new(move |conn| {
+            let (this, id, fence, input) = (this.clone(), id.clone(), fence.clone(), input.clone());
+            Box::pin(async move { this.finish_in(conn, &id, fence, &input).await })
+        }))
+        .await
+    }
+
+    async fn finish_in(
+        &self,
+        conn: &mut AnyConnection,
+        id: &RunId,
+        fence: Fence,
+        input: &FinishInput,
+    ) -> Result<(RunRecord, Option<Duration>), StoreError> {
         let attempt = fence.attempt;
         let now = self.now_ms();
-        let run = self.get_run(id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
+        let run = run_in_tx(&mut *conn, id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
         if run.status != RunStatus::Running || run.attempt != attempt {
             return Err(fenced(Some(run), id, attempt));
         }
         // The policy is read only when the retry rule needs it (not on the success path).
         let policy = if lifecycle::needs_retry_policy(input.outcome, input.failure) {
-            Some(self.get_agent_version(&run.agent_id, run.agent_version).await?.policy)
+            Some(spec_at(&mut *conn, &run.agent_id, run.agent_version).await?.policy)
         } else {
             None
         };
@@ -541,9 +562,9 @@ impl Store {
             .bind(i64::try_from(input.output_tokens).unwrap_or(i64::MAX))
             .bind(id.as_str())
             .bind(i64::from(attempt));
-        let done = fence.bind_token(done).execute(&self.pool).await?;
+        let done = fence.bind_token(done).execute(&mut *conn).await?;
         if done.rows_affected() == 0 {
-            return Err(fenced(self.get_run(id).await?, id, attempt));
+            return Err(fenced(run_in_tx(&mut *conn, id).await?, id, attempt));
         }
         // The fenced update matched the record read above (same attempt, still running): apply
         // it to that record rather than reading the row back.

@@ -38,13 +38,7 @@ impl Store {
 
     /// The run with this id.
     pub async fn get_run(&self, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {RUN_COLUMNS} FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.id = $1"
-        )))
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(run_from_row).transpose()
+        crate::run_lifecycle::run_in_tx(&self.pool, id).await
     }
 
     /// The agent and spec version of a run whose latest attempt was granted `lease_token`;

@@ -32,6 +32,10 @@ pub enum SqlBackend {
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    /// Where writes go. SQLite: one connection of its own, so writers queue in order for it
+    /// instead of for the file's one write lock, whose busy handler sleeps 1 to 100 ms between
+    /// tries however soon the lock is free. Postgres: `pool`.
+    writer: AnyPool,
     backend: SqlBackend,
     clock: Arc<dyn Clock>,
 }
@@ -57,26 +61,16 @@ impl SqlStore {
                 redact(url)
             )));
         };
-        let options = AnyPoolOptions::new()
-            .max_connections(if backend == SqlBackend::Sqlite { 4 } else { 8 })
-            .acquire_timeout(Duration::from_secs(10));
-        let options = if backend == SqlBackend::Sqlite {
-            options.after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    // WAL lets readers proceed during a write; the busy timeout makes writers
-                    // queue for the lock instead of failing with SQLITE_BUSY.
-                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA busy_timeout = 30000").execute(&mut *conn).await?;
-                    Ok(())
-                })
-            })
-        } else {
-            options
+        let connect = |max| {
+            let url = url.clone();
+            async move {
+                pool_options(backend, max)
+                    .connect(&url)
+                    .await
+                    .map_err(|e| MemoryError::backend("sql", format!("cannot connect to {}: {e}", redact(&url))))
+            }
         };
-        let pool = options
-            .connect(&url)
-            .await
-            .map_err(|e| MemoryError::backend("sql", format!("cannot connect to {}: {e}", redact(&url))))?;
+        let pool = connect(if backend == SqlBackend::Sqlite { 4 } else { 8 }).await?;
         let mut migrator = match backend {
             SqlBackend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
             SqlBackend::Postgres => sqlx::migrate!("./migrations/postgres"),
@@ -85,8 +79,12 @@ impl SqlStore {
         // each migrator reject the other's applied versions as missing.
         migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
         migrator.run(&pool).await?;
+        let writer = match backend {
+            SqlBackend::Sqlite => connect(1).await?,
+            SqlBackend::Postgres => pool.clone(),
+        };
         tracing::info!(backend = ?backend, "memory SQL store ready");
-        Ok(Self { pool, backend, clock })
+        Ok(Self { pool, writer, backend, clock })
     }
 
     /// The dialect in use.
@@ -97,6 +95,7 @@ impl SqlStore {
     /// Closes every connection.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 
     fn now_ms(&self) -> i64 {
@@ -139,6 +138,27 @@ fn bind_all<'q>(mut q: Query<'q, Any, AnyArguments>, values: &'q [String]) -> Qu
     q
 }
 
+/// A pool of at most `max` connections; SQLite's set up for concurrent use.
+fn pool_options(backend: SqlBackend, max: u32) -> AnyPoolOptions {
+    let options = AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(10));
+    match backend {
+        SqlBackend::Sqlite => options.after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // WAL lets readers proceed during a write; the busy timeout makes a writer wait
+                // for the lock (held by another process, or by `writer` during a migration)
+                // instead of failing with SQLITE_BUSY. `synchronous = NORMAL` syncs the log at
+                // checkpoints rather than at every commit, as the run store does: a commit
+                // survives the process crashing; the last ones may not survive a power loss.
+                sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                sqlx::query("PRAGMA busy_timeout = 30000").execute(&mut *conn).await?;
+                sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                Ok(())
+            })
+        }),
+        SqlBackend::Postgres => options,
+    }
+}
+
 #[async_trait]
 impl MemoryStore for SqlStore {
     fn backend(&self) -> &'static str {
@@ -146,7 +166,7 @@ impl MemoryStore for SqlStore {
     }
 
     async fn put(&self, records: &[MemoryRecord]) -> Result<(), MemoryError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for r in records {
             let metadata = serde_json::to_string(&r.metadata).map_err(|e| MemoryError::Invalid(e.to_string()))?;
             sqlx::query(
@@ -174,13 +194,18 @@ impl MemoryStore for SqlStore {
                 .bind(r.id.as_str())
                 .execute(&mut *tx)
                 .await?;
-            for (k, v) in &r.metadata {
-                sqlx::query("INSERT INTO memory_metadata (record_id, key, value) VALUES ($1, $2, $3)")
-                    .bind(r.id.as_str())
-                    .bind(k.as_str())
-                    .bind(v.as_str())
-                    .execute(&mut *tx)
-                    .await?;
+            // One statement for all the record's keys (an episode has five).
+            if !r.metadata.is_empty() {
+                let rows = (0..r.metadata.len())
+                    .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!("INSERT INTO memory_metadata (record_id, key, value) VALUES {rows}");
+                let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(r.id.as_str());
+                for (k, v) in &r.metadata {
+                    insert = insert.bind(k.as_str()).bind(v.as_str());
+                }
+                insert.execute(&mut *tx).await?;
             }
         }
         tx.commit().await?;
@@ -259,7 +284,7 @@ impl MemoryStore for SqlStore {
             cond.push_str(&format!(" AND id IN ({})", placeholders(n, ids.len())));
             values.extend(ids.iter().cloned());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let now = self.now_ms();
         let meta_sql =
             format!("DELETE FROM memory_metadata WHERE record_id IN (SELECT id FROM memory_records WHERE {cond})");
@@ -293,7 +318,7 @@ impl MemoryStore for SqlStore {
             .bind(scope.session.as_str())
             .bind(i64::from(archived))
             .bind(self.now_ms());
-        Ok(bind_all(q, ids).execute(&self.pool).await?.rows_affected())
+        Ok(bind_all(q, ids).execute(&self.writer).await?.rows_affected())
     }
 
     async fn count(&self, scope: Option<&Scope>, kind: MemoryType) -> Result<u64, MemoryError> {
@@ -344,7 +369,7 @@ impl MemoryStore for SqlStore {
 
     async fn purge_expired(&self) -> Result<u64, MemoryError> {
         let now = self.now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "DELETE FROM memory_metadata WHERE record_id IN \
              (SELECT id FROM memory_records WHERE expires_at IS NOT NULL AND expires_at <= $1)",

@@ -1,0 +1,258 @@
+//! Group commit of the run path's writes on the embedded database (SQLite).
+//!
+//! SQLite has one write lock per file. The run path's writes (StartRun, Checkpoint, FinishRun,
+//! Heartbeat) of many runs come at once — every agent due in the same second — and each in a
+//! transaction of its own on one of several connections they queued for that lock (SQLite's busy
+//! handler sleeps 1 to 100 ms between tries, however soon the lock is free) and each commit
+//! appended its own copies of the same pages to the write-ahead log. Here one connection takes
+//! them all: the writes queued while a batch commits run together in the next batch's one
+//! transaction (`BEGIN IMMEDIATE`: the lock is held from the start, so no write inside can be
+//! refused for a stale snapshot), and each caller is answered only after that commit. There is
+//! no timer: a write that finds the writer idle is committed at once, alone.
+//!
+//! A write that fails does not fail the others: the batch is rolled back and each of its writes
+//! runs again in a transaction of its own. A write is a closure that can run twice, and nothing
+//! of a rolled-back batch was answered, so running it again is running it for the first time.
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sqlx::{AnyConnection, AnyPool, Executor};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::StoreError;
+
+/// A future borrowing the writer's connection.
+pub(crate) type ConnFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'c>>;
+
+/// One write: run against the connection inside a transaction it does not end.
+pub(crate) type Write<T> = Box<dyn for<'c> Fn(&'c mut AnyConnection) -> ConnFuture<'c, T> + Send + Sync>;
+
+/// Most writes committed in one transaction: bounds how long the first of them waits for the
+/// last (each is a few statements of tens of microseconds).
+const MAX_BATCH: usize = 64;
+
+/// Writes waiting for the writer; callers wait for a place beyond this (back-pressure).
+const QUEUE: usize = 4096;
+
+/// The handle the store's clones share; the writer task ends when the last one is dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupCommit {
+    queue: mpsc::Sender<Box<dyn Job>>,
+    pool: AnyPool,
+    counts: Arc<Counts>,
+}
+
+/// What the group writer has done since the store connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCommitStats {
+    /// Writes answered (committed or refused).
+    pub writes: u64,
+    /// Transactions committed, a batch's or a single write's.
+    pub commits: u64,
+    /// Batches rolled back because one of their writes failed, whose writes then ran one by one.
+    pub split_batches: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    writes: AtomicU64,
+    commits: AtomicU64,
+    split_batches: AtomicU64,
+}
+
+impl GroupCommit {
+    /// Starts the writer on `pool` (one connection: it is the only writer of the run path).
+    pub(crate) fn start(pool: AnyPool) -> Self {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let counts = Arc::new(Counts::default());
+        tokio::spawn(writer(pool.clone(), rx, counts.clone()));
+        Self { queue, pool, counts }
+    }
+
+    /// The counts so far.
+    pub(crate) fn stats(&self) -> GroupCommitStats {
+        GroupCommitStats {
+            writes: self.counts.writes.load(Ordering::Relaxed),
+            commits: self.counts.commits.load(Ordering::Relaxed),
+            split_batches: self.counts.split_batches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes the writer's connection (writes after this fail).
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Runs `write` in the next batch and returns its result once the batch committed.
+    pub(crate) async fn write<T: Send + 'static>(&self, write: Write<T>) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Pending { write, result: None, reply });
+        self.queue.send(job).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// The writer stopped (the store is closing).
+fn gone() -> StoreError {
+    StoreError::Database(sqlx::Error::PoolClosed)
+}
+
+/// A write with its result, type-erased so one queue holds every kind.
+trait Job: Send {
+    /// Runs the write; true if it succeeded.
+    fn run<'a>(&'a mut self, conn: &'a mut AnyConnection) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+    /// Replaces the result with an error (the commit failed, or no connection).
+    fn fail(&mut self, error: StoreError);
+    /// Sends the result to the caller (who may have gone).
+    fn answer(self: Box<Self>);
+}
+
+struct Pending<T> {
+    write: Write<T>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T: Send + 'static> Job for Pending<T> {
+    fn run<'a>(&'a mut self, conn: &'a mut AnyConnection) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            let result = (self.write)(conn).await;
+            let ok = result.is_ok();
+            self.result = Some(result);
+            ok
+        })
+    }
+
+    fn fail(&mut self, error: StoreError) {
+        self.result = Some(Err(error));
+    }
+
+    fn answer(self: Box<Self>) {
+        let result = self.result.unwrap_or_else(|| Err(gone()));
+        // The caller may have hung up (its RPC was cancelled): the write stands regardless.
+        let _ = self.reply.send(result);
+    }
+}
+
+async fn writer(pool: AnyPool, mut queue: mpsc::Receiver<Box<dyn Job>>, counts: Arc<Counts>) {
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        match pool.acquire().await {
+            Ok(mut conn) => {
+                let mut healthy = true;
+                if together(&mut conn, &mut batch, &mut healthy).await {
+                    counts.commits.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    if batch.len() > 1 {
+                        counts.split_batches.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let committed = one_by_one(&mut conn, &mut batch, &mut healthy).await;
+                    counts.commits.fetch_add(committed, Ordering::Relaxed);
+                }
+                if !healthy {
+                    // A transaction may be left open on it: the pool opens a new one.
+                    conn.close_on_drop();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes = batch.len(), "no database connection for the run path's writes");
+                for job in &mut batch {
+                    job.fail(StoreError::Database(sqlx::Error::PoolTimedOut));
+                }
+            }
+        }
+        counts.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for job in batch.drain(..) {
+            job.answer();
+        }
+    }
+}
+
+/// Runs the batch in one transaction; false (rolled back) if a write or the commit failed.
+async fn together(conn: &mut AnyConnection, batch: &mut [Box<dyn Job>], healthy: &mut bool) -> bool {
+    if batch.len() == 1 {
+        return false; // one_by_one is the same transaction without a second try
+    }
+    if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
+        tracing::warn!(error = %e, "group commit: BEGIN failed; writing one by one");
+        return false;
+    }
+    for job in batch.iter_mut() {
+        if !job.run(conn).await {
+            *healthy &= rollback(conn).await;
+            return false;
+        }
+    }
+    match conn.execute("COMMIT").await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, writes = batch.len(), "group commit failed; writing one by one");
+            *healthy &= rollback(conn).await;
+            false
+        }
+    }
+}
+
+/// Runs each write in a transaction of its own; returns how many committed.
+async fn one_by_one(conn: &mut AnyConnection, batch: &mut [Box<dyn Job>], healthy: &mut bool) -> u64 {
+    let mut committed = 0;
+    for job in batch.iter_mut() {
+        if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
+            job.fail(e.into());
+            continue;
+        }
+        if !job.run(conn).await {
+            *healthy &= rollback(conn).await;
+        } else if let Err(e) = conn.execute("COMMIT").await {
+            job.fail(e.into());
+            *healthy &= rollback(conn).await;
+        } else {
+            committed += 1;
+        }
+    }
+    committed
+}
+
+/// Ends the open transaction, if any (SQLite may have rolled it back itself after an error);
+/// false if the connection may still hold one.
+async fn rollback(conn: &mut AnyConnection) -> bool {
+    match conn.execute("ROLLBACK").await {
+        Ok(_) => true,
+        Err(e) if e.to_string().contains("no transaction is active") => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "group commit: ROLLBACK failed; dropping the connection");
+            false
+        }
+    }
+}
+
+impl crate::Store {
+    /// What SQLite's group writer has done (writes, commits); `None` on Postgres, which has none.
+    pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        self.group.as_ref().map(GroupCommit::stats)
+    }
+
+    /// Runs `write` in a transaction: on SQLite in the group writer's next batch, on Postgres in
+    /// a transaction of its own.
+    pub(crate) async fn transaction<T: Send + 'static>(&self, write: Write<T>) -> Result<T, StoreError> {
+        if let Some(group) = &self.group {
+            return group.write(write).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        let value = write(&mut tx).await?;
+        tx.commit().await?;
+        Ok(value)
+    }
+
+    /// Runs `write`, whose statements are each safe alone (a fenced update): on SQLite in the
+    /// group writer's next batch, on Postgres on one connection without a transaction.
+    pub(crate) async fn statements<T: Send + 'static>(&self, write: Write<T>) -> Result<T, StoreError> {
+        if let Some(group) = &self.group {
+            return group.write(write).await;
+        }
+        let mut conn = self.pool.acquire().await?;
+        write(&mut conn).await
+    }
+}
