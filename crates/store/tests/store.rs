@@ -543,7 +543,7 @@ async fn enqueue_is_idempotent_per_tick(kind: Db) {
     assert_eq!(page.items.len(), 1);
 }
 
-/// More agents than one multi-row statement holds (500), two ticks for some, a tick fired twice
+/// More agents than one multi-row statement holds (128), two ticks for some, a tick fired twice
 /// and an agent deleted before its tick is recorded: every run gets the right outcome, and the
 /// schedule progress (last tick, fired, missed counters) adds up.
 async fn fire_ticks_batches_and_reports_each_run(kind: Db) {
