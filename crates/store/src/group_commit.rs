@@ -139,34 +139,57 @@ impl<T: Send + 'static> Job for Pending<T> {
 async fn writer(pool: AnyPool, mut queue: mpsc::Receiver<Box<dyn Job>>, counts: Arc<Counts>) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        match pool.acquire().await {
-            Ok(mut conn) => {
-                let mut healthy = true;
-                if together(&mut conn, &mut batch, &mut healthy).await {
-                    counts.commits.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    if batch.len() > 1 {
-                        counts.split_batches.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let committed = one_by_one(&mut conn, &mut batch, &mut healthy).await;
-                    counts.commits.fetch_add(committed, Ordering::Relaxed);
+        let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        // Each batch is a task of its own: a write that panics fails its batch (its callers get
+        // an error), not every write after it.
+        if let Err(e) = tokio::spawn(commit(pool.clone(), jobs, counts.clone())).await {
+            tracing::error!(error = %e, "group commit: a batch panicked; its writes failed");
+        }
+    }
+}
+
+/// Commits one batch and answers its writes.
+async fn commit(pool: AnyPool, mut batch: Vec<Box<dyn Job>>, counts: Arc<Counts>) {
+    match pool.acquire().await {
+        Ok(mut conn) => {
+            let mut healthy = true;
+            if together(&mut conn, &mut batch, &mut healthy).await {
+                counts.commits.fetch_add(1, Ordering::Relaxed);
+            } else {
+                if batch.len() > 1 {
+                    counts.split_batches.fetch_add(1, Ordering::Relaxed);
                 }
-                if !healthy {
-                    // A transaction may be left open on it: the pool opens a new one.
-                    conn.close_on_drop();
-                }
+                let committed = one_by_one(&mut conn, &mut batch, &mut healthy).await;
+                counts.commits.fetch_add(committed, Ordering::Relaxed);
             }
-            Err(e) => {
-                tracing::error!(error = %e, writes = batch.len(), "no database connection for the run path's writes");
-                for job in &mut batch {
-                    job.fail(StoreError::Database(sqlx::Error::PoolTimedOut));
-                }
+            if !healthy {
+                // A transaction may be left open on it: the pool opens a new one.
+                conn.close_on_drop();
             }
         }
-        counts.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        for job in batch.drain(..) {
-            job.answer();
+        Err(e) => {
+            tracing::error!(error = %e, writes = batch.len(), "no database connection for the run path's writes");
+            for job in &mut batch {
+                job.fail(StoreError::Database(sqlx::Error::PoolTimedOut));
+            }
         }
+    }
+    counts.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    for job in batch {
+        job.answer();
+    }
+}
+
+/// `BEGIN IMMEDIATE`. A transaction left open on the connection (by a batch whose task
+/// panicked) is rolled back first.
+async fn begin(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    match conn.execute("BEGIN IMMEDIATE").await {
+        Err(e) if e.to_string().contains("within a transaction") => {
+            tracing::warn!("group commit: a transaction was left open; rolling it back");
+            conn.execute("ROLLBACK").await?;
+            conn.execute("BEGIN IMMEDIATE").await.map(|_| ())
+        }
+        done => done.map(|_| ()),
     }
 }
 
@@ -175,7 +198,7 @@ async fn together(conn: &mut AnyConnection, batch: &mut [Box<dyn Job>], healthy:
     if batch.len() == 1 {
         return false; // one_by_one is the same transaction without a second try
     }
-    if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
+    if let Err(e) = begin(conn).await {
         tracing::warn!(error = %e, "group commit: BEGIN failed; writing one by one");
         return false;
     }
@@ -199,7 +222,7 @@ async fn together(conn: &mut AnyConnection, batch: &mut [Box<dyn Job>], healthy:
 async fn one_by_one(conn: &mut AnyConnection, batch: &mut [Box<dyn Job>], healthy: &mut bool) -> u64 {
     let mut committed = 0;
     for job in batch.iter_mut() {
-        if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
+        if let Err(e) = begin(conn).await {
             job.fail(e.into());
             continue;
         }
@@ -254,5 +277,46 @@ impl crate::Store {
         }
         let mut conn = self.pool.acquire().await?;
         write(&mut conn).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
+    use nightshift_core::{AgentSpec, AgentState};
+    use nightshift_testkit::{Db, database};
+    use sqlx::Row;
+
+    use super::*;
+
+    /// A write that panics halfway through its batch's transaction fails its caller; what it
+    /// wrote is rolled back, and the writes after it commit on the same writer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_panics_fails_alone() {
+        let (url, _guard) = database(Db::Sqlite).await;
+        let store = crate::Store::connect(&url).await.unwrap();
+        let spec = AgentSpec::from_yaml(
+            "name: p\nmodel: {provider: openai, model: m}\ntask: {query: q}\nschedule: {manual: true}",
+        );
+        store.create_agent(&spec.unwrap(), AgentState::Active).await.unwrap();
+        let group = store.group.clone().expect("SQLite has a group writer");
+
+        let panics: Write<()> = Box::new(|conn| {
+            Box::pin(async move {
+                conn.execute("UPDATE agents SET lock_seq = 99").await?;
+                panic!("a bug in a write");
+            })
+        });
+        assert!(group.write(panics).await.is_err(), "its caller gets an error");
+
+        let read: Write<i64> = Box::new(|conn| {
+            Box::pin(async move {
+                let row = sqlx::query("SELECT lock_seq FROM agents").fetch_one(&mut *conn).await?;
+                Ok(row.try_get::<i64, _>("lock_seq")?)
+            })
+        });
+        assert_ne!(group.write(read).await.unwrap(), 99, "the panicked write was rolled back");
+        let stats = group.stats();
+        assert_eq!((stats.writes, stats.commits), (1, 1), "the next write committed: {stats:?}");
     }
 }
