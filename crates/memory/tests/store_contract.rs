@@ -144,6 +144,14 @@ mod cases {
         assert_eq!(ids(&s.recent(&q).await.unwrap()), ["m3"]);
         q.metadata = meta(&[("topic", "zzz")]);
         assert!(s.recent(&q).await.unwrap().is_empty());
+
+        // More keys than one SQL statement takes (64): all stored, all filterable.
+        let mut wide = record("wide", MemoryType::LongTerm, &scope(), 10, "x");
+        wide.metadata = (0..150).map(|i| (format!("k{i}"), format!("v{i}"))).collect();
+        s.put(std::slice::from_ref(&wide)).await.unwrap();
+        assert_eq!(s.get(&scope(), &["wide".into()]).await.unwrap(), [wide]);
+        q.metadata = meta(&[("k149", "v149"), ("k0", "v0")]);
+        assert_eq!(ids(&s.recent(&q).await.unwrap()), ["wide"]);
     }
 
     pub async fn put_replaces_by_id(s: &dyn MemoryStore, _c: &ManualClock) {

@@ -138,6 +138,10 @@ fn bind_all<'q>(mut q: Query<'q, Any, AnyArguments>, values: &'q [String]) -> Qu
     q
 }
 
+/// Metadata keys per INSERT: a record may carry any number of them, a statement at most 32,766
+/// parameters on SQLite (and sqlx binds each by a scan of the statement's parameter list).
+const METADATA_ROWS: usize = 64;
+
 /// A pool of at most `max` connections; SQLite's set up for concurrent use.
 fn pool_options(backend: SqlBackend, max: u32) -> AnyPoolOptions {
     let options = AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(10));
@@ -194,15 +198,16 @@ impl MemoryStore for SqlStore {
                 .bind(r.id.as_str())
                 .execute(&mut *tx)
                 .await?;
-            // One statement for all the record's keys (an episode has five).
-            if !r.metadata.is_empty() {
-                let rows = (0..r.metadata.len())
+            // One statement for up to METADATA_ROWS of the record's keys (an episode has five).
+            let pairs: Vec<_> = r.metadata.iter().collect();
+            for chunk in pairs.chunks(METADATA_ROWS) {
+                let rows = (0..chunk.len())
                     .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
                     .collect::<Vec<_>>()
                     .join(", ");
                 let sql = format!("INSERT INTO memory_metadata (record_id, key, value) VALUES {rows}");
                 let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(r.id.as_str());
-                for (k, v) in &r.metadata {
+                for (k, v) in chunk {
                     insert = insert.bind(k.as_str()).bind(v.as_str());
                 }
                 insert.execute(&mut *tx).await?;
