@@ -36,7 +36,6 @@ fn agent_from_row(row: &AnyRow) -> Result<AgentRecord, StoreError> {
     })
 }
 
-/// Takes the agent's lock for the rest of the transaction (see the crate docs).
 /// The agent's spec at `version`.
 pub(crate) async fn spec_at<'c, E>(db: E, id: &AgentId, version: u64) -> Result<AgentSpec, StoreError>
 where
@@ -51,6 +50,7 @@ where
     decode_spec(&row.try_get::<Vec<u8>, _>("spec")?)
 }
 
+/// Takes the agent's lock for the rest of the transaction (see the crate docs).
 pub(crate) async fn lock_agent(tx: &mut AnyConnection, id: &AgentId) -> Result<(), StoreError> {
     let done = sqlx::query("UPDATE agents SET lock_seq = lock_seq + 1 WHERE id = $1")
         .bind(id.as_str())

@@ -16,7 +16,7 @@ use crate::db::{Store, time_col};
 use crate::error::StoreError;
 use crate::fence::{Fence, fenced};
 use crate::model::{Page, RunRecord};
-use crate::run_lifecycle::{ms_after, run_in_tx};
+use crate::run_lifecycle::{ms_after, read_run};
 
 /// A call a run asks approval for.
 #[derive(Debug, Clone)]
@@ -192,7 +192,7 @@ async fn requeue_if_settled(tx: &mut AnyConnection, run: &RunId) -> Result<Optio
     if done.rows_affected() == 0 {
         return Ok(None);
     }
-    run_in_tx(&mut *tx, run).await
+    read_run(&mut *tx, run).await
 }
 
 impl Store {
@@ -258,7 +258,7 @@ impl Store {
         }
         let run = match requeue_if_settled(&mut tx, id).await? {
             Some(run) => run,
-            None => run_in_tx(&mut *tx, id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?,
+            None => read_run(&mut *tx, id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?,
         };
         let wanted: Vec<&str> = calls.iter().map(|c| c.call_id.as_str()).collect();
         let mut approvals = of_run_in_tx(&mut tx, id).await?;
@@ -345,7 +345,7 @@ impl Store {
         // First (see park_for_approval), then the approval as it is under the lock.
         lock_agent(&mut tx, &agent).await?;
         let found = approval_in_tx(&mut tx, id).await?.ok_or_else(|| StoreError::NotFound(format!("approval {id}")))?;
-        let run = run_in_tx(&mut *tx, &found.run_id).await?;
+        let run = read_run(&mut *tx, &found.run_id).await?;
         if run.as_ref().is_none_or(|r| r.status != RunStatus::AwaitingApproval) {
             let status = run.map_or_else(|| "gone".to_owned(), |r| r.status.to_string());
             return Err(StoreError::FailedPrecondition(format!(
@@ -431,7 +431,7 @@ impl Store {
                 .bind(found.run_id.as_str())
                 .execute(&mut *tx)
                 .await?;
-                if failed.rows_affected() == 1 { run_in_tx(&mut *tx, &found.run_id).await? } else { None }
+                if failed.rows_affected() == 1 { read_run(&mut *tx, &found.run_id).await? } else { None }
             }
         };
         let approval =

@@ -152,7 +152,7 @@ async fn append_checked(
     let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(until).bind(id.as_str()).bind(i64::from(attempt));
     let done = fence.bind_token(done).execute(&mut *tx).await?;
     if done.rows_affected() == 0 {
-        return Err(fenced(crate::run_lifecycle::run_in_tx(&mut *tx, id).await?, id, attempt));
+        return Err(fenced(crate::run_lifecycle::read_run(&mut *tx, id).await?, id, attempt));
     }
     let seq = i64::from(step.seq);
     let inserted = bind_step(sqlx::query(INSERT_IF_NEXT), id, step, attempt, now).execute(&mut *tx).await?;

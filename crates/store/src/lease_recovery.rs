@@ -13,7 +13,7 @@ use crate::agents::lock_agent;
 use crate::db::Store;
 use crate::error::StoreError;
 use crate::model::RunRecord;
-use crate::run_lifecycle::{fail_lost_lease, run_in_tx};
+use crate::run_lifecycle::{fail_lost_lease, read_run};
 
 /// What lease recovery did with a run.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         lock_agent(&mut tx, agent).await?;
         let now = self.now_ms();
-        let Some(run) = run_in_tx(&mut *tx, id).await? else { return Ok(None) };
+        let Some(run) = read_run(&mut *tx, id).await? else { return Ok(None) };
         if run.status != RunStatus::Running
             || lifecycle::lease_state(run.lease_expires_at, time::from_millis(now)) != LeaseState::Expired
         {

@@ -162,7 +162,7 @@ pub struct FinishInput {
 }
 
 /// The run `id` as `db` sees it (a pool, or a connection inside a transaction).
-pub(crate) async fn run_in_tx<'c, E>(db: E, id: &RunId) -> Result<Option<RunRecord>, StoreError>
+pub(crate) async fn read_run<'c, E>(db: E, id: &RunId) -> Result<Option<RunRecord>, StoreError>
 where
     E: sqlx::Executor<'c, Database = Any>,
 {
@@ -301,7 +301,7 @@ impl Store {
         };
 
         // Only runs the manager recorded start: a worker cannot make up runs.
-        let run = run_in_tx(&mut *tx, &input.run_id)
+        let run = read_run(&mut *tx, &input.run_id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("run {}", input.run_id)))?;
         if run.agent_id != input.agent_id {
@@ -392,7 +392,7 @@ impl Store {
                 let mut cancelled = Vec::with_capacity(others.len());
                 for other in &others {
                     set_terminal(tx, other, RunStatus::Cancelled, &reason, now).await?;
-                    cancelled.extend(run_in_tx(&mut *tx, other).await?);
+                    cancelled.extend(read_run(&mut *tx, other).await?);
                 }
                 match self.grant(tx, run, input, current, now).await? {
                     StartOutcome::Started { run, lease_token, spec, steps, approvals, .. } => {
@@ -486,7 +486,7 @@ impl Store {
                     sqlx::query(sqlx::AssertSqlSafe(sql)).bind(until).bind(id.as_str()).bind(i64::from(fence.attempt));
                 let done = fence.bind_token(done).execute(&mut *conn).await?;
                 if done.rows_affected() == 0 {
-                    return Err(fenced(run_in_tx(&mut *conn, &id).await?, &id, fence.attempt));
+                    return Err(fenced(read_run(&mut *conn, &id).await?, &id, fence.attempt));
                 }
                 Ok(time::from_millis(until))
             })
@@ -520,7 +520,7 @@ impl Store {
     ) -> Result<(RunRecord, Option<Duration>), StoreError> {
         let attempt = fence.attempt;
         let now = self.now_ms();
-        let run = run_in_tx(&mut *conn, id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
+        let run = read_run(&mut *conn, id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
         if run.status != RunStatus::Running || run.attempt != attempt {
             return Err(fenced(Some(run), id, attempt));
         }
@@ -564,7 +564,7 @@ impl Store {
             .bind(i64::from(attempt));
         let done = fence.bind_token(done).execute(&mut *conn).await?;
         if done.rows_affected() == 0 {
-            return Err(fenced(run_in_tx(&mut *conn, id).await?, id, attempt));
+            return Err(fenced(read_run(&mut *conn, id).await?, id, attempt));
         }
         // The fenced update matched the record read above (same attempt, still running): apply
         // it to that record rather than reading the row back.

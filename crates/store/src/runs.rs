@@ -38,7 +38,7 @@ impl Store {
 
     /// The run with this id.
     pub async fn get_run(&self, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
-        crate::run_lifecycle::run_in_tx(&self.pool, id).await
+        crate::run_lifecycle::read_run(&self.pool, id).await
     }
 
     /// The agent and spec version of a run whose latest attempt was granted `lease_token`;
