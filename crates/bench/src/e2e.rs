@@ -1,11 +1,13 @@
 //! `e2e`: what a user runs. The real `nightshift dev` process (release binary, default settings:
-//! SQLite, in-memory queue and events, the memory service in process), N agents at
+//! SQLite, in-memory queue and events, the memory service in process) — or, with
+//! `--deployment distributed`, the five binaries on Postgres and NATS JetStream — N agents at
 //! `interval: 1s` with the default agent settings (memory on: `recall_recent: 10`,
 //! `store_results: true`), the instant scripted LLM in a child process (not counted). The
 //! harness follows the runs on the event service, as a console would, and reports completed
 //! runs/s, due → start and due → end lag (a scheduled run's id names its tick), runs still queued
-//! at the end, the process's CPU per completed run and RSS, and — with `--profile` — where that
-//! CPU goes (`perf record` on the process for the window).
+//! at the end, the processes' CPU per completed run and RSS (and the Postgres and NATS servers'
+//! CPU beside them), and — with `--profile` — where that CPU goes (`perf record` on the
+//! processes for the window).
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -14,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::StreamExt;
 use nightshift_core::{EventType, pb, time};
-use tokio::io::AsyncBufReadExt;
 
+use crate::deploy::{Deployed, Deployment};
 use crate::llm::ScriptedLlm;
 use crate::stats::Row;
 use crate::{Scenario, sys};
@@ -35,55 +37,21 @@ pub struct E2eArgs {
     /// Profile the process during the window with `perf record` and name the top costs.
     #[arg(long)]
     pub profile: bool,
-    /// The `nightshift` binary to run (default: the one next to this binary).
+    /// `dev` (one `nightshift dev` process) or `distributed` (five binaries on Postgres + NATS).
+    #[arg(long, value_enum, default_value = "dev")]
+    pub deployment: Deployment,
+    /// Worker processes of the distributed deployment (each at its default concurrency).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Directory of the release binaries to run (default: this binary's).
     #[arg(long)]
     #[serde(skip)]
-    pub nightshift: Option<PathBuf>,
+    pub bin_dir: Option<PathBuf>,
 }
 
-/// The `nightshift dev` process, killed when dropped.
-struct Dev {
-    /// Killed on drop.
-    _child: tokio::process::Child,
-    pid: u32,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Dev {
-    async fn start(binary: &std::path::Path) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let mut child = tokio::process::Command::new(binary)
-            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            // `NIGHTSHIFT_BENCH_DEV_LOG` (a RUST_LOG filter) looks inside, e.g. `sqlx::query=debug`.
-            .env("RUST_LOG", std::env::var("NIGHTSHIFT_BENCH_DEV_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {} dev", binary.display()))?;
-        let pid = child.id().context("nightshift dev has no pid")?;
-        let stdout = child.stdout.take().context("nightshift dev has no stdout")?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-            .await
-            .context("nightshift dev did not print its address within 120 s")??
-            .context("nightshift dev exited before printing its address")?;
-        let addr = line
-            .strip_prefix("nightshift dev listening on ")
-            .and_then(|r| r.split_whitespace().next())
-            .with_context(|| format!("unexpected first line of nightshift dev: {line}"))?;
-        // Keep draining stdout so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self { _child: child, pid, endpoint: format!("http://{addr}"), _dir: dir })
-    }
-
-    async fn channel(&self) -> anyhow::Result<nightshift_rpc::CallChannel> {
-        let channel = tonic::transport::Endpoint::from_shared(self.endpoint.clone())?.connect().await?;
-        Ok(nightshift_rpc::traced(channel))
-    }
+async fn connect(endpoint: &str) -> anyhow::Result<nightshift_rpc::CallChannel> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?.connect().await?;
+    Ok(nightshift_rpc::traced(channel))
 }
 
 /// The tick (unix ms) a scheduled run is for: its id is `<agent id>@<tick ms>`.
@@ -100,24 +68,22 @@ struct Seen {
 }
 
 pub async fn e2e(args: &E2eArgs) -> anyhow::Result<Scenario> {
-    let name = format!("e2e nightshift dev, {} agents", args.agents);
+    let name = format!("e2e {}, {} agents", args.deployment.label(), args.agents);
     eprintln!("== {name}: {} s window after {} s warm-up", args.secs, args.warmup);
-    let binary = match &args.nightshift {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?.with_file_name("nightshift"),
-    };
-    anyhow::ensure!(
-        binary.is_file(),
-        "{} not found: build it (cargo build --release -p nightshift-cli)",
-        binary.display()
-    );
+    let bin_dir = crate::deploy::binaries(args.bin_dir.as_deref())?;
     let llm = ScriptedLlm::spawn().await?;
-    let dev = Dev::start(&binary).await?;
-    let channel = dev.channel().await?;
-    let mut manager = pb::manager_service_client::ManagerServiceClient::new(channel.clone());
+    let deployed = Deployed::start(args.deployment, &bin_dir, args.workers).await?;
+    let result = measure(args, &name, &deployed, &llm.base_url).await;
+    deployed.close().await;
+    drop(llm);
+    result
+}
+
+async fn measure(args: &E2eArgs, name: &str, deployed: &Deployed, llm: &str) -> anyhow::Result<Scenario> {
+    let mut manager = pb::manager_service_client::ManagerServiceClient::new(connect(&deployed.manager).await?);
 
     // Follow the runs from now on, before any agent exists.
-    let mut events = pb::event_service_client::EventServiceClient::new(channel.clone());
+    let mut events = pb::event_service_client::EventServiceClient::new(connect(&deployed.events).await?);
     let types = [EventType::BackgroundTaskStarted, EventType::BackgroundTaskCompleted, EventType::BackgroundTaskError];
     let filter = pb::EventFilter { types: types.iter().map(|t| t.to_pb() as i32).collect(), ..Default::default() };
     let first = events
@@ -167,7 +133,7 @@ pub async fn e2e(args: &E2eArgs) -> anyhow::Result<Scenario> {
 
     // N agents at 1 s, default settings (memory on), applied 32 at a time.
     let t_apply = Instant::now();
-    let base_url = llm.base_url.clone();
+    let base_url = llm.to_owned();
     futures::stream::iter(0..args.agents)
         .map(|i| {
             let mut m = manager.clone();
@@ -187,12 +153,26 @@ pub async fn e2e(args: &E2eArgs) -> anyhow::Result<Scenario> {
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
 
     let window_start = time::to_millis(chrono::Utc::now());
-    let (cpu0, t0) = (sys::cpu_time_of(dev.pid), Instant::now());
-    let profile = args.profile.then(|| start_profile(dev.pid, args.secs)).transpose()?;
+    let servers = ["postgres", "nats-server"];
+    let (cpu0, by_process0, servers0) =
+        (deployed.cpu_time(), deployed.cpu_by_process(), servers.map(sys::cpu_time_of_named));
+    let pg_tx0 = deployed.postgres_transactions().await?;
+    let t0 = Instant::now();
+    let profile = args.profile.then(|| start_profile(&deployed.pids(), args.secs)).transpose()?;
     tokio::time::sleep(Duration::from_secs(args.secs)).await;
     let window_end = time::to_millis(chrono::Utc::now());
-    let (cpu, wall) = (sys::cpu_time_of(dev.pid).saturating_sub(cpu0), t0.elapsed());
-    let rss = sys::rss_mib_of_pid(dev.pid).unwrap_or(0.0);
+    let (cpu, wall) = (deployed.cpu_time().saturating_sub(cpu0), t0.elapsed());
+    let per_core = |d: Duration| d.as_secs_f64() / wall.as_secs_f64();
+    let by_process: serde_json::Map<String, serde_json::Value> = deployed
+        .cpu_by_process()
+        .into_iter()
+        .zip(by_process0)
+        .map(|((name, now), (_, before))| (name, format!("{:.2} cores", per_core(now.saturating_sub(before))).into()))
+        .collect();
+    let server_cpu: Vec<Duration> =
+        servers.iter().zip(servers0).map(|(s, before)| sys::cpu_time_of_named(s).saturating_sub(before)).collect();
+    let rss = deployed.rss_mib();
+    let pg_tx = deployed.postgres_transactions().await?.zip(pg_tx0).map(|(b, a)| b - a);
     let backlog = count_runs(&mut manager, &[pb::RunStatus::Queued, pb::RunStatus::Running]).await?;
     let top = match profile {
         Some(p) => p.report().await?,
@@ -217,19 +197,25 @@ pub async fn e2e(args: &E2eArgs) -> anyhow::Result<Scenario> {
     let runs_per_s = completed as f64 / wall.as_secs_f64();
     let cpu_per_run_ms = if completed > 0 { cpu.as_secs_f64() * 1000.0 / completed as f64 } else { 0.0 };
     let mut rows = vec![
-        Row::single(&name, "completed runs/s", "runs/s", runs_per_s),
-        Row::new(&name, "due → start lag", "ms", "run", &to_start),
-        Row::new(&name, "due → end lag", "ms", "run", &to_end),
-        Row::new(&name, "start → end (the run on its worker)", "ms", "run", &run_time),
-        Row::single(&name, "CPU per completed run (process)", "ms", cpu_per_run_ms),
-        Row::single(&name, "process CPU", "cores", cpu.as_secs_f64() / wall.as_secs_f64()),
-        Row::single(&name, "RSS at the end", "MiB", rss),
+        Row::single(name, "completed runs/s", "runs/s", runs_per_s),
+        Row::new(name, "due → start lag", "ms", "run", &to_start),
+        Row::new(name, "due → end lag", "ms", "run", &to_end),
+        Row::new(name, "start → end (the run on its worker)", "ms", "run", &run_time),
+        Row::single(name, "CPU per completed run (Nightshift processes)", "ms", cpu_per_run_ms),
+        Row::single(name, "Nightshift processes' CPU", "cores", per_core(cpu)),
+        Row::single(name, "RSS at the end (Nightshift processes)", "MiB", rss),
     ];
+    if args.deployment == Deployment::Distributed {
+        let ms_per_run = |d: Duration| if completed > 0 { d.as_secs_f64() * 1000.0 / completed as f64 } else { 0.0 };
+        rows.push(Row::single(name, "Postgres CPU per completed run", "ms", ms_per_run(server_cpu[0])));
+        rows.push(Row::single(name, "NATS CPU per completed run", "ms", ms_per_run(server_cpu[1])));
+        if let Some(n) = pg_tx.filter(|_| completed > 0) {
+            rows.push(Row::single(name, "Postgres transactions per completed run", "tx", n as f64 / completed as f64));
+        }
+    }
     rows.retain(|r| r.summary.is_some());
-    drop(dev);
-    drop(llm);
     Ok(Scenario {
-        name,
+        name: name.to_owned(),
         params: serde_json::to_value(args)?,
         rows,
         counters: serde_json::json!({
@@ -240,6 +226,10 @@ pub async fn e2e(args: &E2eArgs) -> anyhow::Result<Scenario> {
             "failed": failed,
             "queued_or_running_at_end": backlog,
             "subscriber_lagged": lagged.load(std::sync::atomic::Ordering::Relaxed),
+            "semantic_memory": deployed.semantic_memory,
+            "cpu_by_process": by_process,
+            "postgres_cores": per_core(server_cpu[0]),
+            "nats_cores": per_core(server_cpu[1]),
             "profile_top": top,
         }),
     })
@@ -274,10 +264,11 @@ struct Profile {
     data: tempfile::NamedTempFile,
 }
 
-fn start_profile(pid: u32, secs: u64) -> anyhow::Result<Profile> {
+fn start_profile(pids: &[u32], secs: u64) -> anyhow::Result<Profile> {
     let data = tempfile::NamedTempFile::new()?;
+    let pids = pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     let child = tokio::process::Command::new("perf")
-        .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+        .args(["record", "-F", "499", "-g", "-p", &pids, "-o"])
         .arg(data.path())
         .args(["--", "sleep", &secs.to_string()])
         .stdout(Stdio::null())

@@ -10,6 +10,7 @@
 
 mod backend;
 mod console;
+mod deploy;
 mod dispatch;
 mod e2e;
 mod events;
@@ -176,6 +177,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn e2e_args(agents: usize, secs: u64, deployment: deploy::Deployment) -> e2e::E2eArgs {
+    e2e::E2eArgs { agents, secs, warmup: 5, profile: false, deployment, workers: 2, bin_dir: None }
+}
+
 async fn all(a: &AllArgs, out: &mut Vec<Scenario>) -> anyhow::Result<()> {
     let mut backends = vec![BackendKind::Embedded];
     if !a.embedded_only {
@@ -183,8 +188,10 @@ async fn all(a: &AllArgs, out: &mut Vec<Scenario>) -> anyhow::Result<()> {
     }
     // What users run first: the whole `nightshift dev` process.
     for agents in [100, 500, 2_000] {
-        let args = e2e::E2eArgs { agents, secs: a.secs, warmup: 5, profile: false, nightshift: None };
-        out.push(e2e::e2e(&args).await?);
+        out.push(e2e::e2e(&e2e_args(agents, a.secs, deploy::Deployment::Dev)).await?);
+    }
+    if !a.embedded_only {
+        out.push(e2e::e2e(&e2e_args(500, a.secs, deploy::Deployment::Distributed)).await?);
     }
     for &backend in &backends {
         for agents in [500, 10_000] {

@@ -89,6 +89,12 @@ pub fn cpu_time_of(pid: u32) -> Duration {
     cpu_time_at(&format!("/proc/{pid}/stat"))
 }
 
+/// CPU time used so far by every running process named `name` together (a server's forked
+/// backends included: Postgres runs one process per connection).
+pub fn cpu_time_of_named(name: &str) -> Duration {
+    processes_named(name).map(|dir| cpu_time_at(&dir.join("stat").to_string_lossy())).sum()
+}
+
 fn cpu_time_at(path: &str) -> Duration {
     // Fields 14 and 15 of /proc/PID/stat, counted after the `(comm)` field, which may hold spaces.
     let stat = std::fs::read_to_string(path).unwrap_or_default();

@@ -150,12 +150,7 @@ impl ManagerService {
             failure: if req.permanent { Failure::Permanent } else { Failure::Retryable },
         };
         let fence = fence(req.attempt, req.lease_token)?;
-        // Checkpoints are idempotent per seq: a FinishRun retried after its steps were written
-        // (and its end was not) writes them again harmlessly.
-        for step in &steps {
-            self.store().checkpoint(&id, fence.clone(), step, None).await.map_err(status_from_store)?;
-        }
-        let ended = self.store().finish_run(&id, fence, &input).await;
+        let ended = self.store().finish_run_with_steps(&id, fence, &steps, &input).await;
         self.watchers().changed(&id);
         let (run, retry_after) = ended.map_err(status_from_store)?;
         tracing::info!(run = %id, status = %run.status, retry_in = ?retry_after, "attempt finished");

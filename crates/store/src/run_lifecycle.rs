@@ -511,7 +511,7 @@ impl Store {
         .await
     }
 
-    async fn finish_in(
+    pub(crate) async fn finish_in(
         &self,
         conn: &mut AnyConnection,
         id: &RunId,

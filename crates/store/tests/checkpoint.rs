@@ -1,14 +1,17 @@
 //! Checkpoints on both backends, fenced by the lease token as the manager calls them: the usual
 //! step (one statement on Postgres) extends the lease and is stored; a wrong token, an ended
 //! attempt, a gap and another attempt's step are refused with the reason; a step sent twice by
-//! its attempt is a no-op.
+//! its attempt is a no-op. FinishRun's steps are checked the same way, and a refused one leaves
+//! the run running with nothing of it written.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeZone;
+use nightshift_core::lifecycle::Failure;
 use nightshift_core::{AgentSpec, AgentState, ManualClock, RunId, WorkerId};
-use nightshift_store::{Fence, NewRun, StartInput, StartOutcome, StepInput, Store, StoreError};
+use nightshift_core::{RunOutcome, RunStatus};
+use nightshift_store::{Fence, FinishInput, NewRun, StartInput, StartOutcome, StepInput, Store, StoreError};
 use nightshift_testkit::{Db, database};
 
 nightshift_testkit::both_backends!(token_fenced_checkpoints_store_the_next_step_and_refuse_the_rest);
@@ -82,6 +85,36 @@ async fn token_fenced_checkpoints_store_the_next_step_and_refuse_the_rest(kind: 
         "{rewrite:?}"
     );
     let next = store.run_steps(&run).await.unwrap().len() as u32;
-    store.checkpoint(&run, now_held, &step(next, 23), None).await.unwrap();
+    store.checkpoint(&run, now_held.clone(), &step(next, 23), None).await.unwrap();
     assert_eq!(store.run_steps(&run).await.unwrap().last().map(|s| (s.seq, s.attempt)), Some((next, attempt2)));
+
+    // FinishRun with steps (the worker's `MemoryStored`): a forged token or a gap is refused
+    // before anything of it is written; the run stays running.
+    let end = FinishInput {
+        outcome: RunOutcome::Succeeded,
+        result: Some("done".into()),
+        error: None,
+        input_tokens: 0,
+        output_tokens: 0,
+        failure: Failure::Retryable,
+    };
+    let forged = Fence { attempt: attempt2, token: Some("0".repeat(token.len())) };
+    let refused = store.finish_run_with_steps(&run, forged, &[step(next + 1, 24)], &end).await.unwrap_err();
+    assert!(matches!(&refused, StoreError::Fenced(_)), "{refused:?}");
+    let gap = [step(next + 1, 24), step(next + 3, 26)];
+    let refused = store.finish_run_with_steps(&run, now_held.clone(), &gap, &end).await.unwrap_err();
+    assert!(matches!(&refused, StoreError::FailedPrecondition(m) if m.contains("gap")), "{refused:?}");
+    let r = store.get_run(&run).await.unwrap().unwrap();
+    assert_eq!(r.status, RunStatus::Running);
+    // On SQLite the steps and the end are one transaction: the first step of the refused
+    // FinishRun is not kept either. (On Postgres each step commits alone, as a Checkpoint.)
+    let kept = store.run_steps(&run).await.unwrap().len() as u32;
+    assert_eq!(kept, if kind == Db::Sqlite { next + 1 } else { next + 2 });
+    // The accepted one: its steps stored with the attempt, and the run ended with the result.
+    let (ended, retry) = store.finish_run_with_steps(&run, now_held, &[step(kept, 27)], &end).await.unwrap();
+    assert_eq!((ended.status, ended.result.as_deref(), retry), (RunStatus::Succeeded, Some("done"), None));
+    assert_eq!(
+        store.run_steps(&run).await.unwrap().last().map(|s| (s.seq, s.attempt, s.payload.clone())),
+        Some((kept, attempt2, vec![27]))
+    );
 }
