@@ -8,7 +8,7 @@ use croner::parser::{CronParser, Seconds, Year};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Errors, ValidationError};
-use crate::{duration, pb, time};
+use crate::{AgentId, duration, pb, time};
 
 /// A schedule in a few words (`every 1m`, `cron 0 9 * * * (Europe/Berlin)`, `manual`), for
 /// tables and pages.
@@ -48,11 +48,24 @@ pub struct Schedule {
     pub misfire: MisfirePolicy,
 }
 
+/// FNV-1a offset basis, varied: the seed of [`Schedule::phase`].
+const PHASE_SEED: u64 = 0x6c62_272e_07bb_0142;
+
+/// FNV-1a of `bytes` from `seed`: a stable hash (std's hasher may change between releases, and
+/// every replica and release must derive the same phases, jitters and shards).
+pub fn fnv1a(bytes: &[u8], mut seed: u64) -> u64 {
+    for b in bytes {
+        seed ^= u64::from(*b);
+        seed = seed.wrapping_mul(0x0100_0000_01b3);
+    }
+    seed
+}
+
 /// The source of ticks.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Trigger {
-    /// Every `interval`, on a grid anchored at `start_at` (or the unix epoch), so that every
-    /// scheduler replica computes the same ticks.
+    /// Every `interval`, on a grid anchored at `start_at` or else at the unix epoch shifted by the
+    /// agent's [`Schedule::phase`], so that every scheduler replica computes the same ticks.
     Interval(Duration),
     /// A cron expression in a time zone.
     Cron(Box<CronSpec>),
@@ -164,7 +177,37 @@ impl Schedule {
         }
     }
 
-    /// The first tick strictly after `after` (without jitter), honouring start/end.
+    /// Where `agent`'s ticks sit within an interval that has no `start_at`: a stable offset in
+    /// `[0, interval)` derived from the agent's id (FNV-1a, the same on every replica and in every
+    /// release). Agents with the same interval are spread over it instead of all falling due at
+    /// the same instant — 500 agents at `interval: 1s` would otherwise be due together at every
+    /// whole second, and the last of them would start only after the other 499. Zero for other
+    /// triggers and for an interval anchored by `start_at` (the user chose its alignment).
+    pub fn phase(&self, agent: &AgentId) -> Duration {
+        match (&self.trigger, self.start_at) {
+            (Trigger::Interval(every), None) => {
+                let step = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+                // A seed of its own: the scheduler shards agents by FNV-1a of the id too, and a
+                // shared hash would give the agents of one shard related phases.
+                Duration::from_millis(fnv1a(agent.as_str().as_bytes(), PHASE_SEED) % step)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The first tick of `agent`'s schedule strictly after `after` (without jitter):
+    /// [`Schedule::next_after`] on the grid shifted by the agent's [`Schedule::phase`].
+    pub fn next_tick_of(&self, agent: &AgentId, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let phase = chrono::Duration::from_std(self.phase(agent)).unwrap_or_default();
+        let next = self.next_after(after - phase)? + phase;
+        match self.end_at {
+            Some(end) if next > end => None,
+            _ => Some(next),
+        }
+    }
+
+    /// The first tick strictly after `after` (without jitter and without an agent's phase),
+    /// honouring start/end.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let after = match self.start_at {
             Some(s) if s > after => s - chrono::Duration::milliseconds(1),

@@ -215,7 +215,7 @@ impl ManagerService {
         let now = self.clock.now();
         let day = self.store.runs_by_hour(&a.id, convert::last_day_start(now)).await.map_err(status_from_store)?;
         let next_run_at = match a.state {
-            AgentState::Active => a.spec.schedule.next_after(now).map(time::to_pb),
+            AgentState::Active => a.spec.schedule.next_tick_of(&a.id, now).map(time::to_pb),
             AgentState::Paused => None,
         };
         Ok(pb::GetAgentStatusResponse {

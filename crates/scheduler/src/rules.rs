@@ -43,15 +43,7 @@ pub struct Plan {
     pub handled_until: Option<DateTime<Utc>>,
 }
 
-/// FNV-1a: a stable hash (std's hasher may change between releases, and every replica and
-/// version must derive the same jitter).
-pub(crate) fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
+pub(crate) use nightshift_core::schedule::fnv1a;
 
 /// The deterministic jitter of `agent` for the tick `at`, in `[0, schedule.jitter)`.
 pub fn jitter(schedule: &Schedule, agent: &AgentId, at: DateTime<Utc>) -> Duration {
@@ -65,7 +57,7 @@ pub fn jitter(schedule: &Schedule, agent: &AgentId, at: DateTime<Utc>) -> Durati
 
 /// The first tick strictly after `after`.
 pub fn next_tick(schedule: &Schedule, agent: &AgentId, after: DateTime<Utc>) -> Option<Tick> {
-    let at = schedule.next_after(after)?;
+    let at = schedule.next_tick_of(agent, after)?;
     let fire_at = at + chrono::Duration::from_std(jitter(schedule, agent, at)).unwrap_or_default();
     Some(Tick { fire_at, at })
 }
@@ -129,20 +121,54 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 6, 1, h, m, s).unwrap()
     }
 
+    /// An interval anchored at midnight (`start_at`), so its ticks sit on whole intervals; see
+    /// `intervals_without_start_at_are_spread_by_agent` for the grid of one without.
     fn every(secs: i64, misfire: pb::MisfirePolicy, max_catch_up: u32, jitter_secs: i64) -> Schedule {
         Schedule::from_pb(Some(&pb::ScheduleSpec {
             trigger: Some(pb::schedule_spec::Trigger::Interval(prost_types::Duration { seconds: secs, nanos: 0 })),
             misfire: misfire as i32,
             max_catch_up,
             jitter: (jitter_secs > 0).then_some(prost_types::Duration { seconds: jitter_secs, nanos: 0 }),
+            start_at: Some(prost_types::Timestamp { seconds: at(0, 0, 0).timestamp(), nanos: 0 }),
             ..Default::default()
         }))
         .unwrap()
     }
 
+    #[test]
+    fn intervals_without_start_at_are_spread_by_agent() {
+        let mut s = every(1, pb::MisfirePolicy::RunOnce, 0, 0);
+        s.start_at = None;
+        let agents: Vec<AgentId> = (0..500).map(|i| AgentId::from_string(format!("agent-{i}"))).collect();
+        let phases: std::collections::BTreeSet<Duration> = agents.iter().map(|a| s.phase(a)).collect();
+        assert!(phases.iter().all(|p| *p < Duration::from_secs(1)), "within the interval");
+        // 500 agents over 1,000 ms: nearly all at an instant of their own, none due together in bulk.
+        assert!(phases.len() > 350, "phases spread: {} distinct", phases.len());
+        for a in &agents[..20] {
+            let phase = chrono::Duration::from_std(s.phase(a)).unwrap();
+            let t = next_tick(&s, a, at(10, 0, 0)).unwrap().at;
+            assert_eq!(t, at(10, 0, 0) + phase + chrono::Duration::seconds(i64::from(phase.is_zero())), "{a}");
+            // The next tick is one interval later: the grid is only shifted.
+            assert_eq!(next_tick(&s, a, t).unwrap().at, t + chrono::Duration::seconds(1));
+        }
+        // Stable across releases: a changed hash would move every deployed schedule's ticks.
+        assert_eq!(s.phase(&agent()), Duration::from_millis(PHASE_OF_AGENT_1));
+        // Anchored by start_at, or not an interval: no phase.
+        assert_eq!(every(1, pb::MisfirePolicy::RunOnce, 0, 0).phase(&agent()), Duration::ZERO);
+        assert_eq!(Schedule::manual().phase(&agent()), Duration::ZERO);
+        // end_at bounds the shifted ticks.
+        s.end_at = Some(at(10, 0, 0) + chrono::Duration::from_std(s.phase(&agent())).unwrap());
+        let before_end = s.end_at.unwrap() - chrono::Duration::seconds(1);
+        assert_eq!(next_tick(&s, &agent(), before_end).map(|t| t.at), s.end_at, "the last tick is end_at itself");
+        assert_eq!(next_tick(&s, &agent(), s.end_at.unwrap()), None);
+    }
+
     fn agent() -> AgentId {
         AgentId::from_string("agent-1")
     }
+
+    /// `agent-1`'s phase in a 1 s interval.
+    const PHASE_OF_AGENT_1: u64 = 141;
 
     #[test]
     fn on_time_tick_fires_once_and_next_follows() {

@@ -125,12 +125,16 @@ async fn two_replicas_one_killed(queue_url: &str) {
     consumer.abort();
 
     let runs = scheduled_runs(&store_a, &agents).await;
-    // Every whole second strictly inside the window (after start-up and before the stop).
+    // Every second strictly inside the window (after start-up and before the stop), at the
+    // agent's phase within it.
     let first = (time::to_millis(t0) / 1000 + 2) * 1000;
     let last = (time::to_millis(t1) / 1000 - 2) * 1000;
-    let expected: BTreeSet<i64> = (first / 1000..=last / 1000).map(|s| s * 1000).collect();
-    assert!(expected.len() >= 18, "window too short: {}", expected.len());
+    let seconds: Vec<i64> = (first / 1000..=last / 1000).map(|s| s * 1000).collect();
+    assert!(seconds.len() >= 18, "window too short: {}", seconds.len());
+    let schedule = spec("a", "{interval: 1s}").schedule;
     for (agent, ticks) in &runs {
+        let phase = i64::try_from(schedule.phase(agent).as_millis()).unwrap();
+        let expected: BTreeSet<i64> = seconds.iter().map(|s| s + phase).collect();
         let missing: Vec<_> = expected.difference(ticks).collect();
         assert!(missing.is_empty(), "agent {agent} lost ticks {missing:?}");
     }
@@ -197,6 +201,10 @@ async fn pause_resume_restart_on_embedded_backends() {
     assert!((2..=5).contains(&after_restart), "the restarted scheduler keeps firing: {after_restart}");
     let _ = r2.stop.send(true);
     r2.task.await.unwrap();
+    // Every run left was published and flagged: published runs are flagged in batches, the
+    // last of them (newer than the outbox sweep's `republish_after`) by the flush at the stop.
+    let unflagged = store.stale_queued_runs(Utc::now() + chrono::Duration::hours(1), 1000).await.unwrap();
+    assert_eq!(unflagged.len(), 0, "runs published but not flagged");
     let state = store.scheduled_agent(&agent.id).await.unwrap().unwrap();
     assert_eq!(state.fired as usize, count(store.clone()).await, "progress matches the runs");
 }

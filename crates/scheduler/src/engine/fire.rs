@@ -40,13 +40,15 @@ impl Scheduler {
     /// 1. **Publish** the runs prepared for this instant: only queue publishes remain on the fire
     ///    path, so even a herd of 10,000 agents due in the same millisecond goes out within
     ///    milliseconds. Runs of an agent paused since they were prepared are discarded instead.
-    /// 2. **Prepare** the ticks due within `prepare_ahead`: plan them, record their runs and the
-    ///    schedules' progress (in chunks of [`FIRE_CHUNK`] agents, one transaction each), and
-    ///    keep the run requests until their fire time. Ticks already due (a late pass, a restart)
-    ///    are published as soon as their chunk is recorded.
+    /// 2. **Prepare**, once the earliest tick is within half of `prepare_ahead`, every tick due
+    ///    within `prepare_ahead`: plan them, record their runs and the schedules' progress (in
+    ///    chunks of [`FIRE_CHUNK`] agents, one transaction each), and keep the run requests until
+    ///    their fire time. Ticks already due (a late pass, a restart) are published as soon as
+    ///    their chunk is recorded.
     ///
-    /// A replica that dies between the two steps leaves recorded, unpublished runs: the outbox
-    /// sweep publishes them (late, never lost; their ids keep them single).
+    /// Published runs are flagged in the store in batches (see [`Scheduler::defer_mark`]). A
+    /// replica that dies between the steps leaves recorded runs unpublished or unflagged: the
+    /// outbox sweep publishes them (late, never lost; their ids keep them single).
     pub async fn fire_due(&self) {
         let now = self.inner.clock.now();
         let due = {
@@ -57,9 +59,13 @@ impl Scheduler {
         if !due.is_empty() {
             let batch: Vec<Prepared> = due.into_values().flatten().collect();
             let published = self.publish_prepared(batch).await;
-            self.mark_published(&published).await;
+            self.defer_mark(published);
         }
-        self.prepare(now).await;
+        let preparation = self.index().next_preparation(self.prepare_ahead());
+        if preparation.is_some_and(|at| at <= now) {
+            self.prepare(now).await;
+        }
+        self.flush_marks(false).await;
     }
 
     /// Step 2 of [`Scheduler::fire_due`].
@@ -93,11 +99,10 @@ impl Scheduler {
                 }
             }
         }
-        let mut published = Vec::new();
         for chunk in firings.chunks(FIRE_CHUNK) {
-            published.extend(self.prepare_chunk(chunk, now).await);
+            let published = self.prepare_chunk(chunk, now).await;
+            self.defer_mark(published);
         }
-        self.mark_published(&published).await;
     }
 
     /// Records one chunk of firings, reschedules their agents, publishes what is already due and

@@ -62,10 +62,17 @@ impl Index {
         metrics::gauge!("nightshift_scheduler_active_schedules").set(active as f64);
     }
 
-    /// The next instant with work: a prepared firing to publish, or a tick to prepare `ahead`
-    /// of its time.
+    /// When the next preparation pass is due: once the earliest tick is within half of `ahead`,
+    /// so that a pass (which takes every tick within `ahead`) covers at least half of `ahead`'s
+    /// worth of ticks. Agents whose ticks are spread over the interval are then recorded a few
+    /// times a second in one transaction per pass, not each at its own instant.
+    pub(super) fn next_preparation(&self, ahead: chrono::Duration) -> Option<DateTime<Utc>> {
+        self.heap.peek().map(|Reverse((at, _, _))| *at - ahead / 2)
+    }
+
+    /// The next instant with work: a prepared firing to publish, or a preparation pass.
     pub(super) fn next_due(&self, ahead: chrono::Duration) -> Option<DateTime<Utc>> {
-        let prepare = self.heap.peek().map(|Reverse((at, _, _))| *at - ahead);
+        let prepare = self.next_preparation(ahead);
         let publish = self.prepared.keys().next().copied();
         match (prepare, publish) {
             (Some(a), Some(b)) => Some(a.min(b)),

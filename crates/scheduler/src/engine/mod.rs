@@ -48,6 +48,8 @@ struct Inner {
     member: String,
     events: OnceLock<EventPublisher>,
     index: Mutex<Index>,
+    /// Published runs waiting to be flagged (`outbox`).
+    unmarked: Mutex<outbox::Unmarked>,
     wake: Notify,
 }
 
@@ -67,6 +69,7 @@ impl Scheduler {
             member,
             events: OnceLock::new(),
             index: Mutex::new(Index::default()),
+            unmarked: Mutex::default(),
             wake: Notify::new(),
         };
         Self { inner: Arc::new(inner) }
@@ -115,7 +118,12 @@ impl Scheduler {
         tracing::info!(member = %self.inner.member, shards = cfg.shard_count, "scheduler started");
         let ahead = self.prepare_ahead();
         loop {
-            let sleep = match self.index().next_due(ahead) {
+            let next = self.index().next_due(ahead);
+            let next = match (next, self.marks_due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let sleep = match next {
                 Some(at) => (at - self.inner.clock.now()).to_std().unwrap_or(Duration::ZERO),
                 None => Duration::from_secs(3600),
             };
@@ -141,6 +149,7 @@ impl Scheduler {
                 () = self.inner.wake.notified() => {}
             }
         }
+        self.flush_marks(true).await;
         // Ticks recorded ahead but not yet due go back to the store's schedule progress, so that
         // the replica taking these shards over fires them on time.
         let prepared: Vec<Prepared> = std::mem::take(&mut self.index().prepared).into_values().flatten().collect();

@@ -12,6 +12,17 @@ use super::{Scheduler, shard_of};
 
 /// How many run requests are published concurrently.
 const PUBLISH_CONCURRENCY: usize = 256;
+/// Published runs are flagged at most this long after the first of a batch was published …
+const MARK_EVERY: chrono::Duration = chrono::Duration::milliseconds(200);
+/// … or as soon as this many are waiting.
+const MARK_BATCH: usize = 1000;
+
+/// Published runs not yet flagged in the store, and since when the first of them waits.
+#[derive(Default)]
+pub(super) struct Unmarked {
+    runs: Vec<RunId>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+}
 
 impl Scheduler {
     /// Takes back prepared firings that must not be published (paused agent, replica stopping),
@@ -51,6 +62,44 @@ impl Scheduler {
             }
         }
         published
+    }
+
+    /// Keeps published runs to be flagged with the next batch: a herd spread over a second is
+    /// published at hundreds of instants, and one UPDATE per instant would cost a write
+    /// transaction each. Until flagged, a run is one the outbox sweep may publish again — after
+    /// `republish_after`, far longer than a batch waits, and harmless even then (the queue and
+    /// StartRun drop a second request by run id).
+    pub(super) fn defer_mark(&self, published: Vec<RunId>) {
+        if published.is_empty() {
+            return;
+        }
+        let mut unmarked = self.unmarked();
+        if unmarked.runs.is_empty() {
+            unmarked.since = Some(self.inner.clock.now());
+        }
+        unmarked.runs.extend(published);
+    }
+
+    /// When the kept runs must be flagged (`None`: none kept).
+    pub(super) fn marks_due(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let unmarked = self.unmarked();
+        let since = unmarked.since.filter(|_| !unmarked.runs.is_empty())?;
+        Some(if unmarked.runs.len() >= MARK_BATCH { since } else { since + MARK_EVERY })
+    }
+
+    /// Flags the kept runs if their batch is due (or `all`, at a stop).
+    pub(super) async fn flush_marks(&self, all: bool) {
+        if !all && self.marks_due().is_none_or(|at| at > self.inner.clock.now()) {
+            return;
+        }
+        let runs = std::mem::take(&mut self.unmarked().runs);
+        if !runs.is_empty() {
+            self.mark_published(&runs).await;
+        }
+    }
+
+    fn unmarked(&self) -> std::sync::MutexGuard<'_, Unmarked> {
+        self.inner.unmarked.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Sets the outbox flag of published runs.
