@@ -18,9 +18,11 @@ fmt:
     cargo fmt --all
 
 # Every benchmark scenario (release build; ~13 minutes on 2 cores); see docs/benchmarks.md.
-# `e2e` runs the release `nightshift` binary next to the bench's.
+# `e2e` runs the release binaries next to the bench's (`nightshift dev`; the five role binaries
+# for its distributed form).
 bench:
-    cargo build --release -p nightshift-cli -p nightshift-bench
+    cargo build --release -p nightshift-cli -p nightshift-bench -p nightshift-manager -p nightshift-scheduler \
+        -p nightshift-worker -p nightshift-memory -p nightshift-events
     target/release/nightshift-bench --json target/nightshift-bench.json all
 
 # Vector index latency of the memory service (in-process, pgvector, Chroma, Qdrant at 10k and 100k items).

@@ -1,7 +1,8 @@
 //! `e2e`: what a user runs. The real `nightshift dev` process (release binary, default settings:
 //! SQLite, in-memory queue and events, the memory service in process) — or, with
 //! `--deployment distributed`, the five binaries on Postgres and NATS JetStream — N agents at
-//! `interval: 1s` with the default agent settings (memory on: `recall_recent: 10`,
+//! `interval: 1s` (each due at its own phase within the second; `--aligned` gives them one
+//! `start_at`, so that all are due at the same instant) with the default agent settings (memory on: `recall_recent: 10`,
 //! `store_results: true`), the instant scripted LLM in a child process (not counted). The
 //! harness follows the runs on the event service, as a console would, and reports completed
 //! runs/s, due → start and due → end lag (a scheduled run's id names its tick), runs still queued
@@ -37,6 +38,10 @@ pub struct E2eArgs {
     /// Profile the process during the window with `perf record` and name the top costs.
     #[arg(long)]
     pub profile: bool,
+    /// Give every agent the same `start_at`, so that all of them are due at the same instant
+    /// (without it each interval agent sits at its own phase within the second).
+    #[arg(long)]
+    pub aligned: bool,
     /// `dev` (one `nightshift dev` process) or `distributed` (five binaries on Postgres + NATS).
     #[arg(long, value_enum, default_value = "dev")]
     pub deployment: Deployment,
@@ -68,7 +73,8 @@ struct Seen {
 }
 
 pub async fn e2e(args: &E2eArgs) -> anyhow::Result<Scenario> {
-    let name = format!("e2e {}, {} agents", args.deployment.label(), args.agents);
+    let aligned = if args.aligned { ", aligned" } else { "" };
+    let name = format!("e2e {}, {} agents{aligned}", args.deployment.label(), args.agents);
     eprintln!("== {name}: {} s window after {} s warm-up", args.secs, args.warmup);
     let bin_dir = crate::deploy::binaries(args.bin_dir.as_deref())?;
     let llm = ScriptedLlm::spawn().await?;
@@ -134,12 +140,13 @@ async fn measure(args: &E2eArgs, name: &str, deployed: &Deployed, llm: &str) -> 
     // N agents at 1 s, default settings (memory on), applied 32 at a time.
     let t_apply = Instant::now();
     let base_url = llm.to_owned();
+    let start_at = if args.aligned { ", start_at: '2026-01-01T00:00:00Z'" } else { "" };
     futures::stream::iter(0..args.agents)
         .map(|i| {
             let mut m = manager.clone();
             let yaml = format!(
                 "name: e2e-{i}\nmodel: {{provider: openai, model: scripted, base_url: '{base_url}'}}\n\
-                 task: {{query: 'Report the state of the system.'}}\nschedule: {{interval: 1s}}\n"
+                 task: {{query: 'Report the state of the system.'}}\nschedule: {{interval: 1s{start_at}}}\n"
             );
             async move { m.apply_agent(pb::ApplyAgentRequest { spec: None, manifest_yaml: yaml }).await }
         })

@@ -163,6 +163,26 @@ fn pool_options(backend: SqlBackend, max: u32) -> AnyPoolOptions {
     }
 }
 
+/// Binds a record's eleven columns as `$1`–`$11` (id first) of the insert and the update.
+fn bind_record<'q>(
+    query: Query<'q, Any, AnyArguments>,
+    r: &'q MemoryRecord,
+    metadata: &'q str,
+) -> Query<'q, Any, AnyArguments> {
+    query
+        .bind(r.id.as_str())
+        .bind(r.scope.agent_id.as_str())
+        .bind(r.scope.session.as_str())
+        .bind(r.kind.as_str())
+        .bind(r.content.as_str())
+        .bind(metadata)
+        .bind(r.run_id.as_str())
+        .bind(time::to_millis(r.created_at))
+        .bind(r.expires_at.map(time::to_millis))
+        .bind(i64::from(r.summary))
+        .bind(i64::from(r.archived))
+}
+
 #[async_trait]
 impl MemoryStore for SqlStore {
     fn backend(&self) -> &'static str {
@@ -173,31 +193,36 @@ impl MemoryStore for SqlStore {
         let mut tx = self.writer.begin().await?;
         for r in records {
             let metadata = serde_json::to_string(&r.metadata).map_err(|e| MemoryError::Invalid(e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO memory_records (id, agent_id, session, kind, content, metadata, run_id, created_at, \
-                 expires_at, summary, archived) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 ON CONFLICT (id) DO UPDATE SET agent_id = EXCLUDED.agent_id, session = EXCLUDED.session, \
-                 kind = EXCLUDED.kind, content = EXCLUDED.content, metadata = EXCLUDED.metadata, \
-                 run_id = EXCLUDED.run_id, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at, \
-                 summary = EXCLUDED.summary, archived = EXCLUDED.archived",
+            // A new record (every episode a run stores) takes the insert alone; only a record that
+            // exists is updated and has its old metadata rows removed.
+            let inserted = bind_record(
+                sqlx::query(
+                    "INSERT INTO memory_records (id, agent_id, session, kind, content, metadata, run_id, created_at, \
+                     expires_at, summary, archived) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                     ON CONFLICT (id) DO NOTHING",
+                ),
+                r,
+                &metadata,
             )
-            .bind(r.id.as_str())
-            .bind(r.scope.agent_id.as_str())
-            .bind(r.scope.session.as_str())
-            .bind(r.kind.as_str())
-            .bind(r.content.as_str())
-            .bind(metadata)
-            .bind(r.run_id.as_str())
-            .bind(time::to_millis(r.created_at))
-            .bind(r.expires_at.map(time::to_millis))
-            .bind(i64::from(r.summary))
-            .bind(i64::from(r.archived))
             .execute(&mut *tx)
             .await?;
-            sqlx::query("DELETE FROM memory_metadata WHERE record_id = $1")
-                .bind(r.id.as_str())
+            if inserted.rows_affected() == 0 {
+                bind_record(
+                    sqlx::query(
+                        "UPDATE memory_records SET agent_id = $2, session = $3, kind = $4, content = $5, \
+                         metadata = $6, run_id = $7, created_at = $8, expires_at = $9, summary = $10, archived = $11 \
+                         WHERE id = $1",
+                    ),
+                    r,
+                    &metadata,
+                )
                 .execute(&mut *tx)
                 .await?;
+                sqlx::query("DELETE FROM memory_metadata WHERE record_id = $1")
+                    .bind(r.id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
             // One statement for up to METADATA_ROWS of the record's keys (an episode has five).
             let pairs: Vec<_> = r.metadata.iter().collect();
             for chunk in pairs.chunks(METADATA_ROWS) {
