@@ -259,11 +259,6 @@ impl Deployed {
         })
     }
 
-    /// CPU time used so far by every process of the deployment.
-    pub fn cpu_time(&self) -> Duration {
-        self.procs.iter().map(|p| sys::cpu_time_of(p.pid)).sum()
-    }
-
     /// CPU time used so far by each process, by name.
     pub fn cpu_by_process(&self) -> Vec<(String, Duration)> {
         self.procs.iter().map(|p| (p.name.clone(), sys::cpu_time_of(p.pid))).collect()

@@ -161,21 +161,23 @@ async fn measure(args: &E2eArgs, name: &str, deployed: &Deployed, llm: &str) -> 
 
     let window_start = time::to_millis(chrono::Utc::now());
     let servers = ["postgres", "nats-server"];
-    let (cpu0, by_process0, servers0) =
-        (deployed.cpu_time(), deployed.cpu_by_process(), servers.map(sys::cpu_time_of_named));
+    let (by_process0, servers0) = (deployed.cpu_by_process(), servers.map(sys::cpu_time_of_named));
     let pg_tx0 = deployed.postgres_transactions().await?;
     let t0 = Instant::now();
     let profile = args.profile.then(|| start_profile(&deployed.pids(), args.secs)).transpose()?;
     tokio::time::sleep(Duration::from_secs(args.secs)).await;
     let window_end = time::to_millis(chrono::Utc::now());
-    let (cpu, wall) = (deployed.cpu_time().saturating_sub(cpu0), t0.elapsed());
+    let (by_process1, wall) = (deployed.cpu_by_process(), t0.elapsed());
     let per_core = |d: Duration| d.as_secs_f64() / wall.as_secs_f64();
-    let by_process: serde_json::Map<String, serde_json::Value> = deployed
-        .cpu_by_process()
+    // Each process's CPU in the window; the deployment's is their sum.
+    let used: Vec<(String, Duration)> = by_process1
         .into_iter()
         .zip(by_process0)
-        .map(|((name, now), (_, before))| (name, format!("{:.2} cores", per_core(now.saturating_sub(before))).into()))
+        .map(|((name, now), (_, before))| (name, now.saturating_sub(before)))
         .collect();
+    let cpu: Duration = used.iter().map(|(_, d)| *d).sum();
+    let by_process: serde_json::Map<String, serde_json::Value> =
+        used.into_iter().map(|(name, d)| (name, format!("{:.2} cores", per_core(d)).into())).collect();
     let server_cpu: Vec<Duration> =
         servers.iter().zip(servers0).map(|(s, before)| sys::cpu_time_of_named(s).saturating_sub(before)).collect();
     let rss = deployed.rss_mib();
