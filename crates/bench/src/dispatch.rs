@@ -182,6 +182,7 @@ impl Stack {
                 ..Default::default()
             },
             api_key: secure.as_ref().map(|s| s.admin_key.clone()).unwrap_or_default(),
+            ..Default::default()
         };
         let channel = options.endpoint("endpoint", &endpoint)?.connect().await.context("connecting to the manager")?;
         let client = Client::new(options.wrap(channel));

@@ -101,6 +101,7 @@ pub async fn security(args: &SecurityArgs) -> anyhow::Result<Scenario> {
         let client = ClientOptions {
             tls: TlsOptions { ca_file: trust.display().to_string(), ..TlsOptions::default() },
             api_key: if with_auth { key.clone() } else { String::new() },
+            ..ClientOptions::default()
         };
         let endpoint = if with_tls { format!("https://localhost:{port}") } else { format!("http://127.0.0.1:{port}") };
         let channel = client.endpoint("endpoint", &endpoint)?.connect().await?;

@@ -106,7 +106,7 @@ impl Server {
         };
         Ok(Self {
             endpoint: cli.endpoint.clone(),
-            client: ClientOptions { tls, api_key },
+            client: ClientOptions { tls, api_key, ..ClientOptions::default() },
             namespace: cli.namespace.clone().unwrap_or_default(),
         })
     }

@@ -40,6 +40,7 @@ impl Secured {
         ClientOptions {
             tls: TlsOptions { ca_file: self.ca.clone(), ..TlsOptions::default() },
             api_key: api_key.to_owned(),
+            ..ClientOptions::default()
         }
     }
 

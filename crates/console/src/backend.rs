@@ -66,7 +66,7 @@ pub(crate) struct Backends {
 impl Backends {
     pub fn new(cfg: &ConsoleConfig) -> Result<Self, ConsoleError> {
         // The console's own key (`auth.api_key_file`) is never sent: each call carries its user's.
-        let client = ClientOptions { tls: cfg.server.tls.clone(), api_key: String::new() };
+        let client = ClientOptions { tls: cfg.server.tls.clone(), ..ClientOptions::default() };
         let channel = |field, uri: &str| -> Result<Channel, ConsoleError> {
             Ok(client.endpoint(field, uri)?.timeout(cfg.call_timeout).connect_lazy())
         };

@@ -142,8 +142,7 @@ impl EventPublisher {
         source: impl Into<String>,
         options: PublisherOptions,
     ) -> Result<Self, BadEndpoint> {
-        let channel = client.endpoint("events_endpoint", endpoint)?.connect_lazy();
-        Ok(Self::new(EventServiceClient::new(client.wrap(channel)), source, options))
+        Ok(Self::new(EventServiceClient::new(client.connect_lazy("events_endpoint", endpoint)?), source, options))
     }
 
     /// The publisher of a service role to its `events_endpoint` option: `None` when the option

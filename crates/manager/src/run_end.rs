@@ -9,7 +9,7 @@ use std::time::Duration;
 use nightshift_core::{AgentId, RunId, TriggerKind, pb, time};
 use nightshift_proto::v1::worker_service_client::WorkerServiceClient;
 use nightshift_queue::RunRequest;
-use nightshift_store::{RunRecord, WaitingRun};
+use nightshift_store::{RunRecord, WaitingLookup, WaitingRun};
 
 use crate::service::ManagerService;
 
@@ -38,15 +38,20 @@ pub(crate) fn check_worker_endpoint(endpoint: &str) -> Result<Option<String>, St
 impl ManagerService {
     /// After a run of `agent` stopped running (`ended`): publishes the agent's first waiting run
     /// again, so a buffered run starts as soon as the run ahead of it ends. In the background:
-    /// the RPC that ended the run does not wait for it (a lookup in the small `runs_waiting`
-    /// index, empty for agents that do not buffer).
-    pub(crate) fn wake_waiting(&self, agent: &AgentId, ended: &RunId) {
-        if self.queue().is_none() {
+    /// the RPC that ended the run does not wait for it. `waiting` is what the end found, if it
+    /// looked (Postgres' one-statement FinishRun); otherwise a lookup in the small
+    /// `runs_waiting` index, empty for agents that do not buffer.
+    pub(crate) fn wake_waiting(&self, agent: &AgentId, ended: &RunId, waiting: WaitingLookup) {
+        if self.queue().is_none() || matches!(waiting, WaitingLookup::Found(None)) {
             return;
         }
         let (this, agent, ended) = (self.clone(), agent.clone(), ended.clone());
         tokio::spawn(async move {
-            match this.store().first_waiting_run(&agent).await {
+            let found = match waiting {
+                WaitingLookup::Found(found) => Ok(found),
+                WaitingLookup::NotLooked => this.store().first_waiting_run(&agent).await,
+            };
+            match found {
                 // Its first request is likely still in the dedup window (deferred, not acked).
                 Ok(Some(waiting)) => this.publish_waiting(&agent, &waiting, &format!("after-{ended}")).await,
                 Ok(None) => {}

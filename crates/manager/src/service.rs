@@ -9,7 +9,7 @@ use nightshift_core::{
 };
 use nightshift_events_client::EventPublisher;
 use nightshift_queue::WorkQueue;
-use nightshift_store::{AgentFilter, AgentRecord, ApplyOutcome, NewRun, RunFilter, Store};
+use nightshift_store::{AgentFilter, AgentRecord, ApplyOutcome, NewRun, RunFilter, Store, WaitingLookup};
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
@@ -493,7 +493,7 @@ impl pb::manager_service_server::ManagerService for ManagerService {
         // A run that ever started names its (last) worker; if that worker no longer holds it,
         // it answers `found: false`.
         self.deliver_cancellations(std::slice::from_ref(&run));
-        self.wake_waiting(&run.agent_id, &id);
+        self.wake_waiting(&run.agent_id, &id, WaitingLookup::NotLooked);
         if let Some(p) = &self.events {
             p.event(EventType::RunCancelled)
                 .agent(&run.agent_id)

@@ -3,7 +3,7 @@
 //! RequestApproval are one-liners over the store (`service.rs`, `approvals.rs`).
 use nightshift_core::lifecycle::Failure;
 use nightshift_core::{AgentId, EventType, RunId, RunOutcome, WorkerId, duration, pb, time};
-use nightshift_store::{FinishInput, StartInput, StartOutcome, StepInput};
+use nightshift_store::{FinishInput, Finished, StartInput, StartOutcome, StepInput};
 use prost::Message;
 use serde_json::json;
 use tonic::Status;
@@ -152,9 +152,9 @@ impl ManagerService {
         let fence = fence(req.attempt, req.lease_token)?;
         let ended = self.store().finish_run_with_steps(&id, fence, &steps, &input).await;
         self.watchers().changed(&id);
-        let (run, retry_after) = ended.map_err(status_from_store)?;
+        let Finished { run, retry_after, waiting } = ended.map_err(status_from_store)?;
         tracing::info!(run = %id, status = %run.status, retry_in = ?retry_after, "attempt finished");
-        self.wake_waiting(&run.agent_id, &id);
+        self.wake_waiting(&run.agent_id, &id, waiting);
         Ok(pb::FinishRunResponse { run: Some(convert::run(&run)), retry_after: convert::opt_duration(retry_after) })
     }
 }

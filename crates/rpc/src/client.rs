@@ -1,13 +1,21 @@
 //! How a process calls other Nightshift services: one way to build a channel (TLS when the
-//! endpoint is `https://`, the process's client certificate for mutual TLS) and one interceptor
-//! that sends the caller's credential and trace context with every call.
+//! endpoint is `https://`, the process's client certificate for mutual TLS; in-process when it
+//! is the process's own server, see [`crate::InProcess`]) and one interceptor that sends the
+//! caller's credential and trace context with every call.
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tonic::body::Body;
+use tonic::codegen::{Service, StdError, http};
 
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::in_process::{InProcess, InProcessCall};
 use crate::role::BadEndpoint;
 use crate::tls::TlsOptions;
 use crate::trace::inject_trace;
@@ -23,6 +31,8 @@ pub struct ClientOptions {
     pub tls: TlsOptions,
     /// Sent as `authorization: Bearer …` with every call; empty = none.
     pub api_key: String,
+    /// Calls to this process's own server, made without the network (`nightshift dev`).
+    pub in_process: InProcess,
 }
 
 impl ClientOptions {
@@ -54,17 +64,68 @@ impl ClientOptions {
         endpoint.tls_config(tls).map_err(BadEndpoint::of(field))
     }
 
-    /// A lazily connecting channel to `uri` whose calls carry this process's credential.
+    /// A lazily connecting channel to `uri` whose calls carry this process's credential; each
+    /// call may take at most `timeout`.
     pub fn channel(&self, field: &'static str, uri: &str, timeout: Duration) -> Result<CallChannel, BadEndpoint> {
-        Ok(self.wrap(self.endpoint(field, uri)?.timeout(timeout).connect_lazy()))
+        let endpoint = self.endpoint(field, uri)?;
+        Ok(match self.in_process.call_to(uri, Some(timeout)) {
+            Some(call) => self.intercept(Transport::InProcess(call)),
+            None => self.wrap(endpoint.timeout(timeout).connect_lazy()),
+        })
+    }
+
+    /// A lazily connecting channel to `uri` whose calls carry this process's credential, without
+    /// a time limit per call (streams, and publishers that bound their calls themselves).
+    pub fn connect_lazy(&self, field: &'static str, uri: &str) -> Result<CallChannel, BadEndpoint> {
+        let endpoint = self.endpoint(field, uri)?;
+        Ok(match self.in_process.call_to(uri, None) {
+            Some(call) => self.intercept(Transport::InProcess(call)),
+            None => self.wrap(endpoint.connect_lazy()),
+        })
     }
 
     /// Wraps `channel` so that every call carries this process's credential and trace context.
     pub fn wrap(&self, channel: Channel) -> CallChannel {
+        self.intercept(Transport::Network(channel))
+    }
+
+    fn intercept(&self, transport: Transport) -> CallChannel {
         let authorization = (!self.api_key.is_empty())
             .then(|| MetadataValue::try_from(format!("Bearer {}", self.api_key)).ok())
             .flatten();
-        InterceptedService::new(channel, CallContext { authorization })
+        InterceptedService::new(transport, CallContext { authorization })
+    }
+}
+
+/// How a client's calls reach the server.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// Over the network (HTTP/2, TLS when configured).
+    Network(Channel),
+    /// To the server of this process, by a direct call ([`crate::InProcess`]).
+    InProcess(InProcessCall),
+}
+
+impl Service<http::Request<Body>> for Transport {
+    type Response = http::Response<Body>;
+    type Error = StdError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self {
+            Transport::Network(channel) => channel.poll_ready(cx).map_err(Into::into),
+            Transport::InProcess(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        match self {
+            Transport::Network(channel) => {
+                let call = channel.call(req);
+                Box::pin(async move { call.await.map_err(Into::into) })
+            }
+            Transport::InProcess(call) => call.call(req),
+        }
     }
 }
 
@@ -87,10 +148,10 @@ impl Interceptor for CallContext {
 
 /// A channel whose calls carry the caller's credential and trace context; build clients with
 /// `XServiceClient::new(options.wrap(channel))`.
-pub type CallChannel = InterceptedService<Channel, CallContext>;
+pub type CallChannel = InterceptedService<Transport, CallContext>;
 
 /// Wraps `channel` with the trace context only (no credential): for tests and tools that call
 /// a server without authentication.
 pub fn traced(channel: Channel) -> CallChannel {
-    InterceptedService::new(channel, CallContext::default())
+    InterceptedService::new(Transport::Network(channel), CallContext::default())
 }

@@ -11,6 +11,7 @@ mod auth;
 mod auth_options;
 mod client;
 mod exit;
+mod in_process;
 mod memory_authority;
 mod metrics;
 mod oidc;
@@ -26,8 +27,9 @@ pub use auth::{
     admit, caller_name, caller_namespaces, visible_namespaces,
 };
 pub use auth_options::{AuthConfigError, AuthMode, AuthOptions, LOCAL_CACHE, REMOTE_CACHE, is_loopback};
-pub use client::{CallChannel, CallContext, ClientOptions, traced};
+pub use client::{CallChannel, CallContext, ClientOptions, Transport, traced};
 pub use exit::exit_code;
+pub use in_process::{InProcess, InProcessCall};
 pub use memory_authority::{LEASE_HEADER, MemoryAuthority, RUN_HEADER, RemoteMemoryAuthority};
 pub use oidc::{Oidc, OidcConfigError, OidcOptions, WithOidc};
 pub use options::{ServerOptions, hostname};

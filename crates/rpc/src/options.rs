@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{Authenticator, Guard};
 use crate::auth_options::{AuthConfigError, AuthOptions};
 use crate::client::ClientOptions;
+use crate::in_process::InProcess;
 use crate::tls::TlsOptions;
 
 /// Where a role listens and how it reports: flattened (`#[serde(flatten)]`) into each role's
@@ -28,6 +29,10 @@ pub struct ServerOptions {
     pub tls: TlsOptions,
     /// Who may call this server, and this process's own credential (`[auth]`).
     pub auth: AuthOptions,
+    /// Calls to this process's own server made without the network: set by `nightshift dev`
+    /// (whose roles share one server), never by configuration.
+    #[serde(skip)]
+    pub in_process: InProcess,
 }
 
 impl ServerOptions {
@@ -39,13 +44,14 @@ impl ServerOptions {
             log_format: LogFormat::Text,
             tls: TlsOptions::default(),
             auth: AuthOptions::default(),
+            in_process: InProcess::default(),
         }
     }
 
     /// How this process calls the other services: trusting `tls.ca_file`, presenting its own
     /// certificate for mutual TLS and its own API key (`auth.api_key_file`).
     pub fn client(&self) -> Result<ClientOptions, AuthConfigError> {
-        Ok(ClientOptions { tls: self.tls.clone(), api_key: self.auth.api_key()? })
+        Ok(ClientOptions { tls: self.tls.clone(), api_key: self.auth.api_key()?, in_process: self.in_process.clone() })
     }
 
     /// How this server admits calls: see [`AuthOptions::guard`].

@@ -9,7 +9,10 @@ use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use tower_layer::Layer;
+
 use crate::auth::{AuditSink, AuthLayer, Guard};
+use crate::in_process::InProcess;
 use crate::tls::ServerTls;
 
 /// Why serving failed.
@@ -138,7 +141,13 @@ impl GrpcServer {
     /// Calls are admitted by `guard` (see [`crate::AuthOptions::guard`]).
     pub async fn listen(options: &crate::ServerOptions, guard: Guard) -> Result<Listener, ServeError> {
         let tls = ServerTls::load(&options.tls)?;
-        Ok(Listener { tcp: Self::bind(&options.listen).await?, tls, guard, audit: None })
+        Ok(Listener {
+            tcp: Self::bind(&options.listen).await?,
+            tls,
+            guard,
+            audit: None,
+            in_process: options.in_process.clone(),
+        })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then finishes in-flight calls.
@@ -147,7 +156,7 @@ impl GrpcServer {
         listener: impl Into<Listener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        let Listener { tcp, tls, guard, audit } = listener.into();
+        let Listener { tcp, tls, guard, audit, in_process } = listener.into();
         let v1 = self.reflection().build_v1()?;
         let v1alpha = self.reflection().build_v1alpha()?;
         self.routes.add_service(v1).add_service(v1alpha);
@@ -164,6 +173,12 @@ impl GrpcServer {
             // A path no gRPC service claims goes to the pages instead of UNIMPLEMENTED.
             routes = tonic::service::Routes::from(routes.into_axum_router().fallback_service(http));
         }
+        // The same stack as the network's below (metrics outside, auth inside, one span per
+        // call), for the calls of this process's own roles.
+        in_process.serve(
+            crate::metrics::MetricsLayer
+                .layer(AuthLayer { guard: guard.clone(), audit: audit.clone(), pages }.layer(routes.clone())),
+        );
         let router = tonic::transport::Server::builder()
             // Browsers speak HTTP/1.1 to a plaintext port.
             .accept_http1(pages)
@@ -175,8 +190,8 @@ impl GrpcServer {
             // Inside the metrics layer, so that refused calls are counted too.
             .layer(AuthLayer { guard, audit, pages })
             .add_routes(routes);
-        match tls {
-            Some(tls) => router.serve_with_incoming_shutdown(crate::tls::incoming(tcp, tls), shutdown).await?,
+        let served = match tls {
+            Some(tls) => router.serve_with_incoming_shutdown(crate::tls::incoming(tcp, tls), shutdown).await,
             None => {
                 router
                     .serve_with_incoming_shutdown(
@@ -185,9 +200,11 @@ impl GrpcServer {
                         tonic::transport::server::TcpIncoming::from(tcp).with_nodelay(Some(true)),
                         shutdown,
                     )
-                    .await?
+                    .await
             }
-        }
+        };
+        in_process.stop();
+        served?;
         tracing::info!(addr = ?local, "gRPC server stopped");
         Ok(())
     }
@@ -199,6 +216,7 @@ pub struct Listener {
     tls: Option<Arc<ServerTls>>,
     guard: Guard,
     audit: Option<AuditSink>,
+    in_process: InProcess,
 }
 
 impl Listener {
@@ -219,6 +237,12 @@ impl Listener {
         self
     }
 
+    /// Also serves the calls of this process's own clients routed by `link` (`nightshift dev`).
+    pub fn with_in_process(mut self, link: InProcess) -> Self {
+        self.in_process = link;
+        self
+    }
+
     /// Serves TLS with `tls` (`None` = plaintext).
     pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Self {
         self.tls = tls;
@@ -230,7 +254,7 @@ impl Listener {
 /// harnesses use it.
 impl From<TcpListener> for Listener {
     fn from(tcp: TcpListener) -> Self {
-        Self { tcp, tls: None, guard: Guard::Open, audit: None }
+        Self { tcp, tls: None, guard: Guard::Open, audit: None, in_process: InProcess::default() }
     }
 }
 

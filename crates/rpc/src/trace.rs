@@ -10,7 +10,7 @@ pub(crate) fn inject_trace(metadata: &mut MetadataMap) {
 }
 
 /// The span of one incoming call, continuing the caller's trace when it sent one.
-pub(crate) fn server_span(req: &http::Request<()>) -> tracing::Span {
+pub(crate) fn server_span<B>(req: &http::Request<B>) -> tracing::Span {
     // Per call on every server: without an exporter, not even the span is built.
     if !nightshift_telemetry::tracing_enabled() {
         return tracing::Span::none();

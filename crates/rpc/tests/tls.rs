@@ -35,7 +35,7 @@ async fn check(endpoint: &str, client: &ClientOptions) -> Result<i32, String> {
 fn trusting(ca: &Path) -> ClientOptions {
     ClientOptions {
         tls: TlsOptions { ca_file: ca.display().to_string(), ..TlsOptions::default() },
-        api_key: String::new(),
+        ..ClientOptions::default()
     }
 }
 

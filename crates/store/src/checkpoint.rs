@@ -15,8 +15,7 @@ use sqlx::{Any, AnyConnection, Row};
 use crate::db::{Backend, Store, u32_col};
 use crate::error::StoreError;
 use crate::fence::{Fence, fenced};
-use crate::model::RunRecord;
-use crate::run_lifecycle::{FinishInput, LlmCall, StepInput, ms_after};
+use crate::run_lifecycle::{LlmCall, StepInput, ms_after};
 
 /// Inserts the step only if it is the run's next one (`$1` run, `$2` seq).
 const INSERT_IF_NEXT: &str = "INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) \
@@ -85,42 +84,6 @@ impl Store {
         Ok(until.map(time::from_millis))
     }
 
-    /// FinishRun with the steps the worker sends along (e.g. its `MemoryStored` step): each
-    /// appended as [`Store::checkpoint`] does, then the attempt ended as [`Store::finish_run`]
-    /// does. On SQLite the steps and the end are one write of the group writer (they commit
-    /// together, one queue round trip instead of one per step); on Postgres each step takes its
-    /// one-statement path and the end its own. Either way a FinishRun retried after its steps
-    /// were written writes them again harmlessly.
-    pub async fn finish_run_with_steps(
-        &self,
-        id: &RunId,
-        fence: impl Into<Fence>,
-        steps: &[StepInput],
-        input: &FinishInput,
-    ) -> Result<(RunRecord, Option<Duration>), StoreError> {
-        let fence = fence.into();
-        if steps.is_empty() || self.backend == Backend::Postgres {
-            for step in steps {
-                self.checkpoint(id, fence.clone(), step, None).await?;
-            }
-            return self.finish_run(id, fence, input).await;
-        }
-        let now = self.now_ms();
-        let (this, id) = (self.clone(), id.clone());
-        let (steps, input) = (std::sync::Arc::new(steps.to_vec()), std::sync::Arc::new(input.clone()));
-        self.transaction(Box::new(move |conn| {
-            let (this, id, fence, steps, input) =
-                (this.clone(), id.clone(), fence.clone(), steps.clone(), input.clone());
-            Box::pin(async move {
-                for step in steps.iter() {
-                    append_checked(conn, &id, &fence, step, None, now).await?;
-                }
-                this.finish_in(conn, &id, fence, &input).await
-            })
-        }))
-        .await
-    }
-
     /// The fenced lease update and the insert of the next step as one Postgres statement; false
     /// when it did nothing (fence refused, or not the next step).
     async fn append_in_one_statement(
@@ -171,7 +134,7 @@ impl Store {
 /// The fenced lease update, then the step, in the caller's transaction: inserted if it is the
 /// next one, else checked (a copy from the same attempt is a no-op; another attempt's step or a
 /// gap is refused).
-async fn append_checked(
+pub(crate) async fn append_checked(
     tx: &mut AnyConnection,
     id: &RunId,
     fence: &Fence,
@@ -191,6 +154,19 @@ async fn append_checked(
     if done.rows_affected() == 0 {
         return Err(fenced(crate::run_lifecycle::read_run(&mut *tx, id).await?, id, attempt));
     }
+    insert_step(tx, id, step, attempt, now).await
+}
+
+/// Inserts `step` of `attempt` (with its ledger row) if it is the run's next one, in the
+/// caller's transaction, which has checked the fence: a copy from the same attempt is a no-op;
+/// another attempt's step or a gap is refused.
+pub(crate) async fn insert_step(
+    tx: &mut AnyConnection,
+    id: &RunId,
+    step: &StepInput,
+    attempt: u32,
+    now: i64,
+) -> Result<(), StoreError> {
     let seq = i64::from(step.seq);
     let inserted = bind_step(sqlx::query(INSERT_IF_NEXT), id, step, attempt, now).execute(&mut *tx).await?;
     if inserted.rows_affected() == 1

@@ -17,6 +17,7 @@ mod costs;
 mod db;
 mod error;
 mod fence;
+mod finish;
 mod group_commit;
 mod lease_recovery;
 mod model;
@@ -30,6 +31,7 @@ pub use approvals::{ApprovalCall, ApprovalFilter, ApprovalRecord, Decided, ParkI
 pub use costs::{CostGroup, CostRow, StepCost};
 pub use db::{Backend, Store, redact};
 pub use error::{StoreError, status_from_store};
+pub use finish::{Finished, WaitingLookup};
 pub use group_commit::GroupCommitStats;
 pub use lease_recovery::Recovered;
 pub use model::{

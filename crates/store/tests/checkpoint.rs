@@ -111,8 +111,11 @@ async fn token_fenced_checkpoints_store_the_next_step_and_refuse_the_rest(kind: 
     let kept = store.run_steps(&run).await.unwrap().len() as u32;
     assert_eq!(kept, if kind == Db::Sqlite { next + 1 } else { next + 2 });
     // The accepted one: its steps stored with the attempt, and the run ended with the result.
-    let (ended, retry) = store.finish_run_with_steps(&run, now_held, &[step(kept, 27)], &end).await.unwrap();
-    assert_eq!((ended.status, ended.result.as_deref(), retry), (RunStatus::Succeeded, Some("done"), None));
+    let ended = store.finish_run_with_steps(&run, now_held, &[step(kept, 27)], &end).await.unwrap();
+    assert_eq!(
+        (ended.run.status, ended.run.result.as_deref(), ended.retry_after),
+        (RunStatus::Succeeded, Some("done"), None)
+    );
     assert_eq!(
         store.run_steps(&run).await.unwrap().last().map(|s| (s.seq, s.attempt, s.payload.clone())),
         Some((kept, attempt2, vec![27]))

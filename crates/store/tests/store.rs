@@ -11,7 +11,7 @@ use common::env;
 use nightshift_core::{AgentSpec, AgentState, Clock, RunId, RunOutcome, RunStatus, TriggerKind, WorkerId};
 use nightshift_store::{
     AgentFilter, ApplyOutcome, FinishInput, NewRun, Recovered, RunFilter, StartInput, StartOutcome, StepInput, Store,
-    StoreError, TickFire, TickOutcome,
+    StoreError, TickFire, TickOutcome, WaitingLookup,
 };
 use nightshift_testkit::Db;
 
@@ -420,7 +420,13 @@ async fn buffer_one_and_cancel_other_and_allow_all(kind: Db) {
     assert!(matches!(start(&e.store, &start_input(&r2, &a.id, "w")).await.unwrap(), StartOutcome::Deferred { .. }));
     assert!(matches!(start(&e.store, &start_input(&r3, &a.id, "w")).await.unwrap(), StartOutcome::Skipped { .. }));
     assert!(matches!(start(&e.store, &start_input(&r2, &a.id, "w")).await.unwrap(), StartOutcome::Deferred { .. }));
-    e.store.finish_run(&r1, 1, &finish(RunOutcome::Succeeded)).await.unwrap();
+    // The end finds the waiting run, to be published next (Postgres: in the same statement).
+    let ended = e.store.finish_run_with_steps(&r1, 1, &[], &finish(RunOutcome::Succeeded)).await.unwrap();
+    match ended.waiting {
+        WaitingLookup::Found(waiting) => assert_eq!(waiting.map(|w| w.id), Some(r2.clone())),
+        WaitingLookup::NotLooked => assert_eq!(kind, Db::Sqlite, "Postgres looks it up with the end"),
+    }
+    assert_eq!(e.store.first_waiting_run(&a.id).await.unwrap().map(|w| w.id), Some(r2.clone()));
     assert!(matches!(start(&e.store, &start_input(&r2, &a.id, "w")).await.unwrap(), StartOutcome::Started { .. }));
 
     // cancel_other: the newcomer wins and the old run is fenced out.

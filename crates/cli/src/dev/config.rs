@@ -1,6 +1,6 @@
 //! `DevConfig`: the options of `nightshift dev`, one section per role (the same sections the
 //! role binaries read), from which the roles' options are derived. Dev decides only the
-//! addresses (every role on one port, talking to the others over gRPC on it) and the shared
+//! addresses (every role on one port, its gRPC clients to the others routed in-process) and the shared
 //! embedded backends (one store, one in-process queue); everything else a distributed user can
 //! configure, a dev user can too.
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use nightshift_manager::ManagerConfig;
 use nightshift_memory::MemoryConfig;
 use nightshift_memory::config::EmbedderKind;
 use nightshift_queue::QueueSettings;
-use nightshift_rpc::{AuthMode, AuthOptions, ServerOptions};
+use nightshift_rpc::{AuthMode, AuthOptions, InProcess, ServerOptions};
 use nightshift_scheduler::SchedulerConfig;
 use nightshift_worker::WorkerConfig;
 use serde::{Deserialize, Serialize};
@@ -81,6 +81,8 @@ pub struct DevWiring {
     pub queue_url: String,
     /// `http://ADDR` of this process's one port.
     pub endpoint: String,
+    /// The roles' calls to `endpoint`, made in-process (the port serves everyone else).
+    pub in_process: InProcess,
 }
 
 impl DevConfig {
@@ -161,11 +163,11 @@ impl DevConfig {
         }
     }
 
-    fn server(&self) -> ServerOptions {
+    fn server(&self, w: &DevWiring) -> ServerOptions {
         // The roles are mounted on the process's server; their own listeners are not opened.
-        // With authentication on, the roles call each other (through the port) with the
-        // bootstrap admin key: they are one process, trusted alike.
-        let mut server = self.server.clone();
+        // They call each other in-process, through the server's auth layer: with
+        // authentication on, with the bootstrap admin key (they are one process, trusted alike).
+        let mut server = ServerOptions { in_process: w.in_process.clone(), ..self.server.clone() };
         if server.auth.mode == AuthMode::Required {
             server.auth.api_key_file = server.auth.bootstrap_admin_key_file.clone();
         }
@@ -194,7 +196,7 @@ impl DevConfig {
     /// scheduler in this process directly, events to this port.
     pub fn manager_options(&self, w: &DevWiring) -> ManagerConfig {
         ManagerConfig {
-            server: self.server(),
+            server: self.server(w),
             database_url: w.database_url.clone(),
             queue: self.queue(w),
             scheduler_endpoint: String::new(),
@@ -207,7 +209,7 @@ impl DevConfig {
     /// The scheduler's options: the shared database and queue, events to this port.
     pub fn scheduler_options(&self, w: &DevWiring) -> SchedulerConfig {
         SchedulerConfig {
-            server: self.server(),
+            server: self.server(w),
             database_url: w.database_url.clone(),
             queue: self.queue(w),
             events_endpoint: w.endpoint.clone(),
@@ -223,7 +225,7 @@ impl DevConfig {
         tools.file_root.get_or_insert_with(|| self.dev_file_root());
         WorkerConfig {
             tools,
-            server: self.server(),
+            server: self.server(w),
             queue: self.queue(w),
             manager_endpoint: w.endpoint.clone(),
             memory_endpoint: w.endpoint.clone(),
@@ -238,7 +240,7 @@ impl DevConfig {
     /// The console's options: the manager and the event service on this port.
     pub fn console_options(&self, w: &DevWiring) -> ConsoleConfig {
         ConsoleConfig {
-            server: self.server(),
+            server: self.server(w),
             manager_endpoint: w.endpoint.clone(),
             events_endpoint: w.endpoint.clone(),
             scheduler_endpoint: w.endpoint.clone(),
@@ -252,8 +254,8 @@ impl DevConfig {
 
     /// The event service's options as configured (in-memory log by default), with its
     /// `[events.alerts]` and `[events.sink]` consumers if set.
-    pub fn events_options(&self) -> EventsConfig {
-        EventsConfig { server: self.server(), ..self.events.clone() }
+    pub fn events_options(&self, w: &DevWiring) -> EventsConfig {
+        EventsConfig { server: self.server(w), ..self.events.clone() }
     }
 
     /// The memory service's options: each store left at its default keeps episodic, long-term and
@@ -261,7 +263,7 @@ impl DevConfig {
     /// index and no embedder configured, semantic search uses an in-process index and the
     /// embedded MiniLM model when its files are at hand (`model`), and is off otherwise.
     pub fn memory_options(&self, w: &DevWiring, model: Option<&Path>) -> MemoryConfig {
-        let mut cfg = MemoryConfig { server: self.server(), ..self.memory.clone() };
+        let mut cfg = MemoryConfig { server: self.server(w), ..self.memory.clone() };
         let defaults = MemoryConfig::default().stores;
         for (store, default, dev) in [
             (&mut cfg.stores.working, &defaults.working, "memory://"),
@@ -303,6 +305,7 @@ mod tests {
             memory_database_url: "sqlite://d/memory.db".into(),
             queue_url: "memory://dev-1".into(),
             endpoint: "http://127.0.0.1:5".into(),
+            in_process: InProcess::to("http://127.0.0.1:5"),
         }
     }
 
@@ -390,7 +393,7 @@ mod tests {
             path = "/tmp/ns-events.jsonl"
         "#;
         let cfg = load(text);
-        let events = cfg.events_options();
+        let events = cfg.events_options(&wiring());
         let expected = nightshift_events::AlertPolicy {
             webhook_url: "http://127.0.0.1:9/hook".into(),
             consecutive_failures: 2,
@@ -399,7 +402,7 @@ mod tests {
         assert_eq!(events.alerts, Some(expected), "[events.alerts] reaches the events role, unset keys defaulted");
         assert_eq!(events.sink.map(|s| s.path), Some(PathBuf::from("/tmp/ns-events.jsonl")));
         assert!(cfg.ignored_keys().is_empty(), "{:?}", cfg.ignored_keys());
-        let off = DevConfig::default().events_options();
+        let off = DevConfig::default().events_options(&wiring());
         assert_eq!((off.alerts, off.sink), (None, None), "off unless configured");
     }
 

@@ -1,7 +1,8 @@
 //! `nightshift dev`: every role, in one process, on one gRPC port, on embedded defaults (a
 //! SQLite file under the data directory, an in-process queue and event log). The roles are
 //! built exactly as their own binaries build them ([`config::DevConfig`] derives each role's
-//! options), and reach each other over gRPC on this port, as in a distributed deployment.
+//! options), and call each other through their gRPC clients and this server's auth layer, as
+//! in a distributed deployment — in-process ([`InProcess`]), without the network.
 mod config;
 
 use std::path::PathBuf;
@@ -13,7 +14,9 @@ use nightshift_core::{AgentId, AgentManifest, SystemClock};
 use nightshift_events::EventsRole;
 use nightshift_manager::{ManagerDeps, ManagerRole, ScheduleObserver};
 use nightshift_memory::MemoryRole;
-use nightshift_rpc::{AuthMode, GrpcServer, Listener, Role, ServerTls, init_process, serve_roles, shutdown_signal};
+use nightshift_rpc::{
+    AuthMode, GrpcServer, InProcess, Listener, Role, ServerTls, init_process, serve_roles, shutdown_signal,
+};
 use nightshift_scheduler::{Scheduler, SchedulerDeps, SchedulerRole};
 use nightshift_store::Store;
 use nightshift_telemetry::LogFormat;
@@ -80,12 +83,14 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
 
     let tcp = GrpcServer::bind(&cfg.server.listen).await?;
     let addr = tcp.local_addr()?;
+    let endpoint = format!("{}://{addr}", if cfg.server.tls.serves_tls() { "https" } else { "http" });
     let wiring = DevWiring {
         database_url: database_url.clone(),
         memory_database_url,
         // One in-process queue shared by the scheduler, the manager (manual triggers) and the worker.
         queue_url: format!("memory://dev-{}", std::process::id()),
-        endpoint: format!("{}://{addr}", if cfg.server.tls.serves_tls() { "https" } else { "http" }),
+        endpoint: endpoint.clone(),
+        in_process: InProcess::to(&endpoint),
     };
     let model = memory_model(&cfg)?;
     if cfg.memory.vector.url.is_empty() && model.is_none() {
@@ -94,7 +99,7 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
         );
     }
 
-    let events = EventsRole::build(cfg.events_options()).await.context("starting the event service")?;
+    let events = EventsRole::build(cfg.events_options(&wiring)).await.context("starting the event service")?;
     let deps = SchedulerDeps { store: store.clone(), clock: Arc::new(SystemClock) };
     let scheduler = SchedulerRole::build(cfg.scheduler_options(&wiring), deps).await?;
     let observer = Arc::new(InProcessScheduler(scheduler.scheduler()));
@@ -106,7 +111,10 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
         .context("starting the memory service")?
         .with_authority(Some(manager.memory_authority()));
     let console = ConsoleRole::build(&cfg.console_options(&wiring)).context("starting the console")?;
-    let mut listener = Listener::from(tcp).with_tls(ServerTls::load(&cfg.server.tls)?).with_guard(manager.guard());
+    let mut listener = Listener::from(tcp)
+        .with_tls(ServerTls::load(&cfg.server.tls)?)
+        .with_guard(manager.guard())
+        .with_in_process(wiring.in_process.clone());
     if let Some(audit) = manager.audit_sink() {
         listener = listener.with_audit(audit);
     }

@@ -1,0 +1,375 @@
+//! FinishRun with the steps a worker sends along (its `MemoryStored` step): the busiest end of
+//! the run path, so its usual case is one write.
+//!
+//! - Postgres: an attempt that settles without consulting the retry policy (a success, a
+//!   cancellation, a release, a permanent failure) with at most one step, none of them an LLM
+//!   call, ends in **one statement**: a data-modifying CTE that appends the step only if it is
+//!   the next one, ends the attempt only if the fence holds, and returns the run as it now is
+//!   with the agent's first waiting run (so the manager need not look that up). One commit
+//!   instead of four (the step's checkpoint, the run read, the end, the waiting-run lookup).
+//! - SQLite: the steps and the end are one write of the group writer (they commit together);
+//!   the usual end is one fenced `UPDATE … RETURNING` followed by the steps' inserts, instead of
+//!   a fenced update per step, a read and an update.
+//!
+//! Everything else — a refused fence, a step sent twice, a gap, a retry to decide — takes the
+//! checked path, which says exactly what is wrong.
+use std::time::Duration;
+
+use nightshift_core::lifecycle::{self, FinishDecision};
+use nightshift_core::{RunId, RunStatus, time};
+use sqlx::{AnyConnection, Row};
+
+use crate::checkpoint::{append_checked, insert_step};
+use crate::db::{Backend, RUN_COLUMNS, RUN_RETURNING, Store, run_from_row};
+use crate::error::StoreError;
+use crate::fence::Fence;
+use crate::model::RunRecord;
+use crate::run_lifecycle::{FinishInput, StepInput, WaitingRun};
+
+/// An attempt as FinishRun ended it.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The run as it now is.
+    pub run: RunRecord,
+    /// For a retry: when to deliver the run again.
+    pub retry_after: Option<Duration>,
+    /// The agent's first waiting run, when the end looked it up in the same statement.
+    pub waiting: WaitingLookup,
+}
+
+/// Whether the end of a run also found the agent's first waiting run (overlap policies
+/// `buffer_one` / `buffer_all`), which is to start next.
+#[derive(Debug, Clone)]
+pub enum WaitingLookup {
+    /// Not looked up: the caller asks [`Store::first_waiting_run`] if it needs to know.
+    NotLooked,
+    /// Looked up with the end: the first waiting run, if any.
+    Found(Option<WaitingRun>),
+}
+
+impl Store {
+    /// FinishRun with its steps: each appended as [`Store::checkpoint`] does, then the attempt
+    /// ended as [`Store::finish_run`] does (see the module doc for the one-write cases). A
+    /// FinishRun retried after its steps were written writes them again harmlessly.
+    pub async fn finish_run_with_steps(
+        &self,
+        id: &RunId,
+        fence: impl Into<Fence>,
+        steps: &[StepInput],
+        input: &FinishInput,
+    ) -> Result<Finished, StoreError> {
+        let fence = fence.into();
+        let ended = |(run, retry_after)| Finished { run, retry_after, waiting: WaitingLookup::NotLooked };
+        if self.backend == Backend::Postgres {
+            if let Some(finished) = self.finish_in_one_statement(id, &fence, steps, input).await? {
+                return Ok(finished);
+            }
+            for step in steps {
+                self.checkpoint(id, fence.clone(), step, None).await?;
+            }
+            return self.finish_run(id, fence, input).await.map(ended);
+        }
+        let now = self.now_ms();
+        let (this, id) = (self.clone(), id.clone());
+        let (steps, input) = (std::sync::Arc::new(steps.to_vec()), std::sync::Arc::new(input.clone()));
+        self.transaction(Box::new(move |conn| {
+            let (this, id, fence, steps, input) =
+                (this.clone(), id.clone(), fence.clone(), steps.clone(), input.clone());
+            Box::pin(async move {
+                // The usual end first: if its fenced update took, the fence holds for the steps
+                // (a step refused after it fails the whole write, which is then rolled back).
+                if let Some(run) = end_returning(conn, &id, &fence, &input, now).await? {
+                    for step in steps.iter() {
+                        insert_step(conn, &id, step, fence.attempt, now).await?;
+                    }
+                    return Ok((run, None));
+                }
+                for step in steps.iter() {
+                    append_checked(conn, &id, &fence, step, None, now).await?;
+                }
+                this.finish_in(conn, &id, fence, &input).await
+            })
+        }))
+        .await
+        .map(ended)
+    }
+
+    /// The usual FinishRun as one Postgres statement; `None` when it does not apply or did
+    /// nothing (the checked path then runs and explains).
+    async fn finish_in_one_statement(
+        &self,
+        id: &RunId,
+        fence: &Fence,
+        steps: &[StepInput],
+        input: &FinishInput,
+    ) -> Result<Option<Finished>, StoreError> {
+        // Several steps would each have to be "the next one" within one snapshot; an LLM call
+        // brings a ledger row. Both are rare at the end of a run and take the checked path.
+        if steps.len() > 1 || steps.iter().any(|s| s.call.is_some()) {
+            return Ok(None);
+        }
+        let Some(status) = usual_status(input) else { return Ok(None) };
+        let now = self.now_ms();
+        let step = steps.first();
+        // $1 run, $2 attempt, $3–$9 the end's values, then the step's ($10 seq, $11 kind,
+        // $12 payload, $13 time) when there is one, the token last.
+        let (step_check, insert_step, token) = match step {
+            Some(_) => (
+                "AND $10 = (SELECT COALESCE(MAX(seq) + 1, 0) FROM run_steps WHERE run_id = $1)",
+                ", step AS (INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) \
+                 SELECT id, $10, $2, $11, $12, $13 FROM fenced)",
+                14,
+            ),
+            None => ("", "", 10),
+        };
+        let sql = format!(
+            "WITH fenced AS (UPDATE runs SET status = $3, finished_at = $4, not_before = NULL, \
+             result = COALESCE($5, result), error = COALESCE($6, error), reason = COALESCE($7, reason), \
+             input_tokens = input_tokens + $8, output_tokens = output_tokens + $9, lease_expires_at = NULL \
+             WHERE id = $1 AND {} {step_check} RETURNING *){insert_step} \
+             SELECT {RUN_COLUMNS}, w.id AS waiting_id, w.scheduled_for AS waiting_scheduled_for, \
+             w.created_at AS waiting_created_at FROM fenced r JOIN agents a ON a.id = r.agent_id \
+             LEFT JOIN LATERAL (SELECT id, scheduled_for, created_at FROM runs WHERE agent_id = r.agent_id \
+             AND status = 'queued' AND deferred = 1 AND id <> r.id \
+             ORDER BY COALESCE(scheduled_for, created_at), id LIMIT 1) w ON true",
+            fence.condition_at(2, token)
+        );
+        let (result, error, reason) = input.texts();
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str().to_owned())
+            .bind(i64::from(fence.attempt))
+            .bind(status.as_str())
+            .bind(status.is_terminal().then_some(now))
+            .bind(result)
+            .bind(error)
+            .bind(reason)
+            .bind(i64::try_from(input.input_tokens).unwrap_or(i64::MAX))
+            .bind(i64::try_from(input.output_tokens).unwrap_or(i64::MAX));
+        if let Some(step) = step {
+            query = query.bind(i64::from(step.seq)).bind(step.kind.clone()).bind(step.payload.clone()).bind(now);
+        }
+        let Some(row) = fence.bind_token(query).fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        let waiting = match row.try_get::<Option<String>, _>("waiting_id")? {
+            Some(waiting) => Some(WaitingRun {
+                id: RunId::from_string(waiting),
+                scheduled_for: row.try_get::<Option<i64>, _>("waiting_scheduled_for")?.map(time::from_millis),
+                created_at: time::from_millis(row.try_get::<i64, _>("waiting_created_at")?),
+            }),
+            None => None,
+        };
+        Ok(Some(Finished { run: run_from_row(&row)?, retry_after: None, waiting: WaitingLookup::Found(waiting) }))
+    }
+}
+
+/// The status an attempt settles in without consulting the retry policy (a success, a
+/// cancellation, a release, a permanent failure); `None` when the policy decides.
+fn usual_status(input: &FinishInput) -> Option<RunStatus> {
+    if lifecycle::needs_retry_policy(input.outcome, input.failure) {
+        return None;
+    }
+    match lifecycle::decide_finish(input.outcome, input.failure, 0, None) {
+        FinishDecision::Settle { status } => Some(status),
+        FinishDecision::Retry { .. } => None,
+    }
+}
+
+/// The usual end (see [`usual_status`]) in the caller's transaction as one fenced `UPDATE …
+/// RETURNING`, instead of a read and an update; `None` when it does not apply or the fence
+/// refused (the checked path then explains).
+async fn end_returning(
+    conn: &mut AnyConnection,
+    id: &RunId,
+    fence: &Fence,
+    input: &FinishInput,
+    now: i64,
+) -> Result<Option<RunRecord>, StoreError> {
+    let Some(status) = usual_status(input) else { return Ok(None) };
+    let sql = format!(
+        "UPDATE runs SET status = $1, finished_at = $2, not_before = NULL, result = COALESCE($3, result), \
+         error = COALESCE($4, error), reason = COALESCE($5, reason), input_tokens = input_tokens + $6, \
+         output_tokens = output_tokens + $7, lease_expires_at = NULL WHERE id = $8 AND {} RETURNING {RUN_RETURNING}",
+        fence.condition(10)
+    );
+    let (result, error, reason) = input.texts();
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(status.as_str())
+        .bind(status.is_terminal().then_some(now))
+        .bind(result)
+        .bind(error)
+        .bind(reason)
+        .bind(i64::try_from(input.input_tokens).unwrap_or(i64::MAX))
+        .bind(i64::try_from(input.output_tokens).unwrap_or(i64::MAX))
+        .bind(id.as_str().to_owned())
+        .bind(i64::from(fence.attempt));
+    let row = fence.bind_token(query).fetch_optional(&mut *conn).await?;
+    row.as_ref().map(run_from_row).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is the test's verdict
+    use nightshift_core::lifecycle::Failure;
+    use nightshift_core::{AgentSpec, AgentState, RunOutcome, RunStatus, WorkerId};
+    use nightshift_testkit::{Db, database};
+
+    use super::*;
+    use crate::{NewRun, StartInput, StartOutcome};
+
+    /// The one-statement path itself on real Postgres (the tests through
+    /// `finish_run_with_steps` would pass on the checked path alone): it ends the usual attempt
+    /// with its step and does nothing for the rest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_statement_ends_the_usual_attempt_and_nothing_else() {
+        let (url, _guard) = database(Db::Postgres).await;
+        let store = Store::connect(&url).await.unwrap();
+        let spec = AgentSpec::from_yaml(
+            "name: f\nmodel: {provider: openai, model: m}\ntask: {query: q}\nschedule: {manual: true}",
+        );
+        let agent = store.create_agent(&spec.unwrap(), AgentState::Active).await.unwrap();
+        let start = |run: &RunId| StartInput {
+            run_id: run.clone(),
+            agent_id: agent.id.clone(),
+            worker_id: WorkerId::from_string("w"),
+            worker_endpoint: None,
+            lease_ttl: Duration::from_secs(30),
+            budgets: Default::default(),
+        };
+        let end = |outcome| FinishInput {
+            outcome,
+            result: Some("done".into()),
+            error: Some("why".into()),
+            input_tokens: 7,
+            output_tokens: 3,
+            failure: Failure::Retryable,
+        };
+        let stored = StepInput::new(1, "memory_stored", vec![9]);
+        let run = RunId::generate();
+        store.insert_run(&NewRun::manual(run.clone(), agent.id.clone())).await.unwrap();
+        let StartOutcome::Started { lease_token, .. } = store.start_run(&start(&run)).await.unwrap() else {
+            panic!("not started")
+        };
+        let held = Fence { attempt: 1, token: Some(lease_token.clone()) };
+        let forged = Fence { attempt: 1, token: Some("0".repeat(lease_token.len())) };
+        let succeeded = end(RunOutcome::Succeeded);
+        store.checkpoint(&run, held.clone(), &StepInput::new(0, "llm_response", vec![1]), None).await.unwrap();
+
+        // Not for this statement: a retry to decide, two steps, an LLM call's step.
+        let failed = end(RunOutcome::Failed);
+        assert!(store.finish_in_one_statement(&run, &held, &[], &failed).await.unwrap().is_none());
+        let two = [stored.clone(), StepInput::new(2, "memory_stored", vec![9])];
+        assert!(store.finish_in_one_statement(&run, &held, &two, &succeeded).await.unwrap().is_none());
+        // Refused: a forged token, a gap, a step already written.
+        assert!(store.finish_in_one_statement(&run, &forged, &[stored.clone()], &succeeded).await.unwrap().is_none());
+        let gap = StepInput::new(5, "memory_stored", vec![9]);
+        assert!(store.finish_in_one_statement(&run, &held, &[gap], &succeeded).await.unwrap().is_none());
+        let again = StepInput::new(0, "llm_response", vec![1]);
+        assert!(store.finish_in_one_statement(&run, &held, &[again], &succeeded).await.unwrap().is_none());
+        let r = store.get_run(&run).await.unwrap().unwrap();
+        assert_eq!((r.status, store.run_steps(&run).await.unwrap().len()), (RunStatus::Running, 1));
+
+        // The usual end: the step stored with the attempt, the run ended as finish_run ends it.
+        let done = store.finish_in_one_statement(&run, &held, &[stored], &succeeded).await.unwrap().unwrap();
+        assert_eq!(
+            (done.run.status, done.run.result.as_deref(), done.run.error.as_deref()),
+            (RunStatus::Succeeded, Some("done"), None)
+        );
+        assert_eq!((done.run.input_tokens, done.run.output_tokens, done.run.lease_expires_at), (7, 3, None));
+        assert!(done.run.finished_at.is_some());
+        assert!(matches!(done.waiting, WaitingLookup::Found(None)), "{:?}", done.waiting);
+        assert_eq!(store.get_run(&run).await.unwrap().unwrap().finished_at, done.run.finished_at);
+        let steps = store.run_steps(&run).await.unwrap();
+        assert_eq!(steps.last().map(|s| (s.seq, s.attempt, s.payload.clone())), Some((1, 1, vec![9])));
+        // Sent again (the answer was lost): the run is no longer running.
+        assert!(store.finish_in_one_statement(&run, &held, &[], &succeeded).await.unwrap().is_none());
+
+        // A release (no step, no token: an in-process caller) puts the run back in the queue.
+        let second = RunId::generate();
+        store.insert_run(&NewRun::manual(second.clone(), agent.id.clone())).await.unwrap();
+        store.start_run(&start(&second)).await.unwrap();
+        let (no_token, release) = (Fence::from(1), end(RunOutcome::Released));
+        let released = store.finish_in_one_statement(&second, &no_token, &[], &release).await.unwrap().unwrap();
+        assert_eq!(
+            (released.run.status, released.run.finished_at, released.run.reason.as_deref()),
+            (RunStatus::Queued, None, Some("why"))
+        );
+    }
+}
+
+#[cfg(test)]
+mod sqlite_tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is the test's verdict
+    use nightshift_core::lifecycle::Failure;
+    use nightshift_core::{AgentSpec, AgentState, RunOutcome, RunStatus, WorkerId};
+    use nightshift_testkit::{Db, database};
+
+    use super::*;
+    use crate::{NewRun, StartInput, StartOutcome};
+
+    /// The usual end's one statement on SQLite (the tests through `finish_run_with_steps` would
+    /// pass on the checked path alone): it ends a held attempt and returns the run as recorded,
+    /// agent name included; nothing for a forged token or an end the retry policy decides.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn end_returning_ends_a_held_attempt_only() {
+        let (url, _guard) = database(Db::Sqlite).await;
+        let store = Store::connect(&url).await.unwrap();
+        let spec = AgentSpec::from_yaml(
+            "name: s\nmodel: {provider: openai, model: m}\ntask: {query: q}\nschedule: {manual: true}",
+        );
+        let agent = store.create_agent(&spec.unwrap(), AgentState::Active).await.unwrap();
+        let run = RunId::generate();
+        store.insert_run(&NewRun::manual(run.clone(), agent.id.clone())).await.unwrap();
+        let start = StartInput {
+            run_id: run.clone(),
+            agent_id: agent.id.clone(),
+            worker_id: WorkerId::from_string("w"),
+            worker_endpoint: None,
+            lease_ttl: Duration::from_secs(30),
+            budgets: Default::default(),
+        };
+        let StartOutcome::Started { lease_token, .. } = store.start_run(&start).await.unwrap() else {
+            panic!("not started")
+        };
+        let end = |outcome| FinishInput {
+            outcome,
+            result: Some("done".into()),
+            error: None,
+            input_tokens: 4,
+            output_tokens: 2,
+            failure: Failure::Retryable,
+        };
+        let try_end = |fence: Fence, input: FinishInput| {
+            let (store, run) = (store.clone(), run.clone());
+            async move {
+                let now = store.now_ms();
+                let (fence, input) = (std::sync::Arc::new(fence), std::sync::Arc::new(input));
+                store
+                    .transaction(Box::new(move |conn| {
+                        let (run, fence, input) = (run.clone(), fence.clone(), input.clone());
+                        Box::pin(async move { end_returning(conn, &run, &fence, &input, now).await })
+                    }))
+                    .await
+                    .unwrap()
+            }
+        };
+        let forged = Fence { attempt: 1, token: Some("0".repeat(lease_token.len())) };
+        assert!(try_end(forged, end(RunOutcome::Succeeded)).await.is_none(), "a forged token");
+        let held = Fence { attempt: 1, token: Some(lease_token) };
+        assert!(try_end(held.clone(), end(RunOutcome::Failed)).await.is_none(), "a retry to decide");
+        assert_eq!(store.get_run(&run).await.unwrap().unwrap().status, RunStatus::Running);
+
+        let done = try_end(held.clone(), end(RunOutcome::Succeeded)).await.unwrap();
+        assert_eq!(
+            (done.status, done.result.as_deref(), done.agent_name.as_str()),
+            (RunStatus::Succeeded, Some("done"), "s")
+        );
+        assert_eq!((done.input_tokens, done.output_tokens, done.lease_expires_at), (4, 2, None));
+        let stored = store.get_run(&run).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.status, stored.finished_at, stored.namespace),
+            (done.status, done.finished_at, done.namespace)
+        );
+        assert!(try_end(held, end(RunOutcome::Succeeded)).await.is_none(), "no longer running");
+    }
+}
