@@ -5,51 +5,28 @@
 //! UNAVAILABLE.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 
-use std::convert::Infallible;
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use nightshift_core::Namespaces;
-use nightshift_core::auth::{Principal, Role};
-use nightshift_proto::v1::TriggerAgentRequest;
-use nightshift_proto::v1::manager_service_client::ManagerServiceClient;
-use nightshift_rpc::{ClientOptions, GrpcServer, Guard, InProcess, Listener, StaticKeys, WithStaticKeys};
+use common::{FakeManager, admin_and_viewer};
+use nightshift_rpc::{CallChannel, ClientOptions, GrpcServer, InProcess, Listener};
 use tonic::Code;
-use tonic::codegen::http;
-use tonic::server::NamedService;
+use tonic::codegen::{Service, http};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-/// Stands in for the manager: answers every call it is reached with NOT_FOUND "reached"
-/// (trailers-only), so that a caller can tell it got through the auth layer.
-#[derive(Clone)]
-struct FakeManager;
-
-impl NamedService for FakeManager {
-    const NAME: &'static str = "nightshift.v1.ManagerService";
-}
-
-impl tonic::codegen::Service<http::Request<tonic::body::Body>> for FakeManager {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
-        std::future::ready(Ok(tonic::Status::not_found("reached").into_http()))
-    }
-}
-
-struct Nobody;
-
-#[async_trait::async_trait]
-impl nightshift_rpc::Authenticator for Nobody {
-    async fn authenticate(&self, _: &str) -> Result<Principal, nightshift_rpc::AuthFailure> {
-        Err(nightshift_rpc::AuthFailure::Refused("unknown".into()))
-    }
+/// A call to the stand-in manager through `channel`: its grpc-status and body.
+async fn trigger(mut channel: CallChannel) -> (Option<String>, String) {
+    let req = http::Request::post("/nightshift.v1.ManagerService/TriggerAgent")
+        .header("content-type", "application/grpc")
+        .body(tonic::body::Body::empty())
+        .unwrap();
+    std::future::poll_fn(|cx| channel.poll_ready(cx)).await.unwrap();
+    let res = channel.call(req).await.unwrap();
+    let status = res.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+    let body = axum::body::to_bytes(axum::body::Body::new(res.into_body()), 1024).await.unwrap();
+    (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,11 +46,7 @@ async fn in_process_calls_reach_the_guarded_routes_without_the_network() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!early.is_finished(), "a call before the server serves waits for it");
 
-    let keys = StaticKeys::new([
-        ("admin-key".to_owned(), Principal { name: "a".into(), role: Role::Admin, namespaces: Namespaces::All }),
-        ("viewer-key".to_owned(), Principal { name: "v".into(), role: Role::Viewer, namespaces: Namespaces::All }),
-    ]);
-    let guard = Guard::Required(Arc::new(WithStaticKeys { keys, rest: Nobody }));
+    let guard = admin_and_viewer();
     let tcp = GrpcServer::bind("127.0.0.1:0").await.unwrap();
     let mut server = GrpcServer::new();
     server.routes().add_service(FakeManager);
@@ -85,17 +58,10 @@ async fn in_process_calls_reach_the_guarded_routes_without_the_network() {
     assert_eq!(early.await.unwrap().unwrap(), SERVING);
 
     // Through the server's auth layer, as over the network.
-    let trigger = |key: &'static str| {
-        let channel = client(key).channel("endpoint", endpoint, timeout).unwrap();
-        async move {
-            let mut manager = ManagerServiceClient::new(channel);
-            manager.trigger_agent(TriggerAgentRequest::default()).await.unwrap_err()
-        }
-    };
-    assert_eq!(trigger("").await.code(), Code::Unauthenticated);
-    assert_eq!(trigger("viewer-key").await.code(), Code::PermissionDenied);
-    let reached = trigger("admin-key").await;
-    assert_eq!((reached.code(), reached.message()), (Code::NotFound, "reached"), "{reached:?}");
+    let channel = |key: &str| client(key).channel("endpoint", endpoint, timeout).unwrap();
+    assert_eq!(trigger(channel("")).await, (Some("16".into()), String::new()), "UNAUTHENTICATED");
+    assert_eq!(trigger(channel("viewer-key")).await, (Some("7".into()), String::new()), "PERMISSION_DENIED");
+    assert_eq!(trigger(channel("admin-key")).await, (Some("0".into()), "reached".into()), "an admin reaches it");
 
     // Without the link the same endpoint goes to the network, where nothing listens.
     let network = health(ClientOptions::default()).await.unwrap_err();

@@ -3,47 +3,10 @@
 //! service without passing the auth layer, whatever its content type or HTTP version.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 
-use std::convert::Infallible;
-use std::sync::Arc;
+mod common;
 
-use nightshift_core::Namespaces;
-use nightshift_core::auth::{Principal, Role};
-use nightshift_rpc::{GrpcServer, Guard, Listener, StaticKeys, WithStaticKeys, is_grpc_path};
-use tonic::codegen::http;
-use tonic::server::NamedService;
-
-/// Stands in for the manager: answers every call with `reached` (and grpc-status 0).
-#[derive(Clone)]
-struct FakeManager;
-
-impl NamedService for FakeManager {
-    const NAME: &'static str = "nightshift.v1.ManagerService";
-}
-
-impl tonic::codegen::Service<http::Request<tonic::body::Body>> for FakeManager {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
-        let res =
-            http::Response::builder().header("grpc-status", "0").body(tonic::body::Body::new("reached".to_owned()));
-        std::future::ready(Ok(res.unwrap()))
-    }
-}
-
-struct Nobody;
-
-#[async_trait::async_trait]
-impl nightshift_rpc::Authenticator for Nobody {
-    async fn authenticate(&self, _: &str) -> Result<Principal, nightshift_rpc::AuthFailure> {
-        Err(nightshift_rpc::AuthFailure::Refused("unknown".into()))
-    }
-}
+use common::{FakeManager, admin_and_viewer};
+use nightshift_rpc::{GrpcServer, Listener, is_grpc_path};
 
 #[test]
 fn grpc_paths_are_told_from_pages() {
@@ -57,11 +20,7 @@ fn grpc_paths_are_told_from_pages() {
 
 #[tokio::test]
 async fn pages_share_the_port_and_grpc_calls_stay_guarded() {
-    let keys = StaticKeys::new([
-        ("admin-key".to_owned(), Principal { name: "a".into(), role: Role::Admin, namespaces: Namespaces::All }),
-        ("viewer-key".to_owned(), Principal { name: "v".into(), role: Role::Viewer, namespaces: Namespaces::All }),
-    ]);
-    let guard = Guard::Required(Arc::new(WithStaticKeys { keys, rest: Nobody }));
+    let guard = admin_and_viewer();
     let tcp = GrpcServer::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", tcp.local_addr().unwrap());
     let mut server = GrpcServer::new();

@@ -217,6 +217,45 @@ mod tests {
     use super::*;
     use crate::{NewRun, StartInput, StartOutcome};
 
+    /// A new run of the manual agent `agent` (created if need be), started: its id and the
+    /// attempt's lease token.
+    async fn started(store: &Store, agent: &str) -> (RunId, String) {
+        let agent = match store.get_agent_by_name(&Default::default(), agent).await.unwrap() {
+            Some(found) => found,
+            None => {
+                let yaml = format!(
+                    "name: {agent}\nmodel: {{provider: openai, model: m}}\ntask: {{query: q}}\nschedule: {{manual: true}}"
+                );
+                store.create_agent(&AgentSpec::from_yaml(&yaml).unwrap(), AgentState::Active).await.unwrap()
+            }
+        };
+        let run = RunId::generate();
+        store.insert_run(&NewRun::manual(run.clone(), agent.id.clone())).await.unwrap();
+        let start = StartInput {
+            run_id: run.clone(),
+            agent_id: agent.id,
+            worker_id: WorkerId::from_string("w"),
+            worker_endpoint: None,
+            lease_ttl: Duration::from_secs(30),
+            budgets: Default::default(),
+        };
+        let StartOutcome::Started { lease_token, .. } = store.start_run(&start).await.unwrap() else {
+            panic!("not started")
+        };
+        (run, lease_token)
+    }
+
+    fn end(outcome: RunOutcome) -> FinishInput {
+        FinishInput {
+            outcome,
+            result: Some("done".into()),
+            error: Some("why".into()),
+            input_tokens: 7,
+            output_tokens: 3,
+            failure: Failure::Retryable,
+        }
+    }
+
     /// The one-statement path itself on real Postgres (the tests through
     /// `finish_run_with_steps` would pass on the checked path alone): it ends the usual attempt
     /// with its step and does nothing for the rest.
@@ -224,44 +263,25 @@ mod tests {
     async fn one_statement_ends_the_usual_attempt_and_nothing_else() {
         let (url, _guard) = database(Db::Postgres).await;
         let store = Store::connect(&url).await.unwrap();
-        let spec = AgentSpec::from_yaml(
-            "name: f\nmodel: {provider: openai, model: m}\ntask: {query: q}\nschedule: {manual: true}",
-        );
-        let agent = store.create_agent(&spec.unwrap(), AgentState::Active).await.unwrap();
-        let start = |run: &RunId| StartInput {
-            run_id: run.clone(),
-            agent_id: agent.id.clone(),
-            worker_id: WorkerId::from_string("w"),
-            worker_endpoint: None,
-            lease_ttl: Duration::from_secs(30),
-            budgets: Default::default(),
-        };
-        let end = |outcome| FinishInput {
-            outcome,
-            result: Some("done".into()),
-            error: Some("why".into()),
-            input_tokens: 7,
-            output_tokens: 3,
-            failure: Failure::Retryable,
-        };
+        let (run, lease_token) = started(&store, "f").await;
         let stored = StepInput::new(1, "memory_stored", vec![9]);
-        let run = RunId::generate();
-        store.insert_run(&NewRun::manual(run.clone(), agent.id.clone())).await.unwrap();
-        let StartOutcome::Started { lease_token, .. } = store.start_run(&start(&run)).await.unwrap() else {
-            panic!("not started")
-        };
         let held = Fence { attempt: 1, token: Some(lease_token.clone()) };
         let forged = Fence { attempt: 1, token: Some("0".repeat(lease_token.len())) };
         let succeeded = end(RunOutcome::Succeeded);
         store.checkpoint(&run, held.clone(), &StepInput::new(0, "llm_response", vec![1]), None).await.unwrap();
-
         // Not for this statement: a retry to decide, two steps, an LLM call's step.
         let failed = end(RunOutcome::Failed);
         assert!(store.finish_in_one_statement(&run, &held, &[], &failed).await.unwrap().is_none());
         let two = [stored.clone(), StepInput::new(2, "memory_stored", vec![9])];
         assert!(store.finish_in_one_statement(&run, &held, &two, &succeeded).await.unwrap().is_none());
         // Refused: a forged token, a gap, a step already written.
-        assert!(store.finish_in_one_statement(&run, &forged, &[stored.clone()], &succeeded).await.unwrap().is_none());
+        assert!(
+            store
+                .finish_in_one_statement(&run, &forged, std::slice::from_ref(&stored), &succeeded)
+                .await
+                .unwrap()
+                .is_none()
+        );
         let gap = StepInput::new(5, "memory_stored", vec![9]);
         assert!(store.finish_in_one_statement(&run, &held, &[gap], &succeeded).await.unwrap().is_none());
         let again = StepInput::new(0, "llm_response", vec![1]);
@@ -285,9 +305,7 @@ mod tests {
         assert!(store.finish_in_one_statement(&run, &held, &[], &succeeded).await.unwrap().is_none());
 
         // A release (no step, no token: an in-process caller) puts the run back in the queue.
-        let second = RunId::generate();
-        store.insert_run(&NewRun::manual(second.clone(), agent.id.clone())).await.unwrap();
-        store.start_run(&start(&second)).await.unwrap();
+        let (second, _) = started(&store, "f").await;
         let (no_token, release) = (Fence::from(1), end(RunOutcome::Released));
         let released = store.finish_in_one_statement(&second, &no_token, &[], &release).await.unwrap().unwrap();
         assert_eq!(
@@ -295,17 +313,6 @@ mod tests {
             (RunStatus::Queued, None, Some("why"))
         );
     }
-}
-
-#[cfg(test)]
-mod sqlite_tests {
-    #![allow(clippy::unwrap_used)] // a failed unwrap is the test's verdict
-    use nightshift_core::lifecycle::Failure;
-    use nightshift_core::{AgentSpec, AgentState, RunOutcome, RunStatus, WorkerId};
-    use nightshift_testkit::{Db, database};
-
-    use super::*;
-    use crate::{NewRun, StartInput, StartOutcome};
 
     /// The usual end's one statement on SQLite (the tests through `finish_run_with_steps` would
     /// pass on the checked path alone): it ends a held attempt and returns the run as recorded,
@@ -314,31 +321,7 @@ mod sqlite_tests {
     async fn end_returning_ends_a_held_attempt_only() {
         let (url, _guard) = database(Db::Sqlite).await;
         let store = Store::connect(&url).await.unwrap();
-        let spec = AgentSpec::from_yaml(
-            "name: s\nmodel: {provider: openai, model: m}\ntask: {query: q}\nschedule: {manual: true}",
-        );
-        let agent = store.create_agent(&spec.unwrap(), AgentState::Active).await.unwrap();
-        let run = RunId::generate();
-        store.insert_run(&NewRun::manual(run.clone(), agent.id.clone())).await.unwrap();
-        let start = StartInput {
-            run_id: run.clone(),
-            agent_id: agent.id.clone(),
-            worker_id: WorkerId::from_string("w"),
-            worker_endpoint: None,
-            lease_ttl: Duration::from_secs(30),
-            budgets: Default::default(),
-        };
-        let StartOutcome::Started { lease_token, .. } = store.start_run(&start).await.unwrap() else {
-            panic!("not started")
-        };
-        let end = |outcome| FinishInput {
-            outcome,
-            result: Some("done".into()),
-            error: None,
-            input_tokens: 4,
-            output_tokens: 2,
-            failure: Failure::Retryable,
-        };
+        let (run, lease_token) = started(&store, "s").await;
         let try_end = |fence: Fence, input: FinishInput| {
             let (store, run) = (store.clone(), run.clone());
             async move {
@@ -364,7 +347,7 @@ mod sqlite_tests {
             (done.status, done.result.as_deref(), done.agent_name.as_str()),
             (RunStatus::Succeeded, Some("done"), "s")
         );
-        assert_eq!((done.input_tokens, done.output_tokens, done.lease_expires_at), (4, 2, None));
+        assert_eq!((done.input_tokens, done.output_tokens, done.lease_expires_at), (7, 3, None));
         let stored = store.get_run(&run).await.unwrap().unwrap();
         assert_eq!(
             (stored.status, stored.finished_at, stored.namespace),
