@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use tonic::body::Body;
 use tonic::codegen::{Service, StdError, http};
-
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -67,20 +66,20 @@ impl ClientOptions {
     /// A lazily connecting channel to `uri` whose calls carry this process's credential; each
     /// call may take at most `timeout`.
     pub fn channel(&self, field: &'static str, uri: &str, timeout: Duration) -> Result<CallChannel, BadEndpoint> {
-        let endpoint = self.endpoint(field, uri)?;
-        Ok(match self.in_process.call_to(uri, Some(timeout)) {
-            Some(call) => self.intercept(Transport::InProcess(call)),
-            None => self.wrap(endpoint.timeout(timeout).connect_lazy()),
-        })
+        self.lazy(field, uri, Some(timeout))
     }
 
     /// A lazily connecting channel to `uri` whose calls carry this process's credential, without
     /// a time limit per call (streams, and publishers that bound their calls themselves).
     pub fn connect_lazy(&self, field: &'static str, uri: &str) -> Result<CallChannel, BadEndpoint> {
+        self.lazy(field, uri, None)
+    }
+
+    fn lazy(&self, field: &'static str, uri: &str, timeout: Option<Duration>) -> Result<CallChannel, BadEndpoint> {
         let endpoint = self.endpoint(field, uri)?;
-        Ok(match self.in_process.call_to(uri, None) {
+        Ok(match self.in_process.call_to(uri, timeout) {
             Some(call) => self.intercept(Transport::InProcess(call)),
-            None => self.wrap(endpoint.connect_lazy()),
+            None => self.wrap(timeout.map_or(endpoint.clone(), |t| endpoint.timeout(t)).connect_lazy()),
         })
     }
 
