@@ -212,11 +212,9 @@ pub(crate) async fn insert_step(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // a failed unwrap is the test's verdict
-    use nightshift_core::{AgentSpec, AgentState, WorkerId};
     use nightshift_testkit::{Db, database};
 
     use super::*;
-    use crate::{NewRun, StartInput, StartOutcome};
 
     /// The one-statement path itself on real Postgres (the tests through `checkpoint` would pass
     /// on the full check alone): it stores the usual step and does nothing for the rest.
@@ -224,24 +222,7 @@ mod tests {
     async fn one_statement_stores_the_next_step_and_nothing_else() {
         let (url, _guard) = database(Db::Postgres).await;
         let store = Store::connect(&url).await.unwrap();
-        let spec = AgentSpec::from_yaml(
-            "name: c\nmodel: {provider: openai, model: m}\ntask: {query: q}\nschedule: {manual: true}",
-        );
-        let agent = store.create_agent(&spec.unwrap(), AgentState::Active).await.unwrap();
-        let run = RunId::generate();
-        let new = NewRun::manual(run.clone(), agent.id.clone());
-        store.insert_run(&new).await.unwrap();
-        let input = StartInput {
-            run_id: run.clone(),
-            agent_id: agent.id,
-            worker_id: WorkerId::from_string("w"),
-            worker_endpoint: None,
-            lease_ttl: Duration::from_secs(30),
-            budgets: Default::default(),
-        };
-        let StartOutcome::Started { lease_token, .. } = store.start_run(&input).await.unwrap() else {
-            panic!("not started")
-        };
+        let (run, lease_token) = crate::finish::tests::started(&store, "c").await;
         let held = Fence { attempt: 1, token: Some(lease_token.clone()) };
         let step = |seq| StepInput::new(seq, "llm_response", vec![1]);
         let now = store.now_ms();

@@ -134,17 +134,8 @@ impl Store {
              ORDER BY COALESCE(scheduled_for, created_at), id LIMIT 1) w ON true",
             fence.condition_at(2, token)
         );
-        let (result, error, reason) = input.texts();
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id.as_str().to_owned())
-            .bind(i64::from(fence.attempt))
-            .bind(status.as_str())
-            .bind(status.is_terminal().then_some(now))
-            .bind(result)
-            .bind(error)
-            .bind(reason)
-            .bind(i64::try_from(input.input_tokens).unwrap_or(i64::MAX))
-            .bind(i64::try_from(input.output_tokens).unwrap_or(i64::MAX));
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.as_str().to_owned()).bind(i64::from(fence.attempt));
+        let mut query = bind_end(query, status, input, now);
         if let Some(step) = step {
             query = query.bind(i64::from(step.seq)).bind(step.kind.clone()).bind(step.payload.clone()).bind(now);
         }
@@ -175,6 +166,25 @@ fn usual_status(input: &FinishInput) -> Option<RunStatus> {
     }
 }
 
+/// Binds the end's seven values, in this order: status, finish time (`now` for a terminal
+/// status), result, error, reason, input and output tokens.
+fn bind_end<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    status: RunStatus,
+    input: &FinishInput,
+    now: i64,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let (result, error, reason) = input.texts();
+    query
+        .bind(status.as_str())
+        .bind(status.is_terminal().then_some(now))
+        .bind(result)
+        .bind(error)
+        .bind(reason)
+        .bind(i64::try_from(input.input_tokens).unwrap_or(i64::MAX))
+        .bind(i64::try_from(input.output_tokens).unwrap_or(i64::MAX))
+}
+
 /// The usual end (see [`usual_status`]) in the caller's transaction as one fenced `UPDATE …
 /// RETURNING`, instead of a read and an update; `None` when it does not apply or the fence
 /// refused (the checked path then explains).
@@ -192,15 +202,7 @@ async fn end_returning(
          output_tokens = output_tokens + $7, lease_expires_at = NULL WHERE id = $8 AND {} RETURNING {RUN_RETURNING}",
         fence.condition(10)
     );
-    let (result, error, reason) = input.texts();
-    let query = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(status.as_str())
-        .bind(status.is_terminal().then_some(now))
-        .bind(result)
-        .bind(error)
-        .bind(reason)
-        .bind(i64::try_from(input.input_tokens).unwrap_or(i64::MAX))
-        .bind(i64::try_from(input.output_tokens).unwrap_or(i64::MAX))
+    let query = bind_end(sqlx::query(sqlx::AssertSqlSafe(sql)), status, input, now)
         .bind(id.as_str().to_owned())
         .bind(i64::from(fence.attempt));
     let row = fence.bind_token(query).fetch_optional(&mut *conn).await?;
@@ -208,7 +210,7 @@ async fn end_returning(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)] // a failed unwrap is the test's verdict
     use nightshift_core::lifecycle::Failure;
     use nightshift_core::{AgentSpec, AgentState, RunOutcome, RunStatus, WorkerId};
@@ -219,7 +221,7 @@ mod tests {
 
     /// A new run of the manual agent `agent` (created if need be), started: its id and the
     /// attempt's lease token.
-    async fn started(store: &Store, agent: &str) -> (RunId, String) {
+    pub(crate) async fn started(store: &Store, agent: &str) -> (RunId, String) {
         let agent = match store.get_agent_by_name(&Default::default(), agent).await.unwrap() {
             Some(found) => found,
             None => {
