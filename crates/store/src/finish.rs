@@ -1,5 +1,6 @@
-//! FinishRun with the steps a worker sends along (its `MemoryStored` step): the busiest end of
-//! the run path, so its usual case is one write.
+//! FinishRun (fenced: retry or settle, by `nightshift_core::lifecycle::decide_finish`), with the
+//! steps a worker sends along (its `MemoryStored` step): the busiest end of the run path, so its
+//! usual case is one write.
 //!
 //! - Postgres: an attempt that settles without consulting the retry policy (a success, a
 //!   cancellation, a release, a permanent failure) with at most one step, none of them an LLM
@@ -19,12 +20,13 @@ use nightshift_core::lifecycle::{self, FinishDecision};
 use nightshift_core::{RunId, RunStatus, time};
 use sqlx::{AnyConnection, Row};
 
+use crate::agents::spec_at;
 use crate::checkpoint::{append_checked, insert_step};
 use crate::db::{Backend, RUN_COLUMNS, RUN_RETURNING, Store, run_from_row};
 use crate::error::StoreError;
-use crate::fence::Fence;
+use crate::fence::{Fence, fenced};
 use crate::model::RunRecord;
-use crate::run_lifecycle::{FinishInput, StepInput, WaitingRun};
+use crate::run_lifecycle::{FinishInput, StepInput, WaitingRun, ms_after, read_run};
 
 /// An attempt as FinishRun ended it.
 #[derive(Debug, Clone)]
@@ -92,6 +94,90 @@ impl Store {
         }))
         .await
         .map(ended)
+    }
+
+    /// Ends an attempt (fenced). A failure or timeout with retries left puts the run back in the
+    /// queue with `not_before` set by the policy's backoff; the returned delay says when to
+    /// deliver it again.
+    pub async fn finish_run(
+        &self,
+        id: &RunId,
+        fence: impl Into<Fence>,
+        input: &FinishInput,
+    ) -> Result<(RunRecord, Option<Duration>), StoreError> {
+        let (this, id, fence, input) = (self.clone(), id.clone(), fence.into(), std::sync::Arc::new(input.clone()));
+        self.statements(Box::new(move |conn| {
+            let (this, id, fence, input) = (this.clone(), id.clone(), fence.clone(), input.clone());
+            Box::pin(async move { this.finish_in(conn, &id, fence, &input).await })
+        }))
+        .await
+    }
+
+    pub(crate) async fn finish_in(
+        &self,
+        conn: &mut AnyConnection,
+        id: &RunId,
+        fence: Fence,
+        input: &FinishInput,
+    ) -> Result<(RunRecord, Option<Duration>), StoreError> {
+        let attempt = fence.attempt;
+        let now = self.now_ms();
+        let run = read_run(&mut *conn, id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
+        if run.status != RunStatus::Running || run.attempt != attempt {
+            return Err(fenced(Some(run), id, attempt));
+        }
+        // The policy is read only when the retry rule needs it (not on the success path).
+        let policy = if lifecycle::needs_retry_policy(input.outcome, input.failure) {
+            Some(spec_at(&mut *conn, &run.agent_id, run.agent_version).await?.policy)
+        } else {
+            None
+        };
+        let decision = lifecycle::decide_finish(input.outcome, input.failure, run.retries, policy.as_ref());
+        let (status, not_before, retries, retry_after) = match decision {
+            FinishDecision::Settle { status } => (status, None, run.retries, None),
+            FinishDecision::Retry { delay, retries } => {
+                (decision.status(), Some(ms_after(now, delay)), retries, Some(delay))
+            }
+        };
+        let finished_at = status.is_terminal().then_some(now);
+        let (result, error, reason) = input.texts();
+        let sql = format!(
+            "UPDATE runs SET status = $1, finished_at = $2, not_before = $3, retries = $4, \
+             result = COALESCE($5, result), error = COALESCE($6, error), reason = COALESCE($7, reason), \
+             input_tokens = input_tokens + $8, output_tokens = output_tokens + $9, lease_expires_at = NULL \
+             WHERE id = $10 AND {}",
+            fence.condition(12)
+        );
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(status.as_str())
+            .bind(finished_at)
+            .bind(not_before)
+            .bind(i64::from(retries))
+            .bind(result.clone())
+            .bind(error.clone())
+            .bind(reason.clone())
+            .bind(i64::try_from(input.input_tokens).unwrap_or(i64::MAX))
+            .bind(i64::try_from(input.output_tokens).unwrap_or(i64::MAX))
+            .bind(id.as_str())
+            .bind(i64::from(attempt));
+        let done = fence.bind_token(done).execute(&mut *conn).await?;
+        if done.rows_affected() == 0 {
+            return Err(fenced(read_run(&mut *conn, id).await?, id, attempt));
+        }
+        // The fenced update matched the record read above (same attempt, still running): apply
+        // it to that record rather than reading the row back.
+        let mut run = run;
+        run.status = status;
+        run.finished_at = finished_at.map(time::from_millis);
+        run.not_before = not_before.map(time::from_millis);
+        run.retries = retries;
+        run.result = result.or(run.result);
+        run.error = error.or(run.error);
+        run.reason = reason.or(run.reason);
+        run.input_tokens = run.input_tokens.saturating_add(input.input_tokens);
+        run.output_tokens = run.output_tokens.saturating_add(input.output_tokens);
+        run.lease_expires_at = None;
+        Ok((run, retry_after))
     }
 
     /// The usual FinishRun as one Postgres statement; `None` when it does not apply or did

@@ -1,14 +1,12 @@
 //! Executes the run-lifecycle rules of `nightshift_core::lifecycle` against the database:
-//! StartRun (lease expiry, backoff, pause, overlap policy — decided under the agent's lock),
-//! Heartbeat, Checkpoint and FinishRun (retry or settle), all fenced by the attempt number and
-//! the attempt's random lease token.
-//! The decisions themselves live in core; this file reads their inputs and writes their results.
+//! StartRun (lease expiry, backoff, pause, overlap policy — decided under the agent's lock) and
+//! Heartbeat, fenced by the attempt number and the attempt's random lease token; Checkpoint is
+//! in `checkpoint.rs`, FinishRun (retry or settle) in `finish.rs`.
+//! The decisions themselves live in core; these files read their inputs and write their results.
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use nightshift_core::lifecycle::{
-    self, Failure, FinishDecision, LostLease, OverlapDecision, StartDecision, StartFacts,
-};
+use nightshift_core::lifecycle::{self, Failure, LostLease, OverlapDecision, StartDecision, StartFacts};
 use nightshift_core::{AgentId, AgentSpec, AgentState, RunId, RunOutcome, RunStatus, WorkerId, time};
 use sqlx::{Any, AnyConnection, Row};
 
@@ -314,10 +312,20 @@ impl Store {
             version: u64::try_from(agent.try_get::<i64, _>("version")?).unwrap_or_default(),
         };
 
-        // Only runs the manager recorded start: a worker cannot make up runs.
-        let run = read_run(&mut *tx, &input.run_id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("run {}", input.run_id)))?;
+        // Only runs the manager recorded start: a worker cannot make up runs. Read with the
+        // number of the agent's other runs holding a live lease, which the overlap policy needs
+        // listed only when there are any (rarely): one statement instead of two per start.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS}, (SELECT COUNT(*) FROM runs o WHERE o.agent_id = r.agent_id \
+             AND o.status = 'running' AND o.id <> r.id AND o.lease_expires_at > $2) AS running_others \
+             FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.id = $1"
+        )))
+        .bind(input.run_id.as_str())
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("run {}", input.run_id)))?;
+        let (run, running_others) = (run_from_row(&row)?, row.try_get::<i64, _>("running_others")?);
         if run.agent_id != input.agent_id {
             return Err(StoreError::Invalid(format!(
                 "run {} belongs to agent {}, not {}",
@@ -356,18 +364,20 @@ impl Store {
                         StartOutcome::AwaitingBudget { run: crate::costs::wait_for_budget(tx, run, overrun).await? }
                     }
                     Some(overrun) => skip(tx, run, overrun.reason, now).await?,
-                    None => self.apply_overlap(tx, run, input, &current, now).await?,
+                    None => self.apply_overlap(tx, run, running_others, input, &current, now).await?,
                 }
             }
-            StartDecision::ApplyOverlap => self.apply_overlap(tx, run, input, &current, now).await?,
+            StartDecision::ApplyOverlap => self.apply_overlap(tx, run, running_others, input, &current, now).await?,
         };
         Ok(outcome)
     }
 
+    /// `running_others` counts the agent's other runs with a live lease, as read with `run`.
     async fn apply_overlap(
         &self,
         tx: &mut AnyConnection,
         run: RunRecord,
+        running_others: i64,
         input: &StartInput,
         current: &Current,
         now: i64,
@@ -375,17 +385,21 @@ impl Store {
         let policy = current.spec.policy.overlap;
         // Only runs with a live lease block (lifecycle::lease_state): a run whose lease ran out
         // belongs to a dead worker.
-        let others: Vec<RunId> = sqlx::query(
-            "SELECT id FROM runs WHERE agent_id = $1 AND status = 'running' AND id <> $2 AND lease_expires_at > $3",
-        )
-        .bind(input.agent_id.as_str())
-        .bind(run.id.as_str())
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>("id").map(RunId::from_string))
-        .collect::<Result<_, _>>()?;
+        let others: Vec<RunId> = if running_others == 0 {
+            Vec::new()
+        } else {
+            sqlx::query(
+                "SELECT id FROM runs WHERE agent_id = $1 AND status = 'running' AND id <> $2 AND lease_expires_at > $3",
+            )
+            .bind(input.agent_id.as_str())
+            .bind(run.id.as_str())
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>("id").map(RunId::from_string))
+            .collect::<Result<_, _>>()?
+        };
         let first = if policy.needs_waiting_run() {
             first_waiting(&mut *tx, &input.agent_id, Some(&run.id)).await?
         } else {
@@ -506,89 +520,5 @@ impl Store {
             })
         }))
         .await
-    }
-
-    /// Ends an attempt (fenced). A failure or timeout with retries left puts the run back in the
-    /// queue with `not_before` set by the policy's backoff; the returned delay says when to
-    /// deliver it again.
-    pub async fn finish_run(
-        &self,
-        id: &RunId,
-        fence: impl Into<Fence>,
-        input: &FinishInput,
-    ) -> Result<(RunRecord, Option<Duration>), StoreError> {
-        let (this, id, fence, input) = (self.clone(), id.clone(), fence.into(), std::sync::Arc::new(input.clone()));
-        self.statements(Box::new(move |conn| {
-            let (this, id, fence, input) = (this.clone(), id.clone(), fence.clone(), input.clone());
-            Box::pin(async move { this.finish_in(conn, &id, fence, &input).await })
-        }))
-        .await
-    }
-
-    pub(crate) async fn finish_in(
-        &self,
-        conn: &mut AnyConnection,
-        id: &RunId,
-        fence: Fence,
-        input: &FinishInput,
-    ) -> Result<(RunRecord, Option<Duration>), StoreError> {
-        let attempt = fence.attempt;
-        let now = self.now_ms();
-        let run = read_run(&mut *conn, id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
-        if run.status != RunStatus::Running || run.attempt != attempt {
-            return Err(fenced(Some(run), id, attempt));
-        }
-        // The policy is read only when the retry rule needs it (not on the success path).
-        let policy = if lifecycle::needs_retry_policy(input.outcome, input.failure) {
-            Some(spec_at(&mut *conn, &run.agent_id, run.agent_version).await?.policy)
-        } else {
-            None
-        };
-        let decision = lifecycle::decide_finish(input.outcome, input.failure, run.retries, policy.as_ref());
-        let (status, not_before, retries, retry_after) = match decision {
-            FinishDecision::Settle { status } => (status, None, run.retries, None),
-            FinishDecision::Retry { delay, retries } => {
-                (decision.status(), Some(ms_after(now, delay)), retries, Some(delay))
-            }
-        };
-        let finished_at = status.is_terminal().then_some(now);
-        let (result, error, reason) = input.texts();
-        let sql = format!(
-            "UPDATE runs SET status = $1, finished_at = $2, not_before = $3, retries = $4, \
-             result = COALESCE($5, result), error = COALESCE($6, error), reason = COALESCE($7, reason), \
-             input_tokens = input_tokens + $8, output_tokens = output_tokens + $9, lease_expires_at = NULL \
-             WHERE id = $10 AND {}",
-            fence.condition(12)
-        );
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(status.as_str())
-            .bind(finished_at)
-            .bind(not_before)
-            .bind(i64::from(retries))
-            .bind(result.clone())
-            .bind(error.clone())
-            .bind(reason.clone())
-            .bind(i64::try_from(input.input_tokens).unwrap_or(i64::MAX))
-            .bind(i64::try_from(input.output_tokens).unwrap_or(i64::MAX))
-            .bind(id.as_str())
-            .bind(i64::from(attempt));
-        let done = fence.bind_token(done).execute(&mut *conn).await?;
-        if done.rows_affected() == 0 {
-            return Err(fenced(read_run(&mut *conn, id).await?, id, attempt));
-        }
-        // The fenced update matched the record read above (same attempt, still running): apply
-        // it to that record rather than reading the row back.
-        let mut run = run;
-        run.status = status;
-        run.finished_at = finished_at.map(time::from_millis);
-        run.not_before = not_before.map(time::from_millis);
-        run.retries = retries;
-        run.result = result.or(run.result);
-        run.error = error.or(run.error);
-        run.reason = reason.or(run.reason);
-        run.input_tokens = run.input_tokens.saturating_add(input.input_tokens);
-        run.output_tokens = run.output_tokens.saturating_add(input.output_tokens);
-        run.lease_expires_at = None;
-        Ok((run, retry_after))
     }
 }
