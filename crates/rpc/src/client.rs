@@ -79,7 +79,13 @@ impl ClientOptions {
         let endpoint = self.endpoint(field, uri)?;
         Ok(match self.in_process.call_to(uri, timeout) {
             Some(call) => self.intercept(Transport::InProcess(call)),
-            None => self.wrap(timeout.map_or(endpoint.clone(), |t| endpoint.timeout(t)).connect_lazy()),
+            None => self.wrap(
+                match timeout {
+                    Some(t) => endpoint.timeout(t),
+                    None => endpoint,
+                }
+                .connect_lazy(),
+            ),
         })
     }
 
