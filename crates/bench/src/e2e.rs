@@ -48,6 +48,10 @@ pub struct E2eArgs {
     /// Worker processes of the distributed deployment (each at its default concurrency).
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// YAML lines added to every agent's manifest, to take a part of the run path out for a
+    /// diagnosis (e.g. `memory: {store_results: false}`); the figures of record use none.
+    #[arg(long, default_value = "")]
+    pub extra_yaml: String,
     /// Directory of the release binaries to run (default: this binary's).
     #[arg(long)]
     #[serde(skip)]
@@ -70,6 +74,8 @@ struct Seen {
     started: Option<i64>,
     ended: Option<i64>,
     failed: bool,
+    /// Recorded as skipped (overlap `skip`: when fired, or by StartRun).
+    skipped: bool,
 }
 
 pub async fn e2e(args: &E2eArgs) -> anyhow::Result<Scenario> {
@@ -90,7 +96,12 @@ async fn measure(args: &E2eArgs, name: &str, deployed: &Deployed, llm: &str) -> 
 
     // Follow the runs from now on, before any agent exists.
     let mut events = pb::event_service_client::EventServiceClient::new(connect(&deployed.events).await?);
-    let types = [EventType::BackgroundTaskStarted, EventType::BackgroundTaskCompleted, EventType::BackgroundTaskError];
+    let types = [
+        EventType::BackgroundTaskStarted,
+        EventType::BackgroundTaskCompleted,
+        EventType::BackgroundTaskError,
+        EventType::RunSkipped,
+    ];
     let filter = pb::EventFilter { types: types.iter().map(|t| t.to_pb() as i32).collect(), ..Default::default() };
     let first = events
         .subscribe(pb::SubscribeRequest { filter: Some(filter.clone()), from: None })
@@ -124,6 +135,7 @@ async fn measure(args: &E2eArgs, name: &str, deployed: &Deployed, llm: &str) -> 
                         Some(EventType::BackgroundTaskStarted) => s.started = Some(at),
                         Some(EventType::BackgroundTaskCompleted) => s.ended = Some(at),
                         Some(EventType::BackgroundTaskError) => s.failed = true,
+                        Some(EventType::RunSkipped) => s.skipped = true,
                         _ => {}
                     }
                 }
@@ -141,12 +153,13 @@ async fn measure(args: &E2eArgs, name: &str, deployed: &Deployed, llm: &str) -> 
     let t_apply = Instant::now();
     let base_url = llm.to_owned();
     let start_at = if args.aligned { ", start_at: '2026-01-01T00:00:00Z'" } else { "" };
+    let extra = &args.extra_yaml;
     futures::stream::iter(0..args.agents)
         .map(|i| {
             let mut m = manager.clone();
             let yaml = format!(
                 "name: e2e-{i}\nmodel: {{provider: openai, model: scripted, base_url: '{base_url}'}}\n\
-                 task: {{query: 'Report the state of the system.'}}\nschedule: {{interval: 1s{start_at}}}\n"
+                 task: {{query: 'Report the state of the system.'}}\nschedule: {{interval: 1s{start_at}}}\n{extra}\n"
             );
             async move { m.apply_agent(pb::ApplyAgentRequest { spec: None, manifest_yaml: yaml }).await }
         })
@@ -192,13 +205,14 @@ async fn measure(args: &E2eArgs, name: &str, deployed: &Deployed, llm: &str) -> 
     // Runs due in the window: their lag; runs that ended in the window: the throughput.
     let seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let (mut to_start, mut to_end, mut run_time) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut completed, mut failed) = (0u64, 0u64);
+    let (mut completed, mut failed, mut skipped) = (0u64, 0u64, 0u64);
     for (run, s) in &seen {
         if s.ended.is_some_and(|t| (window_start..window_end).contains(&t)) {
             completed += 1;
         }
         let Some(tick) = tick_of(run).filter(|t| (window_start..window_end).contains(t)) else { continue };
         failed += u64::from(s.failed);
+        skipped += u64::from(s.skipped);
         to_start.extend(s.started.map(|t| (t - tick) as f64));
         to_end.extend(s.ended.map(|t| (t - tick) as f64));
         run_time.extend(s.started.zip(s.ended).map(|(a, b)| (b - a) as f64));
@@ -233,6 +247,9 @@ async fn measure(args: &E2eArgs, name: &str, deployed: &Deployed, llm: &str) -> 
             "started_of_those": to_start.len(),
             "ended_of_those": to_end.len(),
             "failed": failed,
+            // Ticks of the window recorded as skipped (`overlap: skip`: the agent's previous run
+            // still waited for a worker when the tick fired, or still ran when it started).
+            "skipped_of_those": skipped,
             "queued_or_running_at_end": backlog,
             "subscriber_lagged": lagged.load(std::sync::atomic::Ordering::Relaxed),
             "semantic_memory": deployed.semantic_memory,

@@ -178,7 +178,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn e2e_args(agents: usize, secs: u64, deployment: deploy::Deployment) -> e2e::E2eArgs {
-    e2e::E2eArgs { agents, secs, warmup: 5, profile: false, aligned: false, deployment, workers: 2, bin_dir: None }
+    e2e::E2eArgs {
+        agents,
+        secs,
+        warmup: 5,
+        profile: false,
+        aligned: false,
+        deployment,
+        workers: 2,
+        extra_yaml: String::new(),
+        bin_dir: None,
+    }
 }
 
 async fn all(a: &AllArgs, out: &mut Vec<Scenario>) -> anyhow::Result<()> {

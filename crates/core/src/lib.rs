@@ -7,6 +7,7 @@
 //! through one validation function per message ([`AgentSpec::from_proto`]), which names the
 //! offending field on error.
 
+pub mod admission;
 pub mod auth;
 pub mod backoff;
 pub mod budget;

@@ -1,9 +1,10 @@
 //! Scheduler persistence: schedule progress (`last_tick`), firing ticks as runs, and the shard
 //! leases that split schedules between scheduler replicas.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use nightshift_core::{AgentId, AgentState, RunId, Schedule, time};
+use nightshift_core::admission::{self, FireDecision};
+use nightshift_core::{AgentId, AgentState, OverlapPolicy, RunId, Schedule, time};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -27,6 +28,8 @@ pub struct ScheduledAgent {
     pub paused: bool,
     /// The schedule.
     pub schedule: Schedule,
+    /// Its overlap policy (what [`Store::fire_ticks`] admits).
+    pub overlap: OverlapPolicy,
     /// The newest handled tick, or the creation time if none: planning starts after it.
     pub anchor: DateTime<Utc>,
     /// Ticks fired so far.
@@ -38,10 +41,15 @@ pub struct ScheduledAgent {
 }
 
 /// What [`Store::fire_ticks`] did with one run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TickOutcome {
-    /// Recorded now.
+    /// Recorded now, queued: to be handed to the queue.
     Created,
+    /// Recorded now as skipped (`admission::decide_fire`): not to be handed to the queue.
+    Skipped {
+        /// Why, as recorded on the run.
+        reason: String,
+    },
     /// Already recorded (fired twice: another replica, or before a restart).
     Existed,
     /// Not recorded: the agent no longer exists.
@@ -59,6 +67,9 @@ pub struct TickFire {
     pub last_tick: DateTime<Utc>,
     /// Ticks counted as missed.
     pub missed: u64,
+    /// The agent's overlap policy: under `skip`, a tick fired while the agent's previous run
+    /// waits unstarted in the queue is recorded as skipped ([`admission::decide_fire`]).
+    pub overlap: OverlapPolicy,
 }
 
 const SCHEDULED_SQL: &str = "SELECT a.id, a.name, a.version, a.state, a.spec, a.created_at, a.updated_at, \
@@ -76,6 +87,7 @@ fn scheduled_from_row(row: &AnyRow) -> Result<ScheduledAgent, StoreError> {
         namespace: spec.namespace.clone(),
         version: u64_col(row, "version")?,
         paused: state == AgentState::Paused.as_str(),
+        overlap: spec.policy.overlap,
         schedule: spec.schedule,
         anchor: time::from_millis(last.unwrap_or(created)),
         fired: u64_col(row, "fired")?,
@@ -113,7 +125,91 @@ fn values_placeholders(rows: usize, width: usize, first: usize) -> String {
 
 /// `$1, $2, ...`: an `IN` list of `n` placeholders.
 fn in_placeholders(n: usize) -> String {
-    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+    numbered_placeholders(n, 1)
+}
+
+/// `$first, $first+1, ...`: `n` placeholders.
+fn numbered_placeholders(n: usize, first: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// One run of [`Store::fire_ticks`] to insert: queued, or skipped for `reason`.
+struct FiredRow<'a> {
+    run: &'a RunId,
+    tick: DateTime<Utc>,
+    agent: &'a AgentId,
+    reason: Option<String>,
+}
+
+/// Inserts fired runs, queued or (all of them, when the first has a reason) skipped, in
+/// multi-row statements; returns the ids created (not those that existed).
+async fn insert_fired(
+    tx: &mut sqlx::AnyConnection,
+    now: i64,
+    rows: &[FiredRow<'_>],
+) -> Result<HashSet<String>, StoreError> {
+    let mut created = HashSet::with_capacity(rows.len());
+    let skipped = rows.first().is_some_and(|r| r.reason.is_some());
+    for chunk in rows.chunks(FIRE_BATCH) {
+        let sql = if skipped {
+            format!(
+                "INSERT INTO runs (id, agent_id, agent_version, status, trigger_kind, scheduled_for, created_at, \
+                 finished_at, reason) \
+                 SELECT v.column1, a.id, a.version, 'skipped', 'schedule', v.column2, $1, $1, v.column4 \
+                 FROM (VALUES {}) AS v JOIN agents a ON a.id = v.column3 WHERE true \
+                 ON CONFLICT (id) DO NOTHING RETURNING id",
+                values_placeholders(chunk.len(), 4, 2)
+            )
+        } else {
+            format!(
+                "INSERT INTO runs (id, agent_id, agent_version, status, trigger_kind, scheduled_for, created_at) \
+                 SELECT v.column1, a.id, a.version, 'queued', 'schedule', v.column2, $1 \
+                 FROM (VALUES {}) AS v JOIN agents a ON a.id = v.column3 WHERE true \
+                 ON CONFLICT (id) DO NOTHING RETURNING id",
+                values_placeholders(chunk.len(), 3, 2)
+            )
+        };
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        for r in chunk {
+            q = q.bind(r.run.as_str()).bind(time::to_millis(r.tick)).bind(r.agent.as_str());
+            if skipped {
+                q = q.bind(r.reason.as_deref().unwrap_or_default());
+            }
+        }
+        for row in q.fetch_all(&mut *tx).await? {
+            created.insert(row.try_get("id")?);
+        }
+    }
+    Ok(created)
+}
+
+/// The pending run ([`admission::decide_fire`]) of each agent of `fires` whose overlap policy
+/// skips: queued, handed to the queue at least [`admission::PENDING_AFTER`] before `now` (the
+/// `published` flag holds when it was set) and not started since.
+async fn pending_runs(
+    tx: &mut sqlx::AnyConnection,
+    fires: &[TickFire],
+    now: i64,
+) -> Result<HashMap<String, RunId>, StoreError> {
+    let agents: Vec<&AgentId> =
+        fires.iter().filter(|f| f.overlap == OverlapPolicy::Skip && !f.runs.is_empty()).map(|f| &f.agent_id).collect();
+    let cutoff = now - i64::try_from(admission::PENDING_AFTER.as_millis()).unwrap_or(i64::MAX);
+    let mut pending = HashMap::new();
+    for chunk in agents.chunks(FIRE_BATCH) {
+        let sql = format!(
+            "SELECT agent_id, MIN(id) AS id FROM runs WHERE status = 'queued' AND published > 0 \
+             AND published <= $1 AND agent_id IN ({}) GROUP BY agent_id",
+            numbered_placeholders(chunk.len(), 2)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(cutoff);
+        for a in chunk {
+            q = q.bind(a.as_str());
+        }
+        for row in q.fetch_all(&mut *tx).await? {
+            pending.insert(row.try_get("agent_id")?, RunId::from_string(row.try_get::<String, _>("id")?));
+        }
+    }
+    Ok(pending)
 }
 
 /// A queued run whose request is not known to be in the queue ([`Store::stale_queued_runs`]).
@@ -157,9 +253,10 @@ impl Store {
         row.as_ref().map(scheduled_from_row).transpose()
     }
 
-    /// Records fired ticks in one transaction: the runs (queued; an existing id is left alone,
-    /// which makes a tick fired twice a no-op) and the schedules' progress. Returns, per run,
-    /// what happened to it. Each agent must appear at most once in `fires`.
+    /// Records fired ticks in one transaction: the runs (queued, or skipped when
+    /// [`admission::decide_fire`] says so; an existing id is left alone, which makes a tick fired
+    /// twice a no-op) and the schedules' progress. Returns, per run, what happened to it. Each
+    /// agent must appear at most once in `fires`.
     ///
     /// Rows are written with multi-row statements of up to [`FIRE_BATCH`] rows: a pass of
     /// 10,000 due agents is about 160 statements instead of 20,000, which is what keeps the fire
@@ -190,29 +287,31 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        let runs: Vec<(&RunId, DateTime<Utc>, &AgentId)> =
-            fires.iter().flat_map(|f| f.runs.iter().map(move |(r, t)| (r, *t, &f.agent_id))).collect();
-        let mut created: HashSet<String> = HashSet::with_capacity(runs.len());
-        for chunk in runs.chunks(FIRE_BATCH) {
-            let sql = format!(
-                "INSERT INTO runs (id, agent_id, agent_version, status, trigger_kind, scheduled_for, created_at) \
-                 SELECT v.column1, a.id, a.version, 'queued', 'schedule', v.column2, $1 \
-                 FROM (VALUES {}) AS v JOIN agents a ON a.id = v.column3 WHERE true \
-                 ON CONFLICT (id) DO NOTHING RETURNING id",
-                values_placeholders(chunk.len(), 3, 2)
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-            for (run_id, tick, agent_id) in chunk {
-                q = q.bind(run_id.as_str()).bind(time::to_millis(*tick)).bind(agent_id.as_str());
-            }
-            for row in q.fetch_all(&mut *tx).await? {
-                created.insert(row.try_get("id")?);
+        let pending = pending_runs(&mut tx, fires, now).await?;
+        let (mut queued, mut skipped) = (Vec::new(), Vec::new());
+        for f in fires {
+            for (run, tick) in &f.runs {
+                match admission::decide_fire(f.overlap, pending.get(f.agent_id.as_str())) {
+                    FireDecision::Queue => queued.push(FiredRow { run, tick: *tick, agent: &f.agent_id, reason: None }),
+                    FireDecision::Skip { reason } => {
+                        skipped.push(FiredRow { run, tick: *tick, agent: &f.agent_id, reason: Some(reason) })
+                    }
+                }
             }
         }
+        let created = insert_fired(&mut tx, now, &queued).await?;
+        let created_skipped = insert_fired(&mut tx, now, &skipped).await?;
+        let reasons: HashMap<&str, &str> =
+            skipped.iter().filter_map(|r| Some((r.run.as_str(), r.reason.as_deref()?))).collect();
         // Runs not created either existed (a tick fired twice: another replica, or before a
         // restart) or lost their agent (deleted since the scheduler loaded it). Rare: only
         // these are looked up.
-        let missing: Vec<&RunId> = runs.iter().map(|(r, _, _)| *r).filter(|r| !created.contains(r.as_str())).collect();
+        let missing: Vec<&RunId> = queued
+            .iter()
+            .chain(&skipped)
+            .map(|r| r.run)
+            .filter(|r| !created.contains(r.as_str()) && !created_skipped.contains(r.as_str()))
+            .collect();
         let mut existed: HashSet<String> = HashSet::new();
         for chunk in missing.chunks(FIRE_BATCH) {
             let sql = format!("SELECT id FROM runs WHERE id IN ({})", in_placeholders(chunk.len()));
@@ -231,7 +330,9 @@ impl Store {
                 f.runs
                     .iter()
                     .map(|(r, _)| {
-                        if created.contains(r.as_str()) {
+                        if let Some(reason) = reasons.get(r.as_str()).filter(|_| created_skipped.contains(r.as_str())) {
+                            TickOutcome::Skipped { reason: (*reason).to_owned() }
+                        } else if created.contains(r.as_str()) {
                             TickOutcome::Created
                         } else if existed.contains(r.as_str()) {
                             TickOutcome::Existed
@@ -259,17 +360,31 @@ impl Store {
         Ok(())
     }
 
-    /// Marks runs as published to the queue (the outbox flag).
+    /// Marks runs as published to the queue (the outbox flag). The flag holds when it was set
+    /// (unix ms; 0 = not published), which is how [`Store::fire_ticks`] tells a run that waits
+    /// for a worker from one that was only just handed over.
     pub async fn mark_published(&self, runs: &[RunId]) -> Result<(), StoreError> {
+        let now = self.now_ms();
         for chunk in runs.chunks(500) {
-            let sql = format!("UPDATE runs SET published = 1 WHERE id IN ({})", in_placeholders(chunk.len()));
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let sql = format!("UPDATE runs SET published = $1 WHERE id IN ({})", numbered_placeholders(chunk.len(), 2));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
             for r in chunk {
                 q = q.bind(r.as_str());
             }
             q.execute(&self.pool).await?;
         }
         Ok(())
+    }
+
+    /// Clears the outbox flag of every queued run, so that the outbox sweep hands them to the
+    /// queue again; returns how many. For a queue that does not outlive its process (`memory://`,
+    /// `nightshift dev`): after a restart the runs it held are gone, and a queued run nobody
+    /// delivers would never start — and, as a pending run, would keep its agent's ticks skipped.
+    pub async fn unpublish_queued(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query("UPDATE runs SET published = 0 WHERE status = 'queued' AND published <> 0")
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Takes back ticks recorded ahead of their time that were never published (the agent was

@@ -565,6 +565,7 @@ async fn fire_ticks_batches_and_reports_each_run(kind: Db) {
         runs: ticks.iter().map(|t| (RunId::for_tick(agent, t.timestamp_millis()), *t)).collect(),
         last_tick: *ticks.last().unwrap(),
         missed,
+        overlap: nightshift_core::OverlapPolicy::Skip,
     };
     // The first pass: one tick each, agent 0 also misses one.
     let first: Vec<TickFire> = agents.iter().enumerate().map(|(i, a)| fire(a, &[t1], u64::from(i == 0))).collect();

@@ -81,6 +81,13 @@ pub(crate) async fn run(args: DevArgs, log_format: Option<LogFormat>) -> anyhow:
         tracing::info!(model = %name, path = %path.display(), "embedded model ready");
     }
 
+    // The in-process queue starts empty: runs an earlier `nightshift dev` handed to its queue
+    // and nobody started go to this one (the scheduler's outbox sweep publishes them).
+    let requeued = store.unpublish_queued().await.context("re-queueing runs of an earlier start")?;
+    if requeued > 0 {
+        tracing::info!(runs = requeued, "runs queued before this start are handed to the queue again");
+    }
+
     let tcp = GrpcServer::bind(&cfg.server.listen).await?;
     let addr = tcp.local_addr()?;
     let endpoint = format!("{}://{addr}", if cfg.server.tls.serves_tls() { "https" } else { "http" });

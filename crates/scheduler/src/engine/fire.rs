@@ -5,13 +5,13 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use nightshift_core::{AgentId, EventType, RunId, TriggerKind, time};
+use nightshift_core::{AgentId, EventType, OverlapPolicy, RunId, TriggerKind, time};
 use nightshift_queue::RunRequest;
 use nightshift_store::{TickFire, TickOutcome};
 use serde_json::json;
 
 use super::Scheduler;
-use super::index::Prepared;
+use super::index::{Index, Prepared};
 use super::outbox::trace_context;
 use crate::rules;
 
@@ -25,6 +25,8 @@ struct Firing {
     fire_time: DateTime<Utc>,
     /// The schedule progress before this firing.
     anchor: DateTime<Utc>,
+    /// The agent's overlap policy (fire-time admission).
+    overlap: OverlapPolicy,
 }
 
 impl Scheduler {
@@ -95,7 +97,13 @@ impl Scheduler {
                 if plan.handled_until.is_none() {
                     idx.reschedule(&id, plan.next);
                 } else {
-                    firings.push(Firing { agent_id: id, plan, fire_time, anchor: e.agent.anchor });
+                    firings.push(Firing {
+                        agent_id: id,
+                        plan,
+                        fire_time,
+                        anchor: e.agent.anchor,
+                        overlap: e.agent.overlap,
+                    });
                 }
             }
         }
@@ -115,6 +123,7 @@ impl Scheduler {
                 runs: f.plan.fire.iter().map(|t| (RunId::for_tick(&f.agent_id, time::to_millis(*t)), *t)).collect(),
                 last_tick: f.plan.handled_until.unwrap_or(now),
                 missed: f.plan.missed,
+                overlap: f.overlap,
             })
             .collect();
         let created = match self.inner.store.fire_ticks(&fires).await {
@@ -152,6 +161,10 @@ impl Scheduler {
                         }
                         TickOutcome::NoAgent => {
                             gone = true;
+                            continue;
+                        }
+                        TickOutcome::Skipped { reason } => {
+                            self.report_skipped(&idx, &f.agent_id, run_id, reason);
                             continue;
                         }
                     }
@@ -214,6 +227,25 @@ impl Scheduler {
         }
         self.inner.wake.notify_one();
         self.publish_prepared(due_now).await
+    }
+
+    /// A tick recorded as skipped when fired (the agent's previous run still waits for a
+    /// worker): counted, logged at debug (under overload this is every tick of most agents) and
+    /// announced as `RUN_SKIPPED`, as StartRun's skips are.
+    fn report_skipped(&self, idx: &Index, agent: &AgentId, run: &RunId, reason: &str) {
+        metrics::counter!("nightshift_scheduler_skipped_total").increment(1);
+        tracing::debug!(%run, %agent, reason, "tick skipped when fired");
+        if let Some(p) = self.inner.events.get() {
+            let (name, ns) =
+                idx.entries.get(agent).map(|e| (e.agent.name.clone(), e.agent.namespace.clone())).unwrap_or_default();
+            p.event(EventType::RunSkipped)
+                .agent(agent)
+                .agent_name(name)
+                .namespace(&ns)
+                .run(run)
+                .data(json!({"reason": reason}))
+                .emit();
+        }
     }
 
     /// Publishes prepared firings (step 1 of [`Scheduler::fire_due`]); returns the runs published.
