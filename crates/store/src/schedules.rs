@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use nightshift_core::admission::{self, FireDecision};
-use nightshift_core::{AgentId, AgentState, OverlapPolicy, RunId, Schedule, time};
+use nightshift_core::{AgentId, AgentState, OverlapPolicy, RunId, RunStatus, Schedule, time};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -141,15 +141,16 @@ struct FiredRow<'a> {
     reason: Option<String>,
 }
 
-/// Inserts fired runs, queued or (all of them, when the first has a reason) skipped, in
-/// multi-row statements; returns the ids created (not those that existed).
+/// Inserts fired runs as `status` (`Queued`, or `Skipped` with each row's reason) in multi-row
+/// statements; returns the ids created (not those that existed).
 async fn insert_fired(
     tx: &mut sqlx::AnyConnection,
     now: i64,
     rows: &[FiredRow<'_>],
+    status: RunStatus,
 ) -> Result<HashSet<String>, StoreError> {
     let mut created = HashSet::with_capacity(rows.len());
-    let skipped = rows.first().is_some_and(|r| r.reason.is_some());
+    let skipped = status == RunStatus::Skipped;
     for chunk in rows.chunks(FIRE_BATCH) {
         let sql = if skipped {
             format!(
@@ -299,8 +300,8 @@ impl Store {
                 }
             }
         }
-        let created = insert_fired(&mut tx, now, &queued).await?;
-        let created_skipped = insert_fired(&mut tx, now, &skipped).await?;
+        let created = insert_fired(&mut tx, now, &queued, RunStatus::Queued).await?;
+        let created_skipped = insert_fired(&mut tx, now, &skipped, RunStatus::Skipped).await?;
         let reasons: HashMap<&str, &str> =
             skipped.iter().filter_map(|r| Some((r.run.as_str(), r.reason.as_deref()?))).collect();
         // Runs not created either existed (a tick fired twice: another replica, or before a
