@@ -80,7 +80,9 @@ struct Seen {
 
 pub async fn e2e(args: &E2eArgs) -> anyhow::Result<Scenario> {
     let aligned = if args.aligned { ", aligned" } else { "" };
-    let name = format!("e2e {}, {} agents{aligned}", args.deployment.label(), args.agents);
+    // A diagnosis run says what it took out, so that its rows are never read as the defaults'.
+    let extra = if args.extra_yaml.is_empty() { String::new() } else { format!(", with `{}`", args.extra_yaml) };
+    let name = format!("e2e {}, {} agents{aligned}{extra}", args.deployment.label(), args.agents);
     eprintln!("== {name}: {} s window after {} s warm-up", args.secs, args.warmup);
     let bin_dir = crate::deploy::binaries(args.bin_dir.as_deref())?;
     let llm = ScriptedLlm::spawn().await?;
