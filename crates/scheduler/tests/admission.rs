@@ -39,7 +39,7 @@ async fn ticks_behind_an_unstarted_run_are_recorded_skipped_and_never_queued() {
     let scheduler = Scheduler::new(store.clone(), queue.clone(), Arc::new(SystemClock), cfg);
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(scheduler.run(rx));
-    tokio::time::sleep(Duration::from_millis(5500)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
     stop.send(true).unwrap();
     task.await.unwrap();
 
@@ -47,11 +47,13 @@ async fn ticks_behind_an_unstarted_run_are_recorded_skipped_and_never_queued() {
     let all_runs = runs_of(&store, &all).await;
     let status = |runs: &[RunRecord], s: RunStatus| runs.iter().filter(|r| r.status == s).count();
     // The first tick is queued; once it has waited a second unstarted, the ticks after it are
-    // skipped (one more may be queued before that second is up).
+    // skipped. A tick is recorded up to `prepare_ahead` (1 s) before it is due and the first run
+    // is flagged as handed over up to 200 ms after it was, so the second and the third tick may
+    // still be queued; the fourth (recorded 1.8 s or more after the flag) never is.
     let queued = status(&skip_runs, RunStatus::Queued);
     let skipped = status(&skip_runs, RunStatus::Skipped);
-    assert!((1..=2).contains(&queued), "queued: {skip_runs:#?}");
-    assert!(skipped >= 2, "ticks behind the unstarted run are skipped: {skip_runs:#?}");
+    assert!((1..=3).contains(&queued), "queued: {skip_runs:#?}");
+    assert!(skipped >= 3, "ticks behind the unstarted run are skipped: {skip_runs:#?}");
     assert_eq!(queued + skipped, skip_runs.len(), "nothing else: {skip_runs:#?}");
     for r in skip_runs.iter().filter(|r| r.status == RunStatus::Skipped) {
         let reason = r.reason.as_deref().unwrap_or_default();
@@ -61,8 +63,10 @@ async fn ticks_behind_an_unstarted_run_are_recorded_skipped_and_never_queued() {
     // Every tick has a record, 1 s apart: a skipped tick is not a lost one.
     let ticks: Vec<i64> = skip_runs.iter().map(|r| r.scheduled_for.unwrap().timestamp_millis()).collect();
     assert!(ticks.windows(2).all(|w| w[1] - w[0] == 1000), "ticks 1 s apart: {ticks:?}");
+    // (The two agents' counts are not compared: each sits at its own phase within the second,
+    // and a tick recorded ahead as skipped stays recorded at the stop, unlike a prepared one.)
     assert_eq!(status(&all_runs, RunStatus::Queued), all_runs.len(), "allow_all queues every tick");
-    assert!(all_runs.len() >= skip_runs.len(), "{} vs {}", all_runs.len(), skip_runs.len());
+    assert!(all_runs.len() >= 5, "allow_all's ticks in 7 s: {}", all_runs.len());
 
     // The queue holds the queued runs only: skipped ones were never handed over.
     let depth = queue.depth().await.unwrap().unwrap();
