@@ -25,6 +25,7 @@ mod replays;
 mod run_lifecycle;
 mod runs;
 mod schedules;
+mod shards;
 
 pub use api_keys::{ApiKeyRecord, KEY_PREFIX, KeyRefused, parse_key};
 pub use approvals::{ApprovalCall, ApprovalFilter, ApprovalRecord, Decided, ParkInput, Verdict};
