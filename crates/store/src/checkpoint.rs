@@ -3,8 +3,8 @@
 //! Every run writes a checkpoint per LLM answer and per tool result, so this is the busiest write
 //! of the run path. The usual case — the attempt still holds the run and the step is the next one
 //! — takes one statement on Postgres (a data-modifying CTE: the fenced lease update and the
-//! insert commit together, with no BEGIN/COMMIT round trips) and two inside one transaction on
-//! SQLite. Anything else (a refused fence, a step sent twice, a gap) falls through to the full
+//! insert commit together, with no BEGIN/COMMIT round trips) and one call to the connection's
+//! thread on SQLite (the statements in one query string, inside the group writer's transaction). Anything else (a refused fence, a step sent twice, a gap) falls through to the full
 //! check, which says exactly what is wrong.
 use std::time::Duration;
 
@@ -76,9 +76,17 @@ impl Store {
             }
         }
         let (id, step) = (id.clone(), std::sync::Arc::new(step.clone()));
+        let sqlite = self.backend == Backend::Sqlite;
         self.transaction(Box::new(move |tx| {
             let (id, fence, step) = (id.clone(), fence.clone(), step.clone());
-            Box::pin(async move { append_checked(tx, &id, &fence, &step, until, now).await })
+            Box::pin(async move {
+                // SQLite: the usual case in one call to the connection's thread; the rest (the
+                // lease it may have extended is extended again) to the full check.
+                if sqlite && append_in_one_call(tx, &id, &fence, &step, until, now).await? {
+                    return Ok(());
+                }
+                append_checked(tx, &id, &fence, &step, until, now).await
+            })
         }))
         .await?;
         Ok(until.map(time::from_millis))
@@ -129,6 +137,47 @@ impl Store {
         };
         Ok(query.execute(&self.pool).await?.rows_affected() == 1)
     }
+}
+
+/// The usual checkpoint on SQLite in the caller's transaction, as one call to the connection's
+/// thread (sqlx runs each call there, and the hand-off costs more than the statements): the
+/// fenced lease update, the step only if that took (`changes()` is the previous statement's)
+/// and it is the next one, and the call's ledger row only if the step was inserted — statements
+/// in one query string, sharing the numbered arguments as [`Store::append_in_one_statement`]'s
+/// CTE does on Postgres. False when any of them did nothing (the full check then explains).
+async fn append_in_one_call(
+    tx: &mut AnyConnection,
+    id: &RunId,
+    fence: &Fence,
+    step: &StepInput,
+    until: Option<i64>,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let mut sql = format!(
+        "UPDATE runs SET lease_expires_at = COALESCE($7, lease_expires_at) WHERE id = $1 AND {}; \
+         INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) SELECT $1, $2, $3, $4, $5, $6 \
+         WHERE changes() = 1 AND $2 = (SELECT COALESCE(MAX(seq) + 1, 0) FROM run_steps WHERE run_id = $1);",
+        fence.condition_at(3, 8)
+    );
+    if step.call.is_some() {
+        let m = if fence.token.is_some() { 9 } else { 8 };
+        sql.push_str(&format!(
+            " INSERT INTO llm_calls (run_id, seq, attempt, agent_id, model, input_tokens, cached_input_tokens, \
+             output_tokens, cost_micros, created_at) SELECT id, $2, $3, agent_id, ${m}, ${}, ${}, ${}, ${}, $6 \
+             FROM runs WHERE id = $1 AND changes() = 1;",
+            m + 1,
+            m + 2,
+            m + 3,
+            m + 4
+        ));
+    }
+    let query = bind_step(sqlx::query(sqlx::AssertSqlSafe(sql)), id, step, fence.attempt, now).bind(until);
+    let query = fence.bind_token(query);
+    let (query, expected) = match &step.call {
+        Some(c) => (bind_call(query, c), 3),
+        None => (query, 2),
+    };
+    Ok(query.execute(&mut *tx).await?.rows_affected() == expected)
 }
 
 /// The fenced lease update, then the step, in the caller's transaction: inserted if it is the
@@ -216,11 +265,34 @@ mod tests {
 
     use super::*;
 
-    /// The one-statement path itself on real Postgres (the tests through `checkpoint` would pass
-    /// on the full check alone): it stores the usual step and does nothing for the rest.
+    /// The usual step's one write itself — one statement on Postgres, one call on SQLite — on
+    /// both backends (the tests through `checkpoint` would pass on the full check alone): it
+    /// stores the usual step and does nothing for the rest.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn one_statement_stores_the_next_step_and_nothing_else() {
-        let (url, _guard) = database(Db::Postgres).await;
+    async fn the_usual_step_in_one_write_stores_it_and_nothing_else() {
+        for kind in [Db::Postgres, Db::Sqlite] {
+            usual_step_in_one_write(kind).await;
+        }
+    }
+
+    /// [`Store::append_in_one_statement`] or [`append_in_one_call`], as the backend takes it.
+    async fn append_usual(store: &Store, run: &RunId, fence: &Fence, step: &StepInput, until: Option<i64>) -> bool {
+        let now = store.now_ms();
+        if store.backend == Backend::Postgres {
+            return store.append_in_one_statement(run, fence, step, until, now).await.unwrap();
+        }
+        let (run, fence, step) = (run.clone(), fence.clone(), std::sync::Arc::new(step.clone()));
+        store
+            .transaction(Box::new(move |tx| {
+                let (run, fence, step) = (run.clone(), fence.clone(), step.clone());
+                Box::pin(async move { append_in_one_call(tx, &run, &fence, &step, until, now).await })
+            }))
+            .await
+            .unwrap()
+    }
+
+    async fn usual_step_in_one_write(kind: Db) {
+        let (url, _guard) = database(kind).await;
         let store = Store::connect(&url).await.unwrap();
         let (run, lease_token) = crate::finish::tests::started(&store, "c").await;
         let held = Fence { attempt: 1, token: Some(lease_token.clone()) };
@@ -228,12 +300,12 @@ mod tests {
         let now = store.now_ms();
         let until = Some(now + 60_000);
 
-        assert!(store.append_in_one_statement(&run, &held, &step(0), until, now).await.unwrap(), "the usual step");
+        assert!(append_usual(&store, &run, &held, &step(0), until).await, "the usual step");
         assert_eq!(store.get_run(&run).await.unwrap().unwrap().lease_expires_at, Some(time::from_millis(now + 60_000)));
-        assert!(!store.append_in_one_statement(&run, &held, &step(0), None, now).await.unwrap(), "a repeat");
-        assert!(!store.append_in_one_statement(&run, &held, &step(2), None, now).await.unwrap(), "a gap");
+        assert!(!append_usual(&store, &run, &held, &step(0), None).await, "a repeat");
+        assert!(!append_usual(&store, &run, &held, &step(2), None).await, "a gap");
         let forged = Fence { attempt: 1, token: Some("0".repeat(lease_token.len())) };
-        assert!(!store.append_in_one_statement(&run, &forged, &step(1), None, now).await.unwrap(), "a wrong token");
+        assert!(!append_usual(&store, &run, &forged, &step(1), None).await, "a wrong token");
         assert_eq!(store.run_steps(&run).await.unwrap().len(), 1);
 
         // An LLM answer's ledger row goes with its step, in the same statement, once.
@@ -245,12 +317,12 @@ mod tests {
             cost_micros: Some(180),
         };
         let answer = StepInput { call: Some(call), ..step(1) };
-        assert!(store.append_in_one_statement(&run, &held, &answer, None, now).await.unwrap(), "step and ledger row");
-        assert!(!store.append_in_one_statement(&run, &held, &answer, None, now).await.unwrap(), "a repeat");
+        assert!(append_usual(&store, &run, &held, &answer, None).await, "step and ledger row");
+        assert!(!append_usual(&store, &run, &held, &answer, None).await, "a repeat");
         let unpriced =
             StepInput { call: Some(LlmCall { cost_micros: None, ..answer.call.clone().unwrap() }), ..step(2) };
-        assert!(!store.append_in_one_statement(&run, &forged, &unpriced, None, now).await.unwrap(), "a wrong token");
-        assert!(store.append_in_one_statement(&run, &held, &unpriced, None, now).await.unwrap());
+        assert!(!append_usual(&store, &run, &forged, &unpriced, None).await, "a wrong token");
+        assert!(append_usual(&store, &run, &held, &unpriced, None).await);
         let rows = store.costs(crate::CostGroup::Model, None, None).await.unwrap();
         assert_eq!(rows.len(), 1, "{rows:?}");
         assert_eq!(

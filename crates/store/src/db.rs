@@ -27,7 +27,7 @@ pub enum Backend {
 pub struct Store {
     pub(crate) pool: AnyPool,
     /// SQLite: the one writer of the run path's writes, which commits them in batches.
-    pub(crate) group: Option<crate::group_commit::GroupCommit>,
+    pub(crate) group: Option<nightshift_sqlite::GroupWriter>,
     pub(crate) backend: Backend,
     pub(crate) clock: Arc<dyn Clock>,
 }
@@ -61,9 +61,10 @@ impl Store {
         // SQLite's run-path writes go through one connection of their own (group_commit.rs);
         // Postgres locks rows, so its writers proceed side by side.
         let group = match backend {
-            Backend::Sqlite => {
-                Some(crate::group_commit::GroupCommit::start(pool_options(backend, 1).connect(&url).await?)?)
-            }
+            Backend::Sqlite => Some(
+                nightshift_sqlite::GroupWriter::start(pool_options(backend, 1).connect(&url).await?)
+                    .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?,
+            ),
             Backend::Postgres => None,
         };
         tracing::info!(backend = ?backend, "store ready");

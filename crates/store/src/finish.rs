@@ -16,9 +16,10 @@
 //! checked path, which says exactly what is wrong.
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use nightshift_core::lifecycle::{self, FinishDecision};
 use nightshift_core::{RunId, RunStatus, time};
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, Executor, Row};
 
 use crate::agents::spec_at;
 use crate::checkpoint::{append_checked, insert_step};
@@ -80,20 +81,28 @@ impl Store {
             Box::pin(async move {
                 // The usual end first: if its fenced update took, the fence holds for the steps
                 // (a step refused after it fails the whole write, which is then rolled back).
-                if let Some(run) = end_returning(conn, &id, &fence, &input, now).await? {
-                    for step in steps.iter() {
+                // The usual last step (the stored episode's) goes with the end, in one call.
+                let with_end = match steps.as_slice() {
+                    [step] if step.call.is_none() => Some(step),
+                    _ => None,
+                };
+                if let Some((run, others_waiting, step_inserted)) =
+                    end_returning(conn, &id, &fence, &input, with_end, now).await?
+                {
+                    for step in steps.iter().filter(|_| !step_inserted) {
                         insert_step(conn, &id, step, fence.attempt, now).await?;
                     }
-                    return Ok((run, None));
+                    // Most agents never buffer a run: their ends need no lookup afterwards.
+                    let waiting = if others_waiting { WaitingLookup::NotLooked } else { WaitingLookup::Found(None) };
+                    return Ok(Finished { run, retry_after: None, waiting });
                 }
                 for step in steps.iter() {
                     append_checked(conn, &id, &fence, step, None, now).await?;
                 }
-                this.finish_in(conn, &id, fence, &input).await
+                this.finish_in(conn, &id, fence, &input).await.map(ended)
             })
         }))
         .await
-        .map(ended)
     }
 
     /// Ends an attempt (fenced). A failure or timeout with retries left puts the run back in the
@@ -272,32 +281,67 @@ fn bind_end<'q>(
 }
 
 /// The usual end (see [`usual_status`]) in the caller's transaction as one fenced `UPDATE …
-/// RETURNING`, instead of a read and an update; `None` when it does not apply or the fence
-/// refused (the checked path then explains).
+/// RETURNING`, instead of a read and an update: the run as recorded, whether other runs of its
+/// agent wait (deferred) to start — so that the end of a run of an agent that buffers none needs
+/// no lookup afterwards — and whether `step` was inserted. `step` (a last step without an LLM
+/// call) goes in the same call to the connection's thread, inserted only if the end took
+/// (`changes()`) and it is the run's next step; when it was not, the caller checks it in full.
+/// `None` when the end does not apply or the fence refused (the checked path then explains).
 async fn end_returning(
     conn: &mut AnyConnection,
     id: &RunId,
     fence: &Fence,
     input: &FinishInput,
+    step: Option<&StepInput>,
     now: i64,
-) -> Result<Option<RunRecord>, StoreError> {
+) -> Result<Option<(RunRecord, bool, bool)>, StoreError> {
     let Some(status) = usual_status(input) else { return Ok(None) };
-    let sql = format!(
+    let token = if fence.token.is_some() { 10 } else { 9 };
+    let mut sql = format!(
         "UPDATE runs SET status = $1, finished_at = $2, not_before = NULL, result = COALESCE($3, result), \
          error = COALESCE($4, error), reason = COALESCE($5, reason), input_tokens = input_tokens + $6, \
-         output_tokens = output_tokens + $7, lease_expires_at = NULL WHERE id = $8 AND {} RETURNING {RUN_RETURNING}",
+         output_tokens = output_tokens + $7, lease_expires_at = NULL WHERE id = $8 AND {} RETURNING {RUN_RETURNING}, \
+         EXISTS (SELECT 1 FROM runs w WHERE w.agent_id = runs.agent_id AND w.status = 'queued' \
+         AND w.deferred = 1 AND w.id <> runs.id) AS others_waiting;",
         fence.condition(10)
     );
+    if step.is_some() {
+        let n = token + 1;
+        sql.push_str(&format!(
+            " INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) \
+             SELECT $8, ${n}, $9, ${}, ${}, ${} WHERE changes() = 1 \
+             AND ${n} = (SELECT COALESCE(MAX(seq) + 1, 0) FROM run_steps WHERE run_id = $8);",
+            n + 1,
+            n + 2,
+            n + 3
+        ));
+    }
     let query = bind_end(sqlx::query(sqlx::AssertSqlSafe(sql)), status, input, now)
         .bind(id.as_str().to_owned())
         .bind(i64::from(fence.attempt));
-    let row = fence.bind_token(query).fetch_optional(&mut *conn).await?;
-    row.as_ref().map(run_from_row).transpose()
+    let mut query = fence.bind_token(query);
+    if let Some(step) = step {
+        query = query.bind(i64::from(step.seq)).bind(step.kind.clone()).bind(step.payload.clone()).bind(now);
+    }
+    // The end's row, then each statement's result: the end's, the step's.
+    let (mut row, mut results) = (None, Vec::with_capacity(2));
+    let mut answers = conn.fetch_many(query);
+    while let Some(answer) = answers.try_next().await? {
+        match answer {
+            sqlx::Either::Left(result) => results.push(result.rows_affected()),
+            sqlx::Either::Right(r) => row = Some(r),
+        }
+    }
+    let Some(row) = row else { return Ok(None) };
+    let step_inserted = results.get(1) == Some(&1);
+    Ok(Some((run_from_row(&row)?, row.try_get::<i64, _>("others_waiting")? != 0, step_inserted)))
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     #![allow(clippy::unwrap_used)] // a failed unwrap is the test's verdict
+    use std::sync::Arc;
+
     use nightshift_core::lifecycle::Failure;
     use nightshift_core::{AgentSpec, AgentState, RunOutcome, RunStatus, WorkerId};
     use nightshift_testkit::{Db, database};
@@ -402,35 +446,44 @@ pub(crate) mod tests {
         );
     }
 
-    /// The usual end's one statement on SQLite (the tests through `finish_run_with_steps` would
-    /// pass on the checked path alone): it ends a held attempt and returns the run as recorded,
-    /// agent name included; nothing for a forged token or an end the retry policy decides.
+    /// The usual end's one call on SQLite (the tests through `finish_run_with_steps` would pass
+    /// on the checked path alone): it ends a held attempt and returns the run as recorded, agent
+    /// name included, with its last step when that is the next one; nothing for a forged token or
+    /// an end the retry policy decides.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn end_returning_ends_a_held_attempt_only() {
         let (url, _guard) = database(Db::Sqlite).await;
         let store = Store::connect(&url).await.unwrap();
         let (run, lease_token) = started(&store, "s").await;
-        let try_end = |fence: Fence, input: FinishInput| {
+        let try_end = |run: &RunId, fence: Fence, input: FinishInput, step: Option<StepInput>| {
             let (store, run) = (store.clone(), run.clone());
             async move {
                 let now = store.now_ms();
-                let (fence, input) = (std::sync::Arc::new(fence), std::sync::Arc::new(input));
+                let (fence, input, step) = (std::sync::Arc::new(fence), std::sync::Arc::new(input), Arc::new(step));
                 store
                     .transaction(Box::new(move |conn| {
-                        let (run, fence, input) = (run.clone(), fence.clone(), input.clone());
-                        Box::pin(async move { end_returning(conn, &run, &fence, &input, now).await })
+                        let (run, fence, input, step) = (run.clone(), fence.clone(), input.clone(), step.clone());
+                        Box::pin(
+                            async move { end_returning(conn, &run, &fence, &input, step.as_ref().as_ref(), now).await },
+                        )
                     }))
                     .await
                     .unwrap()
             }
         };
         let forged = Fence { attempt: 1, token: Some("0".repeat(lease_token.len())) };
-        assert!(try_end(forged, end(RunOutcome::Succeeded)).await.is_none(), "a forged token");
+        let step = |seq| Some(StepInput::new(seq, "memory_stored", vec![1]));
+        assert!(try_end(&run, forged, end(RunOutcome::Succeeded), step(0)).await.is_none(), "a forged token");
+        assert!(store.run_steps(&run).await.unwrap().is_empty(), "nor its step");
         let held = Fence { attempt: 1, token: Some(lease_token) };
-        assert!(try_end(held.clone(), end(RunOutcome::Failed)).await.is_none(), "a retry to decide");
+        assert!(try_end(&run, held.clone(), end(RunOutcome::Failed), None).await.is_none(), "a retry to decide");
         assert_eq!(store.get_run(&run).await.unwrap().unwrap().status, RunStatus::Running);
 
-        let done = try_end(held.clone(), end(RunOutcome::Succeeded)).await.unwrap();
+        let (done, others_waiting, step_inserted) =
+            try_end(&run, held.clone(), end(RunOutcome::Succeeded), step(0)).await.unwrap();
+        assert!(!others_waiting, "no other run of the agent waits");
+        assert!(step_inserted, "the next step goes with the end");
+        assert_eq!(store.run_steps(&run).await.unwrap().len(), 1);
         assert_eq!(
             (done.status, done.result.as_deref(), done.agent_name.as_str()),
             (RunStatus::Succeeded, Some("done"), "s")
@@ -441,6 +494,25 @@ pub(crate) mod tests {
             (stored.status, stored.finished_at, stored.namespace),
             (done.status, done.finished_at, done.namespace)
         );
-        assert!(try_end(held, end(RunOutcome::Succeeded)).await.is_none(), "no longer running");
+        assert!(try_end(&run, held, end(RunOutcome::Succeeded), None).await.is_none(), "no longer running");
+
+        // Another run of the agent with one waiting (deferred) behind it: its end says so.
+        let (second, token) = started(&store, "s").await;
+        let agent = store.get_run(&second).await.unwrap().unwrap().agent_id;
+        let waiting = RunId::generate();
+        store.insert_run(&NewRun::manual(waiting.clone(), agent)).await.unwrap();
+        sqlx::query("UPDATE runs SET deferred = 1 WHERE id = $1")
+            .bind(waiting.as_str())
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let fence = Fence { attempt: 1, token: Some(token) };
+        // Its step leaves a gap: the end takes, the step does not (the caller checks it in full).
+        let (run, others_waiting, step_inserted) =
+            try_end(&second, fence, end(RunOutcome::Succeeded), step(3)).await.unwrap();
+        assert_eq!(run.status, RunStatus::Succeeded);
+        assert!(others_waiting, "run {waiting} waits behind it");
+        assert!(!step_inserted, "step 3 of none is not the next");
+        assert!(store.run_steps(&second).await.unwrap().is_empty());
     }
 }

@@ -33,12 +33,12 @@ pub use costs::{CostGroup, CostRow, StepCost};
 pub use db::{Backend, Store, redact};
 pub use error::{StoreError, status_from_store};
 pub use finish::{Finished, WaitingLookup};
-pub use group_commit::GroupCommitStats;
 pub use lease_recovery::Recovered;
 pub use model::{
     AgentFilter, AgentRecord, AgentStats, AgentVersion, ApplyOutcome, HourRuns, NewRun, Page, RunFilter, RunRecord,
     SchedulerView, StepRecord,
 };
+pub use nightshift_sqlite::GroupCommitStats;
 pub use replays::NewReplay;
 pub use run_lifecycle::{Fence, FinishInput, LlmCall, StartInput, StartOutcome, StepInput, WaitingRun};
 pub use schedules::{ScheduledAgent, StaleRun, TickFire, TickOutcome};

@@ -6,12 +6,14 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use nightshift_core::lifecycle::{self, Failure, LostLease, OverlapDecision, StartDecision, StartFacts};
 use nightshift_core::{AgentId, AgentSpec, AgentState, RunId, RunOutcome, RunStatus, WorkerId, time};
-use sqlx::{Any, AnyConnection, Row};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyConnection, Executor, Row};
 
 use crate::agents::{decode_spec, spec_at};
-use crate::db::{RUN_COLUMNS, STEPS_SQL, Store, run_from_row, step_from_row};
+use crate::db::{Backend, RUN_COLUMNS, STEPS_SQL, Store, run_from_row, step_from_row};
 use crate::error::StoreError;
 pub use crate::fence::Fence;
 use crate::fence::{fenced, new_lease_token};
@@ -297,34 +299,17 @@ impl Store {
     }
 
     async fn start_in(&self, tx: &mut AnyConnection, input: &StartInput) -> Result<StartOutcome, StoreError> {
-        // The write takes the agent's lock (as `lock_agent` does) and returns what the decision
-        // needs: one statement instead of two on every run's start.
-        let agent =
-            sqlx::query("UPDATE agents SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING state, spec, version")
-                .bind(input.agent_id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("agent {}", input.agent_id)))?;
         let now = self.now_ms();
+        let (agent, row) = self.read_for_start(tx, input, now).await?;
+        let agent = agent.ok_or_else(|| StoreError::NotFound(format!("agent {}", input.agent_id)))?;
         let state: String = agent.try_get("state")?;
         let current = Current {
             spec: decode_spec(&agent.try_get::<Vec<u8>, _>("spec")?)?,
             version: u64::try_from(agent.try_get::<i64, _>("version")?).unwrap_or_default(),
         };
 
-        // Only runs the manager recorded start: a worker cannot make up runs. Read with the
-        // number of the agent's other runs holding a live lease, which the overlap policy needs
-        // listed only when there are any (rarely): one statement instead of two per start.
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {RUN_COLUMNS}, (SELECT COUNT(*) FROM runs o WHERE o.agent_id = r.agent_id \
-             AND o.status = 'running' AND o.id <> r.id AND o.lease_expires_at > $2) AS running_others \
-             FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.id = $1"
-        )))
-        .bind(input.run_id.as_str())
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("run {}", input.run_id)))?;
+        // Only runs the manager recorded start: a worker cannot make up runs.
+        let row = row.ok_or_else(|| StoreError::NotFound(format!("run {}", input.run_id)))?;
         let (run, running_others) = (run_from_row(&row)?, row.try_get::<i64, _>("running_others")?);
         if run.agent_id != input.agent_id {
             return Err(StoreError::Invalid(format!(
@@ -370,6 +355,52 @@ impl Store {
             StartDecision::ApplyOverlap => self.apply_overlap(tx, run, running_others, input, &current, now).await?,
         };
         Ok(outcome)
+    }
+
+    /// What StartRun decides on: the agent's row (`state`, `spec`, `version`), read by the write
+    /// that takes the agent's lock (as `lock_agent` does), and the run's, with the number of the
+    /// agent's other runs holding a live lease (`running_others`), which the overlap policy
+    /// needs listed only when there are any (rarely). SQLite: both statements in one call to the
+    /// connection's thread (sqlx runs each call there, and the hand-off costs more than the
+    /// statements); Postgres takes one statement per query.
+    async fn read_for_start(
+        &self,
+        tx: &mut AnyConnection,
+        input: &StartInput,
+        now: i64,
+    ) -> Result<(Option<AnyRow>, Option<AnyRow>), StoreError> {
+        const LOCK_AGENT: &str =
+            "UPDATE agents SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING state, spec, version";
+        let run_sql = |run: usize, now: usize| {
+            format!(
+                "SELECT {RUN_COLUMNS}, (SELECT COUNT(*) FROM runs o WHERE o.agent_id = r.agent_id \
+                 AND o.status = 'running' AND o.id <> r.id AND o.lease_expires_at > ${now}) AS running_others \
+                 FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.id = ${run}"
+            )
+        };
+        if self.backend == Backend::Postgres {
+            let agent = sqlx::query(LOCK_AGENT).bind(input.agent_id.as_str()).fetch_optional(&mut *tx).await?;
+            let run = sqlx::query(sqlx::AssertSqlSafe(run_sql(1, 2)))
+                .bind(input.run_id.as_str())
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+            return Ok((agent, run));
+        }
+        let sql = format!("{LOCK_AGENT}; {};", run_sql(2, 3));
+        let query =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(input.agent_id.as_str()).bind(input.run_id.as_str()).bind(now);
+        // Each statement's rows, then its result: a row before the first result is the agent's.
+        let (mut agent, mut run, mut statement) = (None, None, 0);
+        let mut answers = tx.fetch_many(query);
+        while let Some(answer) = answers.try_next().await? {
+            match answer {
+                sqlx::Either::Left(_) => statement += 1,
+                sqlx::Either::Right(row) if statement == 0 => agent = Some(row),
+                sqlx::Either::Right(row) => run = Some(row),
+            }
+        }
+        Ok((agent, run))
     }
 
     /// `running_others` counts the agent's other runs with a live lease, as read with `run`.

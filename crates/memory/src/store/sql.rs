@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nightshift_core::{Clock, SystemClock, time};
+use nightshift_sqlite::{GroupWriter, Write};
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::query::Query;
-use sqlx::{Any, AnyPool, Row};
+use sqlx::{Any, AnyConnection, AnyPool, Row};
 
 use crate::error::{MemoryError, redact};
 use crate::store::MemoryStore;
@@ -32,10 +33,11 @@ pub enum SqlBackend {
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
-    /// Where writes go. SQLite: one connection of its own, so writers queue in order for it
-    /// instead of for the file's one write lock, whose busy handler sleeps 1 to 100 ms between
-    /// tries however soon the lock is free. Postgres: `pool`.
-    writer: AnyPool,
+    /// SQLite: where writes go — the group writer on a connection of its own, which commits the
+    /// episodes of the runs ending together in one transaction, instead of each queuing for the
+    /// file's one write lock (whose busy handler sleeps 1 to 100 ms between tries, however soon
+    /// the lock is free) and committing alone. Postgres: none, writes go to `pool`.
+    group: Option<GroupWriter>,
     backend: SqlBackend,
     clock: Arc<dyn Clock>,
 }
@@ -79,12 +81,15 @@ impl SqlStore {
         // each migrator reject the other's applied versions as missing.
         migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
         migrator.run(&pool).await?;
-        let writer = match backend {
-            SqlBackend::Sqlite => connect(1).await?,
-            SqlBackend::Postgres => pool.clone(),
+        let group = match backend {
+            SqlBackend::Sqlite => Some(
+                GroupWriter::start(connect(1).await?)
+                    .map_err(|e| MemoryError::backend("sql", format!("cannot start the writer: {e}")))?,
+            ),
+            SqlBackend::Postgres => None,
         };
         tracing::info!(backend = ?backend, "memory SQL store ready");
-        Ok(Self { pool, writer, backend, clock })
+        Ok(Self { pool, group, backend, clock })
     }
 
     /// The dialect in use.
@@ -95,7 +100,21 @@ impl SqlStore {
     /// Closes every connection.
     pub async fn close(&self) {
         self.pool.close().await;
-        self.writer.close().await;
+        if let Some(group) = &self.group {
+            group.close().await;
+        }
+    }
+
+    /// Runs `write` in a transaction: on SQLite in the group writer's next batch, on Postgres in
+    /// a transaction of its own.
+    async fn transaction<T: Send + 'static>(&self, write: Write<T, MemoryError>) -> Result<T, MemoryError> {
+        if let Some(group) = &self.group {
+            return group.write(write).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        let value = write(&mut tx).await?;
+        tx.commit().await?;
+        Ok(value)
     }
 
     fn now_ms(&self) -> i64 {
@@ -131,6 +150,12 @@ fn placeholders(start: usize, n: usize) -> String {
     (start..start + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
+/// `sql` with the scope as `$1`, `$2`, `now` as `$3` and `values` after them.
+fn scoped<'q>(sql: &str, scope: &'q Scope, now: i64, values: &'q [String]) -> Query<'q, Any, AnyArguments> {
+    let q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(scope.agent_id.as_str()).bind(scope.session.as_str());
+    bind_all(q.bind(now), values)
+}
+
 fn bind_all<'q>(mut q: Query<'q, Any, AnyArguments>, values: &'q [String]) -> Query<'q, Any, AnyArguments> {
     for v in values {
         q = q.bind(v.as_str());
@@ -154,8 +179,8 @@ fn pool_options(backend: SqlBackend, max: u32) -> AnyPoolOptions {
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
                     // WAL lets readers proceed during a write; the busy timeout makes a writer wait
-                    // for the lock (held by another process, or by `writer` during a migration)
-                    // instead of failing with SQLITE_BUSY. `synchronous = NORMAL` syncs the log at
+                    // for the lock (held by another process, or by a migration) instead of failing
+                    // with SQLITE_BUSY. `synchronous = NORMAL` syncs the log at
                     // checkpoints rather than at every commit, as the run store does: a commit
                     // survives the process crashing; the last ones may not survive a power loss.
                     sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
@@ -188,6 +213,98 @@ fn bind_record<'q>(
         .bind(i64::from(r.archived))
 }
 
+/// SQLite: a record and its metadata rows as one call to the connection's thread (sqlx runs
+/// each call there, and the hand-off costs more than the statements): the record inserted or
+/// replaced, its old metadata rows removed (none for a new record: an index probe), the new ones
+/// inserted — several statements in one query string, sharing the numbered arguments. Postgres
+/// takes one statement per query, and a round trip there is not a thread hand-off.
+async fn put_in_one_call(conn: &mut AnyConnection, r: &MemoryRecord, metadata: &str) -> Result<(), MemoryError> {
+    let mut sql = String::from(
+        "INSERT INTO memory_records (id, agent_id, session, kind, content, metadata, run_id, created_at, \
+         expires_at, summary, archived) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (id) DO UPDATE SET agent_id = excluded.agent_id, session = excluded.session, \
+         kind = excluded.kind, content = excluded.content, metadata = excluded.metadata, run_id = excluded.run_id, \
+         created_at = excluded.created_at, expires_at = excluded.expires_at, summary = excluded.summary, \
+         archived = excluded.archived; DELETE FROM memory_metadata WHERE record_id = $1;",
+    );
+    let pairs: Vec<_> = r.metadata.iter().collect();
+    let mut n = 12;
+    for chunk in pairs.chunks(METADATA_ROWS) {
+        let rows = (0..chunk.len()).map(|i| format!("($1, ${}, ${})", n + 2 * i, n + 2 * i + 1));
+        sql.push_str(&format!(
+            " INSERT INTO memory_metadata (record_id, key, value) VALUES {};",
+            rows.collect::<Vec<_>>().join(", ")
+        ));
+        n += 2 * chunk.len();
+    }
+    let mut query = bind_record(sqlx::query(sqlx::AssertSqlSafe(sql)), r, metadata);
+    for (k, v) in pairs {
+        query = query.bind(k.as_str()).bind(v.as_str());
+    }
+    query.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Writes `records` (each with its metadata as JSON) on `conn`, inside a transaction the caller
+/// ends.
+async fn put_records(
+    conn: &mut AnyConnection,
+    backend: SqlBackend,
+    records: &[(MemoryRecord, String)],
+) -> Result<(), MemoryError> {
+    for (r, metadata) in records {
+        if backend == SqlBackend::Sqlite {
+            put_in_one_call(conn, r, metadata).await?;
+            continue;
+        }
+        // A new record (every episode a run stores) takes the insert alone; only a record that
+        // exists is updated and has its old metadata rows removed.
+        let inserted = bind_record(
+            sqlx::query(
+                "INSERT INTO memory_records (id, agent_id, session, kind, content, metadata, run_id, created_at, \
+                 expires_at, summary, archived) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (id) DO NOTHING",
+            ),
+            r,
+            metadata,
+        )
+        .execute(&mut *conn)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            bind_record(
+                sqlx::query(
+                    "UPDATE memory_records SET agent_id = $2, session = $3, kind = $4, content = $5, \
+                     metadata = $6, run_id = $7, created_at = $8, expires_at = $9, summary = $10, archived = $11 \
+                     WHERE id = $1",
+                ),
+                r,
+                metadata,
+            )
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("DELETE FROM memory_metadata WHERE record_id = $1")
+                .bind(r.id.as_str())
+                .execute(&mut *conn)
+                .await?;
+        }
+        // One statement for up to METADATA_ROWS of the record's keys (an episode has five).
+        let pairs: Vec<_> = r.metadata.iter().collect();
+        for chunk in pairs.chunks(METADATA_ROWS) {
+            let rows = (0..chunk.len())
+                .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("INSERT INTO memory_metadata (record_id, key, value) VALUES {rows}");
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(r.id.as_str());
+            for (k, v) in chunk {
+                insert = insert.bind(k.as_str()).bind(v.as_str());
+            }
+            insert.execute(&mut *conn).await?;
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl MemoryStore for SqlStore {
     fn backend(&self) -> &'static str {
@@ -195,56 +312,19 @@ impl MemoryStore for SqlStore {
     }
 
     async fn put(&self, records: &[MemoryRecord]) -> Result<(), MemoryError> {
-        let mut tx = self.writer.begin().await?;
-        for r in records {
-            let metadata = serde_json::to_string(&r.metadata).map_err(|e| MemoryError::Invalid(e.to_string()))?;
-            // A new record (every episode a run stores) takes the insert alone; only a record that
-            // exists is updated and has its old metadata rows removed.
-            let inserted = bind_record(
-                sqlx::query(
-                    "INSERT INTO memory_records (id, agent_id, session, kind, content, metadata, run_id, created_at, \
-                     expires_at, summary, archived) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                     ON CONFLICT (id) DO NOTHING",
-                ),
-                r,
-                &metadata,
-            )
-            .execute(&mut *tx)
-            .await?;
-            if inserted.rows_affected() == 0 {
-                bind_record(
-                    sqlx::query(
-                        "UPDATE memory_records SET agent_id = $2, session = $3, kind = $4, content = $5, \
-                         metadata = $6, run_id = $7, created_at = $8, expires_at = $9, summary = $10, archived = $11 \
-                         WHERE id = $1",
-                    ),
-                    r,
-                    &metadata,
-                )
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM memory_metadata WHERE record_id = $1")
-                    .bind(r.id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            // One statement for up to METADATA_ROWS of the record's keys (an episode has five).
-            let pairs: Vec<_> = r.metadata.iter().collect();
-            for chunk in pairs.chunks(METADATA_ROWS) {
-                let rows = (0..chunk.len())
-                    .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let sql = format!("INSERT INTO memory_metadata (record_id, key, value) VALUES {rows}");
-                let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(r.id.as_str());
-                for (k, v) in chunk {
-                    insert = insert.bind(k.as_str()).bind(v.as_str());
-                }
-                insert.execute(&mut *tx).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        let records = records
+            .iter()
+            .map(|r| {
+                let metadata = serde_json::to_string(&r.metadata).map_err(|e| MemoryError::Invalid(e.to_string()))?;
+                Ok((r.clone(), metadata))
+            })
+            .collect::<Result<Vec<_>, MemoryError>>()?;
+        let (records, backend) = (Arc::new(records), self.backend);
+        self.transaction(Box::new(move |conn| {
+            let records = records.clone();
+            Box::pin(async move { put_records(conn, backend, &records).await })
+        }))
+        .await
     }
 
     async fn get(&self, scope: &Scope, ids: &[String]) -> Result<Vec<MemoryRecord>, MemoryError> {
@@ -319,23 +399,21 @@ impl MemoryStore for SqlStore {
             cond.push_str(&format!(" AND id IN ({})", placeholders(n, ids.len())));
             values.extend(ids.iter().cloned());
         }
-        let mut tx = self.writer.begin().await?;
         let now = self.now_ms();
         let meta_sql =
             format!("DELETE FROM memory_metadata WHERE record_id IN (SELECT id FROM memory_records WHERE {cond})");
-        let q = sqlx::query(sqlx::AssertSqlSafe(meta_sql))
-            .bind(scope.agent_id.as_str())
-            .bind(scope.session.as_str())
-            .bind(now);
-        bind_all(q, &values).execute(&mut *tx).await?;
         let rec_sql = format!("DELETE FROM memory_records WHERE {cond}");
-        let q = sqlx::query(sqlx::AssertSqlSafe(rec_sql))
-            .bind(scope.agent_id.as_str())
-            .bind(scope.session.as_str())
-            .bind(now);
-        let done = bind_all(q, &values).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(done.rows_affected())
+        let scope = scope.clone();
+        let shared = Arc::new((meta_sql, rec_sql, scope, values));
+        self.transaction(Box::new(move |conn| {
+            let shared = shared.clone();
+            Box::pin(async move {
+                let (meta_sql, rec_sql, scope, values) = &*shared;
+                scoped(meta_sql, scope, now, values).execute(&mut *conn).await?;
+                Ok(scoped(rec_sql, scope, now, values).execute(&mut *conn).await?.rows_affected())
+            })
+        }))
+        .await
     }
 
     async fn set_archived(&self, scope: &Scope, ids: &[String], archived: bool) -> Result<u64, MemoryError> {
@@ -347,13 +425,22 @@ impl MemoryStore for SqlStore {
              AND (expires_at IS NULL OR expires_at > $5) AND id IN ({})",
             placeholders(6, ids.len())
         );
-        let q = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(i64::from(archived))
-            .bind(scope.agent_id.as_str())
-            .bind(scope.session.as_str())
-            .bind(i64::from(archived))
-            .bind(self.now_ms());
-        Ok(bind_all(q, ids).execute(&self.writer).await?.rows_affected())
+        let now = self.now_ms();
+        let shared = Arc::new((sql, scope.clone(), ids.to_vec()));
+        self.transaction(Box::new(move |conn| {
+            let shared = shared.clone();
+            Box::pin(async move {
+                let (sql, scope, ids) = &*shared;
+                let q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(i64::from(archived))
+                    .bind(scope.agent_id.as_str())
+                    .bind(scope.session.as_str())
+                    .bind(i64::from(archived))
+                    .bind(now);
+                Ok(bind_all(q, ids).execute(&mut *conn).await?.rows_affected())
+            })
+        }))
+        .await
     }
 
     async fn count(&self, scope: Option<&Scope>, kind: MemoryType) -> Result<u64, MemoryError> {
@@ -404,19 +491,22 @@ impl MemoryStore for SqlStore {
 
     async fn purge_expired(&self) -> Result<u64, MemoryError> {
         let now = self.now_ms();
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "DELETE FROM memory_metadata WHERE record_id IN \
-             (SELECT id FROM memory_records WHERE expires_at IS NOT NULL AND expires_at <= $1)",
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let done = sqlx::query("DELETE FROM memory_records WHERE expires_at IS NOT NULL AND expires_at <= $1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected())
+        self.transaction(Box::new(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "DELETE FROM memory_metadata WHERE record_id IN \
+                     (SELECT id FROM memory_records WHERE expires_at IS NOT NULL AND expires_at <= $1)",
+                )
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                let done = sqlx::query("DELETE FROM memory_records WHERE expires_at IS NOT NULL AND expires_at <= $1")
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(done.rows_affected())
+            })
+        }))
+        .await
     }
 }

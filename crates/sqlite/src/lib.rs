@@ -1,0 +1,6 @@
+//! SQLite as the embedded database of `nightshift dev`: the group writer through which the run
+//! store and the memory service commit many callers' writes in one transaction (one write lock
+//! per file; see [`GroupWriter`]).
+mod group_writer;
+
+pub use group_writer::{ConnFuture, GroupCommitStats, GroupWriter, Write};
