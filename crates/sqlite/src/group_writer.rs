@@ -107,6 +107,23 @@ impl GroupWriter {
     }
 }
 
+/// Runs `write` in a transaction: in `group`'s next batch when there is one (SQLite), else in a
+/// transaction of its own on `pool` (Postgres, which locks rows: its writers proceed side by
+/// side).
+pub async fn transaction<T, E>(group: Option<&GroupWriter>, pool: &AnyPool, write: Write<T, E>) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<sqlx::Error> + Send + 'static,
+{
+    if let Some(group) = group {
+        return group.write(write).await;
+    }
+    let mut tx = pool.begin().await?;
+    let value = write(&mut tx).await?;
+    tx.commit().await?;
+    Ok(value)
+}
+
 /// The writer stopped (its store is closing).
 fn gone() -> sqlx::Error {
     sqlx::Error::PoolClosed

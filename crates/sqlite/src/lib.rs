@@ -3,4 +3,4 @@
 //! per file; see [`GroupWriter`]).
 mod group_writer;
 
-pub use group_writer::{ConnFuture, GroupCommitStats, GroupWriter, Write};
+pub use group_writer::{ConnFuture, GroupCommitStats, GroupWriter, Write, transaction};

@@ -38,6 +38,35 @@ fn bind_step<'q>(
         .bind(now)
 }
 
+/// The ledger row's insert, up to the query that gives its values.
+const INSERT_LEDGER: &str = "INSERT INTO llm_calls (run_id, seq, attempt, agent_id, model, input_tokens, \
+     cached_input_tokens, output_tokens, cost_micros, created_at)";
+
+/// The usual step's write (both backends' forms): run `$1`, the step's values `$2`–`$6`
+/// ([`bind_step`]), the lease's new end `$7`, the fence's token `$8` when there is one, and the
+/// call's values after it ([`call_params`]).
+fn bind_usual<'q>(
+    sql: String,
+    id: &RunId,
+    fence: &Fence,
+    step: &StepInput,
+    until: Option<i64>,
+    now: i64,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    let query = bind_step(sqlx::query(sqlx::AssertSqlSafe(sql)), id, step, fence.attempt, now).bind(until);
+    let query = fence.bind_token(query);
+    match &step.call {
+        Some(c) => bind_call(query, c),
+        None => query,
+    }
+}
+
+/// The parameters of the call's values in [`bind_usual`]'s order: after the token, if any.
+fn call_params(fence: &Fence) -> String {
+    let m = if fence.token.is_some() { 9 } else { 8 };
+    format!("${m}, ${}, ${}, ${}, ${}", m + 1, m + 2, m + 3, m + 4)
+}
+
 /// Binds a ledger row's model, tokens (input, cached input, output) and cost (5 parameters).
 fn bind_call<'q>(
     query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
@@ -115,26 +144,13 @@ impl Store {
         let sql = match &step.call {
             None => format!("{fenced} {insert_step}"),
             // The call's ledger row is inserted by the same statement, only if the step was.
-            Some(_) => {
-                let m = if fence.token.is_some() { 9 } else { 8 };
-                format!(
-                    "{fenced}, step AS ({insert_step} RETURNING run_id) \
-                     INSERT INTO llm_calls (run_id, seq, attempt, agent_id, model, input_tokens, cached_input_tokens, \
-                     output_tokens, cost_micros, created_at) SELECT f.id, $2, $3, f.agent_id, ${m}, ${}, ${}, ${}, ${}, $6 \
-                     FROM step s JOIN fenced f ON f.id = s.run_id",
-                    m + 1,
-                    m + 2,
-                    m + 3,
-                    m + 4
-                )
-            }
+            Some(_) => format!(
+                "{fenced}, step AS ({insert_step} RETURNING run_id) {INSERT_LEDGER} SELECT f.id, $2, $3, f.agent_id, {}, $6 \
+                 FROM step s JOIN fenced f ON f.id = s.run_id",
+                call_params(fence)
+            ),
         };
-        let query = bind_step(sqlx::query(sqlx::AssertSqlSafe(sql)), id, step, fence.attempt, now).bind(until);
-        let query = fence.bind_token(query);
-        let query = match &step.call {
-            Some(c) => bind_call(query, c),
-            None => query,
-        };
+        let query = bind_usual(sql, id, fence, step, until, now);
         Ok(query.execute(&self.pool).await?.rows_affected() == 1)
     }
 }
@@ -160,23 +176,13 @@ async fn append_in_one_call(
         fence.condition_at(3, 8)
     );
     if step.call.is_some() {
-        let m = if fence.token.is_some() { 9 } else { 8 };
         sql.push_str(&format!(
-            " INSERT INTO llm_calls (run_id, seq, attempt, agent_id, model, input_tokens, cached_input_tokens, \
-             output_tokens, cost_micros, created_at) SELECT id, $2, $3, agent_id, ${m}, ${}, ${}, ${}, ${}, $6 \
-             FROM runs WHERE id = $1 AND changes() = 1;",
-            m + 1,
-            m + 2,
-            m + 3,
-            m + 4
+            " {INSERT_LEDGER} SELECT id, $2, $3, agent_id, {}, $6 FROM runs WHERE id = $1 AND changes() = 1;",
+            call_params(fence)
         ));
     }
-    let query = bind_step(sqlx::query(sqlx::AssertSqlSafe(sql)), id, step, fence.attempt, now).bind(until);
-    let query = fence.bind_token(query);
-    let (query, expected) = match &step.call {
-        Some(c) => (bind_call(query, c), 3),
-        None => (query, 2),
-    };
+    let query = bind_usual(sql, id, fence, step, until, now);
+    let expected = if step.call.is_some() { 3 } else { 2 };
     Ok(query.execute(&mut *tx).await?.rows_affected() == expected)
 }
 
@@ -221,14 +227,10 @@ pub(crate) async fn insert_step(
     if inserted.rows_affected() == 1
         && let Some(call) = &step.call
     {
-        let ledger = sqlx::query(
-            "INSERT INTO llm_calls (run_id, seq, attempt, agent_id, model, input_tokens, cached_input_tokens, \
-                 output_tokens, cost_micros, created_at) SELECT $1, $2, $3, agent_id, $4, $5, $6, $7, $8, $9 \
-                 FROM runs WHERE id = $1",
-        )
-        .bind(id.as_str().to_owned())
-        .bind(seq)
-        .bind(i64::from(attempt));
+        let sql =
+            format!("{INSERT_LEDGER} SELECT $1, $2, $3, agent_id, $4, $5, $6, $7, $8, $9 FROM runs WHERE id = $1");
+        let ledger =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.as_str().to_owned()).bind(seq).bind(i64::from(attempt));
         bind_call(ledger, call).bind(now).execute(&mut *tx).await?;
     }
     if inserted.rows_affected() == 0 {

@@ -16,13 +16,7 @@ impl crate::Store {
     /// Runs `write` in a transaction: on SQLite in the group writer's next batch, on Postgres in
     /// a transaction of its own.
     pub(crate) async fn transaction<T: Send + 'static>(&self, write: Write<T>) -> Result<T, StoreError> {
-        if let Some(group) = &self.group {
-            return group.write(write).await;
-        }
-        let mut tx = self.pool.begin().await?;
-        let value = write(&mut tx).await?;
-        tx.commit().await?;
-        Ok(value)
+        nightshift_sqlite::transaction(self.group.as_ref(), &self.pool, write).await
     }
 
     /// Runs `write`, whose statements are each safe alone (a fenced update): on SQLite in the

@@ -108,13 +108,7 @@ impl SqlStore {
     /// Runs `write` in a transaction: on SQLite in the group writer's next batch, on Postgres in
     /// a transaction of its own.
     async fn transaction<T: Send + 'static>(&self, write: Write<T, MemoryError>) -> Result<T, MemoryError> {
-        if let Some(group) = &self.group {
-            return group.write(write).await;
-        }
-        let mut tx = self.pool.begin().await?;
-        let value = write(&mut tx).await?;
-        tx.commit().await?;
-        Ok(value)
+        nightshift_sqlite::transaction(self.group.as_ref(), &self.pool, write).await
     }
 
     fn now_ms(&self) -> i64 {
