@@ -9,8 +9,10 @@
 //!   with the agent's first waiting run (so the manager need not look that up). One commit
 //!   instead of four (the step's checkpoint, the run read, the end, the waiting-run lookup).
 //! - SQLite: the steps and the end are one write of the group writer (they commit together);
-//!   the usual end is one fenced `UPDATE … RETURNING` followed by the steps' inserts, instead of
-//!   a fenced update per step, a read and an update.
+//!   the usual end is one fenced `UPDATE … RETURNING` (which also says whether any run of the
+//!   agent waits, so the manager looks one up only for agents that buffer) with the usual last
+//!   step's insert in the same call to the connection's thread, instead of a fenced update per
+//!   step, a read and an update.
 //!
 //! Everything else — a refused fence, a step sent twice, a gap, a retry to decide — takes the
 //! checked path, which says exactly what is wrong.

@@ -174,9 +174,9 @@ fn pool_options(backend: SqlBackend, max: u32) -> AnyPoolOptions {
                 Box::pin(async move {
                     // WAL lets readers proceed during a write; the busy timeout makes a writer wait
                     // for the lock (held by another process, or by a migration) instead of failing
-                    // with SQLITE_BUSY. `synchronous = NORMAL` syncs the log at
-                    // checkpoints rather than at every commit, as the run store does: a commit
-                    // survives the process crashing; the last ones may not survive a power loss.
+                    // with SQLITE_BUSY. `synchronous = NORMAL` syncs the log at checkpoints rather
+                    // than at every commit, as the run store does: a commit survives the process
+                    // crashing; the last ones may not survive a power loss.
                     sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
                     sqlx::query("PRAGMA busy_timeout = 30000").execute(&mut *conn).await?;
                     sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
