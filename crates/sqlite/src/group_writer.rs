@@ -68,15 +68,14 @@ impl GroupWriter {
     /// and the writer must be back at once for the next one. As a task among the process's
     /// others it waited in the runtime's queue after every statement, and that wait — not
     /// SQLite — capped the run path (623 runs/s at 2,000 agents with a third of the cores
-    /// idle, docs/benchmarks.md). The thread ends when the last handle is dropped.
-    pub fn start(pool: AnyPool) -> std::io::Result<Self> {
+    /// idle, docs/benchmarks.md). The thread is named `thread` (a profile tells the writers
+    /// apart by it; Linux keeps 15 bytes) and ends when the last handle is dropped.
+    pub fn start(pool: AnyPool, thread: &str) -> std::io::Result<Self> {
         let (queue, rx) = mpsc::channel(QUEUE);
         let counts = Arc::new(Counts::default());
         let run = writer(pool.clone(), rx, counts.clone());
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        runtime.and_then(|rt| {
-            std::thread::Builder::new().name("nightshift-writer".into()).spawn(move || rt.block_on(run))
-        })?;
+        runtime.and_then(|rt| std::thread::Builder::new().name(thread.into()).spawn(move || rt.block_on(run)))?;
         Ok(Self { queue, pool, counts })
     }
 
@@ -303,7 +302,7 @@ mod tests {
         let pool = AnyPoolOptions::new().max_connections(1).connect(&format!("{}?mode=rwc", db.url)).await.unwrap();
         pool.execute("CREATE TABLE t (n INTEGER NOT NULL)").await.unwrap();
         pool.execute("INSERT INTO t (n) VALUES (1)").await.unwrap();
-        let group = GroupWriter::start(pool).unwrap();
+        let group = GroupWriter::start(pool, "test-writer").unwrap();
 
         let panics: Write<(), sqlx::Error> = Box::new(|conn| {
             Box::pin(async move {

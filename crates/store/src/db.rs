@@ -62,7 +62,7 @@ impl Store {
         // Postgres locks rows, so its writers proceed side by side.
         let group = match backend {
             Backend::Sqlite => Some(
-                nightshift_sqlite::GroupWriter::start(pool_options(backend, 1).connect(&url).await?)
+                nightshift_sqlite::GroupWriter::start(pool_options(backend, 1).connect(&url).await?, "ns-run-writer")
                     .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?,
             ),
             Backend::Postgres => None,

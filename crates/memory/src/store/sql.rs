@@ -83,7 +83,7 @@ impl SqlStore {
         migrator.run(&pool).await?;
         let group = match backend {
             SqlBackend::Sqlite => Some(
-                GroupWriter::start(connect(1).await?)
+                GroupWriter::start(connect(1).await?, "ns-memory-write")
                     .map_err(|e| MemoryError::backend("sql", format!("cannot start the writer: {e}")))?,
             ),
             SqlBackend::Postgres => None,
