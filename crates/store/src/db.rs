@@ -99,22 +99,7 @@ impl Store {
 fn pool_options(backend: Backend, max: u32) -> AnyPoolOptions {
     let options = AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30));
     match backend {
-        Backend::Sqlite => options
-            // A pool connection is a handle on a file in this process: the "is it alive" ping
-            // before each acquire found nothing ever, and cost a round trip to the connection's
-            // thread (4.7 % of `nightshift dev`'s CPU at 400 agents, docs/benchmarks.md).
-            .test_before_acquire(false)
-            .after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    // WAL lets readers proceed during a write; the busy timeout makes writers
-                    // queue for the lock instead of failing with SQLITE_BUSY.
-                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA busy_timeout = 30000").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
-                    Ok(())
-                })
-            }),
+        Backend::Sqlite => nightshift_sqlite::configure(options, &["PRAGMA foreign_keys = ON"]),
         Backend::Postgres => options,
     }
 }

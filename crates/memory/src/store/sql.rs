@@ -165,24 +165,7 @@ const METADATA_ROWS: usize = 64;
 fn pool_options(backend: SqlBackend, max: u32) -> AnyPoolOptions {
     let options = AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(10));
     match backend {
-        SqlBackend::Sqlite => options
-            // A pool connection is a handle on a file in this process: the "is it alive" ping
-            // before each acquire found nothing ever, and cost a round trip to the connection's
-            // thread (4.7 % of `nightshift dev`'s CPU at 400 agents, docs/benchmarks.md).
-            .test_before_acquire(false)
-            .after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    // WAL lets readers proceed during a write; the busy timeout makes a writer wait
-                    // for the lock (held by another process, or by a migration) instead of failing
-                    // with SQLITE_BUSY. `synchronous = NORMAL` syncs the log at checkpoints rather
-                    // than at every commit, as the run store does: a commit survives the process
-                    // crashing; the last ones may not survive a power loss.
-                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA busy_timeout = 30000").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                    Ok(())
-                })
-            }),
+        SqlBackend::Sqlite => nightshift_sqlite::configure(options, &[]),
         SqlBackend::Postgres => options,
     }
 }
