@@ -8,7 +8,7 @@
 //! Retained events are kept encoded (protobuf) and decoded when read: a decoded `pb::Event` —
 //! eight strings and a `Struct` whose map allocates a whole B-tree node — took ≈ 1.7 KB of heap
 //! where its encoding takes a few hundred bytes, so the default 100,000 retained events were
-//! ≈ 165 MiB of a `nightshift dev` process (docs/benchmarks.md). Reads of the history are rare
+//! ≈ 170 MiB of a `nightshift dev` process (docs/benchmarks.md). Reads of the history are rare
 //! (a subscriber catching up, a listing); the live tail hands out the decoded event it was given.
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
