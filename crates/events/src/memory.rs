@@ -105,9 +105,21 @@ impl Chunks {
 
 /// The entry a retained event's encoding stands for. The bytes are this log's own encoding of a
 /// `pb::Event` in a chunk it keeps; a missing chunk or a failed decoding would be a bug, and is
-/// kept as a hole (as the durable backends keep an undecodable entry) rather than a panic.
+/// kept as a hole (as the durable backends keep an undecodable entry, and say so) rather than a
+/// panic.
 fn decode(n: u64, encoded: Option<&[u8]>) -> Arc<Entry> {
-    Arc::new(Entry { pos: Pos { ms: 0, n }, event: encoded.and_then(|b| pb::Event::decode(b).ok()) })
+    let event = match encoded.map(pb::Event::decode) {
+        Some(Ok(event)) => Some(event),
+        Some(Err(e)) => {
+            tracing::warn!(n, error = %e, "skipping an undecodable event in the in-memory log");
+            None
+        }
+        None => {
+            tracing::warn!(n, "skipping an event whose bytes the in-memory log no longer holds");
+            None
+        }
+    };
+    Arc::new(Entry { pos: Pos { ms: 0, n }, event })
 }
 
 #[derive(Debug)]
