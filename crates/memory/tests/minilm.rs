@@ -81,3 +81,40 @@ async fn semantic_search_finds_the_kitten() {
     assert_eq!(hits[0].id, "0", "hits: {hits:?}");
     assert!(hits[0].score > hits[1].score + 0.1, "clear winner: {hits:?}");
 }
+
+/// The embedder reads the word-embedding table's rows from the model file instead of holding
+/// the table (src/embed/word_table.rs): its vectors are the very ones candle's own `BertModel`,
+/// which loads every weight, gives — bit for bit, for a batch with padding and a text alone.
+#[tokio::test]
+async fn reading_word_rows_from_the_file_changes_no_vector() {
+    use candle_core::{DType, Device, Tensor};
+    use candle_transformers::models::bert::{BertModel, Config};
+
+    let dir = std::path::PathBuf::from(model_dir());
+    let config: Config = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let vb = candle_nn::VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu).unwrap();
+    let bert = BertModel::load(vb, &config).unwrap();
+    let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    tokenizer.with_padding(Some(tokenizers::PaddingParams::default()));
+
+    for texts in [vec!["Nightly report: three builds failed, one flaky test.", "ok"], vec!["a cat resting"]] {
+        let texts: Vec<String> = texts.into_iter().map(str::to_owned).collect();
+        let encodings = tokenizer.encode_batch(texts.clone(), true).unwrap();
+        let (rows, cols) = (encodings.len(), encodings[0].get_ids().len());
+        let ids: Vec<i64> = encodings.iter().flat_map(|e| e.get_ids().iter().map(|&x| i64::from(x))).collect();
+        let mask: Vec<i64> =
+            encodings.iter().flat_map(|e| e.get_attention_mask().iter().map(|&x| i64::from(x))).collect();
+        let ids = Tensor::from_vec(ids, (rows, cols), &Device::Cpu).unwrap();
+        let mask = Tensor::from_vec(mask, (rows, cols), &Device::Cpu).unwrap();
+        let hidden = bert.forward(&ids, &ids.zeros_like().unwrap(), Some(&mask)).unwrap();
+        // sentence-transformers' pooling, as the embedder does it.
+        let m = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
+        let mean = hidden.broadcast_mul(&m).unwrap().sum(1).unwrap().broadcast_div(&m.sum(1).unwrap()).unwrap();
+        let norm = mean.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap();
+        let want = mean.broadcast_div(&norm).unwrap().to_vec2::<f32>().unwrap();
+
+        let got = embedder().embed(&texts).await.unwrap();
+        assert_eq!(got, want, "texts {texts:?}");
+    }
+}

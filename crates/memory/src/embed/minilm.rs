@@ -1,15 +1,24 @@
 //! The embedded all-MiniLM-L6-v2 sentence embedder: BERT through candle (CPU) and the model's
 //! own `tokenizer.json`, then mean pooling over the attention mask and L2 normalisation — the
 //! same as sentence-transformers. Files come from `scripts/fetch-model.sh`.
+//!
+//! candle's `BertModel` is assembled here from its public encoder and the embedding layer's
+//! parts, because its embedding layer holds the whole word-embedding table in memory; this one
+//! reads the rows it needs from the model file ([`WordTable`]), with the same arithmetic in the
+//! same order (the vectors are identical, a test compares them).
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_core::safetensors::Load;
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_transformers::models::bert::{BertEncoder, Config};
+use safetensors::SafeTensors;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+use super::word_table::WordTable;
 use crate::embed::Embedder;
 use crate::error::MemoryError;
 
@@ -20,7 +29,11 @@ pub const MAX_TOKENS: usize = 256;
 const BATCH: usize = 32;
 
 struct Model {
-    bert: BertModel,
+    words: WordTable,
+    positions: Embedding,
+    token_types: Embedding,
+    layer_norm: LayerNorm,
+    encoder: BertEncoder,
     tokenizer: Tokenizer,
     dims: usize,
 }
@@ -58,10 +71,6 @@ impl MiniLmEmbedder {
         let dir = dir.into();
         let config: Config = serde_json::from_slice(&read(&dir, "config.json")?)
             .map_err(|e| MemoryError::Config(format!("{}/config.json: {e}", dir.display())))?;
-        let dims = serde_json::from_slice::<serde_json::Value>(&read(&dir, "config.json")?)
-            .ok()
-            .and_then(|v| v.get("hidden_size").and_then(|h| h.as_u64()))
-            .unwrap_or(384) as usize;
         let mut tokenizer = Tokenizer::from_bytes(read(&dir, "tokenizer.json")?)
             .map_err(|e| MemoryError::Config(format!("{}/tokenizer.json: {e}", dir.display())))?;
         tokenizer
@@ -69,15 +78,63 @@ impl MiniLmEmbedder {
             .map_err(model_err)?;
         // Pad to the longest text of a batch, not to a fixed 128: short texts stay fast.
         tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
-        let weights = read(&dir, "model.safetensors")?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu).map_err(model_err)?;
-        let bert = BertModel::load(vb, &config).map_err(model_err)?;
-        tracing::info!(dir = %dir.display(), dims, "all-MiniLM-L6-v2 loaded");
-        Ok(Self { model: Arc::new(Model { bert, tokenizer, dims }), dir })
+        let model = Model::load(&dir, &config, tokenizer)?;
+        tracing::info!(dir = %dir.display(), dims = model.dims, "all-MiniLM-L6-v2 loaded");
+        Ok(Self { model: Arc::new(model), dir })
     }
 }
 
 impl Model {
+    /// Loads every weight but the word-embedding table, which stays in the file.
+    fn load(dir: &Path, config: &Config, tokenizer: Tokenizer) -> Result<Self, MemoryError> {
+        let path = &dir.join("model.safetensors");
+        let weights = read(dir, "model.safetensors")?;
+        let file =
+            SafeTensors::deserialize(&weights).map_err(|e| MemoryError::Config(format!("{}: {e}", path.display())))?;
+        // Some exports name the tensors `bert.embeddings.…` (candle's `BertModel::load` does the same).
+        let prefix = if file.names().iter().any(|n| n.starts_with("bert.")) { "bert." } else { "" };
+        let table = format!("{prefix}embeddings.word_embeddings.weight");
+        let words = WordTable::locate(path, &weights, &table, config.vocab_size, config.hidden_size)?;
+        let tensors = file
+            .tensors()
+            .into_iter()
+            .filter(|(name, _)| *name != table)
+            .map(|(name, view)| Ok((name, view.load(&Device::Cpu)?)))
+            .collect::<candle_core::Result<HashMap<_, _>>>()
+            .map_err(model_err)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let vb = if prefix.is_empty() { vb } else { vb.pp("bert") };
+        let (e, hidden) = (vb.pp("embeddings"), config.hidden_size);
+        Ok(Self {
+            words,
+            positions: candle_nn::embedding(config.max_position_embeddings, hidden, e.pp("position_embeddings"))
+                .map_err(model_err)?,
+            token_types: candle_nn::embedding(config.type_vocab_size, hidden, e.pp("token_type_embeddings"))
+                .map_err(model_err)?,
+            layer_norm: candle_nn::layer_norm(hidden, config.layer_norm_eps, e.pp("LayerNorm")).map_err(model_err)?,
+            encoder: BertEncoder::load(vb.pp("encoder"), config).map_err(model_err)?,
+            tokenizer,
+            dims: hidden,
+        })
+    }
+
+    /// BERT's forward pass (candle's `BertModel::forward`, the same operations in the same
+    /// order) with the word rows read from the file: the last hidden state, `rows × cols × hidden`.
+    fn forward(&self, ids: &[u32], rows: usize, cols: usize, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let dev = &Device::Cpu;
+        let words = self.words.gather(ids).map_err(candle_core::Error::wrap)?;
+        let words = Tensor::from_vec(words, (rows, cols, self.dims), dev)?;
+        let type_ids = Tensor::zeros((rows, cols), DType::U32, dev)?;
+        let positions = Tensor::arange(0u32, cols as u32, dev)?;
+        let embedded =
+            (&words + self.token_types.forward(&type_ids)?)?.broadcast_add(&self.positions.forward(&positions)?)?;
+        let embedded = self.layer_norm.forward(&embedded)?;
+        // The attention mask as BERT adds it to the scores: 0 for a token, the lowest f32 for padding.
+        let mask = mask.unsqueeze(1)?.unsqueeze(1)?.to_dtype(DType::F32)?;
+        let mask = (mask.ones_like()? - &mask)?.broadcast_mul(&Tensor::new(f32::MIN, dev)?)?;
+        self.encoder.forward(&embedded, &mask)
+    }
+
     fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, MemoryError> {
         let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(model_err)?;
         let rows = encodings.len();
@@ -85,14 +142,11 @@ impl Model {
         let mut ids = Vec::with_capacity(rows * cols);
         let mut mask = Vec::with_capacity(rows * cols);
         for e in &encodings {
-            ids.extend(e.get_ids().iter().map(|&x| i64::from(x)));
+            ids.extend_from_slice(e.get_ids());
             mask.extend(e.get_attention_mask().iter().map(|&x| i64::from(x)));
         }
-        let dev = &Device::Cpu;
-        let ids = Tensor::from_vec(ids, (rows, cols), dev).map_err(model_err)?;
-        let mask = Tensor::from_vec(mask, (rows, cols), dev).map_err(model_err)?;
-        let type_ids = ids.zeros_like().map_err(model_err)?;
-        let hidden = self.bert.forward(&ids, &type_ids, Some(&mask)).map_err(model_err)?;
+        let mask = Tensor::from_vec(mask, (rows, cols), &Device::Cpu).map_err(model_err)?;
+        let hidden = self.forward(&ids, rows, cols, &mask).map_err(model_err)?;
         // Mean pooling over real tokens: sum(hidden * mask) / sum(mask), then L2 normalise.
         let pooled = (|| {
             let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;

@@ -11,6 +11,7 @@ use crate::error::MemoryError;
 pub mod cached;
 pub mod minilm;
 pub mod openai;
+mod word_table;
 
 /// Turns texts into embedding vectors of a fixed size.
 #[async_trait]
