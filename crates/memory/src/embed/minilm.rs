@@ -7,6 +7,8 @@
 //! reads the rows it needs from the model file ([`WordTable`]), with the same arithmetic in the
 //! same order (the vectors are identical, a test compares them).
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -56,8 +58,15 @@ fn model_err(e: impl std::fmt::Display) -> MemoryError {
 }
 
 fn read(dir: &Path, name: &str) -> Result<Vec<u8>, MemoryError> {
+    open(dir, name).map(|(_, bytes)| bytes)
+}
+
+/// Opens `dir/name` and reads it whole through the handle it returns (so that what was read and
+/// what the handle reads later are one file, even if another is renamed over the path meanwhile).
+fn open(dir: &Path, name: &str) -> Result<(File, Vec<u8>), MemoryError> {
     let path = dir.join(name);
-    std::fs::read(&path).map_err(|e| {
+    let mut bytes = Vec::new();
+    File::open(&path).and_then(|mut file| file.read_to_end(&mut bytes).map(|_| (file, bytes))).map_err(|e| {
         MemoryError::Config(format!(
             "embedding model file {} cannot be read ({e}); fetch it with crates/memory/scripts/fetch-model.sh",
             path.display()
@@ -88,13 +97,13 @@ impl Model {
     /// Loads every weight but the word-embedding table, which stays in the file.
     fn load(dir: &Path, config: &Config, tokenizer: Tokenizer) -> Result<Self, MemoryError> {
         let path = &dir.join("model.safetensors");
-        let weights = read(dir, "model.safetensors")?;
+        let (handle, weights) = open(dir, "model.safetensors")?;
         let file =
             SafeTensors::deserialize(&weights).map_err(|e| MemoryError::Config(format!("{}: {e}", path.display())))?;
         // Some exports name the tensors `bert.embeddings.…` (candle's `BertModel::load` does the same).
         let prefix = if file.names().iter().any(|n| n.starts_with("bert.")) { "bert." } else { "" };
         let table = format!("{prefix}embeddings.word_embeddings.weight");
-        let words = WordTable::locate(path, &weights, &table, config.vocab_size, config.hidden_size)?;
+        let words = WordTable::locate(path, handle, &weights, &table, config.vocab_size, config.hidden_size)?;
         let tensors = file
             .tensors()
             .into_iter()

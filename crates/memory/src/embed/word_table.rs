@@ -7,6 +7,10 @@
 //! batch's tokens are read (`pread`) when the batch is embedded, from the kernel's page cache
 //! after the first time — memory the kernel can reclaim, not the process's heap. A row read is a
 //! microsecond or two against the milliseconds of the forward pass that follows.
+//!
+//! The rows come from the file the model was loaded from (its open handle): a new model file
+//! renamed over the path does not mix with the loaded one. Rewriting the file in place while a
+//! process runs would change its rows, as it would for any model mapped from disk.
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -26,10 +30,11 @@ pub(super) struct WordTable {
 }
 
 impl WordTable {
-    /// Finds tensor `name` in `weights` (the whole file at `path`, as read) and checks it is a
-    /// `rows × hidden` table of `f32`; opens `path` to read its rows from.
+    /// Finds tensor `name` in `weights` (the whole of `file`, as read; `path` names it in errors)
+    /// and checks it is a `rows × hidden` table of `f32`, whose rows will be read from `file`.
     pub(super) fn locate(
         path: &Path,
+        file: File,
         weights: &[u8],
         name: &str,
         rows: usize,
@@ -46,7 +51,6 @@ impl WordTable {
         }
         // The file: an 8-byte header length, the JSON header, then the tensors' bytes.
         let start = (8 + header + info.data_offsets.0) as u64;
-        let file = File::open(path).map_err(|e| bad(e.to_string()))?;
         Ok(Self { file, start, rows, hidden })
     }
 
@@ -93,10 +97,20 @@ mod tests {
         (file, bytes)
     }
 
+    fn locate(
+        file: &tempfile::NamedTempFile,
+        bytes: &[u8],
+        name: &str,
+        rows: usize,
+        hidden: usize,
+    ) -> Result<WordTable, MemoryError> {
+        WordTable::locate(file.path(), file.reopen().unwrap(), bytes, name, rows, hidden)
+    }
+
     #[test]
     fn gathers_the_rows_of_the_ids_in_order() {
         let (file, bytes) = model_file();
-        let table = WordTable::locate(file.path(), &bytes, "embeddings.word_embeddings.weight", 4, 3).unwrap();
+        let table = locate(&file, &bytes, "embeddings.word_embeddings.weight", 4, 3).unwrap();
         assert_eq!(table.gather(&[2, 0, 2]).unwrap(), [2.0, 2.1, 2.2, 0.0, 0.1, 0.2, 2.0, 2.1, 2.2]);
         assert!(table.gather(&[]).unwrap().is_empty());
         let err = table.gather(&[1, 4]).unwrap_err().to_string();
@@ -106,9 +120,9 @@ mod tests {
     #[test]
     fn a_table_of_another_shape_or_a_missing_one_is_refused() {
         let (file, bytes) = model_file();
-        let err = WordTable::locate(file.path(), &bytes, "embeddings.word_embeddings.weight", 4, 384).unwrap_err();
+        let err = locate(&file, &bytes, "embeddings.word_embeddings.weight", 4, 384).unwrap_err();
         assert!(err.to_string().contains("expected F32 [4, 384]"), "{err}");
-        let err = WordTable::locate(file.path(), &bytes, "bert.embeddings.word_embeddings.weight", 4, 3).unwrap_err();
+        let err = locate(&file, &bytes, "bert.embeddings.word_embeddings.weight", 4, 3).unwrap_err();
         assert!(err.to_string().contains("no tensor bert.embeddings.word_embeddings.weight"), "{err}");
     }
 }
