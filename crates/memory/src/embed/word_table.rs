@@ -43,6 +43,11 @@ impl WordTable {
         let bad = |why: String| MemoryError::Config(format!("{}: {why}", path.display()));
         let (header, metadata) = SafeTensors::read_metadata(weights).map_err(|e| bad(e.to_string()))?;
         let info = metadata.info(name).ok_or_else(|| bad(format!("no tensor {name}")))?;
+        if rows == 0 || hidden == 0 {
+            return Err(bad(format!(
+                "config.json's vocab_size and hidden_size must be positive, not {rows} and {hidden}"
+            )));
+        }
         if info.dtype != Dtype::F32 || info.shape != [rows, hidden] {
             return Err(bad(format!(
                 "{name} is {:?} {:?}, expected F32 [{rows}, {hidden}] (config.json)",
@@ -122,6 +127,13 @@ mod tests {
         let (file, bytes) = model_file();
         let err = locate(&file, &bytes, "embeddings.word_embeddings.weight", 4, 384).unwrap_err();
         assert!(err.to_string().contains("expected F32 [4, 384]"), "{err}");
+        // A table whose rows hold no values: rows of no bytes, which gathering could not split.
+        let empty =
+            safetensors::serialize([("w", TensorView::new(Dtype::F32, vec![3, 0], &[]).unwrap())], None).unwrap();
+        let zero = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(zero.path(), &empty).unwrap();
+        let err = locate(&zero, &empty, "w", 3, 0).unwrap_err();
+        assert!(err.to_string().contains("must be positive, not 3 and 0"), "{err}");
         let err = locate(&file, &bytes, "bert.embeddings.word_embeddings.weight", 4, 3).unwrap_err();
         assert!(err.to_string().contains("no tensor bert.embeddings.word_embeddings.weight"), "{err}");
     }
