@@ -3,6 +3,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// The allocator of the whole process (the run path allocates per call; see the workspace's
+/// `tikv-jemallocator` entry).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = nightshift_cli::Cli::parse();
