@@ -104,14 +104,18 @@ impl pb::memory_service_server::MemoryService for MemoryService {
             return Err(invalid("type", format!("{kind} memory is not indexed for search (see index_types)")));
         }
         let started = std::time::Instant::now();
+        let filter = vector_filter(&scope, kind, &req.metadata_filter);
         // A scope holding nothing of this type has nothing to find: no embedding, no index query
-        // (most agents never write long-term facts, and every run of theirs searches).
-        if self.store(kind).count(Some(&scope), kind).await.map_err(status_from_memory)? == 0 {
+        // (most agents never write long-term facts, and every run of theirs searches). An index
+        // that knows so at once (the in-process one) spares the store's count too — a read per
+        // run on the run path.
+        if index.holds_none(&filter)
+            || self.store(kind).count(Some(&scope), kind).await.map_err(status_from_memory)? == 0
+        {
             return Ok(Response::new(pb::SearchMemoryResponse { hits: Vec::new() }));
         }
         let query = embedder.embed(std::slice::from_ref(&req.query)).await.map_err(status_from_memory)?;
         let query = query.into_iter().next().ok_or_else(|| Status::internal("embedder returned no vector"))?;
-        let filter = vector_filter(&scope, kind, &req.metadata_filter);
         // Ask for a few more than needed: index entries whose records expired are dropped below.
         let hits = index.search(&query, top_k + 10, &filter).await.map_err(status_from_memory)?;
         let hits: Vec<_> = hits.into_iter().filter(|h| req.min_score.is_none_or(|m| h.score >= m)).collect();

@@ -269,6 +269,13 @@ impl VectorIndex for InProcessIndex {
     async fn count(&self) -> Result<u64, MemoryError> {
         Ok(self.inner.read().unwrap_or_else(PoisonError::into_inner).ids.len() as u64)
     }
+
+    /// Exact when it says true: a pair no item carries was never interned. A pair whose items
+    /// were all deleted stays interned, and then it says false (the caller asks the store).
+    fn holds_none(&self, filter: &BTreeMap<String, String>) -> bool {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        inner.ids.is_empty() || inner.filter_ids(filter).is_none()
+    }
 }
 
 #[cfg(test)]
@@ -315,5 +322,29 @@ mod tests {
         }
         let none: BTreeMap<String, String> = [("group".to_owned(), "7".to_owned())].into();
         assert!(ix.search(&all[0].1, 10, &none).await.unwrap().is_empty());
+    }
+
+    /// `holds_none` is true only where no item matches: an empty index, a pair no item carries;
+    /// after a delete it may say false (unknown), never true of a filter that still matches.
+    #[tokio::test]
+    async fn holds_none_only_where_nothing_matches() {
+        let filter = |scope: &str| -> BTreeMap<String, String> {
+            [("scope".to_owned(), scope.to_owned()), ("type".to_owned(), "long_term".to_owned())].into()
+        };
+        let ix = InProcessIndex::new(2);
+        assert!(ix.holds_none(&filter("a")));
+        assert!(ix.holds_none(&BTreeMap::new()), "an empty index holds nothing under any filter");
+        let item =
+            |id: &str, scope: &str| VectorItem { id: id.into(), vector: vec![1.0, 0.0], metadata: filter(scope) };
+        ix.upsert(&[item("x", "a"), item("y", "b")]).await.unwrap();
+        assert!(!ix.holds_none(&filter("a")));
+        assert!(!ix.holds_none(&BTreeMap::new()));
+        assert!(ix.holds_none(&filter("c")), "scope c has no item");
+        let mut other_type = filter("a");
+        other_type.insert("type".into(), "episodic".into());
+        assert!(ix.holds_none(&other_type), "every pair must match, not one of them");
+        ix.delete(&["y".to_owned()]).await.unwrap();
+        assert!(!ix.holds_none(&filter("a")), "x is still there");
+        assert!(ix.search(&[1.0, 0.0], 5, &filter("b")).await.unwrap().is_empty());
     }
 }

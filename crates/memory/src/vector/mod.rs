@@ -63,6 +63,13 @@ pub trait VectorIndex: Send + Sync + std::fmt::Debug {
 
     /// Number of items.
     async fn count(&self) -> Result<u64, MemoryError>;
+
+    /// True when the index knows, without a query, that no item matches `filter`; `false` when
+    /// some may, or when it cannot tell without asking its server. A search of a scope that
+    /// holds nothing then skips embedding its query and reading the record store.
+    fn holds_none(&self, _filter: &BTreeMap<String, String>) -> bool {
+        false
+    }
 }
 
 /// Checks a vector's length against the index's dimensions.
