@@ -3,10 +3,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// The allocator of the whole process (the run path allocates per call; see the workspace's
-/// `tikv-jemallocator` entry).
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: nightshift_rpc::Allocator = nightshift_rpc::Allocator {};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -6,10 +6,8 @@ use clap::Parser;
 use nightshift_events::{EventsConfig, EventsRole};
 use nightshift_rpc::{GrpcServer, Role, init_process, serve_roles, shutdown_signal};
 
-/// The allocator of the whole process (the run path allocates per call; see the workspace's
-/// `tikv-jemallocator` entry).
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: nightshift_rpc::Allocator = nightshift_rpc::Allocator {};
 
 /// Runs the Nightshift event service (publish, subscribe, history).
 #[derive(Parser, Debug)]

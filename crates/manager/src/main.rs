@@ -7,10 +7,8 @@ use nightshift_manager::{ManagerConfig, ManagerDeps, ManagerRole};
 use nightshift_rpc::{GrpcServer, Role, init_process, serve_roles, shutdown_signal};
 use nightshift_store::Store;
 
-/// The allocator of the whole process (the run path allocates per call; see the workspace's
-/// `tikv-jemallocator` entry).
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: nightshift_rpc::Allocator = nightshift_rpc::Allocator {};
 
 /// Runs the Nightshift manager (agent registry and run authority).
 #[derive(Parser, Debug)]

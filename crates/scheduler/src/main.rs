@@ -10,10 +10,8 @@ use nightshift_rpc::{GrpcServer, Role, init_process, serve_roles, shutdown_signa
 use nightshift_scheduler::{SchedulerConfig, SchedulerDeps, SchedulerRole};
 use nightshift_store::Store;
 
-/// The allocator of the whole process (the run path allocates per call; see the workspace's
-/// `tikv-jemallocator` entry).
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: nightshift_rpc::Allocator = nightshift_rpc::Allocator {};
 
 /// Runs a Nightshift scheduler replica.
 #[derive(Parser, Debug)]

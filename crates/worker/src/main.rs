@@ -5,10 +5,8 @@ use clap::Parser;
 use nightshift_rpc::{GrpcServer, Role, init_process, serve_roles, shutdown_signal};
 use nightshift_worker::{WorkerConfig, WorkerDeps, WorkerRole};
 
-/// The allocator of the whole process (the run path allocates per call; see the workspace's
-/// `tikv-jemallocator` entry).
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: nightshift_rpc::Allocator = nightshift_rpc::Allocator {};
 
 /// Runs a Nightshift worker.
 #[derive(Parser, Debug)]
