@@ -141,7 +141,7 @@ async fn five_binaries_make_one_trace_per_run_and_serve_valid_metrics() {
             "/nightshift.v1.ManagerService/FinishRun",
         ],
     );
-    expect("nightshift-memory", &["/nightshift.v1.MemoryService/Recall", "/nightshift.v1.MemoryService/Store"]);
+    expect("nightshift-memory", &["/nightshift.v1.MemoryService/RecallForRun", "/nightshift.v1.MemoryService/Store"]);
 
     // One tree: a single root (the tick), every other span's parent is a span of this trace.
     let ids: BTreeSet<&str> = spans.iter().map(|s| s.id.as_str()).collect();

@@ -148,9 +148,10 @@ pub fn permission_for(path: &str) -> Option<Permission> {
             "CancelRun" | "WatchRunDeltas" => Sync,
             _ => return None,
         },
-        ("nightshift.v1.MemoryService", "Store" | "Recall" | "Search" | "Summarize" | "Forget" | "Stats") => {
-            AgentMemory
-        }
+        (
+            "nightshift.v1.MemoryService",
+            "Store" | "Recall" | "Search" | "RecallForRun" | "Summarize" | "Forget" | "Stats",
+        ) => AgentMemory,
         ("nightshift.v1.EventService", m) => match m {
             "Publish" | "PublishStream" => Publish,
             "Subscribe" | "ListEvents" => Read,

@@ -127,6 +127,40 @@ mod cases {
         assert_eq!(s.count(None, MemoryType::LongTerm).await.unwrap(), 0);
     }
 
+    /// Several recalls at once (SQL answers them in one statement) answer each as alone: own
+    /// scope, type, limit, order, paging, filter and archived records, in the queries' order.
+    pub async fn recent_each_answers_each_query_as_alone(s: &dyn MemoryStore, _c: &ManualClock) {
+        let other = Scope::new("agent-2", "agent");
+        let mut recs: Vec<_> =
+            (0..4).map(|i| record(&format!("e{i}"), MemoryType::Episodic, &scope(), i * 1000, "x")).collect();
+        recs.push(record("p0", MemoryType::Procedural, &scope(), 500, "x"));
+        recs.push(record("p1", MemoryType::Procedural, &scope(), 500, "x"));
+        recs.push(record("o0", MemoryType::Episodic, &other, 9000, "x"));
+        let mut tagged = record("e9", MemoryType::Episodic, &scope(), 100, "x");
+        tagged.metadata = meta(&[("topic", "a")]);
+        recs.push(tagged);
+        s.put(&recs).await.unwrap();
+        s.set_archived(&scope(), &["e3".into()], true).await.unwrap();
+
+        let episodes = RecallQuery::new(scope(), MemoryType::Episodic, 2);
+        let notes = RecallQuery::new(scope(), MemoryType::Procedural, 10);
+        let mut filtered = RecallQuery::new(scope(), MemoryType::Episodic, 10);
+        filtered.metadata = meta(&[("topic", "a")]);
+        let mut paged = RecallQuery::new(scope(), MemoryType::Episodic, 10);
+        paged.before = Some(recs[2].created_at);
+        paged.include_archived = true;
+        let none = RecallQuery::new(other.clone(), MemoryType::Procedural, 10);
+        let queries = [episodes, notes, filtered, paged, none];
+
+        let each = s.recent_each(&queries).await.unwrap();
+        let got: Vec<Vec<&str>> = each.iter().map(|r| ids(r)).collect();
+        assert_eq!(got, [vec!["e2", "e1"], vec!["p1", "p0"], vec!["e9"], vec!["e1", "e9", "e0"], vec![]]);
+        for (q, found) in queries.iter().zip(&each) {
+            assert_eq!(found, &s.recent(q).await.unwrap(), "{q:?} alone");
+        }
+        assert!(s.recent_each(&[]).await.unwrap().is_empty());
+    }
+
     pub async fn metadata_filters(s: &dyn MemoryStore, _c: &ManualClock) {
         let mut recs = Vec::new();
         for (i, (topic, lang)) in [("a", "en"), ("b", "en"), ("a", "fr"), ("a", "en")].iter().enumerate() {
@@ -308,6 +342,7 @@ all_backends!(
     recent_is_newest_first_with_limit_and_paging,
     ties_order_by_id_descending,
     scopes_and_types_are_separate,
+    recent_each_answers_each_query_as_alone,
     metadata_filters,
     put_replaces_by_id,
     ttl_hides_and_purges,

@@ -1,9 +1,10 @@
 //! The `nightshift.v1.MemoryService` gRPC handlers: validate requests, call the service core,
 //! answer in proto form.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use nightshift_core::{pb, time};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::summarize::count_summary;
 use super::{Budget, MAX_CONTENT_BYTES, MAX_RECORDS_PER_STORE, MemoryService};
@@ -11,12 +12,115 @@ use crate::convert::{
     invalid, record_from_pb, record_to_pb, retention_from_pb, scope_from_pb, status_from_memory, type_from_pb,
     type_to_pb, vector_filter,
 };
+use crate::error::MemoryError;
 use crate::types::{MemoryRecord, MemoryType, RecallQuery, Scope};
+
+/// Most records one recall returns.
+const MAX_RECALL: u32 = 1000;
+/// Most hits one search returns.
+const MAX_TOP_K: u32 = 100;
+
+/// `n` (a request's `field`) if it is at most `max`.
+fn at_most(field: &str, n: u32, max: u32) -> Result<usize, Status> {
+    if n > max {
+        return Err(invalid(field, format!("{n} is over the maximum of {max}")));
+    }
+    Ok(n as usize)
+}
+
+/// A search's text: not blank, not over the longest content.
+fn check_query(query: &str) -> Result<(), Status> {
+    if query.trim().is_empty() {
+        return Err(invalid("query", "is required"));
+    }
+    if query.len() > MAX_CONTENT_BYTES {
+        return Err(invalid("query", format!("is too long (max {MAX_CONTENT_BYTES} bytes)")));
+    }
+    Ok(())
+}
 
 impl MemoryService {
     /// The access check of a call on one scope (`None`: the whole store).
     async fn check_scope<T>(&self, req: &Request<T>, scope: Option<&pb::MemoryScope>) -> Result<(), Status> {
         self.access.check(req, scope.as_slice()).await
+    }
+
+    /// The records of `kind` in `scope` nearest `query`, best first, at most `top_k`.
+    async fn search_scope(
+        &self,
+        scope: &Scope,
+        kind: MemoryType,
+        query: &str,
+        top_k: usize,
+        metadata: &BTreeMap<String, String>,
+        min_score: Option<f32>,
+    ) -> Result<Vec<pb::ScoredMemory>, Status> {
+        let (Some(index), Some(embedder)) = (&self.index, &self.embedder) else {
+            return Err(Status::failed_precondition("semantic search is not configured (set vector.url and embedder)"));
+        };
+        if !self.indexed.contains(&kind) {
+            return Err(invalid("type", format!("{kind} memory is not indexed for search (see index_types)")));
+        }
+        let started = std::time::Instant::now();
+        let filter = vector_filter(scope, kind, metadata);
+        // A scope holding nothing of this type has nothing to find: no embedding, no index query
+        // (most agents never write long-term facts, and every run of theirs searches). An index
+        // that knows so at once (the in-process one) spares the store's count too — a read per
+        // run on the run path.
+        if index.holds_none(&filter)
+            || self.store(kind).count(Some(scope), kind).await.map_err(status_from_memory)? == 0
+        {
+            return Ok(Vec::new());
+        }
+        let query = embedder.embed(&[query.to_owned()]).await.map_err(status_from_memory)?;
+        let query = query.into_iter().next().ok_or_else(|| Status::internal("embedder returned no vector"))?;
+        // Ask for a few more than needed: index entries whose records expired are dropped below.
+        let hits = index.search(&query, top_k + 10, &filter).await.map_err(status_from_memory)?;
+        let hits: Vec<_> = hits.into_iter().filter(|h| min_score.is_none_or(|m| h.score >= m)).collect();
+        let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
+        let records = self.store(kind).get(scope, &ids).await.map_err(status_from_memory)?;
+        let by_id: HashMap<&str, &MemoryRecord> = records.iter().map(|r| (r.id.as_str(), r)).collect();
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for h in &hits {
+            match by_id.get(h.id.as_str()) {
+                Some(r) if out.len() < top_k => {
+                    out.push(pb::ScoredMemory { record: Some(record_to_pb(r, now)), score: h.score })
+                }
+                Some(_) => {}
+                None => gone.push(h.id.clone()),
+            }
+        }
+        if !gone.is_empty() {
+            // Lazily drop vectors of records that expired or were deleted elsewhere.
+            if let Err(e) = index.delete(&gone).await {
+                tracing::warn!(error = %e, "could not drop stale vectors");
+            }
+        }
+        metrics::histogram!("nightshift_memory_search_duration_seconds").record(started.elapsed().as_secs_f64());
+        Ok(out)
+    }
+
+    /// A run's episodes and procedural notes (`None`: not asked, nothing), in one read when
+    /// one store holds both types.
+    async fn recall_pair(&self, queries: [Option<RecallQuery>; 2]) -> Result<[Vec<MemoryRecord>; 2], MemoryError> {
+        let recall = |q: Option<RecallQuery>| async move {
+            match q {
+                Some(q) => self.store(q.kind).recent(&q).await,
+                None => Ok(Vec::new()),
+            }
+        };
+        match queries {
+            [Some(a), Some(b)] if Arc::ptr_eq(self.store(a.kind), self.store(b.kind)) => {
+                let mut found = self.store(a.kind).recent_each(&[a, b]).await?.into_iter();
+                Ok([found.next().unwrap_or_default(), found.next().unwrap_or_default()])
+            }
+            [a, b] => {
+                let (a, b) = tokio::try_join!(recall(a), recall(b))?;
+                Ok([a, b])
+            }
+        }
     }
 }
 
@@ -61,10 +165,9 @@ impl pb::memory_service_server::MemoryService for MemoryService {
         let req = req.into_inner();
         let scope = scope_from_pb("scope", req.scope.as_ref())?;
         let kind = type_from_pb("type", req.r#type, None)?.ok_or_else(|| invalid("type", "is required"))?;
-        let limit = match req.limit {
+        let limit = match at_most("limit", req.limit, MAX_RECALL)? {
             0 => 10,
-            n if n > 1000 => return Err(invalid("limit", format!("{n} is over the maximum of 1000"))),
-            n => n as usize,
+            n => n,
         };
         let before = match &req.before {
             Some(ts) => Some(time::from_pb(ts).ok_or_else(|| invalid("before", "is not a valid timestamp"))?),
@@ -85,63 +188,57 @@ impl pb::memory_service_server::MemoryService for MemoryService {
         self.check_scope(&req, req.get_ref().scope.as_ref()).await?;
         let req = req.into_inner();
         let scope = scope_from_pb("scope", req.scope.as_ref())?;
-        if req.query.trim().is_empty() {
-            return Err(invalid("query", "is required"));
-        }
-        if req.query.len() > MAX_CONTENT_BYTES {
-            return Err(invalid("query", format!("is too long (max {MAX_CONTENT_BYTES} bytes)")));
-        }
-        let top_k = match req.top_k {
+        check_query(&req.query)?;
+        let top_k = match at_most("top_k", req.top_k, MAX_TOP_K)? {
             0 => 5,
-            n if n > 100 => return Err(invalid("top_k", format!("{n} is over the maximum of 100"))),
-            n => n as usize,
+            n => n,
         };
         let kind = type_from_pb("type", req.r#type, Some(MemoryType::LongTerm))?.unwrap_or(MemoryType::LongTerm);
-        let (Some(index), Some(embedder)) = (&self.index, &self.embedder) else {
-            return Err(Status::failed_precondition("semantic search is not configured (set vector.url and embedder)"));
-        };
-        if !self.indexed.contains(&kind) {
-            return Err(invalid("type", format!("{kind} memory is not indexed for search (see index_types)")));
+        let hits = self.search_scope(&scope, kind, &req.query, top_k, &req.metadata_filter, req.min_score).await?;
+        Ok(Response::new(pb::SearchMemoryResponse { hits }))
+    }
+
+    async fn recall_for_run(
+        &self,
+        req: Request<pb::RecallForRunRequest>,
+    ) -> Result<Response<pb::RecallForRunResponse>, Status> {
+        self.check_scope(&req, req.get_ref().scope.as_ref()).await?;
+        let req = req.into_inner();
+        let scope = scope_from_pb("scope", req.scope.as_ref())?;
+        let episodes = at_most("episodes", req.episodes, MAX_RECALL)?;
+        let notes = at_most("notes", req.notes, MAX_RECALL)?;
+        let top_k = at_most("top_k", req.top_k, MAX_TOP_K)?;
+        if top_k > 0 {
+            check_query(&req.query)?;
         }
-        let started = std::time::Instant::now();
-        let filter = vector_filter(&scope, kind, &req.metadata_filter);
-        // A scope holding nothing of this type has nothing to find: no embedding, no index query
-        // (most agents never write long-term facts, and every run of theirs searches). An index
-        // that knows so at once (the in-process one) spares the store's count too — a read per
-        // run on the run path.
-        if index.holds_none(&filter)
-            || self.store(kind).count(Some(&scope), kind).await.map_err(status_from_memory)? == 0
-        {
-            return Ok(Response::new(pb::SearchMemoryResponse { hits: Vec::new() }));
-        }
-        let query = embedder.embed(std::slice::from_ref(&req.query)).await.map_err(status_from_memory)?;
-        let query = query.into_iter().next().ok_or_else(|| Status::internal("embedder returned no vector"))?;
-        // Ask for a few more than needed: index entries whose records expired are dropped below.
-        let hits = index.search(&query, top_k + 10, &filter).await.map_err(status_from_memory)?;
-        let hits: Vec<_> = hits.into_iter().filter(|h| req.min_score.is_none_or(|m| h.score >= m)).collect();
-        let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
-        let records = self.store(kind).get(&scope, &ids).await.map_err(status_from_memory)?;
-        let by_id: HashMap<&str, &MemoryRecord> = records.iter().map(|r| (r.id.as_str(), r)).collect();
-        let now = self.clock.now();
-        let mut out = Vec::new();
-        let mut gone = Vec::new();
-        for h in &hits {
-            match by_id.get(h.id.as_str()) {
-                Some(r) if out.len() < top_k => {
-                    out.push(pb::ScoredMemory { record: Some(record_to_pb(r, now)), score: h.score })
+        let recalls = [(MemoryType::Episodic, episodes), (MemoryType::Procedural, notes)]
+            .map(|(kind, limit)| (limit > 0).then(|| RecallQuery::new(scope.clone(), kind, limit)));
+        let search = async {
+            if top_k == 0 {
+                return Ok(None);
+            }
+            let no_filter = BTreeMap::new();
+            match self.search_scope(&scope, MemoryType::LongTerm, &req.query, top_k, &no_filter, None).await {
+                Ok(hits) => Ok(Some(hits)),
+                // No index, or long-term memory not indexed: the recalls are still the answer.
+                Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::InvalidArgument) => {
+                    tracing::debug!(error = %s.message(), "RecallForRun: no search");
+                    Ok(None)
                 }
-                Some(_) => {}
-                None => gone.push(h.id.clone()),
+                Err(s) => Err(s),
             }
-        }
-        if !gone.is_empty() {
-            // Lazily drop vectors of records that expired or were deleted elsewhere.
-            if let Err(e) = index.delete(&gone).await {
-                tracing::warn!(error = %e, "could not drop stale vectors");
-            }
-        }
-        metrics::histogram!("nightshift_memory_search_duration_seconds").record(started.elapsed().as_secs_f64());
-        Ok(Response::new(pb::SearchMemoryResponse { hits: out }))
+        };
+        let (recalled, facts) = tokio::join!(self.recall_pair(recalls), search);
+        let [episodes, notes] = recalled.map_err(status_from_memory)?;
+        let facts = facts?;
+        let now = self.clock.now();
+        let to_pb = |records: Vec<MemoryRecord>| records.iter().map(|r| record_to_pb(r, now)).collect();
+        Ok(Response::new(pb::RecallForRunResponse {
+            episodes: to_pb(episodes),
+            notes: to_pb(notes),
+            search_unavailable: top_k > 0 && facts.is_none(),
+            facts: facts.unwrap_or_default(),
+        }))
     }
 
     async fn summarize(&self, req: Request<pb::SummarizeRequest>) -> Result<Response<pb::SummarizeResponse>, Status> {

@@ -31,6 +31,17 @@ pub trait MemoryStore: Send + Sync + std::fmt::Debug {
     /// The newest records matching `query`, newest first (ties: higher id first).
     async fn recent(&self, query: &RecallQuery) -> Result<Vec<MemoryRecord>, MemoryError>;
 
+    /// What [`recent`](Self::recent) answers for each of `queries`, in their order. A backend
+    /// that can answer several in one read says so here (the SQL store: a run's episodes and
+    /// procedural notes in one statement); the default asks one after the other.
+    async fn recent_each(&self, queries: &[RecallQuery]) -> Result<Vec<Vec<MemoryRecord>>, MemoryError> {
+        let mut found = Vec::with_capacity(queries.len());
+        for q in queries {
+            found.push(self.recent(q).await?);
+        }
+        Ok(found)
+    }
+
     /// Deletes the records of `scope` of `kind` (every type if `None`); only `ids` if not empty.
     /// Returns how many were deleted.
     async fn delete(&self, scope: &Scope, kind: Option<MemoryType>, ids: &[String]) -> Result<u64, MemoryError>;

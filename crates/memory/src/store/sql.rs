@@ -157,6 +157,59 @@ fn bind_all<'q>(mut q: Query<'q, Any, AnyArguments>, values: &'q [String]) -> Qu
     q
 }
 
+/// A value bound to a statement built at run time.
+enum Bound {
+    Text(String),
+    Int(i64),
+}
+
+fn bind_values<'q>(mut q: Query<'q, Any, AnyArguments>, values: &'q [Bound]) -> Query<'q, Any, AnyArguments> {
+    for v in values {
+        q = match v {
+            Bound::Text(t) => q.bind(t.as_str()),
+            Bound::Int(n) => q.bind(*n),
+        };
+    }
+    q
+}
+
+/// The `SELECT` of `q` (the newest records of its scope and type, newest first) with its
+/// placeholders numbered from `$first`, and their values in order.
+fn recent_sql(q: &RecallQuery, first: usize, now: i64) -> (String, Vec<Bound>) {
+    let mut values = vec![
+        Bound::Text(q.scope.agent_id.clone()),
+        Bound::Text(q.scope.session.clone()),
+        Bound::Text(q.kind.as_str().to_owned()),
+        Bound::Int(now),
+    ];
+    let mut sql = format!(
+        "SELECT {COLUMNS} FROM memory_records r WHERE agent_id = ${first} AND session = ${} AND kind = ${} \
+         AND (expires_at IS NULL OR expires_at > ${})",
+        first + 1,
+        first + 2,
+        first + 3
+    );
+    if !q.include_archived {
+        sql.push_str(" AND archived = 0");
+    }
+    if let Some(b) = q.before {
+        sql.push_str(&format!(" AND created_at < ${}", first + values.len()));
+        values.push(Bound::Int(time::to_millis(b)));
+    }
+    for (k, v) in &q.metadata {
+        let n = first + values.len();
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM memory_metadata m WHERE m.record_id = r.id AND m.key = ${n} AND m.value = ${})",
+            n + 1
+        ));
+        values.push(Bound::Text(k.clone()));
+        values.push(Bound::Text(v.clone()));
+    }
+    sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT ${}", first + values.len()));
+    values.push(Bound::Int(i64::try_from(q.limit).unwrap_or(i64::MAX)));
+    (sql, values)
+}
+
 /// Metadata keys per INSERT: a record may carry any number of them, a statement at most 32,766
 /// parameters on SQLite (and sqlx binds each by a scan of the statement's parameter list).
 const METADATA_ROWS: usize = 64;
@@ -325,41 +378,38 @@ impl MemoryStore for SqlStore {
     }
 
     async fn recent(&self, q: &RecallQuery) -> Result<Vec<MemoryRecord>, MemoryError> {
-        let mut sql = format!(
-            "SELECT {COLUMNS} FROM memory_records r WHERE agent_id = $1 AND session = $2 AND kind = $3 \
-             AND (expires_at IS NULL OR expires_at > $4)"
-        );
-        let mut n = 5;
-        if !q.include_archived {
-            sql.push_str(" AND archived = 0");
-        }
-        if q.before.is_some() {
-            sql.push_str(&format!(" AND created_at < ${n}"));
-            n += 1;
-        }
-        let mut filter_values = Vec::with_capacity(q.metadata.len() * 2);
-        for (k, v) in &q.metadata {
-            sql.push_str(&format!(
-                " AND EXISTS (SELECT 1 FROM memory_metadata m WHERE m.record_id = r.id AND m.key = ${} AND m.value = ${})",
-                n,
-                n + 1
-            ));
-            n += 2;
-            filter_values.push(k.clone());
-            filter_values.push(v.clone());
-        }
-        sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT ${n}"));
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(q.scope.agent_id.as_str())
-            .bind(q.scope.session.as_str())
-            .bind(q.kind.as_str())
-            .bind(self.now_ms());
-        if let Some(b) = q.before {
-            query = query.bind(time::to_millis(b));
-        }
-        let query = bind_all(query, &filter_values).bind(i64::try_from(q.limit).unwrap_or(i64::MAX));
-        let rows = query.fetch_all(&self.pool).await?;
+        let (sql, values) = recent_sql(q, 1, self.now_ms());
+        let rows = bind_values(sqlx::query(sqlx::AssertSqlSafe(sql)), &values).fetch_all(&self.pool).await?;
         rows.iter().map(record_from_row).collect()
+    }
+
+    /// Every query in one statement (`UNION ALL` of each one's `SELECT`, each row tagged with
+    /// its query's position): a run's episodes and procedural notes are one read, not two.
+    async fn recent_each(&self, queries: &[RecallQuery]) -> Result<Vec<Vec<MemoryRecord>>, MemoryError> {
+        if queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.now_ms();
+        let mut parts = Vec::with_capacity(queries.len());
+        let mut values = Vec::new();
+        for (i, q) in queries.iter().enumerate() {
+            let (sql, mut bound) = recent_sql(q, values.len() + 1, now);
+            parts.push(format!("SELECT CAST({i} AS BIGINT) AS part, q{i}.* FROM ({sql}) AS q{i}"));
+            values.append(&mut bound);
+        }
+        let sql = parts.join(" UNION ALL ");
+        let rows = bind_values(sqlx::query(sqlx::AssertSqlSafe(sql)), &values).fetch_all(&self.pool).await?;
+        let mut found: Vec<Vec<MemoryRecord>> = queries.iter().map(|_| Vec::new()).collect();
+        for row in &rows {
+            let part = usize::try_from(row.try_get::<i64, _>("part")?).map_err(|e| corrupt("part", e))?;
+            let slot = found.get_mut(part).ok_or_else(|| corrupt("part", format!("{part} is not a query")))?;
+            slot.push(record_from_row(row)?);
+        }
+        // Each query's own order (SQL keeps no order across a UNION).
+        for records in &mut found {
+            records.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        }
+        Ok(found)
     }
 
     async fn delete(&self, scope: &Scope, kind: Option<MemoryType>, ids: &[String]) -> Result<u64, MemoryError> {

@@ -17,7 +17,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use nightshift_core::{AgentSpec, SessionScope, pb};
-use tonic::Code;
 
 pub mod working;
 
@@ -66,11 +65,11 @@ impl RunMemory {
         self.client.clone().recall(self.request(req)).await
     }
 
-    async fn search(
+    async fn recall_for_run(
         &self,
-        req: pb::SearchMemoryRequest,
-    ) -> Result<tonic::Response<pb::SearchMemoryResponse>, tonic::Status> {
-        self.client.clone().search(self.request(req)).await
+        req: pb::RecallForRunRequest,
+    ) -> Result<tonic::Response<pb::RecallForRunResponse>, tonic::Status> {
+        self.client.clone().recall_for_run(self.request(req)).await
     }
 
     async fn forget(&self, req: pb::ForgetRequest) -> Result<tonic::Response<pb::ForgetResponse>, tonic::Status> {
@@ -132,71 +131,35 @@ async fn recall_all(
     scope: &pb::MemoryScope,
     query: &str,
 ) -> (String, pb::MemoryRecall) {
-    let recall = |kind: pb::MemoryType, limit: u32| {
-        let c = client.clone();
-        let req = pb::RecallRequest {
-            scope: Some(scope.clone()),
-            r#type: kind as i32,
-            limit,
-            before: None,
-            metadata_filter: BTreeMap::new(),
-        };
-        async move {
-            match limit {
-                0 => Ok(Vec::new()),
-                _ => c.recall(req).await.map(|r| r.into_inner().records),
-            }
+    let top_k = spec.memory.semantic_top_k;
+    let req = pb::RecallForRunRequest {
+        scope: Some(scope.clone()),
+        episodes: spec.memory.recall_recent,
+        notes: PROCEDURAL_RECALL,
+        top_k,
+        query: if top_k > 0 { query.to_owned() } else { String::new() },
+    };
+    // One call for the three reads: the service answers them together (on a SQL store, both
+    // recalls in one statement).
+    let found = match client.recall_for_run(req).await {
+        Ok(found) => found.into_inner(),
+        Err(s) => {
+            failed("recall", &s);
+            return (String::new(), pb::MemoryRecall { errors: 1, ..Default::default() });
         }
     };
-    let search = async {
-        if spec.memory.semantic_top_k == 0 {
-            return Ok(Vec::new());
-        }
-        let req = pb::SearchMemoryRequest {
-            scope: Some(scope.clone()),
-            query: query.to_owned(),
-            top_k: spec.memory.semantic_top_k,
-            r#type: pb::MemoryType::LongTerm as i32,
-            metadata_filter: BTreeMap::new(),
-            min_score: None,
-        };
-        match client.search(req).await {
-            Ok(r) => Ok(r.into_inner().hits),
-            // A deployment without a vector index: recall works, search does not. Not an error.
-            Err(s) if s.code() == Code::FailedPrecondition => {
-                tracing::debug!(error = %s.message(), "semantic memory search is not configured");
-                Ok(Vec::new())
-            }
-            Err(s) => Err(s),
-        }
-    };
-    // The three reads at once: a run waits for the slowest, not for their sum.
-    let (episodes, notes, facts) = tokio::join!(
-        recall(pb::MemoryType::Episodic, spec.memory.recall_recent),
-        recall(pb::MemoryType::Procedural, PROCEDURAL_RECALL),
-        search
-    );
-    let mut errors = 0;
-    let episodes = kept("recall", episodes, &mut errors);
-    let notes = kept("recall", notes, &mut errors);
-    let facts = kept("search", facts, &mut errors);
+    if found.search_unavailable {
+        // A deployment without a vector index: recall works, search does not. Not an error.
+        tracing::debug!("semantic memory search is not configured");
+    }
     let counts = pb::MemoryRecall {
-        episodes: episodes.len() as u32,
-        facts: facts.len() as u32,
-        notes: notes.len() as u32,
-        errors,
+        episodes: found.episodes.len() as u32,
+        facts: found.facts.len() as u32,
+        notes: found.notes.len() as u32,
         ..Default::default()
     };
-    (render(&episodes, &notes, &facts, matches!(spec.memory.session, SessionScope::Fixed(_))), counts)
-}
-
-/// What a memory read returned, or nothing (counted in `errors`, and said) when it failed.
-fn kept<T>(op: &'static str, read: Result<Vec<T>, tonic::Status>, errors: &mut u32) -> Vec<T> {
-    read.unwrap_or_else(|s| {
-        *errors += 1;
-        failed(op, &s);
-        Vec::new()
-    })
+    let shared = matches!(spec.memory.session, SessionScope::Fixed(_));
+    (render(&found.episodes, &found.notes, &found.facts, shared), counts)
 }
 
 fn clip(s: &str, max: usize) -> String {
