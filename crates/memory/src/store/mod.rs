@@ -32,7 +32,7 @@ pub trait MemoryStore: Send + Sync + std::fmt::Debug {
     async fn recent(&self, query: &RecallQuery) -> Result<Vec<MemoryRecord>, MemoryError>;
 
     /// What [`recent`](Self::recent) answers for each of `queries`, in their order. A backend
-    /// that can answer several in one read says so here (the SQL store: a run's episodes and
+    /// that can answer several in one read says so here (SQLite: a run's episodes and
     /// procedural notes in one statement); the default asks one after the other.
     async fn recent_each(&self, queries: &[RecallQuery]) -> Result<Vec<Vec<MemoryRecord>>, MemoryError> {
         let mut found = Vec::with_capacity(queries.len());

@@ -383,11 +383,17 @@ impl MemoryStore for SqlStore {
         rows.iter().map(record_from_row).collect()
     }
 
-    /// Every query in one statement (`UNION ALL` of each one's `SELECT`, each row tagged with
-    /// its query's position): a run's episodes and procedural notes are one read, not two.
+    /// On SQLite every query in one statement (`UNION ALL` of each one's `SELECT`, each row
+    /// tagged with its query's position): a run's episodes and procedural notes are one
+    /// hand-off to a connection's thread, not two. On Postgres each query alone, side by side
+    /// on the pool: there the union saved no CPU (Postgres spent 0.2–0.3 ms more per run with
+    /// it at 500 agents, docs/benchmarks.md).
     async fn recent_each(&self, queries: &[RecallQuery]) -> Result<Vec<Vec<MemoryRecord>>, MemoryError> {
         if queries.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.backend == SqlBackend::Postgres {
+            return futures::future::try_join_all(queries.iter().map(|q| self.recent(q))).await;
         }
         let now = self.now_ms();
         let mut parts = Vec::with_capacity(queries.len());

@@ -139,7 +139,7 @@ async fn recall_all(
         top_k,
         query: if top_k > 0 { query.to_owned() } else { String::new() },
     };
-    // One call for the three reads: the service answers them together (on a SQL store, both
+    // One call for the three reads: the service answers them together (on SQLite, both
     // recalls in one statement).
     let found = match client.recall_for_run(req).await {
         Ok(found) => found.into_inner(),
