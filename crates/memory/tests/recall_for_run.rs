@@ -9,7 +9,9 @@ use std::sync::Arc;
 use chrono::Duration;
 use common::{DIMS, Running, WordsEmbedder, serve};
 use nightshift_core::{ManualClock, pb};
-use nightshift_memory::{InMemoryStore, InProcessIndex, MemoryService, MemoryStore, MemoryType, SqlStore};
+use nightshift_memory::{
+    Embedder, InMemoryStore, InProcessIndex, MemoryError, MemoryService, MemoryStore, MemoryType, SqlStore,
+};
 use tonic::Code;
 
 fn scope(agent: &str) -> Option<pb::MemoryScope> {
@@ -20,13 +22,35 @@ fn rec(t: pb::MemoryType, agent: &str, content: &str) -> pb::MemoryRecord {
     pb::MemoryRecord { r#type: t as i32, scope: scope(agent), content: content.into(), ..Default::default() }
 }
 
+/// [`WordsEmbedder`], failing (an embedding server's outage) on a text holding "outage".
+#[derive(Debug)]
+struct FailsOnOutage;
+
+#[async_trait::async_trait]
+impl Embedder for FailsOnOutage {
+    fn name(&self) -> &str {
+        "fails-on-outage"
+    }
+
+    fn dims(&self) -> usize {
+        DIMS
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, MemoryError> {
+        if texts.iter().any(|t| t.contains("outage")) {
+            return Err(MemoryError::Unavailable("the embedding server is down".into()));
+        }
+        WordsEmbedder.embed(texts).await
+    }
+}
+
 /// A service over `store` (every type in it), with search when `search`.
 fn service(clock: &ManualClock, store: Arc<dyn MemoryStore>, search: bool) -> MemoryService {
     let stores: HashMap<MemoryType, Arc<dyn MemoryStore>> =
         MemoryType::ALL.iter().map(|t| (*t, store.clone())).collect();
     let s = MemoryService::new(stores).expect("service").with_clock(Arc::new(clock.clone()));
     if search {
-        s.with_search(Arc::new(InProcessIndex::new(DIMS)), Arc::new(WordsEmbedder), [MemoryType::LongTerm])
+        s.with_search(Arc::new(InProcessIndex::new(DIMS)), Arc::new(FailsOnOutage), [MemoryType::LongTerm])
             .expect("search")
     } else {
         s
@@ -96,6 +120,12 @@ async fn answers_as_recall_and_search(store: Arc<dyn MemoryStore>) {
     let got = run.client.recall_for_run(ask(0, 1, 0, "")).await.expect("call").into_inner();
     assert!(got.episodes.is_empty() && got.facts.is_empty() && !got.search_unavailable);
     assert_eq!(contents(&got.notes), ["note 1"]);
+
+    // A failing search costs the facts only, and says why.
+    let got = run.client.recall_for_run(ask(1, 1, 3, "the outage")).await.expect("call").into_inner();
+    assert!(got.facts.is_empty() && !got.search_unavailable, "{got:?}");
+    assert!(got.search_error.contains("embedding server is down"), "{got:?}");
+    assert_eq!((contents(&got.episodes), contents(&got.notes)), (vec!["run 2 done"], vec!["note 1"]));
     run.stop().await;
 }
 
@@ -121,7 +151,7 @@ async fn without_an_index_recalls_and_says_so() {
     let mut run = serve(service(&clock, store, false)).await;
     remember(&mut run, &clock).await;
     let got = run.client.recall_for_run(ask(10, 5, 3, "deploy key")).await.expect("call").into_inner();
-    assert!(got.search_unavailable && got.facts.is_empty());
+    assert!(got.search_unavailable && got.facts.is_empty() && got.search_error.is_empty());
     assert_eq!(contents(&got.episodes), ["run 2 done", "run 1 done", "run 0 done"]);
     assert_eq!(contents(&got.notes), ["note 1", "note 0"]);
     run.stop().await;

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use nightshift_core::{pb, time};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use super::summarize::count_summary;
 use super::{Budget, MAX_CONTENT_BYTES, MAX_RECORDS_PER_STORE, MemoryService};
@@ -12,8 +12,10 @@ use crate::convert::{
     invalid, record_from_pb, record_to_pb, retention_from_pb, scope_from_pb, status_from_memory, type_from_pb,
     type_to_pb, vector_filter,
 };
+use crate::embed::Embedder;
 use crate::error::MemoryError;
 use crate::types::{MemoryRecord, MemoryType, RecallQuery, Scope};
+use crate::vector::VectorIndex;
 
 /// Most records one recall returns.
 const MAX_RECALL: u32 = 1000;
@@ -39,10 +41,30 @@ fn check_query(query: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// How a RecallForRun's search went.
+enum Searched {
+    NotAsked,
+    Found(Vec<pb::ScoredMemory>),
+    /// No index, or the type is not indexed.
+    Unavailable,
+    Failed(String),
+}
+
 impl MemoryService {
     /// The access check of a call on one scope (`None`: the whole store).
     async fn check_scope<T>(&self, req: &Request<T>, scope: Option<&pb::MemoryScope>) -> Result<(), Status> {
         self.access.check(req, scope.as_slice()).await
+    }
+
+    /// The index and embedder that search `kind`, or why there are none.
+    fn searcher(&self, kind: MemoryType) -> Result<(&dyn VectorIndex, &dyn Embedder), Status> {
+        let (Some(index), Some(embedder)) = (&self.index, &self.embedder) else {
+            return Err(Status::failed_precondition("semantic search is not configured (set vector.url and embedder)"));
+        };
+        if !self.indexed.contains(&kind) {
+            return Err(invalid("type", format!("{kind} memory is not indexed for search (see index_types)")));
+        }
+        Ok((index.as_ref(), embedder.as_ref()))
     }
 
     /// The records of `kind` in `scope` nearest `query`, best first, at most `top_k`.
@@ -55,12 +77,7 @@ impl MemoryService {
         metadata: &BTreeMap<String, String>,
         min_score: Option<f32>,
     ) -> Result<Vec<pb::ScoredMemory>, Status> {
-        let (Some(index), Some(embedder)) = (&self.index, &self.embedder) else {
-            return Err(Status::failed_precondition("semantic search is not configured (set vector.url and embedder)"));
-        };
-        if !self.indexed.contains(&kind) {
-            return Err(invalid("type", format!("{kind} memory is not indexed for search (see index_types)")));
-        }
+        let (index, embedder) = self.searcher(kind)?;
         let started = std::time::Instant::now();
         let filter = vector_filter(scope, kind, metadata);
         // A scope holding nothing of this type has nothing to find: no embedding, no index query
@@ -215,30 +232,35 @@ impl pb::memory_service_server::MemoryService for MemoryService {
             .map(|(kind, limit)| (limit > 0).then(|| RecallQuery::new(scope.clone(), kind, limit)));
         let search = async {
             if top_k == 0 {
-                return Ok(None);
+                return Searched::NotAsked;
+            }
+            // No index, or long-term memory not indexed: the recalls are still the answer.
+            if self.searcher(MemoryType::LongTerm).is_err() {
+                return Searched::Unavailable;
             }
             let no_filter = BTreeMap::new();
             match self.search_scope(&scope, MemoryType::LongTerm, &req.query, top_k, &no_filter, None).await {
-                Ok(hits) => Ok(Some(hits)),
-                // No index, or long-term memory not indexed: the recalls are still the answer.
-                Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::InvalidArgument) => {
-                    tracing::debug!(error = %s.message(), "RecallForRun: no search");
-                    Ok(None)
+                Ok(hits) => Searched::Found(hits),
+                // A failing embedder or index costs the run its facts, not its episodes.
+                Err(s) => {
+                    tracing::warn!(code = ?s.code(), error = %s.message(), "RecallForRun: the search failed");
+                    Searched::Failed(s.message().to_owned())
                 }
-                Err(s) => Err(s),
             }
         };
-        let (recalled, facts) = tokio::join!(self.recall_pair(recalls), search);
+        let (recalled, searched) = tokio::join!(self.recall_pair(recalls), search);
         let [episodes, notes] = recalled.map_err(status_from_memory)?;
-        let facts = facts?;
         let now = self.clock.now();
         let to_pb = |records: Vec<MemoryRecord>| records.iter().map(|r| record_to_pb(r, now)).collect();
-        Ok(Response::new(pb::RecallForRunResponse {
-            episodes: to_pb(episodes),
-            notes: to_pb(notes),
-            search_unavailable: top_k > 0 && facts.is_none(),
-            facts: facts.unwrap_or_default(),
-        }))
+        let mut answer =
+            pb::RecallForRunResponse { episodes: to_pb(episodes), notes: to_pb(notes), ..Default::default() };
+        match searched {
+            Searched::NotAsked => {}
+            Searched::Found(hits) => answer.facts = hits,
+            Searched::Unavailable => answer.search_unavailable = true,
+            Searched::Failed(why) => answer.search_error = why,
+        }
+        Ok(Response::new(answer))
     }
 
     async fn summarize(&self, req: Request<pb::SummarizeRequest>) -> Result<Response<pb::SummarizeResponse>, Status> {

@@ -148,14 +148,21 @@ async fn recall_all(
             return (String::new(), pb::MemoryRecall { errors: 1, ..Default::default() });
         }
     };
+    let mut errors = 0;
     if found.search_unavailable {
         // A deployment without a vector index: recall works, search does not. Not an error.
         tracing::debug!("semantic memory search is not configured");
+    }
+    if !found.search_error.is_empty() {
+        // The facts are missing, the episodes and notes are not.
+        errors += 1;
+        failed("search", &tonic::Status::unavailable(found.search_error.as_str()));
     }
     let counts = pb::MemoryRecall {
         episodes: found.episodes.len() as u32,
         facts: found.facts.len() as u32,
         notes: found.notes.len() as u32,
+        errors,
         ..Default::default()
     };
     let shared = matches!(spec.memory.session, SessionScope::Fixed(_));
