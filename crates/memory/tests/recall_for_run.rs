@@ -3,23 +3,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::Duration;
-use common::{DIMS, Running, WordsEmbedder, serve};
+use common::{DIMS, Running, WordsEmbedder, agent_scope as scope, pb_record, serve};
 use nightshift_core::{ManualClock, pb};
-use nightshift_memory::{
-    Embedder, InMemoryStore, InProcessIndex, MemoryError, MemoryService, MemoryStore, MemoryType, SqlStore,
-};
+use nightshift_memory::{Embedder, InMemoryStore, MemoryError, MemoryService, MemoryStore, SqlStore};
 use tonic::Code;
 
-fn scope(agent: &str) -> Option<pb::MemoryScope> {
-    Some(pb::MemoryScope { agent_id: agent.into(), session: "agent".into() })
-}
-
 fn rec(t: pb::MemoryType, agent: &str, content: &str) -> pb::MemoryRecord {
-    pb::MemoryRecord { r#type: t as i32, scope: scope(agent), content: content.into(), ..Default::default() }
+    pb_record(t, agent, content, &[])
 }
 
 /// [`WordsEmbedder`], failing (an embedding server's outage) on a text holding "outage".
@@ -46,15 +39,7 @@ impl Embedder for FailsOnOutage {
 
 /// A service over `store` (every type in it), with search when `search`.
 fn service(clock: &ManualClock, store: Arc<dyn MemoryStore>, search: bool) -> MemoryService {
-    let stores: HashMap<MemoryType, Arc<dyn MemoryStore>> =
-        MemoryType::ALL.iter().map(|t| (*t, store.clone())).collect();
-    let s = MemoryService::new(stores).expect("service").with_clock(Arc::new(clock.clone()));
-    if search {
-        s.with_search(Arc::new(InProcessIndex::new(DIMS)), Arc::new(FailsOnOutage), [MemoryType::LongTerm])
-            .expect("search")
-    } else {
-        s
-    }
+    common::service_over(clock, store, search.then(|| Arc::new(FailsOnOutage) as Arc<dyn Embedder>))
 }
 
 /// Three episodes and two notes of `a1`, facts of `a1` and `a2`, a second apart.

@@ -6,38 +6,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::Duration;
-use common::{CountingModel, DIMS, WordsEmbedder, serve};
+use common::{CountingModel, DIMS, WordsEmbedder, agent_scope as scope, pb_record as rec, serve};
 use nightshift_core::{ManualClock, pb};
 use nightshift_memory::config::{EmbedderKind, MemoryConfig, StoresConfig};
-use nightshift_memory::{InMemoryStore, InProcessIndex, MemoryError, MemoryService, MemoryStore, MemoryType};
+use nightshift_memory::{Embedder, InMemoryStore, InProcessIndex, MemoryError, MemoryService, MemoryStore, MemoryType};
 use tonic::Code;
 
 fn service(clock: &ManualClock, search: bool) -> MemoryService {
-    let clock_arc: Arc<dyn nightshift_core::Clock> = Arc::new(clock.clone());
-    let store: Arc<dyn MemoryStore> = Arc::new(InMemoryStore::with_clock(clock_arc.clone()));
-    let stores: HashMap<MemoryType, Arc<dyn MemoryStore>> =
-        MemoryType::ALL.iter().map(|t| (*t, store.clone())).collect();
-    let s = MemoryService::new(stores).expect("service").with_clock(clock_arc);
-    if search {
-        s.with_search(Arc::new(InProcessIndex::new(DIMS)), Arc::new(WordsEmbedder), [MemoryType::LongTerm])
-            .expect("search")
-    } else {
-        s
-    }
-}
-
-fn scope(agent: &str) -> Option<pb::MemoryScope> {
-    Some(pb::MemoryScope { agent_id: agent.into(), session: "agent".into() })
-}
-
-fn rec(t: pb::MemoryType, agent: &str, content: &str, meta: &[(&str, &str)]) -> pb::MemoryRecord {
-    pb::MemoryRecord {
-        r#type: t as i32,
-        scope: scope(agent),
-        content: content.into(),
-        metadata: meta.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
-        ..Default::default()
-    }
+    let store: Arc<dyn MemoryStore> = Arc::new(InMemoryStore::with_clock(Arc::new(clock.clone())));
+    common::service_over(clock, store, search.then(|| Arc::new(WordsEmbedder) as Arc<dyn Embedder>))
 }
 
 #[tokio::test]

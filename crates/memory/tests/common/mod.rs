@@ -1,12 +1,16 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use nightshift_core::pb::memory_service_client::MemoryServiceClient;
-use nightshift_memory::{Embedder, MemoryError, MemoryRecord, MemoryService, MemoryType, SERVICE_NAME, Scope};
+use nightshift_core::{ManualClock, pb};
+use nightshift_memory::{
+    Embedder, InProcessIndex, MemoryError, MemoryRecord, MemoryService, MemoryStore, MemoryType, SERVICE_NAME, Scope,
+};
 use nightshift_rpc::GrpcServer;
 use tonic::transport::Channel;
 
@@ -64,6 +68,38 @@ impl Running {
             let _ = tx.send(());
         }
         self.task.await.expect("server task");
+    }
+}
+
+/// A service over `store` (every type in it) on `clock`, searching long-term memory with
+/// `embedder` in an in-process index when there is one.
+pub fn service_over(
+    clock: &ManualClock,
+    store: Arc<dyn MemoryStore>,
+    embedder: Option<Arc<dyn Embedder>>,
+) -> MemoryService {
+    let stores: HashMap<MemoryType, Arc<dyn MemoryStore>> =
+        MemoryType::ALL.iter().map(|t| (*t, store.clone())).collect();
+    let s = MemoryService::new(stores).expect("service").with_clock(Arc::new(clock.clone()));
+    match embedder {
+        Some(e) => s.with_search(Arc::new(InProcessIndex::new(DIMS)), e, [MemoryType::LongTerm]).expect("search"),
+        None => s,
+    }
+}
+
+/// The `agent` session scope of `agent`, as a request names it.
+pub fn agent_scope(agent: &str) -> Option<pb::MemoryScope> {
+    Some(pb::MemoryScope { agent_id: agent.into(), session: "agent".into() })
+}
+
+/// A record of `agent`'s own scope, as a Store request carries it.
+pub fn pb_record(t: pb::MemoryType, agent: &str, content: &str, meta: &[(&str, &str)]) -> pb::MemoryRecord {
+    pb::MemoryRecord {
+        r#type: t as i32,
+        scope: agent_scope(agent),
+        content: content.into(),
+        metadata: meta.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+        ..Default::default()
     }
 }
 
