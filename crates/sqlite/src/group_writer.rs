@@ -14,13 +14,21 @@
 //! A write that fails does not fail the others: the batch is rolled back and each of its writes
 //! runs again in a transaction of its own. A write is a closure that can run twice, and nothing
 //! of a rolled-back batch was answered, so running it again is running it for the first time.
+//!
+//! Two lanes: a [`Write`] runs on a pooled sqlx connection (each statement a round trip to that
+//! connection's thread); a [`Direct`] write runs on the writer's own connection, on the writer's
+//! thread (`direct.rs`). A batch commits its direct writes in one transaction, then its pooled
+//! ones in another: they were all queued while the previous batch committed, none answered, so
+//! any order among them is one their callers could have seen.
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use sqlx::{AnyConnection, AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::direct::{self, Direct, DirectJob};
 
 /// A future borrowing the writer's connection.
 pub type ConnFuture<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>;
@@ -37,11 +45,18 @@ const MAX_BATCH: usize = 64;
 const QUEUE: usize = 4096;
 
 /// The handle a store's clones share; the writer thread ends when the last one is dropped.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GroupWriter {
-    queue: mpsc::Sender<Box<dyn Job>>,
+    queue: mpsc::Sender<Job>,
     pool: AnyPool,
+    own: direct::Shared,
     counts: Arc<Counts>,
+}
+
+impl std::fmt::Debug for GroupWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupWriter").field("stats", &self.stats()).finish_non_exhaustive()
+    }
 }
 
 /// What a group writer has done since it started.
@@ -56,27 +71,39 @@ pub struct GroupCommitStats {
 }
 
 #[derive(Debug, Default)]
-struct Counts {
+pub(crate) struct Counts {
     writes: AtomicU64,
     commits: AtomicU64,
     split_batches: AtomicU64,
 }
 
+impl Counts {
+    pub(crate) fn commit(&self, n: u64) {
+        self.commits.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn split(&self) {
+        self.split_batches.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl GroupWriter {
-    /// Starts the writer on `pool` (one connection: it is the only writer of its file's tables),
+    /// Starts the writer on `pool` (one connection) and `own` (the connection of its direct
+    /// writes, see [`open`](crate::open)) — together the only writers of their file's tables —
     /// on a thread of its own: each of its statements is a round trip to the connection's thread,
     /// and the writer must be back at once for the next one. As a task among the process's
     /// others it waited in the runtime's queue after every statement, and that wait — not
     /// SQLite — capped the run path (623 runs/s at 2,000 agents with a third of the cores
     /// idle, docs/benchmarks.md). The thread is named `thread` (a profile tells the writers
     /// apart by it; Linux keeps 15 bytes) and ends when the last handle is dropped.
-    pub fn start(pool: AnyPool, thread: &str) -> std::io::Result<Self> {
+    pub fn start(pool: AnyPool, own: rusqlite::Connection, thread: &str) -> std::io::Result<Self> {
         let (queue, rx) = mpsc::channel(QUEUE);
         let counts = Arc::new(Counts::default());
-        let run = writer(pool.clone(), rx, counts.clone());
+        let own = Arc::new(Mutex::new(Some(own)));
+        let run = writer(pool.clone(), own.clone(), rx, counts.clone());
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
         runtime.and_then(|rt| std::thread::Builder::new().name(thread.into()).spawn(move || rt.block_on(run)))?;
-        Ok(Self { queue, pool, counts })
+        Ok(Self { queue, pool, own, counts })
     }
 
     /// The counts so far.
@@ -88,19 +115,38 @@ impl GroupWriter {
         }
     }
 
-    /// Closes the writer's connection (writes after this fail).
+    /// Closes the writer's connections (writes after this fail). Waits for a batch committing
+    /// on the writer's own connection (milliseconds) so that the file is closed on return.
     pub async fn close(&self) {
         self.pool.close().await;
+        let own = self.own.clone();
+        let closed = tokio::task::spawn_blocking(move || own.lock().map(|mut c| c.take()).ok().flatten()).await;
+        drop(closed);
     }
 
-    /// Runs `write` in the next batch and returns its result once the batch committed.
+    /// Runs `write` in the next batch, on a pooled connection, and returns its result once the
+    /// batch committed.
     pub async fn write<T, E>(&self, write: Write<T, E>) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<sqlx::Error> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        let job = Box::new(Pending { write, result: None, reply });
+        let (reply, answer) = Reply::new();
+        self.send(Job::Pooled(Box::new(Pending { write, reply })), answer).await
+    }
+
+    /// Runs `write` in the next batch, on the writer's own connection and thread, and returns its
+    /// result once the batch committed.
+    pub async fn write_direct<T, E>(&self, write: Direct<T, E>) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<sqlx::Error> + Send + 'static,
+    {
+        let (reply, answer) = Reply::new();
+        self.send(Job::Direct(Box::new(Pending { write, reply })), answer).await
+    }
+
+    async fn send<T, E: From<sqlx::Error>>(&self, job: Job, answer: oneshot::Receiver<Result<T, E>>) -> Result<T, E> {
         self.queue.send(job).await.map_err(|_| E::from(gone()))?;
         answer.await.map_err(|_| E::from(gone()))?
     }
@@ -128,23 +174,75 @@ fn gone() -> sqlx::Error {
     sqlx::Error::PoolClosed
 }
 
-/// A write with its result, type-erased so one queue holds every kind.
-trait Job: Send {
-    /// Runs the write; true if it succeeded.
-    fn run<'a>(&'a mut self, conn: &'a mut AnyConnection) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+/// A queued write, by lane.
+enum Job {
+    Pooled(Box<dyn PooledJob>),
+    Direct(Box<dyn DirectJob>),
+}
+
+/// Where a write's result waits for its batch's commit, and the caller it goes to.
+pub(crate) struct Reply<T, E> {
+    pub(crate) result: Option<Result<T, E>>,
+    reply: oneshot::Sender<Result<T, E>>,
+}
+
+impl<T, E: From<sqlx::Error>> Reply<T, E> {
+    fn new() -> (Self, oneshot::Receiver<Result<T, E>>) {
+        let (reply, answer) = oneshot::channel();
+        (Self { result: None, reply }, answer)
+    }
+
+    /// Replaces the result with an error (the commit failed, or no connection).
+    pub(crate) fn fail(&mut self, error: sqlx::Error) {
+        self.result = Some(Err(error.into()));
+    }
+
+    /// Sends the result to the caller (who may have gone).
+    pub(crate) fn answer(self) {
+        let result = self.result.unwrap_or_else(|| Err(gone().into()));
+        // The caller may have hung up (its RPC was cancelled): the write stands regardless.
+        let _ = self.reply.send(result);
+    }
+
+    /// Keeps the write's result; true if it succeeded.
+    pub(crate) fn keep(&mut self, result: Result<T, E>) -> bool {
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+}
+
+/// A write of either lane (`W`: [`Write`] or [`Direct`]) with where its result goes.
+pub(crate) struct Pending<W, T, E> {
+    pub(crate) write: W,
+    pub(crate) reply: Reply<T, E>,
+}
+
+/// What a batch does with a write whatever its lane, type-erased so one batch holds every kind.
+pub(crate) trait Answer: Send {
     /// Replaces the result with an error (the commit failed, or no connection).
     fn fail(&mut self, error: sqlx::Error);
     /// Sends the result to the caller (who may have gone).
     fn answer(self: Box<Self>);
 }
 
-struct Pending<T, E> {
-    write: Write<T, E>,
-    result: Option<Result<T, E>>,
-    reply: oneshot::Sender<Result<T, E>>,
+impl<W: Send, T: Send, E: From<sqlx::Error> + Send> Answer for Pending<W, T, E> {
+    fn fail(&mut self, error: sqlx::Error) {
+        self.reply.fail(error);
+    }
+
+    fn answer(self: Box<Self>) {
+        self.reply.answer();
+    }
 }
 
-impl<T, E> Job for Pending<T, E>
+/// A pooled write with its result.
+trait PooledJob: Answer {
+    /// Runs the write; true if it succeeded.
+    fn run<'a>(&'a mut self, conn: &'a mut AnyConnection) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+}
+
+impl<T, E> PooledJob for Pending<Write<T, E>, T, E>
 where
     T: Send + 'static,
     E: From<sqlx::Error> + Send + 'static,
@@ -152,48 +250,55 @@ where
     fn run<'a>(&'a mut self, conn: &'a mut AnyConnection) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
         Box::pin(async move {
             let result = (self.write)(conn).await;
-            let ok = result.is_ok();
-            self.result = Some(result);
-            ok
+            self.reply.keep(result)
         })
-    }
-
-    fn fail(&mut self, error: sqlx::Error) {
-        self.result = Some(Err(error.into()));
-    }
-
-    fn answer(self: Box<Self>) {
-        let result = self.result.unwrap_or_else(|| Err(gone().into()));
-        // The caller may have hung up (its RPC was cancelled): the write stands regardless.
-        let _ = self.reply.send(result);
     }
 }
 
-async fn writer(pool: AnyPool, mut queue: mpsc::Receiver<Box<dyn Job>>, counts: Arc<Counts>) {
-    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+async fn writer(pool: AnyPool, own: direct::Shared, mut queue: mpsc::Receiver<Job>, counts: Arc<Counts>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        // Each batch is a task of its own: a write that panics fails its batch (its callers get
-        // an error), not every write after it.
-        if let Err(e) = tokio::spawn(commit(pool.clone(), jobs, counts.clone())).await {
+        let (mut direct, mut pooled) = (Vec::new(), Vec::new());
+        for job in batch.drain(..) {
+            match job {
+                Job::Direct(job) => direct.push(job),
+                Job::Pooled(job) => pooled.push(job),
+            }
+        }
+        // Each lane's batch is a task of its own: a write that panics fails its batch (its
+        // callers get an error), not every write after it.
+        if !direct.is_empty() {
+            let (own, counts) = (own.clone(), counts.clone());
+            let task = tokio::spawn(async move {
+                direct::commit(&own, &mut direct, &counts);
+                counts.writes.fetch_add(direct.len() as u64, Ordering::Relaxed);
+                direct.into_iter().for_each(|job| job.answer());
+            });
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "group commit: a batch panicked; its writes failed");
+            }
+        }
+        if !pooled.is_empty()
+            && let Err(e) = tokio::spawn(commit(pool.clone(), pooled, counts.clone())).await
+        {
             tracing::error!(error = %e, "group commit: a batch panicked; its writes failed");
         }
     }
 }
 
-/// Commits one batch and answers its writes.
-async fn commit(pool: AnyPool, mut batch: Vec<Box<dyn Job>>, counts: Arc<Counts>) {
+/// Commits one batch of pooled writes and answers them.
+async fn commit(pool: AnyPool, mut batch: Vec<Box<dyn PooledJob>>, counts: Arc<Counts>) {
     match pool.acquire().await {
         Ok(mut conn) => {
             let mut healthy = true;
             if together(&mut conn, &mut batch, &mut healthy).await {
-                counts.commits.fetch_add(1, Ordering::Relaxed);
+                counts.commit(1);
             } else {
                 if batch.len() > 1 {
-                    counts.split_batches.fetch_add(1, Ordering::Relaxed);
+                    counts.split();
                 }
                 let committed = one_by_one(&mut conn, &mut batch, &mut healthy).await;
-                counts.commits.fetch_add(committed, Ordering::Relaxed);
+                counts.commit(committed);
             }
             if !healthy {
                 // A transaction may be left open on it: the pool opens a new one.
@@ -227,7 +332,7 @@ async fn begin(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
 }
 
 /// Runs the batch in one transaction; false (rolled back) if a write or the commit failed.
-async fn together(conn: &mut AnyConnection, batch: &mut [Box<dyn Job>], healthy: &mut bool) -> bool {
+async fn together(conn: &mut AnyConnection, batch: &mut [Box<dyn PooledJob>], healthy: &mut bool) -> bool {
     if batch.len() == 1 {
         return false; // one_by_one is the same transaction without a second try
     }
@@ -252,7 +357,7 @@ async fn together(conn: &mut AnyConnection, batch: &mut [Box<dyn Job>], healthy:
 }
 
 /// Runs each write in a transaction of its own; returns how many committed.
-async fn one_by_one(conn: &mut AnyConnection, batch: &mut [Box<dyn Job>], healthy: &mut bool) -> u64 {
+async fn one_by_one(conn: &mut AnyConnection, batch: &mut [Box<dyn PooledJob>], healthy: &mut bool) -> u64 {
     let mut committed = 0;
     for job in batch.iter_mut() {
         if let Err(e) = begin(conn).await {
@@ -293,16 +398,69 @@ mod tests {
 
     use super::*;
 
+    /// A writer on a new file at `url` whose schema is `schema`.
+    async fn writer_on(url: &str, schema: &str) -> GroupWriter {
+        sqlx::any::install_default_drivers();
+        let url = format!("{url}?mode=rwc");
+        let pool = AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(schema)).execute(&pool).await.unwrap();
+        GroupWriter::start(pool, crate::open(&url, &[]).unwrap(), "test-writer").unwrap()
+    }
+
+    /// Direct writes sent together: the one that fails gets its error, the one that panics
+    /// fails its caller, and every other one commits (batched or, after the failure, one by
+    /// one); pooled writes in the same batches commit too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_direct_write_that_fails_fails_alone() {
+        let db = sqlite_db();
+        let group = writer_on(&db.url, "CREATE TABLE t (n INTEGER NOT NULL UNIQUE)").await;
+        let insert = |n: i64| -> Direct<(), sqlx::Error> {
+            Box::new(move |conn| {
+                conn.execute("INSERT INTO t (n) VALUES (?1)", [n]).map_err(crate::db_error)?;
+                match n {
+                    7 => Err(sqlx::Error::RowNotFound), // a refusal after a statement took
+                    13 => panic!("a bug in a direct write"),
+                    _ => Ok(()),
+                }
+            })
+        };
+        let pooled = |n: i64| -> Write<(), sqlx::Error> {
+            Box::new(move |conn| {
+                Box::pin(
+                    async move { sqlx::query("INSERT INTO t (n) VALUES ($1)").bind(n).execute(conn).await.map(|_| ()) },
+                )
+            })
+        };
+        let direct = futures::future::join_all((0..20).map(|n| group.write_direct(insert(n))));
+        let pooled = futures::future::join_all((100..110).map(|n| group.write(pooled(n))));
+        let (direct, pooled) = tokio::join!(direct, pooled);
+        for (n, result) in direct.iter().enumerate() {
+            assert_eq!(result.is_ok(), n != 7 && n != 13, "write {n}: {result:?}");
+        }
+        assert!(pooled.iter().all(Result::is_ok), "{pooled:?}");
+        let read: Write<Vec<i64>, sqlx::Error> = Box::new(|conn| {
+            Box::pin(async move {
+                let rows = sqlx::query("SELECT n FROM t ORDER BY n").fetch_all(&mut *conn).await?;
+                rows.iter().map(|r| r.try_get::<i64, _>("n")).collect()
+            })
+        });
+        let expected: Vec<i64> = (0..20).filter(|n| *n != 7 && *n != 13).chain(100..110).collect();
+        assert_eq!(group.write(read).await.unwrap(), expected, "the failed writes left nothing");
+
+        // A duplicate is the database's unique violation, as sqlx reports it.
+        let again = group.write_direct(insert(0)).await.unwrap_err();
+        assert!(matches!(&again, sqlx::Error::Database(e) if e.is_unique_violation()), "{again:?}");
+        group.close().await;
+        assert!(group.write_direct(insert(50)).await.is_err(), "closed");
+    }
+
     /// A write that panics halfway through its batch's transaction fails its caller; what it
     /// wrote is rolled back, and the writes after it commit on the same writer.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_that_panics_fails_alone() {
         let db = sqlite_db();
         sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new().max_connections(1).connect(&format!("{}?mode=rwc", db.url)).await.unwrap();
-        pool.execute("CREATE TABLE t (n INTEGER NOT NULL)").await.unwrap();
-        pool.execute("INSERT INTO t (n) VALUES (1)").await.unwrap();
-        let group = GroupWriter::start(pool, "test-writer").unwrap();
+        let group = writer_on(&db.url, "CREATE TABLE t (n INTEGER NOT NULL); INSERT INTO t (n) VALUES (1)").await;
 
         let panics: Write<(), sqlx::Error> = Box::new(|conn| {
             Box::pin(async move {

@@ -1,5 +1,14 @@
-//! How a pool on a SQLite file of this process is set up (the run store's and the memory store's).
+//! How a pool on a SQLite file of this process is set up (the run store's and the memory store's),
+//! and the group writer's own connection on the same file.
+use std::str::FromStr;
+
 use sqlx::any::AnyPoolOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+
+use crate::direct::db_error;
+
+/// Every connection's settings, before the caller's own (see [`configure`]).
+const SETTINGS: [&str; 3] = ["PRAGMA journal_mode = WAL", "PRAGMA busy_timeout = 30000", "PRAGMA synchronous = NORMAL"];
 
 /// `options` for a SQLite file that this process's tasks share: no liveness ping before each
 /// acquire, and on every new connection WAL, a busy timeout, `synchronous = NORMAL`, then the
@@ -17,14 +26,32 @@ pub fn configure(options: AnyPoolOptions, pragmas: &'static [&'static str]) -> A
                 // failing with SQLITE_BUSY. `synchronous = NORMAL` syncs the log at checkpoints
                 // rather than at every commit: a commit survives the process crashing; the last
                 // ones may not survive a power loss.
-                for pragma in
-                    ["PRAGMA journal_mode = WAL", "PRAGMA busy_timeout = 30000", "PRAGMA synchronous = NORMAL"]
-                        .iter()
-                        .chain(pragmas)
-                {
+                for pragma in SETTINGS.iter().chain(pragmas) {
                     sqlx::query(*pragma).execute(&mut *conn).await?;
                 }
                 Ok(())
             })
         })
+}
+
+/// The group writer's own connection on the file of `url` (`sqlite://PATH?…`, a file the pool
+/// has created and migrated), set up as [`configure`] sets up the pool's, with the caller's
+/// `pragmas` after. A database in memory is refused: each connection would see its own.
+pub fn open(url: &str, pragmas: &[&str]) -> Result<rusqlite::Connection, sqlx::Error> {
+    let options = SqliteConnectOptions::from_str(url)?;
+    let file = options.get_filename();
+    if file.as_os_str().is_empty() || file.as_os_str() == ":memory:" {
+        return Err(sqlx::Error::Configuration(
+            format!("'{url}' is a database in memory; the SQLite store needs a file").into(),
+        ));
+    }
+    let conn = rusqlite::Connection::open(file).map_err(db_error)?;
+    for pragma in SETTINGS.iter().chain(pragmas) {
+        // `journal_mode` answers with a row; the others with none.
+        conn.query_row(pragma, [], |_| Ok(())).or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(()),
+            e => Err(db_error(e)),
+        })?;
+    }
+    Ok(conn)
 }

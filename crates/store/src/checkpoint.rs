@@ -3,9 +3,9 @@
 //! Every run writes a checkpoint per LLM answer and per tool result, so this is the busiest write
 //! of the run path. The usual case — the attempt still holds the run and the step is the next one
 //! — takes one statement on Postgres (a data-modifying CTE: the fenced lease update and the
-//! insert commit together, with no BEGIN/COMMIT round trips) and one call to the connection's
-//! thread on SQLite (the statements in one query string, inside the group writer's transaction). Anything else (a refused fence, a step sent twice, a gap) falls through to the full
-//! check, which says exactly what is wrong.
+//! insert commit together, with no BEGIN/COMMIT round trips) and, on SQLite, the group writer's
+//! own thread (`usual_sqlite.rs`). Anything else (a refused fence, a step sent twice, a gap)
+//! falls through to the full check, which says exactly what is wrong.
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,6 +16,11 @@ use crate::db::{Backend, Store, u32_col};
 use crate::error::StoreError;
 use crate::fence::{Fence, fenced};
 use crate::run_lifecycle::{LlmCall, StepInput, ms_after};
+use crate::usual_sqlite;
+
+/// Inserts a step: run `$1`, seq `$2`, attempt `$3`, kind `$4`, payload `$5`, time `$6`.
+pub(crate) const INSERT_STEP: &str =
+    "INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6)";
 
 /// Inserts the step only if it is the run's next one (`$1` run, `$2` seq).
 const INSERT_IF_NEXT: &str = "INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) \
@@ -39,7 +44,7 @@ fn bind_step<'q>(
 }
 
 /// The ledger row's insert, up to the query that gives its values.
-const INSERT_LEDGER: &str = "INSERT INTO llm_calls (run_id, seq, attempt, agent_id, model, input_tokens, \
+pub(crate) const INSERT_LEDGER: &str = "INSERT INTO llm_calls (run_id, seq, attempt, agent_id, model, input_tokens, \
      cached_input_tokens, output_tokens, cost_micros, created_at)";
 
 /// The usual step's write (both backends' forms): run `$1`, the step's values `$2`–`$6`
@@ -104,18 +109,18 @@ impl Store {
                 Err(e) => tracing::debug!(run = %id, error = %e, "one-statement checkpoint failed; checking in full"),
             }
         }
+        // SQLite: the usual case on the group writer's own thread; the rest to the full check.
+        if let Some(group) = &self.group {
+            let (id, fence, step) = (id.clone(), fence.clone(), step.clone());
+            let write = move |conn: &_| usual_sqlite::checkpoint(conn, &id, &fence, &step, until, now);
+            if group.write_direct(Box::new(write)).await? {
+                return Ok(until.map(time::from_millis));
+            }
+        }
         let (id, step) = (id.clone(), std::sync::Arc::new(step.clone()));
-        let sqlite = self.backend == Backend::Sqlite;
         self.transaction(Box::new(move |tx| {
             let (id, fence, step) = (id.clone(), fence.clone(), step.clone());
-            Box::pin(async move {
-                // SQLite: the usual case in one call to the connection's thread; the rest (the
-                // lease it may have extended is extended again) to the full check.
-                if sqlite && append_in_one_call(tx, &id, &fence, &step, until, now).await? {
-                    return Ok(());
-                }
-                append_checked(tx, &id, &fence, &step, until, now).await
-            })
+            Box::pin(async move { append_checked(tx, &id, &fence, &step, until, now).await })
         }))
         .await?;
         Ok(until.map(time::from_millis))
@@ -153,37 +158,6 @@ impl Store {
         let query = bind_usual(sql, id, fence, step, until, now);
         Ok(query.execute(&self.pool).await?.rows_affected() == 1)
     }
-}
-
-/// The usual checkpoint on SQLite in the caller's transaction, as one call to the connection's
-/// thread (sqlx runs each call there, and the hand-off costs more than the statements): the
-/// fenced lease update, the step only if that took (`changes()` is the previous statement's)
-/// and it is the next one, and the call's ledger row only if the step was inserted — statements
-/// in one query string, sharing the numbered arguments as [`Store::append_in_one_statement`]'s
-/// CTE does on Postgres. False when any of them did nothing (the full check then explains).
-async fn append_in_one_call(
-    tx: &mut AnyConnection,
-    id: &RunId,
-    fence: &Fence,
-    step: &StepInput,
-    until: Option<i64>,
-    now: i64,
-) -> Result<bool, StoreError> {
-    let mut sql = format!(
-        "UPDATE runs SET lease_expires_at = COALESCE($7, lease_expires_at) WHERE id = $1 AND {}; \
-         INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) SELECT $1, $2, $3, $4, $5, $6 \
-         WHERE changes() = 1 AND $2 = (SELECT COALESCE(MAX(seq) + 1, 0) FROM run_steps WHERE run_id = $1);",
-        fence.condition_at(3, 8)
-    );
-    if step.call.is_some() {
-        sql.push_str(&format!(
-            " {INSERT_LEDGER} SELECT id, $2, $3, agent_id, {}, $6 FROM runs WHERE id = $1 AND changes() = 1;",
-            call_params(fence)
-        ));
-    }
-    let query = bind_usual(sql, id, fence, step, until, now);
-    let expected = if step.call.is_some() { 3 } else { 2 };
-    Ok(query.execute(&mut *tx).await?.rows_affected() == expected)
 }
 
 /// The fenced lease update, then the step, in the caller's transaction: inserted if it is the
@@ -267,9 +241,9 @@ mod tests {
 
     use super::*;
 
-    /// The usual step's one write itself — one statement on Postgres, one call on SQLite — on
-    /// both backends (the tests through `checkpoint` would pass on the full check alone): it
-    /// stores the usual step and does nothing for the rest.
+    /// The usual step's one write itself — one statement on Postgres, the group writer's own
+    /// thread on SQLite — on both backends (the tests through `checkpoint` would pass on the full
+    /// check alone): it stores the usual step and does nothing for the rest.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_usual_step_in_one_write_stores_it_and_nothing_else() {
         for kind in [Db::Postgres, Db::Sqlite] {
@@ -277,20 +251,15 @@ mod tests {
         }
     }
 
-    /// [`Store::append_in_one_statement`] or [`append_in_one_call`], as the backend takes it.
+    /// [`Store::append_in_one_statement`] or [`usual_sqlite::checkpoint`], as the backend takes it.
     async fn append_usual(store: &Store, run: &RunId, fence: &Fence, step: &StepInput, until: Option<i64>) -> bool {
         let now = store.now_ms();
-        if store.backend == Backend::Postgres {
+        let Some(group) = &store.group else {
             return store.append_in_one_statement(run, fence, step, until, now).await.unwrap();
-        }
-        let (run, fence, step) = (run.clone(), fence.clone(), std::sync::Arc::new(step.clone()));
-        store
-            .transaction(Box::new(move |tx| {
-                let (run, fence, step) = (run.clone(), fence.clone(), step.clone());
-                Box::pin(async move { append_in_one_call(tx, &run, &fence, &step, until, now).await })
-            }))
-            .await
-            .unwrap()
+        };
+        let (run, fence, step) = (run.clone(), fence.clone(), step.clone());
+        let write = move |conn: &_| usual_sqlite::checkpoint(conn, &run, &fence, &step, until, now);
+        group.write_direct(Box::new(write)).await.unwrap()
     }
 
     async fn usual_step_in_one_write(kind: Db) {

@@ -61,10 +61,14 @@ impl Store {
         // SQLite's run-path writes go through one connection of their own (group_commit.rs);
         // Postgres locks rows, so its writers proceed side by side.
         let group = match backend {
-            Backend::Sqlite => Some(
-                nightshift_sqlite::GroupWriter::start(pool_options(backend, 1).connect(&url).await?, "ns-run-writer")
-                    .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?,
-            ),
+            Backend::Sqlite => {
+                let own = nightshift_sqlite::open(&url, SQLITE_PRAGMAS)?;
+                let pooled = pool_options(backend, 1).connect(&url).await?;
+                Some(
+                    nightshift_sqlite::GroupWriter::start(pooled, own, "ns-run-writer")
+                        .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?,
+                )
+            }
             Backend::Postgres => None,
         };
         tracing::info!(backend = ?backend, "store ready");
@@ -95,11 +99,14 @@ impl Store {
     }
 }
 
+/// Every SQLite connection's own settings, after `nightshift_sqlite`'s.
+const SQLITE_PRAGMAS: &[&str] = &["PRAGMA foreign_keys = ON"];
+
 /// A pool of at most `max` connections; SQLite's set up for concurrent use.
 fn pool_options(backend: Backend, max: u32) -> AnyPoolOptions {
     let options = AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30));
     match backend {
-        Backend::Sqlite => nightshift_sqlite::configure(options, &["PRAGMA foreign_keys = ON"]),
+        Backend::Sqlite => nightshift_sqlite::configure(options, SQLITE_PRAGMAS),
         Backend::Postgres => options,
     }
 }
@@ -138,50 +145,88 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-pub(crate) fn u32_col(row: &AnyRow, col: &str) -> Result<u32, StoreError> {
-    let v: i64 = row.try_get(col)?;
-    u32::try_from(v).map_err(|e| corrupt(col, e))
+/// A row's values by column name, whichever driver read it — sqlx's pool or the SQLite group
+/// writer's own connection (`usual_sqlite.rs`) — so that one decoder serves both.
+pub(crate) trait Columns {
+    /// An integer column (`None` for NULL).
+    fn int(&self, col: &str) -> Result<Option<i64>, StoreError>;
+    /// A text column (`None` for NULL).
+    fn text(&self, col: &str) -> Result<Option<String>, StoreError>;
 }
 
-pub(crate) fn u64_col(row: &AnyRow, col: &str) -> Result<u64, StoreError> {
-    let v: i64 = row.try_get(col)?;
-    u64::try_from(v).map_err(|e| corrupt(col, e))
+impl Columns for AnyRow {
+    fn int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+
+    fn text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
 }
 
-pub(crate) fn time_col(row: &AnyRow, col: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
-    let v: Option<i64> = row.try_get(col)?;
-    Ok(v.map(time::from_millis))
+impl Columns for rusqlite::Row<'_> {
+    fn int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.get(col)?)
+    }
+
+    fn text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.get(col)?)
+    }
 }
 
-pub(crate) fn run_from_row(row: &AnyRow) -> Result<RunRecord, StoreError> {
-    let status: String = row.try_get("status")?;
-    let trigger: String = row.try_get("trigger_kind")?;
-    let worker: Option<String> = row.try_get("worker_id")?;
+/// A column that may not be NULL.
+fn required<T>(value: Option<T>, col: &str) -> Result<T, StoreError> {
+    value.ok_or_else(|| corrupt(col, "NULL"))
+}
+
+pub(crate) fn int_col(row: &impl Columns, col: &str) -> Result<i64, StoreError> {
+    required(row.int(col)?, col)
+}
+
+fn text_col(row: &impl Columns, col: &str) -> Result<String, StoreError> {
+    required(row.text(col)?, col)
+}
+
+pub(crate) fn u32_col(row: &impl Columns, col: &str) -> Result<u32, StoreError> {
+    u32::try_from(int_col(row, col)?).map_err(|e| corrupt(col, e))
+}
+
+pub(crate) fn u64_col(row: &impl Columns, col: &str) -> Result<u64, StoreError> {
+    u64::try_from(int_col(row, col)?).map_err(|e| corrupt(col, e))
+}
+
+pub(crate) fn time_col(row: &impl Columns, col: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+    Ok(row.int(col)?.map(time::from_millis))
+}
+
+pub(crate) fn run_from_row(row: &impl Columns) -> Result<RunRecord, StoreError> {
+    let status = text_col(row, "status")?;
+    let trigger = text_col(row, "trigger_kind")?;
     Ok(RunRecord {
-        id: RunId::from_string(row.try_get::<String, _>("id")?),
-        agent_id: AgentId::from_string(row.try_get::<String, _>("agent_id")?),
-        agent_name: row.try_get("agent_name")?,
-        namespace: Namespace::from_stored(row.try_get::<String, _>("agent_namespace")?),
+        id: RunId::from_string(text_col(row, "id")?),
+        agent_id: AgentId::from_string(text_col(row, "agent_id")?),
+        agent_name: text_col(row, "agent_name")?,
+        namespace: Namespace::from_stored(text_col(row, "agent_namespace")?),
         agent_version: u64_col(row, "agent_version")?,
         status: RunStatus::from_str(&status).map_err(|e| corrupt("runs.status", e))?,
         trigger: TriggerKind::from_str(&trigger).map_err(|e| corrupt("runs.trigger_kind", e))?,
         scheduled_for: time_col(row, "scheduled_for")?,
-        query_override: row.try_get("query_override")?,
+        query_override: row.text("query_override")?,
         attempt: u32_col(row, "attempt")?,
         retries: u32_col(row, "retries")?,
-        worker_id: worker.map(WorkerId::from_string),
+        worker_id: row.text("worker_id")?.map(WorkerId::from_string),
         lease_expires_at: time_col(row, "lease_expires_at")?,
         not_before: time_col(row, "not_before")?,
         created_at: time_col(row, "created_at")?.unwrap_or_default(),
         started_at: time_col(row, "started_at")?,
         finished_at: time_col(row, "finished_at")?,
-        result: row.try_get("result")?,
-        error: row.try_get("error")?,
-        reason: row.try_get("reason")?,
+        result: row.text("result")?,
+        error: row.text("error")?,
+        reason: row.text("reason")?,
         input_tokens: u64_col(row, "input_tokens")?,
         output_tokens: u64_col(row, "output_tokens")?,
         lost_leases: u32_col(row, "lost_leases")?,
-        worker_endpoint: row.try_get("worker_endpoint")?,
-        replay_of: row.try_get::<Option<String>, _>("replay_of")?.map(RunId::from_string),
+        worker_endpoint: row.text("worker_endpoint")?,
+        replay_of: row.text("replay_of")?.map(RunId::from_string),
     })
 }

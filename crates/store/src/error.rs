@@ -40,6 +40,13 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// The SQLite group writer's own connection fails as sqlx would (`nightshift_sqlite::db_error`).
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Database(nightshift_sqlite::db_error(e))
+    }
+}
+
 /// True if `e` is a unique-key violation.
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.kind() == ErrorKind::UniqueViolation)

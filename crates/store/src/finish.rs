@@ -8,28 +8,28 @@
 //!   the next one, ends the attempt only if the fence holds, and returns the run as it now is
 //!   with the agent's first waiting run (so the manager need not look that up). One commit
 //!   instead of four (the step's checkpoint, the run read, the end, the waiting-run lookup).
-//! - SQLite: the steps and the end are one write of the group writer (they commit together);
-//!   the usual end is one fenced `UPDATE … RETURNING` (which also says whether any run of the
-//!   agent waits, so the manager looks one up only for agents that buffer) with the usual last
-//!   step's insert in the same call to the connection's thread, instead of a fenced update per
-//!   step, a read and an update.
+//! - SQLite: the same usual end on the group writer's own thread (`usual_sqlite.rs`): the step
+//!   checked to be the next one, one fenced `UPDATE … RETURNING` (which also says whether any run
+//!   of the agent waits, so the manager looks one up only for agents that buffer), the step's
+//!   insert — statements without a hand-off each, committed with the writer's batch. Otherwise
+//!   the steps and the end are one pooled write of the group writer (they commit together).
 //!
 //! Everything else — a refused fence, a step sent twice, a gap, a retry to decide — takes the
 //! checked path, which says exactly what is wrong.
 use std::time::Duration;
 
-use futures::TryStreamExt;
 use nightshift_core::lifecycle::{self, FinishDecision};
 use nightshift_core::{RunId, RunStatus, time};
-use sqlx::{AnyConnection, Executor, Row};
+use sqlx::{AnyConnection, Row};
 
 use crate::agents::spec_at;
-use crate::checkpoint::{append_checked, insert_step};
-use crate::db::{Backend, RUN_COLUMNS, RUN_RETURNING, Store, run_from_row};
+use crate::checkpoint::append_checked;
+use crate::db::{Backend, RUN_COLUMNS, Store, run_from_row};
 use crate::error::StoreError;
 use crate::fence::{Fence, fenced};
 use crate::model::RunRecord;
 use crate::run_lifecycle::{FinishInput, StepInput, WaitingRun, ms_after, read_run};
+use crate::usual_sqlite;
 
 /// An attempt as FinishRun ended it.
 #[derive(Debug, Clone)]
@@ -75,29 +75,22 @@ impl Store {
             return self.finish_run(id, fence, input).await.map(ended);
         }
         let now = self.now_ms();
-        let (this, id) = (self.clone(), id.clone());
         let (steps, input) = (std::sync::Arc::new(steps.to_vec()), std::sync::Arc::new(input.clone()));
+        // SQLite: the usual end (with the usual last step) on the group writer's own thread.
+        if let Some(group) = &self.group {
+            let (id, fence, steps, input) = (id.clone(), fence.clone(), steps.clone(), input.clone());
+            let write = move |conn: &_| usual_sqlite::end(conn, &id, &fence, &input, &steps, now);
+            if let Some((run, others_waiting)) = group.write_direct(Box::new(write)).await? {
+                // Most agents never buffer a run: their ends need no lookup afterwards.
+                let waiting = if others_waiting { WaitingLookup::NotLooked } else { WaitingLookup::Found(None) };
+                return Ok(Finished { run, retry_after: None, waiting });
+            }
+        }
+        let (this, id) = (self.clone(), id.clone());
         self.transaction(Box::new(move |conn| {
             let (this, id, fence, steps, input) =
                 (this.clone(), id.clone(), fence.clone(), steps.clone(), input.clone());
             Box::pin(async move {
-                // The usual end first: if its fenced update took, the fence holds for the steps
-                // (a step refused after it fails the whole write, which is then rolled back).
-                // The usual last step (the stored episode's) goes with the end, in one call.
-                let with_end = match steps.as_slice() {
-                    [step] if step.call.is_none() => Some(step),
-                    _ => None,
-                };
-                if let Some((run, others_waiting, step_inserted)) =
-                    end_returning(conn, &id, &fence, &input, with_end, now).await?
-                {
-                    for step in steps.iter().filter(|_| !step_inserted) {
-                        insert_step(conn, &id, step, fence.attempt, now).await?;
-                    }
-                    // Most agents never buffer a run: their ends need no lookup afterwards.
-                    let waiting = if others_waiting { WaitingLookup::NotLooked } else { WaitingLookup::Found(None) };
-                    return Ok(Finished { run, retry_after: None, waiting });
-                }
                 for step in steps.iter() {
                     append_checked(conn, &id, &fence, step, None, now).await?;
                 }
@@ -253,7 +246,7 @@ impl Store {
 
 /// The status an attempt settles in without consulting the retry policy (a success, a
 /// cancellation, a release, a permanent failure); `None` when the policy decides.
-fn usual_status(input: &FinishInput) -> Option<RunStatus> {
+pub(crate) fn usual_status(input: &FinishInput) -> Option<RunStatus> {
     if lifecycle::needs_retry_policy(input.outcome, input.failure) {
         return None;
     }
@@ -282,67 +275,9 @@ fn bind_end<'q>(
         .bind(i64::try_from(input.output_tokens).unwrap_or(i64::MAX))
 }
 
-/// The usual end (see [`usual_status`]) in the caller's transaction as one fenced `UPDATE …
-/// RETURNING`, instead of a read and an update: the run as recorded, whether other runs of its
-/// agent wait (deferred) to start — so that the end of a run of an agent that buffers none needs
-/// no lookup afterwards — and whether `step` was inserted. `step` (a last step without an LLM
-/// call) goes in the same call to the connection's thread, inserted only if the end took
-/// (`changes()`) and it is the run's next step; when it was not, the caller checks it in full.
-/// `None` when the end does not apply or the fence refused (the checked path then explains).
-async fn end_returning(
-    conn: &mut AnyConnection,
-    id: &RunId,
-    fence: &Fence,
-    input: &FinishInput,
-    step: Option<&StepInput>,
-    now: i64,
-) -> Result<Option<(RunRecord, bool, bool)>, StoreError> {
-    let Some(status) = usual_status(input) else { return Ok(None) };
-    let token = if fence.token.is_some() { 10 } else { 9 };
-    let mut sql = format!(
-        "UPDATE runs SET status = $1, finished_at = $2, not_before = NULL, result = COALESCE($3, result), \
-         error = COALESCE($4, error), reason = COALESCE($5, reason), input_tokens = input_tokens + $6, \
-         output_tokens = output_tokens + $7, lease_expires_at = NULL WHERE id = $8 AND {} RETURNING {RUN_RETURNING}, \
-         EXISTS (SELECT 1 FROM runs w WHERE w.agent_id = runs.agent_id AND w.status = 'queued' \
-         AND w.deferred = 1 AND w.id <> runs.id) AS others_waiting;",
-        fence.condition(10)
-    );
-    if step.is_some() {
-        let n = token + 1;
-        sql.push_str(&format!(
-            " INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) \
-             SELECT $8, ${n}, $9, ${}, ${}, ${} WHERE changes() = 1 \
-             AND ${n} = (SELECT COALESCE(MAX(seq) + 1, 0) FROM run_steps WHERE run_id = $8);",
-            n + 1,
-            n + 2,
-            n + 3
-        ));
-    }
-    let query = bind_end(sqlx::query(sqlx::AssertSqlSafe(sql)), status, input, now)
-        .bind(id.as_str().to_owned())
-        .bind(i64::from(fence.attempt));
-    let mut query = fence.bind_token(query);
-    if let Some(step) = step {
-        query = query.bind(i64::from(step.seq)).bind(step.kind.clone()).bind(step.payload.clone()).bind(now);
-    }
-    // The end's row, then each statement's result: the end's, the step's.
-    let (mut row, mut results) = (None, Vec::with_capacity(2));
-    let mut answers = conn.fetch_many(query);
-    while let Some(answer) = answers.try_next().await? {
-        match answer {
-            sqlx::Either::Left(result) => results.push(result.rows_affected()),
-            sqlx::Either::Right(r) => row = Some(r),
-        }
-    }
-    let Some(row) = row else { return Ok(None) };
-    let step_inserted = results.get(1) == Some(&1);
-    Ok(Some((run_from_row(&row)?, row.try_get::<i64, _>("others_waiting")? != 0, step_inserted)))
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     #![allow(clippy::unwrap_used)] // a failed unwrap is the test's verdict
-    use std::sync::Arc;
 
     use nightshift_core::lifecycle::Failure;
     use nightshift_core::{AgentSpec, AgentState, RunOutcome, RunStatus, WorkerId};
@@ -448,12 +383,12 @@ pub(crate) mod tests {
         );
     }
 
-    /// The usual end's one call on SQLite (the tests through `finish_run_with_steps` would pass
+    /// The usual end on SQLite's own thread (the tests through `finish_run_with_steps` would pass
     /// on the checked path alone): it ends a held attempt and returns the run as recorded, agent
-    /// name included, with its last step when that is the next one; nothing for a forged token or
-    /// an end the retry policy decides.
+    /// name included, with its last step; nothing at all — not the end, not the step — for a
+    /// forged token, an end the retry policy decides, or a step that is not the next one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn end_returning_ends_a_held_attempt_only() {
+    async fn the_usual_end_on_sqlite_ends_a_held_attempt_only() {
         let (url, _guard) = database(Db::Sqlite).await;
         let store = Store::connect(&url).await.unwrap();
         let (run, lease_token) = started(&store, "s").await;
@@ -461,16 +396,9 @@ pub(crate) mod tests {
             let (store, run) = (store.clone(), run.clone());
             async move {
                 let now = store.now_ms();
-                let (fence, input, step) = (std::sync::Arc::new(fence), std::sync::Arc::new(input), Arc::new(step));
-                store
-                    .transaction(Box::new(move |conn| {
-                        let (run, fence, input, step) = (run.clone(), fence.clone(), input.clone(), step.clone());
-                        Box::pin(
-                            async move { end_returning(conn, &run, &fence, &input, step.as_ref().as_ref(), now).await },
-                        )
-                    }))
-                    .await
-                    .unwrap()
+                let steps: Vec<StepInput> = step.into_iter().collect();
+                let write = move |conn: &_| crate::usual_sqlite::end(conn, &run, &fence, &input, &steps, now);
+                store.group.as_ref().unwrap().write_direct(Box::new(write)).await.unwrap()
             }
         };
         let forged = Fence { attempt: 1, token: Some("0".repeat(lease_token.len())) };
@@ -480,12 +408,12 @@ pub(crate) mod tests {
         let held = Fence { attempt: 1, token: Some(lease_token) };
         assert!(try_end(&run, held.clone(), end(RunOutcome::Failed), None).await.is_none(), "a retry to decide");
         assert_eq!(store.get_run(&run).await.unwrap().unwrap().status, RunStatus::Running);
+        assert!(try_end(&run, held.clone(), end(RunOutcome::Succeeded), step(2)).await.is_none(), "a gap");
+        assert_eq!(store.get_run(&run).await.unwrap().unwrap().status, RunStatus::Running, "nor the end");
 
-        let (done, others_waiting, step_inserted) =
-            try_end(&run, held.clone(), end(RunOutcome::Succeeded), step(0)).await.unwrap();
+        let (done, others_waiting) = try_end(&run, held.clone(), end(RunOutcome::Succeeded), step(0)).await.unwrap();
         assert!(!others_waiting, "no other run of the agent waits");
-        assert!(step_inserted, "the next step goes with the end");
-        assert_eq!(store.run_steps(&run).await.unwrap().len(), 1);
+        assert_eq!(store.run_steps(&run).await.unwrap().len(), 1, "the step goes with the end");
         assert_eq!(
             (done.status, done.result.as_deref(), done.agent_name.as_str()),
             (RunStatus::Succeeded, Some("done"), "s")
@@ -509,12 +437,8 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let fence = Fence { attempt: 1, token: Some(token) };
-        // Its step leaves a gap: the end takes, the step does not (the caller checks it in full).
-        let (run, others_waiting, step_inserted) =
-            try_end(&second, fence, end(RunOutcome::Succeeded), step(3)).await.unwrap();
+        let (run, others_waiting) = try_end(&second, fence, end(RunOutcome::Succeeded), None).await.unwrap();
         assert_eq!(run.status, RunStatus::Succeeded);
         assert!(others_waiting, "run {waiting} waits behind it");
-        assert!(!step_inserted, "step 3 of none is not the next");
-        assert!(store.run_steps(&second).await.unwrap().is_empty());
     }
 }

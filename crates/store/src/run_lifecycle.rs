@@ -3,21 +3,22 @@
 //! Heartbeat, fenced by the attempt number and the attempt's random lease token; Checkpoint is
 //! in `checkpoint.rs`, FinishRun (retry or settle) in `finish.rs`.
 //! The decisions themselves live in core; these files read their inputs and write their results.
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use nightshift_core::lifecycle::{self, Failure, LostLease, OverlapDecision, StartDecision, StartFacts};
 use nightshift_core::{AgentId, AgentSpec, AgentState, RunId, RunOutcome, RunStatus, WorkerId, time};
 use sqlx::any::AnyRow;
-use sqlx::{Any, AnyConnection, Executor, Row};
+use sqlx::{Any, AnyConnection, Row};
 
 use crate::agents::{decode_spec, spec_at};
-use crate::db::{Backend, RUN_COLUMNS, STEPS_SQL, Store, run_from_row, step_from_row};
+use crate::db::{RUN_COLUMNS, STEPS_SQL, Store, run_from_row, step_from_row};
 use crate::error::StoreError;
 pub use crate::fence::Fence;
 use crate::fence::{fenced, new_lease_token};
 use crate::model::{RunRecord, StepRecord};
+use crate::usual_sqlite;
 
 /// A worker's request to start (or take over) a run.
 #[derive(Debug, Clone)]
@@ -281,15 +282,69 @@ pub(crate) fn ms_after(now_ms: i64, d: Duration) -> i64 {
 }
 
 /// The agent as StartRun reads it under the agent's lock.
-struct Current {
-    spec: AgentSpec,
-    version: u64,
+pub(crate) struct Current {
+    pub(crate) spec: AgentSpec,
+    pub(crate) version: u64,
+}
+
+impl Current {
+    /// From the agent's stored `spec` and `version`.
+    pub(crate) fn decode(spec: &[u8], version: i64) -> Result<Self, StoreError> {
+        Ok(Self { spec: decode_spec(spec)?, version: u64::try_from(version).unwrap_or_default() })
+    }
+}
+
+/// The facts StartRun's first decision takes, from the run and its agent's `state`.
+pub(crate) fn start_facts(run: &RunRecord, state: &str) -> StartFacts {
+    StartFacts {
+        status: run.status,
+        lease_expires_at: run.lease_expires_at,
+        not_before: run.not_before,
+        agent_state: if state == AgentState::Paused.as_str() { AgentState::Paused } else { AgentState::Active },
+    }
+}
+
+/// The run (`$1`) with the number of its agent's other runs holding a live lease at `$2`
+/// (`running_others`), which the overlap policy needs listed only when there are any (rarely).
+pub(crate) static RUN_FOR_START: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {RUN_COLUMNS}, (SELECT COUNT(*) FROM runs o WHERE o.agent_id = r.agent_id \
+         AND o.status = 'running' AND o.id <> r.id AND o.lease_expires_at > $2) AS running_others \
+         FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.id = $1"
+    )
+});
+
+/// The grant of a lease: worker `$1`, lease end `$2`, time `$3`, run `$4`, worker endpoint `$5`,
+/// lost leases `$6`, token `$7` (see [`granted`]).
+pub(crate) const GRANT_SQL: &str = "UPDATE runs SET status = 'running', attempt = attempt + 1, worker_id = $1, \
+     lease_expires_at = $2, started_at = COALESCE(started_at, $3), deferred = 0, not_before = NULL, \
+     worker_endpoint = $5, lost_leases = $6, lease_token = $7 WHERE id = $4";
+
+/// `run` as [`GRANT_SQL`] left it (its lost leases as given), without reading it back: the row
+/// was read in the same transaction, which holds the write lock.
+pub(crate) fn granted(mut run: RunRecord, input: &StartInput, until: i64, now: i64) -> RunRecord {
+    run.status = RunStatus::Running;
+    run.attempt += 1;
+    run.worker_id = Some(input.worker_id.clone());
+    run.worker_endpoint = input.worker_endpoint.clone();
+    run.lease_expires_at = Some(time::from_millis(until));
+    run.started_at = run.started_at.or(Some(time::from_millis(now)));
+    run.not_before = None;
+    run
 }
 
 impl Store {
     /// Applies the agent's overlap policy and, if the run may start, grants a lease. The whole
     /// decision runs under the agent's lock, so concurrent callers for one agent are serialized.
     pub async fn start_run(&self, input: &StartInput) -> Result<StartOutcome, StoreError> {
+        // SQLite: the usual start on the group writer's own thread; every other case below.
+        if let Some(group) = &self.group {
+            let (clock, input) = (self.clock.clone(), input.clone());
+            let write = move |conn: &_| usual_sqlite::start(conn, &input, time::to_millis(clock.now()));
+            if let Some(outcome) = group.write_direct(Box::new(write)).await? {
+                return Ok(outcome);
+            }
+        }
         let (this, input) = (self.clone(), std::sync::Arc::new(input.clone()));
         self.transaction(Box::new(move |tx| {
             let (this, input) = (this.clone(), input.clone());
@@ -303,10 +358,7 @@ impl Store {
         let (agent, row) = self.read_for_start(tx, input, now).await?;
         let agent = agent.ok_or_else(|| StoreError::NotFound(format!("agent {}", input.agent_id)))?;
         let state: String = agent.try_get("state")?;
-        let current = Current {
-            spec: decode_spec(&agent.try_get::<Vec<u8>, _>("spec")?)?,
-            version: u64::try_from(agent.try_get::<i64, _>("version")?).unwrap_or_default(),
-        };
+        let current = Current::decode(&agent.try_get::<Vec<u8>, _>("spec")?, agent.try_get("version")?)?;
 
         // Only runs the manager recorded start: a worker cannot make up runs.
         let row = row.ok_or_else(|| StoreError::NotFound(format!("run {}", input.run_id)))?;
@@ -318,13 +370,7 @@ impl Store {
             )));
         }
 
-        let facts = StartFacts {
-            status: run.status,
-            lease_expires_at: run.lease_expires_at,
-            not_before: run.not_before,
-            agent_state: if state == AgentState::Paused.as_str() { AgentState::Paused } else { AgentState::Active },
-        };
-        let outcome = match lifecycle::decide_start(&facts, time::from_millis(now)) {
+        let outcome = match lifecycle::decide_start(&start_facts(&run, &state), time::from_millis(now)) {
             StartDecision::AlreadyFinished => StartOutcome::AlreadyFinished { run },
             StartDecision::AwaitingApproval => StartOutcome::AwaitingApproval { run },
             StartDecision::AwaitingBudget => StartOutcome::AwaitingBudget { run },
@@ -358,11 +404,9 @@ impl Store {
     }
 
     /// What StartRun decides on: the agent's row (`state`, `spec`, `version`), read by the write
-    /// that takes the agent's lock (as `lock_agent` does), and the run's, with the number of the
-    /// agent's other runs holding a live lease (`running_others`), which the overlap policy
-    /// needs listed only when there are any (rarely). SQLite: both statements in one call to the
-    /// connection's thread (sqlx runs each call there, and the hand-off costs more than the
-    /// statements); Postgres takes one statement per query.
+    /// that takes the agent's lock (as `lock_agent` does), and the run's ([`RUN_FOR_START`]).
+    /// On SQLite the usual start takes the group writer's own connection instead
+    /// (`usual_sqlite::start`); this is the path of every other case.
     async fn read_for_start(
         &self,
         tx: &mut AnyConnection,
@@ -371,35 +415,12 @@ impl Store {
     ) -> Result<(Option<AnyRow>, Option<AnyRow>), StoreError> {
         const LOCK_AGENT: &str =
             "UPDATE agents SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING state, spec, version";
-        let run_sql = |run: usize, now: usize| {
-            format!(
-                "SELECT {RUN_COLUMNS}, (SELECT COUNT(*) FROM runs o WHERE o.agent_id = r.agent_id \
-                 AND o.status = 'running' AND o.id <> r.id AND o.lease_expires_at > ${now}) AS running_others \
-                 FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.id = ${run}"
-            )
-        };
-        if self.backend == Backend::Postgres {
-            let agent = sqlx::query(LOCK_AGENT).bind(input.agent_id.as_str()).fetch_optional(&mut *tx).await?;
-            let run = sqlx::query(sqlx::AssertSqlSafe(run_sql(1, 2)))
-                .bind(input.run_id.as_str())
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?;
-            return Ok((agent, run));
-        }
-        let sql = format!("{LOCK_AGENT}; {};", run_sql(2, 3));
-        let query =
-            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(input.agent_id.as_str()).bind(input.run_id.as_str()).bind(now);
-        // Each statement's rows, then its result: a row before the first result is the agent's.
-        let (mut agent, mut run, mut statement) = (None, None, 0);
-        let mut answers = tx.fetch_many(query);
-        while let Some(answer) = answers.try_next().await? {
-            match answer {
-                sqlx::Either::Left(_) => statement += 1,
-                sqlx::Either::Right(row) if statement == 0 => agent = Some(row),
-                sqlx::Either::Right(row) => run = Some(row),
-            }
-        }
+        let agent = sqlx::query(LOCK_AGENT).bind(input.agent_id.as_str()).fetch_optional(&mut *tx).await?;
+        let run = sqlx::query(sqlx::AssertSqlSafe(RUN_FOR_START.as_str()))
+            .bind(input.run_id.as_str())
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
         Ok((agent, run))
     }
 
@@ -473,36 +494,24 @@ impl Store {
     async fn grant(
         &self,
         tx: &mut AnyConnection,
-        mut run: RunRecord,
+        run: RunRecord,
         input: &StartInput,
         current: &Current,
         now: i64,
     ) -> Result<StartOutcome, StoreError> {
         let until = ms_after(now, input.lease_ttl);
         let lease_token = new_lease_token();
-        sqlx::query(
-            "UPDATE runs SET status = 'running', attempt = attempt + 1, worker_id = $1, lease_expires_at = $2, \
-             started_at = COALESCE(started_at, $3), deferred = 0, not_before = NULL, worker_endpoint = $5, \
-             lost_leases = $6, lease_token = $7 WHERE id = $4",
-        )
-        .bind(input.worker_id.as_str())
-        .bind(until)
-        .bind(now)
-        .bind(run.id.as_str())
-        .bind(input.worker_endpoint.clone())
-        .bind(i64::from(run.lost_leases))
-        .bind(&lease_token)
-        .execute(&mut *tx)
-        .await?;
-        // The row is locked by this transaction: apply the same update to the record read in it
-        // instead of reading it back (this is the hot path of every run).
-        run.status = RunStatus::Running;
-        run.attempt += 1;
-        run.worker_id = Some(input.worker_id.clone());
-        run.worker_endpoint = input.worker_endpoint.clone();
-        run.lease_expires_at = Some(time::from_millis(until));
-        run.started_at = run.started_at.or(Some(time::from_millis(now)));
-        run.not_before = None;
+        sqlx::query(GRANT_SQL)
+            .bind(input.worker_id.as_str())
+            .bind(until)
+            .bind(now)
+            .bind(run.id.as_str())
+            .bind(input.worker_endpoint.clone())
+            .bind(i64::from(run.lost_leases))
+            .bind(&lease_token)
+            .execute(&mut *tx)
+            .await?;
+        let run = granted(run, input, until, now);
         // Most runs execute the agent's current version, read above.
         let spec = if run.agent_version == current.version {
             current.spec.clone()

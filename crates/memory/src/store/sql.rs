@@ -83,7 +83,7 @@ impl SqlStore {
         migrator.run(&pool).await?;
         let group = match backend {
             SqlBackend::Sqlite => Some(
-                GroupWriter::start(connect(1).await?, "ns-memory-write")
+                GroupWriter::start(connect(1).await?, nightshift_sqlite::open(&url, &[])?, "ns-memory-write")
                     .map_err(|e| MemoryError::backend("sql", format!("cannot start the writer: {e}")))?,
             ),
             SqlBackend::Postgres => None,
@@ -243,50 +243,55 @@ fn bind_record<'q>(
         .bind(i64::from(r.archived))
 }
 
-/// SQLite: a record and its metadata rows as one call to the connection's thread (sqlx runs
-/// each call there, and the hand-off costs more than the statements): the record inserted or
-/// replaced, its old metadata rows removed (none for a new record: an index probe), the new ones
-/// inserted — several statements in one query string, sharing the numbered arguments. Postgres
-/// takes one statement per query, and a round trip there is not a thread hand-off.
-async fn put_in_one_call(conn: &mut AnyConnection, r: &MemoryRecord, metadata: &str) -> Result<(), MemoryError> {
-    let mut sql = String::from(
-        "INSERT INTO memory_records (id, agent_id, session, kind, content, metadata, run_id, created_at, \
-         expires_at, summary, archived) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-         ON CONFLICT (id) DO UPDATE SET agent_id = excluded.agent_id, session = excluded.session, \
-         kind = excluded.kind, content = excluded.content, metadata = excluded.metadata, run_id = excluded.run_id, \
-         created_at = excluded.created_at, expires_at = excluded.expires_at, summary = excluded.summary, \
-         archived = excluded.archived; DELETE FROM memory_metadata WHERE record_id = $1;",
-    );
-    let pairs: Vec<_> = r.metadata.iter().collect();
-    let mut n = 12;
-    for chunk in pairs.chunks(METADATA_ROWS) {
-        let rows = (0..chunk.len()).map(|i| format!("($1, ${}, ${})", n + 2 * i, n + 2 * i + 1));
-        sql.push_str(&format!(
-            " INSERT INTO memory_metadata (record_id, key, value) VALUES {};",
-            rows.collect::<Vec<_>>().join(", ")
-        ));
-        n += 2 * chunk.len();
+/// The upsert of a record (`$1`–`$11`, [`bind_record`]'s order) on SQLite.
+const UPSERT_SQLITE: &str = "INSERT INTO memory_records (id, agent_id, session, kind, content, metadata, run_id, \
+     created_at, expires_at, summary, archived) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+     ON CONFLICT (id) DO UPDATE SET agent_id = excluded.agent_id, session = excluded.session, \
+     kind = excluded.kind, content = excluded.content, metadata = excluded.metadata, run_id = excluded.run_id, \
+     created_at = excluded.created_at, expires_at = excluded.expires_at, summary = excluded.summary, \
+     archived = excluded.archived";
+
+/// SQLite: `records` (each with its metadata as JSON) on the group writer's own connection and
+/// thread, inside its transaction — each record upserted, its old metadata rows removed (none for
+/// a new record: an index probe), the new ones inserted. Statements prepared once, each a call
+/// rather than a round trip to sqlx's connection thread.
+fn put_on_writer(conn: &rusqlite::Connection, records: &[(MemoryRecord, String)]) -> Result<(), MemoryError> {
+    let sqlite = |e| MemoryError::from(nightshift_sqlite::db_error(e));
+    let mut upsert = conn.prepare_cached(UPSERT_SQLITE).map_err(sqlite)?;
+    let mut forget = conn.prepare_cached("DELETE FROM memory_metadata WHERE record_id = $1").map_err(sqlite)?;
+    let mut pair = conn
+        .prepare_cached("INSERT INTO memory_metadata (record_id, key, value) VALUES ($1, $2, $3)")
+        .map_err(sqlite)?;
+    for (r, metadata) in records {
+        let (created, expires) = (time::to_millis(r.created_at), r.expires_at.map(time::to_millis));
+        let (summary, archived) = (i64::from(r.summary), i64::from(r.archived));
+        let values: [&dyn rusqlite::ToSql; 11] = [
+            &r.id.as_str(),
+            &r.scope.agent_id.as_str(),
+            &r.scope.session.as_str(),
+            &r.kind.as_str(),
+            &r.content.as_str(),
+            &metadata.as_str(),
+            &r.run_id.as_str(),
+            &created,
+            &expires,
+            &summary,
+            &archived,
+        ];
+        nightshift_sqlite::bind_numbered(&mut upsert, &values).map_err(sqlite)?;
+        upsert.raw_execute().map_err(sqlite)?;
+        forget.execute([r.id.as_str()]).map_err(sqlite)?;
+        for (k, v) in &r.metadata {
+            pair.execute([r.id.as_str(), k.as_str(), v.as_str()]).map_err(sqlite)?;
+        }
     }
-    let mut query = bind_record(sqlx::query(sqlx::AssertSqlSafe(sql)), r, metadata);
-    for (k, v) in pairs {
-        query = query.bind(k.as_str()).bind(v.as_str());
-    }
-    query.execute(&mut *conn).await?;
     Ok(())
 }
 
-/// Writes `records` (each with its metadata as JSON) on `conn`, inside a transaction the caller
-/// ends.
-async fn put_records(
-    conn: &mut AnyConnection,
-    backend: SqlBackend,
-    records: &[(MemoryRecord, String)],
-) -> Result<(), MemoryError> {
+/// Postgres: writes `records` (each with its metadata as JSON) on `conn`, inside a transaction
+/// the caller ends.
+async fn put_records(conn: &mut AnyConnection, records: &[(MemoryRecord, String)]) -> Result<(), MemoryError> {
     for (r, metadata) in records {
-        if backend == SqlBackend::Sqlite {
-            put_in_one_call(conn, r, metadata).await?;
-            continue;
-        }
         // A new record (every episode a run stores) takes the insert alone; only a record that
         // exists is updated and has its old metadata rows removed.
         let inserted = bind_record(
@@ -349,10 +354,13 @@ impl MemoryStore for SqlStore {
                 Ok((r.clone(), metadata))
             })
             .collect::<Result<Vec<_>, MemoryError>>()?;
-        let (records, backend) = (Arc::new(records), self.backend);
+        if let Some(group) = &self.group {
+            return group.write_direct(Box::new(move |conn: &_| put_on_writer(conn, &records))).await;
+        }
+        let records = Arc::new(records);
         self.transaction(Box::new(move |conn| {
             let records = records.clone();
-            Box::pin(async move { put_records(conn, backend, &records).await })
+            Box::pin(async move { put_records(conn, &records).await })
         }))
         .await
     }
