@@ -183,93 +183,6 @@ async fn insert_fired(
     Ok(created)
 }
 
-/// [`Store::fire_ticks`] in the caller's transaction.
-async fn fire_in(
-    tx: &mut sqlx::AnyConnection,
-    fires: &[TickFire],
-    now: i64,
-) -> Result<Vec<Vec<TickOutcome>>, StoreError> {
-    // Progress first: it is a write, so a transaction of its own holds the write lock from its
-    // first statement and never has to upgrade a read snapshot (the group writer's holds it
-    // from its `BEGIN IMMEDIATE`).
-    for chunk in fires.chunks(FIRE_BATCH) {
-        let sql = format!(
-            "INSERT INTO schedule_state (agent_id, last_tick, fired, missed, updated_at) \
-             SELECT v.column1, v.column2, v.column3, v.column4, $1 FROM (VALUES {}) AS v \
-             WHERE v.column1 IN (SELECT id FROM agents) \
-             ON CONFLICT (agent_id) DO UPDATE SET \
-               last_tick = CASE WHEN excluded.last_tick > schedule_state.last_tick THEN excluded.last_tick ELSE schedule_state.last_tick END, \
-               fired = schedule_state.fired + excluded.fired, missed = schedule_state.missed + excluded.missed, \
-               updated_at = excluded.updated_at",
-            values_placeholders(chunk.len(), 4, 2)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-        for f in chunk {
-            q = q
-                .bind(f.agent_id.as_str())
-                .bind(time::to_millis(f.last_tick))
-                .bind(f.runs.len() as i64)
-                .bind(i64::try_from(f.missed).unwrap_or(i64::MAX));
-        }
-        q.execute(&mut *tx).await?;
-    }
-    let pending = pending_runs(&mut *tx, fires, now).await?;
-    let (mut queued, mut skipped) = (Vec::new(), Vec::new());
-    for f in fires {
-        for (run, tick) in &f.runs {
-            match admission::decide_fire(f.overlap, pending.get(f.agent_id.as_str())) {
-                FireDecision::Queue => queued.push(FiredRow { run, tick: *tick, agent: &f.agent_id, reason: None }),
-                FireDecision::Skip { reason } => {
-                    skipped.push(FiredRow { run, tick: *tick, agent: &f.agent_id, reason: Some(reason) })
-                }
-            }
-        }
-    }
-    let created = insert_fired(&mut *tx, now, &queued, RunStatus::Queued).await?;
-    let created_skipped = insert_fired(&mut *tx, now, &skipped, RunStatus::Skipped).await?;
-    let reasons: HashMap<&str, &str> =
-        skipped.iter().filter_map(|r| Some((r.run.as_str(), r.reason.as_deref()?))).collect();
-    // Runs not created either existed (a tick fired twice: another replica, or before a
-    // restart) or lost their agent (deleted since the scheduler loaded it). Rare: only
-    // these are looked up.
-    let missing: Vec<&RunId> = queued
-        .iter()
-        .chain(&skipped)
-        .map(|r| r.run)
-        .filter(|r| !created.contains(r.as_str()) && !created_skipped.contains(r.as_str()))
-        .collect();
-    let mut existed: HashSet<String> = HashSet::new();
-    for chunk in missing.chunks(FIRE_BATCH) {
-        let sql = format!("SELECT id FROM runs WHERE id IN ({})", in_placeholders(chunk.len()));
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for r in chunk {
-            q = q.bind(r.as_str());
-        }
-        for row in q.fetch_all(&mut *tx).await? {
-            existed.insert(row.try_get("id")?);
-        }
-    }
-    Ok(fires
-        .iter()
-        .map(|f| {
-            f.runs
-                .iter()
-                .map(|(r, _)| {
-                    if let Some(reason) = reasons.get(r.as_str()).filter(|_| created_skipped.contains(r.as_str())) {
-                        TickOutcome::Skipped { reason: (*reason).to_owned() }
-                    } else if created.contains(r.as_str()) {
-                        TickOutcome::Created
-                    } else if existed.contains(r.as_str()) {
-                        TickOutcome::Existed
-                    } else {
-                        TickOutcome::NoAgent
-                    }
-                })
-                .collect()
-        })
-        .collect())
-}
-
 /// The pending run ([`admission::decide_fire`]) of each agent of `fires` whose overlap policy
 /// skips: queued, handed to the queue at least [`admission::PENDING_AFTER`] before `now` (the
 /// `published` flag holds when it was set) and not started since.
@@ -348,19 +261,88 @@ impl Store {
     /// Rows are written with multi-row statements of up to [`FIRE_BATCH`] rows: a pass of
     /// 10,000 due agents is about 160 statements instead of 20,000, which is what keeps the fire
     /// lag of a large herd of agents due in the same millisecond within the tick.
-    ///
-    /// On SQLite the transaction is a write of the group writer, as the run path's are: on a pool
-    /// connection of its own it waited for the writer's lock in SQLite's busy handler, which
-    /// sleeps 1 to 100 ms between tries however soon the lock is free (the writer holds it for
-    /// most of each millisecond under load).
     pub async fn fire_ticks(&self, fires: &[TickFire]) -> Result<Vec<Vec<TickOutcome>>, StoreError> {
         let now = self.now_ms();
-        let fires = std::sync::Arc::new(fires.to_vec());
-        self.transaction(Box::new(move |tx| {
-            let fires = fires.clone();
-            Box::pin(async move { fire_in(tx, &fires, now).await })
-        }))
-        .await
+        let mut tx = self.pool.begin().await?;
+        // Progress first: it is a write, so on SQLite the transaction holds the write lock from
+        // its first statement and never has to upgrade a read snapshot.
+        for chunk in fires.chunks(FIRE_BATCH) {
+            let sql = format!(
+                "INSERT INTO schedule_state (agent_id, last_tick, fired, missed, updated_at) \
+                 SELECT v.column1, v.column2, v.column3, v.column4, $1 FROM (VALUES {}) AS v \
+                 WHERE v.column1 IN (SELECT id FROM agents) \
+                 ON CONFLICT (agent_id) DO UPDATE SET \
+                   last_tick = CASE WHEN excluded.last_tick > schedule_state.last_tick THEN excluded.last_tick ELSE schedule_state.last_tick END, \
+                   fired = schedule_state.fired + excluded.fired, missed = schedule_state.missed + excluded.missed, \
+                   updated_at = excluded.updated_at",
+                values_placeholders(chunk.len(), 4, 2)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            for f in chunk {
+                q = q
+                    .bind(f.agent_id.as_str())
+                    .bind(time::to_millis(f.last_tick))
+                    .bind(f.runs.len() as i64)
+                    .bind(i64::try_from(f.missed).unwrap_or(i64::MAX));
+            }
+            q.execute(&mut *tx).await?;
+        }
+        let pending = pending_runs(&mut tx, fires, now).await?;
+        let (mut queued, mut skipped) = (Vec::new(), Vec::new());
+        for f in fires {
+            for (run, tick) in &f.runs {
+                match admission::decide_fire(f.overlap, pending.get(f.agent_id.as_str())) {
+                    FireDecision::Queue => queued.push(FiredRow { run, tick: *tick, agent: &f.agent_id, reason: None }),
+                    FireDecision::Skip { reason } => {
+                        skipped.push(FiredRow { run, tick: *tick, agent: &f.agent_id, reason: Some(reason) })
+                    }
+                }
+            }
+        }
+        let created = insert_fired(&mut tx, now, &queued, RunStatus::Queued).await?;
+        let created_skipped = insert_fired(&mut tx, now, &skipped, RunStatus::Skipped).await?;
+        let reasons: HashMap<&str, &str> =
+            skipped.iter().filter_map(|r| Some((r.run.as_str(), r.reason.as_deref()?))).collect();
+        // Runs not created either existed (a tick fired twice: another replica, or before a
+        // restart) or lost their agent (deleted since the scheduler loaded it). Rare: only
+        // these are looked up.
+        let missing: Vec<&RunId> = queued
+            .iter()
+            .chain(&skipped)
+            .map(|r| r.run)
+            .filter(|r| !created.contains(r.as_str()) && !created_skipped.contains(r.as_str()))
+            .collect();
+        let mut existed: HashSet<String> = HashSet::new();
+        for chunk in missing.chunks(FIRE_BATCH) {
+            let sql = format!("SELECT id FROM runs WHERE id IN ({})", in_placeholders(chunk.len()));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                q = q.bind(r.as_str());
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                existed.insert(row.try_get("id")?);
+            }
+        }
+        tx.commit().await?;
+        Ok(fires
+            .iter()
+            .map(|f| {
+                f.runs
+                    .iter()
+                    .map(|(r, _)| {
+                        if let Some(reason) = reasons.get(r.as_str()).filter(|_| created_skipped.contains(r.as_str())) {
+                            TickOutcome::Skipped { reason: (*reason).to_owned() }
+                        } else if created.contains(r.as_str()) {
+                            TickOutcome::Created
+                        } else if existed.contains(r.as_str()) {
+                            TickOutcome::Existed
+                        } else {
+                            TickOutcome::NoAgent
+                        }
+                    })
+                    .collect()
+            })
+            .collect())
     }
 
     /// Restarts an agent's schedule from `at` (used on resume, so that ticks of the paused
@@ -381,29 +363,17 @@ impl Store {
     /// Marks runs as published to the queue (the outbox flag). The flag holds when it was set
     /// (unix ms; 0 = not published), which is how [`Store::fire_ticks`] tells a run that waits
     /// for a worker from one that was only just handed over.
-    ///
-    /// On SQLite a write of the group writer (see [`Store::fire_ticks`]).
     pub async fn mark_published(&self, runs: &[RunId]) -> Result<(), StoreError> {
         let now = self.now_ms();
-        let runs = std::sync::Arc::new(runs.to_vec());
-        self.statements(Box::new(move |conn| {
-            let runs = runs.clone();
-            Box::pin(async move {
-                for chunk in runs.chunks(500) {
-                    let sql = format!(
-                        "UPDATE runs SET published = $1 WHERE id IN ({})",
-                        numbered_placeholders(chunk.len(), 2)
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-                    for r in chunk {
-                        q = q.bind(r.as_str());
-                    }
-                    q.execute(&mut *conn).await?;
-                }
-                Ok(())
-            })
-        }))
-        .await
+        for chunk in runs.chunks(500) {
+            let sql = format!("UPDATE runs SET published = $1 WHERE id IN ({})", numbered_placeholders(chunk.len(), 2));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            for r in chunk {
+                q = q.bind(r.as_str());
+            }
+            q.execute(&self.pool).await?;
+        }
+        Ok(())
     }
 
     /// Clears the outbox flag of every queued run, so that the outbox sweep hands them to the
