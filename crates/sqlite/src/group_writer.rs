@@ -23,7 +23,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sqlx::{AnyConnection, AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
@@ -120,8 +120,8 @@ impl GroupWriter {
     pub async fn close(&self) {
         self.pool.close().await;
         let own = self.own.clone();
-        let closed = tokio::task::spawn_blocking(move || own.lock().map(|mut c| c.take()).ok().flatten()).await;
-        drop(closed);
+        let closed = tokio::task::spawn_blocking(move || own.lock().unwrap_or_else(PoisonError::into_inner).take());
+        drop(closed.await);
     }
 
     /// Runs `write` in the next batch, on a pooled connection, and returns its result once the
