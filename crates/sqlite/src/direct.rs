@@ -136,9 +136,13 @@ fn rollback(conn: &Connection) {
 /// binding by position would misplace values written out of order). A value whose number the
 /// statement does not use is skipped; a parameter left without a value is an error.
 pub fn bind_numbered(stmt: &mut rusqlite::Statement<'_>, values: &[&dyn rusqlite::ToSql]) -> rusqlite::Result<()> {
+    // The names, written once (a statement of the run path binds up to eleven).
+    static NAMES: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| (1..=32).map(|n| format!("${n}")).collect());
     let mut bound = 0;
     for (i, value) in values.iter().enumerate() {
-        if let Some(index) = stmt.parameter_index(&format!("${}", i + 1))? {
+        let name = NAMES.get(i).map_or_else(|| Cow::Owned(format!("${}", i + 1)), |n| Cow::Borrowed(n.as_str()));
+        if let Some(index) = stmt.parameter_index(&name)? {
             stmt.raw_bind_parameter(index, value)?;
             bound += 1;
         }

@@ -7,6 +7,8 @@
 //! the writer's `BEGIN IMMEDIATE` transaction: it holds the file's write lock, so what it reads
 //! stays true until it commits (no agent lock to take, as the pooled path takes on Postgres).
 //! The statements are the pooled path's where they are the same (`$n` bound by number).
+use std::sync::LazyLock;
+
 use nightshift_core::lifecycle::{self, OverlapDecision, StartDecision};
 use nightshift_core::{RunId, time};
 use nightshift_sqlite::bind_numbered;
@@ -75,12 +77,14 @@ fn insert_call(
     now: i64,
 ) -> Result<(), StoreError> {
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    let sql = format!("{INSERT_LEDGER} SELECT id, $2, $3, agent_id, $4, $5, $6, $7, $8, $9 FROM runs WHERE id = $1");
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!("{INSERT_LEDGER} SELECT id, $2, $3, agent_id, $4, $5, $6, $7, $8, $9 FROM runs WHERE id = $1")
+    });
     let (input, cached, output, cost) =
         (n(call.input_tokens), n(call.cached_input_tokens), n(call.output_tokens), call.cost_micros.map(n));
     execute(
         conn,
-        &sql,
+        &SQL,
         &[&run.as_str(), &i64::from(seq), &i64::from(attempt), &call.model, &input, &cached, &output, &cost, &now],
     )?;
     Ok(())
@@ -89,6 +93,19 @@ fn insert_call(
 /// The fence's values: attempt `$a`, token `$a + 1` when [`Fence::condition_at`] has one.
 fn fence_values(fence: &Fence) -> (i64, Option<&str>) {
     (i64::from(fence.attempt), fence.token.as_deref())
+}
+
+/// A fenced statement's two texts, without and with the token (`fenced` given the condition),
+/// built once: the run path prepares them by text on every call.
+type Fenced = LazyLock<[String; 2]>;
+
+fn fenced_texts(fenced: impl Fn(&Fence) -> String) -> [String; 2] {
+    [None, Some(String::new())].map(|token| fenced(&Fence { attempt: 0, token }))
+}
+
+/// `texts`' text for `fence`.
+fn text_for<'a>(texts: &'a Fenced, fence: &Fence) -> &'a str {
+    &texts[usize::from(fence.token.is_some())]
 }
 
 /// StartRun's usual case: the run's first attempt, due, of an active agent at the version it
@@ -157,12 +174,16 @@ pub(crate) fn checkpoint(
     if !is_next(conn, run, step.seq)? {
         return Ok(false);
     }
+    static SQL: Fenced = LazyLock::new(|| {
+        fenced_texts(|fence| {
+            format!(
+                "UPDATE runs SET lease_expires_at = COALESCE($1, lease_expires_at) WHERE id = $2 AND {}",
+                fence.condition(4)
+            )
+        })
+    });
     let (attempt, token) = fence_values(fence);
-    let sql = format!(
-        "UPDATE runs SET lease_expires_at = COALESCE($1, lease_expires_at) WHERE id = $2 AND {}",
-        fence.condition(4)
-    );
-    if execute(conn, &sql, &[&until, &run.as_str(), &attempt, &token])? == 0 {
+    if execute(conn, text_for(&SQL, fence), &[&until, &run.as_str(), &attempt, &token])? == 0 {
         return Ok(false);
     }
     insert_step(conn, run, step, fence.attempt, now)?;
@@ -195,20 +216,24 @@ pub(crate) fn end(
     {
         return Ok(None);
     }
+    static SQL: Fenced = LazyLock::new(|| {
+        fenced_texts(|fence| {
+            format!(
+                "UPDATE runs SET status = $1, finished_at = $2, not_before = NULL, result = COALESCE($3, result), \
+                 error = COALESCE($4, error), reason = COALESCE($5, reason), input_tokens = input_tokens + $6, \
+                 output_tokens = output_tokens + $7, lease_expires_at = NULL WHERE id = $8 AND {} RETURNING {RUN_RETURNING}, \
+                 EXISTS (SELECT 1 FROM runs w WHERE w.agent_id = runs.agent_id AND w.status = 'queued' \
+                 AND w.deferred = 1 AND w.id <> runs.id) AS others_waiting",
+                fence.condition(10)
+            )
+        })
+    });
     let (attempt, token) = fence_values(fence);
-    let sql = format!(
-        "UPDATE runs SET status = $1, finished_at = $2, not_before = NULL, result = COALESCE($3, result), \
-         error = COALESCE($4, error), reason = COALESCE($5, reason), input_tokens = input_tokens + $6, \
-         output_tokens = output_tokens + $7, lease_expires_at = NULL WHERE id = $8 AND {} RETURNING {RUN_RETURNING}, \
-         EXISTS (SELECT 1 FROM runs w WHERE w.agent_id = runs.agent_id AND w.status = 'queued' \
-         AND w.deferred = 1 AND w.id <> runs.id) AS others_waiting",
-        fence.condition(10)
-    );
     let (result, error, reason) = input.texts();
     let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let ended = first_row(
         conn,
-        &sql,
+        text_for(&SQL, fence),
         &[
             &status.as_str(),
             &status.is_terminal().then_some(now),
