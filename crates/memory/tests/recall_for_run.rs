@@ -120,7 +120,7 @@ async fn answers_as_recall_and_search_in_memory() {
     answers_as_recall_and_search(Arc::new(InMemoryStore::with_clock(clock))).await;
 }
 
-/// On SQLite the two recalls are one statement (`SqlStore::recent_each`).
+/// On SQLite the two recalls are one read on the store's group writer (`SqlStore::recent_each`).
 #[tokio::test]
 async fn answers_as_recall_and_search_on_sqlite() {
     let db = nightshift_testkit::sqlite_db();

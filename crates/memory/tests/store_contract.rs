@@ -127,7 +127,8 @@ mod cases {
         assert_eq!(s.count(None, MemoryType::LongTerm).await.unwrap(), 0);
     }
 
-    /// Several recalls at once (SQL answers them in one statement) answer each as alone: own
+    /// Several recalls at once (SQLite answers them in one read on its writer's own connection,
+    /// which must see the writes of both of its lanes) answer each as alone: own
     /// scope, type, limit, order, paging, filter and archived records, in the queries' order.
     pub async fn recent_each_answers_each_query_as_alone(s: &dyn MemoryStore, _c: &ManualClock) {
         let other = Scope::new("agent-2", "agent");

@@ -22,6 +22,9 @@ use crate::group_writer::{Answer, Counts, Pending};
 /// write at a time), so it must be a function of its inputs only.
 pub type Direct<T, E> = Box<dyn Fn(&Connection) -> Result<T, E> + Send>;
 
+/// One read on the writer's own connection, outside any write transaction. Runs once.
+pub type Read<T, E> = Box<dyn FnOnce(&Connection) -> Result<T, E> + Send>;
+
 /// The writer's own connection; `None` once the writer was closed.
 pub(crate) type Shared = Arc<Mutex<Option<Connection>>>;
 
@@ -48,6 +51,59 @@ where
             }
         };
         self.reply.keep(result)
+    }
+}
+
+/// A read with its result (the read is taken when it runs).
+pub(crate) trait ReadJob: Answer {
+    /// Runs the read.
+    fn run(&mut self, conn: &Connection);
+}
+
+impl<T, E> ReadJob for Pending<Option<Read<T, E>>, T, E>
+where
+    T: Send + 'static,
+    E: From<sqlx::Error> + Send + 'static,
+{
+    fn run(&mut self, conn: &Connection) {
+        let Some(read) = self.write.take() else { return };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| read(conn))) {
+            Ok(result) => {
+                self.reply.keep(result);
+            }
+            Err(_) => {
+                tracing::error!("group commit: a read panicked; it failed alone");
+                self.reply.fail(sqlx::Error::WorkerCrashed);
+            }
+        }
+    }
+}
+
+/// Runs the batch's reads, each answered as soon as it has run, in one read transaction: one
+/// snapshot, taken at the first read, after the writer's previous batch committed — so a read
+/// sees every write answered before it was sent.
+pub(crate) fn read(shared: &Shared, batch: Vec<Box<dyn ReadJob>>) {
+    let guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(conn) = guard.as_ref() else {
+        for mut job in batch {
+            job.fail(sqlx::Error::PoolClosed);
+            job.answer();
+        }
+        return;
+    };
+    if !conn.is_autocommit() {
+        tracing::warn!("group commit: a transaction was left open; rolling it back");
+        rollback(conn);
+    }
+    // A deferred BEGIN takes no lock until the first read, and only a read lock then. Without
+    // it each statement would take and drop a snapshot of its own; the reads are still right.
+    let together = batch.len() > 1 && exec(conn, "BEGIN").is_ok();
+    for mut job in batch {
+        job.run(conn);
+        job.answer();
+    }
+    if together {
+        rollback(conn); // it wrote nothing: ending it either way is the same
     }
 }
 

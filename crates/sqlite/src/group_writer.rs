@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use sqlx::{AnyConnection, AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::direct::{self, Direct, DirectJob};
+use crate::direct::{self, Direct, DirectJob, Read, ReadJob};
 
 /// A future borrowing the writer's connection.
 pub type ConnFuture<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>;
@@ -146,6 +146,20 @@ impl GroupWriter {
         self.send(Job::Direct(Box::new(Pending { write, reply })), answer).await
     }
 
+    /// Runs `read` on the writer's own connection and thread, before the next batch's writes, and
+    /// returns its result at once (it waits for no commit). For the reads of the path that also
+    /// writes there: that connection's page cache stays valid from one batch to the next (no
+    /// other connection writes the file), where a pooled connection finds the file changed at
+    /// each read and reads the pages it needs again; and a batch of reads costs one wake-up.
+    pub async fn read_direct<T, E>(&self, read: Read<T, E>) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<sqlx::Error> + Send + 'static,
+    {
+        let (reply, answer) = Reply::new();
+        self.send(Job::Read(Box::new(Pending { write: Some(read), reply })), answer).await
+    }
+
     async fn send<T, E: From<sqlx::Error>>(&self, job: Job, answer: oneshot::Receiver<Result<T, E>>) -> Result<T, E> {
         self.queue.send(job).await.map_err(|_| E::from(gone()))?;
         answer.await.map_err(|_| E::from(gone()))?
@@ -174,10 +188,11 @@ fn gone() -> sqlx::Error {
     sqlx::Error::PoolClosed
 }
 
-/// A queued write, by lane.
+/// A queued write, by lane, or a read.
 enum Job {
     Pooled(Box<dyn PooledJob>),
     Direct(Box<dyn DirectJob>),
+    Read(Box<dyn ReadJob>),
 }
 
 /// Where a write's result waits for its batch's commit, and the caller it goes to.
@@ -258,18 +273,26 @@ where
 async fn writer(pool: AnyPool, own: direct::Shared, mut queue: mpsc::Receiver<Job>, counts: Arc<Counts>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (mut direct, mut pooled) = (Vec::new(), Vec::new());
+        let (mut direct, mut pooled, mut reads) = (Vec::new(), Vec::new(), Vec::new());
         for job in batch.drain(..) {
             match job {
                 Job::Direct(job) => direct.push(job),
                 Job::Pooled(job) => pooled.push(job),
+                Job::Read(job) => reads.push(job),
             }
         }
         // Each lane's batch is a task of its own: a write that panics fails its batch (its
-        // callers get an error), not every write after it.
-        if !direct.is_empty() {
+        // callers get an error), not every write after it. The reads go first: they wait for
+        // no commit.
+        if !direct.is_empty() || !reads.is_empty() {
             let (own, counts) = (own.clone(), counts.clone());
             let task = tokio::spawn(async move {
+                if !reads.is_empty() {
+                    direct::read(&own, reads);
+                }
+                if direct.is_empty() {
+                    return;
+                }
                 direct::commit(&own, &mut direct, &counts);
                 counts.writes.fetch_add(direct.len() as u64, Ordering::Relaxed);
                 direct.into_iter().for_each(|job| job.answer());
@@ -452,6 +475,53 @@ mod tests {
         assert!(matches!(&again, sqlx::Error::Database(e) if e.is_unique_violation()), "{again:?}");
         group.close().await;
         assert!(group.write_direct(insert(50)).await.is_err(), "closed");
+    }
+
+    /// A direct read sees every write answered before it was sent, whichever lane; sent
+    /// together, the read that fails and the one that panics fail alone; after `close()` reads
+    /// fail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_direct_read_sees_what_was_answered_and_fails_alone() {
+        let db = sqlite_db();
+        let group = writer_on(&db.url, "CREATE TABLE t (n INTEGER NOT NULL)").await;
+        let count = |fail: Option<bool>| -> Read<i64, sqlx::Error> {
+            Box::new(move |conn| {
+                let n = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).map_err(crate::db_error)?;
+                match fail {
+                    Some(true) => panic!("a bug in a direct read"),
+                    Some(false) => Err(sqlx::Error::RowNotFound),
+                    None => Ok(n),
+                }
+            })
+        };
+        for n in 1..=3 {
+            let direct: Direct<(), sqlx::Error> = Box::new(|conn| {
+                conn.execute("INSERT INTO t (n) VALUES (1)", []).map(|_| ()).map_err(crate::db_error)
+            });
+            group.write_direct(direct).await.unwrap();
+            let pooled: Write<(), sqlx::Error> = Box::new(|conn| {
+                Box::pin(async move { sqlx::query("INSERT INTO t (n) VALUES (2)").execute(conn).await.map(|_| ()) })
+            });
+            group.write(pooled).await.unwrap();
+            assert_eq!(group.read_direct(count(None)).await.unwrap(), 2 * n, "both lanes' writes are seen");
+        }
+        let reads = futures::future::join_all((0..20).map(|i| {
+            group.read_direct(count(match i {
+                5 => Some(false),
+                9 => Some(true),
+                _ => None,
+            }))
+        }))
+        .await;
+        for (i, read) in reads.iter().enumerate() {
+            match i {
+                5 | 9 => assert!(read.is_err(), "read {i}: {read:?}"),
+                _ => assert_eq!(read.as_ref().ok(), Some(&6), "read {i}: {read:?}"),
+            }
+        }
+        assert_eq!(group.stats().writes, 6, "reads are not counted as writes");
+        group.close().await;
+        assert!(group.read_direct(count(None)).await.is_err(), "closed");
     }
 
     /// A write that panics halfway through its batch's transaction fails its caller; what it

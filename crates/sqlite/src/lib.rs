@@ -1,11 +1,14 @@
 //! SQLite as the embedded database of `nightshift dev`: the group writer through which the run
 //! store and the memory service commit many callers' writes in one transaction (one write lock
 //! per file; see [`GroupWriter`]; its usual writes run on its own thread, [`Direct`]), and how
-//! their connections on such a file are set up ([`configure`], [`open`]).
+//! their connections on such a file are set up ([`configure`], [`open`]); a row's columns
+//! whichever driver read it ([`Columns`]).
+mod columns;
 mod direct;
 mod group_writer;
 mod pool;
 
-pub use direct::{Direct, bind_numbered, db_error};
+pub use columns::Columns;
+pub use direct::{Direct, Read, bind_numbered, db_error};
 pub use group_writer::{ConnFuture, GroupCommitStats, GroupWriter, Write, transaction};
 pub use pool::{configure, open};

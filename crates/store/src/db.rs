@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use nightshift_core::{AgentId, Clock, Namespace, RunId, RunStatus, SystemClock, TriggerKind, WorkerId, time};
 use sqlx::any::{AnyPoolOptions, AnyRow};
+use nightshift_sqlite::Columns;
 use sqlx::{AnyPool, Row};
 
 use crate::error::StoreError;
@@ -143,35 +144,6 @@ pub(crate) fn step_from_row(r: &AnyRow) -> Result<StepRecord, StoreError> {
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-/// A row's values by column name, whichever driver read it — sqlx's pool or the SQLite group
-/// writer's own connection (`usual_sqlite.rs`) — so that one decoder serves both.
-pub(crate) trait Columns {
-    /// An integer column (`None` for NULL).
-    fn int(&self, col: &str) -> Result<Option<i64>, StoreError>;
-    /// A text column (`None` for NULL).
-    fn text(&self, col: &str) -> Result<Option<String>, StoreError>;
-}
-
-impl Columns for AnyRow {
-    fn int(&self, col: &str) -> Result<Option<i64>, StoreError> {
-        Ok(self.try_get(col)?)
-    }
-
-    fn text(&self, col: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.try_get(col)?)
-    }
-}
-
-impl Columns for rusqlite::Row<'_> {
-    fn int(&self, col: &str) -> Result<Option<i64>, StoreError> {
-        Ok(self.get(col)?)
-    }
-
-    fn text(&self, col: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.get(col)?)
-    }
 }
 
 /// A column that may not be NULL.

@@ -119,9 +119,32 @@ pub struct AgentLoop<'a> {
     pub spent: Arc<Spent>,
     /// Tool policies, the run's approvals and its per-run budget.
     pub governance: Governance,
-    /// Where the LLM's text goes as it is produced (the attempt's number and a channel): the
-    /// model is asked to stream only while the channel has a receiver.
-    pub deltas: Option<(u32, tokio::sync::broadcast::Sender<pb::LlmDelta>)>,
+    /// Where the LLM's text goes as it is produced (the attempt's number and its listeners): the
+    /// model is asked to stream only while someone listens.
+    pub deltas: Option<(u32, LlmDeltas)>,
+}
+
+/// An attempt's LLM text as it is produced, for whoever watches the run (WatchRunDeltas). The
+/// channel and its buffer are made by the first listener: nearly every run has none, and a
+/// buffer of [`LlmDeltas::BUFFER`] slots made for each run was a measurable part of a run's cost
+/// (docs/benchmarks.md, session 18). Clones share the channel; it closes, ending its listeners'
+/// streams, when the last clone is dropped (the attempt is over).
+#[derive(Clone, Default)]
+pub struct LlmDeltas(Arc<std::sync::OnceLock<tokio::sync::broadcast::Sender<pb::LlmDelta>>>);
+
+impl LlmDeltas {
+    /// Text pieces kept for a slow listener before it misses some.
+    pub const BUFFER: usize = 1024;
+
+    /// A new listener, from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<pb::LlmDelta> {
+        self.0.get_or_init(|| tokio::sync::broadcast::channel(Self::BUFFER).0).subscribe()
+    }
+
+    /// The channel, while it has a listener.
+    fn listened(&self) -> Option<&tokio::sync::broadcast::Sender<pb::LlmDelta>> {
+        self.0.get().filter(|tx| tx.receiver_count() > 0)
+    }
 }
 
 /// Whether the latest turn of `messages` asked only for calls an earlier turn already made (same
@@ -314,8 +337,8 @@ impl AgentLoop<'_> {
         let mut attempt = 0;
         loop {
             let started = std::time::Instant::now();
-            let result = match &self.deltas {
-                Some((run_attempt, tx)) if tx.receiver_count() > 0 => {
+            let result = match self.deltas.as_ref().and_then(|(n, d)| Some((n, d.listened()?))) {
+                Some((run_attempt, tx)) => {
                     let on_text = |text: &str| {
                         let _ = tx.send(pb::LlmDelta { attempt: *run_attempt, seq, text: text.to_owned() });
                     };

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nightshift_core::{Clock, SystemClock, time};
-use nightshift_sqlite::{GroupWriter, Write};
-use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use nightshift_sqlite::{Columns, GroupWriter, Write};
+use sqlx::any::{AnyArguments, AnyPoolOptions};
 use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, AnyPool, Row};
 
@@ -120,22 +120,30 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> MemoryError {
     MemoryError::Corrupt(format!("{what}: {e}"))
 }
 
-fn record_from_row(row: &AnyRow) -> Result<MemoryRecord, MemoryError> {
-    let kind: String = row.try_get("kind")?;
-    let metadata: String = row.try_get("metadata")?;
-    let expires: Option<i64> = row.try_get("expires_at")?;
+/// A column that may not be NULL.
+fn required<T>(value: Option<T>, col: &str) -> Result<T, MemoryError> {
+    value.ok_or_else(|| corrupt(col, "NULL"))
+}
+
+/// A record from a row of [`COLUMNS`], read by either lane (sqlx's pool or the group writer's
+/// own connection).
+fn record_from_row(row: &impl Columns) -> Result<MemoryRecord, MemoryError> {
+    let text = |col: &str| -> Result<String, MemoryError> { required(row.text(col)?, col) };
+    let int = |col: &str| -> Result<i64, MemoryError> { required(row.int(col)?, col) };
+    let kind = text("kind")?;
+    let metadata = text("metadata")?;
     Ok(MemoryRecord {
-        id: row.try_get("id")?,
+        id: text("id")?,
         kind: kind.parse().map_err(|e| corrupt("memory_records.kind", e))?,
-        scope: Scope { agent_id: row.try_get("agent_id")?, session: row.try_get("session")? },
-        content: row.try_get("content")?,
+        scope: Scope { agent_id: text("agent_id")?, session: text("session")? },
+        content: text("content")?,
         metadata: serde_json::from_str::<BTreeMap<String, String>>(&metadata)
             .map_err(|e| corrupt("memory_records.metadata", e))?,
-        run_id: row.try_get("run_id")?,
-        created_at: time::from_millis(row.try_get("created_at")?),
-        expires_at: expires.map(time::from_millis),
-        summary: row.try_get::<i64, _>("summary")? != 0,
-        archived: row.try_get::<i64, _>("archived")? != 0,
+        run_id: text("run_id")?,
+        created_at: time::from_millis(int("created_at")?),
+        expires_at: row.int("expires_at")?.map(time::from_millis),
+        summary: int("summary")? != 0,
+        archived: int("archived")? != 0,
     })
 }
 
@@ -288,6 +296,37 @@ fn put_on_writer(conn: &rusqlite::Connection, records: &[(MemoryRecord, String)]
     Ok(())
 }
 
+/// SQLite: the newest records of each query ([`recent_sql`]), on the group writer's own
+/// connection and thread; statements prepared once per query shape.
+fn recent_on_writer(
+    conn: &rusqlite::Connection,
+    queries: &[RecallQuery],
+    now: i64,
+) -> Result<Vec<Vec<MemoryRecord>>, MemoryError> {
+    let sqlite = |e| MemoryError::from(nightshift_sqlite::db_error(e));
+    queries
+        .iter()
+        .map(|q| {
+            let (sql, values) = recent_sql(q, 1, now);
+            let mut stmt = conn.prepare_cached(&sql).map_err(sqlite)?;
+            let values: Vec<&dyn rusqlite::ToSql> = values
+                .iter()
+                .map(|v| match v {
+                    Bound::Text(t) => t as &dyn rusqlite::ToSql,
+                    Bound::Int(n) => n as &dyn rusqlite::ToSql,
+                })
+                .collect();
+            nightshift_sqlite::bind_numbered(&mut stmt, &values).map_err(sqlite)?;
+            let mut rows = stmt.raw_query();
+            let mut found = Vec::with_capacity(q.limit.min(64));
+            while let Some(row) = rows.next().map_err(sqlite)? {
+                found.push(record_from_row(row)?);
+            }
+            Ok(found)
+        })
+        .collect()
+}
+
 /// Postgres: writes `records` (each with its metadata as JSON) on `conn`, inside a transaction
 /// the caller ends.
 async fn put_records(conn: &mut AnyConnection, records: &[(MemoryRecord, String)]) -> Result<(), MemoryError> {
@@ -391,39 +430,20 @@ impl MemoryStore for SqlStore {
         rows.iter().map(record_from_row).collect()
     }
 
-    /// On SQLite every query in one statement (`UNION ALL` of each one's `SELECT`, each row
-    /// tagged with its query's position): a run's episodes and procedural notes are one
-    /// hand-off to a connection's thread, not two. On Postgres each query alone, side by side
-    /// on the pool: there the union saved no CPU (Postgres spent 0.2–0.3 ms more per run with
-    /// it at 500 agents, docs/benchmarks.md).
+    /// On SQLite on the group writer's own connection and thread (`recent_on_writer`): a run's
+    /// episodes and procedural notes are one hand-off, not one per statement, and that
+    /// connection's page cache is still valid (it is the file's one writer). On Postgres each
+    /// query alone, side by side on the pool.
     async fn recent_each(&self, queries: &[RecallQuery]) -> Result<Vec<Vec<MemoryRecord>>, MemoryError> {
         if queries.is_empty() {
             return Ok(Vec::new());
         }
-        if self.backend == SqlBackend::Postgres {
+        let Some(group) = &self.group else {
             return futures::future::try_join_all(queries.iter().map(|q| self.recent(q))).await;
-        }
+        };
         let now = self.now_ms();
-        let mut parts = Vec::with_capacity(queries.len());
-        let mut values = Vec::new();
-        for (i, q) in queries.iter().enumerate() {
-            let (sql, mut bound) = recent_sql(q, values.len() + 1, now);
-            parts.push(format!("SELECT CAST({i} AS BIGINT) AS part, q{i}.* FROM ({sql}) AS q{i}"));
-            values.append(&mut bound);
-        }
-        let sql = parts.join(" UNION ALL ");
-        let rows = bind_values(sqlx::query(sqlx::AssertSqlSafe(sql)), &values).fetch_all(&self.pool).await?;
-        let mut found: Vec<Vec<MemoryRecord>> = queries.iter().map(|_| Vec::new()).collect();
-        for row in &rows {
-            let part = usize::try_from(row.try_get::<i64, _>("part")?).map_err(|e| corrupt("part", e))?;
-            let slot = found.get_mut(part).ok_or_else(|| corrupt("part", format!("{part} is not a query")))?;
-            slot.push(record_from_row(row)?);
-        }
-        // Each query's own order (SQL keeps no order across a UNION).
-        for records in &mut found {
-            records.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
-        }
-        Ok(found)
+        let queries = queries.to_vec();
+        group.read_direct(Box::new(move |conn: &_| recent_on_writer(conn, &queries, now))).await
     }
 
     async fn delete(&self, scope: &Scope, kind: Option<MemoryType>, ids: &[String]) -> Result<u64, MemoryError> {

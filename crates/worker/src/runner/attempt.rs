@@ -62,7 +62,7 @@ impl Worker {
         step: Arc<AtomicU32>,
         events: &RunEvents,
         governance: crate::governed::Governance,
-        deltas: tokio::sync::broadcast::Sender<pb::LlmDelta>,
+        deltas: crate::agent::LlmDeltas,
     ) -> (AttemptEnd, bool) {
         let zero = nightshift_llm::Usage::default();
         // Until the notes are read: an earlier attempt may have left some.

@@ -165,7 +165,7 @@ impl Worker {
         let cancel = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
         let step = Arc::new(AtomicU32::new(0));
-        let (deltas, _) = tokio::sync::broadcast::channel(super::DELTA_BUFFER);
+        let deltas = crate::agent::LlmDeltas::default();
         self.active().insert(
             run.id.clone(),
             ActiveRun {

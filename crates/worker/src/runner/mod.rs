@@ -66,13 +66,10 @@ pub(crate) struct ActiveRun {
     pub(crate) step: Arc<AtomicU32>,
     /// The attempt's LLM text as it is produced, for WatchRunDeltas (streamed from the model only
     /// while it has a receiver).
-    pub(crate) deltas: tokio::sync::broadcast::Sender<pb::LlmDelta>,
+    pub(crate) deltas: crate::agent::LlmDeltas,
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<StopReason>>>,
 }
-
-/// LLM text pieces kept for a slow listener before it misses some.
-pub(crate) const DELTA_BUFFER: usize = 1024;
 
 /// A worker. Cheap to clone.
 #[derive(Clone)]
