@@ -17,7 +17,7 @@ fn example_configs_load() {
     assert_eq!(s.shard_count, 64);
     let w: nightshift_worker::WorkerConfig =
         nightshift_core::config::load(Some(&example("worker.toml")), "NIGHTSHIFT_TEST_UNUSED").unwrap();
-    assert_eq!(w.concurrency, 16);
+    assert_eq!(w.concurrency, 64);
     assert_eq!(w.queue.name, "nightshift-runs");
     assert_eq!(w.memory_endpoint, "http://127.0.0.1:50054");
     let mem: nightshift_memory::MemoryConfig =

@@ -26,7 +26,10 @@ pub struct WorkerConfig {
     /// or this host's name when it listens on all interfaces). If unreachable, a cancelled run
     /// stops at its next heartbeat instead.
     pub advertise_endpoint: String,
-    /// Runs executed at once.
+    /// Runs executed at once (default 64). A run mostly waits — for its model, its tools, the
+    /// manager's and the memory service's answers — so a slot is held far longer than the CPU
+    /// it uses: with 16 slots `nightshift dev` left a third of 2 cores idle while runs queued,
+    /// and 64 did 23 % more runs at 15 % less CPU each (docs/benchmarks.md, session 18).
     pub concurrency: u32,
     /// Lease asked for on StartRun; heartbeats renew it (and the delivery's ack deadline) every
     /// third of it, or of `queue_ack_wait` if that is shorter.
@@ -58,7 +61,7 @@ impl Default for WorkerConfig {
             queue: QueueSettings::default(),
             worker_id: String::new(),
             advertise_endpoint: String::new(),
-            concurrency: 16,
+            concurrency: 64,
             lease_ttl: Duration::from_secs(30),
             drain_grace: Duration::from_secs(30),
             tools: ToolsConfig::default(),
