@@ -495,9 +495,8 @@ mod tests {
             })
         };
         for n in 1..=3 {
-            let direct: Direct<(), sqlx::Error> = Box::new(|conn| {
-                conn.execute("INSERT INTO t (n) VALUES (1)", []).map(|_| ()).map_err(crate::db_error)
-            });
+            let direct: Direct<(), sqlx::Error> =
+                Box::new(|conn| conn.execute("INSERT INTO t (n) VALUES (1)", []).map(|_| ()).map_err(crate::db_error));
             group.write_direct(direct).await.unwrap();
             let pooled: Write<(), sqlx::Error> = Box::new(|conn| {
                 Box::pin(async move { sqlx::query("INSERT INTO t (n) VALUES (2)").execute(conn).await.map(|_| ()) })

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nightshift_core::{AgentId, Clock, Namespace, RunId, RunStatus, SystemClock, TriggerKind, WorkerId, time};
-use sqlx::any::{AnyPoolOptions, AnyRow};
 use nightshift_sqlite::Columns;
+use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use crate::error::StoreError;
