@@ -125,10 +125,10 @@ pub struct AgentLoop<'a> {
 }
 
 /// An attempt's LLM text as it is produced, for whoever watches the run (WatchRunDeltas). The
-/// channel and its buffer are made by the first listener: nearly every run has none, and a
-/// buffer of [`LlmDeltas::BUFFER`] slots made for each run was a measurable part of a run's cost
-/// (docs/benchmarks.md, session 18). Clones share the channel; it closes, ending its listeners'
-/// streams, when the last clone is dropped (the attempt is over).
+/// channel and its buffer are made by the first listener: nearly every run has none, and making
+/// a buffer of [`LlmDeltas::BUFFER`] slots for each run was 0.5 % of `nightshift dev`'s CPU at
+/// 2,000 agents (a profile, docs/benchmarks.md, session 18). Clones share the channel; it
+/// closes, ending its listeners' streams, when the last clone is dropped (the attempt is over).
 #[derive(Clone, Default)]
 pub struct LlmDeltas(Arc<std::sync::OnceLock<tokio::sync::broadcast::Sender<pb::LlmDelta>>>);
 
