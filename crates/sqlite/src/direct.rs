@@ -43,15 +43,28 @@ where
         // A write that panics (a bug) fails alone, like one that returns an error: the batch is
         // rolled back and the others run again without it. Nothing it saw outlives the unwind
         // but the connection, whose open transaction the rollback ends.
-        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| (self.write)(conn))) {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::error!("group commit: a write panicked; it failed alone");
-                Err(E::from(sqlx::Error::WorkerCrashed))
-            }
-        };
+        let result = unwound("write", || (self.write)(conn));
         self.reply.keep(result)
     }
+}
+
+/// `job`'s result, or — if it panicked (a bug) — an error for its caller alone.
+fn unwound<T, E: From<sqlx::Error>>(what: &str, job: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    std::panic::catch_unwind(AssertUnwindSafe(job)).unwrap_or_else(|_| {
+        tracing::error!("group commit: a {what} panicked; it failed alone");
+        Err(E::from(sqlx::Error::WorkerCrashed))
+    })
+}
+
+/// The writer's own connection, with a transaction left open (by a batch that panicked) rolled
+/// back; `None` once the writer was closed.
+fn ready(conn: &Option<Connection>) -> Option<&Connection> {
+    let conn = conn.as_ref()?;
+    if !conn.is_autocommit() {
+        tracing::warn!("group commit: a transaction was left open; rolling it back");
+        rollback(conn);
+    }
+    Some(conn)
 }
 
 /// A read with its result (the read is taken when it runs).
@@ -66,15 +79,8 @@ where
     E: From<sqlx::Error> + Send + 'static,
 {
     fn run(&mut self, conn: &Connection) {
-        let Some(read) = self.write.take() else { return };
-        match std::panic::catch_unwind(AssertUnwindSafe(|| read(conn))) {
-            Ok(result) => {
-                self.reply.keep(result);
-            }
-            Err(_) => {
-                tracing::error!("group commit: a read panicked; it failed alone");
-                self.reply.fail(sqlx::Error::WorkerCrashed);
-            }
+        if let Some(read) = self.write.take() {
+            self.reply.keep(unwound("read", || read(conn)));
         }
     }
 }
@@ -84,17 +90,13 @@ where
 /// sees every write answered before it was sent.
 pub(crate) fn read(shared: &Shared, batch: Vec<Box<dyn ReadJob>>) {
     let guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
-    let Some(conn) = guard.as_ref() else {
+    let Some(conn) = ready(&guard) else {
         for mut job in batch {
             job.fail(sqlx::Error::PoolClosed);
             job.answer();
         }
         return;
     };
-    if !conn.is_autocommit() {
-        tracing::warn!("group commit: a transaction was left open; rolling it back");
-        rollback(conn);
-    }
     // A deferred BEGIN takes no lock until the first read, and only a read lock then. Without
     // it each statement would take and drop a snapshot of its own; the reads are still right.
     let together = batch.len() > 1 && exec(conn, "BEGIN").is_ok();
@@ -112,16 +114,12 @@ pub(crate) fn read(shared: &Shared, batch: Vec<Box<dyn ReadJob>>) {
 pub(crate) fn commit(shared: &Shared, batch: &mut [Box<dyn DirectJob>], counts: &Counts) {
     // A batch that panicked poisoned the lock; the connection itself is checked below.
     let guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
-    let Some(conn) = guard.as_ref() else {
+    let Some(conn) = ready(&guard) else {
         for job in batch.iter_mut() {
             job.fail(sqlx::Error::PoolClosed);
         }
         return;
     };
-    if !conn.is_autocommit() {
-        tracing::warn!("group commit: a transaction was left open; rolling it back");
-        rollback(conn);
-    }
     if together(conn, batch) {
         counts.commit(1);
     } else {
@@ -192,21 +190,18 @@ fn rollback(conn: &Connection) {
 /// binding by position would misplace values written out of order). A value whose number the
 /// statement does not use is skipped; a parameter left without a value is an error.
 pub fn bind_numbered(stmt: &mut rusqlite::Statement<'_>, values: &[&dyn rusqlite::ToSql]) -> rusqlite::Result<()> {
-    // The names, written once (a statement of the run path binds up to eleven).
-    static NAMES: std::sync::LazyLock<Vec<String>> =
-        std::sync::LazyLock::new(|| (1..=32).map(|n| format!("${n}")).collect());
-    let mut bound = 0;
-    for (i, value) in values.iter().enumerate() {
-        let name = NAMES.get(i).map_or_else(|| Cow::Owned(format!("${}", i + 1)), |n| Cow::Borrowed(n.as_str()));
-        if let Some(index) = stmt.parameter_index(&name)? {
-            stmt.raw_bind_parameter(index, value)?;
-            bound += 1;
-        }
+    // Each of the statement's parameters by its name's number: no name is written or searched
+    // for (a statement of the run path binds up to eleven, ≈ 30 per run).
+    for index in 1..=stmt.parameter_count() {
+        let name = stmt.parameter_name(index).unwrap_or("?");
+        let Some(value) =
+            name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).and_then(|n| values.get(n.checked_sub(1)?))
+        else {
+            return Err(rusqlite::Error::InvalidParameterName(name.to_owned()));
+        };
+        stmt.raw_bind_parameter(index, value)?;
     }
-    match stmt.parameter_count() {
-        count if count == bound => Ok(()),
-        count => Err(rusqlite::Error::InvalidParameterCount(bound, count)),
-    }
+    Ok(())
 }
 
 fn exec(conn: &Connection, sql: &str) -> Result<(), rusqlite::Error> {

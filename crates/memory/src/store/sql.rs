@@ -1,8 +1,9 @@
 //! SQL [`MemoryStore`] on SQLite or Postgres through sqlx `Any` (one code path, `$N`
 //! placeholders), with its own migrations (`migrations/{sqlite,postgres}`) and its own migration
 //! history table, so it may share a database with nightshift-store.
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -181,41 +182,55 @@ fn bind_values<'q>(mut q: Query<'q, Any, AnyArguments>, values: &'q [Bound]) -> 
     q
 }
 
-/// The `SELECT` of `q` (the newest records of its scope and type, newest first) with its
-/// placeholders numbered from `$first`, and their values in order.
-fn recent_sql(q: &RecallQuery, first: usize, now: i64) -> (String, Vec<Bound>) {
+/// The `SELECT` of `q` (the newest records of its scope and type, newest first) with its values
+/// in order (`$1`, `$2`, …). The usual recall's text (no paging, no metadata filter) is built
+/// once: both lanes find their prepared statement by its text, every run.
+fn recent_sql(q: &RecallQuery, now: i64) -> (Cow<'static, str>, Vec<Bound>) {
+    static USUAL: LazyLock<[String; 2]> =
+        LazyLock::new(|| [false, true].map(|archived| recent_text(archived, false, 0)));
     let mut values = vec![
         Bound::Text(q.scope.agent_id.clone()),
         Bound::Text(q.scope.session.clone()),
         Bound::Text(q.kind.as_str().to_owned()),
         Bound::Int(now),
     ];
+    values.extend(q.before.map(|b| Bound::Int(time::to_millis(b))));
+    for (k, v) in &q.metadata {
+        values.push(Bound::Text(k.clone()));
+        values.push(Bound::Text(v.clone()));
+    }
+    values.push(Bound::Int(i64::try_from(q.limit).unwrap_or(i64::MAX)));
+    let sql = match q.before.is_none() && q.metadata.is_empty() {
+        true => Cow::Borrowed(USUAL[usize::from(q.include_archived)].as_str()),
+        false => Cow::Owned(recent_text(q.include_archived, q.before.is_some(), q.metadata.len())),
+    };
+    (sql, values)
+}
+
+/// [`recent_sql`]'s text for a query of that shape: with or without archived records, paged or
+/// not, with `metadata` pairs to match.
+fn recent_text(include_archived: bool, before: bool, metadata: usize) -> String {
     let mut sql = format!(
-        "SELECT {COLUMNS} FROM memory_records r WHERE agent_id = ${first} AND session = ${} AND kind = ${} \
-         AND (expires_at IS NULL OR expires_at > ${})",
-        first + 1,
-        first + 2,
-        first + 3
+        "SELECT {COLUMNS} FROM memory_records r WHERE agent_id = $1 AND session = $2 AND kind = $3 \
+         AND (expires_at IS NULL OR expires_at > $4)"
     );
-    if !q.include_archived {
+    if !include_archived {
         sql.push_str(" AND archived = 0");
     }
-    if let Some(b) = q.before {
-        sql.push_str(&format!(" AND created_at < ${}", first + values.len()));
-        values.push(Bound::Int(time::to_millis(b)));
+    let mut n = 5;
+    if before {
+        sql.push_str(" AND created_at < $5");
+        n += 1;
     }
-    for (k, v) in &q.metadata {
-        let n = first + values.len();
+    for _ in 0..metadata {
         sql.push_str(&format!(
             " AND EXISTS (SELECT 1 FROM memory_metadata m WHERE m.record_id = r.id AND m.key = ${n} AND m.value = ${})",
             n + 1
         ));
-        values.push(Bound::Text(k.clone()));
-        values.push(Bound::Text(v.clone()));
+        n += 2;
     }
-    sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT ${}", first + values.len()));
-    values.push(Bound::Int(i64::try_from(q.limit).unwrap_or(i64::MAX)));
-    (sql, values)
+    sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT ${n}"));
+    sql
 }
 
 /// Metadata keys per INSERT: a record may carry any number of them, a statement at most 32,766
@@ -307,7 +322,7 @@ fn recent_on_writer(
     queries
         .iter()
         .map(|q| {
-            let (sql, values) = recent_sql(q, 1, now);
+            let (sql, values) = recent_sql(q, now);
             let mut stmt = conn.prepare_cached(&sql).map_err(sqlite)?;
             let values: Vec<&dyn rusqlite::ToSql> = values
                 .iter()
@@ -425,8 +440,8 @@ impl MemoryStore for SqlStore {
     }
 
     async fn recent(&self, q: &RecallQuery) -> Result<Vec<MemoryRecord>, MemoryError> {
-        let (sql, values) = recent_sql(q, 1, self.now_ms());
-        let rows = bind_values(sqlx::query(sqlx::AssertSqlSafe(sql)), &values).fetch_all(&self.pool).await?;
+        let (sql, values) = recent_sql(q, self.now_ms());
+        let rows = bind_values(sqlx::query(sqlx::AssertSqlSafe(&*sql)), &values).fetch_all(&self.pool).await?;
         rows.iter().map(record_from_row).collect()
     }
 
