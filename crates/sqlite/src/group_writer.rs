@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use sqlx::{AnyConnection, AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::checkpoint::Checkpoints;
 use crate::direct::{self, Direct, DirectJob, Read, ReadJob};
 
 /// A future borrowing the writer's connection.
@@ -51,6 +52,7 @@ pub struct GroupWriter {
     pool: AnyPool,
     own: direct::Shared,
     counts: Arc<Counts>,
+    checkpoints: Arc<Checkpoints>,
 }
 
 impl std::fmt::Debug for GroupWriter {
@@ -95,15 +97,25 @@ impl GroupWriter {
     /// others it waited in the runtime's queue after every statement, and that wait — not
     /// SQLite — capped the run path (623 runs/s at 2,000 agents with a third of the cores
     /// idle, docs/benchmarks.md). The thread is named `thread` (a profile tells the writers
-    /// apart by it; Linux keeps 15 bytes) and ends when the last handle is dropped.
+    /// apart by it; Linux keeps 15 bytes) and ends when the last handle is dropped. The file's
+    /// checkpoints run on a second thread (`checkpoint.rs`), named `thread` with its last word
+    /// replaced by `ckpt`.
     pub fn start(pool: AnyPool, own: rusqlite::Connection, thread: &str) -> std::io::Result<Self> {
         let (queue, rx) = mpsc::channel(QUEUE);
         let counts = Arc::new(Counts::default());
         let own = Arc::new(Mutex::new(Some(own)));
-        let run = writer(pool.clone(), own.clone(), rx, counts.clone());
+        let name = thread.rsplit_once('-').map_or(thread, |(stem, _)| stem);
+        let checkpoints = Arc::new(Checkpoints::start(&own, &format!("{name}-ckpt"))?);
+        let (p, o, c, k) = (pool.clone(), own.clone(), counts.clone(), checkpoints.clone());
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        runtime.and_then(|rt| std::thread::Builder::new().name(thread.into()).spawn(move || rt.block_on(run)))?;
-        Ok(Self { queue, pool, own, counts })
+        let started = runtime.and_then(|rt| {
+            std::thread::Builder::new().name(thread.into()).spawn(move || rt.block_on(writer(p, o, rx, c, k)))
+        });
+        if let Err(e) = started {
+            checkpoints.stop();
+            return Err(e);
+        }
+        Ok(Self { queue, pool, own, counts, checkpoints })
     }
 
     /// The counts so far.
@@ -116,11 +128,17 @@ impl GroupWriter {
     }
 
     /// Closes the writer's connections (writes after this fail). Waits for a batch committing
-    /// on the writer's own connection (milliseconds) so that the file is closed on return.
+    /// on the writer's own connection and for a checkpoint running (milliseconds) so that the
+    /// file is closed on return.
     pub async fn close(&self) {
         self.pool.close().await;
-        let own = self.own.clone();
-        let closed = tokio::task::spawn_blocking(move || own.lock().unwrap_or_else(PoisonError::into_inner).take());
+        let (own, checkpoints) = (self.own.clone(), self.checkpoints.clone());
+        let closed = tokio::task::spawn_blocking(move || {
+            drop(own.lock().unwrap_or_else(PoisonError::into_inner).take());
+            if let Some(thread) = checkpoints.stop() {
+                drop(thread.join());
+            }
+        });
         drop(closed.await);
     }
 
@@ -270,7 +288,13 @@ where
     }
 }
 
-async fn writer(pool: AnyPool, own: direct::Shared, mut queue: mpsc::Receiver<Job>, counts: Arc<Counts>) {
+async fn writer(
+    pool: AnyPool,
+    own: direct::Shared,
+    mut queue: mpsc::Receiver<Job>,
+    counts: Arc<Counts>,
+    checkpoints: Arc<Checkpoints>,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (mut direct, mut pooled, mut reads) = (Vec::new(), Vec::new(), Vec::new());
@@ -285,6 +309,7 @@ async fn writer(pool: AnyPool, own: direct::Shared, mut queue: mpsc::Receiver<Jo
         // callers get an error), not every write after it. The reads go first: they wait for
         // no commit.
         if !direct.is_empty() || !reads.is_empty() {
+            let wrote = !direct.is_empty();
             let (own, counts) = (own.clone(), counts.clone());
             let task = tokio::spawn(async move {
                 if !reads.is_empty() {
@@ -300,6 +325,9 @@ async fn writer(pool: AnyPool, own: direct::Shared, mut queue: mpsc::Receiver<Jo
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "group commit: a batch panicked; its writes failed");
             }
+            if wrote {
+                checkpoints.nudge();
+            }
         }
         if !pooled.is_empty()
             && let Err(e) = tokio::spawn(commit(pool.clone(), pooled, counts.clone())).await
@@ -307,6 +335,9 @@ async fn writer(pool: AnyPool, own: direct::Shared, mut queue: mpsc::Receiver<Jo
             tracing::error!(error = %e, "group commit: a batch panicked; its writes failed");
         }
     }
+    // Every handle is gone: so is the need for checkpoints (the last connection to close copies
+    // the log into the file).
+    checkpoints.stop();
 }
 
 /// Commits one batch of pooled writes and answers them.
@@ -413,7 +444,7 @@ async fn rollback(conn: &mut AnyConnection) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
     use nightshift_testkit::sqlite_db;
     use sqlx::Row;
@@ -422,7 +453,7 @@ mod tests {
     use super::*;
 
     /// A writer on a new file at `url` whose schema is `schema`.
-    async fn writer_on(url: &str, schema: &str) -> GroupWriter {
+    pub(crate) async fn writer_on(url: &str, schema: &str) -> GroupWriter {
         sqlx::any::install_default_drivers();
         let url = format!("{url}?mode=rwc");
         let pool = AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap();

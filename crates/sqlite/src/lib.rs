@@ -1,8 +1,9 @@
 //! SQLite as the embedded database of `nightshift dev`: the group writer through which the run
 //! store and the memory service commit many callers' writes in one transaction (one write lock
-//! per file; see [`GroupWriter`]; its usual writes run on its own thread, [`Direct`]), and how
-//! their connections on such a file are set up ([`configure`], [`open`]); a row's columns
-//! whichever driver read it ([`Columns`]).
+//! per file; see [`GroupWriter`]; its usual writes run on its own thread, [`Direct`]; its file's
+//! checkpoints on another), and how their connections on such a file are set up ([`configure`],
+//! [`open`]); a row's columns whichever driver read it ([`Columns`]).
+mod checkpoint;
 mod columns;
 mod direct;
 mod group_writer;

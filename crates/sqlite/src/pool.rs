@@ -36,7 +36,9 @@ pub fn configure(options: AnyPoolOptions, pragmas: &'static [&'static str]) -> A
 
 /// The group writer's own connection on the file of `url` (`sqlite://PATH?…`, a file the pool
 /// has created and migrated), set up as [`configure`] sets up the pool's, with the caller's
-/// `pragmas` after. A database in memory is refused: each connection would see its own.
+/// `pragmas` after, and without automatic checkpoints: the group writer's checkpointing thread
+/// does them (`checkpoint.rs`). A database in memory is refused: each connection would see its
+/// own.
 pub fn open(url: &str, pragmas: &[&str]) -> Result<rusqlite::Connection, sqlx::Error> {
     let options = SqliteConnectOptions::from_str(url)?;
     let file = options.get_filename();
@@ -46,8 +48,8 @@ pub fn open(url: &str, pragmas: &[&str]) -> Result<rusqlite::Connection, sqlx::E
         ));
     }
     let conn = rusqlite::Connection::open(file).map_err(db_error)?;
-    for pragma in SETTINGS.iter().chain(pragmas) {
-        // `journal_mode` answers with a row; the others with none.
+    for pragma in SETTINGS.iter().chain(pragmas).chain(&["PRAGMA wal_autocheckpoint = 0"]) {
+        // `journal_mode` and `wal_autocheckpoint` answer with a row; the others with none.
         conn.query_row(pragma, [], |_| Ok(())).or_else(|e| match e {
             rusqlite::Error::QueryReturnedNoRows => Ok(()),
             e => Err(db_error(e)),
