@@ -41,16 +41,10 @@ pub(crate) struct Checkpoints {
 }
 
 impl Checkpoints {
-    /// Starts the thread on a connection of its own to `own`'s file, named `name`.
-    pub(crate) fn start(own: &Shared, name: &str) -> std::io::Result<Self> {
-        let path = {
-            let guard = own.lock().unwrap_or_else(PoisonError::into_inner);
-            guard.as_ref().and_then(|c| c.path()).map(str::to_owned)
-        };
-        let conn = path
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| std::io::Error::other("the group writer's connection has no file"))
-            .and_then(|p| Connection::open(p).map_err(std::io::Error::other))?;
+    /// Starts the thread, named `name`, on a connection of its own to the file at `path` (that of
+    /// the writer's connection `own`).
+    pub(crate) fn start(path: &str, own: &Shared, name: &str) -> std::io::Result<Self> {
+        let conn = Connection::open(path).map_err(std::io::Error::other)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (own, halt) = (own.clone(), stop.clone());
         let handle = std::thread::Builder::new().name(name.into()).spawn(move || run(&conn, &own, &halt))?;

@@ -103,9 +103,11 @@ impl GroupWriter {
     pub fn start(pool: AnyPool, own: rusqlite::Connection, thread: &str) -> std::io::Result<Self> {
         let (queue, rx) = mpsc::channel(QUEUE);
         let counts = Arc::new(Counts::default());
+        let path = own.path().filter(|p| !p.is_empty()).map(str::to_owned);
+        let path = path.ok_or_else(|| std::io::Error::other("the writer's connection has no file (see `open`)"))?;
         let own = Arc::new(Mutex::new(Some(own)));
         let name = thread.rsplit_once('-').map_or(thread, |(stem, _)| stem);
-        let checkpoints = Arc::new(Checkpoints::start(&own, &format!("{name}-ckpt"))?);
+        let checkpoints = Arc::new(Checkpoints::start(&path, &own, &format!("{name}-ckpt"))?);
         let (p, o, c, k) = (pool.clone(), own.clone(), counts.clone(), checkpoints.clone());
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
         let started = runtime.and_then(|rt| {
