@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rusqlite::Connection;
 use sqlx::error::{DatabaseError, ErrorKind};
 
-use crate::group_writer::{Answer, Counts, Pending};
+use nightshift_group_commit::{Answer, Counts, Pending};
 
 /// One write on the writer's own connection, inside a transaction it does not end, with the
 /// caller's error type. It may run twice (a batch whose other write failed is run again one

@@ -20,30 +20,16 @@
 //! thread (`direct.rs`). A batch commits its direct writes in one transaction, then its pooled
 //! ones in another: they were all queued while the previous batch committed, none answered, so
 //! any order among them is one their callers could have seen.
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use nightshift_group_commit::{
+    Counts, GroupCommitStats, MAX_BATCH, Pending, PooledJob, QUEUE, Reply, Write, answer_all, fail_all, gone,
+};
 use sqlx::{AnyConnection, AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoint::Checkpoints;
 use crate::direct::{self, Direct, DirectJob, Read, ReadJob};
-
-/// A future borrowing the writer's connection.
-pub type ConnFuture<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>;
-
-/// One write: run against the connection inside a transaction it does not end, with the
-/// caller's error type (any that a database error converts into).
-pub type Write<T, E> = Box<dyn for<'c> Fn(&'c mut AnyConnection) -> ConnFuture<'c, T, E> + Send + Sync>;
-
-/// Most writes committed in one transaction: bounds how long the first of them waits for the
-/// last (each is a few statements of tens of microseconds).
-const MAX_BATCH: usize = 64;
-
-/// Writes waiting for the writer; callers wait for a place beyond this (back-pressure).
-const QUEUE: usize = 4096;
 
 /// The handle a store's clones share; the writer thread ends when the last one is dropped.
 #[derive(Clone)]
@@ -58,34 +44,6 @@ pub struct GroupWriter {
 impl std::fmt::Debug for GroupWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupWriter").field("stats", &self.stats()).finish_non_exhaustive()
-    }
-}
-
-/// What a group writer has done since it started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct GroupCommitStats {
-    /// Writes answered (committed or refused).
-    pub writes: u64,
-    /// Transactions committed, a batch's or a single write's.
-    pub commits: u64,
-    /// Batches rolled back because one of their writes failed, whose writes then ran one by one.
-    pub split_batches: u64,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Counts {
-    writes: AtomicU64,
-    commits: AtomicU64,
-    split_batches: AtomicU64,
-}
-
-impl Counts {
-    pub(crate) fn commit(&self, n: u64) {
-        self.commits.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub(crate) fn split(&self) {
-        self.split_batches.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -122,11 +80,7 @@ impl GroupWriter {
 
     /// The counts so far.
     pub fn stats(&self) -> GroupCommitStats {
-        GroupCommitStats {
-            writes: self.counts.writes.load(Ordering::Relaxed),
-            commits: self.counts.commits.load(Ordering::Relaxed),
-            split_batches: self.counts.split_batches.load(Ordering::Relaxed),
-        }
+        self.counts.stats()
     }
 
     /// Closes the writer's connections (writes after this fail). Waits for a batch committing
@@ -151,8 +105,8 @@ impl GroupWriter {
         T: Send + 'static,
         E: From<sqlx::Error> + Send + 'static,
     {
-        let (reply, answer) = Reply::new();
-        self.send(Job::Pooled(Box::new(Pending { write, reply })), answer).await
+        let (job, answer) = nightshift_group_commit::pooled(write);
+        self.send(Job::Pooled(job), answer).await
     }
 
     /// Runs `write` in the next batch, on the writer's own connection and thread, and returns its
@@ -186,108 +140,11 @@ impl GroupWriter {
     }
 }
 
-/// Runs `write` in a transaction: in `group`'s next batch when there is one (SQLite), else in a
-/// transaction of its own on `pool` (Postgres, which locks rows: its writers proceed side by
-/// side).
-pub async fn transaction<T, E>(group: Option<&GroupWriter>, pool: &AnyPool, write: Write<T, E>) -> Result<T, E>
-where
-    T: Send + 'static,
-    E: From<sqlx::Error> + Send + 'static,
-{
-    if let Some(group) = group {
-        return group.write(write).await;
-    }
-    let mut tx = pool.begin().await?;
-    let value = write(&mut tx).await?;
-    tx.commit().await?;
-    Ok(value)
-}
-
-/// The writer stopped (its store is closing).
-fn gone() -> sqlx::Error {
-    sqlx::Error::PoolClosed
-}
-
 /// A queued write, by lane, or a read.
 enum Job {
     Pooled(Box<dyn PooledJob>),
     Direct(Box<dyn DirectJob>),
     Read(Box<dyn ReadJob>),
-}
-
-/// Where a write's result waits for its batch's commit, and the caller it goes to.
-pub(crate) struct Reply<T, E> {
-    pub(crate) result: Option<Result<T, E>>,
-    reply: oneshot::Sender<Result<T, E>>,
-}
-
-impl<T, E: From<sqlx::Error>> Reply<T, E> {
-    fn new() -> (Self, oneshot::Receiver<Result<T, E>>) {
-        let (reply, answer) = oneshot::channel();
-        (Self { result: None, reply }, answer)
-    }
-
-    /// Replaces the result with an error (the commit failed, or no connection).
-    pub(crate) fn fail(&mut self, error: sqlx::Error) {
-        self.result = Some(Err(error.into()));
-    }
-
-    /// Sends the result to the caller (who may have gone).
-    pub(crate) fn answer(self) {
-        let result = self.result.unwrap_or_else(|| Err(gone().into()));
-        // The caller may have hung up (its RPC was cancelled): the write stands regardless.
-        let _ = self.reply.send(result);
-    }
-
-    /// Keeps the write's result; true if it succeeded.
-    pub(crate) fn keep(&mut self, result: Result<T, E>) -> bool {
-        let ok = result.is_ok();
-        self.result = Some(result);
-        ok
-    }
-}
-
-/// A write of either lane (`W`: [`Write`] or [`Direct`]) with where its result goes.
-pub(crate) struct Pending<W, T, E> {
-    pub(crate) write: W,
-    pub(crate) reply: Reply<T, E>,
-}
-
-/// What a batch does with a write whatever its lane, type-erased so one batch holds every kind.
-pub(crate) trait Answer: Send {
-    /// Replaces the result with an error (the commit failed, or no connection).
-    fn fail(&mut self, error: sqlx::Error);
-    /// Sends the result to the caller (who may have gone).
-    fn answer(self: Box<Self>);
-}
-
-impl<W: Send, T: Send, E: From<sqlx::Error> + Send> Answer for Pending<W, T, E> {
-    fn fail(&mut self, error: sqlx::Error) {
-        self.reply.fail(error);
-    }
-
-    fn answer(self: Box<Self>) {
-        self.reply.answer();
-    }
-}
-
-/// A pooled write with its result.
-trait PooledJob: Answer {
-    /// Runs the write; true if it succeeded.
-    fn run<'a>(&'a mut self, conn: &'a mut AnyConnection) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
-}
-
-impl<T, E> PooledJob for Pending<Write<T, E>, T, E>
-where
-    T: Send + 'static,
-    E: From<sqlx::Error> + Send + 'static,
-{
-    fn run<'a>(&'a mut self, conn: &'a mut AnyConnection) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
-        Box::pin(async move {
-            let result = (self.write)(conn).await;
-            self.reply.keep(result)
-        })
-    }
 }
 
 async fn writer(
@@ -321,8 +178,7 @@ async fn writer(
                     return;
                 }
                 direct::commit(&own, &mut direct, &counts);
-                counts.writes.fetch_add(direct.len() as u64, Ordering::Relaxed);
-                direct.into_iter().for_each(|job| job.answer());
+                answer_all(direct, &counts);
             });
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "group commit: a batch panicked; its writes failed");
@@ -361,17 +217,9 @@ async fn commit(pool: AnyPool, mut batch: Vec<Box<dyn PooledJob>>, counts: Arc<C
                 conn.close_on_drop();
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, writes = batch.len(), "group commit: no database connection; the batch failed");
-            for job in &mut batch {
-                job.fail(sqlx::Error::PoolTimedOut);
-            }
-        }
+        Err(e) => fail_all(&mut batch, &e),
     }
-    counts.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
-    for job in batch {
-        job.answer();
-    }
+    answer_all(batch, &counts);
 }
 
 /// `BEGIN IMMEDIATE`. A transaction left open on the connection (by a batch whose task

@@ -110,7 +110,7 @@ impl Store {
             }
         }
         // SQLite: the usual case on the group writer's own thread; the rest to the full check.
-        if let Some(group) = &self.group {
+        if let Some(group) = self.writer.group() {
             let (id, fence, step) = (id.clone(), fence.clone(), step.clone());
             let write = move |conn: &_| usual_sqlite::checkpoint(conn, &id, &fence, &step, until, now);
             if group.write_direct(Box::new(write)).await? {
@@ -155,8 +155,14 @@ impl Store {
                 call_params(fence)
             ),
         };
-        let query = bind_usual(sql, id, fence, step, until, now);
-        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+        // In the committers' next batch (one commit for many runs' steps), not alone.
+        let (sql, id, fence, step) =
+            (std::sync::Arc::new(sql), id.clone(), fence.clone(), std::sync::Arc::new(step.clone()));
+        self.transaction(Box::new(move |conn| {
+            let query = bind_usual(sql.to_string(), &id, &fence, &step, until, now);
+            Box::pin(async move { Ok(query.execute(&mut *conn).await?.rows_affected() == 1) })
+        }))
+        .await
     }
 }
 
@@ -254,7 +260,7 @@ mod tests {
     /// [`Store::append_in_one_statement`] or [`usual_sqlite::checkpoint`], as the backend takes it.
     async fn append_usual(store: &Store, run: &RunId, fence: &Fence, step: &StepInput, until: Option<i64>) -> bool {
         let now = store.now_ms();
-        let Some(group) = &store.group else {
+        let Some(group) = store.writer.group() else {
             return store.append_in_one_statement(run, fence, step, until, now).await.unwrap();
         };
         let (run, fence, step) = (run.clone(), fence.clone(), step.clone());

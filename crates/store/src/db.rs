@@ -27,8 +27,8 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) pool: AnyPool,
-    /// SQLite: the one writer of the run path's writes, which commits them in batches.
-    pub(crate) group: Option<nightshift_sqlite::GroupWriter>,
+    /// The committer of the run path's writes, which commits them in batches (group_commit.rs).
+    pub(crate) writer: nightshift_sqlite::Writer,
     pub(crate) backend: Backend,
     pub(crate) clock: Arc<dyn Clock>,
 }
@@ -60,20 +60,22 @@ impl Store {
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
         // SQLite's run-path writes go through one connection of their own (group_commit.rs);
-        // Postgres locks rows, so its writers proceed side by side.
-        let group = match backend {
+        // Postgres locks rows, so a few committers proceed side by side on the pool.
+        let writer = match backend {
             Backend::Sqlite => {
                 let own = nightshift_sqlite::open(&url, SQLITE_PRAGMAS)?;
                 let pooled = pool_options(backend, 1).connect(&url).await?;
-                Some(
+                nightshift_sqlite::Writer::Sqlite(
                     nightshift_sqlite::GroupWriter::start(pooled, own, "ns-run-writer")
                         .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?,
                 )
             }
-            Backend::Postgres => None,
+            Backend::Postgres => {
+                nightshift_sqlite::Writer::Postgres(nightshift_sqlite::Committers::start(pool.clone()))
+            }
         };
         tracing::info!(backend = ?backend, "store ready");
-        Ok(Self { pool, group, backend, clock })
+        Ok(Self { pool, writer, backend, clock })
     }
 
     /// The backend in use.
@@ -90,9 +92,7 @@ impl Store {
     /// Closes every connection.
     pub async fn close(&self) {
         self.pool.close().await;
-        if let Some(group) = &self.group {
-            group.close().await;
-        }
+        self.writer.close().await;
     }
 
     pub(crate) fn now_ms(&self) -> i64 {

@@ -77,7 +77,7 @@ impl Store {
         let now = self.now_ms();
         let (steps, input) = (std::sync::Arc::new(steps.to_vec()), std::sync::Arc::new(input.clone()));
         // SQLite: the usual end (with the usual last step) on the group writer's own thread.
-        if let Some(group) = &self.group {
+        if let Some(group) = self.writer.group() {
             let (id, fence, steps, input) = (id.clone(), fence.clone(), steps.clone(), input.clone());
             let write = move |conn: &_| usual_sqlite::end(conn, &id, &fence, &input, &steps, now);
             if let Some((run, others_waiting)) = group.write_direct(Box::new(write)).await? {
@@ -110,7 +110,7 @@ impl Store {
         input: &FinishInput,
     ) -> Result<(RunRecord, Option<Duration>), StoreError> {
         let (this, id, fence, input) = (self.clone(), id.clone(), fence.into(), std::sync::Arc::new(input.clone()));
-        self.statements(Box::new(move |conn| {
+        self.transaction(Box::new(move |conn| {
             let (this, id, fence, input) = (this.clone(), id.clone(), fence.clone(), input.clone());
             Box::pin(async move { this.finish_in(conn, &id, fence, &input).await })
         }))
@@ -224,12 +224,24 @@ impl Store {
              ORDER BY COALESCE(scheduled_for, created_at), id LIMIT 1) w ON true",
             fence.condition_at(2, token)
         );
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.as_str().to_owned()).bind(i64::from(fence.attempt));
-        let mut query = bind_end(query, status, input, now);
-        if let Some(step) = step {
-            query = query.bind(i64::from(step.seq)).bind(step.kind.clone()).bind(step.payload.clone()).bind(now);
-        }
-        let Some(row) = fence.bind_token(query).fetch_optional(&self.pool).await? else {
+        // In the committers' next batch (one commit for many runs' ends), not alone.
+        let (sql, id, fence) = (std::sync::Arc::new(sql), id.clone(), fence.clone());
+        let (input, step) = (std::sync::Arc::new(input.clone()), std::sync::Arc::new(step.cloned()));
+        let row = self
+            .transaction(Box::new(move |conn| {
+                let query = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+                    .bind(id.as_str().to_owned())
+                    .bind(i64::from(fence.attempt));
+                let mut query = bind_end(query, status, &input, now);
+                if let Some(step) = step.as_ref() {
+                    query =
+                        query.bind(i64::from(step.seq)).bind(step.kind.clone()).bind(step.payload.clone()).bind(now);
+                }
+                let query = fence.bind_token(query);
+                Box::pin(async move { Ok(query.fetch_optional(&mut *conn).await?) })
+            }))
+            .await?;
+        let Some(row) = row else {
             return Ok(None);
         };
         let waiting = match row.try_get::<Option<String>, _>("waiting_id")? {
@@ -398,7 +410,7 @@ pub(crate) mod tests {
                 let now = store.now_ms();
                 let steps: Vec<StepInput> = step.into_iter().collect();
                 let write = move |conn: &_| crate::usual_sqlite::end(conn, &run, &fence, &input, &steps, now);
-                store.group.as_ref().unwrap().write_direct(Box::new(write)).await.unwrap()
+                store.writer.group().unwrap().write_direct(Box::new(write)).await.unwrap()
             }
         };
         let forged = Fence { attempt: 1, token: Some("0".repeat(lease_token.len())) };

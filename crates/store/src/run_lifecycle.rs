@@ -338,7 +338,7 @@ impl Store {
     /// decision runs under the agent's lock, so concurrent callers for one agent are serialized.
     pub async fn start_run(&self, input: &StartInput) -> Result<StartOutcome, StoreError> {
         // SQLite: the usual start on the group writer's own thread; every other case below.
-        if let Some(group) = &self.group {
+        if let Some(group) = self.writer.group() {
             let (clock, input) = (self.clock.clone(), input.clone());
             let write = move |conn: &_| usual_sqlite::start(conn, &input, time::to_millis(clock.now()));
             if let Some(outcome) = group.write_direct(Box::new(write)).await? {
@@ -545,7 +545,7 @@ impl Store {
         ttl: Duration,
     ) -> Result<DateTime<Utc>, StoreError> {
         let (this, id, fence) = (self.clone(), id.clone(), fence.into());
-        self.statements(Box::new(move |conn| {
+        self.transaction(Box::new(move |conn| {
             let (this, id, fence) = (this.clone(), id.clone(), fence.clone());
             Box::pin(async move {
                 let until = ms_after(this.now_ms(), ttl);

@@ -9,7 +9,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::agents::decode_spec;
-use crate::db::{Store, u32_col, u64_col};
+use crate::db::{Backend, Store, u32_col, u64_col};
 use crate::error::StoreError;
 
 /// An agent as the scheduler sees it.
@@ -366,7 +366,18 @@ impl Store {
     pub async fn mark_published(&self, runs: &[RunId]) -> Result<(), StoreError> {
         let now = self.now_ms();
         for chunk in runs.chunks(500) {
-            let sql = format!("UPDATE runs SET published = $1 WHERE id IN ({})", numbered_placeholders(chunk.len(), 2));
+            let ids = numbered_placeholders(chunk.len(), 2);
+            // Only a queued run's flag is ever read. On Postgres a row locked meanwhile is being
+            // started (its StartRun's batch holds the lock until it commits): it needs no flag,
+            // and waiting for it while holding the rows already updated deadlocked with those
+            // batches. (SQLite's one writer has no row locks.)
+            let sql = match self.backend {
+                Backend::Postgres => format!(
+                    "UPDATE runs SET published = $1 WHERE id IN \
+                     (SELECT id FROM runs WHERE id IN ({ids}) AND status = 'queued' FOR UPDATE SKIP LOCKED)"
+                ),
+                Backend::Sqlite => format!("UPDATE runs SET published = $1 WHERE id IN ({ids}) AND status = 'queued'"),
+            };
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
             for r in chunk {
                 q = q.bind(r.as_str());

@@ -286,7 +286,7 @@ mod tests {
     async fn try_start(store: &Store, input: &StartInput) -> Option<StartOutcome> {
         let (input, now) = (input.clone(), store.now_ms());
         let write = move |conn: &_| start(conn, &input, now);
-        store.group.as_ref().unwrap().write_direct(Box::new(write)).await.unwrap()
+        store.writer.group().unwrap().write_direct(Box::new(write)).await.unwrap()
     }
 
     /// The usual start on SQLite's own thread (the tests through `start_run` would pass on the

@@ -1,7 +1,8 @@
-//! SQLite's group writer (group_commit.rs) under the run path's load: StartRun, Checkpoint,
-//! Heartbeat and FinishRun of many runs at once are committed in shared transactions, every
-//! caller gets its own answer, and a write refused in the middle of a batch fails alone — the
-//! batch is rolled back and its other writes land, each once.
+//! The run path's writer (group_commit.rs) under load, on both databases — SQLite's group
+//! writer, Postgres' committers: StartRun, Checkpoint, Heartbeat and FinishRun of many runs at
+//! once are committed in shared transactions, every caller gets its own answer, and a write
+//! refused in the middle of a batch fails alone — the batch is rolled back and its other writes
+//! land, each once.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
 use std::time::Duration;
 
@@ -14,8 +15,17 @@ use nightshift_testkit::{Db, database};
 const RUNS: usize = 48;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_runs_share_commits_and_a_refused_write_fails_alone() {
-    let (url, _guard) = database(Db::Sqlite).await;
+async fn many_runs_share_commits_and_a_refused_write_fails_alone_on_sqlite() {
+    many_runs_share_commits_and_a_refused_write_fails_alone(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_runs_share_commits_and_a_refused_write_fails_alone_on_postgres() {
+    many_runs_share_commits_and_a_refused_write_fails_alone(Db::Postgres).await;
+}
+
+async fn many_runs_share_commits_and_a_refused_write_fails_alone(kind: Db) {
+    let (url, _guard) = database(kind).await;
     let store = Store::connect(&url).await.unwrap();
     let mut runs = Vec::new();
     for i in 0..RUNS {
@@ -27,7 +37,7 @@ async fn many_runs_share_commits_and_a_refused_write_fails_alone() {
         store.insert_run(&NewRun::manual(run.clone(), agent.id.clone())).await.unwrap();
         runs.push((run, agent.id));
     }
-    let before = store.group_commit_stats().expect("SQLite has a group writer");
+    let before = store.group_commit_stats();
 
     // Every run starts at once: each gets its own lease token.
     let starts = join_all(runs.iter().map(|(run, agent)| {
@@ -54,7 +64,7 @@ async fn many_runs_share_commits_and_a_refused_write_fails_alone() {
     tokens.sort();
     tokens.dedup();
     assert_eq!(tokens.len(), RUNS, "one token per run");
-    let started = store.group_commit_stats().unwrap();
+    let started = store.group_commit_stats();
     assert_eq!(started.writes - before.writes, RUNS as u64);
     assert!(
         started.commits - before.commits <= (RUNS / 4) as u64,
@@ -75,7 +85,7 @@ async fn many_runs_share_commits_and_a_refused_write_fails_alone() {
         })
     });
     let answers = join_all(writes).await;
-    let split = store.group_commit_stats().unwrap();
+    let split = store.group_commit_stats();
     for (seq, answer) in &answers {
         match seq {
             0 => assert!(answer.is_ok(), "{answer:?}"),
@@ -116,4 +126,45 @@ async fn many_runs_share_commits_and_a_refused_write_fails_alone() {
         let r = store.get_run(run).await.unwrap().unwrap();
         assert_eq!((r.status, r.result.as_deref(), r.input_tokens), (RunStatus::Succeeded, Some("ok"), 3), "run {run}");
     }
+}
+
+/// On Postgres a batch holds its runs' rows locked until it commits. The scheduler's outbox flag
+/// skips such a row (the run is being started: it needs no flag) instead of waiting for it while
+/// holding the rows it already flagged, which deadlocked with those batches.
+#[tokio::test]
+async fn the_outbox_flag_skips_a_run_whose_row_is_locked_on_postgres() {
+    let (url, _guard) = database(Db::Postgres).await;
+    let store = Store::connect(&url).await.unwrap();
+    let yaml = "name: o\nmodel: {provider: openai, model: m}\ntask: {query: q}\nschedule: {manual: true}";
+    let agent = store.create_agent(&AgentSpec::from_yaml(yaml).unwrap(), AgentState::Active).await.unwrap();
+    let (held, free) = (RunId::generate(), RunId::generate());
+    for run in [&held, &free] {
+        store.insert_run(&NewRun::manual(run.clone(), agent.id.clone())).await.unwrap();
+    }
+    let other = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut lock = other.begin().await.unwrap();
+    sqlx::query("UPDATE runs SET attempt = attempt WHERE id = $1")
+        .bind(held.as_str())
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+
+    // Waiting for the lock would never end while it is held: the bound only turns a hang into a
+    // failure.
+    let both = [held.clone(), free.clone()];
+    let flagged = tokio::time::timeout(Duration::from_secs(10), store.mark_published(&both));
+    flagged.await.expect("the flag waited for a locked row").unwrap();
+    lock.rollback().await.unwrap();
+    let published = |run: RunId| {
+        let other = other.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT published FROM runs WHERE id = $1")
+                .bind(run.as_str().to_owned())
+                .fetch_one(&other)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(published(held).await, 0, "the locked run is skipped");
+    assert!(published(free).await > 0, "the other run is flagged");
 }

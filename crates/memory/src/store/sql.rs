@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nightshift_core::{Clock, SystemClock, time};
-use nightshift_sqlite::{Columns, GroupWriter, Write};
+use nightshift_sqlite::{Columns, Committers, GroupWriter, Write, Writer};
 use sqlx::any::{AnyArguments, AnyPoolOptions};
 use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, AnyPool, Row};
@@ -34,11 +34,12 @@ pub enum SqlBackend {
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
-    /// SQLite: where writes go — the group writer on a connection of its own, which commits the
-    /// episodes of the runs ending together in one transaction, instead of each queuing for the
-    /// file's one write lock (whose busy handler sleeps 1 to 100 ms between tries, however soon
-    /// the lock is free) and committing alone. Postgres: none, writes go to `pool`.
-    group: Option<GroupWriter>,
+    /// Where writes go, which commits the episodes of the runs ending together in one
+    /// transaction. SQLite: the group writer on a connection of its own, instead of each write
+    /// queuing for the file's one write lock (whose busy handler sleeps 1 to 100 ms between
+    /// tries, however soon the lock is free) and committing alone. Postgres: committers on
+    /// `pool`, instead of a commit (and a flush of Postgres' log) per episode.
+    writer: Writer,
     backend: SqlBackend,
     clock: Arc<dyn Clock>,
 }
@@ -82,15 +83,15 @@ impl SqlStore {
         // each migrator reject the other's applied versions as missing.
         migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
         migrator.run(&pool).await?;
-        let group = match backend {
-            SqlBackend::Sqlite => Some(
+        let writer = match backend {
+            SqlBackend::Sqlite => Writer::Sqlite(
                 GroupWriter::start(connect(1).await?, nightshift_sqlite::open(&url, &[])?, "ns-memory-write")
                     .map_err(|e| MemoryError::backend("sql", format!("cannot start the writer: {e}")))?,
             ),
-            SqlBackend::Postgres => None,
+            SqlBackend::Postgres => Writer::Postgres(Committers::start(pool.clone())),
         };
         tracing::info!(backend = ?backend, "memory SQL store ready");
-        Ok(Self { pool, group, backend, clock })
+        Ok(Self { pool, writer, backend, clock })
     }
 
     /// The dialect in use.
@@ -101,15 +102,13 @@ impl SqlStore {
     /// Closes every connection.
     pub async fn close(&self) {
         self.pool.close().await;
-        if let Some(group) = &self.group {
-            group.close().await;
-        }
+        self.writer.close().await;
     }
 
-    /// Runs `write` in a transaction: on SQLite in the group writer's next batch, on Postgres in
-    /// a transaction of its own.
+    /// Runs `write` in the writer's next batch, in one transaction with the other writes queued
+    /// meanwhile.
     async fn transaction<T: Send + 'static>(&self, write: Write<T, MemoryError>) -> Result<T, MemoryError> {
-        nightshift_sqlite::transaction(self.group.as_ref(), &self.pool, write).await
+        self.writer.write(write).await
     }
 
     fn now_ms(&self) -> i64 {
@@ -408,7 +407,7 @@ impl MemoryStore for SqlStore {
                 Ok((r.clone(), metadata))
             })
             .collect::<Result<Vec<_>, MemoryError>>()?;
-        if let Some(group) = &self.group {
+        if let Some(group) = self.writer.group() {
             return group.write_direct(Box::new(move |conn: &_| put_on_writer(conn, &records))).await;
         }
         let records = Arc::new(records);
@@ -453,7 +452,7 @@ impl MemoryStore for SqlStore {
         if queries.is_empty() {
             return Ok(Vec::new());
         }
-        let Some(group) = &self.group else {
+        let Some(group) = self.writer.group() else {
             return futures::future::try_join_all(queries.iter().map(|q| self.recent(q))).await;
         };
         let now = self.now_ms();
