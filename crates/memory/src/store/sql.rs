@@ -11,11 +11,13 @@ use nightshift_core::{Clock, SystemClock, time};
 use nightshift_sqlite::{Columns, Committers, GroupWriter, Write, Writer};
 use sqlx::any::{AnyArguments, AnyPoolOptions};
 use sqlx::query::Query;
-use sqlx::{Any, AnyConnection, AnyPool, Row};
+use sqlx::{Any, AnyPool, Row};
 
 use crate::error::{MemoryError, redact};
 use crate::store::MemoryStore;
 use crate::types::{MemoryRecord, MemoryType, RecallQuery, Scope};
+
+mod postgres;
 
 const MIGRATIONS_TABLE: &str = "_nightshift_memory_migrations";
 const COLUMNS: &str =
@@ -186,7 +188,16 @@ fn bind_values<'q>(mut q: Query<'q, Any, AnyArguments>, values: &'q [Bound]) -> 
 /// once: both lanes find their prepared statement by its text, every run.
 fn recent_sql(q: &RecallQuery, now: i64) -> (Cow<'static, str>, Vec<Bound>) {
     static USUAL: LazyLock<[String; 2]> =
-        LazyLock::new(|| [false, true].map(|archived| recent_text(archived, false, 0)));
+        LazyLock::new(|| [false, true].map(|archived| recent_text(archived, false, 0, 1)));
+    let sql = match q.before.is_none() && q.metadata.is_empty() {
+        true => Cow::Borrowed(USUAL[usize::from(q.include_archived)].as_str()),
+        false => Cow::Owned(recent_text(q.include_archived, q.before.is_some(), q.metadata.len(), 1)),
+    };
+    (sql, recent_values(q, now))
+}
+
+/// The values of `q`'s `SELECT` ([`recent_text`]), in their placeholders' order.
+fn recent_values(q: &RecallQuery, now: i64) -> Vec<Bound> {
     let mut values = vec![
         Bound::Text(q.scope.agent_id.clone()),
         Bound::Text(q.scope.session.clone()),
@@ -199,26 +210,28 @@ fn recent_sql(q: &RecallQuery, now: i64) -> (Cow<'static, str>, Vec<Bound>) {
         values.push(Bound::Text(v.clone()));
     }
     values.push(Bound::Int(i64::try_from(q.limit).unwrap_or(i64::MAX)));
-    let sql = match q.before.is_none() && q.metadata.is_empty() {
-        true => Cow::Borrowed(USUAL[usize::from(q.include_archived)].as_str()),
-        false => Cow::Owned(recent_text(q.include_archived, q.before.is_some(), q.metadata.len())),
-    };
-    (sql, values)
+    values
 }
 
 /// [`recent_sql`]'s text for a query of that shape: with or without archived records, paged or
-/// not, with `metadata` pairs to match.
-fn recent_text(include_archived: bool, before: bool, metadata: usize) -> String {
+/// not, with `metadata` pairs to match; its placeholders numbered from `$first` (Postgres puts
+/// several queries in one statement, [`postgres::recent_together`]).
+fn recent_text(include_archived: bool, before: bool, metadata: usize, first: usize) -> String {
+    let at = |k: usize| first + k - 1;
     let mut sql = format!(
-        "SELECT {COLUMNS} FROM memory_records r WHERE agent_id = $1 AND session = $2 AND kind = $3 \
-         AND (expires_at IS NULL OR expires_at > $4)"
+        "SELECT {COLUMNS} FROM memory_records r WHERE agent_id = ${} AND session = ${} AND kind = ${} \
+         AND (expires_at IS NULL OR expires_at > ${})",
+        at(1),
+        at(2),
+        at(3),
+        at(4)
     );
     if !include_archived {
         sql.push_str(" AND archived = 0");
     }
-    let mut n = 5;
+    let mut n = at(5);
     if before {
-        sql.push_str(" AND created_at < $5");
+        sql.push_str(&format!(" AND created_at < ${n}"));
         n += 1;
     }
     for _ in 0..metadata {
@@ -341,58 +354,6 @@ fn recent_on_writer(
         .collect()
 }
 
-/// Postgres: writes `records` (each with its metadata as JSON) on `conn`, inside a transaction
-/// the caller ends.
-async fn put_records(conn: &mut AnyConnection, records: &[(MemoryRecord, String)]) -> Result<(), MemoryError> {
-    for (r, metadata) in records {
-        // A new record (every episode a run stores) takes the insert alone; only a record that
-        // exists is updated and has its old metadata rows removed.
-        let inserted = bind_record(
-            sqlx::query(
-                "INSERT INTO memory_records (id, agent_id, session, kind, content, metadata, run_id, created_at, \
-                 expires_at, summary, archived) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 ON CONFLICT (id) DO NOTHING",
-            ),
-            r,
-            metadata,
-        )
-        .execute(&mut *conn)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            bind_record(
-                sqlx::query(
-                    "UPDATE memory_records SET agent_id = $2, session = $3, kind = $4, content = $5, \
-                     metadata = $6, run_id = $7, created_at = $8, expires_at = $9, summary = $10, archived = $11 \
-                     WHERE id = $1",
-                ),
-                r,
-                metadata,
-            )
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query("DELETE FROM memory_metadata WHERE record_id = $1")
-                .bind(r.id.as_str())
-                .execute(&mut *conn)
-                .await?;
-        }
-        // One statement for up to METADATA_ROWS of the record's keys (an episode has five).
-        let pairs: Vec<_> = r.metadata.iter().collect();
-        for chunk in pairs.chunks(METADATA_ROWS) {
-            let rows = (0..chunk.len())
-                .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!("INSERT INTO memory_metadata (record_id, key, value) VALUES {rows}");
-            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(r.id.as_str());
-            for (k, v) in chunk {
-                insert = insert.bind(k.as_str()).bind(v.as_str());
-            }
-            insert.execute(&mut *conn).await?;
-        }
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl MemoryStore for SqlStore {
     fn backend(&self) -> &'static str {
@@ -413,7 +374,7 @@ impl MemoryStore for SqlStore {
         let records = Arc::new(records);
         self.transaction(Box::new(move |conn| {
             let records = records.clone();
-            Box::pin(async move { put_records(conn, &records).await })
+            Box::pin(async move { postgres::put_records(conn, &records).await })
         }))
         .await
     }
@@ -446,14 +407,14 @@ impl MemoryStore for SqlStore {
 
     /// On SQLite on the group writer's own connection and thread (`recent_on_writer`): a run's
     /// episodes and procedural notes are one hand-off, not one per statement, and that
-    /// connection's page cache is still valid (it is the file's one writer). On Postgres each
-    /// query alone, side by side on the pool.
+    /// connection's page cache is still valid (it is the file's one writer). On Postgres one
+    /// statement for them all: one round trip on one pool connection.
     async fn recent_each(&self, queries: &[RecallQuery]) -> Result<Vec<Vec<MemoryRecord>>, MemoryError> {
         if queries.is_empty() {
             return Ok(Vec::new());
         }
         let Some(group) = self.writer.group() else {
-            return futures::future::try_join_all(queries.iter().map(|q| self.recent(q))).await;
+            return postgres::recent_together(&self.pool, queries, self.now_ms()).await;
         };
         let now = self.now_ms();
         let queries = queries.to_vec();
