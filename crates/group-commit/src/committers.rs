@@ -23,8 +23,11 @@ use tokio::sync::{Mutex, mpsc};
 use crate::{Counts, GroupCommitStats, MAX_BATCH, PooledJob, QUEUE, Write, answer_all, fail_all, gone, pooled};
 
 /// Batches committing at once: enough that a batch's round trips do not hold every write
-/// behind them, few enough that batches stay large under load (each is one commit).
-pub const COMMITTERS: usize = 4;
+/// behind them, few enough that batches stay large under load (each is one commit). Measured
+/// (docs/benchmarks.md, session 21): two against four cut the transactions per run by a fifth
+/// and the CPU per run by about a tenth at 1,000 agents, and a run waited no longer at 300;
+/// one cut the transactions further but completed no more runs than two.
+pub const COMMITTERS: usize = 2;
 
 /// The handle a store's clones share; the committers end when the last one is dropped.
 #[derive(Clone)]
