@@ -73,7 +73,7 @@ fn call_params(fence: &Fence) -> String {
 }
 
 /// Binds a ledger row's model, tokens (input, cached input, output) and cost (5 parameters).
-fn bind_call<'q>(
+pub(crate) fn bind_call<'q>(
     query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
     call: &LlmCall,
 ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {

@@ -1,21 +1,25 @@
 //! FinishRun (fenced: retry or settle, by `nightshift_core::lifecycle::decide_finish`), with the
-//! steps a worker sends along (its `MemoryStored` step): the busiest end of the run path, so its
-//! usual case is one write.
+//! steps a worker sends along (the final answer's LLM call, which it does not checkpoint on its
+//! own, and its `MemoryStored` step): the busiest end of the run path, so its usual case is one
+//! write.
 //!
 //! - Postgres: an attempt that settles without consulting the retry policy (a success, a
-//!   cancellation, a release, a permanent failure) with at most one step, none of them an LLM
-//!   call, ends in **one statement**: a data-modifying CTE that appends the step only if it is
-//!   the next one, ends the attempt only if the fence holds, and returns the run as it now is
-//!   with the agent's first waiting run (so the manager need not look that up). One commit
-//!   instead of four (the step's checkpoint, the run read, the end, the waiting-run lookup).
-//! - SQLite: the same usual end on the group writer's own thread (`usual_sqlite.rs`): the step
-//!   checked to be the next one, one fenced `UPDATE … RETURNING` (which also says whether any run
-//!   of the agent waits, so the manager looks one up only for agents that buffer), the step's
-//!   insert — statements without a hand-off each, committed with the writer's batch. Otherwise
-//!   the steps and the end are one pooled write of the group writer (they commit together).
+//!   cancellation, a release, a permanent failure) with steps that follow one another ends in
+//!   **one statement**: a data-modifying CTE that ends the attempt only if the fence holds and
+//!   the first step is the run's next, appends the steps (and an LLM call's ledger row) only if
+//!   it did, and returns the run as it now is with the agent's first waiting run (so the manager
+//!   need not look that up). One statement instead of a checkpoint per step, the run read, the
+//!   end and the waiting-run lookup.
+//! - SQLite: the same usual end on the group writer's own thread (`usual_sqlite.rs`): the first
+//!   step checked to be the next one, one fenced `UPDATE … RETURNING` (which also says whether
+//!   any run of the agent waits, so the manager looks one up only for agents that buffer), the
+//!   steps' inserts — statements without a hand-off each, committed with the writer's batch.
+//!   Otherwise the steps and the end are one pooled write of the group writer (they commit
+//!   together).
 //!
 //! Everything else — a refused fence, a step sent twice, a gap, a retry to decide — takes the
 //! checked path, which says exactly what is wrong.
+use std::sync::Arc;
 use std::time::Duration;
 
 use nightshift_core::lifecycle::{self, FinishDecision};
@@ -23,7 +27,7 @@ use nightshift_core::{RunId, RunStatus, time};
 use sqlx::{AnyConnection, Row};
 
 use crate::agents::spec_at;
-use crate::checkpoint::append_checked;
+use crate::checkpoint::{INSERT_LEDGER, append_checked, bind_call};
 use crate::db::{Backend, RUN_COLUMNS, Store, run_from_row};
 use crate::error::StoreError;
 use crate::fence::{Fence, fenced};
@@ -75,7 +79,7 @@ impl Store {
             return self.finish_run(id, fence, input).await.map(ended);
         }
         let now = self.now_ms();
-        let (steps, input) = (std::sync::Arc::new(steps.to_vec()), std::sync::Arc::new(input.clone()));
+        let (steps, input) = (Arc::new(steps.to_vec()), Arc::new(input.clone()));
         // SQLite: the usual end (with the usual last step) on the group writer's own thread.
         if let Some(group) = self.writer.group() {
             let (id, fence, steps, input) = (id.clone(), fence.clone(), steps.clone(), input.clone());
@@ -109,7 +113,7 @@ impl Store {
         fence: impl Into<Fence>,
         input: &FinishInput,
     ) -> Result<(RunRecord, Option<Duration>), StoreError> {
-        let (this, id, fence, input) = (self.clone(), id.clone(), fence.into(), std::sync::Arc::new(input.clone()));
+        let (this, id, fence, input) = (self.clone(), id.clone(), fence.into(), Arc::new(input.clone()));
         self.transaction(Box::new(move |conn| {
             let (this, id, fence, input) = (this.clone(), id.clone(), fence.clone(), input.clone());
             Box::pin(async move { this.finish_in(conn, &id, fence, &input).await })
@@ -193,49 +197,31 @@ impl Store {
         steps: &[StepInput],
         input: &FinishInput,
     ) -> Result<Option<Finished>, StoreError> {
-        // Several steps would each have to be "the next one" within one snapshot; an LLM call
-        // brings a ledger row. Both are rare at the end of a run and take the checked path.
-        if steps.len() > 1 || steps.iter().any(|s| s.call.is_some()) {
+        // Only the first step is checked to be the run's next (within the statement's one
+        // snapshot); the others must follow it.
+        if !consecutive(steps) {
             return Ok(None);
         }
         let Some(status) = usual_status(input) else { return Ok(None) };
         let now = self.now_ms();
-        let step = steps.first();
-        // $1 run, $2 attempt, $3–$9 the end's values, then the step's ($10 seq, $11 kind,
-        // $12 payload, $13 time) when there is one, the token last.
-        let (step_check, insert_step, token) = match step {
-            Some(_) => (
-                "AND $10 = (SELECT COALESCE(MAX(seq) + 1, 0) FROM run_steps WHERE run_id = $1)",
-                ", step AS (INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) \
-                 SELECT id, $10, $2, $11, $12, $13 FROM fenced)",
-                14,
-            ),
-            None => ("", "", 10),
-        };
-        let sql = format!(
-            "WITH fenced AS (UPDATE runs SET status = $3, finished_at = $4, not_before = NULL, \
-             result = COALESCE($5, result), error = COALESCE($6, error), reason = COALESCE($7, reason), \
-             input_tokens = input_tokens + $8, output_tokens = output_tokens + $9, lease_expires_at = NULL \
-             WHERE id = $1 AND {} {step_check} RETURNING *){insert_step} \
-             SELECT {RUN_COLUMNS}, w.id AS waiting_id, w.scheduled_for AS waiting_scheduled_for, \
-             w.created_at AS waiting_created_at FROM fenced r JOIN agents a ON a.id = r.agent_id \
-             LEFT JOIN LATERAL (SELECT id, scheduled_for, created_at FROM runs WHERE agent_id = r.agent_id \
-             AND status = 'queued' AND deferred = 1 AND id <> r.id \
-             ORDER BY COALESCE(scheduled_for, created_at), id LIMIT 1) w ON true",
-            fence.condition_at(2, token)
-        );
+        let sql = Arc::new(usual_end_sql(fence, steps));
         // In the committers' next batch (one commit for many runs' ends), not alone.
-        let (sql, id, fence) = (std::sync::Arc::new(sql), id.clone(), fence.clone());
-        let (input, step) = (std::sync::Arc::new(input.clone()), std::sync::Arc::new(step.cloned()));
+        let (id, fence) = (id.clone(), fence.clone());
+        let (input, steps) = (Arc::new(input.clone()), Arc::new(steps.to_vec()));
         let row = self
             .transaction(Box::new(move |conn| {
                 let query = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
                     .bind(id.as_str().to_owned())
                     .bind(i64::from(fence.attempt));
                 let mut query = bind_end(query, status, &input, now);
-                if let Some(step) = step.as_ref() {
-                    query =
-                        query.bind(i64::from(step.seq)).bind(step.kind.clone()).bind(step.payload.clone()).bind(now);
+                if !steps.is_empty() {
+                    query = query.bind(now);
+                }
+                for step in steps.iter() {
+                    query = query.bind(i64::from(step.seq)).bind(step.kind.clone()).bind(step.payload.clone());
+                    if let Some(call) = &step.call {
+                        query = bind_call(query, call);
+                    }
                 }
                 let query = fence.bind_token(query);
                 Box::pin(async move { Ok(query.fetch_optional(&mut *conn).await?) })
@@ -254,6 +240,56 @@ impl Store {
         };
         Ok(Some(Finished { run: run_from_row(&row)?, retry_after: None, waiting: WaitingLookup::Found(waiting) }))
     }
+}
+
+/// The usual end's statement on Postgres: the fenced update of the run (only if the first step
+/// is the run's next), each step's insert and its call's ledger row, and the run as it now is
+/// with the agent's first waiting run. Parameters: `$1` run, `$2` attempt, `$3`–`$9` the end's
+/// values ([`bind_end`]); with steps, the time, then each step's seq, kind and payload and its
+/// call's five values ([`bind_call`]); the fence's token last.
+fn usual_end_sql(fence: &Fence, steps: &[StepInput]) -> String {
+    let mut last = 9;
+    let mut param = || {
+        last += 1;
+        last
+    };
+    let (mut step_check, mut inserts) = (String::new(), String::new());
+    let at = if steps.is_empty() { 0 } else { param() };
+    for (i, step) in steps.iter().enumerate() {
+        let (seq, kind, payload) = (param(), param(), param());
+        if i == 0 {
+            step_check = format!("AND ${seq} = (SELECT COALESCE(MAX(seq) + 1, 0) FROM run_steps WHERE run_id = $1)");
+        }
+        inserts.push_str(&format!(
+            ", step{i} AS (INSERT INTO run_steps (run_id, seq, attempt, kind, payload, created_at) \
+             SELECT id, ${seq}, $2, ${kind}, ${payload}, ${at} FROM fenced)"
+        ));
+        if step.call.is_some() {
+            let values = [param(), param(), param(), param(), param()].map(|p| format!("${p}")).join(", ");
+            inserts.push_str(&format!(
+                ", call{i} AS ({INSERT_LEDGER} SELECT id, ${seq}, $2, agent_id, {values}, ${at} FROM fenced)"
+            ));
+        }
+    }
+    let token = param();
+    format!(
+        "WITH fenced AS (UPDATE runs SET status = $3, finished_at = $4, not_before = NULL, \
+         result = COALESCE($5, result), error = COALESCE($6, error), reason = COALESCE($7, reason), \
+         input_tokens = input_tokens + $8, output_tokens = output_tokens + $9, lease_expires_at = NULL \
+         WHERE id = $1 AND {} {step_check} RETURNING *){inserts} \
+         SELECT {RUN_COLUMNS}, w.id AS waiting_id, w.scheduled_for AS waiting_scheduled_for, \
+         w.created_at AS waiting_created_at FROM fenced r JOIN agents a ON a.id = r.agent_id \
+         LEFT JOIN LATERAL (SELECT id, scheduled_for, created_at FROM runs WHERE agent_id = r.agent_id \
+         AND status = 'queued' AND deferred = 1 AND id <> r.id \
+         ORDER BY COALESCE(scheduled_for, created_at), id LIMIT 1) w ON true",
+        fence.condition_at(2, token)
+    )
+}
+
+/// Whether each of `steps` follows the one before it (the usual end checks only the first
+/// against the run's next step).
+pub(crate) fn consecutive(steps: &[StepInput]) -> bool {
+    steps.windows(2).all(|pair| pair[0].seq.checked_add(1) == Some(pair[1].seq))
 }
 
 /// The status an attempt settles in without consulting the retry policy (a success, a
@@ -337,6 +373,45 @@ pub(crate) mod tests {
         }
     }
 
+    /// An LLM call with a price, for the ledger.
+    fn ledgered() -> crate::LlmCall {
+        crate::LlmCall {
+            model: "m".into(),
+            input_tokens: 5,
+            cached_input_tokens: 1,
+            output_tokens: 2,
+            cost_micros: Some(30),
+        }
+    }
+
+    /// The run's ledger rows: seq, attempt, model, tokens (input, cached, output), cost.
+    async fn ledger(store: &Store, run: &RunId) -> Vec<(i64, i64, String, i64, i64, i64, Option<i64>)> {
+        let rows = sqlx::query(
+            "SELECT seq, attempt, model, input_tokens, cached_input_tokens, output_tokens, cost_micros \
+             FROM llm_calls WHERE run_id = $1 ORDER BY seq",
+        )
+        .bind(run.as_str())
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        let get = |r: &sqlx::any::AnyRow, c: &str| r.try_get::<i64, _>(c).unwrap();
+        (rows.iter())
+            .map(|r| {
+                let cost = r.try_get::<Option<i64>, _>("cost_micros").unwrap();
+                let model = r.try_get::<String, _>("model").unwrap();
+                (
+                    get(r, "seq"),
+                    get(r, "attempt"),
+                    model,
+                    get(r, "input_tokens"),
+                    get(r, "cached_input_tokens"),
+                    get(r, "output_tokens"),
+                    cost,
+                )
+            })
+            .collect()
+    }
+
     /// The one-statement path itself on real Postgres (the tests through
     /// `finish_run_with_steps` would pass on the checked path alone): it ends the usual attempt
     /// with its step and does nothing for the rest.
@@ -350,11 +425,11 @@ pub(crate) mod tests {
         let forged = Fence { attempt: 1, token: Some("0".repeat(lease_token.len())) };
         let succeeded = end(RunOutcome::Succeeded);
         store.checkpoint(&run, held.clone(), &StepInput::new(0, "llm_response", vec![1]), None).await.unwrap();
-        // Not for this statement: a retry to decide, two steps, an LLM call's step.
+        // Not for this statement: a retry to decide, steps that do not follow one another.
         let failed = end(RunOutcome::Failed);
         assert!(store.finish_in_one_statement(&run, &held, &[], &failed).await.unwrap().is_none());
-        let two = [stored.clone(), StepInput::new(2, "memory_stored", vec![9])];
-        assert!(store.finish_in_one_statement(&run, &held, &two, &succeeded).await.unwrap().is_none());
+        let apart = [stored.clone(), StepInput::new(3, "memory_stored", vec![9])];
+        assert!(store.finish_in_one_statement(&run, &held, &apart, &succeeded).await.unwrap().is_none());
         // Refused: a forged token, a gap, a step already written.
         assert!(
             store
@@ -370,8 +445,11 @@ pub(crate) mod tests {
         let r = store.get_run(&run).await.unwrap().unwrap();
         assert_eq!((r.status, store.run_steps(&run).await.unwrap().len()), (RunStatus::Running, 1));
 
-        // The usual end: the step stored with the attempt, the run ended as finish_run ends it.
-        let done = store.finish_in_one_statement(&run, &held, &[stored], &succeeded).await.unwrap().unwrap();
+        // The usual end: the final answer's step with its ledger row, then the episode's, stored
+        // with the attempt, the run ended as finish_run ends it.
+        let answer = StepInput { call: Some(ledgered()), ..StepInput::new(1, "llm_response", vec![2]) };
+        let last = [answer, StepInput::new(2, "memory_stored", vec![9])];
+        let done = store.finish_in_one_statement(&run, &held, &last, &succeeded).await.unwrap().unwrap();
         assert_eq!(
             (done.run.status, done.run.result.as_deref(), done.run.error.as_deref()),
             (RunStatus::Succeeded, Some("done"), None)
@@ -381,7 +459,9 @@ pub(crate) mod tests {
         assert!(matches!(done.waiting, WaitingLookup::Found(None)), "{:?}", done.waiting);
         assert_eq!(store.get_run(&run).await.unwrap().unwrap().finished_at, done.run.finished_at);
         let steps = store.run_steps(&run).await.unwrap();
-        assert_eq!(steps.last().map(|s| (s.seq, s.attempt, s.payload.clone())), Some((1, 1, vec![9])));
+        let steps: Vec<_> = steps.iter().map(|s| (s.seq, s.attempt, s.payload.clone())).collect();
+        assert_eq!(steps, [(0, 1, vec![1]), (1, 1, vec![2]), (2, 1, vec![9])]);
+        assert_eq!(ledger(&store, &run).await, [(1, 1, "m".to_owned(), 5, 1, 2, Some(30))]);
         // Sent again (the answer was lost): the run is no longer running.
         assert!(store.finish_in_one_statement(&run, &held, &[], &succeeded).await.unwrap().is_none());
 
@@ -404,28 +484,37 @@ pub(crate) mod tests {
         let (url, _guard) = database(Db::Sqlite).await;
         let store = Store::connect(&url).await.unwrap();
         let (run, lease_token) = started(&store, "s").await;
-        let try_end = |run: &RunId, fence: Fence, input: FinishInput, step: Option<StepInput>| {
+        let try_end = |run: &RunId, fence: Fence, input: FinishInput, steps: Vec<StepInput>| {
             let (store, run) = (store.clone(), run.clone());
             async move {
                 let now = store.now_ms();
-                let steps: Vec<StepInput> = step.into_iter().collect();
                 let write = move |conn: &_| crate::usual_sqlite::end(conn, &run, &fence, &input, &steps, now);
                 store.writer.group().unwrap().write_direct(Box::new(write)).await.unwrap()
             }
         };
         let forged = Fence { attempt: 1, token: Some("0".repeat(lease_token.len())) };
-        let step = |seq| Some(StepInput::new(seq, "memory_stored", vec![1]));
+        let step = |seq| vec![StepInput::new(seq, "memory_stored", vec![1])];
         assert!(try_end(&run, forged, end(RunOutcome::Succeeded), step(0)).await.is_none(), "a forged token");
         assert!(store.run_steps(&run).await.unwrap().is_empty(), "nor its step");
         let held = Fence { attempt: 1, token: Some(lease_token) };
-        assert!(try_end(&run, held.clone(), end(RunOutcome::Failed), None).await.is_none(), "a retry to decide");
+        assert!(try_end(&run, held.clone(), end(RunOutcome::Failed), vec![]).await.is_none(), "a retry to decide");
         assert_eq!(store.get_run(&run).await.unwrap().unwrap().status, RunStatus::Running);
         assert!(try_end(&run, held.clone(), end(RunOutcome::Succeeded), step(2)).await.is_none(), "a gap");
         assert_eq!(store.get_run(&run).await.unwrap().unwrap().status, RunStatus::Running, "nor the end");
 
-        let (done, others_waiting) = try_end(&run, held.clone(), end(RunOutcome::Succeeded), step(0)).await.unwrap();
+        let apart = vec![step(0).remove(0), step(2).remove(0)];
+        assert!(try_end(&run, held.clone(), end(RunOutcome::Succeeded), apart).await.is_none(), "steps apart");
+        assert!(store.run_steps(&run).await.unwrap().is_empty(), "nor their steps");
+
+        // The final answer's step with its ledger row, then the episode's, go with the end.
+        let answer = StepInput { call: Some(ledgered()), ..StepInput::new(0, "llm_response", vec![2]) };
+        let last = vec![answer, step(1).remove(0)];
+        let (done, others_waiting) = try_end(&run, held.clone(), end(RunOutcome::Succeeded), last).await.unwrap();
         assert!(!others_waiting, "no other run of the agent waits");
-        assert_eq!(store.run_steps(&run).await.unwrap().len(), 1, "the step goes with the end");
+        let steps = store.run_steps(&run).await.unwrap();
+        let steps: Vec<_> = steps.iter().map(|s| (s.seq, s.attempt, s.payload.clone())).collect();
+        assert_eq!(steps, [(0, 1, vec![2]), (1, 1, vec![1])], "the steps go with the end");
+        assert_eq!(ledger(&store, &run).await, [(0, 1, "m".to_owned(), 5, 1, 2, Some(30))]);
         assert_eq!(
             (done.status, done.result.as_deref(), done.agent_name.as_str()),
             (RunStatus::Succeeded, Some("done"), "s")
@@ -436,7 +525,7 @@ pub(crate) mod tests {
             (stored.status, stored.finished_at, stored.namespace),
             (done.status, done.finished_at, done.namespace)
         );
-        assert!(try_end(&run, held, end(RunOutcome::Succeeded), None).await.is_none(), "no longer running");
+        assert!(try_end(&run, held, end(RunOutcome::Succeeded), vec![]).await.is_none(), "no longer running");
 
         // Another run of the agent with one waiting (deferred) behind it: its end says so.
         let (second, token) = started(&store, "s").await;
@@ -449,7 +538,7 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let fence = Fence { attempt: 1, token: Some(token) };
-        let (run, others_waiting) = try_end(&second, fence, end(RunOutcome::Succeeded), None).await.unwrap();
+        let (run, others_waiting) = try_end(&second, fence, end(RunOutcome::Succeeded), vec![]).await.unwrap();
         assert_eq!(run.status, RunStatus::Succeeded);
         assert!(others_waiting, "run {waiting} waits behind it");
     }

@@ -18,7 +18,7 @@ use crate::checkpoint::{INSERT_LEDGER, INSERT_STEP};
 use crate::db::{RUN_RETURNING, int_col, run_from_row};
 use crate::error::StoreError;
 use crate::fence::{Fence, new_lease_token};
-use crate::finish::usual_status;
+use crate::finish::{consecutive, usual_status};
 use crate::model::RunRecord;
 use crate::run_lifecycle::{
     Current, FinishInput, GRANT_SQL, LlmCall, RUN_FOR_START, StartInput, StartOutcome, StepInput, granted, ms_after,
@@ -194,9 +194,9 @@ pub(crate) fn checkpoint(
 }
 
 /// FinishRun's usual case: an end the retry policy has no say in (see `usual_status`), by the
-/// attempt holding the run, with at most one last step that is the run's next and has no LLM
-/// call — the run as ended, and whether other runs of its agent wait (deferred) to start.
-/// `None` for anything else, with nothing written.
+/// attempt holding the run, with last steps that follow on from the run's (the final answer's
+/// LLM call with its ledger row, the episode stored) — the run as ended, and whether other runs
+/// of its agent wait (deferred) to start. `None` for anything else, with nothing written.
 pub(crate) fn end(
     conn: &Connection,
     run: &RunId,
@@ -206,13 +206,11 @@ pub(crate) fn end(
     now: i64,
 ) -> Result<Option<(RunRecord, bool)>, StoreError> {
     let Some(status) = usual_status(input) else { return Ok(None) };
-    let step = match steps {
-        [] => None,
-        [step] if step.call.is_none() => Some(step),
-        _ => return Ok(None),
-    };
-    if let Some(step) = step
-        && !is_next(conn, run, step.seq)?
+    if !consecutive(steps) {
+        return Ok(None);
+    }
+    if let Some(first) = steps.first()
+        && !is_next(conn, run, first.seq)?
     {
         return Ok(None);
     }
@@ -248,8 +246,13 @@ pub(crate) fn end(
         ],
         |row| Ok((run_from_row(row)?, int_col(row, "others_waiting")? != 0)),
     )?;
-    if let (Some(_), Some(step)) = (&ended, step) {
-        insert_step(conn, run, step, fence.attempt, now)?;
+    if ended.is_some() {
+        for step in steps {
+            insert_step(conn, run, step, fence.attempt, now)?;
+            if let Some(call) = &step.call {
+                insert_call(conn, run, step.seq, fence.attempt, call, now)?;
+            }
+        }
     }
     Ok(ended)
 }

@@ -1,7 +1,10 @@
 //! The agent loop: system instruction + task → LLM → tool calls (in parallel) → … → final
 //! answer, checkpointing every LLM response and tool result, and resuming from earlier
 //! checkpoints so that completed LLM calls are not paid again and completed tool calls are not
-//! run again. Each call goes through the tool policy first (`crate::governed`): it runs, is
+//! run again. The final answer's response is the exception: the loop hands it back to be
+//! recorded with the attempt's end (FinishRun), a checkpoint call fewer per run; a worker that
+//! dies in the few milliseconds between the answer and the end leaves that one call to be paid
+//! again by the next attempt, as one that dies during the call always did. Each call goes through the tool policy first (`crate::governed`): it runs, is
 //! refused, or parks the run until a person approves it; an irreversible call is marked as
 //! started before it runs, so that a crash never repeats it.
 use std::sync::Arc;
@@ -17,6 +20,10 @@ use crate::governed::{self, Governance, Plan, Resumed};
 
 /// Retries of an LLM answer the runtime could not understand (malformed structured output).
 const INVALID_RESPONSE_RETRIES: u32 = 2;
+
+/// Largest final-answer step (encoded) handed to the end rather than checkpointed: FinishRun
+/// also carries the answer as the result (at most 1 MiB) and the manager reads at most 4 MiB.
+const MAX_STEP_WITH_END: usize = 512 << 10;
 
 /// Where checkpoints go (the manager's fenced `Checkpoint`), and where the loop reports progress.
 #[async_trait::async_trait]
@@ -75,6 +82,9 @@ pub struct LoopOutcome {
     pub answer: String,
     /// The seq a step after the answer takes.
     pub next_seq: u32,
+    /// The final answer's step when the loop did not checkpoint it: to be recorded with the end
+    /// (`None` when it was checkpointed, or when an earlier attempt did).
+    pub last: Option<pb::RunStep>,
 }
 
 /// The tokens an attempt has spent so far. Shared with the attempt, which reads it however the
@@ -216,7 +226,7 @@ impl AgentLoop<'_> {
             && r.tool_calls.is_empty()
         {
             // Crashed after the final answer was checkpointed: it is the answer.
-            return Ok(LoopOutcome { answer: r.content.clone(), next_seq: seq });
+            return Ok(LoopOutcome { answer: r.content.clone(), next_seq: seq, last: None });
         }
         let specs = tool_specs(self.tools);
         let mut first_call = true;
@@ -295,20 +305,25 @@ impl AgentLoop<'_> {
             let record =
                 pb::LlmResponse { intents_recorded: true, prompt: Some(prompt), ..pb::LlmResponse::from(&resp) };
             last_llm = Some(record.clone());
-            sink.checkpoint(pb::RunStep {
-                seq,
-                payload: Some(pb::run_step::Payload::LlmResponse(record.clone())),
-                ..Default::default()
-            })
-            .await?;
+            let step =
+                pb::RunStep { seq, payload: Some(pb::run_step::Payload::LlmResponse(record)), ..Default::default() };
+            // The final answer goes with the end (module doc) unless it is too large to.
+            let last = if resp.is_final() && prost::Message::encoded_len(&step) <= MAX_STEP_WITH_END {
+                Some(step)
+            } else {
+                sink.checkpoint(step).await?;
+                None
+            };
             seq += 1;
             llm_turns += 1;
             self.step_counter.store(llm_turns, Ordering::Relaxed);
-            sink.llm_called(&record);
-            messages.push(resp.to_message());
-            if resp.is_final() {
-                return Ok(LoopOutcome { answer: resp.content, next_seq: seq });
+            if let Some(record) = &last_llm {
+                sink.llm_called(record);
             }
+            if resp.is_final() {
+                return Ok(LoopOutcome { answer: resp.content, next_seq: seq, last });
+            }
+            messages.push(resp.to_message());
             pending = resp.tool_calls;
         }
     }

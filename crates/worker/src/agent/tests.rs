@@ -192,6 +192,57 @@ async fn a_denied_call_is_refused_and_an_allowed_one_runs_before_the_run_parks()
     assert_eq!(kinds, [("llm", String::new()), ("tool", "c2".to_owned())]);
 }
 
+/// The final answer's step is handed back for the end, not checkpointed (the turns before it
+/// are); one too large to go with the end is checkpointed as every other step is.
+#[tokio::test]
+async fn the_final_answer_goes_with_the_end_unless_it_is_too_large() {
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut tools = ToolRegistry::new(&Default::default(), &ToolsConfig::default()).await.unwrap();
+    tools.register(Arc::new(SendMail(sent.clone())), Duration::from_secs(5)).unwrap();
+    let run = |answer: String| {
+        let tools = &tools;
+        async move {
+            let steps = Steps::default();
+            let model = Scripted(Mutex::new(vec![response(&["call-1"], ""), response(&[], &answer)]));
+            let out = AgentLoop {
+                model: Arc::new(model),
+                tools,
+                system: "s".into(),
+                query: "q".into(),
+                recall: None,
+                max_steps: 5,
+                prior: Vec::new(),
+                step_counter: Arc::default(),
+                spent: Arc::default(),
+                governance: Governance::default(),
+                deltas: None,
+            }
+            .run(&steps)
+            .await
+            .unwrap();
+            (out, steps.0.into_inner().unwrap())
+        }
+    };
+    let kind = |s: &pb::RunStep| match &s.payload {
+        Some(pb::run_step::Payload::LlmResponse(r)) => format!("{}:llm:{}", s.seq, r.content.len()),
+        Some(pb::run_step::Payload::ToolStarted(_)) => format!("{}:started", s.seq),
+        Some(pb::run_step::Payload::ToolResult(_)) => format!("{}:tool", s.seq),
+        _ => format!("{}:other", s.seq),
+    };
+    // send_mail is irreversible: marked as started before it runs.
+    let (out, checkpointed) = run("done".into()).await;
+    assert_eq!(checkpointed.iter().map(kind).collect::<Vec<_>>(), ["0:llm:0", "1:started", "2:tool"]);
+    assert_eq!((out.answer.as_str(), out.next_seq), ("done", 4));
+    assert_eq!(out.last.as_ref().map(kind).as_deref(), Some("3:llm:4"), "the answer's step, for the end");
+
+    let large = "x".repeat(MAX_STEP_WITH_END);
+    let (out, checkpointed) = run(large.clone()).await;
+    let expected =
+        ["0:llm:0".to_owned(), "1:started".to_owned(), "2:tool".to_owned(), format!("3:llm:{}", large.len())];
+    assert_eq!(checkpointed.iter().map(kind).collect::<Vec<_>>(), expected);
+    assert_eq!((out.answer.len(), out.next_seq, out.last), (large.len(), 4, None));
+}
+
 #[tokio::test]
 async fn tokens_of_a_failed_attempt_are_counted() {
     let tools = ToolRegistry::new(&Default::default(), &ToolsConfig::default()).await.unwrap();

@@ -21,7 +21,8 @@ use crate::memory::{self, RunMemory};
 
 /// Outcome of one attempt, as reported to the manager.
 pub(super) enum AttemptEnd {
-    /// The answer, the tokens, and the steps to record with the end (the episode stored).
+    /// The answer, the tokens, and the steps to record with the end (the final answer's LLM
+    /// call, the episode stored).
     Succeeded(String, nightshift_llm::Usage, Vec<pb::RunStep>),
     Failed(String, Failure, nightshift_llm::Usage),
     TimedOut(nightshift_llm::Usage),
@@ -152,7 +153,8 @@ impl Worker {
                 r = &mut fut => break match r {
                     Ok(out) => {
                         next_seq = out.next_seq;
-                        AttemptEnd::Succeeded(out.answer, spent.usage(), Vec::new())
+                        // The final answer's step, when the loop left it to the end.
+                        AttemptEnd::Succeeded(out.answer, spent.usage(), out.last.into_iter().collect())
                     }
                     Err(LoopError::Fenced(m)) => AttemptEnd::Lost(m),
                     Err(LoopError::Park(calls)) => AttemptEnd::Parked(calls, spent.usage()),

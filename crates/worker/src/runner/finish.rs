@@ -28,7 +28,7 @@ pub(super) struct Report<'a> {
     pub(super) failure: Failure,
     /// Tokens the attempt spent.
     pub(super) usage: nightshift_llm::Usage,
-    /// Steps recorded with the end (the episode stored).
+    /// Steps recorded with the end (the final answer's LLM call, the episode stored).
     pub(super) steps: Vec<pb::RunStep>,
 }
 
@@ -119,9 +119,9 @@ impl Ending {
 
 impl Worker {
     /// Answers a delivery whose outcome the manager did not record: never acked, it comes back
-    /// once the lease has run out, and the next attempt resumes from the checkpoints (a final
-    /// answer already checkpointed is not paid for again) and reads the note left here of how
-    /// this attempt ended, as `unrecorded`.
+    /// once the lease has run out, and the next attempt resumes from the checkpoints (the turns
+    /// before the final answer are not paid for again; the final answer, recorded only with the
+    /// end, is) and reads the note left here of how this attempt ended, as `unrecorded`.
     pub(super) async fn redeliver_later(&self, d: Delivery, run: &Held, ending: &Ending) {
         tracing::warn!(run = %run.id, "the manager did not record the attempt's end; the run is delivered again");
         let text = format!("{} Its end could not be recorded, so the run was delivered again.", ending.text);
