@@ -69,6 +69,23 @@ fn response(calls: &[&str], content: &str) -> ChatResponse {
     }
 }
 
+/// A loop of at most five turns on `tools`, answering with the scripted `responses`.
+fn scripted_loop(tools: &ToolRegistry, responses: Vec<ChatResponse>) -> AgentLoop<'_> {
+    AgentLoop {
+        model: Arc::new(Scripted(Mutex::new(responses))),
+        tools,
+        system: "s".into(),
+        query: "q".into(),
+        recall: None,
+        max_steps: 5,
+        prior: Vec::new(),
+        step_counter: Arc::default(),
+        spent: Arc::default(),
+        governance: Governance::default(),
+        deltas: None,
+    }
+}
+
 #[tokio::test]
 async fn after_an_interrupted_call_later_calls_of_the_resumed_attempt_run() {
     let sent = Arc::new(AtomicUsize::new(0));
@@ -140,22 +157,8 @@ async fn a_denied_call_is_refused_and_an_allowed_one_runs_before_the_run_parks()
         let tools = &tools;
         async move {
             let steps = Steps::default();
-            let model = Scripted(Mutex::new(vec![turn, response(&[], "done")]));
-            let out = AgentLoop {
-                model: Arc::new(model),
-                tools,
-                system: "s".into(),
-                query: "q".into(),
-                recall: None,
-                max_steps: 5,
-                prior: Vec::new(),
-                step_counter: Arc::default(),
-                spent: Arc::default(),
-                governance,
-                deltas: None,
-            }
-            .run(&steps)
-            .await;
+            let out =
+                AgentLoop { governance, ..scripted_loop(tools, vec![turn, response(&[], "done")]) }.run(&steps).await;
             (out, steps.0.into_inner().unwrap())
         }
     };
@@ -203,23 +206,10 @@ async fn the_final_answer_goes_with_the_end_unless_it_is_too_large() {
         let tools = &tools;
         async move {
             let steps = Steps::default();
-            let model = Scripted(Mutex::new(vec![response(&["call-1"], ""), response(&[], &answer)]));
-            let out = AgentLoop {
-                model: Arc::new(model),
-                tools,
-                system: "s".into(),
-                query: "q".into(),
-                recall: None,
-                max_steps: 5,
-                prior: Vec::new(),
-                step_counter: Arc::default(),
-                spent: Arc::default(),
-                governance: Governance::default(),
-                deltas: None,
-            }
-            .run(&steps)
-            .await
-            .unwrap();
+            let out = scripted_loop(tools, vec![response(&["call-1"], ""), response(&[], &answer)])
+                .run(&steps)
+                .await
+                .unwrap();
             (out, steps.0.into_inner().unwrap())
         }
     };
