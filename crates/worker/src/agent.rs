@@ -4,9 +4,10 @@
 //! run again. The final answer's response is the exception: the loop hands it back to be
 //! recorded with the attempt's end (FinishRun), a checkpoint call fewer per run; a worker that
 //! dies in the few milliseconds between the answer and the end leaves that one call to be paid
-//! again by the next attempt, as one that dies during the call always did. Each call goes through the tool policy first (`crate::governed`): it runs, is
-//! refused, or parks the run until a person approves it; an irreversible call is marked as
-//! started before it runs, so that a crash never repeats it.
+//! again by the next attempt, as one that dies during the call always did. Each call goes
+//! through the tool policy first (`crate::governed`): it runs, is refused, or parks the run
+//! until a person approves it; an irreversible call is marked as started before it runs, so
+//! that a crash never repeats it.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
