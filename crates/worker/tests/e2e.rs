@@ -382,3 +382,42 @@ async fn a_run_outlasting_its_interval_skips_the_next_ticks() {
         assert!(w[0].1 <= w[1].0, "runs overlapped: {spans:?}");
     }
 }
+
+/// A run cancelled at the manager while its final LLM call is in flight, on a worker the cancel
+/// cannot reach in time (no WorkerService advertised, heartbeats every 10 s): the answer arrives
+/// after the cancel, the manager refuses its FinishRun, and the worker does not report the run
+/// completed — it did not end with that answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_final_answer_the_manager_refused_is_not_reported_completed() {
+    let (llm, script) = scripted_llm().await;
+    let model = format!("{{provider: openai, model: scripted, base_url: '{llm}'}}");
+    let (env, _agent) = env_with_ack_wait(&model, "memory://", "", Duration::from_secs(30)).await;
+    script.hang_second_turn.store(true, Ordering::SeqCst);
+    let (events, _worker) = start_worker(&env, Duration::from_secs(30)).await;
+    let run = trigger(&env).await;
+    wait_for_second_turn(&script).await;
+    let req = pb::CancelRunRequest { run_id: run.id.clone(), reason: "test".into() };
+    env.manager.clone().cancel_run(req).await.unwrap();
+    wait_for_status(&env, &run.id, pb::RunStatus::Cancelled).await;
+    script.hang_second_turn.store(false, Ordering::SeqCst);
+    let idle = "BACKGROUND_AGENT_STATUS(idle)".to_owned();
+    let since = std::time::Instant::now();
+    while !event_names(&events).contains(&idle) {
+        assert!(since.elapsed() < Duration::from_secs(10), "the attempt never ended: {:?}", event_names(&events));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        event_names(&events),
+        [
+            "BACKGROUND_TASK_STARTED",
+            "BACKGROUND_AGENT_STATUS(running)",
+            "LLM_CALL",
+            "TOOL_CALL",
+            "LLM_CALL",
+            idle.as_str()
+        ]
+    );
+    let ended = env.manager.clone().get_run(pb::GetRunRequest { run_id: run.id.clone() }).await.unwrap();
+    let ended = ended.into_inner().run.unwrap();
+    assert_eq!((ended.status(), ended.result.as_str()), (pb::RunStatus::Cancelled, ""), "the answer was not recorded");
+}

@@ -157,21 +157,23 @@ impl Worker {
         let ending = Ending::of(&end, run, turns);
         match end {
             AttemptEnd::Succeeded(answer, usage, steps) => {
-                let completed = || {
-                    let result = truncate(&answer, 2000);
-                    events.emit(EventType::BackgroundTaskCompleted, json!({"attempt": run.attempt, "result": result}));
-                };
                 let report = Report { steps, ..Report::ended(pb::RunOutcome::Succeeded, &answer, "", usage) };
                 match self.finish(run, report).await {
                     Recorded::No => self.redeliver_later(d, run, &ending).await,
                     Recorded::Yes(_) => {
-                        completed();
+                        let result = truncate(&answer, 2000);
+                        events.emit(
+                            EventType::BackgroundTaskCompleted,
+                            json!({"attempt": run.attempt, "result": result}),
+                        );
                         ack(d).await;
                         self.forget_notes(run, notes).await;
                     }
-                    // Cancelled there or taken over: an attempt elsewhere may still read the notes.
+                    // Cancelled there or taken over: the run did not complete with this answer,
+                    // so no BACKGROUND_TASK_COMPLETED (the manager announced the cancel; an
+                    // attempt elsewhere announces its own end). It may still read the notes.
                     Recorded::Refused => {
-                        completed();
+                        tracing::info!(run = %run.id, "the manager refused the final answer; not reported completed");
                         ack(d).await;
                     }
                 }
