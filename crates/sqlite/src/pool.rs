@@ -48,6 +48,11 @@ pub fn open(url: &str, pragmas: &[&str]) -> Result<rusqlite::Connection, sqlx::E
         ));
     }
     let conn = rusqlite::Connection::open(file).map_err(db_error)?;
+    // Without the query planner's stability guarantee SQLite plans a statement with `LIMIT $n`
+    // for the value bound to `$n`, so every new binding re-prepared it (the memory service's
+    // recall, each run: parsing and planning were a twentieth of its writer's CPU). The plans of
+    // this connection's statements do not depend on their values.
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(db_error)?;
     for pragma in SETTINGS.iter().chain(pragmas).chain(&["PRAGMA wal_autocheckpoint = 0"]) {
         // `journal_mode` and `wal_autocheckpoint` answer with a row; the others with none.
         conn.query_row(pragma, [], |_| Ok(())).or_else(|e| match e {
@@ -56,4 +61,26 @@ pub fn open(url: &str, pragmas: &[&str]) -> Result<rusqlite::Connection, sqlx::E
         })?;
     }
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is the test's verdict
+    use rusqlite::StatementStatus;
+
+    /// A statement with `LIMIT $1` on the writer's connection is prepared once, however often
+    /// `$1` is bound again (each run's recall binds its limit anew).
+    #[test]
+    fn a_new_limit_does_not_prepare_the_statement_again() {
+        let db = nightshift_testkit::sqlite_db();
+        let conn = super::open(&format!("{}?mode=rwc", db.url), &[]).unwrap();
+        conn.execute_batch("CREATE TABLE t (n INTEGER); INSERT INTO t VALUES (1), (2), (3);").unwrap();
+        let sql = "SELECT n FROM t ORDER BY n DESC LIMIT $1";
+        for limit in [1i64, 2, 3, 2] {
+            let mut stmt = conn.prepare_cached(sql).unwrap();
+            let got: Vec<i64> = stmt.query_map([limit], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+            assert_eq!(got.len() as i64, limit);
+            assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0, "prepared again for LIMIT {limit}");
+        }
+    }
 }
